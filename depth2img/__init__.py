@@ -1,0 +1,30 @@
+"""depth2img: change a photo's style, lighting, season or weather with a prompt while keeping its geometry.
+
+Heavy dependencies (torch, diffusers, transformers) load only when a name that needs them is used.
+"""
+
+from importlib import import_module
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "DepthMap": ".depthmap",
+    "DepthEstimator": ".estimators",
+    "stereo_depth": ".stereo",
+    "load_image": ".io",
+    "read_depth_file": ".io",
+    "write_depth_products": ".io",
+    "render_driving_scene": ".scene",
+    "run_depth": ".depth_run",
+    "Depth2ImgError": ".errors",
+    "InputError": ".errors",
+    "ModelLoadError": ".errors",
+}
+
+__all__ = sorted(_LAZY) + ["__version__"]
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name], __name__), name)
+    raise AttributeError(f"module 'depth2img' has no attribute {name!r}")

@@ -1,0 +1,97 @@
+"""Pure functions from raw depth values to what each backbone is conditioned on.
+
+Conventions (see REFERENCE.md): ControlNet/T2I depth models were trained on MiDaS-style maps, so the
+control image is inverse depth (disparity-like), min-max normalised per image, near = white, RGB in
+[0, 1]. SD2-depth takes inverse depth at latent size, normalised per sample to [-1, 1], exactly as
+``StableDiffusionDepth2ImgPipeline.prepare_depth_map`` does it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+# What the numbers of a DepthMap mean.
+KINDS = {
+    "relative_inverse_depth": "affine-invariant inverse depth from a monocular estimator (near = large)",
+    "disparity": "stereo disparity in pixels (near = large)",
+    "metric_depth": "depth in metres (near = small)",
+    "relative_depth": "depth of unknown scale and shift (near = small)",
+}
+
+
+def to_inverse(values: np.ndarray, kind: str, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Map raw values to a near = large quantity; returns (inverse, valid) with invalid pixels set to the farthest valid value.
+
+    Metric depth is inverted as 1/d (the disparity convention the depth ControlNets were trained on);
+    relative depth, whose shift is unknown, is reflected (max - d) so that min-max normalisation gives 1 - d.
+    """
+    values = np.asarray(values, dtype=np.float32)
+    valid = np.isfinite(values) if valid is None else (np.asarray(valid, bool) & np.isfinite(values))
+    if kind in ("relative_inverse_depth", "disparity"):
+        inverse = values.copy()
+    elif kind == "metric_depth":
+        valid = valid & (values > 0)
+        inverse = np.zeros_like(values)
+        np.divide(1.0, values, out=inverse, where=valid)
+    elif kind == "relative_depth":
+        top = values[valid].max() if valid.any() else 0.0
+        inverse = top - values
+    else:
+        raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+    far = inverse[valid].min() if valid.any() else 0.0
+    inverse[~valid] = far
+    return inverse, valid
+
+
+def normalize(inverse: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+    """Min-max normalise one image to [0, 1] over its valid pixels (near = 1); a constant map gives zeros."""
+    inverse = np.asarray(inverse, dtype=np.float64)
+    valid = np.ones(inverse.shape, bool) if valid is None else np.asarray(valid, bool)
+    if not valid.any():
+        return np.zeros(inverse.shape, np.float32)
+    lo, hi = inverse[valid].min(), inverse[valid].max()
+    if not hi > lo:
+        return np.zeros(inverse.shape, np.float32)
+    out = (inverse - lo) / (hi - lo)
+    out[~valid] = 0.0
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
+def resize_depth(values: np.ndarray, height: int, width: int, *, nearest: bool = False) -> np.ndarray:
+    """Resize a depth array to (height, width): bicubic by default (as transformers and diffusers do), nearest for masks."""
+    import cv2
+
+    values = np.asarray(values)
+    if values.shape == (height, width):
+        return values.copy()
+    if nearest:
+        return cv2.resize(values.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+    src = values.astype(np.float32)
+    shrinking = height < src.shape[0] and width < src.shape[1]
+    out = cv2.resize(src, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
+    # Bicubic overshoots; keep the result inside the source range.
+    return np.clip(out, src.min(), src.max())
+
+
+def control_array(normalized: np.ndarray) -> np.ndarray:
+    """The ControlNet conditioning image: (H, W, 3) float32 in [0, 1], near = white."""
+    return np.repeat(np.asarray(normalized, np.float32)[..., None], 3, axis=2)
+
+
+def sd2_depth(inverse: np.ndarray, height: int, width: int, vae_scale_factor: int):
+    """SD2-depth's extra UNet channel: a (1, 1, height // f, width // f) tensor in [-1, 1].
+
+    Same operations, in the same order, as diffusers' ``prepare_depth_map`` applied to ``inverse``.
+    A constant map gives zeros instead of diffusers' division by zero.
+    """
+    import torch
+
+    depth = torch.as_tensor(np.asarray(inverse, np.float32))[None, None]
+    depth = torch.nn.functional.interpolate(
+        depth, size=(height // vae_scale_factor, width // vae_scale_factor), mode="bicubic", align_corners=False
+    )
+    lo = torch.amin(depth, dim=[1, 2, 3], keepdim=True)
+    hi = torch.amax(depth, dim=[1, 2, 3], keepdim=True)
+    if not bool((hi > lo).all()):
+        return torch.zeros_like(depth)
+    return 2.0 * (depth - lo) / (hi - lo) - 1.0

@@ -1,0 +1,132 @@
+"""``run_depth``: depth products for many inputs (what ``depth2img depth`` calls).
+
+Inputs that cannot be used are reported one line each and skipped; nothing is written for them, and
+the others still run.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import Depth2ImgError, InputError
+from .io import DEPTH_WRITERS, expand_inputs, load_image, write_depth_products
+
+CHUNK_IMAGES = 16  # images decoded and held in memory at once
+
+
+@dataclass
+class RunReport:
+    done: list[Path] = field(default_factory=list)  # inputs whose products were written
+    written: list[Path] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)  # one line each
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+    def summary(self) -> str:
+        return f"{len(self.done)} done, {len(self.failed)} failed"
+
+
+def _stems(paths: Sequence[Path]) -> list[str]:
+    """Output stems from input names; repeated names get -2, -3... so no output overwrites another."""
+    seen: dict[str, int] = {}
+    stems = []
+    for p in paths:
+        n = seen.get(p.stem, 0) + 1
+        seen[p.stem] = n
+        stems.append(p.stem if n == 1 else f"{p.stem}-{n}")
+    return stems
+
+
+def run_depth(
+    inputs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    *,
+    estimator=None,
+    right: Sequence[str | os.PathLike] | None = None,
+    formats: Sequence[str] = ("png16", "npy", "preview"),
+    batch_size: int = 4,
+    device=None,
+    dtype=None,
+    local_files_only: bool = False,
+    progress: bool = True,
+    on_error: Callable[[str], None] | None = None,
+) -> RunReport:
+    """Estimate (or match, with ``right``) depth for each input and write the chosen products to ``out_dir``.
+
+    ``estimator`` is a ``DepthEstimator`` or anything ``DepthEstimator.from_pretrained`` takes.
+    ``right`` gives one right image per input for rectified stereo pairs (SGBM), instead of an estimator.
+    """
+    from tqdm.auto import tqdm
+
+    unknown = [f for f in formats if f not in DEPTH_WRITERS]
+    if unknown or not formats:
+        raise InputError(f"depth format must be among {', '.join(DEPTH_WRITERS)}, got {list(formats)}")
+    if batch_size < 1:
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
+    report = RunReport()
+
+    def fail(msg: str) -> None:
+        report.failed.append(msg)
+        if on_error:
+            on_error(msg)
+
+    paths, problems = expand_inputs([str(i) for i in inputs])
+    for msg in problems:
+        fail(msg)
+    right_paths: list[Path] | None = None
+    if right is not None:
+        right_paths = [Path(r) for r in right]
+        if len(right_paths) != len(paths):
+            raise InputError(f"--right: {len(right_paths)} right images for {len(paths)} left inputs; give one per input")
+    if not paths:
+        return report
+    if right_paths is None and not hasattr(estimator, "processor"):
+        from .estimators import DepthEstimator
+
+        estimator = DepthEstimator.from_pretrained(
+            estimator, device=device, dtype=dtype, local_files_only=local_files_only
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stems = _stems(paths)
+    bar = tqdm(total=len(paths), unit="img", desc="depth", disable=not progress)
+    try:
+        for start in range(0, len(paths), CHUNK_IMAGES):
+            chunk = range(start, min(start + CHUNK_IMAGES, len(paths)))
+            depths = {}
+            images = {}
+            for i in chunk:
+                try:
+                    images[i] = load_image(paths[i])
+                    if right_paths is not None:
+                        from .stereo import stereo_depth
+
+                        right_img = load_image(right_paths[i])
+                        try:
+                            depths[i] = stereo_depth(images[i], right_img)
+                        except InputError as err:
+                            raise InputError(f"{paths[i]}: {err}") from None
+                        bar.update(1)
+                except Depth2ImgError as err:
+                    fail(str(err))
+                    bar.update(1)
+            if right_paths is None and images:
+                keys = list(images)
+                for i, depth in zip(keys, estimator([images[k] for k in keys], batch_size=batch_size, progress=bar.update)):
+                    depths[i] = depth
+            for i in chunk:
+                if i not in depths:
+                    continue
+                try:
+                    report.written += write_depth_products(depths[i], out_dir, stems[i], formats)
+                    report.done.append(paths[i])
+                except OSError as err:
+                    fail(f"{paths[i]}: cannot write to {out_dir} ({err.strerror or err})")
+    finally:
+        bar.close()
+    return report

@@ -1,0 +1,81 @@
+"""``DepthMap``: one depth image that knows what its numbers mean and which pixels are valid."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import conditioning
+from .errors import InputError
+
+
+@dataclass
+class DepthMap:
+    """A (H, W) float32 depth image.
+
+    ``kind`` is one of ``conditioning.KINDS``; ``valid`` marks pixels with a measurement (stereo holes,
+    sky, sensor dropouts are False; their ``values`` hold a fill). ``source`` says where it came from.
+    """
+
+    values: np.ndarray
+    kind: str
+    valid: np.ndarray | None = None
+    source: str = ""
+    meta: dict = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.values = np.asarray(self.values, dtype=np.float32)
+        if self.values.ndim != 2 or min(self.values.shape) < 1:
+            raise InputError(f"depth must be a 2-D (H, W) array, got shape {self.values.shape}")
+        if self.kind not in conditioning.KINDS:
+            raise InputError(f"depth kind must be one of {sorted(conditioning.KINDS)}, got {self.kind!r}")
+        if self.valid is None:
+            self.valid = np.ones(self.values.shape, bool)
+        self.valid = np.asarray(self.valid, bool)
+        if self.valid.shape != self.values.shape:
+            raise InputError(f"depth mask shape {self.valid.shape} differs from depth shape {self.values.shape}")
+        bad = ~np.isfinite(self.values) & self.valid
+        if bad.any():
+            raise InputError(f"depth has {int(bad.sum())} NaN or infinite values at pixels marked valid")
+
+    @property
+    def height(self) -> int:
+        return self.values.shape[0]
+
+    @property
+    def width(self) -> int:
+        return self.values.shape[1]
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """(width, height), as PIL reports image sizes."""
+        return self.width, self.height
+
+    def inverse(self) -> np.ndarray:
+        """Near = large values (inverse depth or disparity); invalid pixels hold the farthest valid value."""
+        return conditioning.to_inverse(self.values, self.kind, self.valid)[0]
+
+    def normalized(self) -> np.ndarray:
+        """[0, 1], near = 1, min-max over this image's valid pixels only."""
+        inverse, valid = conditioning.to_inverse(self.values, self.kind, self.valid)
+        return conditioning.normalize(inverse, valid)
+
+    def resized(self, width: int, height: int) -> DepthMap:
+        """This depth at another size (bicubic for values, nearest for the mask)."""
+        values = conditioning.resize_depth(self.values, height, width)
+        valid = conditioning.resize_depth(self.valid, height, width, nearest=True)
+        return DepthMap(values, self.kind, valid, self.source, dict(self.meta))
+
+    def control_image(self, width: int | None = None, height: int | None = None) -> np.ndarray:
+        """ControlNet conditioning: (H, W, 3) float32 in [0, 1], near = white, normalised per image."""
+        depth = self if width is None else self.resized(width, height)
+        return conditioning.control_array(depth.normalized())
+
+    def sd2_depth(self, height: int, width: int, vae_scale_factor: int):
+        """SD2-depth's [-1, 1] latent-size depth channel, as diffusers' ``prepare_depth_map`` would make it."""
+        return conditioning.sd2_depth(self.inverse(), height, width, vae_scale_factor)
+
+    def to_uint16(self) -> np.ndarray:
+        """Full-range 16-bit near = bright encoding (what the 16-bit PNG holds)."""
+        return np.round(self.normalized().astype(np.float64) * 65535.0).astype(np.uint16)

@@ -1,0 +1,128 @@
+"""Monocular depth estimators through transformers (Depth Anything V2, DPT/MiDaS, ZoeDepth).
+
+Same preprocessing, model call and post-processing as ``transformers.pipeline("depth-estimation")``,
+but batched (images whose preprocessed tensors share a shape run together) and always resized back
+to each input's exact size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from .depthmap import DepthMap
+from .errors import ModelLoadError
+from .loading import ESTIMATOR_FILES, first_line, require_safetensors, resolve_device, resolve_dtype, snapshot_dir
+from .registry import ModelRef, resolve_estimator
+
+# model_type -> what its output means, for models given by hub id or folder rather than registry name
+OUTPUT_BY_MODEL_TYPE = {"depth_anything": "relative_inverse_depth", "dpt": "relative_inverse_depth",
+                        "glpn": "metric_depth", "zoedepth": "metric_depth"}  # fmt: skip
+
+
+class DepthEstimator:
+    """A loaded depth model with its image processor; call it on PIL images to get ``DepthMap``s."""
+
+    def __init__(self, model, processor, *, kind: str, name: str, ref: ModelRef | None = None):
+        self.model = model
+        self.processor = processor
+        self.kind = kind
+        self.name = name
+        self.ref = ref
+
+    @property
+    def device(self):
+        return self.model.device
+
+    @property
+    def dtype(self):
+        return self.model.dtype
+
+    @classmethod
+    def from_pretrained(cls, name=None, *, device=None, dtype=None, local_files_only: bool = False):
+        """Load a registry name (default ``depth-anything-v2-small``), ``tiny``, a hub id or a local folder."""
+        from transformers import AutoConfig, AutoImageProcessor, AutoModelForDepthEstimation
+
+        ref = resolve_estimator(name)
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        path = snapshot_dir(ref, local_files_only=local_files_only, allow_patterns=ESTIMATOR_FILES)
+        require_safetensors(path, ref)
+        try:
+            config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+            kind = ref.entry.output if ref.entry else OUTPUT_BY_MODEL_TYPE.get(config.model_type)
+            if kind is None:
+                raise ModelLoadError(
+                    f"estimator {ref.name!r} is a {config.model_type!r} model, not a known depth estimator "
+                    f"({', '.join(OUTPUT_BY_MODEL_TYPE)})"
+                )
+            processor = AutoImageProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+            model = AutoModelForDepthEstimation.from_pretrained(
+                path, local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=dtype
+            )
+        except ModelLoadError:
+            raise
+        except (OSError, ValueError, KeyError) as err:
+            raise ModelLoadError(f"estimator {ref.name!r} at {path} could not be loaded: {first_line(err)}") from None
+        if not hasattr(processor, "post_process_depth_estimation"):
+            raise ModelLoadError(f"estimator {ref.name!r}: {type(processor).__name__} has no depth post-processing")
+        model.to(device).eval()
+        return cls(model, processor, kind=kind, name=ref.name, ref=ref)
+
+    def __call__(self, images, batch_size: int = 4, progress=None) -> list[DepthMap]:
+        """Estimate depth for one PIL image or a list; returns one DepthMap per image at its exact size."""
+        import torch
+
+        single = not isinstance(images, Sequence)
+        images = [images] if single else list(images)
+        inputs = [self.processor(images=img, return_tensors="pt")["pixel_values"] for img in images]
+        results: list[DepthMap | None] = [None] * len(images)
+        order = sorted(range(len(images)), key=lambda i: tuple(inputs[i].shape))
+        batches: list[list[int]] = []
+        for i in order:
+            if batches and inputs[batches[-1][0]].shape == inputs[i].shape and len(batches[-1]) < batch_size:
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        for batch in batches:
+            pixel_values = torch.cat([inputs[i] for i in batch]).to(self.device, self.dtype)
+            sizes = [images[i].size[::-1] for i in batch]  # (height, width)
+            with torch.inference_mode():
+                outputs = self.model(pixel_values=pixel_values)
+            outputs.predicted_depth = outputs.predicted_depth.float()
+            depths = self._post_process(outputs, sizes)
+            for i, depth, (h, w) in zip(batch, depths, sizes):
+                values = depth.detach().cpu().numpy().astype(np.float32)
+                assert values.shape == (h, w), (values.shape, (h, w))
+                results[i] = DepthMap(values, self.kind, source=self.name)
+            if progress is not None:
+                progress(len(batch))
+        return results[0] if single else results
+
+    def _post_process(self, outputs, sizes):
+        if self.model.config.model_type != "zoedepth":
+            return [r["predicted_depth"] for r in self.processor.post_process_depth_estimation(outputs, target_sizes=sizes)]
+        try:
+            import torchvision  # noqa: F401  transformers' ZoeDepth post-processing needs it
+        except ImportError:
+            return _zoe_post_process(outputs.predicted_depth, sizes, do_remove_padding=self.processor.do_pad)
+        results = self.processor.post_process_depth_estimation(outputs, source_sizes=sizes, target_sizes=sizes)
+        return [r["predicted_depth"] for r in results]
+
+
+def _zoe_post_process(predicted_depth, sizes, *, do_remove_padding: bool):
+    """transformers' ZoeDepth post-processing (remove the reflect padding, resize to the source), with
+    torch's bicubic interpolation in place of torchvision's tensor resize (the same operation)."""
+    import torch
+
+    results = []
+    for depth, (h, w) in zip(predicted_depth.unsqueeze(1), sizes):
+        pad_h = int(np.sqrt(h / 2) * 3) if do_remove_padding else 0
+        pad_w = int(np.sqrt(w / 2) * 3) if do_remove_padding else 0
+        depth = torch.nn.functional.interpolate(
+            depth[None], size=(h + 2 * pad_h, w + 2 * pad_w), mode="bicubic", align_corners=False
+        )[0]
+        depth = depth[:, pad_h : pad_h + h, pad_w : pad_w + w]
+        results.append(depth.squeeze(0))
+    return results

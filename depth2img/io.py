@@ -1,0 +1,278 @@
+"""Reading and validating images and depth files; writing depth products atomically.
+
+Every problem with an input becomes one ``InputError`` line that names the file and the problem.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import tempfile
+import warnings
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+DEPTH_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".npz")
+# Decompression-bomb guard: images over this many pixels are refused before they are decoded.
+MAX_PIXELS = int(os.environ.get("DEPTH2IMG_MAX_PIXELS", 64_000_000))
+MIN_SIDE = 16  # smaller images carry no usable structure for a depth estimator or a diffusion model
+POLARITIES = {
+    "near-bright": "relative_inverse_depth",  # larger value = nearer (inverse depth, disparity, our 16-bit PNG)
+    "far-bright": "relative_depth",  # larger value = farther, unknown scale
+    "metric": "metric_depth",  # metres (times --depth-scale), larger = farther
+}
+KIND_TEXT_KEY = "depth2img.kind"  # PNG text chunk our writer puts into 16-bit depth PNGs
+
+
+def _open(path: Path, max_pixels: int):
+    from PIL import Image, UnidentifiedImageError
+
+    if not path.exists():
+        raise InputError(f"{path}: no such file")
+    if not path.is_file():
+        raise InputError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise InputError(f"{path}: empty file (0 bytes)")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            img = Image.open(path)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise InputError(f"{path}: image is over the {max_pixels:,}-pixel limit (decompression-bomb guard)") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not a readable image (unknown format or corrupt header)") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot be read ({err})") from None
+    w, h = img.size
+    if w * h > max_pixels:
+        raise InputError(
+            f"{path}: {w}x{h} is {w * h:,} pixels, over the {max_pixels:,}-pixel limit "
+            "(decompression-bomb guard; raise DEPTH2IMG_MAX_PIXELS to allow it)"
+        )
+    try:
+        img.load()
+    except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for truncated/corrupt data
+        raise InputError(f"{path}: truncated or corrupt image data ({err})") from None
+    return img
+
+
+def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS):
+    """Open ``path`` as an 8-bit RGB PIL image: EXIF rotation applied, alpha composited on white,
+    CMYK/palette/16-bit grey converted; the first frame of an animation."""
+    from PIL import ImageOps
+
+    path = Path(path)
+    img = _open(path, max_pixels)
+    try:
+        img = ImageOps.exif_transpose(img)
+    except Exception as err:
+        raise InputError(f"{path}: unreadable EXIF orientation ({err})") from None
+    if min(img.size) < MIN_SIDE:
+        raise InputError(f"{path}: {img.size[0]}x{img.size[1]} is too small (each side must be >= {MIN_SIDE} px)")
+    return to_rgb(img)
+
+
+def to_rgb(img):
+    """Any PIL mode to 8-bit RGB, scaling high-bit-depth grey rather than clipping it."""
+    from PIL import Image
+
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+        arr = np.asarray(img, dtype=np.float64)
+        if img.mode == "F":
+            top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+        else:
+            top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+        arr = np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, "L").convert("RGB")
+    if img.mode == "P":
+        img = img.convert("RGBA")
+    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES) -> tuple[list[Path], list[str]]:
+    """Files, directories (their images, sorted) and globs -> (paths, problems). Order is kept; duplicates dropped."""
+    paths: list[Path] = []
+    problems: list[str] = []
+    for item in items:
+        p = Path(item).expanduser()
+        if p.is_dir():
+            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in suffixes)
+            if not found:
+                problems.append(f"{item}: directory has no files ending in {', '.join(suffixes)}")
+            paths.extend(found)
+        elif p.exists():
+            paths.append(p)
+        elif glob.has_magic(item):
+            found = sorted(Path(q) for q in glob.glob(os.path.expanduser(item), recursive=True) if Path(q).is_file())
+            if not found:
+                problems.append(f"{item}: pattern matches no file")
+            paths.extend(found)
+        else:
+            problems.append(f"{item}: no such file or directory")
+    unique = list(dict.fromkeys(paths))
+    return unique, problems
+
+
+# ---------------------------------------------------------------------------------------------- depth files
+
+
+def read_depth_file(path: str | os.PathLike, polarity: str | None = None, *, depth_scale: float = 1.0):
+    """Read a user's depth file (16/8-bit PNG, float TIFF, .npy, .npz) at full precision as a DepthMap.
+
+    ``polarity`` is ``near-bright``, ``far-bright`` or ``metric``; it may be left out only when the file
+    says it itself (16-bit PNGs written by depth2img, .npz files with a ``kind`` entry).
+    """
+    from .depthmap import DepthMap
+
+    path = Path(path)
+    if polarity is not None and polarity not in POLARITIES:
+        raise InputError(f"depth polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}")
+    if not depth_scale > 0:
+        raise InputError(f"depth scale must be > 0, got {depth_scale!r}")
+    suffix = path.suffix.lower()
+    if suffix not in DEPTH_SUFFIXES:
+        raise InputError(f"{path}: depth files must be one of {', '.join(DEPTH_SUFFIXES)}")
+    recorded = None
+    if suffix in (".npy", ".npz"):
+        values, recorded = _read_numpy(path)
+    else:
+        img = _open(path, MAX_PIXELS)
+        recorded = img.info.get(KIND_TEXT_KEY)
+        if img.mode in ("RGB", "RGBA", "P"):
+            rgb = np.asarray(img.convert("RGB"))
+            if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])):
+                raise InputError(
+                    f"{path}: a colour image is not a depth map (colour-mapped previews cannot be read back); "
+                    "give a greyscale 8/16-bit PNG, a float TIFF or a .npy"
+                )
+            values = rgb[..., 0]
+        else:
+            values = np.asarray(img)
+    values = np.asarray(values)
+    if values.ndim == 3 and values.shape[-1] == 1:
+        values = values[..., 0]
+    if values.ndim != 2:
+        raise InputError(f"{path}: depth must be a 2-D array, got shape {values.shape}")
+    if min(values.shape) < 1:
+        raise InputError(f"{path}: depth array is empty (shape {values.shape})")
+    if not (np.issubdtype(values.dtype, np.number) and not np.issubdtype(values.dtype, np.complexfloating)):
+        raise InputError(f"{path}: depth must hold real numbers, got dtype {values.dtype}")
+    values = values.astype(np.float64)
+    nonfinite = int((~np.isfinite(values)).sum())
+    if nonfinite:
+        raise InputError(f"{path}: {nonfinite} depth values are NaN or infinite; mark missing pixels as 0 instead")
+    if polarity is None:
+        if recorded not in POLARITIES:
+            raise InputError(
+                f"{path}: the file does not say which way its depth runs; "
+                f"pass a polarity ({' | '.join(POLARITIES)})"
+            )
+        polarity = recorded
+    kind = POLARITIES[polarity]
+    valid = np.ones(values.shape, bool)
+    if kind == "metric_depth":
+        if (values < 0).any():
+            raise InputError(f"{path}: metric depth has {int((values < 0).sum())} negative values")
+        valid = values > 0  # 0 = no measurement (KITTI / sensor convention)
+        values = values * depth_scale
+    return DepthMap(values.astype(np.float32), kind, valid, source=str(path), meta={"polarity": polarity})
+
+
+def _read_numpy(path: Path):
+    try:
+        data = np.load(path, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as err:
+        raise InputError(f"{path}: not a readable NumPy file ({str(err).splitlines()[0] if str(err) else err})") from None
+    if isinstance(data, np.ndarray):
+        return data, None
+    with data:
+        keys = list(data.keys())
+        recorded = None
+        if "kind" in keys:
+            recorded = str(data["kind"])
+            keys.remove("kind")
+        key = "depth" if "depth" in keys else (keys[0] if len(keys) == 1 else None)
+        if key is None:
+            raise InputError(f"{path}: .npz must hold a 'depth' array (or exactly one array), found {keys}")
+        return data[key], recorded
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike):
+    """Yield a temporary path beside ``path``; on success it is renamed over ``path``, on error removed."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def write_depth_png16(depth, path) -> Path:
+    """16-bit PNG, near = bright, full 0..65535 range; the polarity is recorded in a text chunk."""
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text(KIND_TEXT_KEY, "near-bright")
+    with atomic_path(path) as tmp:
+        Image.fromarray(depth.to_uint16()).save(tmp, format="PNG", pnginfo=info)
+    return Path(path)
+
+
+def write_depth_npy(depth, path) -> Path:
+    """float32 .npy with the raw values (their meaning is ``depth.kind``)."""
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.save(fh, depth.values.astype(np.float32))
+    return Path(path)
+
+
+def depth_preview(depth) -> np.ndarray:
+    """Colour-mapped (inferno) 8-bit RGB preview, near = bright."""
+    import cv2
+
+    grey = np.round(depth.normalized() * 255).astype(np.uint8)
+    return cv2.cvtColor(cv2.applyColorMap(grey, cv2.COLORMAP_INFERNO), cv2.COLOR_BGR2RGB)
+
+
+def write_depth_preview(depth, path) -> Path:
+    from PIL import Image
+
+    with atomic_path(path) as tmp:
+        Image.fromarray(depth_preview(depth)).save(tmp, format="PNG")
+    return Path(path)
+
+
+DEPTH_WRITERS = {"png16": ("_depth16.png", write_depth_png16), "npy": ("_depth.npy", write_depth_npy),
+                 "preview": ("_depth_preview.png", write_depth_preview)}  # fmt: skip
+
+
+def write_depth_products(depth, out_dir, stem: str, formats=("png16", "npy", "preview")) -> list[Path]:
+    """Write the chosen depth products for one input; if any write fails, none is left behind."""
+    written: list[Path] = []
+    try:
+        for fmt in formats:
+            suffix, writer = DEPTH_WRITERS[fmt]
+            written.append(writer(depth, Path(out_dir) / f"{stem}{suffix}"))
+    except BaseException:
+        for p in written:
+            with contextlib.suppress(OSError):
+                p.unlink()
+        raise
+    return written

@@ -1,0 +1,152 @@
+"""The one place where models are found, fetched, loaded and verified, and where device and dtype are chosen.
+
+Every model goes through ``snapshot_dir``: a local directory is used as it is; a hub id is looked up in
+the local Hugging Face cache first, then fetched (safetensors and configs only) if the hub is reachable.
+Offline (``local_files_only`` or ``HF_HUB_OFFLINE``) or unreachable hubs fail within seconds with a
+one-line message that says how to provide the model locally. Pickle weights are never loaded and
+``trust_remote_code`` is never set.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from urllib.parse import urlparse
+
+from .errors import ModelLoadError
+from .registry import ModelRef
+
+HUB_PROBE_TIMEOUT_S = 3.0
+# What a model snapshot needs: configs, tokenizer files and safetensors weights; never pickles.
+ESTIMATOR_FILES = ["*.json", "*.txt", "model.safetensors", "model*.safetensors"]
+PIPELINE_FILES = ["*.json", "*.txt", "*.model", "*/*.json", "*/*.txt", "*/*.safetensors"]
+SINGLE_MODEL_FILES = ["*.json", "diffusion_pytorch_model.safetensors", "*.safetensors"]
+IGNORED_FILES = ["*.bin", "*.ckpt", "*.pt", "*.pth", "*.pkl", "*fp16*", "*non_ema*", "*.onnx", "*.msgpack"]
+
+_DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
+           "bfloat16": "bfloat16", "bf16": "bfloat16"}  # fmt: skip
+
+
+def resolve_device(device=None):
+    """Pick the device once: the user's choice, else CUDA, else MPS, else CPU."""
+    import torch
+
+    if device is not None:
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError) as err:
+            raise ModelLoadError(f"device {device!r} is not a torch device ({err})") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ModelLoadError(f"device {device!r} was asked for but CUDA is not available here")
+        return dev
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def resolve_dtype(dtype, device):
+    """Pick the dtype once: the user's choice, else float16 on accelerators and float32 on CPU."""
+    import torch
+
+    if dtype is None:
+        return torch.float32 if device.type == "cpu" else torch.float16
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = _DTYPES.get(str(dtype).lower().replace("torch.", ""))
+    if name is None:
+        raise ModelLoadError(f"dtype {dtype!r} is not one of {sorted(set(_DTYPES))}")
+    return getattr(torch, name)
+
+
+def hub_offline(local_files_only: bool = False) -> bool:
+    flag = os.environ.get("HF_HUB_OFFLINE", "").strip().lower()
+    return local_files_only or flag in {"1", "true", "yes", "on"}
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    url = urlparse(endpoint)
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((url.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _how_to_provide(ref: ModelRef) -> str:
+    return (
+        f"on a connected machine run `hf download {ref.location}` (it fills the cache), "
+        "or pass a local directory that holds the model"
+    )
+
+
+def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_patterns=None) -> Path:
+    """A local directory holding ``ref``'s files, fetching them from the hub only when allowed and reachable."""
+    if ref.is_local:
+        path = Path(ref.location)
+        if not path.is_dir() and ref.name.startswith("tiny") and ref.entry is not None:
+            from . import tiny  # tiny models are deterministic: build them on first use
+
+            tiny.write(ref.entry.tiny, path)
+        if not path.is_dir():
+            hint = " (write the tiny models with `depth2img tiny-model DIR`)" if ref.name.startswith("tiny") else ""
+            raise ModelLoadError(f"model {ref.name!r}: directory {path} does not exist{hint}")
+        return path
+
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    patterns = allow_patterns or ESTIMATOR_FILES
+    kwargs = dict(repo_id=ref.location, revision=ref.revision, allow_patterns=patterns, ignore_patterns=IGNORED_FILES)
+    try:
+        return Path(snapshot_download(local_files_only=True, **kwargs))
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
+        pass
+    if hub_offline(local_files_only):
+        raise ModelLoadError(
+            f"model {ref.label} is not in the local Hugging Face cache and the hub is offline "
+            f"(local_files_only / HF_HUB_OFFLINE); {_how_to_provide(ref)}"
+        )
+    if not hub_reachable():
+        raise ModelLoadError(
+            f"model {ref.label} is not in the local cache and the Hugging Face hub cannot be reached; "
+            f"{_how_to_provide(ref)}"
+        )
+    try:
+        return Path(snapshot_download(**kwargs))
+    except GatedRepoError:
+        raise ModelLoadError(
+            f"model {ref.label} is gated: accept its licence on huggingface.co and log in (`hf auth login`)"
+        ) from None
+    except (RepositoryNotFoundError, RevisionNotFoundError):
+        raise ModelLoadError(f"model {ref.label}: no such repository or revision on the hub") from None
+    except (HfHubHTTPError, OSError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelLoadError(f"model {ref.label} could not be downloaded ({first}); {_how_to_provide(ref)}") from None
+
+
+def require_safetensors(path: Path, ref: ModelRef) -> None:
+    """Refuse a folder whose weights exist only as pickles (``.bin``/``.ckpt``/``.pt``)."""
+    if any(path.rglob("*.safetensors")):
+        return
+    pickles = [p.name for pattern in ("*.bin", "*.ckpt", "*.pt", "*.pth") for p in path.rglob(pattern)]
+    what = f"only pickle weights ({', '.join(sorted(pickles)[:3])})" if pickles else "no weights"
+    raise ModelLoadError(
+        f"model {ref.name!r} at {path} has {what}; depth2img loads .safetensors weights only "
+        "(convert them with safetensors' `save_file`)"
+    )
+
+
+def first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

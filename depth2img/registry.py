@@ -1,0 +1,141 @@
+"""The model registry: named estimators and diffusion backbones from ``configs/models.yaml``.
+
+``resolve_estimator`` / ``resolve_backbone`` turn whatever the user typed (a registry name, ``tiny``
+or ``tiny/<entry>``, a hub id, or a local directory) into a ``ModelRef``; the loader does the rest.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import InputError
+
+ESTIMATOR_OUTPUTS = ("relative_inverse_depth", "metric_depth")
+PIPELINE_KINDS = ("sd15-controlnet", "sd2-depth", "sdxl-controlnet", "flux-control")
+TINY_ENV = "DEPTH2IMG_TINY_DIR"
+
+
+def configs_dir() -> Path:
+    """The folder holding the YAML configs: ``configs/`` in a checkout, ``depth2img/configs`` when installed."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "configs", here / "configs"):
+        if (candidate / "models.yaml").is_file():
+            return candidate
+    raise FileNotFoundError(f"depth2img configs not found next to {here}")
+
+
+@dataclass(frozen=True)
+class RegistryEntry:
+    name: str
+    section: str  # "estimators" or "backbones"
+    id: str
+    revision: str = "main"
+    licence: str = "unknown"
+    commercial: bool = False
+    tiny: str | None = None
+    output: str | None = None  # estimators
+    pipeline: str | None = None  # backbones
+    controlnet: str | None = None
+    native_size: int | None = None
+    gated: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A resolved model reference: where to load it from, and what the registry knows of it."""
+
+    name: str  # what the user asked for
+    location: str  # hub id or local directory
+    revision: str | None
+    is_local: bool
+    entry: RegistryEntry | None = None
+
+    @property
+    def label(self) -> str:
+        return self.name if self.entry is None else f"{self.entry.name} ({self.location})"
+
+
+_KNOWN_KEYS = set(RegistryEntry.__dataclass_fields__) - {"name", "section", "extra"}
+
+
+@lru_cache(maxsize=1)
+def load_registry() -> dict[str, Any]:
+    path = configs_dir() / "models.yaml"
+    with open(path, encoding="utf-8") as fh:
+        raw = yaml.safe_load(fh)
+    registry: dict[str, Any] = {"estimators": {}, "backbones": {}}
+    for section in ("estimators", "backbones"):
+        for name, values in (raw.get(section) or {}).items():
+            unknown = set(values) - _KNOWN_KEYS
+            if unknown:
+                raise ValueError(f"{path}: entry {name!r} has unknown keys {sorted(unknown)}")
+            entry = RegistryEntry(name=name, section=section, **values)
+            if section == "estimators" and entry.output not in ESTIMATOR_OUTPUTS:
+                raise ValueError(f"{path}: estimator {name!r} output must be one of {ESTIMATOR_OUTPUTS}")
+            if section == "backbones" and entry.pipeline not in PIPELINE_KINDS:
+                raise ValueError(f"{path}: backbone {name!r} pipeline must be one of {PIPELINE_KINDS}")
+            registry[section][name] = entry
+    registry["default_estimator"] = raw["default_estimator"]
+    registry["default_backbone"] = raw["default_backbone"]
+    return registry
+
+
+def estimators() -> dict[str, RegistryEntry]:
+    return load_registry()["estimators"]
+
+
+def backbones() -> dict[str, RegistryEntry]:
+    return load_registry()["backbones"]
+
+
+def tiny_root() -> Path:
+    """Where ``tiny`` models live: ``$DEPTH2IMG_TINY_DIR`` or ``~/.cache/depth2img/tiny``."""
+    return Path(os.environ.get(TINY_ENV) or Path.home() / ".cache" / "depth2img" / "tiny")
+
+
+def _resolve(name: str | os.PathLike, section: str) -> ModelRef:
+    entries = load_registry()[section]
+    what = "estimator" if section == "estimators" else "model"
+    if name is None or str(name).strip() == "":
+        name = load_registry()["default_" + section[:-1]]
+    name = str(name)
+    if name == "tiny" or name.startswith("tiny/"):
+        entry_name = load_registry()["default_" + section[:-1]] if name == "tiny" else name[5:]
+        if entry_name not in entries or entries[entry_name].tiny is None:
+            raise InputError(
+                f"{what} {name!r}: no tiny model for {entry_name!r}; known: "
+                + ", ".join("tiny/" + n for n in entries)
+            )
+        entry = entries[entry_name]
+        folder = tiny_root() / entry.tiny
+        return ModelRef(name=name, location=str(folder), revision=None, is_local=True, entry=entry)
+    if name in entries:
+        entry = entries[name]
+        return ModelRef(name=name, location=entry.id, revision=entry.revision, is_local=False, entry=entry)
+    path = Path(name).expanduser()
+    if path.is_dir():
+        return ModelRef(name=name, location=str(path), revision=None, is_local=True)
+    # A hub id is exactly "owner/name"; anything else that is not an existing folder is refused.
+    if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
+        raise InputError(
+            f"{what} {name!r} is not a registry name ({', '.join(entries)}), "
+            "a hub id (owner/name) or an existing local directory"
+        )
+    # A hub id; if it matches a registry entry, keep what the registry knows (licence, output kind).
+    entry = next((e for e in entries.values() if e.id == name), None)
+    return ModelRef(name=name, location=name, revision=entry.revision if entry else None, is_local=False, entry=entry)
+
+
+def resolve_estimator(name: str | os.PathLike | None) -> ModelRef:
+    return _resolve(name, "estimators")
+
+
+def resolve_backbone(name: str | os.PathLike | None) -> ModelRef:
+    return _resolve(name, "backbones")
