@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="right image of a rectified stereo pair (once per input, in order): SGBM disparity instead of an estimator")  # fmt: skip
     p.add_argument("--depth-format", default="png16,npy,preview", metavar="LIST",
                    help="comma-separated products among png16, npy, preview (default: all three)")  # fmt: skip
-    p.add_argument("--batch-size", type=int, default=4, metavar="N", help="images per estimator batch (default 4)")
+    p.add_argument(
+        "--batch-size", type=int, default=4, metavar="N", help="images per estimator batch (default 4)"
+    )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     _add_model_args(p)
 

@@ -19,7 +19,9 @@ KINDS = {
 }
 
 
-def to_inverse(values: np.ndarray, kind: str, valid: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+def to_inverse(
+    values: np.ndarray, kind: str, valid: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Map raw values to a near = large quantity; returns (inverse, valid) with invalid pixels set to the farthest valid value.
 
     Metric depth is inverted as 1/d (the disparity convention the depth ControlNets were trained on);
@@ -65,7 +67,9 @@ def resize_depth(values: np.ndarray, height: int, width: int, *, nearest: bool =
     if values.shape == (height, width):
         return values.copy()
     if nearest:
-        return cv2.resize(values.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(bool)
+        return cv2.resize(values.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(
+            bool
+        )
     src = values.astype(np.float32)
     shrinking = height < src.shape[0] and width < src.shape[1]
     out = cv2.resize(src, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)
@@ -88,7 +92,10 @@ def sd2_depth(inverse: np.ndarray, height: int, width: int, vae_scale_factor: in
 
     depth = torch.as_tensor(np.asarray(inverse, np.float32))[None, None]
     depth = torch.nn.functional.interpolate(
-        depth, size=(height // vae_scale_factor, width // vae_scale_factor), mode="bicubic", align_corners=False
+        depth,
+        size=(height // vae_scale_factor, width // vae_scale_factor),
+        mode="bicubic",
+        align_corners=False,
     )
     lo = torch.amin(depth, dim=[1, 2, 3], keepdim=True)
     hi = torch.amax(depth, dim=[1, 2, 3], keepdim=True)

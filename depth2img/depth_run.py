@@ -82,7 +82,9 @@ def run_depth(
     if right is not None:
         right_paths = [Path(r) for r in right]
         if len(right_paths) != len(paths):
-            raise InputError(f"--right: {len(right_paths)} right images for {len(paths)} left inputs; give one per input")
+            raise InputError(
+                f"--right: {len(right_paths)} right images for {len(paths)} left inputs; give one per input"
+            )
     if not paths:
         return report
     if right_paths is None and not hasattr(estimator, "processor"):
@@ -117,7 +119,9 @@ def run_depth(
                     bar.update(1)
             if right_paths is None and images:
                 keys = list(images)
-                for i, depth in zip(keys, estimator([images[k] for k in keys], batch_size=batch_size, progress=bar.update)):
+                for i, depth in zip(
+                    keys, estimator([images[k] for k in keys], batch_size=batch_size, progress=bar.update)
+                ):
                     depths[i] = depth
             for i in chunk:
                 if i not in depths:

@@ -34,7 +34,9 @@ class DepthMap:
             self.valid = np.ones(self.values.shape, bool)
         self.valid = np.asarray(self.valid, bool)
         if self.valid.shape != self.values.shape:
-            raise InputError(f"depth mask shape {self.valid.shape} differs from depth shape {self.values.shape}")
+            raise InputError(
+                f"depth mask shape {self.valid.shape} differs from depth shape {self.values.shape}"
+            )
         bad = ~np.isfinite(self.values) & self.valid
         if bad.any():
             raise InputError(f"depth has {int(bad.sum())} NaN or infinite values at pixels marked valid")

@@ -13,7 +13,14 @@ import numpy as np
 
 from .depthmap import DepthMap
 from .errors import ModelLoadError
-from .loading import ESTIMATOR_FILES, first_line, require_safetensors, resolve_device, resolve_dtype, snapshot_dir
+from .loading import (
+    ESTIMATOR_FILES,
+    first_line,
+    require_safetensors,
+    resolve_device,
+    resolve_dtype,
+    snapshot_dir,
+)
 from .registry import ModelRef, resolve_estimator
 
 # model_type -> what its output means, for models given by hub id or folder rather than registry name
@@ -57,16 +64,22 @@ class DepthEstimator:
                     f"estimator {ref.name!r} is a {config.model_type!r} model, not a known depth estimator "
                     f"({', '.join(OUTPUT_BY_MODEL_TYPE)})"
                 )
-            processor = AutoImageProcessor.from_pretrained(path, local_files_only=True, trust_remote_code=False)
+            processor = AutoImageProcessor.from_pretrained(
+                path, local_files_only=True, trust_remote_code=False
+            )
             model = AutoModelForDepthEstimation.from_pretrained(
                 path, local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=dtype
             )
         except ModelLoadError:
             raise
         except (OSError, ValueError, KeyError) as err:
-            raise ModelLoadError(f"estimator {ref.name!r} at {path} could not be loaded: {first_line(err)}") from None
+            raise ModelLoadError(
+                f"estimator {ref.name!r} at {path} could not be loaded: {first_line(err)}"
+            ) from None
         if not hasattr(processor, "post_process_depth_estimation"):
-            raise ModelLoadError(f"estimator {ref.name!r}: {type(processor).__name__} has no depth post-processing")
+            raise ModelLoadError(
+                f"estimator {ref.name!r}: {type(processor).__name__} has no depth post-processing"
+            )
         model.to(device).eval()
         return cls(model, processor, kind=kind, name=ref.name, ref=ref)
 
@@ -102,12 +115,17 @@ class DepthEstimator:
 
     def _post_process(self, outputs, sizes):
         if self.model.config.model_type != "zoedepth":
-            return [r["predicted_depth"] for r in self.processor.post_process_depth_estimation(outputs, target_sizes=sizes)]
+            return [
+                r["predicted_depth"]
+                for r in self.processor.post_process_depth_estimation(outputs, target_sizes=sizes)
+            ]
         try:
             import torchvision  # noqa: F401  transformers' ZoeDepth post-processing needs it
         except ImportError:
             return _zoe_post_process(outputs.predicted_depth, sizes, do_remove_padding=self.processor.do_pad)
-        results = self.processor.post_process_depth_estimation(outputs, source_sizes=sizes, target_sizes=sizes)
+        results = self.processor.post_process_depth_estimation(
+            outputs, source_sizes=sizes, target_sizes=sizes
+        )
         return [r["predicted_depth"] for r in results]
 
 

@@ -44,7 +44,9 @@ def _open(path: Path, max_pixels: int):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise InputError(f"{path}: image is over the {max_pixels:,}-pixel limit (decompression-bomb guard)") from None
+        raise InputError(
+            f"{path}: image is over the {max_pixels:,}-pixel limit (decompression-bomb guard)"
+        ) from None
     except UnidentifiedImageError:
         raise InputError(f"{path}: not a readable image (unknown format or corrupt header)") from None
     except OSError as err:
@@ -74,7 +76,9 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS):
     except Exception as err:
         raise InputError(f"{path}: unreadable EXIF orientation ({err})") from None
     if min(img.size) < MIN_SIDE:
-        raise InputError(f"{path}: {img.size[0]}x{img.size[1]} is too small (each side must be >= {MIN_SIDE} px)")
+        raise InputError(
+            f"{path}: {img.size[0]}x{img.size[1]} is too small (each side must be >= {MIN_SIDE} px)"
+        )
     return to_rgb(img)
 
 
@@ -115,7 +119,9 @@ def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES) -> tuple[list[P
         elif p.exists():
             paths.append(p)
         elif glob.has_magic(item):
-            found = sorted(Path(q) for q in glob.glob(os.path.expanduser(item), recursive=True) if Path(q).is_file())
+            found = sorted(
+                Path(q) for q in glob.glob(os.path.expanduser(item), recursive=True) if Path(q).is_file()
+            )
             if not found:
                 problems.append(f"{item}: pattern matches no file")
             paths.extend(found)
@@ -172,7 +178,9 @@ def read_depth_file(path: str | os.PathLike, polarity: str | None = None, *, dep
     values = values.astype(np.float64)
     nonfinite = int((~np.isfinite(values)).sum())
     if nonfinite:
-        raise InputError(f"{path}: {nonfinite} depth values are NaN or infinite; mark missing pixels as 0 instead")
+        raise InputError(
+            f"{path}: {nonfinite} depth values are NaN or infinite; mark missing pixels as 0 instead"
+        )
     if polarity is None:
         if recorded not in POLARITIES:
             raise InputError(
@@ -194,7 +202,9 @@ def _read_numpy(path: Path):
     try:
         data = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise InputError(f"{path}: not a readable NumPy file ({str(err).splitlines()[0] if str(err) else err})") from None
+        raise InputError(
+            f"{path}: not a readable NumPy file ({str(err).splitlines()[0] if str(err) else err})"
+        ) from None
     if isinstance(data, np.ndarray):
         return data, None
     with data:

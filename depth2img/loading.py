@@ -93,7 +93,11 @@ def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_pattern
 
             tiny.write(ref.entry.tiny, path)
         if not path.is_dir():
-            hint = " (write the tiny models with `depth2img tiny-model DIR`)" if ref.name.startswith("tiny") else ""
+            hint = (
+                " (write the tiny models with `depth2img tiny-model DIR`)"
+                if ref.name.startswith("tiny")
+                else ""
+            )
             raise ModelLoadError(f"model {ref.name!r}: directory {path} does not exist{hint}")
         return path
 
@@ -107,7 +111,9 @@ def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_pattern
     )
 
     patterns = allow_patterns or ESTIMATOR_FILES
-    kwargs = dict(repo_id=ref.location, revision=ref.revision, allow_patterns=patterns, ignore_patterns=IGNORED_FILES)
+    kwargs = dict(
+        repo_id=ref.location, revision=ref.revision, allow_patterns=patterns, ignore_patterns=IGNORED_FILES
+    )
     try:
         return Path(snapshot_download(local_files_only=True, **kwargs))
     except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
@@ -132,7 +138,9 @@ def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_pattern
         raise ModelLoadError(f"model {ref.label}: no such repository or revision on the hub") from None
     except (HfHubHTTPError, OSError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ModelLoadError(f"model {ref.label} could not be downloaded ({first}); {_how_to_provide(ref)}") from None
+        raise ModelLoadError(
+            f"model {ref.label} could not be downloaded ({first}); {_how_to_provide(ref)}"
+        ) from None
 
 
 def require_safetensors(path: Path, ref: ModelRef) -> None:

@@ -130,7 +130,9 @@ def _resolve(name: str | os.PathLike, section: str) -> ModelRef:
         )
     # A hub id; if it matches a registry entry, keep what the registry knows (licence, output kind).
     entry = next((e for e in entries.values() if e.id == name), None)
-    return ModelRef(name=name, location=name, revision=entry.revision if entry else None, is_local=False, entry=entry)
+    return ModelRef(
+        name=name, location=name, revision=entry.revision if entry else None, is_local=False, entry=entry
+    )
 
 
 def resolve_estimator(name: str | os.PathLike | None) -> ModelRef:

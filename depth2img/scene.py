@@ -118,7 +118,9 @@ def render_driving_scene(width: int = 640, height: int = 320, *, seed: int = 0, 
         ys, xs = np.nonzero(instances == inst)
         if len(xs) >= MIN_BOX_PIXELS:
             x, y = int(xs.min()), int(ys.min())
-            boxes.append({"id": inst, "label": label, "bbox": [x, y, int(xs.max()) - x + 1, int(ys.max()) - y + 1]})
+            boxes.append(
+                {"id": inst, "label": label, "bbox": [x, y, int(xs.max()) - x + 1, int(ys.max()) - y + 1]}
+            )
     depth_map = DepthMap(np.where(finite, depth, ROAD_END_M).astype(np.float32), "metric_depth", finite,
                          source="procedural-scene", meta={"seed": seed, "focal_px": float(f)})  # fmt: skip
     return Scene(image, depth_map, semantic, instances, boxes)

@@ -27,7 +27,9 @@ def _fill_holes(disparity: np.ndarray, valid: np.ndarray) -> np.ndarray:
     return filled.astype(np.float32)
 
 
-def stereo_depth(left, right, *, num_disparities: int | None = None, block_size: int = SGBM_BLOCK_SIZE) -> DepthMap:
+def stereo_depth(
+    left, right, *, num_disparities: int | None = None, block_size: int = SGBM_BLOCK_SIZE
+) -> DepthMap:
     """Disparity in pixels aligned with the left image; ``valid`` marks matched pixels, holes are filled.
 
     ``left`` and ``right`` are PIL images (or HxWx3 uint8 arrays) of the same size, already rectified.
@@ -46,7 +48,9 @@ def stereo_depth(left, right, *, num_disparities: int | None = None, block_size:
     if num_disparities is None:
         num_disparities = max(16, int(np.ceil(w / 8 / 16)) * 16)
     if num_disparities % 16 or num_disparities <= 0 or num_disparities >= w:
-        raise InputError(f"num_disparities must be a positive multiple of 16 below the width {w}, got {num_disparities}")
+        raise InputError(
+            f"num_disparities must be a positive multiple of 16 below the width {w}, got {num_disparities}"
+        )
     if block_size % 2 == 0 or not 1 <= block_size <= 11:
         raise InputError(f"block_size must be odd, 1..11, got {block_size}")
     channels = left.shape[2] if left.ndim == 3 else 1
@@ -56,7 +60,9 @@ def stereo_depth(left, right, *, num_disparities: int | None = None, block_size:
         disp12MaxDiff=1, uniquenessRatio=10, speckleWindowSize=100, speckleRange=2,
         mode=cv2.STEREO_SGBM_MODE_SGBM_3WAY,
     )  # fmt: skip
-    disparity = matcher.compute(left, right).astype(np.float32) / 16.0  # SGBM returns fixed point, 4 fractional bits
+    disparity = (
+        matcher.compute(left, right).astype(np.float32) / 16.0
+    )  # SGBM returns fixed point, 4 fractional bits
     valid = disparity > 0
     return DepthMap(_fill_holes(disparity, valid), "disparity", valid, source="stereo-sgbm",
                     meta={"num_disparities": num_disparities, "block_size": block_size})  # fmt: skip

@@ -16,7 +16,11 @@ SEED = 0
 
 def _byte_vocab() -> dict[str, int]:
     """GPT-2's byte-to-unicode table (256 symbols), rebuilt here (transformers 5 no longer exports it)."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    bs = (
+        list(range(ord("!"), ord("~") + 1))
+        + list(range(ord("¡"), ord("¬") + 1))
+        + list(range(ord("®"), ord("ÿ") + 1))
+    )
     cs = bs[:]
     n = 0
     for b in range(256):
@@ -39,7 +43,9 @@ def clip_tokenizer():
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "vocab.json").write_text(json.dumps(_byte_vocab()))
         (Path(tmp) / "merges.txt").write_text("#version: 0.2\n")
-        return CLIPTokenizer(str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=77)
+        return CLIPTokenizer(
+            str(Path(tmp) / "vocab.json"), str(Path(tmp) / "merges.txt"), model_max_length=77
+        )
 
 
 def _seed():
@@ -49,7 +55,12 @@ def _seed():
 
 
 def depth_anything():
-    from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config, DPTImageProcessor
+    from transformers import (
+        DepthAnythingConfig,
+        DepthAnythingForDepthEstimation,
+        Dinov2Config,
+        DPTImageProcessor,
+    )
 
     _seed()
     backbone = Dinov2Config(
@@ -95,7 +106,9 @@ def zoedepth():
         patch_transformer_hidden_size=16, patch_transformer_intermediate_size=16,
         patch_transformer_num_attention_heads=2, num_patch_transformer_layers=1,
     )  # fmt: skip
-    processor = ZoeDepthImageProcessor(size={"height": 32, "width": 32}, keep_aspect_ratio=True, ensure_multiple_of=16)
+    processor = ZoeDepthImageProcessor(
+        size={"height": 32, "width": 32}, keep_aspect_ratio=True, ensure_multiple_of=16
+    )
     return ZoeDepthForDepthEstimation(config).eval(), processor
 
 

@@ -1,0 +1,49 @@
+"""Shared fixtures: tiny random-weight models written once per session, offline hub, real photos from skimage."""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # the tests never reach the network
+
+
+@pytest.fixture(scope="session", autouse=True)
+def tiny_dir(tmp_path_factory):
+    """Every tiny model in the hub layout, loaded by the registry names tiny / tiny/<entry>."""
+    from depth2img import tiny
+
+    root = tmp_path_factory.mktemp("tiny-models")
+    tiny.write_all(root)
+    old = os.environ.get("DEPTH2IMG_TINY_DIR")
+    os.environ["DEPTH2IMG_TINY_DIR"] = str(root)
+    yield root
+    if old is None:
+        os.environ.pop("DEPTH2IMG_TINY_DIR", None)
+    else:
+        os.environ["DEPTH2IMG_TINY_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def chelsea():
+    """A real photo of an awkward size (451x300)."""
+    from PIL import Image
+    from skimage import data
+
+    return Image.fromarray(data.chelsea())
+
+
+@pytest.fixture(scope="session")
+def photos_dir(tmp_path_factory, chelsea):
+    from PIL import Image
+    from skimage import data
+
+    d = tmp_path_factory.mktemp("photos")
+    chelsea.save(d / "chelsea.png")
+    Image.fromarray(data.coffee()).save(d / "coffee.jpg", quality=95)
+    return d
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(0)

@@ -1,0 +1,126 @@
+"""The CLI: happy paths, stereo, and one line per bad input with exit status 2 and nothing partial."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from depth2img.cli import main
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_help_and_usage_errors_do_not_import_torch():
+    code = (
+        "import sys\n"
+        "from depth2img.cli import main\n"
+        "for argv in (['--help'], ['depth'], ['transform', '--bogus'], []):\n"
+        "    try:\n"
+        "        main(argv)\n"
+        "    except SystemExit:\n"
+        "        pass\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'numpy') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert "HEAVY []" in res.stdout, res.stdout + res.stderr
+
+
+def test_depth_happy_path(tmp_path, photos_dir, capsys):
+    code, _, err = run(capsys, "depth", photos_dir, "-o", tmp_path / "out", "--estimator", "tiny", "-q")
+    assert code == 0, err
+    assert "2 done, 0 failed" in err
+    for stem, size in (("chelsea", (451, 300)), ("coffee", (600, 400))):
+        png = Image.open(tmp_path / "out" / f"{stem}_depth16.png")
+        assert png.size == size and np.asarray(png).dtype == np.uint16
+        assert np.load(tmp_path / "out" / f"{stem}_depth.npy").shape == size[::-1]
+        assert Image.open(tmp_path / "out" / f"{stem}_depth_preview.png").mode == "RGB"
+
+
+def test_depth_format_choice_and_glob(tmp_path, photos_dir, capsys):
+    code, _, err = run(capsys, "depth", str(photos_dir / "*.png"), "-o", tmp_path, "--estimator", "tiny/zoedepth",
+                       "--depth-format", "npy", "-q")  # fmt: skip
+    assert code == 0, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["chelsea_depth.npy"]
+
+
+def test_stereo_pair(tmp_path, capsys):
+    from skimage import data
+
+    left, right, _ = data.stereo_motorcycle()
+    Image.fromarray(left).save(tmp_path / "left.png")
+    Image.fromarray(right).save(tmp_path / "right.png")
+    code, _, err = run(
+        capsys, "depth", tmp_path / "left.png", "--right", tmp_path / "right.png", "-o", tmp_path / "o", "-q"
+    )
+    assert code == 0, err
+    assert Image.open(tmp_path / "o" / "left_depth16.png").size == (741, 500)
+    Image.fromarray(right[:, :700]).save(tmp_path / "narrow.png")
+    code, _, err = run(
+        capsys, "depth", tmp_path / "left.png", "--right", tmp_path / "narrow.png", "-o", tmp_path / "p", "-q"
+    )
+    assert code == 2 and "stereo pair sizes differ" in err and "Traceback" not in err
+    assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())
+
+
+def test_bad_inputs_are_reported_and_others_still_processed(tmp_path, chelsea, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    chelsea.save(src / "good.png")
+    (src / "zero.png").write_bytes(b"")
+    (src / "noise.jpg").write_bytes(np.random.default_rng(0).bytes(500))
+    chelsea.save(src / "full.jpg")
+    (src / "cut.jpg").write_bytes((src / "full.jpg").read_bytes()[:3000])
+    (src / "full.jpg").unlink()
+    chelsea.convert("CMYK").save(src / "cmyk.jpg")
+    chelsea.convert("P").save(src / "pal.png")
+    rgba = chelsea.convert("RGBA")
+    rgba.save(src / "rgba.png")
+    Image.fromarray(np.asarray(chelsea.convert("L")).astype(np.uint16) * 257).save(src / "grey16.png")
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "depth", src, src / "missing.png", "-o", out, "--estimator", "tiny", "-q")
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("depth2img: error:")]
+    assert len(lines) == 4, err
+    for name, problem in (("zero.png", "empty file"), ("noise.jpg", "not a readable image"),
+                          ("cut.jpg", "truncated or corrupt"), ("missing.png", "no such file")):  # fmt: skip
+        assert any(name in line and problem in line for line in lines), (name, err)
+    assert "Traceback" not in err and "4 failed" in err and "5 done" in err
+    written = {p.name.split("_depth")[0] for p in out.iterdir()}
+    assert written == {"good", "cmyk", "pal", "rgba", "grey16"}
+    assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_model_and_argument_errors_are_one_line(tmp_path, photos_dir, capsys):
+    code, _, err = run(capsys, "depth", photos_dir, "-o", tmp_path, "--estimator", "not-a-model")
+    assert code == 2 and err.count("\n") == 1 and "estimator 'not-a-model' is not a registry name" in err
+    code, _, err = run(capsys, "depth", photos_dir, "-o", tmp_path, "--depth-format", "png16,exr")
+    assert code == 2 and "depth format must be among png16, npy, preview, got ['png16', 'exr']" in err
+    code, _, err = run(capsys, "depth", photos_dir, "-o", tmp_path, "--right", "a.png")
+    assert code == 2 and "1 right images for 2 left inputs" in err
+    with pytest.raises(SystemExit) as exit_info:
+        main(["depth", "x.png"])
+    assert exit_info.value.code == 2
+
+
+def test_models_and_tiny_model_commands(tmp_path, capsys):
+    code, out, _ = run(capsys, "models")
+    assert code == 0 and "depth-anything-v2-large" in out and "NON-COMMERCIAL" in out
+    code, out, _ = run(capsys, "tiny-model", tmp_path)
+    assert code == 0 and (tmp_path / "zoedepth" / "model.safetensors").is_file()
+
+
+def test_console_script_exit_status(tmp_path):
+    res = subprocess.run([sys.executable, "-m", "depth2img", "depth", str(tmp_path / "none.png"), "-o", str(tmp_path)],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert (
+        res.returncode == 2
+        and "none.png: no such file or directory" in res.stderr
+        and "Traceback" not in res.stderr
+    )

@@ -1,0 +1,102 @@
+"""Depth conventions against known answers."""
+
+import numpy as np
+import pytest
+import torch
+
+from depth2img import conditioning
+from depth2img.depthmap import DepthMap
+from depth2img.errors import InputError
+
+
+def test_metric_depth_is_inverted_near_white():
+    d = DepthMap(np.array([[1.0, 2.0], [4.0, 8.0]]), "metric_depth")
+    # 1/d = 1, .5, .25, .125 -> min-max
+    expected = (np.array([[1.0, 0.5], [0.25, 0.125]]) - 0.125) / 0.875
+    np.testing.assert_allclose(d.normalized(), expected, atol=1e-6)
+    assert d.normalized()[0, 0] == 1.0  # the nearest pixel is white
+
+
+def test_relative_depth_is_reflected():
+    d = DepthMap(np.array([[0.0, 1.0], [2.0, 3.0]]), "relative_depth")
+    np.testing.assert_allclose(d.normalized(), [[1.0, 2 / 3], [1 / 3, 0.0]], atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["relative_inverse_depth", "disparity"])
+def test_inverse_kinds_keep_polarity(kind):
+    d = DepthMap(np.array([[10.0, 20.0], [30.0, 50.0]]), kind)
+    np.testing.assert_allclose(d.normalized(), [[0.0, 0.25], [0.5, 1.0]], atol=1e-6)
+
+
+def test_normalisation_is_per_image():
+    a = np.array([[1.0, 2.0], [3.0, 4.0]])
+    alone = DepthMap(a, "relative_inverse_depth").normalized()
+    # Another image with a huge outlier must not change this one (a batch-wide min-max would).
+    other = DepthMap(np.array([[1.0, 2.0], [3.0, 1e6]]), "relative_inverse_depth")
+    assert other.normalized()[0, 1] < 1e-5
+    np.testing.assert_array_equal(DepthMap(a, "relative_inverse_depth").normalized(), alone)
+
+
+def test_invalid_pixels_do_not_count_and_are_far():
+    values = np.array([[1.0, 2.0], [3.0, 1e9]])
+    valid = np.array([[True, True], [True, False]])
+    d = DepthMap(values, "relative_inverse_depth", valid)
+    np.testing.assert_allclose(d.normalized(), [[0.0, 0.5], [1.0, 0.0]], atol=1e-6)
+    assert d.inverse()[1, 1] == 1.0  # filled with the farthest valid value
+
+
+def test_constant_and_all_invalid_give_zeros_not_nan():
+    assert np.array_equal(DepthMap(np.full((3, 4), 7.0), "metric_depth").normalized(), np.zeros((3, 4)))
+    empty = DepthMap(np.ones((3, 4)), "metric_depth", np.zeros((3, 4), bool))
+    assert np.array_equal(empty.normalized(), np.zeros((3, 4)))
+    assert torch.equal(
+        DepthMap(np.full((16, 16), 2.0), "disparity").sd2_depth(16, 16, 8), torch.zeros(1, 1, 2, 2)
+    )
+
+
+def test_control_image_shape_range_and_white_near():
+    d = DepthMap(np.linspace(1, 10, 30 * 20).reshape(30, 20), "metric_depth")
+    img = d.control_image()
+    assert img.shape == (30, 20, 3) and img.dtype == np.float32
+    assert img.min() == 0.0 and img.max() == 1.0
+    assert np.all(img[0, 0] == 1.0) and np.all(img[-1, -1] == 0.0)
+    resized = d.control_image(41, 17)
+    assert resized.shape == (17, 41, 3) and 0 <= resized.min() and resized.max() <= 1
+
+
+def test_sd2_conversion_equals_diffusers_prepare_depth_map(rng):
+    from types import SimpleNamespace
+
+    from diffusers import StableDiffusionDepth2ImgPipeline
+
+    values = rng.uniform(0.5, 20.0, size=(72, 104)).astype(np.float32)
+    d = DepthMap(values, "metric_depth")
+    ours = d.sd2_depth(72, 104, 8)
+    theirs = StableDiffusionDepth2ImgPipeline.prepare_depth_map(
+        SimpleNamespace(vae_scale_factor=8), torch.zeros(1, 3, 72, 104),
+        torch.from_numpy(d.inverse())[None], 1, False, torch.float32, torch.device("cpu"),
+    )  # fmt: skip
+    assert ours.shape == theirs.shape == (1, 1, 9, 13)
+    assert (ours - theirs).abs().max().item() <= 1e-6
+    assert ours.min().item() == -1.0 and ours.max().item() == 1.0
+
+
+def test_bad_depth_arrays_are_refused():
+    with pytest.raises(InputError, match="2-D"):
+        DepthMap(np.zeros((2, 3, 4)), "metric_depth")
+    with pytest.raises(InputError, match="NaN or infinite"):
+        DepthMap(np.array([[1.0, np.nan]]), "metric_depth")
+    with pytest.raises(InputError, match="kind must be one of"):
+        DepthMap(np.ones((2, 2)), "depthish")
+    with pytest.raises(ValueError, match="kind must be one of"):
+        conditioning.to_inverse(np.ones((2, 2)), "nope")
+
+
+def test_resize_keeps_range_and_mask_nearest():
+    d = DepthMap(
+        np.array([[0.0, 10.0], [10.0, 0.0]]) + 1, "metric_depth", np.array([[True, False], [True, True]])
+    )
+    r = d.resized(7, 5)
+    assert r.values.shape == (5, 7) and r.valid.shape == (5, 7) and r.valid.dtype == bool
+    assert r.values.min() >= 1.0 and r.values.max() <= 11.0
+    assert not r.valid[0, -1] and r.valid[-1, 0]

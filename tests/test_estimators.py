@@ -1,0 +1,111 @@
+"""Estimators through the project's own loader, against transformers' own depth pipeline."""
+
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from depth2img.errors import InputError, ModelLoadError
+from depth2img.estimators import DepthEstimator
+
+
+@pytest.fixture(scope="module")
+def images(chelsea):
+    rng = np.random.default_rng(0)
+    noise = [Image.fromarray(rng.integers(0, 255, (h, w, 3), np.uint8)) for h, w in [(45, 67), (100, 40)]]
+    return [chelsea, noise[0], chelsea.resize((67, 45)), noise[1]]
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny/dpt-hybrid"])
+def test_equals_transformers_pipeline(name, images):
+    from transformers import pipeline
+
+    est = DepthEstimator.from_pretrained(name)
+    ours = est(images, batch_size=3)
+    reference = pipeline("depth-estimation", model=est.ref.location, device="cpu")
+    for img, depth in zip(images, ours):
+        theirs = reference(img)["predicted_depth"].numpy()
+        assert depth.values.shape == theirs.shape == (img.height, img.width)
+        scale = np.abs(theirs).max()
+        assert np.abs(depth.values - theirs).max() <= 1e-5 * scale
+        assert depth.kind == "relative_inverse_depth"
+
+
+def test_batched_equals_one_by_one(images):
+    est = DepthEstimator.from_pretrained("tiny")
+    batched = est(images, batch_size=4)
+    for img, depth in zip(images, batched):
+        single = est(img)
+        assert np.abs(single.values - depth.values).max() <= 1e-5 * np.abs(single.values).max()
+
+
+def test_zoedepth_is_metric_at_input_size(images):
+    est = DepthEstimator.from_pretrained("tiny/zoedepth")
+    depths = est(images)
+    assert est.kind == "metric_depth"
+    assert [d.values.shape for d in depths] == [(im.height, im.width) for im in images]
+    assert all(np.isfinite(d.values).all() and (d.values > 0).all() for d in depths)
+
+
+def test_loads_from_a_plain_folder_and_dtype(tiny_dir):
+    est = DepthEstimator.from_pretrained(str(tiny_dir / "depth-anything"), dtype="bfloat16")
+    assert est.dtype == torch.bfloat16 and est.kind == "relative_inverse_depth"
+    assert est(Image.new("RGB", (33, 21))).values.shape == (21, 33)
+
+
+def test_offline_hub_id_fails_fast_with_how_to(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    start = time.monotonic()
+    with pytest.raises(ModelLoadError) as err:
+        DepthEstimator.from_pretrained("depth-anything-v2-small")
+    assert time.monotonic() - start < 10
+    msg = str(err.value)
+    assert "depth-anything/Depth-Anything-V2-Small-hf" in msg and "hf download" in msg and "\n" not in msg
+
+
+def test_unreachable_hub_fails_fast(tmp_path, monkeypatch):
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens on the discard port
+    start = time.monotonic()
+    with pytest.raises(ModelLoadError, match="cannot be reached"):
+        DepthEstimator.from_pretrained("Intel/dpt-hybrid-midas")
+    assert time.monotonic() - start < 10
+
+
+def test_pickle_only_weights_refused(tmp_path, tiny_dir):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_dir / "dpt", folder)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="only pickle weights .*safetensors weights only"):
+        DepthEstimator.from_pretrained(str(folder))
+
+
+def test_not_a_depth_model_refused(tmp_path):
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
+                         vocab_size=10)).save_pretrained(tmp_path / "bert")  # fmt: skip
+    with pytest.raises(ModelLoadError, match="'bert' model, not a known depth estimator"):
+        DepthEstimator.from_pretrained(str(tmp_path / "bert"))
+
+
+@pytest.mark.parametrize("name, message", [("nope", "not a registry name"), ("./missing/dir", "not a registry name"),
+                                           ("tiny/sd9", "no tiny model for 'sd9'")])  # fmt: skip
+def test_unknown_names(name, message):
+    with pytest.raises(InputError, match=message):
+        DepthEstimator.from_pretrained(name)
+
+
+def test_tiny_is_built_on_first_use(tmp_path, monkeypatch):
+    monkeypatch.setenv("DEPTH2IMG_TINY_DIR", str(tmp_path / "fresh"))
+    est = DepthEstimator.from_pretrained("tiny/dpt-hybrid")
+    assert (tmp_path / "fresh" / "dpt" / "model.safetensors").is_file()
+    assert est.kind == "relative_inverse_depth"

@@ -1,0 +1,175 @@
+"""Image and depth-file reading: conversions, full precision, and one clear line for every bad input."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from depth2img import io
+from depth2img.depthmap import DepthMap
+from depth2img.errors import InputError
+
+
+def test_mode_conversions(tmp_path, chelsea):
+    chelsea.convert("CMYK").save(tmp_path / "cmyk.jpg")
+    chelsea.convert("P").save(tmp_path / "pal.png")
+    rgba = chelsea.convert("RGBA")
+    rgba.putalpha(0)
+    rgba.save(tmp_path / "clear.png")
+    for name in ("cmyk.jpg", "pal.png", "clear.png"):
+        img = io.load_image(tmp_path / name)
+        assert img.mode == "RGB" and img.size == chelsea.size
+    assert np.all(np.asarray(io.load_image(tmp_path / "clear.png")) == 255)  # transparent -> white
+
+
+def test_16bit_grey_is_scaled_not_clipped(tmp_path):
+    ramp = np.tile(np.array([0, 257, 32896, 65535], np.uint16), (16, 4))
+    Image.fromarray(ramp).save(tmp_path / "g16.png")
+    rgb = np.asarray(io.load_image(tmp_path / "g16.png"))
+    assert rgb.shape == (16, 16, 3)
+    assert list(rgb[0, :4, 0]) == [0, 1, 128, 255]
+
+
+def test_exif_rotation_is_honoured(tmp_path, chelsea):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW to display
+    chelsea.save(tmp_path / "rot.jpg", exif=exif)
+    assert io.load_image(tmp_path / "rot.jpg").size == (chelsea.height, chelsea.width)
+
+
+@pytest.mark.parametrize(
+    "name, make, message",
+    [
+        ("zero.png", lambda p: p.write_bytes(b""), "empty file"),
+        ("noise.png", lambda p: p.write_bytes(np.random.default_rng(1).bytes(2000)), "not a readable image"),
+        ("text.jpg", lambda p: p.write_text("hello"), "not a readable image"),
+        ("tiny.png", lambda p: Image.new("RGB", (1, 1)).save(p), "too small"),
+    ],
+)
+def test_bad_images_one_line(tmp_path, name, make, message):
+    make(tmp_path / name)
+    with pytest.raises(InputError, match=message) as err:
+        io.load_image(tmp_path / name)
+    assert str(tmp_path / name) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_truncated_image(tmp_path, chelsea):
+    chelsea.save(tmp_path / "full.jpg")
+    data = (tmp_path / "full.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
+    with pytest.raises(InputError, match="truncated or corrupt"):
+        io.load_image(tmp_path / "cut.jpg")
+
+
+def test_decompression_bomb_refused_before_decoding(tmp_path):
+    Image.new("L", (3000, 2000)).save(tmp_path / "big.png")
+    with pytest.raises(InputError, match="over the 1,000,000-pixel limit"):
+        io.load_image(tmp_path / "big.png", max_pixels=1_000_000)
+
+
+def test_expand_inputs(tmp_path, chelsea):
+    (tmp_path / "d").mkdir()
+    chelsea.save(tmp_path / "d" / "b.png")
+    chelsea.save(tmp_path / "d" / "a.jpg")
+    (tmp_path / "d" / "notes.txt").write_text("x")
+    paths, problems = io.expand_inputs(
+        [str(tmp_path / "d"), str(tmp_path / "d" / "*.png"), str(tmp_path / "nope.png")]
+    )
+    assert [p.name for p in paths] == ["a.jpg", "b.png"]  # directory sorted, glob duplicate dropped
+    assert problems == [f"{tmp_path / 'nope.png'}: no such file or directory"]
+
+
+# ------------------------------------------------------------------------------------------ depth files
+
+
+def test_png16_round_trip_is_exact(tmp_path, rng):
+    d = DepthMap(rng.uniform(1, 80, size=(37, 53)), "metric_depth")
+    io.write_depth_png16(d, tmp_path / "d.png")
+    raw = np.asarray(Image.open(tmp_path / "d.png"))
+    assert raw.dtype == np.uint16 and raw.min() == 0 and raw.max() == 65535
+    np.testing.assert_array_equal(raw, d.to_uint16())
+    back = io.read_depth_file(tmp_path / "d.png")  # polarity comes from the file's text chunk
+    assert back.kind == "relative_inverse_depth"
+    np.testing.assert_allclose(back.normalized(), d.normalized(), atol=0.5 / 65535 + 1e-7)
+    assert len(np.unique(back.values)) > 256  # never squeezed through 8 bits
+
+
+def test_npy_round_trip_raw(tmp_path, rng):
+    d = DepthMap(rng.uniform(1, 80, size=(20, 30)), "metric_depth")
+    io.write_depth_npy(d, tmp_path / "d.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "d.npy"), d.values)
+    back = io.read_depth_file(tmp_path / "d.npy", "metric")
+    np.testing.assert_array_equal(back.values, d.values)
+
+
+def test_user_depth_formats_and_polarity(tmp_path):
+    far_bright = np.tile(np.arange(32, dtype=np.uint8) * 8, (16, 1))
+    Image.fromarray(far_bright).save(tmp_path / "d8.png")
+    d = io.read_depth_file(tmp_path / "d8.png", "far-bright")
+    assert d.normalized()[0, 0] == 1.0 and d.normalized()[0, -1] == 0.0
+    near = io.read_depth_file(tmp_path / "d8.png", "near-bright")
+    assert near.normalized()[0, -1] == 1.0
+    Image.fromarray(np.full((16, 16), 2.5, np.float32), "F").save(tmp_path / "d.tif")
+    assert io.read_depth_file(tmp_path / "d.tif", "metric").values[0, 0] == 2.5
+    kitti = np.array([[0, 256 * 10], [256 * 5, 256 * 20]], np.uint16)  # KITTI: metres * 256, 0 = no return
+    Image.fromarray(kitti).save(tmp_path / "k.png")
+    k = io.read_depth_file(tmp_path / "k.png", "metric", depth_scale=1 / 256)
+    assert k.values[0, 1] == 10.0 and not k.valid[0, 0]
+    np.savez(tmp_path / "d.npz", depth=np.ones((4, 4)) * 3, kind="metric")
+    assert io.read_depth_file(tmp_path / "d.npz").kind == "metric_depth"
+
+
+@pytest.mark.parametrize(
+    "name, make, polarity, message",
+    [
+        (
+            "amb.png",
+            lambda p: Image.fromarray(np.zeros((8, 8), np.uint8)).save(p),
+            None,
+            "does not say which way",
+        ),
+        (
+            "nan.npy",
+            lambda p: np.save(p, np.array([[1.0, np.nan]])),
+            "metric",
+            "1 depth values are NaN or infinite",
+        ),
+        ("inf.npy", lambda p: np.save(p, np.array([[1.0, np.inf]])), "near-bright", "NaN or infinite"),
+        ("neg.npy", lambda p: np.save(p, np.array([[1.0, -2.0]])), "metric", "negative"),
+        ("cube.npy", lambda p: np.save(p, np.zeros((2, 3, 4))), "metric", "2-D array"),
+        (
+            "colour.png",
+            lambda p: Image.fromarray(np.random.default_rng(0).integers(0, 255, (8, 8, 3), np.uint8)).save(p),
+            "near-bright",
+            "colour image is not a depth map",
+        ),  # fmt: skip
+        ("d.jpg", lambda p: p.write_bytes(b"x"), "metric", "depth files must be one of"),
+        (
+            "pickle.npy",
+            lambda p: np.save(p, np.array([{"a": 1}], dtype=object)),
+            "metric",
+            "not a readable NumPy file",
+        ),
+    ],
+)
+def test_bad_depth_files(tmp_path, name, make, polarity, message):
+    make(tmp_path / name)
+    with pytest.raises(InputError, match=message) as err:
+        io.read_depth_file(tmp_path / name, polarity)
+    assert "\n" not in str(err.value)
+
+
+def test_bad_polarity_named():
+    with pytest.raises(InputError, match="polarity must be one of near-bright, far-bright, metric, got 'up'"):
+        io.read_depth_file("x.npy", "up")
+
+
+def test_failed_product_write_leaves_nothing(tmp_path, monkeypatch):
+    d = DepthMap(np.ones((4, 4)), "metric_depth")
+
+    def boom(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setitem(io.DEPTH_WRITERS, "preview", ("_depth_preview.png", boom))
+    with pytest.raises(OSError):
+        io.write_depth_products(d, tmp_path, "x")
+    assert list(tmp_path.iterdir()) == []

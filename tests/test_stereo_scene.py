@@ -1,0 +1,67 @@
+"""Stereo on a real pair with ground truth; the procedural scene against its analytic geometry."""
+
+import numpy as np
+import pytest
+
+from depth2img.errors import InputError
+from depth2img.scene import CAMERA_HEIGHT_M, CLASSES, render_driving_scene
+from depth2img.stereo import stereo_depth
+
+
+def test_sgbm_on_middlebury_motorcycle():
+    from skimage import data
+
+    left, right, gt = data.stereo_motorcycle()  # real rectified pair, ground-truth disparity (inf = unknown)
+    d = stereo_depth(left, right)
+    assert d.kind == "disparity" and d.values.shape == gt.shape and np.isfinite(d.values).all()
+    known = np.isfinite(gt)
+    err = np.abs(d.values - gt)
+    bad2_matched = (err[known & d.valid] > 2).mean()
+    bad2_dense = (err[known] > 2).mean()
+    # Measured: 82.6% matched, bad-2px 5.9% on matched pixels, 9.7% after hole filling.
+    assert d.valid.mean() > 0.78
+    assert bad2_matched < 0.08
+    assert bad2_dense < 0.12
+    # near = white: the motorcycle (large disparity) is brighter than the far wall
+    n = d.normalized()
+    assert n[gt > 50].mean() > n[(gt < 20) & known].mean()
+
+
+def test_stereo_size_mismatch():
+    a = np.zeros((40, 64, 3), np.uint8)
+    with pytest.raises(InputError, match="stereo pair sizes differ: left 64x40, right 60x40"):
+        stereo_depth(a, np.zeros((40, 60, 3), np.uint8))
+
+
+def test_hole_filling_takes_the_background():
+    from depth2img.stereo import _fill_holes
+
+    disp = np.array([[10.0, 0, 0, 30.0, 0]])
+    valid = disp > 0
+    np.testing.assert_array_equal(_fill_holes(disp, valid), [[10, 10, 10, 30, 30]])
+
+
+def test_scene_depth_is_exact_and_labels_consistent():
+    s = render_driving_scene(320, 160, seed=3)
+    assert s.image.size == (320, 160) and s.depth.values.shape == (160, 320)
+    assert s.depth.kind == "metric_depth"
+    f = s.depth.meta["focal_px"]
+    # Road pixels: a flat plane CAMERA_HEIGHT_M below the camera -> z = h * f / (v - cy)
+    v = np.arange(160)[:, None] + 0.5
+    expected = CAMERA_HEIGHT_M * f / (v - 80)
+    road = (s.semantic == CLASSES.index("road")) & (v > 80)
+    np.testing.assert_allclose(s.depth.values[road], np.broadcast_to(expected, (160, 320))[road], rtol=1e-5)
+    assert (
+        not s.depth.valid[s.semantic == 0].any() and s.depth.valid[s.semantic > 0].all()
+    )  # sky only is invalid
+    for box in s.boxes:
+        x, y, w, h = box["bbox"]
+        m = s.instances == box["id"]
+        assert m[y : y + h, x : x + w].sum() == m.sum()  # the box covers every pixel of its instance
+        assert CLASSES[s.semantic[m][0]] == box["label"]
+
+
+def test_scene_is_deterministic():
+    a, b = render_driving_scene(96, 64, seed=5), render_driving_scene(96, 64, seed=5)
+    assert np.array_equal(np.asarray(a.image), np.asarray(b.image)) and a.boxes == b.boxes
+    assert not np.array_equal(np.asarray(a.image), np.asarray(render_driving_scene(96, 64, seed=6).image))
