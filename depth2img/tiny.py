@@ -123,7 +123,149 @@ def write_estimator(kind: str, folder: str | Path) -> Path:
     return folder
 
 
-WRITERS = {name: write_estimator for name in ESTIMATOR_BUILDERS}
+# ------------------------------------------------------------------------------------ diffusion backbones
+# Configs follow diffusers' own pipeline tests (get_dummy_components) and ../shared/OFFLINE-MODELS.md.
+TINY_NATIVE_SIZE = 64  # generation pixel budget for tiny backbones (64x64), instead of the entry's 512/1024
+
+
+def _sd_unet(in_channels=4, **extra):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=in_channels, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=extra.pop("cross_attention_dim", 32), attention_head_dim=(2, 4), use_linear_projection=True,
+        **extra,
+    )  # fmt: skip
+
+
+def _sd_vae(**extra):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=(32, 64), in_channels=3, out_channels=3, latent_channels=4,
+        down_block_types=("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        up_block_types=("UpDecoderBlock2D", "UpDecoderBlock2D"), **extra,
+    )  # fmt: skip
+
+
+def _clip_text(projection: bool = False):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        bos_token_id=512, eos_token_id=513, pad_token_id=513, hidden_size=32, intermediate_size=37,
+        layer_norm_eps=1e-05, num_attention_heads=4, num_hidden_layers=2, vocab_size=1000,
+        max_position_embeddings=77, projection_dim=32,
+    )  # fmt: skip
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
+
+
+def _sd_scheduler():
+    from diffusers import PNDMScheduler
+
+    # SD1.5 / SD2 repos ship this scheduler config.
+    return PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", skip_prk_steps=True,
+                         steps_offset=1, set_alpha_to_one=False)  # fmt: skip
+
+
+def write_sd15(kind: str, folder: Path) -> Path:
+    """Hub layout of stable-diffusion-v1-5 (folder) plus lllyasviel's ControlNet repo (folder-controlnet)."""
+    from diffusers import ControlNetModel, StableDiffusionPipeline
+
+    _seed()
+    unet = _sd_unet()
+    pipe = StableDiffusionPipeline(
+        unet=unet, vae=_sd_vae(), text_encoder=_clip_text(), tokenizer=clip_tokenizer(), scheduler=_sd_scheduler(),
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    controlnet.save_pretrained(controlnet_folder(folder), safe_serialization=True)
+    return folder
+
+
+def write_sd2_depth(kind: str, folder: Path) -> Path:
+    """Hub layout of stable-diffusion-2-depth: a 5-channel UNet and its DPT depth estimator."""
+    from diffusers import StableDiffusionDepth2ImgPipeline
+
+    depth_model, processor = dpt()
+    _seed()
+    pipe = StableDiffusionDepth2ImgPipeline(
+        vae=_sd_vae(), text_encoder=_clip_text(), tokenizer=clip_tokenizer(), unet=_sd_unet(in_channels=5),
+        scheduler=_sd_scheduler(), depth_estimator=depth_model, feature_extractor=processor,
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def write_sdxl(kind: str, folder: Path) -> Path:
+    """Hub layout of stable-diffusion-xl-base-1.0 (folder) plus diffusers' SDXL depth ControlNet (folder-controlnet)."""
+    from diffusers import ControlNetModel, EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    _seed()
+    # SDXL micro-conditioning: 6 time ids x 8 + text_encoder_2's 32-d pooled projection = 80
+    xl = dict(addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80,
+              cross_attention_dim=64)  # fmt: skip
+    unet = _sd_unet(**xl)
+    pipe = StableDiffusionXLPipeline(
+        vae=_sd_vae(force_upcast=True), text_encoder=_clip_text(), text_encoder_2=_clip_text(projection=True),
+        tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(), unet=unet,
+        scheduler=EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                         steps_offset=1, timestep_spacing="leading"),
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    controlnet = ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32))
+    controlnet.save_pretrained(controlnet_folder(folder), safe_serialization=True)
+    return folder
+
+
+def t5_tokenizer():
+    """A character-level T5 tokenizer (pad 0, eos 1, unk 2) that loads offline, max length 512 as FLUX uses."""
+    from transformers import T5Tokenizer
+
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -1.0)]
+    vocab += [(chr(c), -1.0) for c in range(33, 127)]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
+
+
+def write_flux(kind: str, folder: Path) -> Path:
+    """Hub layout of FLUX.1-Depth-dev: the transformer takes packed latents and packed control latents (2x channels)."""
+    from diffusers import (
+        AutoencoderKL,
+        FlowMatchEulerDiscreteScheduler,
+        FluxControlPipeline,
+        FluxTransformer2DModel,
+    )
+    from transformers import T5Config, T5EncoderModel
+
+    _seed()
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=8, out_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+    )  # fmt: skip
+    vae = AutoencoderKL(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1, latent_channels=1,
+        norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+    )  # fmt: skip
+    t5 = T5EncoderModel(T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
+                                 decoder_start_token_id=0)).eval()  # fmt: skip
+    pipe = FluxControlPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_clip_text(projection=False),
+        tokenizer=clip_tokenizer(), text_encoder_2=t5, tokenizer_2=t5_tokenizer(), transformer=transformer,
+    )  # fmt: skip
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def controlnet_folder(folder: str | Path) -> Path:
+    """Where a tiny backbone's separate ControlNet repo lives (beside the base repo, as on the hub)."""
+    folder = Path(folder)
+    return folder.with_name(folder.name + "-controlnet")
+
+
+WRITERS = {name: write_estimator for name in ESTIMATOR_BUILDERS} | {
+    "sd15-depth": write_sd15, "sd2-depth": write_sd2_depth, "sdxl-depth": write_sdxl, "flux-depth": write_flux,
+}  # fmt: skip
 
 
 def write(kind: str, folder: str | Path) -> Path:
@@ -132,10 +274,13 @@ def write(kind: str, folder: str | Path) -> Path:
 
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    for old in (tmp, controlnet_folder(tmp)):
+        shutil.rmtree(old, ignore_errors=True)
     WRITERS[kind](kind, tmp)
-    shutil.rmtree(folder, ignore_errors=True)
-    tmp.rename(folder)
+    for new, final in ((controlnet_folder(tmp), controlnet_folder(folder)), (tmp, folder)):
+        if new.exists():
+            shutil.rmtree(final, ignore_errors=True)
+            new.rename(final)
     return folder
 
 

@@ -1,0 +1,391 @@
+"""Diffusion backbones, by composition over diffusers' own pipelines (no pipeline code is copied).
+
+A ``Backend`` holds one set of weights and the pipelines that share them (txt2img and img2img via
+``from_pipe``); it turns prepared inputs (image and DepthMap at generation size, CPU generators) into
+a float image batch. Loading goes through ``loading.snapshot_dir`` like every other model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+from pathlib import Path
+
+import numpy as np
+
+from .errors import InputError, ModelLoadError
+from .loading import PIPELINE_FILES, SINGLE_MODEL_FILES, first_line, require_safetensors, snapshot_dir
+from .registry import ModelRef
+
+SCHEDULERS = {
+    "unipc": "UniPCMultistepScheduler",
+    "ddim": "DDIMScheduler",
+    "pndm": "PNDMScheduler",
+    "euler": "EulerDiscreteScheduler",
+    "euler-a": "EulerAncestralDiscreteScheduler",
+    "dpm++": "DPMSolverMultistepScheduler",
+    "dpm++-karras": "DPMSolverMultistepScheduler",
+    "lms": "LMSDiscreteScheduler",
+    "flow-euler": "FlowMatchEulerDiscreteScheduler",
+}
+# model_index.json's _class_name -> pipeline kind, for folders and hub ids outside the registry
+CLASS_TO_KIND = {
+    "StableDiffusionPipeline": "sd15-controlnet", "StableDiffusionControlNetPipeline": "sd15-controlnet",
+    "StableDiffusionDepth2ImgPipeline": "sd2-depth", "StableDiffusionXLPipeline": "sdxl-controlnet",
+    "StableDiffusionXLControlNetPipeline": "sdxl-controlnet", "FluxControlPipeline": "flux-control",
+}  # fmt: skip
+
+
+class ControlNetCallCounter:
+    """Counts real ControlNet forward passes (tests and benchmarks read it)."""
+
+    def __init__(self):
+        self.calls = 0
+
+
+@contextlib.contextmanager
+def skip_inactive_controlnet(controlnet, counter: ControlNetCallCounter | None = None, enabled: bool = True):
+    """Inside the block, a ControlNet call with ``conditioning_scale == 0`` (diffusers' way of switching it off
+    outside [control_guidance_start, control_guidance_end]) returns no residuals instead of running the network.
+
+    The UNet adds nothing when the residuals are None, so the result is the same as adding diffusers'
+    zero-scaled residuals, without the ControlNet's compute on those steps.
+    """
+    original = controlnet.forward
+
+    def forward(*args, conditioning_scale=1.0, guess_mode=False, **kwargs):
+        if enabled and not guess_mode and conditioning_scale == 0:
+            return None, None
+        if counter is not None:
+            counter.calls += 1
+        return original(*args, conditioning_scale=conditioning_scale, guess_mode=guess_mode, **kwargs)
+
+    controlnet.forward = forward
+    try:
+        yield
+    finally:
+        del controlnet.forward  # the instance attribute goes; the class's forward is back
+
+
+def _model_index(path: Path) -> dict:
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelLoadError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+    return json.loads(index.read_text())
+
+
+def pipeline_kind(path: Path) -> str:
+    name = _model_index(path).get("_class_name", "")
+    if name not in CLASS_TO_KIND:
+        raise ModelLoadError(
+            f"{path}: pipeline class {name!r} is not a supported backbone ({', '.join(CLASS_TO_KIND)})"
+        )
+    return CLASS_TO_KIND[name]
+
+
+class Backend:
+    """One backbone's pipelines. Subclasses say how to load and how to call."""
+
+    kind = ""
+    txt2img_class = ""
+    img2img_class = ""
+    supports_txt2img = True
+    has_controlnet = True
+    default_scheduler = "unipc"
+
+    def __init__(self, txt2img, ref: ModelRef, controlnet_ref: ModelRef | None = None):
+        import diffusers
+
+        self.ref = ref
+        self.controlnet_ref = controlnet_ref
+        self.pipes = {"txt2img" if self.supports_txt2img else "img2img": txt2img}
+        if self.supports_txt2img and self.img2img_class:
+            self.pipes["img2img"] = getattr(diffusers, self.img2img_class).from_pipe(txt2img)
+        self.scheduler_name = None
+        self._schedulers = {}
+        self.controlnet_counter = ControlNetCallCounter()
+        self.verify()
+
+    @property
+    def pipe(self):
+        return next(iter(self.pipes.values()))
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return self.pipe.vae_scale_factor
+
+    @property
+    def size_multiple(self) -> int:
+        return self.vae_scale_factor * 2  # latents must pack into 2x2 patches (Flux) / stay even (SD)
+
+    # --------------------------------------------------------------------------------------- loading
+
+    @classmethod
+    def load(cls, ref: ModelRef, *, path: Path, dtype, local_files_only: bool, controlnet=None):
+        raise NotImplementedError
+
+    @staticmethod
+    def _from_pretrained(class_name: str, path: Path, ref: ModelRef, dtype, **components):
+        import diffusers
+
+        require_safetensors(path, ref)
+        try:
+            return getattr(diffusers, class_name).from_pretrained(
+                path, torch_dtype=dtype, use_safetensors=True, local_files_only=True, **components
+            )
+        except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
+            raise ModelLoadError(
+                f"model {ref.name!r} at {path} could not be loaded: {first_line(err)}"
+            ) from None
+
+    def verify(self) -> None:
+        """Check what was loaded: a tokenizer loaded offline from a hub id can silently hold 2 tokens."""
+        for name in ("tokenizer", "tokenizer_2"):
+            tok = getattr(self.pipe, name, None)
+            if tok is None:
+                continue
+            encoder = getattr(self.pipe, name.replace("tokenizer", "text_encoder"), None)
+            vocab = getattr(getattr(encoder, "config", None), "vocab_size", None)
+            if len(tok) < 64 or (vocab is not None and len(tok) > vocab):
+                raise ModelLoadError(
+                    f"model {self.ref.name!r}: {name} has {len(tok)} tokens (text encoder vocabulary {vocab}); "
+                    "the tokenizer files are missing or were not loaded; re-download the model"
+                )
+
+    # --------------------------------------------------------------------------------------- knobs
+
+    def set_scheduler(self, name: str | None) -> str:
+        """Swap the scheduler of every cached pipeline (the weights stay); returns the name in use."""
+        import diffusers
+
+        name = name or self.default_scheduler
+        if name not in self.allowed_schedulers():
+            raise InputError(
+                f"scheduler {name!r} is not one of {', '.join(self.allowed_schedulers())} for {self.kind}"
+            )
+        if name != self.scheduler_name:
+            if name not in self._schedulers:
+                base = self._schedulers.get("__original__") or self.pipe.scheduler
+                self._schedulers["__original__"] = base
+                extra = {"use_karras_sigmas": True} if name.endswith("karras") else {}
+                self._schedulers[name] = getattr(diffusers, SCHEDULERS[name]).from_config(
+                    base.config, **extra
+                )
+            for pipe in self.pipes.values():
+                pipe.scheduler = self._schedulers[name]
+            self.scheduler_name = name
+        return name
+
+    def allowed_schedulers(self) -> list[str]:
+        return [n for n in SCHEDULERS if n != "flow-euler"]
+
+    def text_limit(self) -> tuple[object, int]:
+        return self.pipe.tokenizer, self.pipe.tokenizer.model_max_length
+
+    def memory(self, *, offload: str | None = None, vae_tiling: bool = False, vae_slicing: bool = False,
+               attention: str = "sdpa") -> None:  # fmt: skip
+        import torch
+
+        pipe = self.pipe
+        if offload not in (None, "none", "model", "sequential"):
+            raise InputError(f"offload must be none, model or sequential, got {offload!r}")
+        if offload in ("model", "sequential"):
+            if not torch.cuda.is_available():
+                raise InputError(
+                    f"offload {offload!r} moves weights between CPU and GPU; no GPU is available here"
+                )
+            (pipe.enable_model_cpu_offload if offload == "model" else pipe.enable_sequential_cpu_offload)()
+        if vae_tiling:
+            pipe.vae.enable_tiling()
+        if vae_slicing:
+            pipe.vae.enable_slicing()
+        if attention == "xformers":
+            try:
+                import xformers  # noqa: F401
+            except ImportError:
+                raise InputError(
+                    "attention 'xformers' needs the xformers extra: pip install 'depth2img[xformers]'"
+                ) from None
+            pipe.enable_xformers_memory_efficient_attention()
+        elif attention != "sdpa":
+            raise InputError(f"attention must be sdpa or xformers, got {attention!r}")
+
+    # --------------------------------------------------------------------------------------- calling
+
+    def control_tensor(self, depth):
+        """The ControlNet image: (1, 3, H, W) float in [0, 1], near = white (no 8-bit rounding)."""
+        import torch
+
+        return torch.from_numpy(depth.control_image()).permute(2, 0, 1)[None].contiguous()
+
+    def call_kwargs(self, *, image, depth, knobs) -> dict:
+        raise NotImplementedError
+
+    def __call__(self, *, image, depth, prompt, negative_prompt, generators, knobs, callback=None,
+                 skip_controlnet: bool = True) -> np.ndarray:  # fmt: skip
+        """Run one batch (len(generators) images). ``image``/``depth`` are at generation size; returns (N, H, W, 3) float."""
+        mode = (
+            "img2img"
+            if (image is not None and knobs["strength"] < 1.0) or not self.supports_txt2img
+            else "txt2img"
+        )
+        pipe = self.pipes[mode]
+        kwargs = self.call_kwargs(image=image if mode == "img2img" else None, depth=depth, knobs=knobs)
+        if negative_prompt and self.kind != "flux-control":
+            kwargs["negative_prompt"] = negative_prompt
+        if callback is not None:
+            kwargs["callback_on_step_end"] = callback
+        controlnet = getattr(pipe, "controlnet", None)
+        guard = (
+            skip_inactive_controlnet(controlnet, self.controlnet_counter, enabled=skip_controlnet)
+            if controlnet is not None
+            else contextlib.nullcontext()
+        )
+        with guard:
+            out = pipe(
+                prompt=prompt, num_images_per_prompt=len(generators), generator=generators,
+                num_inference_steps=knobs["steps"], guidance_scale=knobs["guidance_scale"],
+                height=depth.height, width=depth.width, output_type="np", **kwargs,
+            )  # fmt: skip
+        self.last_mode = mode
+        return np.asarray(out.images, dtype=np.float32)
+
+
+class ControlNetBackend(Backend):
+    @classmethod
+    def load(cls, ref, *, path, dtype, local_files_only, controlnet=None):
+        from diffusers import ControlNetModel
+
+        cn_ref = controlnet or _controlnet_ref(ref, path)
+        cn_path = snapshot_dir(cn_ref, local_files_only=local_files_only, allow_patterns=SINGLE_MODEL_FILES)
+        require_safetensors(cn_path, cn_ref)
+        try:
+            cn = ControlNetModel.from_pretrained(
+                cn_path, torch_dtype=dtype, use_safetensors=True, local_files_only=True
+            )
+        except (OSError, ValueError) as err:
+            raise ModelLoadError(
+                f"ControlNet {cn_ref.name!r} at {cn_path} could not be loaded: {first_line(err)}"
+            ) from None
+        extra = (
+            {"safety_checker": None, "requires_safety_checker": False}
+            if cls.kind == "sd15-controlnet"
+            else {}
+        )
+        pipe = cls._from_pretrained(cls.txt2img_class, path, ref, dtype, controlnet=cn, **extra)
+        if cn.config.cross_attention_dim != pipe.unet.config.cross_attention_dim:
+            raise ModelLoadError(
+                f"ControlNet {cn_ref.name!r} (cross-attention {cn.config.cross_attention_dim}) does not fit "
+                f"{ref.name!r} (UNet cross-attention {pipe.unet.config.cross_attention_dim}): wrong backbone family"
+            )
+        return cls(pipe, ref, cn_ref)
+
+    def call_kwargs(self, *, image, depth, knobs):
+        control = self.control_tensor(depth)
+        kwargs = dict(controlnet_conditioning_scale=knobs["control_scale"],
+                      control_guidance_start=knobs["control_start"], control_guidance_end=knobs["control_end"])  # fmt: skip
+        if image is None:
+            kwargs["image"] = control
+        else:
+            kwargs.update(image=image, control_image=control, strength=knobs["strength"])
+        return kwargs
+
+
+class SD15Backend(ControlNetBackend):
+    kind = "sd15-controlnet"
+    txt2img_class = "StableDiffusionControlNetPipeline"
+    img2img_class = "StableDiffusionControlNetImg2ImgPipeline"
+
+
+class SDXLBackend(ControlNetBackend):
+    kind = "sdxl-controlnet"
+    txt2img_class = "StableDiffusionXLControlNetPipeline"
+    img2img_class = "StableDiffusionXLControlNetImg2ImgPipeline"
+    default_scheduler = "euler"
+
+
+class SD2DepthBackend(Backend):
+    kind = "sd2-depth"
+    txt2img_class = "StableDiffusionDepth2ImgPipeline"
+    supports_txt2img = False
+    has_controlnet = False
+    default_scheduler = "pndm"
+
+    @classmethod
+    def load(cls, ref, *, path, dtype, local_files_only, controlnet=None):
+        # Our DepthMap is fed as depth_map, so the repo's own DPT estimator is not needed.
+        pipe = cls._from_pretrained(
+            cls.txt2img_class, path, ref, dtype, depth_estimator=None, feature_extractor=None
+        )
+        return cls(pipe, ref)
+
+    def call_kwargs(self, *, image, depth, knobs):
+        import torch
+
+        if not depth.normalized().any():
+            raise InputError(
+                "depth is constant (no structure): SD2-depth normalises it by its range, which is zero"
+            )
+        if image is None:
+            raise InputError("sd2-depth transforms a photo (img2img); it cannot generate from depth alone")
+        return dict(
+            image=image, depth_map=torch.from_numpy(depth.inverse())[None], strength=knobs["strength"]
+        )
+
+
+class FluxBackend(Backend):
+    kind = "flux-control"
+    txt2img_class = "FluxControlPipeline"
+    img2img_class = "FluxControlImg2ImgPipeline"
+    has_controlnet = False
+    default_scheduler = "flow-euler"
+
+    @classmethod
+    def load(cls, ref, *, path, dtype, local_files_only, controlnet=None):
+        return cls(cls._from_pretrained(cls.txt2img_class, path, ref, dtype), ref)
+
+    def allowed_schedulers(self):
+        return ["flow-euler"]
+
+    def text_limit(self):
+        return self.pipe.tokenizer_2, 512
+
+    def call_kwargs(self, *, image, depth, knobs):
+        if knobs["control_scale"] != 1.0:
+            raise InputError(
+                "control_scale: FLUX.1-Depth-dev (full model) has no control-strength input; "
+                f"use the LoRA variant for a scale, got {knobs['control_scale']}"
+            )
+        kwargs = dict(control_image=self.control_tensor(depth))
+        if image is not None:
+            kwargs.update(image=image, strength=knobs["strength"])
+        return kwargs
+
+
+BACKENDS = {b.kind: b for b in (SD15Backend, SD2DepthBackend, SDXLBackend, FluxBackend)}
+
+
+def _controlnet_ref(ref: ModelRef, path: Path) -> ModelRef:
+    """A base repo's ControlNet: the tiny sibling folder, a `controlnet/` subfolder, or the registry's hub id."""
+    from .tiny import controlnet_folder
+
+    for candidate in (path / "controlnet", controlnet_folder(path)):
+        if (candidate / "config.json").is_file():
+            return ModelRef(name=str(candidate), location=str(candidate), revision=None, is_local=True)
+    if ref.entry is not None and ref.entry.controlnet:
+        return ModelRef(name=ref.entry.controlnet, location=ref.entry.controlnet, revision=ref.entry.revision,
+                        is_local=False)  # fmt: skip
+    raise ModelLoadError(
+        f"model {ref.name!r}: no ControlNet found (a 'controlnet/' subfolder or the registry's id)"
+    )
+
+
+def load_backend(ref: ModelRef, *, dtype, local_files_only: bool = False) -> Backend:
+    path = snapshot_dir(ref, local_files_only=local_files_only, allow_patterns=PIPELINE_FILES)
+    kind = pipeline_kind(path)
+    if ref.entry is not None and ref.entry.pipeline != kind:
+        raise ModelLoadError(
+            f"model {ref.name!r} holds a {kind} pipeline ({_model_index(path)['_class_name']}), "
+            f"but backbone {ref.entry.name!r} needs {ref.entry.pipeline}"
+        )
+    return BACKENDS[kind].load(ref, path=path, dtype=dtype, local_files_only=local_files_only)

@@ -1,0 +1,96 @@
+"""Prompt presets (``configs/presets.yaml`` plus user files): templates that wrap the user's words."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import InputError
+from .registry import configs_dir
+
+PRESET_ENV = "DEPTH2IMG_PRESETS"
+KNOBS = ("steps", "strength", "guidance_scale", "control_scale", "control_start", "control_end")
+_KEYS = {"group", "prompt", "negative", "knobs"}
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    prompt: str  # template holding {prompt}
+    negative: str = ""
+    group: str = ""
+    knobs: dict = field(default_factory=dict)
+
+
+def _load_file(path: Path) -> dict[str, Preset]:
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except OSError as err:
+        raise InputError(f"presets file {path}: cannot be read ({err.strerror})") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise InputError(f"presets file {path}: malformed YAML{where}") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("presets"), dict):
+        raise InputError(f"presets file {path}: must hold a 'presets:' mapping")
+    out = {}
+    for name, spec in raw["presets"].items():
+        where = f"presets file {path}: preset {name!r}"
+        if not isinstance(spec, dict):
+            raise InputError(f"{where} must be a mapping")
+        unknown = set(spec) - _KEYS
+        if unknown:
+            raise InputError(f"{where} has unknown keys {sorted(unknown)} (allowed: {sorted(_KEYS)})")
+        template = spec.get("prompt", "{prompt}")
+        if "{prompt}" not in template:
+            raise InputError(f"{where}: prompt template must contain {{prompt}}, got {template!r}")
+        knobs = spec.get("knobs") or {}
+        bad = set(knobs) - set(KNOBS)
+        if bad:
+            raise InputError(f"{where} has unknown knobs {sorted(bad)} (allowed: {', '.join(KNOBS)})")
+        out[str(name)] = Preset(
+            str(name), template, spec.get("negative", ""), spec.get("group", ""), dict(knobs)
+        )
+    return out
+
+
+def load_presets(extra_files=()) -> dict[str, Preset]:
+    """Bundled presets, then $DEPTH2IMG_PRESETS files, then ``extra_files``; a later file overrides a name."""
+    files = [configs_dir() / "presets.yaml"]
+    files += [Path(p) for p in os.environ.get(PRESET_ENV, "").split(os.pathsep) if p]
+    files += [Path(p) for p in extra_files]
+    presets: dict[str, Preset] = {}
+    for f in files:
+        presets.update(_load_file(f))
+    return presets
+
+
+def _merge_phrases(*texts: str) -> str:
+    parts = []
+    for text in texts:
+        for part in text.split(","):
+            part = part.strip()
+            if part and part not in parts:
+                parts.append(part)
+    return ", ".join(parts)
+
+
+def resolve(prompt: str | None, preset: str | None, presets: dict[str, Preset] | None = None):
+    """(final prompt, preset negative prompt, preset knobs) for the user's words and ``a+b`` presets."""
+    presets = load_presets() if presets is None else presets
+    text = (prompt or "").strip()
+    negative, knobs = "", {}
+    names = [n.strip() for n in preset.split("+")] if preset else []
+    for name in names:
+        if name not in presets:
+            raise InputError(
+                f"unknown preset {name!r}; known: {', '.join(presets)} (see `depth2img presets`)"
+            )
+        p = presets[name]
+        text = _merge_phrases(p.prompt.replace("{prompt}", text))
+        negative = _merge_phrases(negative, p.negative)
+        knobs.update(p.knobs)
+    return text, negative, knobs

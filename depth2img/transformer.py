@@ -1,0 +1,292 @@
+"""``SceneTransformer``: the Python API that CLI, app and batch jobs call.
+
+Data flows one way: image -> DepthMap (estimator, stereo or the user's) -> conditioning at generation
+size -> diffusers backbone -> images mapped back to the input's exact size, with full metadata.
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+import warnings
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import presets as presets_mod
+from .depthmap import DepthMap
+from .errors import InputError
+from .loading import resolve_device, resolve_dtype
+from .registry import resolve_backbone
+
+DEFAULT_KNOBS = {"steps": 30, "strength": 0.8, "guidance_scale": 7.5, "control_scale": 1.0,
+                 "control_start": 0.0, "control_end": 1.0}  # fmt: skip
+FLUX_GUIDANCE = 10.0  # FLUX.1-Depth-dev's model card uses guidance_scale 10
+MAX_STEPS = 1000
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
+ASPECT_TOLERANCE = 0.01  # depth and image aspect ratios may differ by 1% (rounding of odd sizes)
+
+
+@dataclass
+class TransformResult:
+    images: list  # PIL RGB at the input's exact size
+    depth: DepthMap  # at the input size
+    control_image: object  # PIL RGB 8-bit view of the conditioning, at the input size
+    seeds: list[int]
+    metadata: list[dict]  # one per image
+    raw: np.ndarray | None = (
+        None  # (N, h, w, 3) float in [0, 1] at generation size, as the pipeline returned it
+    )
+    warnings: list[str] = field(default_factory=list)
+
+
+def generation_size(width: int, height: int, native: int, multiple: int) -> tuple[int, int]:
+    """A size near the backbone's native pixel budget (native x native) with the input's aspect ratio,
+    each side a multiple of ``multiple``. Outputs are mapped back to (width, height) exactly."""
+    scale = native / math.sqrt(width * height)
+    w = max(multiple, round(width * scale / multiple) * multiple)
+    h = max(multiple, round(height * scale / multiple) * multiple)
+    return w, h
+
+
+def _versions() -> dict:
+    import diffusers
+    import torch
+    import transformers
+
+    from . import __version__
+
+    return {"depth2img": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
+            "transformers": transformers.__version__}  # fmt: skip
+
+
+def check_knobs(knobs: dict) -> None:
+    """One ValueError-style InputError per bad knob, naming it and the value received."""
+    steps = knobs["steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise InputError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
+    s = knobs["strength"]
+    if not isinstance(s, (int, float)) or not 0.0 < s <= 1.0:
+        raise InputError(f"strength must be in (0, 1], got {s!r}")
+    g = knobs["guidance_scale"]
+    if not isinstance(g, (int, float)) or not 0.0 <= g <= 50.0 or not math.isfinite(g):
+        raise InputError(f"guidance_scale must be in [0, 50], got {g!r}")
+    c = knobs["control_scale"]
+    if not isinstance(c, (int, float)) or not 0.0 <= c <= 5.0:
+        raise InputError(f"control_scale must be in [0, 5], got {c!r}")
+    a, b = knobs["control_start"], knobs["control_end"]
+    if not (isinstance(a, (int, float)) and isinstance(b, (int, float)) and 0.0 <= a < b <= 1.0):
+        raise InputError(
+            f"control_start and control_end must satisfy 0 <= start < end <= 1, got {a!r} and {b!r}"
+        )
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MAX_SEED:
+        raise InputError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
+    return int(seed)
+
+
+class SceneTransformer:
+    """Change a photo's style, lighting, season or weather by prompt while its depth keeps the geometry."""
+
+    def __init__(self, backend, *, estimator=None, device, dtype, native_size: int, name: str,
+                 local_files_only: bool = False, preset_files=()):  # fmt: skip
+        self.backend = backend
+        self._estimator = estimator
+        self.device = device
+        self.dtype = dtype
+        self.native_size = native_size
+        self.name = name
+        self.local_files_only = local_files_only
+        self.presets = presets_mod.load_presets(preset_files)
+
+    @classmethod
+    def from_pretrained(cls, name=None, *, device=None, dtype=None, estimator=None, local_files_only: bool = False,
+                        native_size: int | None = None, offload: str | None = None, vae_tiling: bool = False,
+                        vae_slicing: bool = False, attention: str = "sdpa", preset_files=()):  # fmt: skip
+        """Load a backbone: registry name (``sd15-depth`` default, ``sd2-depth``, ``sdxl-depth``, ``flux-depth``),
+        ``tiny`` / ``tiny/<entry>``, a hub id or a local folder. ``estimator`` is a name for the depth model
+        (loaded on first need) or a loaded ``DepthEstimator``."""
+        from .backends import load_backend
+        from .tiny import TINY_NATIVE_SIZE
+
+        ref = resolve_backbone(name)
+        device = resolve_device(device)
+        dtype = resolve_dtype(dtype, device)
+        backend = load_backend(ref, dtype=dtype, local_files_only=local_files_only)
+        backend.memory(offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing, attention=attention)
+        if offload in (None, "none"):
+            for pipe in backend.pipes.values():
+                pipe.to(device)
+        if native_size is None:
+            tiny = ref.name.startswith("tiny")
+            native_size = TINY_NATIVE_SIZE if tiny else (ref.entry.native_size if ref.entry else 512)
+        if estimator is None and ref.name.startswith("tiny"):
+            estimator = "tiny"
+        return cls(backend, estimator=estimator, device=device, dtype=dtype, native_size=native_size,
+                   name=ref.name, local_files_only=local_files_only, preset_files=preset_files)  # fmt: skip
+
+    # ------------------------------------------------------------------------------------------ depth
+
+    @property
+    def estimator(self):
+        """The depth estimator, loaded on first use on this transformer's device."""
+        from .estimators import DepthEstimator
+
+        if not isinstance(self._estimator, DepthEstimator):
+            self._estimator = DepthEstimator.from_pretrained(
+                self._estimator, device=self.device, dtype=None, local_files_only=self.local_files_only
+            )
+        return self._estimator
+
+    def depth_for(self, image, depth=None, *, depth_polarity: str | None = None) -> DepthMap:
+        """The DepthMap used for ``image``: the given one (DepthMap, array or file) at the image's size, or estimated."""
+        from .io import read_depth_file
+
+        if depth is None:
+            return self.estimator(image)
+        if isinstance(depth, DepthMap):
+            pass
+        elif isinstance(depth, np.ndarray):
+            if depth_polarity is None:
+                raise InputError(
+                    "depth array: say which way it runs with depth_polarity='near-bright'|'far-bright'|'metric'"
+                )
+            from .io import POLARITIES
+
+            if depth_polarity not in POLARITIES:
+                raise InputError(
+                    f"depth_polarity must be one of {', '.join(POLARITIES)}, got {depth_polarity!r}"
+                )
+            depth = DepthMap(depth, POLARITIES[depth_polarity])
+        else:
+            depth = read_depth_file(depth, depth_polarity)
+        w, h = image.size
+        if abs(depth.width / depth.height - w / h) > ASPECT_TOLERANCE * (w / h):
+            raise InputError(
+                f"depth is {depth.width}x{depth.height} but the image is {w}x{h}: aspect ratios differ; "
+                "give a depth map of the image's shape"
+            )
+        return depth if depth.size == (w, h) else depth.resized(w, h)
+
+    # ------------------------------------------------------------------------------------------ generation
+
+    def _prompt_warnings(self, prompt: str, what: str) -> list[str]:
+        tokenizer, limit = self.backend.text_limit()
+        ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        room = limit - 2 if self.backend.kind != "flux-control" else limit - 1
+        if len(ids) <= room:
+            return []
+        dropped = tokenizer.decode(ids[room:])
+        return [f"{what} is {len(ids)} tokens; the text encoder takes {room}: truncated {dropped!r}"]
+
+    def transform(self, image, prompt: str | None = None, *, preset: str | None = None,
+                  negative_prompt: str | None = None, depth=None, depth_polarity: str | None = None,
+                  seed=None, num_images: int = 1, steps: int | None = None, strength: float | None = None,
+                  guidance_scale: float | None = None, control_scale: float | None = None,
+                  control_start: float | None = None, control_end: float | None = None,
+                  scheduler: str | None = None, progress: bool = False, skip_controlnet: bool = True,
+                  extra_metadata: dict | None = None) -> TransformResult:  # fmt: skip
+        """Transform ``image`` (PIL) by ``prompt`` and/or ``preset`` (``winter+night``), conditioned on its depth.
+
+        ``seed`` is an int (images use seed, seed+1, ...), a list of ints (one per image) or None (random,
+        recorded). ``strength`` 1.0 generates from the depth alone (txt2img); below 1 starts from the photo.
+        """
+        from PIL import Image
+
+        # 1. Check inputs
+        if (prompt is None or not str(prompt).strip()) and not preset:
+            raise InputError("give a prompt or a preset (see `depth2img presets`); both are empty")
+        if not hasattr(image, "size") or not hasattr(image, "convert"):
+            raise InputError(
+                f"image must be a PIL image (use depth2img.load_image for files), got {type(image).__name__}"
+            )
+        image = image.convert("RGB")
+        final_prompt, preset_negative, preset_knobs = presets_mod.resolve(prompt, preset, self.presets)
+        negative = presets_mod._merge_phrases(negative_prompt or "", preset_negative)
+        knobs = dict(DEFAULT_KNOBS)
+        if self.backend.kind == "flux-control":
+            knobs["guidance_scale"] = FLUX_GUIDANCE
+        knobs.update(preset_knobs)
+        given = {"steps": steps, "strength": strength, "guidance_scale": guidance_scale,
+                 "control_scale": control_scale, "control_start": control_start, "control_end": control_end}  # fmt: skip
+        knobs.update({k: v for k, v in given.items() if v is not None})
+        check_knobs(knobs)
+        if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= 64:
+            raise InputError(f"num_images must be an integer in 1..64, got {num_images!r}")
+        if seed is None:
+            seeds = [secrets.randbelow(2**31)]
+            seeds += [seeds[0] + i for i in range(1, num_images)]
+        elif isinstance(seed, (list, tuple)):
+            seeds = [check_seed(s) for s in seed]
+            if not seeds:
+                raise InputError("seed list is empty")
+            num_images = len(seeds)
+        else:
+            base = check_seed(seed)
+            seeds = [check_seed(base + i) for i in range(num_images)]
+        scheduler_name = self.backend.set_scheduler(scheduler)
+        notes = self._prompt_warnings(final_prompt, "prompt")
+        if negative:
+            notes += self._prompt_warnings(negative, "negative prompt")
+        for note in notes:
+            warnings.warn(note, stacklevel=2)
+
+        # 2. Depth at the input size, then conditioning at generation size
+        depth_map = self.depth_for(image, depth, depth_polarity=depth_polarity)
+        width, height = image.size
+        gen_w, gen_h = generation_size(width, height, self.native_size, self.backend.size_multiple)
+        gen_depth = depth_map if (gen_w, gen_h) == (width, height) else depth_map.resized(gen_w, gen_h)
+        gen_image = (
+            image if (gen_w, gen_h) == (width, height) else image.resize((gen_w, gen_h), Image.LANCZOS)
+        )
+
+        # 3. Denoise (CPU generators: the same seed gives the same image on any device)
+        import torch
+        from tqdm.auto import tqdm
+
+        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        bar = tqdm(total=knobs["steps"], desc="denoise", unit="step", disable=not progress)
+
+        def on_step(pipe, i, t, kwargs):
+            bar.update(1)
+            return kwargs
+
+        try:
+            raw = self.backend(image=gen_image, depth=gen_depth, prompt=final_prompt, negative_prompt=negative or None,
+                               generators=generators, knobs=knobs, callback=on_step, skip_controlnet=skip_controlnet)  # fmt: skip
+        finally:
+            bar.close()
+
+        # 4. Back to the input's exact size, with metadata
+        images = []
+        for arr in raw:
+            out = Image.fromarray(np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8), "RGB")
+            images.append(out if out.size == (width, height) else out.resize((width, height), Image.LANCZOS))
+        control = Image.fromarray(np.round(depth_map.control_image() * 255).astype(np.uint8), "RGB")
+        b = self.backend
+        common = {
+            "prompt": final_prompt, "user_prompt": prompt or "", "negative_prompt": negative, "preset": preset or "",
+            **knobs, "scheduler": scheduler_name, "mode": b.last_mode,
+            "backbone": {"name": self.name, "pipeline": b.kind, "id": b.ref.location, "revision": b.ref.revision,
+                         "controlnet": b.controlnet_ref.location if b.controlnet_ref else None,
+                         "licence": b.ref.entry.licence if b.ref.entry else None},
+            "depth": {"source": depth_map.source, "kind": depth_map.kind},
+            "input_size": [width, height], "generation_size": [gen_w, gen_h], "dtype": str(self.dtype).replace("torch.", ""),
+            "versions": _versions(), "warnings": notes, **(extra_metadata or {}),
+        }  # fmt: skip
+        metadata = [{**common, "seed": s, "index": i} for i, s in enumerate(seeds)]
+        return TransformResult(images, depth_map, control, seeds, metadata, raw, notes)
+
+    def variations(self, image, *, presets: list[str] | None = None, seeds: list[int] | None = None,
+                   prompt: str | None = None, depth=None, depth_polarity: str | None = None, **knobs):  # fmt: skip
+        """A grid: every preset (or the prompt alone) x every seed, from one depth computed once.
+
+        Returns a list of rows, one per preset, each a TransformResult holding one image per seed."""
+        depth_map = self.depth_for(image, depth, depth_polarity=depth_polarity)
+        seeds = list(seeds) if seeds else [0]
+        rows = []
+        for preset in presets or [None]:
+            rows.append(self.transform(image, prompt, preset=preset, depth=depth_map, seed=seeds, **knobs))
+        return rows
