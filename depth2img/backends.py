@@ -101,6 +101,8 @@ class Backend:
         self.pipes = {"txt2img" if self.supports_txt2img else "img2img": txt2img}
         if self.supports_txt2img and self.img2img_class:
             self.pipes["img2img"] = getattr(diffusers, self.img2img_class).from_pipe(txt2img)
+        for pipe in self.pipes.values():
+            pipe.set_progress_bar_config(disable=True)  # depth2img shows its own per-step bar
         self.scheduler_name = None
         self._schedulers = {}
         self.controlnet_counter = ControlNetCallCounter()
@@ -131,7 +133,7 @@ class Backend:
         require_safetensors(path, ref)
         try:
             return getattr(diffusers, class_name).from_pretrained(
-                path, torch_dtype=dtype, use_safetensors=True, local_files_only=True, **components
+                path, dtype=dtype, use_safetensors=True, local_files_only=True, **components
             )
         except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
             raise ModelLoadError(

@@ -58,14 +58,67 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("directory", metavar="DIR")
 
     sub.add_parser("models", help="list the registry: names, hub ids, licences, commercial use")
+
+    p = sub.add_parser("transform", help="change style, lighting, season or weather by prompt, keeping the geometry",
+                       description="For each input: depth (estimated, or --depth FILE), then a depth-conditioned "
+                       "diffusion pass. Writes NAME[_PRESET]_sSEED.png at the input's exact size (metadata in the PNG "
+                       "text chunk 'depth2img'), NAME_depth16.png, NAME_depth_preview.png, NAME_control.png and "
+                       "manifest.jsonl.")  # fmt: skip
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories or globs")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    p.add_argument("--prompt", help="what to make of the scene (wrapped by presets when given)")
+    p.add_argument("--preset", metavar="NAME[+NAME]", help="e.g. winter, rain+night; see `depth2img presets`")
+    p.add_argument("--negative-prompt", help="what to avoid (added to the presets' negatives)")
+    p.add_argument("--model", metavar="NAME|ID|PATH", help="backbone: sd15-depth (default), sd2-depth, sdxl-depth, "
+                   "flux-depth, tiny[/entry], a hub id or a folder")  # fmt: skip
+    p.add_argument(
+        "--estimator", metavar="NAME|ID|PATH", help="depth estimator (default depth-anything-v2-small)"
+    )
+    p.add_argument("--depth", action="append", metavar="FILE",
+                   help="your own depth file per input (16/8-bit PNG, float TIFF, .npy, .npz) instead of an estimator")  # fmt: skip
+    p.add_argument("--depth-polarity", choices=["near-bright", "far-bright", "metric"],
+                   help="how --depth files run (not needed for depth2img's own 16-bit PNGs)")  # fmt: skip
+    p.add_argument(
+        "--seed", type=int, help="seed of the first image; image i uses seed+i (default: random, recorded)"
+    )
+    p.add_argument("--num-images", type=int, default=1, metavar="N", help="images per input (default 1)")
+    p.add_argument("--steps", type=int, help="denoising steps (default 30)")
+    p.add_argument(
+        "--strength", type=float, help="(0, 1]: how far from the photo; 1 = from depth alone (default 0.8)"
+    )
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5; Flux 10)")
+    p.add_argument("--control-scale", type=float, help="ControlNet conditioning scale (default 1.0)")
+    p.add_argument(
+        "--control-start", type=float, help="fraction of steps before the ControlNet starts (default 0)"
+    )
+    p.add_argument("--control-end", type=float, help="fraction of steps after which it stops (default 1)")
+    p.add_argument(
+        "--scheduler", help="unipc, ddim, pndm, euler, euler-a, dpm++, dpm++-karras, lms (Flux: flow-euler)"
+    )
+    p.add_argument("--offload", choices=["none", "model", "sequential"], default="none",
+                   help="CPU offload to save GPU memory (model: moderate, sequential: least memory, slowest)")  # fmt: skip
+    p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (large images, less memory)")
+    p.add_argument("--vae-slicing", action="store_true", help="decode one image at a time")
+    p.add_argument(
+        "--attention", choices=["sdpa", "xformers"], default="sdpa", help="attention kernels (default sdpa)"
+    )
+    p.add_argument("--presets-file", action="append", default=[], metavar="FILE", help="extra presets YAML")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    _add_model_args(p)
+
+    p = sub.add_parser("presets", help="list the prompt presets (combine them with +)")
+    p.add_argument("--presets-file", action="append", default=[], metavar="FILE", help="extra presets YAML")
     return parser
 
 
 def _quiet_libraries() -> None:
     """Keep the terminal to our progress bar and our error lines (library warnings stay visible in the API)."""
+    import diffusers
     import transformers
     from huggingface_hub.utils import disable_progress_bars
 
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     disable_progress_bars()
@@ -113,7 +166,67 @@ def _cmd_models(args) -> int:
     return 0
 
 
-COMMANDS = {"depth": _cmd_depth, "tiny-model": _cmd_tiny_model, "models": _cmd_models}
+def _cmd_presets(args) -> int:
+    from .presets import load_presets
+
+    by_group: dict[str, list] = {}
+    for p in load_presets(args.presets_file).values():
+        by_group.setdefault(p.group or "other", []).append(p)
+    for group, items in by_group.items():
+        print(f"{group}:")
+        for p in items:
+            knobs = f"  {p.knobs}" if p.knobs else ""
+            print(f"  {p.name:<14} {p.prompt}{knobs}")
+    return 0
+
+
+def _cmd_transform(args) -> int:
+    from .errors import InputError
+    from .presets import load_presets, resolve
+    from .transformer import DEFAULT_KNOBS, check_knobs, check_seed
+
+    # Everything that can be checked without a model is checked first: bad arguments cost no load.
+    if not (args.prompt or "").strip() and not args.preset:
+        raise InputError("give --prompt or --preset (see `depth2img presets`)")
+    resolve(args.prompt, args.preset, load_presets(args.presets_file))
+    knobs = {"steps": args.steps, "strength": args.strength, "guidance_scale": args.guidance,
+             "control_scale": args.control_scale, "control_start": args.control_start,
+             "control_end": args.control_end}  # fmt: skip
+    check_knobs({**DEFAULT_KNOBS, **{k: v for k, v in knobs.items() if v is not None}})
+    if args.seed is not None:
+        check_seed(args.seed)
+    if args.num_images < 1:
+        raise InputError(f"--num-images must be >= 1, got {args.num_images}")
+    if args.scheduler is not None:
+        from .backends import SCHEDULERS
+
+        if args.scheduler not in SCHEDULERS:
+            raise InputError(f"scheduler {args.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    _quiet_libraries()
+    from .transform_run import run_transform
+
+    report = run_transform(
+        args.inputs, args.output, model=args.model, estimator=args.estimator, depth=args.depth,
+        depth_polarity=args.depth_polarity, prompt=args.prompt, preset=args.preset,
+        negative_prompt=args.negative_prompt, seed=args.seed, num_images=args.num_images,
+        scheduler=args.scheduler, knobs={k: v for k, v in knobs.items() if v is not None},
+        load_options=dict(device=args.device, dtype=args.dtype, local_files_only=args.local_files_only,
+                          offload=args.offload, vae_tiling=args.vae_tiling, vae_slicing=args.vae_slicing,
+                          attention=args.attention, preset_files=args.presets_file),
+        progress=not args.quiet, on_error=_say_above_bar, on_warning=_warn_above_bar,
+    )  # fmt: skip
+    print(f"depth2img transform: {report.summary()}; outputs in {args.output}", file=sys.stderr)
+    return 0 if report.ok else EXIT_USAGE
+
+
+def _warn_above_bar(msg: str) -> None:
+    from tqdm.auto import tqdm
+
+    tqdm.write(f"depth2img: warning: {msg}", file=sys.stderr)
+
+
+COMMANDS = {"depth": _cmd_depth, "tiny-model": _cmd_tiny_model, "models": _cmd_models,
+            "transform": _cmd_transform, "presets": _cmd_presets}  # fmt: skip
 
 
 def main(argv=None) -> int:

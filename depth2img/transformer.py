@@ -213,6 +213,12 @@ class SceneTransformer:
                  "control_scale": control_scale, "control_start": control_start, "control_end": control_end}  # fmt: skip
         knobs.update({k: v for k, v in given.items() if v is not None})
         check_knobs(knobs)
+        img2img = knobs["strength"] < 1.0 or not self.backend.supports_txt2img
+        if img2img and int(knobs["steps"] * knobs["strength"]) < 1:
+            raise InputError(
+                f"steps x strength must leave at least one denoising step: steps={knobs['steps']} and "
+                f"strength={knobs['strength']} leave {int(knobs['steps'] * knobs['strength'])}; raise either"
+            )
         if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= 64:
             raise InputError(f"num_images must be an integer in 1..64, got {num_images!r}")
         if seed is None:
@@ -257,6 +263,7 @@ class SceneTransformer:
             raw = self.backend(image=gen_image, depth=gen_depth, prompt=final_prompt, negative_prompt=negative or None,
                                generators=generators, knobs=knobs, callback=on_step, skip_controlnet=skip_controlnet)  # fmt: skip
         finally:
+            bar.total = bar.n  # img2img runs int(steps * strength) of the steps
             bar.close()
 
         # 4. Back to the input's exact size, with metadata

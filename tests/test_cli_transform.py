@@ -1,0 +1,100 @@
+"""`depth2img transform` and `depth2img presets`: outputs, manifest, and one line per error with exit 2."""
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from depth2img.cli import main
+from depth2img.outputs import read_png_metadata
+
+
+def run(capsys, *argv):
+    code = main([str(a) for a in argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_transform_happy_path(tmp_path, photos_dir, capsys):
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", out, "--model", "tiny", "--preset",
+                       "rain+night", "--prompt", "a cat", "--seed", 4, "--num-images", 2, "--steps", 2, "-q")  # fmt: skip
+    assert code == 0, err
+    names = sorted(p.name for p in out.iterdir())
+    assert names == ["chelsea_control.png", "chelsea_depth16.png", "chelsea_depth_preview.png",
+                     "chelsea_rain+night_s4.png", "chelsea_rain+night_s5.png", "manifest.jsonl"]  # fmt: skip
+    for seed in (4, 5):
+        img = Image.open(out / f"chelsea_rain+night_s{seed}.png")
+        assert img.size == (451, 300)
+        meta = read_png_metadata(out / f"chelsea_rain+night_s{seed}.png")
+        assert (
+            meta["seed"] == seed and meta["preset"] == "rain+night" and meta["source"].endswith("chelsea.png")
+        )
+    lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [x["seed"] for x in lines] == [4, 5] and all(x["steps"] == 2 for x in lines)
+
+
+def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
+    np.save(tmp_path / "d.npy", np.linspace(1, 50, 300 * 451).reshape(300, 451))
+    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path / "o", "--model", "tiny",
+                       "--prompt", "x", "--depth", tmp_path / "d.npy", "--depth-polarity", "metric", "--steps", 2,
+                       "--seed", 0, "-q")  # fmt: skip
+    assert code == 0, err
+    meta = read_png_metadata(tmp_path / "o" / "chelsea_s0.png")
+    assert meta["depth"] == {"kind": "metric_depth", "source": str(tmp_path / "d.npy")}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ([], "give --prompt or --preset"),
+        (["--preset", "summer+snwo"], "unknown preset 'snwo'"),
+        (["--prompt", "x", "--scheduler", "fast"], "scheduler 'fast' is not one of"),
+        (["--prompt", "x", "--strength", "2"], r"strength must be in (0, 1], got 2.0"),
+        (["--prompt", "x", "--steps", "0"], "steps must be an integer in 1..1000, got 0"),
+        (["--prompt", "x", "--seed", "-1"], "seed must be an integer in 0..2**63-1, got -1"),
+        (["--prompt", "x", "--control-start", "0.9", "--control-end", "0.1"], "0 <= start < end <= 1"),
+    ],
+)
+def test_transform_argument_errors_write_nothing(tmp_path, photos_dir, capsys, extra, message):
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", out, "--model", "tiny", *extra)
+    assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_transform_per_input_errors(tmp_path, photos_dir, capsys):
+    np.save(tmp_path / "wide.npy", np.ones((10, 40)))
+    np.save(tmp_path / "nan.npy", np.array([[np.nan] * 3] * 2))
+    out = tmp_path / "out"
+    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", photos_dir / "coffee.jpg", "-o", out, "--model",
+                       "tiny", "--prompt", "x", "--depth", tmp_path / "wide.npy", "--depth", tmp_path / "nan.npy",
+                       "--depth-polarity", "metric", "--steps", 2, "-q")  # fmt: skip
+    assert code == 2
+    assert "chelsea.png: depth is 40x10 but the image is 451x300: aspect ratios differ" in err
+    assert "nan.npy: 6 depth values are NaN" in err and "0 done, 2 failed" in err
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_transform_missing_weights_offline_is_one_line(tmp_path, photos_dir, capsys):
+    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path, "--model", "sdxl-depth",
+                       "--prompt", "x", "--local-files-only")  # fmt: skip
+    assert code == 2 and err.count("\n") == 1
+    assert "stabilityai/stable-diffusion-xl-base-1.0" in err and "hf download" in err
+
+
+def test_long_prompt_warning_on_cli(tmp_path, photos_dir, capsys):
+    long = "a street " + " ".join(f"w{i}" for i in range(60))
+    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path, "--model", "tiny",
+                       "--prompt", long, "--steps", 2, "-q")  # fmt: skip
+    assert code == 0 and "depth2img: warning:" in err and "the text encoder takes 75: truncated" in err
+
+
+def test_presets_command(tmp_path, capsys):
+    f = tmp_path / "p.yaml"
+    f.write_text("presets:\n  sandstorm:\n    group: weather\n    prompt: '{prompt}, sandstorm'\n")
+    code, out, _ = run(capsys, "presets", "--presets-file", f)
+    assert code == 0
+    for name in ("winter", "golden-hour", "cyberpunk", "pencil-sketch", "sandstorm", "fog"):
+        assert name in out

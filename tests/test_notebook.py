@@ -1,0 +1,18 @@
+"""The quickstart notebook runs end to end (offline, tiny models), so it cannot rot."""
+
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "quickstart.ipynb"
+
+
+def test_quickstart_notebook_executes(tmp_path):
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
+    ).execute()
+    outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
+    assert "[(320, 160), (320, 160)] [0, 1]" in outputs
+    assert "rain [1, 2]" in outputs and "golden-hour [1, 2]" in outputs

@@ -1,0 +1,328 @@
+"""The generation core on tiny models: equal to raw diffusers, exact sizes, seeds, metadata, ControlNet window."""
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from depth2img.depthmap import DepthMap
+from depth2img.errors import InputError, ModelLoadError
+from depth2img.transformer import SceneTransformer, generation_size
+
+PROMPT = "a street"
+SIZE = 64  # tiny backbones generate at 64x64, so a 64x64 input goes through unresized
+
+
+@pytest.fixture(scope="module")
+def photo(chelsea):
+    return chelsea.resize((SIZE, SIZE))
+
+
+@pytest.fixture(scope="module")
+def depth():
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    return DepthMap(1.0 + yy + 0.3 * xx, "metric_depth")
+
+
+@pytest.fixture(scope="module")
+def sd15():
+    return SceneTransformer.from_pretrained("tiny")
+
+
+def _gens(seed, n=1):
+    return [torch.Generator("cpu").manual_seed(seed + i) for i in range(n)]
+
+
+def _control(depth):
+    return torch.from_numpy(depth.control_image()).permute(2, 0, 1)[None]
+
+
+def _assert_same(ours, theirs):
+    assert ours.shape == theirs.shape
+    assert np.abs(ours - theirs).max() <= 1e-6
+
+
+def test_sd15_img2img_equals_diffusers(sd15, photo, depth, tiny_dir):
+    from diffusers import ControlNetModel, StableDiffusionControlNetImg2ImgPipeline, UniPCMultistepScheduler
+
+    ours = sd15.transform(photo, PROMPT, depth=depth, seed=7, steps=2, strength=0.6, negative_prompt="blurry")
+    cn = ControlNetModel.from_pretrained(tiny_dir / "sd15-depth-controlnet")
+    ref = StableDiffusionControlNetImg2ImgPipeline.from_pretrained(
+        tiny_dir / "sd15-depth", controlnet=cn, safety_checker=None
+    )
+    ref.scheduler = UniPCMultistepScheduler.from_config(ref.scheduler.config)
+    theirs = ref(PROMPT, image=photo, control_image=_control(depth), strength=0.6, num_inference_steps=2,
+                 guidance_scale=7.5, negative_prompt="blurry", generator=_gens(7), output_type="np").images  # fmt: skip
+    _assert_same(ours.raw, theirs)
+    assert ours.metadata[0]["mode"] == "img2img"
+
+
+def test_sd15_txt2img_with_window_equals_diffusers_and_skips_controlnet(sd15, photo, depth, tiny_dir):
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline, UniPCMultistepScheduler
+
+    sd15.backend.controlnet_counter.calls = 0
+    ours = sd15.transform(photo, PROMPT, depth=depth, seed=3, steps=4, strength=1.0, control_end=0.5)
+    assert ours.metadata[0]["mode"] == "txt2img"
+    assert sd15.backend.controlnet_counter.calls == 2  # steps 0 and 1 of 4; diffusers would run it 4 times
+
+    cn = ControlNetModel.from_pretrained(tiny_dir / "sd15-depth-controlnet")
+    ref = StableDiffusionControlNetPipeline.from_pretrained(
+        tiny_dir / "sd15-depth", controlnet=cn, safety_checker=None
+    )
+    ref.scheduler = UniPCMultistepScheduler.from_config(ref.scheduler.config)
+    raw_calls = []
+    cn.register_forward_hook(lambda *a: raw_calls.append(1))
+    theirs = ref(PROMPT, image=_control(depth), num_inference_steps=4, guidance_scale=7.5, control_guidance_end=0.5,
+                 generator=_gens(3), output_type="np").images  # fmt: skip
+    assert len(raw_calls) == 4
+    _assert_same(ours.raw, theirs)
+    # and the same as our own path with skipping switched off
+    plain = sd15.transform(
+        photo, PROMPT, depth=depth, seed=3, steps=4, strength=1.0, control_end=0.5, skip_controlnet=False
+    )
+    _assert_same(ours.raw, plain.raw)
+
+
+def test_sd2_depth_equals_diffusers(photo, depth, tiny_dir):
+    from diffusers import StableDiffusionDepth2ImgPipeline
+
+    st = SceneTransformer.from_pretrained("tiny/sd2-depth")
+    ours = st.transform(photo, PROMPT, depth=depth, seed=11, steps=2, strength=0.7)
+    ref = StableDiffusionDepth2ImgPipeline.from_pretrained(tiny_dir / "sd2-depth")
+    theirs = ref(PROMPT, image=photo, depth_map=torch.from_numpy(depth.inverse())[None], strength=0.7,
+                 num_inference_steps=2, guidance_scale=7.5, generator=_gens(11), output_type="np").images  # fmt: skip
+    _assert_same(ours.raw, theirs)
+
+
+def test_sdxl_equals_diffusers(photo, depth, tiny_dir):
+    from diffusers import ControlNetModel, StableDiffusionXLControlNetImg2ImgPipeline
+
+    st = SceneTransformer.from_pretrained("tiny/sdxl-depth")
+    ours = st.transform(photo, PROMPT, depth=depth, seed=5, steps=2, strength=0.6, control_scale=0.7)
+    cn = ControlNetModel.from_pretrained(tiny_dir / "sdxl-depth-controlnet")
+    ref = StableDiffusionXLControlNetImg2ImgPipeline.from_pretrained(tiny_dir / "sdxl-depth", controlnet=cn)
+    theirs = ref(PROMPT, image=photo, control_image=_control(depth), strength=0.6, num_inference_steps=2,
+                 guidance_scale=7.5, controlnet_conditioning_scale=0.7, height=SIZE, width=SIZE,
+                 generator=_gens(5), output_type="np").images  # fmt: skip
+    _assert_same(ours.raw, theirs)
+
+
+def test_flux_equals_diffusers(photo, depth, tiny_dir):
+    from diffusers import FluxControlPipeline
+
+    st = SceneTransformer.from_pretrained("tiny/flux-depth")
+    ours = st.transform(photo, PROMPT, depth=depth, seed=2, steps=2, strength=1.0)
+    ref = FluxControlPipeline.from_pretrained(tiny_dir / "flux-depth")
+    theirs = ref(PROMPT, control_image=_control(depth), num_inference_steps=2, guidance_scale=10.0, height=SIZE,
+                 width=SIZE, generator=_gens(2), output_type="np").images  # fmt: skip
+    _assert_same(ours.raw, theirs)
+    with pytest.raises(InputError, match="control_scale: FLUX.1-Depth-dev .* no control-strength"):
+        st.transform(photo, PROMPT, depth=depth, seed=2, steps=2, control_scale=0.5)
+
+
+@pytest.mark.parametrize("size", [(451, 300), (741, 500), (33, 97), (2048, 1024)])
+def test_output_size_is_exactly_the_input_size(sd15, size):
+    img = Image.new("RGB", size, (120, 130, 140))
+    result = sd15.transform(img, PROMPT, seed=0, steps=2, strength=0.5)
+    assert [im.size for im in result.images] == [size]
+    assert result.depth.size == size and result.control_image.size == size
+
+
+def test_generation_size_keeps_budget_and_aspect():
+    assert generation_size(512, 512, 512, 16) == (512, 512)
+    w, h = generation_size(2048, 1024, 512, 16)
+    assert w % 16 == 0 and h % 16 == 0 and abs(w / h - 2) < 0.05 and 0.9 < w * h / 512**2 < 1.1
+    assert generation_size(451, 300, 1024, 16) == (
+        1248,
+        832,
+    )  # 451x300 * 2.78 = 1255.5x835.2 -> multiples of 16
+
+
+def test_seeds(sd15, photo, depth):
+    a = sd15.transform(photo, PROMPT, depth=depth, seed=42, steps=2, num_images=2)
+    b = sd15.transform(photo, PROMPT, depth=depth, seed=42, steps=2, num_images=2)
+    assert a.seeds == [42, 43] and [m["seed"] for m in a.metadata] == [42, 43]
+    assert np.array_equal(a.raw, b.raw)
+    assert not np.array_equal(a.raw[0], a.raw[1])
+    single = sd15.transform(photo, PROMPT, depth=depth, seed=43, steps=2)  # item i depends only on seed + i
+    assert np.abs(single.raw[0] - a.raw[1]).max() < 1e-5
+    listed = sd15.transform(photo, PROMPT, depth=depth, seed=[43, 42], steps=2)
+    assert listed.seeds == [43, 42] and np.abs(listed.raw[1] - a.raw[0]).max() < 1e-5
+    rand = sd15.transform(photo, PROMPT, depth=depth, steps=2)
+    assert isinstance(rand.seeds[0], int) and rand.metadata[0]["seed"] == rand.seeds[0]
+
+
+def test_presets_wrap_prompt_and_set_knobs(sd15, photo, depth):
+    r = sd15.transform(photo, "a road", preset="winter+night", depth=depth, seed=0, steps=2)
+    m = r.metadata[0]
+    assert m["prompt"].startswith("a road, in winter") and "at night" in m["prompt"]
+    assert "green leaves" in m["negative_prompt"] and "daylight" in m["negative_prompt"]
+    sketch = sd15.transform(photo, None, preset="pencil-sketch", depth=depth, seed=0, steps=2)
+    assert sketch.metadata[0]["guidance_scale"] == 8.0 and sketch.metadata[0]["prompt"].startswith(
+        "a pencil sketch"
+    )
+    override = sd15.transform(
+        photo, None, preset="pencil-sketch", depth=depth, seed=0, steps=2, guidance_scale=3.0
+    )
+    assert override.metadata[0]["guidance_scale"] == 3.0
+
+
+def test_user_presets_file(tmp_path, photo, depth, sd15):
+    from depth2img.presets import load_presets, resolve
+
+    f = tmp_path / "mine.yaml"
+    f.write_text("presets:\n  dusty:\n    prompt: '{prompt}, dust storm'\n    knobs: {strength: 0.5}\n")
+    presets = load_presets([f])
+    assert (
+        resolve("a road", "dusty+night", presets)[0]
+        == "a road, dust storm, at night, dark sky, street lights, headlights, artificial lighting"
+    )
+    assert resolve(None, "dusty", presets)[2] == {"strength": 0.5}
+    f.write_text("presets:\n  bad:\n    prompt: 'no placeholder'\n")
+    with pytest.raises(InputError, match="must contain \\{prompt\\}"):
+        load_presets([f])
+    f.write_text("presets:\n  bad:\n    knobs: {stepz: 3}\n")
+    with pytest.raises(InputError, match="unknown knobs \\['stepz'\\]"):
+        load_presets([f])
+    f.write_text("presets:\n  bad: [\n")
+    with pytest.raises(InputError, match="malformed YAML at line"):
+        load_presets([f])
+
+
+def test_variations_grid_computes_depth_once(sd15, photo, monkeypatch):
+    calls = []
+    est = sd15.estimator
+    monkeypatch.setattr(sd15, "_estimator", lambda *a, **k: calls.append(1) or est(*a, **k))
+    monkeypatch.setattr(type(sd15), "estimator", property(lambda self: self._estimator))
+    rows = sd15.variations(photo, presets=["winter", "rain"], seeds=[1, 2], steps=2)
+    assert len(calls) == 1
+    assert [r.metadata[0]["preset"] for r in rows] == ["winter", "rain"] and [r.seeds for r in rows] == [
+        [1, 2],
+        [1, 2],
+    ]
+
+
+def test_metadata_round_trip(sd15, photo, depth, tmp_path):
+    import json
+
+    from depth2img.outputs import read_png_metadata, write_transform_result
+
+    r = sd15.transform(photo, PROMPT, preset="fog", depth=depth, seed=9, steps=2, num_images=2)
+    records = write_transform_result(r, tmp_path, "x", source="in/x.png")
+    assert [rec["output"] for rec in records] == ["x_fog_s9.png", "x_fog_s10.png"]
+    for rec, meta in zip(records, r.metadata):
+        back = read_png_metadata(tmp_path / rec["output"])
+        assert back == json.loads(json.dumps({**meta, "source": "in/x.png", "output": rec["output"]}))
+        assert back["backbone"]["id"].endswith("sd15-depth") and back["backbone"]["controlnet"].endswith(
+            "-controlnet"
+        )
+        assert set(back["versions"]) == {"depth2img", "torch", "diffusers", "transformers"}
+    lines = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert lines == [read_png_metadata(tmp_path / rec["output"]) for rec in records]
+
+
+def test_scheduler_swap_keeps_weights(sd15, photo, depth):
+    unet = sd15.backend.pipe.unet
+    r = sd15.transform(photo, PROMPT, depth=depth, seed=0, steps=2, scheduler="ddim")
+    assert type(sd15.backend.pipes["img2img"].scheduler).__name__ == "DDIMScheduler"
+    assert sd15.backend.pipes["txt2img"].scheduler is sd15.backend.pipes["img2img"].scheduler
+    assert sd15.backend.pipe.unet is unet and r.metadata[0]["scheduler"] == "ddim"
+    sd15.transform(photo, PROMPT, depth=depth, seed=0, steps=2, scheduler="unipc")
+
+
+def test_long_prompt_names_truncated_tokens(sd15, photo, depth):
+    long = "a street " + " ".join(f"w{i}" for i in range(60))
+    with pytest.warns(
+        UserWarning, match="prompt is .* tokens; the text encoder takes 75: truncated '.*5 9'"
+    ):  # the tiny byte tokenizer decodes with spaces
+        r = sd15.transform(photo, long, depth=depth, seed=0, steps=2)
+    assert r.warnings and "5 9" in r.metadata[0]["warnings"][0]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(prompt=None), "give a prompt or a preset"),
+        (dict(prompt="   "), "give a prompt or a preset"),
+        (dict(preset="winter+nite"), "unknown preset 'nite'"),
+        (dict(scheduler="magic"), "scheduler 'magic' is not one of"),
+        (dict(strength=0.0), r"strength must be in \(0, 1\], got 0.0"),
+        (dict(strength=1.5), r"strength must be in \(0, 1\], got 1.5"),
+        (dict(steps=0), "steps must be an integer in 1..1000, got 0"),
+        (dict(guidance_scale=-1.0), r"guidance_scale must be in \[0, 50\], got -1.0"),
+        (dict(control_start=0.6, control_end=0.5), "0 <= start < end <= 1"),
+        (dict(seed=-1), "seed must be an integer in 0..2\\*\\*63-1, got -1"),
+        (dict(seed=2**70), "seed must be an integer"),
+        (dict(num_images=0), "num_images must be an integer in 1..64, got 0"),
+        (dict(steps=1, strength=0.8), "steps=1 and strength=0.8 leave 0; raise either"),
+        (dict(depth=np.ones((64, 64))), "depth_polarity="),
+        (
+            dict(depth=np.ones((32, 64)), depth_polarity="metric"),
+            "depth is 64x32 but the image is 64x64: aspect ratios differ",
+        ),
+    ],
+)
+def test_bad_arguments(sd15, photo, kwargs, message):
+    kwargs = {"prompt": PROMPT, "steps": 2, **kwargs}
+    with pytest.raises(InputError, match=message) as err:
+        sd15.transform(photo, **kwargs)
+    assert "\n" not in str(err.value)
+
+
+def test_depth_file_with_nan_refused(sd15, photo, tmp_path):
+    np.save(tmp_path / "d.npy", np.array([[1.0, np.nan], [1.0, 2.0]]))
+    with pytest.raises(InputError, match="d.npy: 1 depth values are NaN"):
+        sd15.transform(photo, PROMPT, depth=tmp_path / "d.npy", depth_polarity="metric", steps=2)
+
+
+def test_depth_file_of_other_size_same_aspect_is_resized(sd15, photo, tmp_path):
+    from depth2img import io
+
+    io.write_depth_png16(
+        DepthMap(np.arange(32 * 32, dtype=float).reshape(32, 32) + 1, "metric_depth"), tmp_path / "d.png"
+    )
+    r = sd15.transform(photo, PROMPT, depth=tmp_path / "d.png", seed=0, steps=2)
+    assert r.depth.size == (SIZE, SIZE) and r.metadata[0]["depth"]["source"].endswith("d.png")
+
+
+def test_model_kind_mismatch_and_missing_weights(tmp_path, tiny_dir, monkeypatch):
+    import shutil
+
+    with pytest.raises(ModelLoadError, match="is not a diffusers pipeline folder"):
+        SceneTransformer.from_pretrained(str(tiny_dir / "depth-anything"))
+    mixed = tmp_path / "mixed"
+    shutil.copytree(tiny_dir / "sd15-depth", mixed)
+    shutil.copytree(tiny_dir / "sdxl-depth-controlnet", mixed / "controlnet")
+    with pytest.raises(ModelLoadError, match="does not fit .*wrong backbone family"):
+        SceneTransformer.from_pretrained(str(mixed))
+    from depth2img import registry
+
+    monkeypatch.setattr(registry, "tiny_root", lambda: tiny_dir.parent / "elsewhere")
+    monkeypatch.setitem(
+        registry.backbones()["sd2-depth"].__dict__, "tiny", "sd15-depth"
+    )  # entry says sd2, folder holds sd15
+    shutil.copytree(tiny_dir / "sd15-depth", tiny_dir.parent / "elsewhere" / "sd15-depth")
+    with pytest.raises(ModelLoadError, match="holds a sd15-controlnet pipeline .* needs sd2-depth"):
+        SceneTransformer.from_pretrained("tiny/sd2-depth")
+    with pytest.raises(ModelLoadError, match="stable-diffusion-v1-5/stable-diffusion-v1-5.*hf download"):
+        SceneTransformer.from_pretrained("sd15-depth")
+
+
+def test_broken_tokenizer_is_caught(tmp_path, tiny_dir):
+    import shutil
+
+    from depth2img.tiny import _byte_vocab
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_dir / "sd15-depth", broken)
+    shutil.copytree(tiny_dir / "sd15-depth-controlnet", broken / "controlnet")
+    from transformers import CLIPTokenizer
+
+    vocab = {k: v for k, v in list(_byte_vocab().items())[:1]}
+    vocab.update({"<|startoftext|>": 1, "<|endoftext|>": 2})
+    (tmp_path / "v.json").write_text(__import__("json").dumps(vocab))
+    (tmp_path / "m.txt").write_text("#version: 0.2\n")
+    shutil.rmtree(broken / "tokenizer")
+    CLIPTokenizer(str(tmp_path / "v.json"), str(tmp_path / "m.txt")).save_pretrained(broken / "tokenizer")
+    with pytest.raises(ModelLoadError, match="tokenizer has 3 tokens .*re-download"):
+        SceneTransformer.from_pretrained(str(broken))
