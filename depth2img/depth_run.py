@@ -22,6 +22,19 @@ class RunReport:
     done: list[Path] = field(default_factory=list)  # inputs whose products were written
     written: list[Path] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)  # one line each
+    on_error: Callable[[str], None] | None = field(default=None, repr=False)
+
+    def fail(self, msg: str) -> None:
+        self.failed.append(msg)
+        if self.on_error:
+            self.on_error(msg)
+
+    def collect(self, inputs) -> list[Path]:
+        """Expand files, directories and globs; each input that matches nothing is recorded as a failure."""
+        paths, problems = expand_inputs([str(i) for i in inputs])
+        for msg in problems:
+            self.fail(msg)
+        return paths
 
     @property
     def ok(self) -> bool:
@@ -68,16 +81,8 @@ def run_depth(
         raise InputError(f"depth format must be among {', '.join(DEPTH_WRITERS)}, got {list(formats)}")
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
-    report = RunReport()
-
-    def fail(msg: str) -> None:
-        report.failed.append(msg)
-        if on_error:
-            on_error(msg)
-
-    paths, problems = expand_inputs([str(i) for i in inputs])
-    for msg in problems:
-        fail(msg)
+    report = RunReport(on_error=on_error)
+    paths = report.collect(inputs)
     right_paths: list[Path] | None = None
     if right is not None:
         right_paths = [Path(r) for r in right]
@@ -115,7 +120,7 @@ def run_depth(
                             raise InputError(f"{paths[i]}: {err}") from None
                         bar.update(1)
                 except Depth2ImgError as err:
-                    fail(str(err))
+                    report.fail(str(err))
                     bar.update(1)
             if right_paths is None and images:
                 keys = list(images)
@@ -130,7 +135,7 @@ def run_depth(
                     report.written += write_depth_products(depths[i], out_dir, stems[i], formats)
                     report.done.append(paths[i])
                 except OSError as err:
-                    fail(f"{paths[i]}: cannot write to {out_dir} ({err.strerror or err})")
+                    report.fail(f"{paths[i]}: cannot write to {out_dir} ({err.strerror or err})")
     finally:
         bar.close()
     return report

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from .depth_run import RunReport, _stems
 from .errors import Depth2ImgError, InputError
-from .io import expand_inputs, load_image
+from .io import load_image
 from .outputs import write_transform_result
 
 
@@ -38,16 +38,8 @@ def run_transform(
 
     from .transformer import SceneTransformer
 
-    report = RunReport()
-
-    def fail(msg):
-        report.failed.append(msg)
-        if on_error:
-            on_error(msg)
-
-    paths, problems = expand_inputs([str(i) for i in inputs])
-    for msg in problems:
-        fail(msg)
+    report = RunReport(on_error=on_error)
+    paths = report.collect(inputs)
     if depth is not None and len(depth) != len(paths):
         raise InputError(f"--depth: {len(depth)} depth files for {len(paths)} inputs; give one per input")
     if not paths:
@@ -76,7 +68,7 @@ def run_transform(
             report.written += [out_dir / r["output"] for r in records]
         except Depth2ImgError as err:
             msg = str(err)
-            fail(msg if str(path) in msg else f"{path}: {msg}")
+            report.fail(msg if str(path) in msg else f"{path}: {msg}")
         except OSError as err:
-            fail(f"{path}: cannot write to {out_dir} ({err.strerror or err})")
+            report.fail(f"{path}: cannot write to {out_dir} ({err.strerror or err})")
     return report
