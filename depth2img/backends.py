@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, ModelLoadError
-from .loading import PIPELINE_FILES, SINGLE_MODEL_FILES, first_line, require_safetensors, snapshot_dir
+from .loading import (
+    LORA_FILES,
+    PIPELINE_FILES,
+    SINGLE_MODEL_FILES,
+    first_line,
+    require_safetensors,
+    snapshot_dir,
+)
 from .registry import ModelRef
 
 SCHEDULERS = {
@@ -33,6 +40,7 @@ CLASS_TO_KIND = {
     "StableDiffusionPipeline": "sd15-controlnet", "StableDiffusionControlNetPipeline": "sd15-controlnet",
     "StableDiffusionDepth2ImgPipeline": "sd2-depth", "StableDiffusionXLPipeline": "sdxl-controlnet",
     "StableDiffusionXLControlNetPipeline": "sdxl-controlnet", "FluxControlPipeline": "flux-control",
+    "FluxPipeline": "flux-control",  # FLUX.1-dev, with the depth Control LoRA on top
 }  # fmt: skip
 
 
@@ -93,11 +101,11 @@ class Backend:
     has_controlnet = True
     default_scheduler = "unipc"
 
-    def __init__(self, txt2img, ref: ModelRef, controlnet_ref: ModelRef | None = None):
+    def __init__(self, txt2img, ref: ModelRef, companion_ref: ModelRef | None = None):
         import diffusers
 
         self.ref = ref
-        self.controlnet_ref = controlnet_ref
+        self.companion_ref = companion_ref  # the ControlNet or LoRA repo loaded with the base
         self.pipes = {"txt2img" if self.supports_txt2img else "img2img": txt2img}
         if self.supports_txt2img and self.img2img_class:
             self.pipes["img2img"] = getattr(diffusers, self.img2img_class).from_pipe(txt2img)
@@ -123,7 +131,7 @@ class Backend:
     # --------------------------------------------------------------------------------------- loading
 
     @classmethod
-    def load(cls, ref: ModelRef, *, path: Path, dtype, local_files_only: bool, controlnet=None):
+    def load(cls, ref: ModelRef, *, path: Path, dtype, local_files_only: bool):
         raise NotImplementedError
 
     @staticmethod
@@ -255,10 +263,10 @@ class Backend:
 
 class ControlNetBackend(Backend):
     @classmethod
-    def load(cls, ref, *, path, dtype, local_files_only, controlnet=None):
+    def load(cls, ref, *, path, dtype, local_files_only):
         from diffusers import ControlNetModel
 
-        cn_ref = controlnet or _controlnet_ref(ref, path)
+        cn_ref = _companion_ref(ref, path, "controlnet")
         cn_path = snapshot_dir(cn_ref, local_files_only=local_files_only, allow_patterns=SINGLE_MODEL_FILES)
         require_safetensors(cn_path, cn_ref)
         try:
@@ -314,7 +322,7 @@ class SD2DepthBackend(Backend):
     default_scheduler = "pndm"
 
     @classmethod
-    def load(cls, ref, *, path, dtype, local_files_only, controlnet=None):
+    def load(cls, ref, *, path, dtype, local_files_only):
         # Our DepthMap is fed as depth_map, so the repo's own DPT estimator is not needed.
         pipe = cls._from_pretrained(
             cls.txt2img_class, path, ref, dtype, depth_estimator=None, feature_extractor=None
@@ -343,8 +351,32 @@ class FluxBackend(Backend):
     default_scheduler = "flow-euler"
 
     @classmethod
-    def load(cls, ref, *, path, dtype, local_files_only, controlnet=None):
-        return cls(cls._from_pretrained(cls.txt2img_class, path, ref, dtype), ref)
+    def load(cls, ref, *, path, dtype, local_files_only):
+        pipe = cls._from_pretrained(cls.txt2img_class, path, ref, dtype)
+        if _model_index(path)["_class_name"] != "FluxPipeline":
+            return cls(pipe, ref)  # FLUX.1-Depth-dev: control built into the transformer
+        lora_ref = _companion_ref(ref, path, "lora")
+        lora_path = snapshot_dir(lora_ref, local_files_only=local_files_only, allow_patterns=LORA_FILES)
+        weights = sorted(lora_path.glob("*.safetensors"))
+        if len(weights) != 1:
+            raise ModelLoadError(
+                f"LoRA {lora_ref.name!r} at {lora_path}: expected one .safetensors file, found {len(weights)}"
+            )
+        try:
+            pipe.load_lora_weights(lora_path, weight_name=weights[0].name, adapter_name="depth")
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise ModelLoadError(
+                f"LoRA {lora_ref.name!r} could not be loaded into {ref.name!r}: {first_line(err)}"
+            ) from None
+        if pipe.transformer.config.in_channels != 2 * pipe.vae.config.latent_channels * 4:
+            raise ModelLoadError(
+                f"LoRA {lora_ref.name!r} is not a depth Control LoRA (it does not widen x_embedder)"
+            )
+        return cls(pipe, ref, lora_ref)
+
+    @property
+    def uses_lora(self) -> bool:
+        return self.companion_ref is not None
 
     def allowed_schedulers(self):
         return ["flow-euler"]
@@ -353,12 +385,14 @@ class FluxBackend(Backend):
         return self.pipe.tokenizer_2, 512
 
     def call_kwargs(self, *, image, depth, knobs):
-        if knobs["control_scale"] != 1.0:
+        kwargs = dict(control_image=self.control_tensor(depth))
+        if self.uses_lora:
+            kwargs["joint_attention_kwargs"] = {"scale": knobs["control_scale"]}  # the LoRA scale is the knob
+        elif knobs["control_scale"] != 1.0:
             raise InputError(
                 "control_scale: FLUX.1-Depth-dev (full model) has no control-strength input; "
-                f"use the LoRA variant for a scale, got {knobs['control_scale']}"
+                f"use flux-depth-lora, whose LoRA scale is the knob, got {knobs['control_scale']}"
             )
-        kwargs = dict(control_image=self.control_tensor(depth))
         if image is not None:
             kwargs.update(image=image, strength=knobs["strength"])
         return kwargs
@@ -367,19 +401,18 @@ class FluxBackend(Backend):
 BACKENDS = {b.kind: b for b in (SD15Backend, SD2DepthBackend, SDXLBackend, FluxBackend)}
 
 
-def _controlnet_ref(ref: ModelRef, path: Path) -> ModelRef:
-    """A base repo's ControlNet: the tiny sibling folder, a `controlnet/` subfolder, or the registry's hub id."""
-    from .tiny import controlnet_folder
+def _companion_ref(ref: ModelRef, path: Path, what: str) -> ModelRef:
+    """A base repo's ControlNet or LoRA: a `controlnet/` (`lora/`) subfolder, the tiny sibling folder, or the
+    registry's hub id."""
+    from .tiny import companion_folder
 
-    for candidate in (path / "controlnet", controlnet_folder(path)):
-        if (candidate / "config.json").is_file():
+    for candidate in (path / what, companion_folder(path, what)):
+        if candidate.is_dir() and any(candidate.iterdir()):
             return ModelRef(name=str(candidate), location=str(candidate), revision=None, is_local=True)
-    if ref.entry is not None and ref.entry.controlnet:
-        return ModelRef(name=ref.entry.controlnet, location=ref.entry.controlnet, revision=ref.entry.revision,
-                        is_local=False)  # fmt: skip
-    raise ModelLoadError(
-        f"model {ref.name!r}: no ControlNet found (a 'controlnet/' subfolder or the registry's id)"
-    )
+    hub_id = getattr(ref.entry, what, None) if ref.entry is not None else None
+    if hub_id:
+        return ModelRef(name=hub_id, location=hub_id, revision=ref.entry.revision, is_local=False)
+    raise ModelLoadError(f"model {ref.name!r}: no {what} found (a '{what}/' subfolder or the registry's id)")
 
 
 def load_backend(ref: ModelRef, *, dtype, local_files_only: bool = False) -> Backend:

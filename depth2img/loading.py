@@ -21,6 +21,7 @@ HUB_PROBE_TIMEOUT_S = 3.0
 # What a model snapshot needs: configs, tokenizer files and safetensors weights; never pickles.
 ESTIMATOR_FILES = ["*.json", "*.txt", "model.safetensors", "model*.safetensors"]
 PIPELINE_FILES = ["*.json", "*.txt", "*.model", "*/*.json", "*/*.txt", "*/*.safetensors"]
+LORA_FILES = ["*.safetensors"]
 SINGLE_MODEL_FILES = ["*.json", "diffusion_pytorch_model.safetensors", "*.safetensors"]
 IGNORED_FILES = ["*.bin", "*.ckpt", "*.pt", "*.pth", "*.pkl", "*fp16*", "*non_ema*", "*.onnx", "*.msgpack"]
 

@@ -42,6 +42,7 @@ class RegistryEntry:
     output: str | None = None  # estimators
     pipeline: str | None = None  # backbones
     controlnet: str | None = None
+    lora: str | None = None  # a LoRA repo loaded on top of `id` (Flux depth Control LoRA)
     native_size: int | None = None
     gated: bool = False
     extra: dict[str, Any] = field(default_factory=dict)

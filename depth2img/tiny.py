@@ -228,19 +228,13 @@ def t5_tokenizer():
     return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=512)
 
 
-def write_flux(kind: str, folder: Path) -> Path:
-    """Hub layout of FLUX.1-Depth-dev: the transformer takes packed latents and packed control latents (2x channels)."""
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        FluxControlPipeline,
-        FluxTransformer2DModel,
-    )
+def _flux_components(in_channels: int) -> dict:
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
     _seed()
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=8, out_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        patch_size=1, in_channels=in_channels, out_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
     )  # fmt: skip
     vae = AutoencoderKL(
@@ -249,22 +243,60 @@ def write_flux(kind: str, folder: Path) -> Path:
     )  # fmt: skip
     t5 = T5EncoderModel(T5Config(vocab_size=100, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4,
                                  decoder_start_token_id=0)).eval()  # fmt: skip
-    pipe = FluxControlPipeline(
-        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_clip_text(projection=False),
-        tokenizer=clip_tokenizer(), text_encoder_2=t5, tokenizer_2=t5_tokenizer(), transformer=transformer,
-    )  # fmt: skip
-    pipe.save_pretrained(folder, safe_serialization=True)
+    return dict(scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_clip_text(projection=False),
+                tokenizer=clip_tokenizer(), text_encoder_2=t5, tokenizer_2=t5_tokenizer(), transformer=transformer)  # fmt: skip
+
+
+def write_flux(kind: str, folder: Path) -> Path:
+    """Hub layout of FLUX.1-Depth-dev: the transformer takes packed latents and packed control latents (2x channels)."""
+    from diffusers import FluxControlPipeline
+
+    FluxControlPipeline(**_flux_components(in_channels=8)).save_pretrained(folder, safe_serialization=True)
     return folder
 
 
-def controlnet_folder(folder: str | Path) -> Path:
-    """Where a tiny backbone's separate ControlNet repo lives (beside the base repo, as on the hub)."""
+LORA_RANK = 4
+
+
+def write_flux_lora(kind: str, folder: Path) -> Path:
+    """Hub layout of FLUX.1-dev (folder) plus a depth Control LoRA repo (folder-lora): like BFL's, the LoRA
+    widens x_embedder to take the control latents and adapts attention."""
+    import torch
+    from diffusers import FluxPipeline
+    from safetensors.torch import save_file
+
+    FluxPipeline(**_flux_components(in_channels=4)).save_pretrained(folder, safe_serialization=True)
+    g = torch.Generator().manual_seed(SEED)
+    inner = 32  # heads 2 x head dim 16
+    lora = {
+        "transformer.x_embedder.lora_A.weight": torch.randn(LORA_RANK, 8, generator=g) * 0.1,
+        "transformer.x_embedder.lora_B.weight": torch.randn(inner, LORA_RANK, generator=g) * 0.1,
+        "transformer.transformer_blocks.0.attn.to_q.lora_A.weight": torch.randn(LORA_RANK, inner, generator=g)
+        * 0.1,
+        "transformer.transformer_blocks.0.attn.to_q.lora_B.weight": torch.randn(inner, LORA_RANK, generator=g)
+        * 0.1,
+    }
+    companion_folder(folder, "lora").mkdir(parents=True, exist_ok=True)
+    save_file(lora, companion_folder(folder, "lora") / "pytorch_lora_weights.safetensors")
+    return folder
+
+
+COMPANIONS = ("controlnet", "lora")  # separate hub repos that go with a base repo
+
+
+def companion_folder(folder: str | Path, what: str) -> Path:
+    """Where a tiny backbone's separate ControlNet or LoRA repo lives (beside the base repo, as on the hub)."""
     folder = Path(folder)
-    return folder.with_name(folder.name + "-controlnet")
+    return folder.with_name(f"{folder.name}-{what}")
+
+
+def controlnet_folder(folder: str | Path) -> Path:
+    return companion_folder(folder, "controlnet")
 
 
 WRITERS = {name: write_estimator for name in ESTIMATOR_BUILDERS} | {
     "sd15-depth": write_sd15, "sd2-depth": write_sd2_depth, "sdxl-depth": write_sdxl, "flux-depth": write_flux,
+    "flux-depth-lora": write_flux_lora,
 }  # fmt: skip
 
 
@@ -274,10 +306,11 @@ def write(kind: str, folder: str | Path) -> Path:
 
     folder = Path(folder)
     tmp = folder.with_name(f".{folder.name}.partial")
-    for old in (tmp, controlnet_folder(tmp)):
+    for old in (tmp, *(companion_folder(tmp, c) for c in COMPANIONS)):
         shutil.rmtree(old, ignore_errors=True)
     WRITERS[kind](kind, tmp)
-    for new, final in ((controlnet_folder(tmp), controlnet_folder(folder)), (tmp, folder)):
+    moves = [(companion_folder(tmp, c), companion_folder(folder, c)) for c in COMPANIONS] + [(tmp, folder)]
+    for new, final in moves:
         if new.exists():
             shutil.rmtree(final, ignore_errors=True)
             new.rename(final)
