@@ -99,7 +99,14 @@ class Backend:
     img2img_class = ""
     supports_txt2img = True
     has_controlnet = True
+    takes_negative_prompt = True
     default_scheduler = "unipc"
+    CONTROL_KNOBS: tuple[str, ...] = ("control_scale", "control_start", "control_end")
+
+    @property
+    def control_knobs(self) -> tuple[str, ...]:
+        """The control knobs this backbone has (others given by the user are refused, not ignored)."""
+        return self.CONTROL_KNOBS
 
     def __init__(self, txt2img, ref: ModelRef, companion_ref: ModelRef | None = None):
         import diffusers
@@ -241,7 +248,7 @@ class Backend:
         )
         pipe = self.pipes[mode]
         kwargs = self.call_kwargs(image=image if mode == "img2img" else None, depth=depth, knobs=knobs)
-        if negative_prompt and self.kind != "flux-control":
+        if negative_prompt and self.takes_negative_prompt:
             kwargs["negative_prompt"] = negative_prompt
         if callback is not None:
             kwargs["callback_on_step_end"] = callback
@@ -320,6 +327,7 @@ class SD2DepthBackend(Backend):
     supports_txt2img = False
     has_controlnet = False
     default_scheduler = "pndm"
+    CONTROL_KNOBS = ()  # depth enters as an extra UNet channel, at full strength on every step
 
     @classmethod
     def load(cls, ref, *, path, dtype, local_files_only):
@@ -348,7 +356,12 @@ class FluxBackend(Backend):
     txt2img_class = "FluxControlPipeline"
     img2img_class = "FluxControlImg2ImgPipeline"
     has_controlnet = False
+    takes_negative_prompt = False  # FluxControlPipeline uses distilled guidance, no negative prompt
     default_scheduler = "flow-euler"
+
+    @property
+    def control_knobs(self):
+        return ("control_scale",) if self.uses_lora else ()
 
     @classmethod
     def load(cls, ref, *, path, dtype, local_files_only):
@@ -388,11 +401,6 @@ class FluxBackend(Backend):
         kwargs = dict(control_image=self.control_tensor(depth))
         if self.uses_lora:
             kwargs["joint_attention_kwargs"] = {"scale": knobs["control_scale"]}  # the LoRA scale is the knob
-        elif knobs["control_scale"] != 1.0:
-            raise InputError(
-                "control_scale: FLUX.1-Depth-dev (full model) has no control-strength input; "
-                f"use flux-depth-lora, whose LoRA scale is the knob, got {knobs['control_scale']}"
-            )
         if image is not None:
             kwargs.update(image=image, strength=knobs["strength"])
         return kwargs

@@ -21,6 +21,7 @@ from .registry import resolve_backbone
 
 DEFAULT_KNOBS = {"steps": 30, "strength": 0.8, "guidance_scale": 7.5, "control_scale": 1.0,
                  "control_start": 0.0, "control_end": 1.0}  # fmt: skip
+CONTROL_KNOBS = ("control_scale", "control_start", "control_end")
 FLUX_GUIDANCE = 10.0  # FLUX.1-Depth-dev's model card uses guidance_scale 10
 MAX_STEPS = 1000
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
@@ -205,6 +206,12 @@ class SceneTransformer:
         image = image.convert("RGB")
         final_prompt, preset_negative, preset_knobs = presets_mod.resolve(prompt, preset, self.presets)
         negative = presets_mod._merge_phrases(negative_prompt or "", preset_negative)
+        if not self.backend.takes_negative_prompt:
+            if negative_prompt:
+                raise InputError(
+                    f"negative_prompt: backbone {self.name!r} ({self.backend.kind}) takes no negative prompt"
+                )
+            negative = ""
         knobs = dict(DEFAULT_KNOBS)
         if self.backend.kind == "flux-control":
             knobs["guidance_scale"] = FLUX_GUIDANCE
@@ -213,6 +220,19 @@ class SceneTransformer:
                  "control_scale": control_scale, "control_start": control_start, "control_end": control_end}  # fmt: skip
         knobs.update({k: v for k, v in given.items() if v is not None})
         check_knobs(knobs)
+        foreign = [k for k in CONTROL_KNOBS if given[k] is not None and k not in self.backend.control_knobs]
+        if foreign:
+            hint = (
+                "; flux-depth-lora has control_scale (its LoRA scale)"
+                if self.backend.kind == "flux-control" and "control_scale" in foreign
+                else ""
+            )
+            raise InputError(
+                f"{', '.join(foreign)}: backbone {self.name!r} ({self.backend.kind}) has no such knob{hint}"
+            )
+        for k in CONTROL_KNOBS:
+            if k not in self.backend.control_knobs:
+                knobs[k] = DEFAULT_KNOBS[k]  # a preset's control knob does not apply here either
         img2img = knobs["strength"] < 1.0 or not self.backend.supports_txt2img
         if img2img and int(knobs["steps"] * knobs["strength"]) < 1:
             raise InputError(

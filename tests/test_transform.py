@@ -92,6 +92,10 @@ def test_sd2_depth_equals_diffusers(photo, depth, tiny_dir):
     theirs = ref(PROMPT, image=photo, depth_map=torch.from_numpy(depth.inverse())[None], strength=0.7,
                  num_inference_steps=2, guidance_scale=7.5, generator=_gens(11), output_type="np").images  # fmt: skip
     _assert_same(ours.raw, theirs)
+    with pytest.raises(
+        InputError, match="control_end: backbone 'tiny/sd2-depth' \\(sd2-depth\\) has no such knob"
+    ):
+        st.transform(photo, PROMPT, depth=depth, steps=2, control_end=0.5)
 
 
 def test_sdxl_equals_diffusers(photo, depth, tiny_dir):
@@ -116,8 +120,15 @@ def test_flux_equals_diffusers(photo, depth, tiny_dir):
     theirs = ref(PROMPT, control_image=_control(depth), num_inference_steps=2, guidance_scale=10.0, height=SIZE,
                  width=SIZE, generator=_gens(2), output_type="np").images  # fmt: skip
     _assert_same(ours.raw, theirs)
-    with pytest.raises(InputError, match="control_scale: FLUX.1-Depth-dev .* no control-strength"):
+    with pytest.raises(
+        InputError, match="control_scale: backbone 'tiny/flux-depth' .* no such knob; flux-depth-lora has"
+    ):
         st.transform(photo, PROMPT, depth=depth, seed=2, steps=2, control_scale=0.5)
+    with pytest.raises(InputError, match="negative_prompt: .* takes no negative prompt"):
+        st.transform(photo, PROMPT, depth=depth, seed=2, steps=2, negative_prompt="blur")
+    assert (
+        st.transform(photo, PROMPT, preset="fog", depth=depth, steps=2).metadata[0]["negative_prompt"] == ""
+    )
 
 
 @pytest.mark.parametrize("size", [(451, 300), (741, 500), (33, 97), (2048, 1024)])
@@ -343,3 +354,5 @@ def test_flux_lora_equals_diffusers_and_scale_is_the_control_knob(photo, depth, 
     full = st.transform(photo, PROMPT, depth=depth, seed=4, steps=2, strength=1.0, control_scale=1.0)
     gap_off, gap_full = np.abs(off.raw - ours.raw).max(), np.abs(full.raw - ours.raw).max()
     assert gap_off > 1e-4 and gap_full > 1e-4  # the knob changes the result in both directions
+    with pytest.raises(InputError, match="control_start: .* has no such knob"):
+        st.transform(photo, PROMPT, depth=depth, steps=2, control_start=0.2)
