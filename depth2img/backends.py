@@ -419,7 +419,7 @@ def _companion_ref(ref: ModelRef, path: Path, what: str) -> ModelRef:
             return ModelRef(name=str(candidate), location=str(candidate), revision=None, is_local=True)
     hub_id = getattr(ref.entry, what, None) if ref.entry is not None else None
     if hub_id:
-        return ModelRef(name=hub_id, location=hub_id, revision=ref.entry.revision, is_local=False)
+        return ModelRef(name=hub_id, location=hub_id, revision=ref.entry.companion_revision, is_local=False)
     raise ModelLoadError(f"model {ref.name!r}: no {what} found (a '{what}/' subfolder or the registry's id)")
 
 

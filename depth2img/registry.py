@@ -43,6 +43,7 @@ class RegistryEntry:
     pipeline: str | None = None  # backbones
     controlnet: str | None = None
     lora: str | None = None  # a LoRA repo loaded on top of `id` (Flux depth Control LoRA)
+    companion_revision: str = "main"  # revision of the controlnet / lora repo (each repo has its own history)
     native_size: int | None = None
     gated: bool = False
     extra: dict[str, Any] = field(default_factory=dict)

@@ -109,3 +109,32 @@ def test_tiny_is_built_on_first_use(tmp_path, monkeypatch):
     est = DepthEstimator.from_pretrained("tiny/dpt-hybrid")
     assert (tmp_path / "fresh" / "dpt" / "model.safetensors").is_file()
     assert est.kind == "relative_inverse_depth"
+
+
+def test_registry_entries_are_complete_and_revisions_travel(tmp_path, monkeypatch):
+    from depth2img import loading, registry
+    from depth2img.backends import _companion_ref
+
+    for entry in list(registry.estimators().values()) + list(registry.backbones().values()):
+        assert entry.id.count("/") == 1 and entry.revision and entry.licence != "unknown" and entry.tiny
+    assert not registry.estimators()["depth-anything-v2-large"].commercial
+    assert registry.estimators()["zoedepth"].output == "metric_depth"
+    seen = {}
+
+    def fake_snapshot(**kwargs):
+        seen.update(kwargs)
+        raise FileNotFoundError
+
+    monkeypatch.setattr("huggingface_hub.snapshot_download", fake_snapshot)
+    ref = registry.resolve_backbone("sdxl-depth")
+    with pytest.raises(ModelLoadError):
+        loading.snapshot_dir(ref, local_files_only=True)
+    assert (
+        seen["repo_id"] == "stabilityai/stable-diffusion-xl-base-1.0"
+        and seen["revision"] == ref.entry.revision
+    )
+    assert "*.bin" in seen["ignore_patterns"]
+    cn = _companion_ref(ref, tmp_path, "controlnet")
+    assert (
+        cn.location == "diffusers/controlnet-depth-sdxl-1.0" and cn.revision == ref.entry.companion_revision
+    )
