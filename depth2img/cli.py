@@ -106,6 +106,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
     _add_model_args(p)
 
+    p = sub.add_parser("app", help="launch the web app (Gradio) on 127.0.0.1",
+                       description="The web demo. Settings default to DEPTH2IMG_MODEL, DEPTH2IMG_ESTIMATOR, "
+                       "DEPTH2IMG_HOST, DEPTH2IMG_PORT, DEPTH2IMG_MAX_UPLOAD_MB, DEPTH2IMG_QUEUE_SIZE.")  # fmt: skip
+    p.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, help="port (default 7860)")
+    p.add_argument("--share", action="store_true", help="also open a public gradio.live link (opt-in)")
+    p.add_argument("--auth", metavar="USER:PASSWORD", help="require a login")
+    p.add_argument("--model", metavar="NAME|ID|PATH", help="default backbone (default sd15-depth)")
+    p.add_argument("--estimator", metavar="NAME|ID|PATH", help="default depth estimator")
+    p.add_argument("--max-upload-mb", type=int, help="largest upload accepted (default 20)")
+    p.add_argument(
+        "--queue-size", type=int, help="requests that may wait (default 32); jobs run one at a time"
+    )
+    p.add_argument("--presets-file", action="append", default=[], metavar="FILE", help="extra presets YAML")
+    _add_model_args(p)
+
     p = sub.add_parser("presets", help="list the prompt presets (combine them with +)")
     p.add_argument("--presets-file", action="append", default=[], metavar="FILE", help="extra presets YAML")
     return parser
@@ -219,6 +235,29 @@ def _cmd_transform(args) -> int:
     return 0 if report.ok else EXIT_USAGE
 
 
+def _cmd_app(args) -> int:
+    from .errors import InputError
+    from .ui import settings_from_env
+
+    env = settings_from_env()
+    pick = {k: getattr(args, k) if getattr(args, k) is not None else env[k] for k in env}
+    if pick["max_upload_mb"] < 1 or pick["queue_size"] < 1:
+        raise InputError("--max-upload-mb and --queue-size must be >= 1")
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise InputError("the web app needs the ui extra: pip install 'depth2img[ui]'") from None
+    _quiet_libraries()
+    from .service import Service
+    from .ui import launch
+
+    service = Service(model=pick["model"], estimator=pick["estimator"], device=args.device, dtype=args.dtype,
+                      local_files_only=args.local_files_only, preset_files=args.presets_file)  # fmt: skip
+    launch(service, host=pick["host"], port=pick["port"], share=args.share, auth=args.auth,
+           max_upload_mb=pick["max_upload_mb"], queue_size=pick["queue_size"])  # fmt: skip
+    return 0
+
+
 def _warn_above_bar(msg: str) -> None:
     from tqdm.auto import tqdm
 
@@ -226,7 +265,7 @@ def _warn_above_bar(msg: str) -> None:
 
 
 COMMANDS = {"depth": _cmd_depth, "tiny-model": _cmd_tiny_model, "models": _cmd_models,
-            "transform": _cmd_transform, "presets": _cmd_presets}  # fmt: skip
+            "transform": _cmd_transform, "presets": _cmd_presets, "app": _cmd_app}  # fmt: skip
 
 
 def main(argv=None) -> int:

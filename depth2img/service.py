@@ -1,0 +1,99 @@
+"""``Service``: the model holder that the web app (and any long-running caller) talks to.
+
+It loads models lazily on first use, keeps them for later requests (swapping a backbone only when another is
+asked for), and runs one job at a time on its device. All work is done by the Python API.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+from .depthmap import DepthMap
+from .errors import InputError
+
+
+class Service:
+    def __init__(self, *, model=None, estimator=None, device=None, dtype=None, local_files_only: bool = False,
+                 preset_files=()):  # fmt: skip
+        from .registry import load_registry
+
+        reg = load_registry()
+        self.default_model = model or reg["default_backbone"]
+        self.default_estimator = estimator or (
+            "tiny" if str(self.default_model).startswith("tiny") else reg["default_estimator"]
+        )
+        self.device, self.dtype, self.local_files_only = device, dtype, local_files_only
+        self.preset_files = tuple(preset_files)
+        self._estimators: dict = {}
+        self._transformer = None
+        self._lock = threading.RLock()  # one job at a time on the device
+
+    # ----------------------------------------------------------------------------------------- models
+
+    def estimator(self, name: str | None = None, progress=None):
+        from .estimators import DepthEstimator
+
+        name = name or self.default_estimator
+        with self._lock:
+            if name not in self._estimators:
+                if progress:
+                    progress(f"loading depth estimator {name}")
+                self._estimators[name] = DepthEstimator.from_pretrained(
+                    name, device=self.device, dtype=self.dtype, local_files_only=self.local_files_only
+                )
+            return self._estimators[name]
+
+    def transformer(self, model: str | None = None, progress=None):
+        from .transformer import SceneTransformer
+
+        model = model or self.default_model
+        with self._lock:
+            if self._transformer is None or self._transformer.name != model:
+                if progress:
+                    progress(f"loading model {model} (first use)")
+                self._transformer = None  # free the old backbone before loading the next
+                self._transformer = SceneTransformer.from_pretrained(
+                    model, device=self.device, dtype=self.dtype, estimator=self.default_estimator,
+                    local_files_only=self.local_files_only, preset_files=self.preset_files,
+                )  # fmt: skip
+            return self._transformer
+
+    # ----------------------------------------------------------------------------------------- work
+
+    def depth(self, image, *, estimator: str | None = None, depth_file: str | Path | None = None,
+              polarity: str | None = None, progress=None) -> DepthMap:  # fmt: skip
+        """The user's depth file (at the image's size) if given, else the estimator's depth."""
+        from .io import read_depth_file
+
+        if image is None:
+            raise InputError("upload a photo first")
+        if depth_file:
+            depth = read_depth_file(depth_file, polarity or None)
+            w, h = image.size
+            if abs(depth.width / depth.height - w / h) > 0.01 * (w / h):
+                raise InputError(
+                    f"depth file is {depth.width}x{depth.height} but the photo is {w}x{h}: aspect ratios differ"
+                )
+            return depth if depth.size == (w, h) else depth.resized(w, h)
+        est = self.estimator(estimator, progress)
+        with self._lock:
+            return est(image)
+
+    def transform(self, image, *, model: str | None = None, estimator: str | None = None, depth_file=None,
+                  polarity: str | None = None, progress=None, **kwargs):  # fmt: skip
+        depth = self.depth(
+            image, estimator=estimator, depth_file=depth_file, polarity=polarity, progress=progress
+        )
+        st = self.transformer(model, progress)
+        with self._lock:
+            return st.transform(image, depth=depth, progress=True, **kwargs)
+
+    def variations(self, image, *, presets, seeds, model=None, estimator=None, depth_file=None, polarity=None,
+                   progress=None, **kwargs):  # fmt: skip
+        depth = self.depth(
+            image, estimator=estimator, depth_file=depth_file, polarity=polarity, progress=progress
+        )
+        st = self.transformer(model, progress)
+        with self._lock:
+            return st.variations(image, presets=presets, seeds=seeds, depth=depth, **kwargs)

@@ -1,0 +1,336 @@
+"""The Gradio web app: a thin shell over ``Service`` (which calls the Python API).
+
+``create_demo(service)`` builds the page; it never loads a model itself, so it can be built and tested
+without one. Every event has an ``api_name``, so the page is also an HTTP API (``gradio_client``).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+
+from .errors import Depth2ImgError
+
+MAX_SEED = 2**31 - 1
+DEPTH_FILE_TYPES = [".png", ".tif", ".tiff", ".npy", ".npz"]
+
+
+def _friendly(fn):
+    """Errors reach the page as one friendly line (gr.Error), never as a stack trace."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import gradio as gr
+
+        try:
+            return fn(*args, **kwargs)
+        except gr.Error:
+            raise
+        except Depth2ImgError as err:
+            raise gr.Error(str(err)) from None
+        except Exception as err:  # an unexpected failure still gets one line
+            raise gr.Error(f"internal error: {type(err).__name__}: {err}") from None
+
+    return wrapper
+
+
+def _workdir() -> Path:
+    return Path(tempfile.mkdtemp(prefix="depth2img-app-"))
+
+
+def _file_path(f) -> str | None:
+    if f is None:
+        return None
+    return f if isinstance(f, str) else getattr(f, "name", None) or getattr(f, "path", None)
+
+
+def _image(path):
+    from .errors import InputError
+    from .io import load_image
+
+    if not path:
+        raise InputError("upload a photo first (or pick the driving-scene sample)")
+    return load_image(path)
+
+
+# ------------------------------------------------------------------------------------------------ handlers
+# Each takes the service first; create_demo binds it. Tests call them directly.
+
+
+def make_sample(width: int = 640, height: int = 320, seed: int = 0) -> tuple[str, str]:
+    """The procedural driving scene: its photo and its exact metric depth (.npz that records its polarity)."""
+    import numpy as np
+
+    from .scene import render_driving_scene
+
+    scene = render_driving_scene(width, height, seed=seed)
+    out = _workdir()
+    scene.image.save(out / "driving_scene.png")
+    np.savez(
+        out / "driving_scene_depth.npz",
+        depth=np.where(scene.depth.valid, scene.depth.values, 0),
+        kind="metric",
+    )
+    return str(out / "driving_scene.png"), str(out / "driving_scene_depth.npz")
+
+
+def handle_depth(service, image_path, estimator, depth_file, polarity, progress=None):
+    """Depth preview (colour-mapped) and the 16-bit depth PNG, both at the photo's size."""
+    from .io import write_depth_products
+
+    image = _image(image_path)
+    depth = service.depth(image, estimator=estimator, depth_file=_file_path(depth_file), polarity=polarity or None,
+                          progress=progress)  # fmt: skip
+    out = _workdir()
+    png16, preview = write_depth_products(depth, out, Path(image_path).stem, ("png16", "preview"))
+    return str(preview), str(png16)
+
+
+def _knobs(steps, strength, guidance, control_scale, control_start, control_end, scheduler, model):
+    knobs = dict(
+        steps=int(steps),
+        strength=float(strength),
+        guidance_scale=float(guidance),
+        scheduler=scheduler or None,
+    )
+    control = dict(
+        control_scale=float(control_scale), control_start=float(control_start), control_end=float(control_end)
+    )
+    from .transformer import CONTROL_KNOBS, DEFAULT_KNOBS
+
+    # Only send control knobs that differ from the defaults, so backbones without them (sd2, flux) still run.
+    knobs.update({k: v for k, v in control.items() if k in CONTROL_KNOBS and v != DEFAULT_KNOBS[k]})
+    return knobs
+
+
+def _seed(seed) -> int:
+    from .errors import InputError
+
+    if isinstance(seed, float) and seed.is_integer():
+        seed = int(seed)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise InputError(f"seed must be an integer, got {seed!r}")
+    return seed  # its range is checked by SceneTransformer.transform
+
+
+def handle_generate(service, image_path, model, estimator, depth_file, polarity, prompt, presets, negative, steps,
+                    strength, guidance, control_scale, control_start, control_end, scheduler, seed, num_images,
+                    progress=None):  # fmt: skip
+    """Transform the photo; returns gallery items, a before/after pair, a zip of everything, and the metadata."""
+    from .outputs import write_transform_result
+
+    image = _image(image_path)
+    result = service.transform(
+        image, model=model, estimator=estimator, depth_file=_file_path(depth_file), polarity=polarity or None,
+        progress=progress, prompt=prompt or None, preset="+".join(presets) if presets else None,
+        negative_prompt=negative or None, seed=_seed(seed), num_images=int(num_images),
+        **_knobs(steps, strength, guidance, control_scale, control_start, control_end, scheduler, model),
+    )  # fmt: skip
+    out = _workdir()
+    stem = Path(image_path).stem
+    records = write_transform_result(result, out / "results", stem, source=Path(image_path).name)
+    archive = shutil.make_archive(str(out / f"{stem}_depth2img"), "zip", out / "results")
+    paths = [str(out / "results" / r["output"]) for r in records]
+    gallery = [(p, f"seed {r['seed']}") for p, r in zip(paths, records)]
+    return gallery, (str(image_path), paths[0]), archive, records
+
+
+def handle_variations(service, image_path, model, estimator, depth_file, polarity, prompt, presets, seeds_text,
+                      steps, strength, guidance, progress=None):  # fmt: skip
+    """Presets x seeds from one depth: a grid in the gallery, captioned 'preset / seed'."""
+    from .errors import InputError
+    from .outputs import write_transform_result
+
+    image = _image(image_path)
+    try:
+        seeds = [int(s) for s in str(seeds_text).replace(",", " ").split()]
+    except ValueError:
+        raise InputError(f"seeds must be integers separated by commas, got {seeds_text!r}") from None
+    if not seeds:
+        raise InputError("give at least one seed")
+    if not presets and not (prompt or "").strip():
+        raise InputError("choose at least one preset (or give a prompt)")
+    rows = service.variations(
+        image, presets=list(presets) or None, seeds=seeds, model=model, estimator=estimator,
+        depth_file=_file_path(depth_file), polarity=polarity or None, prompt=prompt or None, progress=progress,
+        steps=int(steps), strength=float(strength), guidance_scale=float(guidance),
+    )  # fmt: skip
+    out = _workdir()
+    gallery = []
+    for row in rows:
+        records = write_transform_result(row, out, Path(image_path).stem, source=Path(image_path).name)
+        gallery += [
+            (str(out / r["output"]), f"{r['preset'] or 'prompt'} / seed {r['seed']}") for r in records
+        ]
+    return gallery
+
+
+# ------------------------------------------------------------------------------------------------ page
+
+
+def _backbone_choices():
+    from .registry import backbones
+
+    return [
+        (f"{n} — {e.licence}{'' if e.commercial else ' (non-commercial)'}", n) for n, e in backbones().items()
+    ]
+
+
+def _licence_text(name: str) -> str:
+    from .registry import resolve_backbone
+
+    try:
+        e = resolve_backbone(name).entry
+    except Depth2ImgError:
+        e = None
+    if e is None:
+        return f"**{name}**: licence not in the registry; check the model card."
+    use = "commercial use allowed" if e.commercial else "**non-commercial only**"
+    gated = "; gated: accept the licence on huggingface.co first" if e.gated else ""
+    return f"**{e.name}** (`{e.id}`): licence `{e.licence}`, {use}{gated}."
+
+
+def create_demo(service):
+    """The page, bound to ``service``. Nothing here loads a model."""
+    import gradio as gr
+
+    from .backends import SCHEDULERS
+    from .presets import load_presets
+    from .registry import estimators
+    from .transformer import DEFAULT_KNOBS
+
+    presets = load_presets(service.preset_files)
+
+    def bound(fn):
+        # Gradio reads this signature: the Progress default makes it track our tqdm bars on the page.
+        @_friendly
+        def run(*args, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+            return fn(service, *args, progress=lambda msg: progress(0, desc=msg))
+
+        run.__name__ = fn.__name__
+        return run
+
+    model_choices = _backbone_choices()
+    if service.default_model not in [v for _, v in model_choices]:
+        model_choices.insert(0, (f"{service.default_model} (configured)", service.default_model))
+    est_choices = list(estimators())
+    if service.default_estimator not in est_choices:
+        est_choices.insert(0, service.default_estimator)
+
+    with gr.Blocks(title="depth2img") as demo:
+        gr.Markdown("# depth2img\nChange a photo's style, lighting, season or weather by prompt; its depth keeps the "
+                    "geometry, and the output has the photo's exact size.")  # fmt: skip
+        with gr.Row():
+            with gr.Column():
+                image = gr.Image(type="filepath", label="Photo", elem_id="photo")
+                sample = gr.Button("Use the driving-scene sample (with exact depth)", size="sm")
+                with gr.Accordion("Depth", open=False):
+                    estimator = gr.Dropdown(
+                        est_choices, value=service.default_estimator, label="Depth estimator"
+                    )
+                    depth_file = gr.File(label="…or your own depth file (16-bit PNG, .npy, .npz, float TIFF)",
+                                         file_types=DEPTH_FILE_TYPES, type="filepath")  # fmt: skip
+                    polarity = gr.Radio(["", "near-bright", "far-bright", "metric"], value="",
+                                        label="Depth file polarity (leave empty if the file records it)")  # fmt: skip
+                    depth_btn = gr.Button("Preview depth", size="sm")
+                depth_preview = gr.Image(
+                    label="Depth (near = bright)", interactive=False, elem_id="depth-preview"
+                )
+                depth16 = gr.File(label="16-bit depth PNG", interactive=False)
+            with gr.Column():
+                model = gr.Dropdown(model_choices, value=service.default_model, label="Backbone")
+                licence = gr.Markdown(_licence_text(service.default_model))
+                prompt = gr.Textbox(label="Prompt", placeholder="a city street", elem_id="prompt")
+                preset_box = gr.CheckboxGroup(
+                    list(presets), label="Presets (combine several)", elem_id="presets"
+                )
+                negative = gr.Textbox(label="Negative prompt")
+                with gr.Accordion("Advanced", open=False):
+                    steps = gr.Slider(1, 100, value=DEFAULT_KNOBS["steps"], step=1, label="Steps")
+                    strength = gr.Slider(0.05, 1.0, value=DEFAULT_KNOBS["strength"], step=0.05,
+                                         label="Strength (1 = from depth alone)")  # fmt: skip
+                    guidance = gr.Slider(
+                        0.0, 20.0, value=DEFAULT_KNOBS["guidance_scale"], step=0.5, label="Guidance"
+                    )
+                    control_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Control scale")
+                    control_start = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Control start")
+                    control_end = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Control end")
+                    scheduler = gr.Dropdown(
+                        [""] + list(SCHEDULERS), value="", label="Scheduler (empty = model default)"
+                    )
+                    with gr.Row():
+                        seed = gr.Number(value=0, precision=0, label="Seed", minimum=0, maximum=MAX_SEED)
+                        randomize = gr.Button("🎲", size="sm", scale=0)
+                    num_images = gr.Slider(1, 8, value=1, step=1, label="Images")
+                generate = gr.Button("Generate", variant="primary", elem_id="generate")
+        with gr.Tab("Results"):
+            gallery = gr.Gallery(label="Results", columns=2, format="png", elem_id="gallery")
+            compare = gr.ImageSlider(label="Before / after", type="filepath", format="png")
+            archive = gr.File(label="Download images + depth + metadata (zip)")
+            metadata = gr.JSON(label="Metadata")
+        with gr.Tab("Variations"):
+            var_seeds = gr.Textbox(value="1, 2", label="Seeds (comma-separated)")
+            var_button = gr.Button("Generate variations (checked presets x seeds)", variant="secondary")
+            var_gallery = gr.Gallery(label="Variations", columns=4, format="png", elem_id="variations")
+
+        depth_inputs = [image, estimator, depth_file, polarity]
+        device = dict(concurrency_id="device", concurrency_limit=1)  # one job at a time on the device
+        sample.click(make_sample, None, [image, depth_file], api_name="sample")
+        model.change(_licence_text, model, licence, api_name="licence")
+        randomize.click(lambda: secrets.randbelow(MAX_SEED), None, seed, api_name="random_seed")
+        image.upload(
+            bound(handle_depth), depth_inputs, [depth_preview, depth16], api_name="depth_on_upload", **device
+        )
+        depth_btn.click(
+            bound(handle_depth), depth_inputs, [depth_preview, depth16], api_name="depth", **device
+        )
+        generate.click(
+            bound(handle_generate),
+            [image, model, estimator, depth_file, polarity, prompt, preset_box, negative, steps, strength, guidance,
+             control_scale, control_start, control_end, scheduler, seed, num_images],
+            [gallery, compare, archive, metadata], api_name="transform", **device,
+        )  # fmt: skip
+        var_button.click(
+            bound(handle_variations),
+            [image, model, estimator, depth_file, polarity, prompt, preset_box, var_seeds, steps, strength, guidance],
+            var_gallery, api_name="variations", **device,
+        )  # fmt: skip
+    return demo
+
+
+def launch(service, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth: str | None = None,
+           max_upload_mb: int = 20, queue_size: int = 32, block: bool = True):  # fmt: skip
+    """Serve the app: loopback by default, optional basic auth, upload limit, bounded queue."""
+    from .errors import InputError
+
+    credentials = None
+    if auth:
+        user, sep, password = auth.partition(":")
+        if not sep or not user or not password:
+            raise InputError(f"--auth must be USER:PASSWORD, got {auth!r}")
+        credentials = (user, password)
+    demo = create_demo(service)
+    demo.queue(max_size=queue_size, default_concurrency_limit=1)
+    demo.launch(server_name=host, server_port=port, share=share, auth=credentials, max_file_size=f"{max_upload_mb}mb",
+                prevent_thread_lock=not block, quiet=not block, show_error=False,
+                allowed_paths=[tempfile.gettempdir()])  # fmt: skip
+    return demo
+
+
+def settings_from_env() -> dict:
+    """App settings from environment variables (Spaces-style), each with a default."""
+    return {
+        "model": os.environ.get("DEPTH2IMG_MODEL"),
+        "estimator": os.environ.get("DEPTH2IMG_ESTIMATOR"),
+        "host": os.environ.get("DEPTH2IMG_HOST", "127.0.0.1"),
+        "port": int(os.environ.get("DEPTH2IMG_PORT", "7860")),
+        "max_upload_mb": int(os.environ.get("DEPTH2IMG_MAX_UPLOAD_MB", "20")),
+        "queue_size": int(os.environ.get("DEPTH2IMG_QUEUE_SIZE", "32")),
+    }
+
+
+__all__ = ["create_demo", "launch", "handle_depth", "handle_generate", "handle_variations", "make_sample"]

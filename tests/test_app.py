@@ -1,0 +1,198 @@
+"""The web app: handlers on the tiny model, the HTTP API through gradio_client, load, and a real browser."""
+
+import concurrent.futures
+import os
+import shutil
+import socket
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from depth2img.outputs import read_png_metadata
+from depth2img.service import Service
+from depth2img.ui import create_demo, handle_depth, handle_generate, handle_variations, launch, make_sample
+
+KNOBS = dict(
+    steps=2, strength=0.5, guidance=7.5, control_scale=1.0, control_start=0.0, control_end=1.0, scheduler=""
+)
+
+
+@pytest.fixture(scope="module")
+def service():
+    return Service(model="tiny")
+
+
+@pytest.fixture(scope="module")
+def photo(tmp_path_factory, chelsea):
+    path = tmp_path_factory.mktemp("app") / "cat.png"
+    chelsea.save(path)
+    return str(path)
+
+
+def _generate(service, photo, prompt="a cat", presets=("winter",), seed=3, num_images=1, depth_file=None):
+    k = KNOBS
+    return handle_generate(service, photo, "tiny", "tiny", depth_file, "", prompt, list(presets), "", k["steps"],
+                           k["strength"], k["guidance"], k["control_scale"], k["control_start"], k["control_end"],
+                           k["scheduler"], seed, num_images)  # fmt: skip
+
+
+def test_building_the_page_loads_no_model_and_every_event_has_an_api_name():
+    svc = Service(model="tiny")
+    demo = create_demo(svc)
+    assert svc._transformer is None and svc._estimators == {}
+    names = [d.get("api_name") for d in demo.config["dependencies"]]
+    assert all(names) and {"depth", "transform", "variations", "sample", "random_seed"} <= set(names)
+
+
+def test_licence_shown_for_every_backbone():
+    from depth2img.ui import _licence_text
+
+    assert "non-commercial only" in _licence_text("flux-depth") and "gated" in _licence_text("flux-depth")
+    assert "creativeml-openrail-m" in _licence_text("tiny") and "commercial use allowed" in _licence_text(
+        "sd15-depth"
+    )
+    assert "not in the registry" in _licence_text("someone/else")
+
+
+def test_app_cli_errors(capsys):
+    from depth2img.cli import main
+
+    assert main(["app", "--auth", "nopassword", "--model", "tiny", "--port", str(_free_port())]) == 2
+    assert "--auth must be USER:PASSWORD, got 'nopassword'" in capsys.readouterr().err
+    assert main(["app", "--queue-size", "0"]) == 2
+
+
+def test_depth_handler(service, photo):
+    preview, png16 = handle_depth(service, photo, "tiny", None, "")
+    assert Image.open(preview).size == (451, 300) and Image.open(preview).mode == "RGB"
+    raw = np.asarray(Image.open(png16))
+    assert raw.dtype == np.uint16 and raw.shape == (300, 451)
+
+
+def test_depth_handler_with_own_file_keeps_precision(service, tmp_path):
+    img, depth = make_sample(96, 48)
+    from depth2img.io import read_depth_file
+
+    _, png16 = handle_depth(service, img, "tiny", depth, "")  # the sample's .npz records its polarity
+    raw = np.asarray(Image.open(png16))
+    assert raw.dtype == np.uint16 and raw.shape == (48, 96)
+    np.testing.assert_array_equal(raw, read_depth_file(depth).to_uint16())  # no 8-bit squeeze anywhere
+
+
+def test_generate_handler_outputs(service, photo):
+    gallery, (before, after), archive, records = _generate(service, photo, num_images=2)
+    assert [Image.open(p).size for p, _ in gallery] == [(451, 300), (451, 300)]
+    assert before == photo and after == gallery[0][0]
+    assert [r["seed"] for r in records] == [3, 4] and records[0]["preset"] == "winter"
+    assert read_png_metadata(gallery[1][0])["seed"] == 4
+    names = set(zipfile.ZipFile(archive).namelist())
+    assert {"cat_winter_s3.png", "cat_winter_s4.png", "cat_depth16.png", "manifest.jsonl"} <= names
+
+
+def test_variations_handler(service, photo):
+    gallery = handle_variations(
+        service, photo, "tiny", "tiny", None, "", "", ["rain", "fog"], "5, 6", 2, 0.5, 7.5
+    )
+    assert [c for _, c in gallery] == ["rain / seed 5", "rain / seed 6", "fog / seed 5", "fog / seed 6"]
+
+
+def test_errors_become_one_friendly_line(service, photo):
+    import gradio as gr
+
+    from depth2img.ui import _friendly
+
+    with pytest.raises(gr.Error, match="give a prompt or a preset"):
+        _friendly(_generate)(service, photo, prompt="", presets=())
+    with pytest.raises(gr.Error, match="upload a photo first"):
+        _friendly(handle_depth)(service, None, "tiny", None, "")
+    with pytest.raises(gr.Error, match="seeds must be integers"):
+        _friendly(handle_variations)(
+            service, photo, "tiny", "tiny", None, "", "", ["fog"], "1, x", 2, 0.5, 7.5
+        )
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(service):
+    port = _free_port()
+    demo = launch(service, port=port, block=False, queue_size=64)
+    yield f"http://127.0.0.1:{port}/"
+    demo.close()
+
+
+def test_http_api_depth_and_transform(server, photo):
+    from gradio_client import Client, handle_file
+
+    client = Client(server, verbose=False)
+    preview, png16 = client.predict(handle_file(photo), "tiny", None, "", api_name="/depth")
+    assert Image.open(png16).size == (451, 300) and np.asarray(Image.open(png16)).dtype == np.uint16
+    gallery, _, archive, records = client.predict(
+        handle_file(photo),
+        "tiny",
+        "tiny",
+        None,
+        "",
+        "a cat",
+        ["snow"],
+        "",
+        *KNOBS.values(),
+        11,
+        1,
+        api_name="/transform",
+    )
+    assert Image.open(gallery[0]["image"]).size == (451, 300)
+    assert records[0]["seed"] == 11 and "snow" in records[0]["preset"]
+
+
+def test_ten_concurrent_requests_all_complete_with_their_own_prompt_and_seed(server, photo):
+    from gradio_client import Client, handle_file
+
+    def one(i):
+        client = Client(server, verbose=False)
+        _, _, _, records = client.predict(handle_file(photo), "tiny", "tiny", None, "", f"prompt number {i}", [], "",
+                                          *KNOBS.values(), 100 + i, 1, api_name="/transform")  # fmt: skip
+        return i, records[0]
+
+    with concurrent.futures.ThreadPoolExecutor(10) as pool:
+        results = list(pool.map(one, range(10)))
+    assert len(results) == 10
+    for i, meta in results:
+        assert meta["prompt"] == f"prompt number {i}" and meta["seed"] == 100 + i
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(_chromium() is None and not os.environ.get("CI"), reason="Debian chromium not installed")
+def test_real_browser_upload_preset_generate(server, photo, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    assert _chromium(), "CI installs Debian chromium (.ci/run); it is missing"
+    shots = Path(os.environ.get("DEPTH2IMG_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1280, "height": 1400})
+        page.goto(server, timeout=60_000)
+        page.locator("#photo input[type=file]").set_input_files(photo)
+        page.locator("#depth-preview img").wait_for(
+            timeout=60_000
+        )  # the depth preview appears before generating
+        page.locator("#prompt textarea").fill("a cat in the snow")
+        page.locator("#presets").get_by_label("winter").check()
+        page.locator("#generate").click()
+        page.locator("#gallery img").first.wait_for(timeout=120_000)
+        page.screenshot(path=str(shots / "app.png"), full_page=True)
+        src = page.locator("#gallery img").first.get_attribute("src")
+        browser.close()
+    assert src and ".png" in src
+    assert (shots / "app.png").stat().st_size > 10_000
