@@ -196,3 +196,24 @@ def test_real_browser_upload_preset_generate(server, photo, tmp_path):
         browser.close()
     assert src and ".png" in src
     assert (shots / "app.png").stat().st_size > 10_000
+
+
+def test_auth_and_upload_limit(tmp_path, photo):
+    from gradio_client import Client, handle_file
+
+    port = _free_port()
+    demo = launch(Service(model="tiny"), port=port, block=False, auth="ana:secret", max_upload_mb=1)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        with pytest.raises(Exception):  # noqa: B017  gradio_client raises its own error types for a 401
+            Client(url, verbose=False)
+        client = Client(url, auth=("ana", "secret"), verbose=False)
+        preview, _ = client.predict(handle_file(photo), "tiny", None, "", api_name="/depth")
+        assert Image.open(preview).size == (451, 300)
+        big = tmp_path / "big.png"
+        Image.fromarray(np.random.default_rng(0).integers(0, 255, (1200, 1200, 3), np.uint8)).save(big)
+        assert big.stat().st_size > 1_000_000
+        with pytest.raises(Exception, match="(?i)exceed|too large|413|size"):
+            client.predict(handle_file(str(big)), "tiny", None, "", api_name="/depth")
+    finally:
+        demo.close()
