@@ -122,6 +122,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--presets-file", action="append", default=[], metavar="FILE", help="extra presets YAML")
     _add_model_args(p)
 
+    p = sub.add_parser("batch", help="run a job file: variations of many sources, labels carried, geometry checked",
+                       description="Run JOB.yaml (see configs/jobs/). Several GPUs or machines: "
+                       "`accelerate launch --multi_gpu --num_processes N -m depth2img batch JOB.yaml`.")  # fmt: skip
+    p.add_argument("job", metavar="JOB.yaml")
+    p.add_argument(
+        "--resume", action="store_true", help="continue a run: skip the items its manifest lists as done"
+    )
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+    p = sub.add_parser("eval", help="score how well OUTPUT kept the geometry of SOURCE",
+                       description="Estimate depth on both images with the same estimator, align in inverse depth "
+                       "(least-squares scale and shift) and print AbsRel, delta<1.25 and depth-edge F1.")  # fmt: skip
+    p.add_argument("source", metavar="SOURCE")
+    p.add_argument("output", metavar="OUTPUT")
+    p.add_argument(
+        "--estimator", metavar="NAME|ID|PATH", help="depth estimator (default depth-anything-v2-small)"
+    )
+    p.add_argument("--source-depth", metavar="FILE", help="the source's depth file instead of estimating it")
+    p.add_argument(
+        "--depth-polarity", choices=["near-bright", "far-bright", "metric"], help="of --source-depth"
+    )
+    p.add_argument("--json", action="store_true", help="print the scores as JSON")
+    _add_model_args(p)
+
     p = sub.add_parser("presets", help="list the prompt presets (combine them with +)")
     p.add_argument("--presets-file", action="append", default=[], metavar="FILE", help="extra presets YAML")
     return parser
@@ -258,6 +282,45 @@ def _cmd_app(args) -> int:
     return 0
 
 
+def _cmd_batch(args) -> int:
+    from .batch import load_job
+
+    job = load_job(args.job)  # checked before any model loads
+    _quiet_libraries()
+    from .batch import run_job
+
+    report = run_job(job, resume=args.resume, progress=not args.quiet, on_error=_say_above_bar)
+    print(f"depth2img batch: {report.summary()}", file=sys.stderr)
+    return 0 if not report.failed else EXIT_USAGE
+
+
+def _cmd_eval(args) -> int:
+    import json
+
+    from .io import load_image, read_depth_file
+
+    source, output = load_image(args.source), load_image(args.output)
+    _quiet_libraries()
+    from .estimators import DepthEstimator
+    from .metrics import geometry_scores
+
+    est = DepthEstimator.from_pretrained(args.estimator, device=args.device, dtype=args.dtype,
+                                         local_files_only=args.local_files_only)  # fmt: skip
+    if args.source_depth:
+        src_depth = read_depth_file(args.source_depth, args.depth_polarity)
+        if src_depth.size != source.size:
+            src_depth = src_depth.resized(*source.size)
+    else:
+        src_depth = est(source)
+    scores = geometry_scores(src_depth, est(output))
+    if args.json:
+        print(json.dumps(scores))
+    else:
+        print(f"AbsRel {scores['absrel']:.4f} (lower is better)  delta<1.25 {scores['delta1']:.4f}  "
+              f"edge F1 {scores['edge_f1']:.4f} (higher is better)")  # fmt: skip
+    return 0
+
+
 def _warn_above_bar(msg: str) -> None:
     from tqdm.auto import tqdm
 
@@ -265,7 +328,8 @@ def _warn_above_bar(msg: str) -> None:
 
 
 COMMANDS = {"depth": _cmd_depth, "tiny-model": _cmd_tiny_model, "models": _cmd_models,
-            "transform": _cmd_transform, "presets": _cmd_presets, "app": _cmd_app}  # fmt: skip
+            "transform": _cmd_transform, "presets": _cmd_presets, "app": _cmd_app,
+            "batch": _cmd_batch, "eval": _cmd_eval}  # fmt: skip
 
 
 def main(argv=None) -> int:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -36,9 +37,10 @@ class TransformResult:
     seeds: list[int]
     metadata: list[dict]  # one per image
     raw: np.ndarray | None = (
-        None  # (N, h, w, 3) float in [0, 1] at generation size, as the pipeline returned it
+        None  # (N, h, w, 3) float in [0, 1] at generation size, as returned by the pipeline
     )
     warnings: list[str] = field(default_factory=list)
+    timings: dict = field(default_factory=dict)  # seconds: "diffusion_s" (inside the pipeline), "total_s"
 
 
 def generation_size(width: int, height: int, native: int, multiple: int) -> tuple[int, int]:
@@ -260,6 +262,7 @@ class SceneTransformer:
             warnings.warn(note, stacklevel=2)
 
         # 2. Depth at the input size, then conditioning at generation size
+        started = time.perf_counter()
         depth_map = self.depth_for(image, depth, depth_polarity=depth_polarity)
         width, height = image.size
         gen_w, gen_h = generation_size(width, height, self.native_size, self.backend.size_multiple)
@@ -279,12 +282,14 @@ class SceneTransformer:
             bar.update(1)
             return kwargs
 
+        t_diffusion = time.perf_counter()
         try:
             raw = self.backend(image=gen_image, depth=gen_depth, prompt=final_prompt, negative_prompt=negative or None,
                                generators=generators, knobs=knobs, callback=on_step, skip_controlnet=skip_controlnet)  # fmt: skip
         finally:
             bar.total = bar.n  # img2img runs int(steps * strength) of the steps
             bar.close()
+        diffusion_s = time.perf_counter() - t_diffusion
 
         # 4. Back to the input's exact size, with metadata
         images = []
@@ -305,7 +310,8 @@ class SceneTransformer:
             "versions": _versions(), "warnings": notes, **(extra_metadata or {}),
         }  # fmt: skip
         metadata = [{**common, "seed": s, "index": i} for i, s in enumerate(seeds)]
-        return TransformResult(images, depth_map, control, seeds, metadata, raw, notes)
+        timings = {"diffusion_s": diffusion_s, "total_s": time.perf_counter() - started}
+        return TransformResult(images, depth_map, control, seeds, metadata, raw, notes, timings)
 
     def variations(self, image, *, presets: list[str] | None = None, seeds: list[int] | None = None,
                    prompt: str | None = None, depth=None, depth_polarity: str | None = None, **knobs):  # fmt: skip

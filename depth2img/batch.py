@@ -1,0 +1,519 @@
+"""Scene-variation batches and synthetic datasets: ``depth2img batch JOB.yaml`` and ``run_job``.
+
+One source -> its depth once -> every variation x seed, each re-checked for geometry (and regenerated with
+another seed when it falls under the threshold) -> images, carried labels and one manifest line per attempt.
+The manifest is the record of truth: ``--resume`` skips items it lists as final, and the dataset index files
+(COCO JSON, imagefolder metadata) are rebuilt from it at the end. Files are written atomically, by a
+background writer, manifest line after the files. Several processes (``accelerate launch`` / ``torchrun``)
+shard the sources deterministically and each writes its own manifest; the main process merges them.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import shutil
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import yaml
+
+from .errors import Depth2ImgError, InputError
+from .io import atomic_path, expand_inputs, load_image, write_depth_products
+from .outputs import safe_name, save_png
+
+LAYOUTS = {"files": "images", "imagefolder": "train", "coco": "images"}  # layout -> image folder
+SEED_STRIDE = 1_000_003  # a retry uses seed + attempt * SEED_STRIDE: never another item's seed
+MAX_PENDING_WRITES = 8
+KNOB_KEYS = ("steps", "strength", "guidance_scale", "control_scale", "control_start", "control_end", "scheduler",
+             "negative_prompt")  # fmt: skip
+
+
+@dataclass
+class Geometry:
+    metric: str = "delta1"
+    threshold: float | None = None  # None: scores are recorded, nothing is rejected
+    retries: int = 2
+
+    def __post_init__(self):
+        from .metrics import METRICS
+
+        if self.metric not in METRICS:
+            raise InputError(
+                f"job key geometry.metric must be one of {', '.join(METRICS)}, got {self.metric!r}"
+            )
+        if self.threshold is not None and not isinstance(self.threshold, (int, float)):
+            raise InputError(f"job key geometry.threshold must be a number, got {self.threshold!r}")
+        if isinstance(self.retries, bool) or not isinstance(self.retries, int) or not 0 <= self.retries <= 20:
+            raise InputError(f"job key geometry.retries must be an integer in 0..20, got {self.retries!r}")
+
+
+@dataclass
+class Job:
+    inputs: str | list[str]
+    output: str
+    prompt: str | None = None
+    presets: list[str] = field(default_factory=list)
+    matrix: dict | None = None  # {"template": "... {season} ...", "axes": {"season": [...], ...}}
+    seeds: int | list[int] = 1  # an int n: seeds 0..n-1 for each variation; or the list itself
+    model: str | None = None
+    estimator: str | None = None
+    knobs: dict = field(default_factory=dict)
+    labels: dict = field(default_factory=dict)  # {"coco": FILE, "yolo": DIR, "masks": {name: DIR}}
+    layout: str = "files"
+    geometry: Geometry = field(default_factory=Geometry)
+    depth_batch_size: int = 4
+    base_dir: str = "."  # relative paths in the job are taken from here (the job file's folder)
+
+    def __post_init__(self):
+        from .transformer import check_seed
+
+        if isinstance(self.geometry, dict):
+            unknown = set(self.geometry) - set(Geometry.__dataclass_fields__)
+            if unknown:
+                raise InputError(
+                    f"job key geometry.{sorted(unknown)[0]} is unknown (allowed: metric, threshold, retries)"
+                )
+            self.geometry = Geometry(**self.geometry)
+        if self.layout not in LAYOUTS:
+            raise InputError(f"job key layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if not isinstance(self.inputs, (str, list)) or not self.inputs:
+            raise InputError(f"job key inputs must be a path, glob, list file or list, got {self.inputs!r}")
+        if not isinstance(self.output, str) or not self.output.strip():
+            raise InputError(f"job key output must be a directory, got {self.output!r}")
+        if not isinstance(self.presets, list):
+            raise InputError(f"job key presets must be a list, got {self.presets!r}")
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, (int, list)):
+            raise InputError(f"job key seeds must be a count or a list of integers, got {self.seeds!r}")
+        if isinstance(self.seeds, int) and not 1 <= self.seeds <= 1000:
+            raise InputError(f"job key seeds must be a count in 1..1000, got {self.seeds}")
+        for s in self.seed_list():
+            check_seed(s)
+        unknown = set(self.knobs) - set(KNOB_KEYS)
+        if unknown:
+            raise InputError(
+                f"job key knobs.{sorted(unknown)[0]} is unknown (allowed: {', '.join(KNOB_KEYS)})"
+            )
+        unknown = set(self.labels) - {"coco", "yolo", "masks"}
+        if unknown:
+            raise InputError(f"job key labels.{sorted(unknown)[0]} is unknown (allowed: coco, yolo, masks)")
+        if self.matrix is not None:
+            if not isinstance(self.matrix, dict) or set(self.matrix) != {"template", "axes"}:
+                raise InputError("job key matrix must hold exactly 'template' and 'axes'")
+            axes = self.matrix["axes"]
+            if (
+                not isinstance(axes, dict)
+                or not axes
+                or not all(isinstance(v, list) and v for v in axes.values())
+            ):
+                raise InputError("job key matrix.axes must map each {name} to a non-empty list")
+            try:
+                self.matrix["template"].format(**{k: v[0] for k, v in axes.items()})
+            except (KeyError, IndexError, AttributeError) as err:
+                raise InputError(f"job key matrix.template names {err} which is not an axis") from None
+        if not self.presets and self.matrix is None and not (self.prompt or "").strip():
+            raise InputError("job needs variations: presets, a matrix, or at least a prompt")
+        if (
+            isinstance(self.depth_batch_size, bool)
+            or not isinstance(self.depth_batch_size, int)
+            or self.depth_batch_size < 1
+        ):
+            raise InputError(
+                f"job key depth_batch_size must be an integer >= 1, got {self.depth_batch_size!r}"
+            )
+
+    def seed_list(self) -> list[int]:
+        return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
+
+    def path(self, p: str) -> Path:
+        q = Path(os.path.expanduser(p))
+        return q if q.is_absolute() else Path(self.base_dir) / q
+
+
+@dataclass(frozen=True)
+class Variation:
+    name: str
+    prompt: str | None
+    preset: str | None
+
+
+def variations(job: Job) -> list[Variation]:
+    out = [Variation(safe_name(p), job.prompt, p) for p in job.presets]
+    if job.matrix is not None:
+        axes = job.matrix["axes"]
+        for combo in itertools.product(*axes.values()):
+            values = dict(zip(axes, combo))
+            name = "-".join(safe_name(str(v)) for v in combo)
+            out.append(Variation(name, job.matrix["template"].format(**values), None))
+    if not out:
+        out.append(Variation("prompt", job.prompt, None))
+    names = [v.name for v in out]
+    if len(set(names)) != len(names):
+        raise InputError(
+            f"job variations have duplicate names: {sorted({n for n in names if names.count(n) > 1})}"
+        )
+    return out
+
+
+def load_job(path: str | os.PathLike, **overrides) -> Job:
+    """Read a job YAML; unknown keys and bad values are errors naming the key, malformed YAML names the line."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"job file {path}: no such file") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or "malformed YAML"
+        raise InputError(f"job file {path}:{where}: {problem}") from None
+    if not isinstance(raw, dict):
+        raise InputError(f"job file {path}: must be a mapping of keys (inputs, output, presets, ...)")
+    raw = {**raw, **overrides}
+    unknown = set(raw) - (set(Job.__dataclass_fields__) - {"base_dir"})
+    if unknown:
+        raise InputError(
+            f"job file {path}: unknown key {sorted(unknown)[0]!r} (allowed: {', '.join(sorted(set(Job.__dataclass_fields__) - {'base_dir'}))})"
+        )
+    missing = {"inputs", "output"} - set(raw)
+    if missing:
+        raise InputError(f"job file {path}: missing key {sorted(missing)[0]!r}")
+    try:
+        return Job(**raw, base_dir=str(path.resolve().parent))
+    except (TypeError, InputError) as err:
+        raise InputError(f"job file {path}: {err}") from None
+
+
+# ---------------------------------------------------------------------------------------------- inputs & labels
+
+
+def job_inputs(job: Job) -> tuple[list[Path], list[str]]:
+    items = job.inputs if isinstance(job.inputs, list) else [job.inputs]
+    expanded: list[str] = []
+    for item in items:
+        p = job.path(str(item))
+        if p.suffix.lower() == ".txt" and p.is_file():  # a list file: one path per line, relative to itself
+            lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+            expanded += [str((p.parent / ln) if not Path(ln).is_absolute() else Path(ln)) for ln in lines]
+        else:
+            expanded.append(str(p))
+    return expand_inputs(expanded)
+
+
+class Labels:
+    """A source's labels, carried unchanged to each of its variations (sizes are equal, so they stay aligned)."""
+
+    def __init__(self, job: Job):
+        self.coco = None
+        self.yolo = job.path(job.labels["yolo"]) if "yolo" in job.labels else None
+        masks = job.labels.get("masks") or {}
+        if not isinstance(masks, dict):
+            raise InputError("job key labels.masks must map a mask name to a directory")
+        self.masks = {safe_name(k): job.path(v) for k, v in masks.items()}
+        if "coco" in job.labels:
+            path = job.path(job.labels["coco"])
+            try:
+                self.coco = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError) as err:
+                raise InputError(f"labels.coco {path}: cannot be read ({err})") from None
+            self._coco_by_name = {Path(im["file_name"]).name: im for im in self.coco.get("images", [])}
+            self._anns: dict = {}
+            for ann in self.coco.get("annotations", []):
+                self._anns.setdefault(ann["image_id"], []).append(ann)
+
+    def coco_for(self, source: Path):
+        if self.coco is None:
+            return None, []
+        im = self._coco_by_name.get(source.name)
+        return (im, self._anns.get(im["id"], [])) if im else (None, [])
+
+    def copy_for(self, source: Path, out_stem: str, root: Path) -> list[Path]:
+        """Copy YOLO txt and mask PNGs of ``source`` for an output named ``out_stem``; returns what was written."""
+        written = []
+        if self.yolo is not None and (self.yolo / f"{source.stem}.txt").is_file():
+            dst = root / "labels" / f"{out_stem}.txt"
+            with atomic_path(dst) as tmp:
+                shutil.copyfile(self.yolo / f"{source.stem}.txt", tmp)
+            written.append(dst)
+        for name, folder in self.masks.items():
+            src = folder / f"{source.stem}.png"
+            if src.is_file():
+                dst = root / "masks" / name / f"{out_stem}.png"
+                with atomic_path(dst) as tmp:
+                    shutil.copyfile(src, tmp)
+                written.append(dst)
+        return written
+
+
+# ---------------------------------------------------------------------------------------------- manifest
+
+
+def read_manifest(path: Path) -> list[dict]:
+    """Lines of a manifest; a torn last line (a run killed mid-write) is dropped and cut off the file."""
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    good = data[: data.rfind(b"\n") + 1]
+    if len(good) != len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(len(good))
+    return [json.loads(line) for line in good.decode("utf-8").splitlines() if line.strip()]
+
+
+def _append(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record, sort_keys=True) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _item_key(source_stem: str, variation: str, seed: int) -> str:
+    return f"{source_stem}/{variation}/s{seed}"
+
+
+# ---------------------------------------------------------------------------------------------- run
+
+
+@dataclass
+class JobReport:
+    done: int = 0  # outputs accepted and written
+    failed: list[str] = field(default_factory=list)
+    retried: int = 0  # attempts beyond the first
+    rejected: int = 0  # items under the geometry threshold after every retry
+    skipped: int = 0  # finished in an earlier run (--resume)
+    wall_s: float = 0.0
+    diffusion_s: float = 0.0  # time inside the diffusion pipelines
+
+    def summary(self) -> str:
+        per_hour = self.done / self.wall_s * 3600 if self.wall_s > 0 else 0.0
+        outside = 1 - self.diffusion_s / self.wall_s if self.wall_s > 0 else 0.0
+        return (f"{self.done} done, {len(self.failed)} failed, {self.retried} retried, {self.rejected} rejected by "
+                f"geometry, {self.skipped} skipped (resume); {per_hour:.0f} images/hour, "
+                f"{outside:.1%} of wall time outside diffusion")  # fmt: skip
+
+
+def _distributed():
+    """(rank, world size, device, barrier) from accelerate's PartialState when launched with several processes."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return 0, 1, None, lambda: None
+    import torch
+    from accelerate import PartialState
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    return state.process_index, state.num_processes, state.device, state.wait_for_everyone
+
+
+def _inside(root: Path, path: Path) -> Path:
+    resolved = path.resolve()
+    if root.resolve() not in resolved.parents:
+        raise InputError(f"output name {path.name!r} would escape the output directory {root}")
+    return path
+
+
+def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: bool = True, service=None,
+            on_error=None) -> JobReport:  # fmt: skip
+    """Run a job (a Job or a job file). ``service`` (a depth2img Service) lets callers share loaded models."""
+    from tqdm.auto import tqdm
+
+    from .depth_run import _stems
+    from .metrics import geometry_scores, passes
+    from .service import Service
+
+    job = load_job(job) if not isinstance(job, Job) else job
+    started = time.perf_counter()
+    report = JobReport()
+    rank, world, device, barrier = _distributed()
+
+    def fail(msg):
+        report.failed.append(msg)
+        if on_error:
+            on_error(msg)
+
+    root = job.path(job.output)
+    image_dir = root / LAYOUTS[job.layout]
+    manifest = root / ("manifest.jsonl" if world == 1 else f"manifest.rank{rank}.jsonl")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        if rank == 0:
+            with atomic_path(root / "job.resolved.yaml") as tmp:
+                tmp.write_text(yaml.safe_dump(_resolved(job), sort_keys=False))
+    except OSError as err:
+        raise InputError(f"output directory {root}: cannot be written ({err.strerror or err})") from None
+    if not resume and any(root.glob("manifest*.jsonl")):
+        raise InputError(
+            f"output directory {root} already holds a run; pass --resume to continue it, or choose another"
+        )
+    for stale in root.rglob(".*.part*"):  # temp files of a killed run
+        stale.unlink(missing_ok=True)
+
+    finished = {r["item"] for m in root.glob("manifest*.jsonl") for r in read_manifest(m) if r.get("final")}
+    paths, problems = job_inputs(job)
+    for p in problems:
+        fail(p)
+    stems = dict(zip(paths, _stems(paths)))
+    # Shard by depth batch, not by source: each batch has the same members whatever the number of processes,
+    # so every image is bit-identical to a single-process run (batched kernels round differently by batch).
+    chunks = [paths[i : i + job.depth_batch_size] for i in range(0, len(paths), job.depth_batch_size)]
+    my_chunks = chunks[rank::world]
+    mine = [p for chunk in my_chunks for p in chunk]
+    vars_ = variations(job)
+    seeds = job.seed_list()
+    labels = Labels(job)
+    knobs = {k: v for k, v in job.knobs.items() if k != "negative_prompt"}
+    negative = job.knobs.get("negative_prompt")
+
+    total = len(mine) * len(vars_) * len(seeds)
+    todo = {
+        (p, v.name, s)
+        for p in mine
+        for v in vars_
+        for s in seeds
+        if _item_key(stems[p], v.name, s) not in finished
+    }
+    report.skipped = total - len(todo)
+    service = service or Service(model=job.model, estimator=job.estimator, device=device)
+    bar = tqdm(total=total, initial=report.skipped, unit="img", desc=f"batch[{rank}]" if world > 1 else "batch",
+               disable=not progress)  # fmt: skip
+    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-writer")
+    pending: list[Future] = []
+
+    def submit(fn, *args):
+        pending.append(writer.submit(fn, *args))
+        while len(pending) > MAX_PENDING_WRITES or (pending and pending[0].done()):
+            pending.pop(0).result()  # re-raises a write error (disk full...) here, in the main thread
+
+    def write_output(image, out_stem, record, source):
+        path = _inside(root, image_dir / f"{out_stem}.png")
+        save_png(image, path, record)
+        labels.copy_for(source, out_stem, root)
+        _append(manifest, record)
+
+    try:
+        for batch in my_chunks:
+            chunk = [p for p in batch if any(t[0] == p for t in todo)]
+            images = {}
+            for p in chunk:
+                try:
+                    images[p] = load_image(p)
+                except Depth2ImgError as err:
+                    fail(str(err))
+                    bar.update(sum(1 for t in todo if t[0] == p))
+            if not images:
+                continue
+            estimator = service.estimator(job.estimator)
+            depths = dict(zip(images, estimator(list(images.values()), batch_size=job.depth_batch_size)))
+            for p, depth in depths.items():
+                stem = stems[p]
+                depth_dir = root / "depth"
+                if not (depth_dir / f"{stem}_depth16.png").exists():
+                    write_depth_products(depth, depth_dir, stem, ("png16", "npy"))
+                for var in vars_:
+                    want = [s for s in seeds if (p, var.name, s) in todo]
+                    if not want:
+                        continue
+                    st = service.transformer(job.model)
+                    attempts = {s: 0 for s in want}
+                    queue = list(want)
+                    while queue:
+                        gen_seeds = [s + attempts[s] * SEED_STRIDE for s in queue]
+                        t0 = time.perf_counter()
+                        result = st.transform(images[p], var.prompt, preset=var.preset, negative_prompt=negative,
+                                              depth=depth, seed=gen_seeds, **knobs)  # fmt: skip
+                        report.diffusion_s += result.timings.get("diffusion_s", time.perf_counter() - t0)
+                        out_depths = estimator(result.images, batch_size=job.depth_batch_size)
+                        next_queue = []
+                        for s, img, meta, od in zip(queue, result.images, result.metadata, out_depths):
+                            scores = geometry_scores(depth, od)
+                            ok = job.geometry.threshold is None or passes(
+                                scores, job.geometry.metric, job.geometry.threshold
+                            )
+                            last = ok or attempts[s] >= job.geometry.retries
+                            out_stem = f"{stem}__{var.name}__s{s}"
+                            record = {**meta, "item": _item_key(stem, var.name, s), "source": str(p),
+                                      "variation": var.name, "item_seed": s, "attempt": attempts[s],
+                                      "geometry": scores, "accepted": ok, "final": last,
+                                      "output": f"{LAYOUTS[job.layout]}/{out_stem}.png" if ok else None,
+                                      "size": list(images[p].size)}  # fmt: skip
+                            if ok:
+                                submit(write_output, img, out_stem, record, p)
+                                report.done += 1
+                            else:
+                                submit(_append, manifest, record)
+                                if last:
+                                    report.rejected += 1
+                            if last:
+                                bar.update(1)
+                            else:
+                                attempts[s] += 1
+                                report.retried += 1
+                                next_queue.append(s)
+                        queue = next_queue
+        for f in pending:
+            f.result()
+    except OSError as err:
+        raise InputError(
+            f"output directory {root}: write failed ({err.strerror or err}); no partial file was left"
+        ) from None
+    finally:
+        writer.shutdown(wait=True)
+        bar.close()
+    barrier()
+    if rank == 0:
+        if world > 1:
+            _merge_manifests(root)
+        build_index(job, root, labels)
+    report.wall_s = time.perf_counter() - started
+    return report
+
+
+def _resolved(job: Job) -> dict:
+    out = asdict(job)
+    out["variations"] = [asdict(v) for v in variations(job)]
+    out["seed_list"] = job.seed_list()
+    return out
+
+
+def _merge_manifests(root: Path) -> None:
+    records = [r for m in sorted(root.glob("manifest.rank*.jsonl")) for r in read_manifest(m)]
+    records += read_manifest(root / "manifest.jsonl")
+    records.sort(key=lambda r: (r["item"], r["attempt"]))
+    with atomic_path(root / "manifest.jsonl") as tmp:
+        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
+    for m in root.glob("manifest.rank*.jsonl"):
+        m.unlink()
+
+
+def build_index(job: Job, root: Path, labels: Labels | None = None) -> None:
+    """Rebuild the layout's index files from the manifest: COCO JSON and/or imagefolder metadata.jsonl."""
+    labels = labels or Labels(job)
+    records = [r for r in read_manifest(root / "manifest.jsonl") if r.get("final") and r.get("output")]
+    records.sort(key=lambda r: r["item"])
+    if job.layout == "imagefolder":
+        lines = []
+        for r in records:
+            extra = {
+                k: r[k] for k in ("source", "variation", "prompt", "preset", "seed", "item_seed", "attempt")
+            }
+            lines.append(
+                json.dumps({"file_name": Path(r["output"]).name, **extra, "geometry": r["geometry"]})
+            )
+        with atomic_path(root / "train" / "metadata.jsonl") as tmp:
+            tmp.write_text("".join(line + "\n" for line in lines))
+    if job.layout == "coco" or labels.coco is not None:
+        coco = {"images": [], "annotations": [], "categories": (labels.coco or {}).get("categories", [])}
+        ann_id = 1
+        for image_id, r in enumerate(records, start=1):
+            w, h = r["size"]
+            coco["images"].append({"id": image_id, "file_name": r["output"], "width": w, "height": h,
+                                   "source_file_name": Path(r["source"]).name, "variation": r["variation"],
+                                   "seed": r["seed"]})  # fmt: skip
+            _, anns = labels.coco_for(Path(r["source"]))
+            for ann in anns:
+                coco["annotations"].append({**ann, "id": ann_id, "image_id": image_id})
+                ann_id += 1
+        with atomic_path(root / "annotations.json") as tmp:
+            tmp.write_text(json.dumps(coco))

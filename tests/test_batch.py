@@ -1,0 +1,277 @@
+"""Batch jobs: job-file validation, labels carried pixel-aligned, geometry retries, resume after SIGKILL,
+two processes equal to one."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from PIL import Image
+
+from depth2img.batch import Job, load_job, read_manifest, run_job, variations
+from depth2img.errors import InputError
+from depth2img.scene import CLASSES, render_driving_scene
+
+W, H = 96, 64
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    """Three procedural driving frames with COCO, YOLO and semantic-mask labels."""
+    root = tmp_path_factory.mktemp("driving")
+    for sub in ("frames", "yolo", "semantic"):
+        (root / sub).mkdir()
+    coco = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": i, "name": n} for i, n in enumerate(CLASSES)],
+    }
+    for k in range(3):
+        s = render_driving_scene(W, H, seed=k)
+        s.image.save(root / "frames" / f"f{k}.png")
+        Image.fromarray(s.semantic).save(root / "semantic" / f"f{k}.png")
+        coco["images"].append({"id": 10 + k, "file_name": f"f{k}.png", "width": W, "height": H})
+        lines = []
+        for b in s.boxes:
+            x, y, w, h = b["bbox"]
+            c = CLASSES.index(b["label"])
+            coco["annotations"].append({"id": 100 * k + b["id"], "image_id": 10 + k, "category_id": c,
+                                        "bbox": [x, y, w, h], "area": w * h, "iscrowd": 0})  # fmt: skip
+            lines.append(f"{c} {(x + w / 2) / W:.6f} {(y + h / 2) / H:.6f} {w / W:.6f} {h / H:.6f}")
+        (root / "yolo" / f"f{k}.txt").write_text("\n".join(lines) + "\n")
+    (root / "coco.json").write_text(json.dumps(coco))
+    return root
+
+
+def write_job(root: Path, name="job.yaml", **overrides) -> Path:
+    job = {"inputs": "frames", "output": "out", "model": "tiny", "presets": ["rain", "snow"], "seeds": 2,
+           "knobs": {"steps": 2, "strength": 0.5}, "layout": "coco",
+           "labels": {"coco": "coco.json", "yolo": "yolo", "masks": {"semantic": "semantic"}}}  # fmt: skip
+    job.update(overrides)
+    path = root / name
+    path.write_text(yaml.safe_dump(job))
+    return path
+
+
+def test_labels_are_carried_and_stay_pixel_aligned(dataset, tmp_path):
+    job = write_job(dataset, output=str(tmp_path / "out"))
+    report = run_job(job, progress=False)
+    out = tmp_path / "out"
+    assert report.done == 12 and not report.failed and report.rejected == 0
+    coco = json.loads((out / "annotations.json").read_text())
+    src = json.loads((dataset / "coco.json").read_text())
+    assert len(coco["images"]) == 12 and coco["categories"] == src["categories"]
+    by_source = {im["file_name"]: im["id"] for im in src["images"]}
+    for im in coco["images"]:
+        img = Image.open(out / im["file_name"])
+        assert img.size == (W, H) == (im["width"], im["height"])  # same size: labels stay aligned
+        ours = [(a["category_id"], a["bbox"]) for a in coco["annotations"] if a["image_id"] == im["id"]]
+        theirs = [
+            (a["category_id"], a["bbox"])
+            for a in src["annotations"]
+            if a["image_id"] == by_source[im["source_file_name"]]
+        ]
+        assert ours == theirs and ours
+        stem = Path(im["file_name"]).stem
+        source_stem = im["source_file_name"][:-4]
+        assert (out / "labels" / f"{stem}.txt").read_text() == (
+            dataset / "yolo" / f"{source_stem}.txt"
+        ).read_text()
+        assert np.array_equal(np.asarray(Image.open(out / "masks" / "semantic" / f"{stem}.png")),
+                              np.asarray(Image.open(dataset / "semantic" / f"{source_stem}.png")))  # fmt: skip
+    assert len({a["id"] for a in coco["annotations"]}) == len(coco["annotations"])
+    lines = read_manifest(out / "manifest.jsonl")
+    assert len(lines) == 12 and all(r["final"] and r["accepted"] and r["attempt"] == 0 for r in lines)
+    assert {"absrel", "delta1", "edge_f1"} <= set(lines[0]["geometry"]) and lines[0]["backbone"]["id"]
+    assert sorted(p.name for p in (out / "depth").iterdir()) == [
+        f"f{k}_depth{e}" for k in range(3) for e in (".npy", "16.png")
+    ]
+    assert yaml.safe_load((out / "job.resolved.yaml").read_text())["seed_list"] == [0, 1]
+
+
+def test_geometry_retries_and_rejections_are_recorded(dataset, tmp_path):
+    job = write_job(dataset, output=str(tmp_path / "o"), presets=["fog"], seeds=1, labels={},
+                    geometry={"metric": "delta1", "threshold": 1.01, "retries": 2})  # fmt: skip
+    report = run_job(job, progress=False)
+    assert report.done == 0 and report.rejected == 3 and report.retried == 6
+    lines = read_manifest(tmp_path / "o" / "manifest.jsonl")
+    assert len(lines) == 9
+    for item in {r["item"] for r in lines}:
+        tries = sorted((r["attempt"], r["final"], r["seed"]) for r in lines if r["item"] == item)
+        assert [(a, f) for a, f, _ in tries] == [(0, False), (1, False), (2, True)]
+        assert len({s for *_, s in tries}) == 3  # each retry used another seed
+    assert not (tmp_path / "o" / "images").exists()
+
+
+def test_imagefolder_layout_and_matrix(dataset, tmp_path):
+    job = write_job(dataset, output=str(tmp_path / "hf"), presets=[], seeds=[7], layout="imagefolder", labels={},
+                    matrix={"template": "a street, {time}, {weather}", "axes": {"time": ["at night"], "weather": ["rain", "fog"]}})  # fmt: skip
+    report = run_job(job, progress=False)
+    assert report.done == 6
+    meta = [json.loads(x) for x in (tmp_path / "hf" / "train" / "metadata.jsonl").read_text().splitlines()]
+    assert len(meta) == 6 and all((tmp_path / "hf" / "train" / m["file_name"]).is_file() for m in meta)
+    assert {m["prompt"] for m in meta} == {"a street, at night, rain", "a street, at night, fog"}
+    assert {m["variation"] for m in meta} == {"at-night-rain", "at-night-fog"}
+
+
+def test_resume_skips_finished_and_refuses_to_mix_runs(dataset, tmp_path):
+    job = write_job(dataset, output=str(tmp_path / "r"), presets=["dusk"], seeds=1, labels={})
+    assert run_job(job, progress=False).done == 3
+    with pytest.raises(InputError, match="already holds a run; pass --resume"):
+        run_job(job, progress=False)
+    again = run_job(job, resume=True, progress=False)
+    assert again.done == 0 and again.skipped == 3
+    assert len(read_manifest(tmp_path / "r" / "manifest.jsonl")) == 3
+
+
+def test_missing_inputs_are_listed_and_skipped(dataset, tmp_path):
+    (tmp_path / "list.txt").write_text(f"{dataset / 'frames' / 'f0.png'}\nnope.png\n")
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    job = write_job(dataset, output=str(tmp_path / "m"), inputs=[str(tmp_path / "list.txt"), str(tmp_path / "broken.png")],
+                    presets=["fog"], seeds=1, labels={})  # fmt: skip
+    report = run_job(job, progress=False)
+    assert report.done == 1 and len(report.failed) == 2
+    assert any("nope.png: no such file" in f for f in report.failed)
+    assert any("broken.png: not a readable image" in f for f in report.failed)
+
+
+def test_disk_full_stops_with_a_clear_message_and_no_partial_file(dataset, tmp_path, monkeypatch):
+    import depth2img.outputs
+
+    def full(image, path, metadata=None):
+        with depth2img.io.atomic_path(path) as tmp:
+            tmp.write_bytes(b"half")
+            raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr("depth2img.batch.save_png", full)
+    job = write_job(dataset, output=str(tmp_path / "d"), presets=["fog"], seeds=1, labels={})
+    with pytest.raises(InputError, match="write failed \\(No space left on device\\); no partial file"):
+        run_job(job, progress=False)
+    assert not [p for p in (tmp_path / "d").rglob("*") if ".part" in p.name]  # no partial file
+    assert not list((tmp_path / "d" / "images").iterdir())  # and no image: the first write failed
+
+
+def test_output_names_cannot_escape(dataset, tmp_path):
+    from depth2img.batch import _inside
+
+    with pytest.raises(InputError, match="would escape the output directory"):
+        _inside(tmp_path, tmp_path / "images" / ".." / ".." / "evil.png")
+    f = tmp_path / "p.yaml"
+    f.write_text("presets:\n  ../../evil:\n    prompt: '{prompt}, evil'\n")
+    job = Job(inputs=str(dataset / "frames" / "f0.png"), output=str(tmp_path / "safe"), model="tiny",
+              presets=["../../evil"], prompt="x", knobs={"steps": 2, "strength": 0.5})  # fmt: skip
+    assert variations(job)[0].name == "evil"
+    os.environ["DEPTH2IMG_PRESETS"] = str(f)
+    try:
+        run_job(job, progress=False)
+    finally:
+        del os.environ["DEPTH2IMG_PRESETS"]
+    assert [p.name for p in (tmp_path / "safe" / "images").iterdir()] == ["f0__evil__s0.png"]
+    assert not (tmp_path / "evil.png").exists()
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("inputs: a\noutput: b\nprompt: x\ncolour: red\n", "unknown key 'colour'"),
+        ("inputs: a\nprompt: x\n", "missing key 'output'"),
+        (
+            "inputs: a\noutput: b\nprompt: x\nlayout: parquet\n",
+            "layout must be one of files, imagefolder, coco, got 'parquet'",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\ngeometry: {metric: delta1, treshold: 0.5}\n",
+            "geometry.treshold is unknown",
+        ),
+        ("inputs: a\noutput: b\nprompt: x\ngeometry: {metric: rmse}\n", "geometry.metric must be one of"),
+        ("inputs: a\noutput: b\nprompt: x\nknobs: {stepz: 3}\n", "knobs.stepz is unknown"),
+        (
+            "inputs: a\noutput: b\nprompt: x\nseeds: [1, -2]\n",
+            "seed must be an integer in 0..2\\*\\*63-1, got -2",
+        ),
+        (
+            "inputs: a\noutput: b\nmatrix: {template: '{x}', axes: {y: [1]}}\n",
+            "template names 'x' which is not an axis",
+        ),
+        ("inputs: a\noutput: b\n", "job needs variations"),
+        ("inputs: a\noutput: b\nprompt: [unclosed\n", "line 4, column 1"),
+        ("inputs: a\noutput: b\n  prompt: x\n", "line 3, column 9: mapping values are not allowed"),
+    ],
+)
+def test_bad_job_files_name_the_key_or_line(tmp_path, text, message):
+    f = tmp_path / "job.yaml"
+    f.write_text(text)
+    with pytest.raises(InputError, match=message) as err:
+        load_job(f)
+    assert "\n" not in str(err.value) and str(f) in str(err.value)
+
+
+def _count_items(root: Path) -> dict:
+    lines = read_manifest(root / "manifest.jsonl")
+    final = [r["item"] for r in lines if r["final"]]
+    return {"final": final, "images": sorted(p.name for p in (root / "images").glob("*.png"))}
+
+
+def test_sigkill_mid_run_then_resume_gives_every_item_exactly_once(dataset, tmp_path, tiny_dir):
+    job = write_job(dataset, name="kill.yaml", output=str(tmp_path / "k"), presets=["rain", "snow", "fog"], seeds=2,
+                    knobs={"steps": 4, "strength": 0.5})  # fmt: skip
+    env = {**os.environ, "DEPTH2IMG_TINY_DIR": str(tiny_dir), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "depth2img", "batch", str(job), "-q"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    manifest = tmp_path / "k" / "manifest.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and (not manifest.exists() or manifest.read_text().count("\n") < 5):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    killed_at = len(read_manifest(manifest))
+    assert 5 <= killed_at < 18, "the run should be killed part-way"
+    res = subprocess.run([*cmd, "--resume"], env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    got = _count_items(tmp_path / "k")
+    assert len(got["final"]) == len(set(got["final"])) == 18  # every item exactly once
+    assert len(got["images"]) == 18
+    for name in got["images"]:
+        Image.open(tmp_path / "k" / "images" / name).verify()  # no corrupt file
+    assert not [p for p in (tmp_path / "k").rglob("*") if ".part" in p.name]
+    assert len(json.loads((tmp_path / "k" / "annotations.json").read_text())["images"]) == 18
+
+
+def test_two_processes_equal_one(dataset, tmp_path, tiny_dir):
+    env = {**os.environ, "DEPTH2IMG_TINY_DIR": str(tiny_dir), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    common = dict(presets=["rain"], seeds=2, labels={}, depth_batch_size=2)  # batches [f0, f1] and [f2]
+    single = write_job(dataset, name="one.yaml", output=str(tmp_path / "one"), **common)
+    multi = write_job(dataset, name="two.yaml", output=str(tmp_path / "two"), **common)
+    torchrun = Path(sys.executable).with_name("torchrun")
+    res = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "depth2img", "batch",
+                          str(multi), "-q"], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    res = subprocess.run([sys.executable, "-m", "depth2img", "batch", str(single), "-q"], env=env, capture_output=True,
+                         text=True, timeout=300)  # same thread settings as the two-process run  # fmt: skip
+    assert res.returncode == 0, res.stderr[-2000:]
+    one, two = _count_items(tmp_path / "one"), _count_items(tmp_path / "two")
+    assert sorted(one["final"]) == sorted(two["final"]) and len(two["final"]) == len(set(two["final"])) == 6
+    assert not list((tmp_path / "two").glob("manifest.rank*.jsonl"))  # merged into one manifest
+    for name in one["images"]:
+        a = np.asarray(Image.open(tmp_path / "one" / "images" / name))
+        b = np.asarray(Image.open(tmp_path / "two" / "images" / name))
+        assert np.array_equal(a, b)
+    ranks = {r["item"].split("/")[0]: r for r in read_manifest(tmp_path / "two" / "manifest.jsonl")}
+    assert set(ranks) == {"f0", "f1", "f2"}
+
+
+def test_eval_command(dataset, capsys):
+    from depth2img.cli import main
+
+    src = dataset / "frames" / "f0.png"
+    assert main(["eval", str(src), str(src), "--estimator", "tiny", "--json"]) == 0
+    scores = json.loads(capsys.readouterr().out)
+    assert scores["delta1"] == 1.0 and scores["absrel"] < 1e-6 and scores["edge_f1"] == 1.0
+    assert main(["eval", str(src), str(dataset / "nope.png")]) == 2
+    assert "nope.png: no such file" in capsys.readouterr().err

@@ -1,0 +1,84 @@
+"""The geometry check against synthetic cases with known answers."""
+
+import numpy as np
+import pytest
+
+from depth2img.depthmap import DepthMap
+from depth2img.metrics import align_scale_shift, edge_f1, geometry_scores, passes
+from depth2img.scene import render_driving_scene
+
+
+@pytest.fixture(scope="module")
+def scene_depth():
+    return render_driving_scene(256, 128, seed=2).depth  # metric, with sharp object edges
+
+
+def _inverse(depth):
+    return DepthMap(depth.inverse(), "relative_inverse_depth", depth.valid)
+
+
+def test_identical_is_perfect(scene_depth):
+    s = geometry_scores(scene_depth, _inverse(scene_depth))
+    assert s["absrel"] < 1e-6 and s["delta1"] == 1.0 and s["edge_f1"] == 1.0
+
+
+def test_scaled_and_shifted_inverse_is_perfect(scene_depth):
+    moved = DepthMap(3.7 * scene_depth.inverse() + 0.25, "relative_inverse_depth", scene_depth.valid)
+    s = geometry_scores(scene_depth, moved)
+    assert s["absrel"] < 1e-6 and s["delta1"] == 1.0 and s["edge_f1"] == 1.0
+    assert s["scale"] == pytest.approx(1 / 3.7) and s["shift"] == pytest.approx(-0.25 / 3.7)
+
+
+def test_relative_source_is_perfect_against_itself():
+    rel = DepthMap(np.random.default_rng(0).uniform(0, 1, (40, 60)), "relative_inverse_depth")
+    s = geometry_scores(rel, DepthMap(rel.values * 2 + 5, "relative_inverse_depth"))
+    assert s["absrel"] < 1e-6 and s["delta1"] == 1.0
+
+
+def test_blurred_loses_edges(scene_depth):
+    import cv2
+
+    blurred = DepthMap(cv2.GaussianBlur(scene_depth.inverse(), (0, 0), 6), "relative_inverse_depth")
+    s = geometry_scores(scene_depth, blurred)
+    assert s["edge_f1"] < 0.6 and s["absrel"] > 0.02
+
+
+def test_shuffled_and_flipped_are_poor(scene_depth):
+    rng = np.random.default_rng(0)
+    inv = scene_depth.inverse()
+    shuffled = DepthMap(rng.permutation(inv.ravel()).reshape(inv.shape), "relative_inverse_depth")
+    flipped = DepthMap(inv[::-1].copy(), "relative_inverse_depth")
+    for bad in (shuffled, flipped):
+        s = geometry_scores(scene_depth, bad)
+        assert s["delta1"] < 0.5 and s["absrel"] > 0.3 and s["edge_f1"] < 0.5
+
+
+def test_align_recovers_known_scale_shift():
+    pred = np.linspace(0, 1, 50).reshape(5, 10)
+    aligned, s, t = align_scale_shift(pred, 2 * pred - 1, np.ones((5, 10), bool))
+    assert s == pytest.approx(2) and t == pytest.approx(-1) and np.allclose(aligned, 2 * pred - 1)
+
+
+def test_edge_f1_edge_cases():
+    flat = np.zeros((20, 20))
+    step = np.zeros((20, 20))
+    step[:, 10:] = 1
+    assert edge_f1(flat, flat) == 1.0 and edge_f1(step, flat) == 0.0 and edge_f1(step, step) == 1.0
+
+    def step_at(col):
+        out = np.zeros((20, 20))
+        out[:, col:] = 1
+        return out
+
+    assert edge_f1(step, step_at(12)) == 1.0  # within the 2 px tolerance
+    assert edge_f1(step, step_at(16)) == 0.0
+
+
+def test_passes():
+    assert passes({"delta1": 0.9}, "delta1", 0.8) and not passes({"absrel": 0.3}, "absrel", 0.2)
+    from depth2img.errors import InputError
+
+    with pytest.raises(
+        InputError, match="geometry metric must be one of absrel, delta1, edge_f1, got 'rmse'"
+    ):
+        passes({}, "rmse", 1)
