@@ -146,6 +146,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     _add_model_args(p)
 
+    p = sub.add_parser("bench", help="benchmark plain diffusers against depth2img (SD1.5 + ControlNet depth)",
+                       description="Interleaved runs on the same inputs: plain diffusers as its docs show it, "
+                       "depth2img with the same settings, and depth2img's fast path. Full-size architectures "
+                       "from configs/bench with random weights (timing does not depend on weights). Writes JSON "
+                       "and a markdown table to benchmarks/. On CPU use --preset tiny (what CI runs).")  # fmt: skip
+    p.add_argument(
+        "--preset", choices=["full", "tiny"], default="full", help="architecture size (default full)"
+    )
+    p.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
+    p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
+    p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
+    p.add_argument("--repeats", type=int, default=3, help="timed interleaved repeats (default 3)")
+    p.add_argument(
+        "--compile",
+        metavar="MODE",
+        help="torch.compile mode for the fast path, e.g. max-autotune-no-cudagraphs",
+    )
+    p.add_argument("--control-end", type=float, default=1.0, help="ControlNet guidance end (default 1.0)")
+    p.add_argument(
+        "--peak-tflops", type=float, help="peak TFLOP/s of the device (default: measured with a matmul)"
+    )
+    p.add_argument("-o", "--output", default="benchmarks", metavar="DIR", help="where JSON and markdown go")
+    _add_model_args(p)
+
     p = sub.add_parser("presets", help="list the prompt presets (combine them with +)")
     p.add_argument("--presets-file", action="append", default=[], metavar="FILE", help="extra presets YAML")
     return parser
@@ -321,6 +345,25 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from .errors import InputError
+
+    if args.size < 16 or args.size % 16 or args.steps < 1 or args.batch < 1 or args.repeats < 1:
+        raise InputError(
+            "--size must be a multiple of 16 (>= 16); --steps, --batch and --repeats must be >= 1"
+        )
+    _quiet_libraries()
+    from .bench import markdown, run_bench
+
+    result = run_bench(preset=args.preset, size=args.size, steps=args.steps, batch=args.batch, repeats=args.repeats,
+                       device=args.device, dtype=args.dtype, compile_mode=args.compile, control_end=args.control_end,
+                       peak_tflops=args.peak_tflops, out_dir=args.output,
+                       progress=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
+    print(markdown(result))
+    print("written: " + ", ".join(result["written"]), file=sys.stderr)
+    return 0
+
+
 def _warn_above_bar(msg: str) -> None:
     from tqdm.auto import tqdm
 
@@ -329,7 +372,7 @@ def _warn_above_bar(msg: str) -> None:
 
 COMMANDS = {"depth": _cmd_depth, "tiny-model": _cmd_tiny_model, "models": _cmd_models,
             "transform": _cmd_transform, "presets": _cmd_presets, "app": _cmd_app,
-            "batch": _cmd_batch, "eval": _cmd_eval}  # fmt: skip
+            "batch": _cmd_batch, "eval": _cmd_eval, "bench": _cmd_bench}  # fmt: skip
 
 
 def main(argv=None) -> int:

@@ -302,7 +302,7 @@ class SceneTransformer:
             "prompt": final_prompt, "user_prompt": prompt or "", "negative_prompt": negative, "preset": preset or "",
             **knobs, "scheduler": scheduler_name, "mode": b.last_mode,
             "backbone": {"name": self.name, "pipeline": b.kind, "id": b.ref.location, "revision": b.ref.revision,
-                         "controlnet": b.companion_ref.location if b.has_controlnet else None,
+                         "controlnet": b.companion_ref.location if b.companion_ref and b.has_controlnet else None,
                          "lora": b.companion_ref.location if getattr(b, "uses_lora", False) else None,
                          "licence": b.ref.entry.licence if b.ref.entry else None},
             "depth": {"source": depth_map.source, "kind": depth_map.kind},
