@@ -21,6 +21,7 @@ from .loading import (
     first_line,
     require_safetensors,
     snapshot_dir,
+    use_safetensors,
 )
 from .registry import ModelRef
 
@@ -148,7 +149,7 @@ class Backend:
         require_safetensors(path, ref)
         try:
             return getattr(diffusers, class_name).from_pretrained(
-                path, dtype=dtype, use_safetensors=True, local_files_only=True, **components
+                path, dtype=dtype, use_safetensors=use_safetensors(), local_files_only=True, **components
             )
         except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
             raise ModelLoadError(
@@ -260,6 +261,10 @@ class Backend:
 
     # --------------------------------------------------------------------------------------- calling
 
+    def mode(self, strength: float) -> str:
+        """img2img starts from the photo (strength < 1); txt2img generates from the depth alone."""
+        return "img2img" if strength < 1.0 or not self.supports_txt2img else "txt2img"
+
     def control_tensor(self, depth):
         """The ControlNet image: (1, 3, H, W) float in [0, 1], near = white (no 8-bit rounding)."""
         import torch
@@ -272,11 +277,7 @@ class Backend:
     def __call__(self, *, image, depth, prompt, negative_prompt, generators, knobs, callback=None,
                  skip_controlnet: bool = True) -> np.ndarray:  # fmt: skip
         """Run one batch (len(generators) images). ``image``/``depth`` are at generation size; returns (N, H, W, 3) float."""
-        mode = (
-            "img2img"
-            if (image is not None and knobs["strength"] < 1.0) or not self.supports_txt2img
-            else "txt2img"
-        )
+        mode = self.mode(knobs["strength"]) if image is not None else "txt2img"
         pipe = self.pipes[mode]
         kwargs = self.call_kwargs(image=image if mode == "img2img" else None, depth=depth, knobs=knobs)
         if negative_prompt and self.takes_negative_prompt:
@@ -295,7 +296,6 @@ class Backend:
                 num_inference_steps=knobs["steps"], guidance_scale=knobs["guidance_scale"],
                 height=depth.height, width=depth.width, output_type="np", **kwargs,
             )  # fmt: skip
-        self.last_mode = mode
         return np.asarray(out.images, dtype=np.float32)
 
 
@@ -309,7 +309,7 @@ class ControlNetBackend(Backend):
         require_safetensors(cn_path, cn_ref)
         try:
             cn = ControlNetModel.from_pretrained(
-                cn_path, torch_dtype=dtype, use_safetensors=True, local_files_only=True
+                cn_path, dtype=dtype, use_safetensors=use_safetensors(), local_files_only=True
             )
         except (OSError, ValueError) as err:
             raise ModelLoadError(
@@ -377,9 +377,10 @@ class SD2DepthBackend(Backend):
             )
         if image is None:
             raise InputError("sd2-depth transforms a photo (img2img); it cannot generate from depth alone")
-        return dict(
-            image=image, depth_map=torch.from_numpy(depth.inverse())[None], strength=knobs["strength"]
-        )
+        from .conditioning import as_float32
+
+        depth_map = torch.from_numpy(as_float32(depth.inverse()))[None]
+        return dict(image=image, depth_map=depth_map, strength=knobs["strength"])
 
 
 class FluxBackend(Backend):

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import Depth2ImgError, InputError
+from .errors import Depth2ImgError, InputError, OutOfMemory
 from .io import atomic_path, expand_inputs, load_image, write_depth_products
 from .outputs import safe_name, save_png
 
@@ -286,6 +286,7 @@ class JobReport:
     skipped: int = 0  # finished in an earlier run (--resume)
     wall_s: float = 0.0
     diffusion_s: float = 0.0  # time inside the diffusion pipelines
+    oom_splits: int = 0  # batches halved after running out of GPU memory
 
     def summary(self) -> str:
         per_hour = self.done / self.wall_s * 3600 if self.wall_s > 0 else 0.0
@@ -421,8 +422,14 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                     while queue:
                         gen_seeds = [s + attempts[s] * SEED_STRIDE for s in queue]
                         t0 = time.perf_counter()
-                        result = st.transform(images[p], var.prompt, preset=var.preset, negative_prompt=negative,
-                                              depth=depth, seed=gen_seeds, **knobs)  # fmt: skip
+                        try:
+                            result = _transform_splitting(
+                                st, images[p], var, negative, depth, gen_seeds, knobs, report
+                            )
+                        except OutOfMemory as err:  # even one image at a time: record it and go on
+                            fail(f"{p} [{var.name}]: {err}")
+                            bar.update(len(queue))
+                            break
                         report.diffusion_s += result.timings.get("diffusion_s", time.perf_counter() - t0)
                         out_depths = estimator(result.images, batch_size=job.depth_batch_size)
                         next_queue = []
@@ -468,6 +475,26 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         build_index(job, root, labels)
     report.wall_s = time.perf_counter() - started
     return report
+
+
+def _transform_splitting(st, image, var, negative, depth, seeds, knobs, report):
+    """transform() for these seeds; out of memory -> halve the batch and retry, down to one image at a time.
+    Each image depends only on its own seed, so splitting does not change any result."""
+    try:
+        return st.transform(image, var.prompt, preset=var.preset, negative_prompt=negative, depth=depth, seed=seeds,
+                            **knobs)  # fmt: skip
+    except OutOfMemory:
+        if len(seeds) == 1:
+            raise
+        report.oom_splits += 1
+        half = len(seeds) // 2
+        a = _transform_splitting(st, image, var, negative, depth, seeds[:half], knobs, report)
+        b = _transform_splitting(st, image, var, negative, depth, seeds[half:], knobs, report)
+        a.images += b.images
+        a.metadata += b.metadata
+        a.seeds += b.seeds
+        a.timings = {k: a.timings.get(k, 0) + b.timings.get(k, 0) for k in set(a.timings) | set(b.timings)}
+        return a
 
 
 def _resolved(job: Job) -> dict:

@@ -27,7 +27,7 @@ def to_inverse(
     Metric depth is inverted as 1/d (the disparity convention the depth ControlNets were trained on);
     relative depth, whose shift is unknown, is reflected (max - d) so that min-max normalisation gives 1 - d.
     """
-    values = np.asarray(values, dtype=np.float32)
+    values = np.asarray(values, dtype=np.float64)  # 1/d of a tiny float32 depth overflows float32
     valid = np.isfinite(values) if valid is None else (np.asarray(valid, bool) & np.isfinite(values))
     if kind in ("relative_inverse_depth", "disparity"):
         inverse = values.copy()
@@ -82,6 +82,16 @@ def control_array(normalized: np.ndarray) -> np.ndarray:
     return np.repeat(np.asarray(normalized, np.float32)[..., None], 3, axis=2)
 
 
+def as_float32(inverse: np.ndarray) -> np.ndarray:
+    """Inverse depth as float32 for a pipeline. Values too large for float32 (1/d of a sub-micrometre depth) are
+    divided by their largest magnitude first: per-image min-max normalisation downstream ignores the scale."""
+    inverse = np.asarray(inverse, np.float64)
+    top = np.abs(inverse).max(initial=0.0)
+    if top > np.finfo(np.float32).max / 16:
+        inverse = inverse / top
+    return inverse.astype(np.float32)
+
+
 def sd2_depth(inverse: np.ndarray, height: int, width: int, vae_scale_factor: int):
     """SD2-depth's extra UNet channel: a (1, 1, height // f, width // f) tensor in [-1, 1].
 
@@ -90,7 +100,11 @@ def sd2_depth(inverse: np.ndarray, height: int, width: int, vae_scale_factor: in
     """
     import torch
 
-    depth = torch.as_tensor(np.asarray(inverse, np.float32))[None, None]
+    source = as_float32(inverse)
+    if not source.max() > source.min():
+        # Judge constancy before resizing: bicubic weights carry float rounding that min-max would blow up.
+        return torch.zeros(1, 1, height // vae_scale_factor, width // vae_scale_factor)
+    depth = torch.as_tensor(source)[None, None]
     depth = torch.nn.functional.interpolate(
         depth,
         size=(height // vae_scale_factor, width // vae_scale_factor),

@@ -55,7 +55,7 @@ class DepthMap:
         return self.width, self.height
 
     def inverse(self) -> np.ndarray:
-        """Near = large values (inverse depth or disparity); invalid pixels hold the farthest valid value."""
+        """Near = large values (inverse depth or disparity), float64; invalid pixels hold the farthest valid value."""
         return conditioning.to_inverse(self.values, self.kind, self.valid)[0]
 
     def normalized(self) -> np.ndarray:

@@ -11,3 +11,11 @@ class InputError(Depth2ImgError, ValueError):
 
 class ModelLoadError(Depth2ImgError):
     """A model could not be found, downloaded or verified."""
+
+
+class OutOfMemory(Depth2ImgError):
+    """The accelerator ran out of memory; the message names the options that reduce memory."""
+
+    def __init__(self, message: str, batch: int = 1):
+        super().__init__(message)
+        self.batch = batch

@@ -20,6 +20,7 @@ from .loading import (
     resolve_device,
     resolve_dtype,
     snapshot_dir,
+    use_safetensors,
 )
 from .registry import ModelRef, resolve_estimator
 
@@ -68,7 +69,11 @@ class DepthEstimator:
                 path, local_files_only=True, trust_remote_code=False
             )
             model = AutoModelForDepthEstimation.from_pretrained(
-                path, local_files_only=True, use_safetensors=True, trust_remote_code=False, dtype=dtype
+                path,
+                local_files_only=True,
+                use_safetensors=use_safetensors(),
+                trust_remote_code=False,
+                dtype=dtype,
             )
         except ModelLoadError:
             raise

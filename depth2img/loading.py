@@ -144,15 +144,28 @@ def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_pattern
         ) from None
 
 
+ALLOW_PICKLE_ENV = "DEPTH2IMG_ALLOW_PICKLE"
+
+
+def pickle_allowed() -> bool:
+    """Pickle weights (.bin) run code when loaded; they are refused unless DEPTH2IMG_ALLOW_PICKLE=1 says otherwise."""
+    return os.environ.get(ALLOW_PICKLE_ENV, "").strip() == "1"
+
+
+def use_safetensors() -> bool | None:
+    """What to pass as ``use_safetensors`` to from_pretrained: True (safetensors only) unless pickles are allowed."""
+    return None if pickle_allowed() else True
+
+
 def require_safetensors(path: Path, ref: ModelRef) -> None:
-    """Refuse a folder whose weights exist only as pickles (``.bin``/``.ckpt``/``.pt``)."""
-    if any(path.rglob("*.safetensors")):
+    """Refuse a folder whose weights exist only as pickles (``.bin``/``.ckpt``/``.pt``), unless explicitly allowed."""
+    if any(path.rglob("*.safetensors")) or pickle_allowed():
         return
     pickles = [p.name for pattern in ("*.bin", "*.ckpt", "*.pt", "*.pth") for p in path.rglob(pattern)]
     what = f"only pickle weights ({', '.join(sorted(pickles)[:3])})" if pickles else "no weights"
     raise ModelLoadError(
         f"model {ref.name!r} at {path} has {what}; depth2img loads .safetensors weights only "
-        "(convert them with safetensors' `save_file`)"
+        f"(convert them with safetensors' `save_file`, or set {ALLOW_PICKLE_ENV}=1 if you trust the file)"
     )
 
 

@@ -16,7 +16,7 @@ import numpy as np
 
 from . import presets as presets_mod
 from .depthmap import DepthMap
-from .errors import InputError
+from .errors import InputError, OutOfMemory
 from .loading import resolve_device, resolve_dtype
 from .registry import resolve_backbone
 
@@ -235,7 +235,7 @@ class SceneTransformer:
         for k in CONTROL_KNOBS:
             if k not in self.backend.control_knobs:
                 knobs[k] = DEFAULT_KNOBS[k]  # a preset's control knob does not apply here either
-        img2img = knobs["strength"] < 1.0 or not self.backend.supports_txt2img
+        img2img = self.backend.mode(knobs["strength"]) == "img2img"
         if img2img and int(knobs["steps"] * knobs["strength"]) < 1:
             raise InputError(
                 f"steps x strength must leave at least one denoising step: steps={knobs['steps']} and "
@@ -284,7 +284,7 @@ class SceneTransformer:
 
         t_diffusion = time.perf_counter()
         try:
-            raw = self.backend(image=gen_image, depth=gen_depth, prompt=final_prompt, negative_prompt=negative or None,
+            raw = self._run_backend(image=gen_image, depth=gen_depth, prompt=final_prompt, negative_prompt=negative or None,
                                generators=generators, knobs=knobs, callback=on_step, skip_controlnet=skip_controlnet)  # fmt: skip
         finally:
             bar.total = bar.n  # img2img runs int(steps * strength) of the steps
@@ -300,7 +300,7 @@ class SceneTransformer:
         b = self.backend
         common = {
             "prompt": final_prompt, "user_prompt": prompt or "", "negative_prompt": negative, "preset": preset or "",
-            **knobs, "scheduler": scheduler_name, "mode": b.last_mode,
+            **knobs, "scheduler": scheduler_name, "mode": b.mode(knobs["strength"]),
             "backbone": {"name": self.name, "pipeline": b.kind, "id": b.ref.location, "revision": b.ref.revision,
                          "controlnet": b.companion_ref.location if b.companion_ref and b.has_controlnet else None,
                          "lora": b.companion_ref.location if getattr(b, "uses_lora", False) else None,
@@ -312,6 +312,22 @@ class SceneTransformer:
         metadata = [{**common, "seed": s, "index": i} for i, s in enumerate(seeds)]
         timings = {"diffusion_s": diffusion_s, "total_s": time.perf_counter() - started}
         return TransformResult(images, depth_map, control, seeds, metadata, raw, notes, timings)
+
+    def _run_backend(self, **kwargs):
+        """The backend call, with out-of-memory turned into one line that names the options that fix it."""
+        import torch
+
+        try:
+            return self.backend(**kwargs)
+        except torch.OutOfMemoryError:
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            depth, n = kwargs["depth"], len(kwargs["generators"])
+            raise OutOfMemory(
+                f"out of GPU memory generating {n} image(s) at {depth.width}x{depth.height} with {self.name}: "
+                "try fewer --num-images, --offload model (or sequential), --vae-tiling, or --dtype float16",
+                batch=n,
+            ) from None
 
     def variations(self, image, *, presets: list[str] | None = None, seeds: list[int] | None = None,
                    prompt: str | None = None, depth=None, depth_polarity: str | None = None, **knobs):  # fmt: skip

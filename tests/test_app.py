@@ -152,7 +152,7 @@ def test_http_api_depth_and_transform(server, photo):
     assert records[0]["seed"] == 11 and "snow" in records[0]["preset"]
 
 
-def test_ten_concurrent_requests_all_complete_with_their_own_prompt_and_seed(server, photo):
+def test_twenty_concurrent_requests_all_complete_with_their_own_prompt_and_seed(server, photo):
     from gradio_client import Client, handle_file
 
     def one(i):
@@ -161,9 +161,9 @@ def test_ten_concurrent_requests_all_complete_with_their_own_prompt_and_seed(ser
                                           *KNOBS.values(), 100 + i, 1, api_name="/transform")  # fmt: skip
         return i, records[0]
 
-    with concurrent.futures.ThreadPoolExecutor(10) as pool:
-        results = list(pool.map(one, range(10)))
-    assert len(results) == 10
+    with concurrent.futures.ThreadPoolExecutor(20) as pool:
+        results = list(pool.map(one, range(20)))
+    assert len(results) == 20
     for i, meta in results:
         assert meta["prompt"] == f"prompt number {i}" and meta["seed"] == 100 + i
 

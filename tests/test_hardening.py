@@ -1,0 +1,335 @@
+"""Hardening: hostile inputs on every entry point, property tests of depth conversions, safe loading, OOM."""
+
+import json
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra.numpy import arrays
+from PIL import Image
+
+from depth2img import conditioning
+from depth2img.cli import main
+from depth2img.depthmap import DepthMap
+from depth2img.errors import Depth2ImgError, OutOfMemory
+
+# ------------------------------------------------------------------------------------------ property tests
+
+finite = st.floats(-1e6, 1e6, allow_nan=False, allow_infinity=False, width=32)
+depth_arrays = arrays(np.float32, st.tuples(st.integers(1, 12), st.integers(1, 12)), elements=finite)
+
+
+@settings(max_examples=200, deadline=None)
+@given(values=depth_arrays, kind=st.sampled_from(sorted(conditioning.KINDS)), data=st.data())
+def test_any_finite_depth_gives_finite_output_in_range(values, kind, data):
+    valid = data.draw(arrays(bool, values.shape))
+    d = DepthMap(values, kind, valid)
+    n = d.normalized()
+    assert n.shape == values.shape and np.isfinite(n).all() and n.min() >= 0 and n.max() <= 1
+    assert np.isfinite(d.inverse()).all()
+    c = d.control_image()
+    assert c.shape == (*values.shape, 3) and 0 <= c.min() and c.max() <= 1
+    assert d.to_uint16().dtype == np.uint16
+    s = d.sd2_depth(16, 16, 8)
+    assert torch.isfinite(s).all() and s.min() >= -1 and s.max() <= 1
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    value=finite,
+    shape=st.tuples(st.integers(1, 9), st.integers(1, 9)),
+    kind=st.sampled_from(sorted(conditioning.KINDS)),
+)
+def test_constant_and_all_invalid_maps_do_not_divide_by_zero(value, shape, kind):
+    for valid in (np.ones(shape, bool), np.zeros(shape, bool)):
+        d = DepthMap(np.full(shape, value, np.float32), kind, valid)
+        assert np.array_equal(d.normalized(), np.zeros(shape, np.float32))
+        assert torch.equal(d.sd2_depth(16, 16, 8), torch.zeros(1, 1, 2, 2))
+
+
+# ------------------------------------------------------------------------------------------ hostile inputs
+
+
+def _png_header_only(path: Path, width: int, height: int) -> None:
+    """A PNG that claims width x height but carries almost no data (a decompression-bomb shape)."""
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+        + chunk(b"IEND", b"")
+    )
+
+
+def _hostile_images(d: Path, chelsea) -> dict[str, str | None]:
+    """name -> the error expected (None: accepted, converted)."""
+    rng = np.random.default_rng(0)
+    (d / "noise.png").write_bytes(rng.bytes(4096))
+    (d / "noise.jpg").write_bytes(rng.bytes(4096))
+    (d / "zero.png").write_bytes(b"")
+    chelsea.save(d / "full.jpg")
+    (d / "cut.jpg").write_bytes((d / "full.jpg").read_bytes()[:2000])
+    (d / "full.jpg").unlink()
+    chelsea.save(d / "full.png")
+    (d / "cut.png").write_bytes((d / "full.png").read_bytes()[:5000])
+    (d / "full.png").unlink()
+    Image.new("RGB", (1, 1)).save(d / "one.png")
+    _png_header_only(d / "huge.png", 30000, 30000)
+    chelsea.convert("CMYK").save(d / "cmyk.jpg")
+    chelsea.convert("P").save(d / "palette.png")
+    chelsea.convert("RGBA").save(d / "rgba.png")
+    Image.fromarray(np.asarray(chelsea.convert("L")).astype(np.uint16) * 257).save(d / "grey16.png")
+    frames = [chelsea.resize((64, 48)), chelsea.resize((64, 48)).rotate(90)]
+    frames[0].save(d / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    exif = Image.Exif()
+    exif[0x0112] = 8
+    chelsea.save(d / "exif.jpg", exif=exif)
+    (d / "text.png").write_text("<html>not an image</html>")
+    return {
+        "noise.png": "not a readable image", "noise.jpg": "not a readable image", "zero.png": "empty file",
+        "cut.jpg": "truncated or corrupt", "cut.png": "truncated or corrupt", "one.png": "too small",
+        "huge.png": "pixel limit", "text.png": "not a readable image",
+        "cmyk.jpg": None, "palette.png": None, "rgba.png": None, "grey16.png": None, "anim.gif": None, "exif.jpg": None,
+    }  # fmt: skip
+
+
+def test_hostile_images_on_depth_and_transform_cli(tmp_path, chelsea, capsys):
+    src = tmp_path / "in"
+    src.mkdir()
+    expected = _hostile_images(src, chelsea)
+    tried = 0
+    for command in (
+        ["depth", "--estimator", "tiny"],
+        ["transform", "--model", "tiny", "--prompt", "x", "--steps", "2"],
+    ):
+        for name, problem in expected.items():
+            out = tmp_path / f"out-{command[0]}-{name}"
+            code = main([command[0], str(src / name), "-o", str(out), "-q", *command[1:]])
+            err = capsys.readouterr().err
+            tried += 1
+            assert "Traceback" not in err
+            if problem is None:
+                assert code == 0, (name, err)
+            else:
+                lines = [ln for ln in err.splitlines() if ln.startswith("depth2img: error:")]
+                assert code == 2 and len(lines) == 1 and name in lines[0] and problem in lines[0], (name, err)
+                assert not out.exists() or not any(out.iterdir()), name  # nothing written for it
+    assert tried == 28
+
+
+def test_hostile_images_on_ui_handlers(tmp_path, chelsea):
+    import gradio as gr
+
+    from depth2img.service import Service
+    from depth2img.ui import _friendly, handle_depth
+
+    src = tmp_path / "in"
+    src.mkdir()
+    svc = Service(model="tiny")
+    for name, problem in _hostile_images(src, chelsea).items():
+        if problem is None:
+            preview, _ = _friendly(handle_depth)(svc, str(src / name), "tiny", None, "")
+            assert Path(preview).is_file()
+        else:
+            with pytest.raises(gr.Error, match=problem):
+                _friendly(handle_depth)(svc, str(src / name), "tiny", None, "")
+
+
+@pytest.mark.parametrize(
+    "make, polarity, problem",
+    [
+        (lambda p: np.save(p, np.array([[1.0, np.nan]] * 4)), "metric", "NaN or infinite"),
+        (lambda p: np.save(p, np.array([[1.0, np.inf]] * 4)), "metric", "NaN or infinite"),
+        (lambda p: np.save(p, -np.ones((4, 4))), "metric", "negative"),
+        (lambda p: np.save(p, np.ones((2, 3, 4))), "metric", "2-D array"),
+        (lambda p: np.save(p, np.ones((0, 5))), "metric", "empty"),
+        (lambda p: np.save(p, np.array([["a", "b"], ["c", "d"]])), "metric", "real numbers"),
+        (lambda p: p.write_bytes(b"\x93NUMPY garbage"), "metric", "not a readable NumPy file"),
+        (lambda p: np.save(p, np.ones((4, 4))), None, "does not say which way"),
+    ],
+)
+def test_hostile_depth_files_on_transform_cli(tmp_path, photos_dir, capsys, make, polarity, problem):
+    make(tmp_path / "d.npy")
+    extra = ["--depth-polarity", polarity] if polarity else []
+    code = main(["transform", str(photos_dir / "chelsea.png"), "-o", str(tmp_path / "o"), "--model", "tiny", "--prompt",
+                 "x", "--depth", str(tmp_path / "d.npy"), "-q", *extra])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and problem in err and "Traceback" not in err
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+@pytest.mark.parametrize(
+    "args, problem",
+    [
+        (["--prompt", ""], "give --prompt or --preset"),
+        (["--prompt", "   \t "], "give --prompt or --preset"),
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--prompt", "x", "--steps", "0"], "steps must be an integer in 1..1000, got 0"),
+        (["--prompt", "x", "--steps", "1000000"], "got 1000000"),
+        (["--prompt", "x", "--strength", "2"], "strength must be in (0, 1], got 2.0"),
+        (["--prompt", "x", "--guidance", "-1"], "guidance_scale must be in [0, 50], got -1.0"),
+        (["--prompt", "x", "--guidance", "nan"], "guidance_scale must be in [0, 50], got nan"),
+        (["--prompt", "x", "--seed", "-1"], "seed must be an integer in 0..2**63-1, got -1"),
+        (["--prompt", "x", "--seed", str(2**70)], "got 1180591620717411303424"),
+        (["--prompt", "x", "--control-scale", "99"], "control_scale must be in [0, 5], got 99.0"),
+        (["--prompt", "x", "--num-images", "0"], "--num-images must be >= 1, got 0"),
+    ],
+)
+def test_absurd_knobs(tmp_path, photos_dir, capsys, args, problem):
+    code = main(
+        ["transform", str(photos_dir / "chelsea.png"), "-o", str(tmp_path / "o"), "--model", "tiny", *args]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and problem in err and err.count("\n") == 1
+    assert not (tmp_path / "o").exists()
+
+
+def test_500_token_prompt_is_reported_not_failed(tmp_path, photos_dir, capsys):
+    prompt = " ".join(["tree"] * 500)
+    code = main(["transform", str(photos_dir / "chelsea.png"), "-o", str(tmp_path / "o"), "--model", "tiny",
+                 "--prompt", prompt, "--steps", "2", "-q"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 0 and "depth2img: warning:" in err and "truncated" in err
+
+
+@pytest.mark.parametrize(
+    "text, problem",
+    [
+        ("inputs: a\noutput: b\nprompt: x\nextra_thing: 1\n", "unknown key 'extra_thing'"),
+        (
+            "inputs: a\noutput: b\nprompt: x\nlabels: {coco: c.json, evil: ../../x}\n",
+            "labels.evil is unknown",
+        ),
+        ("- just\n- a list\n", "must be a mapping"),
+        ("inputs: a\noutput: b\nprompt: x\nseeds: 0\n", "seeds must be a count in 1..1000, got 0"),
+        ("inputs: a\noutput: b\nprompt: x\nseeds: 99999999\n", "seeds must be a count in 1..1000"),
+        ("inputs: [a\n", "line"),
+        ("", "must be a mapping"),
+    ],
+)
+def test_hostile_job_files(tmp_path, capsys, text, problem):
+    (tmp_path / "job.yaml").write_text(text)
+    code = main(["batch", str(tmp_path / "job.yaml")])
+    err = capsys.readouterr().err
+    assert code == 2 and problem in err and err.count("\n") == 1
+
+
+def test_job_with_path_traversal_stays_inside_output(tmp_path, chelsea):
+    from depth2img.batch import run_job
+
+    chelsea.resize((64, 48)).save(tmp_path / "a.png")
+    (tmp_path / "list.txt").write_text("../../../../etc/passwd\na.png\n")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "inputs: list.txt\noutput: out\nmodel: tiny\npresets: [fog]\nknobs: {steps: 2, strength: 0.5}\n"
+    )
+    report = run_job(job, progress=False)
+    assert report.done == 1 and any("passwd" in f for f in report.failed)
+    written = [p for p in (tmp_path / "out").rglob("*") if p.is_file()]
+    assert all(tmp_path / "out" in p.parents for p in written)
+
+
+# ------------------------------------------------------------------------------------------ loading
+
+
+def test_pickle_weights_only_with_explicit_permission(tmp_path, tiny_dir, monkeypatch):
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from depth2img.errors import ModelLoadError
+    from depth2img.estimators import DepthEstimator
+
+    folder = tmp_path / "pickled"
+    shutil.copytree(tiny_dir / "dpt", folder)
+    torch.save(load_file(folder / "model.safetensors"), folder / "pytorch_model.bin")
+    (folder / "model.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match="DEPTH2IMG_ALLOW_PICKLE=1"):
+        DepthEstimator.from_pretrained(str(folder))
+    monkeypatch.setenv("DEPTH2IMG_ALLOW_PICKLE", "1")
+    assert DepthEstimator.from_pretrained(str(folder)).kind == "relative_inverse_depth"
+
+
+def test_no_remote_code_anywhere():
+    root = Path(__file__).resolve().parent.parent / "depth2img"
+    for py in root.glob("*.py"):
+        assert "trust_remote_code=True" not in py.read_text(), py
+
+
+# ------------------------------------------------------------------------------------------ out of memory
+
+
+@pytest.fixture
+def oom_over_one(monkeypatch):
+    """The backend runs out of memory whenever it is asked for more than one image at once."""
+    from depth2img.backends import Backend
+
+    original = Backend.__call__
+
+    def limited(self, **kwargs):
+        if len(kwargs["generators"]) > 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(Backend, "__call__", limited)
+
+
+def test_oom_is_one_line_naming_the_fix(oom_over_one, chelsea):
+    from depth2img.transformer import SceneTransformer
+
+    st_ = SceneTransformer.from_pretrained("tiny")
+    with pytest.raises(
+        OutOfMemory, match="out of GPU memory generating 2 image.* try fewer --num-images, --offload model"
+    ):
+        st_.transform(chelsea, "x", steps=2, num_images=2)
+    assert len(st_.transform(chelsea, "x", steps=2, num_images=1).images) == 1
+
+
+def test_batch_job_halves_the_batch_on_oom_and_completes(oom_over_one, tmp_path, chelsea):
+    from depth2img.batch import read_manifest, run_job
+
+    chelsea.resize((64, 48)).save(tmp_path / "a.png")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "inputs: a.png\noutput: out\nmodel: tiny\npresets: [fog]\nseeds: 4\nknobs: {steps: 2, strength: 0.5}\n"
+    )
+    report = run_job(job, progress=False)
+    assert report.done == 4 and report.oom_splits == 3 and not report.failed  # 4 -> 2+2 -> 1+1+1+1
+    assert sorted(r["item_seed"] for r in read_manifest(tmp_path / "out" / "manifest.jsonl")) == [0, 1, 2, 3]
+
+
+def test_batch_job_records_an_item_that_never_fits_and_goes_on(monkeypatch, tmp_path, chelsea):
+    from depth2img.backends import Backend
+    from depth2img.batch import run_job
+
+    calls = []
+
+    def first_variation_oom(self, **kwargs):
+        calls.append(kwargs["prompt"])
+        if "fog" in kwargs["prompt"]:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return np.zeros(
+            (len(kwargs["generators"]), kwargs["depth"].height, kwargs["depth"].width, 3), np.float32
+        )
+
+    monkeypatch.setattr(Backend, "__call__", first_variation_oom)
+    chelsea.resize((64, 48)).save(tmp_path / "a.png")
+    job = tmp_path / "job.yaml"
+    job.write_text(
+        "inputs: a.png\noutput: out\nmodel: tiny\npresets: [fog, rain]\nseeds: 2\nknobs: {steps: 2, strength: 0.5}\n"
+    )
+    report = run_job(job, progress=False)
+    assert report.done == 2 and len(report.failed) == 1 and "[fog]: out of GPU memory" in report.failed[0]
+    assert isinstance(OutOfMemory("x"), Depth2ImgError)
+    assert (
+        json.loads((tmp_path / "out" / "manifest.jsonl").read_text().splitlines()[0])["variation"] == "rain"
+    )
