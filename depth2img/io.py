@@ -198,6 +198,33 @@ def read_depth_file(path: str | os.PathLike, polarity: str | None = None, *, dep
     return DepthMap(values.astype(np.float32), kind, valid, source=str(path), meta={"polarity": polarity})
 
 
+ASPECT_TOLERANCE = 0.01  # depth and image aspect ratios may differ by 1% (rounding of odd sizes)
+
+
+def depth_for_image(depth, size: tuple[int, int], polarity: str | None = None):
+    """A user-given depth (DepthMap, (H, W) array, or file path) as a DepthMap at ``size`` (width, height).
+
+    An array needs ``polarity``; a file needs it unless it records it. An aspect ratio other than the image's
+    is refused (resizing it would bend the geometry); the same aspect at another resolution is resized."""
+    from .depthmap import DepthMap
+
+    if isinstance(depth, np.ndarray):
+        if polarity not in POLARITIES:
+            raise InputError(
+                f"depth array: depth_polarity must be one of {', '.join(POLARITIES)} (got {polarity!r})"
+            )
+        depth = DepthMap(depth, POLARITIES[polarity])
+    elif not isinstance(depth, DepthMap):
+        depth = read_depth_file(depth, polarity)
+    w, h = size
+    if abs(depth.width / depth.height - w / h) > ASPECT_TOLERANCE * (w / h):
+        raise InputError(
+            f"depth is {depth.width}x{depth.height} but the image is {w}x{h}: aspect ratios differ; "
+            "give a depth map of the image's shape"
+        )
+    return depth if depth.size == (w, h) else depth.resized(w, h)
+
+
 def _read_numpy(path: Path):
     try:
         data = np.load(path, allow_pickle=False)

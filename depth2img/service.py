@@ -64,18 +64,12 @@ class Service:
     def depth(self, image, *, estimator: str | None = None, depth_file: str | Path | None = None,
               polarity: str | None = None, progress=None) -> DepthMap:  # fmt: skip
         """The user's depth file (at the image's size) if given, else the estimator's depth."""
-        from .io import read_depth_file
+        from .io import depth_for_image
 
         if image is None:
             raise InputError("upload a photo first")
         if depth_file:
-            depth = read_depth_file(depth_file, polarity or None)
-            w, h = image.size
-            if abs(depth.width / depth.height - w / h) > 0.01 * (w / h):
-                raise InputError(
-                    f"depth file is {depth.width}x{depth.height} but the photo is {w}x{h}: aspect ratios differ"
-                )
-            return depth if depth.size == (w, h) else depth.resized(w, h)
+            return depth_for_image(depth_file, image.size, polarity or None)
         est = self.estimator(estimator, progress)
         with self._lock:
             return est(image)

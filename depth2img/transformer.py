@@ -26,7 +26,6 @@ CONTROL_KNOBS = ("control_scale", "control_start", "control_end")
 FLUX_GUIDANCE = 10.0  # FLUX.1-Depth-dev's model card uses guidance_scale 10
 MAX_STEPS = 1000
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
-ASPECT_TOLERANCE = 0.01  # depth and image aspect ratios may differ by 1% (rounding of odd sizes)
 
 
 @dataclass
@@ -145,33 +144,11 @@ class SceneTransformer:
 
     def depth_for(self, image, depth=None, *, depth_polarity: str | None = None) -> DepthMap:
         """The DepthMap used for ``image``: the given one (DepthMap, array or file) at the image's size, or estimated."""
-        from .io import read_depth_file
+        from .io import depth_for_image
 
         if depth is None:
             return self.estimator(image)
-        if isinstance(depth, DepthMap):
-            pass
-        elif isinstance(depth, np.ndarray):
-            if depth_polarity is None:
-                raise InputError(
-                    "depth array: say which way it runs with depth_polarity='near-bright'|'far-bright'|'metric'"
-                )
-            from .io import POLARITIES
-
-            if depth_polarity not in POLARITIES:
-                raise InputError(
-                    f"depth_polarity must be one of {', '.join(POLARITIES)}, got {depth_polarity!r}"
-                )
-            depth = DepthMap(depth, POLARITIES[depth_polarity])
-        else:
-            depth = read_depth_file(depth, depth_polarity)
-        w, h = image.size
-        if abs(depth.width / depth.height - w / h) > ASPECT_TOLERANCE * (w / h):
-            raise InputError(
-                f"depth is {depth.width}x{depth.height} but the image is {w}x{h}: aspect ratios differ; "
-                "give a depth map of the image's shape"
-            )
-        return depth if depth.size == (w, h) else depth.resized(w, h)
+        return depth_for_image(depth, image.size, depth_polarity)
 
     # ------------------------------------------------------------------------------------------ generation
 

@@ -266,7 +266,7 @@ def test_long_prompt_names_truncated_tokens(sd15, photo, depth):
         (dict(seed=2**70), "seed must be an integer"),
         (dict(num_images=0), "num_images must be an integer in 1..64, got 0"),
         (dict(steps=1, strength=0.8), "steps=1 and strength=0.8 leave 0; raise either"),
-        (dict(depth=np.ones((64, 64))), "depth_polarity="),
+        (dict(depth=np.ones((64, 64))), "depth array: depth_polarity must be one of near-bright, far-bright, metric \\(got None\\)"),
         (
             dict(depth=np.ones((32, 64)), depth_polarity="metric"),
             "depth is 64x32 but the image is 64x64: aspect ratios differ",
