@@ -90,7 +90,7 @@ def handle_depth(service, image_path, estimator, depth_file, polarity, progress=
     return str(preview), str(png16)
 
 
-def _knobs(steps, strength, guidance, control_scale, control_start, control_end, scheduler, model):
+def _knobs(steps, strength, guidance, control_scale, control_start, control_end, scheduler):
     knobs = dict(
         steps=int(steps),
         strength=float(strength),
@@ -128,7 +128,7 @@ def handle_generate(service, image_path, model, estimator, depth_file, polarity,
         image, model=model, estimator=estimator, depth_file=_file_path(depth_file), polarity=polarity or None,
         progress=progress, prompt=prompt or None, preset="+".join(presets) if presets else None,
         negative_prompt=negative or None, seed=_seed(seed), num_images=int(num_images),
-        **_knobs(steps, strength, guidance, control_scale, control_start, control_end, scheduler, model),
+        **_knobs(steps, strength, guidance, control_scale, control_start, control_end, scheduler),
     )  # fmt: skip
     out = _workdir()
     stem = Path(image_path).stem
