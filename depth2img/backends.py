@@ -35,6 +35,13 @@ SCHEDULERS = {
     "dpm++-karras": "DPMSolverMultistepScheduler",
     "lms": "LMSDiscreteScheduler",
     "flow-euler": "FlowMatchEulerDiscreteScheduler",
+    "lcm": "LCMScheduler",  # for LCM-LoRA
+    "tcd": "TCDScheduler",
+    "ddim-trailing": "DDIMScheduler",  # timestep_spacing="trailing", for Hyper-SD
+}
+SCHEDULER_OPTIONS = {
+    "dpm++-karras": {"use_karras_sigmas": True},
+    "ddim-trailing": {"timestep_spacing": "trailing"},
 }
 # model_index.json's _class_name -> pipeline kind, for folders and hub ids outside the registry
 CLASS_TO_KIND = {
@@ -122,6 +129,7 @@ class Backend:
         self.scheduler_name = None
         self._schedulers = {}
         self.controlnet_counter = ControlNetCallCounter()
+        self.speed_lora = None
         self.verify()
 
     @property
@@ -260,6 +268,35 @@ class Backend:
         return applied
 
     # --------------------------------------------------------------------------------------- calling
+
+    def load_speed_lora(self, ref: ModelRef, *, scale: float = 1.0, local_files_only: bool = False) -> None:
+        """Load a few-step LoRA (LCM, Hyper-SD) and fuse it into the UNet: no per-step cost afterwards.
+        Its scheduler becomes this backend's default (``ref.entry.scheduler``)."""
+        if self.kind not in ("sd15-controlnet", "sdxl-controlnet"):
+            raise InputError(f"lora: few-step LoRAs are wired for sd15-depth and sdxl-depth, not {self.kind}")
+        if ref.entry is not None and ref.entry.for_pipeline != self.kind:
+            raise ModelLoadError(f"lora {ref.name!r} is made for {ref.entry.for_pipeline}, not {self.kind}")
+        if not 0.0 < scale <= 2.0:
+            raise InputError(f"lora_scale must be in (0, 2], got {scale!r}")
+        wanted = ref.entry.weight_name if ref.entry is not None else None
+        path = snapshot_dir(
+            ref, local_files_only=local_files_only, allow_patterns=[wanted] if wanted else LORA_FILES
+        )
+        weights = [path / wanted] if wanted else sorted(path.glob("*.safetensors"))
+        if len(weights) != 1 or not weights[0].is_file():
+            raise ModelLoadError(
+                f"lora {ref.name!r} at {path}: expected one .safetensors file, found {len(weights)}"
+            )
+        try:
+            self.pipe.load_lora_weights(path, weight_name=weights[0].name, adapter_name="speed")
+            self.pipe.fuse_lora(lora_scale=scale, adapter_names=["speed"])
+        except (OSError, ValueError, KeyError, RuntimeError) as err:
+            raise ModelLoadError(
+                f"lora {ref.name!r} does not fit {self.ref.name!r}: {first_line(err)}"
+            ) from None
+        if ref.entry is not None and ref.entry.scheduler:
+            self.default_scheduler = ref.entry.scheduler
+        self.speed_lora = {"id": ref.location, "revision": ref.revision, "scale": scale}
 
     def mode(self, strength: float) -> str:
         """img2img starts from the photo (strength < 1); txt2img generates from the depth alone."""

@@ -61,6 +61,8 @@ class Job:
     seeds: int | list[int] = 1  # an int n: seeds 0..n-1 for each variation; or the list itself
     model: str | None = None
     estimator: str | None = None
+    lora: str | None = None  # a few-step LoRA (see `depth2img models`)
+    lora_scale: float = 1.0
     knobs: dict = field(default_factory=dict)
     labels: dict = field(default_factory=dict)  # {"coco": FILE, "yolo": DIR, "masks": {name: DIR}}
     layout: str = "files"
@@ -376,7 +378,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         if _item_key(stems[p], v.name, s) not in finished
     }
     report.skipped = total - len(todo)
-    service = service or Service(model=job.model, estimator=job.estimator, device=device)
+    service = service or Service(model=job.model, estimator=job.estimator, device=device, lora=job.lora,
+                                 lora_scale=job.lora_scale)  # fmt: skip
     bar = tqdm(total=total, initial=report.skipped, unit="img", desc=f"batch[{rank}]" if world > 1 else "batch",
                disable=not progress)  # fmt: skip
     writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-writer")

@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scheduler", help="unipc, ddim, pndm, euler, euler-a, dpm++, dpm++-karras, lms (Flux: flow-euler)"
     )
+    p.add_argument("--lora", metavar="NAME|ID|PATH",
+                   help="few-step LoRA fused into the UNet: lcm-sd15, lcm-sdxl, hyper-sd15-8step (sets its scheduler, "
+                   "steps and guidance as defaults)")  # fmt: skip
+    p.add_argument("--lora-scale", type=float, default=1.0, help="strength of --lora (default 1.0)")
     p.add_argument("--offload", choices=["none", "model", "sequential"], default="none",
                    help="CPU offload to save GPU memory (model: moderate, sequential: least memory, slowest)")  # fmt: skip
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (large images, less memory)")
@@ -220,12 +224,12 @@ def _cmd_models(args) -> int:
     from .registry import load_registry
 
     reg = load_registry()
-    for section in ("estimators", "backbones"):
+    for section in ("estimators", "backbones", "loras"):
         print(f"{section}:")
         for name, e in reg[section].items():
-            default = " (default)" if name == reg["default_" + section[:-1]] else ""
+            default = " (default)" if name == reg.get("default_" + section[:-1]) else ""
             use = "commercial use ok" if e.commercial else "NON-COMMERCIAL"
-            what = e.output or e.pipeline
+            what = e.output or e.pipeline or f"for {e.for_pipeline}, scheduler {e.scheduler}"
             print(f"  {name:<26} {e.id:<46} {e.licence:<26} {use:<18} {what}{default}")
     return 0
 
@@ -276,7 +280,8 @@ def _cmd_transform(args) -> int:
         scheduler=args.scheduler, knobs={k: v for k, v in knobs.items() if v is not None},
         load_options=dict(device=args.device, dtype=args.dtype, local_files_only=args.local_files_only,
                           offload=args.offload, vae_tiling=args.vae_tiling, vae_slicing=args.vae_slicing,
-                          attention=args.attention, preset_files=args.presets_file),
+                          attention=args.attention, preset_files=args.presets_file, lora=args.lora,
+                          lora_scale=args.lora_scale),
         progress=not args.quiet, on_error=_say_above_bar, on_warning=_warn_above_bar,
     )  # fmt: skip
     print(f"depth2img transform: {report.summary()}; outputs in {args.output}", file=sys.stderr)

@@ -44,6 +44,10 @@ class RegistryEntry:
     controlnet: str | None = None
     lora: str | None = None  # a LoRA repo loaded on top of `id` (Flux depth Control LoRA)
     companion_revision: str = "main"  # revision of the controlnet / lora repo (each repo has its own history)
+    for_pipeline: str | None = None  # loras: the pipeline family the LoRA was trained for
+    scheduler: str | None = None  # loras: the scheduler it was distilled for
+    weight_name: str | None = None  # loras: the file inside a repo holding several
+    knobs: dict = field(default_factory=dict)  # loras: default knobs while loaded
     native_size: int | None = None
     gated: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
@@ -72,8 +76,8 @@ def load_registry() -> dict[str, Any]:
     path = configs_dir() / "models.yaml"
     with open(path, encoding="utf-8") as fh:
         raw = yaml.safe_load(fh)
-    registry: dict[str, Any] = {"estimators": {}, "backbones": {}}
-    for section in ("estimators", "backbones"):
+    registry: dict[str, Any] = {"estimators": {}, "backbones": {}, "loras": {}}
+    for section in ("estimators", "backbones", "loras"):
         for name, values in (raw.get(section) or {}).items():
             unknown = set(values) - _KNOWN_KEYS
             if unknown:
@@ -81,6 +85,8 @@ def load_registry() -> dict[str, Any]:
             entry = RegistryEntry(name=name, section=section, **values)
             if section == "estimators" and entry.output not in ESTIMATOR_OUTPUTS:
                 raise ValueError(f"{path}: estimator {name!r} output must be one of {ESTIMATOR_OUTPUTS}")
+            if section == "loras" and entry.for_pipeline not in PIPELINE_KINDS:
+                raise ValueError(f"{path}: lora {name!r} for_pipeline must be one of {PIPELINE_KINDS}")
             if section == "backbones" and entry.pipeline not in PIPELINE_KINDS:
                 raise ValueError(f"{path}: backbone {name!r} pipeline must be one of {PIPELINE_KINDS}")
             registry[section][name] = entry
@@ -104,12 +110,12 @@ def tiny_root() -> Path:
 
 def _resolve(name: str | os.PathLike, section: str) -> ModelRef:
     entries = load_registry()[section]
-    what = "estimator" if section == "estimators" else "model"
+    what = {"estimators": "estimator", "backbones": "model", "loras": "lora"}[section]
     if name is None or str(name).strip() == "":
-        name = load_registry()["default_" + section[:-1]]
+        name = load_registry()["default_" + section[:-1]]  # loras have no default: resolve_lora refuses empty
     name = str(name)
     if name == "tiny" or name.startswith("tiny/"):
-        entry_name = load_registry()["default_" + section[:-1]] if name == "tiny" else name[5:]
+        entry_name = load_registry().get("default_" + section[:-1]) if name == "tiny" else name[5:]
         if entry_name not in entries or entries[entry_name].tiny is None:
             raise InputError(
                 f"{what} {name!r}: no tiny model for {entry_name!r}; known: "
@@ -143,3 +149,13 @@ def resolve_estimator(name: str | os.PathLike | None) -> ModelRef:
 
 def resolve_backbone(name: str | os.PathLike | None) -> ModelRef:
     return _resolve(name, "backbones")
+
+
+def loras() -> dict[str, RegistryEntry]:
+    return load_registry()["loras"]
+
+
+def resolve_lora(name: str | os.PathLike) -> ModelRef:
+    if name is None or not str(name).strip():
+        raise InputError("lora: give a registry name (" + ", ".join(loras()) + "), a hub id or a folder")
+    return _resolve(name, "loras")

@@ -15,7 +15,7 @@ from .errors import InputError
 
 class Service:
     def __init__(self, *, model=None, estimator=None, device=None, dtype=None, local_files_only: bool = False,
-                 preset_files=()):  # fmt: skip
+                 preset_files=(), lora: str | None = None, lora_scale: float = 1.0):  # fmt: skip
         from .registry import load_registry
 
         reg = load_registry()
@@ -25,6 +25,7 @@ class Service:
         )
         self.device, self.dtype, self.local_files_only = device, dtype, local_files_only
         self.preset_files = tuple(preset_files)
+        self.lora, self.lora_scale = lora, lora_scale
         self._estimators: dict = {}
         self._transformer = None
         self._lock = threading.RLock()  # one job at a time on the device
@@ -55,7 +56,8 @@ class Service:
                 self._transformer = None  # free the old backbone before loading the next
                 self._transformer = SceneTransformer.from_pretrained(
                     model, device=self.device, dtype=self.dtype, estimator=self.default_estimator,
-                    local_files_only=self.local_files_only, preset_files=self.preset_files,
+                    local_files_only=self.local_files_only, preset_files=self.preset_files, lora=self.lora,
+                    lora_scale=self.lora_scale,
                 )  # fmt: skip
             return self._transformer
 

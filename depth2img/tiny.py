@@ -198,15 +198,17 @@ def write_sd2_depth(kind: str, folder: Path) -> Path:
     return folder
 
 
+# SDXL micro-conditioning: 6 time ids x 8 + text_encoder_2's 32-d pooled projection = 80
+SDXL_UNET_EXTRA = dict(addition_embed_type="text_time", addition_time_embed_dim=8,
+                       projection_class_embeddings_input_dim=80, cross_attention_dim=64)  # fmt: skip
+
+
 def write_sdxl(kind: str, folder: Path) -> Path:
     """Hub layout of stable-diffusion-xl-base-1.0 (folder) plus diffusers' SDXL depth ControlNet (folder-controlnet)."""
     from diffusers import ControlNetModel, EulerDiscreteScheduler, StableDiffusionXLPipeline
 
     _seed()
-    # SDXL micro-conditioning: 6 time ids x 8 + text_encoder_2's 32-d pooled projection = 80
-    xl = dict(addition_embed_type="text_time", addition_time_embed_dim=8, projection_class_embeddings_input_dim=80,
-              cross_attention_dim=64)  # fmt: skip
-    unet = _sd_unet(**xl)
+    unet = _sd_unet(**SDXL_UNET_EXTRA)
     pipe = StableDiffusionXLPipeline(
         vae=_sd_vae(force_upcast=True), text_encoder=_clip_text(), text_encoder_2=_clip_text(projection=True),
         tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(), unet=unet,
@@ -281,6 +283,22 @@ def write_flux_lora(kind: str, folder: Path) -> Path:
     return folder
 
 
+def write_speed_lora(kind: str, folder: Path) -> Path:
+    """A few-step LoRA (LCM-LoRA's layout: UNet attention projections) for the tiny SD1.5 or SDXL UNet."""
+    from diffusers import StableDiffusionPipeline
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig, get_peft_model_state_dict
+
+    _seed()
+    unet = _sd_unet(**SDXL_UNET_EXTRA) if kind == "lcm-sdxl" else _sd_unet()
+    # init_lora_weights=False: both factors random, so the LoRA visibly changes the output
+    unet.add_adapter(LoraConfig(r=LORA_RANK, lora_alpha=LORA_RANK, init_lora_weights=False,
+                                target_modules=["to_q", "to_k", "to_v", "to_out.0"]))  # fmt: skip
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
+    return folder
+
+
 COMPANIONS = ("controlnet", "lora")  # separate hub repos that go with a base repo
 
 
@@ -296,7 +314,7 @@ def controlnet_folder(folder: str | Path) -> Path:
 
 WRITERS = {name: write_estimator for name in ESTIMATOR_BUILDERS} | {
     "sd15-depth": write_sd15, "sd2-depth": write_sd2_depth, "sdxl-depth": write_sdxl, "flux-depth": write_flux,
-    "flux-depth-lora": write_flux_lora,
+    "flux-depth-lora": write_flux_lora, "lcm-sd15": write_speed_lora, "lcm-sdxl": write_speed_lora,
 }  # fmt: skip
 
 

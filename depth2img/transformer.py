@@ -102,14 +102,20 @@ class SceneTransformer:
         self.name = name
         self.local_files_only = local_files_only
         self.presets = presets_mod.load_presets(preset_files)
+        self.default_knobs = dict(DEFAULT_KNOBS)
+        if backend.kind == "flux-control":
+            self.default_knobs["guidance_scale"] = FLUX_GUIDANCE
 
     @classmethod
     def from_pretrained(cls, name=None, *, device=None, dtype=None, estimator=None, local_files_only: bool = False,
                         native_size: int | None = None, offload: str | None = None, vae_tiling: bool = False,
-                        vae_slicing: bool = False, attention: str = "sdpa", preset_files=()):  # fmt: skip
+                        vae_slicing: bool = False, attention: str = "sdpa", preset_files=(), lora: str | None = None,
+                        lora_scale: float = 1.0):  # fmt: skip
         """Load a backbone: registry name (``sd15-depth`` default, ``sd2-depth``, ``sdxl-depth``, ``flux-depth``),
         ``tiny`` / ``tiny/<entry>``, a hub id or a local folder. ``estimator`` is a name for the depth model
-        (loaded on first need) or a loaded ``DepthEstimator``."""
+        (loaded on first need) or a loaded ``DepthEstimator``. ``lora`` adds a few-step LoRA (``lcm-sd15``,
+        ``lcm-sdxl``, ``hyper-sd15-8step``, a hub id or folder): fused in, with its scheduler and step count as
+        the new defaults."""
         from .backends import load_backend
         from .tiny import TINY_NATIVE_SIZE
 
@@ -117,6 +123,13 @@ class SceneTransformer:
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         backend = load_backend(ref, dtype=dtype, local_files_only=local_files_only)
+        lora_knobs = {}
+        if lora:
+            from .registry import resolve_lora
+
+            lora_ref = resolve_lora(lora)
+            backend.load_speed_lora(lora_ref, scale=lora_scale, local_files_only=local_files_only)
+            lora_knobs = dict(lora_ref.entry.knobs) if lora_ref.entry else {}
         backend.memory(offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing, attention=attention)
         if offload in (None, "none"):
             for pipe in backend.pipes.values():
@@ -126,8 +139,10 @@ class SceneTransformer:
             native_size = TINY_NATIVE_SIZE if tiny else (ref.entry.native_size if ref.entry else 512)
         if estimator is None and ref.name.startswith("tiny"):
             estimator = "tiny"
-        return cls(backend, estimator=estimator, device=device, dtype=dtype, native_size=native_size,
-                   name=ref.name, local_files_only=local_files_only, preset_files=preset_files)  # fmt: skip
+        st = cls(backend, estimator=estimator, device=device, dtype=dtype, native_size=native_size,
+                 name=ref.name, local_files_only=local_files_only, preset_files=preset_files)  # fmt: skip
+        st.default_knobs.update(lora_knobs)
+        return st
 
     # ------------------------------------------------------------------------------------------ depth
 
@@ -191,9 +206,7 @@ class SceneTransformer:
                     f"negative_prompt: backbone {self.name!r} ({self.backend.kind}) takes no negative prompt"
                 )
             negative = ""
-        knobs = dict(DEFAULT_KNOBS)
-        if self.backend.kind == "flux-control":
-            knobs["guidance_scale"] = FLUX_GUIDANCE
+        knobs = dict(self.default_knobs)
         knobs.update(preset_knobs)
         given = {"steps": steps, "strength": strength, "guidance_scale": guidance_scale,
                  "control_scale": control_scale, "control_start": control_start, "control_end": control_end}  # fmt: skip
@@ -281,6 +294,7 @@ class SceneTransformer:
             "backbone": {"name": self.name, "pipeline": b.kind, "id": b.ref.location, "revision": b.ref.revision,
                          "controlnet": b.companion_ref.location if b.companion_ref and b.has_controlnet else None,
                          "lora": b.companion_ref.location if getattr(b, "uses_lora", False) else None,
+                         "speed_lora": b.speed_lora,
                          "licence": b.ref.entry.licence if b.ref.entry else None},
             "depth": {"source": depth_map.source, "kind": depth_map.kind},
             "input_size": [width, height], "generation_size": [gen_w, gen_h], "dtype": str(self.dtype).replace("torch.", ""),

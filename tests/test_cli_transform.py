@@ -98,3 +98,15 @@ def test_presets_command(tmp_path, capsys):
     assert code == 0
     for name in ("winter", "golden-hour", "cyberpunk", "pencil-sketch", "sandstorm", "fog"):
         assert name in out
+
+
+def test_transform_with_few_step_lora(tmp_path, photos_dir, capsys):
+    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path, "--model", "tiny", "--prompt",
+                       "a cat", "--lora", "tiny/lcm-sd15", "--seed", 1, "--strength", 1.0, "-q")  # fmt: skip
+    assert code == 0, err
+    meta = read_png_metadata(tmp_path / "chelsea_s1.png")
+    assert (
+        meta["scheduler"] == "lcm" and meta["steps"] == 4 and meta["backbone"]["speed_lora"]["scale"] == 1.0
+    )
+    code, out, _ = run(capsys, "models")
+    assert "lcm-sd15" in out and "scheduler lcm" in out

@@ -266,7 +266,10 @@ def test_long_prompt_names_truncated_tokens(sd15, photo, depth):
         (dict(seed=2**70), "seed must be an integer"),
         (dict(num_images=0), "num_images must be an integer in 1..64, got 0"),
         (dict(steps=1, strength=0.8), "steps=1 and strength=0.8 leave 0; raise either"),
-        (dict(depth=np.ones((64, 64))), "depth array: depth_polarity must be one of near-bright, far-bright, metric \\(got None\\)"),
+        (
+            dict(depth=np.ones((64, 64))),
+            "depth array: depth_polarity must be one of near-bright, far-bright, metric \\(got None\\)",
+        ),
         (
             dict(depth=np.ones((32, 64)), depth_polarity="metric"),
             "depth is 64x32 but the image is 64x64: aspect ratios differ",
@@ -356,3 +359,49 @@ def test_flux_lora_equals_diffusers_and_scale_is_the_control_knob(photo, depth, 
     assert gap_off > 1e-4 and gap_full > 1e-4  # the knob changes the result in both directions
     with pytest.raises(InputError, match="control_start: .* has no such knob"):
         st.transform(photo, PROMPT, depth=depth, steps=2, control_start=0.2)
+
+
+def test_few_step_lora_equals_diffusers_and_sets_its_defaults(photo, depth, tiny_dir):
+    from diffusers import ControlNetModel, LCMScheduler, StableDiffusionControlNetPipeline
+
+    st = SceneTransformer.from_pretrained("tiny", lora="tiny/lcm-sd15")
+    ours = st.transform(photo, PROMPT, depth=depth, seed=8, strength=1.0)
+    m = ours.metadata[0]
+    assert (m["scheduler"], m["steps"], m["guidance_scale"]) == ("lcm", 4, 1.0)  # the LoRA's defaults
+    assert (
+        m["backbone"]["speed_lora"]["id"].endswith("lcm-sd15") and m["backbone"]["speed_lora"]["scale"] == 1.0
+    )
+    cn = ControlNetModel.from_pretrained(tiny_dir / "sd15-depth-controlnet")
+    ref = StableDiffusionControlNetPipeline.from_pretrained(
+        tiny_dir / "sd15-depth", controlnet=cn, safety_checker=None
+    )
+    ref.load_lora_weights(tiny_dir / "lcm-sd15", weight_name="pytorch_lora_weights.safetensors")
+    ref.fuse_lora()
+    ref.scheduler = LCMScheduler.from_config(ref.scheduler.config)
+    theirs = ref(PROMPT, image=_control(depth), num_inference_steps=4, guidance_scale=1.0, generator=_gens(8),
+                 output_type="np").images  # fmt: skip
+    _assert_same(ours.raw, theirs)
+    plain = SceneTransformer.from_pretrained("tiny").transform(photo, PROMPT, depth=depth, seed=8, strength=1.0, steps=4,
+                                                                guidance_scale=1.0, scheduler="lcm")  # fmt: skip
+    assert np.abs(plain.raw - ours.raw).max() > 1e-3  # the LoRA is really in
+    explicit = st.transform(photo, PROMPT, depth=depth, seed=8, strength=1.0, steps=2)
+    assert explicit.metadata[0]["steps"] == 2  # explicit knobs still win
+
+
+def test_few_step_lora_mismatches_are_refused():
+    with pytest.raises(
+        ModelLoadError, match="lora 'tiny/lcm-sd15' is made for sd15-controlnet, not sdxl-controlnet"
+    ):
+        SceneTransformer.from_pretrained("tiny/sdxl-depth", lora="tiny/lcm-sd15")
+    with pytest.raises(
+        InputError, match="few-step LoRAs are wired for sd15-depth and sdxl-depth, not flux-control"
+    ):
+        SceneTransformer.from_pretrained("tiny/flux-depth", lora="tiny/lcm-sd15")
+    with pytest.raises(InputError, match="lora 'fast' is not a registry name"):
+        SceneTransformer.from_pretrained("tiny", lora="fast")
+    with pytest.raises(InputError, match="lora_scale must be in \\(0, 2\\], got 5"):
+        SceneTransformer.from_pretrained("tiny", lora="tiny/lcm-sd15", lora_scale=5)
+    assert (
+        SceneTransformer.from_pretrained("tiny/sdxl-depth", lora="tiny/lcm-sdxl").backend.default_scheduler
+        == "lcm"
+    )
