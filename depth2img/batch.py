@@ -10,6 +10,7 @@ shard the sources deterministically and each writes its own manifest; the main p
 
 from __future__ import annotations
 
+import collections
 import itertools
 import json
 import os
@@ -378,6 +379,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         if _item_key(stems[p], v.name, s) not in finished
     }
     report.skipped = total - len(todo)
+    todo_per_source = collections.Counter(t[0] for t in todo)
     service = service or Service(model=job.model, estimator=job.estimator, device=device, lora=job.lora,
                                  lora_scale=job.lora_scale)  # fmt: skip
     bar = tqdm(total=total, initial=report.skipped, unit="img", desc=f"batch[{rank}]" if world > 1 else "batch",
@@ -398,14 +400,14 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
 
     try:
         for batch in my_chunks:
-            chunk = [p for p in batch if any(t[0] == p for t in todo)]
+            chunk = [p for p in batch if todo_per_source[p]]
             images = {}
             for p in chunk:
                 try:
                     images[p] = load_image(p)
                 except Depth2ImgError as err:
                     fail(str(err))
-                    bar.update(sum(1 for t in todo if t[0] == p))
+                    bar.update(todo_per_source[p])
             if not images:
                 continue
             estimator = service.estimator(job.estimator)
