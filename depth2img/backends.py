@@ -193,9 +193,9 @@ class Backend:
             if name not in self._schedulers:
                 base = self._schedulers.get("__original__") or self.pipe.scheduler
                 self._schedulers["__original__"] = base
-                extra = {"use_karras_sigmas": True} if name.endswith("karras") else {}
+                options = SCHEDULER_OPTIONS.get(name, {})
                 self._schedulers[name] = getattr(diffusers, SCHEDULERS[name]).from_config(
-                    base.config, **extra
+                    base.config, **options
                 )
             for pipe in self.pipes.values():
                 pipe.scheduler = self._schedulers[name]

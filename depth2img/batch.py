@@ -100,6 +100,7 @@ class Job:
             raise InputError(
                 f"job key knobs.{sorted(unknown)[0]} is unknown (allowed: {', '.join(KNOB_KEYS)})"
             )
+        self._check_values()
         unknown = set(self.labels) - {"coco", "yolo", "masks"}
         if unknown:
             raise InputError(f"job key labels.{sorted(unknown)[0]} is unknown (allowed: coco, yolo, masks)")
@@ -115,8 +116,10 @@ class Job:
                 raise InputError("job key matrix.axes must map each {name} to a non-empty list")
             try:
                 self.matrix["template"].format(**{k: v[0] for k, v in axes.items()})
-            except (KeyError, IndexError, AttributeError) as err:
+            except (KeyError, IndexError) as err:
                 raise InputError(f"job key matrix.template names {err} which is not an axis") from None
+            except (ValueError, AttributeError) as err:
+                raise InputError(f"job key matrix.template is not a valid template ({err})") from None
         if not self.presets and self.matrix is None and not (self.prompt or "").strip():
             raise InputError("job needs variations: presets, a matrix, or at least a prompt")
         if (
@@ -127,6 +130,28 @@ class Job:
             raise InputError(
                 f"job key depth_batch_size must be an integer >= 1, got {self.depth_batch_size!r}"
             )
+
+    def _check_values(self) -> None:
+        """Knob values, scheduler and preset names are checked here, before any model loads."""
+        from . import presets as presets_mod
+        from .backends import SCHEDULERS
+        from .transformer import DEFAULT_KNOBS, check_knobs
+
+        try:
+            check_knobs({**DEFAULT_KNOBS, **{k: v for k, v in self.knobs.items() if k in DEFAULT_KNOBS}})
+        except InputError as err:
+            raise InputError(f"job key knobs: {err}") from None
+        scheduler = self.knobs.get("scheduler")
+        if scheduler is not None and scheduler not in SCHEDULERS:
+            raise InputError(
+                f"job key knobs.scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}"
+            )
+        known = presets_mod.load_presets()
+        for name in self.presets:
+            try:
+                presets_mod.resolve(None, str(name), known)
+            except InputError as err:
+                raise InputError(f"job key presets: {err}") from None
 
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
@@ -340,6 +365,10 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     root = job.path(job.output)
     image_dir = root / LAYOUTS[job.layout]
     manifest = root / ("manifest.jsonl" if world == 1 else f"manifest.rank{rank}.jsonl")
+    if not resume and any(root.glob("manifest*.jsonl")):  # before anything of the earlier run is touched
+        raise InputError(
+            f"output directory {root} already holds a run; pass --resume to continue it, or choose another"
+        )
     try:
         root.mkdir(parents=True, exist_ok=True)
         if rank == 0:
@@ -347,10 +376,6 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                 tmp.write_text(yaml.safe_dump(_resolved(job), sort_keys=False))
     except OSError as err:
         raise InputError(f"output directory {root}: cannot be written ({err.strerror or err})") from None
-    if not resume and any(root.glob("manifest*.jsonl")):
-        raise InputError(
-            f"output directory {root} already holds a run; pass --resume to continue it, or choose another"
-        )
     for stale in root.rglob(".*.part*"):  # temp files of a killed run
         stale.unlink(missing_ok=True)
 

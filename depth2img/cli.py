@@ -352,11 +352,13 @@ def _cmd_eval(args) -> int:
 
 def _cmd_bench(args) -> int:
     from .errors import InputError
+    from .transformer import DEFAULT_KNOBS, check_knobs
 
     if args.size < 16 or args.size % 16 or args.steps < 1 or args.batch < 1 or args.repeats < 1:
         raise InputError(
             "--size must be a multiple of 16 (>= 16); --steps, --batch and --repeats must be >= 1"
         )
+    check_knobs({**DEFAULT_KNOBS, "control_end": args.control_end})
     _quiet_libraries()
     from .bench import markdown, run_bench
 

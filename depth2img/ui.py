@@ -321,15 +321,27 @@ def launch(service, *, host: str = "127.0.0.1", port: int = 7860, share: bool = 
     return demo
 
 
+def _env_int(name: str, default: int) -> int:
+    from .errors import InputError
+
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        return int(value)
+    except ValueError:
+        raise InputError(f"environment variable {name} must be an integer, got {value!r}") from None
+
+
 def settings_from_env() -> dict:
     """App settings from environment variables (Spaces-style), each with a default."""
     return {
         "model": os.environ.get("DEPTH2IMG_MODEL"),
         "estimator": os.environ.get("DEPTH2IMG_ESTIMATOR"),
         "host": os.environ.get("DEPTH2IMG_HOST", "127.0.0.1"),
-        "port": int(os.environ.get("DEPTH2IMG_PORT", "7860")),
-        "max_upload_mb": int(os.environ.get("DEPTH2IMG_MAX_UPLOAD_MB", "20")),
-        "queue_size": int(os.environ.get("DEPTH2IMG_QUEUE_SIZE", "32")),
+        "port": _env_int("DEPTH2IMG_PORT", 7860),
+        "max_upload_mb": _env_int("DEPTH2IMG_MAX_UPLOAD_MB", 20),
+        "queue_size": _env_int("DEPTH2IMG_QUEUE_SIZE", 32),
     }
 
 

@@ -63,6 +63,15 @@ def test_app_cli_errors(capsys):
     assert main(["app", "--auth", "nopassword", "--model", "tiny", "--port", str(_free_port())]) == 2
     assert "--auth must be USER:PASSWORD, got 'nopassword'" in capsys.readouterr().err
     assert main(["app", "--queue-size", "0"]) == 2
+    capsys.readouterr()
+    import os
+
+    os.environ["DEPTH2IMG_PORT"] = "eighty"
+    try:
+        assert main(["app", "--model", "tiny"]) == 2
+    finally:
+        del os.environ["DEPTH2IMG_PORT"]
+    assert "environment variable DEPTH2IMG_PORT must be an integer, got 'eighty'" in capsys.readouterr().err
 
 
 def test_depth_handler(service, photo):

@@ -123,8 +123,14 @@ def test_imagefolder_layout_and_matrix(dataset, tmp_path):
 def test_resume_skips_finished_and_refuses_to_mix_runs(dataset, tmp_path):
     job = write_job(dataset, output=str(tmp_path / "r"), presets=["dusk"], seeds=1, labels={})
     assert run_job(job, progress=False).done == 3
+    resolved = (tmp_path / "r" / "job.resolved.yaml").read_text()
+    job.write_text(job.read_text().replace("dusk", "dawn"))
     with pytest.raises(InputError, match="already holds a run; pass --resume"):
         run_job(job, progress=False)
+    assert (
+        tmp_path / "r" / "job.resolved.yaml"
+    ).read_text() == resolved  # the earlier run's record is untouched
+    job.write_text(job.read_text().replace("dawn", "dusk"))
     again = run_job(job, resume=True, progress=False)
     assert again.done == 0 and again.skipped == 3
     assert len(read_manifest(tmp_path / "r" / "manifest.jsonl")) == 3
@@ -164,11 +170,11 @@ def test_output_names_cannot_escape(dataset, tmp_path):
         _inside(tmp_path, tmp_path / "images" / ".." / ".." / "evil.png")
     f = tmp_path / "p.yaml"
     f.write_text("presets:\n  ../../evil:\n    prompt: '{prompt}, evil'\n")
-    job = Job(inputs=str(dataset / "frames" / "f0.png"), output=str(tmp_path / "safe"), model="tiny",
-              presets=["../../evil"], prompt="x", knobs={"steps": 2, "strength": 0.5})  # fmt: skip
-    assert variations(job)[0].name == "evil"
     os.environ["DEPTH2IMG_PRESETS"] = str(f)
     try:
+        job = Job(inputs=str(dataset / "frames" / "f0.png"), output=str(tmp_path / "safe"), model="tiny",
+                  presets=["../../evil"], prompt="x", knobs={"steps": 2, "strength": 0.5})  # fmt: skip
+        assert variations(job)[0].name == "evil"
         run_job(job, progress=False)
     finally:
         del os.environ["DEPTH2IMG_PRESETS"]
@@ -200,6 +206,17 @@ def test_output_names_cannot_escape(dataset, tmp_path):
             "template names 'x' which is not an axis",
         ),
         ("inputs: a\noutput: b\n", "job needs variations"),
+        (
+            "inputs: a\noutput: b\nmatrix: {template: '{season', axes: {season: [x]}}\n",
+            "matrix.template is not a valid template",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\nknobs: {steps: 0}\n",
+            "job key knobs: steps must be an integer in 1..1000, got 0",
+        ),
+        ("inputs: a\noutput: b\nprompt: x\nknobs: {strength: 2}\n", "job key knobs: strength must be in"),
+        ("inputs: a\noutput: b\nprompt: x\nknobs: {scheduler: warp}\n", "knobs.scheduler must be one of"),
+        ("inputs: a\noutput: b\npresets: [winter, wintr]\n", "job key presets: unknown preset 'wintr'"),
         ("inputs: a\noutput: b\nprompt: [unclosed\n", "line 4, column 1"),
         ("inputs: a\noutput: b\n  prompt: x\n", "line 3, column 9: mapping values are not allowed"),
     ],

@@ -35,3 +35,5 @@ def test_bench_argument_errors(capsys):
 
     assert main(["bench", "--size", "100"]) == 2
     assert "--size must be a multiple of 16" in capsys.readouterr().err
+    assert main(["bench", "--control-end", "1.5"]) == 2
+    assert "0 <= start < end <= 1, got 0.0 and 1.5" in capsys.readouterr().err

@@ -239,6 +239,11 @@ def test_scheduler_swap_keeps_weights(sd15, photo, depth):
     assert sd15.backend.pipes["txt2img"].scheduler is sd15.backend.pipes["img2img"].scheduler
     assert sd15.backend.pipe.unet is unet and r.metadata[0]["scheduler"] == "ddim"
     sd15.transform(photo, PROMPT, depth=depth, seed=0, steps=2, scheduler="unipc")
+    sd15.backend.set_scheduler("ddim-trailing")  # Hyper-SD's: DDIM with trailing timesteps
+    assert sd15.backend.pipe.scheduler.config.timestep_spacing == "trailing"
+    sd15.backend.set_scheduler("dpm++-karras")
+    assert sd15.backend.pipe.scheduler.config.use_karras_sigmas
+    sd15.backend.set_scheduler("unipc")
 
 
 def test_long_prompt_names_truncated_tokens(sd15, photo, depth):
