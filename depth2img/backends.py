@@ -13,12 +13,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, ModelLoadError
+from .errors import InputError, ModelLoadError, first_line
+from .knobs import CONTROL_KNOBS
 from .loading import (
     LORA_FILES,
     PIPELINE_FILES,
     SINGLE_MODEL_FILES,
-    first_line,
     require_safetensors,
     snapshot_dir,
     use_safetensors,
@@ -109,7 +109,7 @@ class Backend:
     has_controlnet = True
     takes_negative_prompt = True
     default_scheduler = "unipc"
-    CONTROL_KNOBS: tuple[str, ...] = ("control_scale", "control_start", "control_end")
+    CONTROL_KNOBS: tuple[str, ...] = CONTROL_KNOBS
 
     @property
     def control_knobs(self) -> tuple[str, ...]:
@@ -314,7 +314,7 @@ class Backend:
     def __call__(self, *, image, depth, prompt, negative_prompt, generators, knobs, callback=None,
                  skip_controlnet: bool = True) -> np.ndarray:  # fmt: skip
         """Run one batch (len(generators) images). ``image``/``depth`` are at generation size; returns (N, H, W, 3) float."""
-        mode = self.mode(knobs["strength"]) if image is not None else "txt2img"
+        mode = self.mode(knobs["strength"])
         pipe = self.pipes[mode]
         kwargs = self.call_kwargs(image=image if mode == "img2img" else None, depth=depth, knobs=knobs)
         if negative_prompt and self.takes_negative_prompt:
@@ -408,16 +408,14 @@ class SD2DepthBackend(Backend):
     def call_kwargs(self, *, image, depth, knobs):
         import torch
 
-        if not depth.normalized().any():
+        from .conditioning import as_float32
+
+        inverse = as_float32(depth.inverse())
+        if not inverse.max() > inverse.min():
             raise InputError(
                 "depth is constant (no structure): SD2-depth normalises it by its range, which is zero"
             )
-        if image is None:
-            raise InputError("sd2-depth transforms a photo (img2img); it cannot generate from depth alone")
-        from .conditioning import as_float32
-
-        depth_map = torch.from_numpy(as_float32(depth.inverse()))[None]
-        return dict(image=image, depth_map=depth_map, strength=knobs["strength"])
+        return dict(image=image, depth_map=torch.from_numpy(inverse)[None], strength=knobs["strength"])
 
 
 class FluxBackend(Backend):

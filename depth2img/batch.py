@@ -24,13 +24,13 @@ import yaml
 
 from .errors import Depth2ImgError, InputError, OutOfMemory
 from .io import atomic_path, expand_inputs, load_image, write_depth_products
-from .outputs import safe_name, save_png
+from .knobs import DEFAULT_KNOBS
+from .outputs import append_manifest, safe_name, save_png
 
 LAYOUTS = {"files": "images", "imagefolder": "train", "coco": "images"}  # layout -> image folder
 SEED_STRIDE = 1_000_003  # a retry uses seed + attempt * SEED_STRIDE: never another item's seed
 MAX_PENDING_WRITES = 8
-KNOB_KEYS = ("steps", "strength", "guidance_scale", "control_scale", "control_start", "control_end", "scheduler",
-             "negative_prompt")  # fmt: skip
+KNOB_KEYS = (*DEFAULT_KNOBS, "scheduler", "negative_prompt")  # what a job's `knobs:` may hold
 
 
 @dataclass
@@ -72,7 +72,7 @@ class Job:
     base_dir: str = "."  # relative paths in the job are taken from here (the job file's folder)
 
     def __post_init__(self):
-        from .transformer import check_seed
+        from .knobs import check_seed
 
         if isinstance(self.geometry, dict):
             unknown = set(self.geometry) - set(Geometry.__dataclass_fields__)
@@ -135,7 +135,7 @@ class Job:
         """Knob values, scheduler and preset names are checked here, before any model loads."""
         from . import presets as presets_mod
         from .backends import SCHEDULERS
-        from .transformer import DEFAULT_KNOBS, check_knobs
+        from .knobs import DEFAULT_KNOBS, check_knobs
 
         try:
             check_knobs({**DEFAULT_KNOBS, **{k: v for k, v in self.knobs.items() if k in DEFAULT_KNOBS}})
@@ -291,13 +291,6 @@ def read_manifest(path: Path) -> list[dict]:
     return [json.loads(line) for line in good.decode("utf-8").splitlines() if line.strip()]
 
 
-def _append(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-
-
 def _item_key(source_stem: str, variation: str, seed: int) -> str:
     return f"{source_stem}/{variation}/s{seed}"
 
@@ -421,7 +414,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         path = _inside(root, image_dir / f"{out_stem}.png")
         save_png(image, path, record)
         labels.copy_for(source, out_stem, root)
-        _append(manifest, record)
+        append_manifest(manifest, [record])
 
     try:
         for batch in my_chunks:
@@ -479,7 +472,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                                 submit(write_output, img, out_stem, record, p)
                                 report.done += 1
                             else:
-                                submit(_append, manifest, record)
+                                submit(append_manifest, manifest, [record])
                                 if last:
                                     report.rejected += 1
                             if last:

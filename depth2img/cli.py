@@ -250,8 +250,8 @@ def _cmd_presets(args) -> int:
 
 def _cmd_transform(args) -> int:
     from .errors import InputError
+    from .knobs import DEFAULT_KNOBS, check_knobs, check_num_images, check_seed
     from .presets import load_presets, resolve
-    from .transformer import DEFAULT_KNOBS, check_knobs, check_seed
 
     # Everything that can be checked without a model is checked first: bad arguments cost no load.
     if not (args.prompt or "").strip() and not args.preset:
@@ -263,8 +263,7 @@ def _cmd_transform(args) -> int:
     check_knobs({**DEFAULT_KNOBS, **{k: v for k, v in knobs.items() if v is not None}})
     if args.seed is not None:
         check_seed(args.seed)
-    if args.num_images < 1:
-        raise InputError(f"--num-images must be >= 1, got {args.num_images}")
+    check_num_images(args.num_images)
     if args.scheduler is not None:
         from .backends import SCHEDULERS
 
@@ -326,22 +325,19 @@ def _cmd_batch(args) -> int:
 def _cmd_eval(args) -> int:
     import json
 
-    from .io import load_image, read_depth_file
+    from .io import depth_for_image, load_image
 
     source, output = load_image(args.source), load_image(args.output)
+    given = (
+        depth_for_image(args.source_depth, source.size, args.depth_polarity) if args.source_depth else None
+    )
     _quiet_libraries()
     from .estimators import DepthEstimator
     from .metrics import geometry_scores
 
     est = DepthEstimator.from_pretrained(args.estimator, device=args.device, dtype=args.dtype,
                                          local_files_only=args.local_files_only)  # fmt: skip
-    if args.source_depth:
-        src_depth = read_depth_file(args.source_depth, args.depth_polarity)
-        if src_depth.size != source.size:
-            src_depth = src_depth.resized(*source.size)
-    else:
-        src_depth = est(source)
-    scores = geometry_scores(src_depth, est(output))
+    scores = geometry_scores(given if given is not None else est(source), est(output))
     if args.json:
         print(json.dumps(scores))
     else:
@@ -352,7 +348,7 @@ def _cmd_eval(args) -> int:
 
 def _cmd_bench(args) -> int:
     from .errors import InputError
-    from .transformer import DEFAULT_KNOBS, check_knobs
+    from .knobs import DEFAULT_KNOBS, check_knobs
 
     if args.size < 16 or args.size % 16 or args.steps < 1 or args.batch < 1 or args.repeats < 1:
         raise InputError(

@@ -1,6 +1,12 @@
 """User-facing errors: each carries one line that names the input and what would be accepted."""
 
 
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message (library errors can run to many lines)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class Depth2ImgError(Exception):
     """Base class. ``str(err)`` is a complete, single-line message for the user."""
 
@@ -19,3 +25,7 @@ class OutOfMemory(Depth2ImgError):
     def __init__(self, message: str, batch: int = 1):
         super().__init__(message)
         self.batch = batch
+
+
+class Depth2ImgWarning(UserWarning):
+    """Something the user should know that did not stop the work (e.g. a prompt truncated to the encoder's length)."""

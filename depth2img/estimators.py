@@ -12,10 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 
 from .depthmap import DepthMap
-from .errors import ModelLoadError
+from .errors import ModelLoadError, first_line
 from .loading import (
     ESTIMATOR_FILES,
-    first_line,
     require_safetensors,
     resolve_device,
     resolve_dtype,

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 DEPTH_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".npz")
@@ -229,9 +229,7 @@ def _read_numpy(path: Path):
     try:
         data = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise InputError(
-            f"{path}: not a readable NumPy file ({str(err).splitlines()[0] if str(err) else err})"
-        ) from None
+        raise InputError(f"{path}: not a readable NumPy file ({first_line(err)})") from None
     if isinstance(data, np.ndarray):
         return data, None
     with data:

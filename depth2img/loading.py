@@ -14,7 +14,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import ModelLoadError
+from .errors import ModelLoadError, first_line
 from .registry import ModelRef
 
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -138,9 +138,8 @@ def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_pattern
     except (RepositoryNotFoundError, RevisionNotFoundError):
         raise ModelLoadError(f"model {ref.label}: no such repository or revision on the hub") from None
     except (HfHubHTTPError, OSError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise ModelLoadError(
-            f"model {ref.label} could not be downloaded ({first}); {_how_to_provide(ref)}"
+            f"model {ref.label} could not be downloaded ({first_line(err)}); {_how_to_provide(ref)}"
         ) from None
 
 
@@ -167,8 +166,3 @@ def require_safetensors(path: Path, ref: ModelRef) -> None:
         f"model {ref.name!r} at {path} has {what}; depth2img loads .safetensors weights only "
         f"(convert them with safetensors' `save_file`, or set {ALLOW_PICKLE_ENV}=1 if you trust the file)"
     )
-
-
-def first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -34,9 +34,8 @@ def read_png_metadata(path) -> dict:
         return json.loads(img.info[METADATA_KEY])
 
 
-def append_manifest(out_dir, records: list[dict]) -> None:
-    """Append one JSON line per record and flush them to disk."""
-    path = Path(out_dir) / MANIFEST
+def append_manifest(path, records: list[dict]) -> None:
+    """Append one JSON line per record to the manifest file ``path`` and flush them to disk."""
     with open(path, "a", encoding="utf-8") as fh:
         for rec in records:
             fh.write(json.dumps(rec, sort_keys=True) + "\n")
@@ -70,5 +69,5 @@ def write_transform_result(
         for p in written:
             p.unlink(missing_ok=True)
         raise
-    append_manifest(out_dir, records)
+    append_manifest(out_dir / MANIFEST, records)
     return records

@@ -9,10 +9,11 @@ from pathlib import Path
 import yaml
 
 from .errors import InputError
+from .knobs import DEFAULT_KNOBS
 from .registry import configs_dir
 
 PRESET_ENV = "DEPTH2IMG_PRESETS"
-KNOBS = ("steps", "strength", "guidance_scale", "control_scale", "control_start", "control_end")
+KNOBS = tuple(DEFAULT_KNOBS)
 _KEYS = {"group", "prompt", "negative", "knobs"}
 
 

@@ -143,6 +143,11 @@ def _resolve(name: str | os.PathLike, section: str) -> ModelRef:
     )
 
 
+def default_estimator_for(model: str | os.PathLike | None) -> str:
+    """The estimator a backbone uses unless told otherwise: tiny backbones get the tiny estimator."""
+    return "tiny" if str(model or "").startswith("tiny") else load_registry()["default_estimator"]
+
+
 def resolve_estimator(name: str | os.PathLike | None) -> ModelRef:
     return _resolve(name, "estimators")
 

@@ -16,13 +16,10 @@ from .errors import InputError
 class Service:
     def __init__(self, *, model=None, estimator=None, device=None, dtype=None, local_files_only: bool = False,
                  preset_files=(), lora: str | None = None, lora_scale: float = 1.0):  # fmt: skip
-        from .registry import load_registry
+        from .registry import default_estimator_for, load_registry
 
-        reg = load_registry()
-        self.default_model = model or reg["default_backbone"]
-        self.default_estimator = estimator or (
-            "tiny" if str(self.default_model).startswith("tiny") else reg["default_estimator"]
-        )
+        self.default_model = model or load_registry()["default_backbone"]
+        self.default_estimator = estimator or default_estimator_for(self.default_model)
         self.device, self.dtype, self.local_files_only = device, dtype, local_files_only
         self.preset_files = tuple(preset_files)
         self.lora, self.lora_scale = lora, lora_scale

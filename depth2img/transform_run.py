@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from .depth_run import RunReport, _stems
-from .errors import Depth2ImgError, InputError
+from .errors import Depth2ImgError, Depth2ImgWarning, InputError
 from .io import load_image
 from .outputs import write_transform_result
 
@@ -53,16 +53,15 @@ def run_transform(
     for i, path in enumerate(bar):
         try:
             image = load_image(path)
-            with warnings.catch_warnings(record=True) as caught:
-                warnings.simplefilter("always")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Depth2ImgWarning)  # forwarded below from result.warnings
                 result = st.transform(
                     image, prompt, preset=preset, negative_prompt=negative_prompt,
                     depth=depth[i] if depth is not None else None, depth_polarity=depth_polarity,
                     seed=seed, num_images=num_images, scheduler=scheduler, progress=progress, **(knobs or {}),
                 )  # fmt: skip
-            if on_warning:
-                for w in dict.fromkeys(str(c.message) for c in caught if "truncated" in str(c.message)):
-                    on_warning(f"{path}: {w}")
+            for note in result.warnings if on_warning else ():
+                on_warning(f"{path}: {note}")
             records = write_transform_result(result, out_dir, stems[i], source=str(path))
             report.done.append(path)
             report.written += [out_dir / r["output"] for r in records]

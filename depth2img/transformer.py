@@ -16,16 +16,12 @@ import numpy as np
 
 from . import presets as presets_mod
 from .depthmap import DepthMap
-from .errors import InputError, OutOfMemory
+from .errors import Depth2ImgWarning, InputError, OutOfMemory
+from .knobs import CONTROL_KNOBS, DEFAULT_KNOBS, check_knobs, check_num_images, check_seed
 from .loading import resolve_device, resolve_dtype
-from .registry import resolve_backbone
+from .registry import default_estimator_for, resolve_backbone
 
-DEFAULT_KNOBS = {"steps": 30, "strength": 0.8, "guidance_scale": 7.5, "control_scale": 1.0,
-                 "control_start": 0.0, "control_end": 1.0}  # fmt: skip
-CONTROL_KNOBS = ("control_scale", "control_start", "control_end")
 FLUX_GUIDANCE = 10.0  # FLUX.1-Depth-dev's model card uses guidance_scale 10
-MAX_STEPS = 1000
-MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 
 
 @dataclass
@@ -60,33 +56,6 @@ def _versions() -> dict:
 
     return {"depth2img": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
             "transformers": transformers.__version__}  # fmt: skip
-
-
-def check_knobs(knobs: dict) -> None:
-    """One ValueError-style InputError per bad knob, naming it and the value received."""
-    steps = knobs["steps"]
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-        raise InputError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
-    s = knobs["strength"]
-    if not isinstance(s, (int, float)) or not 0.0 < s <= 1.0:
-        raise InputError(f"strength must be in (0, 1], got {s!r}")
-    g = knobs["guidance_scale"]
-    if not isinstance(g, (int, float)) or not 0.0 <= g <= 50.0 or not math.isfinite(g):
-        raise InputError(f"guidance_scale must be in [0, 50], got {g!r}")
-    c = knobs["control_scale"]
-    if not isinstance(c, (int, float)) or not 0.0 <= c <= 5.0:
-        raise InputError(f"control_scale must be in [0, 5], got {c!r}")
-    a, b = knobs["control_start"], knobs["control_end"]
-    if not (isinstance(a, (int, float)) and isinstance(b, (int, float)) and 0.0 <= a < b <= 1.0):
-        raise InputError(
-            f"control_start and control_end must satisfy 0 <= start < end <= 1, got {a!r} and {b!r}"
-        )
-
-
-def check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MAX_SEED:
-        raise InputError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
-    return int(seed)
 
 
 class SceneTransformer:
@@ -137,8 +106,8 @@ class SceneTransformer:
         if native_size is None:
             tiny = ref.name.startswith("tiny")
             native_size = TINY_NATIVE_SIZE if tiny else (ref.entry.native_size if ref.entry else 512)
-        if estimator is None and ref.name.startswith("tiny"):
-            estimator = "tiny"
+        if estimator is None:
+            estimator = default_estimator_for(ref.name)
         st = cls(backend, estimator=estimator, device=device, dtype=dtype, native_size=native_size,
                  name=ref.name, local_files_only=local_files_only, preset_files=preset_files)  # fmt: skip
         st.default_knobs.update(lora_knobs)
@@ -181,8 +150,7 @@ class SceneTransformer:
                   seed=None, num_images: int = 1, steps: int | None = None, strength: float | None = None,
                   guidance_scale: float | None = None, control_scale: float | None = None,
                   control_start: float | None = None, control_end: float | None = None,
-                  scheduler: str | None = None, progress: bool = False, skip_controlnet: bool = True,
-                  extra_metadata: dict | None = None) -> TransformResult:  # fmt: skip
+                  scheduler: str | None = None, progress: bool = False, skip_controlnet: bool = True) -> TransformResult:  # fmt: skip
         """Transform ``image`` (PIL) by ``prompt`` and/or ``preset`` (``winter+night``), conditioned on its depth.
 
         ``seed`` is an int (images use seed, seed+1, ...), a list of ints (one per image) or None (random,
@@ -231,8 +199,7 @@ class SceneTransformer:
                 f"steps x strength must leave at least one denoising step: steps={knobs['steps']} and "
                 f"strength={knobs['strength']} leave {int(knobs['steps'] * knobs['strength'])}; raise either"
             )
-        if isinstance(num_images, bool) or not isinstance(num_images, int) or not 1 <= num_images <= 64:
-            raise InputError(f"num_images must be an integer in 1..64, got {num_images!r}")
+        check_num_images(num_images)
         if seed is None:
             seeds = [secrets.randbelow(2**31)]
             seeds += [seeds[0] + i for i in range(1, num_images)]
@@ -249,7 +216,7 @@ class SceneTransformer:
         if negative:
             notes += self._prompt_warnings(negative, "negative prompt")
         for note in notes:
-            warnings.warn(note, stacklevel=2)
+            warnings.warn(note, Depth2ImgWarning, stacklevel=2)
 
         # 2. Depth at the input size, then conditioning at generation size
         started = time.perf_counter()
@@ -298,7 +265,7 @@ class SceneTransformer:
                          "licence": b.ref.entry.licence if b.ref.entry else None},
             "depth": {"source": depth_map.source, "kind": depth_map.kind},
             "input_size": [width, height], "generation_size": [gen_w, gen_h], "dtype": str(self.dtype).replace("torch.", ""),
-            "versions": _versions(), "warnings": notes, **(extra_metadata or {}),
+            "versions": _versions(), "warnings": notes,
         }  # fmt: skip
         metadata = [{**common, "seed": s, "index": i} for i, s in enumerate(seeds)]
         timings = {"diffusion_s": diffusion_s, "total_s": time.perf_counter() - started}

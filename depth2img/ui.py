@@ -16,7 +16,7 @@ from pathlib import Path
 from .errors import Depth2ImgError
 
 MAX_SEED = 2**31 - 1
-DEPTH_FILE_TYPES = [".png", ".tif", ".tiff", ".npy", ".npz"]
+from .io import DEPTH_SUFFIXES as DEPTH_FILE_TYPES  # noqa: E402  (the app's depth upload takes what io reads)
 
 
 def _friendly(fn):
@@ -100,10 +100,10 @@ def _knobs(steps, strength, guidance, control_scale, control_start, control_end,
     control = dict(
         control_scale=float(control_scale), control_start=float(control_start), control_end=float(control_end)
     )
-    from .transformer import CONTROL_KNOBS, DEFAULT_KNOBS
+    from .knobs import DEFAULT_KNOBS
 
     # Only send control knobs that differ from the defaults, so backbones without them (sd2, flux) still run.
-    knobs.update({k: v for k, v in control.items() if k in CONTROL_KNOBS and v != DEFAULT_KNOBS[k]})
+    knobs.update({k: v for k, v in control.items() if v != DEFAULT_KNOBS[k]})
     return knobs
 
 
@@ -199,9 +199,9 @@ def create_demo(service):
     import gradio as gr
 
     from .backends import SCHEDULERS
+    from .knobs import DEFAULT_KNOBS
     from .presets import load_presets
     from .registry import estimators
-    from .transformer import DEFAULT_KNOBS
 
     presets = load_presets(service.preset_files)
 
@@ -233,7 +233,7 @@ def create_demo(service):
                         est_choices, value=service.default_estimator, label="Depth estimator"
                     )
                     depth_file = gr.File(label="…or your own depth file (16-bit PNG, .npy, .npz, float TIFF)",
-                                         file_types=DEPTH_FILE_TYPES, type="filepath")  # fmt: skip
+                                         file_types=list(DEPTH_FILE_TYPES), type="filepath")  # fmt: skip
                     polarity = gr.Radio(["", "near-bright", "far-bright", "metric"], value="",
                                         label="Depth file polarity (leave empty if the file records it)")  # fmt: skip
                     depth_btn = gr.Button("Preview depth", size="sm")

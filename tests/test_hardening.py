@@ -181,7 +181,8 @@ def test_hostile_depth_files_on_transform_cli(tmp_path, photos_dir, capsys, make
         (["--prompt", "x", "--seed", "-1"], "seed must be an integer in 0..2**63-1, got -1"),
         (["--prompt", "x", "--seed", str(2**70)], "got 1180591620717411303424"),
         (["--prompt", "x", "--control-scale", "99"], "control_scale must be in [0, 5], got 99.0"),
-        (["--prompt", "x", "--num-images", "0"], "--num-images must be >= 1, got 0"),
+        (["--prompt", "x", "--num-images", "0"], "num_images must be an integer in 1..64, got 0"),
+        (["--prompt", "x", "--num-images", "100"], "num_images must be an integer in 1..64, got 100"),
     ],
 )
 def test_absurd_knobs(tmp_path, photos_dir, capsys, args, problem):

@@ -1,0 +1,49 @@
+"""The generation knobs: their defaults and their checks, in one place for the API, CLI, app and job files."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .errors import InputError
+
+DEFAULT_KNOBS = {"steps": 30, "strength": 0.8, "guidance_scale": 7.5, "control_scale": 1.0,
+                 "control_start": 0.0, "control_end": 1.0}  # fmt: skip
+CONTROL_KNOBS = ("control_scale", "control_start", "control_end")
+MAX_STEPS = 1000
+MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
+MAX_IMAGES = 64  # images per transform call
+
+
+def check_knobs(knobs: dict) -> None:
+    """One InputError per bad knob, naming it and the value received."""
+    steps = knobs["steps"]
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise InputError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
+    s = knobs["strength"]
+    if not isinstance(s, (int, float)) or not 0.0 < s <= 1.0:
+        raise InputError(f"strength must be in (0, 1], got {s!r}")
+    g = knobs["guidance_scale"]
+    if not isinstance(g, (int, float)) or not 0.0 <= g <= 50.0 or not math.isfinite(g):
+        raise InputError(f"guidance_scale must be in [0, 50], got {g!r}")
+    c = knobs["control_scale"]
+    if not isinstance(c, (int, float)) or not 0.0 <= c <= 5.0:
+        raise InputError(f"control_scale must be in [0, 5], got {c!r}")
+    a, b = knobs["control_start"], knobs["control_end"]
+    if not (isinstance(a, (int, float)) and isinstance(b, (int, float)) and 0.0 <= a < b <= 1.0):
+        raise InputError(
+            f"control_start and control_end must satisfy 0 <= start < end <= 1, got {a!r} and {b!r}"
+        )
+
+
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MAX_SEED:
+        raise InputError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
+    return int(seed)
+
+
+def check_num_images(n) -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_IMAGES:
+        raise InputError(f"num_images must be an integer in 1..{MAX_IMAGES}, got {n!r}")
+    return n
