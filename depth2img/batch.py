@@ -342,7 +342,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     from tqdm.auto import tqdm
 
     from .depth_run import _stems
-    from .metrics import geometry_scores, passes
+    from .metrics import geometry_reference, geometry_scores, passes
     from .service import Service
 
     job = load_job(job) if not isinstance(job, Job) else job
@@ -435,6 +435,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                 depth_dir = root / "depth"
                 if not (depth_dir / f"{stem}_depth16.png").exists():
                     write_depth_products(depth, depth_dir, stem, ("png16", "npy"))
+                reference = geometry_reference(depth)  # once per source, for all of its outputs
                 for var in vars_:
                     want = [s for s in seeds if (p, var.name, s) in todo]
                     if not want:
@@ -457,7 +458,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                         out_depths = estimator(result.images, batch_size=job.depth_batch_size)
                         next_queue = []
                         for s, img, meta, od in zip(queue, result.images, result.metadata, out_depths):
-                            scores = geometry_scores(depth, od)
+                            scores = geometry_scores(reference, od)
                             ok = job.geometry.threshold is None or passes(
                                 scores, job.geometry.metric, job.geometry.threshold
                             )

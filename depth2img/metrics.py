@@ -8,8 +8,11 @@ of depth edges matched within a small pixel tolerance (higher is better).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
+from . import conditioning
 from .depthmap import DepthMap
 from .errors import InputError
 
@@ -21,13 +24,26 @@ EDGE_TOLERANCE_PX = 2  # an edge counts as matched within this distance
 METRICS = {"absrel": "lower", "delta1": "higher", "edge_f1": "higher"}
 
 
-def _target_disparity(depth: DepthMap) -> tuple[np.ndarray, np.ndarray]:
-    inverse, valid = depth.inverse(), depth.valid.copy()
-    if depth.kind == "metric_depth":
-        valid &= depth.values > 0
-        return inverse.astype(np.float64), valid
-    n = depth.normalized().astype(np.float64)
-    return n * (1.0 - 1.0 / RELATIVE_DEPTH_RANGE) + 1.0 / RELATIVE_DEPTH_RANGE, valid
+@dataclass
+class GeometryReference:
+    """What the check needs of a source depth, computed once and reused for all of its outputs."""
+
+    target: np.ndarray  # disparity the outputs are aligned to (float64)
+    valid: np.ndarray
+    edges: np.ndarray
+    near_edges: np.ndarray  # edges dilated by the tolerance
+    size: tuple[int, int]
+
+
+def geometry_reference(source: DepthMap, tolerance: int = EDGE_TOLERANCE_PX) -> GeometryReference:
+    inverse, valid = conditioning.to_inverse(source.values, source.kind, source.valid)
+    if source.kind == "metric_depth":
+        target = inverse  # true 1/d
+    else:
+        n = conditioning.normalize(inverse, valid).astype(np.float64)
+        target = n * (1.0 - 1.0 / RELATIVE_DEPTH_RANGE) + 1.0 / RELATIVE_DEPTH_RANGE
+    edges = _edges(conditioning.normalize(inverse, valid))
+    return GeometryReference(target, valid, edges, _dilate(edges, tolerance), source.size)
 
 
 def align_scale_shift(
@@ -49,30 +65,39 @@ def _edges(normalized: np.ndarray) -> np.ndarray:
     return np.hypot(gx, gy) > EDGE_THRESHOLD
 
 
-def edge_f1(source: np.ndarray, output: np.ndarray, tolerance: int = EDGE_TOLERANCE_PX) -> float:
-    """F1 of depth edges (from normalised inverse depths), an edge matched if within ``tolerance`` px."""
+def _dilate(edges: np.ndarray, tolerance: int) -> np.ndarray:
     import cv2
 
-    a, b = _edges(source), _edges(output)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tolerance + 1, 2 * tolerance + 1))
+    return cv2.dilate(edges.astype(np.uint8), kernel).astype(bool)
+
+
+def _f1(a: np.ndarray, near_a: np.ndarray, b: np.ndarray, tolerance: int) -> float:
     if not a.any() and not b.any():
         return 1.0
     if not a.any() or not b.any():
         return 0.0
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tolerance + 1, 2 * tolerance + 1))
-    near_a = cv2.dilate(a.astype(np.uint8), kernel).astype(bool)
-    near_b = cv2.dilate(b.astype(np.uint8), kernel).astype(bool)
     precision = (b & near_a).sum() / b.sum()
-    recall = (a & near_b).sum() / a.sum()
+    recall = (a & _dilate(b, tolerance)).sum() / a.sum()
     return 0.0 if precision + recall == 0 else float(2 * precision * recall / (precision + recall))
 
 
-def geometry_scores(source: DepthMap, output: DepthMap) -> dict:
-    """Scores of ``output`` (depth re-estimated on a generated image) against ``source``."""
-    if source.size != output.size:
-        output = output.resized(*source.size)
-    target, valid = _target_disparity(source)
-    pred = output.inverse().astype(np.float64)
-    valid &= output.valid
+def edge_f1(source: np.ndarray, output: np.ndarray, tolerance: int = EDGE_TOLERANCE_PX) -> float:
+    """F1 of depth edges (from normalised inverse depths), an edge matched if within ``tolerance`` px."""
+    a = _edges(source)
+    return _f1(a, _dilate(a, tolerance), _edges(output), tolerance)
+
+
+def geometry_scores(source: DepthMap | GeometryReference, output: DepthMap) -> dict:
+    """Scores of ``output`` (depth re-estimated on a generated image) against ``source`` (a DepthMap, or its
+    ``geometry_reference`` when one source is checked against many outputs)."""
+    ref = source if isinstance(source, GeometryReference) else geometry_reference(source)
+    if ref.size != output.size:
+        output = output.resized(*ref.size)
+    target = ref.target
+    pred_inverse, pred_valid = conditioning.to_inverse(output.values, output.kind, output.valid)
+    pred = pred_inverse
+    valid = ref.valid & pred_valid
     if valid.sum() < 2:
         raise InputError("geometry check: fewer than 2 valid pixels to compare")
     aligned, scale, shift = align_scale_shift(pred, target, valid)
@@ -83,7 +108,12 @@ def geometry_scores(source: DepthMap, output: DepthMap) -> dict:
     return {
         "absrel": float(np.mean(np.abs(d_out - d_src) / d_src)),
         "delta1": float(np.mean(ratio < 1.25)),
-        "edge_f1": edge_f1(source.normalized(), output.normalized()),
+        "edge_f1": _f1(
+            ref.edges,
+            ref.near_edges,
+            _edges(conditioning.normalize(pred_inverse, pred_valid)),
+            EDGE_TOLERANCE_PX,
+        ),
         "scale": scale,
         "shift": shift,
     }
