@@ -6,11 +6,14 @@ asked for), and runs one job at a time on its device. All work is done by the Py
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from pathlib import Path
 
 from .depthmap import DepthMap
 from .errors import InputError
+
+DEPTH_CACHE_SIZE = 8  # depth maps kept for photos seen recently
 
 
 class Service:
@@ -24,6 +27,7 @@ class Service:
         self.preset_files = tuple(preset_files)
         self.lora, self.lora_scale = lora, lora_scale
         self._estimators: dict = {}
+        self._depths: dict = {}  # (estimator, size, image hash) -> DepthMap, oldest first
         self._transformer = None
         self._lock = threading.RLock()  # one job at a time on the device
 
@@ -69,9 +73,15 @@ class Service:
             raise InputError("upload a photo first")
         if depth_file:
             return depth_for_image(depth_file, image.size, polarity or None)
+        # The page asks for the same photo's depth on upload, on Generate and on Variations: estimate it once.
+        key = (estimator or self.default_estimator, image.size, hashlib.sha1(image.tobytes()).hexdigest())
         est = self.estimator(estimator, progress)
         with self._lock:
-            return est(image)
+            if key not in self._depths:
+                if len(self._depths) >= DEPTH_CACHE_SIZE:
+                    self._depths.pop(next(iter(self._depths)))
+                self._depths[key] = est(image)
+            return self._depths[key]
 
     def transform(self, image, *, model: str | None = None, estimator: str | None = None, depth_file=None,
                   polarity: str | None = None, progress=None, **kwargs):  # fmt: skip

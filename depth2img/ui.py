@@ -161,8 +161,9 @@ def handle_variations(service, image_path, model, estimator, depth_file, polarit
     )  # fmt: skip
     out = _workdir()
     gallery = []
-    for row in rows:
-        records = write_transform_result(row, out, Path(image_path).stem, source=Path(image_path).name)
+    for i, row in enumerate(rows):  # one depth for all rows: write its products once
+        records = write_transform_result(row, out, Path(image_path).stem, source=Path(image_path).name,
+                                         depth_formats=("png16", "preview") if i == 0 else ())  # fmt: skip
         gallery += [
             (str(out / r["output"]), f"{r['preset'] or 'prompt'} / seed {r['seed']}") for r in records
         ]

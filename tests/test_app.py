@@ -226,3 +226,15 @@ def test_auth_and_upload_limit(tmp_path, photo):
             client.predict(handle_file(str(big)), "tiny", None, "", api_name="/depth")
     finally:
         demo.close()
+
+
+def test_service_estimates_a_photos_depth_once(chelsea):
+    svc = Service(model="tiny")
+    est = svc.estimator("tiny")
+    calls = []
+    svc._estimators["tiny"] = lambda img, **k: calls.append(1) or est(img, **k)
+    a = svc.depth(chelsea, estimator="tiny")
+    b = svc.depth(chelsea.copy(), estimator="tiny")  # same pixels, another object
+    assert len(calls) == 1 and a is b
+    svc.depth(chelsea.transpose(0), estimator="tiny")  # other pixels
+    assert len(calls) == 2
