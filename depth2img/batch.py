@@ -358,7 +358,13 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     root = job.path(job.output)
     image_dir = root / LAYOUTS[job.layout]
     manifest = root / ("manifest.jsonl" if world == 1 else f"manifest.rank{rank}.jsonl")
-    if not resume and any(root.glob("manifest*.jsonl")):  # before anything of the earlier run is touched
+    earlier_run = any(root.glob("manifest*.jsonl"))
+    if rank == 0 and root.is_dir():
+        for stale in root.rglob(".*.part*"):  # temp files of a killed run
+            stale.unlink(missing_ok=True)
+    finished = {r["item"] for m in root.glob("manifest*.jsonl") for r in read_manifest(m) if r.get("final")}
+    barrier()  # every process has read the manifests, and stale files are gone, before any process writes
+    if not resume and earlier_run:  # before anything of the earlier run is touched
         raise InputError(
             f"output directory {root} already holds a run; pass --resume to continue it, or choose another"
         )
@@ -369,10 +375,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                 tmp.write_text(yaml.safe_dump(_resolved(job), sort_keys=False))
     except OSError as err:
         raise InputError(f"output directory {root}: cannot be written ({err.strerror or err})") from None
-    for stale in root.rglob(".*.part*"):  # temp files of a killed run
-        stale.unlink(missing_ok=True)
 
-    finished = {r["item"] for m in root.glob("manifest*.jsonl") for r in read_manifest(m) if r.get("final")}
     paths, problems = job_inputs(job)
     for p in problems:
         fail(p)

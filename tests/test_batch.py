@@ -268,7 +268,9 @@ def test_two_processes_equal_one(dataset, tmp_path, tiny_dir):
     torchrun = Path(sys.executable).with_name("torchrun")
     res = subprocess.run([str(torchrun), "--nproc_per_node", "2", "--master_port", "29533", "-m", "depth2img", "batch",
                           str(multi), "-q"], env=env, capture_output=True, text=True, timeout=300)  # fmt: skip
-    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.returncode == 0, [
+        line for line in res.stderr.splitlines() if "depth2img" in line
+    ] or res.stderr[-2000:]
     res = subprocess.run([sys.executable, "-m", "depth2img", "batch", str(single), "-q"], env=env, capture_output=True,
                          text=True, timeout=300)  # same thread settings as the two-process run  # fmt: skip
     assert res.returncode == 0, res.stderr[-2000:]
