@@ -135,7 +135,7 @@ class Job:
         """Knob values, scheduler and preset names are checked here, before any model loads."""
         from . import presets as presets_mod
         from .backends import SCHEDULERS
-        from .knobs import DEFAULT_KNOBS, check_knobs
+        from .knobs import check_knobs
 
         try:
             check_knobs({**DEFAULT_KNOBS, **{k: v for k, v in self.knobs.items() if k in DEFAULT_KNOBS}})

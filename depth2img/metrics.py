@@ -33,17 +33,19 @@ class GeometryReference:
     edges: np.ndarray
     near_edges: np.ndarray  # edges dilated by the tolerance
     size: tuple[int, int]
+    tolerance: int  # px within which an output edge matches
 
 
 def geometry_reference(source: DepthMap, tolerance: int = EDGE_TOLERANCE_PX) -> GeometryReference:
     inverse, valid = conditioning.to_inverse(source.values, source.kind, source.valid)
+    normalized = conditioning.normalize(inverse, valid)
     if source.kind == "metric_depth":
         target = inverse  # true 1/d
     else:
-        n = conditioning.normalize(inverse, valid).astype(np.float64)
+        n = normalized.astype(np.float64)
         target = n * (1.0 - 1.0 / RELATIVE_DEPTH_RANGE) + 1.0 / RELATIVE_DEPTH_RANGE
-    edges = _edges(conditioning.normalize(inverse, valid))
-    return GeometryReference(target, valid, edges, _dilate(edges, tolerance), source.size)
+    edges = _edges(normalized)
+    return GeometryReference(target, valid, edges, _dilate(edges, tolerance), source.size, tolerance)
 
 
 def align_scale_shift(
@@ -95,8 +97,7 @@ def geometry_scores(source: DepthMap | GeometryReference, output: DepthMap) -> d
     if ref.size != output.size:
         output = output.resized(*ref.size)
     target = ref.target
-    pred_inverse, pred_valid = conditioning.to_inverse(output.values, output.kind, output.valid)
-    pred = pred_inverse
+    pred, pred_valid = conditioning.to_inverse(output.values, output.kind, output.valid)
     valid = ref.valid & pred_valid
     if valid.sum() < 2:
         raise InputError("geometry check: fewer than 2 valid pixels to compare")
@@ -109,10 +110,7 @@ def geometry_scores(source: DepthMap | GeometryReference, output: DepthMap) -> d
         "absrel": float(np.mean(np.abs(d_out - d_src) / d_src)),
         "delta1": float(np.mean(ratio < 1.25)),
         "edge_f1": _f1(
-            ref.edges,
-            ref.near_edges,
-            _edges(conditioning.normalize(pred_inverse, pred_valid)),
-            EDGE_TOLERANCE_PX,
+            ref.edges, ref.near_edges, _edges(conditioning.normalize(pred, pred_valid)), ref.tolerance
         ),
         "scale": scale,
         "shift": shift,

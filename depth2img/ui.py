@@ -14,9 +14,9 @@ import tempfile
 from pathlib import Path
 
 from .errors import Depth2ImgError
+from .io import DEPTH_SUFFIXES
 
 MAX_SEED = 2**31 - 1
-from .io import DEPTH_SUFFIXES as DEPTH_FILE_TYPES  # noqa: E402  (the app's depth upload takes what io reads)
 
 
 def _friendly(fn):
@@ -234,7 +234,7 @@ def create_demo(service):
                         est_choices, value=service.default_estimator, label="Depth estimator"
                     )
                     depth_file = gr.File(label="…or your own depth file (16-bit PNG, .npy, .npz, float TIFF)",
-                                         file_types=list(DEPTH_FILE_TYPES), type="filepath")  # fmt: skip
+                                         file_types=list(DEPTH_SUFFIXES), type="filepath")  # fmt: skip
                     polarity = gr.Radio(["", "near-bright", "far-bright", "metric"], value="",
                                         label="Depth file polarity (leave empty if the file records it)")  # fmt: skip
                     depth_btn = gr.Button("Preview depth", size="sm")
