@@ -19,6 +19,12 @@ _LAZY = {
     "Depth2ImgError": ".errors",
     "InputError": ".errors",
     "ModelLoadError": ".errors",
+    "OutOfMemory": ".errors",
+    "SceneTransformer": ".transformer",
+    "TransformResult": ".transformer",
+    "run_transform": ".transform_run",
+    "load_job": ".batch",
+    "run_job": ".batch",
 }
 
 __all__ = sorted(_LAZY) + ["__version__"]

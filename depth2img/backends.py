@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, ModelLoadError, first_line
+from .featurecache import swapped_forward, unet_feature_cache
 from .knobs import CONTROL_KNOBS
 from .loading import (
     LORA_FILES,
@@ -67,20 +68,19 @@ def skip_inactive_controlnet(controlnet, counter: ControlNetCallCounter | None =
     The UNet adds nothing when the residuals are None, so the result is the same as adding diffusers'
     zero-scaled residuals, without the ControlNet's compute on those steps.
     """
-    original = controlnet.forward
 
-    def forward(*args, conditioning_scale=1.0, guess_mode=False, **kwargs):
-        if enabled and not guess_mode and conditioning_scale == 0:
-            return None, None
-        if counter is not None:
-            counter.calls += 1
-        return original(*args, conditioning_scale=conditioning_scale, guess_mode=guess_mode, **kwargs)
+    def make(original):
+        def forward(*args, conditioning_scale=1.0, guess_mode=False, **kwargs):
+            if enabled and not guess_mode and conditioning_scale == 0:
+                return None, None
+            if counter is not None:
+                counter.calls += 1
+            return original(*args, conditioning_scale=conditioning_scale, guess_mode=guess_mode, **kwargs)
 
-    controlnet.forward = forward
-    try:
+        return forward
+
+    with swapped_forward(controlnet, make):
         yield
-    finally:
-        del controlnet.forward  # the instance attribute goes; the class's forward is back
 
 
 def _model_index(path: Path) -> dict:
@@ -107,6 +107,7 @@ class Backend:
     img2img_class = ""
     supports_txt2img = True
     has_controlnet = True
+    has_unet = True  # UNet backbones take feature_cache
     takes_negative_prompt = True
     default_scheduler = "unipc"
     CONTROL_KNOBS: tuple[str, ...] = CONTROL_KNOBS
@@ -129,6 +130,7 @@ class Backend:
         self.scheduler_name = None
         self._schedulers = {}
         self.controlnet_counter = ControlNetCallCounter()
+        self.cache_calls = None  # the last call's UNet / deep-block call counts (feature cache)
         self.speed_lora = None
         self.verify()
 
@@ -327,7 +329,13 @@ class Backend:
             if controlnet is not None
             else contextlib.nullcontext()
         )
-        with guard:
+        # The cache wraps the skipping: a cached ControlNet step is neither run nor counted.
+        cache = (
+            unet_feature_cache(pipe.unet, knobs.get("feature_cache", 1), controlnet)
+            if self.has_unet
+            else contextlib.nullcontext()
+        )
+        with guard, cache as self.cache_calls:
             out = pipe(
                 prompt=prompt, num_images_per_prompt=len(generators), generator=generators,
                 num_inference_steps=knobs["steps"], guidance_scale=knobs["guidance_scale"],
@@ -421,6 +429,7 @@ class SD2DepthBackend(Backend):
 class FluxBackend(Backend):
     kind = "flux-control"
     txt2img_class = "FluxControlPipeline"
+    has_unet = False
     img2img_class = "FluxControlImg2ImgPipeline"
     has_controlnet = False
     takes_negative_prompt = False  # FluxControlPipeline uses distilled guidance, no negative prompt

@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--control-start", type=float, help="fraction of steps before the ControlNet starts (default 0)"
     )
     p.add_argument("--control-end", type=float, help="fraction of steps after which it stops (default 1)")
+    p.add_argument("--feature-cache", type=int, metavar="N",
+                   help="speed for quality: run the UNet's deep blocks (and the ControlNet) on every N-th step only, "
+                        "reusing their features in between (DeepCache-like; UNet backbones; default 1 = off)")  # fmt: skip
     p.add_argument(
         "--scheduler", help="unipc, ddim, pndm, euler, euler-a, dpm++, dpm++-karras, lms (Flux: flow-euler)"
     )
@@ -230,7 +233,8 @@ def _cmd_models(args) -> int:
             default = " (default)" if name == reg.get("default_" + section[:-1]) else ""
             use = "commercial use ok" if e.commercial else "NON-COMMERCIAL"
             what = e.output or e.pipeline or f"for {e.for_pipeline}, scheduler {e.scheduler}"
-            print(f"  {name:<26} {e.id:<46} {e.licence:<26} {use:<18} {what}{default}")
+            pinned = f"{e.id}@{e.revision[:7]}"  # the pinned hub commit (full SHA in configs/models.yaml)
+            print(f"  {name:<26} {pinned:<54} {e.licence:<26} {use:<18} {what}{default}")
     return 0
 
 
@@ -259,7 +263,7 @@ def _cmd_transform(args) -> int:
     resolve(args.prompt, args.preset, load_presets(args.presets_file))
     knobs = {"steps": args.steps, "strength": args.strength, "guidance_scale": args.guidance,
              "control_scale": args.control_scale, "control_start": args.control_start,
-             "control_end": args.control_end}  # fmt: skip
+             "control_end": args.control_end, "feature_cache": args.feature_cache}  # fmt: skip
     check_knobs({**DEFAULT_KNOBS, **{k: v for k, v in knobs.items() if v is not None}})
     if args.seed is not None:
         check_seed(args.seed)

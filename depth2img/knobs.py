@@ -9,11 +9,12 @@ import numpy as np
 from .errors import InputError
 
 DEFAULT_KNOBS = {"steps": 30, "strength": 0.8, "guidance_scale": 7.5, "control_scale": 1.0,
-                 "control_start": 0.0, "control_end": 1.0}  # fmt: skip
+                 "control_start": 0.0, "control_end": 1.0, "feature_cache": 1}  # fmt: skip
 CONTROL_KNOBS = ("control_scale", "control_start", "control_end")
 MAX_STEPS = 1000
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 MAX_IMAGES = 64  # images per transform call
+MAX_CACHE_INTERVAL = 10
 
 
 def check_knobs(knobs: dict) -> None:
@@ -35,6 +36,9 @@ def check_knobs(knobs: dict) -> None:
         raise InputError(
             f"control_start and control_end must satisfy 0 <= start < end <= 1, got {a!r} and {b!r}"
         )
+    n = knobs["feature_cache"]
+    if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CACHE_INTERVAL:
+        raise InputError(f"feature_cache must be an integer in 1..{MAX_CACHE_INTERVAL} (1 = off), got {n!r}")
 
 
 def check_seed(seed) -> int:

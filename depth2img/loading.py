@@ -79,8 +79,9 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
 
 
 def _how_to_provide(ref: ModelRef) -> str:
+    pin = f" --revision {ref.revision}" if ref.revision and ref.revision != "main" else ""
     return (
-        f"on a connected machine run `hf download {ref.location}` (it fills the cache), "
+        f"on a connected machine run `hf download {ref.location}{pin}` (it fills the cache), "
         "or pass a local directory that holds the model"
     )
 

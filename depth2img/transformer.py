@@ -150,11 +150,13 @@ class SceneTransformer:
                   seed=None, num_images: int = 1, steps: int | None = None, strength: float | None = None,
                   guidance_scale: float | None = None, control_scale: float | None = None,
                   control_start: float | None = None, control_end: float | None = None,
-                  scheduler: str | None = None, progress: bool = False, skip_controlnet: bool = True) -> TransformResult:  # fmt: skip
+                  feature_cache: int | None = None, scheduler: str | None = None, progress: bool = False, skip_controlnet: bool = True) -> TransformResult:  # fmt: skip
         """Transform ``image`` (PIL) by ``prompt`` and/or ``preset`` (``winter+night``), conditioned on its depth.
 
         ``seed`` is an int (images use seed, seed+1, ...), a list of ints (one per image) or None (random,
         recorded). ``strength`` 1.0 generates from the depth alone (txt2img); below 1 starts from the photo.
+        ``feature_cache`` N > 1 reuses the UNet's deep features on all but every N-th step (faster, not the same
+        image: a quality trade, see ``depth2img.featurecache``).
         """
         from PIL import Image
 
@@ -177,7 +179,8 @@ class SceneTransformer:
         knobs = dict(self.default_knobs)
         knobs.update(preset_knobs)
         given = {"steps": steps, "strength": strength, "guidance_scale": guidance_scale,
-                 "control_scale": control_scale, "control_start": control_start, "control_end": control_end}  # fmt: skip
+                 "control_scale": control_scale, "control_start": control_start, "control_end": control_end,
+                 "feature_cache": feature_cache}  # fmt: skip
         knobs.update({k: v for k, v in given.items() if v is not None})
         check_knobs(knobs)
         foreign = [k for k in CONTROL_KNOBS if given[k] is not None and k not in self.backend.control_knobs]
@@ -190,6 +193,13 @@ class SceneTransformer:
             raise InputError(
                 f"{', '.join(foreign)}: backbone {self.name!r} ({self.backend.kind}) has no such knob{hint}"
             )
+        if knobs["feature_cache"] > 1 and not self.backend.has_unet:
+            if feature_cache is not None:
+                raise InputError(
+                    f"feature_cache: backbone {self.name!r} ({self.backend.kind}) has no UNet to cache; "
+                    "it works with sd15-depth, sd2-depth and sdxl-depth"
+                )
+            knobs["feature_cache"] = 1  # from a preset: does not apply here
         for k in CONTROL_KNOBS:
             if k not in self.backend.control_knobs:
                 knobs[k] = DEFAULT_KNOBS[k]  # a preset's control knob does not apply here either

@@ -112,6 +112,7 @@ def test_model_and_argument_errors_are_one_line(tmp_path, photos_dir, capsys):
 def test_models_and_tiny_model_commands(tmp_path, capsys):
     code, out, _ = run(capsys, "models")
     assert code == 0 and "depth-anything-v2-large" in out and "NON-COMMERCIAL" in out
+    assert "depth-anything/Depth-Anything-V2-Small-hf@5426e4f " in out  # the pinned commit is shown
     code, out, _ = run(capsys, "tiny-model", tmp_path)
     assert code == 0 and (tmp_path / "zoedepth" / "model.safetensors").is_file()
 

@@ -1,5 +1,7 @@
 """Estimators through the project's own loader, against transformers' own depth pipeline."""
 
+import re
+import shutil
 import time
 
 import numpy as np
@@ -96,6 +98,46 @@ def test_tiny_is_built_on_first_use(tmp_path, monkeypatch):
     est = DepthEstimator.from_pretrained("tiny/dpt-hybrid")
     assert (tmp_path / "fresh" / "dpt" / "model.safetensors").is_file()
     assert est.kind == "relative_inverse_depth"
+
+
+def _pins():
+    from depth2img import registry
+
+    entries = {**registry.estimators(), **registry.backbones(), **registry.loras()}
+    for name, entry in entries.items():
+        yield name, entry.id, entry.revision
+        companion = entry.controlnet or entry.lora
+        if companion:
+            yield name, companion, entry.companion_revision
+
+
+def test_every_registry_revision_is_a_pinned_commit():
+    pins = list(_pins())
+    assert len(pins) == 16  # 5 estimators, 5 backbones (+3 companion repos), 3 few-step LoRAs
+    for name, repo, revision in pins:
+        assert re.fullmatch(r"[0-9a-f]{40}", revision), (name, repo, revision)
+
+
+def test_pinned_revision_loads_from_the_hub_cache_offline(tmp_path, tiny_dir, monkeypatch):
+    """The real path: registry name -> hub id at its pinned SHA -> the local HF cache -> loaded (offline)."""
+    from huggingface_hub import constants
+
+    from depth2img import registry
+
+    sha = registry.estimators()["depth-anything-v2-small"].revision
+    repo = tmp_path / "hub" / "models--depth-anything--Depth-Anything-V2-Small-hf"
+    shutil.copytree(tiny_dir / "depth-anything", repo / "snapshots" / sha)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    est = DepthEstimator.from_pretrained("depth-anything-v2-small")
+    assert est(Image.new("RGB", (40, 30))).values.shape == (30, 40)
+    # another commit in the cache (say main moved on) is not the pinned one: refused, with the command that fixes it
+    (repo / "snapshots" / sha).rename(repo / "snapshots" / ("0" * 40))
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0" * 40)
+    with pytest.raises(
+        ModelLoadError, match=f"hf download depth-anything/Depth-Anything-V2-Small-hf --revision {sha}"
+    ):
+        DepthEstimator.from_pretrained("depth-anything-v2-small")
 
 
 def test_registry_entries_are_complete_and_revisions_travel(tmp_path, monkeypatch):
