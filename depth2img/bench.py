@@ -38,7 +38,7 @@ def build(name: str, device="cpu", dtype=None):
             from diffusers import ControlNetModel
 
             model = ControlNetModel.from_config(cfg)
-        elif name == "sd_vae":
+        elif name.endswith("_vae"):
             from diffusers import AutoencoderKL
 
             model = AutoencoderKL.from_config(cfg)
@@ -46,6 +46,10 @@ def build(name: str, device="cpu", dtype=None):
             from transformers import CLIPTextConfig, CLIPTextModel
 
             model = CLIPTextModel(CLIPTextConfig(**cfg))
+        elif name == "clip_g_text":
+            from transformers import CLIPTextConfig, CLIPTextModelWithProjection
+
+            model = CLIPTextModelWithProjection(CLIPTextConfig(**cfg))
         elif name.startswith("depth_anything"):
             from transformers import DepthAnythingConfig, DepthAnythingForDepthEstimation, Dinov2Config
 
@@ -69,25 +73,74 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _sd15_components(preset: str, device, dtype):
-    from diffusers import ControlNetModel, UniPCMultistepScheduler
+BACKBONES = {  # bench name -> (registry tiny entry, diffusers pipeline, depth2img backend, full-size configs)
+    "sd15": ("tiny/sd15-depth", "StableDiffusionControlNetPipeline", "SD15Backend",
+             {"unet": "sd15_unet", "controlnet": "sd15_controlnet", "vae": "sd_vae", "text_encoder": "clip_l_text"}),
+    "sdxl": ("tiny/sdxl-depth", "StableDiffusionXLControlNetPipeline", "SDXLBackend",
+             {"unet": "sdxl_unet", "controlnet": "sdxl_controlnet", "vae": "sdxl_vae", "text_encoder": "clip_l_text",
+              "text_encoder_2": "clip_g_text"}),
+}  # fmt: skip
+
+
+def _components(backbone: str, preset: str, device, dtype) -> dict:
+    """The pipeline's components: the tiny test models (through the project's loader) or full-size random weights."""
+    from diffusers import UniPCMultistepScheduler
 
     from . import tiny
 
+    tiny_name, _, _, configs = BACKBONES[backbone]
     if preset == "tiny":
-        import torch
+        from .backends import load_backend
+        from .registry import resolve_backbone
 
-        torch.manual_seed(0)
-        unet = tiny._sd_unet()
-        comps = dict(unet=unet, vae=tiny._sd_vae(), text_encoder=tiny._clip_text(),
-                     controlnet=ControlNetModel.from_unet(unet, conditioning_embedding_out_channels=(16, 32)))  # fmt: skip
+        pipe = load_backend(resolve_backbone(tiny_name), dtype=dtype).pipe
+        comps = {k: v for k, v in pipe.components.items() if k in (*configs, "tokenizer", "tokenizer_2")}
     else:
-        comps = {k: build(n, device) for k, n in (("unet", "sd15_unet"), ("controlnet", "sd15_controlnet"),
-                                                   ("vae", "sd_vae"), ("text_encoder", "clip_l_text"))}  # fmt: skip
-    comps = {k: v.to(device=device, dtype=dtype).eval() for k, v in comps.items()}
-    # The scheduler diffusers' ControlNet docs use; the SD1.5 repo's own scheduler config.
-    scheduler = UniPCMultistepScheduler.from_config(tiny._sd_scheduler().config)
-    return dict(**comps, tokenizer=tiny.clip_tokenizer(), scheduler=scheduler)
+        comps = {k: build(n, device) for k, n in configs.items()}
+        comps["tokenizer"] = (
+            tiny.clip_tokenizer()
+        )  # token ids only; the vocabulary's size does not change speed
+        if "text_encoder_2" in configs:
+            comps["tokenizer_2"] = tiny.clip_tokenizer()
+    comps = {
+        k: (v.to(device=device, dtype=dtype).eval() if hasattr(v, "parameters") else v)
+        for k, v in comps.items()
+    }
+    # The scheduler diffusers' ControlNet docs use, from the SD repos' scheduler config.
+    comps["scheduler"] = UniPCMultistepScheduler.from_config(tiny._sd_scheduler().config)
+    return comps
+
+
+def _pipeline(backbone: str, comps: dict):
+    import diffusers
+
+    extra = (
+        dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+        if backbone == "sd15"
+        else {}
+    )
+    pipe = getattr(diffusers, BACKBONES[backbone][1])(**comps, **extra)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _copy(comps: dict, dtype) -> dict:
+    import copy
+
+    return {
+        k: (copy.deepcopy(v).to(dtype=dtype) if hasattr(v, "parameters") else v) for k, v in comps.items()
+    }
+
+
+def _resident_bytes(pipe, device) -> int:
+    """Bytes of this pipeline's weights that sit on ``device`` (0 for an offloaded pipeline)."""
+    seen, total = set(), 0
+    for module in pipe.components.values():
+        for t in (*module.parameters(), *module.buffers()) if hasattr(module, "parameters") else ():
+            if t.device.type == device.type and t.data_ptr() not in seen:
+                seen.add(t.data_ptr())
+                total += t.numel() * t.element_size()
+    return total
 
 
 def _peak_flops(device, dtype) -> float:
@@ -115,48 +168,77 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def run_bench(*, preset: str = "full", size: int = 512, steps: int = 30, batch: int = 1, repeats: int = 3,
-              device=None, dtype=None, compile_mode: str | None = None, control_end: float = 1.0,
+def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None = None, steps: int = 30,
+              batch: int = 1, repeats: int = 3, device=None, dtype=None, compile_mode: str | None = None,
+              control_end: float = 1.0, feature_cache: int = 1, attention: str = "sdpa", low_vram: bool = False,
               peak_tflops: float | None = None, out_dir: str | Path = "benchmarks", progress=print) -> dict:  # fmt: skip
-    """SD1.5 + ControlNet depth: (a) plain diffusers as its docs show it, (b) depth2img with the same settings
-    (the API's overhead), (c) depth2img's fast path (bf16 on GPU, channels-last, fused QKV, optional compile,
-    ControlNet skipped outside its window). Interleaved, same prompt, control image and seeds."""
-    import copy
+    """Depth ControlNet (SD1.5 or SDXL), interleaved on the same prompt, control image and seeds:
 
+    - ``diffusers``: the plain pipeline as its docs show it (fp16 on GPU, SDPA, UniPC), ``batch`` images per call;
+    - ``diffusers-b1`` (when batch > 1): the same, one image per call, as a per-image script runs it;
+    - ``depth2img``: the API with the same components and settings (its overhead);
+    - ``depth2img-fast``: the fast path (bf16 on GPU, channels-last, fused QKV, optional compile, ControlNet
+      skipped outside its window);
+    - ``depth2img-fast+cacheN`` (``feature_cache`` N > 1): the fast path reusing deep UNet features (quality trade);
+    - ``depth2img-fast-xformers`` (``attention='xformers'``): the fast path with xformers attention instead of SDPA;
+    - ``depth2img-lowvram`` (``low_vram``, GPU only): model CPU offload, VAE slicing and tiling.
+    """
     import torch
-    from diffusers import StableDiffusionControlNetPipeline
     from torch.utils.flop_counter import FlopCounterMode
 
-    from .backends import SD15Backend
+    from . import backends
     from .depthmap import DepthMap
+    from .errors import InputError
     from .loading import resolve_device, resolve_dtype
     from .registry import ModelRef
     from .transformer import SceneTransformer
 
+    if backbone not in BACKBONES:
+        raise InputError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
     device = resolve_device(device)
+    if low_vram and device.type != "cuda":
+        raise InputError("--low-vram measures GPU memory under model offload; no GPU is available here")
+    if feature_cache > 1 and compile_mode:
+        raise InputError("--feature-cache does not combine with --compile; measure them in separate runs")
+    if attention == "xformers":
+        try:
+            import xformers  # noqa: F401
+        except ImportError:
+            raise InputError(
+                "--attention xformers needs the xformers extra: pip install 'depth2img[xformers]'"
+            ) from None
+    elif attention != "sdpa":
+        raise InputError(f"attention must be sdpa or xformers, got {attention!r}")
+    size = size or (1024 if backbone == "sdxl" else 512)
     plain_dtype = resolve_dtype(dtype, device)  # diffusers docs: fp16 on GPU (fp32 on CPU)
     fast_dtype = torch.bfloat16 if device.type == "cuda" else plain_dtype
-    progress(f"building SD1.5 + ControlNet ({preset}) on {device} ...")
-    comps = _sd15_components(preset, device, plain_dtype)
-    plain = StableDiffusionControlNetPipeline(**comps, safety_checker=None, feature_extractor=None,
-                                              requires_safety_checker=False)  # fmt: skip
-    plain.set_progress_bar_config(disable=True)
+    progress(f"building {backbone} + ControlNet ({preset}) on {device} ...")
+    comps = _components(backbone, preset, device, plain_dtype)
+    plain = _pipeline(backbone, comps)
     ref = ModelRef(name="bench", location="bench", revision=None, is_local=True)
-    same = SceneTransformer(
-        SD15Backend(plain, ref), device=device, dtype=plain_dtype, native_size=size, name="bench"
-    )
-    fast_comps = {
-        k: (copy.deepcopy(v).to(dtype=fast_dtype) if hasattr(v, "parameters") else v)
-        for k, v in comps.items()
-    }
-    fast_pipe = StableDiffusionControlNetPipeline(**fast_comps, safety_checker=None, feature_extractor=None,
-                                                  requires_safety_checker=False)  # fmt: skip
-    fast = SceneTransformer(
-        SD15Backend(fast_pipe, ref), device=device, dtype=fast_dtype, native_size=size, name="bench"
-    )
+    backend_class = getattr(backends, BACKBONES[backbone][2])
+
+    def ours(pipe, dt):
+        return SceneTransformer(
+            backend_class(pipe, ref), device=device, dtype=dt, native_size=size, name="bench"
+        )
+
+    same = ours(plain, plain_dtype)
+    fast = ours(_pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype)
     applied = fast.backend.optimize(compile_mode=compile_mode)
-    for st in (same, fast):
-        st.backend.set_scheduler("unipc")
+    extra = {}
+    if attention == "xformers":
+        extra["depth2img-fast-xformers"] = xf = ours(
+            _pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype
+        )
+        xf.backend.optimize(compile_mode=compile_mode)
+        xf.backend.memory(attention="xformers")
+    if low_vram:
+        lv_comps = {
+            k: (v.to("cpu") if hasattr(v, "parameters") else v) for k, v in _copy(comps, plain_dtype).items()
+        }
+        extra["depth2img-lowvram"] = lv = ours(_pipeline(backbone, lv_comps), plain_dtype)
+        lv.backend.memory(offload="model", vae_slicing=True, vae_tiling=True)
 
     yy, xx = np.mgrid[0:size, 0:size]
     depth = DepthMap(1.0 + yy + 0.5 * xx, "metric_depth")
@@ -167,62 +249,173 @@ def run_bench(*, preset: str = "full", size: int = 512, steps: int = 30, batch: 
     seeds = list(range(batch))
     control = torch.from_numpy(depth.control_image()).permute(2, 0, 1)[None]
 
-    def run_plain():
-        gens = [torch.Generator("cpu").manual_seed(s) for s in seeds]
-        return plain(prompt, image=control, num_inference_steps=steps, num_images_per_prompt=batch, generator=gens,
-                     control_guidance_end=control_end, output_type="np").images  # fmt: skip
+    def run_plain(seed_list):
+        gens = [torch.Generator("cpu").manual_seed(s) for s in seed_list]
+        return plain(prompt, image=control, num_inference_steps=steps, num_images_per_prompt=len(seed_list),
+                     generator=gens, guidance_scale=7.5, height=size, width=size, control_guidance_end=control_end,
+                     output_type="np").images  # fmt: skip
 
-    def run_ours(st):
-        return st.transform(image, prompt, depth=depth, seed=seeds, steps=steps, strength=1.0,
-                            control_end=control_end).raw  # fmt: skip
+    def run_ours(st, **knobs):
+        return st.transform(image, prompt, depth=depth, seed=seeds, steps=steps, strength=1.0, scheduler="unipc",
+                            control_end=control_end, **knobs).raw  # fmt: skip
 
-    variants = {
-        "diffusers": run_plain,
-        "depth2img": lambda: run_ours(same),
-        "depth2img-fast": lambda: run_ours(fast),
-    }
+    variants = {"diffusers": lambda: run_plain(seeds)}
+    if batch > 1:
+        variants["diffusers-b1"] = lambda: np.concatenate([run_plain([s]) for s in seeds])
+    variants["depth2img"] = lambda: run_ours(same)
+    variants["depth2img-fast"] = lambda: run_ours(fast)
+    if feature_cache > 1:
+        variants[f"depth2img-fast+cache{feature_cache}"] = lambda: run_ours(fast, feature_cache=feature_cache)
+    for name, st in extra.items():
+        variants[name] = lambda st=st: run_ours(st)
+    pipes = {"diffusers": plain, "diffusers-b1": plain, "depth2img": plain, "depth2img-fast": fast.backend.pipe,
+             f"depth2img-fast+cache{feature_cache}": fast.backend.pipe,
+             **{k: v.backend.pipe for k, v in extra.items()}}  # fmt: skip
+    resident = (
+        {name: _resident_bytes(pipes[name], device) for name in variants} if device.type == "cuda" else {}
+    )
+
     outputs, times, peaks = {}, {k: [] for k in variants}, {}
     for name, fn in variants.items():  # warm-up (and compilation)
+        progress(f"warm-up: {name}")
         outputs[name] = fn()
     with FlopCounterMode(display=False) as counter:
-        run_plain()
+        run_plain(seeds)
     flops_per_call = counter.get_total_flops()
     for r in range(repeats):
         for name, fn in variants.items():  # interleaved
+            _sync(device)
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            _sync(device)
+                before = torch.cuda.memory_allocated()
             t = time.perf_counter()
             fn()
             _sync(device)
             times[name].append(time.perf_counter() - t)
             if device.type == "cuda":
-                peaks[name] = max(peaks.get(name, 0), torch.cuda.max_memory_allocated())
+                # what this variant needs on its own: its resident weights plus what the call allocated on top
+                # (the other variants' weights, also resident during the run, are not counted)
+                need = resident[name] + torch.cuda.max_memory_allocated() - before
+                peaks[name] = max(peaks.get(name, 0), need)
         progress(
             f"repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1] * 1000:.0f} ms" for k, v in times.items())
         )
     peak = peak_tflops * 1e12 if peak_tflops else _peak_flops(device, fast_dtype)
+    base = statistics.median(times["diffusers-b1" if batch > 1 else "diffusers"])
     rows = {}
     for name in variants:
         sec = statistics.median(times[name])
+        # FLOPs are counted on plain diffusers; a ControlNet window or the feature cache means fewer are done.
+        same_work = control_end >= 1.0 and "+cache" not in name
         rows[name] = {
             "ms_per_image": 1000 * sec / batch, "images_per_hour": 3600 * batch / sec, "it_per_s": steps / sec,
-            # FLOPs are counted on plain diffusers; with a window depth2img skips ControlNet calls, so it does fewer.
-            "share_of_peak": flops_per_call / sec / peak if name == "diffusers" or control_end >= 1.0 else None,
+            "share_of_peak": flops_per_call / sec / peak if name.startswith("diffusers") or same_work else None,
             "peak_memory_gib": peaks[name] / 2**30 if name in peaks else None,
+            "speedup": base / sec,
             "max_abs_diff_vs_diffusers": float(np.abs(np.asarray(outputs[name], np.float32) - outputs["diffusers"]).max()),
         }  # fmt: skip
     overhead = statistics.median(times["depth2img"]) / statistics.median(times["diffusers"]) - 1
     result = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": _device_name(device),
-        "preset": preset, "size": size, "steps": steps, "batch": batch, "repeats": repeats, "cfg": True,
-        "control_end": control_end, "plain_dtype": str(plain_dtype).replace("torch.", ""),
-        "fast_dtype": str(fast_dtype).replace("torch.", ""), "fast_path": applied,
-        "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
+        "backbone": backbone, "preset": preset, "size": size, "steps": steps, "batch": batch, "repeats": repeats,
+        "cfg": True, "control_end": control_end, "compile": compile_mode, "feature_cache": feature_cache,
+        "speedup_baseline": "diffusers-b1" if batch > 1 else "diffusers",
+        "plain_dtype": str(plain_dtype).replace("torch.", ""), "fast_dtype": str(fast_dtype).replace("torch.", ""),
+        "fast_path": applied, "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
         "peak_source": "given" if peak_tflops else "measured matmul", "api_overhead": overhead,
         "versions": _versions(), "results": rows,
     }  # fmt: skip
     _write(result, Path(out_dir))
+    return result
+
+
+ESTIMATORS = ("depth_anything_v2_small", "depth_anything_v2_base", "depth_anything_v2_large", "dpt_hybrid")
+
+
+def _estimator(name: str, preset: str):
+    """(model, processor) at full size (random weights; processor settings of the hub repos) or tiny."""
+    from transformers import DPTImageProcessor
+
+    from . import tiny
+
+    if preset == "tiny":
+        return tiny.dpt() if name == "dpt_hybrid" else tiny.depth_anything()
+    if name == "dpt_hybrid":
+        processor = DPTImageProcessor(
+            size={"height": 384, "width": 384}, image_mean=[0.5] * 3, image_std=[0.5] * 3
+        )
+    else:
+        processor = DPTImageProcessor(size={"height": 518, "width": 518}, keep_aspect_ratio=True, ensure_multiple_of=14,
+                                      resample=3, image_mean=[0.485, 0.456, 0.406], image_std=[0.229, 0.224, 0.225])  # fmt: skip
+    return build(name), processor
+
+
+def run_depth_bench(*, preset: str = "full", images: int = 16, repeats: int = 3, device=None, dtype=None,
+                    out_dir: str | Path = "benchmarks", progress=print) -> dict:  # fmt: skip
+    """Depth Anything V2 S/B/L and DPT-hybrid on a real photo (skimage's 451x300 cat) x ``images``, interleaved:
+    (a) transformers' depth-estimation pipeline, one image per call, fp16 on GPU (as its docs show it);
+    (b) depth2img's DepthEstimator: all images in one batch, bf16 on GPU. Reports ms/image and the max difference
+    of (b) from (a) relative to (a)'s depth range."""
+    import copy
+
+    import torch
+    from PIL import Image
+    from skimage import data
+    from transformers import pipeline
+
+    from .estimators import DepthEstimator
+    from .loading import resolve_device, resolve_dtype
+
+    device = resolve_device(device)
+    plain_dtype = resolve_dtype(dtype, device)
+    fast_dtype = torch.bfloat16 if device.type == "cuda" else plain_dtype
+    photos = [Image.fromarray(data.chelsea())] * images
+    rows = {}
+    for name in ESTIMATORS:
+        progress(f"{name} ({preset}) on {device} ...")
+        model, processor = _estimator(name, preset)
+        plain = pipeline("depth-estimation", model=copy.deepcopy(model).to(device, plain_dtype), image_processor=processor,
+                         device=device)  # fmt: skip
+        ours = DepthEstimator(
+            model.to(device, fast_dtype), processor, kind="relative_inverse_depth", name=name
+        )
+        variants = {"transformers": lambda plain=plain: [r["predicted_depth"] for r in plain(photos)],
+                    "depth2img": lambda ours=ours: [d.values for d in ours(photos, batch_size=images)]}  # fmt: skip
+        outputs = {k: fn() for k, fn in variants.items()}  # warm-up
+        times = {k: [] for k in variants}
+        for _ in range(repeats):
+            for k, fn in variants.items():
+                _sync(device)
+                t = time.perf_counter()
+                fn()
+                _sync(device)
+                times[k].append(time.perf_counter() - t)
+        ref = np.asarray(outputs["transformers"][0].float().cpu() if hasattr(outputs["transformers"][0], "cpu")
+                         else outputs["transformers"][0], np.float32)  # fmt: skip
+        got = outputs["depth2img"][0]
+        ms = {k: 1000 * statistics.median(v) / images for k, v in times.items()}
+        rows[name] = {
+            "parameters_m": count_parameters(model) / 1e6, "ms_per_image": ms,
+            "images_per_hour": {k: 3.6e6 / v for k, v in ms.items()}, "speedup": ms["transformers"] / ms["depth2img"],
+            "max_rel_diff": float(np.abs(got - ref).max() / max(float(ref.max() - ref.min()), 1e-12)),
+        }  # fmt: skip
+    result = {
+        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": _device_name(device),
+        "preset": preset, "images": images, "repeats": repeats, "image_size": [451, 300],
+        "plain_dtype": str(plain_dtype).replace("torch.", ""), "fast_dtype": str(fast_dtype).replace("torch.", ""),
+        "versions": _versions(), "results": rows,
+    }  # fmt: skip
+    lines = [f"Depth estimators, {preset} architectures, {images} photos of 451x300, on **{result['device']}** "
+             f"({result['date']}); median of {repeats} interleaved runs. transformers pipeline, one image per call, "
+             f"{result['plain_dtype']}; depth2img DepthEstimator, one batch, {result['fast_dtype']}.", "",
+             "| model | params (M) | transformers ms/image | depth2img ms/image | speed-up | max diff / depth range |",
+             "|---|---|---|---|---|---|"]  # fmt: skip
+    for name, r in rows.items():
+        lines.append(f"| {name} | {r['parameters_m']:.1f} | {r['ms_per_image']['transformers']:.1f} | "
+                     f"{r['ms_per_image']['depth2img']:.1f} | {r['speedup']:.2f}x | {r['max_rel_diff']:.2e} |")  # fmt: skip
+    result["markdown"] = "\n".join(lines) + "\n"
+    slug = "".join(c if c.isalnum() else "-" for c in result["device"]).strip("-").lower()
+    _write_files(result, Path(out_dir), f"depth-estimators-{preset}-{slug}", result["markdown"])
     return result
 
 
@@ -241,35 +434,49 @@ def _versions():
 
 
 def markdown(result: dict) -> str:
-    head = (f"SD1.5 + ControlNet depth, {result['preset']} architecture, {result['size']}x{result['size']}, "
+    name = {"sd15": "SD1.5", "sdxl": "SDXL"}[result.get("backbone", "sd15")]
+    head = (f"{name} + ControlNet depth, {result['preset']} architecture, {result['size']}x{result['size']}, "
             f"{result['steps']} steps, CFG, batch {result['batch']}, on **{result['device']}** ({result['date']}); "
             f"median of {result['repeats']} interleaved runs. {result['flops_per_call_tflop']:.3f} TFLOP per call; "
             f"peak {result['peak_tflops']:.1f} TFLOP/s ({result['peak_source']}). Fast path: "
-            f"{result['fast_dtype']}, {', '.join(result['fast_path']) or 'none'}.")  # fmt: skip
-    lines = [head, "", "| variant | ms/image | images/hour | it/s | share of peak | peak memory (GiB) | max abs diff vs diffusers |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
-    for name, r in result["results"].items():
+            f"{result['fast_dtype']}, {', '.join(result['fast_path']) or 'none'}. Speed-up against "
+            f"`{result.get('speedup_baseline', 'diffusers')}`.")  # fmt: skip
+    lines = [head, "", "| variant | ms/image | images/hour | it/s | share of peak | peak memory (GiB) | speed-up | max abs diff vs diffusers |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for variant, r in result["results"].items():
         share = f"{r['share_of_peak']:.1%}" if r["share_of_peak"] is not None else "n/a"
         mem = f"{r['peak_memory_gib']:.2f}" if r["peak_memory_gib"] is not None else "n/a (CPU)"
-        lines.append(f"| {name} | {r['ms_per_image']:.1f} | {r['images_per_hour']:.0f} | {r['it_per_s']:.2f} | {share} | "
-                     f"{mem} | {r['max_abs_diff_vs_diffusers']:.2e} |")  # fmt: skip
+        lines.append(f"| {variant} | {r['ms_per_image']:.1f} | {r['images_per_hour']:.0f} | {r['it_per_s']:.2f} | {share} | "
+                     f"{mem} | {r.get('speedup', float('nan')):.2f}x | {r['max_abs_diff_vs_diffusers']:.2e} |")  # fmt: skip
     lines.append(
         f"\ndepth2img {'API overhead' if result['control_end'] >= 1.0 else 'time difference (ControlNet skipping included)'}"
         f" over plain diffusers (same components and settings): {result['api_overhead']:+.1%}"
     )
+    if result.get("feature_cache", 1) > 1:
+        lines.append(
+            f"\n`+cache{result['feature_cache']}` reuses deep UNet features (DeepCache-like): a quality trade, "
+            "not the same images; its max abs diff (pixel values in [0, 1]) is what it changed."
+        )
     return "\n".join(lines) + "\n"
 
 
 def _write(result: dict, out_dir: Path) -> None:
-    from .io import atomic_path
-
     slug = "".join(c if c.isalnum() else "-" for c in result["device"]).strip("-").lower()
     extra = (f"-b{result['batch']}" if result["batch"] > 1 else "") + (
         f"-ce{result['control_end']:g}" if result["control_end"] < 1 else ""
     )
-    stem = f"sd15-controlnet-{result['preset']}-{result['size']}{extra}-{slug}"
+    extra += f"-{result['compile']}" if result.get("compile") else ""
+    extra += f"-cache{result['feature_cache']}" if result.get("feature_cache", 1) > 1 else ""
+    extra += "-lowvram" if "depth2img-lowvram" in result["results"] else ""
+    stem = f"{result.get('backbone', 'sd15')}-controlnet-{result['preset']}-{result['size']}{extra}-{slug}"
+    _write_files(result, out_dir, stem, markdown(result))
+
+
+def _write_files(result: dict, out_dir: Path, stem: str, table: str) -> None:
+    from .io import atomic_path
+
     with atomic_path(out_dir / f"{stem}.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n")
     with atomic_path(out_dir / f"{stem}.md") as tmp:
-        tmp.write_text(markdown(result))
+        tmp.write_text(table)
     result["written"] = [str(out_dir / f"{stem}.json"), str(out_dir / f"{stem}.md")]

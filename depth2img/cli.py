@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
     _add_model_args(p)
 
-    p = sub.add_parser("bench", help="benchmark plain diffusers against depth2img (SD1.5 + ControlNet depth)",
+    p = sub.add_parser("bench", help="benchmark plain diffusers against depth2img (SD1.5/SDXL + ControlNet depth)",
                        description="Interleaved runs on the same inputs: plain diffusers as its docs show it, "
                        "depth2img with the same settings, and depth2img's fast path. Full-size architectures "
                        "from configs/bench with random weights (timing does not depend on weights). Writes JSON "
@@ -161,7 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--preset", choices=["full", "tiny"], default="full", help="architecture size (default full)"
     )
-    p.add_argument("--size", type=int, default=512, help="image side in pixels (default 512)")
+    p.add_argument("--backbone", choices=["sd15", "sdxl"], default="sd15", help="architecture (default sd15)")
+    p.add_argument("--depth", action="store_true",
+                   help="benchmark the depth estimators instead (Depth Anything V2 S/B/L, DPT-hybrid): transformers' "
+                        "pipeline one image per call against depth2img batched (--batch photos, bf16 on GPU)")  # fmt: skip
+    p.add_argument("--size", type=int, help="image side in pixels (default 512; SDXL 1024)")
     p.add_argument("--steps", type=int, default=30, help="denoising steps (default 30)")
     p.add_argument("--batch", type=int, default=1, help="images per call (default 1)")
     p.add_argument("--repeats", type=int, default=3, help="timed interleaved repeats (default 3)")
@@ -171,6 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="torch.compile mode for the fast path, e.g. max-autotune-no-cudagraphs",
     )
     p.add_argument("--control-end", type=float, default=1.0, help="ControlNet guidance end (default 1.0)")
+    p.add_argument("--feature-cache", type=int, default=1, metavar="N",
+                   help="also time the fast path with the DeepCache-like feature cache (a quality trade)")  # fmt: skip
+    p.add_argument("--attention", choices=["sdpa", "xformers"], default="sdpa",
+                   help="xformers: also time the fast path with xformers attention (needs the extra)")  # fmt: skip
+    p.add_argument("--low-vram", action="store_true",
+                   help="also time model CPU offload + VAE slicing/tiling and report its peak GPU memory")  # fmt: skip
     p.add_argument(
         "--peak-tflops", type=float, help="peak TFLOP/s of the device (default: measured with a matmul)"
     )
@@ -354,15 +364,25 @@ def _cmd_bench(args) -> int:
     from .errors import InputError
     from .knobs import DEFAULT_KNOBS, check_knobs
 
-    if args.size < 16 or args.size % 16 or args.steps < 1 or args.batch < 1 or args.repeats < 1:
+    if (args.size is not None and (args.size < 16 or args.size % 16)) or min(
+        args.steps, args.batch, args.repeats
+    ) < 1:
         raise InputError(
             "--size must be a multiple of 16 (>= 16); --steps, --batch and --repeats must be >= 1"
         )
-    check_knobs({**DEFAULT_KNOBS, "control_end": args.control_end})
+    check_knobs({**DEFAULT_KNOBS, "control_end": args.control_end, "feature_cache": args.feature_cache})
     _quiet_libraries()
-    from .bench import markdown, run_bench
+    from .bench import markdown, run_bench, run_depth_bench
 
-    result = run_bench(preset=args.preset, size=args.size, steps=args.steps, batch=args.batch, repeats=args.repeats,
+    if args.depth:
+        result = run_depth_bench(preset=args.preset, images=args.batch, repeats=args.repeats, device=args.device,
+                                 dtype=args.dtype, out_dir=args.output,
+                                 progress=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
+        print(result["markdown"])
+        print("written: " + ", ".join(result["written"]), file=sys.stderr)
+        return 0
+    result = run_bench(backbone=args.backbone, preset=args.preset, size=args.size, feature_cache=args.feature_cache,
+                       attention=args.attention, low_vram=args.low_vram, steps=args.steps, batch=args.batch, repeats=args.repeats,
                        device=args.device, dtype=args.dtype, compile_mode=args.compile, control_end=args.control_end,
                        peak_tflops=args.peak_tflops, out_dir=args.output,
                        progress=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip

@@ -1,5 +1,6 @@
 """`depth2img bench` smoke test on CPU with the tiny architecture (figures are reported, never asserted)."""
 
+import importlib.util
 import json
 
 import pytest
@@ -21,8 +22,33 @@ def test_bench_runs_and_writes_json_and_markdown(tmp_path):
     assert "API overhead" in markdown(result)
 
 
+def test_bench_dataset_mode_feature_cache_and_sdxl(tmp_path):
+    result = run_bench(preset="tiny", size=64, steps=4, batch=2, repeats=1, feature_cache=2, out_dir=tmp_path,
+                       progress=lambda m: None)  # fmt: skip
+    rows = result["results"]
+    assert list(rows) == ["diffusers", "diffusers-b1", "depth2img", "depth2img-fast", "depth2img-fast+cache2"]
+    assert result["speedup_baseline"] == "diffusers-b1" and rows["diffusers-b1"]["speedup"] == 1.0
+    assert (
+        rows["diffusers-b1"]["max_abs_diff_vs_diffusers"] < 1e-5
+    )  # one image per call = item i of the batch
+    assert rows["depth2img"]["max_abs_diff_vs_diffusers"] == 0.0
+    assert rows["depth2img-fast+cache2"]["max_abs_diff_vs_diffusers"] > 0  # the quality trade is reported
+    assert rows["depth2img-fast+cache2"]["share_of_peak"] is None  # it does fewer FLOPs than were counted
+    assert "sd15-controlnet-tiny-64-b2-cache2-" in result["written"][0]
+    assert "quality trade" in markdown(result)
+    xl = run_bench(
+        backbone="sdxl", preset="tiny", size=64, steps=2, repeats=1, out_dir=tmp_path, progress=lambda m: None
+    )
+    assert (
+        xl["results"]["depth2img"]["max_abs_diff_vs_diffusers"] == 0.0
+        and "sdxl-controlnet" in xl["written"][0]
+    )
+    assert markdown(xl).startswith("SDXL + ControlNet depth")
+
+
 @pytest.mark.parametrize("name, millions", [("sd15_unet", 859.5), ("sd15_controlnet", 361.3), ("sd_vae", 83.7),
                                             ("clip_l_text", 123.1), ("sdxl_unet", 2567.5), ("sdxl_controlnet", 1251.0),
+                                            ("clip_g_text", 694.7), ("sdxl_vae", 83.7),
                                             ("depth_anything_v2_small", 24.8), ("depth_anything_v2_large", 335.3),
                                             ("dpt_hybrid", 122.4)])  # fmt: skip
 def test_full_size_configs_have_the_published_sizes(name, millions):
@@ -37,3 +63,57 @@ def test_bench_argument_errors(capsys):
     assert "--size must be a multiple of 16" in capsys.readouterr().err
     assert main(["bench", "--control-end", "1.5"]) == 2
     assert "0 <= start < end <= 1, got 0.0 and 1.5" in capsys.readouterr().err
+    for argv, message in [
+        (["--low-vram"], "--low-vram measures GPU memory under model offload; no GPU is available here"),
+        (["--feature-cache", "2", "--compile", "default"], "--feature-cache does not combine with --compile"),
+        (["--attention", "xformers"], "--attention xformers needs the xformers extra"),
+        (["--feature-cache", "0"], "feature_cache must be an integer in 1..10 (1 = off), got 0"),
+    ]:
+        if argv[0] == "--attention" and importlib.util.find_spec("xformers"):
+            continue  # installed: then it is timed, not refused
+        assert main(["bench", "--preset", "tiny", "--device", "cpu", *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
+def test_gpu_script_commands_all_parse(tmp_path):
+    """benchmarks/run_gpu.sh is the GPU part in one command: every depth2img line in it must be a valid call."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    log = tmp_path / "calls.txt"
+    fake = tmp_path / "bin" / "depth2img"
+    fake.parent.mkdir()
+    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    fake.chmod(0o755)
+    script = Path(__file__).parents[1] / "benchmarks" / "run_gpu.sh"
+    env = {
+        **os.environ,
+        "PATH": f"{fake.parent}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+        "PEAK": "989",
+    }
+    subprocess.run(["bash", str(script)], check=True, env=env, capture_output=True)
+    from depth2img.cli import build_parser
+
+    calls = log.read_text().splitlines()
+    assert len(calls) >= 14
+    for line in calls:
+        args = build_parser().parse_args(line.split())
+        assert args.command == "bench" and args.peak_tflops == 989.0
+    assert any("--low-vram" in c and "--backbone sdxl" in c for c in calls)
+
+
+def test_depth_bench_equals_transformers_pipeline(tmp_path):
+    from depth2img.bench import run_depth_bench
+
+    result = run_depth_bench(preset="tiny", images=2, repeats=1, out_dir=tmp_path, progress=lambda m: None)
+    assert list(result["results"]) == ["depth_anything_v2_small", "depth_anything_v2_base", "depth_anything_v2_large",
+                                       "dpt_hybrid"]  # fmt: skip
+    for row in result["results"].values():
+        assert (
+            row["max_rel_diff"] < 1e-4
+        )  # batched depth2img = transformers' pipeline, one image per call (fp32)
+        assert row["ms_per_image"]["depth2img"] > 0
+    assert "| dpt_hybrid |" in open(result["written"][1]).read()

@@ -1,7 +1,8 @@
 """Regenerate the full-size architecture configs used by `depth2img bench` (random weights, real shapes).
 
 Values are those of the public repos' config files (stable-diffusion-v1-5, lllyasviel/control_v11f1p_sd15_depth,
-stable-diffusion-xl-base-1.0, diffusers/controlnet-depth-sdxl-1.0, openai/clip-vit-large-patch14,
+stable-diffusion-xl-base-1.0 (incl. its text_encoder_2 and vae), diffusers/controlnet-depth-sdxl-1.0,
+openai/clip-vit-large-patch14,
 depth-anything/Depth-Anything-V2-{Small,Base,Large}-hf, Intel/dpt-hybrid-midas). Run: python make_configs.py
 and check the parameter counts it prints against the model cards.
 """
@@ -33,6 +34,13 @@ CLIP_L_TEXT = {
     "max_position_embeddings": 77, "vocab_size": 49408, "projection_dim": 768, "hidden_act": "quick_gelu",
     "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 1,
 }  # fmt: skip
+# SDXL's text_encoder_2 (OpenCLIP ViT-bigG/14 text tower, with projection) and its VAE (same shapes as SD's)
+CLIP_G_TEXT = {
+    "hidden_size": 1280, "intermediate_size": 5120, "num_attention_heads": 20, "num_hidden_layers": 32,
+    "max_position_embeddings": 77, "vocab_size": 49408, "projection_dim": 1280, "hidden_act": "gelu",
+    "bos_token_id": 49406, "eos_token_id": 49407, "pad_token_id": 1,
+}  # fmt: skip
+SDXL_VAE = {**SD_VAE, "sample_size": 1024, "scaling_factor": 0.13025, "force_upcast": True}
 SDXL_UNET = {
     "act_fn": "silu", "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
     "attention_head_dim": [5, 10, 20], "block_out_channels": [320, 640, 1280], "cross_attention_dim": 2048,
@@ -64,7 +72,7 @@ def depth_anything(hidden, layers, heads, inter, out_indices, neck, fusion):
 
 CONFIGS = {
     "sd15_unet": SD15_UNET, "sd15_controlnet": SD15_CONTROLNET, "sd_vae": SD_VAE, "clip_l_text": CLIP_L_TEXT,
-    "sdxl_unet": SDXL_UNET, "sdxl_controlnet": SDXL_CONTROLNET,
+    "sdxl_unet": SDXL_UNET, "sdxl_controlnet": SDXL_CONTROLNET, "clip_g_text": CLIP_G_TEXT, "sdxl_vae": SDXL_VAE,
     "depth_anything_v2_small": depth_anything(384, 12, 6, 1536, [3, 6, 9, 12], [48, 96, 192, 384], 64),
     "depth_anything_v2_base": depth_anything(768, 12, 12, 3072, [3, 6, 9, 12], [96, 192, 384, 768], 128),
     "depth_anything_v2_large": depth_anything(1024, 24, 16, 4096, [5, 12, 18, 24], [256, 512, 1024, 1024], 256),
