@@ -419,16 +419,26 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         labels.copy_for(source, out_stem, root)
         append_manifest(manifest, [record])
 
+    def load_chunk(chunk):
+        images, errors = {}, []
+        for p in chunk:
+            try:
+                images[p] = load_image(p)
+            except Depth2ImgError as err:
+                errors.append((p, str(err)))
+        return images, errors
+
+    # The next chunk's photos are read and decoded in a thread while this chunk is denoised.
+    loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-loader")
+    work = [c for c in ([p for p in batch if todo_per_source[p]] for batch in my_chunks) if c]
     try:
-        for batch in my_chunks:
-            chunk = [p for p in batch if todo_per_source[p]]
-            images = {}
-            for p in chunk:
-                try:
-                    images[p] = load_image(p)
-                except Depth2ImgError as err:
-                    fail(str(err))
-                    bar.update(todo_per_source[p])
+        loading = loader.submit(load_chunk, work[0]) if work else None
+        for i in range(len(work)):
+            images, errors = loading.result()
+            loading = loader.submit(load_chunk, work[i + 1]) if i + 1 < len(work) else None
+            for p, msg in errors:
+                fail(msg)
+                bar.update(todo_per_source[p])
             if not images:
                 continue
             estimator = service.estimator(job.estimator)
@@ -493,6 +503,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
             f"output directory {root}: write failed ({err.strerror or err}); no partial file was left"
         ) from None
     finally:
+        loader.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True)
         bar.close()
     barrier()
