@@ -62,7 +62,7 @@ def run_depth(
     estimator=None,
     right: Sequence[str | os.PathLike] | None = None,
     formats: Sequence[str] = ("png16", "npy", "preview"),
-    batch_size: int = 4,
+    batch_size: int | None = None,
     device=None,
     dtype=None,
     local_files_only: bool = False,
@@ -79,7 +79,7 @@ def run_depth(
     unknown = [f for f in formats if f not in DEPTH_WRITERS]
     if unknown or not formats:
         raise InputError(f"depth format must be among {', '.join(DEPTH_WRITERS)}, got {list(formats)}")
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     report = RunReport(on_error=on_error)
     paths = report.collect(inputs)
