@@ -53,6 +53,21 @@ CLASS_TO_KIND = {
 }  # fmt: skip
 
 
+def check_attention(attention: str, name: str = "attention") -> str:
+    """``sdpa`` (PyTorch's, the default) or ``xformers`` (only when the extra is installed); ``name`` is how the
+    caller's user spells the argument (``--attention`` on the command line)."""
+    if attention == "xformers":
+        try:
+            import xformers  # noqa: F401
+        except ImportError:
+            raise InputError(
+                f"{name} xformers needs the xformers extra: pip install 'depth2img[xformers]'"
+            ) from None
+    elif attention != "sdpa":
+        raise InputError(f"{name} must be sdpa or xformers, got {attention!r}")
+    return attention
+
+
 class ControlNetCallCounter:
     """Counts real ControlNet forward passes (tests and benchmarks read it)."""
 
@@ -227,16 +242,8 @@ class Backend:
             pipe.vae.enable_tiling()
         if vae_slicing:
             pipe.vae.enable_slicing()
-        if attention == "xformers":
-            try:
-                import xformers  # noqa: F401
-            except ImportError:
-                raise InputError(
-                    "attention 'xformers' needs the xformers extra: pip install 'depth2img[xformers]'"
-                ) from None
+        if check_attention(attention) == "xformers":
             pipe.enable_xformers_memory_efficient_attention()
-        elif attention != "sdpa":
-            raise InputError(f"attention must be sdpa or xformers, got {attention!r}")
 
     def optimize(
         self, *, channels_last: bool | None = None, fuse_qkv: bool = True, compile_mode: str | None = None
@@ -429,9 +436,9 @@ class SD2DepthBackend(Backend):
 class FluxBackend(Backend):
     kind = "flux-control"
     txt2img_class = "FluxControlPipeline"
-    has_unet = False
     img2img_class = "FluxControlImg2ImgPipeline"
     has_controlnet = False
+    has_unet = False
     takes_negative_prompt = False  # FluxControlPipeline uses distilled guidance, no negative prompt
     default_scheduler = "flow-euler"
 

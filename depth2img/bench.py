@@ -143,6 +143,16 @@ def _resident_bytes(pipe, device) -> int:
     return total
 
 
+def _dtypes(device, dtype):
+    """(plain, fast): the libraries' documented default (fp16 on GPU, fp32 on CPU) and depth2img's (bf16 on GPU)."""
+    import torch
+
+    from .loading import resolve_dtype
+
+    plain = resolve_dtype(dtype, device)
+    return plain, torch.bfloat16 if device.type == "cuda" else plain
+
+
 def _peak_flops(device, dtype) -> float:
     """Measured dense matmul throughput (FLOP/s) of this device and dtype: the 'peak' when none is given."""
     import torch
@@ -189,7 +199,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     from . import backends
     from .depthmap import DepthMap
     from .errors import InputError
-    from .loading import resolve_device, resolve_dtype
+    from .loading import resolve_device
     from .registry import ModelRef
     from .transformer import SceneTransformer
 
@@ -200,18 +210,9 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         raise InputError("--low-vram measures GPU memory under model offload; no GPU is available here")
     if feature_cache > 1 and compile_mode:
         raise InputError("--feature-cache does not combine with --compile; measure them in separate runs")
-    if attention == "xformers":
-        try:
-            import xformers  # noqa: F401
-        except ImportError:
-            raise InputError(
-                "--attention xformers needs the xformers extra: pip install 'depth2img[xformers]'"
-            ) from None
-    elif attention != "sdpa":
-        raise InputError(f"attention must be sdpa or xformers, got {attention!r}")
+    backends.check_attention(attention, "--attention")  # before any model is built
     size = size or (1024 if backbone == "sdxl" else 512)
-    plain_dtype = resolve_dtype(dtype, device)  # diffusers docs: fp16 on GPU (fp32 on CPU)
-    fast_dtype = torch.bfloat16 if device.type == "cuda" else plain_dtype
+    plain_dtype, fast_dtype = _dtypes(device, dtype)
     progress(f"building {backbone} + ControlNet ({preset}) on {device} ...")
     comps = _components(backbone, preset, device, plain_dtype)
     plain = _pipeline(backbone, comps)
@@ -259,20 +260,22 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         return st.transform(image, prompt, depth=depth, seed=seeds, steps=steps, strength=1.0, scheduler="unipc",
                             control_end=control_end, **knobs).raw  # fmt: skip
 
-    variants = {"diffusers": lambda: run_plain(seeds)}
+    variants = {"diffusers": lambda: run_plain(seeds)}  # name -> call
+    pipes = {"diffusers": plain}  # name -> the pipeline whose weights it uses
     if batch > 1:
-        variants["diffusers-b1"] = lambda: np.concatenate([run_plain([s]) for s in seeds])
-    variants["depth2img"] = lambda: run_ours(same)
-    variants["depth2img-fast"] = lambda: run_ours(fast)
+        variants["diffusers-b1"], pipes["diffusers-b1"] = (
+            lambda: np.concatenate([run_plain([s]) for s in seeds]),
+            plain,
+        )
+    variants["depth2img"], pipes["depth2img"] = lambda: run_ours(same), plain
+    variants["depth2img-fast"], pipes["depth2img-fast"] = lambda: run_ours(fast), fast.backend.pipe
     if feature_cache > 1:
-        variants[f"depth2img-fast+cache{feature_cache}"] = lambda: run_ours(fast, feature_cache=feature_cache)
+        name = f"depth2img-fast+cache{feature_cache}"
+        variants[name], pipes[name] = lambda: run_ours(fast, feature_cache=feature_cache), fast.backend.pipe
     for name, st in extra.items():
-        variants[name] = lambda st=st: run_ours(st)
-    pipes = {"diffusers": plain, "diffusers-b1": plain, "depth2img": plain, "depth2img-fast": fast.backend.pipe,
-             f"depth2img-fast+cache{feature_cache}": fast.backend.pipe,
-             **{k: v.backend.pipe for k, v in extra.items()}}  # fmt: skip
+        variants[name], pipes[name] = lambda st=st: run_ours(st), st.backend.pipe
     resident = (
-        {name: _resident_bytes(pipes[name], device) for name in variants} if device.type == "cuda" else {}
+        {name: _resident_bytes(pipe, device) for name, pipe in pipes.items()} if device.type == "cuda" else {}
     )
 
     outputs, times, peaks = {}, {k: [] for k in variants}, {}
@@ -358,17 +361,15 @@ def run_depth_bench(*, preset: str = "full", images: int = 16, repeats: int = 3,
     of (b) from (a) relative to (a)'s depth range."""
     import copy
 
-    import torch
     from PIL import Image
     from skimage import data
     from transformers import pipeline
 
     from .estimators import DepthEstimator
-    from .loading import resolve_device, resolve_dtype
+    from .loading import resolve_device
 
     device = resolve_device(device)
-    plain_dtype = resolve_dtype(dtype, device)
-    fast_dtype = torch.bfloat16 if device.type == "cuda" else plain_dtype
+    plain_dtype, fast_dtype = _dtypes(device, dtype)
     photos = [Image.fromarray(data.chelsea())] * images
     rows = {}
     for name in ESTIMATORS:
@@ -390,8 +391,7 @@ def run_depth_bench(*, preset: str = "full", images: int = 16, repeats: int = 3,
                 fn()
                 _sync(device)
                 times[k].append(time.perf_counter() - t)
-        ref = np.asarray(outputs["transformers"][0].float().cpu() if hasattr(outputs["transformers"][0], "cpu")
-                         else outputs["transformers"][0], np.float32)  # fmt: skip
+        ref = outputs["transformers"][0].float().cpu().numpy()
         got = outputs["depth2img"][0]
         ms = {k: 1000 * statistics.median(v) / images for k, v in times.items()}
         rows[name] = {
@@ -407,15 +407,14 @@ def run_depth_bench(*, preset: str = "full", images: int = 16, repeats: int = 3,
     }  # fmt: skip
     lines = [f"Depth estimators, {preset} architectures, {images} photos of 451x300, on **{result['device']}** "
              f"({result['date']}); median of {repeats} interleaved runs. transformers pipeline, one image per call, "
-             f"{result['plain_dtype']}; depth2img DepthEstimator (batches of {1 if device.type == 'cpu' else 8}), {result['fast_dtype']}.", "",
+             f"{result['plain_dtype']}; depth2img DepthEstimator (batches of {ours.default_batch_size}), {result['fast_dtype']}.", "",
              "| model | params (M) | transformers ms/image | depth2img ms/image | speed-up | max diff / depth range |",
              "|---|---|---|---|---|---|"]  # fmt: skip
     for name, r in rows.items():
         lines.append(f"| {name} | {r['parameters_m']:.1f} | {r['ms_per_image']['transformers']:.1f} | "
                      f"{r['ms_per_image']['depth2img']:.1f} | {r['speedup']:.2f}x | {r['max_rel_diff']:.2e} |")  # fmt: skip
     result["markdown"] = "\n".join(lines) + "\n"
-    slug = "".join(c if c.isalnum() else "-" for c in result["device"]).strip("-").lower()
-    _write_files(result, Path(out_dir), f"depth-estimators-{preset}-{slug}", result["markdown"])
+    _write_files(result, Path(out_dir), f"depth-estimators-{preset}", result["markdown"])
     return result
 
 
@@ -461,20 +460,21 @@ def markdown(result: dict) -> str:
 
 
 def _write(result: dict, out_dir: Path) -> None:
-    slug = "".join(c if c.isalnum() else "-" for c in result["device"]).strip("-").lower()
     extra = (f"-b{result['batch']}" if result["batch"] > 1 else "") + (
         f"-ce{result['control_end']:g}" if result["control_end"] < 1 else ""
     )
     extra += f"-{result['compile']}" if result.get("compile") else ""
     extra += f"-cache{result['feature_cache']}" if result.get("feature_cache", 1) > 1 else ""
     extra += "-lowvram" if "depth2img-lowvram" in result["results"] else ""
-    stem = f"{result.get('backbone', 'sd15')}-controlnet-{result['preset']}-{result['size']}{extra}-{slug}"
+    stem = f"{result.get('backbone', 'sd15')}-controlnet-{result['preset']}-{result['size']}{extra}"
     _write_files(result, out_dir, stem, markdown(result))
 
 
 def _write_files(result: dict, out_dir: Path, stem: str, table: str) -> None:
+    """``STEM-DEVICE.json`` and ``.md``, written atomically."""
     from .io import atomic_path
 
+    stem += "-" + "".join(c if c.isalnum() else "-" for c in result["device"]).strip("-").lower()
     with atomic_path(out_dir / f"{stem}.json") as tmp:
         tmp.write_text(json.dumps(result, indent=1) + "\n")
     with atomic_path(out_dir / f"{stem}.md") as tmp:

@@ -87,15 +87,20 @@ class DepthEstimator:
         model.to(device).eval()
         return cls(model, processor, kind=kind, name=ref.name, ref=ref)
 
+    @property
+    def default_batch_size(self) -> int:
+        """8 on a GPU, 1 on CPU (`depth2img bench --depth`, full-size Depth Anything V2 S/B/L on a 2-core x86_64:
+        batches of 4 were 10-23 % slower per image than one at a time)."""
+        return 1 if self.device.type == "cpu" else 8
+
     def __call__(self, images, batch_size: int | None = None, progress=None) -> list[DepthMap]:
         """Estimate depth for one PIL image or a list; returns one DepthMap per image at its exact size.
 
-        ``batch_size`` None: 8 on a GPU, 1 on CPU (`depth2img bench --depth`, full-size Depth Anything V2 S/B/L on
-        a 2-core x86_64: batches of 4 were 10-23 % slower per image than one at a time)."""
+        ``batch_size`` None: ``default_batch_size``."""
         import torch
 
         if batch_size is None:
-            batch_size = 1 if self.device.type == "cpu" else 8
+            batch_size = self.default_batch_size
         single = not isinstance(images, Sequence)
         images = [images] if single else list(images)
         inputs = [self.processor(images=img, return_tensors="pt")["pixel_values"] for img in images]
