@@ -1,31 +1,137 @@
 #!/usr/bin/env bash
-# The GPU part of the performance plan, in one command (an H100 or H200; about 25 minutes on an H100 by estimate,
-# not yet measured). Each line writes JSON + a markdown table to benchmarks/ named after the device; the README
-# quotes them. Full-size architectures with random weights: no download is needed.
+# The GPU part of the performance plan (an H100 or H200), in parts that each fit one 10-minute device call.
+# Full-size architectures with random weights: no download is needed. Each bench line writes JSON + a markdown
+# table to benchmarks/ named after the device; the README quotes them.
 #
-#   bash benchmarks/run_gpu.sh            # all of it
-#   PEAK=989 bash benchmarks/run_gpu.sh   # give the datasheet's dense bf16 TFLOP/s instead of a measured matmul
-set -euo pipefail
+#   bash benchmarks/run_gpu.sh wheels             # HERE, where PyPI is reachable: pure-Python wheels that the
+#                                                 # GPU image lacks (diffusers; transformers/regex at our versions)
+#                                                 # into .gpu-wheels/ (git-ignored; name it in the device's carry)
+#   bash benchmarks/run_gpu.sh core               # ON THE GPU: batch-1 latency, dataset mode (batch 16), low-VRAM
+#   bash benchmarks/run_gpu.sh compile            #   torch.compile modes (reduce-overhead = CUDA graphs)
+#   bash benchmarks/run_gpu.sh extra              #   ControlNet window, feature cache, xformers, depth, SDXL low-VRAM
+#   bash benchmarks/run_gpu.sh                    #   all three parts, in that order
+#
+# Environment: PEAK=989 gives the datasheet's dense bf16 TFLOP/s instead of a measured matmul; DEADLINE=N: no
+# step starts later than N - MIN_STEP (default 45) seconds after the script began, and a running step is cut at
+# N (the log lists what was done, cut, failed or skipped); RESULTS=DIR writes there instead of benchmarks/;
+# SMOKE=1 runs every step at tiny size into a scratch folder (a CPU check of this script). With $OUT set (the
+# device tool's output folder) the files each part wrote, and its log, come back as $OUT/bench-PART.tar.gz:
+#   tar xzf bench-PART.tar.gz -C benchmarks
+set -uo pipefail
 cd "$(dirname "$0")/.."
-peak=(${PEAK:+--peak-tflops "$PEAK"})
-b=(depth2img bench "${peak[@]}")
+root=$PWD
+started=$SECONDS
+deadline=${DEADLINE:-0}
 
-# 1. Batch-1 latency (target: >= 2x plain diffusers), then dataset mode (targets: >= 45 % of bf16 peak, >= 19,000
-#    images/hour on an H100, >= 3x plain diffusers run one image per call).
-"${b[@]}" --batch 1
-"${b[@]}" --batch 16
-# 2. torch.compile: choose the mode by measurement (reduce-overhead = CUDA graphs; shapes are static here).
-for mode in default reduce-overhead max-autotune-no-cudagraphs max-autotune; do
-  "${b[@]}" --batch 1 --compile "$mode" || echo "compile mode $mode failed" >&2
-  "${b[@]}" --batch 16 --compile "$mode" || echo "compile mode $mode failed" >&2
+if [[ ${1:-} == wheels ]]; then
+  set -e
+  py=${PYTHON:-python}
+  versions=$("$py" -c 'import importlib.metadata as m; print(*(f"{p}=={m.version(p)}" for p in ("diffusers", "transformers", "regex")))')
+  read -r diffusers transformers regex <<<"$versions"
+  rm -rf .gpu-wheels && mkdir .gpu-wheels
+  "$py" -m pip download -q --no-deps -d .gpu-wheels "$diffusers" "$transformers"
+  # The GPU image's Python is 3.12 on x86_64; regex is compiled.
+  "$py" -m pip download -q --no-deps -d .gpu-wheels --only-binary=:all: --python-version 3.12 \
+    --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 "$regex"
+  ls -l .gpu-wheels
+  exit 0
+fi
+
+parts=("$@")
+[[ ${#parts[@]} -eq 0 ]] && parts=(core compile extra)
+for part in "${parts[@]}"; do
+  case $part in core | compile | extra) ;; *) echo "run_gpu.sh: unknown part '$part' (core, compile, extra, wheels)" >&2; exit 2 ;; esac
 done
-# 3. ControlNet skipped outside its window, and the feature cache (a quality trade: its diff is reported).
-"${b[@]}" --batch 16 --control-end 0.8
-"${b[@]}" --batch 16 --feature-cache 3
-# 4. xformers against SDPA (only when the extra is installed).
-if python -c "import xformers" 2>/dev/null; then "${b[@]}" --batch 1 --attention xformers; fi
-# 5. Depth estimators: transformers' pipeline one image per call (fp16) against depth2img batched in bf16.
-"${b[@]}" --depth --batch 16
-# 6. Low-VRAM budgets (targets: SD1.5 + ControlNet < 4 GB, SDXL + ControlNet < 8 GB peak).
-"${b[@]}" --low-vram --repeats 1
-"${b[@]}" --backbone sdxl --low-vram --repeats 1 --steps 10
+
+# depth2img from this checkout: the installed command if there is one, else the package on PYTHONPATH.
+if command -v depth2img >/dev/null; then
+  d2i=(depth2img)
+else
+  if compgen -G ".gpu-wheels/*.whl" >/dev/null; then
+    echo "== installing the carried wheels (no dependencies: the image's torch stays)"
+    for w in .gpu-wheels/*.whl; do
+      python3 -m pip install -q --no-index --no-deps "$w" || echo "== not installed: $w" >&2
+    done
+  fi
+  export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}
+  d2i=(python3 -m depth2img)
+  python3 - <<'EOF' || true
+import importlib.metadata as m
+import torch
+print("== torch", torch.__version__, "CUDA", torch.version.cuda, "|", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU")
+print("==", ", ".join(f"{p} {m.version(p)}" for p in ("diffusers", "transformers", "accelerate", "huggingface_hub", "tokenizers")))
+EOF
+fi
+common=(${PEAK:+--peak-tflops "$PEAK"})
+results=${RESULTS:-benchmarks}
+if [[ -n ${SMOKE:-} ]]; then # tiny sizes; tables go to a scratch folder, never over the committed ones
+  common+=(--preset tiny --size 64 --steps 2 --repeats 1)
+  results=${RESULTS:-$(mktemp -d)}
+fi
+mkdir -p "$results"
+common+=(-o "$results")
+
+step() { # step LABEL ARGS...: one bench line, cut at the deadline; a failure is logged and the plan goes on
+  local label=$1 limit=()
+  shift
+  if ((deadline > 0)); then
+    local left=$((deadline - (SECONDS - started)))
+    if ((left < ${MIN_STEP:-45})); then
+      echo "== SKIPPED (deadline): $label"
+      return
+    fi
+    limit=(timeout "$left")
+  fi
+  echo "== $label: ${d2i[*]} bench ${common[*]} $*"
+  local t=$SECONDS rc=0
+  "${limit[@]}" "${d2i[@]}" bench "${common[@]}" "$@" || rc=$?
+  if ((rc == 0)); then
+    echo "== done: $label ($((SECONDS - t)) s)"
+  else
+    echo "== FAILED: $label (exit $rc$( ((rc == 124)) && echo ', cut at the deadline'), $((SECONDS - t)) s)"
+  fi
+}
+
+stamp=$(mktemp)
+logs=()
+for part in "${parts[@]}"; do
+  log=$results/run_gpu-$part.log
+  logs+=("$log")
+  {
+    case $part in
+      core)
+        # Targets: batch 1 >= 2x plain diffusers; dataset mode >= 45 % of bf16 peak, >= 19,000 images/hour on an
+        # H100, >= 3x plain diffusers one image per call; SD1.5 + ControlNet < 4 GB peak in low-VRAM mode.
+        step latency --batch 1
+        step dataset --batch 16
+        step lowvram-sd15 --low-vram --repeats 1
+        ;;
+      compile)
+        # torch.compile, mode chosen by measurement; shapes are static, so CUDA graphs (reduce-overhead) apply.
+        step compile-ro-b16 --batch 16 --compile reduce-overhead
+        step compile-ro-b1 --batch 1 --compile reduce-overhead
+        step compile-default-b16 --batch 16 --compile default
+        step compile-mat-b16 --batch 16 --compile max-autotune-no-cudagraphs
+        ;;
+      extra)
+        step sdxl-lowvram --backbone sdxl --low-vram --repeats 1 --steps 10 # target: < 8 GB peak
+        step depth --depth --batch 16
+        step window-b16 --batch 16 --control-end 0.8
+        step cache3-b16 --batch 16 --feature-cache 3
+        if python3 -c "import xformers" 2>/dev/null; then step xformers-b1 --batch 1 --attention xformers; fi
+        ;;
+    esac
+  } 2>&1 | tee "$log"
+  if [[ -n ${OUT:-} ]]; then
+    find "$results" -maxdepth 1 -newer "$stamp" -type f \( -name '*.json' -o -name '*.md' -o -name '*.log' \) \
+      -printf '%P\n' | tar czf "$OUT/bench-$part.tar.gz" -C "$results" -T -
+  fi
+done
+echo
+echo "== tables written in $results ($((SECONDS - started)) s in all):"
+find "$results" -maxdepth 1 -newer "$stamp" -name '*.md' -print | sort | while read -r f; do
+  echo "-- $f"
+  cat "$f"
+done
+grep -h "^== \(done\|FAILED\|SKIPPED\)" "${logs[@]}"
+rm -f "$stamp"

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import InputError, ModelLoadError, first_line
 from .featurecache import swapped_forward, unet_feature_cache
-from .knobs import CONTROL_KNOBS
+from .knobs import CONTROL_KNOBS, OFFLOAD_MODES
 from .loading import (
     LORA_FILES,
     PIPELINE_FILES,
@@ -51,6 +51,22 @@ CLASS_TO_KIND = {
     "StableDiffusionXLControlNetPipeline": "sdxl-controlnet", "FluxControlPipeline": "flux-control",
     "FluxPipeline": "flux-control",  # FLUX.1-dev, with the depth Control LoRA on top
 }  # fmt: skip
+
+
+def offload_pipeline(pipe, mode: str, device) -> None:
+    """Apply offload ``mode`` (not ``none``) to every model of ``pipe``, computing on ``device``; weights rest on
+    the CPU. ``group`` copies the next layer on a side CUDA stream while the current one runs (on a GPU)."""
+    import torch
+
+    if mode == "model":
+        pipe.enable_model_cpu_offload(device=device)
+    elif mode == "sequential":
+        pipe.enable_sequential_cpu_offload(device=device)
+    elif mode == "group":
+        pipe.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), offload_type="leaf_level",
+                                  use_stream=device.type == "cuda")  # fmt: skip
+    else:
+        raise ValueError(mode)
 
 
 def check_attention(attention: str, name: str = "attention") -> str:
@@ -225,19 +241,22 @@ class Backend:
     def text_limit(self) -> tuple[object, int]:
         return self.pipe.tokenizer, self.pipe.tokenizer.model_max_length
 
-    def memory(self, *, offload: str | None = None, vae_tiling: bool = False, vae_slicing: bool = False,
-               attention: str = "sdpa") -> None:  # fmt: skip
+    def memory(self, *, device=None, offload: str | None = None, vae_tiling: bool = False,
+               vae_slicing: bool = False, attention: str = "sdpa") -> None:  # fmt: skip
+        """Memory options; ``device`` is where the models compute (the caller's resolved device)."""
         import torch
 
         pipe = self.pipe
-        if offload not in (None, "none", "model", "sequential"):
-            raise InputError(f"offload must be none, model or sequential, got {offload!r}")
-        if offload in ("model", "sequential"):
-            if not torch.cuda.is_available():
+        offload = offload or "none"
+        if offload not in OFFLOAD_MODES:
+            raise InputError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
+        if offload != "none":
+            device = torch.device(device if device is not None else "cuda")
+            if device.type != "cuda" or not torch.cuda.is_available():
                 raise InputError(
                     f"offload {offload!r} moves weights between CPU and GPU; no GPU is available here"
                 )
-            (pipe.enable_model_cpu_offload if offload == "model" else pipe.enable_sequential_cpu_offload)()
+            offload_pipeline(pipe, offload, device)
         if vae_tiling:
             pipe.vae.enable_tiling()
         if vae_slicing:

@@ -191,7 +191,8 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
       skipped outside its window);
     - ``depth2img-fast+cacheN`` (``feature_cache`` N > 1): the fast path reusing deep UNet features (quality trade);
     - ``depth2img-fast-xformers`` (``attention='xformers'``): the fast path with xformers attention instead of SDPA;
-    - ``depth2img-lowvram`` (``low_vram``, GPU only): model CPU offload, VAE slicing and tiling.
+    - ``depth2img-lowvram-model`` and ``-group`` (``low_vram``, GPU only): model CPU offload or group offloading
+      (layer by layer, copies on a CUDA stream), each with VAE slicing and tiling.
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -207,7 +208,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         raise InputError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
     device = resolve_device(device)
     if low_vram and device.type != "cuda":
-        raise InputError("--low-vram measures GPU memory under model offload; no GPU is available here")
+        raise InputError("--low-vram measures GPU memory under CPU offload; no GPU is available here")
     if feature_cache > 1 and compile_mode:
         raise InputError("--feature-cache does not combine with --compile; measure them in separate runs")
     backends.check_attention(attention, "--attention")  # before any model is built
@@ -233,13 +234,13 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             _pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype
         )
         xf.backend.optimize(compile_mode=compile_mode)
-        xf.backend.memory(attention="xformers")
-    if low_vram:
+        xf.backend.memory(device=device, attention="xformers")
+    for mode in ("model", "group") if low_vram else ():
         lv_comps = {
             k: (v.to("cpu") if hasattr(v, "parameters") else v) for k, v in _copy(comps, plain_dtype).items()
         }
-        extra["depth2img-lowvram"] = lv = ours(_pipeline(backbone, lv_comps), plain_dtype)
-        lv.backend.memory(offload="model", vae_slicing=True, vae_tiling=True)
+        extra[f"depth2img-lowvram-{mode}"] = lv = ours(_pipeline(backbone, lv_comps), plain_dtype)
+        lv.backend.memory(device=device, offload=mode, vae_slicing=True, vae_tiling=True)
 
     yy, xx = np.mgrid[0:size, 0:size]
     depth = DepthMap(1.0 + yy + 0.5 * xx, "metric_depth")
@@ -465,7 +466,7 @@ def _write(result: dict, out_dir: Path) -> None:
     )
     extra += f"-{result['compile']}" if result.get("compile") else ""
     extra += f"-cache{result['feature_cache']}" if result.get("feature_cache", 1) > 1 else ""
-    extra += "-lowvram" if "depth2img-lowvram" in result["results"] else ""
+    extra += "-lowvram" if any("-lowvram" in k for k in result["results"]) else ""
     stem = f"{result.get('backbone', 'sd15')}-controlnet-{result['preset']}-{result['size']}{extra}"
     _write_files(result, out_dir, stem, markdown(result))
 

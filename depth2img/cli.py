@@ -10,6 +10,8 @@ import argparse
 import os
 import sys
 
+from .knobs import OFFLOAD_MODES
+
 EXIT_USAGE = 2  # bad input, as argparse uses it
 
 
@@ -102,8 +104,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="few-step LoRA fused into the UNet: lcm-sd15, lcm-sdxl, hyper-sd15-8step (sets its scheduler, "
                    "steps and guidance as defaults)")  # fmt: skip
     p.add_argument("--lora-scale", type=float, default=1.0, help="strength of --lora (default 1.0)")
-    p.add_argument("--offload", choices=["none", "model", "sequential"], default="none",
-                   help="CPU offload to save GPU memory (model: moderate, sequential: least memory, slowest)")  # fmt: skip
+    p.add_argument("--offload", choices=list(OFFLOAD_MODES), default="none",
+                   help="CPU offload to save GPU memory: " + "; ".join(f"{k}: {v}" for k, v in OFFLOAD_MODES.items()))  # fmt: skip
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (large images, less memory)")
     p.add_argument("--vae-slicing", action="store_true", help="decode one image at a time")
     p.add_argument(
@@ -180,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", choices=["sdpa", "xformers"], default="sdpa",
                    help="xformers: also time the fast path with xformers attention (needs the extra)")  # fmt: skip
     p.add_argument("--low-vram", action="store_true",
-                   help="also time model CPU offload + VAE slicing/tiling and report its peak GPU memory")  # fmt: skip
+                   help="also time model CPU offload and group offloading (each + VAE slicing/tiling) and report their peak GPU memory")  # fmt: skip
     p.add_argument(
         "--peak-tflops", type=float, help="peak TFLOP/s of the device (default: measured with a matmul)"
     )

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import math
-
-import numpy as np
+import numbers
 
 from .errors import InputError
 
@@ -15,6 +14,14 @@ MAX_STEPS = 1000
 MAX_SEED = 2**63 - 1  # torch.Generator.manual_seed takes a signed 64-bit seed
 MAX_IMAGES = 64  # images per transform call
 MAX_CACHE_INTERVAL = 10
+# --offload: how weights move between CPU and GPU, from most GPU memory to least
+OFFLOAD_MODES = {
+    "none": "all weights stay on the GPU",
+    "model": "each model moves to the GPU while it runs (diffusers' model CPU offload)",
+    "group": "layer by layer, the next layer copied on a CUDA stream while this one runs (diffusers' group "
+    "offloading): near sequential's memory, its copies overlapping the compute",
+    "sequential": "layer by layer, no overlap: least memory, slowest",
+}
 
 
 def check_knobs(knobs: dict) -> None:
@@ -42,7 +49,7 @@ def check_knobs(knobs: dict) -> None:
 
 
 def check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= int(seed) <= MAX_SEED:
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) <= MAX_SEED:
         raise InputError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
     return int(seed)
 

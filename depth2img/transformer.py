@@ -99,7 +99,13 @@ class SceneTransformer:
             lora_ref = resolve_lora(lora)
             backend.load_speed_lora(lora_ref, scale=lora_scale, local_files_only=local_files_only)
             lora_knobs = dict(lora_ref.entry.knobs) if lora_ref.entry else {}
-        backend.memory(offload=offload, vae_tiling=vae_tiling, vae_slicing=vae_slicing, attention=attention)
+        backend.memory(
+            device=device,
+            offload=offload,
+            vae_tiling=vae_tiling,
+            vae_slicing=vae_slicing,
+            attention=attention,
+        )
         if offload in (None, "none"):
             for pipe in backend.pipes.values():
                 pipe.to(device)
@@ -293,7 +299,7 @@ class SceneTransformer:
             depth, n = kwargs["depth"], len(kwargs["generators"])
             raise OutOfMemory(
                 f"out of GPU memory generating {n} image(s) at {depth.width}x{depth.height} with {self.name}: "
-                "try fewer --num-images, --offload model (or sequential), --vae-tiling, or --dtype float16",
+                "try fewer --num-images, --offload model (or group), --vae-tiling, or --dtype float16",
                 batch=n,
             ) from None
 

@@ -64,7 +64,7 @@ def test_bench_argument_errors(capsys):
     assert main(["bench", "--control-end", "1.5"]) == 2
     assert "0 <= start < end <= 1, got 0.0 and 1.5" in capsys.readouterr().err
     for argv, message in [
-        (["--low-vram"], "--low-vram measures GPU memory under model offload; no GPU is available here"),
+        (["--low-vram"], "--low-vram measures GPU memory under CPU offload; no GPU is available here"),
         (["--feature-cache", "2", "--compile", "default"], "--feature-cache does not combine with --compile"),
         (["--attention", "xformers"], "--attention xformers needs the xformers extra"),
         (["--feature-cache", "0"], "feature_cache must be an integer in 1..10 (1 = off), got 0"),
@@ -76,8 +76,8 @@ def test_bench_argument_errors(capsys):
         assert message in err and err.count("\n") == 1, err
 
 
-def test_gpu_script_commands_all_parse(tmp_path):
-    """benchmarks/run_gpu.sh is the GPU part in one command: every depth2img line in it must be a valid call."""
+def _run_gpu_script(tmp_path, *parts, **env):
+    """benchmarks/run_gpu.sh with a stub depth2img that logs its arguments and writes a table into its -o folder."""
     import os
     import subprocess
     import sys
@@ -85,24 +85,59 @@ def test_gpu_script_commands_all_parse(tmp_path):
 
     log = tmp_path / "calls.txt"
     fake = tmp_path / "bin" / "depth2img"
-    fake.parent.mkdir()
-    fake.write_text(f'#!/bin/sh\necho "$@" >> {log}\n')
+    fake.parent.mkdir(parents=True)
+    fake.write_text(f"""#!/bin/sh
+echo "$@" >> {log}
+prev=
+for a in "$@"; do [ "$prev" = -o ] && echo "| a table |" > "$a/stub-$(date +%s%N).md"; prev=$a; done
+sleep ${{STUB_SLEEP:-0}}
+""")
     fake.chmod(0o755)
     script = Path(__file__).parents[1] / "benchmarks" / "run_gpu.sh"
-    env = {
-        **os.environ,
-        "PATH": f"{fake.parent}:{Path(sys.executable).parent}:{os.environ['PATH']}",
-        "PEAK": "989",
-    }
-    subprocess.run(["bash", str(script)], check=True, env=env, capture_output=True)
+    env = {**os.environ, "PATH": f"{fake.parent}:{Path(sys.executable).parent}:{os.environ['PATH']}",
+           "RESULTS": str(tmp_path / "results"), **env}  # fmt: skip
+    done = subprocess.run(["bash", str(script), *parts], env=env, capture_output=True, text=True, timeout=120)
+    calls = log.read_text().splitlines() if log.exists() else []
+    return done, calls
+
+
+def test_gpu_script_commands_all_parse(tmp_path):
+    """benchmarks/run_gpu.sh is the GPU plan in three parts: every depth2img line in it must be a valid call, and
+    with $OUT set each part's tables and log come back as one archive (the device tool returns at most 8 files)."""
+    import tarfile
+
     from depth2img.cli import build_parser
 
-    calls = log.read_text().splitlines()
-    assert len(calls) >= 14
+    out = tmp_path / "out"
+    out.mkdir()
+    done, calls = _run_gpu_script(tmp_path, PEAK="989", OUT=str(out))
+    assert done.returncode == 0, done.stderr
+    assert len(calls) >= 11
     for line in calls:
         args = build_parser().parse_args(line.split())
-        assert args.command == "bench" and args.peak_tflops == 989.0
+        assert (
+            args.command == "bench" and args.peak_tflops == 989.0 and args.output == str(tmp_path / "results")
+        )
     assert any("--low-vram" in c and "--backbone sdxl" in c for c in calls)
+    assert any("--compile reduce-overhead" in c for c in calls) and any("--depth" in c for c in calls)
+    for part in ("core", "compile", "extra"):
+        with tarfile.open(out / f"bench-{part}.tar.gz") as tar:
+            names = tar.getnames()
+        assert f"run_gpu-{part}.log" in names and any(n.endswith(".md") for n in names), names
+    assert done.stdout.count("== done:") == 2 * len(calls)  # as each ends, and in the closing summary
+    assert "| a table |" in done.stdout
+
+
+def test_gpu_script_keeps_to_its_deadline_and_refuses_unknown_parts(tmp_path):
+    done, calls = _run_gpu_script(tmp_path, "core", DEADLINE="2", MIN_STEP="1", STUB_SLEEP="5")
+    assert len(calls) == 1  # the first step starts, is cut at the deadline; the others never start
+    assert "== FAILED: latency (exit 124, cut at the deadline" in done.stdout
+    assert (
+        "== SKIPPED (deadline): dataset" in done.stdout
+        and "== SKIPPED (deadline): lowvram-sd15" in done.stdout
+    )
+    done, calls = _run_gpu_script(tmp_path / "again", "speed")
+    assert done.returncode == 2 and "unknown part 'speed'" in done.stderr and not calls
 
 
 def test_depth_bench_equals_transformers_pipeline(tmp_path):

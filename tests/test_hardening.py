@@ -336,3 +336,68 @@ def test_batch_job_records_an_item_that_never_fits_and_goes_on(monkeypatch, tmp_
     assert (
         json.loads((tmp_path / "out" / "manifest.jsonl").read_text().splitlines()[0])["variation"] == "rain"
     )
+
+
+# ------------------------------------------------------------------------------------------ CPU offload
+
+
+def test_group_offload_gives_the_same_images(chelsea):
+    """Group offloading moves where weights rest, not the result. Run here CPU->CPU (on a GPU the copies ride a
+    CUDA stream), with the ControlNet window and the feature cache, whose forward swaps sit above its hooks."""
+    from depth2img.backends import offload_pipeline
+    from depth2img.transformer import SceneTransformer
+
+    st_ = SceneTransformer.from_pretrained("tiny")
+    photo = chelsea.resize((64, 64))
+    knobs = dict(steps=4, seed=[3, 4], control_end=0.5, feature_cache=2)
+    before = st_.transform(photo, "a street", **knobs).raw
+    offload_pipeline(st_.backend.pipe, "group", torch.device("cpu"))
+    for name in ("unet", "controlnet", "vae", "text_encoder"):
+        module = getattr(st_.backend.pipe, name)
+        assert any(hasattr(m, "_diffusers_hook") for m in module.modules()), name
+    np.testing.assert_array_equal(before, st_.transform(photo, "a street", **knobs).raw)
+
+
+def test_offload_modes_reach_diffusers_with_the_chosen_device(monkeypatch):
+    """What --offload asks diffusers for on a GPU (faked: the calls are recorded, not run)."""
+    from depth2img.backends import load_backend
+    from depth2img.registry import resolve_backbone
+
+    backend = load_backend(resolve_backbone("tiny"), dtype=torch.float32)
+    calls = []
+    for method in ("enable_model_cpu_offload", "enable_sequential_cpu_offload", "enable_group_offload"):
+        monkeypatch.setattr(
+            backend.pipe, method, lambda method=method, **kw: calls.append((method, kw)), raising=False
+        )
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for mode in ("model", "sequential", "group"):
+        backend.memory(device="cuda:0", offload=mode)
+    cuda = torch.device("cuda:0")
+    assert calls == [
+        ("enable_model_cpu_offload", {"device": cuda}),
+        ("enable_sequential_cpu_offload", {"device": cuda}),
+        ("enable_group_offload", {"onload_device": cuda, "offload_device": torch.device("cpu"),
+                                  "offload_type": "leaf_level", "use_stream": True}),
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("offload", ["model", "group", "sequential"])
+def test_offload_without_a_gpu_is_one_line(capsys, tmp_path, chelsea, offload):
+    chelsea.save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    assert main(["transform", str(tmp_path / "a.png"), "-o", str(out), "--model", "tiny", "--prompt", "x",
+                 "--offload", offload]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].endswith(
+        f"offload {offload!r} moves weights between CPU and GPU; no GPU is available here"
+    )
+    assert not out.exists() or not any(out.iterdir())
+
+
+def test_unknown_offload_is_refused_by_the_api():
+    from depth2img.transformer import SceneTransformer
+
+    with pytest.raises(
+        Depth2ImgError, match="offload must be one of none, model, group, sequential, got 'disk'"
+    ):
+        SceneTransformer.from_pretrained("tiny", offload="disk")
