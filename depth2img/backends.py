@@ -114,6 +114,21 @@ def skip_inactive_controlnet(controlnet, counter: ControlNetCallCounter | None =
         yield
 
 
+def _pipe_sharing_weights(pipeline_class, pipe):
+    """``pipeline_class.from_pipe(pipe)`` with every shared model left in its dtype. from_pipe casts all of them
+    to its ``dtype`` argument, float32 when none is given: fp16/bf16 weights would silently become float32."""
+    import torch
+
+    models = {k: m for k, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
+    dtypes = {k: next(m.parameters()).dtype for k, m in models.items() if any(True for _ in m.parameters())}
+    main = dtypes.get("unet") or dtypes.get("transformer") or next(iter(dtypes.values()), torch.float32)
+    new = pipeline_class.from_pipe(pipe, dtype=main)  # a no-op cast when all models share that dtype
+    for k, dtype in dtypes.items():  # mixed dtypes (a float32 VAE, say) are put back as they were
+        if next(models[k].parameters()).dtype != dtype:
+            models[k].to(dtype=dtype)
+    return new
+
+
 def _model_index(path: Path) -> dict:
     index = path / "model_index.json"
     if not index.is_file():
@@ -155,7 +170,7 @@ class Backend:
         self.companion_ref = companion_ref  # the ControlNet or LoRA repo loaded with the base
         self.pipes = {"txt2img" if self.supports_txt2img else "img2img": txt2img}
         if self.supports_txt2img and self.img2img_class:
-            self.pipes["img2img"] = getattr(diffusers, self.img2img_class).from_pipe(txt2img)
+            self.pipes["img2img"] = _pipe_sharing_weights(getattr(diffusers, self.img2img_class), txt2img)
         for pipe in self.pipes.values():
             pipe.set_progress_bar_config(disable=True)  # depth2img shows its own per-step bar
         self.scheduler_name = None
@@ -288,8 +303,12 @@ class Backend:
             if fuse_qkv and hasattr(module, "fuse_qkv_projections"):
                 module.fuse_qkv_projections()
                 applied.append(f"{name}:fused_qkv")
-            # The ControlNet is left uncompiled: skip_inactive_controlnet swaps its forward between steps.
-            if compile_mode and name in ("unet", "transformer", "vae"):
+            if compile_mode and name == "controlnet":
+                # Its forward is compiled, not the module: skip_inactive_controlnet wraps that forward from
+                # outside, so steps outside the guidance window still skip it without a recompile.
+                module.forward = torch.compile(module.forward, mode=compile_mode, fullgraph=False)
+                applied.append(f"{name}:compile({compile_mode})")
+            elif compile_mode and name in ("unet", "transformer", "vae"):
                 target = module.decoder if name == "vae" else module
                 target.compile(mode=compile_mode, fullgraph=False)
                 applied.append(f"{name}:compile({compile_mode})")

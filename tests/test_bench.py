@@ -46,6 +46,23 @@ def test_bench_dataset_mode_feature_cache_and_sdxl(tmp_path):
     assert markdown(xl).startswith("SDXL + ControlNet depth")
 
 
+def test_fast_path_in_another_dtype_is_judged_against_diffusers_in_that_dtype(tmp_path, monkeypatch):
+    """On a GPU the fast path runs bf16 against fp16 plain diffusers; its optimisations are checked against plain
+    diffusers in bf16 too. Here fp32 plays the plain dtype and bf16 the fast one."""
+    import torch
+
+    from depth2img import bench
+
+    monkeypatch.setattr(bench, "_dtypes", lambda device, dtype: (torch.float32, torch.bfloat16))
+    rows = run_bench(preset="tiny", size=64, steps=2, repeats=1, out_dir=tmp_path, progress=lambda m: None)[
+        "results"
+    ]
+    assert rows["depth2img"]["max_abs_diff_vs_diffusers_same_dtype"] == 0.0
+    fast = rows["depth2img-fast"]
+    assert fast["max_abs_diff_vs_diffusers"] > 1e-3  # bf16 against fp32: the dtype's own difference
+    assert fast["max_abs_diff_vs_diffusers_same_dtype"] < fast["max_abs_diff_vs_diffusers"] / 4
+
+
 @pytest.mark.parametrize("name, millions", [("sd15_unet", 859.5), ("sd15_controlnet", 361.3), ("sd_vae", 83.7),
                                             ("clip_l_text", 123.1), ("sdxl_unet", 2567.5), ("sdxl_controlnet", 1251.0),
                                             ("clip_g_text", 694.7), ("sdxl_vae", 83.7),

@@ -83,6 +83,67 @@ def test_sd15_txt2img_with_window_equals_diffusers_and_skips_controlnet(sd15, ph
     _assert_same(ours.raw, plain.raw)
 
 
+@pytest.mark.parametrize("name", ["tiny/sd15-depth", "tiny/sdxl-depth", "tiny/flux-depth"])
+def test_weights_keep_the_requested_dtype(name):
+    """The img2img pipeline shares the txt2img one's models (diffusers' from_pipe, which by default casts them all
+    to float32): every model of every pipeline must stay in the dtype asked for."""
+    st_ = SceneTransformer.from_pretrained(name, dtype=torch.bfloat16)
+    assert set(st_.backend.pipes) == {"txt2img", "img2img"}
+    for kind, pipe in st_.backend.pipes.items():
+        for key, module in pipe.components.items():
+            if isinstance(module, torch.nn.Module):
+                assert {p.dtype for p in module.parameters()} == {torch.bfloat16}, (kind, key)
+
+
+def test_mixed_dtypes_survive_the_shared_img2img_pipeline(tiny_dir):
+    from diffusers import StableDiffusionControlNetImg2ImgPipeline
+
+    from depth2img.backends import SD15Backend
+
+    st_ = SceneTransformer.from_pretrained("tiny", dtype=torch.bfloat16)
+    txt2img = st_.backend.pipes["txt2img"]
+    txt2img.vae.to(torch.float32)  # as some users keep the VAE
+    backend = SD15Backend(txt2img, st_.backend.ref)
+    img2img = backend.pipes["img2img"]
+    assert isinstance(img2img, StableDiffusionControlNetImg2ImgPipeline) and img2img.vae is txt2img.vae
+    assert txt2img.vae.dtype == torch.float32 and txt2img.unet.dtype == torch.bfloat16
+    assert txt2img.controlnet.dtype == torch.bfloat16 and txt2img.text_encoder.dtype == torch.bfloat16
+
+
+def test_compiled_fast_path_traces_whole_models_and_keeps_the_controlnet_window(monkeypatch, photo, depth):
+    """optimize(compile_mode=...) compiles the UNet, the ControlNet (through its forward, which the guidance
+    window wraps from outside) and the VAE decoder. Dynamo traces the real models here; its eager backend stands
+    in for inductor, whose code generation takes about a minute on CPU for these tiny models."""
+    import torch._dynamo
+
+    real_compile = torch.compile
+    modes = []
+
+    def eager_compile(fn, *, mode=None, **kwargs):
+        modes.append(mode)
+        return real_compile(fn, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", eager_compile)
+    st_ = SceneTransformer.from_pretrained("tiny")
+    knobs = dict(depth=depth, seed=[3, 4], steps=4, strength=1.0, control_end=0.5)
+    before = st_.transform(photo, PROMPT, **knobs).raw
+    applied = st_.backend.optimize(compile_mode="reduce-overhead", channels_last=False, fuse_qkv=False)
+    assert applied == ["unet:compile(reduce-overhead)", "controlnet:compile(reduce-overhead)",
+                       "vae:compile(reduce-overhead)"]  # fmt: skip
+    assert modes == ["reduce-overhead"] * 3
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    st_.backend.controlnet_counter.calls = 0
+    after = st_.transform(photo, PROMPT, **knobs).raw
+    assert st_.backend.controlnet_counter.calls == 2  # still skipped outside the window
+    counters = torch._dynamo.utils.counters
+    assert counters["stats"]["unique_graphs"] >= 3 and not counters["graph_break"], dict(
+        counters["graph_break"]
+    )
+    _assert_same(after, before)
+    torch._dynamo.reset()
+
+
 def test_sd2_depth_equals_diffusers(photo, depth, tiny_dir):
     from diffusers import StableDiffusionDepth2ImgPipeline
 
