@@ -21,6 +21,8 @@ from .loading import (
     PIPELINE_FILES,
     SINGLE_MODEL_FILES,
     require_safetensors,
+    resolve_device,
+    resolve_dtype,
     snapshot_dir,
     use_safetensors,
 )
@@ -156,6 +158,7 @@ class Backend:
     has_unet = True  # UNet backbones take feature_cache
     takes_negative_prompt = True
     default_scheduler = "unipc"
+    accelerator_dtype = "float16"  # the default dtype on a GPU (the SD model cards load float16)
     CONTROL_KNOBS: tuple[str, ...] = CONTROL_KNOBS
 
     @property
@@ -183,6 +186,12 @@ class Backend:
     @property
     def pipe(self):
         return next(iter(self.pipes.values()))
+
+    @property
+    def dtype(self):
+        """The denoiser's dtype (the UNet's or transformer's): what the pipelines compute in."""
+        denoiser = getattr(self.pipe, "unet", None) or self.pipe.transformer
+        return denoiser.dtype
 
     @property
     def vae_scale_factor(self) -> int:
@@ -479,6 +488,9 @@ class FluxBackend(Backend):
     has_unet = False
     takes_negative_prompt = False  # FluxControlPipeline uses distilled guidance, no negative prompt
     default_scheduler = "flow-euler"
+    # Its model cards load it in bfloat16; in float16 some text-encoder activations must be clipped and the
+    # outputs differ from bf16/fp32 (diffusers' Flux docs, 'Running FP16 inference').
+    accelerator_dtype = "bfloat16"
 
     @property
     def control_knobs(self):
@@ -544,7 +556,9 @@ def _companion_ref(ref: ModelRef, path: Path, what: str) -> ModelRef:
     raise ModelLoadError(f"model {ref.name!r}: no {what} found (a '{what}/' subfolder or the registry's id)")
 
 
-def load_backend(ref: ModelRef, *, dtype, local_files_only: bool = False) -> Backend:
+def load_backend(ref: ModelRef, *, dtype, device=None, local_files_only: bool = False) -> Backend:
+    """Load a backbone's weights (on the CPU; the caller moves them). ``dtype`` None: the backbone family's own
+    on ``device`` (``Backend.accelerator_dtype``; float32 on CPU)."""
     path = snapshot_dir(ref, local_files_only=local_files_only, allow_patterns=PIPELINE_FILES)
     kind = pipeline_kind(path)
     if ref.entry is not None and ref.entry.pipeline != kind:
@@ -552,4 +566,5 @@ def load_backend(ref: ModelRef, *, dtype, local_files_only: bool = False) -> Bac
             f"model {ref.name!r} holds a {kind} pipeline ({_model_index(path)['_class_name']}), "
             f"but backbone {ref.entry.name!r} needs {ref.entry.pipeline}"
         )
+    dtype = resolve_dtype(dtype, resolve_device(device), BACKENDS[kind].accelerator_dtype)
     return BACKENDS[kind].load(ref, path=path, dtype=dtype, local_files_only=local_files_only)

@@ -48,12 +48,13 @@ def resolve_device(device=None):
     return torch.device("cpu")
 
 
-def resolve_dtype(dtype, device):
-    """Pick the dtype once: the user's choice, else float16 on accelerators and float32 on CPU."""
+def resolve_dtype(dtype, device, accelerator_default: str = "float16"):
+    """Pick the dtype once: the user's choice, else float32 on CPU and on accelerators ``accelerator_default``
+    (the model's own where it has one: bfloat16 for Flux)."""
     import torch
 
     if dtype is None:
-        return torch.float32 if device.type == "cpu" else torch.float16
+        return torch.float32 if device.type == "cpu" else getattr(torch, accelerator_default)
     if isinstance(dtype, torch.dtype):
         return dtype
     name = _DTYPES.get(str(dtype).lower().replace("torch.", ""))

@@ -18,7 +18,7 @@ from . import presets as presets_mod
 from .depthmap import DepthMap
 from .errors import Depth2ImgWarning, InputError, OutOfMemory
 from .knobs import CONTROL_KNOBS, DEFAULT_KNOBS, check_knobs, check_num_images, check_seed
-from .loading import resolve_device, resolve_dtype
+from .loading import resolve_device
 from .registry import default_estimator_for, resolve_backbone
 
 FLUX_GUIDANCE = 10.0  # FLUX.1-Depth-dev's model card uses guidance_scale 10
@@ -90,8 +90,8 @@ class SceneTransformer:
 
         ref = resolve_backbone(name)
         device = resolve_device(device)
-        dtype = resolve_dtype(dtype, device)
-        backend = load_backend(ref, dtype=dtype, local_files_only=local_files_only)
+        backend = load_backend(ref, dtype=dtype, device=device, local_files_only=local_files_only)
+        dtype = backend.dtype
         lora_knobs = {}
         if lora:
             from .registry import resolve_lora

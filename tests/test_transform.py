@@ -95,6 +95,29 @@ def test_weights_keep_the_requested_dtype(name):
                 assert {p.dtype for p in module.parameters()} == {torch.bfloat16}, (kind, key)
 
 
+def test_default_dtype_on_a_gpu_is_the_backbone_familys(monkeypatch):
+    """No dtype given: float32 on CPU; on a GPU float16, but bfloat16 for Flux (as its model cards load it). The GPU
+    is faked: load_backend only loads weights on the CPU; the dtype is what is checked."""
+    from depth2img.backends import load_backend
+    from depth2img.loading import resolve_dtype
+    from depth2img.registry import resolve_backbone
+
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert resolve_dtype(None, cpu, "bfloat16") == torch.float32
+    assert (
+        resolve_dtype(None, cuda) == torch.float16 and resolve_dtype(None, cuda, "bfloat16") == torch.bfloat16
+    )
+    assert resolve_dtype("float32", cuda, "bfloat16") == torch.float32  # the user's choice wins
+    assert load_backend(resolve_backbone("tiny/flux-depth"), dtype=None, device="cpu").dtype == torch.float32
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    got = {name: load_backend(resolve_backbone(name), dtype=None, device="cuda").dtype
+           for name in ("tiny/sd15-depth", "tiny/sdxl-depth", "tiny/sd2-depth", "tiny/flux-depth", "tiny/flux-depth-lora")}  # fmt: skip
+    assert got == {"tiny/sd15-depth": torch.float16, "tiny/sdxl-depth": torch.float16, "tiny/sd2-depth": torch.float16,
+                   "tiny/flux-depth": torch.bfloat16, "tiny/flux-depth-lora": torch.bfloat16}  # fmt: skip
+    bf16 = load_backend(resolve_backbone("tiny/sd15-depth"), dtype="bfloat16", device="cuda")
+    assert bf16.dtype == torch.bfloat16
+
+
 def test_mixed_dtypes_survive_the_shared_img2img_pipeline(tiny_dir):
     from diffusers import StableDiffusionControlNetImg2ImgPipeline
 
