@@ -446,8 +446,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
             for p, depth in depths.items():
                 stem = stems[p]
                 depth_dir = root / "depth"
-                if not (depth_dir / f"{stem}_depth16.png").exists():
-                    write_depth_products(depth, depth_dir, stem, ("png16", "npy"))
+                if not (depth_dir / f"{stem}_depth16.png").exists():  # written by the writer thread too
+                    submit(write_depth_products, depth, depth_dir, stem, ("png16", "npy"))
                 reference = geometry_reference(depth)  # once per source, for all of its outputs
                 for var in vars_:
                     want = [s for s in seeds if (p, var.name, s) in todo]

@@ -244,6 +244,13 @@ def _read_numpy(path: Path):
         return data[key], recorded
 
 
+# zlib level of every PNG depth2img writes (lossless at any level). Measured on this project's 2-core x86_64,
+# Pillow: a 1024x683 photo took 183 ms at Pillow's default (6) and 47 ms at 1, for a 10 % larger file; a
+# 1024x512 16-bit depth map 173 ms and 20 ms (+5 %). At 6, one writer thread would cap a dataset run near
+# 5 images/s at that size, about the GPU target's rate.
+PNG_COMPRESS_LEVEL = 1
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it is renamed over ``path``, on error removed."""
@@ -267,7 +274,9 @@ def write_depth_png16(depth, path) -> Path:
     info = PngImagePlugin.PngInfo()
     info.add_text(KIND_TEXT_KEY, "near-bright")
     with atomic_path(path) as tmp:
-        Image.fromarray(depth.to_uint16()).save(tmp, format="PNG", pnginfo=info)
+        Image.fromarray(depth.to_uint16()).save(
+            tmp, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL
+        )
     return Path(path)
 
 
@@ -290,7 +299,7 @@ def write_depth_preview(depth, path) -> Path:
     from PIL import Image
 
     with atomic_path(path) as tmp:
-        Image.fromarray(depth_preview(depth)).save(tmp, format="PNG")
+        Image.fromarray(depth_preview(depth)).save(tmp, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
     return Path(path)
 
 

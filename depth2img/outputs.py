@@ -10,7 +10,7 @@ import os
 import re
 from pathlib import Path
 
-from .io import atomic_path, write_depth_products
+from .io import PNG_COMPRESS_LEVEL, atomic_path, write_depth_products
 
 METADATA_KEY = "depth2img"  # PNG text chunk holding the JSON metadata
 MANIFEST = "manifest.jsonl"
@@ -23,7 +23,7 @@ def save_png(image, path, metadata: dict | None = None) -> Path:
     if metadata is not None:
         info.add_text(METADATA_KEY, json.dumps(metadata, sort_keys=True))
     with atomic_path(path) as tmp:
-        image.save(tmp, format="PNG", pnginfo=info)
+        image.save(tmp, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
     return Path(path)
 
 
