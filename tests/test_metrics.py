@@ -59,6 +59,21 @@ def test_align_recovers_known_scale_shift():
     assert s == pytest.approx(2) and t == pytest.approx(-1) and np.allclose(aligned, 2 * pred - 1)
 
 
+@pytest.mark.parametrize("case", ["noisy", "masked", "constant"])
+def test_align_equals_numpy_lstsq(case, rng):
+    """The closed-form fit gives numpy's least-squares answer (a constant pred: lstsq's minimum-norm one)."""
+    pred = rng.random((60, 80)) * 5 + 1
+    target = 0.3 * pred + 0.2 + rng.normal(0, 0.05, pred.shape)
+    mask = rng.random(pred.shape) > (0.5 if case == "masked" else 0.0)
+    if case == "constant":
+        pred = np.full_like(pred, 2.5)
+    p, g = pred[mask], target[mask]
+    (s_ref, t_ref), *_ = np.linalg.lstsq(np.stack([p, np.ones_like(p)], axis=1), g, rcond=None)
+    aligned, s, t = align_scale_shift(pred, target, mask)
+    assert s == pytest.approx(s_ref, rel=1e-10, abs=1e-12) and t == pytest.approx(t_ref, rel=1e-10, abs=1e-12)
+    np.testing.assert_allclose(aligned, s_ref * pred + t_ref, rtol=1e-10)
+
+
 def test_edge_f1_edge_cases():
     flat = np.zeros((20, 20))
     step = np.zeros((20, 20))
