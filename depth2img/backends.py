@@ -358,23 +358,53 @@ class Backend:
         """img2img starts from the photo (strength < 1); txt2img generates from the depth alone."""
         return "img2img" if strength < 1.0 or not self.supports_txt2img else "txt2img"
 
-    def control_tensor(self, depth):
-        """The ControlNet image: (1, 3, H, W) float in [0, 1], near = white (no 8-bit rounding)."""
+    def control_tensor(self, depths):
+        """The ControlNet images: (N, 3, H, W) float in [0, 1], near = white (no 8-bit rounding)."""
         import torch
 
-        return torch.from_numpy(depth.control_image()).permute(2, 0, 1)[None].contiguous()
+        return torch.stack(
+            [torch.from_numpy(d.control_image()).permute(2, 0, 1) for d in depths]
+        ).contiguous()
 
-    def call_kwargs(self, *, image, depth, knobs) -> dict:
+    @property
+    def empty_negative_is_zeros(self) -> bool:
+        """SDXL pipelines (force_zeros_for_empty_prompt) use zero embeddings, not the encoded "", for an absent
+        negative prompt; items with and without one then cannot share a batch (a list passes "")."""
+        return bool(self.pipe.config.get("force_zeros_for_empty_prompt", False))
+
+    def call_kwargs(self, *, images, depths, knobs) -> dict:
+        """Pipeline arguments for ``images`` (PIL at generation size, or None for txt2img) and ``depths``: each
+        either one entry shared by the whole batch or one entry per image."""
         raise NotImplementedError
 
-    def __call__(self, *, image, depth, prompt, negative_prompt, generators, knobs, callback=None,
+    def __call__(self, *, images, depths, prompts, negative_prompts, generators, knobs, callback=None,
                  skip_controlnet: bool = True) -> np.ndarray:  # fmt: skip
-        """Run one batch (len(generators) images). ``image``/``depth`` are at generation size; returns (N, H, W, 3) float."""
+        """Run one batch: image i from ``images[i]`` (PIL at generation size), ``depths[i]`` (DepthMap at generation
+        size), ``prompts[i]``, ``negative_prompts[i]`` and ``generators[i]``; returns (N, H, W, 3) float.
+
+        A batch whose images all share one photo, depth and prompt (one source's seeds) is one pipeline call with
+        ``num_images_per_prompt``, as diffusers documents it; a batch across sources or variations passes
+        per-image lists (shared inputs once: the pipeline repeats them)."""
+        n = len(generators)
+        if not len(images) == len(depths) == len(prompts) == len(negative_prompts) == n:
+            raise ValueError("images, depths, prompts, negative_prompts and generators differ in length")
         mode = self.mode(knobs["strength"])
         pipe = self.pipes[mode]
-        kwargs = self.call_kwargs(image=image if mode == "img2img" else None, depth=depth, knobs=knobs)
-        if negative_prompt and self.takes_negative_prompt:
-            kwargs["negative_prompt"] = negative_prompt
+        negative_prompts = [p or "" for p in negative_prompts]
+        per_image = (len(_shared(images)) > 1 or len(_shared(depths)) > 1 or len(set(prompts)) > 1
+                     or len(set(negative_prompts)) > 1)  # fmt: skip
+        # img2img gets the photo once per image, so that image i's VAE sample draws from generator i: diffusers'
+        # Flux img2img encodes one photo once, with the first generator only, so image i of a batch would not
+        # equal a run of seed i alone (the SD pipelines repeat the photo themselves: no change there).
+        images = list(images) if mode == "img2img" else None
+        kwargs = self.call_kwargs(images=images, depths=_shared(depths), knobs=knobs)
+        if per_image:
+            prompt, per_prompt = list(prompts), 1
+            negative = list(negative_prompts) if any(negative_prompts) else None
+        else:
+            prompt, per_prompt, negative = prompts[0], n, negative_prompts[0] or None
+        if negative and self.takes_negative_prompt:
+            kwargs["negative_prompt"] = negative
         if callback is not None:
             kwargs["callback_on_step_end"] = callback
         controlnet = getattr(pipe, "controlnet", None)
@@ -391,11 +421,20 @@ class Backend:
         )
         with guard, cache as self.cache_calls:
             out = pipe(
-                prompt=prompt, num_images_per_prompt=len(generators), generator=generators,
+                prompt=prompt, num_images_per_prompt=per_prompt, generator=generators,
                 num_inference_steps=knobs["steps"], guidance_scale=knobs["guidance_scale"],
-                height=depth.height, width=depth.width, output_type="np", **kwargs,
+                height=depths[0].height, width=depths[0].width, output_type="np", **kwargs,
             )  # fmt: skip
         return np.asarray(out.images, dtype=np.float32)
+
+
+def _shared(items: list) -> list:
+    """``[x]`` when every entry is the same object (the pipeline repeats it), else the list itself."""
+    return items[:1] if all(x is items[0] for x in items) else list(items)
+
+
+def _image_arg(images):
+    return images[0] if len(images) == 1 else images
 
 
 class ControlNetBackend(Backend):
@@ -427,14 +466,14 @@ class ControlNetBackend(Backend):
             )
         return cls(pipe, ref, cn_ref)
 
-    def call_kwargs(self, *, image, depth, knobs):
-        control = self.control_tensor(depth)
+    def call_kwargs(self, *, images, depths, knobs):
+        control = self.control_tensor(depths)
         kwargs = dict(controlnet_conditioning_scale=knobs["control_scale"],
                       control_guidance_start=knobs["control_start"], control_guidance_end=knobs["control_end"])  # fmt: skip
-        if image is None:
+        if images is None:
             kwargs["image"] = control
         else:
-            kwargs.update(image=image, control_image=control, strength=knobs["strength"])
+            kwargs.update(image=_image_arg(images), control_image=control, strength=knobs["strength"])
         return kwargs
 
 
@@ -467,17 +506,18 @@ class SD2DepthBackend(Backend):
         )
         return cls(pipe, ref)
 
-    def call_kwargs(self, *, image, depth, knobs):
+    def call_kwargs(self, *, images, depths, knobs):
         import torch
 
         from .conditioning import as_float32
 
-        inverse = as_float32(depth.inverse())
-        if not inverse.max() > inverse.min():
+        inverses = [as_float32(d.inverse()) for d in depths]
+        if not all(inv.max() > inv.min() for inv in inverses):
             raise InputError(
                 "depth is constant (no structure): SD2-depth normalises it by its range, which is zero"
             )
-        return dict(image=image, depth_map=torch.from_numpy(inverse)[None], strength=knobs["strength"])
+        depth_map = torch.stack([torch.from_numpy(inv) for inv in inverses])
+        return dict(image=_image_arg(images), depth_map=depth_map, strength=knobs["strength"])
 
 
 class FluxBackend(Backend):
@@ -530,12 +570,12 @@ class FluxBackend(Backend):
     def text_limit(self):
         return self.pipe.tokenizer_2, 512
 
-    def call_kwargs(self, *, image, depth, knobs):
-        kwargs = dict(control_image=self.control_tensor(depth))
+    def call_kwargs(self, *, images, depths, knobs):
+        kwargs = dict(control_image=self.control_tensor(depths))
         if self.uses_lora:
             kwargs["joint_attention_kwargs"] = {"scale": knobs["control_scale"]}  # the LoRA scale is the knob
-        if image is not None:
-            kwargs.update(image=image, strength=knobs["strength"])
+        if images is not None:
+            kwargs.update(image=_image_arg(images), strength=knobs["strength"])
         return kwargs
 
 

@@ -19,6 +19,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import NamedTuple
 
 import yaml
 
@@ -69,6 +70,7 @@ class Job:
     layout: str = "files"
     geometry: Geometry = field(default_factory=Geometry)
     depth_batch_size: int = 4
+    batch_size: int = 8  # images per denoising batch, across sources, variations and seeds
     base_dir: str = "."  # relative paths in the job are taken from here (the job file's folder)
 
     def __post_init__(self):
@@ -122,14 +124,10 @@ class Job:
                 raise InputError(f"job key matrix.template is not a valid template ({err})") from None
         if not self.presets and self.matrix is None and not (self.prompt or "").strip():
             raise InputError("job needs variations: presets, a matrix, or at least a prompt")
-        if (
-            isinstance(self.depth_batch_size, bool)
-            or not isinstance(self.depth_batch_size, int)
-            or self.depth_batch_size < 1
-        ):
-            raise InputError(
-                f"job key depth_batch_size must be an integer >= 1, got {self.depth_batch_size!r}"
-            )
+        for key in ("depth_batch_size", "batch_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(f"job key {key} must be an integer >= 1, got {value!r}")
 
     def _check_values(self) -> None:
         """Knob values, scheduler and preset names are checked here, before any model loads."""
@@ -308,6 +306,7 @@ class JobReport:
     wall_s: float = 0.0
     diffusion_s: float = 0.0  # time inside the diffusion pipelines
     oom_splits: int = 0  # batches halved after running out of GPU memory
+    batch_limit: int | None = None  # the batch size after out-of-memory splits (later batches start there)
 
     def summary(self) -> str:
         per_hour = self.done / self.wall_s * 3600 if self.wall_s > 0 else 0.0
@@ -443,59 +442,65 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                 continue
             estimator = service.estimator(job.estimator)
             depths = dict(zip(images, estimator(list(images.values()), batch_size=job.depth_batch_size)))
+            st = service.transformer(job.model)
+            queue, references = [], {}
             for p, depth in depths.items():
                 stem = stems[p]
                 depth_dir = root / "depth"
                 if not (depth_dir / f"{stem}_depth16.png").exists():  # written by the writer thread too
                     submit(write_depth_products, depth, depth_dir, stem, ("png16", "npy"))
-                reference = geometry_reference(depth)  # once per source, for all of its outputs
+                references[p] = geometry_reference(depth)  # once per source, for all of its outputs
+                req = None
                 for var in vars_:
                     want = [s for s in seeds if (p, var.name, s) in todo]
-                    if not want:
-                        continue
-                    st = service.transformer(job.model)
-                    attempts = {s: 0 for s in want}
-                    queue = list(want)
-                    while queue:
-                        gen_seeds = [s + attempts[s] * SEED_STRIDE for s in queue]
-                        t0 = time.perf_counter()
-                        try:
-                            result = _transform_splitting(
-                                st, images[p], var, negative, depth, gen_seeds, knobs, report
-                            )
-                        except OutOfMemory as err:  # even one image at a time: record it and go on
-                            fail(f"{p} [{var.name}]: {err}")
-                            bar.update(len(queue))
-                            break
-                        report.diffusion_s += result.timings.get("diffusion_s", time.perf_counter() - t0)
-                        out_depths = estimator(result.images, batch_size=job.depth_batch_size)
-                        next_queue = []
-                        for s, img, meta, od in zip(queue, result.images, result.metadata, out_depths):
-                            scores = geometry_scores(reference, od)
-                            ok = job.geometry.threshold is None or passes(
-                                scores, job.geometry.metric, job.geometry.threshold
-                            )
-                            last = ok or attempts[s] >= job.geometry.retries
-                            out_stem = f"{stem}__{var.name}__s{s}"
-                            record = {**meta, "item": _item_key(stem, var.name, s), "source": str(p),
-                                      "variation": var.name, "item_seed": s, "attempt": attempts[s],
-                                      "geometry": scores, "accepted": ok, "final": last,
-                                      "output": f"{LAYOUTS[job.layout]}/{out_stem}.png" if ok else None,
-                                      "size": list(images[p].size)}  # fmt: skip
-                            if ok:
-                                submit(write_output, img, out_stem, record, p)
-                                report.done += 1
-                            else:
-                                submit(append_manifest, manifest, [record])
-                                if last:
-                                    report.rejected += 1
+                    if want:
+                        req = st.prepare(images[p], var.prompt, preset=var.preset, negative_prompt=negative,
+                                         depth=depth, seed=want, reuse=req, **knobs)  # fmt: skip
+                        queue += [_Item(p, var, s, 0, req) for s in want]
+            # Denoising batches across this depth batch's sources, variations and seeds (same knobs and size);
+            # an item under the geometry threshold comes back in the next round with its next seed.
+            while queue:
+                retry = []
+                for batch in _batches(queue, job.batch_size, report):
+                    made = []
+                    for it, out in zip(batch, _generate(st, batch, report)):
+                        if isinstance(out, OutOfMemory):  # even one image at a time: record it and go on
+                            fail(f"{it.source} [{it.var.name}] seed {it.seed}: {out}")
+                            bar.update(1)
+                        else:
+                            made.append((it, *out))
+                    out_depths = (
+                        estimator([img for _, img, _ in made], batch_size=job.depth_batch_size)
+                        if made
+                        else []
+                    )
+                    for (it, img, meta), od in zip(made, out_depths):
+                        p, var, s, attempt = it.source, it.var, it.seed, it.attempt
+                        stem = stems[p]
+                        scores = geometry_scores(references[p], od)
+                        ok = job.geometry.threshold is None or passes(
+                            scores, job.geometry.metric, job.geometry.threshold
+                        )
+                        last = ok or attempt >= job.geometry.retries
+                        out_stem = f"{stem}__{var.name}__s{s}"
+                        record = {**meta, "item": _item_key(stem, var.name, s), "source": str(p),
+                                  "variation": var.name, "item_seed": s, "attempt": attempt,
+                                  "geometry": scores, "accepted": ok, "final": last,
+                                  "output": f"{LAYOUTS[job.layout]}/{out_stem}.png" if ok else None,
+                                  "size": list(images[p].size)}  # fmt: skip
+                        if ok:
+                            submit(write_output, img, out_stem, record, p)
+                            report.done += 1
+                        else:
+                            submit(append_manifest, manifest, [record])
                             if last:
-                                bar.update(1)
-                            else:
-                                attempts[s] += 1
-                                report.retried += 1
-                                next_queue.append(s)
-                        queue = next_queue
+                                report.rejected += 1
+                        if last:
+                            bar.update(1)
+                        else:
+                            report.retried += 1
+                            retry.append(it._replace(attempt=attempt + 1))
+                queue = retry
         for f in pending:
             f.result()
     except OSError as err:
@@ -515,24 +520,55 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     return report
 
 
-def _transform_splitting(st, image, var, negative, depth, seeds, knobs, report):
-    """transform() for these seeds; out of memory -> halve the batch and retry, down to one image at a time.
-    Each image depends only on its own seed, so splitting does not change any result."""
+class _Item(NamedTuple):
+    """One output to make: a source, a variation, its item seed, the geometry attempt, and the prepared request."""
+
+    source: Path
+    var: object
+    seed: int
+    attempt: int
+    request: object  # transformer.Request for the source and variation
+
+    @property
+    def generation_seed(self) -> int:
+        return self.seed + self.attempt * SEED_STRIDE
+
+
+def _batches(queue: list[_Item], size: int, report: JobReport):
+    """Slices of ``queue`` whose items can share a denoising batch (same ``Request.key``; first-seen order), at most
+    ``size`` long, or the smaller size an out-of-memory split left in ``report.batch_limit``."""
+    groups: dict = {}
+    for item in queue:
+        groups.setdefault(item.request.key, []).append(item)
+    for items in groups.values():
+        start = 0
+        while start < len(items):
+            n = min(size, report.batch_limit or size)
+            yield items[start : start + n]
+            start += n
+
+
+def _generate(st, units: list[_Item], report: JobReport) -> list:
+    """One (PIL image, metadata) per item, from one denoising batch. Out of memory: the batch is halved and
+    retried (each image depends only on its seed, so splitting changes no result), and later batches start at
+    the smaller size; an item that fails alone gets its OutOfMemory error in its place."""
+    pieces: list = []  # consecutive items of one request run as that request with their seeds
+    for it in units:
+        if pieces and pieces[-1][0] is it.request:
+            pieces[-1][1].append(it.generation_seed)
+        else:
+            pieces.append((it.request, [it.generation_seed]))
     try:
-        return st.transform(image, var.prompt, preset=var.preset, negative_prompt=negative, depth=depth, seed=seeds,
-                            **knobs)  # fmt: skip
-    except OutOfMemory:
-        if len(seeds) == 1:
-            raise
+        results = st.run([req.with_seeds(seeds) for req, seeds in pieces])
+    except OutOfMemory as err:
+        if len(units) == 1:
+            return [err]
         report.oom_splits += 1
-        half = len(seeds) // 2
-        a = _transform_splitting(st, image, var, negative, depth, seeds[:half], knobs, report)
-        b = _transform_splitting(st, image, var, negative, depth, seeds[half:], knobs, report)
-        a.images += b.images
-        a.metadata += b.metadata
-        a.seeds += b.seeds
-        a.timings = {k: a.timings.get(k, 0) + b.timings.get(k, 0) for k in set(a.timings) | set(b.timings)}
-        return a
+        half = len(units) // 2
+        report.batch_limit = half if report.batch_limit is None else min(report.batch_limit, half)
+        return _generate(st, units[:half], report) + _generate(st, units[half:], report)
+    report.diffusion_s += sum(r.timings["diffusion_s"] for r in results)
+    return [(image, meta) for r in results for image, meta in zip(r.images, r.metadata)]
 
 
 def _resolved(job: Job) -> dict:

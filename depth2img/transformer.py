@@ -10,7 +10,7 @@ import math
 import secrets
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -36,6 +36,32 @@ class TransformResult:
     )
     warnings: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)  # seconds: "diffusion_s" (inside the pipeline), "total_s"
+
+
+@dataclass
+class Request:
+    """One checked transform, ready to run (``SceneTransformer.prepare``): a photo, its depth, the resolved
+    prompt and knobs, and its seeds. Requests with the same ``key`` can share one denoising batch."""
+
+    image: object  # PIL RGB at the input size
+    depth: DepthMap  # at the input size
+    gen_image: object  # PIL RGB at generation size
+    gen_depth: DepthMap  # at generation size
+    prompt: str  # with the preset's words
+    user_prompt: str
+    preset: str
+    negative: str
+    knobs: dict
+    scheduler: str
+    seeds: list[int]
+    notes: list[str] = field(default_factory=list)
+    # What a batch must share: generation size, scheduler, knobs (and, on SDXL, whether a negative prompt is
+    # given); prompts, photos, depths and seeds may differ.
+    key: tuple = ()
+
+    def with_seeds(self, seeds) -> Request:
+        """The same request for other seeds (the photo and depth objects are shared, not copied)."""
+        return replace(self, seeds=[check_seed(s) for s in seeds])
 
 
 def generation_size(width: int, height: int, native: int, multiple: int) -> tuple[int, int]:
@@ -151,19 +177,36 @@ class SceneTransformer:
         dropped = tokenizer.decode(ids[room:])
         return [f"{what} is {len(ids)} tokens; the text encoder takes {room}: truncated {dropped!r}"]
 
-    def transform(self, image, prompt: str | None = None, *, preset: str | None = None,
-                  negative_prompt: str | None = None, depth=None, depth_polarity: str | None = None,
-                  seed=None, num_images: int = 1, steps: int | None = None, strength: float | None = None,
-                  guidance_scale: float | None = None, control_scale: float | None = None,
-                  control_start: float | None = None, control_end: float | None = None,
-                  feature_cache: int | None = None, scheduler: str | None = None, progress: bool = False, skip_controlnet: bool = True) -> TransformResult:  # fmt: skip
+    def transform(self, image, prompt: str | None = None, *, progress: bool = False, skip_controlnet: bool = True,
+                  **kwargs) -> TransformResult:  # fmt: skip
         """Transform ``image`` (PIL) by ``prompt`` and/or ``preset`` (``winter+night``), conditioned on its depth.
+        The arguments are those of ``prepare``; one denoising batch holds all of the seeds' images.
 
         ``seed`` is an int (images use seed, seed+1, ...), a list of ints (one per image) or None (random,
         recorded). ``strength`` 1.0 generates from the depth alone (txt2img); below 1 starts from the photo.
         ``feature_cache`` N > 1 reuses the UNet's deep features on all but every N-th step (faster, not the same
         image: a quality trade, see ``depth2img.featurecache``).
         """
+        started = time.perf_counter()
+        result = self.run(
+            [self.prepare(image, prompt, _stacklevel=3, **kwargs)],
+            progress=progress,
+            skip_controlnet=skip_controlnet,
+        )[0]
+        result.timings["total_s"] = time.perf_counter() - started
+        return result
+
+    def prepare(self, image, prompt: str | None = None, *, preset: str | None = None,
+                negative_prompt: str | None = None, depth=None, depth_polarity: str | None = None,
+                seed=None, num_images: int = 1, steps: int | None = None, strength: float | None = None,
+                guidance_scale: float | None = None, control_scale: float | None = None,
+                control_start: float | None = None, control_end: float | None = None,
+                feature_cache: int | None = None, scheduler: str | None = None, reuse: Request | None = None,
+                _stacklevel: int = 2) -> Request:  # fmt: skip
+        """Check a transform's inputs and resolve its prompt, knobs, seeds and depth (estimated here when not
+        given) without denoising; ``run`` then batches any number of such requests. ``reuse``: an earlier request
+        for the same photo and DepthMap objects, whose copies at generation size this one shares (variations of
+        one photo then resize it once, and a batch passes it to the pipeline once)."""
         from PIL import Image
 
         # 1. Check inputs
@@ -173,7 +216,7 @@ class SceneTransformer:
             raise InputError(
                 f"image must be a PIL image (use depth2img.load_image for files), got {type(image).__name__}"
             )
-        image = image.convert("RGB")
+        image = image if image.mode == "RGB" else image.convert("RGB")
         final_prompt, preset_negative, preset_knobs = presets_mod.resolve(prompt, preset, self.presets)
         negative = presets_mod._merge_phrases(negative_prompt or "", preset_negative)
         if not self.backend.takes_negative_prompt:
@@ -232,23 +275,55 @@ class SceneTransformer:
         if negative:
             notes += self._prompt_warnings(negative, "negative prompt")
         for note in notes:
-            warnings.warn(note, Depth2ImgWarning, stacklevel=2)
+            warnings.warn(note, Depth2ImgWarning, stacklevel=_stacklevel)
 
         # 2. Depth at the input size, then conditioning at generation size
-        started = time.perf_counter()
         depth_map = self.depth_for(image, depth, depth_polarity=depth_polarity)
         width, height = image.size
         gen_w, gen_h = generation_size(width, height, self.native_size, self.backend.size_multiple)
-        gen_depth = depth_map if (gen_w, gen_h) == (width, height) else depth_map.resized(gen_w, gen_h)
-        gen_image = (
-            image if (gen_w, gen_h) == (width, height) else image.resize((gen_w, gen_h), Image.LANCZOS)
-        )
+        if reuse is not None and reuse.image is image and reuse.depth is depth_map:
+            gen_image, gen_depth = reuse.gen_image, reuse.gen_depth
+        else:
+            gen_depth = depth_map if (gen_w, gen_h) == (width, height) else depth_map.resized(gen_w, gen_h)
+            gen_image = (
+                image if (gen_w, gen_h) == (width, height) else image.resize((gen_w, gen_h), Image.LANCZOS)
+            )
+        key = (gen_w, gen_h, scheduler_name, tuple(sorted(knobs.items())),
+               bool(negative) if self.backend.empty_negative_is_zeros else None)  # fmt: skip
+        return Request(image=image, depth=depth_map, gen_image=gen_image, gen_depth=gen_depth, prompt=final_prompt,
+                       user_prompt=prompt or "", preset=preset or "", negative=negative, knobs=knobs,
+                       scheduler=scheduler_name, seeds=seeds, notes=notes, key=key)  # fmt: skip
 
-        # 3. Denoise (CPU generators: the same seed gives the same image on any device)
+    def run(self, requests: list[Request], *, progress: bool = False, skip_controlnet: bool = True) -> list[TransformResult]:  # fmt: skip
+        """Denoise prepared requests, batching across photos, prompts and seeds: one pipeline call per distinct
+        ``Request.key`` holds every image of the requests sharing it. Returns one TransformResult per request,
+        in order. Image i of a request uses its seed i on a CPU generator, so a batch changes no image beyond
+        batched-kernel rounding (tested)."""
+        groups: dict[tuple, list[int]] = {}
+        for i, req in enumerate(requests):
+            groups.setdefault(req.key, []).append(i)
+        results: list[TransformResult | None] = [None] * len(requests)
+        for members in groups.values():
+            for i, result in zip(
+                members, self._run_group([requests[i] for i in members], progress, skip_controlnet)
+            ):
+                results[i] = result
+        return results
+
+    def _run_group(
+        self, group: list[Request], progress: bool, skip_controlnet: bool
+    ) -> list[TransformResult]:
         import torch
+        from PIL import Image
         from tqdm.auto import tqdm
 
-        generators = [torch.Generator("cpu").manual_seed(s) for s in seeds]
+        started = time.perf_counter()
+        first = group[0]
+        knobs = first.knobs
+        self.backend.set_scheduler(first.scheduler)
+        per_image = [req for req in group for _ in req.seeds]
+        # CPU generators: the same seed gives the same image on any device
+        generators = [torch.Generator("cpu").manual_seed(s) for req in group for s in req.seeds]
         bar = tqdm(total=knobs["steps"], desc="denoise", unit="step", disable=not progress)
 
         def on_step(pipe, i, t, kwargs):
@@ -257,35 +332,52 @@ class SceneTransformer:
 
         t_diffusion = time.perf_counter()
         try:
-            raw = self._run_backend(image=gen_image, depth=gen_depth, prompt=final_prompt, negative_prompt=negative or None,
-                               generators=generators, knobs=knobs, callback=on_step, skip_controlnet=skip_controlnet)  # fmt: skip
+            raw = self._run_backend(images=[r.gen_image for r in per_image], depths=[r.gen_depth for r in per_image],
+                                    prompts=[r.prompt for r in per_image],
+                                    negative_prompts=[r.negative for r in per_image], generators=generators,
+                                    knobs=knobs, callback=on_step, skip_controlnet=skip_controlnet)  # fmt: skip
         finally:
             bar.total = bar.n  # img2img runs int(steps * strength) of the steps
             bar.close()
         diffusion_s = time.perf_counter() - t_diffusion
 
-        # 4. Back to the input's exact size, with metadata
-        images = []
-        for arr in raw:
-            out = Image.fromarray(np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8), "RGB")
-            images.append(out if out.size == (width, height) else out.resize((width, height), Image.LANCZOS))
-        control = Image.fromarray(np.round(depth_map.control_image() * 255).astype(np.uint8), "RGB")
+        # Back to each input's exact size, with metadata
+        results, start = [], 0
         b = self.backend
-        common = {
-            "prompt": final_prompt, "user_prompt": prompt or "", "negative_prompt": negative, "preset": preset or "",
-            **knobs, "scheduler": scheduler_name, "mode": b.mode(knobs["strength"]),
+        for req in group:
+            width, height = req.image.size
+            images = []
+            for arr in raw[start : start + len(req.seeds)]:
+                out = Image.fromarray(np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8), "RGB")
+                images.append(
+                    out if out.size == (width, height) else out.resize((width, height), Image.LANCZOS)
+                )
+            control = Image.fromarray(np.round(req.depth.control_image() * 255).astype(np.uint8), "RGB")
+            common = self._common_metadata(req, b)
+            metadata = [{**common, "seed": s, "index": i} for i, s in enumerate(req.seeds)]
+            share = len(req.seeds) / len(per_image)  # of the batch's time
+            timings = {"diffusion_s": diffusion_s * share, "total_s": (time.perf_counter() - started) * share,
+                       "batch": len(per_image)}  # fmt: skip
+            results.append(TransformResult(images, req.depth, control, list(req.seeds), metadata,
+                                           raw[start : start + len(req.seeds)], list(req.notes), timings))  # fmt: skip
+            start += len(req.seeds)
+        return results
+
+    def _common_metadata(self, req: Request, b) -> dict:
+        knobs = req.knobs
+        width, height = req.image.size
+        return {
+            "prompt": req.prompt, "user_prompt": req.user_prompt, "negative_prompt": req.negative, "preset": req.preset,
+            **knobs, "scheduler": req.scheduler, "mode": b.mode(knobs["strength"]),
             "backbone": {"name": self.name, "pipeline": b.kind, "id": b.ref.location, "revision": b.ref.revision,
                          "controlnet": b.companion_ref.location if b.companion_ref and b.has_controlnet else None,
                          "lora": b.companion_ref.location if getattr(b, "uses_lora", False) else None,
                          "speed_lora": b.speed_lora,
                          "licence": b.ref.entry.licence if b.ref.entry else None},
-            "depth": {"source": depth_map.source, "kind": depth_map.kind},
-            "input_size": [width, height], "generation_size": [gen_w, gen_h], "dtype": str(self.dtype).replace("torch.", ""),
-            "versions": _versions(), "warnings": notes,
+            "depth": {"source": req.depth.source, "kind": req.depth.kind},
+            "input_size": [width, height], "generation_size": [req.gen_depth.width, req.gen_depth.height],
+            "dtype": str(self.dtype).replace("torch.", ""), "versions": _versions(), "warnings": req.notes,
         }  # fmt: skip
-        metadata = [{**common, "seed": s, "index": i} for i, s in enumerate(seeds)]
-        timings = {"diffusion_s": diffusion_s, "total_s": time.perf_counter() - started}
-        return TransformResult(images, depth_map, control, seeds, metadata, raw, notes, timings)
 
     def _run_backend(self, **kwargs):
         """The backend call, with out-of-memory turned into one line that names the options that fix it."""
@@ -296,7 +388,7 @@ class SceneTransformer:
         except torch.OutOfMemoryError:
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            depth, n = kwargs["depth"], len(kwargs["generators"])
+            depth, n = kwargs["depths"][0], len(kwargs["generators"])
             raise OutOfMemory(
                 f"out of GPU memory generating {n} image(s) at {depth.width}x{depth.height} with {self.name}: "
                 "try fewer --num-images, --offload model (or group), --vae-tiling, or --dtype float16",

@@ -120,6 +120,39 @@ def test_imagefolder_layout_and_matrix(dataset, tmp_path):
     assert {m["variation"] for m in meta} == {"at-night-rain", "at-night-fog"}
 
 
+def test_denoising_batches_span_sources_and_variations(dataset, tmp_path, monkeypatch):
+    from depth2img.backends import Backend
+
+    calls, original = [], Backend.__call__
+
+    def counted(self, **kwargs):
+        calls.append(
+            (len(kwargs["generators"]), len(set(kwargs["prompts"])), len({id(d) for d in kwargs["depths"]}))
+        )
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(Backend, "__call__", counted)
+    matrix = {"template": "a street, {weather}", "axes": {"weather": ["rain", "fog"]}}
+    made = {}
+    for size in (4, 1):
+        out = tmp_path / f"b{size}"
+        job = write_job(
+            dataset, output=str(out), presets=[], matrix=matrix, seeds=[5], labels={}, batch_size=size
+        )
+        calls.clear()
+        assert run_job(job, progress=False).done == 6
+        made[size] = (
+            list(calls),
+            {p.name: np.asarray(Image.open(p), np.int16) for p in (out / "images").glob("*")},
+        )
+    # 3 sources x 2 prompts: batches of 4 (f0 and f1, both prompts; each photo's depth passed once) and 2 (f2),
+    # against six single-image calls
+    assert made[4][0] == [(4, 2, 2), (2, 2, 1)] and made[1][0] == [(1, 1, 1)] * 6
+    assert made[4][1].keys() == made[1][1].keys() and len(made[1][1]) == 6
+    for name, image in made[4][1].items():
+        assert np.abs(image - made[1][1][name]).max() <= 1  # the same images, up to batched-kernel rounding
+
+
 def test_resume_skips_finished_and_refuses_to_mix_runs(dataset, tmp_path):
     job = write_job(dataset, output=str(tmp_path / "r"), presets=["dusk"], seeds=1, labels={})
     assert run_job(job, progress=False).done == 3
@@ -215,6 +248,10 @@ def test_output_names_cannot_escape(dataset, tmp_path):
             "job key knobs: steps must be an integer in 1..1000, got 0",
         ),
         ("inputs: a\noutput: b\nprompt: x\nknobs: {strength: 2}\n", "job key knobs: strength must be in"),
+        (
+            "inputs: a\noutput: b\nprompt: x\nbatch_size: 0\n",
+            "job key batch_size must be an integer >= 1, got 0",
+        ),
         ("inputs: a\noutput: b\nprompt: x\nknobs: {scheduler: warp}\n", "knobs.scheduler must be one of"),
         ("inputs: a\noutput: b\npresets: [winter, wintr]\n", "job key presets: unknown preset 'wintr'"),
         ("inputs: a\noutput: b\nprompt: [unclosed\n", "line 4, column 1"),

@@ -45,7 +45,7 @@ def _latents_per_step(pipe, control, interval, steps=4):
 def test_cache_runs_deep_blocks_every_nth_step_and_changes_only_later_steps(sd15, depth):
     sd15.backend.set_scheduler("unipc")  # one UNet call per step (PNDM makes an extra one)
     pipe = sd15.backend.pipes["txt2img"]
-    control = sd15.backend.control_tensor(depth)
+    control = sd15.backend.control_tensor([depth])
     full, _ = _latents_per_step(pipe, control, interval=1)
     cached, calls = _latents_per_step(pipe, control, interval=2)
     assert calls.unet == 4 and calls.deep == 2  # steps 0 and 2 run the deep blocks; 1 and 3 reuse them

@@ -317,12 +317,11 @@ def test_batch_job_records_an_item_that_never_fits_and_goes_on(monkeypatch, tmp_
     calls = []
 
     def first_variation_oom(self, **kwargs):
-        calls.append(kwargs["prompt"])
-        if "fog" in kwargs["prompt"]:
+        calls.append(kwargs["prompts"])
+        if any("fog" in p for p in kwargs["prompts"]):
             raise torch.OutOfMemoryError("CUDA out of memory")
-        return np.zeros(
-            (len(kwargs["generators"]), kwargs["depth"].height, kwargs["depth"].width, 3), np.float32
-        )
+        depth = kwargs["depths"][0]
+        return np.zeros((len(kwargs["generators"]), depth.height, depth.width, 3), np.float32)
 
     monkeypatch.setattr(Backend, "__call__", first_variation_oom)
     chelsea.resize((64, 48)).save(tmp_path / "a.png")
@@ -331,7 +330,11 @@ def test_batch_job_records_an_item_that_never_fits_and_goes_on(monkeypatch, tmp_
         "inputs: a.png\noutput: out\nmodel: tiny\npresets: [fog, rain]\nseeds: 2\nknobs: {steps: 2, strength: 0.5}\n"
     )
     report = run_job(job, progress=False)
-    assert report.done == 2 and len(report.failed) == 1 and "[fog]: out of GPU memory" in report.failed[0]
+    # fog and rain share one batch of 4; halved until each fog image fails alone, the rain ones are made
+    assert report.done == 2 and len(report.failed) == 2
+    assert [f.split(": ")[0].split(" ", 1)[1] for f in report.failed] == ["[fog] seed 0", "[fog] seed 1"]
+    assert "out of GPU memory" in report.failed[0] and report.batch_limit == 1
+    assert [len(c) for c in calls] == [4, 2, 1, 1, 2]
     assert isinstance(OutOfMemory("x"), Depth2ImgError)
     assert (
         json.loads((tmp_path / "out" / "manifest.jsonl").read_text().splitlines()[0])["variation"] == "rain"

@@ -247,6 +247,75 @@ def test_seeds(sd15, photo, depth):
     assert isinstance(rand.seeds[0], int) and rand.metadata[0]["seed"] == rand.seeds[0]
 
 
+def _count_backend_calls(monkeypatch):
+    from depth2img.backends import Backend
+
+    calls, original = [], Backend.__call__
+
+    def counted(self, **kwargs):
+        calls.append(len(kwargs["generators"]))
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(Backend, "__call__", counted)
+    return calls
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny/sd2-depth", "tiny/sdxl-depth", "tiny/flux-depth"])
+@pytest.mark.parametrize("strength", [0.6, 1.0])  # img2img and txt2img (sd2-depth is img2img only)
+def test_one_batch_across_photos_and_prompts_equals_separate_runs(name, strength, photo, depth, monkeypatch):
+    st = SceneTransformer.from_pretrained(name)
+    other_photo = photo.transpose(Image.Transpose.FLIP_TOP_BOTTOM)
+    other_depth = DepthMap(depth.values.T.copy(), "metric_depth")
+    takes = st.backend.takes_negative_prompt
+    a = st.prepare(photo, PROMPT, depth=depth, seed=[3, 4], steps=2, strength=strength,
+                   **({"negative_prompt": "blurry"} if takes else {}))  # fmt: skip
+    b = st.prepare(other_photo, "a snowy road at night", depth=other_depth, seed=9, steps=2, strength=strength,
+                   **({"negative_prompt": "dark"} if takes else {}))  # fmt: skip
+    calls = _count_backend_calls(monkeypatch)
+    batched = st.run([a, b])
+    assert calls == [3]  # one pipeline call for both photos, both prompts and all three seeds
+    alone = [st.run([r])[0] for r in (a, b)]
+    for got, want in zip(batched, alone):
+        assert got.raw.shape == want.raw.shape and np.abs(got.raw - want.raw).max() < 1e-5
+        assert got.seeds == want.seeds and got.metadata == [
+            {**m, "warnings": m["warnings"]} for m in want.metadata
+        ]
+        assert got.timings["batch"] == 3
+    assert [r.metadata[0]["negative_prompt"] for r in batched] == (["blurry", "dark"] if takes else ["", ""])
+    assert np.abs(batched[0].raw[0] - batched[1].raw[0]).max() > 1e-3  # the two items did not mix
+    # Without a negative prompt SDXL uses zero embeddings, with one the encoded text: never one batch
+    bare = st.prepare(
+        other_photo, "a snowy road at night", depth=other_depth, seed=9, steps=2, strength=strength
+    )
+    calls.clear()
+    mixed = st.run([a, bare])
+    assert calls == ([2, 1] if st.backend.empty_negative_is_zeros else [3])
+    assert np.abs(mixed[1].raw - st.run([bare])[0].raw).max() < 1e-5
+
+
+@pytest.mark.parametrize("name", ["tiny/sd2-depth", "tiny/sdxl-depth", "tiny/flux-depth"])
+def test_img2img_image_i_of_a_batch_is_seed_i_alone(name, photo, depth):
+    # diffusers' Flux img2img samples one photo's latents with the first generator only; we pass the photo per image
+    st = SceneTransformer.from_pretrained(name)
+    two = st.transform(photo, PROMPT, depth=depth, seed=3, num_images=2, steps=2, strength=0.6)
+    alone = st.transform(photo, PROMPT, depth=depth, seed=4, steps=2, strength=0.6)
+    assert np.abs(two.raw[1] - alone.raw[0]).max() < 1e-5
+
+
+def test_run_groups_requests_by_what_a_batch_must_share(sd15, photo, depth, monkeypatch):
+    two = sd15.prepare(photo, PROMPT, depth=depth, seed=0, steps=2)
+    three = sd15.prepare(photo, PROMPT, depth=depth, seed=1, steps=3)
+    again = sd15.prepare(photo, "a road", depth=depth, seed=2, steps=2)
+    small = sd15.prepare(photo.resize((32, 64)), PROMPT, depth=depth.resized(32, 64), seed=3, steps=2)
+    calls = _count_backend_calls(monkeypatch)
+    results = sd15.run([two, three, again, small])
+    assert sorted(calls) == [1, 1, 2]  # steps differ, sizes differ: three pipeline calls
+    assert [r.seeds for r in results] == [[0], [1], [2], [3]]  # in the order given
+    assert [r.metadata[0]["steps"] for r in results] == [2, 3, 2, 2] and results[3].images[0].size == (32, 64)
+    with pytest.raises(InputError, match="seed must be"):
+        two.with_seeds([-1])
+
+
 def test_presets_wrap_prompt_and_set_knobs(sd15, photo, depth):
     r = sd15.transform(photo, "a road", preset="winter+night", depth=depth, seed=0, steps=2)
     m = r.metadata[0]
