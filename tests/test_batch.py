@@ -331,3 +331,11 @@ def test_eval_command(dataset, capsys):
     assert scores["delta1"] == 1.0 and scores["absrel"] < 1e-6 and scores["edge_f1"] == 1.0
     assert main(["eval", str(src), str(dataset / "nope.png")]) == 2
     assert "nope.png: no such file" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "path", sorted((Path(__file__).parents[1] / "configs" / "jobs").glob("*.yaml")), ids=str
+)
+def test_shipped_job_files_are_valid(path):
+    job = load_job(path)  # every key and value checked, no model loaded
+    assert variations(job) and job.batch_size >= 1
