@@ -427,8 +427,44 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                 errors.append((p, str(err)))
         return images, errors
 
-    # The next chunk's photos are read and decoded in a thread while this chunk is denoised.
+    def score(made):
+        """Depth re-estimated on a batch's outputs and scored against their sources (in the scorer thread)."""
+        out_depths = estimator([img for _, img, _ in made], batch_size=job.depth_batch_size)
+        return [
+            (it, img, meta, geometry_scores(references[it.source], od))
+            for (it, img, meta), od in zip(made, out_depths)
+        ]
+
+    def finish(scored, retry):
+        """Records, writes and retries for a scored batch (in the main thread)."""
+        for it, img, meta, scores in scored:
+            p, var, s, attempt = it.source, it.var, it.seed, it.attempt
+            stem = stems[p]
+            ok = job.geometry.threshold is None or passes(scores, job.geometry.metric, job.geometry.threshold)
+            last = ok or attempt >= job.geometry.retries
+            out_stem = f"{stem}__{var.name}__s{s}"
+            record = {**meta, "item": _item_key(stem, var.name, s), "source": str(p), "variation": var.name,
+                      "item_seed": s, "attempt": attempt, "geometry": scores, "accepted": ok, "final": last,
+                      "output": f"{LAYOUTS[job.layout]}/{out_stem}.png" if ok else None,
+                      "size": list(img.size)}  # fmt: skip
+            if ok:
+                submit(write_output, img, out_stem, record, p)
+                report.done += 1
+            else:
+                submit(append_manifest, manifest, [record])
+                if last:
+                    report.rejected += 1
+            if last:
+                bar.update(1)
+            else:
+                report.retried += 1
+                retry.append(it._replace(attempt=attempt + 1))
+
+    # The next chunk's photos are read and decoded in a thread while this chunk is denoised; a batch's
+    # geometry check (depth of its outputs, scores) runs in another while the next batch is denoised.
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-loader")
+    scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-geometry")
+    estimator = references = None
     work = [c for c in ([p for p in batch if todo_per_source[p]] for batch in my_chunks) if c]
     try:
         loading = loader.submit(load_chunk, work[0]) if work else None
@@ -461,6 +497,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
             # an item under the geometry threshold comes back in the next round with its next seed.
             while queue:
                 retry = []
+                scoring = None  # the previous batch's geometry check, running while this batch is denoised
                 for batch in _batches(queue, job.batch_size, report):
                     made = []
                     for it, out in zip(batch, _generate(st, batch, report)):
@@ -469,37 +506,12 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                             bar.update(1)
                         else:
                             made.append((it, *out))
-                    out_depths = (
-                        estimator([img for _, img, _ in made], batch_size=job.depth_batch_size)
-                        if made
-                        else []
-                    )
-                    for (it, img, meta), od in zip(made, out_depths):
-                        p, var, s, attempt = it.source, it.var, it.seed, it.attempt
-                        stem = stems[p]
-                        scores = geometry_scores(references[p], od)
-                        ok = job.geometry.threshold is None or passes(
-                            scores, job.geometry.metric, job.geometry.threshold
-                        )
-                        last = ok or attempt >= job.geometry.retries
-                        out_stem = f"{stem}__{var.name}__s{s}"
-                        record = {**meta, "item": _item_key(stem, var.name, s), "source": str(p),
-                                  "variation": var.name, "item_seed": s, "attempt": attempt,
-                                  "geometry": scores, "accepted": ok, "final": last,
-                                  "output": f"{LAYOUTS[job.layout]}/{out_stem}.png" if ok else None,
-                                  "size": list(images[p].size)}  # fmt: skip
-                        if ok:
-                            submit(write_output, img, out_stem, record, p)
-                            report.done += 1
-                        else:
-                            submit(append_manifest, manifest, [record])
-                            if last:
-                                report.rejected += 1
-                        if last:
-                            bar.update(1)
-                        else:
-                            report.retried += 1
-                            retry.append(it._replace(attempt=attempt + 1))
+                    checked = scorer.submit(score, made) if made else None
+                    if scoring is not None:
+                        finish(scoring.result(), retry)
+                    scoring = checked
+                if scoring is not None:
+                    finish(scoring.result(), retry)
                 queue = retry
         for f in pending:
             f.result()
@@ -509,6 +521,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         ) from None
     finally:
         loader.shutdown(wait=True, cancel_futures=True)
+        scorer.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True)
         bar.close()
     barrier()

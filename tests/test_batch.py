@@ -153,6 +153,37 @@ def test_denoising_batches_span_sources_and_variations(dataset, tmp_path, monkey
         assert np.abs(image - made[1][1][name]).max() <= 1  # the same images, up to batched-kernel rounding
 
 
+def test_geometry_check_of_a_batch_runs_while_the_next_is_denoised(dataset, tmp_path, monkeypatch):
+    import threading
+
+    from depth2img import metrics
+    from depth2img.backends import Backend
+
+    second_batch_started, calls, seen = threading.Event(), [], []
+    original_call, original_scores = Backend.__call__, metrics.geometry_scores
+
+    def denoise(self, **kwargs):
+        calls.append(len(kwargs["generators"]))
+        if len(calls) == 2:
+            second_batch_started.set()
+        return original_call(self, **kwargs)
+
+    def scores(reference, output):
+        # the first batch's check waits for the second batch's denoising: it would time out if run in between
+        seen.append((threading.current_thread().name, second_batch_started.wait(timeout=30)))
+        return original_scores(reference, output)
+
+    monkeypatch.setattr(Backend, "__call__", denoise)
+    monkeypatch.setattr(metrics, "geometry_scores", scores)
+    job = write_job(dataset, output=str(tmp_path / "g"), presets=["rain"], seeds=2, labels={}, batch_size=4)
+    report = run_job(job, progress=False)
+    assert report.done == 6 and calls == [4, 2]
+    assert len(seen) == 6 and all(
+        name.startswith("depth2img-geometry") and overlapped for name, overlapped in seen
+    )
+    assert all(r["geometry"]["delta1"] >= 0 for r in read_manifest(tmp_path / "g" / "manifest.jsonl"))
+
+
 def test_resume_skips_finished_and_refuses_to_mix_runs(dataset, tmp_path):
     job = write_job(dataset, output=str(tmp_path / "r"), presets=["dusk"], seeds=1, labels={})
     assert run_job(job, progress=False).done == 3
