@@ -280,7 +280,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     )
     dtypes = {name: pipe.unet.dtype for name, pipe in pipes.items()}
 
-    outputs, times, peaks = {}, {k: [] for k in variants}, {}
+    outputs, times, peaks, outside = {}, {k: [] for k in variants}, {}, []
     for name, fn in variants.items():  # warm-up (and compilation)
         progress(f"warm-up: {name}")
         outputs[name] = fn()
@@ -306,6 +306,8 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             fn()
             _sync(device)
             times[name].append(time.perf_counter() - t)
+            if name == "depth2img":  # time outside diffusers' pipeline call: the API's own, free of its noise
+                outside.append(times[name][-1] - same.backend.last_pipeline_s)
             if device.type == "cuda":
                 # what this variant needs on its own: its resident weights plus what the call allocated on top
                 # (the other variants' weights, also resident during the run, are not counted)
@@ -330,6 +332,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             "max_abs_diff_vs_diffusers_same_dtype": _max_diff(outputs[name], reference[dtypes[name]]),
         }  # fmt: skip
     overhead = statistics.median(times["depth2img"]) / statistics.median(times["diffusers"]) - 1
+    outside_s = statistics.median(outside)
     result = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": _device_name(device),
         "backbone": backbone, "preset": preset, "size": size, "steps": steps, "batch": batch, "repeats": repeats,
@@ -338,6 +341,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         "plain_dtype": str(plain_dtype).replace("torch.", ""), "fast_dtype": str(fast_dtype).replace("torch.", ""),
         "fast_path": applied, "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
         "peak_source": "given" if peak_tflops else "measured matmul", "api_overhead": overhead,
+        "api_outside_pipeline_ms": 1000 * outside_s, "api_outside_share": outside_s / statistics.median(times["diffusers"]),
         "versions": _versions(), "results": rows,
     }  # fmt: skip
     _write(result, Path(out_dir))
@@ -468,6 +472,11 @@ def markdown(result: dict) -> str:
         f"\ndepth2img {'API overhead' if result['control_end'] >= 1.0 else 'time difference (ControlNet skipping included)'}"
         f" over plain diffusers (same components and settings): {result['api_overhead']:+.1%}"
     )
+    if "api_outside_pipeline_ms" in result:
+        lines.append(
+            f"\nTime the API spends outside diffusers' pipeline call (checks, conditioning, resizing, metadata): "
+            f"{result['api_outside_pipeline_ms']:.2f} ms per call, {result['api_outside_share']:.2%} of the plain call."
+        )
     if result.get("feature_cache", 1) > 1:
         lines.append(
             f"\n`+cache{result['feature_cache']}` reuses deep UNet features (DeepCache-like): a quality trade, "

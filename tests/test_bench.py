@@ -20,6 +20,8 @@ def test_bench_runs_and_writes_json_and_markdown(tmp_path):
     assert saved["results"].keys() == result["results"].keys()
     assert "| depth2img-fast |" in (tmp_path / result["written"][1].split("/")[-1]).read_text()
     assert "API overhead" in markdown(result)
+    assert 0 < result["api_outside_pipeline_ms"] < 1000 * result["results"]["depth2img"]["ms_per_image"]
+    assert "outside diffusers' pipeline call" in markdown(result)
 
 
 def test_bench_dataset_mode_feature_cache_and_sdxl(tmp_path):
