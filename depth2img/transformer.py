@@ -281,7 +281,7 @@ class SceneTransformer:
         depth_map = self.depth_for(image, depth, depth_polarity=depth_polarity)
         width, height = image.size
         gen_w, gen_h = generation_size(width, height, self.native_size, self.backend.size_multiple)
-        if reuse is not None and reuse.image is image and reuse.depth is depth_map:
+        if isinstance(reuse, Request) and reuse.image is image and reuse.depth is depth_map:
             gen_image, gen_depth = reuse.gen_image, reuse.gen_depth
         else:
             gen_depth = depth_map if (gen_w, gen_h) == (width, height) else depth_map.resized(gen_w, gen_h)
@@ -299,6 +299,16 @@ class SceneTransformer:
         ``Request.key`` holds every image of the requests sharing it. Returns one TransformResult per request,
         in order. Image i of a request uses its seed i on a CPU generator, so a batch changes no image beyond
         batched-kernel rounding (tested)."""
+        bad = (
+            [requests]
+            if isinstance(requests, Request)
+            else [r for r in requests if not isinstance(r, Request)]
+        )
+        if bad:
+            got = bad[0]
+            raise InputError(
+                f"requests must be a list of Request objects from prepare(), got {type(got).__name__}"
+            )
         groups: dict[tuple, list[int]] = {}
         for i, req in enumerate(requests):
             groups.setdefault(req.key, []).append(i)

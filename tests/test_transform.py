@@ -314,6 +314,11 @@ def test_run_groups_requests_by_what_a_batch_must_share(sd15, photo, depth, monk
     assert [r.metadata[0]["steps"] for r in results] == [2, 3, 2, 2] and results[3].images[0].size == (32, 64)
     with pytest.raises(InputError, match="seed must be"):
         two.with_seeds([-1])
+    with pytest.raises(InputError, match="list of Request objects from prepare\\(\\), got Request"):
+        sd15.run(two)
+    with pytest.raises(InputError, match="list of Request objects from prepare\\(\\), got Image"):
+        sd15.run([two, photo])
+    assert sd15.run([]) == []
 
 
 def test_presets_wrap_prompt_and_set_knobs(sd15, photo, depth):
