@@ -48,10 +48,15 @@ if command -v depth2img >/dev/null; then
   d2i=(depth2img)
 else
   if compgen -G ".gpu-wheels/*.whl" >/dev/null; then
-    echo "== installing the carried wheels (no dependencies: the image's torch stays)"
+    # Into a folder of their own, ahead of the image's packages on PYTHONPATH (the image's environment may be
+    # read-only; its torch stays): the device notes' recipe.
+    site=${GPU_SITE:-/tmp/d2i-site}
+    echo "== installing the carried wheels into $site (no dependencies: the image's torch stays)"
     for w in .gpu-wheels/*.whl; do
-      python3 -m pip install -q --no-index --no-deps "$w" || echo "== not installed: $w" >&2
+      python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$site" "$w" \
+        || echo "== not installed: $w" >&2
     done
+    export PYTHONPATH=$site${PYTHONPATH:+:$PYTHONPATH}
   fi
   export PYTHONPATH=$root${PYTHONPATH:+:$PYTHONPATH}
   d2i=(python3 -m depth2img)
