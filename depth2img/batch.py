@@ -25,7 +25,7 @@ import yaml
 
 from .errors import Depth2ImgError, InputError, OutOfMemory
 from .io import atomic_path, expand_inputs, load_image, write_depth_products
-from .knobs import DEFAULT_KNOBS
+from .knobs import DEFAULT_KNOBS, check_batch_size
 from .outputs import append_manifest, safe_name, save_png
 
 LAYOUTS = {"files": "images", "imagefolder": "train", "coco": "images"}  # layout -> image folder
@@ -125,9 +125,7 @@ class Job:
         if not self.presets and self.matrix is None and not (self.prompt or "").strip():
             raise InputError("job needs variations: presets, a matrix, or at least a prompt")
         for key in ("depth_batch_size", "batch_size"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise InputError(f"job key {key} must be an integer >= 1, got {value!r}")
+            check_batch_size(getattr(self, key), f"job key {key}")
 
     def _check_values(self) -> None:
         """Knob values, scheduler and preset names are checked here, before any model loads."""

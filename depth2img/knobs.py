@@ -54,6 +54,12 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
+def check_batch_size(n, name: str = "batch_size") -> int:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError(f"{name} must be an integer >= 1, got {n!r}")
+    return n
+
+
 def check_num_images(n) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_IMAGES:
         raise InputError(f"num_images must be an integer in 1..{MAX_IMAGES}, got {n!r}")

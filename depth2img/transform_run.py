@@ -10,6 +10,7 @@ from pathlib import Path
 from .depth_run import RunReport, _stems
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError
 from .io import load_image
+from .knobs import check_batch_size
 from .outputs import write_transform_result
 
 
@@ -32,12 +33,16 @@ def run_transform(
     progress: bool = True,
     on_error: Callable[[str], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
+    batch_size: int = 1,
 ) -> RunReport:
-    """``model`` is a loaded SceneTransformer or a name for ``SceneTransformer.from_pretrained``."""
+    """``model`` is a loaded SceneTransformer or a name for ``SceneTransformer.from_pretrained``. ``batch_size``
+    photos share one denoising batch (all of their ``num_images``); on a GPU a few photos per batch keep it
+    busier, at the memory of batch_size x num_images images."""
     from tqdm.auto import tqdm
 
     from .transformer import SceneTransformer
 
+    check_batch_size(batch_size)
     report = RunReport(on_error=on_error)
     paths = report.collect(inputs)
     if depth is not None and len(depth) != len(paths):
@@ -49,25 +54,52 @@ def run_transform(
     )  # fmt: skip
     out_dir = Path(out_dir)
     stems = _stems(paths)
-    bar = tqdm(paths, unit="img", desc="transform", disable=not progress or len(paths) == 1)
-    for i, path in enumerate(bar):
-        try:
-            image = load_image(path)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore", Depth2ImgWarning)  # forwarded below from result.warnings
-                result = st.transform(
-                    image, prompt, preset=preset, negative_prompt=negative_prompt,
-                    depth=depth[i] if depth is not None else None, depth_polarity=depth_polarity,
-                    seed=seed, num_images=num_images, scheduler=scheduler, progress=progress, **(knobs or {}),
-                )  # fmt: skip
+    bar = tqdm(total=len(paths), unit="img", desc="transform", disable=not progress or len(paths) == 1)
+    for start in range(0, len(paths), batch_size):
+        prepared = []  # (index, path, Request) of the photos of this batch that passed their checks
+        for i in range(start, min(start + batch_size, len(paths))):
+            path = paths[i]
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", Depth2ImgWarning)  # forwarded below from result.warnings
+                    prepared.append((i, path, st.prepare(
+                        load_image(path), prompt, preset=preset, negative_prompt=negative_prompt,
+                        depth=depth[i] if depth is not None else None, depth_polarity=depth_polarity,
+                        seed=seed, num_images=num_images, scheduler=scheduler, **(knobs or {}),
+                    )))  # fmt: skip
+            except Depth2ImgError as err:
+                _fail(report, path, err)
+        for (i, path, _), result in zip(prepared, _run_isolated(st, [r for *_, r in prepared], progress)):
+            if isinstance(result, Depth2ImgError):
+                _fail(report, path, result)
+                continue
             for note in result.warnings if on_warning else ():
                 on_warning(f"{path}: {note}")
-            records = write_transform_result(result, out_dir, stems[i], source=str(path))
+            try:
+                records = write_transform_result(result, out_dir, stems[i], source=str(path))
+            except OSError as err:
+                report.fail(f"{path}: cannot write to {out_dir} ({err.strerror or err})")
+                continue
             report.done.append(path)
             report.written += [out_dir / r["output"] for r in records]
-        except Depth2ImgError as err:
-            msg = str(err)
-            report.fail(msg if str(path) in msg else f"{path}: {msg}")
-        except OSError as err:
-            report.fail(f"{path}: cannot write to {out_dir} ({err.strerror or err})")
+        bar.update(min(batch_size, len(paths) - start))
+    bar.close()
     return report
+
+
+def _fail(report: RunReport, path, err: Depth2ImgError) -> None:
+    msg = str(err)
+    report.fail(msg if str(path) in msg else f"{path}: {msg}")
+
+
+def _run_isolated(st, requests: list, progress: bool) -> list:
+    """``st.run(requests)`` in one batch; if that batch fails (out of memory, or one request's bad input), each
+    request runs alone, so a failure is reported for its own photo only. Returns results or errors, in order."""
+    if not requests:
+        return []
+    try:
+        return st.run(requests, progress=progress)
+    except Depth2ImgError as err:
+        if len(requests) == 1:
+            return [err]
+    return [_run_isolated(st, [r], progress)[0] for r in requests]

@@ -55,6 +55,7 @@ def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
         (["--prompt", "x", "--steps", "0"], "steps must be an integer in 1..1000, got 0"),
         (["--prompt", "x", "--seed", "-1"], "seed must be an integer in 0..2**63-1, got -1"),
         (["--prompt", "x", "--control-start", "0.9", "--control-end", "0.1"], "0 <= start < end <= 1"),
+        (["--prompt", "x", "--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
     ],
 )
 def test_transform_argument_errors_write_nothing(tmp_path, photos_dir, capsys, extra, message):
@@ -75,6 +76,44 @@ def test_transform_per_input_errors(tmp_path, photos_dir, capsys):
     assert "chelsea.png: depth is 40x10 but the image is 451x300: aspect ratios differ" in err
     assert "nan.npy: 6 depth values are NaN" in err and "0 done, 2 failed" in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_batch_size_puts_photos_in_one_denoising_batch(tmp_path, photos_dir, capsys, monkeypatch):
+    import torch
+
+    from depth2img.backends import Backend
+
+    calls, original, oom = [], Backend.__call__, {"over": None}
+
+    def counted(self, **kwargs):
+        calls.append(len(kwargs["generators"]))
+        if oom["over"] is not None and len(kwargs["generators"]) > oom["over"]:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(Backend, "__call__", counted)
+    photos = tmp_path / "in"
+    photos.mkdir()
+    chelsea = Image.open(photos_dir / "chelsea.png")
+    chelsea.save(photos / "a.png")
+    chelsea.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(photos / "b.png")
+    chelsea.rotate(90, expand=True).save(photos / "c.png")  # 300x451: another generation size than d
+    chelsea.transpose(Image.Transpose.FLIP_TOP_BOTTOM).save(photos / "d.png")
+    made = {}
+    for size, over in ((2, None), (1, None), ("2-oom", 2)):
+        calls.clear()
+        oom["over"] = over
+        out = tmp_path / f"b{size}"
+        code, _, err = run(capsys, "transform", photos, "-o", out, "--model", "tiny", "--prompt", "a cat", "--seed", 3,
+                           "--num-images", 2, "--steps", 2, "--batch-size", str(size)[0], "-q")  # fmt: skip
+        assert code == 0, err
+        made[size] = list(calls), {p.name: np.asarray(Image.open(p), np.int16) for p in out.glob("*_s*.png")}
+    # batches [a, b] (one call of 4 images) and [c, d] (two generation sizes: two calls), against one call per photo;
+    # out of memory, the batch [a, b] runs photo by photo and every output is still made
+    assert made[2][0] == [4, 2, 2] and made[1][0] == [2, 2, 2, 2] and made["2-oom"][0] == [4, 2, 2, 2, 2]
+    assert len(made[1][1]) == 8 and made[2][1].keys() == made[1][1].keys() == made["2-oom"][1].keys()
+    for name, image in made[1][1].items():
+        assert np.abs(image - made[2][1][name]).max() <= 1 and np.array_equal(image, made["2-oom"][1][name])
 
 
 def test_transform_missing_weights_offline_is_one_line(tmp_path, photos_dir, capsys):
