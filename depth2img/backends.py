@@ -393,13 +393,14 @@ class Backend:
         mode = self.mode(knobs["strength"])
         pipe = self.pipes[mode]
         negative_prompts = [p or "" for p in negative_prompts]
-        per_image = (len(_shared(images)) > 1 or len(_shared(depths)) > 1 or len(set(prompts)) > 1
+        depths = _shared(depths)
+        per_image = (len(_shared(images)) > 1 or len(depths) > 1 or len(set(prompts)) > 1
                      or len(set(negative_prompts)) > 1)  # fmt: skip
         # img2img gets the photo once per image, so that image i's VAE sample draws from generator i: diffusers'
         # Flux img2img encodes one photo once, with the first generator only, so image i of a batch would not
         # equal a run of seed i alone (the SD pipelines repeat the photo themselves: no change there).
         images = list(images) if mode == "img2img" else None
-        kwargs = self.call_kwargs(images=images, depths=_shared(depths), knobs=knobs)
+        kwargs = self.call_kwargs(images=images, depths=depths, knobs=knobs)
         if per_image:
             prompt, per_prompt = list(prompts), 1
             negative = list(negative_prompts) if any(negative_prompts) else None

@@ -352,7 +352,7 @@ class SceneTransformer:
         diffusion_s = time.perf_counter() - t_diffusion
 
         # Back to each input's exact size, with metadata
-        results, start = [], 0
+        results, start, controls = [], 0, {}
         b = self.backend
         for req in group:
             width, height = req.image.size
@@ -362,7 +362,11 @@ class SceneTransformer:
                 images.append(
                     out if out.size == (width, height) else out.resize((width, height), Image.LANCZOS)
                 )
-            control = Image.fromarray(np.round(req.depth.control_image() * 255).astype(np.uint8), "RGB")
+            if id(req.depth) not in controls:  # variations of one photo share its depth: one control image
+                controls[id(req.depth)] = Image.fromarray(
+                    np.round(req.depth.control_image() * 255).astype(np.uint8), "RGB"
+                )
+            control = controls[id(req.depth)]
             common = self._common_metadata(req, b)
             metadata = [{**common, "seed": s, "index": i} for i, s in enumerate(req.seeds)]
             share = len(req.seeds) / len(per_image)  # of the batch's time
