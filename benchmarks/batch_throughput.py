@@ -1,10 +1,10 @@
 """Dataset-run throughput by denoising batch size, models loaded once (steady state, no start-up in the figure).
 
-    python benchmarks/batch_throughput.py [--model tiny] [--sizes 1 8] [--repeats 2] [--steps 4]
+    python benchmarks/batch_throughput.py [--model tiny] [--sizes 1 8] [--repeats 2] [--steps 4] [--only TEXT]
 
 8 real photos from skimage, resized to 1024x683, through ``depth2img.batch.run_job`` with two jobs: 4 prompt
-variations x 1 seed (before batching across variations each output was its own pipeline call) and 2 presets x
-4 seeds. A warm-up run first, then the sizes interleaved; prints the summary line of each run. Outputs go to a
+variations x 1 seed (before batching across variations each output was its own pipeline call), 2 presets x
+4 seeds, and 1 preset x 1 seed (a whole sequence made rainy: one source depth per output). A warm-up run first, then the sizes interleaved; prints the summary line of each run. Outputs go to a
 temporary folder. Any registry model works (``--model sd15-depth`` on a GPU, with its weights downloaded).
 """
 
@@ -17,6 +17,7 @@ JOBS = {
                                          "axes": {"time": ["at noon", "at night"], "weather": ["rain", "snow"]}},
                               "seeds": 1},
     "2 presets x 4 seeds": {"presets": ["winter", "rain"], "seeds": 4},
+    "1 preset x 1 seed": {"presets": ["rain"], "seeds": 1},
 }  # fmt: skip
 PHOTOS = [
     "astronaut",
@@ -36,6 +37,7 @@ def main() -> None:
     parser.add_argument("--sizes", type=int, nargs="+", default=[1, 8], help="batch_size values to compare")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--only", default="", help="run the jobs whose title contains this text")
     args = parser.parse_args()
 
     from PIL import Image
@@ -50,7 +52,7 @@ def main() -> None:
         photo = Image.fromarray(getattr(data, name)()).convert("RGB").resize((1024, 683), Image.LANCZOS)
         photo.save(root / "in" / f"{name}.png")
     service = Service(model=args.model, device=None)
-    for title, spec in JOBS.items():
+    for title, spec in ((t, s) for t, s in JOBS.items() if args.only in t):
         print(
             f"== {title}, {len(PHOTOS)} photos of 1024x683, {args.steps} steps, model {args.model}",
             flush=True,

@@ -425,8 +425,19 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                 errors.append((p, str(err)))
         return images, errors
 
-    def score(made):
-        """Depth re-estimated on a batch's outputs and scored against their sources (in the scorer thread)."""
+    def estimate_chunk(loading):
+        """A chunk's photos (read by the loader thread) and their depths, estimated in the depth thread while
+        the previous chunk is denoised, with each source's geometry reference."""
+        images, errors = loading.result()
+        depths = {}
+        if images:
+            estimator = service.estimator(job.estimator)
+            depths = dict(zip(images, estimator(list(images.values()), batch_size=job.depth_batch_size)))
+        return images, errors, depths, {p: geometry_reference(d) for p, d in depths.items()}
+
+    def score(made, references):
+        """Depth re-estimated on a batch's outputs and scored against their sources (in the depth thread)."""
+        estimator = service.estimator(job.estimator)
         out_depths = estimator([img for _, img, _ in made], batch_size=job.depth_batch_size)
         return [
             (it, img, meta, geometry_scores(references[it.source], od))
@@ -458,32 +469,33 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                 report.retried += 1
                 retry.append(it._replace(attempt=attempt + 1))
 
-    # The next chunk's photos are read and decoded in a thread while this chunk is denoised; a batch's
-    # geometry check (depth of its outputs, scores) runs in another while the next batch is denoised.
+    # While this chunk is denoised, the next chunk's photos are read and decoded (loader thread) and their depth
+    # estimated (depth thread); a batch's geometry check (depth of its outputs, scores) runs in the depth thread
+    # while the next batch is denoised. One thread runs the estimator, in submission order.
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-loader")
-    scorer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-geometry")
-    estimator = references = None
+    depth_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-depth")
+
+    def prefetch(chunk):
+        return depth_worker.submit(estimate_chunk, loader.submit(load_chunk, chunk))
+
     work = [c for c in ([p for p in batch if todo_per_source[p]] for batch in my_chunks) if c]
     try:
-        loading = loader.submit(load_chunk, work[0]) if work else None
+        estimating = prefetch(work[0]) if work else None
         for i in range(len(work)):
-            images, errors = loading.result()
-            loading = loader.submit(load_chunk, work[i + 1]) if i + 1 < len(work) else None
+            images, errors, depths, references = estimating.result()
+            estimating = prefetch(work[i + 1]) if i + 1 < len(work) else None
             for p, msg in errors:
                 fail(msg)
                 bar.update(todo_per_source[p])
             if not images:
                 continue
-            estimator = service.estimator(job.estimator)
-            depths = dict(zip(images, estimator(list(images.values()), batch_size=job.depth_batch_size)))
             st = service.transformer(job.model)
-            queue, references = [], {}
+            queue = []
             for p, depth in depths.items():
                 stem = stems[p]
                 depth_dir = root / "depth"
                 if not (depth_dir / f"{stem}_depth16.png").exists():  # written by the writer thread too
                     submit(write_depth_products, depth, depth_dir, stem, ("png16", "npy"))
-                references[p] = geometry_reference(depth)  # once per source, for all of its outputs
                 req = None
                 for var in vars_:
                     want = [s for s in seeds if (p, var.name, s) in todo]
@@ -504,7 +516,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                             bar.update(1)
                         else:
                             made.append((it, *out))
-                    checked = scorer.submit(score, made) if made else None
+                    checked = depth_worker.submit(score, made, references) if made else None
                     if scoring is not None:
                         finish(scoring.result(), retry)
                     scoring = checked
@@ -519,7 +531,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         ) from None
     finally:
         loader.shutdown(wait=True, cancel_futures=True)
-        scorer.shutdown(wait=True, cancel_futures=True)
+        depth_worker.shutdown(wait=True, cancel_futures=True)
         writer.shutdown(wait=True)
         bar.close()
     barrier()

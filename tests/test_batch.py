@@ -179,9 +179,42 @@ def test_geometry_check_of_a_batch_runs_while_the_next_is_denoised(dataset, tmp_
     report = run_job(job, progress=False)
     assert report.done == 6 and calls == [4, 2]
     assert len(seen) == 6 and all(
-        name.startswith("depth2img-geometry") and overlapped for name, overlapped in seen
+        name.startswith("depth2img-depth") and overlapped for name, overlapped in seen
     )
     assert all(r["geometry"]["delta1"] >= 0 for r in read_manifest(tmp_path / "g" / "manifest.jsonl"))
+
+
+def test_next_chunks_depth_is_estimated_while_this_chunk_is_denoised(dataset, tmp_path, monkeypatch):
+    import threading
+
+    from depth2img.backends import Backend
+    from depth2img.estimators import DepthEstimator
+
+    estimated, next_chunk_started, waits = [], threading.Event(), []
+    original_call, original_estimate = Backend.__call__, DepthEstimator.__call__
+
+    def estimate(self, images, *args, **kwargs):
+        estimated.append((threading.current_thread().name, [im.size for im in images]))
+        if len(estimated) == 2:  # the second chunk's source depth (the first chunk's check comes after it)
+            next_chunk_started.set()
+        return original_estimate(self, images, *args, **kwargs)
+
+    def denoise(self, **kwargs):
+        if not waits:  # the first chunk's first batch: the next chunk's depth must start meanwhile
+            waits.append(next_chunk_started.wait(timeout=20))
+        return original_call(self, **kwargs)
+
+    monkeypatch.setattr(Backend, "__call__", denoise)
+    monkeypatch.setattr(DepthEstimator, "__call__", estimate)
+    job = write_job(
+        dataset, output=str(tmp_path / "n"), presets=["rain"], seeds=1, labels={}, depth_batch_size=2
+    )
+    report = run_job(job, progress=False)
+    assert report.done == 3 and waits == [True]
+    # chunks [f0, f1] and [f2]: every estimate (sources and outputs) runs in the one depth thread
+    assert {name.split("_")[0] for name, _ in estimated} == {"depth2img-depth"}
+    assert [len(sizes) for _, sizes in estimated][:2] == [2, 1]
+    assert len(estimated) == 4 and all(sizes == [(W, H)] * len(sizes) for _, sizes in estimated)
 
 
 def test_resume_skips_finished_and_refuses_to_mix_runs(dataset, tmp_path):
