@@ -17,11 +17,14 @@ import numpy as np
 from . import presets as presets_mod
 from .depthmap import DepthMap
 from .errors import Depth2ImgWarning, InputError, OutOfMemory
-from .knobs import CONTROL_KNOBS, DEFAULT_KNOBS, check_knobs, check_num_images, check_seed
+from .knobs import CONTROL_KNOBS, DEFAULT_KNOBS, check_batch_size, check_knobs, check_num_images, check_seed
 from .loading import resolve_device
 from .registry import default_estimator_for, resolve_backbone
 
 FLUX_GUIDANCE = 10.0  # FLUX.1-Depth-dev's model card uses guidance_scale 10
+# Images per denoising batch in variations() (the app's grid of presets x seeds): kept small, as a grid is
+# interactive work on any GPU; a batch that runs out of memory falls back to one row at a time
+VARIATIONS_BATCH = 4
 
 
 @dataclass
@@ -410,13 +413,35 @@ class SceneTransformer:
             ) from None
 
     def variations(self, image, *, presets: list[str] | None = None, seeds: list[int] | None = None,
-                   prompt: str | None = None, depth=None, depth_polarity: str | None = None, **knobs):  # fmt: skip
+                   prompt: str | None = None, depth=None, depth_polarity: str | None = None,
+                   batch_size: int = VARIATIONS_BATCH, progress: bool = False, **knobs):  # fmt: skip
         """A grid: every preset (or the prompt alone) x every seed, from one depth computed once.
 
+        Presets sharing knobs share denoising batches of up to ``batch_size`` images (whole rows; a row with
+        more seeds than that is a batch of its own). Out of memory, a batch's rows are run one at a time.
         Returns a list of rows, one per preset, each a TransformResult holding one image per seed."""
+        check_batch_size(batch_size)
+        if hasattr(image, "mode") and image.mode != "RGB":
+            image = image.convert("RGB")  # once, so that the rows share its copy at generation size
         depth_map = self.depth_for(image, depth, depth_polarity=depth_polarity)
         seeds = list(seeds) if seeds else [0]
-        rows = []
+        requests, req = [], None
         for preset in presets or [None]:
-            rows.append(self.transform(image, prompt, preset=preset, depth=depth_map, seed=seeds, **knobs))
+            req = self.prepare(image, prompt, preset=preset, depth=depth_map, seed=seeds, reuse=req,
+                               _stacklevel=3, **knobs)  # fmt: skip
+            requests.append(req)
+        by_key: dict[tuple, list[int]] = {}
+        for i, r in enumerate(requests):
+            by_key.setdefault(r.key, []).append(i)
+        per_batch = max(1, batch_size // len(seeds))  # whole rows
+        rows: list[TransformResult | None] = [None] * len(requests)
+        for batch in (ix[k : k + per_batch] for ix in by_key.values() for k in range(0, len(ix), per_batch)):
+            try:
+                done = self.run([requests[i] for i in batch], progress=progress)
+            except OutOfMemory:
+                if len(batch) == 1:
+                    raise
+                done = [self.run([requests[i]], progress=progress)[0] for i in batch]
+            for i, result in zip(batch, done):
+                rows[i] = result
         return rows

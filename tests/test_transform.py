@@ -371,6 +371,39 @@ def test_variations_grid_computes_depth_once(sd15, photo, monkeypatch):
     ]
 
 
+def test_variations_share_denoising_batches_of_whole_rows(sd15, photo, depth, monkeypatch):
+    from depth2img.backends import Backend
+    from depth2img.errors import OutOfMemory
+
+    presets = ["winter", "rain", "pencil-sketch", "fog", "snow"]  # pencil-sketch has its own guidance_scale
+    calls = _count_backend_calls(monkeypatch)
+    one = sd15.variations(photo, presets=presets, seeds=[1, 2], depth=depth, steps=2, batch_size=1)
+    assert calls == [2] * 5  # a row is never split: batch_size 1 gives one call per row, as before
+    calls.clear()
+    grid = sd15.variations(photo, presets=presets, seeds=[1, 2], depth=depth, steps=2)  # batch_size 4
+    assert calls == [4, 4, 2]  # winter+rain, fog+snow, then pencil-sketch alone (its own guidance_scale)
+    assert [r.metadata[0]["preset"] for r in grid] == presets and [r.seeds for r in grid] == [[1, 2]] * 5
+    for got, want in zip(grid, one):
+        assert np.abs(got.raw - want.raw).max() < 1e-5 and got.metadata == want.metadata
+    # Out of memory: the batch's rows run one at a time, with the same images
+    counted = Backend.__call__
+
+    def small_gpu(self, **kwargs):
+        if len(kwargs["generators"]) > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return counted(self, **kwargs)
+
+    monkeypatch.setattr(Backend, "__call__", small_gpu)
+    calls.clear()
+    tight = sd15.variations(photo, presets=presets, seeds=[1, 2], depth=depth, steps=2)
+    assert calls == [2, 2, 2, 2, 2]
+    assert all(np.abs(got.raw - want.raw).max() < 1e-5 for got, want in zip(tight, one))
+    with pytest.raises(OutOfMemory, match="out of GPU memory generating 3 image"):
+        sd15.variations(photo, presets=presets[:2], seeds=[1, 2, 3], depth=depth, steps=2)
+    with pytest.raises(InputError, match="batch_size must be an integer >= 1, got 0"):
+        sd15.variations(photo, presets=presets, depth=depth, batch_size=0)
+
+
 def test_metadata_round_trip(sd15, photo, depth, tmp_path):
     import json
 
