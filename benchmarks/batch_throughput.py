@@ -31,6 +31,17 @@ PHOTOS = [
 ]
 
 
+def write_photos(folder: Path) -> None:
+    """The real skimage photos of ``PHOTOS``, resized to 1024x683, as PNGs in ``folder`` (made here)."""
+    from PIL import Image
+    from skimage import data
+
+    folder.mkdir(parents=True)
+    for name in PHOTOS:
+        photo = Image.fromarray(getattr(data, name)()).convert("RGB").resize((1024, 683), Image.LANCZOS)
+        photo.save(folder / f"{name}.png")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny")
@@ -40,17 +51,11 @@ def main() -> None:
     parser.add_argument("--only", default="", help="run the jobs whose title contains this text")
     args = parser.parse_args()
 
-    from PIL import Image
-    from skimage import data
-
     from depth2img.batch import Job, run_job
     from depth2img.service import Service
 
     root = Path(tempfile.mkdtemp(prefix="d2i-throughput-"))
-    (root / "in").mkdir()
-    for name in PHOTOS:
-        photo = Image.fromarray(getattr(data, name)()).convert("RGB").resize((1024, 683), Image.LANCZOS)
-        photo.save(root / "in" / f"{name}.png")
+    write_photos(root / "in")
     service = Service(model=args.model, device=None)
     for title, spec in ((t, s) for t, s in JOBS.items() if args.only in t):
         print(

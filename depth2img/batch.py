@@ -16,7 +16,7 @@ import json
 import os
 import shutil
 import time
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import NamedTuple
@@ -26,11 +26,10 @@ import yaml
 from .errors import Depth2ImgError, InputError, OutOfMemory
 from .io import atomic_path, expand_inputs, load_image, write_depth_products
 from .knobs import DEFAULT_KNOBS, check_batch_size
-from .outputs import append_manifest, safe_name, save_png
+from .outputs import BackgroundWriter, append_manifest, safe_name, save_png
 
 LAYOUTS = {"files": "images", "imagefolder": "train", "coco": "images"}  # layout -> image folder
 SEED_STRIDE = 1_000_003  # a retry uses seed + attempt * SEED_STRIDE: never another item's seed
-MAX_PENDING_WRITES = 8
 KNOB_KEYS = (*DEFAULT_KNOBS, "scheduler", "negative_prompt")  # what a job's `knobs:` may hold
 
 
@@ -402,13 +401,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                                  lora_scale=job.lora_scale)  # fmt: skip
     bar = tqdm(total=total, initial=report.skipped, unit="img", desc=f"batch[{rank}]" if world > 1 else "batch",
                disable=not progress)  # fmt: skip
-    writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-writer")
-    pending: list[Future] = []
-
-    def submit(fn, *args):
-        pending.append(writer.submit(fn, *args))
-        while len(pending) > MAX_PENDING_WRITES or (pending and pending[0].done()):
-            pending.pop(0).result()  # re-raises a write error (disk full...) here, in the main thread
+    writer = BackgroundWriter()
+    submit = writer.submit  # a write error (disk full...) is re-raised in the main thread at a later submit
 
     def write_output(image, out_stem, record, source):
         path = _inside(root, image_dir / f"{out_stem}.png")
@@ -523,8 +517,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                 if scoring is not None:
                     finish(scoring.result(), retry)
                 queue = retry
-        for f in pending:
-            f.result()
+        writer.flush()
     except OSError as err:
         raise InputError(
             f"output directory {root}: write failed ({err.strerror or err}); no partial file was left"
@@ -532,7 +525,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     finally:
         loader.shutdown(wait=True, cancel_futures=True)
         depth_worker.shutdown(wait=True, cancel_futures=True)
-        writer.shutdown(wait=True)
+        writer.close()
         bar.close()
     barrier()
     if rank == 0:

@@ -9,10 +9,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 from .errors import Depth2ImgError, InputError
 from .io import DEPTH_WRITERS, expand_inputs, load_image, write_depth_products
+from .outputs import BackgroundWriter
 
 CHUNK_IMAGES = 16  # images decoded and held in memory at once
 
@@ -102,6 +104,16 @@ def run_depth(
     out_dir.mkdir(parents=True, exist_ok=True)
     stems = _stems(paths)
     bar = tqdm(total=len(paths), unit="img", desc="depth", disable=not progress)
+
+    def written(path, future):  # in this thread, in input order, once the writer thread has written them
+        try:
+            report.written += future.result()
+            report.done.append(path)
+        except OSError as err:
+            report.fail(f"{path}: cannot write to {out_dir} ({err.strerror or err})")
+
+    # A chunk's products are written in the writer thread while the next chunk is read and estimated
+    writer = BackgroundWriter()
     try:
         for start in range(0, len(paths), CHUNK_IMAGES):
             chunk = range(start, min(start + CHUNK_IMAGES, len(paths)))
@@ -131,11 +143,10 @@ def run_depth(
             for i in chunk:
                 if i not in depths:
                     continue
-                try:
-                    report.written += write_depth_products(depths[i], out_dir, stems[i], formats)
-                    report.done.append(paths[i])
-                except OSError as err:
-                    report.fail(f"{paths[i]}: cannot write to {out_dir} ({err.strerror or err})")
+                write = partial(write_depth_products, depths[i], out_dir, stems[i], formats)
+                writer.submit(write, then=partial(written, paths[i]))
+        writer.flush()
     finally:
+        writer.close()
         bar.close()
     return report

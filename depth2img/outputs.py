@@ -8,12 +8,55 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 from .io import PNG_COMPRESS_LEVEL, atomic_path, write_depth_products
 
 METADATA_KEY = "depth2img"  # PNG text chunk holding the JSON metadata
 MANIFEST = "manifest.jsonl"
+MAX_PENDING_WRITES = (
+    8  # writes queued behind the writer thread (their images stay in memory) before submit waits
+)
+
+
+class BackgroundWriter:
+    """File writes in one background thread, in submission order, so that generation does not wait on disk.
+
+    ``submit(fn, *args, then=...)`` queues ``fn(*args)``; once it is done, ``then(future)`` runs in the caller's
+    thread, in submission order, within that or a later ``submit``, or at ``flush``. The default ``then`` is
+    ``Future.result``, which re-raises the write's error there. ``submit`` waits while more than
+    ``max_pending`` writes are queued. ``close`` (or leaving a ``with`` block) waits for the thread to finish."""
+
+    def __init__(self, max_pending: int = MAX_PENDING_WRITES):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-writer")
+        self._pending: deque[tuple[Future, Callable]] = deque()
+        self.max_pending = max_pending
+
+    def submit(self, fn, *args, then: Callable[[Future], object] = Future.result) -> None:
+        self._pending.append((self._pool.submit(fn, *args), then))
+        while len(self._pending) > self.max_pending or (self._pending and self._pending[0][0].done()):
+            self._settle()
+
+    def flush(self) -> None:
+        """Wait for every queued write and run its ``then``."""
+        while self._pending:
+            self._settle()
+
+    def _settle(self) -> None:
+        future, then = self._pending.popleft()
+        then(future)  # waits for it if needed
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 def save_png(image, path, metadata: dict | None = None) -> Path:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 
 from .depth_run import RunReport, _stems
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError
 from .io import load_image
 from .knobs import check_batch_size
-from .outputs import write_transform_result
+from .outputs import BackgroundWriter, write_transform_result
 
 
 def run_transform(
@@ -55,34 +56,42 @@ def run_transform(
     out_dir = Path(out_dir)
     stems = _stems(paths)
     bar = tqdm(total=len(paths), unit="img", desc="transform", disable=not progress or len(paths) == 1)
-    for start in range(0, len(paths), batch_size):
-        prepared = []  # (index, path, Request) of the photos of this batch that passed their checks
-        for i in range(start, min(start + batch_size, len(paths))):
-            path = paths[i]
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", Depth2ImgWarning)  # forwarded below from result.warnings
-                    prepared.append((i, path, st.prepare(
-                        load_image(path), prompt, preset=preset, negative_prompt=negative_prompt,
-                        depth=depth[i] if depth is not None else None, depth_polarity=depth_polarity,
-                        seed=seed, num_images=num_images, scheduler=scheduler, **(knobs or {}),
-                    )))  # fmt: skip
-            except Depth2ImgError as err:
-                _fail(report, path, err)
-        for (i, path, _), result in zip(prepared, _run_isolated(st, [r for *_, r in prepared], progress)):
-            if isinstance(result, Depth2ImgError):
-                _fail(report, path, result)
-                continue
-            for note in result.warnings if on_warning else ():
-                on_warning(f"{path}: {note}")
-            try:
-                records = write_transform_result(result, out_dir, stems[i], source=str(path))
-            except OSError as err:
-                report.fail(f"{path}: cannot write to {out_dir} ({err.strerror or err})")
-                continue
-            report.done.append(path)
-            report.written += [out_dir / r["output"] for r in records]
-        bar.update(min(batch_size, len(paths) - start))
+
+    def written(path, future):  # in this thread, in input order, once the writer thread has written them
+        try:
+            records = future.result()
+        except OSError as err:
+            report.fail(f"{path}: cannot write to {out_dir} ({err.strerror or err})")
+            return
+        report.done.append(path)
+        report.written += [out_dir / r["output"] for r in records]
+
+    # A batch's outputs are written in the writer thread while the next batch is prepared and denoised
+    with BackgroundWriter() as writer:
+        for start in range(0, len(paths), batch_size):
+            prepared = []  # (index, path, Request) of the photos of this batch that passed their checks
+            for i in range(start, min(start + batch_size, len(paths))):
+                path = paths[i]
+                try:
+                    with warnings.catch_warnings():  # forwarded below from result.warnings
+                        warnings.simplefilter("ignore", Depth2ImgWarning)
+                        prepared.append((i, path, st.prepare(
+                            load_image(path), prompt, preset=preset, negative_prompt=negative_prompt,
+                            depth=depth[i] if depth is not None else None, depth_polarity=depth_polarity,
+                            seed=seed, num_images=num_images, scheduler=scheduler, **(knobs or {}),
+                        )))  # fmt: skip
+                except Depth2ImgError as err:
+                    _fail(report, path, err)
+            for (i, path, _), result in zip(prepared, _run_isolated(st, [r for *_, r in prepared], progress)):
+                if isinstance(result, Depth2ImgError):
+                    _fail(report, path, result)
+                    continue
+                for note in result.warnings if on_warning else ():
+                    on_warning(f"{path}: {note}")
+                write = partial(write_transform_result, result, out_dir, stems[i], source=str(path))
+                writer.submit(write, then=partial(written, path))
+            bar.update(min(batch_size, len(paths) - start))
+        writer.flush()
     bar.close()
     return report
 

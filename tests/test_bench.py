@@ -171,3 +171,25 @@ def test_depth_bench_equals_transformers_pipeline(tmp_path):
         )  # batched depth2img = transformers' pipeline, one image per call (fp32)
         assert row["ms_per_image"]["depth2img"] > 0
     assert "| dpt_hybrid |" in open(result["written"][1]).read()
+
+
+@pytest.mark.parametrize(
+    "script, args, line",
+    [
+        ("batch_throughput.py", ["--only", "1 preset", "--sizes", "4"], "batch_size 4: 8 done, 0 failed"),
+        ("transform_throughput.py", ["--sizes", "4"], "--batch-size 4: "),
+        ("variations_grid.py", ["--sizes", "4"], "batch_size 4: "),
+    ],
+)
+def test_throughput_scripts_run_on_the_tiny_model(tiny_dir, script, args, line):
+    """The benchmark scripts that the README quotes still run (smoke test at the smallest size; no timing)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(__file__).parents[1] / "benchmarks" / script
+    done = subprocess.run([sys.executable, str(path), "--repeats", "1", "--steps", "2", *args], env=dict(os.environ),
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert line in done.stdout and "images/hour" in done.stdout, done.stdout

@@ -149,3 +149,69 @@ def test_transform_with_few_step_lora(tmp_path, photos_dir, capsys):
     )
     code, out, _ = run(capsys, "models")
     assert "lcm-sd15" in out and "scheduler lcm" in out
+
+
+def test_outputs_are_written_while_the_next_photo_is_denoised(tmp_path, photos_dir, capsys, monkeypatch):
+    import threading
+
+    from depth2img import outputs
+    from depth2img.backends import Backend
+
+    second_call, calls, waited = threading.Event(), [], []
+    original_call, original_write = Backend.__call__, outputs.write_depth_products
+
+    def denoise(self, **kwargs):
+        calls.append(threading.current_thread().name)
+        if len(calls) == 2:
+            second_call.set()
+        return original_call(self, **kwargs)
+
+    def write_depth(depth, out_dir, stem, formats):
+        # the first photo's products wait for the second photo's denoising: they would time out if written in between
+        waited.append((threading.current_thread().name, stem, second_call.wait(timeout=20)))
+        return original_write(depth, out_dir, stem, formats)
+
+    monkeypatch.setattr(Backend, "__call__", denoise)
+    monkeypatch.setattr(outputs, "write_depth_products", write_depth)
+    code, _, err = run(capsys, "transform", photos_dir, "-o", tmp_path / "o", "--model", "tiny", "--prompt", "x",
+                       "--steps", 2, "--seed", 0, "-q")  # fmt: skip
+    assert code == 0, err
+    assert [(name.split("_")[0], stem, ok) for name, stem, ok in waited] == [
+        ("depth2img-writer", "chelsea", True),
+        ("depth2img-writer", "coffee", True),
+    ]
+    assert len(list((tmp_path / "o").glob("*_s0.png"))) == 2 and "2 done, 0 failed" in err
+
+
+@pytest.mark.parametrize("command", ["transform", "depth"])
+def test_a_failed_write_names_its_input_and_the_others_are_written(tmp_path, photos_dir, capsys, monkeypatch,
+                                                                    command):  # fmt: skip
+    import errno
+
+    from depth2img import io
+
+    original = io.atomic_path
+
+    def disk_full_for_chelsea(path):
+        if "chelsea" in str(path) and str(path).endswith(
+            "_preview.png"
+        ):  # after its other files were written
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(path)
+
+    monkeypatch.setattr(io, "atomic_path", disk_full_for_chelsea)
+    out = tmp_path / "o"
+    argv = (
+        ["--model", "tiny", "--prompt", "x", "--steps", 2]
+        if command == "transform"
+        else ["--estimator", "tiny"]
+    )
+    code, _, err = run(capsys, command, photos_dir, "-o", out, *argv, "-q")
+    assert code == 2
+    assert (
+        f"chelsea.png: cannot write to {out} (No space left on device)" in err and "1 done, 1 failed" in err
+    )
+    assert not list(out.glob("chelsea*")) and list(out.glob("coffee*"))  # none of its files is left
+    if command == "transform":
+        assert [json.loads(x)["source"].rsplit("/", 1)[1] for x in (out / "manifest.jsonl").read_text().splitlines()
+                ] == ["coffee.jpg"]  # fmt: skip

@@ -197,3 +197,38 @@ def test_every_png_is_written_at_the_fast_compression_level(tmp_path, chelsea):
     assert [_zlib_level(p) for p in paths] == [0, 0, 0]
     assert read_png_metadata(paths[-1]) == {"seed": 1}
     assert np.array_equal(np.asarray(Image.open(paths[-1])), np.asarray(chelsea))  # still lossless
+
+
+def test_background_writer_keeps_order_reraises_errors_and_bounds_its_queue():
+    import threading
+
+    from depth2img.outputs import BackgroundWriter
+
+    settled = []
+    with BackgroundWriter() as writer:
+        for i in range(5):
+            writer.submit(
+                lambda i=i: i * i, then=lambda f: settled.append((f.result(), threading.current_thread()))
+            )
+        writer.flush()
+    assert [v for v, _ in settled] == [0, 1, 4, 9, 16]  # in submission order
+    assert {t for _, t in settled} == {threading.current_thread()}  # `then` runs in the caller's thread
+
+    def disk_full():
+        raise OSError(28, "No space left on device")
+
+    with BackgroundWriter() as writer:
+        with pytest.raises(OSError, match="No space left"):  # the default `then` re-raises, in this thread
+            writer.submit(disk_full)
+            writer.flush()
+
+    gate = threading.Event()
+    with BackgroundWriter(max_pending=1) as writer:
+        submitter = threading.Thread(target=lambda: [writer.submit(gate.wait, 30) for _ in range(3)])
+        submitter.start()
+        submitter.join(timeout=0.5)
+        assert submitter.is_alive()  # the third write waits while two are queued behind a slow one
+        gate.set()
+        submitter.join(timeout=30)
+        assert not submitter.is_alive()
+        writer.flush()
