@@ -99,4 +99,4 @@ class Service:
         )
         st = self.transformer(model, progress)
         with self._lock:
-            return st.variations(image, presets=presets, seeds=seeds, depth=depth, **kwargs)
+            return st.variations(image, presets=presets, seeds=seeds, depth=depth, progress=True, **kwargs)

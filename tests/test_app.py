@@ -101,11 +101,13 @@ def test_generate_handler_outputs(service, photo):
     assert {"cat_winter_s3.png", "cat_winter_s4.png", "cat_depth16.png", "manifest.jsonl"} <= names
 
 
-def test_variations_handler(service, photo):
+def test_variations_handler(service, photo, capsys):
     gallery = handle_variations(
         service, photo, "tiny", "tiny", None, "", "", ["rain", "fog"], "5, 6", 2, 0.5, 7.5
     )
     assert [c for _, c in gallery] == ["rain / seed 5", "rain / seed 6", "fog / seed 5", "fog / seed 6"]
+    # one denoising bar per batch (the page shows tqdm bars): rain and fog share a batch of 4 images
+    assert capsys.readouterr().err.count("denoise: 100%") == 1
 
 
 def test_errors_become_one_friendly_line(service, photo):
