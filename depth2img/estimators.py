@@ -13,6 +13,7 @@ import numpy as np
 
 from .depthmap import DepthMap
 from .errors import ModelLoadError, first_line
+from .io import check_image
 from .loading import (
     ESTIMATOR_FILES,
     require_safetensors,
@@ -101,8 +102,12 @@ class DepthEstimator:
 
         if batch_size is None:
             batch_size = self.default_batch_size
-        single = not isinstance(images, Sequence)
-        images = [images] if single else list(images)
+        single = isinstance(images, str) or not isinstance(images, Sequence)
+        images = (
+            [check_image(images, "image")]
+            if single
+            else [check_image(im, f"images[{i}]") for i, im in enumerate(images)]
+        )
         inputs = [self.processor(images=img, return_tensors="pt")["pixel_values"] for img in images]
         results: list[DepthMap | None] = [None] * len(images)
         order = sorted(range(len(images)), key=lambda i: tuple(inputs[i].shape))

@@ -82,6 +82,17 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS):
     return to_rgb(img)
 
 
+def check_image(image, name: str = "image"):
+    """``image`` if it is a PIL image; else one line naming the argument and what it got."""
+    from PIL import Image
+
+    if not isinstance(image, Image.Image):
+        raise InputError(
+            f"{name} must be a PIL image (use depth2img.load_image for files), got {type(image).__name__}"
+        )
+    return image
+
+
 def to_rgb(img):
     """Any PIL mode to 8-bit RGB, scaling high-bit-depth grey rather than clipping it."""
     from PIL import Image

@@ -17,6 +17,7 @@ import numpy as np
 from . import presets as presets_mod
 from .depthmap import DepthMap
 from .errors import Depth2ImgWarning, InputError, OutOfMemory
+from .io import check_image
 from .knobs import CONTROL_KNOBS, DEFAULT_KNOBS, check_batch_size, check_knobs, check_num_images, check_seed
 from .loading import resolve_device
 from .registry import default_estimator_for, resolve_backbone
@@ -165,6 +166,7 @@ class SceneTransformer:
         """The DepthMap used for ``image``: the given one (DepthMap, array or file) at the image's size, or estimated."""
         from .io import depth_for_image
 
+        check_image(image)
         if depth is None:
             return self.estimator(image)
         return depth_for_image(depth, image.size, depth_polarity)
@@ -215,10 +217,7 @@ class SceneTransformer:
         # 1. Check inputs
         if (prompt is None or not str(prompt).strip()) and not preset:
             raise InputError("give a prompt or a preset (see `depth2img presets`); both are empty")
-        if not hasattr(image, "size") or not hasattr(image, "convert"):
-            raise InputError(
-                f"image must be a PIL image (use depth2img.load_image for files), got {type(image).__name__}"
-            )
+        image = check_image(image)
         image = image if image.mode == "RGB" else image.convert("RGB")
         final_prompt, preset_negative, preset_knobs = presets_mod.resolve(prompt, preset, self.presets)
         negative = presets_mod._merge_phrases(negative_prompt or "", preset_negative)
@@ -421,7 +420,7 @@ class SceneTransformer:
         more seeds than that is a batch of its own). Out of memory, a batch's rows are run one at a time.
         Returns a list of rows, one per preset, each a TransformResult holding one image per seed."""
         check_batch_size(batch_size)
-        if hasattr(image, "mode") and image.mode != "RGB":
+        if check_image(image).mode != "RGB":
             image = image.convert("RGB")  # once, so that the rows share its copy at generation size
         depth_map = self.depth_for(image, depth, depth_polarity=depth_polarity)
         seeds = list(seeds) if seeds else [0]

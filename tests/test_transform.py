@@ -437,6 +437,29 @@ def test_scheduler_swap_keeps_weights(sd15, photo, depth):
     sd15.backend.set_scheduler("unipc")
 
 
+def test_anything_but_a_pil_image_is_refused_with_one_line(sd15, photo):
+    calls = (
+        lambda im: sd15.transform(im, PROMPT),
+        lambda im: sd15.prepare(im, PROMPT),
+        lambda im: sd15.variations(im, presets=["rain"]),
+        lambda im: sd15.depth_for(im),
+        lambda im: sd15.estimator(im),
+    )
+    for call in calls:
+        for bad, got in (
+            (np.zeros((8, 8, 3), np.uint8), "ndarray"),
+            ("street.jpg", "str"),
+            (None, "NoneType"),
+        ):
+            with pytest.raises(
+                InputError,
+                match=f"^image must be a PIL image \\(use depth2img.load_image for files\\), got {got}$",
+            ):
+                call(bad)
+    with pytest.raises(InputError, match="^images\\[1\\] must be a PIL image .*got str$"):
+        sd15.estimator([photo, "b.png"])
+
+
 def test_long_prompt_names_truncated_tokens(sd15, photo, depth):
     long = "a street " + " ".join(f"w{i}" for i in range(60))
     with pytest.warns(
