@@ -418,8 +418,21 @@ class SceneTransformer:
 
         Presets sharing knobs share denoising batches of up to ``batch_size`` images (whole rows; a row with
         more seeds than that is a batch of its own). Out of memory, a batch's rows are run one at a time.
+        ``presets``: a list of preset names (a string is one preset, e.g. "rain+night"); ``seeds``: a list.
         Returns a list of rows, one per preset, each a TransformResult holding one image per seed."""
         check_batch_size(batch_size)
+        if isinstance(presets, str):
+            presets = [presets]
+        if presets is not None and not isinstance(presets, (list, tuple)):
+            raise InputError(
+                f"presets must be a list of preset names, got {type(presets).__name__} {presets!r}"
+            )
+        if seeds is not None and not isinstance(seeds, (list, tuple)):
+            raise InputError(f"seeds must be a list of integers, got {type(seeds).__name__} {seeds!r}")
+        if "num_images" in knobs or "seed" in knobs:
+            raise InputError(
+                "variations makes one image per seed of each row: pass seeds=[...], not seed or num_images"
+            )
         if check_image(image).mode != "RGB":
             image = image.convert("RGB")  # once, so that the rows share its copy at generation size
         depth_map = self.depth_for(image, depth, depth_polarity=depth_polarity)

@@ -402,6 +402,16 @@ def test_variations_share_denoising_batches_of_whole_rows(sd15, photo, depth, mo
         sd15.variations(photo, presets=presets[:2], seeds=[1, 2, 3], depth=depth, steps=2)
     with pytest.raises(InputError, match="batch_size must be an integer >= 1, got 0"):
         sd15.variations(photo, presets=presets, depth=depth, batch_size=0)
+    with pytest.raises(InputError, match="^seeds must be a list of integers, got int 3$"):
+        sd15.variations(photo, presets=presets, depth=depth, seeds=3)
+    with pytest.raises(InputError, match="^presets must be a list of preset names, got set"):
+        sd15.variations(photo, presets={"rain"}, depth=depth)
+    with pytest.raises(InputError, match="pass seeds=\\[...\\], not seed or num_images"):
+        sd15.variations(photo, presets=presets, depth=depth, num_images=2)
+    (row,) = sd15.variations(
+        photo, presets="rain+night", seeds=[7], depth=depth, steps=2
+    )  # a string: one preset
+    assert row.metadata[0]["preset"] == "rain+night" and row.seeds == [7]
 
 
 def test_metadata_round_trip(sd15, photo, depth, tmp_path):
