@@ -217,7 +217,11 @@ def _say_above_bar(msg: str) -> None:
 
 
 def _cmd_depth(args) -> int:
+    from .knobs import check_batch_size
+
     formats = [f.strip() for f in args.depth_format.split(",") if f.strip()]
+    if args.batch_size is not None:
+        check_batch_size(args.batch_size, "--batch-size")
     _quiet_libraries()
     from .depth_run import run_depth
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import Depth2ImgError, InputError
 from .io import DEPTH_WRITERS, expand_inputs, load_image, write_depth_products
+from .knobs import check_batch_size
 from .outputs import BackgroundWriter
 
 CHUNK_IMAGES = 16  # images decoded and held in memory at once
@@ -81,8 +82,8 @@ def run_depth(
     unknown = [f for f in formats if f not in DEPTH_WRITERS]
     if unknown or not formats:
         raise InputError(f"depth format must be among {', '.join(DEPTH_WRITERS)}, got {list(formats)}")
-    if batch_size is not None and batch_size < 1:
-        raise InputError(f"batch size must be >= 1, got {batch_size}")
+    if batch_size is not None:
+        check_batch_size(batch_size)
     report = RunReport(on_error=on_error)
     paths = report.collect(inputs)
     right_paths: list[Path] | None = None

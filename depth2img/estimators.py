@@ -14,6 +14,7 @@ import numpy as np
 from .depthmap import DepthMap
 from .errors import ModelLoadError, first_line
 from .io import check_image
+from .knobs import check_batch_size
 from .loading import (
     ESTIMATOR_FILES,
     require_safetensors,
@@ -100,8 +101,7 @@ class DepthEstimator:
         ``batch_size`` None: ``default_batch_size``."""
         import torch
 
-        if batch_size is None:
-            batch_size = self.default_batch_size
+        batch_size = self.default_batch_size if batch_size is None else check_batch_size(batch_size)
         single = isinstance(images, str) or not isinstance(images, Sequence)
         images = (
             [check_image(images, "image")]

@@ -104,6 +104,9 @@ def test_model_and_argument_errors_are_one_line(tmp_path, photos_dir, capsys):
     assert code == 2 and "depth format must be among png16, npy, preview, got ['png16', 'exr']" in err
     code, _, err = run(capsys, "depth", photos_dir, "-o", tmp_path, "--right", "a.png")
     assert code == 2 and "1 right images for 2 left inputs" in err
+    code, _, err = run(capsys, "depth", photos_dir, "-o", tmp_path / "b", "--batch-size", "0")
+    assert code == 2 and err == "depth2img: error: --batch-size must be an integer >= 1, got 0\n"
+    assert not (tmp_path / "b").exists()
     with pytest.raises(SystemExit) as exit_info:
         main(["depth", "x.png"])
     assert exit_info.value.code == 2

@@ -41,6 +41,11 @@ def test_batched_equals_one_by_one(images):
     for img, depth in zip(images, batched):
         single = est(img)
         assert np.abs(single.values - depth.values).max() <= 1e-5 * np.abs(single.values).max()
+    for bad in (0, "4", 2.5):
+        with pytest.raises(
+            InputError, match=f"^batch_size must be an integer >= 1, got {re.escape(repr(bad))}$"
+        ):
+            est(images, batch_size=bad)
 
 
 def test_zoedepth_is_metric_at_input_size(images):
