@@ -17,9 +17,8 @@ from .io import PNG_COMPRESS_LEVEL, atomic_path, write_depth_products
 
 METADATA_KEY = "depth2img"  # PNG text chunk holding the JSON metadata
 MANIFEST = "manifest.jsonl"
-MAX_PENDING_WRITES = (
-    8  # writes queued behind the writer thread (their images stay in memory) before submit waits
-)
+# Writes queued behind the writer thread (their images stay in memory) before submit waits
+MAX_PENDING_WRITES = 8
 
 
 class BackgroundWriter:
