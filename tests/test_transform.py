@@ -408,10 +408,12 @@ def test_variations_share_denoising_batches_of_whole_rows(sd15, photo, depth, mo
         sd15.variations(photo, presets={"rain"}, depth=depth)
     with pytest.raises(InputError, match="pass seeds=\\[...\\], not seed or num_images"):
         sd15.variations(photo, presets=presets, depth=depth, num_images=2)
-    (row,) = sd15.variations(
-        photo, presets="rain+night", seeds=[7], depth=depth, steps=2
-    )  # a string: one preset
+    with pytest.warns(UserWarning, match="truncated") as caught:  # the tiny byte tokenizer makes long prompts
+        (row,) = sd15.variations(
+            photo, presets="rain+night", seeds=[7], depth=depth, steps=2
+        )  # a string: one preset
     assert row.metadata[0]["preset"] == "rain+night" and row.seeds == [7]
+    assert caught[0].filename == __file__  # the warning points at the caller's line
 
 
 def test_metadata_round_trip(sd15, photo, depth, tmp_path):
