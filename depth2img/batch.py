@@ -18,6 +18,7 @@ import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import NamedTuple
 
@@ -401,14 +402,15 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                                  lora_scale=job.lora_scale)  # fmt: skip
     bar = tqdm(total=total, initial=report.skipped, unit="img", desc=f"batch[{rank}]" if world > 1 else "batch",
                disable=not progress)  # fmt: skip
+    # Files are written by the writer threads, in parallel; manifest lines are appended in order, each after its
+    # files. A write error (disk full...) is re-raised here, in the main thread, at a later submit.
     writer = BackgroundWriter()
-    submit = writer.submit  # a write error (disk full...) is re-raised in the main thread at a later submit
+    submit = writer.submit
 
     def write_output(image, out_stem, record, source):
         path = _inside(root, image_dir / f"{out_stem}.png")
         save_png(image, path, record)
         labels.copy_for(source, out_stem, root)
-        append_manifest(manifest, [record])
 
     def load_chunk(chunk):
         images, errors = {}, []
@@ -451,10 +453,11 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                       "output": f"{LAYOUTS[job.layout]}/{out_stem}.png" if ok else None,
                       "size": list(img.size)}  # fmt: skip
             if ok:
-                submit(write_output, img, out_stem, record, p)
+                line = partial(append_manifest, manifest, [record])
+                submit(write_output, img, out_stem, record, p, in_order=lambda _, line=line: line())
                 report.done += 1
             else:
-                submit(append_manifest, manifest, [record])
+                writer.after(partial(append_manifest, manifest, [record]))
                 if last:
                     report.rejected += 1
             if last:

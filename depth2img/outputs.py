@@ -17,25 +17,45 @@ from .io import PNG_COMPRESS_LEVEL, atomic_path, write_depth_products
 
 METADATA_KEY = "depth2img"  # PNG text chunk holding the JSON metadata
 MANIFEST = "manifest.jsonl"
-# Writes queued behind the writer thread (their images stay in memory) before submit waits
+# Writes queued behind the writer threads (their images stay in memory) before submit waits
 MAX_PENDING_WRITES = 8
+# PNG encoding (zlib) releases the GIL, so writer threads encode in parallel: a 1920x1080 PNG takes ~120 ms on
+# one core, which at a GPU's rate (~190 ms per image) would make one thread the limit. A quarter of the cores, 1-4.
+WRITER_THREADS = max(1, min(4, (os.cpu_count() or 1) // 4))
 
 
 class BackgroundWriter:
-    """File writes in one background thread, in submission order, so that generation does not wait on disk.
+    """File writes in background threads, so that generation does not wait on disk.
 
-    ``submit(fn, *args, then=...)`` queues ``fn(*args)``; once it is done, ``then(future)`` runs in the caller's
-    thread, in submission order, within that or a later ``submit``, or at ``flush``. The default ``then`` is
-    ``Future.result``, which re-raises the write's error there. ``submit`` waits while more than
-    ``max_pending`` writes are queued. ``close`` (or leaving a ``with`` block) waits for the thread to finish."""
+    ``submit(fn, *args, in_order=step, then=...)`` queues ``fn(*args)``, which may run in parallel with other
+    writes (``threads``, default ``WRITER_THREADS``). ``step(result)`` then runs in one ordering thread, in
+    submission order, as soon as this write and every earlier one are done: what must stay in order and follow
+    its files (manifest lines) goes there. ``then(future)`` runs in the caller's thread, in submission order,
+    within that or a later ``submit``, or at ``flush``; the default, ``Future.result``, re-raises the write's (or
+    the step's) error there. ``submit`` waits while more than ``max_pending`` writes are queued. ``close`` (or
+    leaving a ``with`` block) waits for the threads to finish."""
 
-    def __init__(self, max_pending: int = MAX_PENDING_WRITES):
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-writer")
+    def __init__(self, max_pending: int = MAX_PENDING_WRITES, threads: int | None = None):
+        self.threads = threads or WRITER_THREADS
+        self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="depth2img-writer")
+        self._sequencer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-writer-order")
         self._pending: deque[tuple[Future, Callable]] = deque()
         self.max_pending = max_pending
 
-    def submit(self, fn, *args, then: Callable[[Future], object] = Future.result) -> None:
-        self._pending.append((self._pool.submit(fn, *args), then))
+    def submit(
+        self, fn, *args, in_order: Callable | None = None, then: Callable[[Future], object] = Future.result
+    ):
+        work = self._pool.submit(fn, *args)
+        if in_order is not None:
+            work = self._sequencer.submit(_then_step, work, in_order)
+        self._queue(work, then)
+
+    def after(self, step: Callable[[], object]) -> None:
+        """Run ``step()`` in the ordering thread after the ordered steps of the writes submitted so far."""
+        self._queue(self._sequencer.submit(step), Future.result)
+
+    def _queue(self, future: Future, then: Callable[[Future], object]) -> None:
+        self._pending.append((future, then))
         while len(self._pending) > self.max_pending or (self._pending and self._pending[0][0].done()):
             self._settle()
 
@@ -50,12 +70,19 @@ class BackgroundWriter:
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)
+        self._sequencer.shutdown(wait=True)
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _then_step(work: Future, step: Callable):
+    result = work.result()  # waits for the write; its error ends here, and the step is not run
+    step(result)
+    return result
 
 
 def save_png(image, path, metadata: dict | None = None) -> Path:
@@ -91,9 +118,10 @@ def safe_name(text: str) -> str:
 
 
 def write_transform_result(
-    result, out_dir, stem: str, *, source: str = "", depth_formats=("png16", "preview")
+    result, out_dir, stem: str, *, source: str = "", depth_formats=("png16", "preview"), manifest: bool = True
 ) -> list[dict]:
-    """Images (metadata in their PNG text), depth products and the control image; then manifest lines."""
+    """Images (metadata in their PNG text), depth products and the control image; then manifest lines (unless
+    ``manifest`` is False: a caller writing several results in parallel appends the returned records in order)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
@@ -111,5 +139,6 @@ def write_transform_result(
         for p in written:
             p.unlink(missing_ok=True)
         raise
-    append_manifest(out_dir / MANIFEST, records)
+    if manifest:
+        append_manifest(out_dir / MANIFEST, records)
     return records

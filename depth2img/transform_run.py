@@ -12,7 +12,7 @@ from .depth_run import RunReport, _stems
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError
 from .io import load_image
 from .knobs import check_batch_size
-from .outputs import BackgroundWriter, write_transform_result
+from .outputs import MANIFEST, BackgroundWriter, append_manifest, write_transform_result
 
 
 def run_transform(
@@ -57,7 +57,7 @@ def run_transform(
     stems = _stems(paths)
     bar = tqdm(total=len(paths), unit="img", desc="transform", disable=not progress or len(paths) == 1)
 
-    def written(path, future):  # in this thread, in input order, once the writer thread has written them
+    def written(path, future):  # in this thread, in input order, once a writer thread has written its files
         try:
             records = future.result()
         except OSError as err:
@@ -66,7 +66,9 @@ def run_transform(
         report.done.append(path)
         report.written += [out_dir / r["output"] for r in records]
 
-    # A batch's outputs are written in the writer thread while the next batch is prepared and denoised
+    # A batch's outputs are written by the writer threads while the next batch is prepared and denoised; each
+    # input's manifest lines follow its files, in input order
+    add_lines = partial(append_manifest, out_dir / MANIFEST)
     with BackgroundWriter() as writer:
         for start in range(0, len(paths), batch_size):
             prepared = []  # (index, path, Request) of the photos of this batch that passed their checks
@@ -88,8 +90,10 @@ def run_transform(
                     continue
                 for note in result.warnings if on_warning else ():
                     on_warning(f"{path}: {note}")
-                write = partial(write_transform_result, result, out_dir, stems[i], source=str(path))
-                writer.submit(write, then=partial(written, path))
+                write = partial(
+                    write_transform_result, result, out_dir, stems[i], source=str(path), manifest=False
+                )
+                writer.submit(write, in_order=add_lines, then=partial(written, path))
             bar.update(min(batch_size, len(paths) - start))
         writer.flush()
     bar.close()

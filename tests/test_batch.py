@@ -184,6 +184,24 @@ def test_geometry_check_of_a_batch_runs_while_the_next_is_denoised(dataset, tmp_
     assert all(r["geometry"]["delta1"] >= 0 for r in read_manifest(tmp_path / "g" / "manifest.jsonl"))
 
 
+def test_parallel_writer_threads_give_the_same_dataset(dataset, tmp_path, monkeypatch):
+    from depth2img import outputs
+
+    made = {}
+    for threads in (1, 3):
+        monkeypatch.setattr(outputs, "WRITER_THREADS", threads)
+        out = tmp_path / f"w{threads}"
+        job = write_job(dataset, output=str(out), presets=["rain"], seeds=2, batch_size=4, depth_batch_size=2)
+        assert run_job(job, progress=False).done == 6
+        made[threads] = {str(p.relative_to(out)): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert made[1].keys() == made[3].keys() and len([n for n in made[1] if n.startswith("images/")]) == 6
+    for name, data in made[
+        1
+    ].items():  # byte-identical: images, labels, depth, manifest lines in the same order
+        if name != "job.resolved.yaml":
+            assert made[3][name] == data, name
+
+
 def test_next_chunks_depth_is_estimated_while_this_chunk_is_denoised(dataset, tmp_path, monkeypatch):
     import threading
 

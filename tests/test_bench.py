@@ -179,6 +179,11 @@ def test_depth_bench_equals_transformers_pipeline(tmp_path):
         ("batch_throughput.py", ["--only", "1 preset", "--sizes", "4"], "batch_size 4: 8 done, 0 failed"),
         ("transform_throughput.py", ["--sizes", "4"], "--batch-size 4: "),
         ("variations_grid.py", ["--sizes", "4"], "batch_size 4: "),
+        (
+            "writer_throughput.py",
+            ["--size", "320x240", "--images", "4", "--threads", "1", "2"],
+            "threads 2: ",
+        ),
     ],
 )
 def test_throughput_scripts_run_on_the_tiny_model(tiny_dir, script, args, line):
@@ -189,7 +194,8 @@ def test_throughput_scripts_run_on_the_tiny_model(tiny_dir, script, args, line):
     from pathlib import Path
 
     path = Path(__file__).parents[1] / "benchmarks" / script
-    done = subprocess.run([sys.executable, str(path), "--repeats", "1", "--steps", "2", *args], env=dict(os.environ),
+    steps = [] if script == "writer_throughput.py" else ["--steps", "2"]
+    done = subprocess.run([sys.executable, str(path), "--repeats", "1", *steps, *args], env=dict(os.environ),
                           capture_output=True, text=True, timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert line in done.stdout and "images/hour" in done.stdout, done.stdout

@@ -215,3 +215,19 @@ def test_a_failed_write_names_its_input_and_the_others_are_written(tmp_path, pho
     if command == "transform":
         assert [json.loads(x)["source"].rsplit("/", 1)[1] for x in (out / "manifest.jsonl").read_text().splitlines()
                 ] == ["coffee.jpg"]  # fmt: skip
+
+
+def test_parallel_writer_threads_give_the_same_files_and_manifest(tmp_path, photos_dir, capsys, monkeypatch):
+    from depth2img import outputs
+
+    made = {}
+    for threads in (1, 3):
+        monkeypatch.setattr(outputs, "WRITER_THREADS", threads)
+        out = tmp_path / f"t{threads}"
+        code, _, err = run(capsys, "transform", photos_dir, "-o", out, "--model", "tiny", "--prompt", "x", "--steps", 2,
+                           "--seed", 1, "--num-images", 2, "-q")  # fmt: skip
+        assert code == 0, err
+        made[threads] = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert len(made[1]) == 2 * 5 + 1 and made[1].keys() == made[3].keys()  # 2 images, depth, preview, control
+    for name, data in made[1].items():  # byte-identical, the manifest's line order included
+        assert made[3][name] == data, name

@@ -222,6 +222,33 @@ def test_background_writer_keeps_order_reraises_errors_and_bounds_its_queue():
             writer.submit(disk_full)
             writer.flush()
 
+    # Several threads write in parallel; the ordered steps and the `then`s keep submission order
+    second_done, steps, thens = threading.Event(), [], []
+
+    def first():
+        return "first" if second_done.wait(timeout=20) else "first, alone"  # waits for the second write
+
+    def second():
+        second_done.set()
+        return "second"
+
+    with BackgroundWriter(threads=2) as writer:
+        for fn in (first, second):
+            writer.submit(fn, in_order=lambda r: steps.append((r, threading.current_thread().name)),
+                          then=lambda f: thens.append(f.result()))  # fmt: skip
+        writer.after(lambda: steps.append(("after", threading.current_thread().name)))
+        writer.flush()
+    assert thens == ["first", "second"] and [r for r, _ in steps] == ["first", "second", "after"]
+    assert {name.rsplit("_", 1)[0] for _, name in steps} == {"depth2img-writer-order"}
+    with BackgroundWriter(
+        threads=2
+    ) as writer:  # a failed write skips its ordered step; `then` gets the error
+        writer.submit(
+            disk_full, in_order=lambda r: steps.append("never"), then=lambda f: thens.append(f.exception())
+        )
+        writer.flush()
+    assert isinstance(thens[-1], OSError) and "never" not in steps
+
     gate = threading.Event()
     with BackgroundWriter(max_pending=1) as writer:
         submitter = threading.Thread(target=lambda: [writer.submit(gate.wait, 30) for _ in range(3)])
