@@ -13,6 +13,7 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
+from .errors import InputError
 from .io import PNG_COMPRESS_LEVEL, atomic_path, write_depth_products
 
 METADATA_KEY = "depth2img"  # PNG text chunk holding the JSON metadata
@@ -20,15 +21,25 @@ MANIFEST = "manifest.jsonl"
 # Writes queued behind the writer threads (their images stay in memory) before submit waits
 MAX_PENDING_WRITES = 8
 # PNG encoding (zlib) releases the GIL, so writer threads encode in parallel: a 1920x1080 PNG takes ~120 ms on
-# one core, which at a GPU's rate (~190 ms per image) would make one thread the limit. A quarter of the cores, 1-4.
+# one core, which at a GPU's rate (~190 ms per image) would make one thread the limit. A quarter of the cores, 1-4,
+# unless the environment variable DEPTH2IMG_WRITER_THREADS says otherwise.
 WRITER_THREADS = max(1, min(4, (os.cpu_count() or 1) // 4))
+
+
+def writer_threads() -> int:
+    given = os.environ.get("DEPTH2IMG_WRITER_THREADS", "").strip()
+    if not given:
+        return WRITER_THREADS
+    if not given.isdigit() or int(given) < 1:
+        raise InputError(f"DEPTH2IMG_WRITER_THREADS must be an integer >= 1, got {given!r}")
+    return int(given)
 
 
 class BackgroundWriter:
     """File writes in background threads, so that generation does not wait on disk.
 
     ``submit(fn, *args, in_order=step, then=...)`` queues ``fn(*args)``, which may run in parallel with other
-    writes (``threads``, default ``WRITER_THREADS``). ``step(result)`` then runs in one ordering thread, in
+    writes (``threads``, default ``writer_threads()``). ``step(result)`` then runs in one ordering thread, in
     submission order, as soon as this write and every earlier one are done: what must stay in order and follow
     its files (manifest lines) goes there. ``then(future)`` runs in the caller's thread, in submission order,
     within that or a later ``submit``, or at ``flush``; the default, ``Future.result``, re-raises the write's (or
@@ -36,7 +47,7 @@ class BackgroundWriter:
     leaving a ``with`` block) waits for the threads to finish."""
 
     def __init__(self, max_pending: int = MAX_PENDING_WRITES, threads: int | None = None):
-        self.threads = threads or WRITER_THREADS
+        self.threads = threads or writer_threads()
         self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="depth2img-writer")
         self._sequencer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-writer-order")
         self._pending: deque[tuple[Future, Callable]] = deque()

@@ -354,10 +354,14 @@ def _count_items(root: Path) -> dict:
     return {"final": final, "images": sorted(p.name for p in (root / "images").glob("*.png"))}
 
 
-def test_sigkill_mid_run_then_resume_gives_every_item_exactly_once(dataset, tmp_path, tiny_dir):
+@pytest.mark.parametrize("writer_threads", ["1", "3"])
+def test_sigkill_mid_run_then_resume_gives_every_item_exactly_once(
+    dataset, tmp_path, tiny_dir, writer_threads
+):
     job = write_job(dataset, name="kill.yaml", output=str(tmp_path / "k"), presets=["rain", "snow", "fog"], seeds=2,
                     knobs={"steps": 4, "strength": 0.5})  # fmt: skip
-    env = {**os.environ, "DEPTH2IMG_TINY_DIR": str(tiny_dir), "HF_HUB_OFFLINE": "1"}
+    env = {**os.environ, "DEPTH2IMG_TINY_DIR": str(tiny_dir), "HF_HUB_OFFLINE": "1",
+           "DEPTH2IMG_WRITER_THREADS": writer_threads}  # fmt: skip
     cmd = [sys.executable, "-m", "depth2img", "batch", str(job), "-q"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     manifest = tmp_path / "k" / "manifest.jsonl"

@@ -199,7 +199,7 @@ def test_every_png_is_written_at_the_fast_compression_level(tmp_path, chelsea):
     assert np.array_equal(np.asarray(Image.open(paths[-1])), np.asarray(chelsea))  # still lossless
 
 
-def test_background_writer_keeps_order_reraises_errors_and_bounds_its_queue():
+def test_background_writer_keeps_order_reraises_errors_and_bounds_its_queue(monkeypatch):
     import threading
 
     from depth2img.outputs import BackgroundWriter
@@ -248,6 +248,16 @@ def test_background_writer_keeps_order_reraises_errors_and_bounds_its_queue():
         )
         writer.flush()
     assert isinstance(thens[-1], OSError) and "never" not in steps
+
+    for bad in ("0", "two", "-1"):
+        monkeypatch.setenv("DEPTH2IMG_WRITER_THREADS", bad)
+        with pytest.raises(
+            InputError, match=f"^DEPTH2IMG_WRITER_THREADS must be an integer >= 1, got '{bad}'$"
+        ):
+            BackgroundWriter()
+    monkeypatch.setenv("DEPTH2IMG_WRITER_THREADS", "3")
+    assert BackgroundWriter().threads == 3
+    monkeypatch.delenv("DEPTH2IMG_WRITER_THREADS")
 
     gate = threading.Event()
     with BackgroundWriter(max_pending=1) as writer:
