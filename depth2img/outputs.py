@@ -11,6 +11,7 @@ import re
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 from .errors import InputError
@@ -129,27 +130,61 @@ def safe_name(text: str) -> str:
 
 
 def write_transform_result(
-    result, out_dir, stem: str, *, source: str = "", depth_formats=("png16", "preview"), manifest: bool = True
+    result,
+    out_dir,
+    stem: str,
+    *,
+    source: str = "",
+    depth_formats=("png16", "preview"),
+    manifest: bool = True,
+    threads: int = 1,
 ) -> list[dict]:
-    """Images (metadata in their PNG text), depth products and the control image; then manifest lines (unless
-    ``manifest`` is False: a caller writing several results in parallel appends the returned records in order)."""
+    """Images (metadata in their PNG text), depth products and the control image, encoded on up to ``threads``
+    threads; if any fails, none is left. Then manifest lines (unless ``manifest`` is False: a caller writing
+    several results in parallel appends the returned records in order)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    jobs = [partial(write_depth_products, result.depth, out_dir, stem, depth_formats),
+            partial(save_png, result.control_image, out_dir / f"{stem}_control.png")]  # fmt: skip
+    records, saved = [], {id(result.control_image)}
+    for img, meta in zip(result.images, result.metadata):
+        tag = f"_{safe_name(meta['preset'])}" if meta.get("preset") else ""
+        path = out_dir / f"{stem}{tag}_s{meta['seed']}.png"
+        meta = {**meta, "source": source, "output": path.name}
+        # Pillow's save sets attributes on the image: one object is never saved by two threads at once
+        img = img.copy() if id(img) in saved else img
+        saved.add(id(img))
+        jobs.append(partial(save_png, img, path, meta))
+        records.append(meta)
+    _write_all(jobs, threads)
+    if manifest:
+        append_manifest(out_dir / MANIFEST, records)
+    return records
+
+
+def _write_all(jobs: list[Callable], threads: int) -> list[Path]:
+    """Run file writes (each returns a Path or a list of them), on up to ``threads`` threads; if any fails, remove
+    what the others wrote and raise its error."""
     written: list[Path] = []
-    records = []
+
+    def add(paths):
+        written.extend([paths] if isinstance(paths, Path) else paths)
+
     try:
-        written += write_depth_products(result.depth, out_dir, stem, depth_formats)
-        written.append(save_png(result.control_image, out_dir / f"{stem}_control.png"))
-        for img, meta in zip(result.images, result.metadata):
-            tag = f"_{safe_name(meta['preset'])}" if meta.get("preset") else ""
-            path = out_dir / f"{stem}{tag}_s{meta['seed']}.png"
-            meta = {**meta, "source": source, "output": path.name}
-            written.append(save_png(img, path, meta))
-            records.append(meta)
+        if threads > 1 and len(jobs) > 1:
+            with ThreadPoolExecutor(min(threads, len(jobs)), thread_name_prefix="depth2img-png") as pool:
+                futures = [pool.submit(job) for job in jobs]
+            for future in futures:  # all done: keep what was written, then raise the first error
+                if future.exception() is None:
+                    add(future.result())
+            for future in futures:
+                if future.exception() is not None:
+                    raise future.exception()
+        else:
+            for job in jobs:
+                add(job())
     except BaseException:
         for p in written:
             p.unlink(missing_ok=True)
         raise
-    if manifest:
-        append_manifest(out_dir / MANIFEST, records)
-    return records
+    return written

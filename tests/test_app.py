@@ -99,6 +99,9 @@ def test_generate_handler_outputs(service, photo):
     assert read_png_metadata(gallery[1][0])["seed"] == 4
     names = set(zipfile.ZipFile(archive).namelist())
     assert {"cat_winter_s3.png", "cat_winter_s4.png", "cat_depth16.png", "manifest.jsonl"} <= names
+    with zipfile.ZipFile(archive) as zf:  # stored as written (PNGs are compressed already)
+        assert all(i.compress_type == zipfile.ZIP_STORED for i in zf.infolist())
+        assert zf.read("cat_winter_s4.png") == Path(gallery[1][0]).read_bytes()
 
 
 def test_variations_handler(service, photo, capsys):

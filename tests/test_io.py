@@ -269,3 +269,47 @@ def test_background_writer_keeps_order_reraises_errors_and_bounds_its_queue(monk
         submitter.join(timeout=30)
         assert not submitter.is_alive()
         writer.flush()
+
+
+def test_a_result_written_on_several_threads_is_the_same_and_a_failure_leaves_nothing(tmp_path, monkeypatch):
+    import errno
+    import json
+
+    from depth2img import outputs
+    from depth2img.transformer import TransformResult
+
+    rng = np.random.default_rng(0)
+    images = [Image.fromarray(rng.integers(0, 255, (40, 60, 3), np.uint8)) for _ in range(3)]
+    depth = DepthMap(rng.random((40, 60)).astype(np.float32) + 0.5, "metric_depth")
+    meta = [{"seed": s, "preset": "rain"} for s in (1, 2, 3)]
+    result = TransformResult(images, depth, images[0], [1, 2, 3], meta)  # control: an output image, shared
+    made, saved, original = {}, [], outputs.save_png
+
+    def recorded(image, path, metadata=None):
+        saved.append(id(image))
+        return original(image, path, metadata)
+
+    monkeypatch.setattr(outputs, "save_png", recorded)
+    for threads in (1, 4):
+        out = tmp_path / f"t{threads}"
+        saved.clear()
+        records = outputs.write_transform_result(result, out, "x", source="x.png", threads=threads)
+        assert (
+            len(saved) == len(set(saved)) == 4
+        )  # Pillow's save sets attributes: never one object twice at once
+        made[threads] = {p.name: p.read_bytes() for p in out.iterdir()}
+        assert [r["output"] for r in records] == ["x_rain_s1.png", "x_rain_s2.png", "x_rain_s3.png"]
+    assert made[1] == made[4] and len(made[1]) == 3 + 4  # images; depth16, preview, control, manifest
+    assert [json.loads(line)["seed"] for line in made[4]["manifest.jsonl"].decode().splitlines()] == [1, 2, 3]
+
+    def disk_full_on_the_second_image(image, path, metadata=None):
+        if path.name == "x_rain_s2.png":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return original(image, path, metadata)
+
+    monkeypatch.setattr(outputs, "save_png", disk_full_on_the_second_image)
+    for threads in (1, 4):
+        out = tmp_path / f"fail{threads}"
+        with pytest.raises(OSError, match="No space left"):
+            outputs.write_transform_result(result, out, "x", threads=threads)
+        assert list(out.iterdir()) == []  # none of its files is left, and no manifest line
