@@ -27,10 +27,11 @@ def to_inverse(
     Metric depth is inverted as 1/d (the disparity convention the depth ControlNets were trained on);
     relative depth, whose shift is unknown, is reflected (max - d) so that min-max normalisation gives 1 - d.
     """
+    raw = values
     values = np.asarray(values, dtype=np.float64)  # 1/d of a tiny float32 depth overflows float32
     valid = np.isfinite(values) if valid is None else (np.asarray(valid, bool) & np.isfinite(values))
     if kind in ("relative_inverse_depth", "disparity"):
-        inverse = values.copy()
+        inverse = values.copy() if np.may_share_memory(values, raw) else values  # a converted array is ours
     elif kind == "metric_depth":
         valid = valid & (values > 0)
         inverse = np.zeros_like(values)
@@ -40,6 +41,8 @@ def to_inverse(
         inverse = top - values
     else:
         raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+    if valid.all():  # the usual case: no masked copies
+        return inverse, valid
     far = inverse[valid].min() if valid.any() else 0.0
     inverse[~valid] = far
     return inverse, valid
@@ -49,14 +52,16 @@ def normalize(inverse: np.ndarray, valid: np.ndarray | None = None) -> np.ndarra
     """Min-max normalise one image to [0, 1] over its valid pixels (near = 1); a constant map gives zeros."""
     inverse = np.asarray(inverse, dtype=np.float64)
     valid = np.ones(inverse.shape, bool) if valid is None else np.asarray(valid, bool)
-    if not valid.any():
+    everywhere = valid.all()
+    if not everywhere and not valid.any():
         return np.zeros(inverse.shape, np.float32)
-    lo, hi = inverse[valid].min(), inverse[valid].max()
+    lo, hi = (inverse.min(), inverse.max()) if everywhere else (inverse[valid].min(), inverse[valid].max())
     if not hi > lo:
         return np.zeros(inverse.shape, np.float32)
     out = (inverse - lo) / (hi - lo)
-    out[~valid] = 0.0
-    return np.clip(out, 0.0, 1.0).astype(np.float32)
+    if not everywhere:
+        out[~valid] = 0.0
+    return np.clip(out, 0.0, 1.0, out=out).astype(np.float32)
 
 
 def resize_depth(values: np.ndarray, height: int, width: int, *, nearest: bool = False) -> np.ndarray:

@@ -97,3 +97,54 @@ def test_passes():
         InputError, match="geometry metric must be one of absrel, delta1, edge_f1, got 'rmse'"
     ):
         passes({}, "rmse", 1)
+
+
+@pytest.mark.parametrize("case", ["all valid", "source holes", "output holes", "metric source"])
+def test_scores_equal_the_plain_formulas(case, rng):
+    """The fast path (reference selection reused, AbsRel and delta1 from r = d_out / d_src) gives what the
+    textbook formulas give on the same pixels."""
+    from depth2img import conditioning
+    from depth2img.metrics import geometry_reference
+
+    h, w = 60, 80
+    src_vals = rng.uniform(0.5, 30.0, (h, w)) if case == "metric source" else rng.uniform(0.1, 1.0, (h, w))
+    src_valid = rng.random((h, w)) > (0.2 if case == "source holes" else 0.0)
+    source = DepthMap(
+        src_vals, "metric_depth" if case == "metric source" else "relative_inverse_depth", src_valid
+    )
+    out_vals = np.abs(rng.normal(0.5, 0.2, (h, w))) + 0.05
+    output = DepthMap(
+        out_vals, "relative_inverse_depth", rng.random((h, w)) > (0.3 if case == "output holes" else 0)
+    )
+    got = geometry_scores(geometry_reference(source), output)
+
+    target = geometry_reference(source).target
+    pred, pred_valid = conditioning.to_inverse(output.values, output.kind, output.valid)
+    valid = source.valid & pred_valid & np.isfinite(source.values)
+    aligned, s, t = align_scale_shift(pred, target, valid)
+    aligned = np.maximum(aligned, target[valid].min())
+    d_out, d_src = 1.0 / aligned[valid], 1.0 / target[valid]
+    ratio = np.maximum(d_out / d_src, d_src / d_out)
+    assert got["absrel"] == pytest.approx(np.mean(np.abs(d_out - d_src) / d_src), rel=1e-12)
+    assert got["delta1"] == pytest.approx(np.mean(ratio < 1.25), abs=1e-12)
+    assert (got["scale"], got["shift"]) == (pytest.approx(s, rel=1e-12), pytest.approx(t, rel=1e-12))
+
+
+def test_to_inverse_never_writes_into_its_input(tmp_path):
+    from depth2img import conditioning
+
+    mapped = np.lib.format.open_memmap(tmp_path / "d.npy", mode="w+", dtype=np.float64, shape=(2, 2))
+    mapped[:] = [
+        [1.0, np.nan],
+        [3.0, 4.0],
+    ]  # np.load(..., mmap_mode="r+") of a user's .npy gives such an array
+    for values in (
+        np.array([[1.0, np.nan], [3.0, 4.0]]),
+        np.array([[1.0, np.nan], [3.0, 4.0]], np.float32),
+        mapped,
+    ):
+        for view in (values, values[:, :]):
+            before = view.copy()
+            inverse, valid = conditioning.to_inverse(view, "relative_inverse_depth")
+            assert inverse[0, 1] == 1.0 and not valid[0, 1]  # the hole takes the farthest valid value
+            np.testing.assert_array_equal(view, before)  # NaN where it was: the caller's array is untouched
