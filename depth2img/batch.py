@@ -377,9 +377,12 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     for p in problems:
         fail(p)
     stems = dict(zip(paths, _stems(paths)))
-    # Shard by depth batch, not by source: each batch has the same members whatever the number of processes,
-    # so every image is bit-identical to a single-process run (batched kernels round differently by batch).
-    chunks = [paths[i : i + job.depth_batch_size] for i in range(0, len(paths), job.depth_batch_size)]
+    # Sources are read, estimated (in batches of depth_batch_size) and denoised by chunk: at least batch_size of
+    # them, so that a job of one variation x one seed still fills its denoising batches. Shard by chunk, not by
+    # source: a chunk has the same members whatever the number of processes, so every image is bit-identical to
+    # a single-process run (batched kernels round differently by batch).
+    size = max(job.depth_batch_size, job.batch_size)
+    chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
     my_chunks = chunks[rank::world]
     mine = [p for chunk in my_chunks for p in chunk]
     vars_ = variations(job)
@@ -500,7 +503,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                         req = st.prepare(images[p], var.prompt, preset=var.preset, negative_prompt=negative,
                                          depth=depth, seed=want, reuse=req, **knobs)  # fmt: skip
                         queue += [_Item(p, var, s, 0, req) for s in want]
-            # Denoising batches across this depth batch's sources, variations and seeds (same knobs and size);
+            # Denoising batches across this chunk's sources, variations and seeds (same knobs and size);
             # an item under the geometry threshold comes back in the next round with its next seed.
             while queue:
                 retry = []

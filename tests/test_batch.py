@@ -153,6 +153,31 @@ def test_denoising_batches_span_sources_and_variations(dataset, tmp_path, monkey
         assert np.abs(image - made[1][1][name]).max() <= 1  # the same images, up to batched-kernel rounding
 
 
+def test_one_variation_still_fills_a_denoising_batch(dataset, tmp_path, monkeypatch):
+    from depth2img.backends import Backend
+    from depth2img.estimators import DepthEstimator
+
+    calls, estimated = [], []
+    original_call, original_estimate = Backend.__call__, DepthEstimator.__call__
+
+    def denoise(self, **kwargs):
+        calls.append(len(kwargs["generators"]))
+        return original_call(self, **kwargs)
+
+    def estimate(self, images, batch_size=None, **kwargs):
+        estimated.append((len(images), batch_size))
+        return original_estimate(self, images, batch_size=batch_size, **kwargs)
+
+    monkeypatch.setattr(Backend, "__call__", denoise)
+    monkeypatch.setattr(DepthEstimator, "__call__", estimate)
+    job = write_job(dataset, output=str(tmp_path / "o"), presets=["rain"], seeds=1, labels={}, batch_size=3,
+                    depth_batch_size=1)  # fmt: skip
+    assert run_job(job, progress=False).done == 3
+    # one chunk of batch_size sources: one denoising call of 3 (it was three calls of 1), while the estimator
+    # still runs batches of depth_batch_size: the 3 sources, then the 3 outputs
+    assert calls == [3] and estimated == [(3, 1), (3, 1)]
+
+
 def test_geometry_check_of_a_batch_runs_while_the_next_is_denoised(dataset, tmp_path, monkeypatch):
     import threading
 
@@ -225,7 +250,13 @@ def test_next_chunks_depth_is_estimated_while_this_chunk_is_denoised(dataset, tm
     monkeypatch.setattr(Backend, "__call__", denoise)
     monkeypatch.setattr(DepthEstimator, "__call__", estimate)
     job = write_job(
-        dataset, output=str(tmp_path / "n"), presets=["rain"], seeds=1, labels={}, depth_batch_size=2
+        dataset,
+        output=str(tmp_path / "n"),
+        presets=["rain"],
+        seeds=1,
+        labels={},
+        depth_batch_size=2,
+        batch_size=2,
     )
     report = run_job(job, progress=False)
     assert report.done == 3 and waits == [True]
@@ -385,7 +416,9 @@ def test_sigkill_mid_run_then_resume_gives_every_item_exactly_once(
 
 def test_two_processes_equal_one(dataset, tmp_path, tiny_dir):
     env = {**os.environ, "DEPTH2IMG_TINY_DIR": str(tiny_dir), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    common = dict(presets=["rain"], seeds=2, labels={}, depth_batch_size=2)  # batches [f0, f1] and [f2]
+    common = dict(
+        presets=["rain"], seeds=2, labels={}, depth_batch_size=2, batch_size=2
+    )  # chunks [f0, f1], [f2]
     single = write_job(dataset, name="one.yaml", output=str(tmp_path / "one"), **common)
     multi = write_job(dataset, name="two.yaml", output=str(tmp_path / "two"), **common)
     torchrun = Path(sys.executable).with_name("torchrun")
