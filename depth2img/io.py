@@ -10,7 +10,8 @@ import glob
 import os
 import tempfile
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -320,11 +321,36 @@ DEPTH_WRITERS = {"png16": ("_depth16.png", write_depth_png16), "npy": ("_depth.n
 
 def write_depth_products(depth, out_dir, stem: str, formats=("png16", "npy", "preview")) -> list[Path]:
     """Write the chosen depth products for one input; if any write fails, none is left behind."""
+    jobs = []
+    for fmt in formats:
+        suffix, writer = DEPTH_WRITERS[fmt]
+        jobs.append(partial(writer, depth, Path(out_dir) / f"{stem}{suffix}"))
+    return write_all_or_none(jobs)
+
+
+def write_all_or_none(jobs: list[Callable], threads: int = 1) -> list[Path]:
+    """Run file writes (each returns a Path or a list of them), on up to ``threads`` threads; if any fails, remove
+    what the others wrote and raise its error."""
+    from concurrent.futures import ThreadPoolExecutor
+
     written: list[Path] = []
+
+    def add(paths):
+        written.extend([paths] if isinstance(paths, Path) else paths)
+
     try:
-        for fmt in formats:
-            suffix, writer = DEPTH_WRITERS[fmt]
-            written.append(writer(depth, Path(out_dir) / f"{stem}{suffix}"))
+        if threads > 1 and len(jobs) > 1:
+            with ThreadPoolExecutor(min(threads, len(jobs)), thread_name_prefix="depth2img-png") as pool:
+                futures = [pool.submit(job) for job in jobs]
+            for future in futures:  # all done: keep what was written, then raise the first error
+                if future.exception() is None:
+                    add(future.result())
+            for future in futures:
+                if future.exception() is not None:
+                    raise future.exception()
+        else:
+            for job in jobs:
+                add(job())
     except BaseException:
         for p in written:
             with contextlib.suppress(OSError):

@@ -15,7 +15,7 @@ from functools import partial
 from pathlib import Path
 
 from .errors import InputError
-from .io import PNG_COMPRESS_LEVEL, atomic_path, write_depth_products
+from .io import PNG_COMPRESS_LEVEL, atomic_path, write_all_or_none, write_depth_products
 
 METADATA_KEY = "depth2img"  # PNG text chunk holding the JSON metadata
 MANIFEST = "manifest.jsonl"
@@ -156,35 +156,7 @@ def write_transform_result(
         saved.add(id(img))
         jobs.append(partial(save_png, img, path, meta))
         records.append(meta)
-    _write_all(jobs, threads)
+    write_all_or_none(jobs, threads)
     if manifest:
         append_manifest(out_dir / MANIFEST, records)
     return records
-
-
-def _write_all(jobs: list[Callable], threads: int) -> list[Path]:
-    """Run file writes (each returns a Path or a list of them), on up to ``threads`` threads; if any fails, remove
-    what the others wrote and raise its error."""
-    written: list[Path] = []
-
-    def add(paths):
-        written.extend([paths] if isinstance(paths, Path) else paths)
-
-    try:
-        if threads > 1 and len(jobs) > 1:
-            with ThreadPoolExecutor(min(threads, len(jobs)), thread_name_prefix="depth2img-png") as pool:
-                futures = [pool.submit(job) for job in jobs]
-            for future in futures:  # all done: keep what was written, then raise the first error
-                if future.exception() is None:
-                    add(future.result())
-            for future in futures:
-                if future.exception() is not None:
-                    raise future.exception()
-        else:
-            for job in jobs:
-                add(job())
-    except BaseException:
-        for p in written:
-            p.unlink(missing_ok=True)
-        raise
-    return written
