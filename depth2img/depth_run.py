@@ -32,6 +32,17 @@ class RunReport:
         if self.on_error:
             self.on_error(msg)
 
+    def settle_write(self, path, out_dir, future, *, paths=lambda result: result) -> None:
+        """Record one input's finished background write (a ``BackgroundWriter`` ``then``): done, with the files
+        ``paths(result)``, or one failure line naming the input."""
+        try:
+            result = future.result()
+        except OSError as err:
+            self.fail(f"{path}: cannot write to {out_dir} ({err.strerror or err})")
+            return
+        self.done.append(path)
+        self.written += paths(result)
+
     def collect(self, inputs) -> list[Path]:
         """Expand files, directories and globs; each input that matches nothing is recorded as a failure."""
         paths, problems = expand_inputs([str(i) for i in inputs])
@@ -106,13 +117,6 @@ def run_depth(
     stems = _stems(paths)
     bar = tqdm(total=len(paths), unit="img", desc="depth", disable=not progress)
 
-    def written(path, future):  # in this thread, in input order, once the writer thread has written them
-        try:
-            report.written += future.result()
-            report.done.append(path)
-        except OSError as err:
-            report.fail(f"{path}: cannot write to {out_dir} ({err.strerror or err})")
-
     # A chunk's products are written in the writer thread while the next chunk is read and estimated
     writer = BackgroundWriter()
     try:
@@ -145,7 +149,7 @@ def run_depth(
                 if i not in depths:
                     continue
                 write = partial(write_depth_products, depths[i], out_dir, stems[i], formats)
-                writer.submit(write, then=partial(written, paths[i]))
+                writer.submit(write, then=partial(report.settle_write, paths[i], out_dir))
         writer.flush()
     finally:
         writer.close()

@@ -57,14 +57,8 @@ def run_transform(
     stems = _stems(paths)
     bar = tqdm(total=len(paths), unit="img", desc="transform", disable=not progress or len(paths) == 1)
 
-    def written(path, future):  # in this thread, in input order, once a writer thread has written its files
-        try:
-            records = future.result()
-        except OSError as err:
-            report.fail(f"{path}: cannot write to {out_dir} ({err.strerror or err})")
-            return
-        report.done.append(path)
-        report.written += [out_dir / r["output"] for r in records]
+    def outputs_of(records):
+        return [out_dir / r["output"] for r in records]
 
     # A batch's outputs are written by the writer threads while the next batch is prepared and denoised; each
     # input's manifest lines follow its files, in input order
@@ -93,7 +87,11 @@ def run_transform(
                 write = partial(
                     write_transform_result, result, out_dir, stems[i], source=str(path), manifest=False
                 )
-                writer.submit(write, in_order=add_lines, then=partial(written, path))
+                writer.submit(
+                    write,
+                    in_order=add_lines,
+                    then=partial(report.settle_write, path, out_dir, paths=outputs_of),
+                )
             bar.update(min(batch_size, len(paths) - start))
         writer.flush()
     bar.close()
