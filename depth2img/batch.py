@@ -409,11 +409,13 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     # files. A write error (disk full...) is re-raised here, in the main thread, at a later submit.
     writer = BackgroundWriter()
     submit = writer.submit
+    add_lines = partial(append_manifest, manifest)
 
     def write_output(image, out_stem, record, source):
         path = _inside(root, image_dir / f"{out_stem}.png")
         save_png(image, path, record)
         labels.copy_for(source, out_stem, root)
+        return [record]  # its manifest line, appended in order after the files
 
     def load_chunk(chunk):
         images, errors = {}, []
@@ -456,11 +458,10 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                       "output": f"{LAYOUTS[job.layout]}/{out_stem}.png" if ok else None,
                       "size": list(img.size)}  # fmt: skip
             if ok:
-                line = partial(append_manifest, manifest, [record])
-                submit(write_output, img, out_stem, record, p, in_order=lambda _, line=line: line())
+                submit(write_output, img, out_stem, record, p, in_order=add_lines)
                 report.done += 1
             else:
-                writer.after(partial(append_manifest, manifest, [record]))
+                writer.after(partial(add_lines, [record]))
                 if last:
                     report.rejected += 1
             if last:

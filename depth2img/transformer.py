@@ -311,11 +311,8 @@ class SceneTransformer:
             raise InputError(
                 f"requests must be a list of Request objects from prepare(), got {type(got).__name__}"
             )
-        groups: dict[tuple, list[int]] = {}
-        for i, req in enumerate(requests):
-            groups.setdefault(req.key, []).append(i)
         results: list[TransformResult | None] = [None] * len(requests)
-        for members in groups.values():
+        for members in _batchable(requests):
             for i, result in zip(
                 members, self._run_group([requests[i] for i in members], progress, skip_controlnet)
             ):
@@ -442,12 +439,8 @@ class SceneTransformer:
             req = self.prepare(image, prompt, preset=preset, depth=depth_map, seed=seeds, reuse=req,
                                _stacklevel=3, **knobs)  # fmt: skip
             requests.append(req)
-        by_key: dict[tuple, list[int]] = {}
-        for i, r in enumerate(requests):
-            by_key.setdefault(r.key, []).append(i)
-        per_batch = max(1, batch_size // len(seeds))  # whole rows
         rows: list[TransformResult | None] = [None] * len(requests)
-        for batch in (ix[k : k + per_batch] for ix in by_key.values() for k in range(0, len(ix), per_batch)):
+        for batch in _batchable(requests, max_images=batch_size):
             try:
                 done = self.run([requests[i] for i in batch], progress=progress)
             except OutOfMemory:
@@ -457,3 +450,19 @@ class SceneTransformer:
             for i, result in zip(batch, done):
                 rows[i] = result
         return rows
+
+
+def _batchable(requests: list[Request], max_images: int | None = None) -> list[list[int]]:
+    """Indices of ``requests`` that can share a denoising batch (same ``key``; first-seen order), split into
+    groups of whole requests of at most ``max_images`` images (a larger request stays whole, alone)."""
+    by_key: dict[tuple, list[list[int]]] = {}
+    for i, req in enumerate(requests):
+        groups = by_key.setdefault(req.key, [[]])
+        if (
+            max_images
+            and groups[-1]
+            and sum(len(requests[j].seeds) for j in groups[-1]) + len(req.seeds) > max_images
+        ):
+            groups.append([])
+        groups[-1].append(i)
+    return [g for groups in by_key.values() for g in groups]
