@@ -512,7 +512,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                 for batch in _batches(queue, job.batch_size, report):
                     made = []
                     for it, out in zip(batch, _generate(st, batch, report)):
-                        if isinstance(out, OutOfMemory):  # even one image at a time: record it and go on
+                        if isinstance(out, Depth2ImgError):  # even one image at a time: record it and go on
                             fail(f"{it.source} [{it.var.name}] seed {it.seed}: {out}")
                             bar.update(1)
                         else:
@@ -572,26 +572,20 @@ def _batches(queue: list[_Item], size: int, report: JobReport):
 
 
 def _generate(st, units: list[_Item], report: JobReport) -> list:
-    """One (PIL image, metadata) per item, from one denoising batch. Out of memory: the batch is halved and
-    retried (each image depends only on its seed, so splitting changes no result), and later batches start at
-    the smaller size; an item that fails alone gets its OutOfMemory error in its place."""
-    pieces: list = []  # consecutive items of one request run as that request with their seeds
-    for it in units:
-        if pieces and pieces[-1][0] is it.request:
-            pieces[-1][1].append(it.generation_seed)
-        else:
-            pieces.append((it.request, [it.generation_seed]))
-    try:
-        results = st.run([req.with_seeds(seeds) for req, seeds in pieces])
-    except OutOfMemory as err:
-        if len(units) == 1:
-            return [err]
-        report.oom_splits += 1
-        half = len(units) // 2
-        report.batch_limit = half if report.batch_limit is None else min(report.batch_limit, half)
-        return _generate(st, units[:half], report) + _generate(st, units[half:], report)
-    report.diffusion_s += sum(r.timings["diffusion_s"] for r in results)
-    return [(image, meta) for r in results for image, meta in zip(r.images, r.metadata)]
+    """One (PIL image, metadata) per item, from one denoising batch (each item a request of its one seed). A batch
+    that fails is halved and retried (``run_isolated``); after an out-of-memory split, later batches start at the
+    smaller size. An item that fails alone gets its error in its place."""
+
+    def on_split(err, half):
+        if isinstance(err, OutOfMemory):
+            report.oom_splits += 1
+            report.batch_limit = half if report.batch_limit is None else min(report.batch_limit, half)
+
+    results = st.run_isolated(
+        [it.request.with_seeds([it.generation_seed]) for it in units], on_split=on_split
+    )
+    report.diffusion_s += sum(r.timings["diffusion_s"] for r in results if not isinstance(r, Depth2ImgError))
+    return [r if isinstance(r, Depth2ImgError) else (r.images[0], r.metadata[0]) for r in results]
 
 
 def _resolved(job: Job) -> dict:

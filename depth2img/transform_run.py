@@ -78,7 +78,9 @@ def run_transform(
                         )))  # fmt: skip
                 except Depth2ImgError as err:
                     _fail(report, path, err)
-            for (i, path, _), result in zip(prepared, _run_isolated(st, [r for *_, r in prepared], progress)):
+            for (i, path, _), result in zip(
+                prepared, st.run_isolated([r for *_, r in prepared], progress=progress)
+            ):
                 if isinstance(result, Depth2ImgError):
                     _fail(report, path, result)
                     continue
@@ -101,16 +103,3 @@ def run_transform(
 def _fail(report: RunReport, path, err: Depth2ImgError) -> None:
     msg = str(err)
     report.fail(msg if str(path) in msg else f"{path}: {msg}")
-
-
-def _run_isolated(st, requests: list, progress: bool) -> list:
-    """``st.run(requests)`` in one batch; if that batch fails (out of memory, or one request's bad input), each
-    request runs alone, so a failure is reported for its own photo only. Returns results or errors, in order."""
-    if not requests:
-        return []
-    try:
-        return st.run(requests, progress=progress)
-    except Depth2ImgError as err:
-        if len(requests) == 1:
-            return [err]
-    return [_run_isolated(st, [r], progress)[0] for r in requests]

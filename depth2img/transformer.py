@@ -10,13 +10,14 @@ import math
 import secrets
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from . import presets as presets_mod
 from .depthmap import DepthMap
-from .errors import Depth2ImgWarning, InputError, OutOfMemory
+from .errors import Depth2ImgError, Depth2ImgWarning, InputError, OutOfMemory
 from .io import check_image
 from .knobs import CONTROL_KNOBS, DEFAULT_KNOBS, check_batch_size, check_knobs, check_num_images, check_seed
 from .loading import resolve_device
@@ -319,6 +320,26 @@ class SceneTransformer:
                 results[i] = result
         return results
 
+    def run_isolated(self, requests: list[Request], *, progress: bool = False,
+                     on_split: Callable[[Depth2ImgError, int], None] | None = None) -> list:  # fmt: skip
+        """``run(requests)``, with failures kept to their own request: if the batch fails (out of memory, or one
+        request's bad input), it is halved and each half retried, down to a request alone, whose error takes its
+        place. Each image depends only on its seed, so a split changes no image. ``on_split(error, half)`` hears
+        of each split. Returns TransformResults and Depth2ImgErrors, one per request, in order."""
+        if not requests:
+            return []
+        try:
+            return self.run(requests, progress=progress)
+        except Depth2ImgError as err:
+            if len(requests) == 1:
+                return [err]
+            half = len(requests) // 2
+            if on_split is not None:
+                on_split(err, half)
+        return self.run_isolated(requests[:half], progress=progress, on_split=on_split) + self.run_isolated(
+            requests[half:], progress=progress, on_split=on_split
+        )
+
     def _run_group(
         self, group: list[Request], progress: bool, skip_controlnet: bool
     ) -> list[TransformResult]:
@@ -414,7 +435,7 @@ class SceneTransformer:
         """A grid: every preset (or the prompt alone) x every seed, from one depth computed once.
 
         Presets sharing knobs share denoising batches of up to ``batch_size`` images (whole rows; a row with
-        more seeds than that is a batch of its own). Out of memory, a batch's rows are run one at a time.
+        more seeds than that is a batch of its own). Out of memory, a batch's rows are split (``run_isolated``).
         ``presets``: a list of preset names (a string is one preset, e.g. "rain+night"); ``seeds``: a list.
         Returns a list of rows, one per preset, each a TransformResult holding one image per seed."""
         check_batch_size(batch_size)
@@ -441,13 +462,9 @@ class SceneTransformer:
             requests.append(req)
         rows: list[TransformResult | None] = [None] * len(requests)
         for batch in _batchable(requests, max_images=batch_size):
-            try:
-                done = self.run([requests[i] for i in batch], progress=progress)
-            except OutOfMemory:
-                if len(batch) == 1:
-                    raise
-                done = [self.run([requests[i]], progress=progress)[0] for i in batch]
-            for i, result in zip(batch, done):
+            for i, result in zip(batch, self.run_isolated([requests[i] for i in batch], progress=progress)):
+                if isinstance(result, Depth2ImgError):
+                    raise result
                 rows[i] = result
         return rows
 

@@ -310,16 +310,22 @@ def test_batch_job_halves_the_batch_on_oom_and_completes(oom_over_one, tmp_path,
     assert sorted(r["item_seed"] for r in read_manifest(tmp_path / "out" / "manifest.jsonl")) == [0, 1, 2, 3]
 
 
-def test_batch_job_records_an_item_that_never_fits_and_goes_on(monkeypatch, tmp_path, chelsea):
+@pytest.mark.parametrize("oom", [True, False], ids=["out-of-memory", "bad-input"])
+def test_batch_job_records_an_item_that_never_fits_and_goes_on(monkeypatch, tmp_path, chelsea, oom):
+    """An item whose generation fails even alone (out of memory, or an input the pipeline refuses) is recorded
+    as failed and the job goes on; only an out-of-memory split makes later batches smaller."""
     from depth2img.backends import Backend
     from depth2img.batch import run_job
+    from depth2img.errors import InputError
 
     calls = []
 
     def first_variation_oom(self, **kwargs):
         calls.append(kwargs["prompts"])
         if any("fog" in p for p in kwargs["prompts"]):
-            raise torch.OutOfMemoryError("CUDA out of memory")
+            if oom:
+                raise torch.OutOfMemoryError("CUDA out of memory")
+            raise InputError("depth is constant (no structure)")
         depth = kwargs["depths"][0]
         return np.zeros((len(kwargs["generators"]), depth.height, depth.width, 3), np.float32)
 
@@ -333,7 +339,11 @@ def test_batch_job_records_an_item_that_never_fits_and_goes_on(monkeypatch, tmp_
     # fog and rain share one batch of 4; halved until each fog image fails alone, the rain ones are made
     assert report.done == 2 and len(report.failed) == 2
     assert [f.split(": ")[0].split(" ", 1)[1] for f in report.failed] == ["[fog] seed 0", "[fog] seed 1"]
-    assert "out of GPU memory" in report.failed[0] and report.batch_limit == 1
+    if oom:
+        assert "out of GPU memory" in report.failed[0] and report.batch_limit == 1 and report.oom_splits == 2
+    else:
+        assert report.failed[0].endswith("seed 0: depth is constant (no structure)")
+        assert report.batch_limit is None and report.oom_splits == 0
     assert [len(c) for c in calls] == [4, 2, 1, 1, 2]
     assert isinstance(OutOfMemory("x"), Depth2ImgError)
     assert (
