@@ -5,10 +5,12 @@
 8 real photos from skimage, resized to 1024x683, through ``depth2img.batch.run_job`` with two jobs: 4 prompt
 variations x 1 seed (before batching across variations each output was its own pipeline call), 2 presets x
 4 seeds, and 1 preset x 1 seed (a whole sequence made rainy: one source depth per output). A warm-up run first, then the sizes interleaved; prints the summary line of each run. Outputs go to a
-temporary folder. Any registry model works (``--model sd15-depth`` on a GPU, with its weights downloaded).
+temporary folder, removed at exit. Any registry model works (``--model sd15-depth`` on a GPU, with its weights downloaded).
 """
 
 import argparse
+import atexit
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -29,6 +31,13 @@ PHOTOS = [
     "retina",
     "cat",
 ]
+
+
+def scratch(prefix: str) -> Path:
+    """A new temporary folder, removed when the script exits (these scripts write hundreds of MB of outputs)."""
+    root = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    return root
 
 
 def write_photos(folder: Path) -> None:
@@ -54,7 +63,7 @@ def main() -> None:
     from depth2img.batch import Job, run_job
     from depth2img.service import Service
 
-    root = Path(tempfile.mkdtemp(prefix="d2i-throughput-"))
+    root = scratch("d2i-throughput-")
     write_photos(root / "in")
     service = Service(model=args.model, device=None)
     for title, spec in ((t, s) for t, s in JOBS.items() if args.only in t):

@@ -10,11 +10,9 @@ the denoising can gain where the denoising does not need the CPU.
 """
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
-from batch_throughput import PHOTOS, write_photos  # this folder is on sys.path when the script runs
+from batch_throughput import PHOTOS, scratch, write_photos  # this folder is on sys.path when the script runs
 
 
 def main() -> None:
@@ -33,7 +31,7 @@ def main() -> None:
 
     if args.torch_threads:
         torch.set_num_threads(args.torch_threads)
-    root = Path(tempfile.mkdtemp(prefix="d2i-transform-"))
+    root = scratch("d2i-transform-")
     write_photos(root / "in")
     st = SceneTransformer.from_pretrained(args.model)
     n = len(PHOTOS) * 2

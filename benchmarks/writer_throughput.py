@@ -9,10 +9,10 @@ GPU making an image every ~190 ms (19,000 images/hour), one writer thread must s
 
 import argparse
 import os
-import tempfile
 import time
 from functools import partial
-from pathlib import Path
+
+from batch_throughput import scratch  # this folder is on sys.path when the script runs
 
 
 def main() -> None:
@@ -30,7 +30,7 @@ def main() -> None:
 
     w, h = (int(v) for v in args.size.split("x"))
     photo = Image.fromarray(data.astronaut()).convert("RGB").resize((w, h), Image.LANCZOS)
-    root = Path(tempfile.mkdtemp(prefix="d2i-writer-"))
+    root = scratch("d2i-writer-")
     print(f"== {args.images} PNGs of {w}x{h}, {os.cpu_count()} CPU cores", flush=True)
     for rep in range(args.repeats):
         for threads in args.threads:

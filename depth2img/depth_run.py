@@ -7,7 +7,7 @@ the others still run.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -67,6 +67,16 @@ def _stems(paths: Sequence[Path]) -> list[str]:
         seen[p.stem] = n
         stems.append(p.stem if n == 1 else f"{p.stem}-{n}")
     return stems
+
+
+def read_ahead(submit: Callable, items: Sequence) -> Iterator:
+    """``submit(item).result()`` for each item, in order, with the next item's work already submitted while the
+    caller works on this one (``submit`` hands the work to a background thread and returns its Future)."""
+    pending = submit(items[0]) if len(items) else None
+    for i in range(len(items)):
+        result = pending.result()
+        pending = submit(items[i + 1]) if i + 1 < len(items) else None
+        yield result
 
 
 def run_depth(

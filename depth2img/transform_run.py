@@ -5,10 +5,11 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
-from .depth_run import RunReport, _stems
+from .depth_run import RunReport, _stems, read_ahead
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError
 from .io import load_image
 from .knobs import check_batch_size
@@ -60,42 +61,64 @@ def run_transform(
     def outputs_of(records):
         return [out_dir / r["output"] for r in records]
 
-    # A batch's outputs are written by the writer threads while the next batch is prepared and denoised; each
+    # While a batch is denoised, the next batch's photos are read and their depth estimated (the depth thread, the
+    # only one that runs the estimator) and the previous batch's outputs are written (the writer threads); each
     # input's manifest lines follow its files, in input order
     add_lines = partial(append_manifest, out_dir / MANIFEST)
-    with BackgroundWriter() as writer:
-        for start in range(0, len(paths), batch_size):
-            prepared = []  # (index, path, Request) of the photos of this batch that passed their checks
-            for i in range(start, min(start + batch_size, len(paths))):
-                path = paths[i]
-                try:
-                    with warnings.catch_warnings():  # forwarded below from result.warnings
-                        warnings.simplefilter("ignore", Depth2ImgWarning)
-                        prepared.append((i, path, st.prepare(
-                            load_image(path), prompt, preset=preset, negative_prompt=negative_prompt,
-                            depth=depth[i] if depth is not None else None, depth_polarity=depth_polarity,
-                            seed=seed, num_images=num_images, scheduler=scheduler, **(knobs or {}),
-                        )))  # fmt: skip
-                except Depth2ImgError as err:
-                    _fail(report, path, err)
-            for (i, path, _), result in zip(
-                prepared, st.run_isolated([r for *_, r in prepared], progress=progress)
-            ):
-                if isinstance(result, Depth2ImgError):
-                    _fail(report, path, result)
-                    continue
-                for note in result.warnings if on_warning else ():
-                    on_warning(f"{path}: {note}")
-                write = partial(
-                    write_transform_result, result, out_dir, stems[i], source=str(path), manifest=False
-                )
-                writer.submit(
-                    write,
-                    in_order=add_lines,
-                    then=partial(report.settle_write, path, out_dir, paths=outputs_of),
-                )
-            bar.update(min(batch_size, len(paths) - start))
-        writer.flush()
+
+    def load(batch: range) -> list:
+        """A batch's photos, read and decoded, with their depths (estimated, or the given files read), in the depth
+        thread while the previous batch is denoised: (image, DepthMap) or the error, per photo."""
+        loaded = []
+        for i in batch:
+            try:
+                image = load_image(paths[i])
+                given = depth[i] if depth is not None else None
+                loaded.append((image, st.depth_for(image, given, depth_polarity=depth_polarity)))
+            except Depth2ImgError as err:
+                loaded.append(err)
+        return loaded
+
+    batches = [range(s, min(s + batch_size, len(paths))) for s in range(0, len(paths), batch_size)]
+    depth_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-depth")
+    try:
+        with BackgroundWriter() as writer:
+            for batch, loaded in zip(batches, read_ahead(partial(depth_worker.submit, load), batches)):
+                prepared = []  # (index, path, Request) of the photos of this batch that passed their checks
+                for i, got in zip(batch, loaded):
+                    path = paths[i]
+                    try:
+                        if isinstance(got, Depth2ImgError):
+                            raise got
+                        image, depth_map = got
+                        with warnings.catch_warnings():  # forwarded below from result.warnings
+                            warnings.simplefilter("ignore", Depth2ImgWarning)
+                            prepared.append((i, path, st.prepare(
+                                image, prompt, preset=preset, negative_prompt=negative_prompt, depth=depth_map,
+                                seed=seed, num_images=num_images, scheduler=scheduler, **(knobs or {}),
+                            )))  # fmt: skip
+                    except Depth2ImgError as err:
+                        _fail(report, path, err)
+                for (i, path, _), result in zip(
+                    prepared, st.run_isolated([r for *_, r in prepared], progress=progress)
+                ):
+                    if isinstance(result, Depth2ImgError):
+                        _fail(report, path, result)
+                        continue
+                    for note in result.warnings if on_warning else ():
+                        on_warning(f"{path}: {note}")
+                    write = partial(
+                        write_transform_result, result, out_dir, stems[i], source=str(path), manifest=False
+                    )
+                    writer.submit(
+                        write,
+                        in_order=add_lines,
+                        then=partial(report.settle_write, path, out_dir, paths=outputs_of),
+                    )
+                bar.update(len(batch))
+            writer.flush()
+    finally:
+        depth_worker.shutdown(wait=True, cancel_futures=True)
     bar.close()
     return report
 

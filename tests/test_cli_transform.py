@@ -183,6 +183,41 @@ def test_outputs_are_written_while_the_next_photo_is_denoised(tmp_path, photos_d
     assert len(list((tmp_path / "o").glob("*_s0.png"))) == 2 and "2 done, 0 failed" in err
 
 
+def test_the_next_photos_depth_is_estimated_while_this_one_is_denoised(
+    tmp_path, photos_dir, capsys, monkeypatch
+):
+    import threading
+
+    from depth2img.backends import Backend
+    from depth2img.estimators import DepthEstimator
+
+    second_estimate, estimates, waited = threading.Event(), [], []
+    original_call, original_estimate = Backend.__call__, DepthEstimator.__call__
+
+    def estimate(self, images, *args, **kwargs):
+        estimates.append(threading.current_thread().name)
+        if len(estimates) == 2:
+            second_estimate.set()
+        return original_estimate(self, images, *args, **kwargs)
+
+    def denoise(self, **kwargs):
+        # the first photo's denoising waits for the second photo's depth: it would time out if estimated after it
+        waited.append(second_estimate.wait(timeout=20))
+        return original_call(self, **kwargs)
+
+    monkeypatch.setattr(DepthEstimator, "__call__", estimate)
+    monkeypatch.setattr(Backend, "__call__", denoise)
+    bad = tmp_path / "in" / "bad.png"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a png")
+    inputs = [bad, photos_dir / "chelsea.png", photos_dir / "coffee.jpg"]
+    code, _, err = run(capsys, "transform", *inputs, "-o", tmp_path / "o", "--model", "tiny", "--prompt", "x",
+                       "--steps", 2, "--seed", 0, "-q")  # fmt: skip
+    assert code == 2 and "bad.png: " in err and "2 done, 1 failed" in err  # an unreadable photo fails alone
+    assert [name.split("_")[0] for name in estimates] == ["depth2img-depth"] * 2 and waited == [True, True]
+    assert len(list((tmp_path / "o").glob("*_s0.png"))) == 2
+
+
 @pytest.mark.parametrize("command", ["transform", "depth"])
 def test_a_failed_write_names_its_input_and_the_others_are_written(tmp_path, photos_dir, capsys, monkeypatch,
                                                                     command):  # fmt: skip
