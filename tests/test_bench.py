@@ -179,6 +179,7 @@ def test_depth_bench_equals_transformers_pipeline(tmp_path):
         ("batch_throughput.py", ["--only", "1 preset", "--sizes", "4"], "batch_size 4: 8 done, 0 failed"),
         ("transform_throughput.py", ["--sizes", "4"], "--batch-size 4: "),
         ("variations_grid.py", ["--sizes", "4"], "batch_size 4: "),
+        ("depth_throughput.py", ["--copies", "1"], "depth: "),
         (
             "writer_throughput.py",
             ["--size", "320x240", "--images", "4", "--threads", "1", "2"],
@@ -186,16 +187,20 @@ def test_depth_bench_equals_transformers_pipeline(tmp_path):
         ),
     ],
 )
-def test_throughput_scripts_run_on_the_tiny_model(tiny_dir, script, args, line):
-    """The benchmark scripts that the README quotes still run (smoke test at the smallest size; no timing)."""
+def test_throughput_scripts_run_on_the_tiny_model(tiny_dir, tmp_path, script, args, line):
+    """The benchmark scripts that the README quotes still run (smoke test at the smallest size; no timing), and
+    leave no temporary outputs behind."""
     import os
     import subprocess
     import sys
     from pathlib import Path
 
     path = Path(__file__).parents[1] / "benchmarks" / script
-    steps = [] if script == "writer_throughput.py" else ["--steps", "2"]
-    done = subprocess.run([sys.executable, str(path), "--repeats", "1", *steps, *args], env=dict(os.environ),
-                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    steps = [] if script in ("writer_throughput.py", "depth_throughput.py") else ["--steps", "2"]
+    (tmp_path / "tmp").mkdir()
+    done = subprocess.run([sys.executable, str(path), "--repeats", "1", *steps, *args],
+                          env={**os.environ, "TMPDIR": str(tmp_path / "tmp")}, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
     assert line in done.stdout and "images/hour" in done.stdout, done.stdout
+    assert not any((tmp_path / "tmp").iterdir())

@@ -43,6 +43,30 @@ def test_depth_happy_path(tmp_path, photos_dir, capsys):
         assert Image.open(tmp_path / "out" / f"{stem}_depth_preview.png").mode == "RGB"
 
 
+def test_depth_writes_on_its_own_thread_count(tmp_path, photos_dir, capsys, monkeypatch):
+    """Depth runs are write-bound (three products per input against a fast estimate): they write on
+    DEPTH_WRITER_THREADS threads, not the generation runs' WRITER_THREADS, unless DEPTH2IMG_WRITER_THREADS says."""
+    from depth2img import depth_run, outputs
+
+    made, original = [], outputs.BackgroundWriter.__init__
+
+    def spy(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        made.append(self.threads)
+
+    monkeypatch.setattr(outputs.BackgroundWriter, "__init__", spy)
+    monkeypatch.setattr(outputs, "WRITER_THREADS", 1)
+    monkeypatch.setattr(depth_run, "DEPTH_WRITER_THREADS", 3)
+    monkeypatch.delenv("DEPTH2IMG_WRITER_THREADS", raising=False)
+    assert run(capsys, "depth", photos_dir, "-o", tmp_path / "a", "--estimator", "tiny", "-q")[0] == 0
+    monkeypatch.setenv("DEPTH2IMG_WRITER_THREADS", "2")
+    assert run(capsys, "depth", photos_dir, "-o", tmp_path / "b", "--estimator", "tiny", "-q")[0] == 0
+    assert made == [3, 2]
+    assert [p.read_bytes() for p in sorted((tmp_path / "a").iterdir())] == [
+        p.read_bytes() for p in sorted((tmp_path / "b").iterdir())
+    ]
+
+
 def test_depth_format_choice_and_glob(tmp_path, photos_dir, capsys):
     code, _, err = run(capsys, "depth", str(photos_dir / "*.png"), "-o", tmp_path, "--estimator", "tiny/zoedepth",
                        "--depth-format", "npy", "-q")  # fmt: skip

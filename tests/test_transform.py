@@ -322,8 +322,12 @@ def test_run_groups_requests_by_what_a_batch_must_share(sd15, photo, depth, monk
 
 
 def test_presets_wrap_prompt_and_set_knobs(sd15, photo, depth):
-    r = sd15.transform(photo, "a road", preset="winter+night", depth=depth, seed=0, steps=2)
+    from depth2img.errors import Depth2ImgWarning
+
+    with pytest.warns(Depth2ImgWarning, match="^prompt is 120 tokens; the text encoder takes 75: truncated"):
+        r = sd15.transform(photo, "a road", preset="winter+night", depth=depth, seed=0, steps=2)
     m = r.metadata[0]
+    assert m["warnings"] == r.warnings and r.warnings[0].startswith("prompt is 120 tokens")
     assert m["prompt"].startswith("a road, in winter") and "at night" in m["prompt"]
     assert "green leaves" in m["negative_prompt"] and "daylight" in m["negative_prompt"]
     sketch = sd15.transform(photo, None, preset="pencil-sketch", depth=depth, seed=0, steps=2)
