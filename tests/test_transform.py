@@ -321,6 +321,38 @@ def test_run_groups_requests_by_what_a_batch_must_share(sd15, photo, depth, monk
     assert sd15.run([]) == []
 
 
+def test_run_isolated_keeps_a_failure_to_its_own_request(sd15, photo, depth, monkeypatch):
+    from depth2img.backends import Backend
+    from depth2img.errors import Depth2ImgError
+
+    reqs = [sd15.prepare(photo, prompt, depth=depth, seed=seed, steps=2)
+            for prompt, seed in (("a road", [0, 1]), ("a bad road", 2), ("a lane", 3), ("a street", 4))]  # fmt: skip
+    want = sd15.run(reqs[:1] + reqs[2:])
+    calls, original = [], Backend.__call__
+
+    def refuses_bad(self, **kwargs):
+        calls.append(len(kwargs["generators"]))
+        if any("bad" in p for p in kwargs["prompts"]):
+            raise InputError("depth is constant (no structure)")
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(Backend, "__call__", refuses_bad)
+    splits = []
+    got = sd15.run_isolated(reqs, on_split=lambda err, half: splits.append((str(err), half)))
+    assert calls == [
+        5,
+        3,
+        2,
+        1,
+        2,
+    ]  # all; the first half (2 requests); the road; the bad one; the second half
+    assert splits == [("depth is constant (no structure)", 2), ("depth is constant (no structure)", 1)]
+    assert isinstance(got[1], Depth2ImgError) and str(got[1]) == "depth is constant (no structure)"
+    for g, w in zip(got[:1] + got[2:], want):
+        assert g.seeds == w.seeds and np.abs(g.raw - w.raw).max() < 1e-5  # a split changes no image
+    assert sd15.run_isolated([]) == []
+
+
 def test_presets_wrap_prompt_and_set_knobs(sd15, photo, depth):
     from depth2img.errors import Depth2ImgWarning
 
