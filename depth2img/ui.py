@@ -18,6 +18,9 @@ from .io import DEPTH_SUFFIXES
 MAX_SEED = 2**31 - 1
 # The page waits for its files: a result's PNGs are encoded on all cores (up to 8), not one after another
 WRITE_THREADS = min(8, os.cpu_count() or 1)
+# Each request's files (one folder each); removed once older than APP_KEEP_S seconds, as is Gradio's own cache
+APP_DIR = Path(tempfile.gettempdir()) / "depth2img-app"
+APP_KEEP_S = 3600
 
 
 def _friendly(fn):
@@ -40,7 +43,20 @@ def _friendly(fn):
 
 
 def _workdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="depth2img-app-"))
+    """A new folder for one request's files under ``APP_DIR``. Gradio copies what a handler returns into its own
+    cache, so folders older than ``APP_KEEP_S`` are removed here: a long-running demo does not fill the disk."""
+    import shutil
+    import time
+
+    APP_DIR.mkdir(parents=True, exist_ok=True)
+    too_old = time.time() - APP_KEEP_S
+    for old in APP_DIR.iterdir():
+        try:
+            if old.stat().st_mtime < too_old:
+                shutil.rmtree(old, ignore_errors=True)
+        except OSError:  # removed by a concurrent request
+            pass
+    return Path(tempfile.mkdtemp(prefix="request-", dir=APP_DIR))
 
 
 def _file_path(f) -> str | None:
@@ -237,7 +253,8 @@ def create_demo(service):
     if service.default_estimator not in est_choices:
         est_choices.insert(0, service.default_estimator)
 
-    with gr.Blocks(title="depth2img") as demo:
+    # Gradio's cache (uploads, and the copies of what handlers return) is emptied of files older than APP_KEEP_S
+    with gr.Blocks(title="depth2img", delete_cache=(APP_KEEP_S, APP_KEEP_S)) as demo:
         gr.Markdown("# depth2img\nChange a photo's style, lighting, season or weather by prompt; its depth keeps the "
                     "geometry, and the output has the photo's exact size.")  # fmt: skip
         with gr.Row():
@@ -332,8 +349,7 @@ def launch(service, *, host: str = "127.0.0.1", port: int = 7860, share: bool = 
     demo = create_demo(service)
     demo.queue(max_size=queue_size, default_concurrency_limit=1)
     demo.launch(server_name=host, server_port=port, share=share, auth=credentials, max_file_size=f"{max_upload_mb}mb",
-                prevent_thread_lock=not block, quiet=not block, show_error=False,
-                allowed_paths=[tempfile.gettempdir()])  # fmt: skip
+                prevent_thread_lock=not block, quiet=not block, show_error=False)  # fmt: skip
     return demo
 
 

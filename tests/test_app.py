@@ -166,6 +166,36 @@ def test_http_api_depth_and_transform(server, photo):
     assert records[0]["seed"] == 11 and "snow" in records[0]["preset"]
 
 
+def test_the_server_serves_no_file_it_did_not_make(server, tmp_path):
+    """Another program's (or user's) file in the system temp directory is not served; outputs still are (above)."""
+    import tempfile
+    import urllib.error
+    import urllib.request
+
+    secret = tmp_path / "secret.txt"
+    secret.write_text("private")
+    assert Path(tempfile.gettempdir()).resolve() in secret.resolve().parents
+    for route in ("gradio_api/file=", "file="):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(f"{server}{route}{secret}", timeout=30)
+        assert refused.value.code in (403, 404), route
+
+
+def test_request_folders_are_removed_once_old(monkeypatch, tmp_path):
+    import time
+
+    from depth2img import ui
+
+    monkeypatch.setattr(ui, "APP_DIR", tmp_path / "app")
+    old, recent = ui._workdir(), ui._workdir()
+    (old / "out.png").write_bytes(b"x")
+    stale = time.time() - ui.APP_KEEP_S - 60
+    os.utime(old, (stale, stale))
+    new = ui._workdir()
+    assert sorted(p.name for p in (tmp_path / "app").iterdir()) == sorted([recent.name, new.name])
+    assert new.parent == tmp_path / "app" and not any(new.iterdir())
+
+
 def test_twenty_concurrent_requests_all_complete_with_their_own_prompt_and_seed(server, photo):
     from gradio_client import Client, handle_file
 
