@@ -15,7 +15,7 @@ from pathlib import Path
 from .errors import Depth2ImgError, InputError
 from .io import DEPTH_WRITERS, expand_inputs, load_image, write_depth_products
 from .knobs import check_batch_size
-from .outputs import DEPTH_WRITER_THREADS, BackgroundWriter, writer_threads
+from .outputs import CPU_THREADS, BackgroundWriter, writer_threads
 
 CHUNK_IMAGES = 16  # images decoded and held in memory at once
 
@@ -128,7 +128,7 @@ def run_depth(
     bar = tqdm(total=len(paths), unit="img", desc="depth", disable=not progress)
 
     # A chunk's products are written by the writer threads while the next chunk is read and estimated
-    writer = BackgroundWriter(threads=writer_threads(DEPTH_WRITER_THREADS))
+    writer = BackgroundWriter(threads=writer_threads(CPU_THREADS))
     try:
         for start in range(0, len(paths), CHUNK_IMAGES):
             chunk = range(start, min(start + CHUNK_IMAGES, len(paths)))

@@ -25,9 +25,10 @@ MAX_PENDING_WRITES = 8
 # one core, which at a GPU's rate (~190 ms per image) would make one thread the limit. A quarter of the cores, 1-4,
 # unless the environment variable DEPTH2IMG_WRITER_THREADS says otherwise.
 WRITER_THREADS = max(1, min(4, (os.cpu_count() or 1) // 4))
-# Depth runs, whose estimator is fast beside the three PNG/npy products of each input (~90 ms per 1024x683 input on
-# one core against ~13 ms to estimate it with a small model), write on as many threads as there are cores, up to 8
-DEPTH_WRITER_THREADS = max(1, min(8, os.cpu_count() or 1))
+# CPU work that the caller (or the GPU) waits on runs on all cores, up to 8: a batch's images resized back to their
+# inputs' sizes, a result's PNGs encoded for the app, and the writes of a depth run, which is write-bound (~90 ms
+# to encode the three products of a 1024x683 input on one core, ~13 ms to estimate it with a small model)
+CPU_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
 def writer_threads(default: int | None = None) -> int:

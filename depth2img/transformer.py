@@ -11,6 +11,7 @@ import secrets
 import time
 import warnings
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -21,6 +22,7 @@ from .errors import Depth2ImgError, Depth2ImgWarning, InputError, OutOfMemory
 from .io import check_image
 from .knobs import CONTROL_KNOBS, DEFAULT_KNOBS, check_batch_size, check_knobs, check_num_images, check_seed
 from .loading import resolve_device
+from .outputs import CPU_THREADS
 from .registry import default_estimator_for, resolve_backbone
 
 FLUX_GUIDANCE = 10.0  # FLUX.1-Depth-dev's model card uses guidance_scale 10
@@ -371,17 +373,13 @@ class SceneTransformer:
             bar.close()
         diffusion_s = time.perf_counter() - t_diffusion
 
-        # Back to each input's exact size, with metadata
+        # Back to each input's exact size (Lanczos), on up to CPU_THREADS threads: Pillow's resize releases the GIL,
+        # and the next batch waits on it (~47 ms per 1920x1080 output on one core)
+        sized = _to_input_sizes(raw, [req.image.size for req in per_image])
         results, start, controls = [], 0, {}
         b = self.backend
         for req in group:
-            width, height = req.image.size
-            images = []
-            for arr in raw[start : start + len(req.seeds)]:
-                out = Image.fromarray(np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8), "RGB")
-                images.append(
-                    out if out.size == (width, height) else out.resize((width, height), Image.LANCZOS)
-                )
+            images = sized[start : start + len(req.seeds)]
             if id(req.depth) not in controls:  # variations of one photo share its depth: one control image
                 controls[id(req.depth)] = Image.fromarray(
                     np.round(req.depth.control_image() * 255).astype(np.uint8), "RGB"
@@ -467,6 +465,23 @@ class SceneTransformer:
                     raise result
                 rows[i] = result
         return rows
+
+
+def _to_input_size(arr: np.ndarray, size: tuple[int, int]):
+    """A generated float image in [0, 1] (H, W, 3) as an 8-bit PIL image of ``size`` (width, height)."""
+    from PIL import Image
+
+    out = Image.fromarray(np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8), "RGB")
+    return out if out.size == size else out.resize(size, Image.LANCZOS)
+
+
+def _to_input_sizes(raw, sizes: list[tuple[int, int]]) -> list:
+    """``_to_input_size`` for each image of a batch, in order, on up to ``CPU_THREADS`` threads."""
+    threads = min(CPU_THREADS, len(sizes))
+    if threads <= 1:
+        return [_to_input_size(arr, size) for arr, size in zip(raw, sizes)]
+    with ThreadPoolExecutor(threads, thread_name_prefix="depth2img-resize") as pool:
+        return list(pool.map(_to_input_size, raw, sizes))
 
 
 def _batchable(requests: list[Request], max_images: int | None = None) -> list[list[int]]:

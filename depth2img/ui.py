@@ -17,7 +17,6 @@ from .io import DEPTH_SUFFIXES
 
 MAX_SEED = 2**31 - 1
 # The page waits for its files: a result's PNGs are encoded on all cores (up to 8), not one after another
-WRITE_THREADS = min(8, os.cpu_count() or 1)
 # Each request's files (one folder each); removed once older than APP_KEEP_S seconds, as is Gradio's own cache
 APP_DIR = Path(tempfile.gettempdir()) / "depth2img-app"
 APP_KEEP_S = 3600
@@ -150,7 +149,7 @@ def handle_generate(service, image_path, model, estimator, depth_file, polarity,
                     strength, guidance, control_scale, control_start, control_end, scheduler, seed, num_images,
                     progress=None):  # fmt: skip
     """Transform the photo; returns gallery items, a before/after pair, a zip of everything, and the metadata."""
-    from .outputs import write_transform_result
+    from .outputs import CPU_THREADS, write_transform_result
 
     image = _image(image_path)
     result = service.transform(
@@ -162,7 +161,7 @@ def handle_generate(service, image_path, model, estimator, depth_file, polarity,
     out = _workdir()
     stem = Path(image_path).stem
     records = write_transform_result(result, out / "results", stem, source=Path(image_path).name,
-                                     threads=WRITE_THREADS)  # fmt: skip
+                                     threads=CPU_THREADS)  # fmt: skip
     archive = _zip(out / "results", out / f"{stem}_depth2img.zip")
     paths = [str(out / "results" / r["output"]) for r in records]
     gallery = [(p, f"seed {r['seed']}") for p, r in zip(paths, records)]
@@ -173,7 +172,7 @@ def handle_variations(service, image_path, model, estimator, depth_file, polarit
                       steps, strength, guidance, progress=None):  # fmt: skip
     """Presets x seeds from one depth: a grid in the gallery, captioned 'preset / seed'."""
     from .errors import InputError
-    from .outputs import write_transform_result
+    from .outputs import CPU_THREADS, write_transform_result
 
     image = _image(image_path)
     try:
@@ -194,7 +193,7 @@ def handle_variations(service, image_path, model, estimator, depth_file, polarit
     for i, row in enumerate(rows):  # one depth for all rows: write its products once
         records = write_transform_result(row, out, Path(image_path).stem, source=Path(image_path).name,
                                          depth_formats=("png16", "preview") if i == 0 else (),
-                                         threads=WRITE_THREADS)  # fmt: skip
+                                         threads=CPU_THREADS)  # fmt: skip
         gallery += [
             (str(out / r["output"]), f"{r['preset'] or 'prompt'} / seed {r['seed']}") for r in records
         ]

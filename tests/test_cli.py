@@ -45,7 +45,7 @@ def test_depth_happy_path(tmp_path, photos_dir, capsys):
 
 def test_depth_writes_on_its_own_thread_count(tmp_path, photos_dir, capsys, monkeypatch):
     """Depth runs are write-bound (three products per input against a fast estimate): they write on
-    DEPTH_WRITER_THREADS threads, not the generation runs' WRITER_THREADS, unless DEPTH2IMG_WRITER_THREADS says."""
+    CPU_THREADS threads (all cores up to 8), not the generation runs' WRITER_THREADS, unless DEPTH2IMG_WRITER_THREADS says."""
     from depth2img import depth_run, outputs
 
     made, original = [], outputs.BackgroundWriter.__init__
@@ -56,7 +56,7 @@ def test_depth_writes_on_its_own_thread_count(tmp_path, photos_dir, capsys, monk
 
     monkeypatch.setattr(outputs.BackgroundWriter, "__init__", spy)
     monkeypatch.setattr(outputs, "WRITER_THREADS", 1)
-    monkeypatch.setattr(depth_run, "DEPTH_WRITER_THREADS", 3)
+    monkeypatch.setattr(depth_run, "CPU_THREADS", 3)
     monkeypatch.delenv("DEPTH2IMG_WRITER_THREADS", raising=False)
     assert run(capsys, "depth", photos_dir, "-o", tmp_path / "a", "--estimator", "tiny", "-q")[0] == 0
     monkeypatch.setenv("DEPTH2IMG_WRITER_THREADS", "2")

@@ -321,6 +321,20 @@ def test_run_groups_requests_by_what_a_batch_must_share(sd15, photo, depth, monk
     assert sd15.run([]) == []
 
 
+def test_outputs_are_resized_to_their_inputs_in_parallel_and_in_order(monkeypatch):
+    from depth2img import transformer
+
+    raw = np.random.default_rng(0).random((5, 32, 48, 3), dtype=np.float32)
+    sizes = [(90, 60), (48, 32), (45, 30), (90, 61), (48, 32)]  # mixed, one needing no resize
+    monkeypatch.setattr(transformer, "CPU_THREADS", 1)
+    one = transformer._to_input_sizes(raw, sizes)
+    monkeypatch.setattr(transformer, "CPU_THREADS", 3)
+    three = transformer._to_input_sizes(raw, sizes)
+    assert [im.size for im in three] == sizes and all(im.mode == "RGB" for im in three)
+    assert all(a.tobytes() == b.tobytes() for a, b in zip(one, three))
+    assert np.array_equal(np.asarray(three[1]), np.round(raw[1] * 255).astype(np.uint8))
+
+
 def test_run_isolated_keeps_a_failure_to_its_own_request(sd15, photo, depth, monkeypatch):
     from depth2img.backends import Backend
     from depth2img.errors import Depth2ImgError
