@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -73,6 +74,14 @@ class DepthMap:
         """ControlNet conditioning: (H, W, 3) float32 in [0, 1], near = white, normalised per image."""
         depth = self if width is None else self.resized(width, height)
         return conditioning.control_array(depth.normalized())
+
+    @cached_property
+    def control_pil(self):
+        """``control_image()`` as an 8-bit PIL RGB image at this size, made once per DepthMap (a DepthMap's values
+        are never changed after it is made): the rows of a variations grid share one."""
+        from PIL import Image
+
+        return Image.fromarray(np.round(self.control_image() * 255).astype(np.uint8), "RGB")
 
     def sd2_depth(self, height: int, width: int, vae_scale_factor: int):
         """SD2-depth's [-1, 1] latent-size depth channel, as diffusers' ``prepare_depth_map`` would make it."""

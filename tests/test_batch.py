@@ -153,6 +153,18 @@ def test_denoising_batches_span_sources_and_variations(dataset, tmp_path, monkey
         assert np.abs(image - made[1][1][name]).max() <= 1  # the same images, up to batched-kernel rounding
 
 
+def test_a_batch_job_never_makes_control_images(dataset, tmp_path, monkeypatch):
+    """The input-size control image (~20-40 ms per 1080p depth) is made only when a result is asked for it."""
+    from depth2img.depthmap import DepthMap
+
+    def refuse(self):
+        raise AssertionError("a control image was made")
+
+    monkeypatch.setattr(DepthMap, "control_pil", property(refuse))
+    job = write_job(dataset, output=str(tmp_path / "o"), presets=["rain"], seeds=2, labels={}, batch_size=4)
+    assert run_job(job, progress=False).done == 6
+
+
 def test_one_variation_still_fills_a_denoising_batch(dataset, tmp_path, monkeypatch):
     from depth2img.backends import Backend
     from depth2img.estimators import DepthEstimator

@@ -433,6 +433,9 @@ def test_variations_share_denoising_batches_of_whole_rows(sd15, photo, depth, mo
     grid = sd15.variations(photo, presets=presets, seeds=[1, 2], depth=depth, steps=2)  # batch_size 4
     assert calls == [4, 4, 2]  # winter+rain, fog+snow, then pencil-sketch alone (its own guidance_scale)
     assert [r.metadata[0]["preset"] for r in grid] == presets and [r.seeds for r in grid] == [[1, 2]] * 5
+    # one control image for the grid, made when first asked for, from the shared depth
+    assert grid[0]._control_image is None and all(r.control_image is grid[0].control_image for r in grid)
+    assert np.array_equal(np.asarray(grid[3].control_image), np.round(grid[3].depth.control_image() * 255))
     for got, want in zip(grid, one):
         assert np.abs(got.raw - want.raw).max() < 1e-5 and got.metadata == want.metadata
     # Out of memory: the batch's rows run one at a time, with the same images
