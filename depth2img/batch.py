@@ -428,13 +428,18 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
 
     def estimate_chunk(loading):
         """A chunk's photos (read by the loader thread) and their depths, estimated in the depth thread while
-        the previous chunk is denoised, with each source's geometry reference."""
+        the previous chunk is denoised, with both at generation size and each source's geometry reference."""
         images, errors = loading.result()
-        depths = {}
+        sized, references = {}, {}
         if images:
             estimator = service.estimator(job.estimator)
-            depths = dict(zip(images, estimator(list(images.values()), batch_size=job.depth_batch_size)))
-        return images, errors, depths, {p: geometry_reference(d) for p, d in depths.items()}
+            st = service.transformer(job.model)
+            for (p, image), depth in zip(
+                images.items(), estimator(list(images.values()), batch_size=job.depth_batch_size)
+            ):
+                sized[p] = st.at_generation_size(image, depth)
+                references[p] = geometry_reference(depth)
+        return errors, sized, references
 
     def score(made, references):
         """Depth re-estimated on a batch's outputs and scored against their sources (in the depth thread)."""
@@ -471,7 +476,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                 retry.append(it._replace(attempt=attempt + 1))
 
     # While this chunk is denoised, the next chunk's photos are read and decoded (loader thread) and their depth
-    # estimated (depth thread); a batch's geometry check (depth of its outputs, scores) runs in the depth thread
+    # estimated and both resized to generation size (depth thread); a batch's geometry check (depth of its outputs, scores) runs in the depth thread
     # while the next batch is denoised. One thread runs the estimator, in submission order.
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-loader")
     depth_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-depth")
@@ -483,26 +488,25 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     try:
         estimating = prefetch(work[0]) if work else None
         for i in range(len(work)):
-            images, errors, depths, references = estimating.result()
+            errors, sized, references = estimating.result()
             estimating = prefetch(work[i + 1]) if i + 1 < len(work) else None
             for p, msg in errors:
                 fail(msg)
                 bar.update(todo_per_source[p])
-            if not images:
+            if not sized:
                 continue
             st = service.transformer(job.model)
             queue = []
-            for p, depth in depths.items():
+            for p, req in sized.items():
                 stem = stems[p]
                 depth_dir = root / "depth"
                 if not (depth_dir / f"{stem}_depth16.png").exists():  # written by the writer thread too
-                    submit(write_depth_products, depth, depth_dir, stem, ("png16", "npy"))
-                req = None
+                    submit(write_depth_products, req.depth, depth_dir, stem, ("png16", "npy"))
                 for var in vars_:
                     want = [s for s in seeds if (p, var.name, s) in todo]
                     if want:
-                        req = st.prepare(images[p], var.prompt, preset=var.preset, negative_prompt=negative,
-                                         depth=depth, seed=want, reuse=req, **knobs)  # fmt: skip
+                        req = st.prepare(req.image, var.prompt, preset=var.preset, negative_prompt=negative,
+                                         depth=req.depth, seed=want, reuse=req, **knobs)  # fmt: skip
                         queue += [_Item(p, var, s, 0, req) for s in want]
             # Denoising batches across this chunk's sources, variations and seeds (same knobs and size);
             # an item under the geometry threshold comes back in the next round with its next seed.

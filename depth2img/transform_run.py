@@ -67,14 +67,17 @@ def run_transform(
     add_lines = partial(append_manifest, out_dir / MANIFEST)
 
     def load(batch: range) -> list:
-        """A batch's photos, read and decoded, with their depths (estimated, or the given files read), in the depth
-        thread while the previous batch is denoised: (image, DepthMap) or the error, per photo."""
+        """A batch's photos, read and decoded, with their depths (estimated, or the given files read) and both at
+        generation size, in the depth thread while the previous batch is denoised: a Sized or the error, per
+        photo."""
         loaded = []
         for i in batch:
             try:
                 image = load_image(paths[i])
                 given = depth[i] if depth is not None else None
-                loaded.append((image, st.depth_for(image, given, depth_polarity=depth_polarity)))
+                loaded.append(
+                    st.at_generation_size(image, st.depth_for(image, given, depth_polarity=depth_polarity))
+                )
             except Depth2ImgError as err:
                 loaded.append(err)
         return loaded
@@ -90,12 +93,11 @@ def run_transform(
                     try:
                         if isinstance(got, Depth2ImgError):
                             raise got
-                        image, depth_map = got
                         with warnings.catch_warnings():  # forwarded below from result.warnings
                             warnings.simplefilter("ignore", Depth2ImgWarning)
                             prepared.append((i, path, st.prepare(
-                                image, prompt, preset=preset, negative_prompt=negative_prompt, depth=depth_map,
-                                seed=seed, num_images=num_images, scheduler=scheduler, **(knobs or {}),
+                                got.image, prompt, preset=preset, negative_prompt=negative_prompt, depth=got.depth,
+                                seed=seed, num_images=num_images, scheduler=scheduler, reuse=got, **(knobs or {}),
                             )))  # fmt: skip
                     except Depth2ImgError as err:
                         _fail(report, path, err)
