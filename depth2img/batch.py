@@ -475,9 +475,10 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                 report.retried += 1
                 retry.append(it._replace(attempt=attempt + 1))
 
-    # While this chunk is denoised, the next chunk's photos are read and decoded (loader thread) and their depth
-    # estimated and both resized to generation size (depth thread); a batch's geometry check (depth of its outputs, scores) runs in the depth thread
-    # while the next batch is denoised. One thread runs the estimator, in submission order.
+    # While this chunk is denoised, the next chunk's photos are read and decoded (loader thread), and their depth is
+    # estimated and both are resized to generation size (depth thread); a batch's geometry check (depth of its
+    # outputs, scores) runs in the depth thread while the next batch is denoised. One thread runs the estimator, in
+    # submission order.
     loader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-loader")
     depth_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-depth")
 
