@@ -16,7 +16,6 @@ from .errors import Depth2ImgError
 from .io import DEPTH_SUFFIXES
 
 MAX_SEED = 2**31 - 1
-# The page waits for its files: a result's PNGs are encoded on all cores (up to 8), not one after another
 # Each request's files (one folder each); removed once older than APP_KEEP_S seconds, as is Gradio's own cache
 APP_DIR = Path(tempfile.gettempdir()) / "depth2img-app"
 APP_KEEP_S = 3600
