@@ -67,20 +67,29 @@ def run_transform(
     add_lines = partial(append_manifest, out_dir / MANIFEST)
 
     def load(batch: range) -> list:
-        """A batch's photos, read and decoded, with their depths (estimated, or the given files read) and both at
-        generation size, in the depth thread while the previous batch is denoised: a Sized or the error, per
-        photo."""
-        loaded = []
+        """A batch's photos, read and decoded, with their depths (estimated in one estimator call, batched on a
+        GPU, or the given files read) and both at generation size, in the depth thread while the previous batch is
+        denoised: a Sized or the error, per photo."""
+        got: dict[int, object] = {}  # index -> PIL image, then DepthMap, then Sized; or the error
         for i in batch:
             try:
-                image = load_image(paths[i])
-                given = depth[i] if depth is not None else None
-                loaded.append(
-                    st.at_generation_size(image, st.depth_for(image, given, depth_polarity=depth_polarity))
-                )
+                got[i] = load_image(paths[i])
             except Depth2ImgError as err:
-                loaded.append(err)
-        return loaded
+                got[i] = err
+        images = {i: im for i, im in got.items() if not isinstance(im, Depth2ImgError)}
+        if depth is None and images:
+            depths = dict(zip(images, st.estimator(list(images.values()))))
+        for i, image in images.items():
+            try:
+                d = (
+                    depths[i]
+                    if depth is None
+                    else st.depth_for(image, depth[i], depth_polarity=depth_polarity)
+                )
+                got[i] = st.at_generation_size(image, d)
+            except Depth2ImgError as err:
+                got[i] = err
+        return [got[i] for i in batch]
 
     batches = [range(s, min(s + batch_size, len(paths))) for s in range(0, len(paths), batch_size)]
     depth_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-depth")

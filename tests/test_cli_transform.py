@@ -218,6 +218,33 @@ def test_the_next_photos_depth_is_estimated_while_this_one_is_denoised(
     assert len(list((tmp_path / "o").glob("*_s0.png"))) == 2
 
 
+def test_a_batch_of_photos_is_estimated_in_one_estimator_call(tmp_path, photos_dir, capsys, monkeypatch):
+    from depth2img.estimators import DepthEstimator
+
+    calls, original = [], DepthEstimator.__call__
+
+    def estimate(self, images, *args, **kwargs):
+        calls.append([im.size for im in images])
+        return original(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(DepthEstimator, "__call__", estimate)
+    bad = tmp_path / "in" / "bad.png"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a png")
+    inputs = [photos_dir / "chelsea.png", bad, photos_dir / "coffee.jpg"]
+    out = tmp_path / "o"
+    code, _, err = run(capsys, "transform", *inputs, "-o", out, "--model", "tiny", "--prompt", "x", "--steps", 2,
+                       "--seed", 0, "--batch-size", 3, "-q")  # fmt: skip
+    assert code == 2 and "bad.png: " in err and "2 done, 1 failed" in err
+    assert calls == [[(451, 300), (600, 400)]]  # the readable photos, in input order, in one call
+    # each photo's depth is its own: the same as estimated alone
+    code, _, err = run(capsys, "transform", inputs[2], "-o", tmp_path / "alone", "--model", "tiny", "--prompt", "x",
+                       "--steps", 2, "--seed", 0, "-q")  # fmt: skip
+    assert code == 0, err
+    for name in ("coffee_depth16.png", "coffee_control.png"):
+        assert (out / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
+
+
 @pytest.mark.parametrize("command", ["transform", "depth"])
 def test_a_failed_write_names_its_input_and_the_others_are_written(tmp_path, photos_dir, capsys, monkeypatch,
                                                                     command):  # fmt: skip
