@@ -28,6 +28,7 @@ from .errors import Depth2ImgError, InputError, OutOfMemory
 from .io import atomic_path, expand_inputs, load_image, write_depth_products
 from .knobs import DEFAULT_KNOBS, check_batch_size
 from .outputs import BackgroundWriter, append_manifest, safe_name, save_png
+from .transformer import _batchable
 
 LAYOUTS = {"files": "images", "imagefolder": "train", "coco": "images"}  # layout -> image folder
 SEED_STRIDE = 1_000_003  # a retry uses seed + attempt * SEED_STRIDE: never another item's seed
@@ -565,10 +566,8 @@ class _Item(NamedTuple):
 def _batches(queue: list[_Item], size: int, report: JobReport):
     """Slices of ``queue`` whose items can share a denoising batch (same ``Request.key``; first-seen order), at most
     ``size`` long, or the smaller size an out-of-memory split left in ``report.batch_limit``."""
-    groups: dict = {}
-    for item in queue:
-        groups.setdefault(item.request.key, []).append(item)
-    for items in groups.values():
+    for group in _batchable([item.request for item in queue]):
+        items = [queue[i] for i in group]
         start = 0
         while start < len(items):
             n = min(size, report.batch_limit or size)
