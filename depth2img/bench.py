@@ -278,12 +278,23 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     resident = (
         {name: _resident_bytes(pipe, device) for name, pipe in pipes.items()} if device.type == "cuda" else {}
     )
+    # The fast path's VAE decode alone, on latents of the batch's shape (its time does not depend on their values):
+    # the most that overlapping the decode with the next batch's denoising could save, were the GPU free for both
+    vae, scale = fast.backend.pipe.vae, fast.backend.pipe.vae_scale_factor
+    latents = torch.randn(batch, vae.config.latent_channels, size // scale, size // scale,
+                          generator=torch.Generator("cpu").manual_seed(0)).to(device, fast_dtype)  # fmt: skip
+
+    def run_decode():
+        with torch.inference_mode():
+            vae.decode(latents, return_dict=False)
+
     dtypes = {name: pipe.unet.dtype for name, pipe in pipes.items()}
 
-    outputs, times, peaks, outside = {}, {k: [] for k in variants}, {}, []
+    outputs, times, peaks, outside, decode = {}, {k: [] for k in variants}, {}, [], []
     for name, fn in variants.items():  # warm-up (and compilation)
         progress(f"warm-up: {name}")
         outputs[name] = fn()
+    run_decode()
     with FlopCounterMode(display=False) as counter:
         run_plain(seeds)
     # The fast path also changes the dtype (bf16 on GPU): its optimisations are judged against plain diffusers
@@ -313,6 +324,11 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
                 # (the other variants' weights, also resident during the run, are not counted)
                 need = resident[name] + torch.cuda.max_memory_allocated() - before
                 peaks[name] = max(peaks.get(name, 0), need)
+        _sync(device)
+        t = time.perf_counter()
+        run_decode()
+        _sync(device)
+        decode.append(time.perf_counter() - t)
         progress(
             f"repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1] * 1000:.0f} ms" for k, v in times.items())
         )
@@ -333,6 +349,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         }  # fmt: skip
     overhead = statistics.median(times["depth2img"]) / statistics.median(times["diffusers"]) - 1
     outside_s = statistics.median(outside)
+    decode_s = statistics.median(decode)
     result = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": _device_name(device),
         "backbone": backbone, "preset": preset, "size": size, "steps": steps, "batch": batch, "repeats": repeats,
@@ -342,6 +359,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         "fast_path": applied, "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
         "peak_source": "given" if peak_tflops else "measured matmul", "api_overhead": overhead,
         "api_outside_pipeline_ms": 1000 * outside_s, "api_outside_share": outside_s / statistics.median(times["diffusers"]),
+        "vae_decode_ms": 1000 * decode_s, "vae_decode_share": decode_s / statistics.median(times["depth2img-fast"]),
         "versions": _versions(), "results": rows,
     }  # fmt: skip
     _write(result, Path(out_dir))
@@ -476,6 +494,12 @@ def markdown(result: dict) -> str:
         lines.append(
             f"\nTime the API spends outside diffusers' pipeline call (checks, conditioning, resizing, metadata): "
             f"{result['api_outside_pipeline_ms']:.2f} ms per call, {result['api_outside_share']:.2%} of the plain call."
+        )
+    if "vae_decode_ms" in result:
+        lines.append(
+            f"\nThe fast path's VAE decode alone, batch {result['batch']}: {result['vae_decode_ms']:.1f} ms, "
+            f"{result['vae_decode_share']:.1%} of its call; the most that overlapping the decode with the next "
+            "batch's denoising could save, were the device free for both."
         )
     if result.get("feature_cache", 1) > 1:
         lines.append(

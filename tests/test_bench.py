@@ -22,6 +22,7 @@ def test_bench_runs_and_writes_json_and_markdown(tmp_path):
     assert "API overhead" in markdown(result)
     assert 0 < result["api_outside_pipeline_ms"] < 1000 * result["results"]["depth2img"]["ms_per_image"]
     assert "outside diffusers' pipeline call" in markdown(result)
+    assert 0 < result["vae_decode_share"] < 1 and "VAE decode alone, batch 1" in markdown(result)
 
 
 def test_bench_dataset_mode_feature_cache_and_sdxl(tmp_path):
