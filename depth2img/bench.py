@@ -73,6 +73,9 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+# Seeds that diffusers-b1 (one image per call) runs in a batch run: its time per image is what counts
+B1_IMAGES = 4
+
 BACKBONES = {  # bench name -> (registry tiny entry, diffusers pipeline, depth2img backend, full-size configs)
     "sd15": ("tiny/sd15-depth", "StableDiffusionControlNetPipeline", "SD15Backend",
              {"unet": "sd15_unet", "controlnet": "sd15_controlnet", "vae": "sd_vae", "text_encoder": "clip_l_text"}),
@@ -185,10 +188,13 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     """Depth ControlNet (SD1.5 or SDXL), interleaved on the same prompt, control image and seeds:
 
     - ``diffusers``: the plain pipeline as its docs show it (fp16 on GPU, SDPA, UniPC), ``batch`` images per call;
-    - ``diffusers-b1`` (when batch > 1): the same, one image per call, as a per-image script runs it;
+    - ``diffusers-b1`` (when batch > 1): the same, one image per call, as a per-image script runs it, on the first
+      ``B1_IMAGES`` seeds (its time per image is what counts; the rest would only lengthen the run);
     - ``depth2img``: the API with the same components and settings (its overhead);
-    - ``depth2img-fast``: the fast path (bf16 on GPU, channels-last, fused QKV, optional compile, ControlNet
-      skipped outside its window);
+    - ``depth2img-fast``: the fast path (bf16 on GPU, channels-last, fused QKV, ControlNet skipped outside its
+      window);
+    - ``depth2img-fast-compiled`` (``compile_mode``): the same with torch.compile of the UNet, ControlNet and VAE
+      decoder; if compiling fails at warm-up the row is dropped and ``compile_error`` says why;
     - ``depth2img-fast+cacheN`` (``feature_cache`` N > 1): the fast path reusing deep UNet features (quality trade);
     - ``depth2img-fast-xformers`` (``attention='xformers'``): the fast path with xformers attention instead of SDPA;
     - ``depth2img-lowvram-model`` and ``-group`` (``low_vram``, GPU only): model CPU offload or group offloading
@@ -199,7 +205,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
 
     from . import backends
     from .depthmap import DepthMap
-    from .errors import InputError
+    from .errors import InputError, first_line
     from .loading import resolve_device
     from .registry import ModelRef
     from .transformer import SceneTransformer
@@ -227,13 +233,18 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
 
     same = ours(plain, plain_dtype)
     fast = ours(_pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype)
-    applied = fast.backend.optimize(compile_mode=compile_mode)
+    applied = fast.backend.optimize()
     extra = {}
+    if compile_mode:
+        extra["depth2img-fast-compiled"] = compiled = ours(
+            _pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype
+        )
+        compiled_path = compiled.backend.optimize(compile_mode=compile_mode)
     if attention == "xformers":
         extra["depth2img-fast-xformers"] = xf = ours(
             _pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype
         )
-        xf.backend.optimize(compile_mode=compile_mode)
+        xf.backend.optimize()
         xf.backend.memory(device=device, attention="xformers")
     for mode in ("model", "group") if low_vram else ():
         lv_comps = {
@@ -263,11 +274,14 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
 
     variants = {"diffusers": lambda: run_plain(seeds)}  # name -> call
     pipes = {"diffusers": plain}  # name -> the pipeline whose weights it uses
+    images = {}  # name -> images per call, where not batch
     if batch > 1:
+        b1_seeds = seeds[:B1_IMAGES]
         variants["diffusers-b1"], pipes["diffusers-b1"] = (
-            lambda: np.concatenate([run_plain([s]) for s in seeds]),
+            lambda: np.concatenate([run_plain([s]) for s in b1_seeds]),
             plain,
         )
+        images["diffusers-b1"] = len(b1_seeds)
     variants["depth2img"], pipes["depth2img"] = lambda: run_ours(same), plain
     variants["depth2img-fast"], pipes["depth2img-fast"] = lambda: run_ours(fast), fast.backend.pipe
     if feature_cache > 1:
@@ -278,9 +292,26 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     resident = (
         {name: _resident_bytes(pipe, device) for name, pipe in pipes.items()} if device.type == "cuda" else {}
     )
-    # The fast path's VAE decode alone, on latents of the batch's shape (its time does not depend on their values):
-    # the most that overlapping the decode with the next batch's denoising could save, were the GPU free for both
-    vae, scale = fast.backend.pipe.vae, fast.backend.pipe.vae_scale_factor
+    dtypes = {name: pipe.unet.dtype for name, pipe in pipes.items()}
+
+    outputs, times, peaks, outside, decode = {}, {k: [] for k in variants}, {}, [], []
+    compile_error = None
+    for name, fn in list(variants.items()):  # warm-up (and compilation)
+        progress(f"warm-up: {name}")
+        try:
+            outputs[name] = fn()
+        except Exception as err:  # noqa: BLE001  a compiler failure is a result to report, not the end of the run
+            if name != "depth2img-fast-compiled":
+                raise
+            compile_error = f"{type(err).__name__}: {first_line(err)}"
+            progress(f"compile failed, {name} dropped: {compile_error}")
+            del variants[name], pipes[name], times[name]
+            resident.pop(name, None)
+    # The fast path's VAE decode alone (compiled, if that row runs), on latents of the batch's shape (its time does
+    # not depend on their values): the most that overlapping the decode with the next batch's denoising could save,
+    # were the device free for both
+    best = "depth2img-fast-compiled" if "depth2img-fast-compiled" in variants else "depth2img-fast"
+    vae, scale = pipes[best].vae, pipes[best].vae_scale_factor
     latents = torch.randn(batch, vae.config.latent_channels, size // scale, size // scale,
                           generator=torch.Generator("cpu").manual_seed(0)).to(device, fast_dtype)  # fmt: skip
 
@@ -288,12 +319,6 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         with torch.inference_mode():
             vae.decode(latents, return_dict=False)
 
-    dtypes = {name: pipe.unet.dtype for name, pipe in pipes.items()}
-
-    outputs, times, peaks, outside, decode = {}, {k: [] for k in variants}, {}, [], []
-    for name, fn in variants.items():  # warm-up (and compilation)
-        progress(f"warm-up: {name}")
-        outputs[name] = fn()
     run_decode()
     with FlopCounterMode(display=False) as counter:
         run_plain(seeds)
@@ -333,19 +358,22 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             f"repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1] * 1000:.0f} ms" for k, v in times.items())
         )
     peak = peak_tflops * 1e12 if peak_tflops else _peak_flops(device, fast_dtype)
-    base = statistics.median(times["diffusers-b1" if batch > 1 else "diffusers"])
+    baseline = "diffusers-b1" if batch > 1 else "diffusers"
+    base = statistics.median(times[baseline]) / images.get(baseline, batch)  # seconds per image
     rows = {}
     for name in variants:
-        sec = statistics.median(times[name])
+        n = images.get(name, batch)  # images per timed call
+        sec = statistics.median(times[name]) / n  # per image
+        calls = n if name == "diffusers-b1" else 1
         # FLOPs are counted on plain diffusers; a ControlNet window or the feature cache means fewer are done.
         same_work = control_end >= 1.0 and "+cache" not in name
         rows[name] = {
-            "ms_per_image": 1000 * sec / batch, "images_per_hour": 3600 * batch / sec, "it_per_s": steps / sec,
-            "share_of_peak": flops_per_call / sec / peak if name.startswith("diffusers") or same_work else None,
+            "ms_per_image": 1000 * sec, "images_per_hour": 3600 / sec, "it_per_s": steps * calls / (sec * n),
+            "share_of_peak": flops_per_call / batch / sec / peak if name.startswith("diffusers") or same_work else None,
             "peak_memory_gib": peaks[name] / 2**30 if name in peaks else None,
             "speedup": base / sec,
-            "max_abs_diff_vs_diffusers": _max_diff(outputs[name], outputs["diffusers"]),
-            "max_abs_diff_vs_diffusers_same_dtype": _max_diff(outputs[name], reference[dtypes[name]]),
+            "max_abs_diff_vs_diffusers": _max_diff(outputs[name], outputs["diffusers"][:n]),
+            "max_abs_diff_vs_diffusers_same_dtype": _max_diff(outputs[name], reference[dtypes[name]][:n]),
         }  # fmt: skip
     overhead = statistics.median(times["depth2img"]) / statistics.median(times["diffusers"]) - 1
     outside_s = statistics.median(outside)
@@ -354,12 +382,12 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": _device_name(device),
         "backbone": backbone, "preset": preset, "size": size, "steps": steps, "batch": batch, "repeats": repeats,
         "cfg": True, "control_end": control_end, "compile": compile_mode, "feature_cache": feature_cache,
-        "speedup_baseline": "diffusers-b1" if batch > 1 else "diffusers",
+        "speedup_baseline": baseline, "b1_images": images.get("diffusers-b1"), "compile_error": compile_error,
         "plain_dtype": str(plain_dtype).replace("torch.", ""), "fast_dtype": str(fast_dtype).replace("torch.", ""),
-        "fast_path": applied, "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
+        "fast_path": applied, "compiled_path": compiled_path if compile_mode else None, "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
         "peak_source": "given" if peak_tflops else "measured matmul", "api_overhead": overhead,
         "api_outside_pipeline_ms": 1000 * outside_s, "api_outside_share": outside_s / statistics.median(times["diffusers"]),
-        "vae_decode_ms": 1000 * decode_s, "vae_decode_share": decode_s / statistics.median(times["depth2img-fast"]),
+        "vae_decode_ms": 1000 * decode_s, "vae_decode_share": decode_s / statistics.median(times[best]),
         "versions": _versions(), "results": rows,
     }  # fmt: skip
     _write(result, Path(out_dir))
@@ -476,8 +504,10 @@ def markdown(result: dict) -> str:
             f"{result['steps']} steps, CFG, batch {result['batch']}, on **{result['device']}** ({result['date']}); "
             f"median of {result['repeats']} interleaved runs. {result['flops_per_call_tflop']:.3f} TFLOP per call; "
             f"peak {result['peak_tflops']:.1f} TFLOP/s ({result['peak_source']}). Fast path: "
-            f"{result['fast_dtype']}, {', '.join(result['fast_path']) or 'none'}. Speed-up against "
-            f"`{result.get('speedup_baseline', 'diffusers')}`.")  # fmt: skip
+            f"{result['fast_dtype']}, {', '.join(result['fast_path']) or 'none'}. Speed-up per image against "
+            f"`{result.get('speedup_baseline', 'diffusers')}`"
+            + (f" (one image per call, on the first {result['b1_images']} seeds)." if result.get("b1_images") else ".")
+            + (f" `-compiled`: {', '.join(result['compiled_path'])}." if result.get("compiled_path") else ""))  # fmt: skip
     lines = [head, "", "| variant | ms/image | images/hour | it/s | share of peak | peak memory (GiB) | speed-up | max abs diff vs diffusers | same, diffusers in the variant's dtype |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for variant, r in result["results"].items():
@@ -494,6 +524,10 @@ def markdown(result: dict) -> str:
         lines.append(
             f"\nTime the API spends outside diffusers' pipeline call (checks, conditioning, resizing, metadata): "
             f"{result['api_outside_pipeline_ms']:.2f} ms per call, {result['api_outside_share']:.2%} of the plain call."
+        )
+    if result.get("compile_error"):
+        lines.append(
+            f"\ntorch.compile ({result['compile']}) failed at warm-up, so it has no row: {result['compile_error']}"
         )
     if "vae_decode_ms" in result:
         lines.append(
