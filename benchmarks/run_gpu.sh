@@ -8,9 +8,9 @@
 #   bash benchmarks/run_gpu.sh wheels             # HERE, where PyPI is reachable: pure-Python wheels that the
 #                                                 # GPU image lacks (diffusers; transformers/regex at our versions)
 #                                                 # into .gpu-wheels/ (git-ignored; name it in the device's carry)
-#   DEADLINE=500 bash benchmarks/run_gpu.sh core  # ON THE GPU: dataset mode (batch 16) and batch-1 latency, each
-#                                                 # with the eager and the compiled fast path (reduce-overhead =
-#                                                 # CUDA graphs) in one run; SD1.5 and SDXL low-VRAM peaks
+#   DEADLINE=500 bash benchmarks/run_gpu.sh core  # ON THE GPU: dataset mode (batch 16), SD1.5 and SDXL low-VRAM
+#                                                 # peaks, batch-1 latency; the speed runs each with the eager and
+#                                                 # the compiled fast path (reduce-overhead = CUDA graphs)
 #   DEADLINE=N bash benchmarks/run_gpu.sh extra   #   other compile modes, ControlNet window, feature cache, depth
 #                                                 #   estimators, xformers
 #   bash benchmarks/run_gpu.sh                    #   both parts, in that order
@@ -61,7 +61,7 @@ declare -A STEP=(
   [xformers-b1]="--batch 1 --attention xformers"
 )
 declare -A PART=(
-  [core]="dataset latency lowvram-sd15 lowvram-sdxl"
+  [core]="dataset lowvram-sd15 lowvram-sdxl latency" # latency last: it compiles again, for batch 1
   [extra]="compile-default-b16 window-b16 cache3-b16 depth compile-mat-b16 xformers-b1"
 )
 parts=("$@")
