@@ -436,8 +436,11 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
             estimator = service.estimator(job.estimator)
             st = service.transformer(job.model)
             for (p, image), depth in zip(
-                images.items(), estimator(list(images.values()), batch_size=job.depth_batch_size)
+                images.items(), estimator.isolated(list(images.values()), batch_size=job.depth_batch_size)
             ):
+                if isinstance(depth, Depth2ImgError):
+                    errors.append((p, f"{p}: {depth}"))
+                    continue
                 sized[p] = st.at_generation_size(image, depth)
                 references[p] = geometry_reference(depth)
         return errors, sized, references

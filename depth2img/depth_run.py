@@ -152,9 +152,13 @@ def run_depth(
             if right_paths is None and images:
                 keys = list(images)
                 for i, depth in zip(
-                    keys, estimator([images[k] for k in keys], batch_size=batch_size, progress=bar.update)
+                    keys,
+                    estimator.isolated([images[k] for k in keys], batch_size=batch_size, progress=bar.update),
                 ):
-                    depths[i] = depth
+                    if isinstance(depth, Depth2ImgError):
+                        report.fail(f"{paths[i]}: {depth}")
+                    else:
+                        depths[i] = depth
             for i in chunk:
                 if i not in depths:
                     continue

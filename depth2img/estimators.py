@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .depthmap import DepthMap
-from .errors import ModelLoadError, first_line
+from .errors import Depth2ImgError, InputError, ModelLoadError, first_line
 from .io import check_image
 from .knobs import check_batch_size
 from .loading import (
@@ -108,7 +108,7 @@ class DepthEstimator:
             if single
             else [check_image(im, f"images[{i}]") for i, im in enumerate(images)]
         )
-        inputs = [self.processor(images=img, return_tensors="pt")["pixel_values"] for img in images]
+        inputs = [self._pixel_values(img, i, single) for i, img in enumerate(images)]
         results: list[DepthMap | None] = [None] * len(images)
         order = sorted(range(len(images)), key=lambda i: tuple(inputs[i].shape))
         batches: list[list[int]] = []
@@ -132,6 +132,37 @@ class DepthEstimator:
                 progress(len(batch))
         return results[0] if single else results
 
+    def isolated(self, images: list, batch_size: int | None = None, progress=None) -> list:
+        """One DepthMap per image, or in its place the Depth2ImgError that image alone raises: the images run
+        batched; if the estimator refuses the batch (every image is checked before any is estimated), each runs
+        alone, so an error is its own image's and the others are still estimated."""
+        try:
+            return self(images, batch_size=batch_size, progress=progress)
+        except Depth2ImgError:
+            pass
+        results = []
+        for image in images:
+            try:
+                results.append(self(image))
+            except Depth2ImgError as err:
+                results.append(err)
+            if progress is not None:
+                progress(1)
+        return results
+
+    def _pixel_values(self, image, i: int, single: bool):
+        try:
+            return self.processor(images=image, return_tensors="pt")["pixel_values"]
+        except (
+            ValueError,
+            RuntimeError,
+        ) as err:  # a side its resizing rounds to 0 px, on a very elongated image
+            name = "image" if single else f"images[{i}]"
+            raise InputError(
+                f"{name}: {image.size[0]}x{image.size[1]} cannot be resized for estimator {self.name!r}, whose "
+                f"input is {_input_size(self.processor)}: try a less elongated image ({first_line(err)[:80]})"
+            ) from None
+
     def _post_process(self, outputs, sizes):
         if self.model.config.model_type != "zoedepth":
             return [
@@ -146,6 +177,11 @@ class DepthEstimator:
             outputs, source_sizes=sizes, target_sizes=sizes
         )
         return [r["predicted_depth"] for r in results]
+
+
+def _input_size(processor) -> str:
+    size = getattr(processor, "size", None) or {}
+    return f"{size['width']}x{size['height']}" if "width" in size and "height" in size else str(dict(size))
 
 
 def _zoe_post_process(predicted_depth, sizes, *, do_remove_padding: bool):

@@ -23,6 +23,9 @@ DEPTH_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".npz")
 # Decompression-bomb guard: images over this many pixels are refused before they are decoded.
 MAX_PIXELS = int(os.environ.get("DEPTH2IMG_MAX_PIXELS", 64_000_000))
 MIN_SIDE = 16  # smaller images carry no usable structure for a depth estimator or a diffusion model
+# A longer side over this many times the shorter leaves the shorter too few pixels in a depth estimator's input
+# (Depth Anything V2 at 518 px rounds it to 0 beyond ~74:1) and a diffusion model's generation size
+MAX_ASPECT = 16
 POLARITIES = {
     "near-bright": "relative_inverse_depth",  # larger value = nearer (inverse depth, disparity, our 16-bit PNG)
     "far-bright": "relative_depth",  # larger value = farther, unknown scale
@@ -76,22 +79,33 @@ def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS):
         img = ImageOps.exif_transpose(img)
     except Exception as err:
         raise InputError(f"{path}: unreadable EXIF orientation ({err})") from None
-    if min(img.size) < MIN_SIDE:
-        raise InputError(
-            f"{path}: {img.size[0]}x{img.size[1]} is too small (each side must be >= {MIN_SIDE} px)"
-        )
+    if problem := size_problem(*img.size):
+        raise InputError(f"{path}: {problem}")
     return to_rgb(img)
 
 
 def check_image(image, name: str = "image"):
-    """``image`` if it is a PIL image; else one line naming the argument and what it got."""
+    """``image`` if it is a PIL image of a usable size; else one line naming the argument and what it got."""
     from PIL import Image
 
     if not isinstance(image, Image.Image):
         raise InputError(
             f"{name} must be a PIL image (use depth2img.load_image for files), got {type(image).__name__}"
         )
+    if problem := size_problem(*image.size):
+        raise InputError(f"{name}: {problem}")
     return image
+
+
+def size_problem(width: int, height: int) -> str | None:
+    """Why an image of this size cannot be used (too small, too elongated), or None."""
+    if min(width, height) < MIN_SIDE:
+        return f"{width}x{height} is too small (each side must be >= {MIN_SIDE} px)"
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        return (
+            f"{width}x{height} is too elongated (the longer side must be at most {MAX_ASPECT}x the shorter)"
+        )
+    return None
 
 
 def to_rgb(img):

@@ -78,7 +78,7 @@ def run_transform(
                 got[i] = err
         images = {i: im for i, im in got.items() if not isinstance(im, Depth2ImgError)}
         if depth is None and images:
-            depths = dict(zip(images, st.estimator(list(images.values()))))
+            depths = dict(zip(images, st.estimator.isolated(list(images.values()))))
         for i, image in images.items():
             try:
                 d = (
@@ -86,6 +86,8 @@ def run_transform(
                     if depth is None
                     else st.depth_for(image, depth[i], depth_polarity=depth_polarity)
                 )
+                if isinstance(d, Depth2ImgError):
+                    raise d
                 got[i] = st.at_generation_size(image, d)
             except Depth2ImgError as err:
                 got[i] = err

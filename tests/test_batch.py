@@ -322,12 +322,15 @@ def test_resume_skips_finished_and_refuses_to_mix_runs(dataset, tmp_path):
 def test_missing_inputs_are_listed_and_skipped(dataset, tmp_path):
     (tmp_path / "list.txt").write_text(f"{dataset / 'frames' / 'f0.png'}\nnope.png\n")
     (tmp_path / "broken.png").write_bytes(b"not a png")
-    job = write_job(dataset, output=str(tmp_path / "m"), inputs=[str(tmp_path / "list.txt"), str(tmp_path / "broken.png")],
-                    presets=["fog"], seeds=1, labels={})  # fmt: skip
+    # readable, but the tiny estimator's 56 px input would give it a side of 0 px; it shares a depth batch with f0
+    Image.new("RGB", (256, 16)).save(tmp_path / "strip.png")
+    job = write_job(dataset, output=str(tmp_path / "m"), presets=["fog"], seeds=1, labels={},
+                    inputs=[str(tmp_path / "list.txt"), str(tmp_path / "broken.png"), str(tmp_path / "strip.png")])  # fmt: skip
     report = run_job(job, progress=False)
-    assert report.done == 1 and len(report.failed) == 2
+    assert report.done == 1 and len(report.failed) == 3
     assert any("nope.png: no such file" in f for f in report.failed)
     assert any("broken.png: not a readable image" in f for f in report.failed)
+    assert any("strip.png: image: 256x16 cannot be resized for estimator" in f for f in report.failed)
 
 
 def test_disk_full_stops_with_a_clear_message_and_no_partial_file(dataset, tmp_path, monkeypatch):

@@ -246,6 +246,25 @@ def test_a_batch_of_photos_is_estimated_in_one_estimator_call(tmp_path, photos_d
 
 
 @pytest.mark.parametrize("command", ["transform", "depth"])
+def test_a_photo_the_estimator_refuses_fails_alone_in_its_batch(tmp_path, photos_dir, capsys, command):
+    """256x16 passes the input checks (16:1) but the tiny estimator's 56 px input would give it a side of 0 px: the
+    batch it shares is then estimated one photo at a time, so only that photo fails."""
+    from PIL import Image
+
+    strip = tmp_path / "in" / "strip.png"
+    strip.parent.mkdir()
+    Image.new("RGB", (256, 16), (90, 100, 110)).save(strip)
+    inputs = [photos_dir / "chelsea.png", strip, photos_dir / "coffee.jpg"]
+    argv = (["--model", "tiny", "--prompt", "x", "--steps", 2, "--batch-size", 3] if command == "transform"
+            else ["--estimator", "tiny"])  # fmt: skip
+    code, _, err = run(capsys, command, *inputs, "-o", tmp_path / "o", *argv, "-q")
+    assert code == 2 and "2 done, 1 failed" in err
+    line = next(x for x in err.splitlines() if "strip.png" in x)
+    assert f"{strip}: image: 256x16 cannot be resized for estimator 'tiny', whose input is 56x56" in line
+    assert {p.name.split("_")[0] for p in (tmp_path / "o").glob("*.png")} == {"chelsea", "coffee"}
+
+
+@pytest.mark.parametrize("command", ["transform", "depth"])
 def test_a_failed_write_names_its_input_and_the_others_are_written(tmp_path, photos_dir, capsys, monkeypatch,
                                                                     command):  # fmt: skip
     import errno

@@ -48,6 +48,23 @@ def test_batched_equals_one_by_one(images):
             est(images, batch_size=bad)
 
 
+def test_isolated_puts_a_refused_images_error_in_its_place(images):
+    est = DepthEstimator.from_pretrained("tiny")
+    strip = Image.new("RGB", (256, 16))  # the tiny model's 56 px input would give it a side of 0 px
+    with pytest.raises(InputError, match=r"^images\[1\]: 256x16 cannot be resized for estimator 'tiny'"):
+        est([images[0], strip, images[1]], batch_size=3)
+    counted = []
+    got = est.isolated([images[0], strip, images[1]], batch_size=3, progress=counted.append)
+    assert isinstance(got[1], InputError) and str(got[1]).startswith("image: 256x16 cannot be resized")
+    for img, depth in zip(images[:2], (got[0], got[2])):
+        assert np.array_equal(depth.values, est(img).values)
+    assert sum(counted) == 3  # the progress bar counts each image once
+    assert [d.values.shape for d in est.isolated(images[:2])] == [
+        (300, 451),
+        (45, 67),
+    ]  # batched when it can be
+
+
 def test_zoedepth_is_metric_at_input_size(images):
     est = DepthEstimator.from_pretrained("tiny/zoedepth")
     depths = est(images)

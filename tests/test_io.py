@@ -45,6 +45,11 @@ def test_exif_rotation_is_honoured(tmp_path, chelsea):
         ("noise.png", lambda p: p.write_bytes(np.random.default_rng(1).bytes(2000)), "not a readable image"),
         ("text.jpg", lambda p: p.write_text("hello"), "not a readable image"),
         ("tiny.png", lambda p: Image.new("RGB", (1, 1)).save(p), "too small"),
+        (
+            "strip.png",
+            lambda p: Image.new("RGB", (1700, 100)).save(p),
+            r"1700x100 is too elongated \(the longer side must be at most 16x the shorter\)",
+        ),
     ],
 )
 def test_bad_images_one_line(tmp_path, name, make, message):
@@ -52,6 +57,17 @@ def test_bad_images_one_line(tmp_path, name, make, message):
     with pytest.raises(InputError, match=message) as err:
         io.load_image(tmp_path / name)
     assert str(tmp_path / name) in str(err.value) and "\n" not in str(err.value)
+
+
+def test_images_given_to_the_api_are_checked_the_same_way():
+    assert io.check_image(Image.new("L", (1600, 100))).size == (
+        1600,
+        100,
+    )  # 16:1 is allowed, either way round
+    assert io.check_image(Image.new("L", (100, 1600))).size == (100, 1600)
+    for size, message in [((16, 257), "16x257 is too elongated"), ((15, 15), "15x15 is too small")]:
+        with pytest.raises(InputError, match=f"^photo: {message}"):
+            io.check_image(Image.new("RGB", size), "photo")
 
 
 def test_truncated_image(tmp_path, chelsea):
