@@ -21,6 +21,9 @@ from .errors import InputError
 RELATIVE_DEPTH_RANGE = 20.0
 EDGE_THRESHOLD = 0.05  # a depth edge: Sobel magnitude of normalised inverse depth above this (per pixel)
 EDGE_TOLERANCE_PX = 2  # an edge counts as matched within this distance
+# An output whose aspect ratio is within this of the source's is the same frame at another size (a generation size
+# rounded to multiples of 8 or 64 moves it by ~1-2 %) and is resized onto the source's pixels
+MAX_ASPECT_CHANGE = 0.03
 METRICS = {"absrel": "lower", "delta1": "higher", "edge_f1": "higher"}
 
 
@@ -113,6 +116,15 @@ def geometry_scores(source: DepthMap | GeometryReference, output: DepthMap) -> d
     ``geometry_reference`` when one source is checked against many outputs)."""
     ref = source if isinstance(source, GeometryReference) else geometry_reference(source)
     if ref.size != output.size:
+        # an output at another size of the same frame (another tool's generation size) is resized onto the
+        # source's pixels; another aspect ratio means another frame, whose pixels do not align with the source's
+        (sw, sh), (ow, oh) = ref.size, output.size
+        if abs((ow / oh) / (sw / sh) - 1) > MAX_ASPECT_CHANGE:
+            raise InputError(
+                f"geometry check: the output is {ow}x{oh} and the source {sw}x{sh}; their aspect ratios differ by "
+                f"more than {MAX_ASPECT_CHANGE:.0%}, so their pixels do not align (crop or resize the output to the "
+                "source's frame)"
+            )
         output = output.resized(*ref.size)
     pred, pred_valid = conditioning.to_inverse(output.values, output.kind, output.valid)
     # Only the pixels valid in both are compared; an output valid everywhere reuses the reference's selection

@@ -490,6 +490,17 @@ def test_eval_command(dataset, capsys):
     assert scores["delta1"] == 1.0 and scores["absrel"] < 1e-6 and scores["edge_f1"] == 1.0
     assert main(["eval", str(src), str(dataset / "nope.png")]) == 2
     assert "nope.png: no such file" in capsys.readouterr().err
+    # the same frame at another tool's generation size is resized onto the source; another frame is refused
+    Image.open(src).resize((W * 2, H * 2 + 2)).save(dataset / "bigger.png")  # 192x130: 1.5 % off 3:2
+    assert main(["eval", str(src), str(dataset / "bigger.png"), "--estimator", "tiny", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["delta1"] > 0.9
+    Image.open(src).resize((H, W)).save(dataset / "turned.png")
+    assert main(["eval", str(src), str(dataset / "turned.png"), "--estimator", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and (
+        "geometry check: the output is 64x96 and the source 96x64; their aspect ratios differ by more than 3%"
+        in err
+    )
 
 
 @pytest.mark.parametrize(
