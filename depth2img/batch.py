@@ -96,8 +96,13 @@ class Job:
             raise InputError(f"job key seeds must be a count or a list of integers, got {self.seeds!r}")
         if isinstance(self.seeds, int) and not 1 <= self.seeds <= 1000:
             raise InputError(f"job key seeds must be a count in 1..1000, got {self.seeds}")
+        if self.seeds == []:
+            raise InputError("job key seeds must be a count or a non-empty list of integers, got []")
         for s in self.seed_list():
             check_seed(s)
+        repeated = sorted({s for s in self.seed_list() if self.seed_list().count(s) > 1})
+        if repeated:
+            raise InputError(f"job key seeds lists {repeated[0]} more than once; each seed makes one image")
         unknown = set(self.knobs) - set(KNOB_KEYS)
         if unknown:
             raise InputError(

@@ -418,10 +418,22 @@ def main(argv=None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    from .errors import Depth2ImgError
+    import warnings
+
+    from .errors import Depth2ImgError, Depth2ImgWarning
+
+    shown = warnings.showwarning
+
+    def show(message, category, *rest, **kwargs):  # ours as one line, above any progress bar
+        if issubclass(category, Depth2ImgWarning):
+            _warn_above_bar(str(message))
+        else:
+            shown(message, category, *rest, **kwargs)
 
     try:
-        return COMMANDS[args.command](args)
+        with warnings.catch_warnings():
+            warnings.showwarning = show
+            return COMMANDS[args.command](args)
     except Depth2ImgError as err:
         _say(str(err))
         return EXIT_USAGE

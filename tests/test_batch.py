@@ -407,6 +407,11 @@ def test_output_names_cannot_escape(dataset, tmp_path):
         ),
         ("inputs: a\noutput: b\nprompt: x\nknobs: {scheduler: warp}\n", "knobs.scheduler must be one of"),
         ("inputs: a\noutput: b\npresets: [winter, wintr]\n", "job key presets: unknown preset 'wintr'"),
+        (
+            "inputs: a\noutput: b\nprompt: x\nseeds: []\n",
+            r"job key seeds must be a count or a non-empty list",
+        ),
+        ("inputs: a\noutput: b\nprompt: x\nseeds: [3, 1, 3]\n", "job key seeds lists 3 more than once"),
         ("inputs: a\noutput: b\nprompt: [unclosed\n", "line 4, column 1"),
         ("inputs: a\noutput: b\n  prompt: x\n", "line 3, column 9: mapping values are not allowed"),
     ],
@@ -479,6 +484,21 @@ def test_two_processes_equal_one(dataset, tmp_path, tiny_dir):
         assert np.array_equal(a, b)
     ranks = {r["item"].split("/")[0]: r for r in read_manifest(tmp_path / "two" / "manifest.jsonl")}
     assert set(ranks) == {"f0", "f1", "f2"}
+
+
+def test_batch_warnings_are_one_line_each_on_the_cli(dataset, tmp_path, capsys):
+    from depth2img.cli import main
+
+    long = "a street " + " ".join(f"w{i}" for i in range(60))
+    job = write_job(dataset, name="long.yaml", output=str(tmp_path / "w"), presets=[], prompt=long, seeds=1,
+                    labels={})  # fmt: skip
+    assert main(["batch", str(job), "-q"]) == 0
+    err = capsys.readouterr().err
+    warned = [line for line in err.splitlines() if "warning" in line.lower()]
+    assert len(warned) == 1 and warned[0].startswith("depth2img: warning: prompt is "), (
+        err
+    )  # once, not per frame
+    assert "Depth2ImgWarning" not in err and "batch.py" not in err
 
 
 def test_eval_command(dataset, capsys):
