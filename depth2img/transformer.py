@@ -237,7 +237,10 @@ class SceneTransformer:
         once; a background thread can resize ahead)."""
 
         # 1. Check inputs
-        if (prompt is None or not str(prompt).strip()) and not preset:
+        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt), ("preset", preset)):
+            if text is not None and not isinstance(text, str):
+                raise InputError(f"{name} must be a string, got {type(text).__name__} {text!r}")
+        if (prompt is None or not prompt.strip()) and not preset:
             raise InputError("give a prompt or a preset (see `depth2img presets`); both are empty")
         image = check_image(image)
         image = image if image.mode == "RGB" else image.convert("RGB")

@@ -539,6 +539,9 @@ def test_long_prompt_names_truncated_tokens(sd15, photo, depth):
     [
         (dict(prompt=None), "give a prompt or a preset"),
         (dict(prompt="   "), "give a prompt or a preset"),
+        (dict(prompt=["a street"]), r"^prompt must be a string, got list \['a street'\]$"),
+        (dict(negative_prompt=5), "^negative_prompt must be a string, got int 5$"),
+        (dict(preset=("rain",)), r"^preset must be a string, got tuple \('rain',\)$"),
         (dict(preset="winter+nite"), "unknown preset 'nite'"),
         (dict(scheduler="magic"), "scheduler 'magic' is not one of"),
         (dict(strength=0.0), r"strength must be in \(0, 1\], got 0.0"),
