@@ -12,7 +12,7 @@ import secrets
 import tempfile
 from pathlib import Path
 
-from .errors import Depth2ImgError
+from .errors import Depth2ImgError, first_line
 from .io import DEPTH_SUFFIXES
 
 MAX_SEED = 2**31 - 1
@@ -338,6 +338,8 @@ def launch(service, *, host: str = "127.0.0.1", port: int = 7860, share: bool = 
     """Serve the app: loopback by default, optional basic auth, upload limit, bounded queue."""
     from .errors import InputError
 
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InputError(f"--port must be in 1..65535, got {port!r}")
     credentials = None
     if auth:
         user, sep, password = auth.partition(":")
@@ -346,8 +348,13 @@ def launch(service, *, host: str = "127.0.0.1", port: int = 7860, share: bool = 
         credentials = (user, password)
     demo = create_demo(service)
     demo.queue(max_size=queue_size, default_concurrency_limit=1)
-    demo.launch(server_name=host, server_port=port, share=share, auth=credentials, max_file_size=f"{max_upload_mb}mb",
-                prevent_thread_lock=not block, quiet=not block, show_error=False)  # fmt: skip
+    try:
+        demo.launch(server_name=host, server_port=port, share=share, auth=credentials,
+                    max_file_size=f"{max_upload_mb}mb", prevent_thread_lock=not block, quiet=not block,
+                    show_error=False)  # fmt: skip
+    except OSError as err:  # the port is taken, or the host is not an address of this machine
+        raise InputError(f"cannot serve on {host}:{port} ({first_line(err).split('. ')[0]}); choose another --port "
+                         "or --host") from None  # fmt: skip
     return demo
 
 

@@ -273,3 +273,19 @@ def test_service_estimates_a_photos_depth_once(chelsea):
     assert len(calls) == 1 and a is b
     svc.depth(chelsea.transpose(0), estimator="tiny")  # other pixels
     assert len(calls) == 2
+
+
+def test_a_taken_or_impossible_port_is_one_line(capsys):
+    from depth2img.cli import main
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        assert main(["app", "--model", "tiny", "--port", str(port)]) == 2
+        err = capsys.readouterr().err
+        assert f"depth2img: error: cannot serve on 127.0.0.1:{port} (" in err and "choose another --port" in err
+        assert "internal error" not in err
+    for bad in ("0", "99999"):
+        assert main(["app", "--model", "tiny", "--port", bad]) == 2
+        assert capsys.readouterr().err == f"depth2img: error: --port must be in 1..65535, got {bad}\n"
