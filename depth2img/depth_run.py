@@ -69,6 +69,24 @@ def _stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
+def output_dir(out_dir, inputs: Sequence) -> Path:
+    """``out_dir`` created for a run's outputs, checked before any model loads: one line if it is a file, cannot be
+    created, or is one of the input folders (whose next run would read these outputs as inputs)."""
+    out_dir = Path(out_dir)
+    if out_dir.is_dir() and any(Path(i).is_dir() and Path(i).resolve() == out_dir.resolve() for i in inputs):
+        raise InputError(
+            f"output folder {out_dir} is also an input folder: a later run would read its outputs as inputs; "
+            "choose another output folder"
+        )
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise InputError(f"output folder {out_dir} is a file") from None
+    except OSError as err:
+        raise InputError(f"output folder {out_dir} cannot be created ({err.strerror or err})") from None
+    return out_dir
+
+
 def read_ahead(submit: Callable, items: Sequence) -> Iterator:
     """``submit(item).result()`` for each item, in order, with the next item's work already submitted while the
     caller works on this one (``submit`` hands the work to a background thread and returns its Future)."""
@@ -116,14 +134,13 @@ def run_depth(
             )
     if not paths:
         return report
+    out_dir = output_dir(out_dir, inputs)
     if right_paths is None and not hasattr(estimator, "processor"):
         from .estimators import DepthEstimator
 
         estimator = DepthEstimator.from_pretrained(
             estimator, device=device, dtype=dtype, local_files_only=local_files_only
         )
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     stems = _stems(paths)
     bar = tqdm(total=len(paths), unit="img", desc="depth", disable=not progress)
 

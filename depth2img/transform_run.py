@@ -7,9 +7,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
-from pathlib import Path
 
-from .depth_run import RunReport, _stems, read_ahead
+from .depth_run import RunReport, _stems, output_dir, read_ahead
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError
 from .io import load_image
 from .knobs import check_batch_size
@@ -51,10 +50,10 @@ def run_transform(
         raise InputError(f"--depth: {len(depth)} depth files for {len(paths)} inputs; give one per input")
     if not paths:
         return report
+    out_dir = output_dir(out_dir, inputs)
     st = model if isinstance(model, SceneTransformer) else SceneTransformer.from_pretrained(
         model, estimator=estimator, **(load_options or {})
     )  # fmt: skip
-    out_dir = Path(out_dir)
     stems = _stems(paths)
     bar = tqdm(total=len(paths), unit="img", desc="transform", disable=not progress or len(paths) == 1)
 

@@ -284,7 +284,9 @@ def test_a_taken_or_impossible_port_is_one_line(capsys):
         port = taken.getsockname()[1]
         assert main(["app", "--model", "tiny", "--port", str(port)]) == 2
         err = capsys.readouterr().err
-        assert f"depth2img: error: cannot serve on 127.0.0.1:{port} (" in err and "choose another --port" in err
+        assert (
+            f"depth2img: error: cannot serve on 127.0.0.1:{port} (" in err and "choose another --port" in err
+        )
         assert "internal error" not in err
     for bad in ("0", "99999"):
         assert main(["app", "--model", "tiny", "--port", bad]) == 2

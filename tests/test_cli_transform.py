@@ -246,6 +246,31 @@ def test_a_batch_of_photos_is_estimated_in_one_estimator_call(tmp_path, photos_d
 
 
 @pytest.mark.parametrize("command", ["transform", "depth"])
+def test_an_unusable_output_folder_is_one_line_before_any_model_loads(tmp_path, photos_dir, capsys, monkeypatch,
+                                                                       command):  # fmt: skip
+    from depth2img.estimators import DepthEstimator
+    from depth2img.transformer import SceneTransformer
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(SceneTransformer, "from_pretrained", no_loading)
+    monkeypatch.setattr(DepthEstimator, "from_pretrained", no_loading)
+    argv = ["--model", "tiny", "--prompt", "x"] if command == "transform" else ["--estimator", "tiny"]
+    (tmp_path / "a-file").write_text("x")
+    before = sorted(p.name for p in photos_dir.iterdir())
+    for out, message in [
+        (photos_dir, f"output folder {photos_dir} is also an input folder: a later run would read its outputs as "
+                     "inputs; choose another output folder"),
+        (tmp_path / "a-file", f"output folder {tmp_path / 'a-file'} is a file"),
+        (tmp_path / "a-file" / "sub", f"output folder {tmp_path / 'a-file' / 'sub'} cannot be created (Not a directory)"),
+    ]:  # fmt: skip
+        code, _, err = run(capsys, command, photos_dir, "-o", out, *argv, "-q")
+        assert code == 2 and err == f"depth2img: error: {message}\n"
+    assert sorted(p.name for p in photos_dir.iterdir()) == before  # nothing was written
+
+
+@pytest.mark.parametrize("command", ["transform", "depth"])
 def test_a_photo_the_estimator_refuses_fails_alone_in_its_batch(tmp_path, photos_dir, capsys, command):
     """256x16 passes the input checks (16:1) but the tiny estimator's 56 px input would give it a side of 0 px: the
     batch it shares is then estimated one photo at a time, so only that photo fails."""
