@@ -20,6 +20,25 @@ KNOBS = dict(
 )
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _no_client_leftovers():
+    """gradio_client downloads each output through an empty folder it leaves in the temp directory
+    (``tempfile.gettempdir()/<40 hex>``, client.py); remove the ones this module's clients made."""
+    import re
+    import tempfile
+
+    temp = Path(tempfile.gettempdir())
+
+    def hex_dirs():
+        return {p for p in temp.iterdir() if re.fullmatch(r"[0-9a-f]{40}", p.name) and p.is_dir()}
+
+    before = hex_dirs()
+    yield
+    for p in hex_dirs() - before:
+        if not any(p.iterdir()):
+            p.rmdir()
+
+
 @pytest.fixture(scope="module")
 def service():
     return Service(model="tiny")
