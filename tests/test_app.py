@@ -21,11 +21,14 @@ KNOBS = dict(
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _no_client_leftovers():
-    """gradio_client downloads each output through an empty folder it leaves in the temp directory
-    (``tempfile.gettempdir()/<40 hex>``, client.py); remove the ones this module's clients made."""
+def _no_leftovers(tmp_path_factory):
+    """The app's request folders go to a pytest folder, not the system's temp directory; and gradio_client
+    downloads each output through an empty folder it leaves in the temp directory (``<40 hex>``, client.py):
+    the ones this module's clients made are removed."""
     import re
     import tempfile
+
+    from depth2img import ui
 
     temp = Path(tempfile.gettempdir())
 
@@ -33,7 +36,9 @@ def _no_client_leftovers():
         return {p for p in temp.iterdir() if re.fullmatch(r"[0-9a-f]{40}", p.name) and p.is_dir()}
 
     before = hex_dirs()
-    yield
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(ui, "APP_DIR", tmp_path_factory.mktemp("requests"))
+        yield
     for p in hex_dirs() - before:
         if not any(p.iterdir()):
             p.rmdir()
