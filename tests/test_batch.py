@@ -460,7 +460,9 @@ def test_sigkill_mid_run_then_resume_gives_every_item_exactly_once(
 
 
 def test_two_processes_equal_one(dataset, tmp_path, tiny_dir):
-    env = {**os.environ, "DEPTH2IMG_TINY_DIR": str(tiny_dir), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    (tmp_path / "tmp").mkdir()  # torchrun's own temp folders
+    env = {**os.environ, "DEPTH2IMG_TINY_DIR": str(tiny_dir), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "TMPDIR": str(tmp_path / "tmp")}  # fmt: skip
     common = dict(
         presets=["rain"], seeds=2, labels={}, depth_batch_size=2, batch_size=2
     )  # chunks [f0, f1], [f2]

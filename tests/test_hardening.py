@@ -126,12 +126,14 @@ def test_hostile_images_on_depth_and_transform_cli(tmp_path, chelsea, capsys):
     assert tried == 28
 
 
-def test_hostile_images_on_ui_handlers(tmp_path, chelsea):
+def test_hostile_images_on_ui_handlers(tmp_path, chelsea, monkeypatch):
     import gradio as gr
 
+    from depth2img import ui
     from depth2img.service import Service
     from depth2img.ui import _friendly, handle_depth
 
+    monkeypatch.setattr(ui, "APP_DIR", tmp_path / "requests")
     src = tmp_path / "in"
     src.mkdir()
     svc = Service(model="tiny")
