@@ -100,7 +100,7 @@ class Job:
             raise InputError("job key seeds must be a count or a non-empty list of integers, got []")
         for s in self.seed_list():
             check_seed(s)
-        repeated = sorted({s for s in self.seed_list() if self.seed_list().count(s) > 1})
+        repeated = sorted(s for s, n in collections.Counter(self.seed_list()).items() if n > 1)
         if repeated:
             raise InputError(f"job key seeds lists {repeated[0]} more than once; each seed makes one image")
         unknown = set(self.knobs) - set(KNOB_KEYS)

@@ -103,12 +103,10 @@ class DepthEstimator:
 
         batch_size = self.default_batch_size if batch_size is None else check_batch_size(batch_size)
         single = isinstance(images, str) or not isinstance(images, Sequence)
-        images = (
-            [check_image(images, "image")]
-            if single
-            else [check_image(im, f"images[{i}]") for i, im in enumerate(images)]
-        )
-        inputs = [self._pixel_values(img, i, single) for i, img in enumerate(images)]
+        images = [images] if single else list(images)
+        names = ["image"] if single else [f"images[{i}]" for i in range(len(images))]
+        images = [check_image(im, name) for im, name in zip(images, names)]
+        inputs = [self._pixel_values(img, name) for img, name in zip(images, names)]
         results: list[DepthMap | None] = [None] * len(images)
         order = sorted(range(len(images)), key=lambda i: tuple(inputs[i].shape))
         batches: list[list[int]] = []
@@ -150,14 +148,11 @@ class DepthEstimator:
                 progress(1)
         return results
 
-    def _pixel_values(self, image, i: int, single: bool):
+    def _pixel_values(self, image, name: str):
         try:
             return self.processor(images=image, return_tensors="pt")["pixel_values"]
-        except (
-            ValueError,
-            RuntimeError,
-        ) as err:  # a side its resizing rounds to 0 px, on a very elongated image
-            name = "image" if single else f"images[{i}]"
+        # a side its resizing rounds to 0 px, on a very elongated image
+        except (ValueError, RuntimeError) as err:
             raise InputError(
                 f"{name}: {image.size[0]}x{image.size[1]} cannot be resized for estimator {self.name!r}, whose "
                 f"input is {_input_size(self.processor)}: try a less elongated image ({first_line(err)[:80]})"

@@ -76,8 +76,8 @@ def run_transform(
             except Depth2ImgError as err:
                 got[i] = err
         images = {i: im for i, im in got.items() if not isinstance(im, Depth2ImgError)}
-        if depth is None and images:
-            depths = dict(zip(images, st.estimator.isolated(list(images.values()))))
+        estimated = depth is None and images
+        depths = dict(zip(images, st.estimator.isolated(list(images.values())))) if estimated else {}
         for i, image in images.items():
             try:
                 d = (
@@ -85,9 +85,7 @@ def run_transform(
                     if depth is None
                     else st.depth_for(image, depth[i], depth_polarity=depth_polarity)
                 )
-                if isinstance(d, Depth2ImgError):
-                    raise d
-                got[i] = st.at_generation_size(image, d)
+                got[i] = d if isinstance(d, Depth2ImgError) else st.at_generation_size(image, d)
             except Depth2ImgError as err:
                 got[i] = err
         return [got[i] for i in batch]
