@@ -1,18 +1,22 @@
 #!/usr/bin/env bash
 # The GPU part of the performance plan (an H100 or H200). A task lent a GPU has 15 minutes of device time in all,
-# the machine's start included, so the plan is two parts in priority order: `core` takes every figure the targets
-# need in one call of under 9 minutes; `extra` goes in a second call for what time is left, and each step that
-# would not finish is skipped (DEADLINE). Full-size architectures with random weights: no download is needed.
+# the machine's start included, so the plan is two parts in priority order: `core` takes the figures the targets
+# still need in one call of under 9 minutes; `extra` goes in a second call for what time is left, and each step
+# that would not finish is skipped (DEADLINE). Full-size architectures with random weights: no download is needed.
+# Times on an H200 (2026-11-26, benchmarks/run_gpu-*-nvidia-h200.log): the machine's start 40 s; dataset 182 s
+# with its compile failing at warm-up (a working one adds about a minute), lowvram-sd15 41 s, lowvram-sdxl 67 s to
+# its failure, latency 139 s; the b16 default-compile run did 2 of 3 repeats in 192 s.
 # Each bench line writes JSON + a markdown table to benchmarks/ named after the device; the README quotes them.
 #
 #   bash benchmarks/run_gpu.sh wheels             # HERE, where PyPI is reachable: pure-Python wheels that the
 #                                                 # GPU image lacks (diffusers; transformers/regex at our versions)
 #                                                 # into .gpu-wheels/ (git-ignored; name it in the device's carry)
-#   DEADLINE=500 bash benchmarks/run_gpu.sh core  # ON THE GPU: dataset mode (batch 16), SD1.5 and SDXL low-VRAM
-#                                                 # peaks, batch-1 latency; the speed runs each with the eager and
-#                                                 # the compiled fast path (reduce-overhead = CUDA graphs)
-#   DEADLINE=N bash benchmarks/run_gpu.sh extra   #   other compile modes, ControlNet window, feature cache, depth
-#                                                 #   estimators, xformers
+#   DEADLINE=500 bash benchmarks/run_gpu.sh core  # ON THE GPU: dataset mode (batch 16), batch-1 latency, SDXL
+#                                                 # low-VRAM peaks; the speed runs each with the eager and the
+#                                                 # compiled fast path (reduce-overhead = CUDA graphs)
+#   DEADLINE=N bash benchmarks/run_gpu.sh extra   #   the default compile mode at batch 16, SD1.5 low-VRAM peaks
+#                                                 #   (measured 2026-11-26), ControlNet window, feature cache,
+#                                                 #   depth estimators, other compile modes, xformers
 #   bash benchmarks/run_gpu.sh                    #   both parts, in that order
 #
 # Environment: PEAK=989 gives the datasheet's dense bf16 TFLOP/s instead of a measured matmul; DEADLINE=N: no
@@ -47,9 +51,11 @@ declare -A STEP=(
   # Targets: dataset mode >= 45 % of bf16 peak, >= 19,000 images/hour on an H100, >= 3x plain diffusers one image
   # per call; batch 1 >= 2x plain diffusers; low-VRAM peaks SD1.5 + ControlNet < 4 GB, SDXL < 8 GB. Each speed run
   # has the eager fast path and the compiled one (CUDA graphs: shapes are static) as rows; a compile failure drops
-  # its row only. Peak memory does not depend on the number of steps: 10 suffice.
-  [dataset]="--batch 16 --compile reduce-overhead"
-  [latency]="--batch 1 --compile reduce-overhead"
+  # its row only. Peak memory does not depend on the number of steps: 10 suffice. Two repeats at batch 16: on the
+  # H200 its batched rows moved by under 1.2 % between repeats (diffusers-b1 by up to 28 %, far from the 3x line).
+  # Five at batch 1, which is bound by Python and kernel launches there: its eager rows moved by up to 64 %.
+  [dataset]="--batch 16 --compile reduce-overhead --repeats 2"
+  [latency]="--batch 1 --compile reduce-overhead --repeats 5"
   [lowvram-sd15]="--low-vram --repeats 1 --steps 10"
   [lowvram-sdxl]="--backbone sdxl --low-vram --repeats 1 --steps 10"
   # torch.compile's mode chosen by measurement: the two other modes, against reduce-overhead's rows in core
@@ -61,8 +67,8 @@ declare -A STEP=(
   [xformers-b1]="--batch 1 --attention xformers"
 )
 declare -A PART=(
-  [core]="dataset lowvram-sd15 lowvram-sdxl latency" # latency last: it compiles again, for batch 1
-  [extra]="compile-default-b16 window-b16 cache3-b16 depth compile-mat-b16 xformers-b1"
+  [core]="dataset latency lowvram-sdxl"
+  [extra]="compile-default-b16 lowvram-sd15 window-b16 cache3-b16 depth compile-mat-b16 xformers-b1"
 )
 parts=("$@")
 [[ ${#parts[@]} -eq 0 ]] && parts=(core extra)

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import InputError, ModelLoadError, first_line
-from .featurecache import swapped_forward, unet_feature_cache
+from .featurecache import COMPILE_MODE_ATTR, swapped_forward, unet_feature_cache
 from .knobs import CONTROL_KNOBS, OFFLOAD_MODES
 from .loading import (
     LORA_FILES,
@@ -66,10 +66,43 @@ def offload_pipeline(pipe, mode: str, device) -> None:
     elif mode == "sequential":
         pipe.enable_sequential_cpu_offload(device=device)
     elif mode == "group":
+        # SDXL pipelines decode with an fp16 VAE cast to float32 (force_upcast), but group offloading copies back
+        # the fp16 weights it keeps on the CPU: "Input type (float) and bias type (c10::Half) should be the same"
+        # (NVIDIA H200, 2026-11-26). Such a VAE stays on the GPU instead (160 MB in fp16).
+        upcasts = (hasattr(pipe, "upcast_vae") and pipe.vae.dtype == torch.float16
+                   and pipe.vae.config.get("force_upcast", False))  # fmt: skip
         pipe.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), offload_type="leaf_level",
-                                  use_stream=device.type == "cuda")  # fmt: skip
+                                  use_stream=device.type == "cuda", exclude_modules=["vae"] if upcasts else None)  # fmt: skip
     else:
         raise ValueError(mode)
+
+
+# torch.compile modes that capture CUDA graphs
+CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
+
+
+def compile_forward(module, mode: str) -> None:
+    """``module.forward`` compiled with torch.compile in ``mode``, in place: the class stays (diffusers' isinstance
+    checks hold), and a wrapper set on ``forward`` from outside (the ControlNet's guidance window) stays outside
+    the graph, so switching it needs no recompile.
+
+    In the modes that capture CUDA graphs, a call's outputs live in the graphs' memory pool, and torch's CUDA
+    graph trees free them at the next compiled call: the ControlNet's residuals were overwritten before the UNet
+    read them (NVIDIA H200, torch 2.11, 2026-11-26; pytorch/pytorch#160281). So each output is cloned out of the
+    pool as it returns: a copy of the residuals or latents, small next to the step that made them."""
+    import torch
+    from torch.utils._pytree import tree_map_only
+
+    compiled = torch.compile(module.forward, mode=mode, fullgraph=False)
+    if mode in CUDAGRAPH_MODES:
+
+        def forward(*args, **kwargs):
+            return tree_map_only(torch.Tensor, torch.clone, compiled(*args, **kwargs))
+
+    else:
+        forward = compiled
+    module.forward = forward
+    setattr(module, COMPILE_MODE_ATTR, mode)
 
 
 def check_attention(attention: str, name: str = "attention") -> str:
@@ -314,14 +347,8 @@ class Backend:
             if fuse_qkv and hasattr(module, "fuse_qkv_projections"):
                 module.fuse_qkv_projections()
                 applied.append(f"{name}:fused_qkv")
-            if compile_mode and name == "controlnet":
-                # Its forward is compiled, not the module: skip_inactive_controlnet wraps that forward from
-                # outside, so steps outside the guidance window still skip it without a recompile.
-                module.forward = torch.compile(module.forward, mode=compile_mode, fullgraph=False)
-                applied.append(f"{name}:compile({compile_mode})")
-            elif compile_mode and name in ("unet", "transformer", "vae"):
-                target = module.decoder if name == "vae" else module
-                target.compile(mode=compile_mode, fullgraph=False)
+            if compile_mode:
+                compile_forward(module.decoder if name == "vae" else module, compile_mode)
                 applied.append(f"{name}:compile({compile_mode})")
         return applied
 

@@ -16,6 +16,9 @@ import contextlib
 
 from .errors import InputError
 
+# Set on a module whose forward depth2img compiled (backends.compile_forward): its torch.compile mode
+COMPILE_MODE_ATTR = "_depth2img_compile_mode"
+
 
 class _Calls:
     def __init__(self):
@@ -50,7 +53,7 @@ def unet_feature_cache(unet, interval: int, controlnet=None):
     if interval <= 1:
         yield calls
         return
-    if getattr(unet, "_compiled_call_impl", None) is not None:
+    if getattr(unet, COMPILE_MODE_ATTR, None) or getattr(unet, "_compiled_call_impl", None) is not None:
         raise InputError(
             "feature_cache does not combine with torch.compile (compile=...); use one or the other"
         )

@@ -207,7 +207,7 @@ def test_gpu_script_keeps_to_its_deadline_and_refuses_unknown_parts(tmp_path):
     assert done.returncode == 0, done.stderr
     results = tmp_path / "skipped" / "results"
     assert [c.replace(f"-o {results} ", "") for c in calls] == [
-        "bench --batch 1 --compile reduce-overhead",
+        "bench --batch 1 --compile reduce-overhead --repeats 5",
         "bench --backbone sdxl --low-vram --repeats 1 --steps 10",
     ]
 

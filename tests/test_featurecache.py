@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from depth2img.backends import compile_forward
 from depth2img.depthmap import DepthMap
 from depth2img.errors import InputError
 from depth2img.featurecache import swapped_forward, unet_feature_cache
@@ -104,6 +105,11 @@ def test_refused_for_flux_and_with_compile(photo, depth, sd15):
                 pass
     finally:
         unet._compiled_call_impl = None
+    layer = torch.nn.Linear(2, 2)  # compiled the way the fast path compiles (its forward, lazily)
+    compile_forward(layer, "default")
+    with pytest.raises(InputError, match="feature_cache does not combine with torch.compile"):
+        with unet_feature_cache(layer, 2):
+            pass
 
 
 def test_swapped_forward_nests_and_unwinds_in_any_order():

@@ -392,8 +392,29 @@ def test_offload_modes_reach_diffusers_with_the_chosen_device(monkeypatch):
         ("enable_model_cpu_offload", {"device": cuda}),
         ("enable_sequential_cpu_offload", {"device": cuda}),
         ("enable_group_offload", {"onload_device": cuda, "offload_device": torch.device("cpu"),
-                                  "offload_type": "leaf_level", "use_stream": True}),
+                                  "offload_type": "leaf_level", "use_stream": True, "exclude_modules": None}),
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("model", "dtype", "excluded"),
+    [("tiny/sdxl-depth", torch.float16, ["vae"]), ("tiny/sdxl-depth", torch.bfloat16, None),
+     ("tiny", torch.float16, None)],
+)  # fmt: skip
+def test_group_offload_keeps_an_upcast_vae_on_the_gpu(monkeypatch, model, dtype, excluded):
+    """SDXL pipelines cast an fp16 VAE with force_upcast to float32 to decode; group offloading would copy its fp16
+    weights back (a dtype error on an H200). Only that VAE stays out of the offload: SD1.5's pipeline and other
+    dtypes never upcast, so theirs is offloaded like every model."""
+    from depth2img.backends import load_backend
+    from depth2img.registry import resolve_backbone
+
+    backend = load_backend(resolve_backbone(model), dtype=dtype)
+    assert backend.pipe.vae.config.force_upcast  # the tiny VAEs, like the real SD1.5 and SDXL ones
+    calls = []
+    monkeypatch.setattr(backend.pipe, "enable_group_offload", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    backend.memory(device="cuda", offload="group")
+    assert [kw["exclude_modules"] for kw in calls] == [excluded]
 
 
 @pytest.mark.parametrize("offload", ["model", "group", "sequential"])

@@ -167,6 +167,42 @@ def test_compiled_fast_path_traces_whole_models_and_keeps_the_controlnet_window(
     torch._dynamo.reset()
 
 
+@pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune", "default", "max-autotune-no-cudagraphs"])
+def test_cuda_graph_modes_return_outputs_out_of_the_graph_pool(monkeypatch, mode):
+    """Under CUDA graphs the next compiled call may overwrite a call's outputs (the ControlNet's residuals, before
+    the UNet read them, on an H200): in those modes each output tensor, nested as the ControlNet returns them, is a
+    copy; in the others it is what the compiled function returned. The compiled function is faked here: what
+    matters is what the wrapper does with its outputs."""
+    from depth2img.backends import compile_forward
+    from depth2img.featurecache import COMPILE_MODE_ATTR
+
+    returned, modes = [], []
+
+    def fake_compile(fn, *, mode=None, **kwargs):
+        modes.append(mode)
+
+        def run(*args, **kwargs):
+            returned.append(fn(*args, **kwargs))
+            return returned[-1]
+
+        return run
+
+    class Residuals(torch.nn.Module):  # a list of down residuals and a mid residual, like a ControlNet
+        def forward(self, x, scale=1.0):
+            return [x * scale, x + 1], x * 2
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    module = Residuals()
+    compile_forward(module, mode)
+    (down, mid) = module(torch.ones(2, 3), scale=3.0)
+    (down_raw, mid_raw) = returned[-1]
+    assert modes == [mode] and getattr(module, COMPILE_MODE_ATTR) == mode and isinstance(module, Residuals)
+    copied = mode in ("reduce-overhead", "max-autotune")
+    for ours, raw in zip([*down, mid], [*down_raw, mid_raw], strict=True):
+        assert torch.equal(ours, raw)
+        assert (ours.untyped_storage().data_ptr() != raw.untyped_storage().data_ptr()) == copied
+
+
 def test_sd2_depth_equals_diffusers(photo, depth, tiny_dir):
     from diffusers import StableDiffusionDepth2ImgPipeline
 
