@@ -216,6 +216,7 @@ class Backend:
         self.controlnet_counter = ControlNetCallCounter()
         self.cache_calls = None  # the last call's UNet / deep-block call counts (feature cache)
         self.speed_lora = None
+        self.fast_path = None  # what optimize() applied (None: the plain pipeline)
         self.verify()
 
     @property
@@ -328,10 +329,11 @@ class Backend:
     ) -> list[str]:
         """The fast path: channels-last convolutions, fused QKV projections, and optionally torch.compile
         (in place, so diffusers' isinstance checks still hold) of the UNet/transformer and the VAE.
-        Returns what was applied. Numerics change within bf16/fp16 tolerance (checked by `depth2img bench`)."""
+        Returns what was applied (also kept as ``fast_path``, which outputs record). Numerics change within
+        bf16/fp16 tolerance (checked by `depth2img bench`)."""
         import torch
 
-        applied = []
+        applied = self.fast_path = []
         pipe = self.pipe
         if channels_last is None:
             # Measured on CPU (full SD1.5 + ControlNet, 128 px): channels-last made a call 4 % slower, so it is

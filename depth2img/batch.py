@@ -66,6 +66,9 @@ class Job:
     estimator: str | None = None
     lora: str | None = None  # a few-step LoRA (see `depth2img models`)
     lora_scale: float = 1.0
+    compile: str | None = (
+        None  # a torch.compile mode: the fast path (GPU; see `depth2img transform --compile`)
+    )
     knobs: dict = field(default_factory=dict)
     labels: dict = field(default_factory=dict)  # {"coco": FILE, "yolo": DIR, "masks": {name: DIR}}
     layout: str = "files"
@@ -75,7 +78,7 @@ class Job:
     base_dir: str = "."  # relative paths in the job are taken from here (the job file's folder)
 
     def __post_init__(self):
-        from .knobs import check_seed
+        from .knobs import check_compile, check_seed
 
         if isinstance(self.geometry, dict):
             unknown = set(self.geometry) - set(Geometry.__dataclass_fields__)
@@ -109,6 +112,7 @@ class Job:
                 f"job key knobs.{sorted(unknown)[0]} is unknown (allowed: {', '.join(KNOB_KEYS)})"
             )
         self._check_values()
+        check_compile(self.compile, "job key compile", feature_cache=self.knobs.get("feature_cache", 1))
         unknown = set(self.labels) - {"coco", "yolo", "masks"}
         if unknown:
             raise InputError(f"job key labels.{sorted(unknown)[0]} is unknown (allowed: coco, yolo, masks)")
@@ -408,7 +412,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     report.skipped = total - len(todo)
     todo_per_source = collections.Counter(t[0] for t in todo)
     service = service or Service(model=job.model, estimator=job.estimator, device=device, lora=job.lora,
-                                 lora_scale=job.lora_scale)  # fmt: skip
+                                 lora_scale=job.lora_scale, compile=job.compile)  # fmt: skip
     bar = tqdm(total=total, initial=report.skipped, unit="img", desc=f"batch[{rank}]" if world > 1 else "batch",
                disable=not progress)  # fmt: skip
     # Files are written by the writer threads, in parallel; manifest lines are appended in order, each after its

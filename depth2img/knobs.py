@@ -22,6 +22,24 @@ OFFLOAD_MODES = {
     "offloading): near sequential's memory, its copies overlapping the compute",
     "sequential": "layer by layer, no overlap: least memory, slowest",
 }
+# --compile: torch.compile modes for the fast path (channels-last and fused QKV come with it)
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+def check_compile(mode, name: str = "compile", offload: str | None = None, feature_cache=1) -> str | None:
+    """A torch.compile mode or None (eager). Compiled graphs hold the weights where they were traced, so no
+    offload mode moves them; the feature cache swaps the UNet's blocks, which a compiled graph would not see."""
+    if mode is None:
+        return None
+    if mode not in COMPILE_MODES:
+        raise InputError(f"{name} must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
+    if offload not in (None, "none"):
+        raise InputError(f"{name} {mode} does not combine with offload {offload}; use one or the other")
+    if feature_cache not in (None, 1):
+        raise InputError(
+            f"{name} {mode} does not combine with feature_cache {feature_cache}; use one or the other"
+        )
+    return mode
 
 
 def check_knobs(knobs: dict) -> None:

@@ -21,7 +21,15 @@ from . import presets as presets_mod
 from .depthmap import DepthMap
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError, OutOfMemory
 from .io import check_image
-from .knobs import CONTROL_KNOBS, DEFAULT_KNOBS, check_batch_size, check_knobs, check_num_images, check_seed
+from .knobs import (
+    CONTROL_KNOBS,
+    DEFAULT_KNOBS,
+    check_batch_size,
+    check_compile,
+    check_knobs,
+    check_num_images,
+    check_seed,
+)
 from .loading import resolve_device
 from .outputs import CPU_THREADS
 from .registry import default_estimator_for, resolve_backbone
@@ -131,15 +139,19 @@ class SceneTransformer:
     def from_pretrained(cls, name=None, *, device=None, dtype=None, estimator=None, local_files_only: bool = False,
                         native_size: int | None = None, offload: str | None = None, vae_tiling: bool = False,
                         vae_slicing: bool = False, attention: str = "sdpa", preset_files=(), lora: str | None = None,
-                        lora_scale: float = 1.0):  # fmt: skip
+                        lora_scale: float = 1.0, compile: str | None = None):  # fmt: skip
         """Load a backbone: registry name (``sd15-depth`` default, ``sd2-depth``, ``sdxl-depth``, ``flux-depth``),
         ``tiny`` / ``tiny/<entry>``, a hub id or a local folder. ``estimator`` is a name for the depth model
         (loaded on first need) or a loaded ``DepthEstimator``. ``lora`` adds a few-step LoRA (``lcm-sd15``,
         ``lcm-sdxl``, ``hyper-sd15-8step``, a hub id or folder): fused in, with its scheduler and step count as
-        the new defaults."""
+        the new defaults. ``compile`` (a torch.compile mode) turns on the fast path: channels-last (on GPUs), fused
+        QKV projections and the UNet, ControlNet and VAE decoder compiled; the first batch of each shape compiles
+        (a minute or more), the later ones run faster (on an H200, default mode at batch 16: 189 against 279 ms an
+        image)."""
         from .backends import load_backend
         from .tiny import TINY_NATIVE_SIZE
 
+        check_compile(compile, offload=offload)
         ref = resolve_backbone(name)
         device = resolve_device(device)
         backend = load_backend(ref, dtype=dtype, device=device, local_files_only=local_files_only)
@@ -161,6 +173,8 @@ class SceneTransformer:
         if offload in (None, "none"):
             for pipe in backend.pipes.values():
                 pipe.to(device)
+        if compile:
+            backend.optimize(compile_mode=compile)
         if native_size is None:
             tiny = ref.name.startswith("tiny")
             native_size = TINY_NATIVE_SIZE if tiny else (ref.entry.native_size if ref.entry else 512)
@@ -427,7 +441,7 @@ class SceneTransformer:
             "backbone": {"name": self.name, "pipeline": b.kind, "id": b.ref.location, "revision": b.ref.revision,
                          "controlnet": b.companion_ref.location if b.companion_ref and b.has_controlnet else None,
                          "lora": b.companion_ref.location if getattr(b, "uses_lora", False) else None,
-                         "speed_lora": b.speed_lora,
+                         "speed_lora": b.speed_lora, "fast_path": b.fast_path,
                          "licence": b.ref.entry.licence if b.ref.entry else None},
             "depth": {"source": req.depth.source, "kind": req.depth.kind},
             "input_size": [width, height], "generation_size": [req.gen_depth.width, req.gen_depth.height],

@@ -47,3 +47,21 @@ def photos_dir(tmp_path_factory, chelsea):
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+@pytest.fixture
+def eager_compile(monkeypatch):
+    """torch.compile with dynamo's eager backend: the models are traced for real, without inductor's minute of
+    code generation on CPU. Yields the modes asked for."""
+    import torch
+    import torch._dynamo
+
+    real, modes = torch.compile, []
+
+    def compile_(fn, *, mode=None, **kwargs):
+        modes.append(mode)
+        return real(fn, backend="eager", **kwargs)
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    yield modes
+    torch._dynamo.reset()

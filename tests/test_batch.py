@@ -412,6 +412,11 @@ def test_output_names_cannot_escape(dataset, tmp_path):
             r"job key seeds must be a count or a non-empty list",
         ),
         ("inputs: a\noutput: b\nprompt: x\nseeds: [3, 1, 3]\n", "job key seeds lists 3 more than once"),
+        ("inputs: a\noutput: b\nprompt: x\ncompile: fast\n", "job key compile must be one of default, "),
+        (
+            "inputs: a\noutput: b\nprompt: x\ncompile: default\nknobs: {feature_cache: 2}\n",
+            "job key compile default does not combine with feature_cache 2",
+        ),
         ("inputs: a\noutput: b\nprompt: [unclosed\n", "line 4, column 1"),
         ("inputs: a\noutput: b\n  prompt: x\n", "line 3, column 9: mapping values are not allowed"),
     ],

@@ -56,6 +56,14 @@ def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
         (["--prompt", "x", "--seed", "-1"], "seed must be an integer in 0..2**63-1, got -1"),
         (["--prompt", "x", "--control-start", "0.9", "--control-end", "0.1"], "0 <= start < end <= 1"),
         (["--prompt", "x", "--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+        (
+            ["--prompt", "x", "--compile", "default", "--offload", "group"],
+            "--compile default does not combine with offload group; use one or the other",
+        ),
+        (
+            ["--prompt", "x", "--compile", "reduce-overhead", "--feature-cache", "3"],
+            "--compile reduce-overhead does not combine with feature_cache 3",
+        ),
     ],
 )
 def test_transform_argument_errors_write_nothing(tmp_path, photos_dir, capsys, extra, message):
@@ -149,6 +157,35 @@ def test_transform_with_few_step_lora(tmp_path, photos_dir, capsys):
     )
     code, out, _ = run(capsys, "models")
     assert "lcm-sd15" in out and "scheduler lcm" in out
+
+
+def test_transform_and_batch_take_the_compiled_fast_path(tmp_path, photos_dir, capsys, eager_compile):
+    """--compile (transform) and the job key compile (batch) load the model with the fast path: each output's
+    metadata records what was applied, and the images stay those of the plain pipeline within float tolerance."""
+    import yaml
+
+    base = ["transform", photos_dir / "chelsea.png", "--model", "tiny", "--prompt", "a cat", "--seed", 2,
+            "--steps", 2, "-q"]  # fmt: skip
+    assert run(capsys, *base, "-o", tmp_path / "plain")[0] == 0
+    code, _, err = run(capsys, *base, "-o", tmp_path / "fast", "--compile", "default")
+    assert code == 0, err
+    compiled = ["unet:fused_qkv", "unet:compile(default)", "controlnet:fused_qkv", "controlnet:compile(default)",
+                "vae:fused_qkv", "vae:compile(default)"]  # fmt: skip
+    assert read_png_metadata(tmp_path / "fast" / "chelsea_s2.png")["backbone"]["fast_path"] == compiled
+    assert read_png_metadata(tmp_path / "plain" / "chelsea_s2.png")["backbone"]["fast_path"] is None
+    plain, fast = (
+        np.asarray(Image.open(tmp_path / d / "chelsea_s2.png"), dtype=int) for d in ("plain", "fast")
+    )
+    assert np.abs(plain - fast).max() <= 1  # fused QKV sums in another order: at most one 8-bit level
+    assert eager_compile == ["default"] * 3
+
+    (tmp_path / "job.yaml").write_text(yaml.safe_dump(
+        {"inputs": [str(photos_dir / "chelsea.png")], "output": "job", "model": "tiny", "prompt": "a cat",
+         "seeds": [2], "knobs": {"steps": 2}, "compile": "max-autotune-no-cudagraphs"}))  # fmt: skip
+    code, _, err = run(capsys, "batch", tmp_path / "job.yaml", "-q")
+    assert code == 0, err
+    (image,) = (tmp_path / "job" / "images").glob("*.png")
+    assert read_png_metadata(image)["backbone"]["fast_path"][-1] == "vae:compile(max-autotune-no-cudagraphs)"
 
 
 def test_outputs_are_written_while_the_next_photo_is_denoised(tmp_path, photos_dir, capsys, monkeypatch):

@@ -133,20 +133,13 @@ def test_mixed_dtypes_survive_the_shared_img2img_pipeline(tiny_dir):
     assert txt2img.controlnet.dtype == torch.bfloat16 and txt2img.text_encoder.dtype == torch.bfloat16
 
 
-def test_compiled_fast_path_traces_whole_models_and_keeps_the_controlnet_window(monkeypatch, photo, depth):
+def test_compiled_fast_path_traces_whole_models_and_keeps_the_controlnet_window(eager_compile, photo, depth):
     """optimize(compile_mode=...) compiles the UNet, the ControlNet (through its forward, which the guidance
     window wraps from outside) and the VAE decoder. Dynamo traces the real models here; its eager backend stands
     in for inductor, whose code generation takes about a minute on CPU for these tiny models."""
     import torch._dynamo
 
-    real_compile = torch.compile
-    modes = []
-
-    def eager_compile(fn, *, mode=None, **kwargs):
-        modes.append(mode)
-        return real_compile(fn, backend="eager", **kwargs)
-
-    monkeypatch.setattr(torch, "compile", eager_compile)
+    modes = eager_compile
     st_ = SceneTransformer.from_pretrained("tiny")
     knobs = dict(depth=depth, seed=[3, 4], steps=4, strength=1.0, control_end=0.5)
     before = st_.transform(photo, PROMPT, **knobs).raw
@@ -164,7 +157,6 @@ def test_compiled_fast_path_traces_whole_models_and_keeps_the_controlnet_window(
         counters["graph_break"]
     )
     _assert_same(after, before)
-    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune", "default", "max-autotune-no-cudagraphs"])
