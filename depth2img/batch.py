@@ -66,9 +66,7 @@ class Job:
     estimator: str | None = None
     lora: str | None = None  # a few-step LoRA (see `depth2img models`)
     lora_scale: float = 1.0
-    compile: str | None = (
-        None  # a torch.compile mode: the fast path (GPU; see `depth2img transform --compile`)
-    )
+    compile: str | None = None  # a torch.compile mode: the fast path (see `transform --compile`)
     knobs: dict = field(default_factory=dict)
     labels: dict = field(default_factory=dict)  # {"coco": FILE, "yolo": DIR, "masks": {name: DIR}}
     layout: str = "files"
