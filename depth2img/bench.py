@@ -212,6 +212,8 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
 
     if backbone not in BACKBONES:
         raise InputError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
+    if repeats < 1:
+        raise InputError(f"repeats must be >= 1, got {repeats!r}")
     device = resolve_device(device)
     if low_vram and device.type != "cuda":
         raise InputError("--low-vram measures GPU memory under CPU offload; no GPU is available here")
@@ -332,6 +334,45 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         if device.type == "cuda":
             torch.cuda.empty_cache()
     flops_per_call = counter.get_total_flops()
+    peak = peak_tflops * 1e12 if peak_tflops else _peak_flops(device, fast_dtype)
+
+    def summary(done: int) -> dict:
+        """The result after ``done`` repeats."""
+        baseline = "diffusers-b1" if batch > 1 else "diffusers"
+        base = statistics.median(times[baseline]) / images.get(baseline, batch)  # seconds per image
+        rows = {}
+        for name in variants:
+            n = images.get(name, batch)  # images per timed call
+            sec = statistics.median(times[name]) / n  # per image
+            calls = n if name == "diffusers-b1" else 1
+            # FLOPs are counted on plain diffusers; a ControlNet window or the feature cache means fewer are done.
+            same_work = control_end >= 1.0 and "+cache" not in name
+            rows[name] = {
+                "ms_per_image": 1000 * sec, "images_per_hour": 3600 / sec, "it_per_s": steps * calls / (sec * n),
+                "share_of_peak": flops_per_call / batch / sec / peak if name.startswith("diffusers") or same_work else None,
+                "peak_memory_gib": peaks[name] / 2**30 if name in peaks else None,
+                "speedup": base / sec,
+                "max_abs_diff_vs_diffusers": _max_diff(outputs[name], outputs["diffusers"][:n]),
+                "max_abs_diff_vs_diffusers_same_dtype": _max_diff(outputs[name], reference[dtypes[name]][:n]),
+            }  # fmt: skip
+        overhead = statistics.median(times["depth2img"]) / statistics.median(times["diffusers"]) - 1
+        outside_s = statistics.median(outside)
+        decode_s = statistics.median(decode)
+        return {
+            "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": _device_name(device),
+            "backbone": backbone, "preset": preset, "size": size, "steps": steps, "batch": batch, "repeats": done,
+            "repeats_planned": repeats,
+            "cfg": True, "control_end": control_end, "compile": compile_mode, "feature_cache": feature_cache,
+            "speedup_baseline": baseline, "b1_images": images.get("diffusers-b1"), "compile_error": compile_error,
+            "plain_dtype": str(plain_dtype).replace("torch.", ""), "fast_dtype": str(fast_dtype).replace("torch.", ""),
+            "fast_path": applied, "compiled_path": compiled_path if compile_mode else None,
+            "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
+            "peak_source": "given" if peak_tflops else "measured matmul", "api_overhead": overhead,
+            "api_outside_pipeline_ms": 1000 * outside_s, "api_outside_share": outside_s / statistics.median(times["diffusers"]),
+            "vae_decode_ms": 1000 * decode_s, "vae_decode_share": decode_s / statistics.median(times[best]),
+            "versions": _versions(), "results": rows,
+        }  # fmt: skip
+
     for r in range(repeats):
         for name, fn in variants.items():  # interleaved
             _sync(device)
@@ -357,41 +398,9 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         progress(
             f"repeat {r + 1}/{repeats}: " + ", ".join(f"{k} {v[-1] * 1000:.0f} ms" for k, v in times.items())
         )
-    peak = peak_tflops * 1e12 if peak_tflops else _peak_flops(device, fast_dtype)
-    baseline = "diffusers-b1" if batch > 1 else "diffusers"
-    base = statistics.median(times[baseline]) / images.get(baseline, batch)  # seconds per image
-    rows = {}
-    for name in variants:
-        n = images.get(name, batch)  # images per timed call
-        sec = statistics.median(times[name]) / n  # per image
-        calls = n if name == "diffusers-b1" else 1
-        # FLOPs are counted on plain diffusers; a ControlNet window or the feature cache means fewer are done.
-        same_work = control_end >= 1.0 and "+cache" not in name
-        rows[name] = {
-            "ms_per_image": 1000 * sec, "images_per_hour": 3600 / sec, "it_per_s": steps * calls / (sec * n),
-            "share_of_peak": flops_per_call / batch / sec / peak if name.startswith("diffusers") or same_work else None,
-            "peak_memory_gib": peaks[name] / 2**30 if name in peaks else None,
-            "speedup": base / sec,
-            "max_abs_diff_vs_diffusers": _max_diff(outputs[name], outputs["diffusers"][:n]),
-            "max_abs_diff_vs_diffusers_same_dtype": _max_diff(outputs[name], reference[dtypes[name]][:n]),
-        }  # fmt: skip
-    overhead = statistics.median(times["depth2img"]) / statistics.median(times["diffusers"]) - 1
-    outside_s = statistics.median(outside)
-    decode_s = statistics.median(decode)
-    result = {
-        "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": _device_name(device),
-        "backbone": backbone, "preset": preset, "size": size, "steps": steps, "batch": batch, "repeats": repeats,
-        "cfg": True, "control_end": control_end, "compile": compile_mode, "feature_cache": feature_cache,
-        "speedup_baseline": baseline, "b1_images": images.get("diffusers-b1"), "compile_error": compile_error,
-        "plain_dtype": str(plain_dtype).replace("torch.", ""), "fast_dtype": str(fast_dtype).replace("torch.", ""),
-        "fast_path": applied, "compiled_path": compiled_path if compile_mode else None,
-        "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
-        "peak_source": "given" if peak_tflops else "measured matmul", "api_overhead": overhead,
-        "api_outside_pipeline_ms": 1000 * outside_s, "api_outside_share": outside_s / statistics.median(times["diffusers"]),
-        "vae_decode_ms": 1000 * decode_s, "vae_decode_share": decode_s / statistics.median(times[best]),
-        "versions": _versions(), "results": rows,
-    }  # fmt: skip
-    _write(result, Path(out_dir))
+        # written after every repeat: a run cut short (a deadline, a lost machine) still leaves its table
+        result = summary(r + 1)
+        _write(result, Path(out_dir))
     return result
 
 
@@ -503,7 +512,7 @@ def markdown(result: dict) -> str:
     name = {"sd15": "SD1.5", "sdxl": "SDXL"}[result.get("backbone", "sd15")]
     head = (f"{name} + ControlNet depth, {result['preset']} architecture, {result['size']}x{result['size']}, "
             f"{result['steps']} steps, CFG, batch {result['batch']}, on **{result['device']}** ({result['date']}); "
-            f"median of {result['repeats']} interleaved runs. {result['flops_per_call_tflop']:.3f} TFLOP per call; "
+            f"median of {result['repeats']} interleaved runs{_cut(result)}. {result['flops_per_call_tflop']:.3f} TFLOP per call; "
             f"peak {result['peak_tflops']:.1f} TFLOP/s ({result['peak_source']}). Fast path: "
             f"{result['fast_dtype']}, {', '.join(result['fast_path']) or 'none'}. Speed-up per image against "
             f"`{result.get('speedup_baseline', 'diffusers')}`"
@@ -542,6 +551,11 @@ def markdown(result: dict) -> str:
             "not the same images; its max abs diff (pixel values in [0, 1]) is what it changed."
         )
     return "\n".join(lines) + "\n"
+
+
+def _cut(result: dict) -> str:
+    planned = result.get("repeats_planned", result["repeats"])
+    return f" (cut short: {planned} were planned)" if result["repeats"] < planned else ""
 
 
 def _write(result: dict, out_dir: Path) -> None:

@@ -6,6 +6,7 @@ import json
 import pytest
 
 from depth2img.bench import _config, build, count_parameters, markdown, run_bench
+from depth2img.errors import InputError
 
 
 def test_bench_runs_and_writes_json_and_markdown(tmp_path):
@@ -23,6 +24,27 @@ def test_bench_runs_and_writes_json_and_markdown(tmp_path):
     assert 0 < result["api_outside_pipeline_ms"] < 1000 * result["results"]["depth2img"]["ms_per_image"]
     assert "outside diffusers' pipeline call" in markdown(result)
     assert 0 < result["vae_decode_share"] < 1 and "VAE decode alone, batch 1" in markdown(result)
+
+
+def test_a_bench_cut_short_leaves_the_table_of_its_finished_repeats(tmp_path):
+    """On the H200 a run cut at its deadline after 2 of 3 repeats left no table: each repeat now rewrites it."""
+
+    class Cut(Exception):
+        pass
+
+    def progress(message):
+        if message.startswith("repeat 2/3"):
+            raise Cut
+
+    with pytest.raises(Cut):
+        run_bench(preset="tiny", size=64, steps=2, repeats=3, out_dir=tmp_path, progress=progress)
+    (saved,) = tmp_path.glob("*.json")
+    result = json.loads(saved.read_text())
+    assert result["repeats"] == 1 and result["repeats_planned"] == 3
+    assert "depth2img-fast" in result["results"]
+    assert "median of 1 interleaved runs (cut short: 3 were planned)" in saved.with_suffix(".md").read_text()
+    with pytest.raises(InputError, match="repeats must be >= 1, got 0"):
+        run_bench(preset="tiny", repeats=0, out_dir=tmp_path)
 
 
 def test_bench_dataset_mode_feature_cache_and_sdxl(tmp_path):
