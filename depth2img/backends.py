@@ -10,11 +10,12 @@ from __future__ import annotations
 import contextlib
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, ModelLoadError, first_line
+from .errors import Depth2ImgWarning, InputError, ModelLoadError, first_line
 from .featurecache import COMPILE_MODE_ATTR, swapped_forward, unet_feature_cache
 from .knobs import CONTROL_KNOBS, OFFLOAD_MODES
 from .loading import (
@@ -81,7 +82,13 @@ def offload_pipeline(pipe, mode: str, device) -> None:
 CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 
 
-def compile_forward(module, mode: str) -> None:
+def compile_error(err: BaseException) -> str:
+    """One line for a torch.compile failure: the compiler's own error, not dynamo's wrapper around it."""
+    inner = getattr(err, "inner_exception", None) or err
+    return f"{type(inner).__name__}: {first_line(inner)}"
+
+
+def compile_forward(module, mode: str, *, name: str = "model", fallback: bool = True) -> None:
     """``module.forward`` compiled with torch.compile in ``mode``, in place: the class stays (diffusers' isinstance
     checks hold), and a wrapper set on ``forward`` from outside (the ControlNet's guidance window) stays outside
     the graph, so switching it needs no recompile.
@@ -89,18 +96,34 @@ def compile_forward(module, mode: str) -> None:
     In the modes that capture CUDA graphs, a call's outputs live in the graphs' memory pool, and torch's CUDA
     graph trees free them at the next compiled call: the ControlNet's residuals were overwritten before the UNet
     read them (NVIDIA H200, torch 2.11, 2026-11-26; pytorch/pytorch#160281). So each output is cloned out of the
-    pool as it returns: a copy of the residuals or latents, small next to the step that made them."""
+    pool as it returns: a copy of the residuals or latents, small next to the step that made them.
+
+    Compiling happens at the first call. If the compiler fails there (no C compiler, a GPU Triton does not
+    support), ``name`` runs uncompiled from then on, with one Depth2ImgWarning; ``fallback=False`` raises
+    instead (the benchmark, whose compiled row must be compiled)."""
     import torch
+    from torch._dynamo.exc import TorchDynamoException
     from torch.utils._pytree import tree_map_only
 
-    compiled = torch.compile(module.forward, mode=mode, fullgraph=False)
-    if mode in CUDAGRAPH_MODES:
+    original = module.forward
+    compiled = torch.compile(original, mode=mode, fullgraph=False)
+    copy_out = mode in CUDAGRAPH_MODES
+    failed = []
 
-        def forward(*args, **kwargs):
-            return tree_map_only(torch.Tensor, torch.clone, compiled(*args, **kwargs))
+    def forward(*args, **kwargs):
+        if failed:
+            return original(*args, **kwargs)
+        try:
+            out = compiled(*args, **kwargs)
+        except TorchDynamoException as err:
+            if not fallback:
+                raise
+            failed.append(err)
+            warnings.warn(f"torch.compile ({mode}) failed for the {name}, which runs uncompiled: {compile_error(err)}",
+                          Depth2ImgWarning, stacklevel=2)  # fmt: skip
+            return original(*args, **kwargs)
+        return tree_map_only(torch.Tensor, torch.clone, out) if copy_out else out
 
-    else:
-        forward = compiled
     module.forward = forward
     setattr(module, COMPILE_MODE_ATTR, mode)
 
@@ -325,7 +348,12 @@ class Backend:
             pipe.enable_xformers_memory_efficient_attention()
 
     def optimize(
-        self, *, channels_last: bool | None = None, fuse_qkv: bool = True, compile_mode: str | None = None
+        self,
+        *,
+        channels_last: bool | None = None,
+        fuse_qkv: bool = True,
+        compile_mode: str | None = None,
+        compile_fallback: bool = True,
     ) -> list[str]:
         """The fast path: channels-last convolutions, fused QKV projections, and optionally torch.compile
         (in place, so diffusers' isinstance checks still hold) of the UNet/transformer and the VAE.
@@ -350,7 +378,8 @@ class Backend:
                 module.fuse_qkv_projections()
                 applied.append(f"{name}:fused_qkv")
             if compile_mode:
-                compile_forward(module.decoder if name == "vae" else module, compile_mode)
+                compile_forward(module.decoder if name == "vae" else module, compile_mode, name=name,
+                                fallback=compile_fallback)  # fmt: skip
                 applied.append(f"{name}:compile({compile_mode})")
         return applied
 

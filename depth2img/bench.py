@@ -205,7 +205,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
 
     from . import backends
     from .depthmap import DepthMap
-    from .errors import InputError, first_line
+    from .errors import InputError
     from .loading import resolve_device
     from .registry import ModelRef
     from .transformer import SceneTransformer
@@ -241,7 +241,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         extra["depth2img-fast-compiled"] = compiled = ours(
             _pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype
         )
-        compiled_path = compiled.backend.optimize(compile_mode=compile_mode)
+        compiled_path = compiled.backend.optimize(compile_mode=compile_mode, compile_fallback=False)
     if attention == "xformers":
         extra["depth2img-fast-xformers"] = xf = ours(
             _pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype
@@ -305,7 +305,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         except Exception as err:  # noqa: BLE001  a compiler failure is a result to report, not the end of the run
             if name != "depth2img-fast-compiled":
                 raise
-            compile_error = f"{type(err).__name__}: {first_line(err)}"
+            compile_error = backends.compile_error(err)
             progress(f"compile failed, {name} dropped: {compile_error}")
             del variants[name], pipes[name], times[name]
             resident.pop(name, None)

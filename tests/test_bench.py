@@ -76,6 +76,7 @@ def test_bench_compiled_row_beside_the_eager_one_and_a_compile_failure_drops_it(
     warm-up drops that row and says why, and the rest of the run is still measured. torch.compile is stubbed
     (identity, then raising) so this runs in seconds; the real compile is run by benchmarks/run_gpu.sh."""
     import torch
+    from torch._dynamo.exc import BackendCompilerFailed
 
     from depth2img import bench
 
@@ -101,9 +102,9 @@ def test_bench_compiled_row_beside_the_eager_one_and_a_compile_failure_drops_it(
     assert result["b1_images"] == 1 and rows["diffusers-b1"]["max_abs_diff_vs_diffusers"] < 1e-5
     assert rows["diffusers-b1"]["speedup"] == 1.0 and "on the first 1 seeds" in markdown(result)
 
-    def broken(fn, *a, **k):
+    def broken(fn, *a, **k):  # as inductor fails: its error wrapped in dynamo's
         def call(*args, **kwargs):
-            raise RuntimeError("inductor: no C compiler\nlong trace")
+            raise BackendCompilerFailed(fn, RuntimeError("inductor: no C compiler\nlong trace"), None)
 
         return call
 

@@ -188,6 +188,36 @@ def test_transform_and_batch_take_the_compiled_fast_path(tmp_path, photos_dir, c
     assert read_png_metadata(image)["backbone"]["fast_path"][-1] == "vae:compile(max-autotune-no-cudagraphs)"
 
 
+def test_a_compiler_failure_falls_back_to_eager_with_one_warning_per_model(tmp_path, photos_dir, capsys,
+                                                                           monkeypatch):  # fmt: skip
+    """Compiling happens at the first call; where the compiler fails there (no C compiler, a GPU too old for
+    Triton), each model runs uncompiled, once warned, and the run completes with the plain pipeline's images."""
+    import torch
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def broken(fn, *a, **k):
+        def call(*args, **kwargs):
+            raise BackendCompilerFailed(fn, RuntimeError("CppCompileError: no C compiler\ntrace"), None)
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    base = ["transform", photos_dir / "chelsea.png", "--model", "tiny", "--prompt", "a cat", "--seed", 2,
+            "--num-images", 2, "--steps", 2, "-q"]  # fmt: skip
+    assert run(capsys, *base, "-o", tmp_path / "plain")[0] == 0
+    code, _, err = run(capsys, *base, "-o", tmp_path / "fast", "--compile", "default")
+    assert code == 0, err
+    warned = [line for line in err.splitlines() if "torch.compile" in line]
+    assert warned == [f"depth2img: warning: torch.compile (default) failed for the {m}, which runs uncompiled: "
+                      "RuntimeError: CppCompileError: no C compiler" for m in ("controlnet", "unet", "vae")]  # fmt: skip
+    for seed in (2, 3):
+        plain, fast = (
+            np.asarray(Image.open(tmp_path / d / f"chelsea_s{seed}.png"), dtype=int)
+            for d in ("plain", "fast")
+        )
+        assert np.abs(plain - fast).max() <= 1  # fused QKV still applies
+
+
 def test_outputs_are_written_while_the_next_photo_is_denoised(tmp_path, photos_dir, capsys, monkeypatch):
     import threading
 
