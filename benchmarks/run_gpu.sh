@@ -14,9 +14,10 @@
 #   DEADLINE=500 bash benchmarks/run_gpu.sh core  # ON THE GPU: dataset mode (batch 16), batch-1 latency, SDXL
 #                                                 # low-VRAM peaks; the speed runs each with the eager and the
 #                                                 # compiled fast path (reduce-overhead = CUDA graphs)
-#   DEADLINE=N bash benchmarks/run_gpu.sh extra   #   the default compile mode at batch 16, SD1.5 low-VRAM peaks
-#                                                 #   (measured 2026-11-26), ControlNet window, feature cache,
-#                                                 #   depth estimators, other compile modes, xformers
+#   DEADLINE=N bash benchmarks/run_gpu.sh extra   #   the default compile mode at batch 16 without and with
+#                                                 #   channels-last, ControlNet window, feature cache, depth
+#                                                 #   estimators, SD1.5 low-VRAM peaks (measured 2026-11-26),
+#                                                 #   the other compile mode, xformers
 #   bash benchmarks/run_gpu.sh                    #   both parts, in that order
 #
 # Environment: PEAK=989 gives the datasheet's dense bf16 TFLOP/s instead of a measured matmul; DEADLINE=N: no
@@ -60,6 +61,9 @@ declare -A STEP=(
   [lowvram-sdxl]="--backbone sdxl --low-vram --repeats 1 --steps 10"
   # torch.compile's mode chosen by measurement: the two other modes, against reduce-overhead's rows in core
   [compile-default-b16]="--batch 16 --compile default"
+  # what channels-last brings to the compiled path (the eager fast path, with it, was 6.5 % slower than plain
+  # fp16 diffusers at batch 16 on the H200)
+  [compile-default-b16-no-cl]="--batch 16 --compile default --no-channels-last"
   [window-b16]="--batch 16 --control-end 0.8"
   [cache3-b16]="--batch 16 --feature-cache 3"
   [depth]="--depth --batch 16"
@@ -68,7 +72,7 @@ declare -A STEP=(
 )
 declare -A PART=(
   [core]="dataset latency lowvram-sdxl"
-  [extra]="compile-default-b16 lowvram-sd15 window-b16 cache3-b16 depth compile-mat-b16 xformers-b1"
+  [extra]="compile-default-b16-no-cl compile-default-b16 window-b16 cache3-b16 depth lowvram-sd15 compile-mat-b16 xformers-b1"
 )
 parts=("$@")
 [[ ${#parts[@]} -eq 0 ]] && parts=(core extra)

@@ -184,7 +184,8 @@ def _sync(device):
 def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None = None, steps: int = 30,
               batch: int = 1, repeats: int = 3, device=None, dtype=None, compile_mode: str | None = None,
               control_end: float = 1.0, feature_cache: int = 1, attention: str = "sdpa", low_vram: bool = False,
-              peak_tflops: float | None = None, out_dir: str | Path = "benchmarks", progress=print) -> dict:  # fmt: skip
+              channels_last: bool | None = None, fuse_qkv: bool = True, peak_tflops: float | None = None,
+              out_dir: str | Path = "benchmarks", progress=print) -> dict:  # fmt: skip
     """Depth ControlNet (SD1.5 or SDXL), interleaved on the same prompt, control image and seeds:
 
     - ``diffusers``: the plain pipeline as its docs show it (fp16 on GPU, SDPA, UniPC), ``batch`` images per call;
@@ -235,18 +236,22 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
 
     same = ours(plain, plain_dtype)
     fast = ours(_pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype)
-    applied = fast.backend.optimize()
+    # channels_last (None: on GPUs only) and fuse_qkv apply to every fast-path row, so each can be measured off
+    fast_options = dict(channels_last=channels_last, fuse_qkv=fuse_qkv)
+    applied = fast.backend.optimize(**fast_options)
     extra = {}
     if compile_mode:
         extra["depth2img-fast-compiled"] = compiled = ours(
             _pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype
         )
-        compiled_path = compiled.backend.optimize(compile_mode=compile_mode, compile_fallback=False)
+        compiled_path = compiled.backend.optimize(
+            compile_mode=compile_mode, compile_fallback=False, **fast_options
+        )
     if attention == "xformers":
         extra["depth2img-fast-xformers"] = xf = ours(
             _pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype
         )
-        xf.backend.optimize()
+        xf.backend.optimize(**fast_options)
         xf.backend.memory(device=device, attention="xformers")
     for mode in ("model", "group") if low_vram else ():
         lv_comps = {
@@ -366,7 +371,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             "speedup_baseline": baseline, "b1_images": images.get("diffusers-b1"), "compile_error": compile_error,
             "plain_dtype": str(plain_dtype).replace("torch.", ""), "fast_dtype": str(fast_dtype).replace("torch.", ""),
             "fast_path": applied, "compiled_path": compiled_path if compile_mode else None,
-            "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
+            "channels_last": channels_last, "fuse_qkv": fuse_qkv, "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
             "peak_source": "given" if peak_tflops else "measured matmul", "api_overhead": overhead,
             "api_outside_pipeline_ms": 1000 * outside_s, "api_outside_share": outside_s / statistics.median(times["diffusers"]),
             "vae_decode_ms": 1000 * decode_s, "vae_decode_share": decode_s / statistics.median(times[best]),
@@ -565,6 +570,8 @@ def _write(result: dict, out_dir: Path) -> None:
     extra += f"-{result['compile']}" if result.get("compile") else ""
     extra += f"-cache{result['feature_cache']}" if result.get("feature_cache", 1) > 1 else ""
     extra += "-lowvram" if any("-lowvram" in k for k in result["results"]) else ""
+    extra += "-no-channels-last" if result.get("channels_last") is False else ""
+    extra += "-no-fused-qkv" if result.get("fuse_qkv") is False else ""
     stem = f"{result.get('backbone', 'sd15')}-controlnet-{result['preset']}-{result['size']}{extra}"
     _write_files(result, out_dir, stem, markdown(result))
 

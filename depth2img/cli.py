@@ -186,6 +186,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also time the fast path with the DeepCache-like feature cache (a quality trade)")  # fmt: skip
     p.add_argument("--attention", choices=["sdpa", "xformers"], default="sdpa",
                    help="xformers: also time the fast path with xformers attention (needs the extra)")  # fmt: skip
+    p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False,
+                   help="fast path without channels-last (default: on GPUs only), to measure what it brings")  # fmt: skip
+    p.add_argument("--no-fused-qkv", dest="fuse_qkv", action="store_false",
+                   help="fast path without fused QKV projections, to measure what they bring")  # fmt: skip
     p.add_argument("--low-vram", action="store_true",
                    help="also time model CPU offload and group offloading (each + VAE slicing/tiling) and report their peak GPU memory")  # fmt: skip
     p.add_argument(
@@ -405,8 +409,8 @@ def _cmd_bench(args) -> int:
     result = run_bench(backbone=args.backbone, preset=args.preset, size=args.size, feature_cache=args.feature_cache,
                        attention=args.attention, low_vram=args.low_vram, steps=args.steps, batch=args.batch, repeats=args.repeats,
                        device=args.device, dtype=args.dtype, compile_mode=args.compile, control_end=args.control_end,
-                       peak_tflops=args.peak_tflops, out_dir=args.output,
-                       progress=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
+                       channels_last=args.channels_last, fuse_qkv=args.fuse_qkv, peak_tflops=args.peak_tflops,
+                       out_dir=args.output, progress=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
     print(markdown(result))
     print("written: " + ", ".join(result["written"]), file=sys.stderr)
     return 0

@@ -47,6 +47,16 @@ def test_a_bench_cut_short_leaves_the_table_of_its_finished_repeats(tmp_path):
         run_bench(preset="tiny", repeats=0, out_dir=tmp_path)
 
 
+def test_bench_can_leave_channels_last_and_fused_qkv_out_of_the_fast_path(tmp_path):
+    result = run_bench(preset="tiny", size=64, steps=2, repeats=1, channels_last=False, fuse_qkv=False,
+                       out_dir=tmp_path, progress=lambda m: None)  # fmt: skip
+    assert result["fast_path"] == [] and result["fuse_qkv"] is False and result["channels_last"] is False
+    assert (
+        result["results"]["depth2img-fast"]["max_abs_diff_vs_diffusers"] == 0.0
+    )  # nothing changed: same images
+    assert "-no-channels-last-no-fused-qkv-" in result["written"][0]
+
+
 def test_bench_dataset_mode_feature_cache_and_sdxl(tmp_path):
     result = run_bench(preset="tiny", size=64, steps=4, batch=2, repeats=1, feature_cache=2, out_dir=tmp_path,
                        progress=lambda m: None)  # fmt: skip
