@@ -125,7 +125,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("app", help="launch the web app (Gradio) on 127.0.0.1",
                        description="The web demo. Settings default to DEPTH2IMG_MODEL, DEPTH2IMG_ESTIMATOR, "
-                       "DEPTH2IMG_HOST, DEPTH2IMG_PORT, DEPTH2IMG_MAX_UPLOAD_MB, DEPTH2IMG_QUEUE_SIZE.")  # fmt: skip
+                       "DEPTH2IMG_HOST, DEPTH2IMG_PORT, DEPTH2IMG_MAX_UPLOAD_MB, DEPTH2IMG_QUEUE_SIZE, DEPTH2IMG_COMPILE.")  # fmt: skip
     p.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (opt-in)")
@@ -136,6 +136,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--queue-size", type=int, help="requests that may wait (default 32); jobs run one at a time"
     )
+    p.add_argument("--compile", metavar="MODE",
+                   help="the fast path on a GPU (as transform --compile): " + ", ".join(COMPILE_MODES)
+                        + "; the first generation of each size compiles (a minute or more)")  # fmt: skip
     p.add_argument("--presets-file", action="append", default=[], metavar="FILE", help="extra presets YAML")
     _add_model_args(p)
 
@@ -328,12 +331,14 @@ def _cmd_transform(args) -> int:
 
 def _cmd_app(args) -> int:
     from .errors import InputError
+    from .knobs import check_compile
     from .ui import settings_from_env
 
     env = settings_from_env()
     pick = {k: getattr(args, k) if getattr(args, k) is not None else env[k] for k in env}
     if pick["max_upload_mb"] < 1 or pick["queue_size"] < 1:
         raise InputError("--max-upload-mb and --queue-size must be >= 1")
+    check_compile(pick["compile"], "--compile (or DEPTH2IMG_COMPILE)")
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -343,7 +348,8 @@ def _cmd_app(args) -> int:
     from .ui import launch
 
     service = Service(model=pick["model"], estimator=pick["estimator"], device=args.device, dtype=args.dtype,
-                      local_files_only=args.local_files_only, preset_files=args.presets_file)  # fmt: skip
+                      local_files_only=args.local_files_only, preset_files=args.presets_file,
+                      compile=pick["compile"])  # fmt: skip
     launch(service, host=pick["host"], port=pick["port"], share=args.share, auth=args.auth,
            max_upload_mb=pick["max_upload_mb"], queue_size=pick["queue_size"])  # fmt: skip
     return 0

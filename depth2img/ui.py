@@ -379,6 +379,7 @@ def settings_from_env() -> dict:
         "port": _env_int("DEPTH2IMG_PORT", 7860),
         "max_upload_mb": _env_int("DEPTH2IMG_MAX_UPLOAD_MB", 20),
         "queue_size": _env_int("DEPTH2IMG_QUEUE_SIZE", 32),
+        "compile": os.environ.get("DEPTH2IMG_COMPILE") or None,
     }
 
 

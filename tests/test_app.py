@@ -96,6 +96,29 @@ def test_app_cli_errors(capsys):
     finally:
         del os.environ["DEPTH2IMG_PORT"]
     assert "environment variable DEPTH2IMG_PORT must be an integer, got 'eighty'" in capsys.readouterr().err
+    os.environ["DEPTH2IMG_COMPILE"] = "fast"
+    try:
+        assert main(["app", "--model", "tiny"]) == 2
+    finally:
+        del os.environ["DEPTH2IMG_COMPILE"]
+    assert (
+        "--compile (or DEPTH2IMG_COMPILE) must be one of default, reduce-overhead" in capsys.readouterr().err
+    )
+
+
+def test_app_hands_its_compile_mode_to_the_service(monkeypatch):
+    """--compile beats DEPTH2IMG_COMPILE, which beats the default (off); the service loads the model with it."""
+    from depth2img import ui
+    from depth2img.cli import main
+
+    served = []
+    monkeypatch.setattr(ui, "launch", lambda service, **kw: served.append(service.compile))
+    monkeypatch.setenv("DEPTH2IMG_COMPILE", "max-autotune")
+    assert main(["app", "--model", "tiny", "--compile", "default"]) == 0
+    assert main(["app", "--model", "tiny"]) == 0
+    monkeypatch.delenv("DEPTH2IMG_COMPILE")
+    assert main(["app", "--model", "tiny"]) == 0
+    assert served == ["default", "max-autotune", None]
 
 
 def test_depth_handler(service, photo):
