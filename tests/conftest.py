@@ -1,11 +1,29 @@
 """Shared fixtures: tiny random-weight models written once per session, offline hub, real photos from skimage."""
 
 import os
+import shutil
+import tempfile
 
 import numpy as np
 import pytest
 
 os.environ["HF_HUB_OFFLINE"] = "1"  # the tests never reach the network
+
+
+def pytest_configure(config):
+    """Importing diffusers makes torch create /tmp/torchinductor_$USER for its compile caches: the tests' go to a
+    folder of their own, removed at the end (before any test module imports diffusers)."""
+    if "TORCHINDUCTOR_CACHE_DIR" not in os.environ:
+        config._depth2img_inductor = os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(
+            prefix="depth2img-tests-inductor-"
+        )
+
+
+def pytest_unconfigure(config):
+    folder = getattr(config, "_depth2img_inductor", None)
+    if folder:
+        shutil.rmtree(folder, ignore_errors=True)
+        os.environ.pop("TORCHINDUCTOR_CACHE_DIR", None)
 
 
 @pytest.fixture(scope="session", autouse=True)
