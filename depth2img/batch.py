@@ -139,10 +139,12 @@ class Job:
         """Knob values, scheduler and preset names are checked here, before any model loads."""
         from . import presets as presets_mod
         from .backends import SCHEDULERS
-        from .knobs import check_knobs
+        from .knobs import check_denoising_steps, check_knobs
 
         try:
             check_knobs({**DEFAULT_KNOBS, **{k: v for k, v in self.knobs.items() if k in DEFAULT_KNOBS}})
+            if "steps" in self.knobs and "strength" in self.knobs:
+                check_denoising_steps(self.knobs["steps"], self.knobs["strength"])
         except InputError as err:
             raise InputError(f"job key knobs: {err}") from None
         scheduler = self.knobs.get("scheduler")

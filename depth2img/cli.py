@@ -286,6 +286,7 @@ def _cmd_transform(args) -> int:
         DEFAULT_KNOBS,
         check_batch_size,
         check_compile,
+        check_denoising_steps,
         check_knobs,
         check_num_images,
         check_seed,
@@ -305,6 +306,8 @@ def _cmd_transform(args) -> int:
     check_num_images(args.num_images)
     check_batch_size(args.batch_size, "--batch-size")
     check_compile(args.compile, "--compile", args.offload, args.feature_cache)
+    if args.steps is not None and args.strength is not None:
+        check_denoising_steps(args.steps, args.strength)
     if args.scheduler is not None:
         from .backends import SCHEDULERS
 

@@ -66,6 +66,16 @@ def check_knobs(knobs: dict) -> None:
         raise InputError(f"feature_cache must be an integer in 1..{MAX_CACHE_INTERVAL} (1 = off), got {n!r}")
 
 
+def check_denoising_steps(steps: int, strength: float) -> None:
+    """img2img runs int(steps x strength) of its steps, as diffusers counts them: at least one must be left.
+    Checked per request, and up front where both are given (no preset or model default can change them)."""
+    if int(steps * strength) < 1:
+        raise InputError(
+            f"steps x strength must leave at least one denoising step: steps={steps} and strength={strength} "
+            f"leave {int(steps * strength)}; raise either"
+        )
+
+
 def check_seed(seed) -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) <= MAX_SEED:
         raise InputError(f"seed must be an integer in 0..2**63-1, got {seed!r}")

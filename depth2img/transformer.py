@@ -26,6 +26,7 @@ from .knobs import (
     DEFAULT_KNOBS,
     check_batch_size,
     check_compile,
+    check_denoising_steps,
     check_knobs,
     check_num_images,
     check_seed,
@@ -293,12 +294,9 @@ class SceneTransformer:
         for k in CONTROL_KNOBS:
             if k not in self.backend.control_knobs:
                 knobs[k] = DEFAULT_KNOBS[k]  # a preset's control knob does not apply here either
-        img2img = self.backend.mode(knobs["strength"]) == "img2img"
-        if img2img and int(knobs["steps"] * knobs["strength"]) < 1:
-            raise InputError(
-                f"steps x strength must leave at least one denoising step: steps={knobs['steps']} and "
-                f"strength={knobs['strength']} leave {int(knobs['steps'] * knobs['strength'])}; raise either"
-            )
+        check_denoising_steps(
+            knobs["steps"], knobs["strength"]
+        )  # txt2img (strength 1) always leaves them all
         check_num_images(num_images)
         if seed is None:
             seeds = [secrets.randbelow(2**31)]

@@ -414,6 +414,10 @@ def test_output_names_cannot_escape(dataset, tmp_path):
         ("inputs: a\noutput: b\nprompt: x\nseeds: [3, 1, 3]\n", "job key seeds lists 3 more than once"),
         ("inputs: a\noutput: b\nprompt: x\ncompile: fast\n", "job key compile must be one of default, "),
         (
+            "inputs: a\noutput: b\nprompt: x\nknobs: {steps: 2, strength: 0.4}\n",
+            "job key knobs: steps x strength must leave at least one denoising step: steps=2 and strength=0.4",
+        ),
+        (
             "inputs: a\noutput: b\nprompt: x\ncompile: default\nknobs: {feature_cache: 2}\n",
             "job key compile default does not combine with feature_cache 2",
         ),

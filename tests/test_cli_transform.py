@@ -57,6 +57,10 @@ def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
         (["--prompt", "x", "--control-start", "0.9", "--control-end", "0.1"], "0 <= start < end <= 1"),
         (["--prompt", "x", "--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
         (
+            ["--prompt", "x", "--steps", "1", "--strength", "0.8"],
+            "steps x strength must leave at least one denoising step: steps=1 and strength=0.8 leave 0",
+        ),
+        (
             ["--prompt", "x", "--compile", "default", "--offload", "group"],
             "--compile default does not combine with offload group; use one or the other",
         ),

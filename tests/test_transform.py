@@ -436,6 +436,22 @@ def test_user_presets_file(tmp_path, photo, depth, sd15):
         load_presets([f])
 
 
+def test_steps_times_strength_is_checked_once_a_preset_applies(tmp_path, photo, depth):
+    """The CLI and job files check steps x strength up front only when both are given: a preset's strength can
+    still leave img2img no step, which each request then refuses in one line."""
+    f = tmp_path / "p.yaml"
+    f.write_text("presets:\n  faint:\n    prompt: '{prompt}, faint'\n    knobs: {strength: 0.3}\n")
+    st = SceneTransformer.from_pretrained("tiny", preset_files=[f])
+    with pytest.raises(
+        InputError, match="^steps x strength must leave .*: steps=3 and strength=0.3 leave 0; raise"
+    ):
+        st.transform(photo, "a road", preset="faint", depth=depth, steps=3)
+    assert (
+        st.transform(photo, "a road", preset="faint", depth=depth, steps=4, seed=0).metadata[0]["strength"]
+        == 0.3
+    )
+
+
 def test_variations_grid_computes_depth_once(sd15, photo, monkeypatch):
     calls = []
     est = sd15.estimator
