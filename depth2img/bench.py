@@ -195,7 +195,9 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     - ``depth2img-fast``: the fast path (bf16 on GPU, channels-last, fused QKV, ControlNet skipped outside its
       window);
     - ``depth2img-fast-compiled`` (``compile_mode``): the same with torch.compile of the UNet, ControlNet and VAE
-      decoder; if compiling fails at warm-up the row is dropped and ``compile_error`` says why;
+      decoder; if compiling fails at warm-up the row is dropped and ``compile_error`` says why. Several modes,
+      comma-separated, give a row each, ``depth2img-fast-compiled-MODE``, on one baseline (one run, not one per
+      mode: a GPU lease is short);
     - ``depth2img-fast+cacheN`` (``feature_cache`` N > 1): the fast path reusing deep UNet features (quality trade);
     - ``depth2img-fast-xformers`` (``attention='xformers'``): the fast path with xformers attention instead of SDPA;
     - ``depth2img-lowvram-model`` and ``-group`` (``low_vram``, GPU only): model CPU offload or group offloading
@@ -207,6 +209,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     from . import backends
     from .depthmap import DepthMap
     from .errors import InputError
+    from .knobs import check_compile
     from .loading import resolve_device
     from .registry import ModelRef
     from .transformer import SceneTransformer
@@ -215,6 +218,11 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         raise InputError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
     if repeats < 1:
         raise InputError(f"repeats must be >= 1, got {repeats!r}")
+    modes = compile_mode.split(",") if compile_mode else []
+    for mode in modes:
+        check_compile(mode, "--compile")
+    if len(set(modes)) < len(modes):
+        raise InputError(f"--compile names a mode twice: {compile_mode!r}")
     device = resolve_device(device)
     if low_vram and device.type != "cuda":
         raise InputError("--low-vram measures GPU memory under CPU offload; no GPU is available here")
@@ -239,14 +247,13 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     # channels_last (None: on GPUs only) and fuse_qkv apply to every fast-path row, so each can be measured off
     fast_options = dict(channels_last=channels_last, fuse_qkv=fuse_qkv)
     applied = fast.backend.optimize(**fast_options)
-    extra = {}
-    if compile_mode:
-        extra["depth2img-fast-compiled"] = compiled = ours(
-            _pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype
-        )
-        compiled_path = compiled.backend.optimize(
-            compile_mode=compile_mode, compile_fallback=False, **fast_options
-        )
+    extra, compiled_rows, compiled_path = {}, {}, None  # row name -> its mode; the first mode's path
+    for mode in modes:
+        name = "depth2img-fast-compiled" + (f"-{mode}" if len(modes) > 1 else "")
+        extra[name] = compiled = ours(_pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype)
+        compiled_rows[name] = mode
+        path = compiled.backend.optimize(compile_mode=mode, compile_fallback=False, **fast_options)
+        compiled_path = compiled_path or path
     if attention == "xformers":
         extra["depth2img-fast-xformers"] = xf = ours(
             _pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype
@@ -302,22 +309,25 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     dtypes = {name: pipe.unet.dtype for name, pipe in pipes.items()}
 
     outputs, times, peaks, outside, decode = {}, {k: [] for k in variants}, {}, [], []
-    compile_error = None
+    compile_errors = {}  # mode -> why its row was dropped
     for name, fn in list(variants.items()):  # warm-up (and compilation)
         progress(f"warm-up: {name}")
         try:
             outputs[name] = fn()
         except Exception as err:  # noqa: BLE001  a compiler failure is a result to report, not the end of the run
-            if name != "depth2img-fast-compiled":
+            if name not in compiled_rows:
                 raise
-            compile_error = backends.compile_error(err)
-            progress(f"compile failed, {name} dropped: {compile_error}")
+            compile_errors[compiled_rows[name]] = backends.compile_error(err)
+            progress(f"compile failed, {name} dropped: {compile_errors[compiled_rows[name]]}")
             del variants[name], pipes[name], times[name]
             resident.pop(name, None)
+    compile_error = (
+        "; ".join(e if len(modes) == 1 else f"{m}: {e}" for m, e in compile_errors.items()) or None
+    )
     # The fast path's VAE decode alone (compiled, if that row runs), on latents of the batch's shape (its time does
     # not depend on their values): the most that overlapping the decode with the next batch's denoising could save,
     # were the device free for both
-    best = "depth2img-fast-compiled" if "depth2img-fast-compiled" in variants else "depth2img-fast"
+    best = next((name for name in compiled_rows if name in variants), "depth2img-fast")
     vae, scale = pipes[best].vae, pipes[best].vae_scale_factor
     latents = torch.randn(batch, vae.config.latent_channels, size // scale, size // scale,
                           generator=torch.Generator("cpu").manual_seed(0)).to(device, fast_dtype)  # fmt: skip
@@ -370,7 +380,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             "cfg": True, "control_end": control_end, "compile": compile_mode, "feature_cache": feature_cache,
             "speedup_baseline": baseline, "b1_images": images.get("diffusers-b1"), "compile_error": compile_error,
             "plain_dtype": str(plain_dtype).replace("torch.", ""), "fast_dtype": str(fast_dtype).replace("torch.", ""),
-            "fast_path": applied, "compiled_path": compiled_path if compile_mode else None,
+            "fast_path": applied, "compiled_path": compiled_path,
             "channels_last": channels_last, "fuse_qkv": fuse_qkv, "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
             "peak_source": "given" if peak_tflops else "measured matmul", "api_overhead": overhead,
             "api_outside_pipeline_ms": 1000 * outside_s, "api_outside_share": outside_s / statistics.median(times["diffusers"]),
@@ -522,7 +532,7 @@ def markdown(result: dict) -> str:
             f"{result['fast_dtype']}, {', '.join(result['fast_path']) or 'none'}. Speed-up per image against "
             f"`{result.get('speedup_baseline', 'diffusers')}`"
             + (f" (one image per call, on the first {result['b1_images']} seeds)." if result.get("b1_images") else ".")
-            + (f" `-compiled`: {', '.join(result['compiled_path'])}." if result.get("compiled_path") else ""))  # fmt: skip
+            + _compiled_text(result))  # fmt: skip
     lines = [head, "", "| variant | ms/image | images/hour | it/s | share of peak | peak memory (GiB) | speed-up | max abs diff vs diffusers | same, diffusers in the variant's dtype |",
              "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for variant, r in result["results"].items():
@@ -542,7 +552,7 @@ def markdown(result: dict) -> str:
         )
     if result.get("compile_error"):
         lines.append(
-            f"\ntorch.compile ({result['compile']}) failed at warm-up, so it has no row: {result['compile_error']}"
+            f"\ntorch.compile ({result['compile']}) failed at warm-up, so its row is dropped: {result['compile_error']}"
         )
     if "vae_decode_ms" in result:
         lines.append(
@@ -558,6 +568,16 @@ def markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _compiled_text(result: dict) -> str:
+    path, modes = result.get("compiled_path"), (result.get("compile") or "").split(",")
+    if not path:
+        return ""
+    if len(modes) == 1:
+        return f" `-compiled`: {', '.join(path)}."
+    path = [step.replace(f"compile({modes[0]})", "compile(MODE)") for step in path]
+    return f" `-compiled-MODE` ({', '.join(modes)}): {', '.join(path)}."
+
+
 def _cut(result: dict) -> str:
     planned = result.get("repeats_planned", result["repeats"])
     return f" (cut short: {planned} were planned)" if result["repeats"] < planned else ""
@@ -567,7 +587,7 @@ def _write(result: dict, out_dir: Path) -> None:
     extra = (f"-b{result['batch']}" if result["batch"] > 1 else "") + (
         f"-ce{result['control_end']:g}" if result["control_end"] < 1 else ""
     )
-    extra += f"-{result['compile']}" if result.get("compile") else ""
+    extra += f"-{result['compile'].replace(',', '-')}" if result.get("compile") else ""
     extra += f"-cache{result['feature_cache']}" if result.get("feature_cache", 1) > 1 else ""
     extra += "-lowvram" if any("-lowvram" in k for k in result["results"]) else ""
     extra += "-no-channels-last" if result.get("channels_last") is False else ""

@@ -123,7 +123,47 @@ def test_bench_compiled_row_beside_the_eager_one_and_a_compile_failure_drops_it(
                        progress=lambda m: None)  # fmt: skip
     assert list(result["results"]) == ["diffusers", "depth2img", "depth2img-fast"]
     assert result["compile_error"] == "RuntimeError: inductor: no C compiler"
-    assert "torch.compile (default) failed at warm-up, so it has no row: RuntimeError" in markdown(result)
+    assert "torch.compile (default) failed at warm-up, so its row is dropped: RuntimeError" in markdown(
+        result
+    )
+
+
+def test_bench_compiles_several_modes_in_one_run(tmp_path, monkeypatch):
+    """One baseline, a compiled row per mode (a GPU lease is short); each failure names its mode."""
+    import torch
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    modes = []
+
+    def compile_(fn, *, mode=None, **kwargs):
+        modes.append(mode)
+        if mode == "default":
+            return fn
+
+        def call(*args, **kwargs):
+            raise BackendCompilerFailed(fn, RuntimeError("no cudagraphs here"), None)
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    result = run_bench(preset="tiny", size=64, steps=2, repeats=1, compile_mode="reduce-overhead,default",
+                       out_dir=tmp_path, progress=lambda m: None)  # fmt: skip
+    assert modes == ["reduce-overhead"] * 3 + ["default"] * 3
+    assert list(result["results"]) == [
+        "diffusers",
+        "depth2img",
+        "depth2img-fast",
+        "depth2img-fast-compiled-default",
+    ]
+    assert result["compile_error"] == "reduce-overhead: RuntimeError: no cudagraphs here"
+    assert "-reduce-overhead-default-" in result["written"][0]
+    assert "`-compiled-MODE` (reduce-overhead, default): unet:fused_qkv, unet:compile(MODE)," in markdown(result)
+    for bad, message in (
+        ("fast", "--compile must be one of default, "),
+        ("default,default", "names a mode twice"),
+    ):
+        with pytest.raises(InputError, match=message):
+            run_bench(preset="tiny", compile_mode=bad, out_dir=tmp_path)
 
 
 def test_fast_path_in_another_dtype_is_judged_against_diffusers_in_that_dtype(tmp_path, monkeypatch):
@@ -228,20 +268,20 @@ def test_gpu_script_commands_all_parse(tmp_path):
 def test_gpu_script_keeps_to_its_deadline_and_refuses_unknown_parts(tmp_path):
     done, calls = _run_gpu_script(tmp_path, "core", DEADLINE="2", MIN_STEP="1", STUB_SLEEP="5")
     assert len(calls) == 1  # the first step starts, is cut at the deadline; the others never start
-    assert "== FAILED: dataset (exit 124, cut at the deadline" in done.stdout
+    assert "== FAILED: latency (exit 124, cut at the deadline" in done.stdout
     assert (
-        "== SKIPPED (deadline): latency" in done.stdout
-        and "== SKIPPED (deadline): lowvram-sdxl" in done.stdout
+        "== SKIPPED (deadline): lowvram-sdxl" in done.stdout
+        and "== SKIPPED (deadline): dataset" in done.stdout
     )
     done, calls = _run_gpu_script(tmp_path / "again", "speed")
     assert done.returncode == 2 and "unknown part or step 'speed'" in done.stderr and not calls
     # a step that a deadline skipped is run by its label in the next call, alone
-    done, calls = _run_gpu_script(tmp_path / "skipped", "latency", "lowvram-sdxl")
+    done, calls = _run_gpu_script(tmp_path / "skipped", "lowvram-sdxl", "dataset")
     assert done.returncode == 0, done.stderr
     results = tmp_path / "skipped" / "results"
     assert [c.replace(f"-o {results} ", "") for c in calls] == [
-        "bench --batch 1 --compile reduce-overhead --repeats 5",
         "bench --backbone sdxl --low-vram --repeats 1 --steps 10",
+        "bench --batch 16 --compile reduce-overhead,default --repeats 2",
     ]
 
 
