@@ -240,6 +240,9 @@ class Backend:
         self.cache_calls = None  # the last call's UNet / deep-block call counts (feature cache)
         self.speed_lora = None
         self.fast_path = None  # what optimize() applied (None: the plain pipeline)
+        self.compile_mode = None
+        # compiled: the batch each call shape was compiled at, which smaller batches are padded to (see __call__)
+        self.compiled_batch: dict[tuple, int] = {}
         self.verify()
 
     @property
@@ -362,6 +365,7 @@ class Backend:
         import torch
 
         applied = self.fast_path = []
+        self.compile_mode = compile_mode
         pipe = self.pipe
         if channels_last is None:
             # Measured on CPU (full SD1.5 + ControlNet, 128 px): channels-last made a call 4 % slower, so it is
@@ -445,6 +449,8 @@ class Backend:
         A batch whose images all share one photo, depth and prompt (one source's seeds) is one pipeline call with
         ``num_images_per_prompt``, as diffusers documents it; a batch across sources or variations passes
         per-image lists (shared inputs once: the pipeline repeats them)."""
+        import torch
+
         n = len(generators)
         if not len(images) == len(depths) == len(prompts) == len(negative_prompts) == n:
             raise ValueError("images, depths, prompts, negative_prompts and generators differ in length")
@@ -454,6 +460,22 @@ class Backend:
         depths = _shared(depths)
         per_image = (len(_shared(images)) > 1 or len(depths) > 1 or len(set(prompts)) > 1
                      or len(set(negative_prompts)) > 1)  # fmt: skip
+        # Compiled, a new batch size is a new graph: a recompile as long as the first compile (tiny SD1.5 on CPU,
+        # compile default: 58 s for a batch of 3 after one of 4), or new CUDA graphs. So a smaller batch of a shape
+        # already compiled (a job's last batch, a retry) is padded to that batch with copies of its last image on
+        # generators of their own, and their outputs dropped: an image depends on its own generator only (tested).
+        shape = (
+            mode,
+            depths[0].height,
+            depths[0].width,
+            knobs["guidance_scale"] > 1,
+        )  # CFG doubles the batch
+        pad = max(0, self.compiled_batch.get(shape, n) - n) if self.compile_mode else 0
+        if pad:
+            images, prompts = _padded(images, pad), _padded(prompts, pad)
+            negative_prompts = _padded(negative_prompts, pad)
+            depths = _padded(depths, pad) if len(depths) > 1 else depths
+            generators = list(generators) + [torch.Generator("cpu").manual_seed(0) for _ in range(pad)]
         # img2img gets the photo once per image, so that image i's VAE sample draws from generator i: diffusers'
         # Flux img2img encodes one photo once, with the first generator only, so image i of a batch would not
         # equal a run of seed i alone (the SD pipelines repeat the photo themselves: no change there).
@@ -463,7 +485,7 @@ class Backend:
             prompt, per_prompt = list(prompts), 1
             negative = list(negative_prompts) if any(negative_prompts) else None
         else:
-            prompt, per_prompt, negative = prompts[0], n, negative_prompts[0] or None
+            prompt, per_prompt, negative = prompts[0], n + pad, negative_prompts[0] or None
         if negative and self.takes_negative_prompt:
             kwargs["negative_prompt"] = negative
         if callback is not None:
@@ -482,18 +504,29 @@ class Backend:
         )
         with guard, cache as self.cache_calls:
             started = time.perf_counter()
-            out = pipe(
-                prompt=prompt, num_images_per_prompt=per_prompt, generator=generators,
-                num_inference_steps=knobs["steps"], guidance_scale=knobs["guidance_scale"],
-                height=depths[0].height, width=depths[0].width, output_type="np", **kwargs,
-            )  # fmt: skip
+            try:
+                out = pipe(
+                    prompt=prompt, num_images_per_prompt=per_prompt, generator=generators,
+                    num_inference_steps=knobs["steps"], guidance_scale=knobs["guidance_scale"],
+                    height=depths[0].height, width=depths[0].width, output_type="np", **kwargs,
+                )  # fmt: skip
+            except torch.OutOfMemoryError:
+                self.compiled_batch.pop(shape, None)  # the halves run (and compile) at their own size
+                raise
             self.last_pipeline_s = time.perf_counter() - started  # the API's own time is what lies outside it
-        return np.asarray(out.images, dtype=np.float32)
+        if self.compile_mode:
+            self.compiled_batch[shape] = max(n + pad, self.compiled_batch.get(shape, 0))
+        return np.asarray(out.images[:n], dtype=np.float32)
 
 
 def _shared(items: list) -> list:
     """``[x]`` when every entry is the same object (the pipeline repeats it), else the list itself."""
     return items[:1] if all(x is items[0] for x in items) else list(items)
+
+
+def _padded(items: list, pad: int) -> list:
+    """``items`` and ``pad`` more of its last entry."""
+    return list(items) + [items[-1]] * pad
 
 
 def _image_arg(images):

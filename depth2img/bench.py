@@ -220,14 +220,12 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         raise InputError(f"repeats must be >= 1, got {repeats!r}")
     modes = compile_mode.split(",") if compile_mode else []
     for mode in modes:
-        check_compile(mode, "--compile")
+        check_compile(mode, "--compile", feature_cache=feature_cache)
     if len(set(modes)) < len(modes):
         raise InputError(f"--compile names a mode twice: {compile_mode!r}")
     device = resolve_device(device)
     if low_vram and device.type != "cuda":
         raise InputError("--low-vram measures GPU memory under CPU offload; no GPU is available here")
-    if feature_cache > 1 and compile_mode:
-        raise InputError("--feature-cache does not combine with --compile; measure them in separate runs")
     backends.check_attention(attention, "--attention")  # before any model is built
     size = size or (1024 if backbone == "sdxl" else 512)
     plain_dtype, fast_dtype = _dtypes(device, dtype)

@@ -111,8 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU offload to save GPU memory: " + "; ".join(f"{k}: {v}" for k, v in OFFLOAD_MODES.items()))  # fmt: skip
     p.add_argument("--compile", choices=COMPILE_MODES, metavar="MODE",
                    help="the fast path on a GPU: torch.compile of the UNet, ControlNet and VAE decoder (with channels-last "
-                        "and fused QKV), mode one of " + ", ".join(COMPILE_MODES) + "; the first batch compiles "
-                        "(a minute or more), the later ones are faster. Outputs differ from eager within bf16/fp16 "
+                        "and fused QKV), mode one of " + ", ".join(COMPILE_MODES) + "; the first batch of each "
+                        "size compiles (a minute or more), the later ones are faster (a smaller one is padded to it "
+                        "rather than compiled again). Outputs differ from eager within bf16/fp16 "
                         "tolerance (default: off)")  # fmt: skip
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (large images, less memory)")
     p.add_argument("--vae-slicing", action="store_true", help="decode one image at a time")

@@ -148,7 +148,7 @@ class SceneTransformer:
         the new defaults. ``compile`` (a torch.compile mode) turns on the fast path: channels-last (on GPUs), fused
         QKV projections and the UNet, ControlNet and VAE decoder compiled; the first batch of each shape compiles
         (a minute or more), the later ones run faster (on an H200, default mode at batch 16: 189 against 279 ms an
-        image)."""
+        image), and a smaller batch of that shape is padded to it rather than compiled again."""
         from .backends import load_backend
         from .tiny import TINY_NATIVE_SIZE
 

@@ -157,7 +157,9 @@ def test_bench_compiles_several_modes_in_one_run(tmp_path, monkeypatch):
     ]
     assert result["compile_error"] == "reduce-overhead: RuntimeError: no cudagraphs here"
     assert "-reduce-overhead-default-" in result["written"][0]
-    assert "`-compiled-MODE` (reduce-overhead, default): unet:fused_qkv, unet:compile(MODE)," in markdown(result)
+    assert "`-compiled-MODE` (reduce-overhead, default): unet:fused_qkv, unet:compile(MODE)," in markdown(
+        result
+    )
     for bad, message in (
         ("fast", "--compile must be one of default, "),
         ("default,default", "names a mode twice"),
@@ -202,7 +204,10 @@ def test_bench_argument_errors(capsys):
     assert "0 <= start < end <= 1, got 0.0 and 1.5" in capsys.readouterr().err
     for argv, message in [
         (["--low-vram"], "--low-vram measures GPU memory under CPU offload; no GPU is available here"),
-        (["--feature-cache", "2", "--compile", "default"], "--feature-cache does not combine with --compile"),
+        (
+            ["--feature-cache", "2", "--compile", "default"],
+            "--compile default does not combine with feature_cache 2",
+        ),
         (["--attention", "xformers"], "--attention xformers needs the xformers extra"),
         (["--feature-cache", "0"], "feature_cache must be an integer in 1..10 (1 = off), got 0"),
     ]:

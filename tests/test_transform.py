@@ -159,6 +159,60 @@ def test_compiled_fast_path_traces_whole_models_and_keeps_the_controlnet_window(
     _assert_same(after, before)
 
 
+def _decoded_batches(st):
+    """The batch sizes the VAE decoder receives, one per pipeline call."""
+    sizes = []
+    st.backend.pipe.vae.decoder.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    return sizes
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny/sd2-depth", "tiny/sdxl-depth", "tiny/flux-depth"])
+def test_a_compiled_backend_pads_a_smaller_batch_to_the_one_it_compiled(name, photo, depth):
+    """A new batch size would recompile; a compiled backend pads a smaller batch of a shape it has run to that
+    batch, and each image is still the one its seed makes alone. The padding logic keys on ``compile_mode``
+    only, so the models stay eager here (the next test traces them)."""
+    st = SceneTransformer.from_pretrained(name)
+    flipped = DepthMap(depth.values.T.copy(), "metric_depth")
+    a = st.prepare(photo, PROMPT, depth=depth, seed=[3, 4, 5], steps=2, strength=0.6)
+    b = st.prepare(photo.transpose(Image.Transpose.FLIP_TOP_BOTTOM), "a snowy road", depth=flipped, seed=9,
+                   steps=2, strength=0.6)  # fmt: skip
+    alone = {seed: st.run([a.with_seeds([seed])])[0].raw[0] for seed in (4, 5)} | {9: st.run([b])[0].raw[0]}
+    sizes = _decoded_batches(st)
+    st.backend.compile_mode = "default"  # what optimize(compile_mode=...) sets
+    st.run([a])
+    one, across = st.run([a.with_seeds([4])]), st.run([a.with_seeds([5]), b])  # one photo; two photos
+    assert sizes == [3, 3, 3]
+    assert one[0].raw.shape[0] == across[0].raw.shape[0] == across[1].raw.shape[0] == 1
+    for got, seed, batch in [(one[0], 4, 1), (across[0], 5, 2), (across[1], 9, 2)]:
+        assert np.abs(got.raw[0] - alone[seed]).max() < 1e-5 and got.timings["batch"] == batch
+    st.backend.compile_mode = None  # uncompiled: each batch at its own size
+    st.run([b])
+    assert sizes[-1] == 1
+
+
+def test_padding_keeps_a_compiled_graph_and_yields_to_out_of_memory(eager_compile, photo, depth, monkeypatch):
+    """With dynamo tracing the real models, a smaller batch adds no graph. Out of memory at the padded size, the
+    halves run at their own size (padded back to the failed size, they would fail again)."""
+    import torch._dynamo
+
+    st = SceneTransformer.from_pretrained("tiny")
+    st.backend.optimize(compile_mode="default", channels_last=False, fuse_qkv=False)
+    req = st.prepare(photo, PROMPT, depth=depth, seed=[1, 2, 3], steps=2)
+    st.run([req])
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    st.run([req.with_seeds([7])])
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs
+    sizes = _decoded_batches(st)
+
+    def out_of_memory_at_three(module, args):
+        if args[0].shape[0] >= 3:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+
+    st.backend.pipe.vae.decoder.register_forward_pre_hook(out_of_memory_at_three)
+    results = st.run_isolated([req.with_seeds([1]), req.with_seeds([2])])
+    assert sizes == [3, 1, 1] and [r.seeds for r in results] == [[1], [2]]
+
+
 @pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune", "default", "max-autotune-no-cudagraphs"])
 def test_cuda_graph_modes_return_outputs_out_of_the_graph_pool(monkeypatch, mode):
     """Under CUDA graphs the next compiled call may overwrite a call's outputs (the ControlNet's residuals, before
