@@ -119,6 +119,7 @@ def compile_forward(module, mode: str, *, name: str = "model", fallback: bool = 
             if not fallback:
                 raise
             failed.append(err)
+            delattr(module, COMPILE_MODE_ATTR)  # it runs eager: no batch is padded for it (Backend.compiled)
             warnings.warn(f"torch.compile ({mode}) failed for the {name}, which runs uncompiled: {compile_error(err)}",
                           Depth2ImgWarning, stacklevel=2)  # fmt: skip
             return original(*args, **kwargs)
@@ -240,7 +241,6 @@ class Backend:
         self.cache_calls = None  # the last call's UNet / deep-block call counts (feature cache)
         self.speed_lora = None
         self.fast_path = None  # what optimize() applied (None: the plain pipeline)
-        self.compile_mode = None
         # compiled: the batch each call shape was compiled at, which smaller batches are padded to (see __call__)
         self.compiled_batch: dict[tuple, int] = {}
         self.verify()
@@ -248,6 +248,15 @@ class Backend:
     @property
     def pipe(self):
         return next(iter(self.pipes.values()))
+
+    @property
+    def compiled(self) -> bool:
+        """Whether a model runs compiled: ``optimize(compile_mode=...)``, and no compiler failure since."""
+        pipe = self.pipe
+        models = [getattr(pipe, name, None) for name in ("unet", "controlnet", "transformer")] + [
+            pipe.vae.decoder
+        ]
+        return any(getattr(m, COMPILE_MODE_ATTR, None) for m in models if m is not None)
 
     @property
     def dtype(self):
@@ -365,7 +374,6 @@ class Backend:
         import torch
 
         applied = self.fast_path = []
-        self.compile_mode = compile_mode
         pipe = self.pipe
         if channels_last is None:
             # Measured on CPU (full SD1.5 + ControlNet, 128 px): channels-last made a call 4 % slower, so it is
@@ -470,7 +478,8 @@ class Backend:
             depths[0].width,
             knobs["guidance_scale"] > 1,
         )  # CFG doubles the batch
-        pad = max(0, self.compiled_batch.get(shape, n) - n) if self.compile_mode else 0
+        compiled = self.compiled
+        pad = max(0, self.compiled_batch.get(shape, n) - n) if compiled else 0
         if pad:
             images, prompts = _padded(images, pad), _padded(prompts, pad)
             negative_prompts = _padded(negative_prompts, pad)
@@ -514,7 +523,7 @@ class Backend:
                 self.compiled_batch.pop(shape, None)  # the halves run (and compile) at their own size
                 raise
             self.last_pipeline_s = time.perf_counter() - started  # the API's own time is what lies outside it
-        if self.compile_mode:
+        if compiled:
             self.compiled_batch[shape] = max(n + pad, self.compiled_batch.get(shape, 0))
         return np.asarray(out.images[:n], dtype=np.float32)
 

@@ -169,8 +169,10 @@ def _decoded_batches(st):
 @pytest.mark.parametrize("name", ["tiny", "tiny/sd2-depth", "tiny/sdxl-depth", "tiny/flux-depth"])
 def test_a_compiled_backend_pads_a_smaller_batch_to_the_one_it_compiled(name, photo, depth):
     """A new batch size would recompile; a compiled backend pads a smaller batch of a shape it has run to that
-    batch, and each image is still the one its seed makes alone. The padding logic keys on ``compile_mode``
+    batch, and each image is still the one its seed makes alone. The padding logic asks ``Backend.compiled``
     only, so the models stay eager here (the next test traces them)."""
+    from depth2img.featurecache import COMPILE_MODE_ATTR
+
     st = SceneTransformer.from_pretrained(name)
     flipped = DepthMap(depth.values.T.copy(), "metric_depth")
     a = st.prepare(photo, PROMPT, depth=depth, seed=[3, 4, 5], steps=2, strength=0.6)
@@ -178,14 +180,16 @@ def test_a_compiled_backend_pads_a_smaller_batch_to_the_one_it_compiled(name, ph
                    steps=2, strength=0.6)  # fmt: skip
     alone = {seed: st.run([a.with_seeds([seed])])[0].raw[0] for seed in (4, 5)} | {9: st.run([b])[0].raw[0]}
     sizes = _decoded_batches(st)
-    st.backend.compile_mode = "default"  # what optimize(compile_mode=...) sets
+    denoiser = getattr(st.backend.pipe, "unet", None) or st.backend.pipe.transformer
+    setattr(denoiser, COMPILE_MODE_ATTR, "default")  # what optimize(compile_mode=...) marks
+    assert st.backend.compiled
     st.run([a])
     one, across = st.run([a.with_seeds([4])]), st.run([a.with_seeds([5]), b])  # one photo; two photos
     assert sizes == [3, 3, 3]
     assert one[0].raw.shape[0] == across[0].raw.shape[0] == across[1].raw.shape[0] == 1
     for got, seed, batch in [(one[0], 4, 1), (across[0], 5, 2), (across[1], 9, 2)]:
         assert np.abs(got.raw[0] - alone[seed]).max() < 1e-5 and got.timings["batch"] == batch
-    st.backend.compile_mode = None  # uncompiled: each batch at its own size
+    delattr(denoiser, COMPILE_MODE_ATTR)  # uncompiled: each batch at its own size
     st.run([b])
     assert sizes[-1] == 1
 
@@ -211,6 +215,30 @@ def test_padding_keeps_a_compiled_graph_and_yields_to_out_of_memory(eager_compil
     st.backend.pipe.vae.decoder.register_forward_pre_hook(out_of_memory_at_three)
     results = st.run_isolated([req.with_seeds([1]), req.with_seeds([2])])
     assert sizes == [3, 1, 1] and [r.seeds for r in results] == [[1], [2]]
+
+
+def test_models_that_fell_back_to_eager_are_not_padded_for(photo, depth, monkeypatch):
+    """Where the compiler failed at the first call, each model runs eager: padding would only add work."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    from depth2img.errors import Depth2ImgWarning
+
+    def broken(fn, *a, **k):
+        def call(*args, **kwargs):
+            raise BackendCompilerFailed(fn, RuntimeError("CppCompileError: no C compiler"), None)
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", broken)
+    st = SceneTransformer.from_pretrained("tiny")
+    st.backend.optimize(compile_mode="default", channels_last=False, fuse_qkv=False)
+    assert st.backend.compiled
+    sizes = _decoded_batches(st)
+    req = st.prepare(photo, PROMPT, depth=depth, seed=[1, 2], steps=2)
+    with pytest.warns(Depth2ImgWarning, match="no C compiler"):
+        st.run([req])
+    st.run([req.with_seeds([3])])
+    assert not st.backend.compiled and sizes == [2, 1]
 
 
 @pytest.mark.parametrize("mode", ["reduce-overhead", "max-autotune", "default", "max-autotune-no-cudagraphs"])
