@@ -220,7 +220,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         raise InputError(f"repeats must be >= 1, got {repeats!r}")
     modes = compile_mode.split(",") if compile_mode else []
     for mode in modes:
-        check_compile(mode, "--compile", feature_cache=feature_cache)
+        check_compile(mode, "--compile", feature_cache=feature_cache, cache_name="--feature-cache")
     if len(set(modes)) < len(modes):
         raise InputError(f"--compile names a mode twice: {compile_mode!r}")
     device = resolve_device(device)

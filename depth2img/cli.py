@@ -306,7 +306,8 @@ def _cmd_transform(args) -> int:
         check_seed(args.seed)
     check_num_images(args.num_images)
     check_batch_size(args.batch_size, "--batch-size")
-    check_compile(args.compile, "--compile", args.offload, args.feature_cache)
+    check_compile(args.compile, "--compile", args.offload, args.feature_cache, offload_name="--offload",
+                  cache_name="--feature-cache")  # fmt: skip
     if args.steps is not None and args.strength is not None:
         check_denoising_steps(args.steps, args.strength)
     if args.scheduler is not None:

@@ -26,18 +26,22 @@ OFFLOAD_MODES = {
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
-def check_compile(mode, name: str = "compile", offload: str | None = None, feature_cache=1) -> str | None:
+def check_compile(mode, name: str = "compile", offload: str | None = None, feature_cache=1, *,
+                  offload_name: str = "offload", cache_name: str = "feature_cache") -> str | None:  # fmt: skip
     """A torch.compile mode or None (eager). Compiled graphs hold the weights where they were traced, so no
-    offload mode moves them; the feature cache swaps the UNet's blocks, which a compiled graph would not see."""
+    offload mode moves them; the feature cache swaps the UNet's blocks, which a compiled graph would not see.
+    ``name``, ``offload_name`` and ``cache_name``: the arguments as the caller's user spells them."""
     if mode is None:
         return None
     if mode not in COMPILE_MODES:
         raise InputError(f"{name} must be one of {', '.join(COMPILE_MODES)}, got {mode!r}")
     if offload not in (None, "none"):
-        raise InputError(f"{name} {mode} does not combine with offload {offload}; use one or the other")
+        raise InputError(
+            f"{name} {mode} does not combine with {offload_name} {offload}; use one or the other"
+        )
     if feature_cache not in (None, 1):
         raise InputError(
-            f"{name} {mode} does not combine with feature_cache {feature_cache}; use one or the other"
+            f"{name} {mode} does not combine with {cache_name} {feature_cache}; use one or the other"
         )
     return mode
 

@@ -206,7 +206,7 @@ def test_bench_argument_errors(capsys):
         (["--low-vram"], "--low-vram measures GPU memory under CPU offload; no GPU is available here"),
         (
             ["--feature-cache", "2", "--compile", "default"],
-            "--compile default does not combine with feature_cache 2",
+            "--compile default does not combine with --feature-cache 2",
         ),
         (["--attention", "xformers"], "--attention xformers needs the xformers extra"),
         (["--feature-cache", "0"], "feature_cache must be an integer in 1..10 (1 = off), got 0"),

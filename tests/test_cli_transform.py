@@ -62,11 +62,11 @@ def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
         ),
         (
             ["--prompt", "x", "--compile", "default", "--offload", "group"],
-            "--compile default does not combine with offload group; use one or the other",
+            "--compile default does not combine with --offload group; use one or the other",
         ),
         (
             ["--prompt", "x", "--compile", "reduce-overhead", "--feature-cache", "3"],
-            "--compile reduce-overhead does not combine with feature_cache 3",
+            "--compile reduce-overhead does not combine with --feature-cache 3",
         ),
     ],
 )
