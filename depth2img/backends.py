@@ -253,10 +253,8 @@ class Backend:
     def compiled(self) -> bool:
         """Whether a model runs compiled: ``optimize(compile_mode=...)``, and no compiler failure since."""
         pipe = self.pipe
-        models = [getattr(pipe, name, None) for name in ("unet", "controlnet", "transformer")] + [
-            pipe.vae.decoder
-        ]
-        return any(getattr(m, COMPILE_MODE_ATTR, None) for m in models if m is not None)
+        models = [getattr(pipe, name, None) for name in ("unet", "controlnet", "transformer")]
+        return any(getattr(m, COMPILE_MODE_ATTR, None) for m in [*models, pipe.vae.decoder] if m is not None)
 
     @property
     def dtype(self):
@@ -472,12 +470,8 @@ class Backend:
         # compile default: 58 s for a batch of 3 after one of 4), or new CUDA graphs. So a smaller batch of a shape
         # already compiled (a job's last batch, a retry) is padded to that batch with copies of its last image on
         # generators of their own, and their outputs dropped: an image depends on its own generator only (tested).
-        shape = (
-            mode,
-            depths[0].height,
-            depths[0].width,
-            knobs["guidance_scale"] > 1,
-        )  # CFG doubles the batch
+        cfg = knobs["guidance_scale"] > 1  # doubles the models' batch
+        shape = (mode, depths[0].height, depths[0].width, cfg)
         compiled = self.compiled
         pad = max(0, self.compiled_batch.get(shape, n) - n) if compiled else 0
         if pad:
@@ -523,8 +517,8 @@ class Backend:
                 self.compiled_batch.pop(shape, None)  # the halves run (and compile) at their own size
                 raise
             self.last_pipeline_s = time.perf_counter() - started  # the API's own time is what lies outside it
-        if compiled:
-            self.compiled_batch[shape] = max(n + pad, self.compiled_batch.get(shape, 0))
+        if compiled:  # never below what it was: a smaller batch was padded up to it
+            self.compiled_batch[shape] = n + pad
         return np.asarray(out.images[:n], dtype=np.float32)
 
 

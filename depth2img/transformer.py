@@ -294,9 +294,8 @@ class SceneTransformer:
         for k in CONTROL_KNOBS:
             if k not in self.backend.control_knobs:
                 knobs[k] = DEFAULT_KNOBS[k]  # a preset's control knob does not apply here either
-        check_denoising_steps(
-            knobs["steps"], knobs["strength"]
-        )  # txt2img (strength 1) always leaves them all
+        # txt2img (strength 1) always leaves them all
+        check_denoising_steps(knobs["steps"], knobs["strength"])
         check_num_images(num_images)
         if seed is None:
             seeds = [secrets.randbelow(2**31)]
