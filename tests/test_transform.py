@@ -51,8 +51,10 @@ def test_sd15_img2img_equals_diffusers(sd15, photo, depth, tiny_dir):
         tiny_dir / "sd15-depth", controlnet=cn, safety_checker=None
     )
     ref.scheduler = UniPCMultistepScheduler.from_config(ref.scheduler.config)
+    # depth2img's control_scale defaults to 1.0 in both modes; this diffusers pipeline's to 0.8 (its txt2img's: 1.0)
     theirs = ref(PROMPT, image=photo, control_image=_control(depth), strength=0.6, num_inference_steps=2,
-                 guidance_scale=7.5, negative_prompt="blurry", generator=_gens(7), output_type="np").images  # fmt: skip
+                 guidance_scale=7.5, negative_prompt="blurry", generator=_gens(7), output_type="np",
+                 controlnet_conditioning_scale=1.0).images  # fmt: skip
     _assert_same(ours.raw, theirs)
     assert ours.metadata[0]["mode"] == "img2img"
 
@@ -157,6 +159,20 @@ def test_compiled_fast_path_traces_whole_models_and_keeps_the_controlnet_window(
         counters["graph_break"]
     )
     _assert_same(after, before)
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny/sdxl-depth", "tiny/sd2-depth", "tiny/flux-depth"])
+def test_the_depth_reaches_the_image(name, photo, depth):
+    """Every tiny backbone's image depends on the depth it is given. diffusers' ``ControlNetModel.from_unet`` zeroes
+    a ControlNet's output convolutions; the tiny ControlNets built that way added nothing, so tests of the control
+    image, scale and window could not fail (one compared against diffusers at a different scale and passed)."""
+    st_ = SceneTransformer.from_pretrained(name)
+    flipped = DepthMap(depth.values[::-1].copy(), "metric_depth")
+    a, b = (
+        st_.transform(photo, PROMPT, depth=d, seed=3, steps=2, strength=1.0).raw for d in (depth, flipped)
+    )
+    # 0 with zeroed convolutions; 2e-4 with the embedding's last one initialised as usual
+    assert np.abs(a - b).max() > 1e-3
 
 
 def _decoded_batches(st):
