@@ -176,13 +176,22 @@ def skip_inactive_controlnet(controlnet, counter: ControlNetCallCounter | None =
 
 def _pipe_sharing_weights(pipeline_class, pipe):
     """``pipeline_class.from_pipe(pipe)`` with every shared model left in its dtype. from_pipe casts all of them
-    to its ``dtype`` argument, float32 when none is given: fp16/bf16 weights would silently become float32."""
+    to its ``dtype`` argument, float32 when none is given: fp16/bf16 weights would silently become float32.
+
+    That cast made diffusers log "There are modules in UNet2DConditionModel that should be kept in float32: []"
+    once per model at every load (it warns for an empty list too): its log is quiet for the call."""
     import torch
+    from diffusers.utils import logging as diffusers_logging
 
     models = {k: m for k, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
     dtypes = {k: next(m.parameters()).dtype for k, m in models.items() if any(True for _ in m.parameters())}
     main = dtypes.get("unet") or dtypes.get("transformer") or next(iter(dtypes.values()), torch.float32)
-    new = pipeline_class.from_pipe(pipe, dtype=main)  # a no-op cast when all models share that dtype
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        new = pipeline_class.from_pipe(pipe, dtype=main)  # a no-op cast when all models share that dtype
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
     for k, dtype in dtypes.items():  # mixed dtypes (a float32 VAE, say) are put back as they were
         if next(models[k].parameters()).dtype != dtype:
             models[k].to(dtype=dtype)

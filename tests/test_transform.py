@@ -97,6 +97,30 @@ def test_weights_keep_the_requested_dtype(name):
                 assert {p.dtype for p in module.parameters()} == {torch.bfloat16}, (kind, key)
 
 
+def test_loading_logs_no_spurious_float32_warnings():
+    """The img2img pipeline's from_pipe casts the shared models to their own dtype, and diffusers logged "There are
+    modules in UNet2DConditionModel that should be kept in float32: []" for each: three false alarms a load."""
+    import logging
+
+    import diffusers
+
+    class Records(logging.Handler):
+        messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    library_logger, handler = logging.getLogger("diffusers"), Records()
+    before = diffusers.utils.logging.get_verbosity()
+    library_logger.addHandler(handler)
+    try:
+        SceneTransformer.from_pretrained("tiny")
+    finally:
+        library_logger.removeHandler(handler)
+    assert not [m for m in handler.messages if "kept in float32" in m]
+    assert diffusers.utils.logging.get_verbosity() == before
+
+
 def test_default_dtype_on_a_gpu_is_the_backbone_familys(monkeypatch):
     """No dtype given: float32 on CPU; on a GPU float16, but bfloat16 for Flux (as its model cards load it). The GPU
     is faked: load_backend only loads weights on the CPU; the dtype is what is checked."""
