@@ -8,6 +8,7 @@ a float image batch. Loading goes through ``loading.snapshot_dir`` like every ot
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import time
 import warnings
@@ -88,7 +89,27 @@ def compile_error(err: BaseException) -> str:
     return f"{type(inner).__name__}: {first_line(inner)}"
 
 
-def compile_forward(module, mode: str, *, name: str = "model", fallback: bool = True) -> None:
+def map_tensors(fn, value):
+    """``value`` with ``fn`` applied to each tensor in it: through lists, tuples and dicts by hand (a UNet call's
+    arguments: 6 us against torch's pytree map's 33 us, on a 2-core CPU), anything else (diffusers' output
+    classes) by that pytree map."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if type(value) in (list, tuple):
+        return type(value)(map_tensors(fn, v) for v in value)
+    if type(value) is dict:
+        return {k: map_tensors(fn, v) for k, v in value.items()}
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    from torch.utils._pytree import tree_map_only
+
+    return tree_map_only(torch.Tensor, fn, value)
+
+
+def compile_forward(module, mode: str, *, name: str = "model", fallback: bool = True,
+                    channels_last: bool = False) -> None:  # fmt: skip
     """``module.forward`` compiled with torch.compile in ``mode``, in place: the class stays (diffusers' isinstance
     checks hold), and a wrapper set on ``forward`` from outside (the ControlNet's guidance window) stays outside
     the graph, so switching it needs no recompile.
@@ -98,19 +119,38 @@ def compile_forward(module, mode: str, *, name: str = "model", fallback: bool = 
     read them (NVIDIA H200, torch 2.11, 2026-11-26; pytorch/pytorch#160281). So each output is cloned out of the
     pool as it returns: a copy of the residuals or latents, small next to the step that made them.
 
+    Every call reaches the graph the same way: each argument by name, defaults filled in, tensors contiguous
+    (4-D ones channels-last where ``channels_last``, as the fast path lays out the model on GPUs). Dynamo guards
+    on how many keyword arguments a call passes and on each tensor's strides, so diffusers' img2img pipelines,
+    which pass the UNet one argument fewer than its txt2img ones and latents laid out channels-last (the photo's
+    tensor is a permuted view), compiled the UNet and the VAE decoder a second time (test; 23 s with inductor on
+    CPU for the tiny model). The wrapper costs about 20 us a call on a 2-core CPU.
+
     Compiling happens at the first call. If the compiler fails there (no C compiler, a GPU Triton does not
     support), ``name`` runs uncompiled from then on, with one Depth2ImgWarning; ``fallback=False`` raises
     instead (the benchmark, whose compiled row must be compiled)."""
     import torch
     from torch._dynamo.exc import TorchDynamoException
-    from torch.utils._pytree import tree_map_only
 
     original = module.forward
     compiled = torch.compile(original, mode=mode, fullgraph=False)
     copy_out = mode in CUDAGRAPH_MODES
     failed = []
+    signature = inspect.signature(
+        original
+    )  # the model's own: diffusers' decorators keep it (functools.wraps)
+    by_name = all(p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in signature.parameters.values())
+    image_layout = torch.channels_last if channels_last else torch.contiguous_format
+
+    def contiguous(tensor):
+        return tensor.contiguous(memory_format=image_layout) if tensor.dim() == 4 else tensor.contiguous()
 
     def forward(*args, **kwargs):
+        if by_name:
+            bound = signature.bind(*args, **kwargs)
+            bound.apply_defaults()
+            args, kwargs = (), bound.arguments
+        args, kwargs = map_tensors(contiguous, (args, kwargs))
         if failed:
             return original(*args, **kwargs)
         try:
@@ -123,10 +163,30 @@ def compile_forward(module, mode: str, *, name: str = "model", fallback: bool = 
             warnings.warn(f"torch.compile ({mode}) failed for the {name}, which runs uncompiled: {compile_error(err)}",
                           Depth2ImgWarning, stacklevel=2)  # fmt: skip
             return original(*args, **kwargs)
-        return tree_map_only(torch.Tensor, torch.clone, out) if copy_out else out
+        return map_tensors(torch.clone, out) if copy_out else out
 
     module.forward = forward
     setattr(module, COMPILE_MODE_ATTR, mode)
+
+
+def scale_outside_graph(controlnet) -> None:
+    """The compiled ``controlnet`` always runs at ``conditioning_scale`` 1 and its residuals are scaled after it,
+    as diffusers scales them (``sample * conditioning_scale``), so the images are the same.
+
+    torch.compile takes a Python float argument as a constant of its graph, so each new control scale (the app's
+    slider, a job's rows) compiled the ControlNet again (7.7 s with inductor on CPU for the tiny model; a GPU
+    compile of the full one takes far longer), and that second graph takes the scale as a float64 CPU tensor, on
+    which torch skips CUDA graphs (torch/_dynamo/variables/builder.py, ``wrap_symfloat``). Guess mode, whose
+    per-residual scales are multiplied by it inside, keeps the scale in the graph."""
+    compiled = controlnet.forward
+
+    def forward(*args, conditioning_scale=1.0, guess_mode=False, **kwargs):
+        if guess_mode or not isinstance(conditioning_scale, float | int) or conditioning_scale == 1:
+            return compiled(*args, conditioning_scale=conditioning_scale, guess_mode=guess_mode, **kwargs)
+        out = compiled(*args, conditioning_scale=1.0, guess_mode=False, **kwargs)
+        return map_tensors(lambda residual: residual * conditioning_scale, out)
+
+    controlnet.forward = forward
 
 
 def check_attention(attention: str, name: str = "attention") -> str:
@@ -390,7 +450,8 @@ class Backend:
             module = getattr(pipe, name, None)
             if module is None:
                 continue
-            if channels_last and name != "transformer":
+            laid_out = channels_last and name != "transformer"
+            if laid_out:
                 module.to(memory_format=torch.channels_last)
                 applied.append(f"{name}:channels_last")
             if fuse_qkv and hasattr(module, "fuse_qkv_projections"):
@@ -398,7 +459,9 @@ class Backend:
                 applied.append(f"{name}:fused_qkv")
             if compile_mode:
                 compile_forward(module.decoder if name == "vae" else module, compile_mode, name=name,
-                                fallback=compile_fallback)  # fmt: skip
+                                fallback=compile_fallback, channels_last=laid_out)  # fmt: skip
+                if name == "controlnet":
+                    scale_outside_graph(module)
                 applied.append(f"{name}:compile({compile_mode})")
         return applied
 

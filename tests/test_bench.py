@@ -312,6 +312,7 @@ def test_depth_bench_equals_transformers_pipeline(tmp_path):
         ("variations_grid.py", ["--sizes", "4"], "batch_size 4: "),
         ("depth_throughput.py", ["--copies", "1"], "depth: "),
         ("run_postprocess.py", ["--photos", "2", "--photo-size", "96x64"], "ms; outside the pipeline call: "),
+        ("compile_knobs.py", [], "graphs compiled: 3\n"),  # real inductor: about a minute
         (
             "writer_throughput.py",
             ["--size", "320x240", "--images", "4", "--threads", "1", "2"],
@@ -338,7 +339,8 @@ def test_throughput_scripts_run_on_the_tiny_model(tiny_dir, tmp_path, script, ar
                           env={**os.environ, "TMPDIR": str(tmp_path / "tmp")}, capture_output=True, text=True,
                           timeout=300)  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert line in done.stdout and ("images/hour" in done.stdout or script == "run_postprocess.py"), (
-        done.stdout
-    )
-    assert not any((tmp_path / "tmp").iterdir())
+    assert line in done.stdout and (
+        "images/hour" in done.stdout or script in ("run_postprocess.py", "compile_knobs.py")
+    ), done.stdout
+    # inductor keeps its precompiled headers in $TMPDIR/torchinductor_$USER whatever TORCHINDUCTOR_CACHE_DIR says
+    assert not [p for p in (tmp_path / "tmp").iterdir() if not p.name.startswith("torchinductor_")]

@@ -199,6 +199,38 @@ def test_the_depth_reaches_the_image(name, photo, depth):
     assert np.abs(a - b).max() > 1e-3
 
 
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_a_new_control_scale_or_other_knob_compiles_nothing_new(channels_last, eager_compile, photo, depth):
+    """A Python float reaching a compiled forward is a constant of its graph: each new control scale (the app's
+    slider, a job's rows) compiled the ControlNet again (7.7 s with inductor on CPU for the tiny model), and that
+    second graph takes the scale as a CPU tensor, on which CUDA graphs are skipped. The compiled ControlNet always
+    runs at scale 1 and its residuals are scaled after it, as diffusers scales them: the same images, one graph.
+    Steps, strength (img2img: its pipeline calls the UNet with one argument fewer and channels-last latents),
+    guidance, the prompt and the seed add no graph either; a guidance window that skips the ControlNet adds one,
+    the UNet without residuals, once. With the fast path's channels-last layout (GPUs) too."""
+    import torch._dynamo
+
+    st_ = SceneTransformer.from_pretrained("tiny")
+    knobs = dict(depth=depth, seed=3, steps=2, strength=1.0)
+    plain = {s: st_.transform(photo, PROMPT, control_scale=s, **knobs).raw for s in (1.0, 0.7, 0.4)}
+    st_.backend.optimize(compile_mode="default", channels_last=channels_last, fuse_qkv=False)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    got = {s: st_.transform(photo, PROMPT, control_scale=s, **knobs).raw for s in (1.0, 0.7, 0.4)}
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 3  # UNet, ControlNet, VAE decoder
+    st_.transform(photo, "a snowy road", depth=depth, seed=8, steps=3, strength=0.6, guidance_scale=5.0,
+                  control_scale=0.9)  # fmt: skip
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 3
+    for window in [(0.2, 0.7), (0.0, 0.5)]:
+        st_.transform(
+            photo, PROMPT, depth=depth, seed=8, steps=4, control_start=window[0], control_end=window[1]
+        )
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 4
+    for s in plain:  # channels-last convolutions round differently
+        assert np.abs(got[s] - plain[s]).max() <= (1e-5 if channels_last else 0.0), s
+    assert np.abs(plain[0.7] - plain[0.4]).max() > 1e-3
+
+
 def _decoded_batches(st):
     """The batch sizes the VAE decoder receives, one per pipeline call."""
     sizes = []
