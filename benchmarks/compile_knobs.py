@@ -1,12 +1,15 @@
 """Seconds per request of a compiled model as the knobs change: which requests compile again.
 
     python benchmarks/compile_knobs.py [--model tiny] [--compile default] [--size 64] [--steps 4] [--repeats 1]
+                                       [--other-sizes 96x64 64x96 128x64]
 
 One model loaded with ``compile`` (the fast path), then requests on one rendered driving scene (its exact depth
 given) that change one knob each: the first compiles; each later one should take a warm call's time, since a
 prompt, seed, step count, strength (txt2img or img2img), guidance or control scale needs no new graph. Prints
 each request's seconds and the number of graphs dynamo compiled. Any registry model works (``--model sd15-depth``
-on a GPU, with its weights downloaded); ``--repeats`` runs the list again, warm.
+on a GPU, with its weights downloaded); ``--repeats`` runs the list again, warm. ``--other-sizes`` then asks for
+scenes of other sizes: torch compiles the second size's graphs for any size (dynamic shapes), the later ones
+none.
 """
 
 import argparse
@@ -24,6 +27,14 @@ REQUESTS = [
 ]
 
 
+def size_arg(text: str) -> tuple[int, int]:
+    try:
+        width, height = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got {text!r}") from None
+    return width, height
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny")
@@ -31,6 +42,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=64, help="the scene's width and height")
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=1, help="rounds of the request list")
+    parser.add_argument("--other-sizes", nargs="*", type=size_arg, default=[], metavar="WxH",
+                        help="then one request at each size")  # fmt: skip
     args = parser.parse_args()
 
     import torch._dynamo
@@ -46,6 +59,17 @@ def main() -> None:
             started = time.perf_counter()
             st.transform(scene.image, depth=scene.depth, steps=args.steps, **knobs)
             print(f"round {round_ + 1}, {label}: {time.perf_counter() - started:.2f} s", flush=True)
+    for width, height in args.other_sizes:
+        other = render_driving_scene(width, height, seed=0)
+        started = time.perf_counter()
+        result = st.transform(
+            other.image, "a road", depth=other.depth, seed=1, steps=args.steps, strength=1.0
+        )
+        size = f"{result.raw.shape[2]}x{result.raw.shape[1]}"
+        print(
+            f"a {width}x{height} scene (generated at {size}): {time.perf_counter() - started:.2f} s",
+            flush=True,
+        )
     print(f"graphs compiled: {torch._dynamo.utils.counters['stats']['unique_graphs']}")
 
 

@@ -111,9 +111,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPU offload to save GPU memory: " + "; ".join(f"{k}: {v}" for k, v in OFFLOAD_MODES.items()))  # fmt: skip
     p.add_argument("--compile", choices=COMPILE_MODES, metavar="MODE",
                    help="the fast path on a GPU: torch.compile of the UNet, ControlNet and VAE decoder (with channels-last "
-                        "and fused QKV), mode one of " + ", ".join(COMPILE_MODES) + "; the first batch of each "
-                        "size compiles (a minute or more), the later ones are faster (a smaller one is padded to it "
-                        "rather than compiled again). Outputs differ from eager within bf16/fp16 "
+                        "and fused QKV), mode one of " + ", ".join(COMPILE_MODES) + "; the first batch compiles "
+                        "(a minute or more), the first at a second image size once more (for any size), the later "
+                        "ones are faster (a smaller one is padded to a size run before rather than compiled again). Outputs differ from eager within bf16/fp16 "
                         "tolerance (default: off)")  # fmt: skip
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (large images, less memory)")
     p.add_argument("--vae-slicing", action="store_true", help="decode one image at a time")
@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--compile", metavar="MODE",
                    help="the fast path on a GPU (as transform --compile): " + ", ".join(COMPILE_MODES)
-                        + "; the first generation of each size compiles (a minute or more)")  # fmt: skip
+                        + "; the first generation compiles (a minute or more), the first at a second size once more")  # fmt: skip
     p.add_argument("--presets-file", action="append", default=[], metavar="FILE", help="extra presets YAML")
     _add_model_args(p)
 

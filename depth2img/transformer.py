@@ -146,9 +146,11 @@ class SceneTransformer:
         (loaded on first need) or a loaded ``DepthEstimator``. ``lora`` adds a few-step LoRA (``lcm-sd15``,
         ``lcm-sdxl``, ``hyper-sd15-8step``, a hub id or folder): fused in, with its scheduler and step count as
         the new defaults. ``compile`` (a torch.compile mode) turns on the fast path: channels-last (on GPUs), fused
-        QKV projections and the UNet, ControlNet and VAE decoder compiled; the first batch of each shape compiles
-        (a minute or more), the later ones run faster (on an H200, default mode at batch 16: 189 against 279 ms an
-        image), and a smaller batch of that shape is padded to it rather than compiled again."""
+        QKV projections and the UNet, ControlNet and VAE decoder compiled; the first batch compiles (a minute or
+        more), the first at a second image size once more (torch's dynamic shapes: for any size), the later ones
+        run faster (on an H200, default mode at batch 16: 189 against 279 ms an image), and a smaller batch of a
+        shape run before is padded to it rather than compiled again. Other knobs (prompt, seed, steps, strength,
+        guidance, control scale) compile nothing new."""
         from .backends import load_backend
         from .tiny import TINY_NATIVE_SIZE
 
