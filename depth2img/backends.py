@@ -310,8 +310,8 @@ class Backend:
         self.cache_calls = None  # the last call's UNet / deep-block call counts (feature cache)
         self.speed_lora = None
         self.fast_path = None  # what optimize() applied (None: the plain pipeline)
-        # compiled: the batch each call shape was compiled at, which smaller batches are padded to (see __call__)
-        self.compiled_batch: dict[tuple, int] = {}
+        # compiled: the batch sizes each call shape has run at; a smaller new one is padded to one (see __call__)
+        self.compiled_batches: dict[tuple, set[int]] = {}
         self.verify()
 
     @property
@@ -540,12 +540,14 @@ class Backend:
                      or len(set(negative_prompts)) > 1)  # fmt: skip
         # Compiled, a new batch size is a new graph: a recompile as long as the first compile (tiny SD1.5 on CPU,
         # compile default: 58 s for a batch of 3 after one of 4), or new CUDA graphs. So a smaller batch of a shape
-        # already compiled (a job's last batch, a retry) is padded to that batch with copies of its last image on
-        # generators of their own, and their outputs dropped: an image depends on its own generator only (tested).
+        # already compiled (a job's last batch, a retry) is padded to the smallest larger batch it has run, with
+        # copies of its last image on generators of their own, and their outputs dropped: an image depends on its
+        # own generator only (tested). A batch size that has run at that shape is never padded.
         cfg = knobs["guidance_scale"] > 1  # doubles the models' batch
         shape = (mode, depths[0].height, depths[0].width, cfg)
         compiled = self.compiled
-        pad = max(0, self.compiled_batch.get(shape, n) - n) if compiled else 0
+        ran = self.compiled_batches.get(shape, set()) if compiled else set()
+        pad = 0 if n in ran else min((size - n for size in ran if size > n), default=0)
         if pad:
             images, prompts = _padded(images, pad), _padded(prompts, pad)
             negative_prompts = _padded(negative_prompts, pad)
@@ -586,11 +588,11 @@ class Backend:
                     height=depths[0].height, width=depths[0].width, output_type="np", **kwargs,
                 )  # fmt: skip
             except torch.OutOfMemoryError:
-                self.compiled_batch.pop(shape, None)  # the halves run (and compile) at their own size
+                self.compiled_batches.pop(shape, None)  # the halves run (and compile) at their own size
                 raise
             self.last_pipeline_s = time.perf_counter() - started  # the API's own time is what lies outside it
-        if compiled:  # never below what it was: a smaller batch was padded up to it
-            self.compiled_batch[shape] = n + pad
+        if compiled:
+            self.compiled_batches.setdefault(shape, set()).add(n + pad)
         return np.asarray(out.images[:n], dtype=np.float32)
 
 

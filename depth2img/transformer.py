@@ -149,8 +149,8 @@ class SceneTransformer:
         QKV projections and the UNet, ControlNet and VAE decoder compiled; the first batch compiles (a minute or
         more), the first at a second image size once more (torch's dynamic shapes: for any size), the later ones
         run faster (on an H200, default mode at batch 16: 189 against 279 ms an image), and a smaller batch of a
-        shape run before is padded to it rather than compiled again. Other knobs (prompt, seed, steps, strength,
-        guidance, control scale) compile nothing new."""
+        shape run before is padded to the next larger batch run at it rather than compiled again. Other knobs
+        (prompt, seed, steps, strength, guidance, control scale) compile nothing new."""
         from .backends import load_backend
         from .tiny import TINY_NATIVE_SIZE
 

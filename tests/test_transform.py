@@ -266,6 +266,20 @@ def test_a_compiled_backend_pads_a_smaller_batch_to_the_one_it_compiled(name, ph
     assert sizes[-1] == 1
 
 
+def test_a_batch_size_that_has_run_is_not_padded(photo, depth):
+    """Padding goes to the smallest larger batch a shape has run, and a size that has run is run as it is (the app's
+    warm-up runs one image and then two: one image must not cost two)."""
+    from depth2img.featurecache import COMPILE_MODE_ATTR
+
+    st = SceneTransformer.from_pretrained("tiny")
+    setattr(st.backend.pipe.unet, COMPILE_MODE_ATTR, "default")  # what optimize(compile_mode=...) marks
+    sizes = _decoded_batches(st)
+    req = st.prepare(photo, PROMPT, depth=depth, seed=[1, 2, 3, 4], steps=2)
+    for seeds in ([1], [1, 2, 3, 4], [1], [1, 2], [1, 2, 3], [1, 2]):
+        st.run([req.with_seeds(seeds)])
+    assert sizes == [1, 4, 1, 4, 4, 4]  # 2 and 3 never ran at their own size: padded to 4 each time
+
+
 def test_padding_keeps_a_compiled_graph_and_yields_to_out_of_memory(eager_compile, photo, depth, monkeypatch):
     """With dynamo tracing the real models, a smaller batch adds no graph. Out of memory at the padded size, the
     halves run at their own size (padded back to the failed size, they would fail again)."""
