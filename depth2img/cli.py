@@ -139,7 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--compile", metavar="MODE",
                    help="the fast path on a GPU (as transform --compile): " + ", ".join(COMPILE_MODES)
-                        + "; the first generation compiles (a minute or more), the first at a second size once more")  # fmt: skip
+                        + "; it is compiled before serving (--warm-up)")  # fmt: skip
+    p.add_argument("--warm-up", action=argparse.BooleanOptionalAction, default=None,
+                   help="load the model before serving and, with --compile, compile it for every size and number "
+                        "of images (three short generations; minutes on a GPU), so no visitor waits for the "
+                        "compiler (default: on with --compile)")  # fmt: skip
     p.add_argument("--presets-file", action="append", default=[], metavar="FILE", help="extra presets YAML")
     _add_model_args(p)
 
@@ -355,6 +359,9 @@ def _cmd_app(args) -> int:
     service = Service(model=pick["model"], estimator=pick["estimator"], device=args.device, dtype=args.dtype,
                       local_files_only=args.local_files_only, preset_files=args.presets_file,
                       compile=pick["compile"])  # fmt: skip
+    if args.warm_up if args.warm_up is not None else bool(pick["compile"]):
+        seconds = service.warm_up(progress=lambda msg: print(f"depth2img app: {msg}", file=sys.stderr))
+        print(f"depth2img app: warmed up in {seconds:.0f} s", file=sys.stderr)
     launch(service, host=pick["host"], port=pick["port"], share=args.share, auth=args.auth,
            max_upload_mb=pick["max_upload_mb"], queue_size=pick["queue_size"])  # fmt: skip
     return 0

@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import time
 from pathlib import Path
 
 from .depthmap import DepthMap
 from .errors import InputError
 
 DEPTH_CACHE_SIZE = 8  # depth maps kept for photos seen recently
+# Warm-up requests, (width, height, images): the page's driving-scene sample (ui.make_sample), a square photo,
+# the sample again with two images. torch compiles graphs for the first, then for any size, then for any number of
+# images (its automatic dynamic shapes), so no later request waits for the compiler.
+WARM_UP = ((640, 320, 1), (512, 512, 1), (640, 320, 2))
 
 
 class Service:
@@ -61,6 +66,27 @@ class Service:
                     lora_scale=self.lora_scale, compile=self.compile,
                 )  # fmt: skip
             return self._transformer
+
+    def warm_up(self, progress=None) -> float:
+        """Before the first visitor: load the default model and, when it is compiled, generate the ``WARM_UP``
+        requests (two steps each), so that no visitor waits for the compiler (a minute or more on a GPU, each).
+        Afterwards other sizes and numbers of images, img2img or txt2img compile nothing (test); only one image
+        without classifier-free guidance (guidance <= 1), a batch of one that torch specialises, compiles once more.
+        Returns the seconds it took."""
+        from .scene import render_driving_scene
+
+        started = time.perf_counter()
+        st = self.transformer(progress=progress)
+        if self.compile:
+            for width, height, images in WARM_UP:
+                if progress:
+                    progress(f"warm-up: compiling for {width}x{height}, {images} image(s)")
+                scene = render_driving_scene(width, height, seed=0)
+                with self._lock:
+                    st.transform(
+                        scene.image, "warm-up", depth=scene.depth, seed=0, num_images=images, steps=2
+                    )
+        return time.perf_counter() - started
 
     # ----------------------------------------------------------------------------------------- work
 

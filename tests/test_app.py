@@ -338,3 +338,42 @@ def test_a_taken_or_impossible_port_is_one_line(capsys):
     for bad in ("0", "99999"):
         assert main(["app", "--model", "tiny", "--port", bad]) == 2
         assert capsys.readouterr().err == f"depth2img: error: --port must be in 1..65535, got {bad}\n"
+
+
+def test_app_warms_up_before_serving_when_compiled(monkeypatch):
+    """With --compile the model is compiled before the server starts (--no-warm-up skips it); without, only
+    --warm-up asks for it (then it just loads the model)."""
+    from depth2img import ui
+    from depth2img.cli import main
+
+    events = []
+    monkeypatch.setattr(ui, "launch", lambda service, **kw: events.append("launch"))
+    monkeypatch.setattr(Service, "warm_up", lambda self, progress=None: events.append("warm-up") or 1.0)
+    for args in (["--compile", "default"], ["--compile", "default", "--no-warm-up"], [], ["--warm-up"]):
+        assert main(["app", "--model", "tiny", *args]) == 0
+    assert events == ["warm-up", "launch", "launch", "launch", "warm-up", "launch"]
+
+
+def test_warm_up_leaves_no_request_waiting_for_the_compiler(eager_compile):
+    """After the warm-up, requests at other sizes, with more images, img2img or txt2img, add no compiled graph
+    (dynamo traces the real models; its eager backend stands in for inductor)."""
+    import torch._dynamo
+
+    from depth2img import render_driving_scene
+
+    service = Service(model="tiny", compile="default")
+    messages = []
+    service.warm_up(progress=messages.append)
+    assert messages[0] == "loading model tiny (first use)" and messages[1].startswith(
+        "warm-up: compiling for"
+    )
+    graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
+    assert graphs >= 6
+    for (width, height), images, strength in [
+        ((300, 500), 3, 1.0),
+        ((1024, 683), 4, 0.6),
+        ((451, 300), 1, 0.8),
+    ]:
+        scene = render_driving_scene(width, height, seed=1)
+        service.transform(scene.image, prompt="a road", seed=1, num_images=images, steps=2, strength=strength)
+        assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs, (width, height, images)
