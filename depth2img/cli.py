@@ -113,8 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the fast path on a GPU: torch.compile of the UNet, ControlNet and VAE decoder (with channels-last "
                         "and fused QKV), mode one of " + ", ".join(COMPILE_MODES) + "; the first batch compiles "
                         "(a minute or more), the first at a second image size once more (for any size), the later "
-                        "ones are faster (a smaller one is padded to a size run before rather than compiled again). Outputs differ from eager within bf16/fp16 "
-                        "tolerance (default: off)")  # fmt: skip
+                        "ones are faster (a smaller one is padded to a size run before rather than compiled "
+                        "again). Outputs differ from eager within bf16/fp16 tolerance (default: off)")  # fmt: skip
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (large images, less memory)")
     p.add_argument("--vae-slicing", action="store_true", help="decode one image at a time")
     p.add_argument(
@@ -141,9 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the fast path on a GPU (as transform --compile): " + ", ".join(COMPILE_MODES)
                         + "; it is compiled before serving (--warm-up)")  # fmt: skip
     p.add_argument("--warm-up", action=argparse.BooleanOptionalAction, default=None,
-                   help="load the model before serving and, with --compile, compile it for every size and number "
-                        "of images (three short generations; minutes on a GPU), so no visitor waits for the "
-                        "compiler (default: on with --compile)")  # fmt: skip
+                   help="load the model before serving and, with --compile, compile it for any size and number of "
+                        "images (three short generations; minutes on a GPU; one image with guidance <= 1 still "
+                        "compiles once), so visitors do not wait for the compiler (default: on with --compile)")  # fmt: skip
     p.add_argument("--presets-file", action="append", default=[], metavar="FILE", help="extra presets YAML")
     _add_model_args(p)
 
