@@ -113,6 +113,7 @@ def test_app_hands_its_compile_mode_to_the_service(monkeypatch):
 
     served = []
     monkeypatch.setattr(ui, "launch", lambda service, **kw: served.append(service.compile))
+    monkeypatch.setattr(Service, "warm_up", lambda self, progress=None: 0.0)  # its own test is below
     monkeypatch.setenv("DEPTH2IMG_COMPILE", "max-autotune")
     assert main(["app", "--model", "tiny", "--compile", "default"]) == 0
     assert main(["app", "--model", "tiny"]) == 0
