@@ -22,7 +22,7 @@ REQUESTS = [
     (
         "img2img, guidance 5, control scale 0.5, another prompt and seed",
         dict(strength=0.8, guidance_scale=5.0, control_scale=0.5, prompt="a snowy road", seed=2),
-    ),  # fmt: skip
+    ),
     ("txt2img again", dict(strength=1.0)),
 ]
 

@@ -136,9 +136,8 @@ def compile_forward(module, mode: str, *, name: str = "model", fallback: bool = 
     compiled = torch.compile(original, mode=mode, fullgraph=False)
     copy_out = mode in CUDAGRAPH_MODES
     failed = []
-    signature = inspect.signature(
-        original
-    )  # the model's own: diffusers' decorators keep it (functools.wraps)
+    # the model's own signature: diffusers' decorators keep it (functools.wraps)
+    signature = inspect.signature(original)
     by_name = all(p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) for p in signature.parameters.values())
     image_layout = torch.channels_last if channels_last else torch.contiguous_format
 
@@ -146,13 +145,13 @@ def compile_forward(module, mode: str, *, name: str = "model", fallback: bool = 
         return tensor.contiguous(memory_format=image_layout) if tensor.dim() == 4 else tensor.contiguous()
 
     def forward(*args, **kwargs):
+        if failed:  # eager: no graph's guards to keep steady
+            return original(*args, **kwargs)
         if by_name:
             bound = signature.bind(*args, **kwargs)
             bound.apply_defaults()
             args, kwargs = (), bound.arguments
         args, kwargs = map_tensors(contiguous, (args, kwargs))
-        if failed:
-            return original(*args, **kwargs)
         try:
             out = compiled(*args, **kwargs)
         except TorchDynamoException as err:

@@ -17,6 +17,8 @@ CLASSES = ("sky", "road", "car", "building")  # semantic ids 0..3
 CAMERA_HEIGHT_M = 1.5
 ROAD_END_M = 300.0  # the road plane stops here; farther rays see sky
 MIN_BOX_PIXELS = 20  # instances with fewer visible pixels get no 2-D box
+# width, height by default: also the app's sample and the first of its warm-up requests
+SCENE_SIZE = (640, 320)
 
 
 @dataclass
@@ -48,7 +50,7 @@ def _boxes(rng: np.random.Generator, n_cars: int, n_buildings: int):
     return objects
 
 
-def render_driving_scene(width: int = 640, height: int = 320, *, seed: int = 0, n_cars: int = 4,
+def render_driving_scene(width: int = SCENE_SIZE[0], height: int = SCENE_SIZE[1], *, seed: int = 0, n_cars: int = 4,
                          n_buildings: int = 6, fov_deg: float = 70.0) -> Scene:  # fmt: skip
     """Render the scene at ``width`` x ``height``; the same seed gives the same scene."""
     from PIL import Image

@@ -13,12 +13,13 @@ from pathlib import Path
 
 from .depthmap import DepthMap
 from .errors import InputError
+from .scene import SCENE_SIZE, render_driving_scene
 
 DEPTH_CACHE_SIZE = 8  # depth maps kept for photos seen recently
 # Warm-up requests, (width, height, images): the page's driving-scene sample (ui.make_sample), a square photo,
 # the sample again with two images. torch compiles graphs for the first, then for any size, then for any number of
 # images (its automatic dynamic shapes), so no later request waits for the compiler.
-WARM_UP = ((640, 320, 1), (512, 512, 1), (640, 320, 2))
+WARM_UP = ((*SCENE_SIZE, 1), (512, 512, 1), (*SCENE_SIZE, 2))
 
 
 class Service:
@@ -73,8 +74,6 @@ class Service:
         Afterwards other sizes and numbers of images, img2img or txt2img compile nothing (test); only one image
         without classifier-free guidance (guidance <= 1), a batch of one that torch specialises, compiles once more.
         Returns the seconds it took."""
-        from .scene import render_driving_scene
-
         started = time.perf_counter()
         st = self.transformer(progress=progress)
         if self.compile:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from .errors import Depth2ImgError, first_line
 from .io import DEPTH_SUFFIXES
+from .scene import SCENE_SIZE
 
 MAX_SEED = 2**31 - 1
 # Each request's files (one folder each); removed once older than APP_KEEP_S seconds, as is Gradio's own cache
@@ -76,7 +77,7 @@ def _image(path):
 # Each takes the service first; create_demo binds it. Tests call them directly.
 
 
-def make_sample(width: int = 640, height: int = 320, seed: int = 0) -> tuple[str, str]:
+def make_sample(width: int = SCENE_SIZE[0], height: int = SCENE_SIZE[1], seed: int = 0) -> tuple[str, str]:
     """The procedural driving scene: its photo and its exact metric depth (.npz that records its polarity)."""
     import numpy as np
 
