@@ -91,10 +91,10 @@ def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_pattern
     """A local directory holding ``ref``'s files, fetching them from the hub only when allowed and reachable."""
     if ref.is_local:
         path = Path(ref.location)
-        if not path.is_dir() and ref.name.startswith("tiny") and ref.entry is not None:
-            from . import tiny  # tiny models are deterministic: build them on first use
+        if ref.name.startswith("tiny") and ref.entry is not None:
+            from . import tiny  # tiny models are deterministic: built on first use, rebuilt when stale
 
-            tiny.write(ref.entry.tiny, path)
+            tiny.ensure(ref.entry.tiny, path)
         if not path.is_dir():
             hint = (
                 " (write the tiny models with `depth2img tiny-model DIR`)"

@@ -12,6 +12,10 @@ import tempfile
 from pathlib import Path
 
 SEED = 0
+# What a tiny model holds changes with this code (build 2: ControlNets whose output convolutions are no longer
+# zero). Every folder carries the build it was written by; a folder of another build, or none, is rebuilt on use.
+BUILD = 2
+STAMP = ".depth2img-tiny.json"
 
 
 def _byte_vocab() -> dict[str, int]:
@@ -347,11 +351,33 @@ def write(kind: str, folder: str | Path) -> Path:
     for old in (tmp, *(companion_folder(tmp, c) for c in COMPANIONS)):
         shutil.rmtree(old, ignore_errors=True)
     WRITERS[kind](kind, tmp)
+    (tmp / STAMP).write_text(json.dumps({"build": BUILD, "kind": kind}))
     moves = [(companion_folder(tmp, c), companion_folder(folder, c)) for c in COMPANIONS] + [(tmp, folder)]
     for new, final in moves:
         if new.exists():
             shutil.rmtree(final, ignore_errors=True)
             new.rename(final)
+    return folder
+
+
+def is_current(folder: str | Path, kind: str) -> bool:
+    """Whether ``folder`` holds the tiny ``kind`` as this build writes it (see ``BUILD``)."""
+    try:
+        return json.loads((Path(folder) / STAMP).read_text()) == {"build": BUILD, "kind": kind}
+    except (OSError, ValueError):
+        return False
+
+
+def ensure(kind: str, folder: str | Path) -> Path:
+    """``folder`` holding this build's tiny ``kind``: written unless it is already there. A file lock beside the
+    folder makes processes that start together (one per GPU under accelerate) write it once, not over each other."""
+    from filelock import FileLock
+
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(folder.with_name(f".{folder.name}.lock")):
+        if not is_current(folder, kind):
+            write(kind, folder)
     return folder
 
 

@@ -122,6 +122,52 @@ def test_tiny_is_built_on_first_use(tmp_path, monkeypatch):
     assert est.kind == "relative_inverse_depth"
 
 
+def test_a_tiny_model_an_older_build_wrote_is_rebuilt(tmp_path, monkeypatch):
+    import json
+
+    from depth2img import tiny
+
+    monkeypatch.setenv("DEPTH2IMG_TINY_DIR", str(tmp_path))
+    DepthEstimator.from_pretrained("tiny/dpt-hybrid")
+    folder = tmp_path / "dpt"
+    assert tiny.is_current(folder, "dpt")
+    (folder / "left-over").write_text("")
+    DepthEstimator.from_pretrained("tiny/dpt-hybrid")  # this build's folder: loaded as it is
+    assert (folder / "left-over").exists()
+    for stale in ({"build": tiny.BUILD - 1, "kind": "dpt"}, None):  # an older build's stamp, or none at all
+        (folder / "left-over").write_text("")
+        if stale is None:
+            (folder / tiny.STAMP).unlink()
+        else:
+            (folder / tiny.STAMP).write_text(json.dumps(stale))
+        DepthEstimator.from_pretrained("tiny/dpt-hybrid")
+        assert not (folder / "left-over").exists() and tiny.is_current(folder, "dpt")
+
+
+def test_processes_that_start_together_write_a_tiny_model_once(tmp_path, monkeypatch):
+    import json
+    import threading
+    import time
+
+    from depth2img import tiny
+
+    writes = []
+
+    def slow_write(kind, folder):  # long enough that, unlocked, both would see no folder and both write
+        writes.append(kind)
+        time.sleep(0.3)
+        folder.mkdir()
+        (folder / tiny.STAMP).write_text(json.dumps({"build": tiny.BUILD, "kind": kind}))
+
+    monkeypatch.setattr(tiny, "write", slow_write)
+    threads = [threading.Thread(target=tiny.ensure, args=("dpt", tmp_path / "dpt")) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert writes == ["dpt"]
+
+
 def _pins():
     from depth2img import registry
 
