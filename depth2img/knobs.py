@@ -70,13 +70,19 @@ def check_knobs(knobs: dict) -> None:
         raise InputError(f"feature_cache must be an integer in 1..{MAX_CACHE_INTERVAL} (1 = off), got {n!r}")
 
 
+def denoising_steps(steps: int, strength: float) -> int:
+    """The steps a generation runs: img2img int(steps x strength) of them, as diffusers' SD pipelines count them
+    (Flux's count can be one more); strength 1, all."""
+    return min(int(steps * strength), steps)
+
+
 def check_denoising_steps(steps: int, strength: float) -> None:
-    """img2img runs int(steps x strength) of its steps, as diffusers counts them: at least one must be left.
-    Checked per request, and up front where both are given (no preset or model default can change them)."""
-    if int(steps * strength) < 1:
+    """At least one denoising step must be left (``denoising_steps``). Checked per request, and up front where
+    both are given (no preset or model default can change them)."""
+    if denoising_steps(steps, strength) < 1:
         raise InputError(
             f"steps x strength must leave at least one denoising step: steps={steps} and strength={strength} "
-            f"leave {int(steps * strength)}; raise either"
+            f"leave {denoising_steps(steps, strength)}; raise either"
         )
 
 

@@ -30,6 +30,7 @@ from .knobs import (
     check_knobs,
     check_num_images,
     check_seed,
+    denoising_steps,
 )
 from .loading import resolve_device
 from .outputs import CPU_THREADS
@@ -397,7 +398,8 @@ class SceneTransformer:
         per_image = [req for req in group for _ in req.seeds]
         # CPU generators: the same seed gives the same image on any device
         generators = [torch.Generator("cpu").manual_seed(s) for req in group for s in req.seeds]
-        bar = tqdm(total=knobs["steps"], desc="denoise", unit="step", disable=not progress)
+        bar = tqdm(total=denoising_steps(knobs["steps"], knobs["strength"]), desc="denoise", unit="step",
+                   disable=not progress)  # fmt: skip
 
         def on_step(pipe, i, t, kwargs):
             bar.update(1)
@@ -410,7 +412,7 @@ class SceneTransformer:
                                     negative_prompts=[r.negative for r in per_image], generators=generators,
                                     knobs=knobs, callback=on_step, skip_controlnet=skip_controlnet)  # fmt: skip
         finally:
-            bar.total = bar.n  # img2img runs int(steps * strength) of the steps
+            bar.total = bar.n  # where Flux ran a step more than counted, or a failure stopped it early
             bar.close()
         diffusion_s = time.perf_counter() - t_diffusion
 

@@ -620,6 +620,18 @@ def test_steps_times_strength_is_checked_once_a_preset_applies(tmp_path, photo, 
     )
 
 
+@pytest.mark.parametrize("strength, total", [(0.8, 3), (1.0, 4)])
+def test_the_denoise_bar_counts_the_steps_that_run(sd15, photo, depth, strength, total, capsys):
+    """img2img runs int(steps x strength) of the steps: the bar (the web page shows it) counts to that, not to
+    steps, from the start."""
+    sd15.transform(photo, "a road", depth=depth, steps=4, strength=strength, seed=0, progress=True)
+    import re
+
+    counts = re.findall(r"(\d+)/(\d+) \[", capsys.readouterr().err)
+    assert counts[0] == ("0", str(total)) and counts[-1] == (str(total), str(total))
+    assert {t for _, t in counts} == {str(total)}
+
+
 def test_variations_grid_computes_depth_once(sd15, photo, monkeypatch):
     calls = []
     est = sd15.estimator
