@@ -11,10 +11,11 @@
 #   bash benchmarks/run_gpu.sh wheels             # HERE, where PyPI is reachable: pure-Python wheels that the
 #                                                 # GPU image lacks (diffusers; transformers/regex at our versions)
 #                                                 # into .gpu-wheels/ (git-ignored; name it in the device's carry)
-#   DEADLINE=500 bash benchmarks/run_gpu.sh core  # ON THE GPU: batch-1 latency, SDXL low-VRAM peaks, dataset
-#                                                 # mode (batch 16); the speed runs each with the eager and the
-#                                                 # compiled fast path (reduce-overhead = CUDA graphs; at batch 16
-#                                                 # the default mode too, on the same baseline)
+#   DEADLINE=500 bash benchmarks/run_gpu.sh core  # ON THE GPU: batch-1 latency, SDXL low-VRAM peaks, batch-1
+#                                                 # latency with the C++ wrapper, dataset mode (batch 16); the
+#                                                 # speed runs each with the eager and the compiled fast path
+#                                                 # (reduce-overhead = CUDA graphs; at batch 16 the default mode
+#                                                 # too, on the same baseline)
 #   DEADLINE=N bash benchmarks/run_gpu.sh extra   #   the default compile mode at batch 16 without channels-last,
 #                                                 #   ControlNet window, feature cache, depth estimators, SD1.5
 #                                                 #   low-VRAM peaks (measured 2026-11-26), the other compile
@@ -58,6 +59,9 @@ declare -A STEP=(
   # Five at batch 1, which is bound by Python and kernel launches there: its eager rows moved by up to 64 %.
   [dataset]="--batch 16 --compile reduce-overhead,default --repeats 2"
   [latency]="--batch 1 --compile reduce-overhead --repeats 5"
+  # batch 1 without CUDA graphs, kernels launched from C++ rather than Python: the second way to the 2x, should
+  # CUDA graphs fail again (a step of its own: a long C++ compile cannot take the CUDA-graph row down with it)
+  [latency-cpp]="--batch 1 --compile cpp-wrapper --repeats 5"
   [lowvram-sd15]="--low-vram --repeats 1 --steps 10"
   [lowvram-sdxl]="--backbone sdxl --low-vram --repeats 1 --steps 10"
   # torch.compile's mode chosen by measurement: the two other modes, against reduce-overhead's rows in core
@@ -73,7 +77,7 @@ declare -A STEP=(
 declare -A PART=(
   # batch 1 and SDXL's peaks first: the two targets not yet met (dataset mode was met by the default compile mode
   # on the H200; its step adds the CUDA-graph row, beside a default-mode row on the same baseline)
-  [core]="latency lowvram-sdxl dataset"
+  [core]="latency lowvram-sdxl latency-cpp dataset"
   [extra]="compile-default-b16-no-cl window-b16 cache3-b16 depth lowvram-sd15 compile-mat-b16 xformers-b1"
 )
 parts=("$@")

@@ -22,8 +22,9 @@ OFFLOAD_MODES = {
     "offloading): near sequential's memory, its copies overlapping the compute",
     "sequential": "layer by layer, no overlap: least memory, slowest",
 }
-# --compile: torch.compile modes for the fast path (channels-last and fused QKV come with it)
-COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# --compile: torch.compile modes for the fast path (channels-last and fused QKV come with it); cpp-wrapper is the
+# default mode with inductor's C++ wrapper, which launches the kernels from C++ instead of Python
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "cpp-wrapper")
 
 
 def check_compile(mode, name: str = "compile", offload: str | None = None, feature_cache=1, *,

@@ -76,8 +76,10 @@ def eager_compile(monkeypatch):
 
     real, modes = torch.compile, []
 
-    def compile_(fn, *, mode=None, **kwargs):
-        modes.append(mode)
+    def compile_(
+        fn, *, mode=None, options=None, **kwargs
+    ):  # options: inductor's, for a mode that is a set of them
+        modes.append(mode if options is None else options)
         return real(fn, backend="eager", **kwargs)
 
     monkeypatch.setattr(torch, "compile", compile_)

@@ -276,6 +276,7 @@ def test_gpu_script_keeps_to_its_deadline_and_refuses_unknown_parts(tmp_path):
     assert "== FAILED: latency (exit 124, cut at the deadline" in done.stdout
     assert (
         "== SKIPPED (deadline): lowvram-sdxl" in done.stdout
+        and "== SKIPPED (deadline): latency-cpp" in done.stdout
         and "== SKIPPED (deadline): dataset" in done.stdout
     )
     done, calls = _run_gpu_script(tmp_path / "again", "speed")

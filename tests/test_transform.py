@@ -185,6 +185,28 @@ def test_compiled_fast_path_traces_whole_models_and_keeps_the_controlnet_window(
     _assert_same(after, before)
 
 
+def test_the_cpp_wrapper_mode_is_inductors_cpp_wrapper():
+    """--compile cpp-wrapper is the default mode's kernels launched from a C++ wrapper: inductor options, which
+    torch.compile takes instead of a mode. A real inductor compile of a small model through compile_forward (about
+    10 s on this CPU) generates a C++ entry point, not a Python one, and gives eager's outputs."""
+    import torch
+    from torch._inductor.utils import run_and_get_code
+
+    from depth2img.backends import compile_forward
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.SiLU(), torch.nn.Conv2d(8, 4, 3, padding=1)
+    )
+    x = torch.randn(2, 4, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+        compile_forward(model, "cpp-wrapper", name="toy", fallback=False)
+        out, code = run_and_get_code(model, x)
+    assert "inductor_entry_impl" in "\n".join(code)
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("name", ["tiny", "tiny/sdxl-depth", "tiny/sd2-depth", "tiny/flux-depth"])
 def test_the_depth_reaches_the_image(name, photo, depth):
     """Every tiny backbone's image depends on the depth it is given. diffusers' ``ControlNetModel.from_unet`` zeroes
