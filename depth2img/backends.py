@@ -23,6 +23,8 @@ from .loading import (
     LORA_FILES,
     PIPELINE_FILES,
     SINGLE_MODEL_FILES,
+    library_class,
+    quiet_log,
     require_safetensors,
     resolve_device,
     resolve_dtype,
@@ -251,17 +253,12 @@ def _pipe_sharing_weights(pipeline_class, pipe):
     That cast made diffusers log "There are modules in UNet2DConditionModel that should be kept in float32: []"
     once per model at every load (it warns for an empty list too): its log is quiet for the call."""
     import torch
-    from diffusers.utils import logging as diffusers_logging
 
     models = {k: m for k, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
     dtypes = {k: next(m.parameters()).dtype for k, m in models.items() if any(True for _ in m.parameters())}
     main = dtypes.get("unet") or dtypes.get("transformer") or next(iter(dtypes.values()), torch.float32)
-    verbosity = diffusers_logging.get_verbosity()
-    diffusers_logging.set_verbosity_error()
-    try:
+    with quiet_log("diffusers"):
         new = pipeline_class.from_pipe(pipe, dtype=main)  # a no-op cast when all models share that dtype
-    finally:
-        diffusers_logging.set_verbosity(verbosity)
     for k, dtype in dtypes.items():  # mixed dtypes (a float32 VAE, say) are put back as they were
         if next(models[k].parameters()).dtype != dtype:
             models[k].to(dtype=dtype)
@@ -305,13 +302,13 @@ class Backend:
         return self.CONTROL_KNOBS
 
     def __init__(self, txt2img, ref: ModelRef, companion_ref: ModelRef | None = None):
-        import diffusers
-
         self.ref = ref
         self.companion_ref = companion_ref  # the ControlNet or LoRA repo loaded with the base
         self.pipes = {"txt2img" if self.supports_txt2img else "img2img": txt2img}
         if self.supports_txt2img and self.img2img_class:
-            self.pipes["img2img"] = _pipe_sharing_weights(getattr(diffusers, self.img2img_class), txt2img)
+            self.pipes["img2img"] = _pipe_sharing_weights(
+                library_class("diffusers", self.img2img_class), txt2img
+            )
         for pipe in self.pipes.values():
             pipe.set_progress_bar_config(disable=True)  # depth2img shows its own per-step bar
         self.scheduler_name = None
@@ -357,11 +354,12 @@ class Backend:
 
     @staticmethod
     def _from_pretrained(class_name: str, path: Path, ref: ModelRef, dtype, **components):
-        import diffusers
-
         require_safetensors(path, ref)
+        for entry in _model_index(path).values():  # its transformers components' classes, imported quietly
+            if isinstance(entry, list) and len(entry) == 2 and entry[0] == "transformers" and entry[1]:
+                library_class("transformers", entry[1])
         try:
-            return getattr(diffusers, class_name).from_pretrained(
+            return library_class("diffusers", class_name).from_pretrained(
                 path, dtype=dtype, use_safetensors=use_safetensors(), local_files_only=True, **components
             )
         except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:

@@ -115,14 +115,14 @@ def _components(backbone: str, preset: str, device, dtype) -> dict:
 
 
 def _pipeline(backbone: str, comps: dict):
-    import diffusers
+    from .loading import library_class
 
     extra = (
         dict(safety_checker=None, feature_extractor=None, requires_safety_checker=False)
         if backbone == "sd15"
         else {}
     )
-    pipe = getattr(diffusers, BACKBONES[backbone][1])(**comps, **extra)
+    pipe = library_class("diffusers", BACKBONES[backbone][1])(**comps, **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe
 

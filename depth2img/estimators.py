@@ -17,6 +17,7 @@ from .io import check_image
 from .knobs import check_batch_size
 from .loading import (
     ESTIMATOR_FILES,
+    quiet_log,
     require_safetensors,
     resolve_device,
     resolve_dtype,
@@ -66,9 +67,10 @@ class DepthEstimator:
                     f"estimator {ref.name!r} is a {config.model_type!r} model, not a known depth estimator "
                     f"({', '.join(OUTPUT_BY_MODEL_TYPE)})"
                 )
-            processor = AutoImageProcessor.from_pretrained(
-                path, local_files_only=True, trust_remote_code=False
-            )
+            with quiet_log("transformers"):  # its PIL fallback's warning: see loading.library_class
+                processor = AutoImageProcessor.from_pretrained(
+                    path, local_files_only=True, trust_remote_code=False
+                )
             model = AutoModelForDepthEstimation.from_pretrained(
                 path,
                 local_files_only=True,

@@ -9,6 +9,7 @@ one-line message that says how to provide the model locally. Pickle weights are 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 from pathlib import Path
@@ -168,3 +169,32 @@ def require_safetensors(path: Path, ref: ModelRef) -> None:
         f"model {ref.name!r} at {path} has {what}; depth2img loads .safetensors weights only "
         f"(convert them with safetensors' `save_file`, or set {ALLOW_PICKLE_ENV}=1 if you trust the file)"
     )
+
+
+@contextlib.contextmanager
+def quiet_log(library: str):
+    """``library``'s log (``diffusers`` or ``transformers``, both with the same logging helpers) at errors only for
+    the block, then back to the user's verbosity."""
+    import importlib
+
+    logging = importlib.import_module(f"{library}.utils.logging")
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        logging.set_verbosity(verbosity)
+
+
+def library_class(library: str, name: str):
+    """``library``'s (diffusers' or transformers') class ``name``, imported with transformers' log quiet. Without
+    torchvision (not a dependency), transformers warns at the first import of each image processor that it falls
+    back to its PIL one, with advice to install torchvision: a pipeline module's import warned for the safety
+    checker's and IP-Adapter's processors, which depth2img does not use, and loading SD2-depth or a depth estimator
+    for the DPT and ZoeDepth ones, whose PIL versions the tests compare against transformers' pipeline. transformers
+    warns once per class, so a quiet first import keeps it quiet."""
+    import importlib
+
+    module = importlib.import_module(library)
+    with quiet_log("transformers"):
+        return getattr(module, name)

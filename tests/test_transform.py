@@ -121,6 +121,33 @@ def test_loading_logs_no_spurious_float32_warnings():
     assert diffusers.utils.logging.get_verbosity() == before
 
 
+def test_loading_does_not_advise_installing_torchvision(tiny_dir):
+    """Without torchvision (not a dependency) transformers warns at the first import of each image processor that
+    it falls back to its PIL one: two lines at a backbone's load (processors depth2img does not use), one at an
+    estimator's. A fresh process, as transformers warns once per class and process; the log is back at its
+    verbosity after."""
+    import importlib.util
+    import os
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed: transformers has nothing to warn about")
+    code = (
+        "from depth2img import DepthEstimator, SceneTransformer\n"
+        "import transformers\n"
+        "for name in ('tiny/dpt-hybrid', 'tiny/zoedepth'):\n"
+        "    DepthEstimator.from_pretrained(name)\n"
+        "for name in ('tiny', 'tiny/sd2-depth', 'tiny/flux-depth'):\n"
+        "    SceneTransformer.from_pretrained(name)\n"
+        "print(transformers.logging.get_verbosity())\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "DEPTH2IMG_TINY_DIR": str(tiny_dir)})  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "torchvision" not in done.stderr and done.stdout.split() == ["30"], done.stderr  # 30: warning
+
+
 def test_default_dtype_on_a_gpu_is_the_backbone_familys(monkeypatch):
     """No dtype given: float32 on CPU; on a GPU float16, but bfloat16 for Flux (as its model cards load it). The GPU
     is faked: load_backend only loads weights on the CPU; the dtype is what is checked."""
