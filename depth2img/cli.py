@@ -56,8 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("tiny-model", help="write tiny random-weight models (for tests and offline smoke runs)",
                        description="Write tiny random-weight models of every kind the registry knows into DIR, "
                        "one folder each, in the hub repos' layout. `--estimator tiny` uses $DEPTH2IMG_TINY_DIR "
-                       "(default ~/.cache/depth2img/tiny), builds them there on first use and rebuilds a folder that an older "
-                       "depth2img wrote.")  # fmt: skip
+                       "(default ~/.cache/depth2img/tiny), builds them there on first use and rebuilds a folder "
+                       "that an older depth2img wrote.")  # fmt: skip
     p.add_argument("directory", metavar="DIR")
 
     sub.add_parser("models", help="list the registry: names, hub ids, licences, commercial use")

@@ -11,6 +11,8 @@ import json
 import tempfile
 from pathlib import Path
 
+from .errors import ModelLoadError, first_line
+
 SEED = 0
 # What a tiny model holds changes with this code (build 2: ControlNets whose output convolutions are no longer
 # zero). Every folder carries the build it was written by; a folder of another build, or none, is rebuilt on use.
@@ -369,15 +371,24 @@ def is_current(folder: str | Path, kind: str) -> bool:
 
 
 def ensure(kind: str, folder: str | Path) -> Path:
-    """``folder`` holding this build's tiny ``kind``: written unless it is already there. A file lock beside the
-    folder makes processes that start together (one per GPU under accelerate) write it once, not over each other."""
+    """``folder`` holding this build's tiny ``kind``: written unless it is already there (then nothing is written,
+    not even a lock: the folder may be read-only). A file lock beside the folder makes processes that start
+    together (one per GPU under accelerate) write it once, not over each other."""
     from filelock import FileLock
 
     folder = Path(folder)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(folder.with_name(f".{folder.name}.lock")):
-        if not is_current(folder, kind):
-            write(kind, folder)
+    if is_current(folder, kind):
+        return folder
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with FileLock(folder.with_name(f".{folder.name}.lock")):
+            if not is_current(folder, kind):
+                write(kind, folder)
+    except OSError as err:
+        raise ModelLoadError(
+            f"tiny model {kind!r} cannot be written to {folder} ({first_line(err)}); "
+            "set DEPTH2IMG_TINY_DIR to a folder you can write"
+        ) from None
     return folder
 
 

@@ -168,6 +168,25 @@ def test_processes_that_start_together_write_a_tiny_model_once(tmp_path, monkeyp
     assert writes == ["dpt"]
 
 
+def test_a_current_tiny_model_is_loaded_from_a_folder_that_cannot_be_written(tmp_path, monkeypatch):
+    import filelock
+
+    from depth2img import tiny
+    from depth2img.errors import ModelLoadError
+
+    def unwritable(path, *args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setenv("DEPTH2IMG_TINY_DIR", str(tmp_path))
+    DepthEstimator.from_pretrained("tiny/dpt-hybrid")
+    monkeypatch.setattr(filelock, "FileLock", unwritable)
+    DepthEstimator.from_pretrained("tiny/dpt-hybrid")  # current: no lock taken, nothing written
+    (tmp_path / "dpt" / tiny.STAMP).unlink()
+    with pytest.raises(ModelLoadError, match=r"^tiny model 'dpt' cannot be written to .*dpt \(.*Permission denied.*"
+                                             r"set DEPTH2IMG_TINY_DIR to a folder you can write$"):  # fmt: skip
+        DepthEstimator.from_pretrained("tiny/dpt-hybrid")
+
+
 def _pins():
     from depth2img import registry
 
