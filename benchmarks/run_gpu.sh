@@ -29,6 +29,9 @@
 # device tool's output folder) the files each part wrote, and its log, come back as $OUT/bench-PART.tar.gz:
 #   tar xzf bench-PART.tar.gz -C benchmarks
 set -uo pipefail
+# inductor logs why it runs a graph without CUDA graphs in a mode meant to capture them (the bench's table counts
+# such graphs; the reasons come back in the log)
+export TORCH_LOGS=${TORCH_LOGS-perf_hints}
 cd "$(dirname "$0")/.."
 root=$PWD
 started=$SECONDS

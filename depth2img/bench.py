@@ -308,10 +308,19 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
 
     outputs, times, peaks, outside, decode = {}, {k: [] for k in variants}, {}, [], []
     compile_errors = {}  # mode -> why its row was dropped
+    # mode -> compiled graphs that inductor ran without CUDA graphs in a mode meant to capture them (a CPU tensor
+    # input, a mutated input...; on a GPU TORCH_LOGS=perf_hints logs why, on a CPU inductor only counts them): its
+    # row then measures the default mode's path
+    from torch._dynamo.utils import counters
+
+    cudagraph_skips = {}
     for name, fn in list(variants.items()):  # warm-up (and compilation)
         progress(f"warm-up: {name}")
+        skipped = counters["inductor"]["cudagraph_skips"]
         try:
             outputs[name] = fn()
+            if compiled_rows.get(name) in backends.CUDAGRAPH_MODES:
+                cudagraph_skips[compiled_rows[name]] = counters["inductor"]["cudagraph_skips"] - skipped
         except Exception as err:  # noqa: BLE001  a compiler failure is a result to report, not the end of the run
             if name not in compiled_rows:
                 raise
@@ -377,6 +386,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             "repeats_planned": repeats,
             "cfg": True, "control_end": control_end, "compile": compile_mode, "feature_cache": feature_cache,
             "speedup_baseline": baseline, "b1_images": images.get("diffusers-b1"), "compile_error": compile_error,
+            "cudagraph_skips": cudagraph_skips,
             "plain_dtype": str(plain_dtype).replace("torch.", ""), "fast_dtype": str(fast_dtype).replace("torch.", ""),
             "fast_path": applied, "compiled_path": compiled_path,
             "channels_last": channels_last, "fuse_qkv": fuse_qkv, "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
@@ -552,6 +562,12 @@ def markdown(result: dict) -> str:
         lines.append(
             f"\ntorch.compile ({result['compile']}) failed at warm-up, so its row is dropped: {result['compile_error']}"
         )
+    for mode, n in result.get("cudagraph_skips", {}).items():
+        lines.append(
+            f"\nCUDA graphs ({mode}): "
+            + (f"{n} compiled graph(s) ran without them (inductor skipped them: on a GPU `TORCH_LOGS=perf_hints` says why; a CPU has none)"
+               if n else "every compiled graph captured")
+        )  # fmt: skip
     if "vae_decode_ms" in result:
         lines.append(
             f"\nThe fast path's VAE decode alone, batch {result['batch']}: {result['vae_decode_ms']:.1f} ms, "

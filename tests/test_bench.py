@@ -87,11 +87,19 @@ def test_bench_compiled_row_beside_the_eager_one_and_a_compile_failure_drops_it(
     (identity, then raising) so this runs in seconds; the real compile is run by benchmarks/run_gpu.sh."""
     import torch
     from torch._dynamo.exc import BackendCompilerFailed
+    from torch._dynamo.utils import counters
 
     from depth2img import bench
 
+    def skipping(fn, *a, **k):  # as inductor on a CPU: each graph runs without CUDA graphs, and counts it
+        def call(*args, **kwargs):
+            counters["inductor"]["cudagraph_skips"] += 1
+            return fn(*args, **kwargs)
+
+        return call
+
     monkeypatch.setattr(bench, "B1_IMAGES", 1)  # diffusers-b1 times the first seed only
-    monkeypatch.setattr(torch, "compile", lambda fn, *a, **k: fn)
+    monkeypatch.setattr(torch, "compile", skipping)
     result = run_bench(preset="tiny", size=64, steps=2, batch=2, repeats=1, compile_mode="reduce-overhead",
                        out_dir=tmp_path, progress=lambda m: None)  # fmt: skip
     rows = result["results"]
@@ -111,6 +119,9 @@ def test_bench_compiled_row_beside_the_eager_one_and_a_compile_failure_drops_it(
     )
     assert result["b1_images"] == 1 and rows["diffusers-b1"]["max_abs_diff_vs_diffusers"] < 1e-5
     assert rows["diffusers-b1"]["speedup"] == 1.0 and "on the first 1 seeds" in markdown(result)
+    # the warm-up's 2 steps x (ControlNet + UNet) and one VAE decode, each a graph run without CUDA graphs
+    assert result["cudagraph_skips"] == {"reduce-overhead": 5}
+    assert "CUDA graphs (reduce-overhead): 5 compiled graph(s) ran without them" in markdown(result)
 
     def broken(fn, *a, **k):  # as inductor fails: its error wrapped in dynamo's
         def call(*args, **kwargs):
@@ -123,6 +134,7 @@ def test_bench_compiled_row_beside_the_eager_one_and_a_compile_failure_drops_it(
                        progress=lambda m: None)  # fmt: skip
     assert list(result["results"]) == ["diffusers", "depth2img", "depth2img-fast"]
     assert result["compile_error"] == "RuntimeError: inductor: no C compiler"
+    assert result["cudagraph_skips"] == {} and "CUDA graphs" not in markdown(result)  # not a CUDA-graph mode
     assert "torch.compile (default) failed at warm-up, so its row is dropped: RuntimeError" in markdown(
         result
     )
