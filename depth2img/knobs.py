@@ -80,10 +80,11 @@ def denoising_steps(steps: int, strength: float) -> int:
 def check_denoising_steps(steps: int, strength: float) -> None:
     """At least one denoising step must be left (``denoising_steps``). Checked per request, and up front where
     both are given (no preset or model default can change them)."""
-    if denoising_steps(steps, strength) < 1:
+    left = denoising_steps(steps, strength)
+    if left < 1:
         raise InputError(
             f"steps x strength must leave at least one denoising step: steps={steps} and strength={strength} "
-            f"leave {denoising_steps(steps, strength)}; raise either"
+            f"leave {left}; raise either"
         )
 
 
