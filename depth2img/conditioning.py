@@ -29,11 +29,10 @@ def to_inverse(
     """
     raw = values
     values = np.asarray(values, dtype=np.float64)  # 1/d of a tiny float32 depth overflows float32
-    valid = np.isfinite(values) if valid is None else (np.asarray(valid, bool) & np.isfinite(values))
+    valid = usable(values, kind, valid)
     if kind in ("relative_inverse_depth", "disparity"):
         inverse = values.copy() if np.may_share_memory(values, raw) else values  # a converted array is ours
     elif kind == "metric_depth":
-        valid = valid & (values > 0)
         inverse = np.zeros_like(values)
         np.divide(1.0, values, out=inverse, where=valid)
     elif kind == "relative_depth":
@@ -46,6 +45,28 @@ def to_inverse(
     far = inverse[valid].min() if valid.any() else 0.0
     inverse[~valid] = far
     return inverse, valid
+
+
+def usable(values: np.ndarray, kind: str, valid: np.ndarray | None = None) -> np.ndarray:
+    """The pixels whose value means something: marked valid, finite, and for metric depth > 0 (0 = no measurement)."""
+    values = np.asarray(values)
+    finite = np.isfinite(values)
+    mask = finite if valid is None else np.asarray(valid, bool) & finite
+    return mask & (values > 0) if kind == "metric_depth" else mask
+
+
+def fill_unusable(values: np.ndarray, usable_mask: np.ndarray) -> np.ndarray:
+    """``values`` with each unusable pixel set to its nearest usable one (zeros where none is), so that resizing
+    blends no hole's placeholder (a 0, a NaN) into the pixels around it."""
+    import cv2
+
+    if not usable_mask.any():
+        return np.zeros(values.shape, np.float32)
+    # Each usable pixel is a label of its own, numbered in raster order; every pixel gets its nearest one's label
+    _, label = cv2.distanceTransformWithLabels(
+        (~usable_mask).astype(np.uint8), cv2.DIST_L2, 5, labelType=cv2.DIST_LABEL_PIXEL
+    )
+    return np.asarray(values)[usable_mask][label - 1]
 
 
 def normalize(inverse: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -65,7 +86,9 @@ def normalize(inverse: np.ndarray, valid: np.ndarray | None = None) -> np.ndarra
 
 
 def resize_depth(values: np.ndarray, height: int, width: int, *, nearest: bool = False) -> np.ndarray:
-    """Resize a depth array to (height, width): bicubic by default (as transformers and diffusers do), nearest for masks."""
+    """Resize a depth array to (height, width): bicubic by default (as transformers and diffusers do), nearest for masks.
+
+    Every value counts: fill a map's holes first (``fill_unusable``)."""
     import cv2
 
     values = np.asarray(values)

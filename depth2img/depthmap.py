@@ -65,9 +65,12 @@ class DepthMap:
         return conditioning.normalize(inverse, valid)
 
     def resized(self, width: int, height: int) -> DepthMap:
-        """This depth at another size (bicubic for values, nearest for the mask)."""
-        values = conditioning.resize_depth(self.values, height, width)
-        valid = conditioning.resize_depth(self.valid, height, width, nearest=True)
+        """This depth at another size (bicubic for values, nearest for the mask). Holes (invalid pixels, metric
+        zeros) take their nearest valid value before resizing, so none of them bleeds into the valid pixels."""
+        valid = conditioning.usable(self.values, self.kind, self.valid)
+        values = self.values if valid.all() else conditioning.fill_unusable(self.values, valid)
+        values = conditioning.resize_depth(values, height, width)
+        valid = conditioning.resize_depth(valid, height, width, nearest=True)
         return DepthMap(values, self.kind, valid, self.source, dict(self.meta))
 
     def control_image(self, width: int | None = None, height: int | None = None) -> np.ndarray:

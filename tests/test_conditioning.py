@@ -100,3 +100,44 @@ def test_resize_keeps_range_and_mask_nearest():
     assert r.values.shape == (5, 7) and r.valid.shape == (5, 7) and r.valid.dtype == bool
     assert r.values.min() >= 1.0 and r.values.max() <= 11.0
     assert not r.valid[0, -1] and r.valid[-1, 0]
+
+
+@pytest.mark.parametrize("hole", ["zero", "nan"])
+@pytest.mark.parametrize(
+    "size", [(512, 384), (80, 60), (1280, 960)]
+)  # shrink (area), odd shrink, enlarge (cubic)
+def test_resizing_blends_no_hole_into_valid_pixels(hole, size):
+    # A 10 m wall with a 5 m box and 5 % sensor dropouts: 0 = no measurement (read_depth_file's metric
+    # convention), or NaN under a mask. The dropouts once blended into their neighbours at generation size, so
+    # wall pixels came out nearer than the box (normalised 1.0 on the wall, 0.04 on the box).
+    rng = np.random.default_rng(0)
+    values = np.full((480, 640), 10.0)
+    values[150:330, 200:440] = 5.0
+    holes = rng.random(values.shape) < 0.05
+    values[holes] = 0.0 if hole == "zero" else np.nan
+    d = DepthMap(values, "metric_depth", None if hole == "zero" else ~holes)
+    r = d.resized(*size)
+    valid = r.valid
+    w, h = size
+    assert valid.mean() > 0.9 and valid.shape == (h, w)
+    depth = r.values[valid]
+    assert (
+        depth.min() >= 5.0 - 1e-4 and depth.max() <= 10.0 + 1e-4
+    )  # nothing nearer or farther than the scene
+    n = r.normalized()
+    box = np.zeros((h, w), bool)
+    box[int(h * 0.35) : int(h * 0.65), int(w * 0.35) : int(w * 0.65)] = True  # well inside the box
+    wall = np.zeros((h, w), bool)
+    wall[: int(h * 0.25)] = True  # well outside it
+    assert n[box & valid].min() == pytest.approx(1.0, abs=1e-4)
+    assert n[wall & valid].max() == pytest.approx(0.0, abs=1e-4)
+    assert r.control_image().shape == (h, w, 3)
+
+
+def test_fill_unusable_takes_the_nearest_usable_value():
+    values = np.array([[1.0, 0.0, 0.0, 0.0, 0.0, 7.0], [np.nan, np.nan, 0.0, 0.0, 0.0, 0.0]])
+    usable = conditioning.usable(values, "metric_depth")
+    np.testing.assert_array_equal(
+        conditioning.fill_unusable(values, usable), [[1, 1, 1, 7, 7, 7], [1, 1, 1, 7, 7, 7]]
+    )
+    assert not conditioning.fill_unusable(values, np.zeros_like(usable)).any()
