@@ -59,13 +59,23 @@ class RunReport:
 
 
 def _stems(paths: Sequence[Path]) -> list[str]:
-    """Output stems from input names; repeated names get -2, -3... so no output overwrites another."""
-    seen: dict[str, int] = {}
+    """Output stems from input names, one per input and no two alike (also not by case, for case-insensitive disks):
+    a repeated name gets the first free of -2, -3..., never another input's own name (``a.png``, ``a.jpg`` and
+    ``a-2.png`` give ``a``, ``a-3``, ``a-2``), so no output overwrites another."""
+    taken = {p.stem.casefold() for p in paths}
+    first: set[str] = set()
     stems = []
     for p in paths:
-        n = seen.get(p.stem, 0) + 1
-        seen[p.stem] = n
-        stems.append(p.stem if n == 1 else f"{p.stem}-{n}")
+        key = p.stem.casefold()
+        if key not in first:
+            first.add(key)
+            stems.append(p.stem)
+            continue
+        n = 2
+        while f"{key}-{n}" in taken:
+            n += 1
+        taken.add(f"{key}-{n}")
+        stems.append(f"{p.stem}-{n}")
     return stems
 
 

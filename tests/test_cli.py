@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -72,6 +73,28 @@ def test_depth_format_choice_and_glob(tmp_path, photos_dir, capsys):
                        "--depth-format", "npy", "-q")  # fmt: skip
     assert code == 0, err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["chelsea_depth.npy"]
+
+
+def test_inputs_of_one_name_never_share_an_output(tmp_path, chelsea, capsys):
+    """A renamed repeat must not take another input's own name: a.png, a.jpg and a-2.png once wrote a-2 twice and
+    reported 3 done for 2 outputs."""
+    (tmp_path / "in").mkdir()
+    small = chelsea.resize((48, 32))
+    for name in ("a.png", "a.jpg", "a-2.png"):
+        small.save(tmp_path / "in" / name)
+    code, _, err = run(capsys, "depth", tmp_path / "in", "-o", tmp_path / "out", "--estimator", "tiny", "-q",
+                       "--depth-format", "npy")  # fmt: skip
+    assert code == 0 and "3 done, 0 failed" in err, err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [
+        "a-2_depth.npy", "a-3_depth.npy", "a_depth.npy"
+    ]  # fmt: skip
+    from depth2img.depth_run import _stems
+
+    assert _stems([Path("x/a.png"), Path("y/A.png"), Path("z/a-2.png")]) == [
+        "a",
+        "A-3",
+        "a-2",
+    ]  # case-blind disks
 
 
 def test_stereo_pair(tmp_path, capsys):
