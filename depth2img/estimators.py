@@ -13,7 +13,7 @@ import numpy as np
 
 from .depthmap import DepthMap
 from .errors import Depth2ImgError, InputError, ModelLoadError, first_line
-from .io import check_image
+from .io import check_image, to_rgb
 from .knobs import check_batch_size
 from .loading import (
     ESTIMATOR_FILES,
@@ -107,7 +107,7 @@ class DepthEstimator:
         single = isinstance(images, str) or not isinstance(images, Sequence)
         images = [images] if single else list(images)
         names = ["image"] if single else [f"images[{i}]" for i in range(len(images))]
-        images = [check_image(im, name) for im, name in zip(images, names)]
+        images = [to_rgb(check_image(im, name)) for im, name in zip(images, names)]
         inputs = [self._pixel_values(img, name) for img, name in zip(images, names)]
         results: list[DepthMap | None] = [None] * len(images)
         order = sorted(range(len(images)), key=lambda i: tuple(inputs[i].shape))

@@ -10,6 +10,7 @@ import glob
 import os
 import tempfile
 import warnings
+import zlib
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
@@ -43,6 +44,8 @@ def _open(path: Path, max_pixels: int):
         raise InputError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file (0 bytes)")
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own guard (89.5 MP) would stop a limit raised past it
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -183,7 +186,8 @@ def read_depth_file(path: str | os.PathLike, polarity: str | None = None, *, dep
         img = _open(path, MAX_PIXELS)
         recorded = img.info.get(KIND_TEXT_KEY)
         if img.mode in ("RGB", "RGBA", "P"):
-            rgb = np.asarray(img.convert("RGB"))
+            rgb = _wide_rgb(path) if img.mode != "P" else None
+            rgb = np.asarray(img.convert("RGB")) if rgb is None else rgb
             if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])):
                 raise InputError(
                     f"{path}: a colour image is not a depth map (colour-mapped previews cannot be read back); "
@@ -207,6 +211,8 @@ def read_depth_file(path: str | os.PathLike, polarity: str | None = None, *, dep
         raise InputError(
             f"{path}: {nonfinite} depth values are NaN or infinite; mark missing pixels as 0 instead"
         )
+    if np.abs(values).max(initial=0) > np.finfo(np.float32).max:
+        raise InputError(f"{path}: depth values reach {np.abs(values).max():.3g}, beyond float32's range")
     if polarity is None:
         if recorded not in POLARITIES:
             raise InputError(
@@ -221,6 +227,8 @@ def read_depth_file(path: str | os.PathLike, polarity: str | None = None, *, dep
             raise InputError(f"{path}: metric depth has {int((values < 0).sum())} negative values")
         valid = values > 0  # 0 = no measurement (KITTI / sensor convention)
         values = values * depth_scale
+        if values.max(initial=0) > np.finfo(np.float32).max:
+            raise InputError(f"{path}: depth scale {depth_scale:g} takes depth values beyond float32's range")
     return DepthMap(values.astype(np.float32), kind, valid, source=str(path), meta={"polarity": polarity})
 
 
@@ -251,24 +259,42 @@ def depth_for_image(depth, size: tuple[int, int], polarity: str | None = None):
     return depth if depth.size == (w, h) else depth.resized(w, h)
 
 
+def _wide_rgb(path: Path) -> np.ndarray | None:
+    """A 16-bit (48/64-bit colour) PNG or TIFF as a (H, W, 3) uint16 array, or None for any other file: Pillow opens
+    those at 8 bits per channel, which would cut a grey depth stored in RGB to 256 levels."""
+    import cv2
+
+    wide = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if wide is None or wide.dtype == np.uint8 or wide.ndim != 3:
+        return None
+    return wide[..., 2::-1]  # BGR(A) -> RGB
+
+
 def _read_numpy(path: Path):
+    import zipfile
+
+    # A damaged .npz fails at opening (not a zip) or only when a member is read (bad deflate data, an object array)
+    unreadable = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
     try:
         data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as err:
+    except unreadable as err:
         raise InputError(f"{path}: not a readable NumPy file ({first_line(err)})") from None
     if isinstance(data, np.ndarray):
         return data, None
     with data:
-        keys = list(data.keys())
-        recorded = None
-        if "kind" in keys:
-            recorded = str(data["kind"])
-            keys.remove("kind")
-        key = "depth" if "depth" in keys else (keys[0] if len(keys) == 1 else None)
+        names = [k for k in data.keys() if k != "kind"]
+        key = "depth" if "depth" in names else (names[0] if len(names) == 1 else None)
         if key is None:
-            raise InputError(f"{path}: .npz must hold a 'depth' array (or exactly one array), found {keys}")
-        return data[key], recorded
+            raise InputError(f"{path}: .npz must hold a 'depth' array (or exactly one array), found {names}")
+        try:
+            recorded = str(data["kind"]) if "kind" in data else None
+            return data[key], recorded
+        except unreadable as err:
+            raise InputError(f"{path}: .npz member unreadable ({first_line(err)})") from None
 
+
+UMASK = os.umask(0o022)  # read the process's umask (setting it is the only way), then put it back
+os.umask(UMASK)
 
 # zlib level of every PNG depth2img writes (lossless at any level). Measured on this project's 2-core x86_64,
 # Pillow: a 1024x683 photo took 183 ms at Pillow's default (6) and 47 ms at 1, for a 10 % larger file; a
@@ -284,6 +310,9 @@ def atomic_path(path: str | os.PathLike):
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
     os.close(fd)
+    os.chmod(
+        tmp, 0o666 & ~UMASK
+    )  # mkstemp makes it private (0600); the file gets the mode open() would give it
     try:
         yield Path(tmp)
         os.replace(tmp, path)

@@ -20,7 +20,7 @@ import numpy as np
 from . import presets as presets_mod
 from .depthmap import DepthMap
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError, OutOfMemory
-from .io import check_image
+from .io import check_image, to_rgb
 from .knobs import (
     CONTROL_KNOBS,
     DEFAULT_KNOBS,
@@ -260,8 +260,9 @@ class SceneTransformer:
                 raise InputError(f"{name} must be a string, got {type(text).__name__} {text!r}")
         if (prompt is None or not prompt.strip()) and not preset:
             raise InputError("give a prompt or a preset (see `depth2img presets`); both are empty")
-        image = check_image(image)
-        image = image if image.mode == "RGB" else image.convert("RGB")
+        image = to_rgb(
+            check_image(image)
+        )  # as load_image converts a file's (alpha on white, 16-bit grey scaled)
         final_prompt, preset_negative, preset_knobs = presets_mod.resolve(prompt, preset, self.presets)
         negative = presets_mod._merge_phrases(negative_prompt or "", preset_negative)
         if not self.backend.takes_negative_prompt:
@@ -487,8 +488,7 @@ class SceneTransformer:
             raise InputError(
                 "variations makes one image per seed of each row: pass seeds=[...], not seed or num_images"
             )
-        if check_image(image).mode != "RGB":
-            image = image.convert("RGB")  # once, so that the rows share its copy at generation size
+        image = to_rgb(check_image(image))  # once, so that the rows share its copy at generation size
         depth_map = self.depth_for(image, depth, depth_polarity=depth_polarity)
         seeds = list(seeds) if seeds else [0]
         requests, req = [], None

@@ -48,6 +48,18 @@ def test_batched_equals_one_by_one(images):
             est(images, batch_size=bad)
 
 
+def test_images_of_any_mode_are_estimated_as_load_image_would_convert_them(chelsea):
+    """An L or RGBA image given to the API went to the processor as it was and failed, the error blaming its size."""
+    from depth2img.io import to_rgb
+
+    est = DepthEstimator.from_pretrained("tiny")
+    small = chelsea.resize((64, 48))
+    clear = small.convert("RGBA")
+    clear.putalpha(0)
+    for image in (small.convert("L"), clear, small.convert("I;16")):
+        np.testing.assert_array_equal(est(image).values, est(to_rgb(image)).values)
+
+
 def test_isolated_puts_a_refused_images_error_in_its_place(images):
     est = DepthEstimator.from_pretrained("tiny")
     strip = Image.new("RGB", (256, 16))  # the tiny model's 56 px input would give it a side of 0 px

@@ -167,13 +167,85 @@ def test_user_depth_formats_and_polarity(tmp_path):
             "metric",
             "not a readable NumPy file",
         ),
+        (
+            "junk.npz",
+            lambda p: p.write_bytes(b"PK\x03\x04" + b"\0" * 40),
+            "metric",
+            "not a readable NumPy file",
+        ),
+        ("cut.npz", lambda p: _cut_npz(p), "metric", "not a readable NumPy file"),
+        (
+            "obj.npz",
+            lambda p: np.savez(p, depth=np.array([{"a": 1}], dtype=object)),
+            "metric",
+            "member unreadable",
+        ),
+        ("huge.npy", lambda p: np.save(p, np.full((2, 2), 1e39)), "metric", "beyond float32's range"),
+        (
+            "two.npz",
+            lambda p: np.savez(p, a=np.ones((2, 2)), b=np.ones((2, 2))),
+            "metric",
+            r"found \['a', 'b'\]",
+        ),
     ],
 )
 def test_bad_depth_files(tmp_path, name, make, polarity, message):
     make(tmp_path / name)
     with pytest.raises(InputError, match=message) as err:
         io.read_depth_file(tmp_path / name, polarity)
-    assert "\n" not in str(err.value)
+    assert "\n" not in str(err.value) and str(tmp_path / name) in str(err.value)
+
+
+def _cut_npz(path):
+    np.savez_compressed(path, depth=np.random.default_rng(0).random((64, 64)))
+    path.write_bytes(path.read_bytes()[:-200])  # its central directory gone
+
+
+def test_depth_too_large_for_float32_after_scaling(tmp_path):
+    np.save(tmp_path / "d.npy", np.full((2, 2), 1e30))
+    with pytest.raises(InputError, match=r"depth scale 1e\+10 takes depth values beyond float32's range"):
+        io.read_depth_file(tmp_path / "d.npy", "metric", depth_scale=1e10)
+
+
+@pytest.mark.parametrize("suffix", [".png", ".tif"])
+def test_16bit_grey_stored_as_colour_keeps_16_bits(tmp_path, suffix):
+    """Pillow opens a 48-bit PNG or TIFF at 8 bits a channel: a grey depth saved by OpenCV as three equal 16-bit
+    channels read back as 2 levels instead of 256."""
+    import cv2
+
+    levels = (1000 + np.arange(256, dtype=np.uint16)).reshape(16, 16)
+    cv2.imwrite(str(tmp_path / f"g{suffix}"), np.dstack([levels] * 3))
+    d = io.read_depth_file(tmp_path / f"g{suffix}", "near-bright")
+    np.testing.assert_array_equal(d.values, levels)
+    tinted = np.dstack([levels, levels, levels + 1])
+    cv2.imwrite(str(tmp_path / f"c{suffix}"), tinted)
+    with pytest.raises(InputError, match="colour image is not a depth map"):
+        io.read_depth_file(tmp_path / f"c{suffix}", "near-bright")
+
+
+def test_outputs_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
+    import os
+
+    old = os.umask(0o027)
+    try:
+        mode = io.UMASK
+        io.UMASK = 0o027
+        d = DepthMap(np.random.default_rng(0).random((16, 16)), "relative_inverse_depth")
+        for written in io.write_depth_products(d, tmp_path, "a"):
+            assert written.stat().st_mode & 0o777 == 0o640, written
+    finally:
+        io.UMASK = mode
+        os.umask(old)
+
+
+def test_a_pixel_limit_raised_past_pillows_own_is_honoured(tmp_path, monkeypatch):
+    """Pillow refuses images over its MAX_IMAGE_PIXELS (89.5 MP) itself; a DEPTH2IMG_MAX_PIXELS above it was
+    refused with a message naming the higher limit."""
+    Image.new("L", (300, 200)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 30_000)  # stands for Pillow's 89.5 MP
+    assert io.load_image(tmp_path / "big.png", max_pixels=100_000).size == (300, 200)
+    with pytest.raises(InputError, match="over the 50,000-pixel limit"):
+        io.load_image(tmp_path / "big.png", max_pixels=50_000)
 
 
 def test_bad_polarity_named():
