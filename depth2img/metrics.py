@@ -33,8 +33,11 @@ class GeometryReference:
 
     target: np.ndarray  # disparity the outputs are aligned to (float64)
     valid: np.ndarray
-    edges: np.ndarray
+    edges: np.ndarray  # inside ``interior`` only
     near_edges: np.ndarray  # edges dilated by the tolerance
+    interior: (
+        np.ndarray
+    )  # valid pixels whose Sobel window is all valid: the only ones an edge is looked for at
     size: tuple[int, int]
     tolerance: int  # px within which an output edge matches
     target_valid: (
@@ -50,8 +53,9 @@ def geometry_reference(source: DepthMap, tolerance: int = EDGE_TOLERANCE_PX) -> 
     else:
         n = normalized.astype(np.float64)
         target = n * (1.0 - 1.0 / RELATIVE_DEPTH_RANGE) + 1.0 / RELATIVE_DEPTH_RANGE
-    edges = _edges(normalized)
-    return GeometryReference(target, valid, edges, _dilate(edges, tolerance), source.size, tolerance,
+    interior = _interior(valid)
+    edges = _edges(normalized) & interior  # a hole's border is no depth edge (holes normalise to 0)
+    return GeometryReference(target, valid, edges, _dilate(edges, tolerance), interior, source.size, tolerance,
                              target[valid])  # fmt: skip
 
 
@@ -88,10 +92,22 @@ def _edges(normalized: np.ndarray) -> np.ndarray:
     return np.hypot(gx, gy) > EDGE_THRESHOLD
 
 
-def _dilate(edges: np.ndarray, tolerance: int) -> np.ndarray:
+def _interior(valid: np.ndarray) -> np.ndarray:
+    """Valid pixels whose 3x3 Sobel window holds no invalid one."""
     import cv2
 
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * tolerance + 1, 2 * tolerance + 1))
+    if valid.all():
+        return valid
+    return cv2.erode(valid.astype(np.uint8), np.ones((3, 3), np.uint8), borderValue=1).astype(bool)
+
+
+def _dilate(edges: np.ndarray, tolerance: int) -> np.ndarray:
+    """Every pixel within ``tolerance`` px (Euclidean) of an edge: a disc, the same along rows and columns (OpenCV's
+    MORPH_ELLIPSE of 5x5 reached (1, 2) but not (2, 1))."""
+    import cv2
+
+    y, x = np.ogrid[-tolerance : tolerance + 1, -tolerance : tolerance + 1]
+    kernel = (x * x + y * y <= tolerance * tolerance).astype(np.uint8)
     return cv2.dilate(edges.astype(np.uint8), kernel).astype(bool)
 
 
@@ -138,12 +154,17 @@ def geometry_scores(source: DepthMap | GeometryReference, output: DepthMap) -> d
     aligned = np.maximum(scale * p + shift, g.min())
     # depths d = 1 / disparity; r = d_out / d_src, so AbsRel = mean |r - 1| and delta1 = share of max(r, 1/r) < 1.25
     r = g / aligned
+    # edges are compared where both maps are valid around the pixel
+    edges, near_edges, interior = ref.edges, ref.near_edges, ref.interior
+    if valid is not ref.valid:
+        interior = interior & _interior(pred_valid)
+        edges = edges & interior
+        near_edges = _dilate(edges, ref.tolerance)
+    out_edges = _edges(conditioning.normalize(pred, pred_valid)) & interior
     return {
         "absrel": float(np.mean(np.abs(r - 1.0))),
         "delta1": float(np.mean((r < 1.25) & (r > 0.8))),
-        "edge_f1": _f1(
-            ref.edges, ref.near_edges, _edges(conditioning.normalize(pred, pred_valid)), ref.tolerance
-        ),
+        "edge_f1": _f1(edges, near_edges, out_edges, ref.tolerance),
         "scale": scale,
         "shift": shift,
     }
