@@ -30,11 +30,27 @@ def _fill_holes(disparity: np.ndarray, valid: np.ndarray) -> np.ndarray:
 def stereo_depth(
     left, right, *, num_disparities: int | None = None, block_size: int = SGBM_BLOCK_SIZE
 ) -> DepthMap:
-    """Disparity in pixels aligned with the left image; ``valid`` marks matched pixels, holes are filled.
+    """Disparity in pixels aligned with the left image, dense: each unmatched pixel (an occlusion, the band at the
+    left edge the right camera does not see) takes the farther of its nearest matched neighbours on its row.
 
-    ``left`` and ``right`` are PIL images (or HxWx3 uint8 arrays) of the same size, already rectified.
-    ``num_disparities`` defaults to an eighth of the width, rounded up to a multiple of 16.
+    The filled map is the depth everywhere (valid everywhere), so the .npy, the 16-bit PNG, the preview and the
+    control image all show the same map; ``meta["matched"]`` is the share of pixels SGBM matched, and
+    ``sgbm_disparity`` gives the raw disparity and its mask. ``left`` and ``right`` are PIL images (or HxWx3 uint8
+    arrays) of the same size, already rectified. ``num_disparities`` defaults to an eighth of the width, rounded up
+    to a multiple of 16.
     """
+    disparity, matched, num_disparities = sgbm_disparity(
+        left, right, num_disparities=num_disparities, block_size=block_size
+    )
+    return DepthMap(_fill_holes(disparity, matched), "disparity", source="stereo-sgbm",
+                    meta={"num_disparities": num_disparities, "block_size": block_size,
+                          "matched": float(matched.mean())})  # fmt: skip
+
+
+def sgbm_disparity(
+    left, right, *, num_disparities: int | None = None, block_size: int = SGBM_BLOCK_SIZE
+) -> tuple[np.ndarray, np.ndarray, int]:
+    """OpenCV SGBM's disparity (float32 pixels), the mask of matched pixels, and the disparity range used."""
     import cv2
 
     left = np.asarray(left.convert("RGB") if hasattr(left, "convert") else left)
@@ -63,6 +79,4 @@ def stereo_depth(
     disparity = (
         matcher.compute(left, right).astype(np.float32) / 16.0
     )  # SGBM returns fixed point, 4 fractional bits
-    valid = disparity > 0
-    return DepthMap(_fill_holes(disparity, valid), "disparity", valid, source="stereo-sgbm",
-                    meta={"num_disparities": num_disparities, "block_size": block_size})  # fmt: skip
+    return disparity, disparity > 0, num_disparities
