@@ -133,9 +133,10 @@ class SceneTransformer:
         self.name = name
         self.local_files_only = local_files_only
         self.presets = presets_mod.load_presets(preset_files)
-        self.default_knobs = dict(DEFAULT_KNOBS)
-        if backend.kind == "flux-control":
-            self.default_knobs["guidance_scale"] = FLUX_GUIDANCE
+        # The knobs this backbone or its few-step LoRA needs (Flux's guidance, LCM's steps and guidance): a preset's
+        # knobs, tuned for SD's defaults, do not override them; only explicit arguments do.
+        self.model_knobs = {"guidance_scale": FLUX_GUIDANCE} if backend.kind == "flux-control" else {}
+        self.default_knobs = {**DEFAULT_KNOBS, **self.model_knobs}
 
     @classmethod
     def from_pretrained(cls, name=None, *, device=None, dtype=None, estimator=None, local_files_only: bool = False,
@@ -186,6 +187,7 @@ class SceneTransformer:
             estimator = default_estimator_for(ref.name)
         st = cls(backend, estimator=estimator, device=device, dtype=dtype, native_size=native_size,
                  name=ref.name, local_files_only=local_files_only, preset_files=preset_files)  # fmt: skip
+        st.model_knobs.update(lora_knobs)
         st.default_knobs.update(lora_knobs)
         return st
 
@@ -260,9 +262,8 @@ class SceneTransformer:
                 raise InputError(f"{name} must be a string, got {type(text).__name__} {text!r}")
         if (prompt is None or not prompt.strip()) and not preset:
             raise InputError("give a prompt or a preset (see `depth2img presets`); both are empty")
-        image = to_rgb(
-            check_image(image)
-        )  # as load_image converts a file's (alpha on white, 16-bit grey scaled)
+        # converted as load_image converts a file's (alpha on white, 16-bit grey scaled)
+        image = to_rgb(check_image(image))
         final_prompt, preset_negative, preset_knobs = presets_mod.resolve(prompt, preset, self.presets)
         negative = presets_mod._merge_phrases(negative_prompt or "", preset_negative)
         if not self.backend.takes_negative_prompt:
@@ -272,7 +273,7 @@ class SceneTransformer:
                 )
             negative = ""
         knobs = dict(self.default_knobs)
-        knobs.update(preset_knobs)
+        knobs.update({k: v for k, v in preset_knobs.items() if k not in self.model_knobs})
         given = {"steps": steps, "strength": strength, "guidance_scale": guidance_scale,
                  "control_scale": control_scale, "control_start": control_start, "control_end": control_end,
                  "feature_cache": feature_cache}  # fmt: skip

@@ -946,6 +946,22 @@ def test_few_step_lora_equals_diffusers_and_sets_its_defaults(photo, depth, tiny
     assert np.abs(plain.raw - ours.raw).max() > 1e-3  # the LoRA is really in
     explicit = st.transform(photo, PROMPT, depth=depth, seed=8, strength=1.0, steps=2)
     assert explicit.metadata[0]["steps"] == 2  # explicit knobs still win
+    sketch = st.prepare(photo, PROMPT, preset="pencil-sketch", depth=depth, seed=0).knobs
+    assert (sketch["guidance_scale"], sketch["steps"]) == (1.0, 4)  # the preset's guidance 8 would break LCM
+
+
+def test_a_presets_knobs_do_not_override_the_guidance_flux_needs(photo, depth):
+    from depth2img.transformer import FLUX_GUIDANCE
+
+    def guidance(st, **knobs):
+        return st.prepare(photo, PROMPT, preset="pencil-sketch", depth=depth, seed=0, **knobs).knobs[
+            "guidance_scale"
+        ]
+
+    assert guidance(SceneTransformer.from_pretrained("tiny")) == 8.0  # the preset's knob, on SD
+    flux = SceneTransformer.from_pretrained("tiny/flux-depth")
+    assert guidance(flux) == FLUX_GUIDANCE != 8.0
+    assert guidance(flux, guidance_scale=3.0) == 3.0  # explicit knobs still win
 
 
 def test_few_step_lora_mismatches_are_refused():
