@@ -17,8 +17,9 @@ from .io import DEPTH_SUFFIXES
 from .scene import SCENE_SIZE
 
 MAX_SEED = 2**31 - 1
-# Each request's files (one folder each); removed once older than APP_KEEP_S seconds, as is Gradio's own cache
-APP_DIR = Path(tempfile.gettempdir()) / "depth2img-app"
+# Each request's files (one folder each), in this user's private folder; removed once older than APP_KEEP_S seconds,
+# as is Gradio's own cache
+APP_DIR = Path(tempfile.gettempdir()) / f"depth2img-app-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
 APP_KEEP_S = 3600
 
 
@@ -45,13 +46,20 @@ def _workdir() -> Path:
     """A new folder for one request's files under ``APP_DIR``. Gradio copies what a handler returns into its own
     cache, so folders older than ``APP_KEEP_S`` are removed here: a long-running demo does not fill the disk."""
     import shutil
+    import stat
     import time
 
-    APP_DIR.mkdir(parents=True, exist_ok=True)
+    global APP_DIR
+    APP_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+    info = APP_DIR.lstat()
+    if stat.S_ISLNK(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
+        # a link, or another user's folder (a shared /tmp): not ours to write into or clean; a private one instead
+        APP_DIR = Path(tempfile.mkdtemp(prefix="depth2img-app-"))
     too_old = time.time() - APP_KEEP_S
     for old in APP_DIR.iterdir():
         try:
-            if old.stat().st_mtime < too_old:
+            info = old.lstat()
+            if stat.S_ISDIR(info.st_mode) and info.st_mtime < too_old:  # request folders only, never a link
                 shutil.rmtree(old, ignore_errors=True)
         except OSError:  # removed by a concurrent request
             pass
@@ -106,20 +114,35 @@ def handle_depth(service, image_path, estimator, depth_file, polarity, progress=
     return str(preview), str(png16)
 
 
-def _knobs(steps, strength, guidance, control_scale, control_start, control_end, scheduler):
-    knobs = dict(
-        steps=int(steps),
-        strength=float(strength),
-        guidance_scale=float(guidance),
-        scheduler=scheduler or None,
-    )
-    control = dict(
-        control_scale=float(control_scale), control_start=float(control_start), control_end=float(control_end)
-    )
+def _number(value, name: str, kind=float):
+    """A slider's value as ``kind``; one line naming the slider for anything else (an API client's null)."""
+    from .errors import InputError
+
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InputError(f"{name} must be a number, got {value!r}")
+    if kind is int and not float(value).is_integer():
+        raise InputError(f"{name} must be a whole number, got {value!r}")
+    return kind(value)
+
+
+def _knobs(
+    steps, strength, guidance, control_scale=None, control_start=None, control_end=None, scheduler=None
+):
+    """The knobs to send: only sliders moved off their defaults, so that a slider left alone lets the preset, the
+    backbone (Flux: guidance 10) or a few-step LoRA (LCM: 4 steps, guidance 1) choose, and backbones without
+    control knobs (sd2, flux) still run."""
     from .knobs import DEFAULT_KNOBS
 
-    # Only send control knobs that differ from the defaults, so backbones without them (sd2, flux) still run.
-    knobs.update({k: v for k, v in control.items() if v != DEFAULT_KNOBS[k]})
+    sliders = {"steps": (steps, int), "strength": (strength, float), "guidance_scale": (guidance, float),
+               "control_scale": (control_scale, float), "control_start": (control_start, float),
+               "control_end": (control_end, float)}  # fmt: skip
+    knobs = {"scheduler": scheduler or None}
+    for name, (value, kind) in sliders.items():
+        if value is None and name.startswith("control"):
+            continue  # the variations tab has no control sliders
+        value = _number(value, name, kind)
+        if value != DEFAULT_KNOBS[name]:
+            knobs[name] = value
     return knobs
 
 
@@ -155,7 +178,7 @@ def handle_generate(service, image_path, model, estimator, depth_file, polarity,
     result = service.transform(
         image, model=model, estimator=estimator, depth_file=_file_path(depth_file), polarity=polarity or None,
         progress=progress, prompt=prompt or None, preset="+".join(presets) if presets else None,
-        negative_prompt=negative or None, seed=_seed(seed), num_images=int(num_images),
+        negative_prompt=negative or None, seed=_seed(seed), num_images=_number(num_images, "num_images", int),
         **_knobs(steps, strength, guidance, control_scale, control_start, control_end, scheduler),
     )  # fmt: skip
     out = _workdir()
@@ -184,9 +207,9 @@ def handle_variations(service, image_path, model, estimator, depth_file, polarit
     if not presets and not (prompt or "").strip():
         raise InputError("choose at least one preset (or give a prompt)")
     rows = service.variations(
-        image, presets=list(presets) or None, seeds=seeds, model=model, estimator=estimator,
+        image, presets=list(presets or []) or None, seeds=seeds, model=model, estimator=estimator,
         depth_file=_file_path(depth_file), polarity=polarity or None, prompt=prompt or None, progress=progress,
-        steps=int(steps), strength=float(strength), guidance_scale=float(guidance),
+        **_knobs(steps, strength, guidance),
     )  # fmt: skip
     out = _workdir()
     gallery = []

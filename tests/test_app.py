@@ -2,6 +2,7 @@
 
 import concurrent.futures
 import os
+import re
 import shutil
 import socket
 import zipfile
@@ -161,6 +162,31 @@ def test_variations_handler(service, photo, capsys):
     assert capsys.readouterr().err.count("denoise:   0%") == 1
 
 
+def test_sliders_left_at_their_defaults_let_the_preset_and_model_choose(service, photo):
+    """The page sent every slider: a preset's knobs, Flux's guidance 10 and a few-step LoRA's steps and guidance
+    never applied there (pencil-sketch ran at guidance 7.5, not its 8)."""
+    from depth2img.errors import InputError
+    from depth2img.ui import _knobs
+
+    assert _knobs(30, 0.8, 7.5, 1.0, 0.0, 1.0, "") == {"scheduler": None}
+    assert _knobs(12, 0.8, 3.0, 1.0, 0.25, 1.0, "ddim") == {
+        "scheduler": "ddim", "steps": 12, "guidance_scale": 3.0, "control_start": 0.25
+    }  # fmt: skip
+    *_, records = _generate(service, photo, presets=("pencil-sketch",))
+    assert records[0]["guidance_scale"] == 8.0
+    gallery = handle_variations(
+        service, photo, "tiny", "tiny", None, "", "", ["pencil-sketch"], "1", 2, 0.5, 7.5
+    )
+    assert read_png_metadata(gallery[0][0])["guidance_scale"] == 8.0
+    for bad in (None, "7", True):  # an HTTP client's null, a string: one line naming the slider
+        with pytest.raises(
+            InputError, match=f"^guidance_scale must be a number, got {re.escape(repr(bad))}$"
+        ):
+            _knobs(30, 0.8, bad)
+    with pytest.raises(InputError, match="^steps must be a whole number, got 2.5$"):
+        _knobs(2.5, 0.8, 7.5)
+
+
 def test_errors_become_one_friendly_line(service, photo):
     import gradio as gr
 
@@ -242,6 +268,28 @@ def test_request_folders_are_removed_once_old(monkeypatch, tmp_path):
     new = ui._workdir()
     assert sorted(p.name for p in (tmp_path / "app").iterdir()) == sorted([recent.name, new.name])
     assert new.parent == tmp_path / "app" and not any(new.iterdir())
+
+
+def test_a_linked_request_folder_is_not_cleaned_through(monkeypatch, tmp_path):
+    """APP_DIR was a fixed name in the shared temp directory: made a link to another folder, the app's clean-up
+    removed that folder's old subfolders (and another user's APP_DIR made every request fail)."""
+    import time
+
+    from depth2img import ui
+
+    precious = tmp_path / "project"
+    (precious / "old_work").mkdir(parents=True)
+    stale = time.time() - ui.APP_KEEP_S - 60
+    os.utime(precious / "old_work", (stale, stale))
+    (tmp_path / "app").symlink_to(precious)
+    monkeypatch.setattr(ui, "APP_DIR", tmp_path / "app")
+    folder = ui._workdir()
+    assert (precious / "old_work").is_dir() and not any(
+        p.name.startswith("request-") for p in precious.iterdir()
+    )
+    assert folder.parent == ui.APP_DIR != tmp_path / "app" and (folder.parent.stat().st_mode & 0o777) == 0o700
+    assert ui._workdir().parent == folder.parent  # the private folder is kept for later requests
+    shutil.rmtree(folder.parent)
 
 
 def test_twenty_concurrent_requests_all_complete_with_their_own_prompt_and_seed(server, photo):
