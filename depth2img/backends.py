@@ -201,6 +201,30 @@ def scale_outside_graph(controlnet) -> None:
     controlnet.forward = forward
 
 
+def check_memory_options(*, device=None, offload: str | None = None, attention: str = "sdpa"):
+    """(offload mode, device) once ``offload`` and ``attention`` are known to work here; cheap, so callers check
+    them before any model loads. Offloading needs a CUDA device (``device`` None: the default GPU)."""
+    import torch
+
+    offload = offload or "none"
+    if offload not in OFFLOAD_MODES:
+        raise InputError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
+    check_attention(attention)
+    if offload != "none":
+        device = torch.device(device if device is not None else "cuda")
+        if device.type != "cuda" or not torch.cuda.is_available():
+            raise InputError(
+                f"offload {offload!r} moves weights between CPU and GPU; no GPU is available here"
+            )
+    return offload, device
+
+
+def check_lora_scale(scale) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale <= 2.0:
+        raise InputError(f"lora_scale must be in (0, 2], got {scale!r}")
+    return float(scale)
+
+
 def check_attention(attention: str, name: str = "attention") -> str:
     """``sdpa`` (PyTorch's, the default) or ``xformers`` (only when the extra is installed); ``name`` is how the
     caller's user spells the argument (``--attention`` on the command line)."""
@@ -414,24 +438,15 @@ class Backend:
     def memory(self, *, device=None, offload: str | None = None, vae_tiling: bool = False,
                vae_slicing: bool = False, attention: str = "sdpa") -> None:  # fmt: skip
         """Memory options; ``device`` is where the models compute (the caller's resolved device)."""
-        import torch
-
         pipe = self.pipe
-        offload = offload or "none"
-        if offload not in OFFLOAD_MODES:
-            raise InputError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
+        offload, device = check_memory_options(device=device, offload=offload, attention=attention)
         if offload != "none":
-            device = torch.device(device if device is not None else "cuda")
-            if device.type != "cuda" or not torch.cuda.is_available():
-                raise InputError(
-                    f"offload {offload!r} moves weights between CPU and GPU; no GPU is available here"
-                )
             offload_pipeline(pipe, offload, device)
         if vae_tiling:
             pipe.vae.enable_tiling()
         if vae_slicing:
             pipe.vae.enable_slicing()
-        if check_attention(attention) == "xformers":
+        if attention == "xformers":
             pipe.enable_xformers_memory_efficient_attention()
 
     def optimize(
@@ -482,8 +497,7 @@ class Backend:
             raise InputError(f"lora: few-step LoRAs are wired for sd15-depth and sdxl-depth, not {self.kind}")
         if ref.entry is not None and ref.entry.for_pipeline != self.kind:
             raise ModelLoadError(f"lora {ref.name!r} is made for {ref.entry.for_pipeline}, not {self.kind}")
-        if not 0.0 < scale <= 2.0:
-            raise InputError(f"lora_scale must be in (0, 2], got {scale!r}")
+        scale = check_lora_scale(scale)
         wanted = ref.entry.weight_name if ref.entry is not None else None
         path = snapshot_dir(
             ref, local_files_only=local_files_only, allow_patterns=[wanted] if wanted else LORA_FILES

@@ -153,19 +153,22 @@ class SceneTransformer:
         run faster (on an H200, default mode at batch 16: 189 against 279 ms an image), and a smaller batch of a
         shape run before is padded to the next larger batch run at it rather than compiled again. Other knobs
         (prompt, seed, steps, strength, guidance, control scale) compile nothing new."""
-        from .backends import load_backend
+        from .backends import check_lora_scale, check_memory_options, load_backend
+        from .registry import resolve_lora
         from .tiny import TINY_NATIVE_SIZE
 
+        # every argument is checked before the backbone (gigabytes) loads
         check_compile(compile, offload=offload)
         ref = resolve_backbone(name)
         device = resolve_device(device)
+        check_memory_options(device=device, offload=offload, attention=attention)
+        lora_ref = resolve_lora(lora) if lora else None
+        if lora:
+            check_lora_scale(lora_scale)
         backend = load_backend(ref, dtype=dtype, device=device, local_files_only=local_files_only)
         dtype = backend.dtype
         lora_knobs = {}
-        if lora:
-            from .registry import resolve_lora
-
-            lora_ref = resolve_lora(lora)
+        if lora_ref is not None:
             backend.load_speed_lora(lora_ref, scale=lora_scale, local_files_only=local_files_only)
             lora_knobs = dict(lora_ref.entry.knobs) if lora_ref.entry else {}
         backend.memory(

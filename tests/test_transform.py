@@ -964,6 +964,29 @@ def test_a_presets_knobs_do_not_override_the_guidance_flux_needs(photo, depth):
     assert guidance(flux, guidance_scale=3.0) == 3.0  # explicit knobs still win
 
 
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"lora": "tiny/lcm-sd15", "lora_scale": 5}, r"lora_scale must be in \(0, 2\], got 5"),
+        ({"lora": "tiny/lcm-sd15", "lora_scale": float("nan")}, r"lora_scale must be in \(0, 2\], got nan"),
+        ({"lora": "nope"}, "lora 'nope' is not a registry name"),
+        ({"attention": "flash"}, "attention must be sdpa or xformers, got 'flash'"),
+        ({"offload": "model"}, "offload 'model' moves weights between CPU and GPU; no GPU is available here"),
+        ({"offload": "disk"}, "offload must be one of"),
+    ],
+)
+def test_load_arguments_are_checked_before_the_backbone_loads(monkeypatch, kwargs, message):
+    """These were checked only after the backbone had loaded: a real one is gigabytes to download and load."""
+    from depth2img import backends
+
+    def no_load(*args, **kw):
+        raise AssertionError("the backbone started loading")
+
+    monkeypatch.setattr(backends, "load_backend", no_load)
+    with pytest.raises(InputError, match=message):
+        SceneTransformer.from_pretrained("tiny", device="cpu", **kwargs)
+
+
 def test_few_step_lora_mismatches_are_refused():
     with pytest.raises(
         ModelLoadError, match="lora 'tiny/lcm-sd15' is made for sd15-controlnet, not sdxl-controlnet"
