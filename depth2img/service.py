@@ -58,6 +58,9 @@ class Service:
         model = model or self.default_model
         with self._lock:
             if self._transformer is None or self._transformer.name != model:
+                from .registry import resolve_backbone
+
+                resolve_backbone(model)  # an unknown name is refused while the loaded backbone is still kept
                 if progress:
                     progress(f"loading model {model} (first use)")
                 self._transformer = None  # free the old backbone before loading the next

@@ -359,6 +359,16 @@ def test_auth_and_upload_limit(tmp_path, photo):
         demo.close()
 
 
+def test_a_model_name_that_does_not_resolve_keeps_the_loaded_one(service):
+    """Picking an unknown backbone dropped the loaded one, so the next request loaded it again (minutes, real)."""
+    from depth2img.errors import InputError
+
+    loaded = service.transformer()
+    with pytest.raises(InputError, match="nope"):
+        service.transformer("tiny/nope")
+    assert service._transformer is loaded and service.transformer() is loaded
+
+
 def test_service_estimates_a_photos_depth_once(chelsea):
     svc = Service(model="tiny")
     est = svc.estimator("tiny")
