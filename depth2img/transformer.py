@@ -441,12 +441,16 @@ class SceneTransformer:
     def _common_metadata(self, req: Request, b) -> dict:
         knobs = req.knobs
         width, height = req.image.size
+        companion = b.companion_ref
+        controlnet = companion if companion and b.has_controlnet else None
+        lora = companion if getattr(b, "uses_lora", False) else None
         return {
             "prompt": req.prompt, "user_prompt": req.user_prompt, "negative_prompt": req.negative, "preset": req.preset,
             **knobs, "scheduler": req.scheduler, "mode": b.mode(knobs["strength"]),
             "backbone": {"name": self.name, "pipeline": b.kind, "id": b.ref.location, "revision": b.ref.revision,
-                         "controlnet": b.companion_ref.location if b.companion_ref and b.has_controlnet else None,
-                         "lora": b.companion_ref.location if getattr(b, "uses_lora", False) else None,
+                         "controlnet": controlnet and controlnet.location,
+                         "controlnet_revision": controlnet and controlnet.revision,
+                         "lora": lora and lora.location, "lora_revision": lora and lora.revision,
                          "speed_lora": b.speed_lora, "fast_path": b.fast_path,
                          "licence": b.ref.entry.licence if b.ref.entry else None},
             "depth": {"source": req.depth.source, "kind": req.depth.kind},

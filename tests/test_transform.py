@@ -756,9 +756,20 @@ def test_metadata_round_trip(sd15, photo, depth, tmp_path):
         assert back["backbone"]["id"].endswith("sd15-depth") and back["backbone"]["controlnet"].endswith(
             "-controlnet"
         )
+        assert back["backbone"]["controlnet_revision"] is None  # a tiny folder has none; a pinned one below
         assert set(back["versions"]) == {"depth2img", "torch", "diffusers", "transformers"}
     lines = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
     assert lines == [read_png_metadata(tmp_path / rec["output"]) for rec in records]
+
+
+def test_the_controlnet_and_depth_loras_revisions_are_recorded(sd15, photo, depth, monkeypatch):
+    """Metadata promised model ids and revisions, but gave the ControlNet's (and Flux's depth LoRA's) id only."""
+    import dataclasses
+
+    b = sd15.backend
+    monkeypatch.setattr(b, "companion_ref", dataclasses.replace(b.companion_ref, revision="539f9918" * 5))
+    meta = sd15.transform(photo, PROMPT, depth=depth, seed=0, steps=2).metadata[0]["backbone"]
+    assert meta["controlnet_revision"] == "539f9918" * 5 and meta["lora_revision"] is None
 
 
 def test_scheduler_swap_keeps_weights(sd15, photo, depth):
