@@ -282,7 +282,9 @@ class SceneTransformer:
                  "feature_cache": feature_cache}  # fmt: skip
         knobs.update({k: v for k, v in given.items() if v is not None})
         check_knobs(knobs)
-        foreign = [k for k in CONTROL_KNOBS if given[k] is not None and k not in self.backend.control_knobs]
+        # a control knob this backbone lacks is refused only when it asks for something: its default is what runs
+        foreign = [k for k in CONTROL_KNOBS if given[k] not in (None, DEFAULT_KNOBS[k])
+                   and k not in self.backend.control_knobs]  # fmt: skip
         if foreign:
             hint = (
                 "; flux-depth-lora has control_scale (its LoRA scale)"

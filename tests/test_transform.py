@@ -453,6 +453,10 @@ def test_flux_equals_diffusers(photo, depth, tiny_dir):
         InputError, match="control_scale: backbone 'tiny/flux-depth' .* no such knob; flux-depth-lora has"
     ):
         st.transform(photo, PROMPT, depth=depth, seed=2, steps=2, control_scale=0.5)
+    # the defaults ask for nothing, so a script or job passing them for every backbone runs here too
+    same = st.transform(photo, PROMPT, depth=depth, seed=2, steps=2, strength=1.0, control_scale=1.0,
+                        control_start=0.0, control_end=1.0)  # fmt: skip
+    np.testing.assert_array_equal(same.raw, ours.raw)
     with pytest.raises(InputError, match="negative_prompt: .* takes no negative prompt"):
         st.transform(photo, PROMPT, depth=depth, seed=2, steps=2, negative_prompt="blur")
     assert (
