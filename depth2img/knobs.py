@@ -47,22 +47,27 @@ def check_compile(mode, name: str = "compile", offload: str | None = None, featu
     return mode
 
 
+def _real(value) -> bool:
+    """A real number, not a bool (True would run as 1: strength True was txt2img, recorded as true)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def check_knobs(knobs: dict) -> None:
     """One InputError per bad knob, naming it and the value received."""
     steps = knobs["steps"]
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
         raise InputError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
     s = knobs["strength"]
-    if not isinstance(s, (int, float)) or not 0.0 < s <= 1.0:
+    if not _real(s) or not 0.0 < s <= 1.0:
         raise InputError(f"strength must be in (0, 1], got {s!r}")
     g = knobs["guidance_scale"]
-    if not isinstance(g, (int, float)) or not 0.0 <= g <= 50.0 or not math.isfinite(g):
+    if not _real(g) or not 0.0 <= g <= 50.0 or not math.isfinite(g):
         raise InputError(f"guidance_scale must be in [0, 50], got {g!r}")
     c = knobs["control_scale"]
-    if not isinstance(c, (int, float)) or not 0.0 <= c <= 5.0:
+    if not _real(c) or not 0.0 <= c <= 5.0:
         raise InputError(f"control_scale must be in [0, 5], got {c!r}")
     a, b = knobs["control_start"], knobs["control_end"]
-    if not (isinstance(a, (int, float)) and isinstance(b, (int, float)) and 0.0 <= a < b <= 1.0):
+    if not (_real(a) and _real(b) and 0.0 <= a < b <= 1.0):
         raise InputError(
             f"control_start and control_end must satisfy 0 <= start < end <= 1, got {a!r} and {b!r}"
         )

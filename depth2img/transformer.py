@@ -24,6 +24,7 @@ from .io import check_image, to_rgb
 from .knobs import (
     CONTROL_KNOBS,
     DEFAULT_KNOBS,
+    MAX_SEED,
     check_batch_size,
     check_compile,
     check_denoising_steps,
@@ -87,7 +88,10 @@ class Request:
 
     def with_seeds(self, seeds) -> Request:
         """The same request for other seeds (the photo and depth objects are shared, not copied)."""
-        return replace(self, seeds=[check_seed(s) for s in seeds])
+        seeds = [check_seed(s) for s in seeds]
+        if not seeds:
+            raise InputError("seed list is empty")
+        return replace(self, seeds=seeds)
 
 
 class Sized(NamedTuple):
@@ -317,7 +321,12 @@ class SceneTransformer:
             num_images = len(seeds)
         else:
             base = check_seed(seed)
-            seeds = [check_seed(base + i) for i in range(num_images)]
+            if base + num_images - 1 > MAX_SEED:
+                raise InputError(
+                    f"seed {base} with num_images {num_images}: image i uses seed + i, which passes 2**63-1; "
+                    "give a smaller seed"
+                )
+            seeds = list(range(base, base + num_images))
         scheduler_name = self.backend.set_scheduler(scheduler)
         notes = self._prompt_warnings(final_prompt, "prompt")
         if negative:

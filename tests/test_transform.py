@@ -840,6 +840,16 @@ def test_long_prompt_names_truncated_tokens(sd15, photo, depth):
         (dict(seed=-1), "seed must be an integer in 0..2\\*\\*63-1, got -1"),
         (dict(seed=2**70), "seed must be an integer"),
         (dict(num_images=0), "num_images must be an integer in 1..64, got 0"),
+        (
+            dict(strength=True),
+            r"^strength must be in \(0, 1\], got True$",
+        ),  # once ran as txt2img, recorded true
+        (dict(guidance_scale=True), r"^guidance_scale must be in \[0, 50\], got True$"),
+        (dict(control_start=False), "got False and 1.0"),
+        (
+            dict(seed=2**63 - 1, num_images=2),
+            r"^seed 9223372036854775807 with num_images 2: image i uses seed \+ i",
+        ),
         (dict(steps=1, strength=0.8), "steps=1 and strength=0.8 leave 0; raise either"),
         (
             dict(depth=np.ones((64, 64))),
@@ -856,6 +866,12 @@ def test_bad_arguments(sd15, photo, kwargs, message):
     with pytest.raises(InputError, match=message) as err:
         sd15.transform(photo, **kwargs)
     assert "\n" not in str(err.value)
+
+
+def test_a_request_for_no_seeds_is_refused(sd15, photo, depth):
+    req = sd15.prepare(photo, PROMPT, depth=depth, seed=0, steps=2)
+    with pytest.raises(InputError, match="^seed list is empty$"):
+        req.with_seeds([])  # run() raised IndexError on it
 
 
 def test_depth_file_with_nan_refused(sd15, photo, tmp_path):
