@@ -271,21 +271,33 @@ def skip_inactive_controlnet(controlnet, counter: ControlNetCallCounter | None =
 
 
 def _pipe_sharing_weights(pipeline_class, pipe):
-    """``pipeline_class.from_pipe(pipe)`` with every shared model left in its dtype. from_pipe casts all of them
-    to its ``dtype`` argument, float32 when none is given: fp16/bf16 weights would silently become float32.
+    """``pipeline_class.from_pipe(pipe)`` with every shared weight left as it was. from_pipe casts all models to its
+    ``dtype`` argument, float32 when none is given: fp16/bf16 weights would silently become float32, and the
+    float32 layers a model keeps in a half-precision load (T5's ``wo``, its ``_keep_in_fp32_modules``; a float32
+    VAE) would be rounded to half precision, shared with the first pipeline too.
 
-    That cast made diffusers log "There are modules in UNet2DConditionModel that should be kept in float32: []"
-    once per model at every load (it warns for an empty list too): its log is quiet for the call."""
+    So the cast is to the main model's dtype (a no-op for its tensors), and every tensor of another dtype is put
+    back afterwards: the original tensor itself, not a cast back, so nothing is rounded. That cast made diffusers
+    log "There are modules in UNet2DConditionModel that should be kept in float32: []" once per model at every
+    load (it warns for an empty list too): its log is quiet for the call."""
     import torch
 
-    models = {k: m for k, m in pipe.components.items() if isinstance(m, torch.nn.Module)}
-    dtypes = {k: next(m.parameters()).dtype for k, m in models.items() if any(True for _ in m.parameters())}
-    main = dtypes.get("unet") or dtypes.get("transformer") or next(iter(dtypes.values()), torch.float32)
+    models = [m for m in pipe.components.values() if isinstance(m, torch.nn.Module)]
+    main = next(
+        (next(m.parameters()).dtype for m in (getattr(pipe, "unet", None), getattr(pipe, "transformer", None))
+         if m is not None), torch.float32,
+    )  # fmt: skip
+    kept = [(slots, name, tensor) for model in models for module in model.modules()
+            for slots in (module._parameters, module._buffers) for name, tensor in slots.items()
+            if tensor is not None and tensor.is_floating_point() and tensor.dtype != main]  # fmt: skip
+    datas = [tensor.data for _, _, tensor in kept]
     with quiet_log("diffusers"):
-        new = pipeline_class.from_pipe(pipe, dtype=main)  # a no-op cast when all models share that dtype
-    for k, dtype in dtypes.items():  # mixed dtypes (a float32 VAE, say) are put back as they were
-        if next(models[k].parameters()).dtype != dtype:
-            models[k].to(dtype=dtype)
+        new = pipeline_class.from_pipe(pipe, dtype=main)
+    for (slots, name, tensor), data in zip(kept, datas):
+        if isinstance(tensor, torch.nn.Parameter):
+            tensor.data = data  # module.to() keeps the Parameter object and swaps its data
+        else:
+            slots[name] = data
     return new
 
 

@@ -179,11 +179,29 @@ def test_mixed_dtypes_survive_the_shared_img2img_pipeline(tiny_dir):
     st_ = SceneTransformer.from_pretrained("tiny", dtype=torch.bfloat16)
     txt2img = st_.backend.pipes["txt2img"]
     txt2img.vae.to(torch.float32)  # as some users keep the VAE
+    for p in txt2img.vae.parameters():
+        p.data += 1e-4 * torch.randn_like(p)  # values bf16 cannot hold
+    before = {k: v.clone() for k, v in txt2img.vae.state_dict().items()}
     backend = SD15Backend(txt2img, st_.backend.ref)
     img2img = backend.pipes["img2img"]
     assert isinstance(img2img, StableDiffusionControlNetImg2ImgPipeline) and img2img.vae is txt2img.vae
     assert txt2img.vae.dtype == torch.float32 and txt2img.unet.dtype == torch.bfloat16
     assert txt2img.controlnet.dtype == torch.bfloat16 and txt2img.text_encoder.dtype == torch.bfloat16
+    after = txt2img.vae.state_dict()  # the very float32 weights, not a cast to bf16 and back
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_a_text_encoders_float32_layers_stay_as_diffusers_loads_them(tiny_dir):
+    """T5 keeps its ``wo`` layers in float32 in a half-precision load (transformers' _keep_in_fp32_modules, against
+    fp16 overflow); from_pipe's cast for the img2img pipeline rounded them to fp16, in the shared model too."""
+    from diffusers import FluxControlPipeline
+
+    ref = FluxControlPipeline.from_pretrained(tiny_dir / "flux-depth", dtype=torch.float16)
+    ours = SceneTransformer.from_pretrained("tiny/flux-depth", dtype="float16", device="cpu").backend.pipe
+    theirs = dict(ref.text_encoder_2.named_parameters())
+    assert {p.dtype for n, p in theirs.items() if ".wo." in n} == {torch.float32}  # what the test relies on
+    for name, p in ours.text_encoder_2.named_parameters():
+        assert p.dtype == theirs[name].dtype and torch.equal(p, theirs[name]), name
 
 
 def test_compiled_fast_path_traces_whole_models_and_keeps_the_controlnet_window(eager_compile, photo, depth):
