@@ -13,9 +13,11 @@ from __future__ import annotations
 import collections
 import itertools
 import json
+import math
 import os
 import shutil
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from functools import partial
@@ -24,15 +26,16 @@ from typing import NamedTuple
 
 import yaml
 
-from .errors import Depth2ImgError, InputError, OutOfMemory
+from .errors import Depth2ImgError, Depth2ImgWarning, InputError, OutOfMemory
 from .io import atomic_path, expand_inputs, load_image, write_depth_products
-from .knobs import DEFAULT_KNOBS, check_batch_size
+from .knobs import DEFAULT_KNOBS, MAX_SEED, check_batch_size
 from .outputs import BackgroundWriter, append_manifest, safe_name, save_png
 from .transformer import _batchable
 
 LAYOUTS = {"files": "images", "imagefolder": "train", "coco": "images"}  # layout -> image folder
 SEED_STRIDE = 1_000_003  # a retry uses seed + attempt * SEED_STRIDE: never another item's seed
 KNOB_KEYS = (*DEFAULT_KNOBS, "scheduler", "negative_prompt")  # what a job's `knobs:` may hold
+EXIF_ORIENTATION = 0x0112  # the EXIF tag load_image applies (ImageOps.exif_transpose)
 
 
 @dataclass
@@ -48,8 +51,9 @@ class Geometry:
             raise InputError(
                 f"job key geometry.metric must be one of {', '.join(METRICS)}, got {self.metric!r}"
             )
-        if self.threshold is not None and not isinstance(self.threshold, (int, float)):
-            raise InputError(f"job key geometry.threshold must be a number, got {self.threshold!r}")
+        t = self.threshold
+        if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
+            raise InputError(f"job key geometry.threshold must be a finite number, got {t!r}")
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or not 0 <= self.retries <= 20:
             raise InputError(f"job key geometry.retries must be an integer in 0..20, got {self.retries!r}")
 
@@ -78,6 +82,8 @@ class Job:
     def __post_init__(self):
         from .knobs import check_compile, check_seed
 
+        if self.geometry is None:  # `geometry:` left empty: the defaults
+            self.geometry = Geometry()
         if isinstance(self.geometry, dict):
             unknown = set(self.geometry) - set(Geometry.__dataclass_fields__)
             if unknown:
@@ -85,14 +91,35 @@ class Job:
                     f"job key geometry.{sorted(unknown)[0]} is unknown (allowed: metric, threshold, retries)"
                 )
             self.geometry = Geometry(**self.geometry)
+        if not isinstance(self.geometry, Geometry):
+            raise InputError(
+                f"job key geometry must be a mapping (metric, threshold, retries), got {self.geometry!r}"
+            )
+        for key in ("knobs", "labels"):  # left empty: none
+            if getattr(self, key) is None:
+                setattr(self, key, {})
+            if not isinstance(getattr(self, key), dict):
+                raise InputError(
+                    f"job key {key} must be a mapping of names to values, got {getattr(self, key)!r}"
+                )
         if self.layout not in LAYOUTS:
             raise InputError(f"job key layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
-        if not isinstance(self.inputs, (str, list)) or not self.inputs:
-            raise InputError(f"job key inputs must be a path, glob, list file or list, got {self.inputs!r}")
+        items = self.inputs if isinstance(self.inputs, list) else [self.inputs]
+        if not self.inputs or not all(isinstance(i, str) and i.strip() for i in items):
+            raise InputError(
+                f"job key inputs must be a path, glob, list file or list of them, got {self.inputs!r}"
+            )
         if not isinstance(self.output, str) or not self.output.strip():
             raise InputError(f"job key output must be a directory, got {self.output!r}")
+        if self.prompt is not None and not isinstance(self.prompt, str):
+            raise InputError(f"job key prompt must be a string, got {self.prompt!r}")
         if not isinstance(self.presets, list):
             raise InputError(f"job key presets must be a list, got {self.presets!r}")
+        for key in ("model", "estimator", "lora"):
+            setattr(self, key, self._model_path(key))
+        s = self.lora_scale
+        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
+            raise InputError(f"job key lora_scale must be a finite number, got {s!r}")
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, (int, list)):
             raise InputError(f"job key seeds must be a count or a list of integers, got {self.seeds!r}")
         if isinstance(self.seeds, int) and not 1 <= self.seeds <= 1000:
@@ -104,16 +131,18 @@ class Job:
         repeated = sorted(s for s, n in collections.Counter(self.seed_list()).items() if n > 1)
         if repeated:
             raise InputError(f"job key seeds lists {repeated[0]} more than once; each seed makes one image")
+        self._check_retry_seeds()
         unknown = set(self.knobs) - set(KNOB_KEYS)
         if unknown:
             raise InputError(
                 f"job key knobs.{sorted(unknown)[0]} is unknown (allowed: {', '.join(KNOB_KEYS)})"
             )
+        negative = self.knobs.get("negative_prompt")
+        if negative is not None and not isinstance(negative, str):
+            raise InputError(f"job key knobs.negative_prompt must be a string, got {negative!r}")
         self._check_values()
         check_compile(self.compile, "job key compile", feature_cache=self.knobs.get("feature_cache", 1))
-        unknown = set(self.labels) - {"coco", "yolo", "masks"}
-        if unknown:
-            raise InputError(f"job key labels.{sorted(unknown)[0]} is unknown (allowed: coco, yolo, masks)")
+        self._check_labels()
         if self.matrix is not None:
             if not isinstance(self.matrix, dict) or set(self.matrix) != {"template", "axes"}:
                 raise InputError("job key matrix must hold exactly 'template' and 'axes'")
@@ -126,25 +155,87 @@ class Job:
                 raise InputError("job key matrix.axes must map each {name} to a non-empty list")
             try:
                 self.matrix["template"].format(**{k: v[0] for k, v in axes.items()})
-            except (KeyError, IndexError) as err:
+            except KeyError as err:
                 raise InputError(f"job key matrix.template names {err} which is not an axis") from None
+            except IndexError:
+                raise InputError(
+                    f"job key matrix.template has a positional {{}}; name an axis in each: {self.matrix['template']!r}"
+                ) from None
             except (ValueError, AttributeError) as err:
                 raise InputError(f"job key matrix.template is not a valid template ({err})") from None
         if not self.presets and self.matrix is None and not (self.prompt or "").strip():
             raise InputError("job needs variations: presets, a matrix, or at least a prompt")
         for key in ("depth_batch_size", "batch_size"):
             check_batch_size(getattr(self, key), f"job key {key}")
+        self._check_denoising_steps()
+
+    def _model_path(self, key: str) -> str | None:
+        """``model``, ``estimator`` or ``lora`` as the loader should get it: a local folder given relative to the job
+        file (``./x``, ``../x``, ``~/x``, or a relative path that exists there) becomes that path; registry names,
+        ``tiny/...`` and hub ids stay as they are. Checked with the registry's resolver, before anything is
+        written or loaded."""
+        from . import registry
+
+        value = getattr(self, key)
+        if value is None:
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise InputError(f"job key {key} must be a registry name, hub id or folder, got {value!r}")
+        section = {"model": "backbones", "estimator": "estimators", "lora": "loras"}[key]
+        named = value == "tiny" or value.startswith("tiny/") or value in registry.load_registry()[section]
+        if not named and not Path(value).is_absolute():
+            if value.startswith(("./", "../", "~")) or value in (".", "..") or self.path(value).exists():
+                value = str(self.path(value))
+        resolve = {"model": registry.resolve_backbone, "estimator": registry.resolve_estimator,
+                   "lora": registry.resolve_lora}[key]  # fmt: skip
+        try:
+            resolve(value)
+        except InputError as err:
+            raise InputError(f"job key {key}: {err}") from None
+        return value
+
+    def _check_retry_seeds(self) -> None:
+        """A retry uses seed + attempt x SEED_STRIDE (only with a threshold): it must stay a valid seed and must not
+        be another listed seed, whose image it would repeat."""
+        if self.geometry.threshold is None or not self.geometry.retries:
+            return
+        seeds, retries = self.seed_list(), self.geometry.retries
+        for s in seeds:
+            if s + retries * SEED_STRIDE > MAX_SEED:
+                raise InputError(
+                    f"job key seeds: seed {s} would be retried with seed {s + retries * SEED_STRIDE} "
+                    f"(geometry.retries {retries}), past 2**63-1; use seeds up to {MAX_SEED - retries * SEED_STRIDE}"
+                )
+        listed = set(seeds)
+        for s in seeds:
+            for attempt in range(1, retries + 1):
+                if s + attempt * SEED_STRIDE in listed:
+                    raise InputError(
+                        f"job key seeds: seed {s}'s retry {attempt} would use seed {s + attempt * SEED_STRIDE}, "
+                        "which the list also holds (the same image twice); choose other seeds"
+                    )
+
+    def _check_labels(self) -> None:
+        unknown = set(self.labels) - {"coco", "yolo", "masks"}
+        if unknown:
+            raise InputError(f"job key labels.{sorted(unknown)[0]} is unknown (allowed: coco, yolo, masks)")
+        for key in ("coco", "yolo"):
+            value = self.labels.get(key)
+            if key in self.labels and (not isinstance(value, str) or not value.strip()):
+                what = "a COCO JSON file" if key == "coco" else "a folder of YOLO txt files"
+                raise InputError(f"job key labels.{key} must be {what}, got {value!r}")
+        masks = self.labels.get("masks") or {}
+        if not isinstance(masks, dict) or not all(isinstance(v, str) and v.strip() for v in masks.values()):
+            raise InputError(f"job key labels.masks must map a mask name to a directory, got {masks!r}")
 
     def _check_values(self) -> None:
         """Knob values, scheduler and preset names are checked here, before any model loads."""
         from . import presets as presets_mod
         from .backends import SCHEDULERS
-        from .knobs import check_denoising_steps, check_knobs
+        from .knobs import check_knobs
 
         try:
             check_knobs({**DEFAULT_KNOBS, **{k: v for k, v in self.knobs.items() if k in DEFAULT_KNOBS}})
-            if "steps" in self.knobs and "strength" in self.knobs:
-                check_denoising_steps(self.knobs["steps"], self.knobs["strength"])
         except InputError as err:
             raise InputError(f"job key knobs: {err}") from None
         scheduler = self.knobs.get("scheduler")
@@ -158,6 +249,31 @@ class Job:
                 presets_mod.resolve(None, str(name), known)
             except InputError as err:
                 raise InputError(f"job key presets: {err}") from None
+
+    def _check_denoising_steps(self) -> None:
+        """Each variation's steps x strength must leave a denoising step. Resolved as ``prepare`` resolves them (the
+        job's knobs, over its LoRA's, over a preset's, over the defaults), so a job that would fail every item
+        fails here, before anything is written."""
+        from . import presets as presets_mod
+        from .knobs import check_denoising_steps
+        from .registry import resolve_lora
+
+        lora = resolve_lora(self.lora) if self.lora is not None else None
+        lora_knobs = dict(lora.entry.knobs) if lora is not None and lora.entry else {}
+        known = presets_mod.load_presets()
+        for var in variations(self):
+            preset_knobs = presets_mod.resolve(None, var.preset, known)[2] if var.preset else {}
+            knobs = {
+                **DEFAULT_KNOBS,
+                **lora_knobs,
+                **{k: v for k, v in preset_knobs.items() if k not in lora_knobs},
+            }
+            knobs.update({k: v for k, v in self.knobs.items() if k in ("steps", "strength")})
+            try:
+                check_denoising_steps(knobs["steps"], knobs["strength"])
+            except InputError as err:
+                where = f" (variation {var.name})" if var.preset else ""
+                raise InputError(f"job key knobs: {err}{where}") from None
 
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
@@ -243,26 +359,114 @@ class Labels:
     def __init__(self, job: Job):
         self.coco = None
         self.yolo = job.path(job.labels["yolo"]) if "yolo" in job.labels else None
-        masks = job.labels.get("masks") or {}
-        if not isinstance(masks, dict):
-            raise InputError("job key labels.masks must map a mask name to a directory")
-        self.masks = {safe_name(k): job.path(v) for k, v in masks.items()}
+        self.masks = {safe_name(str(k)): job.path(v) for k, v in (job.labels.get("masks") or {}).items()}
+        self._coco_by_name: dict[str, list[tuple[tuple[str, ...], dict]]] = {}
         if "coco" in job.labels:
             path = job.path(job.labels["coco"])
             try:
                 self.coco = json.loads(path.read_text())
+                for im in self.coco.get("images", []):
+                    parts = _parts(im["file_name"])
+                    self._coco_by_name.setdefault(parts[-1], []).append((parts, im))
+                self._anns: dict = {}
+                for ann in self.coco.get("annotations", []):
+                    self._anns.setdefault(ann["image_id"], []).append(ann)
             except (OSError, json.JSONDecodeError) as err:
                 raise InputError(f"labels.coco {path}: cannot be read ({err})") from None
-            self._coco_by_name = {Path(im["file_name"]).name: im for im in self.coco.get("images", [])}
-            self._anns: dict = {}
-            for ann in self.coco.get("annotations", []):
-                self._anns.setdefault(ann["image_id"], []).append(ann)
+            except (AttributeError, KeyError, TypeError, IndexError) as err:
+                raise InputError(
+                    f"labels.coco {path}: not COCO (images need an id and a file_name, annotations an "
+                    f"image_id; {type(err).__name__}: {err})"
+                ) from None
+
+    def _coco_matches(self, source: Path) -> list[dict]:
+        """The COCO image entries naming ``source``: those whose ``file_name`` is the longest path suffix of the
+        source's path (whole components: ``x/img.png`` names ``.../x/img.png``, not ``.../y/img.png``)."""
+        src = _parts(os.path.abspath(source))
+        best, found = 0, []
+        for parts, im in self._coco_by_name.get(src[-1], []):
+            n = len(parts)
+            if n > best and src[-n:] == parts:
+                best, found = n, [im]
+            elif n == best and src[-n:] == parts:
+                found.append(im)
+        return found
 
     def coco_for(self, source: Path):
         if self.coco is None:
             return None, []
-        im = self._coco_by_name.get(source.name)
+        found = self._coco_matches(source)
+        im = found[0] if len(found) == 1 else None  # several: refused up front by check()
         return (im, self._anns.get(im["id"], [])) if im else (None, [])
+
+    def check(self, sources: list[Path]) -> None:
+        """Refuse, before anything is written or loaded, labels that would not stay valid: a COCO entry that names
+        several sources (or a source named by several entries), and labels that do not fit their source as
+        ``load_image`` gives it (EXIF orientation applied), from the files' headers."""
+        owners: dict[int, list[Path]] = {}
+        problems = []
+        for p in sources:
+            found = self._coco_matches(p) if self.coco is not None else []
+            if len(found) > 1:
+                names = ", ".join(f"{im['file_name']!r} (id {im['id']})" for im in found)
+                raise InputError(
+                    f"job key labels.coco: {names} all name the source {p}; list each image once"
+                )
+            for im in found:
+                owners.setdefault(id(im), []).append(p)
+            if problem := self._fit_problem(p, found[0] if found else None):
+                problems.append(f"{p}: {problem}")
+        for im in (im for parts_ims in self._coco_by_name.values() for _, im in parts_ims):
+            if len(owners.get(id(im), [])) > 1:
+                srcs = owners[id(im)]
+                raise InputError(
+                    f"job key labels.coco: file_name {im['file_name']!r} matches {len(srcs)} sources ({srcs[0]}, "
+                    f"{srcs[1]}{', ...' if len(srcs) > 2 else ''}); give its path down to the folder that tells "
+                    "them apart"
+                )
+        if problems:
+            more = f" (and {len(problems) - 1} more sources)" if len(problems) > 1 else ""
+            raise InputError(f"job key labels: {problems[0]}{more}; the labels would not stay aligned")
+
+    def _fit_problem(self, source: Path, coco_image: dict | None) -> str | None:
+        """Why ``source``'s labels cannot be carried to outputs of its size, or None. The size is the photo's once
+        its EXIF orientation is applied (as ``load_image`` gives it); labels of an EXIF-rotated photo are carried
+        only where their size shows that they were made on the rotated photo (YOLO's normalised boxes never can)."""
+        yolo = self.yolo / f"{source.stem}.txt" if self.yolo is not None else None
+        yolo = yolo if yolo is not None and yolo.is_file() else None
+        masks = [m for m in (folder / f"{source.stem}.png" for folder in self.masks.values()) if m.is_file()]
+        if coco_image is None and not masks and yolo is None:
+            return None
+        header = _header(source)
+        if header is None:  # unreadable: the loader lists it and skips it
+            return None
+        stored, orientation = header
+        w, h = stored[::-1] if orientation in (5, 6, 7, 8) else stored
+        if orientation != 1 and yolo is not None:
+            return (
+                f"it is EXIF-rotated (orientation {orientation}), so its YOLO labels {yolo} cannot be known to "
+                "match the rotated output; save the photo rotated, with labels to match"
+            )
+        shown = f"{w}x{h}" + (
+            f" once its EXIF orientation {orientation} is applied" if orientation != 1 else ""
+        )
+        sizes = [(f"mask {m}", (_header(m) or (None, 1))[0]) for m in masks]  # masks are copied as stored
+        if coco_image is not None:
+            cw, ch = coco_image.get("width"), coco_image.get("height")
+            sizes.append(
+                (f"labels.coco image id {coco_image['id']}", (cw, ch) if (cw, ch) != (None, None) else None)
+            )
+        for what, size in sizes:
+            if size is not None and tuple(size) != (w, h):
+                return f"its {what} is {size[0]}x{size[1]} but the photo is {shown}"
+            # a turn by 90 degrees swaps a photo's sides: labels of the turned size were made on the turned photo
+            if orientation != 1 and (size is None or orientation not in (5, 6, 7, 8) or w == h):
+                return (
+                    f"it is EXIF-rotated (orientation {orientation}) and its {what} "
+                    f"{'gives no size' if size is None else 'has the same size either way'}, so it cannot be known "
+                    "to match the rotated output; save the photo rotated, with labels to match"
+                )
+        return None
 
     def copy_for(self, source: Path, out_stem: str, root: Path) -> list[Path]:
         """Copy YOLO txt and mask PNGs of ``source`` for an output named ``out_stem``; returns what was written."""
@@ -280,6 +484,26 @@ class Labels:
                     shutil.copyfile(src, tmp)
                 written.append(dst)
         return written
+
+
+def _parts(name: str | os.PathLike) -> tuple[str, ...]:
+    """Path components, '/' or '\\' separated, without '.' components."""
+    return tuple(c for c in Path(str(name).replace("\\", "/")).parts if c != ".")
+
+
+def _header(path: Path) -> tuple[tuple[int, int], int] | None:
+    """(stored size, EXIF orientation) from an image's header, or None if it cannot be read. A PNG's own
+    ``getexif`` decodes the whole image to look for EXIF after the pixels; the base method reads what the header
+    holds (where PNG writers put it), so this stays a header read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            orientation = Image.Image.getexif(im).get(EXIF_ORIENTATION, 1)
+            size = im.size
+    except Exception:  # PIL raises OSError, SyntaxError, ValueError... for a damaged header
+        return None
+    return size, orientation if orientation in range(1, 9) else 1  # exif_transpose ignores other values
 
 
 # ---------------------------------------------------------------------------------------------- manifest
@@ -336,6 +560,10 @@ def _distributed():
     return state.process_index, state.num_processes, state.device, state.wait_for_everyone
 
 
+def _under(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
 def _inside(root: Path, path: Path) -> Path:
     resolved = path.resolve()
     if root.resolve() not in resolved.parents:
@@ -365,11 +593,28 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     root = job.path(job.output)
     image_dir = root / LAYOUTS[job.layout]
     manifest = root / ("manifest.jsonl" if world == 1 else f"manifest.rank{rank}.jsonl")
+    # Sources and labels are checked before anything is written or any model loads (every process checks them
+    # all, so all refuse alike). A job's own outputs are never its sources (a recursive glob over a folder that
+    # holds the output folder would take them in on --resume).
+    paths, problems = job_inputs(job)
+    outside = [p for p in paths if not _under(p, root)]
+    if len(outside) < len(paths) and rank == 0:
+        warnings.warn(f"{len(paths) - len(outside)} input file(s) under the output folder {root} skipped: a job's "
+                      "outputs are not its sources", Depth2ImgWarning, stacklevel=2)  # fmt: skip
+    paths = outside
+    labels = Labels(job)
+    labels.check(paths)
     earlier_run = any(root.glob("manifest*.jsonl"))
     if rank == 0 and root.is_dir():
         for stale in root.rglob(".*.part*"):  # temp files of a killed run
             stale.unlink(missing_ok=True)
-    finished = {r["item"] for m in root.glob("manifest*.jsonl") for r in read_manifest(m) if r.get("final")}
+    records = [r for m in root.glob("manifest*.jsonl") for r in read_manifest(m)]
+    tried: dict[str, int] = {}  # item -> the highest attempt an earlier run recorded
+    for r in records:
+        tried[r["item"]] = max(tried.get(r["item"], -1), r.get("attempt", 0))
+    # final: marked so, or out of retries (a normal run marks its attempt `retries` final whatever its score)
+    finished = {r["item"] for r in records if r.get("final")}
+    finished |= {item for item, attempt in tried.items() if attempt >= job.geometry.retries}
     barrier()  # every process has read the manifests, and stale files are gone, before any process writes
     if not resume and earlier_run:  # before anything of the earlier run is touched
         raise InputError(
@@ -383,7 +628,6 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     except OSError as err:
         raise InputError(f"output directory {root}: cannot be written ({err.strerror or err})") from None
 
-    paths, problems = job_inputs(job)
     for p in problems:
         fail(p)
     stems = dict(zip(paths, _stems(paths)))
@@ -397,7 +641,6 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     mine = [p for chunk in my_chunks for p in chunk]
     vars_ = variations(job)
     seeds = job.seed_list()
-    labels = Labels(job)
     knobs = {k: v for k, v in job.knobs.items() if k != "negative_prompt"}
     negative = job.knobs.get("negative_prompt")
 
@@ -521,7 +764,13 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                     if want:
                         req = st.prepare(req.image, var.prompt, preset=var.preset, negative_prompt=negative,
                                          depth=req.depth, seed=want, reuse=req, **knobs)  # fmt: skip
-                        queue += [_Item(p, var, s, 0, req) for s in want]
+                        # an item an earlier run left mid-retry goes on with its next attempt and seed
+                        items = [
+                            _Item(p, var, s, tried.get(_item_key(stem, var.name, s), -1) + 1, req)
+                            for s in want
+                        ]
+                        report.retried += sum(it.attempt > 0 for it in items)
+                        queue += items
             # Denoising batches across this chunk's sources, variations and seeds (same knobs and size);
             # an item under the geometry threshold comes back in the next round with its next seed.
             while queue:
@@ -554,7 +803,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         bar.close()
     barrier()
     if rank == 0:
-        if world > 1:
+        # this run's processes' manifests, or those of an earlier multi-process run that one process resumed
+        if any(root.glob("manifest.rank*.jsonl")):
             _merge_manifests(root)
         build_index(job, root, labels)
     report.wall_s = time.perf_counter() - started
@@ -642,10 +892,10 @@ def build_index(job: Job, root: Path, labels: Labels | None = None) -> None:
         ann_id = 1
         for image_id, r in enumerate(records, start=1):
             w, h = r["size"]
+            source, anns = labels.coco_for(Path(r["source"]))  # its labels.coco entry, matched by path
             coco["images"].append({"id": image_id, "file_name": r["output"], "width": w, "height": h,
-                                   "source_file_name": Path(r["source"]).name, "variation": r["variation"],
-                                   "seed": r["seed"]})  # fmt: skip
-            _, anns = labels.coco_for(Path(r["source"]))
+                                   "source_file_name": source["file_name"] if source else Path(r["source"]).name,
+                                   "variation": r["variation"], "seed": r["seed"]})  # fmt: skip
             for ann in anns:
                 coco["annotations"].append({**ann, "id": ann_id, "image_id": image_id})
                 ann_id += 1

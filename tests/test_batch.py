@@ -421,6 +421,67 @@ def test_output_names_cannot_escape(dataset, tmp_path):
             "inputs: a\noutput: b\nprompt: x\ncompile: default\nknobs: {feature_cache: 2}\n",
             "job key compile default does not combine with feature_cache 2",
         ),
+        # values of the wrong type or shape: refused at load time, not with a traceback or after files are written
+        ("inputs: a\noutput: b\nprompt: 5\n", "job key prompt must be a string, got 5"),
+        (
+            "inputs: a\noutput: b\nprompt: x\ngeometry: [1]\n",
+            r"job key geometry must be a mapping .*got \[1\]",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\ngeometry: {threshold: true}\n",
+            "geometry.threshold must be a finite number, got True",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\ngeometry: {threshold: .nan}\n",
+            "geometry.threshold must be a finite number, got nan",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\nknobs: [steps]\n",
+            r"job key knobs must be a mapping .*got \['steps'\]",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\nknobs: {negative_prompt: 5}\n",
+            "knobs.negative_prompt must be a string, got 5",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\nlabels: {yolo: 5}\n",
+            "job key labels.yolo must be a folder of YOLO txt files, got 5",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\nlabels: {masks: [a]}\n",
+            r"labels.masks must map a mask name to a directory, got \['a'\]",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\nmodel: 5\n",
+            "job key model must be a registry name, hub id or folder, got 5",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\nestimator: depth-anything-v9\n",
+            "job key estimator: estimator 'depth-anything-v9' is not a registry name",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\nlora_scale: x\n",
+            "job key lora_scale must be a finite number, got 'x'",
+        ),
+        ("inputs: [5]\noutput: b\nprompt: x\n", r"job key inputs must be .*got \[5\]"),
+        # steps alone: the default strength 0.8 leaves int(1 x 0.8) = 0 steps (it failed after depth/ was written)
+        (
+            "inputs: a\noutput: b\nprompt: x\nknobs: {steps: 1}\n",
+            "job key knobs: steps x strength must leave at least one denoising step: steps=1 and strength=0.8",
+        ),
+        (
+            "inputs: a\noutput: b\nmatrix: {template: '{w}', axes: {w: ['r a', 'r-a']}}\n",
+            r"duplicate names: \['r-a'\]",
+        ),
+        # a retry's seed (seed + attempt x 1000003) must stay a seed and must not be another listed seed
+        (
+            "inputs: a\noutput: b\nprompt: x\nseeds: [9223372036854775000]\ngeometry: {threshold: 0.5, retries: 1}\n",
+            "job key seeds: seed 9223372036854775000 would be retried with seed 9223372036855775003 .*past 2\\*\\*63-1",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\nseeds: [0, 1000003]\ngeometry: {threshold: 0.5, retries: 1}\n",
+            "job key seeds: seed 0's retry 1 would use seed 1000003, which the list also holds",
+        ),
         ("inputs: a\noutput: b\nprompt: [unclosed\n", "line 4, column 1"),
         ("inputs: a\noutput: b\n  prompt: x\n", "line 3, column 9: mapping values are not allowed"),
     ],
@@ -431,6 +492,179 @@ def test_bad_job_files_name_the_key_or_line(tmp_path, text, message):
     with pytest.raises(InputError, match=message) as err:
         load_job(f)
     assert "\n" not in str(err.value) and str(f) in str(err.value)
+
+
+def test_empty_sections_are_defaults_and_retry_seeds_matter_only_with_a_threshold(tmp_path):
+    f = tmp_path / "job.yaml"
+    f.write_text("inputs: a\noutput: b\nprompt: x\ngeometry:\nknobs:\nlabels:\nseeds: [0, 1000003]\n")
+    job = load_job(f)  # no threshold: no retry, so 1000003 is no retry seed of 0
+    assert job.geometry.threshold is None and job.geometry.retries == 2 and job.knobs == {} == job.labels
+
+
+def test_coco_labels_are_matched_by_path_not_by_file_name(tmp_path):
+    """x/img.png and y/img.png each get their own annotations (each took the other's); a bare name that fits both
+    is refused before anything is written."""
+    from depth2img.batch import Labels
+
+    sizes = {"x": (96, 64), "y": (64, 80)}
+    for sub, size in sizes.items():
+        (tmp_path / "nested" / sub).mkdir(parents=True)
+        render_driving_scene(*size, seed=len(sub)).image.save(tmp_path / "nested" / sub / "img.png")
+    coco = {"images": [{"id": k, "file_name": f"{sub}/img.png", "width": w, "height": h}
+                       for k, (sub, (w, h)) in enumerate(sizes.items(), start=1)],
+            "annotations": [{"id": k, "image_id": k, "category_id": k, "bbox": [0, 0, 9, 9], "area": 81, "iscrowd": 0}
+                            for k in (1, 2)],
+            "categories": [{"id": 1, "name": "x"}, {"id": 2, "name": "y"}]}  # fmt: skip
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    job = write_job(tmp_path, output="out", inputs=["nested/x", "nested/y"], presets=["fog"], seeds=1,
+                    labels={"coco": "coco.json"})  # fmt: skip
+    assert run_job(job, progress=False).done == 2
+    out = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    got = {
+        im["file_name"]: [a["category_id"] for a in out["annotations"] if a["image_id"] == im["id"]]
+        for im in out["images"]
+    }
+    assert got == {"images/img__fog__s0.png": [1], "images/img-2__fog__s0.png": [2]}  # x/img.png, y/img.png
+    assert sorted(im["source_file_name"] for im in out["images"]) == ["x/img.png", "y/img.png"]  # not img.png
+    # the longest matching path wins: y/img.png is named by the bare name once x/img.png has its own entry
+    coco["images"][1]["file_name"] = "img.png"
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    labels = Labels(load_job(job))
+    assert [labels.coco_for(tmp_path / "nested" / s / "img.png")[0]["id"] for s in "xy"] == [1, 2]
+    del coco["images"][0]  # now the bare name fits both sources: which one it means is unknowable
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    job = write_job(tmp_path, name="two.yaml", output="out2", inputs=["nested/x", "nested/y"], presets=["fog"],
+                    seeds=1, labels={"coco": "coco.json"})  # fmt: skip
+    with pytest.raises(
+        InputError, match=r"job key labels.coco: file_name 'img.png' matches 2 sources \(.*x/img.png"
+    ):
+        run_job(job, progress=False)
+    assert not (tmp_path / "out2").exists()
+
+
+def _rotated_photo(folder: Path, orientation=6) -> Path:
+    """A 96x64 JPEG whose EXIF orientation turns it to 64x96 (load_image applies it, as do viewers)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    render_driving_scene(W, H, seed=0).image.save(folder / "r.jpg", exif=exif, quality=95)
+    return folder / "r.jpg"
+
+
+@pytest.mark.parametrize(
+    "kind, message",
+    [
+        ("masks", r"its mask .*r.png is 96x64 but the photo is 64x96 once its EXIF orientation 6 is applied"),
+        ("coco", r"its labels.coco image id 1 is 96x64 but the photo is 64x96 once its EXIF orientation 6"),
+        (
+            "yolo",
+            r"it is EXIF-rotated \(orientation 6\), so its YOLO labels .*r.txt cannot be known to match",
+        ),
+    ],
+)
+def test_labels_that_do_not_fit_an_exif_rotated_photo_are_refused_up_front(tmp_path, kind, message):
+    """The output is the photo as load_image turns it; labels made on the stored pixels would be misaligned."""
+    from depth2img.batch import Labels
+
+    _rotated_photo(tmp_path / "photos")
+    (tmp_path / "masks").mkdir()
+    (tmp_path / "yolo").mkdir()
+    Image.new("L", (W, H)).save(tmp_path / "masks" / "r.png")  # the stored pixels' size
+    (tmp_path / "yolo" / "r.txt").write_text("0 0.5 0.5 0.2 0.2\n")
+    coco = {"images": [{"id": 1, "file_name": "r.jpg", "width": W, "height": H}], "annotations": []}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    labels = {
+        "masks": {"masks": {"m": "masks"}},
+        "coco": {"coco": "coco.json"},
+        "yolo": {"yolo": "yolo"},
+    }[kind]
+    job = write_job(tmp_path, output="out", inputs="photos", presets=["fog"], seeds=1, labels=labels)
+    with pytest.raises(InputError, match=r"job key labels: .*r.jpg: " + message) as err:
+        run_job(job, progress=False)
+    assert (
+        "\n" not in str(err.value) and not (tmp_path / "out").exists()
+    )  # refused before anything is written
+    if kind != "yolo":  # labels the size of the turned photo were made on it: they fit
+        Image.new("L", (H, W)).save(tmp_path / "masks" / "r.png")
+        coco["images"][0].update(width=H, height=W)
+        (tmp_path / "coco.json").write_text(json.dumps(coco))
+        Labels(load_job(job)).check([tmp_path / "photos" / "r.jpg"])
+
+
+def test_resume_merges_the_manifests_of_an_earlier_multi_process_run(dataset, tmp_path):
+    """A run of two processes killed before its merge left manifest.rank*.jsonl; resumed by one process, the
+    dataset index was written from manifest.jsonl alone: empty."""
+    out = tmp_path / "r"
+    job = write_job(dataset, output=str(out), presets=["fog"], seeds=1, labels={})
+    assert run_job(job, progress=False).done == 3
+    lines = (out / "manifest.jsonl").read_text().splitlines(keepends=True)
+    (out / "manifest.rank0.jsonl").write_text(
+        "".join(lines[:2])
+    )  # rank 0 had finished two items, rank 1 none
+    (out / "manifest.jsonl").unlink()
+    (out / "annotations.json").unlink()
+    again = run_job(job, resume=True, progress=False)
+    assert again.done == 1 and again.skipped == 2
+    assert sorted(r["item"] for r in read_manifest(out / "manifest.jsonl")) == [
+        "f0/fog/s0",
+        "f1/fog/s0",
+        "f2/fog/s0",
+    ]
+    assert not list(out.glob("manifest.rank*.jsonl"))
+    assert len(json.loads((out / "annotations.json").read_text())["images"]) == 3
+
+
+def test_resume_continues_an_interrupted_geometry_retry(dataset, tmp_path):
+    """An item cut off mid-retry goes on with its next attempt and seed (it started again at attempt 0)."""
+    out = tmp_path / "g"
+    job = write_job(dataset, output=str(out), inputs="frames/f0.png", presets=["fog"], seeds=1, labels={},
+                    geometry={"metric": "delta1", "threshold": 1.01, "retries": 2})  # fmt: skip
+    assert run_job(job, progress=False).rejected == 1
+    whole = (out / "manifest.jsonl").read_text()
+    (out / "manifest.jsonl").write_text(whole.splitlines(keepends=True)[0])  # killed after attempt 0
+    again = run_job(job, resume=True, progress=False)
+    assert again.rejected == 1 and again.retried == 2
+    assert (out / "manifest.jsonl").read_text() == whole  # attempts 1 and 2, with their seeds, once each
+    # attempts recorded up to the retries a resumed job allows: the item is final, as a run marks its last attempt
+    (out / "manifest.jsonl").write_text("".join(whole.splitlines(keepends=True)[:2]))
+    job.write_text(job.read_text().replace("retries: 2", "retries: 1"))
+    again = run_job(job, resume=True, progress=False)
+    assert again.skipped == 1 and again.retried == again.rejected == again.done == 0
+    assert len(read_manifest(out / "manifest.jsonl")) == 2
+
+
+def test_a_recursive_glob_never_takes_the_jobs_own_outputs(dataset, tmp_path):
+    from depth2img.errors import Depth2ImgWarning
+
+    (tmp_path / "data").mkdir()
+    Image.open(dataset / "frames" / "f0.png").save(tmp_path / "data" / "a.png")
+    job = write_job(tmp_path, inputs="data/**/*.png", output="data/out", presets=["fog"], seeds=1, labels={})
+    assert run_job(job, progress=False).done == 1
+    with pytest.warns(
+        Depth2ImgWarning, match=r"^2 input file\(s\) under the output folder .*data/out skipped"
+    ):
+        again = run_job(job, resume=True, progress=False)  # the output image and its 16-bit depth
+    assert again.done == 0 and again.skipped == 1 and not again.failed
+    assert [p.name for p in (tmp_path / "data" / "out" / "images").iterdir()] == ["a__fog__s0.png"]
+
+
+def test_local_model_folders_are_taken_from_the_job_files_folder(tmp_path, monkeypatch):
+    for folder in ("jobs/est", "jobs/org/backbone", "loras/fast"):
+        (tmp_path / folder).mkdir(parents=True)
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    f = write_job(tmp_path / "jobs", estimator="./est", model="org/backbone", lora="../loras/fast")
+    job = load_job(f)
+    assert (job.estimator, job.model, job.lora) == (
+        str(tmp_path / "jobs" / "est"),
+        str(tmp_path / "jobs" / "org" / "backbone"),  # an existing folder, though shaped like a hub id
+        str(tmp_path / "jobs" / ".." / "loras" / "fast"),
+    )
+    job = load_job(write_job(tmp_path / "jobs", estimator="tiny/depth-anything-v2-small", model="org/other"))
+    assert (job.estimator, job.model) == (
+        "tiny/depth-anything-v2-small",
+        "org/other",
+    )  # names and hub ids stay
 
 
 def _count_items(root: Path) -> dict:
