@@ -29,7 +29,7 @@ import yaml
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError, OutOfMemory
 from .io import atomic_path, expand_inputs, load_image, write_depth_products
 from .knobs import DEFAULT_KNOBS, MAX_SEED, check_batch_size
-from .outputs import BackgroundWriter, append_manifest, safe_name, save_png
+from .outputs import BackgroundWriter, append_manifest, read_manifest, safe_name, save_png
 from .transformer import _batchable
 
 LAYOUTS = {"files": "images", "imagefolder": "train", "coco": "images"}  # layout -> image folder
@@ -507,18 +507,6 @@ def _header(path: Path) -> tuple[tuple[int, int], int] | None:
 
 
 # ---------------------------------------------------------------------------------------------- manifest
-
-
-def read_manifest(path: Path) -> list[dict]:
-    """Lines of a manifest; a torn last line (a run killed mid-write) is dropped and cut off the file."""
-    if not path.is_file():
-        return []
-    data = path.read_bytes()
-    good = data[: data.rfind(b"\n") + 1]
-    if len(good) != len(data):
-        with open(path, "r+b") as fh:
-            fh.truncate(len(good))
-    return [json.loads(line) for line in good.decode("utf-8").splitlines() if line.strip()]
 
 
 def _item_key(source_stem: str, variation: str, seed: int) -> str:

@@ -129,6 +129,32 @@ def append_manifest(path, records: list[dict]) -> None:
         os.fsync(fh.fileno())
 
 
+def read_manifest(path: Path) -> list[dict]:
+    """Lines of a manifest; a torn last line (a run killed mid-write) is dropped and cut off the file."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    data = path.read_bytes()
+    good = data[: data.rfind(b"\n") + 1]
+    if len(good) != len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(len(good))
+    return [json.loads(line) for line in good.decode("utf-8").splitlines() if line.strip()]
+
+
+def compact_manifest(path) -> None:
+    """Keep one line per output file that exists, its last: a run that replaced an earlier run's file (same name,
+    same folder) replaced its line too, and a file removed leaves no line."""
+    path = Path(path)
+    records = read_manifest(path)
+    last = {r.get("output"): i for i, r in enumerate(records)}
+    kept = [r for i, r in enumerate(records)
+            if last[r.get("output")] == i and (r.get("output") is None or (path.parent / r["output"]).is_file())]  # fmt: skip
+    if len(kept) != len(records):
+        with atomic_path(path) as tmp:
+            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
+
+
 def safe_name(text: str) -> str:
     """A file-name fragment: letters, digits, '+', '-' and '_' only."""
     return re.sub(r"[^A-Za-z0-9+_-]+", "-", text).strip("-")[:60] or "x"
@@ -143,10 +169,12 @@ def write_transform_result(
     depth_formats=("png16", "preview"),
     manifest: bool = True,
     threads: int = 1,
+    files: list | None = None,
 ) -> list[dict]:
     """Images (metadata in their PNG text), depth products and the control image, encoded on up to ``threads``
     threads; if any fails, none is left. Then manifest lines (unless ``manifest`` is False: a caller writing
-    several results in parallel appends the returned records in order)."""
+    several results in parallel appends the returned records in order). ``files``, if given, gets every path
+    written (the caller removes them should its manifest lines fail)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [partial(write_depth_products, result.depth, out_dir, stem, depth_formats),
@@ -161,7 +189,9 @@ def write_transform_result(
         saved.add(id(img))
         jobs.append(partial(save_png, img, path, meta))
         records.append(meta)
-    write_all_or_none(jobs, threads)
+    written = write_all_or_none(jobs, threads)
+    if files is not None:
+        files += written
     if manifest:
         append_manifest(out_dir / MANIFEST, records)
     return records

@@ -12,7 +12,14 @@ from .depth_run import RunReport, _stems, output_dir, read_ahead
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError
 from .io import load_image
 from .knobs import check_batch_size
-from .outputs import MANIFEST, BackgroundWriter, append_manifest, write_transform_result
+from .outputs import (
+    MANIFEST,
+    BackgroundWriter,
+    append_manifest,
+    compact_manifest,
+    read_manifest,
+    write_transform_result,
+)
 
 
 def run_transform(
@@ -57,13 +64,29 @@ def run_transform(
     stems = _stems(paths)
     bar = tqdm(total=len(paths), unit="img", desc="transform", disable=not progress or len(paths) == 1)
 
-    def outputs_of(records):
-        return [out_dir / r["output"] for r in records]
+    def outputs_of(written):
+        return [out_dir / r["output"] for r in written[0]]
 
     # While a batch is denoised, the next batch's photos are read and their depth estimated (the depth thread, the
     # only one that runs the estimator) and the previous batch's outputs are written (the writer threads); each
     # input's manifest lines follow its files, in input order
-    add_lines = partial(append_manifest, out_dir / MANIFEST)
+    manifest = out_dir / MANIFEST
+    earlier = {r.get("output") for r in read_manifest(manifest)}  # a torn last line of a killed run is cut
+
+    def write(result, stem, source):
+        files: list = []  # every path written (a failed write leaves none: write_transform_result removes them)
+        records = write_transform_result(result, out_dir, stem, source=source, manifest=False, files=files)
+        return records, files
+
+    def add_lines(written):
+        """An input's manifest lines, after its files; if they cannot be written, neither are its files."""
+        records, files = written
+        try:
+            append_manifest(manifest, records)
+        except BaseException:
+            for f in files:
+                f.unlink(missing_ok=True)
+            raise
 
     def load(batch: range) -> list:
         """A batch's photos, read and decoded, with their depths (estimated in one estimator call, batched on a
@@ -117,11 +140,8 @@ def run_transform(
                         continue
                     for note in result.warnings if on_warning else ():
                         on_warning(f"{path}: {note}")
-                    write = partial(
-                        write_transform_result, result, out_dir, stems[i], source=str(path), manifest=False
-                    )
                     writer.submit(
-                        write,
+                        partial(write, result, stems[i], str(path)),
                         in_order=add_lines,
                         then=partial(report.settle_write, path, out_dir, paths=outputs_of),
                     )
@@ -130,6 +150,9 @@ def run_transform(
     finally:
         depth_worker.shutdown(wait=True, cancel_futures=True)
     bar.close()
+    replaced = earlier & {p.name for p in report.written}
+    if replaced or (earlier and report.failed):
+        compact_manifest(manifest)  # one line per file: a rerun's replaced files replace their lines
     return report
 
 

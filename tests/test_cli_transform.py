@@ -417,6 +417,45 @@ def test_a_failed_write_names_its_input_and_the_others_are_written(tmp_path, pho
                 ] == ["coffee.jpg"]  # fmt: skip
 
 
+def test_an_input_whose_manifest_lines_fail_leaves_none_of_its_files(
+    tmp_path, photos_dir, capsys, monkeypatch
+):
+    """Its files were written, then the append failed: "0 done, 2 failed" with every file left behind."""
+    import errno
+
+    from depth2img import transform_run
+
+    def full(path, records):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(transform_run, "append_manifest", full)
+    out = tmp_path / "o"
+    code, _, err = run(capsys, "transform", photos_dir, "-o", out, "--model", "tiny", "--prompt", "x", "--steps", 2,
+                       "-q")  # fmt: skip
+    assert code == 2 and "0 done, 2 failed" in err and "No space left on device" in err
+    assert not [p.name for p in out.iterdir()]
+
+
+def test_a_rerun_into_the_same_folder_replaces_the_lines_of_the_files_it_replaces(
+    tmp_path, photos_dir, capsys
+):
+    """A second run with another prompt replaced chelsea_s0.png, but the manifest kept the first run's line for it
+    (which named the other prompt) as well as the new one."""
+    out = tmp_path / "o"
+    for prompt in ("a castle", "a forest"):
+        code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", out, "--model", "tiny", "--prompt",
+                           prompt, "--seed", 0, "--steps", 2, "-q")  # fmt: skip
+        assert code == 0, err
+    run(capsys, "transform", photos_dir / "coffee.jpg", "-o", out, "--model", "tiny", "--prompt", "a cup", "--seed",
+        5, "--steps", 2, "-q")  # fmt: skip
+    lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert [(r["output"], r["user_prompt"]) for r in lines] == [
+        ("chelsea_s0.png", "a forest"),
+        ("coffee_s5.png", "a cup"),
+    ]
+    assert read_png_metadata(out / "chelsea_s0.png")["user_prompt"] == "a forest"
+
+
 def test_parallel_writer_threads_give_the_same_files_and_manifest(tmp_path, photos_dir, capsys, monkeypatch):
     from depth2img import outputs
 
