@@ -302,24 +302,40 @@ def _cmd_transform(args) -> int:
     # Everything that can be checked without a model is checked first: bad arguments cost no load.
     if not (args.prompt or "").strip() and not args.preset:
         raise InputError("give --prompt or --preset (see `depth2img presets`)")
-    resolve(args.prompt, args.preset, load_presets(args.presets_file))
+    preset_knobs = resolve(args.prompt, args.preset, load_presets(args.presets_file))[2]
     knobs = {"steps": args.steps, "strength": args.strength, "guidance_scale": args.guidance,
              "control_scale": args.control_scale, "control_start": args.control_start,
              "control_end": args.control_end, "feature_cache": args.feature_cache}  # fmt: skip
-    check_knobs({**DEFAULT_KNOBS, **{k: v for k, v in knobs.items() if v is not None}})
+    given = {k: v for k, v in knobs.items() if v is not None}
+    check_knobs({**DEFAULT_KNOBS, **given})
+    lora_knobs = {}
+    if args.lora:
+        from .backends import check_lora_scale
+        from .registry import resolve_lora
+
+        entry = resolve_lora(args.lora).entry
+        lora_knobs = dict(entry.knobs) if entry else {}
+        check_lora_scale(args.lora_scale)
+    # the knobs each input runs with, as SceneTransformer.prepare resolves them (a LoRA's over a preset's)
+    resolved = {**DEFAULT_KNOBS, **{k: v for k, v in preset_knobs.items() if k not in lora_knobs}, **lora_knobs,
+                **given}  # fmt: skip
+    check_knobs(resolved)
+    check_denoising_steps(resolved["steps"], resolved["strength"])
     if args.seed is not None:
         check_seed(args.seed)
     check_num_images(args.num_images)
     check_batch_size(args.batch_size, "--batch-size")
     check_compile(args.compile, "--compile", args.offload, args.feature_cache, offload_name="--offload",
                   cache_name="--feature-cache")  # fmt: skip
-    if args.steps is not None and args.strength is not None:
-        check_denoising_steps(args.steps, args.strength)
     if args.scheduler is not None:
         from .backends import SCHEDULERS
 
         if args.scheduler not in SCHEDULERS:
             raise InputError(f"scheduler {args.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+    from .backends import check_memory_options
+    from .loading import resolve_device
+
+    check_memory_options(device=resolve_device(args.device), offload=args.offload, attention=args.attention)
     _quiet_libraries()
     from .transform_run import run_transform
 

@@ -6,6 +6,7 @@ the others still run.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -97,6 +98,21 @@ def output_dir(out_dir, inputs: Sequence) -> Path:
     return out_dir
 
 
+@contextlib.contextmanager
+def output_dir_for(out_dir, inputs: Sequence) -> Iterator[Path]:
+    """``output_dir``, for the block that loads the models: should that fail, a folder it created is removed again
+    while still empty (a bad model name left an empty output folder)."""
+    existed = Path(out_dir).exists()
+    path = output_dir(out_dir, inputs)
+    try:
+        yield path
+    except BaseException:
+        if not existed:
+            with contextlib.suppress(OSError):
+                path.rmdir()  # only if still empty
+        raise
+
+
 def read_ahead(submit: Callable, items: Sequence) -> Iterator:
     """``submit(item).result()`` for each item, in order, with the next item's work already submitted while the
     caller works on this one (``submit`` hands the work to a background thread and returns its Future)."""
@@ -144,13 +160,13 @@ def run_depth(
             )
     if not paths:
         return report
-    out_dir = output_dir(out_dir, inputs)
-    if right_paths is None and not hasattr(estimator, "processor"):
-        from .estimators import DepthEstimator
+    with output_dir_for(out_dir, inputs) as out_dir:
+        if right_paths is None and not hasattr(estimator, "processor"):
+            from .estimators import DepthEstimator
 
-        estimator = DepthEstimator.from_pretrained(
-            estimator, device=device, dtype=dtype, local_files_only=local_files_only
-        )
+            estimator = DepthEstimator.from_pretrained(
+                estimator, device=device, dtype=dtype, local_files_only=local_files_only
+            )
     stems = _stems(paths)
     bar = tqdm(total=len(paths), unit="img", desc="depth", disable=not progress)
 

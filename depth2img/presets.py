@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 
 from .errors import InputError
-from .knobs import DEFAULT_KNOBS
+from .knobs import DEFAULT_KNOBS, check_knobs
 from .registry import configs_dir
 
 PRESET_ENV = "DEPTH2IMG_PRESETS"
@@ -45,15 +45,24 @@ def _load_file(path: Path) -> dict[str, Preset]:
         unknown = set(spec) - _KEYS
         if unknown:
             raise InputError(f"{where} has unknown keys {sorted(unknown)} (allowed: {sorted(_KEYS)})")
-        template = spec.get("prompt", "{prompt}")
+        for key in ("prompt", "negative", "group"):
+            if spec.get(key) is not None and not isinstance(spec[key], str):
+                raise InputError(f"{where}: {key} must be a string, got {spec[key]!r}")
+        template = spec.get("prompt") or "{prompt}"
         if "{prompt}" not in template:
             raise InputError(f"{where}: prompt template must contain {{prompt}}, got {template!r}")
         knobs = spec.get("knobs") or {}
+        if not isinstance(knobs, dict):
+            raise InputError(f"{where}: knobs must be a mapping of knob names to values, got {knobs!r}")
         bad = set(knobs) - set(KNOBS)
         if bad:
             raise InputError(f"{where} has unknown knobs {sorted(bad)} (allowed: {', '.join(KNOBS)})")
+        try:
+            check_knobs({**DEFAULT_KNOBS, **knobs})
+        except InputError as err:
+            raise InputError(f"{where}: {err}") from None
         out[str(name)] = Preset(
-            str(name), template, spec.get("negative", ""), spec.get("group", ""), dict(knobs)
+            str(name), template, spec.get("negative") or "", spec.get("group") or "", dict(knobs)
         )
     return out
 

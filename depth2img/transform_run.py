@@ -8,7 +8,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
-from .depth_run import RunReport, _stems, output_dir, read_ahead
+from .depth_run import RunReport, _stems, output_dir_for, read_ahead
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError
 from .io import load_image
 from .knobs import check_batch_size
@@ -48,6 +48,9 @@ def run_transform(
     busier, at the memory of batch_size x num_images images."""
     from tqdm.auto import tqdm
 
+    from .estimators import DepthEstimator
+    from .loading import resolve_device
+    from .registry import default_estimator_for
     from .transformer import SceneTransformer
 
     check_batch_size(batch_size)
@@ -57,10 +60,19 @@ def run_transform(
         raise InputError(f"--depth: {len(depth)} depth files for {len(paths)} inputs; give one per input")
     if not paths:
         return report
-    out_dir = output_dir(out_dir, inputs)
-    st = model if isinstance(model, SceneTransformer) else SceneTransformer.from_pretrained(
-        model, estimator=estimator, **(load_options or {})
-    )  # fmt: skip
+    with output_dir_for(out_dir, inputs) as out_dir:
+        if isinstance(model, SceneTransformer):
+            st = model
+        else:
+            options = load_options or {}
+            if depth is None and isinstance(estimator, (str, os.PathLike, type(None))):
+                # the estimator (small) loads first: a bad name or weights missing offline fail before the
+                # backbone (gigabytes) loads
+                estimator = DepthEstimator.from_pretrained(
+                    estimator or default_estimator_for(model), device=resolve_device(options.get("device")),
+                    local_files_only=options.get("local_files_only", False),
+                )  # fmt: skip
+            st = SceneTransformer.from_pretrained(model, estimator=estimator, **options)
     stems = _stems(paths)
     bar = tqdm(total=len(paths), unit="img", desc="transform", disable=not progress or len(paths) == 1)
 

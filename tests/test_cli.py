@@ -145,8 +145,9 @@ def test_bad_inputs_are_reported_and_others_still_processed(tmp_path, chelsea, c
 
 
 def test_model_and_argument_errors_are_one_line(tmp_path, photos_dir, capsys):
-    code, _, err = run(capsys, "depth", photos_dir, "-o", tmp_path, "--estimator", "not-a-model")
+    code, _, err = run(capsys, "depth", photos_dir, "-o", tmp_path / "a", "--estimator", "not-a-model")
     assert code == 2 and err.count("\n") == 1 and "estimator 'not-a-model' is not a registry name" in err
+    assert not (tmp_path / "a").exists()  # made for the run, removed again once the model failed to load
     code, _, err = run(capsys, "depth", photos_dir, "-o", tmp_path, "--depth-format", "png16,exr")
     assert code == 2 and "depth format must be among png16, npy, preview, got ['png16', 'exr']" in err
     code, _, err = run(capsys, "depth", photos_dir, "-o", tmp_path, "--right", "a.png")

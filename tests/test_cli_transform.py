@@ -56,6 +56,17 @@ def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
         (["--prompt", "x", "--seed", "-1"], "seed must be an integer in 0..2**63-1, got -1"),
         (["--prompt", "x", "--control-start", "0.9", "--control-end", "0.1"], "0 <= start < end <= 1"),
         (["--prompt", "x", "--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
+        # with the default strength 0.8 (each input refused it alone, after the model had loaded)
+        (["--prompt", "x", "--steps", "1"], "steps=1 and strength=0.8 leave 0"),
+        (
+            ["--prompt", "x", "--lora", "tiny/lcm-sd15", "--lora-scale", "5"],
+            "lora_scale must be in (0, 2], got 5.0",
+        ),
+        (
+            ["--prompt", "x", "--offload", "model"],
+            "offload 'model' moves weights between CPU and GPU; no GPU",
+        ),
+        (["--prompt", "x", "--estimator", "not a model"], "estimator 'not a model' is not a registry name"),
         (
             ["--prompt", "x", "--steps", "1", "--strength", "0.8"],
             "steps x strength must leave at least one denoising step: steps=1 and strength=0.8 leave 0",
@@ -75,6 +86,35 @@ def test_transform_argument_errors_write_nothing(tmp_path, photos_dir, capsys, e
     code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", out, "--model", "tiny", *extra)
     assert code == 2 and message in err and err.count("\n") == 1 and "Traceback" not in err
     assert not out.exists()
+
+
+def test_the_estimator_loads_before_the_backbone(tmp_path, photos_dir, capsys, monkeypatch):
+    """A bad estimator (a name, or weights missing offline) failed only once the backbone, gigabytes, had loaded."""
+    from depth2img import backends
+
+    def no_load(*args, **kw):
+        raise AssertionError("the backbone started loading")
+
+    monkeypatch.setattr(backends, "load_backend", no_load)
+    out = tmp_path / "o"
+    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", out, "--model", "tiny", "--prompt", "x",
+                       "--estimator", str(tmp_path / "no-such-folder"))  # fmt: skip
+    assert code == 2 and "no-such-folder" in err and "backbone started" not in err
+    assert not out.exists()  # the output folder made for the run is removed again while empty
+
+
+def test_a_malformed_presets_file_is_one_line(tmp_path, photos_dir, capsys):
+    f = tmp_path / "p.yaml"
+    for body, message in [
+        ("prompt: 5", "preset 'bad': prompt must be a string, got 5"),
+        ("knobs: [steps]", r"preset 'bad': knobs must be a mapping of knob names to values, got ['steps']"),
+        ("negative: [a, b]", "preset 'bad': negative must be a string, got ['a', 'b']"),
+        ("knobs: {strength: 0.0}", "preset 'bad': strength must be in (0, 1], got 0.0"),
+    ]:
+        f.write_text(f"presets:\n  bad:\n    {body}\n")
+        code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path / "o", "--model", "tiny",
+                           "--preset", "bad", "--presets-file", f)  # fmt: skip
+        assert code == 2 and message in err and err.count("\n") == 1, err
 
 
 def test_transform_per_input_errors(tmp_path, photos_dir, capsys):
