@@ -357,3 +357,19 @@ def test_throughput_scripts_run_on_the_tiny_model(tiny_dir, tmp_path, script, ar
     ), done.stdout
     # inductor keeps its precompiled headers in $TMPDIR/torchinductor_$USER whatever TORCHINDUCTOR_CACHE_DIR says
     assert not [p for p in (tmp_path / "tmp").iterdir() if not p.name.startswith("torchinductor_")]
+
+
+def test_every_config_file_ships_in_the_package():
+    """`depth2img bench` reads configs/bench/*.json, which the wheel left out: bench failed in any installed copy."""
+    from pathlib import Path
+
+    tomllib = pytest.importorskip("tomllib")  # Python 3.11+
+
+    root = Path(__file__).resolve().parents[1]
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "depth2img.configs"
+    ]
+    configs = root / "configs"
+    shipped = {p for pattern in patterns for p in configs.glob(pattern)}
+    needed = {p for p in configs.rglob("*") if p.suffix in (".json", ".yaml")}
+    assert needed and needed <= shipped, sorted(str(p.relative_to(configs)) for p in needed - shipped)
