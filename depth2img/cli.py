@@ -251,8 +251,14 @@ def _cmd_depth(args) -> int:
 
 def _cmd_tiny_model(args) -> int:
     from . import tiny
+    from .errors import InputError
 
-    for kind, path in tiny.write_all(args.directory).items():
+    _quiet_libraries()
+    try:
+        written = tiny.write_all(args.directory)
+    except OSError as err:
+        raise InputError(f"tiny-model: {args.directory} cannot be written ({err.strerror or err})") from None
+    for kind, path in written.items():
         print(f"{kind}: {path}")
     return 0
 
@@ -369,6 +375,9 @@ def _cmd_app(args) -> int:
         import gradio  # noqa: F401
     except ImportError:
         raise InputError("the web app needs the ui extra: pip install 'depth2img[ui]'") from None
+    from .ui import check_serving
+
+    check_serving(pick["port"], args.auth)  # before the model loads and warms up (minutes when compiled)
     _quiet_libraries()
     from .service import Service
     from .ui import launch

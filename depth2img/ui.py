@@ -357,19 +357,26 @@ def create_demo(service):
     return demo
 
 
+def check_serving(port, auth: str | None) -> tuple[str, str] | None:
+    """The port checked and ``auth`` (USER:PASSWORD) as credentials: before a model loads or warms up."""
+    from .errors import InputError
+
+    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
+        raise InputError(f"--port must be in 1..65535, got {port!r}")
+    if not auth:
+        return None
+    user, sep, password = auth.partition(":")
+    if not sep or not user or not password:
+        raise InputError(f"--auth must be USER:PASSWORD, got {auth!r}")
+    return user, password
+
+
 def launch(service, *, host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth: str | None = None,
            max_upload_mb: int = 20, queue_size: int = 32, block: bool = True):  # fmt: skip
     """Serve the app: loopback by default, optional basic auth, upload limit, bounded queue."""
     from .errors import InputError
 
-    if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise InputError(f"--port must be in 1..65535, got {port!r}")
-    credentials = None
-    if auth:
-        user, sep, password = auth.partition(":")
-        if not sep or not user or not password:
-            raise InputError(f"--auth must be USER:PASSWORD, got {auth!r}")
-        credentials = (user, password)
+    credentials = check_serving(port, auth)
     demo = create_demo(service)
     demo.queue(max_size=queue_size, default_concurrency_limit=1)
     try:

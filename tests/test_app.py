@@ -82,11 +82,19 @@ def test_licence_shown_for_every_backbone():
     assert "not in the registry" in _licence_text("someone/else")
 
 
-def test_app_cli_errors(capsys):
+def test_app_cli_errors(capsys, monkeypatch):
+    from depth2img import service
     from depth2img.cli import main
 
-    assert main(["app", "--auth", "nopassword", "--model", "tiny", "--port", str(_free_port())]) == 2
-    assert "--auth must be USER:PASSWORD, got 'nopassword'" in capsys.readouterr().err
+    def no_model(*args, **kwargs):
+        raise AssertionError("the model was set up before the arguments were checked")
+
+    with monkeypatch.context() as m:  # a bad --port or --auth came after the model had loaded and warmed up
+        m.setattr(service.Service, "__init__", no_model)
+        assert main(["app", "--auth", "nopassword", "--model", "tiny", "--port", str(_free_port())]) == 2
+        assert "--auth must be USER:PASSWORD, got 'nopassword'" in capsys.readouterr().err
+        assert main(["app", "--model", "tiny", "--port", "70000"]) == 2
+        assert "--port must be in 1..65535, got 70000" in capsys.readouterr().err
     assert main(["app", "--queue-size", "0"]) == 2
     capsys.readouterr()
     import os

@@ -166,6 +166,13 @@ def test_models_and_tiny_model_commands(tmp_path, capsys):
     assert "depth-anything/Depth-Anything-V2-Small-hf@5426e4f " in out  # the pinned commit is shown
     code, out, _ = run(capsys, "tiny-model", tmp_path)
     assert code == 0 and (tmp_path / "zoedepth" / "model.safetensors").is_file()
+    (tmp_path / "afile").write_text("x")
+    code, _, err = run(capsys, "tiny-model", tmp_path / "afile")
+    assert (
+        code == 2
+        and err.count("\n") == 1
+        and f"{tmp_path / 'afile'} cannot be written (Not a directory)" in err
+    )
 
 
 def test_console_script_exit_status(tmp_path):
