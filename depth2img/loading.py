@@ -3,8 +3,9 @@
 Every model goes through ``snapshot_dir``: a local directory is used as it is; a hub id is looked up in
 the local Hugging Face cache first, then fetched (safetensors and configs only) if the hub is reachable.
 Offline (``local_files_only`` or ``HF_HUB_OFFLINE``) or unreachable hubs fail within seconds with a
-one-line message that says how to provide the model locally. Pickle weights are never loaded and
-``trust_remote_code`` is never set.
+one-line message that says how to provide the model locally. Pickle weights are never downloaded, and loaded
+only from a local estimator or pipeline folder when DEPTH2IMG_ALLOW_PICKLE=1 says so; ``trust_remote_code`` is
+never set.
 """
 
 from __future__ import annotations
