@@ -171,7 +171,9 @@ def test_batch_size_puts_photos_in_one_denoising_batch(tmp_path, photos_dir, cap
 def test_transform_missing_weights_offline_is_one_line(tmp_path, photos_dir, capsys):
     code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path, "--model", "sdxl-depth",
                        "--prompt", "x", "--local-files-only")  # fmt: skip
-    assert code == 2 and err.count("\n") == 1  # the estimator is looked for first: it loads before the backbone
+    assert (
+        code == 2 and err.count("\n") == 1
+    )  # the estimator is looked for first: it loads before the backbone
     assert "depth-anything/Depth-Anything-V2-Small-hf" in err and "hf download" in err
     code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path, "--model", "sdxl-depth",
                        "--prompt", "x", "--local-files-only", "--estimator", "tiny")  # fmt: skip
