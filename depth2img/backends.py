@@ -18,7 +18,7 @@ import numpy as np
 
 from .errors import Depth2ImgWarning, InputError, ModelLoadError, first_line
 from .featurecache import COMPILE_MODE_ATTR, swapped_forward, unet_feature_cache
-from .knobs import CONTROL_KNOBS, OFFLOAD_MODES
+from .knobs import CONTROL_KNOBS, OFFLOAD_MODES, check_lora_scale
 from .loading import (
     LORA_FILES,
     PIPELINE_FILES,
@@ -217,12 +217,6 @@ def check_memory_options(*, device=None, offload: str | None = None, attention: 
                 f"offload {offload!r} moves weights between CPU and GPU; no GPU is available here"
             )
     return offload, device
-
-
-def check_lora_scale(scale) -> float:
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale <= 2.0:
-        raise InputError(f"lora_scale must be in (0, 2], got {scale!r}")
-    return float(scale)
 
 
 def check_attention(attention: str, name: str = "attention") -> str:

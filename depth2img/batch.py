@@ -117,9 +117,12 @@ class Job:
             raise InputError(f"job key presets must be a list, got {self.presets!r}")
         for key in ("model", "estimator", "lora"):
             setattr(self, key, self._model_path(key))
-        s = self.lora_scale
-        if isinstance(s, bool) or not isinstance(s, (int, float)) or not math.isfinite(s):
-            raise InputError(f"job key lora_scale must be a finite number, got {s!r}")
+        from .knobs import check_lora_scale
+
+        try:
+            check_lora_scale(self.lora_scale)
+        except InputError as err:
+            raise InputError(f"job key {err}") from None
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, (int, list)):
             raise InputError(f"job key seeds must be a count or a list of integers, got {self.seeds!r}")
         if isinstance(self.seeds, int) and not 1 <= self.seeds <= 1000:
@@ -255,7 +258,7 @@ class Job:
         job's knobs, over its LoRA's, over a preset's, over the defaults), so a job that would fail every item
         fails here, before anything is written."""
         from . import presets as presets_mod
-        from .knobs import check_denoising_steps
+        from .knobs import check_denoising_steps, resolved_knobs
         from .registry import resolve_lora
 
         lora = resolve_lora(self.lora) if self.lora is not None else None
@@ -263,12 +266,9 @@ class Job:
         known = presets_mod.load_presets()
         for var in variations(self):
             preset_knobs = presets_mod.resolve(None, var.preset, known)[2] if var.preset else {}
-            knobs = {
-                **DEFAULT_KNOBS,
-                **lora_knobs,
-                **{k: v for k, v in preset_knobs.items() if k not in lora_knobs},
-            }
-            knobs.update({k: v for k, v in self.knobs.items() if k in ("steps", "strength")})
+            knobs = resolved_knobs(
+                preset_knobs, lora_knobs, {k: self.knobs.get(k) for k in ("steps", "strength")}
+            )
             try:
                 check_denoising_steps(knobs["steps"], knobs["strength"])
             except InputError as err:
@@ -383,13 +383,18 @@ class Labels:
         """The COCO image entries naming ``source``: those whose ``file_name`` is the longest path suffix of the
         source's path (whole components: ``x/img.png`` names ``.../x/img.png``, not ``.../y/img.png``)."""
         src = _parts(os.path.abspath(source))
+        same_name = self._coco_by_name.get(src[-1], [])
         best, found = 0, []
-        for parts, im in self._coco_by_name.get(src[-1], []):
+        for parts, im in same_name:
             n = len(parts)
             if n > best and src[-n:] == parts:
                 best, found = n, [im]
             elif n == best and src[-n:] == parts:
                 found.append(im)
+        if not found and len(same_name) == 1:
+            # a folder the source's path lacks (an export's `train2017/`, the annotator's own absolute path): the
+            # one entry of that file name (check() refuses it if it then fits several sources)
+            found = [same_name[0][1]]
         return found
 
     def coco_for(self, source: Path):
@@ -405,6 +410,19 @@ class Labels:
         ``load_image`` gives it (EXIF orientation applied), from the files' headers."""
         owners: dict[int, list[Path]] = {}
         problems = []
+        if self.yolo is not None or self.masks:
+            # YOLO and mask files are found by the source's file name alone
+            by_stem: dict[str, list[Path]] = {}
+            for p in sources:
+                by_stem.setdefault(p.stem, []).append(p)
+            for stem, same in by_stem.items():
+                labelled = [f for f in self._label_files(stem)]
+                if len(same) > 1 and labelled:
+                    raise InputError(
+                        f"job key labels: {labelled[0]} would be the labels of {len(same)} sources ({same[0]}, "
+                        f"{same[1]}{', ...' if len(same) > 2 else ''}), which share the file name {stem!r}; give "
+                        "the sources distinct names"
+                    )
         for p in sources:
             found = self._coco_matches(p) if self.coco is not None else []
             if len(found) > 1:
@@ -432,9 +450,9 @@ class Labels:
         """Why ``source``'s labels cannot be carried to outputs of its size, or None. The size is the photo's once
         its EXIF orientation is applied (as ``load_image`` gives it); labels of an EXIF-rotated photo are carried
         only where their size shows that they were made on the rotated photo (YOLO's normalised boxes never can)."""
-        yolo = self.yolo / f"{source.stem}.txt" if self.yolo is not None else None
-        yolo = yolo if yolo is not None and yolo.is_file() else None
-        masks = [m for m in (folder / f"{source.stem}.png" for folder in self.masks.values()) if m.is_file()]
+        files = self._label_files(source.stem)
+        yolo = next((f for f in files if f.suffix == ".txt"), None)
+        masks = [f for f in files if f.suffix == ".png"]
         if coco_image is None and not masks and yolo is None:
             return None
         header = _header(source)
@@ -467,6 +485,12 @@ class Labels:
                     "to match the rotated output; save the photo rotated, with labels to match"
                 )
         return None
+
+    def _label_files(self, stem: str) -> list[Path]:
+        """The YOLO txt and mask PNGs that exist for a source named ``stem``."""
+        candidates = [self.yolo / f"{stem}.txt"] if self.yolo is not None else []
+        candidates += [folder / f"{stem}.png" for folder in self.masks.values()]
+        return [f for f in candidates if f.is_file()]
 
     def copy_for(self, source: Path, out_stem: str, root: Path) -> list[Path]:
         """Copy YOLO txt and mask PNGs of ``source`` for an output named ``out_stem``; returns what was written."""
@@ -585,10 +609,11 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     # all, so all refuse alike). A job's own outputs are never its sources (a recursive glob over a folder that
     # holds the output folder would take them in on --resume).
     paths, problems = job_inputs(job)
-    outside = [p for p in paths if not _under(p, root)]
+    written = [image_dir, root / "depth", root / "labels", root / "masks"]  # the folders a job writes into
+    outside = [p for p in paths if not any(_under(p, d) for d in written)]
     if len(outside) < len(paths) and rank == 0:
-        warnings.warn(f"{len(paths) - len(outside)} input file(s) under the output folder {root} skipped: a job's "
-                      "outputs are not its sources", Depth2ImgWarning, stacklevel=2)  # fmt: skip
+        warnings.warn(f"{len(paths) - len(outside)} input file(s) in the folders this job writes under {root} "
+                      "skipped: a job's outputs are not its sources", Depth2ImgWarning, stacklevel=2)  # fmt: skip
     paths = outside
     labels = Labels(job)
     labels.check(paths)

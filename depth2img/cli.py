@@ -302,6 +302,7 @@ def _cmd_transform(args) -> int:
         check_knobs,
         check_num_images,
         check_seed,
+        resolved_knobs,
     )
     from .presets import load_presets, resolve
 
@@ -316,15 +317,15 @@ def _cmd_transform(args) -> int:
     check_knobs({**DEFAULT_KNOBS, **given})
     lora_knobs = {}
     if args.lora:
-        from .backends import check_lora_scale
+        from .knobs import check_lora_scale
         from .registry import resolve_lora
 
         entry = resolve_lora(args.lora).entry
         lora_knobs = dict(entry.knobs) if entry else {}
         check_lora_scale(args.lora_scale)
-    # the knobs each input runs with, as SceneTransformer.prepare resolves them (a LoRA's over a preset's)
-    resolved = {**DEFAULT_KNOBS, **{k: v for k, v in preset_knobs.items() if k not in lora_knobs}, **lora_knobs,
-                **given}  # fmt: skip
+    resolved = resolved_knobs(
+        preset_knobs, lora_knobs, given
+    )  # what each input runs with, as prepare resolves it
     check_knobs(resolved)
     check_denoising_steps(resolved["steps"], resolved["strength"])
     if args.seed is not None:

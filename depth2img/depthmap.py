@@ -67,8 +67,11 @@ class DepthMap:
     def resized(self, width: int, height: int) -> DepthMap:
         """This depth at another size (bicubic for values, nearest for the mask). Holes (invalid pixels, metric
         zeros) take their nearest valid value before resizing, so none of them bleeds into the valid pixels."""
-        valid = conditioning.usable(self.values, self.kind, self.valid)
-        values = self.values if valid.all() else conditioning.fill_unusable(self.values, valid)
+        if self.valid.all() and (self.kind != "metric_depth" or self.values.min() > 0):
+            values, valid = self.values, self.valid  # the usual case: no hole (marked valid means finite)
+        else:
+            valid = conditioning.usable(self.values, self.kind, self.valid)
+            values = self.values if valid.all() else conditioning.fill_unusable(self.values, valid)
         values = conditioning.resize_depth(values, height, width)
         valid = conditioning.resize_depth(valid, height, width, nearest=True)
         return DepthMap(values, self.kind, valid, self.source, dict(self.meta))

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
-import tempfile
+import secrets
 import warnings
 import zlib
 from collections.abc import Callable, Iterable
@@ -186,7 +186,7 @@ def read_depth_file(path: str | os.PathLike, polarity: str | None = None, *, dep
         img = _open(path, MAX_PIXELS)
         recorded = img.info.get(KIND_TEXT_KEY)
         if img.mode in ("RGB", "RGBA", "P"):
-            rgb = _wide_rgb(path) if img.mode != "P" else None
+            rgb = _wide_rgb(path, img)
             rgb = np.asarray(img.convert("RGB")) if rgb is None else rgb
             if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])):
                 raise InputError(
@@ -259,15 +259,27 @@ def depth_for_image(depth, size: tuple[int, int], polarity: str | None = None):
     return depth if depth.size == (w, h) else depth.resized(w, h)
 
 
-def _wide_rgb(path: Path) -> np.ndarray | None:
+def _wide_rgb(path: Path, img) -> np.ndarray | None:
     """A 16-bit (48/64-bit colour) PNG or TIFF as a (H, W, 3) uint16 array, or None for any other file: Pillow opens
-    those at 8 bits per channel, which would cut a grey depth stored in RGB to 256 levels."""
+    those at 8 bits per channel, which would cut a grey depth stored in RGB to 256 levels. The header says which,
+    so an 8-bit file is not decoded twice."""
     import cv2
 
-    wide = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if wide is None or wide.dtype == np.uint8 or wide.ndim != 3:
+    if img.format == "PNG":
+        with open(path, "rb") as fh:
+            head = fh.read(26)
+        wide = len(head) == 26 and head[24] == 16  # IHDR's bit depth
+    elif img.format == "TIFF":
+        bits = getattr(img, "tag_v2", {}).get(258, 8)  # BitsPerSample
+        wide = max(bits if isinstance(bits, tuple) else (bits,)) > 8
+    else:
+        wide = False
+    if not wide:
         return None
-    return wide[..., 2::-1]  # BGR(A) -> RGB
+    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if pixels is None or pixels.dtype == np.uint8 or pixels.ndim != 3:
+        return None
+    return pixels[..., 2::-1]  # BGR(A) -> RGB
 
 
 def _read_numpy(path: Path):
@@ -293,9 +305,6 @@ def _read_numpy(path: Path):
             raise InputError(f"{path}: .npz member unreadable ({first_line(err)})") from None
 
 
-UMASK = os.umask(0o022)  # read the process's umask (setting it is the only way), then put it back
-os.umask(UMASK)
-
 # zlib level of every PNG depth2img writes (lossless at any level). Measured on this project's 2-core x86_64,
 # Pillow: a 1024x683 photo took 183 ms at Pillow's default (6) and 47 ms at 1, for a 10 % larger file; a
 # 1024x512 16-bit depth map 173 ms and 20 ms (+5 %). At 6, one writer thread would cap a dataset run near
@@ -308,11 +317,13 @@ def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it is renamed over ``path``, on error removed."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part" + path.suffix, dir=path.parent)
-    os.close(fd)
-    os.chmod(
-        tmp, 0o666 & ~UMASK
-    )  # mkstemp makes it private (0600); the file gets the mode open() would give it
+    while True:
+        tmp = path.parent / f".{path.name}.{secrets.token_hex(4)}.part{path.suffix}"
+        try:  # mode 0666 less the umask, as open() gives (mkstemp's private 0600 stayed on every output)
+            os.close(os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+            break
+        except FileExistsError:
+            continue
     try:
         yield Path(tmp)
         os.replace(tmp, path)

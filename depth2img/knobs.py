@@ -76,6 +76,20 @@ def check_knobs(knobs: dict) -> None:
         raise InputError(f"feature_cache must be an integer in 1..{MAX_CACHE_INTERVAL} (1 = off), got {n!r}")
 
 
+def resolved_knobs(preset_knobs: dict, model_knobs: dict, given: dict) -> dict:
+    """The knobs a generation runs with: the defaults, then a preset's except those the backbone or its few-step
+    LoRA needs (``model_knobs``: Flux's guidance, LCM's steps and guidance), then those, then the ones ``given``
+    explicitly (None: not given)."""
+    return {**DEFAULT_KNOBS, **{k: v for k, v in preset_knobs.items() if k not in model_knobs}, **model_knobs,
+            **{k: v for k, v in given.items() if v is not None}}  # fmt: skip
+
+
+def check_lora_scale(scale) -> float:
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale <= 2.0:
+        raise InputError(f"lora_scale must be in (0, 2], got {scale!r}")
+    return float(scale)
+
+
 def denoising_steps(steps: int, strength: float) -> int:
     """The steps a generation runs: img2img int(steps x strength) of them, as diffusers' SD pipelines count them
     (Flux's count can be one more); strength 1, all."""

@@ -102,12 +102,13 @@ def _interior(valid: np.ndarray) -> np.ndarray:
 
 
 def _dilate(edges: np.ndarray, tolerance: int) -> np.ndarray:
-    """Every pixel within ``tolerance`` px (Euclidean) of an edge: a disc, the same along rows and columns (OpenCV's
-    MORPH_ELLIPSE of 5x5 reached (1, 2) but not (2, 1))."""
+    """Every pixel within ``tolerance`` px of an edge: a disc of radius sqrt(tolerance² + 1), the same along rows and
+    columns (OpenCV's 5x5 MORPH_ELLIPSE reached an offset of (1, 2) but not (2, 1); this reaches both, and (2, 0),
+    not (2, 2))."""
     import cv2
 
     y, x = np.ogrid[-tolerance : tolerance + 1, -tolerance : tolerance + 1]
-    kernel = (x * x + y * y <= tolerance * tolerance).astype(np.uint8)
+    kernel = (x * x + y * y <= tolerance * tolerance + 1).astype(np.uint8)
     return cv2.dilate(edges.astype(np.uint8), kernel).astype(bool)
 
 

@@ -130,7 +130,8 @@ def append_manifest(path, records: list[dict]) -> None:
 
 
 def read_manifest(path: Path) -> list[dict]:
-    """Lines of a manifest; a torn last line (a run killed mid-write) is dropped and cut off the file."""
+    """Lines of a manifest; a torn last line (a run killed mid-write) is dropped and cut off the file, and a line
+    that is no JSON record (a torn line that later runs appended after) is skipped."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -139,7 +140,15 @@ def read_manifest(path: Path) -> list[dict]:
     if len(good) != len(data):
         with open(path, "r+b") as fh:
             fh.truncate(len(good))
-    return [json.loads(line) for line in good.decode("utf-8").splitlines() if line.strip()]
+    records = []
+    for line in good.decode("utf-8", errors="replace").splitlines():
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
 
 
 def compact_manifest(path) -> None:

@@ -61,6 +61,10 @@ def run_transform(
     if not paths:
         return report
     with output_dir_for(out_dir, inputs) as out_dir:
+        manifest = out_dir / MANIFEST
+        earlier = {
+            r.get("output") for r in read_manifest(manifest)
+        }  # a torn last line of a killed run is cut
         if isinstance(model, SceneTransformer):
             st = model
         else:
@@ -82,8 +86,6 @@ def run_transform(
     # While a batch is denoised, the next batch's photos are read and their depth estimated (the depth thread, the
     # only one that runs the estimator) and the previous batch's outputs are written (the writer threads); each
     # input's manifest lines follow its files, in input order
-    manifest = out_dir / MANIFEST
-    earlier = {r.get("output") for r in read_manifest(manifest)}  # a torn last line of a killed run is cut
 
     def write(result, stem, source):
         files: list = []  # every path written (a failed write leaves none: write_transform_result removes them)

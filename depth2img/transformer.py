@@ -32,6 +32,7 @@ from .knobs import (
     check_num_images,
     check_seed,
     denoising_steps,
+    resolved_knobs,
 )
 from .loading import resolve_device
 from .outputs import CPU_THREADS
@@ -157,7 +158,8 @@ class SceneTransformer:
         run faster (on an H200, default mode at batch 16: 189 against 279 ms an image), and a smaller batch of a
         shape run before is padded to the next larger batch run at it rather than compiled again. Other knobs
         (prompt, seed, steps, strength, guidance, control scale) compile nothing new."""
-        from .backends import check_lora_scale, check_memory_options, load_backend
+        from .backends import check_memory_options, load_backend
+        from .knobs import check_lora_scale
         from .registry import resolve_lora
         from .tiny import TINY_NATIVE_SIZE
 
@@ -279,12 +281,10 @@ class SceneTransformer:
                     f"negative_prompt: backbone {self.name!r} ({self.backend.kind}) takes no negative prompt"
                 )
             negative = ""
-        knobs = dict(self.default_knobs)
-        knobs.update({k: v for k, v in preset_knobs.items() if k not in self.model_knobs})
         given = {"steps": steps, "strength": strength, "guidance_scale": guidance_scale,
                  "control_scale": control_scale, "control_start": control_start, "control_end": control_end,
                  "feature_cache": feature_cache}  # fmt: skip
-        knobs.update({k: v for k, v in given.items() if v is not None})
+        knobs = resolved_knobs(preset_knobs, self.model_knobs, given)
         check_knobs(knobs)
         # a control knob this backbone lacks is refused only when it asks for something: its default is what runs
         foreign = [k for k in CONTROL_KNOBS if given[k] not in (None, DEFAULT_KNOBS[k])

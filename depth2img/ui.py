@@ -10,6 +10,7 @@ import functools
 import os
 import secrets
 import tempfile
+import threading
 from pathlib import Path
 
 from .errors import Depth2ImgError, first_line
@@ -21,6 +22,7 @@ MAX_SEED = 2**31 - 1
 # as is Gradio's own cache
 APP_DIR = Path(tempfile.gettempdir()) / f"depth2img-app-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
 APP_KEEP_S = 3600
+_APP_DIR_LOCK = threading.Lock()
 
 
 def _friendly(fn):
@@ -50,20 +52,26 @@ def _workdir() -> Path:
     import time
 
     global APP_DIR
-    APP_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
-    info = APP_DIR.lstat()
-    if stat.S_ISLNK(info.st_mode) or (hasattr(os, "getuid") and info.st_uid != os.getuid()):
-        # a link, or another user's folder (a shared /tmp): not ours to write into or clean; a private one instead
-        APP_DIR = Path(tempfile.mkdtemp(prefix="depth2img-app-"))
+    with _APP_DIR_LOCK:  # requests run concurrently: one of them replaces APP_DIR, once
+        try:
+            APP_DIR.mkdir(mode=0o700, parents=True, exist_ok=True)
+            info = APP_DIR.lstat()
+            ours = stat.S_ISDIR(info.st_mode) and (not hasattr(os, "getuid") or info.st_uid == os.getuid())
+        except OSError:  # a file or a dangling link of that name
+            ours = False
+        if not ours:
+            # a link, a file, or another user's folder (a shared /tmp): not ours to write into or clean
+            APP_DIR = Path(tempfile.mkdtemp(prefix="depth2img-app-"))
+        app_dir = APP_DIR
     too_old = time.time() - APP_KEEP_S
-    for old in APP_DIR.iterdir():
+    for old in app_dir.iterdir():
         try:
             info = old.lstat()
             if stat.S_ISDIR(info.st_mode) and info.st_mtime < too_old:  # request folders only, never a link
                 shutil.rmtree(old, ignore_errors=True)
         except OSError:  # removed by a concurrent request
             pass
-    return Path(tempfile.mkdtemp(prefix="request-", dir=APP_DIR))
+    return Path(tempfile.mkdtemp(prefix="request-", dir=app_dir))
 
 
 def _file_path(f) -> str | None:

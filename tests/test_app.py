@@ -298,6 +298,16 @@ def test_a_linked_request_folder_is_not_cleaned_through(monkeypatch, tmp_path):
     assert folder.parent == ui.APP_DIR != tmp_path / "app" and (folder.parent.stat().st_mode & 0o777) == 0o700
     assert ui._workdir().parent == folder.parent  # the private folder is kept for later requests
     shutil.rmtree(folder.parent)
+    for taken in ("a file", "a dangling link"):  # a name another local user can take in a shared /tmp
+        (tmp_path / "app").unlink()
+        if taken == "a file":
+            (tmp_path / "app").write_text("x")
+        else:
+            (tmp_path / "app").symlink_to(tmp_path / "nowhere")
+        monkeypatch.setattr(ui, "APP_DIR", tmp_path / "app")
+        folder = ui._workdir()
+        assert folder.is_dir() and folder.parent != tmp_path / "app", taken
+        shutil.rmtree(folder.parent)
 
 
 def test_twenty_concurrent_requests_all_complete_with_their_own_prompt_and_seed(server, photo):

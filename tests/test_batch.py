@@ -461,7 +461,11 @@ def test_output_names_cannot_escape(dataset, tmp_path):
         ),
         (
             "inputs: a\noutput: b\nprompt: x\nlora_scale: x\n",
-            "job key lora_scale must be a finite number, got 'x'",
+            r"job key lora_scale must be in \(0, 2\], got 'x'",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\nlora_scale: 5\n",
+            r"job key lora_scale must be in \(0, 2\], got 5",
         ),
         ("inputs: [5]\noutput: b\nprompt: x\n", r"job key inputs must be .*got \[5\]"),
         # steps alone: the default strength 0.8 leaves int(1 x 0.8) = 0 steps (it failed after depth/ was written)
@@ -641,11 +645,50 @@ def test_a_recursive_glob_never_takes_the_jobs_own_outputs(dataset, tmp_path):
     job = write_job(tmp_path, inputs="data/**/*.png", output="data/out", presets=["fog"], seeds=1, labels={})
     assert run_job(job, progress=False).done == 1
     with pytest.warns(
-        Depth2ImgWarning, match=r"^2 input file\(s\) under the output folder .*data/out skipped"
+        Depth2ImgWarning, match=r"^2 input file\(s\) in the folders this job writes under .*data/out skipped"
     ):
         again = run_job(job, resume=True, progress=False)  # the output image and its 16-bit depth
     assert again.done == 0 and again.skipped == 1 and not again.failed
     assert [p.name for p in (tmp_path / "data" / "out" / "images").iterdir()] == ["a__fog__s0.png"]
+
+
+def test_sources_inside_the_output_folder_but_not_in_what_the_job_writes_are_used(dataset, tmp_path):
+    """A dataset folder that holds its raw photos and is its own output (`output: .`): the photos are sources."""
+    (tmp_path / "ds" / "raw").mkdir(parents=True)
+    Image.open(dataset / "frames" / "f0.png").save(tmp_path / "ds" / "raw" / "a.png")
+    job = write_job(tmp_path / "ds", inputs="raw", output=".", presets=["fog"], seeds=1, labels={})
+    assert run_job(job, progress=False).done == 1
+    assert [p.name for p in (tmp_path / "ds" / "images").iterdir()] == ["a__fog__s0.png"]
+
+
+def test_coco_entries_named_under_a_folder_the_sources_lack_still_match(dataset, tmp_path):
+    """An export's `train2017/f0.png` (or the annotator's absolute path) names the source f0.png when it is the one
+    entry of that name; it matched nothing after the path-suffix matching came in, silently."""
+    from depth2img.batch import Labels
+
+    coco = json.loads((dataset / "coco.json").read_text())
+    for im in coco["images"]:
+        im["file_name"] = f"train2017/{im['file_name']}"
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    labels = Labels(
+        load_job(write_job(tmp_path, inputs=str(dataset / "frames"), labels={"coco": "coco.json"}))
+    )
+    entry, anns = labels.coco_for(dataset / "frames" / "f0.png")
+    assert entry["file_name"] == "train2017/f0.png" and anns
+
+
+def test_yolo_and_mask_files_found_by_a_shared_file_name_are_refused(dataset, tmp_path):
+    """YOLO and mask files are looked up by the source's file name: x/f0.png and y/f0.png would share f0's labels."""
+    for sub in ("x", "y"):
+        (tmp_path / sub).mkdir()
+        Image.open(dataset / "frames" / "f0.png").save(tmp_path / sub / "f0.png")
+    job = write_job(tmp_path, inputs=["x", "y"], output="out", presets=["fog"], seeds=1,
+                    labels={"yolo": str(dataset / "yolo")})  # fmt: skip
+    with pytest.raises(
+        InputError, match=r"f0.txt would be the labels of 2 sources .*share the file name 'f0'"
+    ):
+        run_job(job, progress=False)
+    assert not (tmp_path / "out").exists()
 
 
 def test_local_model_folders_are_taken_from_the_job_files_folder(tmp_path, monkeypatch):

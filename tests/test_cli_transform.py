@@ -63,7 +63,7 @@ def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
             "lora_scale must be in (0, 2], got 5.0",
         ),
         (
-            ["--prompt", "x", "--offload", "model"],
+            ["--prompt", "x", "--device", "cpu", "--offload", "model"],
             "offload 'model' moves weights between CPU and GPU; no GPU",
         ),
         (["--prompt", "x", "--estimator", "not a model"], "estimator 'not a model' is not a registry name"),
@@ -500,6 +500,18 @@ def test_a_rerun_into_the_same_folder_replaces_the_lines_of_the_files_it_replace
         ("coffee_s5.png", "a cup"),
     ]
     assert read_png_metadata(out / "chelsea_s0.png")["user_prompt"] == "a forest"
+
+
+def test_a_manifest_line_that_is_no_json_does_not_stop_a_later_run(tmp_path, photos_dir, capsys):
+    """A torn line that later runs appended after (a killed run) made every later transform into the folder an
+    internal error, once the models had loaded."""
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "manifest.jsonl").write_text('{"output": "old.png", "se\n')
+    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", out, "--model", "tiny", "--prompt", "x",
+                       "--seed", 0, "--steps", 2, "-q")  # fmt: skip
+    assert code == 0, err
+    assert json.loads((out / "manifest.jsonl").read_text().splitlines()[-1])["output"] == "chelsea_s0.png"
 
 
 def test_parallel_writer_threads_give_the_same_files_and_manifest(tmp_path, photos_dir, capsys, monkeypatch):

@@ -111,7 +111,8 @@ def test_the_edge_tolerance_is_the_same_along_rows_and_columns():
     for dy, dx in ((1, 2), (2, 1), (2, 0), (0, 2)):
         b = np.roll(a, (dy, dx), axis=(0, 1))
         assert edge_f1(a, b) == edge_f1(a.T, b.T), (dy, dx)
-    assert edge_f1(a, np.roll(a, (0, 2), axis=(0, 1))) == 1.0  # 2 px along a row or a column: matched
+    for offset in ((0, 2), (1, 2), (2, 1)):  # the old reach (1, 2) kept, (2, 1) added: matched
+        assert edge_f1(a, np.roll(a, offset, axis=(0, 1))) == 1.0, offset
 
 
 def test_passes():
