@@ -323,9 +323,8 @@ def _cmd_transform(args) -> int:
         entry = resolve_lora(args.lora).entry
         lora_knobs = dict(entry.knobs) if entry else {}
         check_lora_scale(args.lora_scale)
-    resolved = resolved_knobs(
-        preset_knobs, lora_knobs, given
-    )  # what each input runs with, as prepare resolves it
+    # what each input runs with, as SceneTransformer.prepare resolves it
+    resolved = resolved_knobs(preset_knobs, lora_knobs, given)
     check_knobs(resolved)
     check_denoising_steps(resolved["steps"], resolved["strength"])
     if args.seed is not None:

@@ -35,9 +35,8 @@ class GeometryReference:
     valid: np.ndarray
     edges: np.ndarray  # inside ``interior`` only
     near_edges: np.ndarray  # edges dilated by the tolerance
-    interior: (
-        np.ndarray
-    )  # valid pixels whose Sobel window is all valid: the only ones an edge is looked for at
+    # valid pixels whose Sobel window is all valid: the only ones an edge is looked for at
+    interior: np.ndarray
     size: tuple[int, int]
     tolerance: int  # px within which an output edge matches
     target_valid: (
