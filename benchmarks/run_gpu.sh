@@ -118,8 +118,10 @@ EOF
 fi
 common=(${PEAK:+--peak-tflops "$PEAK"})
 results=${RESULTS:-benchmarks}
+smoke=()
 if [[ -n ${SMOKE:-} ]]; then # tiny sizes; tables go to a scratch folder, never over the committed ones
-  common+=(--preset tiny --size 64 --steps 2 --repeats 1)
+  # after each step's own arguments, so that its --steps/--repeats do not undo them (the last one wins)
+  smoke=(--preset tiny --size 64 --steps 2 --repeats 1)
   results=${RESULTS:-$(mktemp -d)}
 fi
 mkdir -p "$results"
@@ -136,9 +138,9 @@ step() { # step LABEL ARGS...: one bench line, cut at the deadline; a failure is
     fi
     limit=(timeout "$left")
   fi
-  echo "== $label: ${d2i[*]} bench ${common[*]} $*"
+  echo "== $label: ${d2i[*]} bench ${common[*]} $* ${smoke[*]}"
   local t=$SECONDS rc=0
-  "${limit[@]}" "${d2i[@]}" bench "${common[@]}" "$@" || rc=$?
+  "${limit[@]}" "${d2i[@]}" bench "${common[@]}" "$@" "${smoke[@]}" || rc=$?
   if ((rc == 0)); then
     echo "== done: $label ($((SECONDS - t)) s)"
   else
@@ -148,7 +150,9 @@ step() { # step LABEL ARGS...: one bench line, cut at the deadline; a failure is
 
 stamp=$(mktemp)
 logs=()
+part_stamp=$(mktemp)
 for part in "${parts[@]}"; do
+  touch "$part_stamp" # each part's tarball holds the files that part wrote, not the earlier parts' too
   log=$results/run_gpu-$part.log
   logs+=("$log")
   {
@@ -162,7 +166,7 @@ for part in "${parts[@]}"; do
     done
   } 2>&1 | tee "$log"
   if [[ -n ${OUT:-} ]]; then
-    find "$results" -maxdepth 1 -newer "$stamp" -type f \( -name '*.json' -o -name '*.md' -o -name '*.log' \) \
+    find "$results" -maxdepth 1 -newer "$part_stamp" -type f \( -name '*.json' -o -name '*.md' -o -name '*.log' \) \
       -printf '%P\n' | tar czf "$OUT/bench-$part.tar.gz" -C "$results" -T -
   fi
 done
@@ -173,4 +177,4 @@ find "$results" -maxdepth 1 -newer "$stamp" -name '*.md' -print | sort | while r
   cat "$f"
 done
 grep -h "^== \(done\|FAILED\|SKIPPED\)" "${logs[@]}"
-rm -f "$stamp"
+rm -f "$stamp" "$part_stamp"

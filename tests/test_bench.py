@@ -274,12 +274,24 @@ def test_gpu_script_commands_all_parse(tmp_path):
         )
     assert any("--low-vram" in c and "--backbone sdxl" in c for c in calls)
     assert any("--compile reduce-overhead" in c for c in calls) and any("--depth" in c for c in calls)
+    archived = {}
     for part in ("core", "extra"):
         with tarfile.open(out / f"bench-{part}.tar.gz") as tar:
-            names = tar.getnames()
+            names = archived[part] = set(tar.getnames())
         assert f"run_gpu-{part}.log" in names and any(n.endswith(".md") for n in names), names
+    assert not archived["core"] & archived["extra"]  # each part's archive holds what that part wrote, once
     assert done.stdout.count("== done:") == 2 * len(calls)  # as each ends, and in the closing summary
     assert "| a table |" in done.stdout
+
+
+def test_gpu_script_smoke_run_is_small_whatever_the_steps_ask(tmp_path):
+    """SMOKE=1's tiny sizes came before each step's own --repeats/--steps, which then won: a CPU smoke run of the
+    latency step ran 5 repeats."""
+    done, calls = _run_gpu_script(tmp_path, "latency", "lowvram-sdxl", SMOKE="1")
+    assert done.returncode == 0, done.stderr
+    assert len(calls) == 2 and all(
+        c.endswith("--preset tiny --size 64 --steps 2 --repeats 1") for c in calls
+    ), calls
 
 
 def test_gpu_script_keeps_to_its_deadline_and_refuses_unknown_parts(tmp_path):
@@ -373,3 +385,22 @@ def test_every_config_file_ships_in_the_package():
     shipped = {p for pattern in patterns for p in configs.glob(pattern)}
     needed = {p for p in configs.rglob("*") if p.suffix in (".json", ".yaml")}
     assert needed and needed <= shipped, sorted(str(p.relative_to(configs)) for p in needed - shipped)
+
+
+def test_attention_on_a_cpu_is_counted():
+    """torch's FLOP counter had no formula for the CPU SDPA op: attention counted 0 (4.7 % of SD1.5's UNet FLOPs at
+    256 px, more at 512), so CPU rows under-stated FLOP/s and share of peak."""
+    import torch
+    import torch.nn.functional as F
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from depth2img.bench import count_cpu_attention
+
+    count_cpu_attention()
+    count_cpu_attention()  # registering twice is harmless
+    q = torch.randn(2, 4, 256, 32)
+    with FlopCounterMode(display=False) as counter:
+        F.scaled_dot_product_attention(q, q, q)
+    assert (
+        counter.get_total_flops() == 4 * 2 * 4 * 256 * 256 * 32
+    )  # QK^T and AV: 2 x 2 FLOPs per multiply-add
