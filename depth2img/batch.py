@@ -11,6 +11,7 @@ shard the sources deterministically and each writes its own manifest; the main p
 from __future__ import annotations
 
 import collections
+import functools
 import itertools
 import json
 import math
@@ -246,12 +247,19 @@ class Job:
             raise InputError(
                 f"job key knobs.scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}"
             )
-        known = presets_mod.load_presets()
+        known = self._presets
         for name in self.presets:
             try:
                 presets_mod.resolve(None, str(name), known)
             except InputError as err:
                 raise InputError(f"job key presets: {err}") from None
+
+    @functools.cached_property
+    def _presets(self) -> dict:
+        """The presets a job's names resolve against, read once for the checks."""
+        from . import presets as presets_mod
+
+        return presets_mod.load_presets()
 
     def _check_denoising_steps(self) -> None:
         """Each variation's steps x strength must leave a denoising step. Resolved as ``prepare`` resolves them (the
@@ -263,9 +271,8 @@ class Job:
 
         lora = resolve_lora(self.lora) if self.lora is not None else None
         lora_knobs = dict(lora.entry.knobs) if lora is not None and lora.entry else {}
-        known = presets_mod.load_presets()
         for var in variations(self):
-            preset_knobs = presets_mod.resolve(None, var.preset, known)[2] if var.preset else {}
+            preset_knobs = presets_mod.resolve(None, var.preset, self._presets)[2] if var.preset else {}
             knobs = resolved_knobs(
                 preset_knobs, lora_knobs, {k: self.knobs.get(k) for k in ("steps", "strength")}
             )
@@ -416,7 +423,7 @@ class Labels:
             for p in sources:
                 by_stem.setdefault(p.stem, []).append(p)
             for stem, same in by_stem.items():
-                labelled = [f for f in self._label_files(stem)]
+                labelled = list(self._label_files(stem).values())
                 if len(same) > 1 and labelled:
                     raise InputError(
                         f"job key labels: {labelled[0]} would be the labels of {len(same)} sources ({same[0]}, "
@@ -451,8 +458,8 @@ class Labels:
         its EXIF orientation is applied (as ``load_image`` gives it); labels of an EXIF-rotated photo are carried
         only where their size shows that they were made on the rotated photo (YOLO's normalised boxes never can)."""
         files = self._label_files(source.stem)
-        yolo = next((f for f in files if f.suffix == ".txt"), None)
-        masks = [f for f in files if f.suffix == ".png"]
+        yolo = files.pop("labels", None)
+        masks = list(files.values())
         if coco_image is None and not masks and yolo is None:
             return None
         header = _header(source)
@@ -486,27 +493,21 @@ class Labels:
                 )
         return None
 
-    def _label_files(self, stem: str) -> list[Path]:
-        """The YOLO txt and mask PNGs that exist for a source named ``stem``."""
-        candidates = [self.yolo / f"{stem}.txt"] if self.yolo is not None else []
-        candidates += [folder / f"{stem}.png" for folder in self.masks.values()]
-        return [f for f in candidates if f.is_file()]
+    def _label_files(self, stem: str) -> dict[str, Path]:
+        """The YOLO txt and mask PNGs that exist for a source named ``stem``, by the folder (under the output) their
+        copies go to: ``labels`` for YOLO, ``masks/NAME`` for each mask."""
+        candidates = {"labels": self.yolo / f"{stem}.txt"} if self.yolo is not None else {}
+        candidates |= {f"masks/{name}": folder / f"{stem}.png" for name, folder in self.masks.items()}
+        return {dest: f for dest, f in candidates.items() if f.is_file()}
 
     def copy_for(self, source: Path, out_stem: str, root: Path) -> list[Path]:
         """Copy YOLO txt and mask PNGs of ``source`` for an output named ``out_stem``; returns what was written."""
         written = []
-        if self.yolo is not None and (self.yolo / f"{source.stem}.txt").is_file():
-            dst = root / "labels" / f"{out_stem}.txt"
+        for dest, src in self._label_files(source.stem).items():
+            dst = root / dest / f"{out_stem}{src.suffix}"
             with atomic_path(dst) as tmp:
-                shutil.copyfile(self.yolo / f"{source.stem}.txt", tmp)
+                shutil.copyfile(src, tmp)
             written.append(dst)
-        for name, folder in self.masks.items():
-            src = folder / f"{source.stem}.png"
-            if src.is_file():
-                dst = root / "masks" / name / f"{out_stem}.png"
-                with atomic_path(dst) as tmp:
-                    shutil.copyfile(src, tmp)
-                written.append(dst)
         return written
 
 
@@ -572,10 +573,6 @@ def _distributed():
     return state.process_index, state.num_processes, state.device, state.wait_for_everyone
 
 
-def _under(path: Path, root: Path) -> bool:
-    return path.resolve().is_relative_to(root.resolve())
-
-
 def _inside(root: Path, path: Path) -> Path:
     resolved = path.resolve()
     if root.resolve() not in resolved.parents:
@@ -609,8 +606,10 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     # all, so all refuse alike). A job's own outputs are never its sources (a recursive glob over a folder that
     # holds the output folder would take them in on --resume).
     paths, problems = job_inputs(job)
-    written = [image_dir, root / "depth", root / "labels", root / "masks"]  # the folders a job writes into
-    outside = [p for p in paths if not any(_under(p, d) for d in written)]
+    written = [
+        d.resolve() for d in (image_dir, root / "depth", root / "labels", root / "masks")
+    ]  # a job's folders
+    outside = [p for p in paths if not any(p.resolve().is_relative_to(d) for d in written)]
     if len(outside) < len(paths) and rank == 0:
         warnings.warn(f"{len(paths) - len(outside)} input file(s) in the folders this job writes under {root} "
                       "skipped: a job's outputs are not its sources", Depth2ImgWarning, stacklevel=2)  # fmt: skip

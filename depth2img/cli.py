@@ -349,7 +349,7 @@ def _cmd_transform(args) -> int:
         args.inputs, args.output, model=args.model, estimator=args.estimator, depth=args.depth,
         depth_polarity=args.depth_polarity, prompt=args.prompt, preset=args.preset,
         negative_prompt=args.negative_prompt, seed=args.seed, num_images=args.num_images,
-        scheduler=args.scheduler, knobs={k: v for k, v in knobs.items() if v is not None},
+        scheduler=args.scheduler, knobs=given,
         load_options=dict(device=args.device, dtype=args.dtype, local_files_only=args.local_files_only,
                           offload=args.offload, compile=args.compile, vae_tiling=args.vae_tiling,
                           vae_slicing=args.vae_slicing,

@@ -120,13 +120,19 @@ def read_png_metadata(path) -> dict:
         return json.loads(img.info[METADATA_KEY])
 
 
-def append_manifest(path, records: list[dict]) -> None:
-    """Append one JSON line per record to the manifest file ``path`` and flush them to disk."""
-    with open(path, "a", encoding="utf-8") as fh:
-        for rec in records:
-            fh.write(json.dumps(rec, sort_keys=True) + "\n")
-        fh.flush()
-        os.fsync(fh.fileno())
+def append_manifest(path, records: list[dict], files=()) -> None:
+    """Append one JSON line per record to the manifest file ``path`` and flush them to disk. If that fails, the
+    ``files`` the records describe are removed too: no file is left without its line."""
+    lines = "".join(json.dumps(rec, sort_keys=True) + "\n" for rec in records)
+    try:
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write(lines)
+            fh.flush()
+            os.fsync(fh.fileno())
+    except BaseException:
+        for f in files:
+            Path(f).unlink(missing_ok=True)
+        raise
 
 
 def read_manifest(path: Path) -> list[dict]:
@@ -183,7 +189,7 @@ def write_transform_result(
     """Images (metadata in their PNG text), depth products and the control image, encoded on up to ``threads``
     threads; if any fails, none is left. Then manifest lines (unless ``manifest`` is False: a caller writing
     several results in parallel appends the returned records in order). ``files``, if given, gets every path
-    written (the caller removes them should its manifest lines fail)."""
+    written (for the caller's ``append_manifest``, which removes them should the lines fail)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [partial(write_depth_products, result.depth, out_dir, stem, depth_formats),
@@ -202,5 +208,5 @@ def write_transform_result(
     if files is not None:
         files += written
     if manifest:
-        append_manifest(out_dir / MANIFEST, records)
+        append_manifest(out_dir / MANIFEST, records, written)
     return records

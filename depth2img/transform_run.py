@@ -62,9 +62,8 @@ def run_transform(
         return report
     with output_dir_for(out_dir, inputs) as out_dir:
         manifest = out_dir / MANIFEST
-        earlier = {
-            r.get("output") for r in read_manifest(manifest)
-        }  # a torn last line of a killed run is cut
+        # the outputs an earlier run recorded here (reading cuts a torn last line of a killed run)
+        earlier = {r.get("output") for r in read_manifest(manifest)}
         if isinstance(model, SceneTransformer):
             st = model
         else:
@@ -94,13 +93,7 @@ def run_transform(
 
     def add_lines(written):
         """An input's manifest lines, after its files; if they cannot be written, neither are its files."""
-        records, files = written
-        try:
-            append_manifest(manifest, records)
-        except BaseException:
-            for f in files:
-                f.unlink(missing_ok=True)
-            raise
+        append_manifest(manifest, *written)
 
     def load(batch: range) -> list:
         """A batch's photos, read and decoded, with their depths (estimated in one estimator call, batched on a

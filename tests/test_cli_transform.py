@@ -467,14 +467,17 @@ def test_an_input_whose_manifest_lines_fail_leaves_none_of_its_files(
     tmp_path, photos_dir, capsys, monkeypatch
 ):
     """Its files were written, then the append failed: "0 done, 2 failed" with every file left behind."""
+    import builtins
     import errno
 
-    from depth2img import transform_run
+    from depth2img import outputs
 
-    def full(path, records):
-        raise OSError(errno.ENOSPC, "No space left on device")
+    def full(path, mode="r", *args, **kwargs):  # the disk fills up at the manifest append
+        if str(path).endswith("manifest.jsonl") and mode == "a":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return builtins.open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(transform_run, "append_manifest", full)
+    monkeypatch.setattr(outputs, "open", full, raising=False)
     out = tmp_path / "o"
     code, _, err = run(capsys, "transform", photos_dir, "-o", out, "--model", "tiny", "--prompt", "x", "--steps", 2,
                        "-q")  # fmt: skip
