@@ -9,6 +9,7 @@ import contextlib
 import glob
 import os
 import secrets
+import threading
 import warnings
 import zlib
 from collections.abc import Callable, Iterable
@@ -33,6 +34,9 @@ POLARITIES = {
     "metric": "metric_depth",  # metres (times --depth-scale), larger = farther
 }
 KIND_TEXT_KEY = "depth2img.kind"  # PNG text chunk our writer puts into 16-bit depth PNGs
+# catch_warnings swaps the process's one filter list: two threads inside it at once (read-ahead loaders, the
+# app's workers) could restore each other's filters and leave the bomb-warning-as-error filter on for good
+_OPEN_LOCK = threading.Lock()
 
 
 def _open(path: Path, max_pixels: int):
@@ -44,10 +48,11 @@ def _open(path: Path, max_pixels: int):
         raise InputError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file (0 bytes)")
-    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = max_pixels  # Pillow's own guard (89.5 MP) would stop a limit raised past it
     try:
-        with warnings.catch_warnings():
+        with _OPEN_LOCK, warnings.catch_warnings():
+            if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+                # Pillow's own guard (89.5 MP) would stop a limit raised past it
+                Image.MAX_IMAGE_PIXELS = max_pixels
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from .depth_run import RunReport, _stems, output_dir_for, read_ahead
-from .errors import Depth2ImgError, Depth2ImgWarning, InputError
+from .errors import Depth2ImgError, InputError
 from .io import load_image
 from .knobs import check_batch_size
 from .outputs import (
@@ -131,12 +130,13 @@ def run_transform(
                     try:
                         if isinstance(got, Depth2ImgError):
                             raise got
-                        with warnings.catch_warnings():  # forwarded below from result.warnings
-                            warnings.simplefilter("ignore", Depth2ImgWarning)
-                            prepared.append((i, path, st.prepare(
-                                got.image, prompt, preset=preset, negative_prompt=negative_prompt, depth=got.depth,
-                                seed=seed, num_images=num_images, scheduler=scheduler, reuse=got, **(knobs or {}),
-                            )))  # fmt: skip
+                        # its prompt notes are forwarded below from result.warnings (catch_warnings here would
+                        # race the loader threads' own, which share the process's filter list)
+                        prepared.append((i, path, st.prepare(
+                            got.image, prompt, preset=preset, negative_prompt=negative_prompt, depth=got.depth,
+                            seed=seed, num_images=num_images, scheduler=scheduler, reuse=got, _stacklevel=None,
+                            **(knobs or {}),
+                        )))  # fmt: skip
                     except Depth2ImgError as err:
                         _fail(report, path, err)
                 for (i, path, _), result in zip(

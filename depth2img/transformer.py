@@ -258,7 +258,7 @@ class SceneTransformer:
                 guidance_scale: float | None = None, control_scale: float | None = None,
                 control_start: float | None = None, control_end: float | None = None,
                 feature_cache: int | None = None, scheduler: str | None = None,
-                reuse: Request | Sized | None = None, _stacklevel: int = 2) -> Request:  # fmt: skip
+                reuse: Request | Sized | None = None, _stacklevel: int | None = 2) -> Request:  # fmt: skip
         """Check a transform's inputs and resolve its prompt, knobs, seeds and depth (estimated here when not
         given) without denoising; ``run`` then batches any number of such requests. ``reuse``: an earlier request
         (or ``at_generation_size``'s result) for the same photo and DepthMap objects, whose copies at generation
@@ -331,7 +331,8 @@ class SceneTransformer:
         notes = self._prompt_warnings(final_prompt, "prompt")
         if negative:
             notes += self._prompt_warnings(negative, "negative prompt")
-        for note in notes:
+        # _stacklevel None: the notes only travel in the request (a caller forwards them from result.warnings)
+        for note in notes if _stacklevel is not None else ():
             warnings.warn(note, Depth2ImgWarning, stacklevel=_stacklevel)
 
         # 2. Depth at the input size, then conditioning at generation size

@@ -400,3 +400,36 @@ def test_a_result_written_on_several_threads_is_the_same_and_a_failure_leaves_no
         with pytest.raises(OSError, match="No space left"):
             outputs.write_transform_result(result, out, "x", threads=threads)
         assert list(out.iterdir()) == []  # none of its files is left, and no manifest line
+
+
+def test_images_opened_on_many_threads_leave_the_warning_filters_as_they_were(tmp_path):
+    """Read-ahead loaders and the app's workers open images at once; catch_warnings on two threads at a time
+    restored each other's filter lists and could leave Pillow's bomb warning an error for the whole process."""
+    import sys
+    import threading
+    import warnings
+
+    Image.new("L", (40, 30)).save(tmp_path / "small.png")
+    Image.new("L", (400, 300)).save(tmp_path / "big.png")
+    before = list(warnings.filters)
+    refused = []
+
+    def load(n):
+        for i in range(n):
+            try:
+                io.load_image(tmp_path / ("big.png" if i % 3 == 0 else "small.png"), max_pixels=100_000)
+            except InputError as err:
+                refused.append(str(err))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads take turns often, as they may on a busy machine
+    try:
+        threads = [threading.Thread(target=load, args=(150,)) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert warnings.filters == before
+    assert len(refused) == 8 * 50 and all("over the 100,000-pixel limit" in r for r in refused)
