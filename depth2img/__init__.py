@@ -17,6 +17,7 @@ _LAZY = {
     "render_driving_scene": ".scene",
     "run_depth": ".depth_run",
     "Depth2ImgError": ".errors",
+    "GenerationError": ".errors",
     "InputError": ".errors",
     "ModelLoadError": ".errors",
     "OutOfMemory": ".errors",

@@ -710,9 +710,9 @@ class SD2DepthBackend(Backend):
     def call_kwargs(self, *, images, depths, knobs):
         import torch
 
-        from .conditioning import as_float32
+        from .conditioning import unit_inverse
 
-        inverses = [as_float32(d.inverse()) for d in depths]
+        inverses = [unit_inverse(d.inverse()) for d in depths]
         if not all(inv.max() > inv.min() for inv in inverses):
             raise InputError(
                 "depth is constant (no structure): SD2-depth normalises it by its range, which is zero"

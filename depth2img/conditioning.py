@@ -110,14 +110,16 @@ def control_array(normalized: np.ndarray) -> np.ndarray:
     return np.repeat(np.asarray(normalized, np.float32)[..., None], 3, axis=2)
 
 
-def as_float32(inverse: np.ndarray) -> np.ndarray:
-    """Inverse depth as float32 for a pipeline. Values too large for float32 (1/d of a sub-micrometre depth) are
-    divided by their largest magnitude first: per-image min-max normalisation downstream ignores the scale."""
+def unit_inverse(inverse: np.ndarray) -> np.ndarray:
+    """Inverse depth min-max scaled to [0, 1] in float64, as float32 (a constant map: zeros). SD2-depth's pipeline
+    casts its ``depth_map`` to the model's dtype before it normalises: raw values (up to 65535 from a 16-bit PNG,
+    1/d of a sub-millimetre depth) overflow float16 to inf and turn every pixel NaN, while the min-max that
+    follows ignores an affine rescale."""
     inverse = np.asarray(inverse, np.float64)
-    top = np.abs(inverse).max(initial=0.0)
-    if top > np.finfo(np.float32).max / 16:
-        inverse = inverse / top
-    return inverse.astype(np.float32)
+    lo, hi = inverse.min(initial=np.inf), inverse.max(initial=-np.inf)
+    if not hi > lo:
+        return np.zeros(inverse.shape, np.float32)
+    return ((inverse - lo) / (hi - lo)).astype(np.float32)
 
 
 def sd2_depth(inverse: np.ndarray, height: int, width: int, vae_scale_factor: int):
@@ -128,7 +130,7 @@ def sd2_depth(inverse: np.ndarray, height: int, width: int, vae_scale_factor: in
     """
     import torch
 
-    source = as_float32(inverse)
+    source = unit_inverse(inverse)
     if not source.max() > source.min():
         # Judge constancy before resizing: bicubic weights carry float rounding that min-max would blow up.
         return torch.zeros(1, 1, height // vae_scale_factor, width // vae_scale_factor)

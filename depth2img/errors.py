@@ -19,6 +19,10 @@ class ModelLoadError(Depth2ImgError):
     """A model could not be found, downloaded or verified."""
 
 
+class GenerationError(Depth2ImgError):
+    """The pipeline ran but gave no usable image (NaN or inf pixels); nothing is written for it."""
+
+
 class OutOfMemory(Depth2ImgError):
     """The accelerator ran out of memory; the message names the options that reduce memory."""
 

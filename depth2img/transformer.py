@@ -19,7 +19,7 @@ import numpy as np
 
 from . import presets as presets_mod
 from .depthmap import DepthMap
-from .errors import Depth2ImgError, Depth2ImgWarning, InputError, OutOfMemory
+from .errors import Depth2ImgError, Depth2ImgWarning, GenerationError, InputError, OutOfMemory
 from .io import check_image, to_rgb
 from .knobs import (
     CONTROL_KNOBS,
@@ -432,6 +432,12 @@ class SceneTransformer:
             bar.total = bar.n  # where Flux ran a step more than counted, or a failure stopped it early
             bar.close()
         diffusion_s = time.perf_counter() - t_diffusion
+        broken = [not np.isfinite(arr).all() for arr in raw]
+        if any(broken):  # saved, NaN becomes a black PNG that looks like an image
+            raise GenerationError(
+                f"the pipeline's output has NaN or inf pixels in {sum(broken)} of {len(raw)} image(s) "
+                f"({str(self.dtype).replace('torch.', '')} overflow?); run with dtype bfloat16 or float32 (--dtype); nothing was written"
+            )
 
         # Back to each input's exact size (Lanczos), on up to CPU_THREADS threads: Pillow's resize releases the GIL,
         # and the next batch waits on it (~32-44 ms per 1920x1080 output on one core)

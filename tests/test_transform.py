@@ -5,8 +5,9 @@ import pytest
 import torch
 from PIL import Image
 
+from depth2img import conditioning, io
 from depth2img.depthmap import DepthMap
-from depth2img.errors import InputError, ModelLoadError
+from depth2img.errors import GenerationError, InputError, ModelLoadError
 from depth2img.transformer import SceneTransformer, generation_size
 
 PROMPT = "a street"
@@ -436,13 +437,55 @@ def test_sd2_depth_equals_diffusers(photo, depth, tiny_dir):
     st = SceneTransformer.from_pretrained("tiny/sd2-depth")
     ours = st.transform(photo, PROMPT, depth=depth, seed=11, steps=2, strength=0.7)
     ref = StableDiffusionDepth2ImgPipeline.from_pretrained(tiny_dir / "sd2-depth")
-    theirs = ref(PROMPT, image=photo, depth_map=torch.from_numpy(depth.inverse())[None], strength=0.7,
-                 num_inference_steps=2, guidance_scale=7.5, generator=_gens(11), output_type="np").images  # fmt: skip
-    _assert_same(ours.raw, theirs)
+
+    def theirs(depth_map):
+        return ref(PROMPT, image=photo, depth_map=torch.from_numpy(depth_map)[None], strength=0.7,
+                   num_inference_steps=2, guidance_scale=7.5, generator=_gens(11), output_type="np").images  # fmt: skip
+
+    # we hand it the inverse depth scaled to [0, 1]; its own min-max makes that the raw map's result
+    _assert_same(ours.raw, theirs(conditioning.unit_inverse(depth.inverse())))
+    assert np.abs(ours.raw - theirs(depth.inverse())).max() < 1e-4
     with pytest.raises(
         InputError, match="control_end: backbone 'tiny/sd2-depth' \\(sd2-depth\\) has no such knob"
     ):
         st.transform(photo, PROMPT, depth=depth, steps=2, control_end=0.5)
+
+
+def test_sd2_depth_in_float16_takes_our_16_bit_png(photo, depth, tmp_path):
+    """SD2-depth's pipeline casts the depth map to float16 before normalising it: our own 16-bit PNG (near =
+    65535) overflowed to inf, and every output pixel was NaN, saved as a black image."""
+    back = io.read_depth_file(io.write_depth_png16(depth, tmp_path / "d_depth16.png"))
+    assert back.inverse().max() == 65535
+    outs = {}
+    for dtype in ("float32", "float16"):
+        st = SceneTransformer.from_pretrained("tiny/sd2-depth", device="cpu", dtype=dtype)
+        outs[dtype] = st.transform(photo, PROMPT, depth=back, seed=1, steps=2, strength=0.7).raw
+    assert np.isfinite(outs["float16"]).all()
+    assert np.abs(outs["float16"] - outs["float32"]).max() < 0.05
+
+
+def test_an_output_with_nan_pixels_is_an_error_not_a_black_image(sd15, photo, depth, tmp_path, monkeypatch):
+    from depth2img import run_transform
+
+    good = sd15._run_backend
+
+    def half_nan(**kwargs):
+        raw = good(**kwargs)
+        raw[-1, 0, 0, 0] = np.nan
+        return raw
+
+    monkeypatch.setattr(sd15, "_run_backend", half_nan)
+    with pytest.raises(
+        GenerationError,
+        match=r"^the pipeline's output has NaN or inf pixels in 1 of 2 image\(s\) "
+        r"\(float32 overflow\?\); run with dtype bfloat16 or float32 \(--dtype\); nothing was written$",
+    ):
+        sd15.transform(photo, PROMPT, depth=depth, seed=0, steps=2, num_images=2)
+    photo.save(tmp_path / "a.png")
+    report = run_transform([tmp_path / "a.png"], tmp_path / "out", prompt=PROMPT, model=sd15, estimator="tiny",
+                           seed=0, num_images=2, knobs={"steps": 2}, progress=False)  # fmt: skip
+    assert len(report.failed) == 1 and "NaN or inf pixels in 1 of 2" in report.failed[0]
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == []
 
 
 def test_sdxl_equals_diffusers(photo, depth, tiny_dir):
