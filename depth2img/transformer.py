@@ -328,6 +328,12 @@ class SceneTransformer:
                 )
             seeds = list(range(base, base + num_images))
         scheduler_name = self.backend.set_scheduler(scheduler)
+        # LCM and TCD pick their steps from a schedule of original_inference_steps (50): diffusers raises past it
+        most = self.backend.pipe.scheduler.config.get("original_inference_steps")
+        if most and knobs["steps"] > most:
+            raise InputError(
+                f"steps: scheduler {scheduler_name!r} takes at most {most} steps, got {knobs['steps']}"
+            )
         notes = self._prompt_warnings(final_prompt, "prompt")
         if negative:
             notes += self._prompt_warnings(negative, "negative prompt")

@@ -851,6 +851,17 @@ def test_scheduler_swap_keeps_weights(sd15, photo, depth):
     sd15.backend.set_scheduler("unipc")
 
 
+@pytest.mark.parametrize("scheduler", ["lcm", "tcd"])
+def test_few_step_schedulers_refuse_more_steps_than_their_schedule_holds(sd15, photo, depth, scheduler):
+    """LCM and TCD take their steps from a 50-step schedule; diffusers' ValueError on 60 escaped as an internal
+    error that ended a whole CLI run."""
+    with pytest.raises(InputError, match=f"^steps: scheduler '{scheduler}' takes at most 50 steps, got 60$"):
+        sd15.transform(photo, PROMPT, depth=depth, seed=0, steps=60, strength=1.0, scheduler=scheduler)
+    r = sd15.transform(photo, PROMPT, depth=depth, seed=0, steps=2, strength=1.0, scheduler=scheduler)
+    assert r.metadata[0]["scheduler"] == scheduler
+    sd15.backend.set_scheduler("unipc")
+
+
 def test_anything_but_a_pil_image_is_refused_with_one_line(sd15, photo):
     calls = (
         lambda im: sd15.transform(im, PROMPT),
