@@ -483,7 +483,7 @@ class Backend:
             if laid_out:
                 module.to(memory_format=torch.channels_last)
                 applied.append(f"{name}:channels_last")
-            if fuse_qkv and hasattr(module, "fuse_qkv_projections"):
+            if fuse_qkv and hasattr(module, "fuse_qkv_projections") and not _unmerged_adapters(module):
                 module.fuse_qkv_projections()
                 applied.append(f"{name}:fused_qkv")
             if compile_mode:
@@ -689,6 +689,17 @@ class SDXLBackend(ControlNetBackend):
     txt2img_class = "StableDiffusionXLControlNetPipeline"
     img2img_class = "StableDiffusionXLControlNetImg2ImgPipeline"
     default_scheduler = "euler"
+
+
+def _unmerged_adapters(module) -> bool:
+    """Whether ``module`` carries LoRA adapters applied per call (Flux's depth LoRA, whose scale is a knob): fused
+    QKV projections are built from the base weights, and those adapters' q/k/v deltas would be bypassed. A few-step
+    LoRA is fused into the weights first, so fusing after it keeps it."""
+    if not getattr(module, "_hf_peft_config_loaded", False):
+        return False
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    return any(isinstance(m, BaseTunerLayer) and not m.merged for m in module.modules())
 
 
 class SD2DepthBackend(Backend):
