@@ -188,7 +188,8 @@ class SceneTransformer:
             for pipe in backend.pipes.values():
                 pipe.to(device)
         if compile:
-            backend.optimize(compile_mode=compile)
+            # fusing QKV sets diffusers' fused SDPA processors everywhere: it would undo xformers attention
+            backend.optimize(compile_mode=compile, fuse_qkv=attention != "xformers")
         if native_size is None:
             tiny = ref.name.startswith("tiny")
             native_size = TINY_NATIVE_SIZE if tiny else (ref.entry.native_size if ref.entry else 512)

@@ -1107,3 +1107,45 @@ def test_few_step_lora_mismatches_are_refused():
         SceneTransformer.from_pretrained("tiny/sdxl-depth", lora="tiny/lcm-sdxl").backend.default_scheduler
         == "lcm"
     )
+
+
+def test_fused_qkv_keeps_the_flux_depth_loras_deltas_and_a_fused_few_step_lora(photo, depth):
+    """Fused QKV projections are built from the base weights: on Flux's depth LoRA, applied per call (its scale is
+    control_scale), the LoRA's q/k/v deltas were silently dropped by compile=...'s fast path."""
+    kw = dict(depth=depth, seed=2, steps=2, strength=1.0)
+    flux = SceneTransformer.from_pretrained("tiny/flux-depth-lora")
+    before = flux.transform(photo, PROMPT, control_scale=0.5, **kw).raw
+    assert "transformer:fused_qkv" not in flux.backend.optimize(fuse_qkv=True, channels_last=False)
+    assert np.abs(flux.transform(photo, PROMPT, control_scale=0.5, **kw).raw - before).max() < 1e-6
+    lcm = SceneTransformer.from_pretrained("tiny", lora="tiny/lcm-sd15")
+    before = lcm.transform(photo, PROMPT, **kw).raw
+    assert "unet:fused_qkv" in lcm.backend.optimize(fuse_qkv=True, channels_last=False)
+    assert np.abs(lcm.transform(photo, PROMPT, **kw).raw - before).max() < 1e-5
+
+
+def test_xformers_attention_survives_the_compiled_fast_path(eager_compile, monkeypatch):
+    """compile=... fused the QKV projections after memory() had set xformers attention: fusing resets every
+    processor to diffusers' fused SDPA one, so xformers was silently undone while the metadata still named it."""
+    import sys
+    import types
+
+    from diffusers import DiffusionPipeline
+    from diffusers.models.attention_processor import XFormersAttnProcessor
+
+    monkeypatch.setitem(
+        sys.modules, "xformers", types.ModuleType("xformers")
+    )  # the extra, as far as checks go
+
+    def xformers_processors(pipe):  # what the real call sets, without xformers' CUDA kernels
+        for name in ("unet", "controlnet", "vae"):
+            getattr(pipe, name).set_attn_processor(XFormersAttnProcessor())
+
+    monkeypatch.setattr(DiffusionPipeline, "enable_xformers_memory_efficient_attention", xformers_processors)
+    st = SceneTransformer.from_pretrained("tiny", device="cpu", attention="xformers", compile="default")
+    for name in ("unet", "controlnet", "vae"):
+        kinds = {type(p).__name__ for p in getattr(st.backend.pipe, name).attn_processors.values()}
+        assert kinds == {"XFormersAttnProcessor"}, name
+    assert (
+        not [a for a in st.backend.fast_path if "fused_qkv" in a]
+        and "unet:compile(default)" in st.backend.fast_path
+    )
