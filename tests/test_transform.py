@@ -1149,3 +1149,23 @@ def test_xformers_attention_survives_the_compiled_fast_path(eager_compile, monke
         not [a for a in st.backend.fast_path if "fused_qkv" in a]
         and "unet:compile(default)" in st.backend.fast_path
     )
+
+
+def test_model_offload_puts_the_models_back_after_an_img2img_call(photo, depth, monkeypatch):
+    """Model offload's hooks are set through the txt2img pipeline; the img2img one (every strength < 1) released
+    nothing at the end of its call, leaving its last models on the GPU. Installed with the CPU as the execution
+    device (there is no GPU here) to read the pipelines' state."""
+    from depth2img.backends import offload_pipeline
+
+    kw = dict(depth=depth, seed=0, steps=2, strength=0.8, control_end=0.5)
+    want = SceneTransformer.from_pretrained("tiny", device="cpu").transform(photo, PROMPT, **kw).raw
+    st = SceneTransformer.from_pretrained("tiny", device="cpu")
+    offload_pipeline(st.backend.pipe, "model", torch.device("cpu"))
+    armed = []
+    real = type(st.backend.pipe).enable_model_cpu_offload
+    monkeypatch.setattr(type(st.backend.pipe), "enable_model_cpu_offload",
+                        lambda self, *a, **k: (armed.append(self), real(self, *a, **k))[1])  # fmt: skip
+    for _ in range(2):
+        got = st.transform(photo, PROMPT, **kw)
+        assert np.abs(got.raw - want).max() < 1e-6 and got.metadata[0]["mode"] == "img2img"
+    assert armed == [st.backend.pipe] * 2  # released (and armed again) after each call
