@@ -499,10 +499,7 @@ class Backend:
     def load_speed_lora(self, ref: ModelRef, *, scale: float = 1.0, local_files_only: bool = False) -> None:
         """Load a few-step LoRA (LCM, Hyper-SD) and fuse it into the UNet: no per-step cost afterwards.
         Its scheduler becomes this backend's default (``ref.entry.scheduler``)."""
-        if self.kind not in ("sd15-controlnet", "sdxl-controlnet"):
-            raise InputError(f"lora: few-step LoRAs are wired for sd15-depth and sdxl-depth, not {self.kind}")
-        if ref.entry is not None and ref.entry.for_pipeline != self.kind:
-            raise ModelLoadError(f"lora {ref.name!r} is made for {ref.entry.for_pipeline}, not {self.kind}")
+        check_speed_lora(self.kind, ref)
         scale = check_lora_scale(scale)
         wanted = ref.entry.weight_name if ref.entry is not None else None
         path = snapshot_dir(
@@ -693,6 +690,15 @@ class SDXLBackend(ControlNetBackend):
     txt2img_class = "StableDiffusionXLControlNetPipeline"
     img2img_class = "StableDiffusionXLControlNetImg2ImgPipeline"
     default_scheduler = "euler"
+
+
+def check_speed_lora(kind: str, ref: ModelRef) -> None:
+    """A few-step LoRA ``ref`` fits a backbone of pipeline ``kind`` (known before the backbone loads when it is a
+    registry entry, else read from the loaded backbone)."""
+    if kind not in ("sd15-controlnet", "sdxl-controlnet"):
+        raise InputError(f"lora: few-step LoRAs are wired for sd15-depth and sdxl-depth, not {kind}")
+    if ref.entry is not None and ref.entry.for_pipeline != kind:
+        raise ModelLoadError(f"lora {ref.name!r} is made for {ref.entry.for_pipeline}, not {kind}")
 
 
 def _unmerged_adapters(module) -> bool:

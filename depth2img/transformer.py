@@ -158,7 +158,7 @@ class SceneTransformer:
         run faster (on an H200, default mode at batch 16: 189 against 279 ms an image), and a smaller batch of a
         shape run before is padded to the next larger batch run at it rather than compiled again. Other knobs
         (prompt, seed, steps, strength, guidance, control scale) compile nothing new."""
-        from .backends import check_memory_options, load_backend
+        from .backends import check_memory_options, check_speed_lora, load_backend
         from .knobs import check_lora_scale
         from .registry import resolve_lora
         from .tiny import TINY_NATIVE_SIZE
@@ -171,6 +171,8 @@ class SceneTransformer:
         lora_ref = resolve_lora(lora) if lora else None
         if lora:
             check_lora_scale(lora_scale)
+            if ref.entry is not None and ref.entry.pipeline:
+                check_speed_lora(ref.entry.pipeline, lora_ref)
         backend = load_backend(ref, dtype=dtype, device=device, local_files_only=local_files_only)
         dtype = backend.dtype
         lora_knobs = {}

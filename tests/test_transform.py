@@ -1090,7 +1090,16 @@ def test_load_arguments_are_checked_before_the_backbone_loads(monkeypatch, kwarg
         SceneTransformer.from_pretrained("tiny", device="cpu", **kwargs)
 
 
-def test_few_step_lora_mismatches_are_refused():
+def test_few_step_lora_mismatches_are_refused(monkeypatch):
+    from depth2img import backends
+
+    real = backends.load_backend
+
+    def no_load(*args, **kw):
+        raise AssertionError("the backbone started loading")
+
+    # registry backbones and LoRAs: refused before the backbone (gigabytes) loads
+    monkeypatch.setattr(backends, "load_backend", no_load)
     with pytest.raises(
         ModelLoadError, match="lora 'tiny/lcm-sd15' is made for sd15-controlnet, not sdxl-controlnet"
     ):
@@ -1099,6 +1108,7 @@ def test_few_step_lora_mismatches_are_refused():
         InputError, match="few-step LoRAs are wired for sd15-depth and sdxl-depth, not flux-control"
     ):
         SceneTransformer.from_pretrained("tiny/flux-depth", lora="tiny/lcm-sd15")
+    monkeypatch.setattr(backends, "load_backend", real)
     with pytest.raises(InputError, match="lora 'fast' is not a registry name"):
         SceneTransformer.from_pretrained("tiny", lora="fast")
     with pytest.raises(InputError, match="lora_scale must be in \\(0, 2\\], got 5"):
