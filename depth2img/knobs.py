@@ -119,6 +119,13 @@ def check_batch_size(n, name: str = "batch_size") -> int:
     return n
 
 
+def check_native_size(n) -> int:
+    """A backbone's generation pixel budget (n x n); outputs go back to each input's size."""
+    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 16 <= int(n) <= 4096:
+        raise InputError(f"native_size must be an integer in 16..4096 (pixels a side), got {n!r}")
+    return int(n)
+
+
 def check_num_images(n) -> int:
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_IMAGES:
         raise InputError(f"num_images must be an integer in 1..{MAX_IMAGES}, got {n!r}")

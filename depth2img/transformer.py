@@ -159,12 +159,14 @@ class SceneTransformer:
         shape run before is padded to the next larger batch run at it rather than compiled again. Other knobs
         (prompt, seed, steps, strength, guidance, control scale) compile nothing new."""
         from .backends import check_memory_options, check_speed_lora, load_backend
-        from .knobs import check_lora_scale
+        from .knobs import check_lora_scale, check_native_size
         from .registry import resolve_lora
         from .tiny import TINY_NATIVE_SIZE
 
         # every argument is checked before the backbone (gigabytes) loads
         check_compile(compile, offload=offload)
+        if native_size is not None:
+            native_size = check_native_size(native_size)
         ref = resolve_backbone(name)
         device = resolve_device(device)
         check_memory_options(device=device, offload=offload, attention=attention)

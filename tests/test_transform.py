@@ -1076,6 +1076,10 @@ def test_a_presets_knobs_do_not_override_the_guidance_flux_needs(photo, depth):
         ({"attention": "flash"}, "attention must be sdpa or xformers, got 'flash'"),
         ({"offload": "model"}, "offload 'model' moves weights between CPU and GPU; no GPU is available here"),
         ({"offload": "disk"}, "offload must be one of"),
+        ({"native_size": 0}, r"^native_size must be an integer in 16..4096 \(pixels a side\), got 0$"),
+        ({"native_size": -512}, "native_size must be an integer in 16..4096"),
+        ({"native_size": "512"}, "native_size must be an integer in 16..4096 .*, got '512'"),
+        ({"native_size": True}, "native_size must be an integer"),
     ],
 )
 def test_load_arguments_are_checked_before_the_backbone_loads(monkeypatch, kwargs, message):
