@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import inspect
 import json
+import logging
 import time
 import warnings
 from pathlib import Path
@@ -262,6 +263,17 @@ def skip_inactive_controlnet(controlnet, counter: ControlNetCallCounter | None =
 
     with swapped_forward(controlnet, make):
         yield
+
+
+class _NoEmptyFloat32List(logging.Filter):
+    """diffusers warns "There are modules in X that should be kept in float32: [] ..." whenever a model is cast with
+    ``.to(dtype)``, even when it keeps no module in float32: SDXL img2img's VAE upcast logged it twice a call."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "should be kept in float32: []" not in record.getMessage()
+
+
+logging.getLogger("diffusers.models.modeling_utils").addFilter(_NoEmptyFloat32List())
 
 
 def _pipe_sharing_weights(pipeline_class, pipe):
