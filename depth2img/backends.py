@@ -213,9 +213,13 @@ def check_memory_options(*, device=None, offload: str | None = None, attention: 
     check_attention(attention)
     if offload != "none":
         device = torch.device(device if device is not None else "cuda")
-        if device.type != "cuda" or not torch.cuda.is_available():
+        if not torch.cuda.is_available():
             raise InputError(
                 f"offload {offload!r} moves weights between CPU and GPU; no GPU is available here"
+            )
+        if device.type != "cuda":
+            raise InputError(
+                f"offload {offload!r} moves weights between CPU and GPU; device {str(device)!r} is not a GPU"
             )
     return offload, device
 

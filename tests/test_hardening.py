@@ -430,6 +430,19 @@ def test_offload_without_a_gpu_is_one_line(capsys, tmp_path, chelsea, offload):
     assert not out.exists() or not any(out.iterdir())
 
 
+def test_offload_on_a_cpu_device_of_a_gpu_machine_names_the_device(monkeypatch):
+    import torch
+
+    from depth2img.backends import check_memory_options
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    with pytest.raises(
+        Depth2ImgError, match="^offload 'model' moves weights between CPU and GPU; device 'cpu' is not a GPU$"
+    ):
+        check_memory_options(device="cpu", offload="model")
+    assert check_memory_options(device=None, offload="group") == ("group", torch.device("cuda"))
+
+
 def test_unknown_offload_is_refused_by_the_api():
     from depth2img.transformer import SceneTransformer
 
