@@ -134,22 +134,33 @@ def _number(value, name: str, kind=float):
 
 
 def _knobs(
-    steps, strength, guidance, control_scale=None, control_start=None, control_end=None, scheduler=None
+    steps,
+    strength,
+    guidance,
+    control_scale=None,
+    control_start=None,
+    control_end=None,
+    scheduler=None,
+    exact=False,
 ):
     """The knobs to send: only sliders moved off their defaults, so that a slider left alone lets the preset, the
     backbone (Flux: guidance 10) or a few-step LoRA (LCM: 4 steps, guidance 1) choose, and backbones without
-    control knobs (sd2, flux) still run."""
+    control knobs (sd2, flux) still run. ``exact`` (the page's "use every slider as set"): all of them, so a
+    slider at its default can be asked for too (30 steps with LCM, guidance 7.5 on Flux)."""
+    from .errors import InputError
     from .knobs import DEFAULT_KNOBS
 
     sliders = {"steps": (steps, int), "strength": (strength, float), "guidance_scale": (guidance, float),
                "control_scale": (control_scale, float), "control_start": (control_start, float),
                "control_end": (control_end, float)}  # fmt: skip
+    if not isinstance(exact, bool):
+        raise InputError(f"exact must be true or false, got {exact!r}")
     knobs = {"scheduler": scheduler or None}
     for name, (value, kind) in sliders.items():
         if value is None and name.startswith("control"):
             continue  # the variations tab has no control sliders
         value = _number(value, name, kind)
-        if value != DEFAULT_KNOBS[name]:
+        if exact or value != DEFAULT_KNOBS[name]:
             knobs[name] = value
     return knobs
 
@@ -178,7 +189,7 @@ def _zip(folder: Path, path: Path) -> str:
 
 def handle_generate(service, image_path, model, estimator, depth_file, polarity, prompt, presets, negative, steps,
                     strength, guidance, control_scale, control_start, control_end, scheduler, seed, num_images,
-                    progress=None):  # fmt: skip
+                    exact=False, progress=None):  # fmt: skip
     """Transform the photo; returns gallery items, a before/after pair, a zip of everything, and the metadata."""
     from .outputs import CPU_THREADS, write_transform_result
 
@@ -187,7 +198,7 @@ def handle_generate(service, image_path, model, estimator, depth_file, polarity,
         image, model=model, estimator=estimator, depth_file=_file_path(depth_file), polarity=polarity or None,
         progress=progress, prompt=prompt or None, preset="+".join(presets) if presets else None,
         negative_prompt=negative or None, seed=_seed(seed), num_images=_number(num_images, "num_images", int),
-        **_knobs(steps, strength, guidance, control_scale, control_start, control_end, scheduler),
+        **_knobs(steps, strength, guidance, control_scale, control_start, control_end, scheduler, exact),
     )  # fmt: skip
     out = _workdir()
     stem = Path(image_path).stem
@@ -200,7 +211,7 @@ def handle_generate(service, image_path, model, estimator, depth_file, polarity,
 
 
 def handle_variations(service, image_path, model, estimator, depth_file, polarity, prompt, presets, seeds_text,
-                      steps, strength, guidance, progress=None):  # fmt: skip
+                      steps, strength, guidance, exact=False, progress=None):  # fmt: skip
     """Presets x seeds from one depth: a grid in the gallery, captioned 'preset / seed'."""
     from .errors import InputError
     from .outputs import CPU_THREADS, write_transform_result
@@ -217,7 +228,7 @@ def handle_variations(service, image_path, model, estimator, depth_file, polarit
     rows = service.variations(
         image, presets=list(presets or []) or None, seeds=seeds, model=model, estimator=estimator,
         depth_file=_file_path(depth_file), polarity=polarity or None, prompt=prompt or None, progress=progress,
-        **_knobs(steps, strength, guidance),
+        **_knobs(steps, strength, guidance, exact=exact),
     )  # fmt: skip
     out = _workdir()
     gallery = []
@@ -325,6 +336,12 @@ def create_demo(service):
                     scheduler = gr.Dropdown(
                         [""] + list(SCHEDULERS), value="", label="Scheduler (empty = model default)"
                     )
+                    exact = gr.Checkbox(
+                        False,
+                        label="Use every slider as set (off: a slider left at its default lets the preset, "
+                        "the backbone or a few-step LoRA choose)",
+                        elem_id="exact",
+                    )
                     with gr.Row():
                         seed = gr.Number(value=0, precision=0, label="Seed", minimum=0, maximum=MAX_SEED)
                         randomize = gr.Button("🎲", size="sm", scale=0)
@@ -354,12 +371,13 @@ def create_demo(service):
         generate.click(
             bound(handle_generate),
             [image, model, estimator, depth_file, polarity, prompt, preset_box, negative, steps, strength, guidance,
-             control_scale, control_start, control_end, scheduler, seed, num_images],
+             control_scale, control_start, control_end, scheduler, seed, num_images, exact],
             [gallery, compare, archive, metadata], api_name="transform", **device,
         )  # fmt: skip
         var_button.click(
             bound(handle_variations),
-            [image, model, estimator, depth_file, polarity, prompt, preset_box, var_seeds, steps, strength, guidance],
+            [image, model, estimator, depth_file, polarity, prompt, preset_box, var_seeds, steps, strength, guidance,
+             exact],
             var_gallery, api_name="variations", **device,
         )  # fmt: skip
     return demo

@@ -195,6 +195,34 @@ def test_sliders_left_at_their_defaults_let_the_preset_and_model_choose(service,
         _knobs(2.5, 0.8, 7.5)
 
 
+def test_use_every_slider_sends_a_slider_at_its_default_too(service, photo):
+    """A slider left at its default is not sent, so the page could not ask for a default on purpose (guidance 7.5
+    with pencil-sketch, whose knob is 8); "use every slider as set" sends them all."""
+    from depth2img.errors import InputError
+    from depth2img.ui import _knobs
+
+    assert _knobs(30, 0.8, 7.5, 1.0, 0.0, 1.0, "", True) == {
+        "scheduler": None, "steps": 30, "strength": 0.8, "guidance_scale": 7.5, "control_scale": 1.0,
+        "control_start": 0.0, "control_end": 1.0,
+    }  # fmt: skip
+    assert _knobs(30, 0.8, 7.5, exact=True) == {
+        "scheduler": None,
+        "steps": 30,
+        "strength": 0.8,
+        "guidance_scale": 7.5,
+    }
+    with pytest.raises(InputError, match="^exact must be true or false, got 'yes'$"):
+        _knobs(30, 0.8, 7.5, exact="yes")
+    k = KNOBS
+    *_, records = handle_generate(service, photo, "tiny", "tiny", None, "", "a cat", ["pencil-sketch"], "", k["steps"],
+                                  k["strength"], 7.5, 1.0, 0.0, 1.0, "", 3, 1, True)  # fmt: skip
+    assert records[0]["guidance_scale"] == 7.5
+    gallery = handle_variations(
+        service, photo, "tiny", "tiny", None, "", "", ["pencil-sketch"], "1", 2, 0.5, 7.5, True
+    )
+    assert read_png_metadata(gallery[0][0])["guidance_scale"] == 7.5
+
+
 def test_errors_become_one_friendly_line(service, photo):
     import gradio as gr
 
