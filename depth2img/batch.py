@@ -17,6 +17,7 @@ import json
 import math
 import os
 import shutil
+import string
 import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -167,6 +168,13 @@ class Job:
                 ) from None
             except (ValueError, AttributeError) as err:
                 raise InputError(f"job key matrix.template is not a valid template ({err})") from None
+            named = {field for _, field, _, _ in string.Formatter().parse(self.matrix["template"]) if field}
+            unused = [axis for axis in axes if axis not in named]
+            if unused:
+                raise InputError(
+                    f"job key matrix.axes: {', '.join(unused)} not in matrix.template "
+                    f"{self.matrix['template']!r}; its values would all give the same prompt"
+                )
         if not self.presets and self.matrix is None and not (self.prompt or "").strip():
             raise InputError("job needs variations: presets, a matrix, or at least a prompt")
         for key in ("depth_batch_size", "batch_size"):

@@ -391,6 +391,10 @@ def test_output_names_cannot_escape(dataset, tmp_path):
             "inputs: a\noutput: b\nmatrix: {template: '{x}', axes: {y: [1]}}\n",
             "template names 'x' which is not an axis",
         ),
+        (
+            "inputs: a\noutput: b\nmatrix: {template: 'a {x}', axes: {x: [1], y: [2, 3]}}\n",
+            r"job key matrix.axes: y not in matrix.template 'a \{x\}'; its values would all give the same prompt$",
+        ),
         ("inputs: a\noutput: b\n", "job needs variations"),
         (
             "inputs: a\noutput: b\nmatrix: {template: '{season', axes: {season: [x]}}\n",
