@@ -708,6 +708,14 @@ class SDXLBackend(ControlNetBackend):
     default_scheduler = "euler"
 
 
+def check_negative_prompt(ref: ModelRef, negative: str | None, name: str = "negative_prompt") -> None:
+    """A negative prompt for a registry backbone whose pipeline takes none (Flux), refused before it loads; other
+    backbones are checked once loaded (``SceneTransformer.prepare``)."""
+    kind = ref.entry.pipeline if ref.entry is not None else None
+    if negative and kind in BACKENDS and not BACKENDS[kind].takes_negative_prompt:
+        raise InputError(f"{name}: backbone {ref.name!r} ({kind}) takes no negative prompt")
+
+
 def check_speed_lora(kind: str, ref: ModelRef) -> None:
     """A few-step LoRA ``ref`` fits a backbone of pipeline ``kind`` (known before the backbone loads when it is a
     registry entry, else read from the loaded backbone)."""

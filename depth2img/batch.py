@@ -145,6 +145,10 @@ class Job:
         negative = self.knobs.get("negative_prompt")
         if negative is not None and not isinstance(negative, str):
             raise InputError(f"job key knobs.negative_prompt must be a string, got {negative!r}")
+        from .backends import check_negative_prompt
+        from .registry import resolve_backbone
+
+        check_negative_prompt(resolve_backbone(self.model), negative, "job key knobs.negative_prompt")
         self._check_values()
         check_compile(self.compile, "job key compile", feature_cache=self.knobs.get("feature_cache", 1))
         self._check_labels()

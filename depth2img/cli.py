@@ -338,10 +338,12 @@ def _cmd_transform(args) -> int:
 
         if args.scheduler not in SCHEDULERS:
             raise InputError(f"scheduler {args.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
-    from .backends import check_memory_options
+    from .backends import check_memory_options, check_negative_prompt
     from .loading import resolve_device
+    from .registry import resolve_backbone
 
     check_memory_options(device=resolve_device(args.device), offload=args.offload, attention=args.attention)
+    check_negative_prompt(resolve_backbone(args.model), args.negative_prompt, "--negative-prompt")
     _quiet_libraries()
     from .transform_run import run_transform
 

@@ -397,6 +397,10 @@ def test_output_names_cannot_escape(dataset, tmp_path):
         ),
         ("inputs: a\noutput: b\n", "job needs variations"),
         (
+            "inputs: a\noutput: b\nprompt: x\nmodel: tiny/flux-depth\nknobs: {negative_prompt: blurry}\n",
+            r"job key knobs.negative_prompt: backbone 'tiny/flux-depth' \(flux-control\) takes no negative prompt$",
+        ),
+        (
             "inputs: a\noutput: b\nmatrix: {template: '{season', axes: {season: [x]}}\n",
             "matrix.template is not a valid template",
         ),

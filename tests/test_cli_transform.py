@@ -385,6 +385,26 @@ def test_a_batch_of_photos_is_estimated_in_one_estimator_call(tmp_path, photos_d
         assert (out / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
 
 
+def test_a_negative_prompt_for_flux_is_refused_before_any_model_loads(
+    tmp_path, photos_dir, capsys, monkeypatch
+):
+    """Flux takes no negative prompt: each input failed with it, after both models had loaded."""
+    from depth2img.estimators import DepthEstimator
+    from depth2img.transformer import SceneTransformer
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(SceneTransformer, "from_pretrained", no_loading)
+    monkeypatch.setattr(DepthEstimator, "from_pretrained", no_loading)
+    code, _, err = run(capsys, "transform", photos_dir, "-o", tmp_path / "o", "--model", "tiny/flux-depth",
+                       "--prompt", "x", "--negative-prompt", "blurry", "-q")  # fmt: skip
+    assert code == 2 and err == (
+        "depth2img: error: --negative-prompt: backbone 'tiny/flux-depth' (flux-control) takes no negative prompt\n"
+    )
+    assert not (tmp_path / "o").exists()
+
+
 @pytest.mark.parametrize("command", ["transform", "depth"])
 def test_an_unusable_output_folder_is_one_line_before_any_model_loads(tmp_path, photos_dir, capsys, monkeypatch,
                                                                        command):  # fmt: skip
