@@ -379,6 +379,12 @@ class Labels:
         self.coco = None
         self.yolo = job.path(job.labels["yolo"]) if "yolo" in job.labels else None
         self.masks = {safe_name(str(k)): job.path(v) for k, v in (job.labels.get("masks") or {}).items()}
+        # a misspelt folder would give a dataset without those labels, silently
+        folders = [("labels.yolo", self.yolo)] if self.yolo is not None else []
+        folders += [(f"labels.masks.{name}", path) for name, path in self.masks.items()]
+        for key, path in folders:
+            if not path.is_dir():
+                raise InputError(f"{key} {path}: {'not a folder' if path.exists() else 'no such folder'}")
         self._coco_by_name: dict[str, list[tuple[tuple[str, ...], dict]]] = {}
         if "coco" in job.labels:
             path = job.path(job.labels["coco"])

@@ -685,6 +685,25 @@ def test_coco_entries_named_under_a_folder_the_sources_lack_still_match(dataset,
     assert entry["file_name"] == "train2017/f0.png" and anns
 
 
+@pytest.mark.parametrize(
+    "labels, message",
+    [
+        ({"yolo": "nodir"}, r"^labels.yolo .*nodir: no such folder$"),
+        ({"masks": {"semantic": "nodir"}}, r"^labels.masks.semantic .*nodir: no such folder$"),
+        ({"masks": {"semantic": "a-file"}}, r"^labels.masks.semantic .*a-file: not a folder$"),
+    ],
+)
+def test_a_label_folder_that_is_not_there_is_refused_before_anything_is_written(dataset, tmp_path, labels,
+                                                                                message):  # fmt: skip
+    """A misspelt yolo or masks folder gave a dataset with no such labels, exit 0."""
+    (tmp_path / "a-file").write_text("x")
+    job = write_job(tmp_path, inputs=[str(dataset / "frames")], output="out", presets=["fog"], seeds=1,
+                    labels=labels)  # fmt: skip
+    with pytest.raises(InputError, match=message):
+        run_job(job, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
 def test_yolo_and_mask_files_found_by_a_shared_file_name_are_refused(dataset, tmp_path):
     """YOLO and mask files are looked up by the source's file name: x/f0.png and y/f0.png would share f0's labels."""
     for sub in ("x", "y"):
