@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--depth", action="append", metavar="FILE",
                    help="your own depth file per input (16/8-bit PNG, float TIFF, .npy, .npz) instead of an estimator")  # fmt: skip
     p.add_argument("--depth-polarity", choices=["near-bright", "far-bright", "metric"],
-                   help="how --depth files run (not needed for depth2img's own 16-bit PNGs)")  # fmt: skip
+                   help="how --depth files run, for those that do not record it (depth2img's own 16-bit PNGs "
+                        "and .npz files with a 'kind' entry keep theirs)")  # fmt: skip
     p.add_argument(
         "--seed", type=int, help="seed of the first image; image i uses seed+i (default: random, recorded)"
     )

@@ -171,8 +171,9 @@ def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES) -> tuple[list[P
 def read_depth_file(path: str | os.PathLike, polarity: str | None = None, *, depth_scale: float = 1.0):
     """Read a user's depth file (16/8-bit PNG, float TIFF, .npy, .npz) at full precision as a DepthMap.
 
-    ``polarity`` is ``near-bright``, ``far-bright`` or ``metric``; it may be left out only when the file
-    says it itself (16-bit PNGs written by depth2img, .npz files with a ``kind`` entry).
+    ``polarity`` is ``near-bright``, ``far-bright`` or ``metric``, for a file that does not say it itself; one that
+    does (16-bit PNGs written by depth2img, .npz files with a ``kind`` entry: a polarity or a DepthMap kind) keeps
+    its own, with a warning where ``polarity`` says otherwise (one flag serves a run's mixed files).
     """
     from .depthmap import DepthMap
 
@@ -218,13 +219,18 @@ def read_depth_file(path: str | os.PathLike, polarity: str | None = None, *, dep
         )
     if np.abs(values).max(initial=0) > np.finfo(np.float32).max:
         raise InputError(f"{path}: depth values reach {np.abs(values).max():.3g}, beyond float32's range")
-    if polarity is None:
-        if recorded not in POLARITIES:
-            raise InputError(
-                f"{path}: the file does not say which way its depth runs; "
-                f"pass a polarity ({' | '.join(POLARITIES)})"
-            )
+    recorded = {kind: name for name, kind in POLARITIES.items()}.get(recorded, recorded)
+    if recorded in POLARITIES:
+        if polarity is not None and polarity != recorded:
+            from .errors import Depth2ImgWarning
+
+            warnings.warn(f"{path}: the file records its depth as {recorded}, which it keeps; the polarity "
+                          f"given ({polarity}) is for files that record none", Depth2ImgWarning, stacklevel=2)  # fmt: skip
         polarity = recorded
+    elif polarity is None:
+        raise InputError(
+            f"{path}: the file does not say which way its depth runs; pass a polarity ({' | '.join(POLARITIES)})"
+        )
     kind = POLARITIES[polarity]
     valid = np.ones(values.shape, bool)
     if kind == "metric_depth":

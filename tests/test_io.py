@@ -1,5 +1,6 @@
 """Image and depth-file reading: conversions, full precision, and one clear line for every bad input."""
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +110,25 @@ def test_png16_round_trip_is_exact(tmp_path, rng):
     assert back.kind == "relative_inverse_depth"
     np.testing.assert_allclose(back.normalized(), d.normalized(), atol=0.5 / 65535 + 1e-7)
     assert len(np.unique(back.values)) > 256  # never squeezed through 8 bits
+
+
+def test_a_recorded_polarity_beats_a_given_one_with_a_warning(tmp_path, rng):
+    """One --depth-polarity serves every --depth file of a run: it silently inverted depth2img's own PNGs, which
+    record theirs, when given for the run's other files."""
+    from depth2img.errors import Depth2ImgWarning
+
+    d = DepthMap(rng.uniform(1, 80, size=(12, 10)), "metric_depth")
+    io.write_depth_png16(d, tmp_path / "d.png")
+    with pytest.warns(Depth2ImgWarning, match=r"d.png: the file records its depth as near-bright, which it keeps; "
+                      r"the polarity given \(far-bright\) is for files that record none$"):  # fmt: skip
+        back = io.read_depth_file(tmp_path / "d.png", "far-bright")
+    assert back.kind == "relative_inverse_depth" and back.meta["polarity"] == "near-bright"
+    np.testing.assert_allclose(back.normalized(), d.normalized(), atol=0.5 / 65535 + 1e-7)
+    np.savez(tmp_path / "k.npz", depth=d.values, kind="metric_depth")  # a DepthMap kind names it too
+    assert io.read_depth_file(tmp_path / "k.npz").kind == "metric_depth"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert io.read_depth_file(tmp_path / "d.png", "near-bright").kind == "relative_inverse_depth"
 
 
 def test_npy_round_trip_raw(tmp_path, rng):
