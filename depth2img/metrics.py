@@ -1,7 +1,8 @@
 """Geometry check: how well an output kept its source's depth.
 
 Depth is estimated on the output with the same estimator, aligned to the source depth in inverse-depth
-space by least-squares scale and shift (the MiDaS evaluation protocol), then compared in depth space:
+space by least-squares scale and shift (the MiDaS evaluation protocol; the scale kept >= 0, so an output whose
+near and far are swapped does not align), then compared in depth space:
 AbsRel (lower is better), delta < 1.25 (share of pixels within 25 %, higher is better), and the F1 score
 of depth edges matched within a small pixel tolerance (higher is better).
 """
@@ -150,6 +151,10 @@ def geometry_scores(source: DepthMap | GeometryReference, output: DepthMap) -> d
         raise InputError("geometry check: fewer than 2 valid pixels to compare")
     p = pred[valid]
     scale, shift = _fit(p, g)
+    if scale < 0:
+        # near and far swapped: a negative scale would fit a reversed depth as well as a faithful one (a perfect
+        # score); the best fit that keeps depth's direction is then flat, and scores what a flat output would
+        scale, shift = 0.0, float(g.mean())
     # aligned disparity cannot be farther than the farthest source pixel
     aligned = np.maximum(scale * p + shift, g.min())
     # depths d = 1 / disparity; r = d_out / d_src, so AbsRel = mean |r - 1| and delta1 = share of max(r, 1/r) < 1.25

@@ -29,6 +29,16 @@ def test_scaled_and_shifted_inverse_is_perfect(scene_depth):
     assert s["scale"] == pytest.approx(1 / 3.7) and s["shift"] == pytest.approx(-0.25 / 3.7)
 
 
+def test_swapped_near_and_far_is_no_fit(scene_depth):
+    """A negative scale fitted a depth with near and far swapped perfectly (absrel 0, delta1 1): a job's geometry
+    check accepted an output whose depth ran backwards."""
+    inverse = scene_depth.inverse()
+    reversed_ = geometry_scores(scene_depth, DepthMap(inverse.max() - inverse, "relative_inverse_depth"))
+    flat = geometry_scores(scene_depth, DepthMap(np.ones_like(inverse), "relative_inverse_depth"))
+    assert reversed_["scale"] == 0.0 and reversed_["absrel"] == pytest.approx(flat["absrel"], rel=1e-12)
+    assert reversed_["delta1"] == flat["delta1"] < 0.5 and reversed_["absrel"] > 0.5
+
+
 def test_relative_source_is_perfect_against_itself():
     rel = DepthMap(np.random.default_rng(0).uniform(0, 1, (40, 60)), "relative_inverse_depth")
     s = geometry_scores(rel, DepthMap(rel.values * 2 + 5, "relative_inverse_depth"))
@@ -148,6 +158,9 @@ def test_scores_equal_the_plain_formulas(case, rng):
     pred, pred_valid = conditioning.to_inverse(output.values, output.kind, output.valid)
     valid = source.valid & pred_valid & np.isfinite(source.values)
     aligned, s, t = align_scale_shift(pred, target, valid)
+    if s < 0:  # a fit reversing near and far is none: flat (uncorrelated random maps land on either side)
+        s, t = 0.0, target[valid].mean()
+        aligned = np.full_like(aligned, t)
     aligned = np.maximum(aligned, target[valid].min())
     d_out, d_src = 1.0 / aligned[valid], 1.0 / target[valid]
     ratio = np.maximum(d_out / d_src, d_src / d_out)
