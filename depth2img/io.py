@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import os
+import re
 import secrets
 import threading
 import warnings
@@ -22,8 +23,9 @@ from .errors import InputError, first_line
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 DEPTH_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".npz")
-# Decompression-bomb guard: images over this many pixels are refused before they are decoded.
-MAX_PIXELS = int(os.environ.get("DEPTH2IMG_MAX_PIXELS", 64_000_000))
+# Decompression-bomb guard: images over this many pixels are refused before they are decoded (DEPTH2IMG_MAX_PIXELS
+# sets another limit; ``pixel_limit``)
+MAX_PIXELS = 64_000_000
 MIN_SIDE = 16  # smaller images carry no usable structure for a depth estimator or a diffusion model
 # A longer side over this many times the shorter leaves the shorter too few pixels in a depth estimator's input
 # (Depth Anything V2 at 518 px rounds it to 0 beyond ~74:1) and a diffusion model's generation size
@@ -37,6 +39,16 @@ KIND_TEXT_KEY = "depth2img.kind"  # PNG text chunk our writer puts into 16-bit d
 # catch_warnings swaps the process's one filter list: two threads inside it at once (read-ahead loaders, the
 # app's workers) could restore each other's filters and leave the bomb-warning-as-error filter on for good
 _OPEN_LOCK = threading.Lock()
+
+
+def pixel_limit() -> int:
+    """The decompression-bomb limit: ``DEPTH2IMG_MAX_PIXELS`` if set, else ``MAX_PIXELS``."""
+    given = os.environ.get("DEPTH2IMG_MAX_PIXELS", "").strip()
+    if not given:
+        return MAX_PIXELS
+    if not given.isdigit() or int(given) < 1:
+        raise InputError(f"DEPTH2IMG_MAX_PIXELS must be an integer >= 1, got {given!r}")
+    return int(given)
 
 
 def _open(path: Path, max_pixels: int):
@@ -55,9 +67,14 @@ def _open(path: Path, max_pixels: int):
                 Image.MAX_IMAGE_PIXELS = max_pixels
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        counted = re.search(
+            r"\((\d+) pixels\)", str(err)
+        )  # Pillow's message: "Image size (N pixels) exceeds..."
+        size = f"{int(counted[1]):,} pixels, " if counted else ""
         raise InputError(
-            f"{path}: image is over the {max_pixels:,}-pixel limit (decompression-bomb guard)"
+            f"{path}: {size}over the {max_pixels:,}-pixel limit "
+            "(decompression-bomb guard; raise DEPTH2IMG_MAX_PIXELS to allow it)"
         ) from None
     except UnidentifiedImageError:
         raise InputError(f"{path}: not a readable image (unknown format or corrupt header)") from None
@@ -76,13 +93,13 @@ def _open(path: Path, max_pixels: int):
     return img
 
 
-def load_image(path: str | os.PathLike, *, max_pixels: int = MAX_PIXELS):
+def load_image(path: str | os.PathLike, *, max_pixels: int | None = None):
     """Open ``path`` as an 8-bit RGB PIL image: EXIF rotation applied, alpha composited on white,
     CMYK/palette/16-bit grey converted; the first frame of an animation."""
     from PIL import ImageOps
 
     path = Path(path)
-    img = _open(path, max_pixels)
+    img = _open(path, max_pixels or pixel_limit())
     try:
         img = ImageOps.exif_transpose(img)
     except Exception as err:
@@ -189,7 +206,7 @@ def read_depth_file(path: str | os.PathLike, polarity: str | None = None, *, dep
     if suffix in (".npy", ".npz"):
         values, recorded = _read_numpy(path)
     else:
-        img = _open(path, MAX_PIXELS)
+        img = _open(path, pixel_limit())
         recorded = img.info.get(KIND_TEXT_KEY)
         if img.mode in ("RGB", "RGBA", "P"):
             rgb = _wide_rgb(path, img)

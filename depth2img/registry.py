@@ -117,10 +117,10 @@ def _resolve(name: str | os.PathLike, section: str) -> ModelRef:
     if name == "tiny" or name.startswith("tiny/"):
         entry_name = load_registry().get("default_" + section[:-1]) if name == "tiny" else name[5:]
         if entry_name not in entries or entries[entry_name].tiny is None:
-            raise InputError(
-                f"{what} {name!r}: no tiny model for {entry_name!r}; known: "
-                + ", ".join("tiny/" + n for n in entries)
-            )
+            known = ", ".join("tiny/" + n for n in entries if entries[n].tiny is not None)
+            if entry_name is None:  # no default (loras)
+                raise InputError(f"{what} 'tiny': there is no default tiny {what}; name one: {known}")
+            raise InputError(f"{what} {name!r}: no tiny model for {entry_name!r}; known: {known}")
         entry = entries[entry_name]
         folder = tiny_root() / entry.tiny
         return ModelRef(name=name, location=str(folder), revision=None, is_local=True, entry=entry)

@@ -127,6 +127,16 @@ def test_unknown_names(name, message):
         DepthEstimator.from_pretrained(name)
 
 
+def test_tiny_lora_names_the_tiny_loras():
+    """'--lora tiny' said "no tiny model for None" (LoRAs have no default)."""
+    from depth2img.registry import resolve_lora
+
+    with pytest.raises(
+        InputError, match="^lora 'tiny': there is no default tiny lora; name one: tiny/lcm-sd15, "
+    ):
+        resolve_lora("tiny")
+
+
 def test_tiny_is_built_on_first_use(tmp_path, monkeypatch):
     monkeypatch.setenv("DEPTH2IMG_TINY_DIR", str(tmp_path / "fresh"))
     est = DepthEstimator.from_pretrained("tiny/dpt-hybrid")

@@ -85,6 +85,29 @@ def test_decompression_bomb_refused_before_decoding(tmp_path):
         io.load_image(tmp_path / "big.png", max_pixels=1_000_000)
 
 
+def test_pillows_own_bomb_guard_names_the_size_and_the_setting(tmp_path, monkeypatch):
+    """Pillow's guard (its limit under ours) named neither the image's size nor DEPTH2IMG_MAX_PIXELS."""
+    Image.new("L", (60, 50)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # stands for Pillow's 89.5 MP
+    for pillow_limit in (1000, 2000):  # over 2x its limit Pillow raises, between 1x and 2x it warns
+        monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pillow_limit)
+        with pytest.raises(InputError, match=r"big.png: 3,000 pixels, over the 500-pixel limit \(decompression-bomb "
+                           r"guard; raise DEPTH2IMG_MAX_PIXELS to allow it\)$"):  # fmt: skip
+            io.load_image(tmp_path / "big.png", max_pixels=500)
+
+
+def test_a_bad_pixel_limit_setting_is_one_line(tmp_path, monkeypatch, chelsea):
+    chelsea.save(tmp_path / "c.png")
+    monkeypatch.setenv("DEPTH2IMG_MAX_PIXELS", "abc")
+    with pytest.raises(InputError, match="^DEPTH2IMG_MAX_PIXELS must be an integer >= 1, got 'abc'$"):
+        io.load_image(tmp_path / "c.png")
+    monkeypatch.setenv("DEPTH2IMG_MAX_PIXELS", "100000")
+    with pytest.raises(InputError, match="is 135,300 pixels, over the 100,000-pixel limit"):
+        io.load_image(tmp_path / "c.png")
+    with pytest.raises(InputError, match="over the 100,000-pixel limit"):
+        io.read_depth_file(tmp_path / "c.png", "near-bright")
+
+
 def test_expand_inputs(tmp_path, chelsea):
     (tmp_path / "d").mkdir()
     chelsea.save(tmp_path / "d" / "b.png")
