@@ -13,13 +13,14 @@ import json
 import logging
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import Depth2ImgWarning, InputError, ModelLoadError, first_line
 from .featurecache import COMPILE_MODE_ATTR, swapped_forward, unet_feature_cache
-from .knobs import CONTROL_KNOBS, OFFLOAD_MODES, check_lora_scale
+from .knobs import CONTROL_KNOBS, DEFAULT_KNOBS, OFFLOAD_MODES, check_lora_scale
 from .loading import (
     LORA_FILES,
     PIPELINE_FILES,
@@ -342,10 +343,28 @@ class Backend:
     CONTROL_KNOBS: tuple[str, ...] = CONTROL_KNOBS
     last_pipeline_s = 0.0  # seconds inside diffusers' pipeline call, last batch
 
+    @classmethod
+    def control_knobs_for(cls, uses_lora: bool) -> tuple[str, ...]:
+        """The control knobs this backbone has (others given by the user are refused, not ignored)."""
+        return cls.CONTROL_KNOBS
+
+    @property
+    def uses_lora(self) -> bool:
+        """Whether a depth LoRA (Flux's Control LoRA) is loaded on the base, as its companion."""
+        return False
+
     @property
     def control_knobs(self) -> tuple[str, ...]:
-        """The control knobs this backbone has (others given by the user are refused, not ignored)."""
-        return self.CONTROL_KNOBS
+        return self.control_knobs_for(self.uses_lora)
+
+    @classmethod
+    def traits_for(cls, uses_lora: bool) -> BackboneTraits:
+        return BackboneTraits(cls.kind, cls.takes_negative_prompt, cls.control_knobs_for(uses_lora), cls.has_unet,
+                              tuple(cls.allowed_schedulers()))  # fmt: skip
+
+    @property
+    def traits(self) -> BackboneTraits:
+        return self.traits_for(self.uses_lora)
 
     def __init__(self, txt2img, ref: ModelRef, companion_ref: ModelRef | None = None):
         self.ref = ref
@@ -451,7 +470,8 @@ class Backend:
             self.scheduler_name = name
         return name
 
-    def allowed_schedulers(self) -> list[str]:
+    @classmethod
+    def allowed_schedulers(cls) -> list[str]:
         return [n for n in SCHEDULERS if n != "flow-euler"]
 
     def text_limit(self) -> tuple[object, int]:
@@ -708,12 +728,57 @@ class SDXLBackend(ControlNetBackend):
     default_scheduler = "euler"
 
 
-def check_negative_prompt(ref: ModelRef, negative: str | None, name: str = "negative_prompt") -> None:
-    """A negative prompt for a registry backbone whose pipeline takes none (Flux), refused before it loads; other
-    backbones are checked once loaded (``SceneTransformer.prepare``)."""
-    kind = ref.entry.pipeline if ref.entry is not None else None
-    if negative and kind in BACKENDS and not BACKENDS[kind].takes_negative_prompt:
-        raise InputError(f"{name}: backbone {ref.name!r} ({kind}) takes no negative prompt")
+@dataclass(frozen=True)
+class BackboneTraits:
+    """What a backbone takes: known from its pipeline kind (and for Flux, whether a depth LoRA comes with it), so a
+    registry backbone's is known before its weights load (``registry_traits``)."""
+
+    kind: str
+    takes_negative_prompt: bool
+    control_knobs: tuple[str, ...]
+    has_unet: bool
+    schedulers: tuple[str, ...]
+
+
+def registry_traits(ref: ModelRef) -> BackboneTraits | None:
+    """A registry backbone's traits before it loads; None for a hub id or folder (known once loaded)."""
+    entry = ref.entry
+    if entry is None or entry.pipeline not in BACKENDS:
+        return None
+    return BACKENDS[entry.pipeline].traits_for(uses_lora=entry.lora is not None)
+
+
+def check_backbone_knobs(traits: BackboneTraits, name: str, given: dict, negative_prompt: str | None = None,
+                         scheduler: str | None = None, label=str) -> None:  # fmt: skip
+    """Refuse what backbone ``name`` cannot do: a negative prompt where it takes none, a control knob it lacks set to
+    anything but its default (the default is what runs), a feature cache without a UNet, a scheduler it does not
+    offer. ``given``: the knobs asked for (None: not given). ``label(key)`` is how the caller's user spells a key
+    (``--control-scale``, ``job key knobs.control_scale``). Serves ``SceneTransformer.prepare`` (loaded) and the
+    CLI's and job files' checks before any model loads (``registry_traits``)."""
+    kind = traits.kind
+    if negative_prompt and not traits.takes_negative_prompt:
+        raise InputError(f"{label('negative_prompt')}: backbone {name!r} ({kind}) takes no negative prompt")
+    foreign = [k for k in CONTROL_KNOBS if given.get(k) not in (None, DEFAULT_KNOBS[k])
+               and k not in traits.control_knobs]  # fmt: skip
+    if foreign:
+        hint = (
+            "; flux-depth-lora has control_scale (its LoRA scale)"
+            if kind == "flux-control" and "control_scale" in foreign
+            else ""
+        )
+        raise InputError(
+            f"{', '.join(map(label, foreign))}: backbone {name!r} ({kind}) has no such knob{hint}"
+        )
+    cache = given.get("feature_cache")
+    if cache is not None and cache > 1 and not traits.has_unet:
+        raise InputError(
+            f"{label('feature_cache')}: backbone {name!r} ({kind}) has no UNet to cache; "
+            "it works with sd15-depth, sd2-depth and sdxl-depth"
+        )
+    if scheduler is not None and scheduler not in traits.schedulers:
+        raise InputError(
+            f"{label('scheduler')} {scheduler!r} is not one of {', '.join(traits.schedulers)} for {kind}"
+        )
 
 
 def check_speed_lora(kind: str, ref: ModelRef) -> None:
@@ -778,9 +843,9 @@ class FluxBackend(Backend):
     # outputs differ from bf16/fp32 (diffusers' Flux docs, 'Running FP16 inference').
     accelerator_dtype = "bfloat16"
 
-    @property
-    def control_knobs(self):
-        return ("control_scale",) if self.uses_lora else ()
+    @classmethod
+    def control_knobs_for(cls, uses_lora: bool) -> tuple[str, ...]:
+        return ("control_scale",) if uses_lora else ()
 
     @classmethod
     def load(cls, ref, *, path, dtype, local_files_only):
@@ -810,7 +875,8 @@ class FluxBackend(Backend):
     def uses_lora(self) -> bool:
         return self.companion_ref is not None
 
-    def allowed_schedulers(self):
+    @classmethod
+    def allowed_schedulers(cls):
         return ["flow-euler"]
 
     def text_limit(self):

@@ -145,11 +145,15 @@ class Job:
         negative = self.knobs.get("negative_prompt")
         if negative is not None and not isinstance(negative, str):
             raise InputError(f"job key knobs.negative_prompt must be a string, got {negative!r}")
-        from .backends import check_negative_prompt
+        self._check_values()
+        from .backends import check_backbone_knobs, registry_traits
         from .registry import resolve_backbone
 
-        check_negative_prompt(resolve_backbone(self.model), negative, "job key knobs.negative_prompt")
-        self._check_values()
+        ref = resolve_backbone(self.model)
+        traits = registry_traits(ref)
+        if traits is not None:  # a hub id's or folder's backbone is checked once loaded
+            check_backbone_knobs(traits, ref.name, self.knobs, negative, self.knobs.get("scheduler"),
+                                 label=lambda key: f"job key knobs.{key}")  # fmt: skip
         check_compile(self.compile, "job key compile", feature_cache=self.knobs.get("feature_cache", 1))
         self._check_labels()
         if self.matrix is not None:

@@ -302,8 +302,8 @@ def _cmd_transform(args) -> int:
         check_denoising_steps,
         check_knobs,
         check_num_images,
-        check_seed,
         resolved_knobs,
+        seed_run,
     )
     from .presets import load_presets, resolve
 
@@ -328,9 +328,9 @@ def _cmd_transform(args) -> int:
     resolved = resolved_knobs(preset_knobs, lora_knobs, given)
     check_knobs(resolved)
     check_denoising_steps(resolved["steps"], resolved["strength"])
-    if args.seed is not None:
-        check_seed(args.seed)
     check_num_images(args.num_images)
+    if args.seed is not None:
+        seed_run(args.seed, args.num_images)
     check_batch_size(args.batch_size, "--batch-size")
     check_compile(args.compile, "--compile", args.offload, args.feature_cache, offload_name="--offload",
                   cache_name="--feature-cache")  # fmt: skip
@@ -339,12 +339,16 @@ def _cmd_transform(args) -> int:
 
         if args.scheduler not in SCHEDULERS:
             raise InputError(f"scheduler {args.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
-    from .backends import check_memory_options, check_negative_prompt
+    from .backends import check_backbone_knobs, check_memory_options, registry_traits
     from .loading import resolve_device
     from .registry import resolve_backbone
 
     check_memory_options(device=resolve_device(args.device), offload=args.offload, attention=args.attention)
-    check_negative_prompt(resolve_backbone(args.model), args.negative_prompt, "--negative-prompt")
+    ref = resolve_backbone(args.model)
+    traits = registry_traits(ref)
+    if traits is not None:  # a hub id's or folder's backbone is checked once loaded, for each input
+        check_backbone_knobs(traits, ref.name, given, args.negative_prompt, args.scheduler,
+                             label=lambda key: "--" + key.replace("_", "-"))  # fmt: skip
     _quiet_libraries()
     from .transform_run import run_transform
 

@@ -113,6 +113,17 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
+def seed_run(seed, num_images: int) -> list[int]:
+    """The seeds of ``num_images`` images from ``seed``: image i uses seed + i, which must stay a seed."""
+    base = check_seed(seed)
+    if base + num_images - 1 > MAX_SEED:
+        raise InputError(
+            f"seed {base} with num_images {num_images}: image i uses seed + i, which passes 2**63-1; "
+            "give a smaller seed"
+        )
+    return list(range(base, base + num_images))
+
+
 def check_batch_size(n, name: str = "batch_size") -> int:
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError(f"{name} must be an integer >= 1, got {n!r}")

@@ -24,7 +24,6 @@ from .io import check_image, to_rgb
 from .knobs import (
     CONTROL_KNOBS,
     DEFAULT_KNOBS,
-    MAX_SEED,
     check_batch_size,
     check_compile,
     check_denoising_steps,
@@ -33,6 +32,7 @@ from .knobs import (
     check_seed,
     denoising_steps,
     resolved_knobs,
+    seed_run,
 )
 from .loading import resolve_device
 from .outputs import CPU_THREADS
@@ -280,35 +280,17 @@ class SceneTransformer:
         image = to_rgb(check_image(image))
         final_prompt, preset_negative, preset_knobs = presets_mod.resolve(prompt, preset, self.presets)
         negative = presets_mod._merge_phrases(negative_prompt or "", preset_negative)
-        if not self.backend.takes_negative_prompt:
-            if negative_prompt:
-                raise InputError(
-                    f"negative_prompt: backbone {self.name!r} ({self.backend.kind}) takes no negative prompt"
-                )
-            negative = ""
         given = {"steps": steps, "strength": strength, "guidance_scale": guidance_scale,
                  "control_scale": control_scale, "control_start": control_start, "control_end": control_end,
                  "feature_cache": feature_cache}  # fmt: skip
         knobs = resolved_knobs(preset_knobs, self.model_knobs, given)
         check_knobs(knobs)
-        # a control knob this backbone lacks is refused only when it asks for something: its default is what runs
-        foreign = [k for k in CONTROL_KNOBS if given[k] not in (None, DEFAULT_KNOBS[k])
-                   and k not in self.backend.control_knobs]  # fmt: skip
-        if foreign:
-            hint = (
-                "; flux-depth-lora has control_scale (its LoRA scale)"
-                if self.backend.kind == "flux-control" and "control_scale" in foreign
-                else ""
-            )
-            raise InputError(
-                f"{', '.join(foreign)}: backbone {self.name!r} ({self.backend.kind}) has no such knob{hint}"
-            )
+        from .backends import check_backbone_knobs
+
+        check_backbone_knobs(self.backend.traits, self.name, given, negative_prompt)
+        if not self.backend.takes_negative_prompt:
+            negative = ""  # a preset's negatives do not apply here
         if knobs["feature_cache"] > 1 and not self.backend.has_unet:
-            if feature_cache is not None:
-                raise InputError(
-                    f"feature_cache: backbone {self.name!r} ({self.backend.kind}) has no UNet to cache; "
-                    "it works with sd15-depth, sd2-depth and sdxl-depth"
-                )
             knobs["feature_cache"] = 1  # from a preset: does not apply here
         for k in CONTROL_KNOBS:
             if k not in self.backend.control_knobs:
@@ -325,13 +307,7 @@ class SceneTransformer:
                 raise InputError("seed list is empty")
             num_images = len(seeds)
         else:
-            base = check_seed(seed)
-            if base + num_images - 1 > MAX_SEED:
-                raise InputError(
-                    f"seed {base} with num_images {num_images}: image i uses seed + i, which passes 2**63-1; "
-                    "give a smaller seed"
-                )
-            seeds = list(range(base, base + num_images))
+            seeds = seed_run(seed, num_images)
         scheduler_name = self.backend.set_scheduler(scheduler)
         # LCM and TCD pick their steps from a schedule of original_inference_steps (50): diffusers raises past it
         most = self.backend.pipe.scheduler.config.get("original_inference_steps")

@@ -54,6 +54,10 @@ def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
         (["--prompt", "x", "--strength", "2"], r"strength must be in (0, 1], got 2.0"),
         (["--prompt", "x", "--steps", "0"], "steps must be an integer in 1..1000, got 0"),
         (["--prompt", "x", "--seed", "-1"], "seed must be an integer in 0..2**63-1, got -1"),
+        (
+            ["--prompt", "x", "--seed", str(2**63 - 1), "--num-images", "2"],
+            f"seed {2**63 - 1} with num_images 2: image i uses seed + i, which passes 2**63-1; give a smaller seed",
+        ),
         (["--prompt", "x", "--control-start", "0.9", "--control-end", "0.1"], "0 <= start < end <= 1"),
         (["--prompt", "x", "--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
         # with the default strength 0.8 (each input refused it alone, after the model had loaded)
@@ -385,10 +389,23 @@ def test_a_batch_of_photos_is_estimated_in_one_estimator_call(tmp_path, photos_d
         assert (out / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
 
 
-def test_a_negative_prompt_for_flux_is_refused_before_any_model_loads(
-    tmp_path, photos_dir, capsys, monkeypatch
-):
-    """Flux takes no negative prompt: each input failed with it, after both models had loaded."""
+@pytest.mark.parametrize(
+    "model, argv, message",
+    [
+        ("tiny/flux-depth", ["--negative-prompt", "blurry"],
+         "--negative-prompt: backbone 'tiny/flux-depth' (flux-control) takes no negative prompt"),
+        ("tiny/flux-depth", ["--control-scale", "0.5"], "--control-scale: backbone 'tiny/flux-depth' (flux-control) "
+         "has no such knob; flux-depth-lora has control_scale (its LoRA scale)"),
+        ("tiny/sd2-depth", ["--control-start", "0.2", "--control-end", "0.8"],
+         "--control-start, --control-end: backbone 'tiny/sd2-depth' (sd2-depth) has no such knob"),
+        ("tiny/flux-depth", ["--feature-cache", "2"], "--feature-cache: backbone 'tiny/flux-depth' (flux-control) has "
+         "no UNet to cache; it works with sd15-depth, sd2-depth and sdxl-depth"),
+        ("tiny/flux-depth", ["--scheduler", "ddim"], "--scheduler 'ddim' is not one of flow-euler for flux-control"),
+    ],
+)  # fmt: skip
+def test_what_a_registry_backbone_cannot_take_is_refused_before_any_model_loads(tmp_path, photos_dir, capsys,
+                                                                                monkeypatch, model, argv, message):  # fmt: skip
+    """Each input failed with it, one line apiece, after both models had loaded."""
     from depth2img.estimators import DepthEstimator
     from depth2img.transformer import SceneTransformer
 
@@ -397,11 +414,9 @@ def test_a_negative_prompt_for_flux_is_refused_before_any_model_loads(
 
     monkeypatch.setattr(SceneTransformer, "from_pretrained", no_loading)
     monkeypatch.setattr(DepthEstimator, "from_pretrained", no_loading)
-    code, _, err = run(capsys, "transform", photos_dir, "-o", tmp_path / "o", "--model", "tiny/flux-depth",
-                       "--prompt", "x", "--negative-prompt", "blurry", "-q")  # fmt: skip
-    assert code == 2 and err == (
-        "depth2img: error: --negative-prompt: backbone 'tiny/flux-depth' (flux-control) takes no negative prompt\n"
-    )
+    code, _, err = run(capsys, "transform", photos_dir, "-o", tmp_path / "o", "--model", model, "--prompt", "x",
+                       *argv, "-q")  # fmt: skip
+    assert code == 2 and err == f"depth2img: error: {message}\n"
     assert not (tmp_path / "o").exists()
 
 
