@@ -221,6 +221,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     from torch.utils.flop_counter import FlopCounterMode
 
     from . import backends
+    from .depth_run import output_dir
     from .depthmap import DepthMap
     from .errors import InputError
     from .knobs import check_compile
@@ -232,6 +233,8 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         raise InputError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
     if repeats < 1:
         raise InputError(f"repeats must be >= 1, got {repeats!r}")
+    if peak_tflops is not None and not peak_tflops > 0:
+        raise InputError(f"--peak-tflops must be > 0, got {peak_tflops!r}")
     modes = compile_mode.split(",") if compile_mode else []
     for mode in modes:
         check_compile(mode, "--compile", feature_cache=feature_cache, cache_name="--feature-cache")
@@ -241,6 +244,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     if low_vram and device.type != "cuda":
         raise InputError("--low-vram measures GPU memory under CPU offload; no GPU is available here")
     backends.check_attention(attention, "--attention")  # before any model is built
+    out_dir = output_dir(out_dir, ())  # a file there failed only after the whole run, losing its figures
     size = size or (1024 if backbone == "sdxl" else 512)
     plain_dtype, fast_dtype = _dtypes(device, dtype)
     progress(f"building {backbone} + ControlNet ({preset}) on {device} ...")
@@ -475,9 +479,11 @@ def run_depth_bench(*, preset: str = "full", images: int = 16, repeats: int = 3,
     from skimage import data
     from transformers import pipeline
 
+    from .depth_run import output_dir
     from .estimators import DepthEstimator
     from .loading import resolve_device
 
+    out_dir = output_dir(out_dir, ())  # before the run, not after it
     device = resolve_device(device)
     plain_dtype, fast_dtype = _dtypes(device, dtype)
     photos = [Image.fromarray(data.chelsea())] * images

@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", metavar="NAME[+NAME]", help="e.g. winter, rain+night; see `depth2img presets`")
     p.add_argument("--negative-prompt", help="what to avoid (added to the presets' negatives)")
     p.add_argument("--model", metavar="NAME|ID|PATH", help="backbone: sd15-depth (default), sd2-depth, sdxl-depth, "
-                   "flux-depth, tiny[/entry], a hub id or a folder")  # fmt: skip
+                   "flux-depth, flux-depth-lora, tiny[/entry], a hub id or a folder")  # fmt: skip
     p.add_argument(
         "--estimator", metavar="NAME|ID|PATH", help="depth estimator (default depth-anything-v2-small)"
     )
@@ -103,7 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="speed for quality: run the UNet's deep blocks (and the ControlNet) on every N-th step only, "
                         "reusing their features in between (DeepCache-like; UNet backbones; default 1 = off)")  # fmt: skip
     p.add_argument(
-        "--scheduler", help="unipc, ddim, pndm, euler, euler-a, dpm++, dpm++-karras, lms (Flux: flow-euler)"
+        "--scheduler",
+        help="unipc, ddim, pndm, euler, euler-a, dpm++, dpm++-karras, lms, lcm, tcd, ddim-trailing "
+        "(Flux: flow-euler)",
     )
     p.add_argument("--lora", metavar="NAME|ID|PATH",
                    help="few-step LoRA fused into the UNet: lcm-sd15, lcm-sdxl, hyper-sd15-8step (sets its scheduler, "
@@ -385,6 +387,11 @@ def _cmd_app(args) -> int:
     from .ui import check_serving
 
     check_serving(pick["port"], args.auth)  # before the model loads and warms up (minutes when compiled)
+    from .registry import resolve_backbone, resolve_estimator
+
+    # names that resolve to nothing: before serving, not at the first Generate
+    resolve_backbone(pick["model"])
+    resolve_estimator(pick["estimator"])
     _quiet_libraries()
     from .service import Service
     from .ui import launch

@@ -10,7 +10,7 @@ from functools import partial
 from .depth_run import RunReport, _stems, output_dir_for, read_ahead
 from .errors import Depth2ImgError, InputError
 from .io import load_image
-from .knobs import check_batch_size
+from .knobs import DEFAULT_KNOBS, check_batch_size
 from .outputs import (
     MANIFEST,
     BackgroundWriter,
@@ -53,6 +53,10 @@ def run_transform(
     from .transformer import SceneTransformer
 
     check_batch_size(batch_size)
+    unknown = sorted(set(knobs or {}) - set(DEFAULT_KNOBS))
+    if unknown:  # they failed as a TypeError from prepare, once both models had loaded
+        raise InputError(f"knobs: {unknown[0]!r} is not a knob ({', '.join(DEFAULT_KNOBS)}); scheduler is its own "
+                         "argument")  # fmt: skip
     report = RunReport(on_error=on_error)
     paths = report.collect(inputs)
     if depth is not None and len(depth) != len(paths):

@@ -148,7 +148,8 @@ class SceneTransformer:
                         native_size: int | None = None, offload: str | None = None, vae_tiling: bool = False,
                         vae_slicing: bool = False, attention: str = "sdpa", preset_files=(), lora: str | None = None,
                         lora_scale: float = 1.0, compile: str | None = None):  # fmt: skip
-        """Load a backbone: registry name (``sd15-depth`` default, ``sd2-depth``, ``sdxl-depth``, ``flux-depth``),
+        """Load a backbone: registry name (``sd15-depth`` default, ``sd2-depth``, ``sdxl-depth``, ``flux-depth``,
+        ``flux-depth-lora``),
         ``tiny`` / ``tiny/<entry>``, a hub id or a local folder. ``estimator`` is a name for the depth model
         (loaded on first need) or a loaded ``DepthEstimator``. ``lora`` adds a few-step LoRA (``lcm-sd15``,
         ``lcm-sdxl``, ``hyper-sd15-8step``, a hub id or folder): fused in, with its scheduler and step count as

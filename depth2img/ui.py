@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import os
 import secrets
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -406,12 +407,21 @@ def launch(service, *, host: str = "127.0.0.1", port: int = 7860, share: bool = 
     demo = create_demo(service)
     demo.queue(max_size=queue_size, default_concurrency_limit=1)
     try:
+        # quiet: gradio's own lines end with a hint to set share=True in launch(), which is --share here
         demo.launch(server_name=host, server_port=port, share=share, auth=credentials,
-                    max_file_size=f"{max_upload_mb}mb", prevent_thread_lock=not block, quiet=not block,
+                    max_file_size=f"{max_upload_mb}mb", prevent_thread_lock=True, quiet=True,
                     show_error=False)  # fmt: skip
     except OSError as err:  # the port is taken, or the host is not an address of this machine
         raise InputError(f"cannot serve on {host}:{port} ({first_line(err).split('. ')[0]}); choose another --port "
                          "or --host") from None  # fmt: skip
+    if block:
+        public = f" and {demo.share_url}" if getattr(demo, "share_url", None) else ""
+        print(
+            f"depth2img app: serving on {demo.local_url}{public} (Ctrl+C stops it)",
+            file=sys.stderr,
+            flush=True,
+        )
+        demo.block_thread()
     return demo
 
 

@@ -95,6 +95,11 @@ def test_app_cli_errors(capsys, monkeypatch):
         assert "--auth must be USER:PASSWORD, got 'nopassword'" in capsys.readouterr().err
         assert main(["app", "--model", "tiny", "--port", "70000"]) == 2
         assert "--port must be in 1..65535, got 70000" in capsys.readouterr().err
+        # a name that resolves to nothing was served, failing at the first Generate
+        assert main(["app", "--model", "nope", "--port", str(_free_port())]) == 2
+        assert "model 'nope' is not a registry name" in capsys.readouterr().err
+        assert main(["app", "--model", "tiny", "--estimator", "nope", "--port", str(_free_port())]) == 2
+        assert "estimator 'nope' is not a registry name" in capsys.readouterr().err
     assert main(["app", "--queue-size", "0"]) == 2
     capsys.readouterr()
     import os

@@ -222,6 +222,10 @@ def test_bench_argument_errors(capsys):
         ),
         (["--attention", "xformers"], "--attention xformers needs the xformers extra"),
         (["--feature-cache", "0"], "feature_cache must be an integer in 1..10 (1 = off), got 0"),
+        (["--peak-tflops", "-1"], "--peak-tflops must be > 0, got -1.0"),
+        # before the run, not after it (its figures were lost)
+        (["-o", __file__], f"output folder {__file__} is a file"),
+        (["--depth", "-o", __file__], f"output folder {__file__} is a file"),
     ]:
         if argv[0] == "--attention" and importlib.util.find_spec("xformers"):
             continue  # installed: then it is timed, not refused

@@ -33,6 +33,18 @@ def test_help_and_usage_errors_do_not_import_torch():
     assert "HEAVY []" in res.stdout, res.stdout + res.stderr
 
 
+def test_transform_help_names_every_backbone_and_scheduler(capsys):
+    """The help had left out flux-depth-lora and the lcm, tcd and ddim-trailing schedulers it accepts."""
+    from depth2img.backends import SCHEDULERS
+    from depth2img.registry import load_registry
+
+    with pytest.raises(SystemExit):
+        main(["transform", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    for name in [*load_registry()["backbones"], *SCHEDULERS]:
+        assert name in text, name
+
+
 def test_depth_happy_path(tmp_path, photos_dir, capsys):
     code, _, err = run(capsys, "depth", photos_dir, "-o", tmp_path / "out", "--estimator", "tiny", "-q")
     assert code == 0, err

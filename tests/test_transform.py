@@ -488,6 +488,24 @@ def test_an_output_with_nan_pixels_is_an_error_not_a_black_image(sd15, photo, de
     assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == []
 
 
+def test_run_transform_refuses_an_unknown_knob_before_loading(tmp_path, photo, monkeypatch):
+    """A misspelt knob failed as prepare()'s TypeError once both models had loaded."""
+    from depth2img import run_transform
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(SceneTransformer, "from_pretrained", no_loading)
+    photo.save(tmp_path / "a.png")
+    with pytest.raises(
+        InputError, match=r"^knobs: 'guidance' is not a knob \(steps, strength, guidance_scale, "
+    ):
+        run_transform(
+            [tmp_path / "a.png"], tmp_path / "out", prompt=PROMPT, model="tiny", knobs={"guidance": 3}
+        )
+    assert not (tmp_path / "out").exists()
+
+
 def test_sdxl_equals_diffusers(photo, depth, tiny_dir):
     from diffusers import ControlNetModel, StableDiffusionXLControlNetImg2ImgPipeline
 
