@@ -132,7 +132,10 @@ class Job:
         if self.seeds == []:
             raise InputError("job key seeds must be a count or a non-empty list of integers, got []")
         for s in self.seed_list():
-            check_seed(s)
+            try:
+                check_seed(s)
+            except InputError as err:
+                raise InputError(f"job key seeds: {err}") from None
         repeated = sorted(s for s, n in collections.Counter(self.seed_list()).items() if n > 1)
         if repeated:
             raise InputError(f"job key seeds lists {repeated[0]} more than once; each seed makes one image")
@@ -654,6 +657,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         raise InputError(
             f"output directory {root} already holds a run; pass --resume to continue it, or choose another"
         )
+    if resume and earlier_run:
+        _check_same_run(job, root / "job.resolved.yaml")
     try:
         root.mkdir(parents=True, exist_ok=True)
         if rank == 0:
@@ -886,6 +891,40 @@ def _generate(st, units: list[_Item], report: JobReport) -> list:
     )
     report.diffusion_s += sum(r.timings["diffusion_s"] for r in results if not isinstance(r, Depth2ImgError))
     return [r if isinstance(r, Depth2ImgError) else (r.images[0], r.metadata[0]) for r in results]
+
+
+# What makes an item's image, or judges it: a resumed run that changed one would mix images made two ways in one
+# dataset. (Seeds, inputs and variations may be added, and geometry retries changed; compile and batch sizes change
+# images only within rounding.)
+SAME_RUN_KEYS = ("model", "estimator", "lora", "lora_scale", "knobs", "geometry", "layout", "labels")
+
+
+def _check_same_run(job: Job, recorded: Path) -> None:
+    """On --resume, refuse a job whose image-making settings differ from the run it continues."""
+    try:
+        earlier = yaml.safe_load(recorded.read_text())
+    except (OSError, yaml.YAMLError):
+        return  # an older or damaged record: nothing to compare with
+    if not isinstance(earlier, dict):
+        return
+    now = yaml.safe_load(
+        yaml.safe_dump(_resolved(job), sort_keys=False)
+    )  # the record's types (lists, not tuples)
+    for record in (earlier, now):
+        if isinstance(record.get("geometry"), dict):
+            record["geometry"] = {k: v for k, v in record["geometry"].items() if k != "retries"}
+    changed = [k for k in SAME_RUN_KEYS if k in earlier and earlier[k] != now[k]]
+    before = {v.get("name"): v for v in earlier.get("variations") or [] if isinstance(v, dict)}
+    changed += [
+        f"variation {v['name']!r}"
+        for v in now["variations"]
+        if v["name"] in before and before[v["name"]] != v
+    ]
+    if changed:
+        raise InputError(
+            f"--resume: this job's {', '.join(changed)} differ from the run in {recorded.parent} ({recorded.name}); "
+            "its earlier images were made otherwise: restore them, or choose another output folder"
+        )
 
 
 def _resolved(job: Job) -> dict:

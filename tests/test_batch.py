@@ -317,6 +317,17 @@ def test_resume_skips_finished_and_refuses_to_mix_runs(dataset, tmp_path):
     again = run_job(job, resume=True, progress=False)
     assert again.done == 0 and again.skipped == 3
     assert len(read_manifest(tmp_path / "r" / "manifest.jsonl")) == 3
+    # what makes the images must not change under --resume (new items would be made another way)
+    text = job.read_text()
+    for edit, changed in [
+        (text.replace("model: tiny", "model: tiny/sd2-depth"), "model"),
+        (text.replace("strength: 0.5", "strength: 0.6"), "knobs"),
+    ]:  # fmt: skip
+        job.write_text(edit)
+        with pytest.raises(InputError, match=f"^--resume: this job's {changed} differ from the run in .*r "
+                           r"\(job.resolved.yaml\); its earlier images were made otherwise"):  # fmt: skip
+            run_job(job, resume=True, progress=False)
+    assert (tmp_path / "r" / "job.resolved.yaml").read_text() == resolved
 
 
 def test_missing_inputs_are_listed_and_skipped(dataset, tmp_path):
@@ -385,7 +396,7 @@ def test_output_names_cannot_escape(dataset, tmp_path):
         ("inputs: a\noutput: b\nprompt: x\nknobs: {stepz: 3}\n", "knobs.stepz is unknown"),
         (
             "inputs: a\noutput: b\nprompt: x\nseeds: [1, -2]\n",
-            "seed must be an integer in 0..2\\*\\*63-1, got -2",
+            "job key seeds: seed must be an integer in 0..2\\*\\*63-1, got -2",
         ),
         (
             "inputs: a\noutput: b\nmatrix: {template: '{x}', axes: {y: [1]}}\n",
