@@ -154,9 +154,8 @@ def test_a_torn_last_manifest_line_does_not_swallow_the_next_runs_record(sd15, f
     assert not report.failed and len(report.written) >= 1
     lines = read_manifest(out / "manifest.jsonl")
     assert [r["output"] for r in lines] == ["old_s0.png", "f0_s5.png"] and lines[1]["seed"] == 5
-    assert (
-        (out / "manifest.jsonl").read_text().startswith(good + "{")
-    )  # the torn line is cut, the next follows
+    # the torn line is cut off, and the next run's line follows the good one
+    assert (out / "manifest.jsonl").read_text().startswith(good + "{")
 
 
 def test_a_rerun_drops_the_manifest_lines_of_outputs_deleted_since(sd15, frames, tmp_path):
