@@ -29,7 +29,7 @@ from typing import NamedTuple
 import yaml
 
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError, OutOfMemory
-from .io import atomic_path, expand_inputs, load_image, write_depth_products
+from .io import atomic_path, expand_inputs, load_image, stale_temp_files, write_depth_products
 from .knobs import DEFAULT_KNOBS, MAX_SEED, check_batch_size
 from .outputs import BackgroundWriter, append_manifest, read_manifest, safe_name, save_png
 from .transformer import _batchable
@@ -642,8 +642,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     labels = Labels(job)
     labels.check(paths)
     earlier_run = any(root.glob("manifest*.jsonl"))
-    if rank == 0 and root.is_dir():
-        for stale in root.rglob(".*.part*"):  # temp files of a killed run
+    if rank == 0 and root.is_dir() and (resume or not earlier_run):  # an earlier run is refused, untouched
+        for stale in stale_temp_files(root):  # of a killed run
             stale.unlink(missing_ok=True)
     records = [r for m in root.glob("manifest*.jsonl") for r in read_manifest(m)]
     tried: dict[str, int] = {}  # item -> the highest attempt an earlier run recorded

@@ -340,6 +340,21 @@ def _read_numpy(path: Path):
 PNG_COMPRESS_LEVEL = 1
 
 
+# atomic_path's temporary names: ".NAME.<8 hex>.part<NAME's suffix>"
+_TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.part(?P<suffix>.*)")
+
+
+def stale_temp_files(root: Path) -> list[Path]:
+    """The temporary files ``atomic_path`` left under ``root`` when its process was killed: files named as it names
+    them, nothing else (a user's ``.notes.partial.txt`` or a folder ``.cache.parts`` is no temp file)."""
+    found = []
+    for p in root.rglob(".*.part*"):
+        m = _TEMP_NAME.fullmatch(p.name)
+        if m and Path(m["name"]).suffix == m["suffix"] and p.is_file() and not p.is_symlink():
+            found.append(p)
+    return found
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
     """Yield a temporary path beside ``path``; on success it is renamed over ``path``, on error removed."""

@@ -119,10 +119,15 @@ def test_resume_removes_the_stale_temp_files_of_a_killed_run(frames, tmp_path):
     ]
     for p in stale:
         p.write_bytes(b"half")
+    # named like them, but no temp file of ours: a user's file and a folder (it crashed on unlink)
+    kept = [out / "images" / ".notes.partial.txt", out / ".f0.png.1a2b3c4d.part.jpg", out / ".cache.parts"]
+    kept[0].write_text("mine")
+    kept[1].write_text("suffix differs")
+    kept[2].mkdir()
     again = run_job(job, resume=True, progress=False)
     assert again.skipped == 1 and again.done == 0
-    assert not any(p.exists() for p in stale)
-    assert [p.name for p in (out / "images").iterdir()] == ["f0__fog__s0.png"]  # the finished image is kept
+    assert not any(p.exists() for p in stale) and all(p.exists() for p in kept)
+    assert sorted(p.name for p in (out / "images").iterdir()) == [".notes.partial.txt", "f0__fog__s0.png"]
 
 
 def test_list_file_lines_are_taken_from_the_list_files_folder(frames, tmp_path):
