@@ -409,6 +409,7 @@ def _cmd_app(args) -> int:
 
 def _cmd_batch(args) -> int:
     from .batch import load_job
+    from .metrics import METRICS
 
     job = load_job(args.job)  # checked before any model loads
     _quiet_libraries()
@@ -416,6 +417,11 @@ def _cmd_batch(args) -> int:
 
     report = run_job(job, resume=args.resume, progress=not args.quiet, on_error=_say_above_bar)
     print(f"depth2img batch: {report.summary()}", file=sys.stderr)
+    if report.rejected and not report.done:
+        g = job.geometry
+        _say(f"no image passed the geometry check ({g.metric} {'<=' if METRICS[g.metric] == 'lower' else '>='} "
+             f"{g.threshold}); rejected items write no image")  # fmt: skip
+        return EXIT_USAGE
     return 0 if not report.failed else EXIT_USAGE
 
 

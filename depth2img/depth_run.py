@@ -100,17 +100,16 @@ def output_dir(out_dir, inputs: Sequence) -> Path:
 
 @contextlib.contextmanager
 def output_dir_for(out_dir, inputs: Sequence) -> Iterator[Path]:
-    """``output_dir``, for the block that loads the models: should that fail, a folder it created is removed again
-    while still empty (a bad model name left an empty output folder)."""
+    """``output_dir``, for a run's block: a folder it created is removed again if still empty at the end (a bad
+    model name, or a run whose every input failed, left an empty output folder)."""
     existed = Path(out_dir).exists()
     path = output_dir(out_dir, inputs)
     try:
         yield path
-    except BaseException:
+    finally:
         if not existed:
             with contextlib.suppress(OSError):
                 path.rmdir()  # only if still empty
-        raise
 
 
 def read_ahead(submit: Callable, items: Sequence) -> Iterator:
@@ -167,48 +166,50 @@ def run_depth(
             estimator = DepthEstimator.from_pretrained(
                 estimator, device=device, dtype=dtype, local_files_only=local_files_only
             )
-    stems = _stems(paths)
-    bar = tqdm(total=len(paths), unit="img", desc="depth", disable=not progress)
+        stems = _stems(paths)
+        bar = tqdm(total=len(paths), unit="img", desc="depth", disable=not progress)
 
-    # A chunk's products are written by the writer threads while the next chunk is read and estimated
-    writer = BackgroundWriter(threads=writer_threads(CPU_THREADS))
-    try:
-        for start in range(0, len(paths), CHUNK_IMAGES):
-            chunk = range(start, min(start + CHUNK_IMAGES, len(paths)))
-            depths = {}
-            images = {}
-            for i in chunk:
-                try:
-                    images[i] = load_image(paths[i])
-                    if right_paths is not None:
-                        from .stereo import stereo_depth
+        # A chunk's products are written by the writer threads while the next chunk is read and estimated
+        writer = BackgroundWriter(threads=writer_threads(CPU_THREADS))
+        try:
+            for start in range(0, len(paths), CHUNK_IMAGES):
+                chunk = range(start, min(start + CHUNK_IMAGES, len(paths)))
+                depths = {}
+                images = {}
+                for i in chunk:
+                    try:
+                        images[i] = load_image(paths[i])
+                        if right_paths is not None:
+                            from .stereo import stereo_depth
 
-                        right_img = load_image(right_paths[i])
-                        try:
-                            depths[i] = stereo_depth(images[i], right_img)
-                        except InputError as err:
-                            raise InputError(f"{paths[i]}: {err}") from None
+                            right_img = load_image(right_paths[i])
+                            try:
+                                depths[i] = stereo_depth(images[i], right_img)
+                            except InputError as err:
+                                raise InputError(f"{paths[i]}: {err}") from None
+                            bar.update(1)
+                    except Depth2ImgError as err:
+                        report.fail(str(err))
                         bar.update(1)
-                except Depth2ImgError as err:
-                    report.fail(str(err))
-                    bar.update(1)
-            if right_paths is None and images:
-                keys = list(images)
-                for i, depth in zip(
-                    keys,
-                    estimator.isolated([images[k] for k in keys], batch_size=batch_size, progress=bar.update),
-                ):
-                    if isinstance(depth, Depth2ImgError):
-                        report.fail(f"{paths[i]}: {depth}")
-                    else:
-                        depths[i] = depth
-            for i in chunk:
-                if i not in depths:
-                    continue
-                write = partial(write_depth_products, depths[i], out_dir, stems[i], formats)
-                writer.submit(write, then=partial(report.settle_write, paths[i], out_dir))
-        writer.flush()
-    finally:
-        writer.close()
-        bar.close()
+                if right_paths is None and images:
+                    keys = list(images)
+                    for i, depth in zip(
+                        keys,
+                        estimator.isolated(
+                            [images[k] for k in keys], batch_size=batch_size, progress=bar.update
+                        ),
+                    ):
+                        if isinstance(depth, Depth2ImgError):
+                            report.fail(f"{paths[i]}: {depth}")
+                        else:
+                            depths[i] = depth
+                for i in chunk:
+                    if i not in depths:
+                        continue
+                    write = partial(write_depth_products, depths[i], out_dir, stems[i], formats)
+                    writer.submit(write, then=partial(report.settle_write, paths[i], out_dir))
+            writer.flush()
+        finally:
+            writer.close()
+            bar.close()
     return report

@@ -79,91 +79,93 @@ def run_transform(
                     local_files_only=options.get("local_files_only", False),
                 )  # fmt: skip
             st = SceneTransformer.from_pretrained(model, estimator=estimator, **options)
-    stems = _stems(paths)
-    bar = tqdm(total=len(paths), unit="img", desc="transform", disable=not progress or len(paths) == 1)
+        stems = _stems(paths)
+        bar = tqdm(total=len(paths), unit="img", desc="transform", disable=not progress or len(paths) == 1)
 
-    def outputs_of(written):
-        return [out_dir / r["output"] for r in written[0]]
+        def outputs_of(written):
+            return [out_dir / r["output"] for r in written[0]]
 
-    # While a batch is denoised, the next batch's photos are read and their depth estimated (the depth thread, the
-    # only one that runs the estimator) and the previous batch's outputs are written (the writer threads); each
-    # input's manifest lines follow its files, in input order
+        # While a batch is denoised, the next batch's photos are read and their depth estimated (the depth thread, the
+        # only one that runs the estimator) and the previous batch's outputs are written (the writer threads); each
+        # input's manifest lines follow its files, in input order
 
-    def write(result, stem, source):
-        files: list = []  # every path written (a failed write leaves none: write_transform_result removes them)
-        records = write_transform_result(result, out_dir, stem, source=source, manifest=False, files=files)
-        return records, files
+        def write(result, stem, source):
+            files: list = []  # every path written (a failed write leaves none: write_transform_result removes them)
+            records = write_transform_result(
+                result, out_dir, stem, source=source, manifest=False, files=files
+            )
+            return records, files
 
-    def add_lines(written):
-        """An input's manifest lines, after its files; if they cannot be written, neither are its files."""
-        append_manifest(manifest, *written)
+        def add_lines(written):
+            """An input's manifest lines, after its files; if they cannot be written, neither are its files."""
+            append_manifest(manifest, *written)
 
-    def load(batch: range) -> list:
-        """A batch's photos, read and decoded, with their depths (estimated in one estimator call, batched on a
-        GPU, or the given files read) and both at generation size, in the depth thread while the previous batch is
-        denoised: a Sized or the error, per photo."""
-        got: dict[int, object] = {}  # index -> PIL image, then DepthMap, then Sized; or the error
-        for i in batch:
-            try:
-                got[i] = load_image(paths[i])
-            except Depth2ImgError as err:
-                got[i] = err
-        images = {i: im for i, im in got.items() if not isinstance(im, Depth2ImgError)}
-        estimated = depth is None and images
-        depths = dict(zip(images, st.estimator.isolated(list(images.values())))) if estimated else {}
-        for i, image in images.items():
-            try:
-                d = (
-                    depths[i]
-                    if depth is None
-                    else st.depth_for(image, depth[i], depth_polarity=depth_polarity)
-                )
-                got[i] = d if isinstance(d, Depth2ImgError) else st.at_generation_size(image, d)
-            except Depth2ImgError as err:
-                got[i] = err
-        return [got[i] for i in batch]
-
-    batches = [range(s, min(s + batch_size, len(paths))) for s in range(0, len(paths), batch_size)]
-    depth_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-depth")
-    try:
-        with BackgroundWriter() as writer:
-            for batch, loaded in zip(batches, read_ahead(partial(depth_worker.submit, load), batches)):
-                prepared = []  # (index, path, Request) of the photos of this batch that passed their checks
-                for i, got in zip(batch, loaded):
-                    path = paths[i]
-                    try:
-                        if isinstance(got, Depth2ImgError):
-                            raise got
-                        # its prompt notes are forwarded below from result.warnings (catch_warnings here would
-                        # race the loader threads' own, which share the process's filter list)
-                        prepared.append((i, path, st.prepare(
-                            got.image, prompt, preset=preset, negative_prompt=negative_prompt, depth=got.depth,
-                            seed=seed, num_images=num_images, scheduler=scheduler, reuse=got, _stacklevel=None,
-                            **(knobs or {}),
-                        )))  # fmt: skip
-                    except Depth2ImgError as err:
-                        _fail(report, path, err)
-                for (i, path, _), result in zip(
-                    prepared, st.run_isolated([r for *_, r in prepared], progress=progress)
-                ):
-                    if isinstance(result, Depth2ImgError):
-                        _fail(report, path, result)
-                        continue
-                    for note in result.warnings if on_warning else ():
-                        on_warning(f"{path}: {note}")
-                    writer.submit(
-                        partial(write, result, stems[i], str(path)),
-                        in_order=add_lines,
-                        then=partial(report.settle_write, path, out_dir, paths=outputs_of),
+        def load(batch: range) -> list:
+            """A batch's photos, read and decoded, with their depths (estimated in one estimator call, batched on a
+            GPU, or the given files read) and both at generation size, in the depth thread while the previous batch is
+            denoised: a Sized or the error, per photo."""
+            got: dict[int, object] = {}  # index -> PIL image, then DepthMap, then Sized; or the error
+            for i in batch:
+                try:
+                    got[i] = load_image(paths[i])
+                except Depth2ImgError as err:
+                    got[i] = err
+            images = {i: im for i, im in got.items() if not isinstance(im, Depth2ImgError)}
+            estimated = depth is None and images
+            depths = dict(zip(images, st.estimator.isolated(list(images.values())))) if estimated else {}
+            for i, image in images.items():
+                try:
+                    d = (
+                        depths[i]
+                        if depth is None
+                        else st.depth_for(image, depth[i], depth_polarity=depth_polarity)
                     )
-                bar.update(len(batch))
-            writer.flush()
-    finally:
-        depth_worker.shutdown(wait=True, cancel_futures=True)
-    bar.close()
-    replaced = earlier & {p.name for p in report.written}
-    if replaced or (earlier and report.failed):
-        compact_manifest(manifest)  # one line per file: a rerun's replaced files replace their lines
+                    got[i] = d if isinstance(d, Depth2ImgError) else st.at_generation_size(image, d)
+                except Depth2ImgError as err:
+                    got[i] = err
+            return [got[i] for i in batch]
+
+        batches = [range(s, min(s + batch_size, len(paths))) for s in range(0, len(paths), batch_size)]
+        depth_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-depth")
+        try:
+            with BackgroundWriter() as writer:
+                for batch, loaded in zip(batches, read_ahead(partial(depth_worker.submit, load), batches)):
+                    prepared = []  # (index, path, Request) of the photos of this batch that passed their checks
+                    for i, got in zip(batch, loaded):
+                        path = paths[i]
+                        try:
+                            if isinstance(got, Depth2ImgError):
+                                raise got
+                            # its prompt notes are forwarded below from result.warnings (catch_warnings here would
+                            # race the loader threads' own, which share the process's filter list)
+                            prepared.append((i, path, st.prepare(
+                                got.image, prompt, preset=preset, negative_prompt=negative_prompt, depth=got.depth,
+                                seed=seed, num_images=num_images, scheduler=scheduler, reuse=got, _stacklevel=None,
+                                **(knobs or {}),
+                            )))  # fmt: skip
+                        except Depth2ImgError as err:
+                            _fail(report, path, err)
+                    for (i, path, _), result in zip(
+                        prepared, st.run_isolated([r for *_, r in prepared], progress=progress)
+                    ):
+                        if isinstance(result, Depth2ImgError):
+                            _fail(report, path, result)
+                            continue
+                        for note in result.warnings if on_warning else ():
+                            on_warning(f"{path}: {note}")
+                        writer.submit(
+                            partial(write, result, stems[i], str(path)),
+                            in_order=add_lines,
+                            then=partial(report.settle_write, path, out_dir, paths=outputs_of),
+                        )
+                    bar.update(len(batch))
+                writer.flush()
+        finally:
+            depth_worker.shutdown(wait=True, cancel_futures=True)
+        bar.close()
+        replaced = earlier & {p.name for p in report.written}
+        if replaced or (earlier and report.failed):
+            compact_manifest(manifest)  # one line per file: a rerun's replaced files replace their lines
     return report
 
 

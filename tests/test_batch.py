@@ -812,6 +812,21 @@ def test_two_processes_equal_one(dataset, tmp_path, tiny_dir):
     assert set(ranks) == {"f0", "f1", "f2"}
 
 
+def test_a_job_that_accepts_no_image_says_so_and_exits_2(dataset, tmp_path, capsys):
+    """Every item rejected by the geometry check: exit 0 and a dataset without images, with no word of why."""
+    from depth2img.cli import main
+
+    job = write_job(dataset, name="none.yaml", inputs="frames/f0.png", output=str(tmp_path / "n"), presets=["fog"],
+                    seeds=1, labels={}, geometry={"metric": "delta1", "threshold": 1.01, "retries": 0})  # fmt: skip
+    assert main(["batch", str(job), "-q"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert "0 done, 0 failed, 0 retried, 1 rejected" in err[-2]
+    assert (
+        err[-1]
+        == "depth2img: error: no image passed the geometry check (delta1 >= 1.01); rejected items write no image"
+    )
+
+
 def test_batch_warnings_are_one_line_each_on_the_cli(dataset, tmp_path, capsys):
     from depth2img.cli import main
 

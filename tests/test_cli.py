@@ -128,6 +128,22 @@ def test_stereo_pair(tmp_path, capsys):
     assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())
 
 
+@pytest.mark.parametrize("command", ["depth", "transform"])
+def test_a_run_whose_every_input_fails_leaves_no_output_folder(tmp_path, capsys, command):
+    """Every input failing left an empty output folder behind; a folder the user made is kept."""
+    (tmp_path / "bad.png").write_bytes(b"not a png")
+    argv = (
+        ["--estimator", "tiny"]
+        if command == "depth"
+        else ["--model", "tiny", "--prompt", "x", "--steps", "2"]
+    )
+    code, _, err = run(capsys, command, tmp_path / "bad.png", "-o", tmp_path / "o", *argv, "-q")
+    assert code == 2 and "bad.png: not a readable image" in err and not (tmp_path / "o").exists()
+    (tmp_path / "mine").mkdir()
+    code, _, err = run(capsys, command, tmp_path / "bad.png", "-o", tmp_path / "mine", *argv, "-q")
+    assert code == 2 and (tmp_path / "mine").is_dir()
+
+
 def test_bad_inputs_are_reported_and_others_still_processed(tmp_path, chelsea, capsys):
     src = tmp_path / "in"
     src.mkdir()
