@@ -453,10 +453,7 @@ class Backend:
         import diffusers
 
         name = name or self.default_scheduler
-        if name not in self.allowed_schedulers():
-            raise InputError(
-                f"scheduler {name!r} is not one of {', '.join(self.allowed_schedulers())} for {self.kind}"
-            )
+        check_backbone_knobs(self.traits, self.ref.name, {}, scheduler=name)
         if name != self.scheduler_name:
             if name not in self._schedulers:
                 base = self._schedulers.get("__original__") or self.pipe.scheduler

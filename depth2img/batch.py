@@ -16,6 +16,7 @@ import itertools
 import json
 import math
 import os
+import re
 import shutil
 import string
 import time
@@ -157,6 +158,14 @@ class Job:
         if traits is not None:  # a hub id's or folder's backbone is checked once loaded
             check_backbone_knobs(traits, ref.name, self.knobs, negative, self.knobs.get("scheduler"),
                                  label=lambda key: f"job key knobs.{key}")  # fmt: skip
+            if self.lora is not None:
+                from .backends import check_speed_lora
+                from .registry import resolve_lora
+
+                try:
+                    check_speed_lora(traits.kind, resolve_lora(self.lora))
+                except Depth2ImgError as err:
+                    raise InputError(f"job key lora: {err}") from None
         check_compile(self.compile, "job key compile", feature_cache=self.knobs.get("feature_cache", 1))
         self._check_labels()
         if self.matrix is not None:
@@ -179,7 +188,9 @@ class Job:
                 ) from None
             except (ValueError, AttributeError) as err:
                 raise InputError(f"job key matrix.template is not a valid template ({err})") from None
-            named = {field for _, field, _, _ in string.Formatter().parse(self.matrix["template"]) if field}
+            # a field's name: {season}, {season[0]} and {season.title} all use the axis season
+            fields = (field for _, field, _, _ in string.Formatter().parse(self.matrix["template"]) if field)
+            named = {re.split(r"[.\[]", field, maxsplit=1)[0] for field in fields}
             unused = [axis for axis in axes if axis not in named]
             if unused:
                 raise InputError(
@@ -577,6 +588,7 @@ class JobReport:
     diffusion_s: float = 0.0  # time inside the diffusion pipelines
     oom_splits: int = 0  # batches halved after running out of GPU memory
     batch_limit: int | None = None  # the batch size after out-of-memory splits (later batches start there)
+    indexed: int | None = None  # images in the dataset once the run ends (earlier runs' too); rank 0 only
 
     def summary(self) -> str:
         per_hour = self.done / self.wall_s * 3600 if self.wall_s > 0 else 0.0
@@ -642,6 +654,10 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     labels = Labels(job)
     labels.check(paths)
     earlier_run = any(root.glob("manifest*.jsonl"))
+    if (
+        resume and earlier_run
+    ):  # before its temp files are swept: a refused run leaves the earlier one untouched
+        _check_same_run(job, root / "job.resolved.yaml")
     if rank == 0 and root.is_dir() and (resume or not earlier_run):  # an earlier run is refused, untouched
         for stale in stale_temp_files(root):  # of a killed run
             stale.unlink(missing_ok=True)
@@ -657,8 +673,6 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         raise InputError(
             f"output directory {root} already holds a run; pass --resume to continue it, or choose another"
         )
-    if resume and earlier_run:
-        _check_same_run(job, root / "job.resolved.yaml")
     try:
         root.mkdir(parents=True, exist_ok=True)
         if rank == 0:
@@ -845,7 +859,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         # this run's processes' manifests, or those of an earlier multi-process run that one process resumed
         if any(root.glob("manifest.rank*.jsonl")):
             _merge_manifests(root)
-        build_index(job, root, labels)
+        report.indexed = build_index(job, root, labels)
     report.wall_s = time.perf_counter() - started
     return report
 
@@ -907,12 +921,20 @@ def _check_same_run(job: Job, recorded: Path) -> None:
         return  # an older or damaged record: nothing to compare with
     if not isinstance(earlier, dict):
         return
-    now = yaml.safe_load(
-        yaml.safe_dump(_resolved(job), sort_keys=False)
-    )  # the record's types (lists, not tuples)
+    # in the record's types (lists, not tuples)
+    now = yaml.safe_load(yaml.safe_dump(_resolved(job), sort_keys=False))
     for record in (earlier, now):
         if isinstance(record.get("geometry"), dict):
             record["geometry"] = {k: v for k, v in record["geometry"].items() if k != "retries"}
+        base = record.get("base_dir")
+        for key in (
+            "model",
+            "estimator",
+            "lora",
+        ):  # a folder under the job's own, wherever the project now lies
+            value = record.get(key)
+            if isinstance(value, str) and isinstance(base, str) and Path(value).is_relative_to(base):
+                record[key] = Path(value).relative_to(base).as_posix()
     changed = [k for k in SAME_RUN_KEYS if k in earlier and earlier[k] != now[k]]
     before = {v.get("name"): v for v in earlier.get("variations") or [] if isinstance(v, dict)}
     changed += [
@@ -922,7 +944,8 @@ def _check_same_run(job: Job, recorded: Path) -> None:
     ]
     if changed:
         raise InputError(
-            f"--resume: this job's {', '.join(changed)} differ from the run in {recorded.parent} ({recorded.name}); "
+            f"--resume: this job's {', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from the run "
+            f"in {recorded.parent} ({recorded.name}); "
             "its earlier images were made otherwise: restore them, or choose another output folder"
         )
 
@@ -944,8 +967,9 @@ def _merge_manifests(root: Path) -> None:
         m.unlink()
 
 
-def build_index(job: Job, root: Path, labels: Labels | None = None) -> None:
-    """Rebuild the layout's index files from the manifest: COCO JSON and/or imagefolder metadata.jsonl."""
+def build_index(job: Job, root: Path, labels: Labels | None = None) -> int:
+    """Rebuild the layout's index files from the manifest: COCO JSON and/or imagefolder metadata.jsonl. Returns the
+    number of images the dataset holds."""
     labels = labels or Labels(job)
     records = [r for r in read_manifest(root / "manifest.jsonl") if r.get("final") and r.get("output")]
     records.sort(key=lambda r: r["item"])
@@ -974,3 +998,4 @@ def build_index(job: Job, root: Path, labels: Labels | None = None) -> None:
                 ann_id += 1
         with atomic_path(root / "annotations.json") as tmp:
             tmp.write_text(json.dumps(coco))
+    return len(records)

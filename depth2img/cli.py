@@ -351,6 +351,11 @@ def _cmd_transform(args) -> int:
     if traits is not None:  # a hub id's or folder's backbone is checked once loaded, for each input
         check_backbone_knobs(traits, ref.name, given, args.negative_prompt, args.scheduler,
                              label=lambda key: "--" + key.replace("_", "-"))  # fmt: skip
+        if args.lora:
+            from .backends import check_speed_lora
+            from .registry import resolve_lora
+
+            check_speed_lora(traits.kind, resolve_lora(args.lora))  # before the estimator loads
     _quiet_libraries()
     from .transform_run import run_transform
 
@@ -417,7 +422,9 @@ def _cmd_batch(args) -> int:
 
     report = run_job(job, resume=args.resume, progress=not args.quiet, on_error=_say_above_bar)
     print(f"depth2img batch: {report.summary()}", file=sys.stderr)
-    if report.rejected and not report.done:
+    if (
+        report.rejected and report.indexed == 0
+    ):  # not one image in the dataset, this run's or an earlier one's
         g = job.geometry
         _say(f"no image passed the geometry check ({g.metric} {'<=' if METRICS[g.metric] == 'lower' else '>='} "
              f"{g.threshold}); rejected items write no image")  # fmt: skip

@@ -46,7 +46,7 @@ def pixel_limit() -> int:
     given = os.environ.get("DEPTH2IMG_MAX_PIXELS", "").strip()
     if not given:
         return MAX_PIXELS
-    if not given.isdigit() or int(given) < 1:
+    if not (given.isascii() and given.isdigit()) or int(given) < 1:  # '²' is a digit int() refuses
         raise InputError(f"DEPTH2IMG_MAX_PIXELS must be an integer >= 1, got {given!r}")
     return int(given)
 
@@ -236,7 +236,10 @@ def read_depth_file(path: str | os.PathLike, polarity: str | None = None, *, dep
         )
     if np.abs(values).max(initial=0) > np.finfo(np.float32).max:
         raise InputError(f"{path}: depth values reach {np.abs(values).max():.3g}, beyond float32's range")
-    recorded = {kind: name for name, kind in POLARITIES.items()}.get(recorded, recorded)
+    # a DepthMap kind names its polarity too (stereo disparity runs near-bright)
+    recorded = {**{kind: name for name, kind in POLARITIES.items()}, "disparity": "near-bright"}.get(
+        recorded, recorded
+    )
     if recorded in POLARITIES:
         if polarity is not None and polarity != recorded:
             from .errors import Depth2ImgWarning

@@ -151,9 +151,11 @@ def geometry_scores(source: DepthMap | GeometryReference, output: DepthMap) -> d
         raise InputError("geometry check: fewer than 2 valid pixels to compare")
     p = pred[valid]
     scale, shift = _fit(p, g)
-    if scale < 0:
-        # near and far swapped: a negative scale would fit a reversed depth as well as a faithful one (a perfect
-        # score); the best fit that keeps depth's direction is then flat, and scores what a flat output would
+    # near and far swapped: a negative scale would fit a reversed depth as well as a faithful one (a perfect
+    # score); the best fit that keeps depth's direction is then flat, and it scores what a flat output would
+    # (its edges too: a reversed map has the same edges)
+    flat = scale < 0
+    if flat:
         scale, shift = 0.0, float(g.mean())
     # aligned disparity cannot be farther than the farthest source pixel
     aligned = np.maximum(scale * p + shift, g.min())
@@ -165,7 +167,9 @@ def geometry_scores(source: DepthMap | GeometryReference, output: DepthMap) -> d
         interior = interior & _interior(pred_valid)
         edges = edges & interior
         near_edges = _dilate(edges, ref.tolerance)
-    out_edges = _edges(conditioning.normalize(pred, pred_valid)) & interior
+    out_edges = (
+        np.zeros_like(interior) if flat else _edges(conditioning.normalize(pred, pred_valid)) & interior
+    )
     return {
         "absrel": float(np.mean(np.abs(r - 1.0))),
         "delta1": float(np.mean((r < 1.25) & (r > 0.8))),

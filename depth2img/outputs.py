@@ -36,7 +36,7 @@ def writer_threads(default: int | None = None) -> int:
     given = os.environ.get("DEPTH2IMG_WRITER_THREADS", "").strip()
     if not given:
         return default or WRITER_THREADS
-    if not given.isdigit() or int(given) < 1:
+    if not (given.isascii() and given.isdigit()) or int(given) < 1:  # '²' is a digit int() refuses
         raise InputError(f"DEPTH2IMG_WRITER_THREADS must be an integer >= 1, got {given!r}")
     return int(given)
 

@@ -422,9 +422,11 @@ class SceneTransformer:
         diffusion_s = time.perf_counter() - t_diffusion
         broken = [not np.isfinite(arr).all() for arr in raw]
         if any(broken):  # saved, NaN becomes a black PNG that looks like an image
+            hint = ("; float16 overflows where bfloat16 and float32 do not (transform --dtype, the API's dtype=)"
+                    if self.dtype == torch.float16 else "")  # fmt: skip
             raise GenerationError(
-                f"the pipeline's output has NaN or inf pixels in {sum(broken)} of {len(raw)} image(s) "
-                f"({str(self.dtype).replace('torch.', '')} overflow?); run with dtype bfloat16 or float32 (--dtype); nothing was written"
+                f"the pipeline's output has NaN or inf pixels in {sum(broken)} of {len(raw)} image(s); "
+                f"nothing was written{hint}"
             )
 
         # Back to each input's exact size (Lanczos), on up to CPU_THREADS threads: Pillow's resize releases the GIL,

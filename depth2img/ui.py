@@ -415,12 +415,8 @@ def launch(service, *, host: str = "127.0.0.1", port: int = 7860, share: bool = 
         raise InputError(f"cannot serve on {host}:{port} ({first_line(err).split('. ')[0]}); choose another --port "
                          "or --host") from None  # fmt: skip
     if block:
-        public = f" and {demo.share_url}" if getattr(demo, "share_url", None) else ""
-        print(
-            f"depth2img app: serving on {demo.local_url}{public} (Ctrl+C stops it)",
-            file=sys.stderr,
-            flush=True,
-        )
+        # (a public --share link is printed by gradio itself)
+        print(f"depth2img app: serving on {demo.local_url} (Ctrl+C stops it)", file=sys.stderr, flush=True)
         demo.block_thread()
     return demo
 

@@ -319,15 +319,41 @@ def test_resume_skips_finished_and_refuses_to_mix_runs(dataset, tmp_path):
     assert len(read_manifest(tmp_path / "r" / "manifest.jsonl")) == 3
     # what makes the images must not change under --resume (new items would be made another way)
     text = job.read_text()
+    stale = tmp_path / "r" / "images" / ".f0__dusk__s0.png.1a2b3c4d.part.png"
+    stale.write_bytes(b"half")
     for edit, changed in [
         (text.replace("model: tiny", "model: tiny/sd2-depth"), "model"),
         (text.replace("strength: 0.5", "strength: 0.6"), "knobs"),
     ]:  # fmt: skip
         job.write_text(edit)
-        with pytest.raises(InputError, match=f"^--resume: this job's {changed} differ from the run in .*r "
+        with pytest.raises(InputError, match=f"^--resume: this job's {changed} differs from the run in .*r "
                            r"\(job.resolved.yaml\); its earlier images were made otherwise"):  # fmt: skip
             run_job(job, resume=True, progress=False)
-    assert (tmp_path / "r" / "job.resolved.yaml").read_text() == resolved
+    assert (tmp_path / "r" / "job.resolved.yaml").read_text() == resolved and stale.exists()  # left untouched
+
+
+def test_resume_of_a_moved_project_compares_its_own_folders(tmp_path, tiny_dir):
+    """A job's ./models/x became an absolute path in job.resolved.yaml: a project moved (or another HOME) was
+    refused on --resume as another model."""
+    import yaml as yaml_
+
+    from depth2img.batch import _check_same_run, _resolved, load_job
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "models").symlink_to(tiny_dir)
+    (tmp_path / "a" / "job.yaml").write_text(
+        "inputs: x\noutput: out\nprompt: p\nmodel: ./models/sd15-depth\n"
+    )
+    record = tmp_path / "a" / "out" / "job.resolved.yaml"
+    record.parent.mkdir()
+    record.write_text(yaml_.safe_dump(_resolved(load_job(tmp_path / "a" / "job.yaml")), sort_keys=False))
+    (tmp_path / "a").rename(tmp_path / "b")
+    moved = load_job(tmp_path / "b" / "job.yaml")
+    assert moved.model == str(tmp_path / "b" / "models" / "sd15-depth")
+    _check_same_run(moved, tmp_path / "b" / "out" / "job.resolved.yaml")  # the same run: no error
+    (tmp_path / "b" / "job.yaml").write_text("inputs: x\noutput: out\nprompt: p\nmodel: ./models/sd2-depth\n")
+    with pytest.raises(InputError, match="^--resume: this job's model differs from the run in "):
+        _check_same_run(load_job(tmp_path / "b" / "job.yaml"), tmp_path / "b" / "out" / "job.resolved.yaml")
 
 
 def test_missing_inputs_are_listed_and_skipped(dataset, tmp_path):
@@ -403,6 +429,10 @@ def test_output_names_cannot_escape(dataset, tmp_path):
             "template names 'x' which is not an axis",
         ),
         (
+            "inputs: a\noutput: b\nmatrix: {template: 'a {x[0]} {y.real}', axes: {x: [ab], y: [2, 3], z: [1]}}\n",
+            r"job key matrix.axes: z not in matrix.template",  # x and y are named through an index or attribute
+        ),
+        (
             "inputs: a\noutput: b\nmatrix: {template: 'a {x}', axes: {x: [1], y: [2, 3]}}\n",
             r"job key matrix.axes: y not in matrix.template 'a \{x\}'; its values would all give the same prompt$",
         ),
@@ -410,6 +440,18 @@ def test_output_names_cannot_escape(dataset, tmp_path):
         (
             "inputs: a\noutput: b\nprompt: x\nmodel: tiny/flux-depth\nknobs: {negative_prompt: blurry}\n",
             r"job key knobs.negative_prompt: backbone 'tiny/flux-depth' \(flux-control\) takes no negative prompt$",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\nmodel: tiny/flux-depth\nknobs: {control_scale: 0.5}\n",
+            r"job key knobs.control_scale: backbone 'tiny/flux-depth' \(flux-control\) has no such knob; ",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\nmodel: tiny/flux-depth\nknobs: {scheduler: ddim}\n",
+            r"job key knobs.scheduler 'ddim' is not one of flow-euler for flux-control$",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\nmodel: tiny\nlora: tiny/lcm-sdxl\n",
+            r"job key lora: lora 'tiny/lcm-sdxl' is made for sdxl-controlnet, not sd15-controlnet$",
         ),
         (
             "inputs: a\noutput: b\nmatrix: {template: '{season', axes: {season: [x]}}\n",
@@ -824,6 +866,19 @@ def test_a_job_that_accepts_no_image_says_so_and_exits_2(dataset, tmp_path, caps
     assert (
         err[-1]
         == "depth2img: error: no image passed the geometry check (delta1 >= 1.01); rejected items write no image"
+    )
+    # a resumed run whose new items are all rejected, over a dataset an earlier run filled, is no failure
+    from depth2img import metrics
+
+    job = write_job(dataset, name="some.yaml", inputs="frames/f0.png", output=str(tmp_path / "s"), presets=["fog"],
+                    seeds=1, labels={}, geometry={"metric": "delta1", "threshold": 0.0, "retries": 0})  # fmt: skip
+    assert main(["batch", str(job), "-q"]) == 0
+    job.write_text(job.read_text().replace("seeds: 1", "seeds: 2"))
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(metrics, "passes", lambda *a: False)
+        assert main(["batch", str(job), "--resume", "-q"]) == 0
+    assert (
+        "0 done, 0 failed, 0 retried, 1 rejected by geometry, 1 skipped (resume)" in capsys.readouterr().err
     )
 
 

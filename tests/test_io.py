@@ -98,9 +98,10 @@ def test_pillows_own_bomb_guard_names_the_size_and_the_setting(tmp_path, monkeyp
 
 def test_a_bad_pixel_limit_setting_is_one_line(tmp_path, monkeypatch, chelsea):
     chelsea.save(tmp_path / "c.png")
-    monkeypatch.setenv("DEPTH2IMG_MAX_PIXELS", "abc")
-    with pytest.raises(InputError, match="^DEPTH2IMG_MAX_PIXELS must be an integer >= 1, got 'abc'$"):
-        io.load_image(tmp_path / "c.png")
+    for bad in ("abc", "\u00b2"):  # '²' passes str.isdigit, not int()
+        monkeypatch.setenv("DEPTH2IMG_MAX_PIXELS", bad)
+        with pytest.raises(InputError, match=f"^DEPTH2IMG_MAX_PIXELS must be an integer >= 1, got '{bad}'$"):
+            io.load_image(tmp_path / "c.png")
     monkeypatch.setenv("DEPTH2IMG_MAX_PIXELS", "100000")
     with pytest.raises(InputError, match="is 135,300 pixels, over the 100,000-pixel limit"):
         io.load_image(tmp_path / "c.png")
@@ -149,6 +150,8 @@ def test_a_recorded_polarity_beats_a_given_one_with_a_warning(tmp_path, rng):
     np.testing.assert_allclose(back.normalized(), d.normalized(), atol=0.5 / 65535 + 1e-7)
     np.savez(tmp_path / "k.npz", depth=d.values, kind="metric_depth")  # a DepthMap kind names it too
     assert io.read_depth_file(tmp_path / "k.npz").kind == "metric_depth"
+    np.savez(tmp_path / "s.npz", depth=d.values, kind="disparity")  # stereo disparity: near-bright
+    assert io.read_depth_file(tmp_path / "s.npz").kind == "relative_inverse_depth"
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert io.read_depth_file(tmp_path / "d.png", "near-bright").kind == "relative_inverse_depth"
@@ -379,7 +382,7 @@ def test_background_writer_keeps_order_reraises_errors_and_bounds_its_queue(monk
         writer.flush()
     assert isinstance(thens[-1], OSError) and "never" not in steps
 
-    for bad in ("0", "two", "-1"):
+    for bad in ("0", "two", "-1", "\u00b2"):
         monkeypatch.setenv("DEPTH2IMG_WRITER_THREADS", bad)
         with pytest.raises(
             InputError, match=f"^DEPTH2IMG_WRITER_THREADS must be an integer >= 1, got '{bad}'$"

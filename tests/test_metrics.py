@@ -37,6 +37,7 @@ def test_swapped_near_and_far_is_no_fit(scene_depth):
     flat = geometry_scores(scene_depth, DepthMap(np.ones_like(inverse), "relative_inverse_depth"))
     assert reversed_["scale"] == 0.0 and reversed_["absrel"] == pytest.approx(flat["absrel"], rel=1e-12)
     assert reversed_["delta1"] == flat["delta1"] < 0.5 and reversed_["absrel"] > 0.5
+    assert reversed_["edge_f1"] == flat["edge_f1"] == 0.0  # a reversed map has the same edges: none are kept
 
 
 def test_relative_source_is_perfect_against_itself():
