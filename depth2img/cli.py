@@ -422,9 +422,8 @@ def _cmd_batch(args) -> int:
 
     report = run_job(job, resume=args.resume, progress=not args.quiet, on_error=_say_above_bar)
     print(f"depth2img batch: {report.summary()}", file=sys.stderr)
-    if (
-        report.rejected and report.indexed == 0
-    ):  # not one image in the dataset, this run's or an earlier one's
+    # not one image in the dataset, this run's or an earlier one's
+    if report.rejected and report.indexed == 0:
         g = job.geometry
         _say(f"no image passed the geometry check ({g.metric} {'<=' if METRICS[g.metric] == 'lower' else '>='} "
              f"{g.threshold}); rejected items write no image")  # fmt: skip

@@ -68,9 +68,8 @@ def _open(path: Path, max_pixels: int):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        counted = re.search(
-            r"\((\d+) pixels\)", str(err)
-        )  # Pillow's message: "Image size (N pixels) exceeds..."
+        # Pillow's message: "Image size (N pixels) exceeds..."
+        counted = re.search(r"\((\d+) pixels\)", str(err))
         size = f"{int(counted[1]):,} pixels, " if counted else ""
         raise InputError(
             f"{path}: {size}over the {max_pixels:,}-pixel limit "
