@@ -337,6 +337,7 @@ class Backend:
     supports_txt2img = True
     has_controlnet = True
     has_unet = True  # UNet backbones take feature_cache
+    flow_matching = False  # Flux's pipelines count img2img steps their own way (knobs.denoising_steps)
     takes_negative_prompt = True
     default_scheduler = "unipc"
     accelerator_dtype = "float16"  # the default dtype on a GPU (the SD model cards load float16)
@@ -360,7 +361,7 @@ class Backend:
     @classmethod
     def traits_for(cls, uses_lora: bool) -> BackboneTraits:
         return BackboneTraits(cls.kind, cls.takes_negative_prompt, cls.control_knobs_for(uses_lora), cls.has_unet,
-                              tuple(cls.allowed_schedulers()))  # fmt: skip
+                              tuple(cls.allowed_schedulers()), cls.flow_matching)  # fmt: skip
 
     @property
     def traits(self) -> BackboneTraits:
@@ -735,6 +736,7 @@ class BackboneTraits:
     control_knobs: tuple[str, ...]
     has_unet: bool
     schedulers: tuple[str, ...]
+    flow_matching: bool = False  # counts its img2img steps as Flux does (knobs.denoising_steps)
 
 
 def registry_traits(ref: ModelRef) -> BackboneTraits | None:
@@ -834,6 +836,7 @@ class FluxBackend(Backend):
     img2img_class = "FluxControlImg2ImgPipeline"
     has_controlnet = False
     has_unet = False
+    flow_matching = True
     takes_negative_prompt = False  # FluxControlPipeline uses distilled guidance, no negative prompt
     default_scheduler = "flow-euler"
     # Its model cards load it in bfloat16; in float16 some text-encoder activations must be clipped and the

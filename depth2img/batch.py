@@ -150,11 +150,9 @@ class Job:
         if negative is not None and not isinstance(negative, str):
             raise InputError(f"job key knobs.negative_prompt must be a string, got {negative!r}")
         self._check_values()
-        from .backends import check_backbone_knobs, registry_traits
-        from .registry import resolve_backbone
+        from .backends import check_backbone_knobs
 
-        ref = resolve_backbone(self.model)
-        traits = registry_traits(ref)
+        ref, traits = self._backbone
         if traits is not None:  # a hub id's or folder's backbone is checked once loaded
             check_backbone_knobs(traits, ref.name, self.knobs, negative, self.knobs.get("scheduler"),
                                  label=lambda key: f"job key knobs.{key}")  # fmt: skip
@@ -285,6 +283,15 @@ class Job:
                 raise InputError(f"job key presets: {err}") from None
 
     @functools.cached_property
+    def _backbone(self):
+        """(ModelRef, BackboneTraits or None) of the job's model, for the checks before it loads."""
+        from .backends import registry_traits
+        from .registry import resolve_backbone
+
+        ref = resolve_backbone(self.model)
+        return ref, registry_traits(ref)
+
+    @functools.cached_property
     def _presets(self) -> dict:
         """The presets a job's names resolve against, read once for the checks."""
         from . import presets as presets_mod
@@ -301,13 +308,15 @@ class Job:
 
         lora = resolve_lora(self.lora) if self.lora is not None else None
         lora_knobs = dict(lora.entry.knobs) if lora is not None and lora.entry else {}
+        traits = self._backbone[1]
+        flow_matching = traits is not None and traits.flow_matching
         for var in variations(self):
             preset_knobs = presets_mod.resolve(None, var.preset, self._presets)[2] if var.preset else {}
             knobs = resolved_knobs(
                 preset_knobs, lora_knobs, {k: self.knobs.get(k) for k in ("steps", "strength")}
             )
             try:
-                check_denoising_steps(knobs["steps"], knobs["strength"])
+                check_denoising_steps(knobs["steps"], knobs["strength"], flow_matching)
             except InputError as err:
                 where = f" (variation {var.name})" if var.preset else ""
                 raise InputError(f"job key knobs: {err}{where}") from None

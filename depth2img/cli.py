@@ -329,7 +329,14 @@ def _cmd_transform(args) -> int:
     # what each input runs with, as SceneTransformer.prepare resolves it
     resolved = resolved_knobs(preset_knobs, lora_knobs, given)
     check_knobs(resolved)
-    check_denoising_steps(resolved["steps"], resolved["strength"])
+    from .backends import registry_traits
+    from .registry import resolve_backbone
+
+    ref = resolve_backbone(args.model)
+    traits = registry_traits(ref)  # None for a hub id or folder: checked once loaded, for each input
+    check_denoising_steps(
+        resolved["steps"], resolved["strength"], traits is not None and traits.flow_matching
+    )
     check_num_images(args.num_images)
     if args.seed is not None:
         seed_run(args.seed, args.num_images)
@@ -341,14 +348,11 @@ def _cmd_transform(args) -> int:
 
         if args.scheduler not in SCHEDULERS:
             raise InputError(f"scheduler {args.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
-    from .backends import check_backbone_knobs, check_memory_options, registry_traits
+    from .backends import check_backbone_knobs, check_memory_options
     from .loading import resolve_device
-    from .registry import resolve_backbone
 
     check_memory_options(device=resolve_device(args.device), offload=args.offload, attention=args.attention)
-    ref = resolve_backbone(args.model)
-    traits = registry_traits(ref)
-    if traits is not None:  # a hub id's or folder's backbone is checked once loaded, for each input
+    if traits is not None:
         check_backbone_knobs(traits, ref.name, given, args.negative_prompt, args.scheduler,
                              label=lambda key: "--" + key.replace("_", "-"))  # fmt: skip
         if args.lora:

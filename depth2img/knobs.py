@@ -90,16 +90,19 @@ def check_lora_scale(scale) -> float:
     return float(scale)
 
 
-def denoising_steps(steps: int, strength: float) -> int:
-    """The steps a generation runs: img2img int(steps x strength) of them, as diffusers' SD pipelines count them
-    (Flux's count can be one more); strength 1, all."""
+def denoising_steps(steps: int, strength: float, flow_matching: bool = False) -> int:
+    """The steps a generation runs, as diffusers' pipelines count them: img2img int(steps x strength) of them in the
+    SD pipelines; in flow-matching ones (Flux) the steps less int(steps - steps x strength), one more where
+    steps x strength is not whole; strength 1, all."""
+    if flow_matching:  # FluxControlImg2ImgPipeline.get_timesteps, the same float operations
+        return steps - int(max(steps - min(steps * strength, steps), 0))
     return min(int(steps * strength), steps)
 
 
-def check_denoising_steps(steps: int, strength: float) -> None:
+def check_denoising_steps(steps: int, strength: float, flow_matching: bool = False) -> None:
     """At least one denoising step must be left (``denoising_steps``). Checked per request, and up front where
     both are given (no preset or model default can change them)."""
-    left = denoising_steps(steps, strength)
+    left = denoising_steps(steps, strength, flow_matching)
     if left < 1:
         raise InputError(
             f"steps x strength must leave at least one denoising step: steps={steps} and strength={strength} "

@@ -297,7 +297,7 @@ class SceneTransformer:
             if k not in self.backend.control_knobs:
                 knobs[k] = DEFAULT_KNOBS[k]  # a preset's control knob does not apply here either
         # txt2img (strength 1) always leaves them all
-        check_denoising_steps(knobs["steps"], knobs["strength"])
+        check_denoising_steps(knobs["steps"], knobs["strength"], self.backend.flow_matching)
         check_num_images(num_images)
         if seed is None:
             seeds = [secrets.randbelow(2**31)]
@@ -403,7 +403,8 @@ class SceneTransformer:
         per_image = [req for req in group for _ in req.seeds]
         # CPU generators: the same seed gives the same image on any device
         generators = [torch.Generator("cpu").manual_seed(s) for req in group for s in req.seeds]
-        bar = tqdm(total=denoising_steps(knobs["steps"], knobs["strength"]), desc="denoise", unit="step",
+        bar = tqdm(total=denoising_steps(knobs["steps"], knobs["strength"], self.backend.flow_matching),
+                   desc="denoise", unit="step",
                    disable=not progress)  # fmt: skip
 
         def on_step(pipe, i, t, kwargs):

@@ -510,6 +510,25 @@ def test_run_transform_refuses_an_unknown_knob_before_loading(tmp_path, photo, m
     assert not (tmp_path / "out").exists()
 
 
+def test_flux_counts_its_img2img_steps_as_its_pipeline_does(photo, depth, tmp_path, capsys):
+    """Flux's img2img runs steps - int(steps - steps x strength) steps, one more than SD's int(steps x strength)
+    where that is not whole: steps 3 at strength 0.3 runs 1 step there, and was refused as leaving none."""
+    from depth2img.cli import main
+    from depth2img.knobs import denoising_steps
+
+    assert [denoising_steps(3, 0.3, fm) for fm in (False, True)] == [0, 1]
+    assert [denoising_steps(10, 0.35, fm) for fm in (False, True)] == [3, 4]
+    st = SceneTransformer.from_pretrained("tiny/flux-depth")
+    st.transform(photo, PROMPT, depth=depth, seed=0, steps=3, strength=0.3, progress=True)
+    assert "denoise: 100%|██████████| 1/1" in capsys.readouterr().err  # the bar counted what ran
+    photo.save(tmp_path / "a.png")
+    assert main(["transform", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", "tiny/flux-depth",
+                 "--prompt", "x", "--steps", "3", "--strength", "0.3", "-q"]) == 0  # fmt: skip
+    assert main(["transform", str(tmp_path / "a.png"), "-o", str(tmp_path / "p"), "--model", "tiny", "--prompt", "x",
+                 "--steps", "3", "--strength", "0.3", "-q"]) == 2  # fmt: skip
+    assert "steps=3 and strength=0.3 leave 0" in capsys.readouterr().err
+
+
 def test_sdxl_equals_diffusers(photo, depth, tiny_dir):
     from diffusers import ControlNetModel, StableDiffusionXLControlNetImg2ImgPipeline
 
