@@ -31,6 +31,18 @@ OUTPUT_BY_MODEL_TYPE = {"depth_anything": "relative_inverse_depth", "dpt": "rela
                         "glpn": "metric_depth", "zoedepth": "metric_depth"}  # fmt: skip
 
 
+def output_kind(config) -> str | None:
+    """What a transformers depth model gives, from its config. Depth Anything's metric checkpoints
+    (``depth_estimation_type: metric``, e.g. Depth-Anything-V2-Metric-Outdoor-*-hf) give metres, its relative ones
+    inverse depth: read as inverse depth, a metric map's near and far were swapped."""
+    if (
+        config.model_type == "depth_anything"
+        and getattr(config, "depth_estimation_type", "relative") == "metric"
+    ):
+        return "metric_depth"
+    return OUTPUT_BY_MODEL_TYPE.get(config.model_type)
+
+
 class DepthEstimator:
     """A loaded depth model with its image processor; call it on PIL images to get ``DepthMap``s."""
 
@@ -61,7 +73,7 @@ class DepthEstimator:
         require_safetensors(path, ref)
         try:
             config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
-            kind = ref.entry.output if ref.entry else OUTPUT_BY_MODEL_TYPE.get(config.model_type)
+            kind = ref.entry.output if ref.entry else output_kind(config)
             if kind is None:
                 raise ModelLoadError(
                     f"estimator {ref.name!r} is a {config.model_type!r} model, not a known depth estimator "

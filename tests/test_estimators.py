@@ -137,6 +137,20 @@ def test_tiny_lora_names_the_tiny_loras():
         resolve_lora("tiny")
 
 
+def test_a_metric_depth_anything_checkpoint_is_metric(tmp_path):
+    """Depth Anything's metric checkpoints (depth_estimation_type 'metric') give metres; loaded by hub id or folder
+    they were read as inverse depth, with near and far swapped in every product."""
+    from depth2img import tiny
+
+    model, processor = tiny.depth_anything()
+    model.config.depth_estimation_type, model.config.max_depth = "metric", 80
+    model.save_pretrained(tmp_path / "metric", safe_serialization=True)
+    processor.save_pretrained(tmp_path / "metric")
+    assert DepthEstimator.from_pretrained(str(tmp_path / "metric")).kind == "metric_depth"
+    tiny.write_estimator("depth-anything", tmp_path / "relative")
+    assert DepthEstimator.from_pretrained(str(tmp_path / "relative")).kind == "relative_inverse_depth"
+
+
 def test_tiny_is_built_on_first_use(tmp_path, monkeypatch):
     monkeypatch.setenv("DEPTH2IMG_TINY_DIR", str(tmp_path / "fresh"))
     est = DepthEstimator.from_pretrained("tiny/dpt-hybrid")
