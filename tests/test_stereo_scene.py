@@ -32,10 +32,37 @@ def test_sgbm_on_middlebury_motorcycle():
     assert n[gt > 50].mean() > n[(gt < 20) & known].mean()
 
 
+def test_a_swapped_or_16_bit_pair():
+    """A swapped pair matched 17 % of its pixels and gave a near-meaningless map without a word; a 16-bit grey pair
+    was clipped to one grey level by convert("RGB") and matched nothing."""
+    import warnings
+
+    from PIL import Image
+    from skimage import data
+
+    from depth2img.errors import Depth2ImgWarning
+
+    left, right, _ = data.stereo_motorcycle()
+    with pytest.warns(
+        Depth2ImgWarning, match=r"^stereo: only 1\d% of the pixels matched; are left and right swapped"
+    ):
+        stereo_depth(right, left)
+
+    def grey16(rgb):
+        return Image.fromarray(np.asarray(Image.fromarray(rgb).convert("L")).astype(np.uint16) * 257)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Depth2ImgWarning)
+        d = stereo_depth(grey16(left), grey16(right))
+    assert d.meta["matched"] > 0.78
+
+
 def test_stereo_size_mismatch():
     a = np.zeros((40, 64, 3), np.uint8)
     with pytest.raises(InputError, match="stereo pair sizes differ: left 64x40, right 60x40"):
         stereo_depth(a, np.zeros((40, 60, 3), np.uint8))
+    with pytest.raises(InputError, match="^stereo pair is 16 px wide: too narrow to match"):
+        stereo_depth(a[:, :16], a[:, :16])
 
 
 def test_hole_filling_takes_the_background():
