@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .depthmap import DepthMap
-from .errors import Depth2ImgError, InputError, ModelLoadError, first_line
+from .errors import Depth2ImgError, GenerationError, InputError, ModelLoadError, first_line
 from .io import check_image, to_rgb
 from .knobs import check_batch_size
 from .loading import (
@@ -139,6 +139,13 @@ class DepthEstimator:
             for i, depth, (h, w) in zip(batch, depths, sizes):
                 values = depth.detach().cpu().numpy().astype(np.float32)
                 assert values.shape == (h, w), (values.shape, (h, w))
+                broken = int((~np.isfinite(values)).sum())
+                if broken:  # DepthMap's own message would speak of "pixels marked valid"
+                    hint = ("; float16 overflows where bfloat16 and float32 do not (--dtype)"
+                            if self.dtype == torch.float16 else "")  # fmt: skip
+                    raise GenerationError(
+                        f"{names[i]}: estimator {self.name!r} gave {broken} NaN or infinite depth values{hint}"
+                    )
                 results[i] = DepthMap(values, self.kind, source=self.name)
             if progress is not None:
                 progress(len(batch))
@@ -148,17 +155,25 @@ class DepthEstimator:
         """One DepthMap per image, or in its place the Depth2ImgError that image alone raises: the images run
         batched; if the estimator refuses the batch (every image is checked before any is estimated), each runs
         alone, so an error is its own image's and the others are still estimated."""
+        counted = 0  # images the batched try reported before it failed: not reported twice
+
+        def count(n):
+            nonlocal counted
+            counted += n
+            if progress is not None:
+                progress(n)
+
         try:
-            return self(images, batch_size=batch_size, progress=progress)
+            return self(images, batch_size=batch_size, progress=count)
         except Depth2ImgError:
             pass
         results = []
-        for image in images:
+        for k, image in enumerate(images):
             try:
                 results.append(self(image))
             except Depth2ImgError as err:
                 results.append(err)
-            if progress is not None:
+            if progress is not None and k >= counted:
                 progress(1)
         return results
 

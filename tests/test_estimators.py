@@ -77,6 +77,38 @@ def test_isolated_puts_a_refused_images_error_in_its_place(images):
     ]  # batched when it can be
 
 
+def test_a_non_finite_estimate_is_its_images_error_counted_once(images, monkeypatch):
+    """NaN from the estimator (a float16 overflow) read "depth has N NaN or infinite values at pixels marked
+    valid", naming neither the estimator nor the image; isolated() then counted the batch's images twice."""
+
+    from depth2img.errors import GenerationError
+
+    est = DepthEstimator.from_pretrained("tiny")
+    real = est._post_process
+
+    def nan_for_the_small_one(outputs, sizes):
+        return [
+            d.fill_(float("nan")) if size == (45, 67) else d for d, size in zip(real(outputs, sizes), sizes)
+        ]
+
+    monkeypatch.setattr(est, "_post_process", nan_for_the_small_one)
+    with pytest.raises(
+        GenerationError, match=r"^images\[1\]: estimator 'tiny' gave 3015 NaN or infinite depth values$"
+    ):
+        est([images[0], images[1]])
+    counted = []
+    got = est.isolated(
+        [images[0], images[1]], progress=counted.append
+    )  # batches of one on CPU: 0 ran, 1 failed
+    assert isinstance(got[1], GenerationError) and got[0].values.shape == (300, 451)
+    assert sum(counted) == 2
+    est.model.half()  # the estimator in float16: the likely cause is named
+    with pytest.raises(
+        GenerationError, match=r"float16 overflows where bfloat16 and float32 do not \(--dtype\)$"
+    ):
+        est(images[1])
+
+
 def test_zoedepth_is_metric_at_input_size(images):
     est = DepthEstimator.from_pretrained("tiny/zoedepth")
     depths = est(images)
