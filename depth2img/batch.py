@@ -869,6 +869,9 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         if any(root.glob("manifest.rank*.jsonl")):
             _merge_manifests(root)
         report.indexed = build_index(job, root, labels)
+    # no process returns (and exits, maybe non-zero, which makes torchrun stop the others) before rank 0 has
+    # merged the manifests and written the index
+    barrier()
     report.wall_s = time.perf_counter() - started
     return report
 
@@ -969,6 +972,9 @@ def _resolved(job: Job) -> dict:
 def _merge_manifests(root: Path) -> None:
     records = [r for m in sorted(root.glob("manifest.rank*.jsonl")) for r in read_manifest(m)]
     records += read_manifest(root / "manifest.jsonl")
+    # one line per attempt: a merge killed between writing manifest.jsonl and removing the rank files left both,
+    # and the next merge would list their lines (and the index their images) twice
+    records = list({(r["item"], r["attempt"]): r for r in records}.values())
     records.sort(key=lambda r: (r["item"], r["attempt"]))
     with atomic_path(root / "manifest.jsonl") as tmp:
         tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))

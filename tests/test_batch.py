@@ -677,6 +677,27 @@ def test_resume_merges_the_manifests_of_an_earlier_multi_process_run(dataset, tm
     ]
     assert not list(out.glob("manifest.rank*.jsonl"))
     assert len(json.loads((out / "annotations.json").read_text())["images"]) == 3
+    # a merge killed after writing manifest.jsonl, before removing the rank files: their lines are there twice
+    (out / "manifest.rank1.jsonl").write_text("".join(lines))
+    again = run_job(job, resume=True, progress=False)
+    assert again.skipped == 3 and len(read_manifest(out / "manifest.jsonl")) == 3
+    assert len(json.loads((out / "annotations.json").read_text())["images"]) == 3
+
+
+def test_no_process_returns_before_rank_0_has_written_the_index(dataset, tmp_path, monkeypatch):
+    """Ranks above 0 returned after the last barrier and exited (non-zero on any failure), and torchrun then
+    stopped rank 0 inside its merge: no index, or the earlier run's."""
+    from depth2img import batch
+
+    events = []
+    monkeypatch.setattr(batch, "_distributed", lambda: (0, 1, None, lambda: events.append("barrier")))
+    real = batch.build_index
+    monkeypatch.setattr(batch, "build_index", lambda *a: events.append("index") or real(*a))
+    job = write_job(
+        dataset, inputs="frames/f0.png", output=str(tmp_path / "o"), presets=["fog"], seeds=1, labels={}
+    )
+    assert run_job(job, progress=False).done == 1
+    assert events[-2:] == ["index", "barrier"]
 
 
 def test_resume_continues_an_interrupted_geometry_retry(dataset, tmp_path):
