@@ -16,6 +16,8 @@ from .errors import InputError
 from .scene import SCENE_SIZE, render_driving_scene
 
 DEPTH_CACHE_SIZE = 8  # depth maps kept for photos seen recently
+# depth estimators kept loaded (the page offers five; all of them, full size, are ~0.9B parameters beside the backbone)
+ESTIMATORS_KEPT = 2
 # Warm-up requests, (width, height, images): the page's driving-scene sample (ui.make_sample), a square photo,
 # the sample again with two images. torch compiles graphs for the first, then for any size, then for any number of
 # images (its automatic dynamic shapes), so no later request waits for the compiler.
@@ -41,15 +43,24 @@ class Service:
 
     def estimator(self, name: str | None = None, progress=None):
         from .estimators import DepthEstimator
+        from .registry import resolve_estimator
 
         name = name or self.default_estimator
         with self._lock:
             if name not in self._estimators:
                 if progress:
                     progress(f"loading depth estimator {name}")
+                resolve_estimator(name)  # an unknown name is refused before any loaded one is dropped
+                while (
+                    len(self._estimators) >= ESTIMATORS_KEPT
+                ):  # the least recently used goes, with its depths
+                    gone = next(iter(self._estimators))
+                    del self._estimators[gone]
+                    self._depths = {k: v for k, v in self._depths.items() if k[0] != gone}
                 self._estimators[name] = DepthEstimator.from_pretrained(
                     name, device=self.device, dtype=self.dtype, local_files_only=self.local_files_only
                 )
+            self._estimators[name] = self._estimators.pop(name)  # most recently used last
             return self._estimators[name]
 
     def transformer(self, model: str | None = None, progress=None):
@@ -102,7 +113,9 @@ class Service:
         if depth_file:
             return depth_for_image(depth_file, image.size, polarity or None)
         # The page asks for the same photo's depth on upload, on Generate and on Variations: estimate it once.
-        key = (estimator or self.default_estimator, image.size, hashlib.sha1(image.tobytes()).hexdigest())
+        # mode and palette too: an L and a P image can hold the same bytes
+        pixels = hashlib.sha1(image.tobytes() + bytes(image.getpalette() or ())).hexdigest()
+        key = (estimator or self.default_estimator, image.mode, image.size, pixels)
         est = self.estimator(estimator, progress)
         with self._lock:
             if key not in self._depths:
@@ -116,8 +129,8 @@ class Service:
         depth = self.depth(
             image, estimator=estimator, depth_file=depth_file, polarity=polarity, progress=progress
         )
-        st = self.transformer(model, progress)
-        with self._lock:
+        with self._lock:  # held from choosing the backbone to its run: no other thread's switch in between
+            st = self.transformer(model, progress)
             return st.transform(image, depth=depth, progress=True, **kwargs)
 
     def variations(self, image, *, presets, seeds, model=None, estimator=None, depth_file=None, polarity=None,
@@ -125,6 +138,6 @@ class Service:
         depth = self.depth(
             image, estimator=estimator, depth_file=depth_file, polarity=polarity, progress=progress
         )
-        st = self.transformer(model, progress)
         with self._lock:
+            st = self.transformer(model, progress)
             return st.variations(image, presets=presets, seeds=seeds, depth=depth, progress=True, **kwargs)

@@ -430,6 +430,29 @@ def test_service_estimates_a_photos_depth_once(chelsea):
     assert len(calls) == 1 and a is b
     svc.depth(chelsea.transpose(0), estimator="tiny")  # other pixels
     assert len(calls) == 2
+    # an L and a P image can hold the same bytes: the second got the first's depth
+    grey = chelsea.convert("L")
+    pal = Image.frombytes("P", grey.size, grey.tobytes())
+    pal.putpalette([255 - (i % 256) for i in range(768)])
+    assert svc.depth(grey, estimator="tiny") is not svc.depth(pal, estimator="tiny") and len(calls) == 4
+
+
+def test_service_keeps_two_estimators_loaded(chelsea):
+    """Every estimator a visitor picked stayed loaded (~0.9B parameters for all five, beside the backbone)."""
+    from depth2img.errors import InputError
+
+    svc = Service(model="tiny")
+    kept = svc.depth(chelsea, estimator="tiny")
+    svc.depth(chelsea, estimator="tiny/dpt-hybrid")
+    svc.estimator("tiny")  # used again: now the most recent
+    svc.depth(chelsea, estimator="tiny/zoedepth")
+    assert list(svc._estimators) == ["tiny", "tiny/zoedepth"]  # the least recently used went, with its depths
+    assert {k[0] for k in svc._depths} == {"tiny", "tiny/zoedepth"} and svc.depth(
+        chelsea, estimator="tiny"
+    ) is kept
+    with pytest.raises(InputError, match="estimator 'nope' is not a registry name"):
+        svc.estimator("nope")
+    assert list(svc._estimators) == ["tiny/zoedepth", "tiny"]  # none dropped for a bad name
 
 
 def test_a_taken_or_impossible_port_is_one_line(capsys):
