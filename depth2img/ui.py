@@ -301,7 +301,9 @@ def create_demo(service):
                     "geometry, and the output has the photo's exact size.")  # fmt: skip
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="filepath", label="Photo", elem_id="photo")
+                # image_mode None: the upload's own file, as load_image reads it (gradio's default "RGB" converted it
+                # first: transparent areas came out black, not white, and a 16-bit grey photo almost all white)
+                image = gr.Image(type="filepath", image_mode=None, label="Photo", elem_id="photo")
                 sample = gr.Button("Use the driving-scene sample (with exact depth)", size="sm")
                 with gr.Accordion("Depth", open=False):
                     estimator = gr.Dropdown(
@@ -363,7 +365,10 @@ def create_demo(service):
         sample.click(make_sample, None, [image, depth_file], api_name="sample")
         model.change(_licence_text, model, licence, api_name="licence")
         randomize.click(lambda: secrets.randbelow(MAX_SEED), None, seed, api_name="random_seed")
+        # a new photo drops the depth file given with the last one (the sample's street depth was reused)
         image.upload(
+            lambda: (None, ""), None, [depth_file, polarity], api_name="new_photo", queue=False
+        ).then(
             bound(handle_depth), depth_inputs, [depth_preview, depth16], api_name="depth_on_upload", **device
         )
         depth_btn.click(

@@ -72,6 +72,28 @@ def test_building_the_page_loads_no_model_and_every_event_has_an_api_name():
     assert all(names) and {"depth", "transform", "variations", "sample", "random_seed"} <= set(names)
 
 
+def test_an_uploaded_photo_reaches_load_image_as_its_file_and_drops_the_last_depth_file(tmp_path, chelsea):
+    """Gradio converted uploads to RGB before load_image saw them (alpha came out black, not white; a 16-bit grey
+    photo almost white), and a new photo kept the depth file given with the last one (the sample's)."""
+    import gradio as gr
+    from gradio.data_classes import ImageData
+
+    demo = create_demo(Service(model="tiny"))
+    photo = next(b for b in demo.blocks.values() if isinstance(b, gr.Image) and b.elem_id == "photo")
+    chelsea.convert("RGBA").save(tmp_path / "a.png")
+    assert photo.preprocess(ImageData(path=str(tmp_path / "a.png"), orig_name="a.png")) == str(
+        tmp_path / "a.png"
+    )
+    deps = demo.config["dependencies"]
+    new_photo = next(d for d in deps if d["api_name"] == "new_photo")
+    depth_file = next(
+        b for b in demo.blocks.values() if isinstance(b, gr.File) and "depth file" in (b.label or "")
+    )
+    assert depth_file._id in new_photo["outputs"] and new_photo["targets"][0][1] == "upload"
+    follow = next(d for d in deps if d["api_name"] == "depth_on_upload")
+    assert follow["trigger_after"] == new_photo["id"]
+
+
 def test_licence_shown_for_every_backbone():
     from depth2img.ui import _licence_text
 
