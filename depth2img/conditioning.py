@@ -95,9 +95,10 @@ def resize_depth(values: np.ndarray, height: int, width: int, *, nearest: bool =
     if values.shape == (height, width):
         return values.copy()
     if nearest:
-        return cv2.resize(values.astype(np.uint8), (width, height), interpolation=cv2.INTER_NEAREST).astype(
-            bool
-        )
+        # INTER_NEAREST_EXACT samples each output pixel's centre, as the values' resize is aligned; INTER_NEAREST
+        # took its top-left source pixel, moving a mask's edges by a pixel against its values on a 3x shrink
+        exact = cv2.INTER_NEAREST_EXACT
+        return cv2.resize(values.astype(np.uint8), (width, height), interpolation=exact).astype(bool)
     src = values.astype(np.float32)
     shrinking = height < src.shape[0] and width < src.shape[1]
     out = cv2.resize(src, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_CUBIC)

@@ -239,6 +239,15 @@ def read_depth_file(path: str | os.PathLike, polarity: str | None = None, *, dep
     recorded = {**{kind: name for name, kind in POLARITIES.items()}, "disparity": "near-bright"}.get(
         recorded, recorded
     )
+    if (
+        recorded is not None and recorded not in POLARITIES
+    ):  # a typo must not let a given polarity stand in for it
+        from .conditioning import KINDS
+
+        raise InputError(
+            f"{path}: the file records its depth as {recorded!r}, which is none of {', '.join(POLARITIES)} "
+            f"(or {', '.join(KINDS)}); fix its kind entry"
+        )
     if recorded in POLARITIES:
         if polarity is not None and polarity != recorded:
             from .errors import Depth2ImgWarning

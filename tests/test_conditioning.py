@@ -102,6 +102,16 @@ def test_resize_keeps_range_and_mask_nearest():
     assert not r.valid[0, -1] and r.valid[-1, 0]
 
 
+def test_a_shrunk_mask_samples_each_pixels_centre():
+    """On a 3x shrink the mask took each output pixel's top-left source pixel, while the values' resize is
+    centred: a hole under an output pixel's centre was dropped, and the mask's edges moved by a pixel."""
+    valid = np.ones((3, 9), bool)
+    valid[:, 1] = False  # the centre column of output pixel 0
+    valid[:, 6] = False  # the top-left column of output pixel 2, not its centre
+    got = conditioning.resize_depth(valid, 1, 3, nearest=True)
+    assert got.tolist() == [[False, True, True]]
+
+
 @pytest.mark.parametrize("hole", ["zero", "nan"])
 @pytest.mark.parametrize(
     "size", [(512, 384), (80, 60), (1280, 960)]

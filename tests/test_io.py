@@ -152,6 +152,11 @@ def test_a_recorded_polarity_beats_a_given_one_with_a_warning(tmp_path, rng):
     assert io.read_depth_file(tmp_path / "k.npz").kind == "metric_depth"
     np.savez(tmp_path / "s.npz", depth=d.values, kind="disparity")  # stereo disparity: near-bright
     assert io.read_depth_file(tmp_path / "s.npz").kind == "relative_inverse_depth"
+    np.savez(tmp_path / "t.npz", depth=d.values, kind="metric_depth ")  # a typo: refused, not overridden
+    for given in (None, "near-bright"):
+        with pytest.raises(InputError, match=r"t.npz: the file records its depth as 'metric_depth ', which is none "
+                           r"of near-bright, far-bright, metric \(or relative_inverse_depth, "):  # fmt: skip
+            io.read_depth_file(tmp_path / "t.npz", given)
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert io.read_depth_file(tmp_path / "d.png", "near-bright").kind == "relative_inverse_depth"
