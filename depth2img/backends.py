@@ -819,9 +819,11 @@ class SD2DepthBackend(Backend):
     def call_kwargs(self, *, images, depths, knobs):
         import torch
 
-        from .conditioning import unit_inverse
+        from .conditioning import normalize
 
-        inverses = [unit_inverse(d.inverse()) for d in depths]
+        # scaled to [0, 1] in float64: the pipeline casts depth_map to the model's dtype before its own min-max, and
+        # raw values (65535 from a 16-bit PNG, 1/d of a sub-millimetre depth) overflowed float16 to inf (all NaN)
+        inverses = [normalize(d.inverse()) for d in depths]
         if not all(inv.max() > inv.min() for inv in inverses):
             raise InputError(
                 "depth is constant (no structure): SD2-depth normalises it by its range, which is zero"

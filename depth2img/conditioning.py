@@ -111,18 +111,6 @@ def control_array(normalized: np.ndarray) -> np.ndarray:
     return np.repeat(np.asarray(normalized, np.float32)[..., None], 3, axis=2)
 
 
-def unit_inverse(inverse: np.ndarray) -> np.ndarray:
-    """Inverse depth min-max scaled to [0, 1] in float64, as float32 (a constant map: zeros). SD2-depth's pipeline
-    casts its ``depth_map`` to the model's dtype before it normalises: raw values (up to 65535 from a 16-bit PNG,
-    1/d of a sub-millimetre depth) overflow float16 to inf and turn every pixel NaN, while the min-max that
-    follows ignores an affine rescale."""
-    inverse = np.asarray(inverse, np.float64)
-    lo, hi = inverse.min(initial=np.inf), inverse.max(initial=-np.inf)
-    if not hi > lo:
-        return np.zeros(inverse.shape, np.float32)
-    return ((inverse - lo) / (hi - lo)).astype(np.float32)
-
-
 def sd2_depth(inverse: np.ndarray, height: int, width: int, vae_scale_factor: int):
     """SD2-depth's extra UNet channel: a (1, 1, height // f, width // f) tensor in [-1, 1].
 
@@ -131,7 +119,8 @@ def sd2_depth(inverse: np.ndarray, height: int, width: int, vae_scale_factor: in
     """
     import torch
 
-    source = unit_inverse(inverse)
+    # scaled to [0, 1] in float64 first, as SD2DepthBackend hands it to diffusers (min-max ignores the rescale)
+    source = normalize(inverse)
     if not source.max() > source.min():
         # Judge constancy before resizing: bicubic weights carry float rounding that min-max would blow up.
         return torch.zeros(1, 1, height // vae_scale_factor, width // vae_scale_factor)

@@ -443,7 +443,7 @@ def test_sd2_depth_equals_diffusers(photo, depth, tiny_dir):
                    num_inference_steps=2, guidance_scale=7.5, generator=_gens(11), output_type="np").images  # fmt: skip
 
     # we hand it the inverse depth scaled to [0, 1]; its own min-max makes that the raw map's result
-    _assert_same(ours.raw, theirs(conditioning.unit_inverse(depth.inverse())))
+    _assert_same(ours.raw, theirs(conditioning.normalize(depth.inverse())))
     assert np.abs(ours.raw - theirs(depth.inverse())).max() < 1e-4
     with pytest.raises(
         InputError, match="control_end: backbone 'tiny/sd2-depth' \\(sd2-depth\\) has no such knob"
