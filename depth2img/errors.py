@@ -23,6 +23,15 @@ class GenerationError(Depth2ImgError):
     """The pipeline ran but gave no usable image (NaN or inf pixels); nothing is written for it."""
 
 
+def float16_hint(dtype, option: str) -> str:
+    """The likely cause of NaN or inf output, for a message's end: float16, where that is ``dtype``."""
+    return (
+        f"; float16 overflows where bfloat16 and float32 do not ({option})"
+        if str(dtype) == "torch.float16"
+        else ""
+    )
+
+
 class OutOfMemory(Depth2ImgError):
     """The accelerator ran out of memory; the message names the options that reduce memory."""
 

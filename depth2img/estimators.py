@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .depthmap import DepthMap
-from .errors import Depth2ImgError, GenerationError, InputError, ModelLoadError, first_line
+from .errors import Depth2ImgError, GenerationError, InputError, ModelLoadError, first_line, float16_hint
 from .io import check_image, to_rgb
 from .knobs import check_batch_size
 from .loading import (
@@ -141,8 +141,7 @@ class DepthEstimator:
                 assert values.shape == (h, w), (values.shape, (h, w))
                 broken = int((~np.isfinite(values)).sum())
                 if broken:  # DepthMap's own message would speak of "pixels marked valid"
-                    hint = ("; float16 overflows where bfloat16 and float32 do not (--dtype)"
-                            if self.dtype == torch.float16 else "")  # fmt: skip
+                    hint = float16_hint(self.dtype, "--dtype")
                     raise GenerationError(
                         f"{names[i]}: estimator {self.name!r} gave {broken} NaN or infinite depth values{hint}"
                     )

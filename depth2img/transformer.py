@@ -19,7 +19,7 @@ import numpy as np
 
 from . import presets as presets_mod
 from .depthmap import DepthMap
-from .errors import Depth2ImgError, Depth2ImgWarning, GenerationError, InputError, OutOfMemory
+from .errors import Depth2ImgError, Depth2ImgWarning, GenerationError, InputError, OutOfMemory, float16_hint
 from .io import check_image, to_rgb
 from .knobs import (
     CONTROL_KNOBS,
@@ -423,8 +423,7 @@ class SceneTransformer:
         diffusion_s = time.perf_counter() - t_diffusion
         broken = [not np.isfinite(arr).all() for arr in raw]
         if any(broken):  # saved, NaN becomes a black PNG that looks like an image
-            hint = ("; float16 overflows where bfloat16 and float32 do not (transform --dtype, the API's dtype=)"
-                    if self.dtype == torch.float16 else "")  # fmt: skip
+            hint = float16_hint(self.dtype, "transform --dtype, the API's dtype=")
             raise GenerationError(
                 f"the pipeline's output has NaN or inf pixels in {sum(broken)} of {len(raw)} image(s); "
                 f"nothing was written{hint}"
