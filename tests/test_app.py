@@ -532,3 +532,46 @@ def test_warm_up_leaves_no_request_waiting_for_the_compiler(eager_compile):
         scene = render_driving_scene(width, height, seed=1)
         service.transform(scene.image, prompt="a road", seed=1, num_images=images, steps=2, strength=strength)
         assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == graphs, (width, height, images)
+
+
+def test_a_backbone_switch_waits_for_the_run_on_the_loaded_one(monkeypatch):
+    """Another thread's switch between choosing the backbone and running it kept two backbones alive (and the
+    run used the one just dropped): the lock is held from the choice to the end of the run."""
+    import threading
+    import time
+    import weakref
+
+    from depth2img import transformer as tmod
+
+    alive, events = weakref.WeakSet(), []
+    chosen = threading.Event()
+
+    class Fake:
+        def __init__(self, name):
+            self.name = name
+            alive.add(self)
+
+        def transform(self, image, **kwargs):
+            events.append((self.name, len(alive)))
+
+    choose = Service.transformer
+
+    def slow_choice(self, model=None, progress=None):
+        st = choose(self, model, progress)
+        if model == "tiny":  # the first request: the second one asks for its backbone right after this choice
+            chosen.set()
+            time.sleep(0.3)
+        return st
+
+    monkeypatch.setattr(
+        tmod.SceneTransformer, "from_pretrained", classmethod(lambda cls, name, **k: Fake(name))
+    )
+    monkeypatch.setattr(Service, "transformer", slow_choice)
+    monkeypatch.setattr(Service, "depth", lambda self, image, **k: None)
+    svc = Service(model="tiny")
+    first = threading.Thread(target=svc.transform, args=(object(),), kwargs={"model": "tiny"})
+    first.start()
+    assert chosen.wait(10)
+    svc.transform(object(), model="tiny/sd2-depth")
+    first.join()
+    assert events == [("tiny", 1), ("tiny/sd2-depth", 1)]
