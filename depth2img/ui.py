@@ -81,6 +81,34 @@ def _file_path(f) -> str | None:
     return f if isinstance(f, str) else getattr(f, "name", None) or getattr(f, "path", None)
 
 
+def _readable_upload(image):
+    """``image`` (a gr.Image of file paths), naming an unreadable upload in one line as ``load_image`` does, where
+    gradio itself opened it first and the page showed a bare "Error". On the instance: a subclass of a gradio
+    component makes gradio write a .pyi file beside this module."""
+    import gradio as gr
+
+    from .io import load_image
+
+    gradio_preprocess = image.preprocess
+
+    def preprocess(payload):
+        try:
+            return gradio_preprocess(payload)
+        except Exception as err:
+            path = getattr(payload, "path", None)
+            name = getattr(payload, "orig_name", None) or "the photo"
+            if not path:
+                raise gr.Error(f"{name}: not a readable image ({first_line(err)})") from None
+            try:  # why, in our reader's words; or read (a size over Pillow's guard that DEPTH2IMG_MAX_PIXELS allows)
+                load_image(path)
+            except Depth2ImgError as ours:
+                raise gr.Error(str(ours).replace(str(path), name)) from None
+            return str(path)
+
+    image.preprocess = preprocess
+    return image
+
+
 def _image(path):
     from .errors import InputError
     from .io import load_image
@@ -303,7 +331,9 @@ def create_demo(service):
             with gr.Column():
                 # image_mode None: the upload's own file, as load_image reads it (gradio's default "RGB" converted it
                 # first: transparent areas came out black, not white, and a 16-bit grey photo almost all white)
-                image = gr.Image(type="filepath", image_mode=None, label="Photo", elem_id="photo")
+                image = _readable_upload(
+                    gr.Image(type="filepath", image_mode=None, label="Photo", elem_id="photo")
+                )
                 sample = gr.Button("Use the driving-scene sample (with exact depth)", size="sm")
                 with gr.Accordion("Depth", open=False):
                     estimator = gr.Dropdown(

@@ -575,3 +575,16 @@ def test_a_backbone_switch_waits_for_the_run_on_the_loaded_one(monkeypatch):
     svc.transform(object(), model="tiny/sd2-depth")
     first.join()
     assert events == [("tiny", 1), ("tiny/sd2-depth", 1)]
+
+
+def test_an_unreadable_upload_is_one_line_naming_it(server, tmp_path):
+    """gradio opened the upload before any handler and the page showed a bare "Error"."""
+    from gradio_client import Client, handle_file
+
+    bad = tmp_path / "holiday.png"
+    bad.write_bytes(b"not an image at all")
+    client = Client(server, verbose=False)
+    with pytest.raises(
+        Exception, match=r"holiday\.png: not a readable image \(unknown format or corrupt header\)"
+    ):
+        client.predict(handle_file(str(bad)), "tiny", None, "", api_name="/depth")
