@@ -74,6 +74,7 @@ class Job:
     lora: str | None = None  # a few-step LoRA (see `depth2img models`)
     lora_scale: float = 1.0
     compile: str | None = None  # a torch.compile mode: the fast path (see `transform --compile`)
+    dtype: str | None = None  # the weights' dtype (see `transform --dtype`); None: the device's default
     knobs: dict = field(default_factory=dict)
     labels: dict = field(default_factory=dict)  # {"coco": FILE, "yolo": DIR, "masks": {name: DIR}}
     layout: str = "files"
@@ -165,6 +166,10 @@ class Job:
                 except Depth2ImgError as err:
                     raise InputError(f"job key lora: {err}") from None
         check_compile(self.compile, "job key compile", feature_cache=self.knobs.get("feature_cache", 1))
+        from .knobs import DTYPES
+
+        if self.dtype not in (None, *DTYPES):
+            raise InputError(f"job key dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         self._check_labels()
         if self.matrix is not None:
             if not isinstance(self.matrix, dict) or set(self.matrix) != {"template", "axes"}:
@@ -717,7 +722,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     report.skipped = total - len(todo)
     todo_per_source = collections.Counter(t[0] for t in todo)
     service = service or Service(model=job.model, estimator=job.estimator, device=device, lora=job.lora,
-                                 lora_scale=job.lora_scale, compile=job.compile)  # fmt: skip
+                                 lora_scale=job.lora_scale, compile=job.compile, dtype=job.dtype)  # fmt: skip
     bar = tqdm(total=total, initial=report.skipped, unit="img", desc=f"batch[{rank}]" if world > 1 else "batch",
                disable=not progress)  # fmt: skip
     # Files are written by the writer threads, in parallel; manifest lines are appended in order, each after its
@@ -921,8 +926,8 @@ def _generate(st, units: list[_Item], report: JobReport) -> list:
 
 # What makes an item's image, or judges it: a resumed run that changed one would mix images made two ways in one
 # dataset. (Seeds, inputs and variations may be added, and geometry retries changed; compile and batch sizes change
-# images only within rounding.)
-SAME_RUN_KEYS = ("model", "estimator", "lora", "lora_scale", "knobs", "geometry", "layout", "labels")
+# images only within rounding; a dtype's rounding grows over the steps.)
+SAME_RUN_KEYS = ("model", "estimator", "lora", "lora_scale", "dtype", "knobs", "geometry", "layout", "labels")
 
 
 def _check_same_run(job: Job, recorded: Path) -> None:

@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from .knobs import COMPILE_MODES, OFFLOAD_MODES
+from .knobs import COMPILE_MODES, DTYPES, OFFLOAD_MODES
 
 EXIT_USAGE = 2  # bad input, as argparse uses it
 
@@ -21,7 +21,7 @@ def _say(msg: str) -> None:
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
-    p.add_argument("--dtype", choices=["float32", "float16", "bfloat16"],
+    p.add_argument("--dtype", choices=DTYPES,
                    help="weights dtype (default: float16 on GPU, bfloat16 for Flux; float32 on CPU)")  # fmt: skip
     p.add_argument("--local-files-only", action="store_true",
                    help="never contact the Hugging Face hub (also: HF_HUB_OFFLINE=1)")  # fmt: skip

@@ -25,6 +25,7 @@ OFFLOAD_MODES = {
 # --compile: torch.compile modes for the fast path (channels-last and fused QKV come with it); cpp-wrapper is the
 # default mode with inductor's C++ wrapper, which launches the kernels from C++ instead of Python
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs", "cpp-wrapper")
+DTYPES = ("float32", "float16", "bfloat16")  # what --dtype and a job's dtype may name
 
 
 def check_compile(mode, name: str = "compile", offload: str | None = None, feature_cache=1, *,

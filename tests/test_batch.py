@@ -324,6 +324,7 @@ def test_resume_skips_finished_and_refuses_to_mix_runs(dataset, tmp_path):
     for edit, changed in [
         (text.replace("model: tiny", "model: tiny/sd2-depth"), "model"),
         (text.replace("strength: 0.5", "strength: 0.6"), "knobs"),
+        (text + "dtype: bfloat16\n", "dtype"),
     ]:  # fmt: skip
         job.write_text(edit)
         with pytest.raises(InputError, match=f"^--resume: this job's {changed} differs from the run in .*r "
@@ -474,6 +475,10 @@ def test_output_names_cannot_escape(dataset, tmp_path):
         ),
         ("inputs: a\noutput: b\nprompt: x\nseeds: [3, 1, 3]\n", "job key seeds lists 3 more than once"),
         ("inputs: a\noutput: b\nprompt: x\ncompile: fast\n", "job key compile must be one of default, "),
+        (
+            "inputs: a\noutput: b\nprompt: x\ndtype: fp8\n",
+            "job key dtype must be one of float32, float16, bfloat16, got 'fp8'",
+        ),
         (
             "inputs: a\noutput: b\nprompt: x\nknobs: {steps: 2, strength: 0.4}\n",
             "job key knobs: steps x strength must leave at least one denoising step: steps=2 and strength=0.4",
@@ -946,3 +951,14 @@ def test_eval_command(dataset, capsys):
 def test_shipped_job_files_are_valid(path):
     job = load_job(path)  # every key and value checked, no model loaded
     assert variations(job) and job.batch_size >= 1
+
+
+def test_a_jobs_dtype_loads_the_model_in_it(dataset, tmp_path):
+    """A job could not choose the weights' dtype (float16 on a GPU, always), as `transform --dtype` can."""
+    job = write_job(
+        dataset, output=str(tmp_path / "d"), presets=["dusk"], seeds=1, labels={}, dtype="bfloat16"
+    )
+    assert run_job(job, progress=False).done == 3
+    records = read_manifest(tmp_path / "d" / "manifest.jsonl")
+    assert {r["dtype"] for r in records} == {"bfloat16"}
+    assert "dtype: bfloat16" in (tmp_path / "d" / "job.resolved.yaml").read_text()
