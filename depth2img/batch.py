@@ -576,9 +576,37 @@ def _header(path: Path) -> tuple[tuple[int, int], int] | None:
         with Image.open(path) as im:
             orientation = Image.Image.getexif(im).get(EXIF_ORIENTATION, 1)
             size = im.size
+            late = im.format == "PNG" and _png_exif_after_pixels(path)
+        if late:  # rare: then the whole image is read, as load_image's exif_transpose reads it
+            with Image.open(path) as im:
+                orientation = im.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # PIL raises OSError, SyntaxError, ValueError... for a damaged header
         return None
     return size, orientation if orientation in range(1, 9) else 1  # exif_transpose ignores other values
+
+
+def _png_exif_after_pixels(path: Path) -> bool:
+    """Whether a PNG holds EXIF (an eXIf chunk, or ImageMagick's "Raw profile type exif" text) after its first
+    IDAT, where Pillow finds it only by decoding the image. Reads the chunk headers only."""
+    import struct
+
+    with open(path, "rb") as f:
+        f.seek(8)  # the signature
+        pixels = False
+        while len(header := f.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", header)
+            if kind == b"IEND":
+                break
+            pixels = pixels or kind == b"IDAT"
+            start = f.tell()
+            if pixels and (
+                kind == b"eXIf"
+                or kind in (b"tEXt", b"zTXt", b"iTXt")
+                and f.read(21) == b"Raw profile type exif"
+            ):
+                return True
+            f.seek(start + length + 4)  # the data and its CRC
+    return False
 
 
 # ---------------------------------------------------------------------------------------------- manifest

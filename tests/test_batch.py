@@ -962,3 +962,35 @@ def test_a_jobs_dtype_loads_the_model_in_it(dataset, tmp_path):
     records = read_manifest(tmp_path / "d" / "manifest.jsonl")
     assert {r["dtype"] for r in records} == {"bfloat16"}
     assert "dtype: bfloat16" in (tmp_path / "d" / "job.resolved.yaml").read_text()
+
+
+def test_exif_after_a_pngs_pixels_counts_for_the_label_check(tmp_path):
+    """A PNG's EXIF after its pixel data (Pillow reads it only by decoding) was not seen by the header check:
+    masks of the stored size passed, and were copied beside an output load_image had turned."""
+    import struct
+    import zlib
+
+    from depth2img.batch import _header
+    from depth2img.io import load_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    data = exif.tobytes()
+    late = struct.pack(">I", len(data)) + b"eXIf" + data + struct.pack(">I", zlib.crc32(b"eXIf" + data))
+    (tmp_path / "photos").mkdir()
+    photo = tmp_path / "photos" / "r.png"
+    render_driving_scene(W, H, seed=0).image.save(photo)
+    raw = photo.read_bytes()
+    photo.write_bytes(raw[:-12] + late + raw[-12:])  # before IEND, after IDAT
+    assert load_image(photo).size == (H, W)  # what the output's size will be
+    assert _header(photo) == ((W, H), 6)
+    (tmp_path / "masks").mkdir()
+    Image.new("L", (W, H)).save(tmp_path / "masks" / "r.png")
+    job = write_job(tmp_path, output="out", inputs="photos", presets=["fog"], seeds=1,
+                    labels={"masks": {"m": "masks"}})  # fmt: skip
+    with pytest.raises(
+        InputError, match=r"r.png is 96x64 but the photo is 64x96 once its EXIF orientation 6"
+    ):
+        run_job(job, progress=False)
+    render_driving_scene(W, H, seed=0).image.save(photo)  # no EXIF at all
+    assert _header(photo) == ((W, H), 1)
