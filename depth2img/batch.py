@@ -223,6 +223,11 @@ class Job:
         if not named and not Path(value).is_absolute():
             if value.startswith(("./", "../", "~")) or value in (".", "..") or self.path(value).exists():
                 value = str(self.path(value))
+            elif Path(value).exists():  # the resolver would take it from the current directory, not the job's
+                raise InputError(
+                    f"job key {key} {value!r} is no path under the job file's folder {self.base_dir}, but one in "
+                    f"the current directory {Path.cwd()}; give it from the job file's folder (or absolute)"
+                )
         resolve = {"model": registry.resolve_backbone, "estimator": registry.resolve_estimator,
                    "lora": registry.resolve_lora}[key]  # fmt: skip
         try:

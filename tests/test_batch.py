@@ -994,3 +994,21 @@ def test_exif_after_a_pngs_pixels_counts_for_the_label_check(tmp_path):
         run_job(job, progress=False)
     render_driving_scene(W, H, seed=0).image.save(photo)  # no EXIF at all
     assert _header(photo) == ((W, H), 1)
+
+
+def test_a_models_relative_path_is_never_taken_from_the_current_directory(tmp_path, tiny_dir, monkeypatch):
+    """A relative model folder missing under the job's folder but present in the current directory was loaded
+    from there: the job meant another model (or a hub id of that name) and ran with this one."""
+    (tmp_path / "here" / "org").mkdir(parents=True)
+    (tmp_path / "here" / "org" / "m").symlink_to(tiny_dir / "sd15-depth")
+    (tmp_path / "jobs").mkdir()
+    job = tmp_path / "jobs" / "job.yaml"
+    job.write_text("inputs: x\noutput: out\nprompt: p\nmodel: org/m\n")
+    monkeypatch.chdir(tmp_path / "here")
+    with pytest.raises(InputError, match=r"job.yaml: job key model .org/m. is no path under the job file's folder .*jobs, "
+                       r"but one in the current directory .*here; give it from the job file's folder"):  # fmt: skip
+        load_job(job)
+    (tmp_path / "jobs" / "org").symlink_to(
+        tmp_path / "here" / "org"
+    )  # under the job's folder: taken from there
+    assert load_job(job).model == str(tmp_path / "jobs" / "org" / "m")
