@@ -729,7 +729,7 @@ class SDXLBackend(ControlNetBackend):
 @dataclass(frozen=True)
 class BackboneTraits:
     """What a backbone takes: known from its pipeline kind (and for Flux, whether a depth LoRA comes with it), so a
-    registry backbone's is known before its weights load (``registry_traits``)."""
+    registry backbone's is known before its weights load (``known_traits``)."""
 
     kind: str
     takes_negative_prompt: bool
@@ -739,12 +739,27 @@ class BackboneTraits:
     flow_matching: bool = False  # counts its img2img steps as Flux does (knobs.denoising_steps)
 
 
-def registry_traits(ref: ModelRef) -> BackboneTraits | None:
-    """A registry backbone's traits before it loads; None for a hub id or folder (known once loaded)."""
+def known_traits(ref: ModelRef) -> BackboneTraits | None:
+    """A backbone's traits before its weights load: a registry entry's, or read from the ``model_index.json`` of a
+    local folder or of a hub id already in the local Hugging Face cache (a FluxPipeline comes with the depth LoRA,
+    as ``FluxBackend.load`` takes it). None where that is not known before loading (the loader checks)."""
     entry = ref.entry
-    if entry is None or entry.pipeline not in BACKENDS:
+    if entry is not None and entry.pipeline in BACKENDS:
+        return BACKENDS[entry.pipeline].traits_for(uses_lora=entry.lora is not None)
+    if ref.is_local:
+        index = Path(ref.location) / "model_index.json"
+    else:
+        from huggingface_hub import try_to_load_from_cache
+
+        cached = try_to_load_from_cache(ref.location, "model_index.json", revision=ref.revision)
+        index = Path(cached) if isinstance(cached, str) else None
+    try:
+        name = json.loads(index.read_text()).get("_class_name") if index is not None else None
+    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not a mapping: the loader says why
         return None
-    return BACKENDS[entry.pipeline].traits_for(uses_lora=entry.lora is not None)
+    if name not in CLASS_TO_KIND:
+        return None
+    return BACKENDS[CLASS_TO_KIND[name]].traits_for(uses_lora=name == "FluxPipeline")
 
 
 def check_backbone_knobs(traits: BackboneTraits, name: str, given: dict, negative_prompt: str | None = None,
@@ -753,7 +768,7 @@ def check_backbone_knobs(traits: BackboneTraits, name: str, given: dict, negativ
     anything but its default (the default is what runs), a feature cache without a UNet, a scheduler it does not
     offer. ``given``: the knobs asked for (None: not given). ``label(key)`` is how the caller's user spells a key
     (``--control-scale``, ``job key knobs.control_scale``). Serves ``SceneTransformer.prepare`` (loaded) and the
-    CLI's and job files' checks before any model loads (``registry_traits``)."""
+    CLI's and job files' checks before any model loads (``known_traits``)."""
     kind = traits.kind
     if negative_prompt and not traits.takes_negative_prompt:
         raise InputError(f"{label('negative_prompt')}: backbone {name!r} ({kind}) takes no negative prompt")

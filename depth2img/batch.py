@@ -295,11 +295,11 @@ class Job:
     @functools.cached_property
     def _backbone(self):
         """(ModelRef, BackboneTraits or None) of the job's model, for the checks before it loads."""
-        from .backends import registry_traits
+        from .backends import known_traits
         from .registry import resolve_backbone
 
         ref = resolve_backbone(self.model)
-        return ref, registry_traits(ref)
+        return ref, known_traits(ref)
 
     @functools.cached_property
     def _presets(self) -> dict:

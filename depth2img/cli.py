@@ -329,11 +329,11 @@ def _cmd_transform(args) -> int:
     # what each input runs with, as SceneTransformer.prepare resolves it
     resolved = resolved_knobs(preset_knobs, lora_knobs, given)
     check_knobs(resolved)
-    from .backends import registry_traits
+    from .backends import known_traits
     from .registry import resolve_backbone
 
     ref = resolve_backbone(args.model)
-    traits = registry_traits(ref)  # None for a hub id or folder: checked once loaded, for each input
+    traits = known_traits(ref)  # None where unknown before loading: checked once loaded, for each input
     check_denoising_steps(
         resolved["steps"], resolved["strength"], traits is not None and traits.flow_matching
     )

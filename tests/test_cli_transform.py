@@ -567,3 +567,44 @@ def test_parallel_writer_threads_give_the_same_files_and_manifest(tmp_path, phot
     assert len(made[1]) == 2 * 5 + 1 and made[1].keys() == made[3].keys()  # 2 images, depth, preview, control
     for name, data in made[1].items():  # byte-identical, the manifest's line order included
         assert made[3][name] == data, name
+
+
+def test_a_local_or_cached_backbones_knobs_are_checked_before_any_model_loads(tmp_path, photos_dir, capsys,
+                                                                               monkeypatch, tiny_dir):  # fmt: skip
+    """Only registry names were checked before loading: a folder or hub id loaded both models, then each input
+    failed with the same line."""
+    from depth2img.backends import known_traits
+    from depth2img.estimators import DepthEstimator
+    from depth2img.registry import resolve_backbone
+    from depth2img.transformer import SceneTransformer
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(SceneTransformer, "from_pretrained", no_loading)
+    monkeypatch.setattr(DepthEstimator, "from_pretrained", no_loading)
+    folder = tiny_dir / "sd2-depth"
+    code, _, err = run(capsys, "transform", photos_dir, "-o", tmp_path / "o", "--model", folder, "--prompt", "x",
+                       "--control-scale", "0.5", "-q")  # fmt: skip
+    assert (
+        code == 2
+        and err == f"depth2img: error: --control-scale: backbone '{folder}' (sd2-depth) has no such knob\n"
+    )
+    # a hub id already in the local Hugging Face cache: its model_index.json says what it is
+    cache = tmp_path / "hub"
+    snapshot = cache / "models--someone--flux-depth" / "snapshots" / ("a" * 40)
+    snapshot.mkdir(parents=True)
+    (snapshot / "model_index.json").write_text((tiny_dir / "flux-depth" / "model_index.json").read_text())
+    (cache / "models--someone--flux-depth" / "refs").mkdir()
+    (cache / "models--someone--flux-depth" / "refs" / "main").write_text("a" * 40)
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    code, _, err = run(capsys, "transform", photos_dir, "-o", tmp_path / "o", "--model", "someone/flux-depth",
+                       "--prompt", "x", "--negative-prompt", "blurry", "-q")  # fmt: skip
+    assert code == 2 and "backbone 'someone/flux-depth' (flux-control) takes no negative prompt" in err
+    # a FluxPipeline folder comes with the depth LoRA (control_scale is its scale); unknown stays unknown
+    assert known_traits(resolve_backbone(str(tiny_dir / "flux-depth-lora"))).control_knobs == (
+        "control_scale",
+    )
+    assert known_traits(resolve_backbone("someone/not-cached")) is None
+    assert known_traits(resolve_backbone(str(tmp_path))) is None  # no model_index.json: the loader says why
