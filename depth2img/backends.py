@@ -383,6 +383,13 @@ class Backend:
         self.cache_calls = None  # the last call's UNet / deep-block call counts (feature cache)
         self.speed_lora = None
         self.fast_path = None  # what optimize() applied (None: the plain pipeline)
+        # what memory() applied, which outputs record (VAE tiling changes the image where a side passes the VAE's size)
+        self.memory_options = {
+            "offload": "none",
+            "vae_tiling": False,
+            "vae_slicing": False,
+            "attention": "sdpa",
+        }
         # compiled: the batch sizes each call shape has run at; a smaller new one is padded to one (see __call__)
         self.compiled_batches: dict[tuple, set[int]] = {}
         self.verify()
@@ -480,6 +487,8 @@ class Backend:
         """Memory options; ``device`` is where the models compute (the caller's resolved device)."""
         pipe = self.pipe
         offload, device = check_memory_options(device=device, offload=offload, attention=attention)
+        self.memory_options = {"offload": offload, "vae_tiling": bool(vae_tiling), "vae_slicing": bool(vae_slicing),
+                               "attention": attention}  # fmt: skip
         if offload != "none":
             offload_pipeline(pipe, offload, device)
         if vae_tiling:

@@ -61,6 +61,13 @@ class DepthEstimator:
     def dtype(self):
         return self.model.dtype
 
+    @property
+    def provenance(self) -> dict:
+        """What made a depth, as outputs record it beside its source name: the weights' id, revision and dtype."""
+        ref = self.ref
+        return {"id": ref and ref.location, "revision": ref and ref.revision,
+                "dtype": str(self.dtype).replace("torch.", "")}  # fmt: skip
+
     @classmethod
     def from_pretrained(cls, name=None, *, device=None, dtype=None, local_files_only: bool = False):
         """Load a registry name (default ``depth-anything-v2-small``), ``tiny``, a hub id or a local folder."""
@@ -145,7 +152,7 @@ class DepthEstimator:
                     raise GenerationError(
                         f"{names[i]}: estimator {self.name!r} gave {broken} NaN or infinite depth values{hint}"
                     )
-                results[i] = DepthMap(values, self.kind, source=self.name)
+                results[i] = DepthMap(values, self.kind, source=self.name, meta=self.provenance)
             if progress is not None:
                 progress(len(batch))
         return results[0] if single else results

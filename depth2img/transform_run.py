@@ -76,7 +76,7 @@ def run_transform(
                 # backbone (gigabytes) loads
                 estimator = DepthEstimator.from_pretrained(
                     estimator or default_estimator_for(model), device=resolve_device(options.get("device")),
-                    local_files_only=options.get("local_files_only", False),
+                    dtype=options.get("dtype"), local_files_only=options.get("local_files_only", False),
                 )  # fmt: skip
             st = SceneTransformer.from_pretrained(model, estimator=estimator, **options)
         stems = _stems(paths)

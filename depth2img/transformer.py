@@ -129,9 +129,12 @@ class SceneTransformer:
     """Change a photo's style, lighting, season or weather by prompt while its depth keeps the geometry."""
 
     def __init__(self, backend, *, estimator=None, device, dtype, native_size: int, name: str,
-                 local_files_only: bool = False, preset_files=()):  # fmt: skip
+                 local_files_only: bool = False, preset_files=(), estimator_dtype=None):  # fmt: skip
         self.backend = backend
         self._estimator = estimator
+        self.estimator_dtype = (
+            estimator_dtype  # an estimator loaded by name: the dtype asked for (None: its default)
+        )
         self.device = device
         self.dtype = dtype
         self.native_size = native_size
@@ -177,7 +180,7 @@ class SceneTransformer:
             if ref.entry is not None and ref.entry.pipeline:
                 check_speed_lora(ref.entry.pipeline, lora_ref)
         backend = load_backend(ref, dtype=dtype, device=device, local_files_only=local_files_only)
-        dtype = backend.dtype
+        asked, dtype = dtype, backend.dtype
         lora_knobs = {}
         if lora_ref is not None:
             backend.load_speed_lora(lora_ref, scale=lora_scale, local_files_only=local_files_only)
@@ -201,7 +204,8 @@ class SceneTransformer:
         if estimator is None:
             estimator = default_estimator_for(ref.name)
         st = cls(backend, estimator=estimator, device=device, dtype=dtype, native_size=native_size,
-                 name=ref.name, local_files_only=local_files_only, preset_files=preset_files)  # fmt: skip
+                 name=ref.name, local_files_only=local_files_only, preset_files=preset_files,
+                 estimator_dtype=asked)  # fmt: skip
         st.model_knobs.update(lora_knobs)
         st.default_knobs.update(lora_knobs)
         return st
@@ -215,7 +219,10 @@ class SceneTransformer:
 
         if not isinstance(self._estimator, DepthEstimator):
             self._estimator = DepthEstimator.from_pretrained(
-                self._estimator, device=self.device, dtype=None, local_files_only=self.local_files_only
+                self._estimator,
+                device=self.device,
+                dtype=self.estimator_dtype,
+                local_files_only=self.local_files_only,
             )
         return self._estimator
 
@@ -459,9 +466,10 @@ class SceneTransformer:
                          "controlnet": controlnet and controlnet.location,
                          "controlnet_revision": controlnet and controlnet.revision,
                          "lora": lora and lora.location, "lora_revision": lora and lora.revision,
-                         "speed_lora": b.speed_lora, "fast_path": b.fast_path,
+                         "speed_lora": b.speed_lora, "fast_path": b.fast_path, "memory": b.memory_options,
                          "licence": b.ref.entry.licence if b.ref.entry else None},
-            "depth": {"source": req.depth.source, "kind": req.depth.kind},
+            # with what made it: an estimator's id, revision and dtype; a file's polarity; a scene's seed...
+            "depth": {**req.depth.meta, "source": req.depth.source, "kind": req.depth.kind},
             "input_size": [width, height], "generation_size": [req.gen_depth.width, req.gen_depth.height],
             "dtype": str(self.dtype).replace("torch.", ""), "versions": _versions(), "warnings": req.notes,
         }  # fmt: skip

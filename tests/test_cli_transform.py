@@ -42,7 +42,7 @@ def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
                        "--seed", 0, "-q")  # fmt: skip
     assert code == 0, err
     meta = read_png_metadata(tmp_path / "o" / "chelsea_s0.png")
-    assert meta["depth"] == {"kind": "metric_depth", "source": str(tmp_path / "d.npy")}
+    assert meta["depth"] == {"kind": "metric_depth", "source": str(tmp_path / "d.npy"), "polarity": "metric"}
 
 
 @pytest.mark.parametrize(
@@ -608,3 +608,28 @@ def test_a_local_or_cached_backbones_knobs_are_checked_before_any_model_loads(tm
     )
     assert known_traits(resolve_backbone("someone/not-cached")) is None
     assert known_traits(resolve_backbone(str(tmp_path))) is None  # no model_index.json: the loader says why
+
+
+def test_transform_estimates_depth_in_the_dtype_asked_for_as_depth_does_and_records_it(tmp_path, photos_dir,
+                                                                                       capsys):  # fmt: skip
+    """transform loaded the estimator in its default dtype whatever --dtype said, while depth, eval and the app
+    used --dtype: one photo, two depths; and no output said which weights or dtype made its depth."""
+    photo = photos_dir / "chelsea.png"
+    code, _, err = run(capsys, "transform", photo, "-o", tmp_path / "t", "--model", "tiny", "--prompt", "x",
+                       "--steps", 2, "--seed", 0, "--dtype", "bfloat16", "-q")  # fmt: skip
+    assert code == 0, err
+    code, _, err = run(capsys, "depth", photo, "-o", tmp_path / "d", "--estimator", "tiny", "--dtype", "bfloat16",
+                       "-q")  # fmt: skip
+    assert code == 0, err
+    assert (tmp_path / "t" / "chelsea_depth16.png").read_bytes() == (
+        tmp_path / "d" / "chelsea_depth16.png"
+    ).read_bytes()
+    meta = read_png_metadata(tmp_path / "t" / "chelsea_s0.png")
+    assert meta["depth"]["dtype"] == "bfloat16" and meta["depth"]["source"] == "tiny"
+    assert meta["depth"]["id"].endswith("depth-anything") and "revision" in meta["depth"]
+    assert meta["backbone"]["memory"] == {"offload": "none", "vae_tiling": False, "vae_slicing": False,
+                                          "attention": "sdpa"}  # fmt: skip
+    code, _, err = run(capsys, "transform", photo, "-o", tmp_path / "v", "--model", "tiny", "--prompt", "x",
+                       "--steps", 2, "--seed", 0, "--vae-tiling", "-q")  # fmt: skip
+    assert code == 0, err
+    assert read_png_metadata(tmp_path / "v" / "chelsea_s0.png")["backbone"]["memory"]["vae_tiling"] is True
