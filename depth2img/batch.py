@@ -708,7 +708,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     if rank == 0 and root.is_dir() and (resume or not earlier_run):  # an earlier run is refused, untouched
         for stale in stale_temp_files(root):  # of a killed run
             stale.unlink(missing_ok=True)
-    records = [r for m in root.glob("manifest*.jsonl") for r in read_manifest(m)]
+    # an image removed since is made again, at its attempt (the same seed)
+    records = [r for m in root.glob("manifest*.jsonl") for r in read_manifest(m) if not _lost(root, r)]
     tried: dict[str, int] = {}  # item -> the highest attempt an earlier run recorded
     for r in records:
         tried[r["item"]] = max(tried.get(r["item"], -1), r.get("attempt", 0))
@@ -904,8 +905,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     barrier()
     if rank == 0:
         # this run's processes' manifests, or those of an earlier multi-process run that one process resumed
-        if any(root.glob("manifest.rank*.jsonl")):
-            _merge_manifests(root)
+        _settle_manifests(root)
         report.indexed = build_index(job, root, labels)
     # no process returns (and exits, maybe non-zero, which makes torchrun stop the others) before rank 0 has
     # merged the manifests and written the index
@@ -1007,16 +1007,25 @@ def _resolved(job: Job) -> dict:
     return out
 
 
-def _merge_manifests(root: Path) -> None:
-    records = [r for m in sorted(root.glob("manifest.rank*.jsonl")) for r in read_manifest(m)]
-    records += read_manifest(root / "manifest.jsonl")
+def _lost(root: Path, record: dict) -> bool:
+    """A manifest line whose image has been removed since (its item is made again on --resume)."""
+    return bool(record.get("output")) and not (root / record["output"]).is_file()
+
+
+def _settle_manifests(root: Path) -> None:
+    """One manifest.jsonl: the processes' manifest.rankN.jsonl merged in, one line per attempt (the newest), none for
+    an image removed since."""
+    earlier = read_manifest(root / "manifest.jsonl")
+    ranks = sorted(root.glob("manifest.rank*.jsonl"))
+    records = earlier + [r for m in ranks for r in read_manifest(m)]
     # one line per attempt: a merge killed between writing manifest.jsonl and removing the rank files left both,
-    # and the next merge would list their lines (and the index their images) twice
-    records = list({(r["item"], r["attempt"]): r for r in records}.values())
-    records.sort(key=lambda r: (r["item"], r["attempt"]))
-    with atomic_path(root / "manifest.jsonl") as tmp:
-        tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in records))
-    for m in root.glob("manifest.rank*.jsonl"):
+    # and a resumed run remakes a removed image under its attempt's line
+    settled = list({(r["item"], r["attempt"]): r for r in records if not _lost(root, r)}.values())
+    settled.sort(key=lambda r: (r["item"], r["attempt"]))
+    if ranks or settled != earlier:
+        with atomic_path(root / "manifest.jsonl") as tmp:
+            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in settled))
+    for m in ranks:
         m.unlink()
 
 
