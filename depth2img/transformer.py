@@ -296,8 +296,13 @@ class SceneTransformer:
         from .backends import check_backbone_knobs
 
         check_backbone_knobs(self.backend.traits, self.name, given, negative_prompt)
-        if not self.backend.takes_negative_prompt:
-            negative = ""  # a preset's negatives do not apply here
+        # a preset's negatives do not apply where the backbone takes none, nor without classifier-free guidance
+        # (guidance <= 1: diffusers encodes no negative), and outputs record what was used
+        unguided = (
+            self.backend.takes_negative_prompt and knobs["guidance_scale"] <= 1 and bool(negative_prompt)
+        )
+        if not self.backend.takes_negative_prompt or knobs["guidance_scale"] <= 1:
+            negative = ""
         if knobs["feature_cache"] > 1 and not self.backend.has_unet:
             knobs["feature_cache"] = 1  # from a preset: does not apply here
         for k in CONTROL_KNOBS:
@@ -326,6 +331,11 @@ class SceneTransformer:
         notes = self._prompt_warnings(final_prompt, "prompt")
         if negative:
             notes += self._prompt_warnings(negative, "negative prompt")
+        if unguided:
+            notes.append(
+                f"negative prompt unused: guidance_scale {knobs['guidance_scale']:g} <= 1 turns classifier-free "
+                "guidance off"
+            )
         # _stacklevel None: the notes only travel in the request (a caller forwards them from result.warnings)
         for note in notes if _stacklevel is not None else ():
             warnings.warn(note, Depth2ImgWarning, stacklevel=_stacklevel)

@@ -1251,3 +1251,25 @@ def test_sdxl_img2img_logs_no_empty_float32_list(photo, depth):
     assert [r.getMessage() for r in records] == [
         "There are modules in X that should be kept in float32: ['wo']"
     ]
+
+
+def test_without_guidance_no_negative_prompt_is_used_or_recorded(sd15, photo, depth):
+    """guidance <= 1 (a few-step LoRA's default) turns classifier-free guidance off, so diffusers encodes no negative:
+    outputs recorded the negative prompt (the user's, a preset's) that had changed nothing."""
+    import warnings as w
+
+    common = dict(depth=depth, seed=1, steps=2, guidance_scale=1.0)
+    plain = sd15.transform(photo, "a cat", **common)
+    with w.catch_warnings(record=True) as caught:
+        w.simplefilter("always")
+        told = sd15.transform(photo, "a cat", negative_prompt="blurry", **common)
+    assert np.array_equal(np.asarray(plain.images[0]), np.asarray(told.images[0]))
+    assert told.metadata[0]["negative_prompt"] == ""
+    note = "negative prompt unused: guidance_scale 1 <= 1 turns classifier-free guidance off"
+    assert told.warnings == [note] and any(note in str(c.message) for c in caught)
+    sketch = sd15.transform(photo, "a cat", preset="pencil-sketch", **common)  # its negatives: "color, photo"
+    assert sketch.metadata[0]["negative_prompt"] == "" and sketch.warnings == []
+    guided = sd15.transform(
+        photo, "a cat", negative_prompt="blurry", depth=depth, seed=1, steps=2, guidance_scale=2.0
+    )
+    assert guided.metadata[0]["negative_prompt"] == "blurry" and guided.warnings == []
