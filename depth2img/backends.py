@@ -544,12 +544,15 @@ class Backend:
         Its scheduler becomes this backend's default (``ref.entry.scheduler``)."""
         check_speed_lora(self.kind, ref)
         scale = check_lora_scale(scale)
-        wanted = ref.entry.weight_name if ref.entry is not None else None
+        # a hub repo of several LoRAs (Hyper-SD): the entry's file; a folder (a tiny one too): its one file
+        wanted = ref.entry.weight_name if ref.entry is not None and not ref.is_local else None
         path = snapshot_dir(
             ref, local_files_only=local_files_only, allow_patterns=[wanted] if wanted else LORA_FILES
         )
         weights = [path / wanted] if wanted else sorted(path.glob("*.safetensors"))
-        if len(weights) != 1 or not weights[0].is_file():
+        if wanted and not weights[0].is_file():
+            raise ModelLoadError(f"lora {ref.name!r} at {path}: no {wanted}")
+        if len(weights) != 1:
             raise ModelLoadError(
                 f"lora {ref.name!r} at {path}: expected one .safetensors file, found {len(weights)}"
             )

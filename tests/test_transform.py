@@ -1092,6 +1092,10 @@ def test_few_step_lora_equals_diffusers_and_sets_its_defaults(photo, depth, tiny
     assert explicit.metadata[0]["steps"] == 2  # explicit knobs still win
     sketch = st.prepare(photo, PROMPT, preset="pencil-sketch", depth=depth, seed=0).knobs
     assert (sketch["guidance_scale"], sketch["steps"]) == (1.0, 4)  # the preset's guidance 8 would break LCM
+    # Hyper-SD's tiny stand-in (the same folder, its one file): the registry's weight_name is the hub repo's file
+    hyper = SceneTransformer.from_pretrained("tiny", lora="tiny/hyper-sd15-8step")
+    m = hyper.transform(photo, PROMPT, depth=depth, seed=8, strength=1.0).metadata[0]
+    assert (m["scheduler"], m["steps"], m["guidance_scale"]) == ("ddim-trailing", 8, 1.0)
 
 
 def test_a_presets_knobs_do_not_override_the_guidance_flux_needs(photo, depth):
