@@ -714,7 +714,12 @@ def test_run_isolated_keeps_a_failure_to_its_own_request(sd15, photo, depth, mon
     assert splits == [("depth is constant (no structure)", 2), ("depth is constant (no structure)", 1)]
     assert isinstance(got[1], Depth2ImgError) and str(got[1]) == "depth is constant (no structure)"
     for g, w in zip(got[:1] + got[2:], want):
-        assert g.seeds == w.seeds and np.abs(g.raw - w.raw).max() < 1e-5  # a split changes no image
+        assert (
+            g.seeds == w.seeds and np.abs(g.raw - w.raw).max() < 1e-5
+        )  # a split changes no image beyond rounding
+    # each output records the batch it was denoised in: the road's 2 images alone, the last two requests together
+    assert [[m["batch"] for m in g.metadata] for g in (got[0], got[2], got[3])] == [[2, 2], [2], [2]]
+    assert [m["batch"] for w in want for m in w.metadata] == [4] * 4
     assert sd15.run_isolated([]) == []
 
 
