@@ -5,6 +5,7 @@ Files are written atomically (temp file + rename); a manifest line is appended o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -124,14 +125,21 @@ def append_manifest(path, records: list[dict], files=()) -> None:
     """Append one JSON line per record to the manifest file ``path`` and flush them to disk. If that fails, the
     ``files`` the records describe are removed too: no file is left without its line."""
     lines = "".join(json.dumps(rec, sort_keys=True) + "\n" for rec in records)
+    size = None
     try:
         with open(path, "a", encoding="utf-8") as fh:
+            size = os.fstat(fh.fileno()).st_size
             fh.write(lines)
             fh.flush()
             os.fsync(fh.fileno())
     except BaseException:
         for f in files:
             Path(f).unlink(missing_ok=True)
+        if (
+            size is not None
+        ):  # no line, or part of one (a full disk), is left for them: the next would join it
+            with contextlib.suppress(OSError), open(path, "r+b") as fh:
+                fh.truncate(size)
         raise
 
 

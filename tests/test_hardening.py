@@ -450,3 +450,29 @@ def test_unknown_offload_is_refused_by_the_api():
         Depth2ImgError, match="offload must be one of none, model, group, sequential, got 'disk'"
     ):
         SceneTransformer.from_pretrained("tiny", offload="disk")
+
+
+def test_a_failed_manifest_append_leaves_no_part_of_its_lines(tmp_path, monkeypatch):
+    """A full disk cut a line short: its files were removed, but the torn piece stayed, and the next input's line
+    was appended onto it (one line, no JSON: that input's files had no readable line)."""
+    import errno
+    import os
+
+    from depth2img import outputs
+
+    manifest = tmp_path / "manifest.jsonl"
+    outputs.append_manifest(manifest, [{"output": "a.png"}])
+    kept = manifest.read_bytes()
+    (tmp_path / "b.png").write_bytes(b"png")
+    real = os.fsync
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    with pytest.raises(OSError, match="No space left"):
+        outputs.append_manifest(manifest, [{"output": "b.png", "prompt": "x" * 5000}], [tmp_path / "b.png"])
+    monkeypatch.setattr(os, "fsync", real)
+    assert manifest.read_bytes() == kept and not (tmp_path / "b.png").exists()
+    outputs.append_manifest(manifest, [{"output": "c.png"}])
+    assert [r["output"] for r in outputs.read_manifest(manifest)] == ["a.png", "c.png"]
