@@ -501,6 +501,15 @@ COMMANDS = {"depth": _cmd_depth, "tiny-model": _cmd_tiny_model, "models": _cmd_m
             "batch": _cmd_batch, "eval": _cmd_eval, "bench": _cmd_bench}  # fmt: skip
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (timeout, docker stop, a scheduler's preemption), taken the way Ctrl-C is: temporary files removed,
+    finished files kept with their manifest lines, one line said."""
+
+
+def _on_sigterm(signum, frame):
+    raise _Terminated
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -519,6 +528,15 @@ def main(argv=None) -> int:
         else:
             shown(message, category, *rest, **kwargs)
 
+    import signal
+    import threading
+
+    # only the main thread may set handlers; an ignored SIGTERM stays ignored
+    ours = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) not in (
+        signal.SIG_IGN,
+        None,
+    )
+    before = signal.signal(signal.SIGTERM, _on_sigterm) if ours else None
     try:
         with warnings.catch_warnings():
             warnings.showwarning = show
@@ -526,6 +544,9 @@ def main(argv=None) -> int:
     except Depth2ImgError as err:
         _say(str(err))
         return EXIT_USAGE
+    except _Terminated:
+        _say("terminated")
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         _say("interrupted")
         return 130
@@ -534,6 +555,9 @@ def main(argv=None) -> int:
             raise
         _say(f"internal error: {type(err).__name__}: {err} (run with DEPTH2IMG_DEBUG=1 for the traceback)")
         return 1
+    finally:
+        if ours:
+            signal.signal(signal.SIGTERM, before)
 
 
 if __name__ == "__main__":

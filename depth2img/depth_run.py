@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
 from .errors import Depth2ImgError, InputError
-from .io import DEPTH_WRITERS, expand_inputs, load_image, write_depth_products
+from .io import DEPTH_WRITERS, expand_inputs, load_image, stale_temp_files, write_depth_products
 from .knobs import check_batch_size
 from .outputs import CPU_THREADS, BackgroundWriter, writer_threads
 
@@ -80,21 +81,39 @@ def _stems(paths: Sequence[Path]) -> list[str]:
     return stems
 
 
+# a temporary file this old in an output folder is a killed run's (a younger one may be a concurrent run's, mid-write)
+STALE_TEMP_S = 600
+
+
 def output_dir(out_dir, inputs: Sequence) -> Path:
     """``out_dir`` created for a run's outputs, checked before any model loads: one line if it is a file, cannot be
     created, or is one of the input folders (whose next run would read these outputs as inputs)."""
+    import glob
+    import tempfile
+
     out_dir = Path(out_dir)
-    if out_dir.is_dir() and any(Path(i).is_dir() and Path(i).resolve() == out_dir.resolve() for i in inputs):
-        raise InputError(
-            f"output folder {out_dir} is also an input folder: a later run would read its outputs as inputs; "
-            "choose another output folder"
-        )
+    if out_dir.is_dir():
+        # an input folder, or the folder of a pattern's matches ("out/*.png", "out/**/*.png")
+        folders = {Path(i) for i in inputs if Path(i).is_dir()}
+        folders |= {Path(q).parent for i in inputs if not Path(i).exists() and glob.has_magic(str(i))
+                    for q in glob.glob(os.path.expanduser(str(i)), recursive=True)}  # fmt: skip
+        if any(f.resolve() == out_dir.resolve() for f in folders):
+            raise InputError(
+                f"output folder {out_dir} is also an input folder: a later run would read its outputs as inputs; "
+                "choose another output folder"
+            )
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
         raise InputError(f"output folder {out_dir} is a file") from None
     except OSError as err:
         raise InputError(f"output folder {out_dir} cannot be created ({err.strerror or err})") from None
+    try:  # an existing folder that cannot be written failed every input only after the whole run
+        fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".depth2img-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise InputError(f"output folder {out_dir} cannot be written ({err.strerror or err})") from None
     return out_dir
 
 
@@ -104,6 +123,11 @@ def output_dir_for(out_dir, inputs: Sequence) -> Iterator[Path]:
     model name, or a run whose every input failed, left an empty output folder)."""
     existed = Path(out_dir).exists()
     path = output_dir(out_dir, inputs)
+    now = time.time()
+    for stale in stale_temp_files(path):  # of a killed run: its own folder's, old enough
+        with contextlib.suppress(OSError):
+            if stale.parent == path and now - stale.stat().st_mtime > STALE_TEMP_S:
+                stale.unlink()
     try:
         yield path
     finally:

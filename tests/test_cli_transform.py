@@ -633,3 +633,92 @@ def test_transform_estimates_depth_in_the_dtype_asked_for_as_depth_does_and_reco
                        "--steps", 2, "--seed", 0, "--vae-tiling", "-q")  # fmt: skip
     assert code == 0, err
     assert read_png_metadata(tmp_path / "v" / "chelsea_s0.png")["backbone"]["memory"]["vae_tiling"] is True
+
+
+@pytest.mark.parametrize("command", ["transform", "depth"])
+def test_an_output_folder_that_a_pattern_reads_or_that_cannot_be_written_is_refused_up_front(
+    tmp_path, photos_dir, capsys, monkeypatch, command
+):
+    """ "out/*.png" -o out took the first run's outputs in as inputs on the next; a read-only folder failed every
+    input only after the whole run."""
+    import shutil
+    import tempfile
+
+    from depth2img import depth_run
+    from depth2img.estimators import DepthEstimator
+    from depth2img.transformer import SceneTransformer
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(SceneTransformer, "from_pretrained", no_loading)
+    monkeypatch.setattr(DepthEstimator, "from_pretrained", no_loading)
+    argv = ["--model", "tiny", "--prompt", "x"] if command == "transform" else ["--estimator", "tiny"]
+    own = tmp_path / "own"
+    shutil.copytree(photos_dir, own)
+    for pattern in (own / "*.png", tmp_path / "**" / "*.jpg"):
+        code, _, err = run(capsys, command, pattern, "-o", own, *argv, "-q")
+        assert code == 2 and err.startswith(
+            f"depth2img: error: output folder {own} is also an input folder"
+        ), err
+
+    def read_only(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", read_only)
+    code, _, err = run(capsys, command, photos_dir, "-o", tmp_path / "ro", *argv, "-q")
+    assert (
+        code == 2
+        and err
+        == f"depth2img: error: output folder {tmp_path / 'ro'} cannot be written (Permission denied)\n"
+    )
+    monkeypatch.undo()
+    # a killed run's temporary files are swept from the output folder: an old one; a young one may be another run's
+    out = tmp_path / "o"
+    out.mkdir()
+    old, young = out / ".chelsea_depth16.png.1a2b3c4d.part.png", out / ".coffee_depth16.png.5e6f7a8b.part.png"
+    for f in (old, young):
+        f.write_bytes(b"half")
+    os_time = depth_run.time.time()
+    import os
+
+    os.utime(old, (os_time - depth_run.STALE_TEMP_S - 60,) * 2)
+    code, _, err = run(capsys, "depth", photos_dir, "-o", out, "--estimator", "tiny", "-q")
+    assert code == 0, err
+    assert not old.exists() and young.exists()
+
+
+def test_sigterm_is_taken_as_ctrl_c_and_leaves_no_temporary_file(tmp_path, photos_dir, tiny_dir):
+    """SIGTERM (timeout, docker stop, a scheduler's preemption) killed the run mid-write: truncated temporary PNGs
+    stayed, and the exit said nothing."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    script = (
+        "import contextlib, sys, time\n"
+        "from depth2img import io\n"
+        "real = io.atomic_path\n"
+        "@contextlib.contextmanager\n"
+        "def slow(path):\n"
+        "    with real(path) as tmp:\n"
+        "        print('writing', flush=True); time.sleep(30); yield tmp\n"
+        "io.atomic_path = slow\n"
+        "from depth2img.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    env = {**os.environ, "DEPTH2IMG_TINY_DIR": str(tiny_dir), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-c", script, "depth", str(photos_dir), "-o", str(out), "--estimator",
+                             "tiny", "--depth-format", "png16", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=env, text=True)  # fmt: skip
+    try:
+        assert proc.stdout.readline() == "writing\n"
+        assert any(p.name.endswith(".part.png") for p in out.iterdir())  # mid-write
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and err.strip().endswith("depth2img: error: terminated"), err
+    assert not [p.name for p in out.iterdir() if ".part" in p.name]
