@@ -162,10 +162,9 @@ def run_transform(
                 writer.flush()
         finally:
             depth_worker.shutdown(wait=True, cancel_futures=True)
-        bar.close()
-        replaced = earlier & {p.name for p in report.written}
-        if replaced or (earlier and report.failed):
-            compact_manifest(manifest)  # one line per file: a rerun's replaced files replace their lines
+            bar.close()
+            if earlier:  # one line per file: a rerun's replaced files replace their lines, interrupted or not
+                compact_manifest(manifest)
     return report
 
 

@@ -722,3 +722,30 @@ def test_sigterm_is_taken_as_ctrl_c_and_leaves_no_temporary_file(tmp_path, photo
         proc.kill()
     assert proc.returncode == 143 and err.strip().endswith("depth2img: error: terminated"), err
     assert not [p.name for p in out.iterdir() if ".part" in p.name]
+
+
+def test_an_interrupted_rerun_leaves_one_line_per_file(tmp_path, photos_dir, capsys, monkeypatch):
+    """The lines of the files a rerun replaced were dropped only at a run's normal end: after Ctrl-C the manifest
+    listed the first run's line too, for an image that no longer exists."""
+    from depth2img.transformer import SceneTransformer
+
+    out = tmp_path / "o"
+    argv = ["-o", out, "--model", "tiny", "--seed", 0, "--steps", 2, "--batch-size", 1, "-q"]
+    code, _, err = run(capsys, "transform", photos_dir, "--prompt", "first", *argv)
+    assert code == 0, err
+    real, calls = SceneTransformer.run_isolated, []
+
+    def stopped_at_the_second(self, requests, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(self, requests, **kwargs)
+
+    monkeypatch.setattr(SceneTransformer, "run_isolated", stopped_at_the_second)
+    code, _, err = run(capsys, "transform", photos_dir, "--prompt", "second", *argv)
+    assert code == 130 and err.endswith("depth2img: error: interrupted\n")
+    lines = [json.loads(x) for x in (out / "manifest.jsonl").read_text().splitlines()]
+    assert sorted((r["output"], r["user_prompt"]) for r in lines) == [
+        ("chelsea_s0.png", "second"),
+        ("coffee_s0.png", "first"),
+    ]
