@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import math
 import os
 import re
 import secrets
@@ -51,6 +52,14 @@ def pixel_limit() -> int:
     return int(given)
 
 
+def _over_pixel_limit(path: Path, max_pixels: int, size: str = "") -> InputError:
+    """The decompression-bomb guard's one line for ``path``; ``size`` says how large it is, where known."""
+    return InputError(
+        f"{path}: {size}{', ' if size else ''}over the {max_pixels:,}-pixel limit "
+        "(decompression-bomb guard; raise DEPTH2IMG_MAX_PIXELS to allow it)"
+    )
+
+
 def _open(path: Path, max_pixels: int):
     from PIL import Image, UnidentifiedImageError
 
@@ -70,21 +79,14 @@ def _open(path: Path, max_pixels: int):
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         # Pillow's message: "Image size (N pixels) exceeds..."
         counted = re.search(r"\((\d+) pixels\)", str(err))
-        size = f"{int(counted[1]):,} pixels, " if counted else ""
-        raise InputError(
-            f"{path}: {size}over the {max_pixels:,}-pixel limit "
-            "(decompression-bomb guard; raise DEPTH2IMG_MAX_PIXELS to allow it)"
-        ) from None
+        raise _over_pixel_limit(path, max_pixels, f"{int(counted[1]):,} pixels" if counted else "") from None
     except UnidentifiedImageError:
         raise InputError(f"{path}: not a readable image (unknown format or corrupt header)") from None
     except OSError as err:
         raise InputError(f"{path}: cannot be read ({err})") from None
     w, h = img.size
     if w * h > max_pixels:
-        raise InputError(
-            f"{path}: {w}x{h} is {w * h:,} pixels, over the {max_pixels:,}-pixel limit "
-            "(decompression-bomb guard; raise DEPTH2IMG_MAX_PIXELS to allow it)"
-        )
+        raise _over_pixel_limit(path, max_pixels, f"{w}x{h} is {w * h:,} pixels")
     try:
         img.load()
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for truncated/corrupt data
@@ -156,13 +158,19 @@ def to_rgb(img):
 
 
 def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES) -> tuple[list[Path], list[str]]:
-    """Files, directories (their images, sorted) and globs -> (paths, problems). Order is kept; duplicates dropped."""
+    """Files, directories (their images, sorted; hidden ``.name`` files skipped, as a glob skips them) and globs ->
+    (paths, problems). Order is kept; a file reached twice (another spelling, a symlink) is kept once, as first
+    named."""
     paths: list[Path] = []
     problems: list[str] = []
     for item in items:
         p = Path(item).expanduser()
         if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and q.suffix.lower() in suffixes)
+            found = sorted(
+                q
+                for q in p.iterdir()
+                if not q.name.startswith(".") and q.is_file() and q.suffix.lower() in suffixes
+            )
             if not found:
                 problems.append(f"{item}: directory has no files ending in {', '.join(suffixes)}")
             paths.extend(found)
@@ -177,8 +185,11 @@ def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES) -> tuple[list[P
             paths.extend(found)
         else:
             problems.append(f"{item}: no such file or directory")
-    unique = list(dict.fromkeys(paths))
-    return unique, problems
+    # by the file reached, not the spelling: a symlink loop under a recursive glob names one file 40 times
+    unique: dict[str, Path] = {}
+    for p in paths:
+        unique.setdefault(os.path.realpath(p), p)
+    return list(unique.values()), problems
 
 
 # ---------------------------------------------------------------------------------------------- depth files
@@ -203,7 +214,7 @@ def read_depth_file(path: str | os.PathLike, polarity: str | None = None, *, dep
         raise InputError(f"{path}: depth files must be one of {', '.join(DEPTH_SUFFIXES)}")
     recorded = None
     if suffix in (".npy", ".npz"):
-        values, recorded = _read_numpy(path)
+        values, recorded = _read_numpy(path, pixel_limit())
     else:
         img = _open(path, pixel_limit())
         recorded = img.info.get(KIND_TEXT_KEY)
@@ -321,13 +332,39 @@ def _wide_rgb(path: Path, img) -> np.ndarray | None:
     return pixels[..., 2::-1]  # BGR(A) -> RGB
 
 
-def _read_numpy(path: Path):
+def _npy_shape(fh) -> tuple[int, ...] | None:
+    """The shape an .npy stream's header declares, read without its data; None for a stream that is no .npy."""
+    from numpy.lib import format as npy_format
+
+    try:
+        version = npy_format.read_magic(fh)
+    except ValueError:
+        # not an .npy (a zip, a pickle, a short file): np.load says what it is
+        return None
+    if version == (1, 0):
+        return npy_format.read_array_header_1_0(fh)[0]
+    return npy_format.read_array_header_2_0(fh)[0]
+
+
+def _check_array_pixels(path: Path, shape: tuple[int, ...] | None, max_pixels: int) -> None:
+    """Refuse an array over the decompression-bomb limit from its header (a tiny .npz can hold gigabytes)."""
+    if shape is not None and math.prod(shape) > max_pixels:
+        size = f"{shape[1]}x{shape[0]}" if len(shape) == 2 else f"shape {shape}"
+        raise _over_pixel_limit(path, max_pixels, f"{size} is {math.prod(shape):,} pixels")
+
+
+def _read_numpy(path: Path, max_pixels: int):
     import zipfile
 
     # A damaged .npz fails at opening (not a zip) or only when a member is read (bad deflate data, an object array)
     unreadable = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
     try:
+        with open(path, "rb") as fh:
+            _check_array_pixels(path, _npy_shape(fh), max_pixels)
         data = np.load(path, allow_pickle=False)
+    except InputError:
+        # the pixel guard's own line (an InputError is a ValueError too)
+        raise
     except unreadable as err:
         raise InputError(f"{path}: not a readable NumPy file ({first_line(err)})") from None
     if isinstance(data, np.ndarray):
@@ -338,8 +375,15 @@ def _read_numpy(path: Path):
         if key is None:
             raise InputError(f"{path}: .npz must hold a 'depth' array (or exactly one array), found {names}")
         try:
+            # each member's header before its data; np.load names the zip entry "depth.npy" "depth"
+            for name in [key, "kind"] if "kind" in data else [key]:
+                member = f"{name}.npy" if f"{name}.npy" in data.zip.namelist() else name
+                with data.zip.open(member) as fh:
+                    _check_array_pixels(path, _npy_shape(fh), max_pixels)
             recorded = str(data["kind"]) if "kind" in data else None
             return data[key], recorded
+        except InputError:
+            raise
         except unreadable as err:
             raise InputError(f"{path}: .npz member unreadable ({first_line(err)})") from None
 

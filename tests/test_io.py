@@ -1,5 +1,6 @@
 """Image and depth-file reading: conversions, full precision, and one clear line for every bad input."""
 
+import re
 import warnings
 from pathlib import Path
 
@@ -484,3 +485,66 @@ def test_images_opened_on_many_threads_leave_the_warning_filters_as_they_were(tm
         sys.setswitchinterval(interval)
     assert warnings.filters == before
     assert len(refused) == 8 * 50 and all("over the 100,000-pixel limit" in r for r in refused)
+
+
+def _npy_header_only(fh, shape):
+    """An .npy header declaring ``shape`` with no data after it: reading the data would fail."""
+    np.lib.format.write_array_header_1_0(fh, {"descr": "<f4", "fortran_order": False, "shape": shape})
+
+
+def test_a_numpy_depth_over_the_pixel_limit_is_refused_from_its_header(tmp_path, monkeypatch):
+    """A 365 KB .npz held a 12000x8000 array and was decoded in full (2 GB): no pixel guard on NumPy files."""
+    import zipfile
+
+    monkeypatch.setenv("DEPTH2IMG_MAX_PIXELS", "1199")
+    with open(tmp_path / "d.npy", "wb") as fh:
+        _npy_header_only(fh, (30, 40))
+    with zipfile.ZipFile(tmp_path / "d.npz", "w", zipfile.ZIP_DEFLATED) as z, z.open("depth.npy", "w") as fh:
+        _npy_header_only(fh, (30, 40))
+    # a bomb in the 'kind' entry
+    np.savez_compressed(tmp_path / "k.npz", depth=np.ones((4, 4)), kind=np.zeros(1200))
+    guard = (
+        r"over the 1,199-pixel limit \(decompression-bomb guard; raise DEPTH2IMG_MAX_PIXELS to allow it\)$"
+    )
+    for name, size in (("d.npy", "40x30"), ("d.npz", "40x30"), ("k.npz", r"shape \(1200,\)")):
+        with pytest.raises(
+            InputError, match=rf"^{re.escape(str(tmp_path / name))}: {size} is 1,200 pixels, {guard}"
+        ):
+            io.read_depth_file(tmp_path / name, "metric")
+    # at the limit: read, and a header-only file is damaged
+    monkeypatch.setenv("DEPTH2IMG_MAX_PIXELS", "1200")
+    np.save(tmp_path / "ok.npy", np.ones((30, 40)))
+    assert io.read_depth_file(tmp_path / "ok.npy", "metric").size == (40, 30)
+    with pytest.raises(InputError, match="d.npz: .npz member unreadable"):
+        io.read_depth_file(tmp_path / "d.npz", "metric")
+
+
+def test_expand_inputs_keeps_a_file_reached_twice_once(tmp_path, monkeypatch):
+    """p.png and $PWD/p.png ran twice; a symlink loop under a recursive glob made one photo 41 inputs."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "d").mkdir()
+    for name in ("p.png", "q.png"):
+        (tmp_path / "d" / name).write_bytes(b"x")
+    (tmp_path / "d" / "self").symlink_to("../d")
+    paths, problems = io.expand_inputs(["d/q.png", str(tmp_path / "d" / "q.png"), "d/**/*.png", "d"])
+    # each file once, under its first spelling, in its first place
+    assert paths == [Path("d/q.png"), Path("d/p.png")] and problems == []
+
+
+def test_a_folder_skips_hidden_files_as_a_glob_does(tmp_path):
+    """macOS AppleDouble ._NAME files in an input folder were read as images (one error each, exit 2)."""
+    (tmp_path / "d").mkdir()
+    for name in ("p.png", "._p.png", ".q.png"):
+        (tmp_path / "d" / name).write_bytes(b"x")
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "._p.png").write_bytes(b"x")
+    assert io.expand_inputs([str(tmp_path / "d")]) == ([tmp_path / "d" / "p.png"], [])
+    assert io.expand_inputs([str(tmp_path / "d" / "*.png")]) == ([tmp_path / "d" / "p.png"], [])
+    # a hidden file named on its own is still an input
+    named = tmp_path / "d" / "._p.png"
+    assert io.expand_inputs([str(named)]) == ([named], [])
+    suffixes = ", ".join(io.IMAGE_SUFFIXES)
+    assert io.expand_inputs([str(tmp_path / "h")]) == (
+        [],
+        [f"{tmp_path / 'h'}: directory has no files ending in {suffixes}"],
+    )
