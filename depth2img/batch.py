@@ -708,8 +708,12 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     if rank == 0 and root.is_dir() and (resume or not earlier_run):  # an earlier run is refused, untouched
         for stale in stale_temp_files(root):  # of a killed run
             stale.unlink(missing_ok=True)
+    records = [r for m in root.glob("manifest*.jsonl") for r in read_manifest(m)]
+    # a source keeps the name an earlier run gave it: a source added since with the same file name (sorted before
+    # it) took that name, and with it the earlier images as its own
+    named = {os.path.realpath(r["source"]): r["item"].split("/")[0] for r in records if r.get("source")}
     # an image removed since is made again, at its attempt (the same seed)
-    records = [r for m in root.glob("manifest*.jsonl") for r in read_manifest(m) if not _lost(root, r)]
+    records = [r for r in records if not _lost(root, r)]
     tried: dict[str, int] = {}  # item -> the highest attempt an earlier run recorded
     for r in records:
         tried[r["item"]] = max(tried.get(r["item"], -1), r.get("attempt", 0))
@@ -731,7 +735,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
 
     for p in problems:
         fail(p)
-    stems = dict(zip(paths, _stems(paths)))
+    kept = {p: named[os.path.realpath(p)] for p in paths if os.path.realpath(p) in named}
+    stems = dict(zip(paths, _stems(paths, kept)))
     # Sources are read, estimated (in batches of depth_batch_size) and denoised by chunk: at least batch_size of
     # them, so that a job of one variation x one seed still fills its denoising batches. Shard by chunk, not by
     # source: a chunk has the same members whatever the number of processes, so every image is bit-identical to

@@ -60,14 +60,19 @@ class RunReport:
         return f"{len(self.done)} done, {len(self.failed)} failed"
 
 
-def _stems(paths: Sequence[Path]) -> list[str]:
+def _stems(paths: Sequence[Path], kept: dict | None = None) -> list[str]:
     """Output stems from input names, one per input and no two alike (also not by case, for case-insensitive disks):
     a repeated name gets the first free of -2, -3..., never another input's own name (``a.png``, ``a.jpg`` and
-    ``a-2.png`` give ``a``, ``a-3``, ``a-2``), so no output overwrites another."""
-    taken = {p.stem.casefold() for p in paths}
-    first: set[str] = set()
+    ``a-2.png`` give ``a``, ``a-3``, ``a-2``), so no output overwrites another. ``kept``: the stems some paths
+    already have (a resumed run's), which no other path takes."""
+    kept = kept or {}
+    taken = {p.stem.casefold() for p in paths} | {s.casefold() for s in kept.values()}
+    first = {s.casefold() for s in kept.values()}
     stems = []
     for p in paths:
+        if p in kept:
+            stems.append(kept[p])
+            continue
         key = p.stem.casefold()
         if key not in first:
             first.add(key)

@@ -1036,3 +1036,22 @@ def test_resume_makes_a_removed_image_again_and_the_index_lists_only_images_that
 
     _settle_manifests(out)
     assert build_index(load_job(job), out) == 2 and len(read_manifest(out / "manifest.jsonl")) == 2
+
+
+def test_a_source_added_on_resume_with_an_earlier_sources_file_name_gets_its_own_images(tmp_path):
+    """x/a.png ran; w/a.png was added (it sorts first) and --resume gave it the name a: its items counted as
+    finished (x's images), and x/a.png was made again as a-2."""
+    for folder, seed in (("x", 0), ("w", 1)):
+        (tmp_path / "src" / folder).mkdir(parents=True)
+        render_driving_scene(W, H, seed=seed).image.save(tmp_path / "src" / folder / "a.png")
+    job = write_job(tmp_path, inputs=["src/x/a.png"], output="out", presets=["fog"], seeds=1, labels={},
+                    layout="files")  # fmt: skip
+    assert run_job(job, progress=False).done == 1
+    job = write_job(tmp_path, inputs=["src/w/a.png", "src/x/a.png"], output="out", presets=["fog"], seeds=1,
+                    labels={}, layout="files")  # fmt: skip
+    again = run_job(job, resume=True, progress=False)
+    assert again.done == 1 and again.skipped == 1
+    sources = {
+        r["item"]: Path(r["source"]).parent.name for r in read_manifest(tmp_path / "out" / "manifest.jsonl")
+    }
+    assert sources == {"a/fog/s0": "x", "a-2/fog/s0": "w"}
