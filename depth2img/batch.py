@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 import yaml
 
-from .errors import Depth2ImgError, Depth2ImgWarning, InputError, OutOfMemory
+from .errors import Depth2ImgError, Depth2ImgWarning, InputError, OutOfMemory, first_line
 from .io import atomic_path, expand_inputs, load_image, stale_temp_files, write_depth_products
 from .knobs import DEFAULT_KNOBS, MAX_SEED, check_batch_size
 from .outputs import BackgroundWriter, append_manifest, read_manifest, safe_name, save_png
@@ -371,6 +371,10 @@ def load_job(path: str | os.PathLike, **overrides) -> Job:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"job file {path}: no such file") from None
+    except OSError as err:  # a folder, unreadable
+        raise InputError(f"job file {path}: cannot be read ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"job file {path}: not UTF-8 text (byte {err.start}); is it a job YAML?") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -402,7 +406,11 @@ def job_inputs(job: Job) -> tuple[list[Path], list[str]]:
     for item in items:
         p = job.path(str(item))
         if p.suffix.lower() == ".txt" and p.is_file():  # a list file: one path per line, relative to itself
-            lines = [ln.strip() for ln in p.read_text().splitlines() if ln.strip() and not ln.startswith("#")]
+            try:  # as the file system spells names (bytes): a Latin-1 name is a name too
+                text = os.fsdecode(p.read_bytes())
+            except OSError as err:
+                raise InputError(f"job key inputs: list file {p} cannot be read ({err.strerror or err})") from None
+            lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
             expanded += [str((p.parent / ln) if not Path(ln).is_absolute() else Path(ln)) for ln in lines]
         else:
             expanded.append(str(p))
@@ -426,15 +434,15 @@ class Labels:
         if "coco" in job.labels:
             path = job.path(job.labels["coco"])
             try:
-                self.coco = json.loads(path.read_text())
+                self.coco = json.loads(path.read_text(encoding="utf-8"))
                 for im in self.coco.get("images", []):
                     parts = _parts(im["file_name"])
                     self._coco_by_name.setdefault(parts[-1], []).append((parts, im))
                 self._anns: dict = {}
                 for ann in self.coco.get("annotations", []):
                     self._anns.setdefault(ann["image_id"], []).append(ann)
-            except (OSError, json.JSONDecodeError) as err:
-                raise InputError(f"labels.coco {path}: cannot be read ({err})") from None
+            except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
+                raise InputError(f"labels.coco {path}: cannot be read ({first_line(err)})") from None
             except (AttributeError, KeyError, TypeError, IndexError) as err:
                 raise InputError(
                     f"labels.coco {path}: not COCO (images need an id and a file_name, annotations an "
@@ -971,8 +979,8 @@ SAME_RUN_KEYS = ("model", "estimator", "lora", "lora_scale", "dtype", "knobs", "
 def _check_same_run(job: Job, recorded: Path) -> None:
     """On --resume, refuse a job whose image-making settings differ from the run it continues."""
     try:
-        earlier = yaml.safe_load(recorded.read_text())
-    except (OSError, yaml.YAMLError):
+        earlier = yaml.safe_load(recorded.read_text(encoding="utf-8"))
+    except (OSError, ValueError, yaml.YAMLError):
         return  # an older or damaged record: nothing to compare with
     if not isinstance(earlier, dict):
         return

@@ -1055,3 +1055,38 @@ def test_a_source_added_on_resume_with_an_earlier_sources_file_name_gets_its_own
         r["item"]: Path(r["source"]).parent.name for r in read_manifest(tmp_path / "out" / "manifest.jsonl")
     }
     assert sources == {"a/fog/s0": "x", "a-2/fog/s0": "w"}
+
+
+def test_files_that_are_no_text_are_one_line_naming_them(tmp_path, dataset):
+    """A PNG or a folder given as the job file, a COCO file or presets file that is not UTF-8: internal errors
+    (UnicodeDecodeError, IsADirectoryError), exit 1. A list file naming a Latin-1 file name failed the same way."""
+    import os
+
+    from depth2img.batch import Labels, job_inputs
+    from depth2img.presets import load_presets
+
+    png = dataset / "frames" / "f0.png"
+    with pytest.raises(InputError, match=rf"^job file {png}: not UTF-8 text \(byte 0\); is it a job YAML\?$"):
+        load_job(png)
+    with pytest.raises(InputError, match=rf"^job file {dataset}: cannot be read \(Is a directory\)$"):
+        load_job(dataset)
+    with pytest.raises(InputError, match=rf"^presets file {png}: not UTF-8 text \(byte 0\)"):
+        load_presets([png])
+    (tmp_path / "coco.json").write_bytes(
+        '{"images": [], "annotations": [], "x": "caf\u00e9"}'.encode("latin-1")
+    )
+    job = write_job(tmp_path, inputs="frames", output="out", presets=["fog"], labels={"coco": "coco.json"})
+    with pytest.raises(
+        InputError, match=r"labels.coco .*coco.json: cannot be read \('utf-8' codec can't decode"
+    ):
+        Labels(load_job(job))
+    # a list file in the file system's own spelling of names
+    (tmp_path / "frames").mkdir()
+    latin = os.fsencode(tmp_path / "frames") + b"/caf\xe9.png"
+    png_bytes = png.read_bytes()
+    with open(latin, "wb") as fh:
+        fh.write(png_bytes)
+    (tmp_path / "list.txt").write_bytes(b"frames/caf\xe9.png\n")
+    paths, problems = job_inputs(load_job(write_job(tmp_path, inputs="list.txt", output="o2", presets=["fog"],
+                                                    labels={})))  # fmt: skip
+    assert problems == [] and [os.fsencode(p) for p in paths] == [latin]
