@@ -409,7 +409,9 @@ def job_inputs(job: Job) -> tuple[list[Path], list[str]]:
             try:  # as the file system spells names (bytes): a Latin-1 name is a name too
                 text = os.fsdecode(p.read_bytes())
             except OSError as err:
-                raise InputError(f"job key inputs: list file {p} cannot be read ({err.strerror or err})") from None
+                raise InputError(
+                    f"job key inputs: list file {p} cannot be read ({err.strerror or err})"
+                ) from None
             lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
             expanded += [str((p.parent / ln) if not Path(ln).is_absolute() else Path(ln)) for ln in lines]
         else:

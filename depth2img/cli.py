@@ -360,6 +360,17 @@ def _cmd_transform(args) -> int:
             from .registry import resolve_lora
 
             check_speed_lora(traits.kind, resolve_lora(args.lora))  # before the estimator loads
+    for path in args.depth or ():  # read once here too: a missing file or polarity was found after loading
+        import warnings
+
+        from .io import read_depth_file
+
+        try:
+            with warnings.catch_warnings():  # a recorded polarity's warning comes with the run's own read
+                warnings.simplefilter("ignore")
+                read_depth_file(path, args.depth_polarity, polarity_option="--depth-polarity")
+        except InputError as err:
+            raise InputError(f"--depth: {err}") from None
     _quiet_libraries()
     from .transform_run import run_transform
 

@@ -60,15 +60,20 @@ def _over_pixel_limit(path: Path, max_pixels: int, size: str = "") -> InputError
     )
 
 
-def _open(path: Path, max_pixels: int):
-    from PIL import Image, UnidentifiedImageError
-
+def _check_file(path: Path) -> None:
+    """One line for a path that is no readable file's: missing, a folder, empty."""
     if not path.exists():
         raise InputError(f"{path}: no such file")
     if not path.is_file():
         raise InputError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise InputError(f"{path}: empty file (0 bytes)")
+
+
+def _open(path: Path, max_pixels: int):
+    from PIL import Image, UnidentifiedImageError
+
+    _check_file(path)
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
             if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
@@ -195,7 +200,13 @@ def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES) -> tuple[list[P
 # ---------------------------------------------------------------------------------------------- depth files
 
 
-def read_depth_file(path: str | os.PathLike, polarity: str | None = None, *, depth_scale: float = 1.0):
+def read_depth_file(
+    path: str | os.PathLike,
+    polarity: str | None = None,
+    *,
+    depth_scale: float = 1.0,
+    polarity_option: str = "a polarity",
+):
     """Read a user's depth file (16/8-bit PNG, float TIFF, .npy, .npz) at full precision as a DepthMap.
 
     ``polarity`` is ``near-bright``, ``far-bright`` or ``metric``, for a file that does not say it itself; one that
@@ -268,7 +279,8 @@ def read_depth_file(path: str | os.PathLike, polarity: str | None = None, *, dep
         polarity = recorded
     elif polarity is None:
         raise InputError(
-            f"{path}: the file does not say which way its depth runs; pass a polarity ({' | '.join(POLARITIES)})"
+            f"{path}: the file does not say which way its depth runs; pass {polarity_option} "
+            f"({' | '.join(POLARITIES)})"
         )
     kind = POLARITIES[polarity]
     valid = np.ones(values.shape, bool)
@@ -298,12 +310,14 @@ def depth_for_image(depth, size: tuple[int, int], polarity: str | None = None):
                 f"depth array: depth_polarity must be one of {', '.join(POLARITIES)} (got {polarity!r})"
             )
         depth = DepthMap(depth, POLARITIES[polarity])
-    elif not isinstance(depth, DepthMap):
+    where = ""
+    if not isinstance(depth, DepthMap):
+        where = f"{depth}: "  # the file
         depth = read_depth_file(depth, polarity)
     w, h = size
     if abs(depth.width / depth.height - w / h) > ASPECT_TOLERANCE * (w / h):
         raise InputError(
-            f"depth is {depth.width}x{depth.height} but the image is {w}x{h}: aspect ratios differ; "
+            f"{where}depth is {depth.width}x{depth.height} but the image is {w}x{h}: aspect ratios differ; "
             "give a depth map of the image's shape"
         )
     return depth if depth.size == (w, h) else depth.resized(w, h)
@@ -356,6 +370,7 @@ def _check_array_pixels(path: Path, shape: tuple[int, ...] | None, max_pixels: i
 def _read_numpy(path: Path, max_pixels: int):
     import zipfile
 
+    _check_file(path)
     # A damaged .npz fails at opening (not a zip) or only when a member is read (bad deflate data, an object array)
     unreadable = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
     try:

@@ -32,7 +32,9 @@ def _load_file(path: Path) -> dict[str, Preset]:
     except OSError as err:
         raise InputError(f"presets file {path}: cannot be read ({err.strerror or err})") from None
     except UnicodeDecodeError as err:
-        raise InputError(f"presets file {path}: not UTF-8 text (byte {err.start}); is it a presets YAML?") from None
+        raise InputError(
+            f"presets file {path}: not UTF-8 text (byte {err.start}); is it a presets YAML?"
+        ) from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""

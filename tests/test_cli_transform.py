@@ -123,15 +123,51 @@ def test_a_malformed_presets_file_is_one_line(tmp_path, photos_dir, capsys):
 
 def test_transform_per_input_errors(tmp_path, photos_dir, capsys):
     np.save(tmp_path / "wide.npy", np.ones((10, 40)))
-    np.save(tmp_path / "nan.npy", np.array([[np.nan] * 3] * 2))
+    np.save(tmp_path / "cup.npy", np.linspace(1, 9, 400 * 600).reshape(400, 600))
     out = tmp_path / "out"
     code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", photos_dir / "coffee.jpg", "-o", out, "--model",
-                       "tiny", "--prompt", "x", "--depth", tmp_path / "wide.npy", "--depth", tmp_path / "nan.npy",
+                       "tiny", "--prompt", "x", "--depth", tmp_path / "wide.npy", "--depth", tmp_path / "cup.npy",
                        "--depth-polarity", "metric", "--steps", 2, "-q")  # fmt: skip
     assert code == 2
-    assert "chelsea.png: depth is 40x10 but the image is 451x300: aspect ratios differ" in err
-    assert "nan.npy: 6 depth values are NaN" in err and "0 done, 2 failed" in err
-    assert not out.exists() or not any(out.iterdir())
+    assert (
+        f"chelsea.png: {tmp_path / 'wide.npy'}: depth is 40x10 but the image is 451x300: aspect ratios differ"
+        in err
+    )
+    assert (
+        "1 done, 1 failed" in err
+        and len(list(out.glob("coffee_s*.png"))) == 1
+        and not list(out.glob("chelsea*"))
+    )
+
+
+def test_a_depth_file_that_cannot_serve_is_refused_before_any_model_loads(
+    tmp_path, photos_dir, capsys, monkeypatch
+):
+    """A missing --depth file, one with NaN, or a .npy without --depth-polarity failed each input once the models had
+    loaded (minutes, on real weights), and the message named no flag."""
+    from depth2img.estimators import DepthEstimator
+    from depth2img.transformer import SceneTransformer
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(SceneTransformer, "from_pretrained", no_loading)
+    monkeypatch.setattr(DepthEstimator, "from_pretrained", no_loading)
+    np.save(tmp_path / "nan.npy", np.array([[np.nan] * 3] * 2))
+    np.save(tmp_path / "d.npy", np.ones((300, 451)))
+    for depth, extra, message in [
+        ("nope.npy", ["--depth-polarity", "metric"], "nope.npy: no such file"),
+        ("nan.npy", ["--depth-polarity", "metric"], "nan.npy: 6 depth values are NaN or infinite"),
+        (
+            "d.npy",
+            [],
+            "d.npy: the file does not say which way its depth runs; pass --depth-polarity (near-bright |",
+        ),
+    ]:
+        code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path / "o", "--model", "tiny",
+                           "--prompt", "x", "--depth", tmp_path / depth, *extra, "-q")  # fmt: skip
+        assert code == 2 and err.startswith(f"depth2img: error: --depth: {tmp_path / message}"), err
+        assert err.count("\n") == 1
 
 
 def test_batch_size_puts_photos_in_one_denoising_batch(tmp_path, photos_dir, capsys, monkeypatch):
