@@ -19,6 +19,13 @@ def _say(msg: str) -> None:
     print(f"depth2img: error: {msg}", file=sys.stderr, flush=True)
 
 
+def _folder(text: str) -> str:
+    """An -o value: an empty one wrote into the current folder."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an output folder is needed, got an empty value")
+    return text
+
+
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
     p.add_argument("--dtype", choices=DTYPES,
@@ -40,7 +47,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "stereo pair with --right. Writes NAME_depth16.png (near = bright, full 16-bit range, polarity "
                        "recorded), NAME_depth.npy (float32 raw values) and NAME_depth_preview.png.")  # fmt: skip
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories or globs")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", type=_folder, help="output directory")
     p.add_argument("--estimator", metavar="NAME|ID|PATH",
                    help="registry name (default depth-anything-v2-small; see `depth2img models`), tiny, hub id or folder")  # fmt: skip
     p.add_argument("--right", action="append", metavar="RIGHT_IMAGE",
@@ -68,7 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "text chunk 'depth2img'), NAME_depth16.png, NAME_depth_preview.png, NAME_control.png and "
                        "manifest.jsonl.")  # fmt: skip
     p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories or globs")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    p.add_argument("-o", "--output", required=True, metavar="DIR", type=_folder, help="output directory")
     p.add_argument("--prompt", help="what to make of the scene (wrapped by presets when given)")
     p.add_argument("--preset", metavar="NAME[+NAME]", help="e.g. winter, rain+night; see `depth2img presets`")
     p.add_argument("--negative-prompt", help="what to avoid (added to the presets' negatives)")
@@ -207,7 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--peak-tflops", type=float, help="peak TFLOP/s of the device (default: measured with a matmul)"
     )
-    p.add_argument("-o", "--output", default="benchmarks", metavar="DIR", help="where JSON and markdown go")
+    p.add_argument("-o", "--output", default="benchmarks", metavar="DIR", type=_folder,
+                   help="where JSON and markdown go")  # fmt: skip
     _add_model_args(p)
 
     p = sub.add_parser("presets", help="list the prompt presets (combine them with +)")
@@ -549,6 +557,9 @@ def main(argv=None) -> int:
     )
     before = signal.signal(signal.SIGTERM, _on_sigterm) if ours else None
     try:
+        from .io import pixel_limit
+
+        pixel_limit()  # a bad DEPTH2IMG_MAX_PIXELS: once, before any model loads (it came per input, after)
         with warnings.catch_warnings():
             warnings.showwarning = show
             return COMMANDS[args.command](args)

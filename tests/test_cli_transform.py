@@ -785,3 +785,32 @@ def test_an_interrupted_rerun_leaves_one_line_per_file(tmp_path, photos_dir, cap
         ("chelsea_s0.png", "second"),
         ("coffee_s0.png", "first"),
     ]
+
+
+def test_a_bad_pixel_limit_or_an_empty_output_folder_is_one_line_before_any_model_loads(tmp_path, photos_dir, capsys,
+                                                                                       monkeypatch):  # fmt: skip
+    """DEPTH2IMG_MAX_PIXELS=abc was found only after both models had loaded, once per input; -o '' wrote into the
+    current folder."""
+    from depth2img.estimators import DepthEstimator
+    from depth2img.transformer import SceneTransformer
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(SceneTransformer, "from_pretrained", no_loading)
+    monkeypatch.setattr(DepthEstimator, "from_pretrained", no_loading)
+    monkeypatch.setenv("DEPTH2IMG_MAX_PIXELS", "abc")
+    code, _, err = run(
+        capsys, "transform", photos_dir, "-o", tmp_path / "o", "--model", "tiny", "--prompt", "x", "-q"
+    )
+    assert (code, err) == (2, "depth2img: error: DEPTH2IMG_MAX_PIXELS must be an integer >= 1, got 'abc'\n")
+    monkeypatch.delenv("DEPTH2IMG_MAX_PIXELS")
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exited:
+        main(["depth", str(photos_dir), "-o", "", "--estimator", "tiny"])
+    assert (
+        exited.value.code == 2
+        and "argument -o/--output: an output folder is needed, got an empty value"
+        in (capsys.readouterr().err)
+    )
+    assert list(tmp_path.iterdir()) == []
