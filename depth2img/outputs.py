@@ -16,7 +16,7 @@ from functools import partial
 from pathlib import Path
 
 from .errors import InputError
-from .io import PNG_COMPRESS_LEVEL, atomic_path, write_all_or_none, write_depth_products
+from .io import DEPTH_WRITERS, PNG_COMPRESS_LEVEL, atomic_path, write_all_or_none, write_depth_products
 
 METADATA_KEY = "depth2img"  # PNG text chunk holding the JSON metadata
 MANIFEST = "manifest.jsonl"
@@ -203,10 +203,12 @@ def write_transform_result(
     jobs = [partial(write_depth_products, result.depth, out_dir, stem, depth_formats),
             partial(save_png, result.control_image, out_dir / f"{stem}_control.png")]  # fmt: skip
     records, saved = [], {id(result.control_image)}
+    # the files an input's images share, made from its depth: a later run into the folder may write over them
+    depth_files = [f"{stem}{DEPTH_WRITERS[f][0]}" for f in depth_formats] + [f"{stem}_control.png"]
     for img, meta in zip(result.images, result.metadata):
         tag = f"_{safe_name(meta['preset'])}" if meta.get("preset") else ""
         path = out_dir / f"{stem}{tag}_s{meta['seed']}.png"
-        meta = {**meta, "source": source, "output": path.name}
+        meta = {**meta, "source": source, "output": path.name, "depth_files": depth_files}
         # Pillow's save sets attributes on the image: one object is never saved by two threads at once
         img = img.copy() if id(img) in saved else img
         saved.add(id(img))

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
+from pathlib import Path
 
 from .depth_run import RunReport, _stems, output_dir_for, read_ahead
-from .errors import Depth2ImgError, InputError
+from .errors import Depth2ImgError, Depth2ImgWarning, InputError
 from .io import load_image
 from .knobs import DEFAULT_KNOBS, check_batch_size
 from .outputs import (
@@ -66,7 +68,9 @@ def run_transform(
     with output_dir_for(out_dir, inputs) as out_dir:
         manifest = out_dir / MANIFEST
         # the outputs an earlier run recorded here (reading cuts a torn last line of a killed run)
-        earlier = {r.get("output") for r in read_manifest(manifest)}
+        before = read_manifest(manifest)
+        earlier = {r.get("output") for r in before}
+        made: list[dict] = []  # this run's records
         if isinstance(model, SceneTransformer):
             st = model
         else:
@@ -99,6 +103,7 @@ def run_transform(
         def add_lines(written):
             """An input's manifest lines, after its files; if they cannot be written, neither are its files."""
             append_manifest(manifest, *written)
+            made.extend(written[0])
 
         def load(batch: range) -> list:
             """A batch's photos, read and decoded, with their depths (estimated in one estimator call, batched on a
@@ -165,7 +170,28 @@ def run_transform(
             bar.close()
             if earlier:  # one line per file: a rerun's replaced files replace their lines, interrupted or not
                 compact_manifest(manifest)
+                _warn_of_replaced_depths(before, made, out_dir, on_warning)
     return report
+
+
+def _warn_of_replaced_depths(before: list[dict], made: list[dict], out_dir: Path, on_warning) -> None:
+    """A rerun into a folder writes over an input's depth files (NAME_depth16.png, NAME_control.png), which the earlier
+    run's other images of that input (another preset or seed) were made from: say so where the depth differs."""
+    ours = {f: r for r in made for f in r.get("depth_files", ())}
+    outputs = {r["output"] for r in made}
+    kept = [
+        r for r in before if r.get("output") not in outputs and (out_dir / str(r.get("output"))).is_file()
+    ]
+    stale = sorted({r["output"] for r in kept for f in r.get("depth_files", ()) if f in ours
+                    and (r.get("depth"), r.get("source")) != (ours[f].get("depth"), ours[f].get("source"))})  # fmt: skip
+    if stale:
+        shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
+        note = (f"{out_dir}: this run wrote its depth and control files over those that {len(stale)} earlier "
+                f"image(s) were made from ({shown}), with another depth or source")  # fmt: skip
+        if on_warning:
+            on_warning(note)
+        else:
+            warnings.warn(note, Depth2ImgWarning, stacklevel=3)
 
 
 def _fail(report: RunReport, path, err: Depth2ImgError) -> None:
