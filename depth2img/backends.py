@@ -763,7 +763,10 @@ def known_traits(ref: ModelRef) -> BackboneTraits | None:
     else:
         from huggingface_hub import try_to_load_from_cache
 
-        cached = try_to_load_from_cache(ref.location, "model_index.json", revision=ref.revision)
+        try:
+            cached = try_to_load_from_cache(ref.location, "model_index.json", revision=ref.revision)
+        except ValueError:  # an ill-formed hub id ("a b/c"): the loader says so in one line
+            cached = None
         index = Path(cached) if isinstance(cached, str) else None
     try:
         name = json.loads(index.read_text()).get("_class_name") if index is not None else None

@@ -643,6 +643,7 @@ def test_a_local_or_cached_backbones_knobs_are_checked_before_any_model_loads(tm
         "control_scale",
     )
     assert known_traits(resolve_backbone("someone/not-cached")) is None
+    assert known_traits(resolve_backbone("a b/c")) is None  # no valid hub id: huggingface_hub raised
     assert known_traits(resolve_backbone(str(tmp_path))) is None  # no model_index.json: the loader says why
 
 
@@ -750,7 +751,7 @@ def test_sigterm_is_taken_as_ctrl_c_and_leaves_no_temporary_file(tmp_path, photo
                              "tiny", "--depth-format", "png16", "-q"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             env=env, text=True)  # fmt: skip
     try:
-        assert proc.stdout.readline() == "writing\n"
+        assert proc.stdout.readline().startswith("writing")  # (two writer threads may print at once)
         assert any(p.name.endswith(".part.png") for p in out.iterdir())  # mid-write
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=60)
