@@ -550,16 +550,19 @@ def main(argv=None) -> int:
     import signal
     import threading
 
-    # only the main thread may set handlers; an ignored SIGTERM stays ignored
-    ours = threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) not in (
-        signal.SIG_IGN,
-        None,
+    # only the main thread may set handlers; an ignored SIGTERM stays ignored; the app keeps the default (gradio's
+    # server loop takes a KeyboardInterrupt as a normal stop: exit 0)
+    ours = (
+        threading.current_thread() is threading.main_thread()
+        and args.command != "app"
+        and signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, None)
     )
     before = signal.signal(signal.SIGTERM, _on_sigterm) if ours else None
     try:
         from .io import pixel_limit
 
-        pixel_limit()  # a bad DEPTH2IMG_MAX_PIXELS: once, before any model loads (it came per input, after)
+        if args.command in ("transform", "depth", "batch", "eval", "app"):  # the commands that read images
+            pixel_limit()  # a bad DEPTH2IMG_MAX_PIXELS: once, before any model loads (it came per input, after)
         with warnings.catch_warnings():
             warnings.showwarning = show
             return COMMANDS[args.command](args)

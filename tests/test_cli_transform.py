@@ -836,3 +836,24 @@ def test_a_rerun_that_writes_another_depth_over_earlier_images_depth_files_says_
     ) in err
     assert read_png_metadata(out / "chelsea_snow_s0.png")["depth_files"] == [
         "chelsea_depth16.png", "chelsea_depth_preview.png", "chelsea_control.png"]  # fmt: skip
+
+
+def test_the_app_keeps_sigterms_default_and_presets_need_no_pixel_limit(monkeypatch, capsys):
+    """gradio's server loop takes a KeyboardInterrupt as a normal stop, so SIGTERM as one made `app` exit 0; and a bad
+    DEPTH2IMG_MAX_PIXELS refused `presets`, which reads no image."""
+    import signal
+
+    from depth2img import cli
+
+    seen = {}
+    monkeypatch.setitem(
+        cli.COMMANDS, "app", lambda args: seen.setdefault("app", signal.getsignal(signal.SIGTERM)) and 0
+    )
+    monkeypatch.setitem(
+        cli.COMMANDS, "depth", lambda args: seen.setdefault("depth", signal.getsignal(signal.SIGTERM)) and 0
+    )
+    assert cli.main(["app"]) == 0 and cli.main(["depth", "x.png", "-o", "o"]) == 0
+    assert seen == {"app": signal.SIG_DFL, "depth": cli._on_sigterm}
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored
+    monkeypatch.setenv("DEPTH2IMG_MAX_PIXELS", "abc")
+    assert cli.main(["presets"]) == 0
