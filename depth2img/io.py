@@ -190,10 +190,11 @@ def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES) -> tuple[list[P
             paths.extend(found)
         else:
             problems.append(f"{item}: no such file or directory")
-    # by the file reached, not the spelling: a symlink loop under a recursive glob names one file 40 times
+    # by the folder reached and the name, not the spelling: a symlink loop under a recursive glob names one file 40
+    # times; two names linked to one file (a Hugging Face snapshot's identical frames) stay two inputs
     unique: dict[str, Path] = {}
     for p in paths:
-        unique.setdefault(os.path.realpath(p), p)
+        unique.setdefault(os.path.join(os.path.realpath(p.parent), p.name), p)
     return list(unique.values()), problems
 
 

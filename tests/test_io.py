@@ -529,6 +529,9 @@ def test_expand_inputs_keeps_a_file_reached_twice_once(tmp_path, monkeypatch):
     paths, problems = io.expand_inputs(["d/q.png", str(tmp_path / "d" / "q.png"), "d/**/*.png", "d"])
     # each file once, under its first spelling, in its first place
     assert paths == [Path("d/q.png"), Path("d/p.png")] and problems == []
+    # two names linked to one file (a Hugging Face snapshot's identical frames) are two inputs
+    (tmp_path / "d" / "r.png").symlink_to("p.png")
+    assert io.expand_inputs(["d"]) == ([Path("d") / n for n in ("p.png", "q.png", "r.png")], [])
 
 
 def test_a_folder_skips_hidden_files_as_a_glob_does(tmp_path):
