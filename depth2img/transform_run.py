@@ -177,13 +177,23 @@ def run_transform(
 def _warn_of_replaced_depths(before: list[dict], made: list[dict], out_dir: Path, on_warning) -> None:
     """A rerun into a folder writes over an input's depth files (NAME_depth16.png, NAME_control.png), which the earlier
     run's other images of that input (another preset or seed) were made from: say so where the depth differs."""
-    ours = {f: r for r in made for f in r.get("depth_files", ())}
+
+    def made_from(record: dict):
+        """The photo and the depth, paths compared as files (a relative and an absolute spelling are one)."""
+
+        def real(value):
+            return os.path.realpath(value) if isinstance(value, str) and os.path.exists(value) else value
+
+        depth = {k: real(v) if k in ("source", "id") else v for k, v in (record.get("depth") or {}).items()}
+        return real(record.get("source")), depth
+
+    ours = {f: made_from(r) for r in made for f in r.get("depth_files", ())}
     outputs = {r["output"] for r in made}
     kept = [
         r for r in before if r.get("output") not in outputs and (out_dir / str(r.get("output"))).is_file()
     ]
     stale = sorted({r["output"] for r in kept for f in r.get("depth_files", ()) if f in ours
-                    and (r.get("depth"), r.get("source")) != (ours[f].get("depth"), ours[f].get("source"))})  # fmt: skip
+                    and made_from(r) != ours[f]})  # fmt: skip
     if stale:
         shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
         note = (f"{out_dir}: this run wrote its depth and control files over those that {len(stale)} earlier "

@@ -818,7 +818,7 @@ def test_a_bad_pixel_limit_or_an_empty_output_folder_is_one_line_before_any_mode
 
 
 def test_a_rerun_that_writes_another_depth_over_earlier_images_depth_files_says_so(
-    tmp_path, photos_dir, capsys
+    tmp_path, photos_dir, capsys, monkeypatch
 ):
     """A rerun with another estimator wrote NAME_depth16.png and NAME_control.png over the files that the earlier
     run's images of another preset were made from, silently (their metadata still named the old estimator)."""
@@ -828,11 +828,15 @@ def test_a_rerun_that_writes_another_depth_over_earlier_images_depth_files_says_
     assert code == 0, err
     code, _, err = run(capsys, "transform", *argv, "--preset", "fog", "--estimator", "tiny")  # the same depth
     assert code == 0 and "warning" not in err, err
+    monkeypatch.chdir(photos_dir)  # the same photo, by a relative path
+    code, _, err = run(capsys, "transform", "chelsea.png", *argv[1:], "--preset", "fog", "--seed", 1)
+    assert code == 0 and "warning" not in err, err
     code, _, err = run(capsys, "transform", *argv, "--preset", "snow", "--estimator", "tiny/dpt-hybrid")
     assert code == 0, err
     assert (
-        f"depth2img: warning: {out}: this run wrote its depth and control files over those that 2 earlier "
-        "image(s) were made from (chelsea_fog_s0.png, chelsea_rain_s0.png), with another depth or source"
+        f"depth2img: warning: {out}: this run wrote its depth and control files over those that 3 earlier "
+        "image(s) were made from (chelsea_fog_s0.png, chelsea_fog_s1.png, chelsea_rain_s0.png), with another "
+        "depth or source"
     ) in err
     assert read_png_metadata(out / "chelsea_snow_s0.png")["depth_files"] == [
         "chelsea_depth16.png", "chelsea_depth_preview.png", "chelsea_control.png"]  # fmt: skip
