@@ -721,7 +721,10 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     records = [r for m in root.glob("manifest*.jsonl") for r in read_manifest(m)]
     # a source keeps the name an earlier run gave it: a source added since with the same file name (sorted before
     # it) took that name, and with it the earlier images as its own
-    named = {os.path.realpath(r["source"]): r["item"].split("/")[0] for r in records if r.get("source")}
+    earlier_base = _recorded_base(root / "job.resolved.yaml") or job.base_dir
+    named = {
+        _source_key(r["source"], earlier_base): r["item"].split("/")[0] for r in records if r.get("source")
+    }
     # an image removed since is made again, at its attempt (the same seed)
     records = [r for r in records if not _lost(root, r)]
     tried: dict[str, int] = {}  # item -> the highest attempt an earlier run recorded
@@ -745,8 +748,11 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
 
     for p in problems:
         fail(p)
-    kept = {p: named[os.path.realpath(p)] for p in paths if os.path.realpath(p) in named}
-    stems = dict(zip(paths, _stems(paths, kept)))
+    # a source in its earlier place keeps its name; every earlier name is kept from new sources (a photo added with
+    # a removed one's file name would take its images as its own)
+    keys = {p: _source_key(p, job.base_dir) for p in paths}
+    kept = {p: named[k] for p, k in keys.items() if k in named}
+    stems = dict(zip(paths, _stems(paths, kept, reserved=set(named.values()))))
     # Sources are read, estimated (in batches of depth_batch_size) and denoised by chunk: at least batch_size of
     # them, so that a job of one variation x one seed still fills its denoising batches. Shard by chunk, not by
     # source: a chunk has the same members whatever the number of processes, so every image is bit-identical to
@@ -1022,6 +1028,22 @@ def _resolved(job: Job) -> dict:
     return out
 
 
+def _source_key(source, base) -> str:
+    """A source as runs compare it: its real path, relative to the job's folder when under it (a moved project's
+    sources stay themselves)."""
+    real, base = os.path.realpath(source), os.path.realpath(base)
+    return os.path.relpath(real, base) if real.startswith(base + os.sep) else real
+
+
+def _recorded_base(recorded: Path) -> str | None:
+    """The job folder an earlier run recorded in its job.resolved.yaml, if it can be read."""
+    try:
+        base = yaml.safe_load(recorded.read_text(encoding="utf-8")).get("base_dir")
+    except (OSError, ValueError, AttributeError, yaml.YAMLError):
+        return None
+    return base if isinstance(base, str) else None
+
+
 def _lost(root: Path, record: dict) -> bool:
     """A manifest line whose image has been removed since (its item is made again on --resume)."""
     return bool(record.get("output")) and not (root / record["output"]).is_file()
@@ -1030,14 +1052,18 @@ def _lost(root: Path, record: dict) -> bool:
 def _settle_manifests(root: Path) -> None:
     """One manifest.jsonl: the processes' manifest.rankN.jsonl merged in, one line per attempt (the newest), none for
     an image removed since."""
-    earlier = read_manifest(root / "manifest.jsonl")
     ranks = sorted(root.glob("manifest.rank*.jsonl"))
-    records = earlier + [r for m in ranks for r in read_manifest(m)]
-    # one line per attempt: a merge killed between writing manifest.jsonl and removing the rank files left both,
-    # and a resumed run remakes a removed image under its attempt's line
+    # oldest first, so the newest line of an attempt wins: a resumed run remakes a removed image under its attempt's
+    # line, in this run's file (manifest.jsonl for one process, which a killed multi-process run's rank files predate)
+    files = sorted(
+        [m for m in (root / "manifest.jsonl", *ranks) if m.is_file()], key=lambda m: m.stat().st_mtime_ns
+    )
+    records = [r for m in files for r in read_manifest(m)]
+    # one line per attempt: a merge killed between writing manifest.jsonl and removing the rank files left both
     settled = list({(r["item"], r["attempt"]): r for r in records if not _lost(root, r)}.values())
-    settled.sort(key=lambda r: (r["item"], r["attempt"]))
-    if ranks or settled != earlier:
+    if ranks:
+        settled.sort(key=lambda r: (r["item"], r["attempt"]))
+    if ranks or len(settled) != len(records):  # a run that only added lines rewrites nothing
         with atomic_path(root / "manifest.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in settled))
     for m in ranks:

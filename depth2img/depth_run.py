@@ -60,14 +60,15 @@ class RunReport:
         return f"{len(self.done)} done, {len(self.failed)} failed"
 
 
-def _stems(paths: Sequence[Path], kept: dict | None = None) -> list[str]:
+def _stems(paths: Sequence[Path], kept: dict | None = None, reserved=()) -> list[str]:
     """Output stems from input names, one per input and no two alike (also not by case, for case-insensitive disks):
     a repeated name gets the first free of -2, -3..., never another input's own name (``a.png``, ``a.jpg`` and
     ``a-2.png`` give ``a``, ``a-3``, ``a-2``), so no output overwrites another. ``kept``: the stems some paths
-    already have (a resumed run's), which no other path takes."""
+    already have (a resumed run's); ``reserved``: names no other path takes (an earlier run's sources')."""
     kept = kept or {}
-    taken = {p.stem.casefold() for p in paths} | {s.casefold() for s in kept.values()}
-    first = {s.casefold() for s in kept.values()}
+    held = {s.casefold() for s in (*kept.values(), *reserved)}
+    taken = {p.stem.casefold() for p in paths} | held
+    first = set(held)
     stems = []
     for p in paths:
         if p in kept:

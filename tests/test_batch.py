@@ -1090,3 +1090,51 @@ def test_files_that_are_no_text_are_one_line_naming_them(tmp_path, dataset):
     paths, problems = job_inputs(load_job(write_job(tmp_path, inputs="list.txt", output="o2", presets=["fog"],
                                                     labels={})))  # fmt: skip
     assert problems == [] and [os.fsencode(p) for p in paths] == [latin]
+
+
+def test_a_new_source_never_takes_an_earlier_sources_name_and_a_moved_project_keeps_its_names(tmp_path):
+    """d1/x.png ran; resumed without it but with another photo d2/x.png, the new photo took the name x, and with it
+    x's images (nothing was made for it). A project moved whole keeps its sources' names."""
+    import shutil
+
+    project = tmp_path / "p"
+    for folder, seed in (("d1", 0), ("d2", 1)):
+        (project / "src" / folder).mkdir(parents=True)
+        render_driving_scene(W, H, seed=seed).image.save(project / "src" / folder / "x.png")
+    common = dict(output="out", presets=["fog"], seeds=1, labels={}, layout="files")
+    assert run_job(write_job(project, inputs=["src/d1/x.png"], **common), progress=False).done == 1
+    job = write_job(project, inputs=["src/d2/x.png"], **common)
+    again = run_job(job, resume=True, progress=False)
+    assert again.done == 1 and again.skipped == 0
+    sources = {
+        r["item"]: Path(r["source"]).parent.name for r in read_manifest(project / "out" / "manifest.jsonl")
+    }
+    assert sources == {"x/fog/s0": "d1", "x-2/fog/s0": "d2"}
+    shutil.move(project, tmp_path / "moved")
+    moved = run_job(tmp_path / "moved" / "job.yaml", resume=True, progress=False)
+    assert moved.done == 0 and moved.skipped == 1
+
+
+def test_settling_the_manifest_keeps_the_newest_line_and_leaves_an_added_only_manifest_alone(tmp_path):
+    """A killed multi-process run's rank file beat the line a later one-process resume wrote for the same attempt."""
+    import os
+
+    from depth2img.batch import _settle_manifests
+
+    (tmp_path / "a.png").write_bytes(b"png")
+    line = {"item": "a/fog/s0", "attempt": 0, "output": "a.png", "final": True}
+    (tmp_path / "manifest.rank0.jsonl").write_text(json.dumps({**line, "run": "old"}) + "\n")
+    os.utime(tmp_path / "manifest.rank0.jsonl", ns=(1, 1))
+    (tmp_path / "manifest.jsonl").write_text(json.dumps({**line, "run": "new"}) + "\n")
+    _settle_manifests(tmp_path)
+    assert [r["run"] for r in read_manifest(tmp_path / "manifest.jsonl")] == ["new"]
+    assert not (tmp_path / "manifest.rank0.jsonl").exists()
+    # lines only added (one process): the file is not rewritten
+    (tmp_path / "b.png").write_bytes(b"png")
+    with open(tmp_path / "manifest.jsonl", "a") as fh:
+        fh.write(json.dumps({**line, "item": "b/fog/s0", "output": "b.png"}) + "\n")
+    inode = (tmp_path / "manifest.jsonl").stat().st_ino
+    _settle_manifests(tmp_path)
+    assert (tmp_path / "manifest.jsonl").stat().st_ino == inode and len(
+        read_manifest(tmp_path / "manifest.jsonl")
+    ) == 2
