@@ -116,8 +116,10 @@ def output_dir(out_dir, inputs: Sequence) -> Path:
         raise InputError(f"output folder {out_dir} cannot be created ({err.strerror or err})") from None
     try:  # an existing folder that cannot be written failed every input only after the whole run
         fd, probe = tempfile.mkstemp(dir=out_dir, prefix=".depth2img-write-check-")
-        os.close(fd)
-        os.unlink(probe)
+        try:
+            os.close(fd)
+        finally:
+            os.unlink(probe)
     except OSError as err:
         raise InputError(f"output folder {out_dir} cannot be written ({err.strerror or err})") from None
     return out_dir
@@ -130,9 +132,9 @@ def output_dir_for(out_dir, inputs: Sequence) -> Iterator[Path]:
     existed = Path(out_dir).exists()
     path = output_dir(out_dir, inputs)
     now = time.time()
-    for stale in stale_temp_files(path):  # of a killed run: its own folder's, old enough
+    for stale in stale_temp_files(path, recursive=False):  # of a killed run, old enough
         with contextlib.suppress(OSError):
-            if stale.parent == path and now - stale.stat().st_mtime > STALE_TEMP_S:
+            if now - stale.stat().st_mtime > STALE_TEMP_S:
                 stale.unlink()
     try:
         yield path

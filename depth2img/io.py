@@ -415,11 +415,12 @@ PNG_COMPRESS_LEVEL = 1
 _TEMP_NAME = re.compile(r"\.(?P<name>.+)\.[0-9a-f]{8}\.part(?P<suffix>.*)")
 
 
-def stale_temp_files(root: Path) -> list[Path]:
-    """The temporary files ``atomic_path`` left under ``root`` when its process was killed: files named as it names
-    them, nothing else (a user's ``.notes.partial.txt`` or a folder ``.cache.parts`` is no temp file)."""
+def stale_temp_files(root: Path, recursive: bool = True) -> list[Path]:
+    """The temporary files ``atomic_path`` left under ``root`` (and its subfolders, if ``recursive``) when its process
+    was killed: files named as it names them, nothing else (a user's ``.notes.partial.txt`` or a folder
+    ``.cache.parts`` is no temp file)."""
     found = []
-    for p in root.rglob(".*.part*"):
+    for p in (root.rglob if recursive else root.glob)(".*.part*"):
         m = _TEMP_NAME.fullmatch(p.name)
         if m and Path(m["name"]).suffix == m["suffix"] and p.is_file() and not p.is_symlink():
             found.append(p)

@@ -1057,7 +1057,7 @@ def test_a_source_added_on_resume_with_an_earlier_sources_file_name_gets_its_own
     assert sources == {"a/fog/s0": "x", "a-2/fog/s0": "w"}
 
 
-def test_files_that_are_no_text_are_one_line_naming_them(tmp_path, dataset):
+def test_files_that_are_no_text_are_one_line_naming_them(tmp_path, dataset, monkeypatch):
     """A PNG or a folder given as the job file, a COCO file or presets file that is not UTF-8: internal errors
     (UnicodeDecodeError, IsADirectoryError), exit 1. A list file naming a Latin-1 file name failed the same way."""
     import os
@@ -1090,6 +1090,17 @@ def test_files_that_are_no_text_are_one_line_naming_them(tmp_path, dataset):
     paths, problems = job_inputs(load_job(write_job(tmp_path, inputs="list.txt", output="o2", presets=["fog"],
                                                     labels={})))  # fmt: skip
     assert problems == [] and [os.fsencode(p) for p in paths] == [latin]
+    # where names decode strictly as UTF-8 (Windows): one line
+    import depth2img.batch as batch_mod
+
+    def strict(data):
+        return data.decode("utf-8")
+
+    monkeypatch.setattr(batch_mod.os, "fsdecode", strict)
+    with pytest.raises(
+        InputError, match=r"list file .*list.txt is not UTF-8 text \(byte 10\); save it as UTF-8"
+    ):
+        job_inputs(load_job(tmp_path / "job.yaml"))
 
 
 def test_a_new_source_never_takes_an_earlier_sources_name_and_a_moved_project_keeps_its_names(tmp_path):

@@ -714,15 +714,18 @@ def test_an_output_folder_that_a_pattern_reads_or_that_cannot_be_written_is_refu
     out = tmp_path / "o"
     out.mkdir()
     old, young = out / ".chelsea_depth16.png.1a2b3c4d.part.png", out / ".coffee_depth16.png.5e6f7a8b.part.png"
-    for f in (old, young):
+    (out / "sub").mkdir()
+    other = out / "sub" / ".x.png.9c9c9c9c.part.png"  # not this run's folder: its subfolders are not walked
+    for f in (old, young, other):
         f.write_bytes(b"half")
     os_time = depth_run.time.time()
     import os
 
-    os.utime(old, (os_time - depth_run.STALE_TEMP_S - 60,) * 2)
+    for f in (old, other):
+        os.utime(f, (os_time - depth_run.STALE_TEMP_S - 60,) * 2)
     code, _, err = run(capsys, "depth", photos_dir, "-o", out, "--estimator", "tiny", "-q")
     assert code == 0, err
-    assert not old.exists() and young.exists()
+    assert not old.exists() and young.exists() and other.exists()
 
 
 def test_sigterm_is_taken_as_ctrl_c_and_leaves_no_temporary_file(tmp_path, photos_dir, tiny_dir):
