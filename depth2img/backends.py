@@ -343,6 +343,9 @@ class Backend:
     accelerator_dtype = "float16"  # the default dtype on a GPU (the SD model cards load float16)
     CONTROL_KNOBS: tuple[str, ...] = CONTROL_KNOBS
     last_pipeline_s = 0.0  # seconds inside diffusers' pipeline call, last batch
+    last_batch = (
+        0  # the images diffusers denoised together in the last call (with a compiled shape's padding)
+    )
 
     @classmethod
     def control_knobs_for(cls, uses_lora: bool) -> tuple[str, ...]:
@@ -662,6 +665,7 @@ class Backend:
                 self.compiled_batches.pop(shape, None)  # the halves run (and compile) at their own size
                 raise
             self.last_pipeline_s = time.perf_counter() - started  # the API's own time is what lies outside it
+            self.last_batch = n + pad
         if pipe is not self.pipe:
             # model offload's hooks were set through self.pipe, so the img2img pipeline's own release at the end of
             # its call did nothing and left its last models on the GPU (SDXL's ControlNet: 2.5 GB in fp16)

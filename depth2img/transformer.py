@@ -430,6 +430,7 @@ class SceneTransformer:
             return kwargs
 
         t_diffusion = time.perf_counter()
+        self.backend.last_batch = len(per_image)  # the backend adds a compiled shape's padding
         try:
             raw = self._run_backend(images=[r.gen_image for r in per_image], depths=[r.gen_depth for r in per_image],
                                     prompts=[r.prompt for r in per_image],
@@ -457,7 +458,8 @@ class SceneTransformer:
             common = self._common_metadata(req, b)
             # batch: the images denoised together (batched kernels round by batch size: within 1e-5 of alone)
             metadata = [
-                {**common, "seed": s, "index": i, "batch": len(per_image)} for i, s in enumerate(req.seeds)
+                {**common, "seed": s, "index": i, "batch": self.backend.last_batch}
+                for i, s in enumerate(req.seeds)
             ]
             share = len(req.seeds) / len(per_image)  # of the batch's time
             timings = {"diffusion_s": diffusion_s * share, "total_s": (time.perf_counter() - started) * share,

@@ -329,6 +329,7 @@ def test_a_compiled_backend_pads_a_smaller_batch_to_the_one_it_compiled(name, ph
     assert one[0].raw.shape[0] == across[0].raw.shape[0] == across[1].raw.shape[0] == 1
     for got, seed, batch in [(one[0], 4, 1), (across[0], 5, 2), (across[1], 9, 2)]:
         assert np.abs(got.raw[0] - alone[seed]).max() < 1e-5 and got.timings["batch"] == batch
+        assert got.metadata[0]["batch"] == 3  # what diffusers denoised together, padding included
     delattr(denoiser, COMPILE_MODE_ATTR)  # uncompiled: each batch at its own size
     st.run([b])
     assert sizes[-1] == 1
