@@ -152,7 +152,9 @@ def test_a_torn_last_manifest_line_does_not_swallow_the_next_runs_record(sd15, f
 
     out = tmp_path / "o"
     out.mkdir()
-    (out / "old_s0.png").write_bytes(b"an earlier run's image")  # a line whose file is gone is dropped on a rerun
+    (out / "old_s0.png").write_bytes(
+        b"an earlier run's image"
+    )  # a line whose file is gone is dropped on a rerun
     good = json.dumps({"output": "old_s0.png", "seed": 0}, sort_keys=True) + "\n"
     (out / "manifest.jsonl").write_text(good + '{"output": "torn_s0.png", "se')
     report = run_transform([frames / "frames" / "f0.png"], out, prompt=PROMPT, model=sd15, seed=5, progress=False,
