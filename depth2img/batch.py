@@ -1033,9 +1033,10 @@ def _resolved(job: Job) -> dict:
 
 
 def _source_key(source, base) -> str:
-    """A source as runs compare it: its real path, relative to the job's folder when under it (a moved project's
-    sources stay themselves)."""
-    real, base = os.path.realpath(source), os.path.realpath(base)
+    """A source as runs compare it: its real folder and its name (two names linked to one file stay two), relative
+    to the job's folder when under it (a moved project's sources stay themselves)."""
+    real = os.path.join(os.path.realpath(os.path.dirname(source)), os.path.basename(source))
+    base = os.path.realpath(base)
     return os.path.relpath(real, base) if real.startswith(base + os.sep) else real
 
 

@@ -1149,3 +1149,21 @@ def test_settling_the_manifest_keeps_the_newest_line_and_leaves_an_added_only_ma
     assert (tmp_path / "manifest.jsonl").stat().st_ino == inode and len(
         read_manifest(tmp_path / "manifest.jsonl")
     ) == 2
+
+
+def test_two_names_linked_to_one_file_keep_two_names_on_resume(tmp_path):
+    """A Hugging Face snapshot links identical frames to one blob: compared by the file reached, both sources took
+    one name on --resume, and one's images were written over the other's."""
+    (tmp_path / "blobs").mkdir()
+    render_driving_scene(W, H, seed=0).image.save(tmp_path / "blobs" / "b.png")
+    (tmp_path / "src").mkdir()
+    for name in ("f0.png", "f1.png"):
+        (tmp_path / "src" / name).symlink_to(tmp_path / "blobs" / "b.png")
+    job = write_job(tmp_path, inputs="src", output="out", presets=["fog"], seeds=1, labels={}, layout="files")
+    assert run_job(job, progress=False).done == 2
+    job = write_job(tmp_path, inputs="src", output="out", presets=["fog", "dusk"], seeds=1, labels={},
+                    layout="files")  # fmt: skip
+    again = run_job(job, resume=True, progress=False)  # a variation added
+    assert again.done == 2 and again.skipped == 2
+    items = sorted(r["item"] for r in read_manifest(tmp_path / "out" / "manifest.jsonl"))
+    assert items == ["f0/dusk/s0", "f0/fog/s0", "f1/dusk/s0", "f1/fog/s0"]
