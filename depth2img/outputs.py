@@ -135,9 +135,8 @@ def append_manifest(path, records: list[dict], files=()) -> None:
     except BaseException:
         for f in files:
             Path(f).unlink(missing_ok=True)
-        if (
-            size is not None
-        ):  # no line, or part of one (a full disk), is left for them: the next would join it
+        # no line, or part of one (a full disk), is left for them: the next would join it
+        if size is not None:
             with contextlib.suppress(OSError), open(path, "r+b") as fh:
                 fh.truncate(size)
         raise

@@ -132,9 +132,8 @@ class SceneTransformer:
                  local_files_only: bool = False, preset_files=(), estimator_dtype=None):  # fmt: skip
         self.backend = backend
         self._estimator = estimator
-        self.estimator_dtype = (
-            estimator_dtype  # an estimator loaded by name: the dtype asked for (None: its default)
-        )
+        # an estimator loaded by name: the dtype asked for (None: its default)
+        self.estimator_dtype = estimator_dtype
         self.device = device
         self.dtype = dtype
         self.native_size = native_size
