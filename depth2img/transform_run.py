@@ -169,7 +169,13 @@ def run_transform(
             depth_worker.shutdown(wait=True, cancel_futures=True)
             bar.close()
             if earlier:  # one line per file: a rerun's replaced files replace their lines, interrupted or not
-                compact_manifest(manifest)
+                try:
+                    compact_manifest(manifest)
+                except OSError as err:  # a full disk: not in place of the run's own error or Ctrl-C
+                    _warn(
+                        f"{manifest}: not compacted ({err.strerror or err}); the next run here does it",
+                        on_warning,
+                    )
                 _warn_of_replaced_depths(before, made, out_dir, on_warning)
     return report
 
@@ -198,10 +204,14 @@ def _warn_of_replaced_depths(before: list[dict], made: list[dict], out_dir: Path
         shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")
         note = (f"{out_dir}: this run wrote its depth and control files over those that {len(stale)} earlier "
                 f"image(s) were made from ({shown}), with another depth or source")  # fmt: skip
-        if on_warning:
-            on_warning(note)
-        else:
-            warnings.warn(note, Depth2ImgWarning, stacklevel=3)
+        _warn(note, on_warning)
+
+
+def _warn(note: str, on_warning) -> None:
+    if on_warning:
+        on_warning(note)
+    else:
+        warnings.warn(note, Depth2ImgWarning, stacklevel=4)
 
 
 def _fail(report: RunReport, path, err: Depth2ImgError) -> None:

@@ -864,3 +864,38 @@ def test_the_app_keeps_sigterms_default_and_presets_need_no_pixel_limit(monkeypa
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored
     monkeypatch.setenv("DEPTH2IMG_MAX_PIXELS", "abc")
     assert cli.main(["presets"]) == 0
+
+
+def test_a_compaction_that_fails_is_a_warning_not_in_place_of_the_runs_outcome(tmp_path, photos_dir, capsys,
+                                                                              monkeypatch):  # fmt: skip
+    """The compaction runs in finally: a full disk there replaced the run's own end (or Ctrl-C) with an internal error."""
+    import errno
+
+    from depth2img import transform_run
+
+    out = tmp_path / "o"
+    argv = [
+        photos_dir / "chelsea.png",
+        "-o",
+        out,
+        "--model",
+        "tiny",
+        "--prompt",
+        "x",
+        "--seed",
+        0,
+        "--steps",
+        2,
+        "-q",
+    ]
+    assert run(capsys, "transform", *argv)[0] == 0
+
+    def full(path):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(transform_run, "compact_manifest", full)
+    code, _, err = run(capsys, "transform", *argv)
+    assert (
+        code == 0
+        and f"depth2img: warning: {out / 'manifest.jsonl'}: not compacted (No space left on device)" in err
+    )
