@@ -725,10 +725,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     records = [r for m in root.glob("manifest*.jsonl") for r in read_manifest(m)]
     # a source keeps the name an earlier run gave it: a source added since with the same file name (sorted before
     # it) took that name, and with it the earlier images as its own
-    earlier_base = _recorded_base(root / "job.resolved.yaml") or job.base_dir
-    named = {
-        _source_key(r["source"], earlier_base): r["item"].split("/")[0] for r in records if r.get("source")
-    }
+    names = _EarlierNames(records, _recorded_base(root / "job.resolved.yaml") or job.base_dir)
     # an image removed since is made again, at its attempt (the same seed)
     records = [r for r in records if not _lost(root, r)]
     tried: dict[str, int] = {}  # item -> the highest attempt an earlier run recorded
@@ -754,9 +751,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         fail(p)
     # a source in its earlier place keeps its name; every earlier name is kept from new sources (a photo added with
     # a removed one's file name would take its images as its own)
-    keys = {p: _source_key(p, job.base_dir) for p in paths}
-    kept = {p: named[k] for p, k in keys.items() if k in named}
-    stems = dict(zip(paths, _stems(paths, kept, reserved=set(named.values()))))
+    kept = {p: stem for p in paths if (stem := names.of(p, job.base_dir)) is not None}
+    stems = dict(zip(paths, _stems(paths, kept, reserved=names.all)))
     # Sources are read, estimated (in batches of depth_batch_size) and denoised by chunk: at least batch_size of
     # them, so that a job of one variation x one seed still fills its denoising batches. Shard by chunk, not by
     # source: a chunk has the same members whatever the number of processes, so every image is bit-identical to
@@ -840,7 +836,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
             ok = job.geometry.threshold is None or passes(scores, job.geometry.metric, job.geometry.threshold)
             last = ok or attempt >= job.geometry.retries
             out_stem = f"{stem}__{var.name}__s{s}"
-            record = {**meta, "item": _item_key(stem, var.name, s), "source": str(p), "variation": var.name,
+            record = {**meta, "item": _item_key(stem, var.name, s), "source": str(p), "source_in_job": _in_job(p, job.base_dir), "variation": var.name,
                       "item_seed": s, "attempt": attempt, "geometry": scores, "accepted": ok, "final": last,
                       "output": f"{LAYOUTS[job.layout]}/{out_stem}.png" if ok else None,
                       "size": list(img.size)}  # fmt: skip
@@ -1032,12 +1028,42 @@ def _resolved(job: Job) -> dict:
     return out
 
 
-def _source_key(source, base) -> str:
-    """A source as runs compare it: its real folder and its name (two names linked to one file stay two), relative
-    to the job's folder when under it (a moved project's sources stay themselves)."""
-    real = os.path.join(os.path.realpath(os.path.dirname(source)), os.path.basename(source))
-    base = os.path.realpath(base)
-    return os.path.relpath(real, base) if real.startswith(base + os.sep) else real
+def _real(path) -> str:
+    """A file as runs compare it: its real folder and its name (two names linked to one file stay two)."""
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+
+
+def _in_job(path, base) -> str | None:
+    """``path`` relative to the job's folder (with '/'), or None outside it."""
+    real, base = _real(path), os.path.realpath(base)
+    try:
+        inside = os.path.normcase(os.path.commonpath([real, base])) == os.path.normcase(base)
+    except ValueError:  # another drive
+        return None
+    return os.path.relpath(real, base).replace(os.sep, "/") if inside else None
+
+
+class _EarlierNames:
+    """The names an earlier run gave its sources (manifest lines), for a resumed run: a source at its recorded path
+    keeps its name; so does one at the same place in the job's folder when the recorded path is gone (a project
+    moved whole); no other source takes any of them."""
+
+    def __init__(self, records: list[dict], earlier_base: str):
+        self.by_path: dict[str, str] = {}
+        self.moved: dict[str, str] = {}
+        for r in records:
+            source, item = r.get("source"), r.get("item")
+            if not isinstance(source, str) or not isinstance(item, str):
+                continue
+            stem = item.split("/")[0]
+            self.by_path[_real(source)] = stem
+            inside = r.get("source_in_job") or _in_job(source, earlier_base)
+            if inside and not os.path.exists(source):
+                self.moved[inside] = stem
+        self.all = set(self.by_path.values())
+
+    def of(self, path, base) -> str | None:
+        return self.by_path.get(_real(path)) or self.moved.get(_in_job(path, base) or "")
 
 
 def _recorded_base(recorded: Path) -> str | None:
@@ -1065,9 +1091,9 @@ def _settle_manifests(root: Path) -> None:
     )
     records = [r for m in files for r in read_manifest(m)]
     # one line per attempt: a merge killed between writing manifest.jsonl and removing the rank files left both
-    settled = list({(r["item"], r["attempt"]): r for r in records if not _lost(root, r)}.values())
+    settled = list({(r.get("item"), r.get("attempt", 0)): r for r in records if not _lost(root, r)}.values())
     if ranks:
-        settled.sort(key=lambda r: (r["item"], r["attempt"]))
+        settled.sort(key=lambda r: (str(r.get("item")), r.get("attempt", 0)))
     if ranks or len(settled) != len(records):  # a run that only added lines rewrites nothing
         with atomic_path(root / "manifest.jsonl") as tmp:
             tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in settled))

@@ -159,7 +159,7 @@ def run_transform(
                         for note in result.warnings if on_warning else ():
                             on_warning(f"{path}: {note}")
                         writer.submit(
-                            partial(write, result, stems[i], str(path)),
+                            partial(write, result, stems[i], os.path.abspath(path)),
                             in_order=add_lines,
                             then=partial(report.settle_write, path, out_dir, paths=outputs_of),
                         )
@@ -193,12 +193,12 @@ def _warn_of_replaced_depths(before: list[dict], made: list[dict], out_dir: Path
         depth = {k: real(v) if k in ("source", "id") else v for k, v in (record.get("depth") or {}).items()}
         return real(record.get("source")), depth
 
-    ours = {f: made_from(r) for r in made for f in r.get("depth_files", ())}
+    ours = {f: made_from(r) for r in made for f in r.get("depth_files") or ()}
     outputs = {r["output"] for r in made}
     kept = [
         r for r in before if r.get("output") not in outputs and (out_dir / str(r.get("output"))).is_file()
     ]
-    stale = sorted({r["output"] for r in kept for f in r.get("depth_files", ()) if f in ours
+    stale = sorted({r["output"] for r in kept for f in r.get("depth_files") or () if f in ours
                     and made_from(r) != ours[f]})  # fmt: skip
     if stale:
         shown = ", ".join(stale[:3]) + (f" and {len(stale) - 3} more" if len(stale) > 3 else "")

@@ -1167,3 +1167,45 @@ def test_two_names_linked_to_one_file_keep_two_names_on_resume(tmp_path):
     assert again.done == 2 and again.skipped == 2
     items = sorted(r["item"] for r in read_manifest(tmp_path / "out" / "manifest.jsonl"))
     assert items == ["f0/dusk/s0", "f0/fog/s0", "f1/dusk/s0", "f1/fog/s0"]
+
+
+def test_resumed_names_follow_the_sources_through_moves(tmp_path):
+    """A second resume after a project moved remade everything (the recorded job folder had moved on); a job file
+    moved alone renamed sources that had not moved; another project's photo of the same relative path took the
+    first project's names while that one was still in place."""
+    import shutil
+
+    def project(root, seed):
+        (root / "photos").mkdir(parents=True)
+        render_driving_scene(W, H, seed=seed).image.save(root / "photos" / "a.png")
+
+    def job_at(path, inputs, output):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(yaml.safe_dump({"inputs": inputs, "output": output, "model": "tiny", "presets": ["fog"],
+                                        "seeds": 1, "knobs": {"steps": 2, "strength": 0.5}, "layout": "files"}))  # fmt: skip
+        return path
+
+    def items(out):
+        return sorted(r["item"] for r in read_manifest(out / "manifest.jsonl"))
+
+    project(tmp_path / "p1", 0)
+    assert run_job(job_at(tmp_path / "p1" / "job.yaml", "photos", "out"), progress=False).done == 1
+    shutil.move(tmp_path / "p1", tmp_path / "p2")  # moved whole, resumed twice
+    for _ in range(2):
+        again = run_job(tmp_path / "p2" / "job.yaml", resume=True, progress=False)
+        assert (again.done, again.skipped) == (0, 1)
+    # the job file moved alone: its sources did not
+    project(tmp_path / "q", 2)
+    assert run_job(job_at(tmp_path / "q" / "job.yaml", "photos", "out"), progress=False).done == 1
+    again = run_job(
+        job_at(tmp_path / "q" / "jobs" / "job.yaml", "../photos", "../out"), resume=True, progress=False
+    )
+    assert (again.done, again.skipped) == (0, 1) and items(tmp_path / "q" / "out") == ["a/fog/s0"]
+    # another project's photos/a.png, into the same output, while q's is still in place: its own name
+    project(tmp_path / "r", 1)
+    again = run_job(job_at(tmp_path / "r" / "job.yaml", "photos", str(tmp_path / "q" / "out")), resume=True,
+                    progress=False)  # fmt: skip
+    assert (again.done, again.skipped) == (1, 0) and items(tmp_path / "q" / "out") == [
+        "a-2/fog/s0",
+        "a/fog/s0",
+    ]

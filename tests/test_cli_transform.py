@@ -899,3 +899,27 @@ def test_a_compaction_that_fails_is_a_warning_not_in_place_of_the_runs_outcome(t
         code == 0
         and f"depth2img: warning: {out / 'manifest.jsonl'}: not compacted (No space left on device)" in err
     )
+
+
+def test_the_rerun_warning_knows_a_photo_by_its_place_not_its_spelling(
+    tmp_path, photos_dir, capsys, monkeypatch
+):
+    """Sources were recorded as typed: photos/a.png from x/ and from y/ (two photos) passed as one, and the same photo
+    spelt from two folders warned."""
+    import shutil
+
+    for folder, name in (("x", "chelsea.png"), ("y", "coffee.jpg")):
+        (tmp_path / folder / "photos").mkdir(parents=True)
+        shutil.copy(photos_dir / name, tmp_path / folder / "photos" / "a.png")
+    out = tmp_path / "o"
+    argv = ["-o", out, "--model", "tiny", "--prompt", "x", "--steps", 2]
+    monkeypatch.chdir(tmp_path / "x")
+    assert run(capsys, "transform", "photos/a.png", *argv, "--seed", 0)[0] == 0
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "transform", "x/photos/a.png", *argv, "--seed", 1)  # the same photo
+    assert code == 0 and "depth2img: warning" not in err, err
+    monkeypatch.chdir(tmp_path / "y")
+    code, _, err = run(
+        capsys, "transform", "photos/a.png", *argv, "--seed", 2
+    )  # another photo, spelt the same
+    assert code == 0 and "with another depth or source" in err, err
