@@ -19,6 +19,7 @@ from .io import DEPTH_SUFFIXES
 from .scene import SCENE_SIZE
 
 MAX_SEED = 2**31 - 1
+VARIATIONS_MAX = 16  # images in one Variations request (presets x seeds)
 # Each request's files (one folder each), in this user's private folder; removed once older than APP_KEEP_S seconds,
 # as is Gradio's own cache
 APP_DIR = Path(tempfile.gettempdir()) / f"depth2img-app-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
@@ -240,8 +241,10 @@ def handle_generate(service, image_path, model, estimator, depth_file, polarity,
 
 
 def handle_variations(service, image_path, model, estimator, depth_file, polarity, prompt, presets, seeds_text,
-                      steps, strength, guidance, exact=False, progress=None):  # fmt: skip
-    """Presets x seeds from one depth: a grid in the gallery, captioned 'preset / seed'."""
+                      steps, strength, guidance, exact=False, negative="", control_scale=None, control_start=None,
+                      control_end=None, scheduler="", progress=None):  # fmt: skip
+    """Presets x seeds from one depth (at most ``VARIATIONS_MAX`` images): a grid in the gallery, captioned
+    'preset / seed'. The negative prompt, control sliders and scheduler are the Generate tab's."""
     from .errors import InputError
     from .outputs import CPU_THREADS, write_transform_result
 
@@ -254,10 +257,15 @@ def handle_variations(service, image_path, model, estimator, depth_file, polarit
         raise InputError("give at least one seed")
     if not presets and not (prompt or "").strip():
         raise InputError("choose at least one preset (or give a prompt)")
+    count = len(presets or [None]) * len(seeds)
+    if count > VARIATIONS_MAX:  # one request holds the device's single queue slot
+        raise InputError(f"variations: {count} images ({len(presets or [None])} row(s) x {len(seeds)} seed(s)) is more "
+                         f"than {VARIATIONS_MAX} per request; choose fewer presets or seeds")  # fmt: skip
     rows = service.variations(
         image, presets=list(presets or []) or None, seeds=seeds, model=model, estimator=estimator,
         depth_file=_file_path(depth_file), polarity=polarity or None, prompt=prompt or None, progress=progress,
-        **_knobs(steps, strength, guidance, exact=exact),
+        negative_prompt=negative or None,
+        **_knobs(steps, strength, guidance, control_scale, control_start, control_end, scheduler, exact=exact),
     )  # fmt: skip
     out = _workdir()
     gallery = []
@@ -413,7 +421,7 @@ def create_demo(service):
         var_button.click(
             bound(handle_variations),
             [image, model, estimator, depth_file, polarity, prompt, preset_box, var_seeds, steps, strength, guidance,
-             exact],
+             exact, negative, control_scale, control_start, control_end, scheduler],
             var_gallery, api_name="variations", **device,
         )  # fmt: skip
     return demo

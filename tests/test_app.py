@@ -588,3 +588,23 @@ def test_an_unreadable_upload_is_one_line_naming_it(server, tmp_path):
         Exception, match=r"holiday\.png: not a readable image \(unknown format or corrupt header\)"
     ):
         client.predict(handle_file(str(bad)), "tiny", None, "", api_name="/depth")
+
+
+def test_variations_use_the_negative_prompt_control_sliders_and_scheduler_and_are_capped(service, photo):
+    """Variations ran without the page's negative prompt, control sliders and scheduler, silently; and 70 seeds made
+    one 70-image job on the device's single queue slot."""
+    from depth2img.errors import InputError
+    from depth2img.ui import VARIATIONS_MAX
+
+    gallery = handle_variations(service, photo, "tiny", "tiny", None, "", "a cat", [], "3", 2, 0.5, 7.5, False,
+                                "blurry", 0.5, 0.0, 0.5, "ddim")  # fmt: skip
+    meta = read_png_metadata(gallery[0][0])
+    assert (meta["negative_prompt"], meta["control_scale"], meta["control_end"], meta["scheduler"]) == (
+        "blurry", 0.5, 0.5, "ddim"
+    )  # fmt: skip
+    seeds = ", ".join(str(s) for s in range(VARIATIONS_MAX // 2 + 1))
+    with pytest.raises(
+        InputError,
+        match=rf"^variations: {VARIATIONS_MAX + 2} images \(2 row\(s\) x 9 seed\(s\)\) is more than 16",
+    ):
+        handle_variations(service, photo, "tiny", "tiny", None, "", "", ["rain", "fog"], seeds, 2, 0.5, 7.5)
