@@ -27,6 +27,16 @@ APP_KEEP_S = 3600
 _APP_DIR_LOCK = threading.Lock()
 
 
+def _as_uploaded(text: str) -> str:
+    """``text`` with each upload's server path (gradio's cache: ``/tmp/gradio/<hash>/depth.npy``) as the visitor's own
+    file name."""
+    import re
+
+    from gradio.utils import get_upload_folder
+
+    return re.sub(re.escape(str(get_upload_folder())) + r"/[0-9a-f]+/", "", text)
+
+
 def _friendly(fn):
     """Errors reach the page as one friendly line (gr.Error), never as a stack trace."""
 
@@ -39,7 +49,7 @@ def _friendly(fn):
         except gr.Error:
             raise
         except Depth2ImgError as err:
-            raise gr.Error(str(err)) from None
+            raise gr.Error(_as_uploaded(str(err))) from None
         except Exception as err:  # an unexpected failure still gets one line
             raise gr.Error(f"internal error: {type(err).__name__}: {err}") from None
 
@@ -217,6 +227,13 @@ def _zip(folder: Path, path: Path) -> str:
     return str(path)
 
 
+def _name_uploads(result) -> None:
+    """An uploaded depth file is recorded by the visitor's file name, not the server's path."""
+    for meta in result.metadata:
+        if isinstance(meta.get("depth", {}).get("source"), str):
+            meta["depth"]["source"] = _as_uploaded(meta["depth"]["source"])
+
+
 def handle_generate(service, image_path, model, estimator, depth_file, polarity, prompt, presets, negative, steps,
                     strength, guidance, control_scale, control_start, control_end, scheduler, seed, num_images,
                     exact=False, progress=None):  # fmt: skip
@@ -230,6 +247,7 @@ def handle_generate(service, image_path, model, estimator, depth_file, polarity,
         negative_prompt=negative or None, seed=_seed(seed), num_images=_number(num_images, "num_images", int),
         **_knobs(steps, strength, guidance, control_scale, control_start, control_end, scheduler, exact),
     )  # fmt: skip
+    _name_uploads(result)
     out = _workdir()
     stem = Path(image_path).stem
     records = write_transform_result(result, out / "results", stem, source=Path(image_path).name,
@@ -267,6 +285,8 @@ def handle_variations(service, image_path, model, estimator, depth_file, polarit
         negative_prompt=negative or None,
         **_knobs(steps, strength, guidance, control_scale, control_start, control_end, scheduler, exact=exact),
     )  # fmt: skip
+    for row in rows:
+        _name_uploads(row)
     out = _workdir()
     gallery = []
     for i, row in enumerate(rows):  # one depth for all rows: write its products once

@@ -608,3 +608,28 @@ def test_variations_use_the_negative_prompt_control_sliders_and_scheduler_and_ar
         match=rf"^variations: {VARIATIONS_MAX + 2} images \(2 row\(s\) x 9 seed\(s\)\) is more than 16",
     ):
         handle_variations(service, photo, "tiny", "tiny", None, "", "", ["rain", "fog"], seeds, 2, 0.5, 7.5)
+
+
+def test_an_uploaded_depth_file_is_named_as_the_visitor_named_it(service, photo):
+    """Errors and the metadata named the server's copy (/tmp/gradio/<hash>/d.npy), not the visitor's file."""
+    import secrets
+    import shutil
+
+    import gradio as gr
+    from gradio.utils import get_upload_folder
+
+    from depth2img.ui import _friendly
+
+    folder = Path(get_upload_folder()) / secrets.token_hex(20)
+    folder.mkdir(parents=True)
+    try:
+        np.save(folder / "d.npy", np.linspace(1, 9, 300 * 451).reshape(300, 451))
+        with pytest.raises(gr.Error) as err:
+            _friendly(handle_depth)(service, photo, "tiny", str(folder / "d.npy"), "")
+        assert err.value.message.startswith("d.npy: the file does not say which way its depth runs")
+        k = KNOBS
+        *_, records = handle_generate(service, photo, "tiny", "tiny", str(folder / "d.npy"), "metric", "a cat", [],
+                                      "", *k.values(), 3, 1)  # fmt: skip
+        assert records[0]["depth"]["source"] == "d.npy"
+    finally:
+        shutil.rmtree(folder)
