@@ -150,6 +150,13 @@ def make_sample(width: int = SCENE_SIZE[0], height: int = SCENE_SIZE[1], seed: i
     return str(out / "driving_scene.png"), str(out / "driving_scene_depth.npz")
 
 
+def handle_depth_if_photo(service, image_path, estimator, depth_file, polarity, progress=None):
+    """``handle_depth`` once a photo is there; nothing (an empty preview) before."""
+    if not image_path:
+        return None, None
+    return handle_depth(service, image_path, estimator, depth_file, polarity, progress)
+
+
 def handle_depth(service, image_path, estimator, depth_file, polarity, progress=None):
     """Depth preview (colour-mapped) and the 16-bit depth PNG, both at the photo's size."""
     from .io import write_depth_products
@@ -420,7 +427,15 @@ def create_demo(service):
 
         depth_inputs = [image, estimator, depth_file, polarity]
         device = dict(concurrency_id="device", concurrency_limit=1)  # one job at a time on the device
-        sample.click(make_sample, None, [image, depth_file], api_name="sample")
+        # the preview follows what Generate will use: the sample, another depth file, estimator or polarity
+        preview = [depth_preview, depth16]
+        sample.click(make_sample, None, [image, depth_file], api_name="sample").then(
+            bound(handle_depth_if_photo), depth_inputs, preview, api_name="depth_on_sample", **device
+        )
+        for event, name in ((depth_file.upload, "depth_on_depth_file"), (depth_file.clear, "depth_on_no_depth_file"),
+                            (estimator.input, "depth_on_estimator"), (polarity.input, "depth_on_polarity")):  # fmt: skip
+            event(bound(handle_depth_if_photo), depth_inputs, preview, api_name=name, **device)
+        image.clear(lambda: (None, None), None, preview, api_name="no_photo", queue=False)
         model.change(_licence_text, model, licence, api_name="licence")
         randomize.click(lambda: secrets.randbelow(MAX_SEED), None, seed, api_name="random_seed")
         # a new photo drops the depth file given with the last one (the sample's street depth was reused)

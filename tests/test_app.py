@@ -94,6 +94,23 @@ def test_an_uploaded_photo_reaches_load_image_as_its_file_and_drops_the_last_dep
     assert follow["trigger_after"] == new_photo["id"]
 
 
+def test_the_depth_preview_follows_the_sample_the_depth_file_the_estimator_and_the_polarity(service, photo):
+    """The preview kept the last photo's depth after the sample, another depth file, estimator or polarity (and
+    after the photo was removed): it showed a depth that Generate would not use."""
+    from depth2img.ui import handle_depth_if_photo
+
+    demo = create_demo(service)
+    deps = {d["api_name"]: d for d in demo.config["dependencies"]}
+    preview = deps["depth"]["outputs"]
+    assert deps["depth_on_sample"]["trigger_after"] == deps["sample"]["id"]
+    for name, event in (("depth_on_depth_file", "upload"), ("depth_on_no_depth_file", "clear"),
+                        ("depth_on_estimator", "input"), ("depth_on_polarity", "input"), ("no_photo", "clear")):  # fmt: skip
+        assert deps[name]["outputs"] == preview and deps[name]["targets"][0][1] == event, name
+    # with no photo yet (an estimator picked first) the preview stays empty, without an error
+    assert handle_depth_if_photo(service, None, "tiny", None, "") == (None, None)
+    assert all(handle_depth_if_photo(service, photo, "tiny", None, ""))
+
+
 def test_licence_shown_for_every_backbone():
     from depth2img.ui import _licence_text
 
