@@ -234,6 +234,15 @@ def _zip(folder: Path, path: Path) -> str:
     return str(path)
 
 
+def _show_warnings(results) -> None:
+    """Each result's warning lines (a truncated prompt, an unused negative prompt) as a notice on the page; they
+    were only in the metadata, inside a closed panel."""
+    import gradio as gr
+
+    for note in dict.fromkeys(n for r in results for n in r.warnings):
+        gr.Warning(_as_uploaded(note))
+
+
 def _name_uploads(result) -> None:
     """An uploaded depth file is recorded by the visitor's file name, not the server's path."""
     for meta in result.metadata:
@@ -255,6 +264,7 @@ def handle_generate(service, image_path, model, estimator, depth_file, polarity,
         **_knobs(steps, strength, guidance, control_scale, control_start, control_end, scheduler, exact),
     )  # fmt: skip
     _name_uploads(result)
+    _show_warnings([result])
     out = _workdir()
     stem = Path(image_path).stem
     records = write_transform_result(result, out / "results", stem, source=Path(image_path).name,
@@ -294,6 +304,7 @@ def handle_variations(service, image_path, model, estimator, depth_file, polarit
     )  # fmt: skip
     for row in rows:
         _name_uploads(row)
+    _show_warnings(rows)
     out = _workdir()
     gallery = []
     for i, row in enumerate(rows):  # one depth for all rows: write its products once

@@ -650,3 +650,20 @@ def test_an_uploaded_depth_file_is_named_as_the_visitor_named_it(service, photo)
         assert records[0]["depth"]["source"] == "d.npy"
     finally:
         shutil.rmtree(folder)
+
+
+def test_warnings_reach_the_page(service, photo, monkeypatch):
+    """A truncated prompt or an unused negative prompt was said only in the metadata, inside a closed panel."""
+    import gradio as gr
+
+    shown = []
+    monkeypatch.setattr(gr, "Warning", shown.append)
+    k = {**KNOBS, "guidance": 1.0}
+    handle_generate(service, photo, "tiny", "tiny", None, "", "a cat", [], "blurry", *k.values(), 3, 1)
+    assert shown == ["negative prompt unused: guidance_scale 1 <= 1 turns classifier-free guidance off"]
+    shown.clear()
+    handle_variations(service, photo, "tiny", "tiny", None, "", "a cat", ["rain", "fog"], "1", 2, 0.5, 1.0, False,
+                      "blurry")  # fmt: skip
+    assert shown == [
+        "negative prompt unused: guidance_scale 1 <= 1 turns classifier-free guidance off"
+    ]  # once
