@@ -320,9 +320,12 @@ def handle_variations(service, image_path, model, estimator, depth_file, polarit
 # ------------------------------------------------------------------------------------------------ page
 
 
-def _backbone_choices():
+def _backbone_choices(tiny: bool = False):
+    """The registry's backbones; ``tiny`` (a page serving a tiny model, offline): their tiny builds instead."""
     from .registry import backbones
 
+    if tiny:
+        return [(f"tiny/{n} (random weights)", f"tiny/{n}") for n, e in backbones().items() if e.tiny]
     return [
         (f"{n} — {e.licence}{'' if e.commercial else ' (non-commercial)'}", n) for n, e in backbones().items()
     ]
@@ -362,10 +365,12 @@ def create_demo(service):
         run.__name__ = fn.__name__
         return run
 
-    model_choices = _backbone_choices()
+    model_choices = _backbone_choices(tiny=service.default_model.startswith("tiny"))
     if service.default_model not in [v for _, v in model_choices]:
         model_choices.insert(0, (f"{service.default_model} (configured)", service.default_model))
     est_choices = list(estimators())
+    if service.default_estimator.startswith("tiny"):  # offline: the estimators' tiny builds
+        est_choices = [f"tiny/{n}" for n, e in estimators().items() if e.tiny]
     if service.default_estimator not in est_choices:
         est_choices.insert(0, service.default_estimator)
 

@@ -667,3 +667,20 @@ def test_warnings_reach_the_page(service, photo, monkeypatch):
     assert shown == [
         "negative prompt unused: guidance_scale 1 <= 1 turns classifier-free guidance off"
     ]  # once
+
+
+def test_a_page_serving_a_tiny_model_offers_the_other_tiny_builds():
+    """With --model tiny the dropdowns offered only the hub's models (which fail offline), and the API refused
+    tiny/sd2-depth as not among the choices."""
+    import gradio as gr
+
+    demo = create_demo(Service(model="tiny"))
+    dropdowns = {
+        b.label: [v for _, v in b.choices] for b in demo.blocks.values() if isinstance(b, gr.Dropdown)
+    }
+    assert {"tiny", "tiny/sd2-depth", "tiny/sdxl-depth", "tiny/flux-depth"} <= set(dropdowns["Backbone"])
+    assert not [v for v in dropdowns["Backbone"] if not v.startswith("tiny")]
+    assert {"tiny", "tiny/dpt-hybrid", "tiny/zoedepth"} <= set(dropdowns["Depth estimator"])
+    real = create_demo(Service(model="sd15-depth", estimator="depth-anything-v2-small"))
+    labels = [b for b in real.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Backbone"]
+    assert "sd2-depth" in [v for _, v in labels[0].choices]
