@@ -343,9 +343,8 @@ class Backend:
     accelerator_dtype = "float16"  # the default dtype on a GPU (the SD model cards load float16)
     CONTROL_KNOBS: tuple[str, ...] = CONTROL_KNOBS
     last_pipeline_s = 0.0  # seconds inside diffusers' pipeline call, last batch
-    last_batch = (
-        0  # the images diffusers denoised together in the last call (with a compiled shape's padding)
-    )
+    # the images diffusers denoised together in the last call (with a compiled shape's padding)
+    last_batch = 0
 
     @classmethod
     def control_knobs_for(cls, uses_lora: bool) -> tuple[str, ...]:

@@ -30,7 +30,7 @@ from typing import NamedTuple
 import yaml
 
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError, OutOfMemory, first_line
-from .io import atomic_path, expand_inputs, load_image, stale_temp_files, write_depth_products
+from .io import atomic_path, expand_inputs, file_key, load_image, stale_temp_files, write_depth_products
 from .knobs import DEFAULT_KNOBS, MAX_SEED, check_batch_size
 from .outputs import BackgroundWriter, append_manifest, read_manifest, safe_name, save_png
 from .transformer import _batchable
@@ -715,9 +715,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     labels = Labels(job)
     labels.check(paths)
     earlier_run = any(root.glob("manifest*.jsonl"))
-    if (
-        resume and earlier_run
-    ):  # before its temp files are swept: a refused run leaves the earlier one untouched
+    # before its temp files are swept: a refused run leaves the earlier one untouched
+    if resume and earlier_run:
         _check_same_run(job, root / "job.resolved.yaml")
     if rank == 0 and root.is_dir() and (resume or not earlier_run):  # an earlier run is refused, untouched
         for stale in stale_temp_files(root):  # of a killed run
@@ -753,6 +752,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     # a removed one's file name would take its images as its own)
     kept = {p: stem for p in paths if (stem := names.of(p, job.base_dir)) is not None}
     stems = dict(zip(paths, _stems(paths, kept, reserved=names.all)))
+    in_job = {p: _in_job(p, job.base_dir) for p in paths}  # recorded in each line, for a later resume's names
     # Sources are read, estimated (in batches of depth_batch_size) and denoised by chunk: at least batch_size of
     # them, so that a job of one variation x one seed still fills its denoising batches. Shard by chunk, not by
     # source: a chunk has the same members whatever the number of processes, so every image is bit-identical to
@@ -836,7 +836,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
             ok = job.geometry.threshold is None or passes(scores, job.geometry.metric, job.geometry.threshold)
             last = ok or attempt >= job.geometry.retries
             out_stem = f"{stem}__{var.name}__s{s}"
-            record = {**meta, "item": _item_key(stem, var.name, s), "source": str(p), "source_in_job": _in_job(p, job.base_dir), "variation": var.name,
+            record = {**meta, "item": _item_key(stem, var.name, s), "source": str(p), "source_in_job": in_job[p], "variation": var.name,
                       "item_seed": s, "attempt": attempt, "geometry": scores, "accepted": ok, "final": last,
                       "output": f"{LAYOUTS[job.layout]}/{out_stem}.png" if ok else None,
                       "size": list(img.size)}  # fmt: skip
@@ -998,11 +998,8 @@ def _check_same_run(job: Job, recorded: Path) -> None:
         if isinstance(record.get("geometry"), dict):
             record["geometry"] = {k: v for k, v in record["geometry"].items() if k != "retries"}
         base = record.get("base_dir")
-        for key in (
-            "model",
-            "estimator",
-            "lora",
-        ):  # a folder under the job's own, wherever the project now lies
+        # a folder under the job's own, wherever the project now lies
+        for key in ("model", "estimator", "lora"):
             value = record.get(key)
             if isinstance(value, str) and isinstance(base, str) and Path(value).is_relative_to(base):
                 record[key] = Path(value).relative_to(base).as_posix()
@@ -1028,14 +1025,9 @@ def _resolved(job: Job) -> dict:
     return out
 
 
-def _real(path) -> str:
-    """A file as runs compare it: its real folder and its name (two names linked to one file stay two)."""
-    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
-
-
 def _in_job(path, base) -> str | None:
     """``path`` relative to the job's folder (with '/'), or None outside it."""
-    real, base = _real(path), os.path.realpath(base)
+    real, base = file_key(path), os.path.realpath(base)
     try:
         inside = os.path.normcase(os.path.commonpath([real, base])) == os.path.normcase(base)
     except ValueError:  # another drive
@@ -1056,14 +1048,14 @@ class _EarlierNames:
             if not isinstance(source, str) or not isinstance(item, str):
                 continue
             stem = item.split("/")[0]
-            self.by_path[_real(source)] = stem
+            self.by_path[file_key(source)] = stem
             inside = r.get("source_in_job") or _in_job(source, earlier_base)
             if inside and not os.path.exists(source):
                 self.moved[inside] = stem
         self.all = set(self.by_path.values())
 
     def of(self, path, base) -> str | None:
-        return self.by_path.get(_real(path)) or self.moved.get(_in_job(path, base) or "")
+        return self.by_path.get(file_key(path)) or self.moved.get(_in_job(path, base) or "")
 
 
 def _recorded_base(recorded: Path) -> str | None:

@@ -191,11 +191,17 @@ def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES) -> tuple[list[P
         else:
             problems.append(f"{item}: no such file or directory")
     # by the folder reached and the name, not the spelling: a symlink loop under a recursive glob names one file 40
-    # times; two names linked to one file (a Hugging Face snapshot's identical frames) stay two inputs
+    # times
     unique: dict[str, Path] = {}
     for p in paths:
-        unique.setdefault(os.path.join(os.path.realpath(p.parent), p.name), p)
+        unique.setdefault(file_key(p), p)
     return list(unique.values()), problems
+
+
+def file_key(path) -> str:
+    """A file as runs compare it: its real folder and its name, whatever the spelling of its path (two names linked
+    to one file, a Hugging Face snapshot's identical frames, stay two)."""
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
 
 
 # ---------------------------------------------------------------------------------------------- depth files
@@ -262,9 +268,8 @@ def read_depth_file(
     recorded = {**{kind: name for name, kind in POLARITIES.items()}, "disparity": "near-bright"}.get(
         recorded, recorded
     )
-    if (
-        recorded is not None and recorded not in POLARITIES
-    ):  # a typo must not let a given polarity stand in for it
+    # a typo must not let a given polarity stand in for it
+    if recorded is not None and recorded not in POLARITIES:
         from .conditioning import KINDS
 
         raise InputError(

@@ -51,9 +51,8 @@ class Service:
                 if progress:
                     progress(f"loading depth estimator {name}")
                 resolve_estimator(name)  # an unknown name is refused before any loaded one is dropped
-                while (
-                    len(self._estimators) >= ESTIMATORS_KEPT
-                ):  # the least recently used goes, with its depths
+                # the least recently used goes, with its depths
+                while len(self._estimators) >= ESTIMATORS_KEPT:
                     gone = next(iter(self._estimators))
                     del self._estimators[gone]
                     self._depths = {k: v for k, v in self._depths.items() if k[0] != gone}

@@ -297,10 +297,8 @@ class SceneTransformer:
         check_backbone_knobs(self.backend.traits, self.name, given, negative_prompt)
         # a preset's negatives do not apply where the backbone takes none, nor without classifier-free guidance
         # (guidance <= 1: diffusers encodes no negative), and outputs record what was used
-        unguided = (
-            self.backend.takes_negative_prompt and knobs["guidance_scale"] <= 1 and bool(negative_prompt)
-        )
-        if not self.backend.takes_negative_prompt or knobs["guidance_scale"] <= 1:
+        unguided = self.backend.takes_negative_prompt and knobs["guidance_scale"] <= 1
+        if unguided or not self.backend.takes_negative_prompt:
             negative = ""
         if knobs["feature_cache"] > 1 and not self.backend.has_unet:
             knobs["feature_cache"] = 1  # from a preset: does not apply here
@@ -330,7 +328,7 @@ class SceneTransformer:
         notes = self._prompt_warnings(final_prompt, "prompt")
         if negative:
             notes += self._prompt_warnings(negative, "negative prompt")
-        if unguided:
+        if unguided and negative_prompt:
             notes.append(
                 f"negative prompt unused: guidance_scale {knobs['guidance_scale']:g} <= 1 turns classifier-free "
                 "guidance off"

@@ -113,7 +113,7 @@ def _readable_upload(image):
             try:  # why, in our reader's words; or read (a size over Pillow's guard that DEPTH2IMG_MAX_PIXELS allows)
                 load_image(path)
             except Depth2ImgError as ours:
-                raise gr.Error(str(ours).replace(str(path), name)) from None
+                raise gr.Error(_as_uploaded(str(ours))) from None
             return str(path)
 
     image.preprocess = preprocess
@@ -441,10 +441,9 @@ def create_demo(service):
             var_button = gr.Button("Generate variations (checked presets x seeds)", variant="secondary")
             var_gallery = gr.Gallery(label="Variations", columns=4, format="png", elem_id="variations")
 
-        depth_inputs = [image, estimator, depth_file, polarity]
+        depth_inputs, preview = [image, estimator, depth_file, polarity], [depth_preview, depth16]
         device = dict(concurrency_id="device", concurrency_limit=1)  # one job at a time on the device
         # the preview follows what Generate will use: the sample, another depth file, estimator or polarity
-        preview = [depth_preview, depth16]
         sample.click(make_sample, None, [image, depth_file], api_name="sample").then(
             bound(handle_depth_if_photo), depth_inputs, preview, api_name="depth_on_sample", **device
         )
@@ -457,12 +456,8 @@ def create_demo(service):
         # a new photo drops the depth file given with the last one (the sample's street depth was reused)
         image.upload(
             lambda: (None, ""), None, [depth_file, polarity], api_name="new_photo", queue=False
-        ).then(
-            bound(handle_depth), depth_inputs, [depth_preview, depth16], api_name="depth_on_upload", **device
-        )
-        depth_btn.click(
-            bound(handle_depth), depth_inputs, [depth_preview, depth16], api_name="depth", **device
-        )
+        ).then(bound(handle_depth), depth_inputs, preview, api_name="depth_on_upload", **device)
+        depth_btn.click(bound(handle_depth), depth_inputs, preview, api_name="depth", **device)
         generate.click(
             bound(handle_generate),
             [image, model, estimator, depth_file, polarity, prompt, preset_box, negative, steps, strength, guidance,
