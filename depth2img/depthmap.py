@@ -17,6 +17,8 @@ class DepthMap:
 
     ``kind`` is one of ``conditioning.KINDS``; ``valid`` marks pixels with a measurement (stereo holes,
     sky, sensor dropouts are False; their ``values`` hold a fill). ``source`` says where it came from.
+    ``notes``: what a reader warned of while making it (a file's recorded polarity kept over the one given), for a
+    caller that shows warnings itself (the web page); not part of its provenance (``meta``).
     """
 
     values: np.ndarray
@@ -24,6 +26,7 @@ class DepthMap:
     valid: np.ndarray | None = None
     source: str = ""
     meta: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
 
     def __post_init__(self):
         self.values = np.asarray(self.values, dtype=np.float32)
@@ -74,7 +77,7 @@ class DepthMap:
             values = self.values if valid.all() else conditioning.fill_unusable(self.values, valid)
         values = conditioning.resize_depth(values, height, width)
         valid = conditioning.resize_depth(valid, height, width, nearest=True)
-        return DepthMap(values, self.kind, valid, self.source, dict(self.meta))
+        return DepthMap(values, self.kind, valid, self.source, dict(self.meta), list(self.notes))
 
     def control_image(self, width: int | None = None, height: int | None = None) -> np.ndarray:
         """ControlNet conditioning: (H, W, 3) float32 in [0, 1], near = white, normalised per image."""

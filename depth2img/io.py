@@ -276,12 +276,14 @@ def read_depth_file(
             f"{path}: the file records its depth as {recorded!r}, which is none of {', '.join(POLARITIES)} "
             f"(or {', '.join(KINDS)}); fix its kind entry"
         )
+    notes = []
     if recorded in POLARITIES:
         if polarity is not None and polarity != recorded:
             from .errors import Depth2ImgWarning
 
-            warnings.warn(f"{path}: the file records its depth as {recorded}, which it keeps; the polarity "
-                          f"given ({polarity}) is for files that record none", Depth2ImgWarning, stacklevel=2)  # fmt: skip
+            notes.append(f"{path}: the file records its depth as {recorded}, which it keeps; the polarity given "
+                         f"({polarity}) is for files that record none")  # fmt: skip
+            warnings.warn(notes[0], Depth2ImgWarning, stacklevel=2)
         polarity = recorded
     elif polarity is None:
         raise InputError(
@@ -297,7 +299,8 @@ def read_depth_file(
         values = values * depth_scale
         if values.max(initial=0) > np.finfo(np.float32).max:
             raise InputError(f"{path}: depth scale {depth_scale:g} takes depth values beyond float32's range")
-    return DepthMap(values.astype(np.float32), kind, valid, source=str(path), meta={"polarity": polarity})
+    return DepthMap(values.astype(np.float32), kind, valid, source=str(path), meta={"polarity": polarity},
+                    notes=notes)  # fmt: skip
 
 
 ASPECT_TOLERANCE = 0.01  # depth and image aspect ratios may differ by 1% (rounding of odd sizes)

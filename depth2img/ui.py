@@ -18,7 +18,9 @@ from .errors import Depth2ImgError, first_line
 from .io import DEPTH_SUFFIXES
 from .scene import SCENE_SIZE
 
-MAX_SEED = 2**31 - 1
+# the page's seed field: the largest whole number a browser's number holds exactly (past it a typed seed would change
+# silently); the Variations seeds, text, and the API take up to knobs.MAX_SEED (2**63-1)
+MAX_SEED = 2**53 - 1
 VARIATIONS_MAX = 16  # images in one Variations request (presets x seeds)
 # Each request's files (one folder each), in this user's private folder; removed once older than APP_KEEP_S seconds,
 # as is Gradio's own cache
@@ -150,6 +152,28 @@ def make_sample(width: int = SCENE_SIZE[0], height: int = SCENE_SIZE[1], seed: i
     return str(out / "driving_scene.png"), str(out / "driving_scene_depth.npz")
 
 
+def sample_with_its_depth() -> tuple[str, str, str]:
+    """``make_sample``'s photo and depth file, and the photo as the one the depth file was given with."""
+    photo, depth = make_sample()
+    return photo, depth, photo
+
+
+def depth_file_given(image_path) -> str:
+    """The photo a depth file was given with: "" when given before any photo (it is then for the next photo)."""
+    return image_path or ""
+
+
+def depth_file_for_new_photo(image_path, depth_file, polarity, given_with):
+    """(depth file, polarity, the photo it was given with) on a new photo. The depth file given with the last photo
+    is dropped with its polarity (the sample's street depth was used for the next photo); one given before any photo
+    is for this one and stays (it was dropped too)."""
+    import gradio as gr
+
+    if depth_file and given_with == "":
+        return gr.skip(), gr.skip(), image_path
+    return None, "", None
+
+
 def handle_depth_if_photo(service, image_path, estimator, depth_file, polarity, progress=None):
     """``handle_depth`` once a photo is there; nothing (an empty preview) before."""
     if not image_path:
@@ -159,11 +183,15 @@ def handle_depth_if_photo(service, image_path, estimator, depth_file, polarity, 
 
 def handle_depth(service, image_path, estimator, depth_file, polarity, progress=None):
     """Depth preview (colour-mapped) and the 16-bit depth PNG, both at the photo's size."""
+    import gradio as gr
+
     from .io import write_depth_products
 
     image = _image(image_path)
     depth = service.depth(image, estimator=estimator, depth_file=_file_path(depth_file), polarity=polarity or None,
                           progress=progress)  # fmt: skip
+    for note in depth.notes:  # a depth file's recorded polarity kept over the one picked
+        gr.Warning(_as_uploaded(note))
     out = _workdir()
     png16, preview = write_depth_products(depth, out, Path(image_path).stem, ("png16", "preview"))
     return str(preview), str(png16)
@@ -345,6 +373,36 @@ def _licence_text(name: str) -> str:
     return f"**{e.name}** (`{e.id}`): licence `{e.licence}`, {use}{gated}."
 
 
+def _takes(model: str) -> tuple[bool, tuple[str, ...]]:
+    """Whether backbone ``model`` takes a negative prompt, and its control knobs; (True, all of them) where that is
+    not known before it loads (a hub id not in the local cache: the run says what it refuses)."""
+    from .backends import known_traits
+    from .knobs import CONTROL_KNOBS
+    from .registry import resolve_backbone
+
+    try:
+        traits = known_traits(resolve_backbone(model))
+    except Depth2ImgError:
+        traits = None
+    return (True, CONTROL_KNOBS) if traits is None else (traits.takes_negative_prompt, traits.control_knobs)
+
+
+def backbone_controls(model):
+    """The negative prompt and the control sliders, shown where backbone ``model`` takes them and hidden elsewhere
+    (sd2-depth has no control knobs, Flux no negative prompt): hidden at their defaults, since a value moved for the
+    last backbone, out of sight, would be refused by this one."""
+    import gradio as gr
+
+    from .knobs import CONTROL_KNOBS, DEFAULT_KNOBS
+
+    negative, knobs = _takes(model)
+    return (
+        gr.update(visible=True) if negative else gr.update(visible=False, value=""),
+        *(gr.update(visible=True) if k in knobs else gr.update(visible=False, value=DEFAULT_KNOBS[k])
+          for k in CONTROL_KNOBS),
+    )  # fmt: skip
+
+
 def create_demo(service):
     """The page, bound to ``service``. Nothing here loads a model."""
     import gradio as gr
@@ -391,7 +449,8 @@ def create_demo(service):
                         est_choices, value=service.default_estimator, label="Depth estimator"
                     )
                     depth_file = gr.File(label="…or your own depth file (16-bit PNG, .npy, .npz, float TIFF)",
-                                         file_types=list(DEPTH_SUFFIXES), type="filepath")  # fmt: skip
+                                         file_types=list(DEPTH_SUFFIXES), type="filepath",
+                                         elem_id="depth-file")  # fmt: skip
                     polarity = gr.Radio(["", "near-bright", "far-bright", "metric"], value="",
                                         label="Depth file polarity (leave empty if the file records it)")  # fmt: skip
                     depth_btn = gr.Button("Preview depth", size="sm")
@@ -406,7 +465,8 @@ def create_demo(service):
                 preset_box = gr.CheckboxGroup(
                     list(presets), label="Presets (combine several)", elem_id="presets"
                 )
-                negative = gr.Textbox(label="Negative prompt")
+                takes_negative, control_knobs = _takes(service.default_model)
+                negative = gr.Textbox(label="Negative prompt", visible=takes_negative)
                 with gr.Accordion("Advanced", open=False):
                     steps = gr.Slider(1, 100, value=DEFAULT_KNOBS["steps"], step=1, label="Steps")
                     strength = gr.Slider(0.05, 1.0, value=DEFAULT_KNOBS["strength"], step=0.05,
@@ -414,9 +474,12 @@ def create_demo(service):
                     guidance = gr.Slider(
                         0.0, 20.0, value=DEFAULT_KNOBS["guidance_scale"], step=0.5, label="Guidance"
                     )
-                    control_scale = gr.Slider(0.0, 2.0, value=1.0, step=0.05, label="Control scale")
-                    control_start = gr.Slider(0.0, 1.0, value=0.0, step=0.05, label="Control start")
-                    control_end = gr.Slider(0.0, 1.0, value=1.0, step=0.05, label="Control end")
+                    control_scale, control_start, control_end = (
+                        gr.Slider(0.0, top, value=DEFAULT_KNOBS[k], step=0.05, label=label, visible=k in control_knobs)
+                        for k, top, label in (("control_scale", 2.0, "Control scale"),
+                                              ("control_start", 1.0, "Control start"),
+                                              ("control_end", 1.0, "Control end"))
+                    )  # fmt: skip
                     scheduler = gr.Dropdown(
                         [""] + list(SCHEDULERS), value="", label="Scheduler (empty = model default)"
                     )
@@ -444,18 +507,27 @@ def create_demo(service):
         depth_inputs, preview = [image, estimator, depth_file, polarity], [depth_preview, depth16]
         device = dict(concurrency_id="device", concurrency_limit=1)  # one job at a time on the device
         # the preview follows what Generate will use: the sample, another depth file, estimator or polarity
-        sample.click(make_sample, None, [image, depth_file], api_name="sample").then(
-            bound(handle_depth_if_photo), depth_inputs, preview, api_name="depth_on_sample", **device
-        )
+        # the photo the depth file was given with ("": before any photo), so that a new photo keeps only one given
+        # for it
+        depth_given_with = gr.State(None)
+        sample.click(
+            sample_with_its_depth, None, [image, depth_file, depth_given_with], api_name="sample"
+        ).then(bound(handle_depth_if_photo), depth_inputs, preview, api_name="depth_on_sample", **device)
         for event, name in ((depth_file.upload, "depth_on_depth_file"), (depth_file.clear, "depth_on_no_depth_file"),
                             (estimator.input, "depth_on_estimator"), (polarity.input, "depth_on_polarity")):  # fmt: skip
             event(bound(handle_depth_if_photo), depth_inputs, preview, api_name=name, **device)
+        depth_file.upload(depth_file_given, image, depth_given_with, api_name="depth_file_photo", queue=False)
         image.clear(lambda: (None, None), None, preview, api_name="no_photo", queue=False)
         model.change(_licence_text, model, licence, api_name="licence")
+        model.change(backbone_controls, model, [negative, control_scale, control_start, control_end],
+                     api_name="backbone_controls", queue=False)  # fmt: skip
         randomize.click(lambda: secrets.randbelow(MAX_SEED), None, seed, api_name="random_seed")
-        # a new photo drops the depth file given with the last one (the sample's street depth was reused)
         image.upload(
-            lambda: (None, ""), None, [depth_file, polarity], api_name="new_photo", queue=False
+            depth_file_for_new_photo,
+            [image, depth_file, polarity, depth_given_with],
+            [depth_file, polarity, depth_given_with],
+            api_name="new_photo",
+            queue=False,
         ).then(bound(handle_depth), depth_inputs, preview, api_name="depth_on_upload", **device)
         depth_btn.click(bound(handle_depth), depth_inputs, preview, api_name="depth", **device)
         generate.click(

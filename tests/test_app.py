@@ -413,10 +413,17 @@ def test_real_browser_upload_preset_generate(server, photo, tmp_path):
         browser = p.chromium.launch(executable_path=_chromium(), args=["--no-sandbox", "--disable-gpu"])
         page = browser.new_page(viewport={"width": 1280, "height": 1400})
         page.goto(server, timeout=60_000)
+        # a depth file given before the photo is kept for it (it was dropped)
+        np.savez(
+            tmp_path / "cat_depth.npz", depth=np.linspace(1, 9, 300 * 451).reshape(300, 451), kind="metric"
+        )
+        page.get_by_text("Depth", exact=True).first.click()
+        page.locator("#depth-file input[type=file]").set_input_files(tmp_path / "cat_depth.npz")
+        page.locator("#depth-file").get_by_text("cat_depth", exact=True).wait_for(timeout=30_000)
         page.locator("#photo input[type=file]").set_input_files(photo)
-        page.locator("#depth-preview img").wait_for(
-            timeout=60_000
-        )  # the depth preview appears before generating
+        # the depth preview appears before generating
+        page.locator("#depth-preview img").wait_for(timeout=60_000)
+        assert "cat_depth" in page.locator("#depth-file").inner_text()
         page.locator("#prompt textarea").fill("a cat in the snow")
         page.locator("#presets").get_by_label("winter").check()
         page.locator("#generate").click()
@@ -684,3 +691,91 @@ def test_a_page_serving_a_tiny_model_offers_the_other_tiny_builds():
     real = create_demo(Service(model="sd15-depth", estimator="depth-anything-v2-small"))
     labels = [b for b in real.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Backbone"]
     assert "sd2-depth" in [v for _, v in labels[0].choices]
+
+
+def test_a_depth_file_given_before_the_photo_is_kept_for_it(service):
+    """A depth file given before any photo was dropped, silently, when the photo came (as one given with the last
+    photo is: the sample's street depth was used for the next photo)."""
+    import gradio as gr
+
+    from depth2img.ui import depth_file_for_new_photo, depth_file_given, sample_with_its_depth
+
+    keep = depth_file_for_new_photo("p.png", "d.npz", "metric", depth_file_given(None))
+    assert (
+        isinstance(keep[0], type(gr.skip())) and isinstance(keep[1], type(gr.skip())) and keep[2] == "p.png"
+    )
+    # given with the last photo (or the sample), or none at all: dropped with its polarity
+    for given_with in (depth_file_given("old.png"), sample_with_its_depth()[2], None):
+        assert depth_file_for_new_photo("p.png", "d.npz", "metric", given_with) == (None, "", None)
+    assert depth_file_for_new_photo("p.png", None, "", "") == (None, "", None)
+    deps = {d["api_name"]: d for d in create_demo(service).config["dependencies"]}
+    given_with = deps["depth_file_photo"]["outputs"]
+    assert deps["depth_file_photo"]["targets"][0][1] == "upload"
+    assert set(given_with) <= set(deps["new_photo"]["inputs"]) and set(given_with) <= set(
+        deps["sample"]["outputs"]
+    )
+    assert set(given_with) <= set(deps["new_photo"]["outputs"])
+
+
+def test_a_depth_files_recorded_polarity_warning_reaches_the_page(service, photo, tmp_path, monkeypatch):
+    """The file's recorded polarity kept over the one picked was said on the server's console only."""
+    import gradio as gr
+
+    from depth2img.errors import Depth2ImgWarning
+
+    np.savez(tmp_path / "d.npz", depth=np.linspace(1, 9, 150 * 225).reshape(150, 225), kind="metric")
+    shown = []
+    monkeypatch.setattr(gr, "Warning", shown.append)
+    with pytest.warns(Depth2ImgWarning):
+        handle_depth(
+            service, photo, "tiny", str(tmp_path / "d.npz"), "far-bright"
+        )  # at half the photo's size
+    assert shown == [f"{tmp_path / 'd.npz'}: the file records its depth as metric, which it keeps; the polarity given "
+                     "(far-bright) is for files that record none"]  # fmt: skip
+    shown.clear()
+    handle_depth(service, photo, "tiny", str(tmp_path / "d.npz"), "metric")
+    assert shown == []
+
+
+def test_the_seed_field_takes_every_seed_a_browser_holds_exactly(service):
+    """The page's seed stopped at 2**31-1 while the Variations seeds and the API take up to 2**63-1; past 2**53 a
+    browser's number changes a typed seed silently, so the field stops there."""
+    import gradio as gr
+
+    from depth2img.ui import MAX_SEED
+
+    demo = create_demo(service)
+    (seed,) = [b for b in demo.blocks.values() if isinstance(b, gr.Number) and b.label == "Seed"]
+    assert seed.maximum == MAX_SEED == 2**53 - 1 and float(MAX_SEED) == MAX_SEED
+    assert seed.preprocess(float(MAX_SEED)) == MAX_SEED
+    with pytest.raises(gr.Error, match="greater than maximum"):
+        seed.preprocess(2**53)
+
+
+def test_the_negative_prompt_and_control_sliders_show_where_the_backbone_takes_them():
+    """sd2-depth has no control knobs and Flux no negative prompt: a slider moved for the last backbone, still on the
+    page, made the next Generate fail."""
+    import gradio as gr
+
+    from depth2img.ui import backbone_controls
+
+    def shown(model):
+        return [u.get("visible") for u in backbone_controls(model)]
+
+    assert (
+        shown("tiny") == shown("sd15-depth") == shown("someone/else") == [True] * 4
+    )  # the last: not known yet
+    assert shown("tiny/sd2-depth") == shown("sd2-depth") == [True, False, False, False]
+    assert shown("flux-depth") == [False] * 4 and shown("tiny/flux-depth-lora") == [False, True, False, False]
+    negative, *controls = backbone_controls("tiny/flux-depth")
+    assert negative["value"] == "" and [c["value"] for c in controls] == [
+        1.0,
+        0.0,
+        1.0,
+    ]  # back to the defaults
+    demo = create_demo(Service(model="tiny/sd2-depth"))
+    sliders = {b.label: b.visible for b in demo.blocks.values() if isinstance(b, (gr.Slider, gr.Textbox))}
+    assert sliders["Negative prompt"] and sliders["Steps"]
+    assert not sliders["Control scale"] and not sliders["Control start"] and not sliders["Control end"]
+    deps = {d["api_name"]: d for d in demo.config["dependencies"]}
+    assert deps["backbone_controls"]["targets"][0][1] == "change"
