@@ -715,16 +715,18 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     labels = Labels(job)
     labels.check(paths)
     earlier_run = any(root.glob("manifest*.jsonl"))
+    recorded = _earlier_record(root / "job.resolved.yaml") if earlier_run else None
     # before its temp files are swept: a refused run leaves the earlier one untouched
-    if resume and earlier_run:
-        _check_same_run(job, root / "job.resolved.yaml")
+    if resume and recorded is not None:
+        _check_same_run(job, recorded, root / "job.resolved.yaml")
     if rank == 0 and root.is_dir() and (resume or not earlier_run):  # an earlier run is refused, untouched
         for stale in stale_temp_files(root):  # of a killed run
             stale.unlink(missing_ok=True)
     records = [r for m in root.glob("manifest*.jsonl") for r in read_manifest(m)]
     # a source keeps the name an earlier run gave it: a source added since with the same file name (sorted before
     # it) took that name, and with it the earlier images as its own
-    names = _EarlierNames(records, _recorded_base(root / "job.resolved.yaml") or job.base_dir)
+    base = (recorded or {}).get("base_dir")
+    names = _EarlierNames(records, base if isinstance(base, str) else job.base_dir)
     # an image removed since is made again, at its attempt (the same seed)
     records = [r for r in records if not _lost(root, r)]
     tried: dict[str, int] = {}  # item -> the highest attempt an earlier run recorded
@@ -984,14 +986,18 @@ def _generate(st, units: list[_Item], report: JobReport) -> list:
 SAME_RUN_KEYS = ("model", "estimator", "lora", "lora_scale", "dtype", "knobs", "geometry", "layout", "labels")
 
 
-def _check_same_run(job: Job, recorded: Path) -> None:
-    """On --resume, refuse a job whose image-making settings differ from the run it continues."""
+def _earlier_record(recorded: Path) -> dict | None:
+    """The settings an earlier run recorded (its job.resolved.yaml); None for an older or damaged record."""
     try:
         earlier = yaml.safe_load(recorded.read_text(encoding="utf-8"))
     except (OSError, ValueError, yaml.YAMLError):
-        return  # an older or damaged record: nothing to compare with
-    if not isinstance(earlier, dict):
-        return
+        return None
+    return earlier if isinstance(earlier, dict) else None
+
+
+def _check_same_run(job: Job, earlier: dict, recorded: Path) -> None:
+    """On --resume, refuse a job whose image-making settings differ from those of the run it continues,
+    ``earlier`` (read from ``recorded``)."""
     # in the record's types (lists, not tuples)
     now = yaml.safe_load(yaml.safe_dump(_resolved(job), sort_keys=False))
     for record in (earlier, now):
@@ -1056,15 +1062,6 @@ class _EarlierNames:
 
     def of(self, path, base) -> str | None:
         return self.by_path.get(file_key(path)) or self.moved.get(_in_job(path, base) or "")
-
-
-def _recorded_base(recorded: Path) -> str | None:
-    """The job folder an earlier run recorded in its job.resolved.yaml, if it can be read."""
-    try:
-        base = yaml.safe_load(recorded.read_text(encoding="utf-8")).get("base_dir")
-    except (OSError, ValueError, AttributeError, yaml.YAMLError):
-        return None
-    return base if isinstance(base, str) else None
 
 
 def _lost(root: Path, record: dict) -> bool:

@@ -338,7 +338,7 @@ def test_resume_of_a_moved_project_compares_its_own_folders(tmp_path, tiny_dir):
     refused on --resume as another model."""
     import yaml as yaml_
 
-    from depth2img.batch import _check_same_run, _resolved, load_job
+    from depth2img.batch import _check_same_run, _earlier_record, _resolved, load_job
 
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "models").symlink_to(tiny_dir)
@@ -351,10 +351,11 @@ def test_resume_of_a_moved_project_compares_its_own_folders(tmp_path, tiny_dir):
     (tmp_path / "a").rename(tmp_path / "b")
     moved = load_job(tmp_path / "b" / "job.yaml")
     assert moved.model == str(tmp_path / "b" / "models" / "sd15-depth")
-    _check_same_run(moved, tmp_path / "b" / "out" / "job.resolved.yaml")  # the same run: no error
+    record = tmp_path / "b" / "out" / "job.resolved.yaml"
+    _check_same_run(moved, _earlier_record(record), record)  # the same run: no error
     (tmp_path / "b" / "job.yaml").write_text("inputs: x\noutput: out\nprompt: p\nmodel: ./models/sd2-depth\n")
     with pytest.raises(InputError, match="^--resume: this job's model differs from the run in "):
-        _check_same_run(load_job(tmp_path / "b" / "job.yaml"), tmp_path / "b" / "out" / "job.resolved.yaml")
+        _check_same_run(load_job(tmp_path / "b" / "job.yaml"), _earlier_record(record), record)
 
 
 def test_missing_inputs_are_listed_and_skipped(dataset, tmp_path):
