@@ -2,13 +2,16 @@
 
 Full-size architectures are built from ``configs/bench/*.json`` with random weights (timing does not depend
 on weight values); ``--preset tiny`` uses the tiny test models so CI can smoke-test the command on CPU.
-Reported per variant: ms per image, images per hour, denoising it/s, share of peak FLOP/s (FLOPs counted
-with torch.utils.flop_counter), peak memory, and the max abs difference of its output from plain diffusers.
+Reported per variant: ms per image, images per hour, it/s (denoising steps per second of the whole call: text
+encoding and VAE decode included), share of peak FLOP/s (FLOPs counted with torch.utils.flop_counter), peak memory,
+and the max abs difference of its output from plain diffusers, judged against the bf16 tolerance: what rounding
+the plain pipeline to bf16 alone changes, measured in the same run.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import platform
 import statistics
 import time
@@ -193,6 +196,8 @@ def _sync(device):
 
     if device.type == "cuda":
         torch.cuda.synchronize()
+    elif device.type == "mps":  # its kernels run asynchronously too: a timer would see only their queueing
+        torch.mps.synchronize()
 
 
 def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None = None, steps: int = 30,
@@ -225,7 +230,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     from .depthmap import DepthMap
     from .errors import InputError
     from .knobs import check_compile
-    from .loading import resolve_device
+    from .loading import resolve_device, resolve_dtype
     from .registry import ModelRef
     from .transformer import SceneTransformer
 
@@ -233,8 +238,8 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         raise InputError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
     if repeats < 1:
         raise InputError(f"repeats must be >= 1, got {repeats!r}")
-    if peak_tflops is not None and not peak_tflops > 0:
-        raise InputError(f"--peak-tflops must be > 0, got {peak_tflops!r}")
+    if peak_tflops is not None and not (math.isfinite(peak_tflops) and peak_tflops > 0):
+        raise InputError(f"--peak-tflops must be a finite number > 0, got {peak_tflops!r}")
     modes = compile_mode.split(",") if compile_mode else []
     for mode in modes:
         check_compile(mode, "--compile", feature_cache=feature_cache, cache_name="--feature-cache")
@@ -367,13 +372,24 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         run_plain(seeds)
     # The fast path also changes the dtype (bf16 on GPU): its optimisations are judged against plain diffusers
     # run in bf16 too (untimed), so a dtype change is not taken for an optimisation that changed the result.
+    # The bf16 tolerance: what rounding to bf16 alone changes, plain diffusers in bf16 against plain diffusers in
+    # its documented dtype (float32 where that is bf16). An optimisation that changes the output of plain diffusers
+    # in its own dtype by no more stays within it. Measured, not assumed: random weights amplify rounding over the
+    # steps, more at larger sizes (a GPU run has both already; a CPU run adds one untimed bf16 call).
     reference = {plain_dtype: outputs["diffusers"]}
-    if fast_dtype != plain_dtype:
-        ref_pipe = _pipeline(backbone, _copy(comps, fast_dtype))
-        reference[fast_dtype] = run_plain(seeds, ref_pipe)
-        del ref_pipe
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+    tolerance_dtypes = (torch.bfloat16, plain_dtype if plain_dtype != torch.bfloat16 else torch.float32)
+    for dt in dict.fromkeys((fast_dtype, *tolerance_dtypes)):
+        if dt not in reference:
+            ref_pipe = _pipeline(backbone, _copy(comps, dt))
+            reference[dt] = run_plain(seeds, ref_pipe)
+            del ref_pipe
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    tolerance = _max_diff(*(reference[dt] for dt in tolerance_dtypes))
+    if not np.isfinite(tolerance):
+        # plain diffusers in bf16 gave NaN or inf (untimed: depth2img refuses such an output, so a timed row's
+        # NaN stops the run at its warm-up): nothing to judge against
+        tolerance = None
     flops_per_call = counter.get_total_flops()
     peak = peak_tflops * 1e12 if peak_tflops else _peak_flops(device, fast_dtype)
 
@@ -388,27 +404,33 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             calls = n if name == "diffusers-b1" else 1
             # FLOPs are counted on plain diffusers; a ControlNet window or the feature cache means fewer are done.
             same_work = control_end >= 1.0 and "+cache" not in name
+            same_dtype_diff = _max_diff(outputs[name], reference[dtypes[name]][:n])
+            # None: a quality trade, not meant to stay within; or no tolerance to judge by
+            within = None if "+cache" in name or tolerance is None else same_dtype_diff <= tolerance
             rows[name] = {
                 "ms_per_image": 1000 * sec, "images_per_hour": 3600 / sec, "it_per_s": steps * calls / (sec * n),
                 "share_of_peak": flops_per_call / batch / sec / peak if name.startswith("diffusers") or same_work else None,
                 "peak_memory_gib": peaks[name] / 2**30 if name in peaks else None,
                 "speedup": base / sec,
                 "max_abs_diff_vs_diffusers": _max_diff(outputs[name], outputs["diffusers"][:n]),
-                "max_abs_diff_vs_diffusers_same_dtype": _max_diff(outputs[name], reference[dtypes[name]][:n]),
+                "max_abs_diff_vs_diffusers_same_dtype": same_dtype_diff,
+                "within_bf16_tolerance": within,
             }  # fmt: skip
         overhead = statistics.median(times["depth2img"]) / statistics.median(times["diffusers"]) - 1
         outside_s = statistics.median(outside)
         decode_s = statistics.median(decode)
         return {
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": _device_name(device),
-            "backbone": backbone, "preset": preset, "size": size, "steps": steps, "batch": batch, "repeats": done,
+            "default_dtype": str(resolve_dtype(None, device)).replace("torch.", ""), "backbone": backbone, "preset": preset, "size": size, "steps": steps, "batch": batch, "repeats": done,
             "repeats_planned": repeats,
             "cfg": True, "control_end": control_end, "compile": compile_mode, "feature_cache": feature_cache,
             "speedup_baseline": baseline, "b1_images": images.get("diffusers-b1"), "compile_error": compile_error,
             "cudagraph_skips": cudagraph_skips,
             "plain_dtype": str(plain_dtype).replace("torch.", ""), "fast_dtype": str(fast_dtype).replace("torch.", ""),
             "fast_path": applied, "compiled_path": compiled_path,
-            "channels_last": channels_last, "fuse_qkv": fuse_qkv, "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
+            "channels_last": channels_last, "fuse_qkv": fuse_qkv, "attention": attention,
+            "bf16_tolerance": tolerance,
+            "bf16_tolerance_between": [str(dt).replace("torch.", "") for dt in tolerance_dtypes], "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
             "peak_source": "given" if peak_tflops else "measured matmul", "api_overhead": overhead,
             "api_outside_pipeline_ms": 1000 * outside_s, "api_outside_share": outside_s / statistics.median(times["diffusers"]),
             "vae_decode_ms": 1000 * decode_s, "vae_decode_share": decode_s / statistics.median(times[best]),
@@ -557,19 +579,19 @@ def markdown(result: dict) -> str:
     head = (f"{name} + ControlNet depth, {result['preset']} architecture, {result['size']}x{result['size']}, "
             f"{result['steps']} steps, CFG, batch {result['batch']}, on **{result['device']}** ({result['date']}); "
             f"median of {result['repeats']} interleaved runs{_cut(result)}. {result['flops_per_call_tflop']:.3f} TFLOP per call; "
-            f"peak {result['peak_tflops']:.1f} TFLOP/s ({result['peak_source']}). Fast path: "
+            f"peak {result['peak_tflops']:.3g} TFLOP/s ({result['peak_source']}). Fast path: "
             f"{result['fast_dtype']}, {', '.join(result['fast_path']) or 'none'}. Speed-up per image against "
             f"`{result.get('speedup_baseline', 'diffusers')}`"
             + (f" (one image per call, on the first {result['b1_images']} seeds)." if result.get("b1_images") else ".")
-            + _compiled_text(result))  # fmt: skip
-    lines = [head, "", "| variant | ms/image | images/hour | it/s | share of peak | peak memory (GiB) | speed-up | max abs diff vs diffusers | same, diffusers in the variant's dtype |",
-             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+            + _compiled_text(result) + _tolerance_text(result))  # fmt: skip
+    lines = [head, "", "| variant | ms/image | images/hour | it/s (whole call) | share of peak | peak memory (GiB) | speed-up | max abs diff vs diffusers | same, diffusers in the variant's dtype | within bf16 tolerance |",
+             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for variant, r in result["results"].items():
         share = f"{r['share_of_peak']:.1%}" if r["share_of_peak"] is not None else "n/a"
         mem = f"{r['peak_memory_gib']:.2f}" if r["peak_memory_gib"] is not None else "n/a (CPU)"
         lines.append(f"| {variant} | {r['ms_per_image']:.1f} | {r['images_per_hour']:.0f} | {r['it_per_s']:.2f} | {share} | "
-                     f"{mem} | {r.get('speedup', float('nan')):.2f}x | {r['max_abs_diff_vs_diffusers']:.2e} | "
-                     f"{r.get('max_abs_diff_vs_diffusers_same_dtype', float('nan')):.2e} |")  # fmt: skip
+                     f"{mem} | {_given(r.get('speedup'), '.2f', 'x')} | {r['max_abs_diff_vs_diffusers']:.2e} | "
+                     f"{_given(r.get('max_abs_diff_vs_diffusers_same_dtype'), '.2e')} | {_verdict(r)} |")  # fmt: skip
     lines.append(
         f"\ndepth2img {'API overhead' if result['control_end'] >= 1.0 else 'time difference (ControlNet skipping included)'}"
         f" over plain diffusers (same components and settings): {result['api_overhead']:+.1%}"
@@ -613,6 +635,26 @@ def _compiled_text(result: dict) -> str:
     return f" `-compiled-MODE` ({', '.join(modes)}): {', '.join(path)}."
 
 
+def _tolerance_text(result: dict) -> str:
+    if "bf16_tolerance" not in result:
+        return ""  # a result from before it was measured
+    between = " against ".join(result["bf16_tolerance_between"])
+    if result["bf16_tolerance"] is None:
+        return f" bf16 tolerance: not measured (plain diffusers gave NaN or inf in {between})."
+    return (f" bf16 tolerance (plain diffusers in {between}, max abs diff of pixel values in [0, 1]): "
+            f"{result['bf16_tolerance']:.2e}; a row within it changed the output by no more than rounding to bf16 "
+            "does.")  # fmt: skip
+
+
+def _given(value, spec: str, unit: str = "") -> str:
+    """A figure as ``spec`` formats it; n/a where a result from before it was measured lacks it."""
+    return "n/a" if value is None else f"{value:{spec}}{unit}"
+
+
+def _verdict(row: dict) -> str:
+    return {True: "yes", False: "no", None: "n/a"}[row.get("within_bf16_tolerance")]
+
+
 def _cut(result: dict) -> str:
     planned = result.get("repeats_planned", result["repeats"])
     return f" (cut short: {planned} were planned)" if result["repeats"] < planned else ""
@@ -627,6 +669,11 @@ def _write(result: dict, out_dir: Path) -> None:
     extra += "-lowvram" if any("-lowvram" in k for k in result["results"]) else ""
     extra += "-no-channels-last" if result.get("channels_last") is False else ""
     extra += "-no-fused-qkv" if result.get("fuse_qkv") is False else ""
+    # the other settings that change the figures: runs that differ name different files (one replaced another)
+    extra += f"-s{result['steps']}" if result["steps"] != 30 else ""
+    # a --dtype other than the device's default (loading.resolve_dtype)
+    extra += f"-{result['plain_dtype']}" if result["plain_dtype"] != result["default_dtype"] else ""
+    extra += "-xformers" if result.get("attention") == "xformers" else ""
     stem = f"{result.get('backbone', 'sd15')}-controlnet-{result['preset']}-{result['size']}{extra}"
     _write_files(result, out_dir, stem, markdown(result))
 

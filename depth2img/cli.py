@@ -478,16 +478,31 @@ def _cmd_eval(args) -> int:
     return 0
 
 
+BENCH_MAX_SIZE = (
+    4096  # --size: SDXL's native 1024 four times over; a typo (1000000) failed only after building
+)
+
+
 def _cmd_bench(args) -> int:
     from .errors import InputError
     from .knobs import DEFAULT_KNOBS, check_knobs
 
-    if (args.size is not None and (args.size < 16 or args.size % 16)) or min(
-        args.steps, args.batch, args.repeats
-    ) < 1:
-        raise InputError(
-            "--size must be a multiple of 16 (>= 16); --steps, --batch and --repeats must be >= 1"
-        )
+    for flag, value in (("--steps", args.steps), ("--batch", args.batch), ("--repeats", args.repeats)):
+        if value < 1:
+            raise InputError(f"{flag} must be >= 1, got {value}")
+    if args.size is not None and not (16 <= args.size <= BENCH_MAX_SIZE and args.size % 16 == 0):
+        raise InputError(f"--size must be a multiple of 16 in 16..{BENCH_MAX_SIZE}, got {args.size}")
+    if args.depth:  # the depth bench takes none of the diffusion bench's settings: one given was ignored
+        ignored = [flag for flag, given in (
+            ("--backbone", args.backbone != "sd15"), ("--size", args.size is not None), ("--steps", args.steps != 30),
+            ("--compile", args.compile), ("--control-end", args.control_end != 1.0),
+            ("--feature-cache", args.feature_cache != 1), ("--attention", args.attention != "sdpa"),
+            ("--no-channels-last", args.channels_last is False), ("--no-fused-qkv", not args.fuse_qkv),
+            ("--low-vram", args.low_vram), ("--peak-tflops", args.peak_tflops is not None),
+        ) if given]  # fmt: skip
+        if ignored:
+            raise InputError(f"--depth benchmarks the depth estimators: {', '.join(ignored)} "
+                             f"{'is' if len(ignored) == 1 else 'are'} for the diffusion bench")  # fmt: skip
     check_knobs({**DEFAULT_KNOBS, "control_end": args.control_end, "feature_cache": args.feature_cache})
     _quiet_libraries()
     from .bench import markdown, run_bench, run_depth_bench

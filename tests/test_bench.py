@@ -24,6 +24,17 @@ def test_bench_runs_and_writes_json_and_markdown(tmp_path):
     assert 0 < result["api_outside_pipeline_ms"] < 1000 * result["results"]["depth2img"]["ms_per_image"]
     assert "outside diffusers' pipeline call" in markdown(result)
     assert 0 < result["vae_decode_share"] < 1 and "VAE decode alone, batch 1" in markdown(result)
+    # the bf16 tolerance, measured: plain diffusers in bf16 against fp32 (here; fp16 on a GPU)
+    assert result["bf16_tolerance_between"] == ["bfloat16", "float32"] and 1e-4 < result["bf16_tolerance"] < 1
+    assert all(r["within_bf16_tolerance"] is True for r in result["results"].values())
+    assert "| depth2img-fast |" in markdown(result) and "| within bf16 tolerance |" in markdown(result)
+    assert f"bf16 tolerance (plain diffusers in bfloat16 against float32, max abs diff of pixel values in [0, 1]): " \
+           f"{result['bf16_tolerance']:.2e}" in markdown(result)  # fmt: skip
+    assert "| it/s (whole call) |" in markdown(
+        result
+    ) and f"peak {result['peak_tflops']:.3g} TFLOP/s" in markdown(result)  # a CPU's 0.04 read "0.0"
+    # settings that change the figures name the files: a run of 2 steps no longer replaced one of 30
+    assert "-64-s2-cpu" in result["written"][0]
 
 
 def test_a_bench_cut_short_leaves_the_table_of_its_finished_repeats(tmp_path):
@@ -197,6 +208,52 @@ def test_fast_path_in_another_dtype_is_judged_against_diffusers_in_that_dtype(tm
     assert fast["max_abs_diff_vs_diffusers_same_dtype"] < fast["max_abs_diff_vs_diffusers"] / 4
 
 
+def test_a_fast_path_that_gives_nan_stops_the_bench_in_one_line_with_no_table(tmp_path, monkeypatch, capsys):
+    """A NaN output must not reach the table as a max abs diff of "nan": depth2img refuses it at the warm-up."""
+    import torch
+
+    from depth2img import backends
+    from depth2img.cli import main
+
+    optimize = backends.SD15Backend.optimize
+
+    def broken(self, **kwargs):  # the fast path's UNet gives NaN
+        with torch.no_grad():
+            self.pipe.unet.conv_out.bias.fill_(float("nan"))
+        return optimize(self, **kwargs)
+
+    monkeypatch.setattr(backends.SD15Backend, "optimize", broken)
+    argv = [
+        "bench",
+        "--preset",
+        "tiny",
+        "--size",
+        "64",
+        "--steps",
+        "2",
+        "--repeats",
+        "1",
+        "-o",
+        str(tmp_path),
+    ]
+    assert main(argv) == 2
+    assert "the pipeline's output has NaN or inf pixels in 1 of 1 image(s)" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_timing_waits_for_an_apple_gpu_too(monkeypatch):
+    """Only CUDA was synchronised: on MPS the timer (and the measured peak) saw only the queueing of the work."""
+    import torch
+
+    from depth2img.bench import _sync
+
+    synced = []
+    monkeypatch.setattr(torch.mps, "synchronize", lambda: synced.append("mps"))
+    _sync(torch.device("mps"))
+    _sync(torch.device("cpu"))
+    assert synced == ["mps"]
+
+
 @pytest.mark.parametrize("name, millions", [("sd15_unet", 859.5), ("sd15_controlnet", 361.3), ("sd_vae", 83.7),
                                             ("clip_l_text", 123.1), ("sdxl_unet", 2567.5), ("sdxl_controlnet", 1251.0),
                                             ("clip_g_text", 694.7), ("sdxl_vae", 83.7),
@@ -222,7 +279,21 @@ def test_bench_argument_errors(capsys):
         ),
         (["--attention", "xformers"], "--attention xformers needs the xformers extra"),
         (["--feature-cache", "0"], "feature_cache must be an integer in 1..10 (1 = off), got 0"),
-        (["--peak-tflops", "-1"], "--peak-tflops must be > 0, got -1.0"),
+        (["--peak-tflops", "-1"], "--peak-tflops must be a finite number > 0, got -1.0"),
+        (["--peak-tflops", "inf"], "--peak-tflops must be a finite number > 0, got inf"),  # wrote "Infinity"
+        # each argument by name (one message named all four), and a side built only to run out of memory
+        (["--batch", "0"], "--batch must be >= 1, got 0"),
+        (["--steps", "0"], "--steps must be >= 1, got 0"),
+        (["--size", "1000000"], "--size must be a multiple of 16 in 16..4096, got 1000000"),
+        # the diffusion bench's settings were ignored by the depth bench, a bad --compile mode included
+        (
+            ["--depth", "--compile", "bogus", "--low-vram"],
+            "--depth benchmarks the depth estimators: --compile, --low-vram are for the diffusion bench",
+        ),
+        (
+            ["--depth", "--steps", "4"],
+            "--depth benchmarks the depth estimators: --steps is for the diffusion bench",
+        ),
         # before the run, not after it (its figures were lost)
         (["-o", __file__], f"output folder {__file__} is a file"),
         (["--depth", "-o", __file__], f"output folder {__file__} is a file"),
@@ -408,3 +479,13 @@ def test_attention_on_a_cpu_is_counted():
     assert (
         counter.get_total_flops() == 4 * 2 * 4 * 256 * 256 * 32
     )  # QK^T and AV: 2 x 2 FLOPs per multiply-add
+
+
+def test_the_committed_tables_are_what_their_json_says():
+    """The README quotes these tables; two CPU tables had kept an older format (no speed-up column)."""
+    from pathlib import Path
+
+    results = sorted((Path(__file__).parents[1] / "benchmarks").glob("s*-controlnet-*.json"))
+    assert results
+    for path in results:
+        assert path.with_suffix(".md").read_text() == markdown(json.loads(path.read_text())), path.name
