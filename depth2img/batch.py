@@ -124,7 +124,7 @@ class Job:
         from .knobs import check_lora_scale
 
         try:
-            check_lora_scale(self.lora_scale)
+            check_lora_scale(self.lora_scale, self.lora)
         except InputError as err:
             raise InputError(f"job key {err}") from None
         if isinstance(self.seeds, bool) or not isinstance(self.seeds, (int, list)):
@@ -1014,7 +1014,8 @@ def _check_same_run(job: Job, earlier: dict, recorded: Path) -> None:
     changed += [
         f"variation {v['name']!r}"
         for v in now["variations"]
-        if v["name"] in before and before[v["name"]] != v
+        # (a record from before the expansions were recorded is compared without them)
+        if v["name"] in before and before[v["name"]] != {k: x for k, x in v.items() if k in before[v["name"]]}
     ]
     if changed:
         raise InputError(
@@ -1025,8 +1026,16 @@ def _check_same_run(job: Job, earlier: dict, recorded: Path) -> None:
 
 
 def _resolved(job: Job) -> dict:
+    from . import presets as presets_mod
+
     out = asdict(job)
-    out["variations"] = [asdict(v) for v in variations(job)]
+    out["variations"] = []
+    for v in variations(job):
+        # what its preset expands to (the presets files, $DEPTH2IMG_PRESETS, can change between runs)
+        prompt, negative, knobs = presets_mod.resolve(v.prompt, v.preset, job._presets)
+        out["variations"].append(
+            {**asdict(v), "expanded": {"prompt": prompt, "negative": negative, "knobs": knobs}}
+        )
     out["seed_list"] = job.seed_list()
     return out
 

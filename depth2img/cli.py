@@ -327,13 +327,14 @@ def _cmd_transform(args) -> int:
     given = {k: v for k, v in knobs.items() if v is not None}
     check_knobs({**DEFAULT_KNOBS, **given})
     lora_knobs = {}
+    from .knobs import check_lora_scale
+
+    check_lora_scale(args.lora_scale, args.lora, "--lora-scale")
     if args.lora:
-        from .knobs import check_lora_scale
         from .registry import resolve_lora
 
         entry = resolve_lora(args.lora).entry
         lora_knobs = dict(entry.knobs) if entry else {}
-        check_lora_scale(args.lora_scale)
     # what each input runs with, as SceneTransformer.prepare resolves it
     resolved = resolved_knobs(preset_knobs, lora_knobs, given)
     check_knobs(resolved)

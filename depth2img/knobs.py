@@ -85,9 +85,12 @@ def resolved_knobs(preset_knobs: dict, model_knobs: dict, given: dict) -> dict:
             **{k: v for k, v in given.items() if v is not None}}  # fmt: skip
 
 
-def check_lora_scale(scale) -> float:
+def check_lora_scale(scale, lora=True, label: str = "lora_scale") -> float:
+    """``scale`` of the LoRA ``lora``; a scale other than 1 with no LoRA is refused (it was ignored)."""
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0.0 < scale <= 2.0:
-        raise InputError(f"lora_scale must be in (0, 2], got {scale!r}")
+        raise InputError(f"{label} must be in (0, 2], got {scale!r}")
+    if not lora and scale != 1.0:
+        raise InputError(f"{label} {scale:g} is given without a LoRA to scale")
     return float(scale)
 
 

@@ -174,8 +174,8 @@ class SceneTransformer:
         device = resolve_device(device)
         check_memory_options(device=device, offload=offload, attention=attention)
         lora_ref = resolve_lora(lora) if lora else None
+        check_lora_scale(lora_scale, lora)
         if lora:
-            check_lora_scale(lora_scale)
             if ref.entry is not None and ref.entry.pipeline:
                 check_speed_lora(ref.entry.pipeline, lora_ref)
         backend = load_backend(ref, dtype=dtype, device=device, local_files_only=local_files_only)

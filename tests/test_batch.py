@@ -333,6 +333,29 @@ def test_resume_skips_finished_and_refuses_to_mix_runs(dataset, tmp_path):
     assert (tmp_path / "r" / "job.resolved.yaml").read_text() == resolved and stale.exists()  # left untouched
 
 
+def test_resume_refuses_a_preset_whose_definition_changed(dataset, tmp_path, monkeypatch):
+    """job.resolved.yaml recorded a preset's name only: a presets file changed between runs made the resumed images
+    from another prompt, in one dataset."""
+    import yaml as yaml_
+
+    presets = tmp_path / "mine.yaml"
+    presets.write_text("presets:\n  mine:\n    prompt: '{prompt}, mine'\n")
+    monkeypatch.setenv("DEPTH2IMG_PRESETS", str(presets))
+    job = write_job(dataset, output=str(tmp_path / "r"), presets=["mine"], seeds=1, labels={})
+    assert run_job(job, progress=False).done == 3
+    record = tmp_path / "r" / "job.resolved.yaml"
+    (variation,) = yaml_.safe_load(record.read_text())["variations"]
+    assert variation["expanded"] == {"prompt": "mine", "negative": "", "knobs": {}}  # the job gives no prompt
+    presets.write_text("presets:\n  mine:\n    prompt: '{prompt}, CHANGED'\n")
+    with pytest.raises(InputError, match="^--resume: this job's variation 'mine' differs from the run in "):
+        run_job(job, resume=True, progress=False)
+    # a record written before the expansions were: compared without them, as before
+    earlier = yaml_.safe_load(record.read_text())
+    del earlier["variations"][0]["expanded"]
+    record.write_text(yaml_.safe_dump(earlier, sort_keys=False))
+    assert run_job(job, resume=True, progress=False).skipped == 3
+
+
 def test_resume_of_a_moved_project_compares_its_own_folders(tmp_path, tiny_dir):
     """A job's ./models/x became an absolute path in job.resolved.yaml: a project moved (or another HOME) was
     refused on --resume as another model."""
@@ -533,6 +556,10 @@ def test_output_names_cannot_escape(dataset, tmp_path):
         (
             "inputs: a\noutput: b\nprompt: x\nlora_scale: 5\n",
             r"job key lora_scale must be in \(0, 2\], got 5",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\nlora_scale: 0.5\n",
+            "job key lora_scale 0.5 is given without a LoRA to scale",
         ),
         ("inputs: [5]\noutput: b\nprompt: x\n", r"job key inputs must be .*got \[5\]"),
         # steps alone: the default strength 0.8 leaves int(1 x 0.8) = 0 steps (it failed after depth/ was written)

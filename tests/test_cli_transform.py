@@ -64,8 +64,9 @@ def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
         (["--prompt", "x", "--steps", "1"], "steps=1 and strength=0.8 leave 0"),
         (
             ["--prompt", "x", "--lora", "tiny/lcm-sd15", "--lora-scale", "5"],
-            "lora_scale must be in (0, 2], got 5.0",
+            "--lora-scale must be in (0, 2], got 5.0",
         ),
+        (["--prompt", "x", "--lora-scale", "0.5"], "--lora-scale 0.5 is given without a LoRA to scale"),
         (
             ["--prompt", "x", "--device", "cpu", "--offload", "model"],
             "offload 'model' moves weights between CPU and GPU; no GPU",

@@ -1132,6 +1132,7 @@ def test_a_presets_knobs_do_not_override_the_guidance_flux_needs(photo, depth):
         ({"lora": "tiny/lcm-sd15", "lora_scale": 5}, r"lora_scale must be in \(0, 2\], got 5"),
         ({"lora": "tiny/lcm-sd15", "lora_scale": float("nan")}, r"lora_scale must be in \(0, 2\], got nan"),
         ({"lora": "nope"}, "lora 'nope' is not a registry name"),
+        ({"lora_scale": 0.5}, "^lora_scale 0.5 is given without a LoRA to scale$"),  # it was ignored
         ({"attention": "flash"}, "attention must be sdpa or xformers, got 'flash'"),
         ({"offload": "model"}, "offload 'model' moves weights between CPU and GPU; no GPU is available here"),
         ({"offload": "disk"}, "offload must be one of"),
