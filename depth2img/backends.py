@@ -418,6 +418,19 @@ class Backend:
         return self.pipe.vae_scale_factor
 
     @property
+    def native_size(self) -> int:
+        """The side this pipeline generates at by default, as diffusers computes it: its UNet's sample size (Flux:
+        the pipeline's default sample size) in latents x the VAE's scale factor. What a backbone outside the
+        registry (a local folder, a hub id) generates at: 512 for SD1.5 and SD2, 1024 for SDXL and Flux."""
+        unet = getattr(self.pipe, "unet", None)
+        latent = unet.config.sample_size if unet is not None else self.pipe.default_sample_size
+        return (
+            max(latent) * self.vae_scale_factor
+            if isinstance(latent, (list, tuple))
+            else latent * self.vae_scale_factor
+        )
+
+    @property
     def size_multiple(self) -> int:
         return self.vae_scale_factor * 2  # latents must pack into 2x2 patches (Flux) / stay even (SD)
 

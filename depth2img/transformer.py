@@ -160,7 +160,9 @@ class SceneTransformer:
         more), the first at a second image size once more (torch's dynamic shapes: for any size), the later ones
         run faster (on an H200, default mode at batch 16: 189 against 279 ms an image), and a smaller batch of a
         shape run before is padded to the next larger batch run at it rather than compiled again. Other knobs
-        (prompt, seed, steps, strength, guidance, control scale) compile nothing new."""
+        (prompt, seed, steps, strength, guidance, control scale) compile nothing new. ``native_size``: the side of
+        the square whose pixel count a photo is generated at (its aspect kept); default the registry entry's, else
+        the pipeline's own (512 for SD1.5 and SD2, 1024 for SDXL and Flux)."""
         from .backends import check_memory_options, check_speed_lora, load_backend
         from .knobs import check_lora_scale, check_native_size
         from .registry import resolve_lora
@@ -199,7 +201,10 @@ class SceneTransformer:
             backend.optimize(compile_mode=compile, fuse_qkv=attention != "xformers")
         if native_size is None:
             tiny = ref.name.startswith("tiny")
-            native_size = TINY_NATIVE_SIZE if tiny else (ref.entry.native_size if ref.entry else 512)
+            # a registry entry's; else the pipeline's own (a local SDXL folder generated at 512 a side)
+            native_size = (
+                TINY_NATIVE_SIZE if tiny else (ref.entry and ref.entry.native_size) or backend.native_size
+            )
         if estimator is None:
             estimator = default_estimator_for(ref.name)
         st = cls(backend, estimator=estimator, device=device, dtype=dtype, native_size=native_size,

@@ -1292,3 +1292,24 @@ def test_without_guidance_no_negative_prompt_is_used_or_recorded(sd15, photo, de
         photo, "a cat", negative_prompt="blurry", depth=depth, seed=1, steps=2, guidance_scale=2.0
     )
     assert guided.metadata[0]["negative_prompt"] == "blurry" and guided.warnings == []
+
+
+def test_a_backbone_outside_the_registry_generates_at_its_pipelines_own_size(tiny_dir, tmp_path):
+    """A local SDXL or Flux folder generated at 512 a side (a quarter of its pixels): the size is now the one diffusers
+    computes for the pipeline (UNet sample size, or Flux's default sample size, x the VAE's scale factor)."""
+    import shutil
+
+    shutil.copytree(tiny_dir / "sdxl-depth", tmp_path / "my-sdxl")
+    shutil.copytree(tiny_dir / "sdxl-depth-controlnet", tmp_path / "my-sdxl" / "controlnet")  # its ControlNet
+    shutil.copytree(tiny_dir / "flux-depth", tmp_path / "my-flux")
+    for folder in ("my-sdxl", "my-flux"):
+        st = SceneTransformer.from_pretrained(str(tmp_path / folder), estimator="tiny")
+        pipe = st.backend.pipe
+        latent = pipe.unet.config.sample_size if folder == "my-sdxl" else pipe.default_sample_size
+        assert st.native_size == latent * pipe.vae_scale_factor == {"my-sdxl": 64, "my-flux": 128}[folder]
+        assert (
+            SceneTransformer.from_pretrained(
+                str(tmp_path / folder), estimator="tiny", native_size=96
+            ).native_size
+            == 96
+        )
