@@ -10,7 +10,7 @@ import argparse
 import os
 import sys
 
-from .knobs import COMPILE_MODES, DTYPES, OFFLOAD_MODES
+from .knobs import COMPILE_MODES, DTYPES, MAX_IMAGES, OFFLOAD_MODES
 
 EXIT_USAGE = 2  # bad input, as argparse uses it
 
@@ -26,10 +26,13 @@ def _folder(text: str) -> str:
     return text
 
 
-def _add_model_args(p: argparse.ArgumentParser) -> None:
+def _add_model_args(p: argparse.ArgumentParser, backbones: bool = True) -> None:
+    """``backbones``: the command loads a backbone (Flux's default dtype is its own), not only depth models."""
     p.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
-    p.add_argument("--dtype", choices=DTYPES,
-                   help="weights dtype (default: float16 on GPU, bfloat16 for Flux; float32 on CPU)")  # fmt: skip
+    flux = ", bfloat16 for Flux" if backbones else ""
+    p.add_argument(
+        "--dtype", choices=DTYPES, help=f"weights dtype (default: float16 on GPU{flux}; float32 on CPU)"
+    )
     p.add_argument("--local-files-only", action="store_true",
                    help="never contact the Hugging Face hub (also: HF_HUB_OFFLINE=1)")  # fmt: skip
 
@@ -58,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, metavar="N", help="images per estimator batch (default 8 on GPU, 1 on CPU)"
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    _add_model_args(p)
+    _add_model_args(p, backbones=False)
 
     p = sub.add_parser("tiny-model", help="write tiny random-weight models (for tests and offline smoke runs)",
                        description="Write tiny random-weight models of every kind the registry knows into DIR, "
@@ -81,18 +84,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--negative-prompt", help="what to avoid (added to the presets' negatives)")
     p.add_argument("--model", metavar="NAME|ID|PATH", help="backbone: sd15-depth (default), sd2-depth, sdxl-depth, "
                    "flux-depth, flux-depth-lora, tiny[/entry], a hub id or a folder")  # fmt: skip
-    p.add_argument(
-        "--estimator", metavar="NAME|ID|PATH", help="depth estimator (default depth-anything-v2-small)"
-    )
+    p.add_argument("--estimator", metavar="NAME|ID|PATH",
+                   help="depth estimator (default: the backbone's, depth-anything-v2-small; tiny for a tiny backbone)")  # fmt: skip
     p.add_argument("--depth", action="append", metavar="FILE",
-                   help="your own depth file per input (16/8-bit PNG, float TIFF, .npy, .npz) instead of an estimator")  # fmt: skip
+                   help="your own depth file instead of an estimator (16/8-bit PNG, float TIFF, .npy, .npz holding a "
+                        "'depth' array or a single one): once per input, in the order of the inputs as expanded "
+                        "(a folder's files sorted by name)")  # fmt: skip
     p.add_argument("--depth-polarity", choices=["near-bright", "far-bright", "metric"],
                    help="how --depth files run, for those that do not record it (depth2img's own 16-bit PNGs "
                         "and .npz files with a 'kind' entry keep theirs)")  # fmt: skip
     p.add_argument(
         "--seed", type=int, help="seed of the first image; image i uses seed+i (default: random, recorded)"
     )
-    p.add_argument("--num-images", type=int, default=1, metavar="N", help="images per input (default 1)")
+    p.add_argument(
+        "--num-images",
+        type=int,
+        default=1,
+        metavar="N",
+        help=f"images per input (1..{MAX_IMAGES}, default 1)",
+    )
     p.add_argument("--batch-size", type=int, default=1, metavar="N",
                    help="inputs per denoising batch (default 1; a few keep a GPU busier, at N x --num-images images' "
                         "memory)")  # fmt: skip
@@ -119,7 +129,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "steps and guidance as defaults)")  # fmt: skip
     p.add_argument("--lora-scale", type=float, default=1.0, help="strength of --lora (default 1.0)")
     p.add_argument("--offload", choices=list(OFFLOAD_MODES), default="none",
-                   help="CPU offload to save GPU memory: " + "; ".join(f"{k}: {v}" for k, v in OFFLOAD_MODES.items()))  # fmt: skip
+                   help="CPU offload to save GPU memory (a GPU only): " + "; ".join(f"{k}: {v}" for k, v in OFFLOAD_MODES.items()))  # fmt: skip
     p.add_argument("--compile", choices=COMPILE_MODES, metavar="MODE",
                    help="the fast path on a GPU: torch.compile of the UNet, ControlNet and VAE decoder (with channels-last "
                         "and fused QKV), mode one of " + ", ".join(COMPILE_MODES) + "; the first batch compiles "
@@ -143,7 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (opt-in)")
     p.add_argument("--auth", metavar="USER:PASSWORD", help="require a login")
     p.add_argument("--model", metavar="NAME|ID|PATH", help="default backbone (default sd15-depth)")
-    p.add_argument("--estimator", metavar="NAME|ID|PATH", help="default depth estimator")
+    p.add_argument("--estimator", metavar="NAME|ID|PATH",
+                   help="default depth estimator (default: the backbone's, depth-anything-v2-small)")  # fmt: skip
     p.add_argument("--max-upload-mb", type=int, help="largest upload accepted (default 20)")
     p.add_argument(
         "--queue-size", type=int, help="requests that may wait (default 32); jobs run one at a time"
@@ -180,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--depth-polarity", choices=["near-bright", "far-bright", "metric"], help="of --source-depth"
     )
     p.add_argument("--json", action="store_true", help="print the scores as JSON")
-    _add_model_args(p)
+    _add_model_args(p, backbones=False)
 
     p = sub.add_parser("bench", help="benchmark plain diffusers against depth2img (SD1.5/SDXL + ControlNet depth)",
                        description="Interleaved runs on the same inputs: plain diffusers as its docs show it, "
@@ -216,7 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("-o", "--output", default="benchmarks", metavar="DIR", type=_folder,
                    help="where JSON and markdown go")  # fmt: skip
-    _add_model_args(p)
+    _add_model_args(p, backbones=False)
 
     p = sub.add_parser("presets", help="list the prompt presets (combine them with +)")
     p.add_argument("--presets-file", action="append", default=[], metavar="FILE", help="extra presets YAML")
@@ -462,7 +473,9 @@ def _cmd_eval(args) -> int:
 
     source, output = load_image(args.source), load_image(args.output)
     given = (
-        depth_for_image(args.source_depth, source.size, args.depth_polarity) if args.source_depth else None
+        depth_for_image(args.source_depth, source.size, args.depth_polarity, "--depth-polarity")
+        if args.source_depth
+        else None
     )
     _quiet_libraries()
     from .estimators import DepthEstimator

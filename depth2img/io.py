@@ -306,7 +306,9 @@ def read_depth_file(
 ASPECT_TOLERANCE = 0.01  # depth and image aspect ratios may differ by 1% (rounding of odd sizes)
 
 
-def depth_for_image(depth, size: tuple[int, int], polarity: str | None = None):
+def depth_for_image(
+    depth, size: tuple[int, int], polarity: str | None = None, polarity_option: str = "a polarity"
+):
     """A user-given depth (DepthMap, (H, W) array, or file path) as a DepthMap at ``size`` (width, height).
 
     An array needs ``polarity``; a file needs it unless it records it. An aspect ratio other than the image's
@@ -322,7 +324,7 @@ def depth_for_image(depth, size: tuple[int, int], polarity: str | None = None):
     where = ""
     if not isinstance(depth, DepthMap):
         where = f"{depth}: "  # the file
-        depth = read_depth_file(depth, polarity)
+        depth = read_depth_file(depth, polarity, polarity_option=polarity_option)
     w, h = size
     if abs(depth.width / depth.height - w / h) > ASPECT_TOLERANCE * (w / h):
         raise InputError(

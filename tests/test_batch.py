@@ -971,6 +971,10 @@ def test_eval_command(dataset, capsys):
         "geometry check: the output is 64x96 and the source 96x64; their aspect ratios differ by more than 3%"
         in err
     )
+    # a source depth that does not say which way it runs: the option to pass is named ("pass a polarity")
+    np.save(dataset / "src_depth.npy", np.linspace(1, 2, H * W).reshape(H, W))
+    assert main(["eval", str(src), str(src), "--source-depth", str(dataset / "src_depth.npy")]) == 2
+    assert "does not say which way its depth runs; pass --depth-polarity (near-bright" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
