@@ -11,6 +11,7 @@ import contextlib
 import inspect
 import json
 import logging
+import math
 import time
 import warnings
 from dataclasses import dataclass
@@ -424,11 +425,9 @@ class Backend:
         registry (a local folder, a hub id) generates at: 512 for SD1.5 and SD2, 1024 for SDXL and Flux."""
         unet = getattr(self.pipe, "unet", None)
         latent = unet.config.sample_size if unet is not None else self.pipe.default_sample_size
-        return (
-            max(latent) * self.vae_scale_factor
-            if isinstance(latent, (list, tuple))
-            else latent * self.vae_scale_factor
-        )
+        if isinstance(latent, (list, tuple)):  # (height, width): the square of the same pixel count
+            latent = math.sqrt(latent[0] * latent[1])
+        return round(latent * self.vae_scale_factor)
 
     @property
     def size_multiple(self) -> int:

@@ -1000,16 +1000,21 @@ def _check_same_run(job: Job, earlier: dict, recorded: Path) -> None:
     ``earlier`` (read from ``recorded``)."""
     # in the record's types (lists, not tuples)
     now = yaml.safe_load(yaml.safe_dump(_resolved(job), sort_keys=False))
+    earlier = dict(earlier)  # its keys are normalised below, not the caller's record
     for record in (earlier, now):
         if isinstance(record.get("geometry"), dict):
             record["geometry"] = {k: v for k, v in record["geometry"].items() if k != "retries"}
+        if not record.get(
+            "lora"
+        ):  # a scale with no LoRA scaled nothing (an earlier run may have recorded one)
+            record.pop("lora_scale", None)
         base = record.get("base_dir")
         # a folder under the job's own, wherever the project now lies
         for key in ("model", "estimator", "lora"):
             value = record.get(key)
             if isinstance(value, str) and isinstance(base, str) and Path(value).is_relative_to(base):
                 record[key] = Path(value).relative_to(base).as_posix()
-    changed = [k for k in SAME_RUN_KEYS if k in earlier and earlier[k] != now[k]]
+    changed = [k for k in SAME_RUN_KEYS if k in earlier and earlier[k] != now.get(k)]
     before = {v.get("name"): v for v in earlier.get("variations") or [] if isinstance(v, dict)}
     changed += [
         f"variation {v['name']!r}"

@@ -19,7 +19,8 @@ from .io import DEPTH_SUFFIXES
 from .scene import SCENE_SIZE
 
 # the page's seed field: the largest whole number a browser's number holds exactly (past it a typed seed would change
-# silently); the Variations seeds, text, and the API take up to knobs.MAX_SEED (2**63-1)
+# silently; the HTTP API's seed too, through this field); the Variations seeds, text, and the Python API take up to
+# knobs.MAX_SEED (2**63-1)
 MAX_SEED = 2**53 - 1
 VARIATIONS_MAX = 16  # images in one Variations request (presets x seeds)
 # Each request's files (one folder each), in this user's private folder; removed once older than APP_KEEP_S seconds,
@@ -152,25 +153,29 @@ def make_sample(width: int = SCENE_SIZE[0], height: int = SCENE_SIZE[1], seed: i
     return str(out / "driving_scene.png"), str(out / "driving_scene_depth.npz")
 
 
+WITH_A_PHOTO = "photo"  # the depth file came with a photo; "": before any photo (it is then for the next one)
+
+
 def sample_with_its_depth() -> tuple[str, str, str]:
-    """``make_sample``'s photo and depth file, and the photo as the one the depth file was given with."""
+    """``make_sample``'s photo and depth file, the depth file given with that photo."""
     photo, depth = make_sample()
-    return photo, depth, photo
+    return photo, depth, WITH_A_PHOTO
 
 
 def depth_file_given(image_path) -> str:
-    """The photo a depth file was given with: "" when given before any photo (it is then for the next photo)."""
-    return image_path or ""
+    """Whether a depth file came with a photo (``WITH_A_PHOTO``) or before any ("")."""
+    return WITH_A_PHOTO if image_path else ""
 
 
-def depth_file_for_new_photo(image_path, depth_file, polarity, given_with):
-    """(depth file, polarity, the photo it was given with) on a new photo. The depth file given with the last photo
-    is dropped with its polarity (the sample's street depth was used for the next photo); one given before any photo
-    is for this one and stays (it was dropped too)."""
+def depth_file_for_new_photo(depth_file, polarity, given_with):
+    """(depth file, polarity, what it was given with) on a new photo. The depth file given with the last photo is
+    dropped with its polarity (the sample's street depth was used for the next photo); one given before any photo
+    is for this one and stays (it was dropped too). Not the photo itself as an input: an unreadable one raised
+    here, in an event with no notice on the page, and the preview's error line never came."""
     import gradio as gr
 
     if depth_file and given_with == "":
-        return gr.skip(), gr.skip(), image_path
+        return gr.skip(), gr.skip(), WITH_A_PHOTO
     return None, "", None
 
 
@@ -507,8 +512,7 @@ def create_demo(service):
         depth_inputs, preview = [image, estimator, depth_file, polarity], [depth_preview, depth16]
         device = dict(concurrency_id="device", concurrency_limit=1)  # one job at a time on the device
         # the preview follows what Generate will use: the sample, another depth file, estimator or polarity
-        # the photo the depth file was given with ("": before any photo), so that a new photo keeps only one given
-        # for it
+        # whether the depth file came with a photo ("": before any), so that a new photo keeps only one given for it
         depth_given_with = gr.State(None)
         sample.click(
             sample_with_its_depth, None, [image, depth_file, depth_given_with], api_name="sample"
@@ -524,7 +528,7 @@ def create_demo(service):
         randomize.click(lambda: secrets.randbelow(MAX_SEED), None, seed, api_name="random_seed")
         image.upload(
             depth_file_for_new_photo,
-            [image, depth_file, polarity, depth_given_with],
+            [depth_file, polarity, depth_given_with],
             [depth_file, polarity, depth_given_with],
             api_name="new_photo",
             queue=False,

@@ -430,6 +430,11 @@ def test_real_browser_upload_preset_generate(server, photo, tmp_path):
         page.locator("#gallery img").first.wait_for(timeout=120_000)
         page.screenshot(path=str(shots / "app.png"), full_page=True)
         src = page.locator("#gallery img").first.get_attribute("src")
+        # an unreadable photo is one line on the page, naming it (an event taking the photo raised it unseen)
+        (tmp_path / "holiday.png").write_bytes(b"not an image at all")
+        page.locator("#photo input[type=file]").set_input_files(tmp_path / "holiday.png")
+        notice = page.locator(".toast-body").filter(has_text="holiday.png: not a readable image")
+        notice.first.wait_for(timeout=30_000)
         browser.close()
     assert src and ".png" in src
     assert (shots / "app.png").stat().st_size > 10_000
@@ -700,14 +705,12 @@ def test_a_depth_file_given_before_the_photo_is_kept_for_it(service):
 
     from depth2img.ui import depth_file_for_new_photo, depth_file_given, sample_with_its_depth
 
-    keep = depth_file_for_new_photo("p.png", "d.npz", "metric", depth_file_given(None))
-    assert (
-        isinstance(keep[0], type(gr.skip())) and isinstance(keep[1], type(gr.skip())) and keep[2] == "p.png"
-    )
+    keep = depth_file_for_new_photo("d.npz", "metric", depth_file_given(None))
+    assert keep == (gr.skip(), gr.skip(), depth_file_given("p.png")) != (None, "", None)
     # given with the last photo (or the sample), or none at all: dropped with its polarity
     for given_with in (depth_file_given("old.png"), sample_with_its_depth()[2], None):
-        assert depth_file_for_new_photo("p.png", "d.npz", "metric", given_with) == (None, "", None)
-    assert depth_file_for_new_photo("p.png", None, "", "") == (None, "", None)
+        assert depth_file_for_new_photo("d.npz", "metric", given_with) == (None, "", None)
+    assert depth_file_for_new_photo(None, "", "") == (None, "", None)
     deps = {d["api_name"]: d for d in create_demo(service).config["dependencies"]}
     given_with = deps["depth_file_photo"]["outputs"]
     assert deps["depth_file_photo"]["targets"][0][1] == "upload"

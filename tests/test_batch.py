@@ -356,6 +356,23 @@ def test_resume_refuses_a_preset_whose_definition_changed(dataset, tmp_path, mon
     assert run_job(job, resume=True, progress=False).skipped == 3
 
 
+def test_resume_of_a_run_that_recorded_a_lora_scale_without_a_lora(tmp_path):
+    """Such a job was accepted, the scale ignored; now refused, and with the key removed --resume said the earlier
+    images were made otherwise (they were not: the scale scaled nothing)."""
+    import yaml as yaml_
+
+    from depth2img.batch import _check_same_run, _resolved, load_job
+
+    (tmp_path / "job.yaml").write_text("inputs: x\noutput: out\nprompt: p\nmodel: tiny\n")
+    job = load_job(tmp_path / "job.yaml")
+    earlier = yaml_.safe_load(yaml_.safe_dump({**_resolved(job), "lora_scale": 0.5}))
+    record = tmp_path / "out" / "job.resolved.yaml"
+    _check_same_run(job, earlier, record)  # the same images: no error
+    earlier["lora"] = "tiny/lcm-sd15"  # a LoRA at 0.5 then, none now
+    with pytest.raises(InputError, match="^--resume: this job's lora, lora_scale differ from the run"):
+        _check_same_run(job, earlier, record)
+
+
 def test_resume_of_a_moved_project_compares_its_own_folders(tmp_path, tiny_dir):
     """A job's ./models/x became an absolute path in job.resolved.yaml: a project moved (or another HOME) was
     refused on --resume as another model."""
@@ -974,7 +991,9 @@ def test_eval_command(dataset, capsys):
     # a source depth that does not say which way it runs: the option to pass is named ("pass a polarity")
     np.save(dataset / "src_depth.npy", np.linspace(1, 2, H * W).reshape(H, W))
     assert main(["eval", str(src), str(src), "--source-depth", str(dataset / "src_depth.npy")]) == 2
-    assert "does not say which way its depth runs; pass --depth-polarity (near-bright" in capsys.readouterr().err
+    assert (
+        "does not say which way its depth runs; pass --depth-polarity (near-bright" in capsys.readouterr().err
+    )
 
 
 @pytest.mark.parametrize(
