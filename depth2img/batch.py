@@ -1004,9 +1004,8 @@ def _check_same_run(job: Job, earlier: dict, recorded: Path) -> None:
     for record in (earlier, now):
         if isinstance(record.get("geometry"), dict):
             record["geometry"] = {k: v for k, v in record["geometry"].items() if k != "retries"}
-        if not record.get(
-            "lora"
-        ):  # a scale with no LoRA scaled nothing (an earlier run may have recorded one)
+        # a scale with no LoRA scaled nothing (an earlier run may have recorded one)
+        if not record.get("lora"):
             record.pop("lora_scale", None)
         base = record.get("base_dir")
         # a folder under the job's own, wherever the project now lies

@@ -370,12 +370,12 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     count_cpu_attention()
     with FlopCounterMode(display=False) as counter:
         run_plain(seeds)
-    # The fast path also changes the dtype (bf16 on GPU): its optimisations are judged against plain diffusers
-    # run in bf16 too (untimed), so a dtype change is not taken for an optimisation that changed the result.
-    # The bf16 tolerance: what rounding to bf16 alone changes, plain diffusers in bf16 against plain diffusers in
-    # its documented dtype (float32 where that is bf16). An optimisation that changes the output of plain diffusers
-    # in its own dtype by no more stays within it. Measured, not assumed: random weights amplify rounding over the
-    # steps, more at larger sizes (a GPU run has both already; a CPU run adds one untimed bf16 call).
+    # Plain diffusers is also run (untimed) in each dtype a row or the tolerance needs. A row is judged against
+    # plain diffusers in its own dtype (the fast path's bf16 on a GPU), so a dtype change is not taken for an
+    # optimisation that changed the result; and by the bf16 tolerance: what rounding to bf16 alone changes, plain
+    # diffusers in bf16 against its documented dtype (float32 where that is bf16). Measured, not assumed: random
+    # weights amplify rounding over the steps, more at larger sizes (a GPU run has both dtypes already; a CPU run
+    # adds one bf16 call).
     reference = {plain_dtype: outputs["diffusers"]}
     tolerance_dtypes = (torch.bfloat16, plain_dtype if plain_dtype != torch.bfloat16 else torch.float32)
     for dt in dict.fromkeys((fast_dtype, *tolerance_dtypes)):

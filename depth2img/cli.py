@@ -492,9 +492,8 @@ def _cmd_eval(args) -> int:
     return 0
 
 
-BENCH_MAX_SIZE = (
-    4096  # --size: SDXL's native 1024 four times over; a typo (1000000) failed only after building
-)
+# --size: SDXL's native 1024 four times over; a typo (1000000) failed only after the models were built
+BENCH_MAX_SIZE = 4096
 
 
 def _cmd_bench(args) -> int:

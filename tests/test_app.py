@@ -729,10 +729,8 @@ def test_a_depth_files_recorded_polarity_warning_reaches_the_page(service, photo
     np.savez(tmp_path / "d.npz", depth=np.linspace(1, 9, 150 * 225).reshape(150, 225), kind="metric")
     shown = []
     monkeypatch.setattr(gr, "Warning", shown.append)
-    with pytest.warns(Depth2ImgWarning):
-        handle_depth(
-            service, photo, "tiny", str(tmp_path / "d.npz"), "far-bright"
-        )  # at half the photo's size
+    with pytest.warns(Depth2ImgWarning):  # the file at half the photo's size
+        handle_depth(service, photo, "tiny", str(tmp_path / "d.npz"), "far-bright")
     assert shown == [f"{tmp_path / 'd.npz'}: the file records its depth as metric, which it keeps; the polarity given "
                      "(far-bright) is for files that record none"]  # fmt: skip
     shown.clear()
@@ -741,7 +739,7 @@ def test_a_depth_files_recorded_polarity_warning_reaches_the_page(service, photo
 
 
 def test_the_seed_field_takes_every_seed_a_browser_holds_exactly(service):
-    """The page's seed stopped at 2**31-1 while the Variations seeds and the API take up to 2**63-1; past 2**53 a
+    """The page's seed stopped at 2**31-1 while the Variations seeds and the Python API take up to 2**63-1; past 2**53 a
     browser's number changes a typed seed silently, so the field stops there."""
     import gradio as gr
 
@@ -765,17 +763,13 @@ def test_the_negative_prompt_and_control_sliders_show_where_the_backbone_takes_t
     def shown(model):
         return [u.get("visible") for u in backbone_controls(model)]
 
-    assert (
-        shown("tiny") == shown("sd15-depth") == shown("someone/else") == [True] * 4
-    )  # the last: not known yet
+    # the last: not known before it loads
+    assert shown("tiny") == shown("sd15-depth") == shown("someone/else") == [True] * 4
     assert shown("tiny/sd2-depth") == shown("sd2-depth") == [True, False, False, False]
     assert shown("flux-depth") == [False] * 4 and shown("tiny/flux-depth-lora") == [False, True, False, False]
     negative, *controls = backbone_controls("tiny/flux-depth")
-    assert negative["value"] == "" and [c["value"] for c in controls] == [
-        1.0,
-        0.0,
-        1.0,
-    ]  # back to the defaults
+    # back to their defaults
+    assert negative["value"] == "" and [c["value"] for c in controls] == [1.0, 0.0, 1.0]
     demo = create_demo(Service(model="tiny/sd2-depth"))
     sliders = {b.label: b.visible for b in demo.blocks.values() if isinstance(b, (gr.Slider, gr.Textbox))}
     assert sliders["Negative prompt"] and sliders["Steps"]
