@@ -37,6 +37,8 @@ POLARITIES = {
     "metric": "metric_depth",  # metres (times --depth-scale), larger = farther
 }
 KIND_TEXT_KEY = "depth2img.kind"  # PNG text chunk our writer puts into 16-bit depth PNGs
+# ... and this one, into those of a depth with holes: the value that marks a pixel with no depth ("0")
+INVALID_TEXT_KEY = "depth2img.invalid"
 # catch_warnings swaps the process's one filter list: two threads inside it at once (read-ahead loaders, the
 # app's workers) could restore each other's filters and leave the bomb-warning-as-error filter on for good
 _OPEN_LOCK = threading.Lock()
@@ -230,12 +232,12 @@ def read_depth_file(
     suffix = path.suffix.lower()
     if suffix not in DEPTH_SUFFIXES:
         raise InputError(f"{path}: depth files must be one of {', '.join(DEPTH_SUFFIXES)}")
-    recorded = None
+    recorded = invalid = None
     if suffix in (".npy", ".npz"):
         values, recorded = _read_numpy(path, pixel_limit())
     else:
         img = _open(path, pixel_limit())
-        recorded = img.info.get(KIND_TEXT_KEY)
+        recorded, invalid = img.info.get(KIND_TEXT_KEY), img.info.get(INVALID_TEXT_KEY)
         if img.mode in ("RGB", "RGBA", "P"):
             rgb = _wide_rgb(path, img)
             rgb = np.asarray(img.convert("RGB")) if rgb is None else rgb
@@ -292,10 +294,12 @@ def read_depth_file(
         )
     kind = POLARITIES[polarity]
     valid = np.ones(values.shape, bool)
+    if invalid == "0":  # our 16-bit PNG of a depth with holes: they hold 0, its depth 1..65535
+        valid = values != 0
     if kind == "metric_depth":
         if (values < 0).any():
             raise InputError(f"{path}: metric depth has {int((values < 0).sum())} negative values")
-        valid = values > 0  # 0 = no measurement (KITTI / sensor convention)
+        valid &= values > 0  # 0 = no measurement (KITTI / sensor convention)
         values = values * depth_scale
         if values.max(initial=0) > np.finfo(np.float32).max:
             raise InputError(f"{path}: depth scale {depth_scale:g} takes depth values beyond float32's range")
@@ -459,15 +463,25 @@ def atomic_path(path: str | os.PathLike):
 
 
 def write_depth_png16(depth, path) -> Path:
-    """16-bit PNG, near = bright, full 0..65535 range; the polarity is recorded in a text chunk."""
+    """16-bit PNG, near = bright, full 0..65535 range; the polarity is recorded in a text chunk. A depth with holes
+    (invalid pixels, metric zeros) keeps them: they hold 0 and its depth 1..65535, as a second text chunk says
+    (they read back as the farthest valid depth, and counted as depth in a geometry check)."""
     from PIL import Image, PngImagePlugin
+
+    from .conditioning import usable
 
     info = PngImagePlugin.PngInfo()
     info.add_text(KIND_TEXT_KEY, "near-bright")
-    with atomic_path(path) as tmp:
-        Image.fromarray(depth.to_uint16()).save(
-            tmp, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL
+    valid = usable(depth.values, depth.kind, depth.valid)
+    if valid.all():
+        pixels = depth.to_uint16()
+    else:
+        pixels = np.where(valid, 1 + np.round(depth.normalized().astype(np.float64) * 65534), 0).astype(
+            np.uint16
         )
+        info.add_text(INVALID_TEXT_KEY, "0")
+    with atomic_path(path) as tmp:
+        Image.fromarray(pixels).save(tmp, format="PNG", pnginfo=info, compress_level=PNG_COMPRESS_LEVEL)
     return Path(path)
 
 

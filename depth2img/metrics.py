@@ -18,7 +18,8 @@ from .depthmap import DepthMap
 from .errors import InputError
 
 # A relative (affine-invariant) source has no absolute scale: its normalised inverse depth is mapped to
-# disparities 1/RANGE..1, i.e. a scene whose far end is RANGE times the distance of its near end.
+# disparities 1/RANGE..1, i.e. a scene whose far end is RANGE times the distance of its near end; a relative depth
+# (far-bright) to depths 1..RANGE, then inverted.
 RELATIVE_DEPTH_RANGE = 20.0
 EDGE_THRESHOLD = 0.05  # a depth edge: Sobel magnitude of normalised inverse depth above this (per pixel)
 EDGE_TOLERANCE_PX = 2  # an edge counts as matched within this distance
@@ -50,6 +51,12 @@ def geometry_reference(source: DepthMap, tolerance: int = EDGE_TOLERANCE_PX) -> 
     normalized = conditioning.normalize(inverse, valid)
     if source.kind == "metric_depth":
         target = inverse  # true 1/d
+    elif source.kind == "relative_depth":
+        # depth, larger = farther (a far-bright file), unknown scale: read as depths 1..RANGE, then inverted (read
+        # as disparities, linear in depth where they are linear in 1/depth, a perfect output scored AbsRel 0.37)
+        far = 1.0 - normalized.astype(np.float64)
+        target = 1.0 / (1.0 + (RELATIVE_DEPTH_RANGE - 1.0) * far)
+        normalized = conditioning.normalize(target, valid)
     else:
         n = normalized.astype(np.float64)
         target = n * (1.0 - 1.0 / RELATIVE_DEPTH_RANGE) + 1.0 / RELATIVE_DEPTH_RANGE

@@ -40,6 +40,18 @@ def test_swapped_near_and_far_is_no_fit(scene_depth):
     assert reversed_["edge_f1"] == flat["edge_f1"] == 0.0  # a reversed map has the same edges: none are kept
 
 
+def test_a_far_bright_source_is_read_as_depth(scene_depth):
+    """A far-bright source (larger = farther, unknown scale and shift) was read as disparities, linear in depth where
+    they are linear in 1/depth: a perfect output scored AbsRel 0.37 and delta1 0.38. It is read as depth spanning
+    1:RELATIVE_DEPTH_RANGE, so a scene of that range scores perfect, whatever the file's scale and shift."""
+    from depth2img.metrics import RELATIVE_DEPTH_RANGE
+
+    z = np.where(scene_depth.valid, scene_depth.values, scene_depth.values[scene_depth.valid].max())
+    z = np.clip(z, z.min(), RELATIVE_DEPTH_RANGE * z.min())
+    s = geometry_scores(DepthMap(3 * z + 7, "relative_depth"), DepthMap(1 / z, "relative_inverse_depth"))
+    assert s["absrel"] < 1e-6 and s["delta1"] == 1.0 and s["edge_f1"] == 1.0
+
+
 def test_relative_source_is_perfect_against_itself():
     rel = DepthMap(np.random.default_rng(0).uniform(0, 1, (40, 60)), "relative_inverse_depth")
     s = geometry_scores(rel, DepthMap(rel.values * 2 + 5, "relative_inverse_depth"))
