@@ -470,22 +470,25 @@ class Backend:
 
     # --------------------------------------------------------------------------------------- knobs
 
-    def set_scheduler(self, name: str | None) -> str:
-        """Swap the scheduler of every cached pipeline (the weights stay); returns the name in use."""
+    def scheduler(self, name: str | None):
+        """(name, scheduler) for ``name`` (None: this backbone's default), checked and made once, without touching
+        the pipelines (``prepare`` checks a request's scheduler while another thread may be denoising)."""
         import diffusers
 
         name = name or self.default_scheduler
         check_backbone_knobs(self.traits, self.ref.name, {}, scheduler=name)
+        if name not in self._schedulers:
+            base = self._schedulers.setdefault("__original__", self.pipe.scheduler)
+            options = SCHEDULER_OPTIONS.get(name, {})
+            self._schedulers[name] = getattr(diffusers, SCHEDULERS[name]).from_config(base.config, **options)
+        return name, self._schedulers[name]
+
+    def set_scheduler(self, name: str | None) -> str:
+        """Swap the scheduler of every cached pipeline (the weights stay); returns the name in use."""
+        name, scheduler = self.scheduler(name)
         if name != self.scheduler_name:
-            if name not in self._schedulers:
-                base = self._schedulers.get("__original__") or self.pipe.scheduler
-                self._schedulers["__original__"] = base
-                options = SCHEDULER_OPTIONS.get(name, {})
-                self._schedulers[name] = getattr(diffusers, SCHEDULERS[name]).from_config(
-                    base.config, **options
-                )
             for pipe in self.pipes.values():
-                pipe.scheduler = self._schedulers[name]
+                pipe.scheduler = scheduler
             self.scheduler_name = name
         return name
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import secrets
+import threading
 import time
 import warnings
 from collections.abc import Callable
@@ -131,6 +132,8 @@ class SceneTransformer:
     def __init__(self, backend, *, estimator=None, device, dtype, native_size: int, name: str,
                  local_files_only: bool = False, preset_files=(), estimator_dtype=None):  # fmt: skip
         self.backend = backend
+        # held while denoising: threads may share one SceneTransformer (their runs take turns; prepare runs freely)
+        self._lock = threading.RLock()
         self._estimator = estimator
         # an estimator loaded by name: the dtype asked for (None: its default)
         self.estimator_dtype = estimator_dtype
@@ -323,9 +326,9 @@ class SceneTransformer:
             num_images = len(seeds)
         else:
             seeds = seed_run(seed, num_images)
-        scheduler_name = self.backend.set_scheduler(scheduler)
+        scheduler_name, chosen = self.backend.scheduler(scheduler)
         # LCM and TCD pick their steps from a schedule of original_inference_steps (50): diffusers raises past it
-        most = self.backend.pipe.scheduler.config.get("original_inference_steps")
+        most = chosen.config.get("original_inference_steps")
         if most and knobs["steps"] > most:
             raise InputError(
                 f"steps: scheduler {scheduler_name!r} takes at most {most} steps, got {knobs['steps']}"
@@ -382,11 +385,12 @@ class SceneTransformer:
                 f"requests must be a list of Request objects from prepare(), got {type(got).__name__}"
             )
         results: list[TransformResult | None] = [None] * len(requests)
-        for members in _batchable(requests):
-            for i, result in zip(
-                members, self._run_group([requests[i] for i in members], progress, skip_controlnet)
-            ):
-                results[i] = result
+        with self._lock:  # one run at a time: the pipelines' scheduler and call state are shared
+            for members in _batchable(requests):
+                for i, result in zip(
+                    members, self._run_group([requests[i] for i in members], progress, skip_controlnet)
+                ):
+                    results[i] = result
         return results
 
     def run_isolated(self, requests: list[Request], *, progress: bool = False,

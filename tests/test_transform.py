@@ -1313,3 +1313,23 @@ def test_a_backbone_outside_the_registry_generates_at_its_pipelines_own_size(tin
             ).native_size
             == 96
         )
+
+
+def test_threads_sharing_one_transformer_each_get_their_own_images(sd15, photo, depth):
+    """Threads calling one SceneTransformer failed with raw errors (IndexError, "stack expects a non-empty
+    TensorList"): prepare swapped the live pipelines' scheduler while another thread denoised. Runs now take turns
+    and prepare only checks the scheduler."""
+    import concurrent.futures
+
+    asks = [
+        dict(seed=s, scheduler=sch) for s, sch in ((1, "euler-a"), (2, "ddim"), (3, "unipc"), (4, "euler-a"))
+    ]
+
+    def one(ask):
+        return sd15.transform(photo, "a street", depth=depth, steps=3, **ask).raw[0]
+
+    alone = [one(ask) for ask in asks]
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        together = list(pool.map(one, asks))
+    for a, b in zip(alone, together):
+        np.testing.assert_array_equal(a, b)
