@@ -366,7 +366,9 @@ def variations(job: Job) -> list[Variation]:
 
 def load_job(path: str | os.PathLike, **overrides) -> Job:
     """Read a job YAML; unknown keys and bad values are errors naming the key, malformed YAML names the line."""
-    path = Path(path)
+    from .io import _path
+
+    path = _path(path, "job file (a Job or its YAML's path)")
     try:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:

@@ -106,7 +106,7 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = None):
     CMYK/palette/16-bit grey converted; the first frame of an animation."""
     from PIL import ImageOps
 
-    path = Path(path)
+    path = _path(path, "load_image: path")
     img = _open(path, max_pixels or pixel_limit())
     try:
         img = ImageOps.exif_transpose(img)
@@ -115,6 +115,14 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = None):
     if problem := size_problem(*img.size):
         raise InputError(f"{path}: {problem}")
     return to_rgb(img)
+
+
+def _path(path, name: str) -> Path:
+    """``path`` (a str or os.PathLike) as a Path; one line naming ``name`` for anything else (a PIL image, an array:
+    pathlib's own TypeError)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise InputError(f"{name} must be a file path (str or os.PathLike), got {type(path).__name__}")
+    return Path(path)
 
 
 def check_image(image, name: str = "image"):
@@ -222,9 +230,7 @@ def read_depth_file(
     does (16-bit PNGs written by depth2img, .npz files with a ``kind`` entry: a polarity or a DepthMap kind) keeps
     its own, with a warning where ``polarity`` says otherwise (one flag serves a run's mixed files).
     """
-    from .depthmap import DepthMap
-
-    path = Path(path)
+    path = _path(path, "read_depth_file: path")
     if polarity is not None and polarity not in POLARITIES:
         raise InputError(f"depth polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}")
     if not depth_scale > 0:
@@ -249,23 +255,7 @@ def read_depth_file(
             values = rgb[..., 0]
         else:
             values = np.asarray(img)
-    values = np.asarray(values)
-    if values.ndim == 3 and values.shape[-1] == 1:
-        values = values[..., 0]
-    if values.ndim != 2:
-        raise InputError(f"{path}: depth must be a 2-D array, got shape {values.shape}")
-    if min(values.shape) < 1:
-        raise InputError(f"{path}: depth array is empty (shape {values.shape})")
-    if not (np.issubdtype(values.dtype, np.number) and not np.issubdtype(values.dtype, np.complexfloating)):
-        raise InputError(f"{path}: depth must hold real numbers, got dtype {values.dtype}")
-    values = values.astype(np.float64)
-    nonfinite = int((~np.isfinite(values)).sum())
-    if nonfinite:
-        raise InputError(
-            f"{path}: {nonfinite} depth values are NaN or infinite; mark missing pixels as 0 instead"
-        )
-    if np.abs(values).max(initial=0) > np.finfo(np.float32).max:
-        raise InputError(f"{path}: depth values reach {np.abs(values).max():.3g}, beyond float32's range")
+    values = _depth_values(values, path)
     # a DepthMap kind names its polarity too (stereo disparity runs near-bright)
     recorded = {**{kind: name for name, kind in POLARITIES.items()}, "disparity": "near-bright"}.get(
         recorded, recorded
@@ -292,19 +282,52 @@ def read_depth_file(
             f"{path}: the file does not say which way its depth runs; pass {polarity_option} "
             f"({' | '.join(POLARITIES)})"
         )
+    return _depth_map(values, polarity, path, invalid=invalid, depth_scale=depth_scale, notes=notes)
+
+
+def _depth_values(values, where) -> np.ndarray:
+    """A depth's values as a 2-D float64 array (a copy), or one line saying what is wrong with them."""
+    values = np.asarray(values)
+    if values.ndim == 3 and values.shape[-1] == 1:
+        values = values[..., 0]
+    if values.ndim != 2:
+        raise InputError(f"{where}: depth must be a 2-D array, got shape {values.shape}")
+    if min(values.shape) < 1:
+        raise InputError(f"{where}: depth array is empty (shape {values.shape})")
+    if not (np.issubdtype(values.dtype, np.number) and not np.issubdtype(values.dtype, np.complexfloating)):
+        raise InputError(f"{where}: depth must hold real numbers, got dtype {values.dtype}")
+    values = values.astype(np.float64)  # a copy
+    nonfinite = int((~np.isfinite(values)).sum())
+    if nonfinite:
+        raise InputError(
+            f"{where}: {nonfinite} depth values are NaN or infinite; mark missing pixels as 0 instead"
+        )
+    if np.abs(values).max(initial=0) > np.finfo(np.float32).max:
+        raise InputError(f"{where}: depth values reach {np.abs(values).max():.3g}, beyond float32's range")
+    return values
+
+
+def _depth_map(values: np.ndarray, polarity: str, where, *, invalid=None, depth_scale: float = 1.0, notes=(),
+               source: str | None = None):  # fmt: skip
+    """A DepthMap of checked ``values`` (``_depth_values``) that run as ``polarity`` says: metric depth has no
+    negative value and 0 marks no measurement; ``invalid`` (our 16-bit PNG's chunk) the value of a hole."""
+    from .depthmap import DepthMap
+
     kind = POLARITIES[polarity]
     valid = np.ones(values.shape, bool)
     if invalid == "0":  # our 16-bit PNG of a depth with holes: they hold 0, its depth 1..65535
         valid = values != 0
     if kind == "metric_depth":
         if (values < 0).any():
-            raise InputError(f"{path}: metric depth has {int((values < 0).sum())} negative values")
+            raise InputError(f"{where}: metric depth has {int((values < 0).sum())} negative values")
         valid &= values > 0  # 0 = no measurement (KITTI / sensor convention)
         values = values * depth_scale
         if values.max(initial=0) > np.finfo(np.float32).max:
-            raise InputError(f"{path}: depth scale {depth_scale:g} takes depth values beyond float32's range")
-    return DepthMap(values.astype(np.float32), kind, valid, source=str(path), meta={"polarity": polarity},
-                    notes=notes)  # fmt: skip
+            raise InputError(
+                f"{where}: depth scale {depth_scale:g} takes depth values beyond float32's range"
+            )
+    return DepthMap(values.astype(np.float32), kind, valid, source=str(where) if source is None else source,
+                    meta={"polarity": polarity}, notes=list(notes))  # fmt: skip
 
 
 ASPECT_TOLERANCE = 0.01  # depth and image aspect ratios may differ by 1% (rounding of odd sizes)
@@ -317,23 +340,42 @@ def depth_for_image(
 
     An array needs ``polarity``; a file needs it unless it records it. An aspect ratio other than the image's
     is refused (resizing it would bend the geometry); the same aspect at another resolution is resized."""
+    from .conditioning import usable
     from .depthmap import DepthMap
 
-    if isinstance(depth, np.ndarray):
+    where = ""
+    if isinstance(depth, (str, os.PathLike)):
+        where = f"{depth}: "  # the file
+        depth = read_depth_file(depth, polarity, polarity_option=polarity_option)
+    elif not isinstance(depth, DepthMap):  # an array: a NumPy array, a torch tensor, nested lists...
+        if (
+            isinstance(depth, (bytes, dict, set))
+            or not hasattr(depth, "__array__")
+            and not isinstance(depth, list)
+        ):
+            raise InputError(
+                f"depth must be a DepthMap, an (H, W) array or a depth file's path, got {type(depth).__name__}"
+            )
         if polarity not in POLARITIES:
             raise InputError(
                 f"depth array: depth_polarity must be one of {', '.join(POLARITIES)} (got {polarity!r})"
             )
-        depth = DepthMap(depth, POLARITIES[polarity])
-    where = ""
-    if not isinstance(depth, DepthMap):
-        where = f"{depth}: "  # the file
-        depth = read_depth_file(depth, polarity, polarity_option=polarity_option)
+        try:
+            values = np.asarray(depth)
+        except Exception as err:  # a tensor on a GPU or needing grad, ragged lists
+            raise InputError(f"depth array: cannot be read as numbers ({first_line(err)})") from None
+        # checked as a file's values are (metric: no negative value, 0 = no measurement), and copied: the caller
+        # may refill its buffer for the next frame, which changed the earlier result's depth
+        depth = _depth_map(_depth_values(values, "depth array"), polarity, "depth array", source="")
     w, h = size
     if abs(depth.width / depth.height - w / h) > ASPECT_TOLERANCE * (w / h):
         raise InputError(
             f"{where}depth is {depth.width}x{depth.height} but the image is {w}x{h}: aspect ratios differ; "
             "give a depth map of the image's shape"
+        )
+    if not usable(depth.values, depth.kind, depth.valid).any():  # it generated from a blank control image
+        raise InputError(
+            f"{where or 'depth: '}no pixel holds a depth (all marked invalid, or metric depth all 0)"
         )
     return depth if depth.size == (w, h) else depth.resized(w, h)
 

@@ -77,12 +77,24 @@ def check_knobs(knobs: dict) -> None:
         raise InputError(f"feature_cache must be an integer in 1..{MAX_CACHE_INTERVAL} (1 = off), got {n!r}")
 
 
+def plain_number(value):
+    """A NumPy (or other) number as Python's own int or float (np.int64(2) was refused as "not an integer", and
+    would not go into JSON metadata); anything else, bools included, as it is."""
+    if isinstance(value, bool) or type(value).__name__ == "bool_":
+        return value
+    if isinstance(value, numbers.Integral):
+        return int(value)
+    if isinstance(value, numbers.Real):
+        return float(value)
+    return value
+
+
 def resolved_knobs(preset_knobs: dict, model_knobs: dict, given: dict) -> dict:
     """The knobs a generation runs with: the defaults, then a preset's except those the backbone or its few-step
     LoRA needs (``model_knobs``: Flux's guidance, LCM's steps and guidance), then those, then the ones ``given``
     explicitly (None: not given)."""
     return {**DEFAULT_KNOBS, **{k: v for k, v in preset_knobs.items() if k not in model_knobs}, **model_knobs,
-            **{k: v for k, v in given.items() if v is not None}}  # fmt: skip
+            **{k: plain_number(v) for k, v in given.items() if v is not None}}  # fmt: skip
 
 
 def check_lora_scale(scale, lora=True, label: str = "lora_scale") -> float:
@@ -132,6 +144,7 @@ def seed_run(seed, num_images: int) -> list[int]:
 
 
 def check_batch_size(n, name: str = "batch_size") -> int:
+    n = plain_number(n)
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise InputError(f"{name} must be an integer >= 1, got {n!r}")
     return n
@@ -145,6 +158,7 @@ def check_native_size(n) -> int:
 
 
 def check_num_images(n) -> int:
+    n = plain_number(n)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_IMAGES:
         raise InputError(f"num_images must be an integer in 1..{MAX_IMAGES}, got {n!r}")
     return n

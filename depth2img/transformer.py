@@ -315,7 +315,7 @@ class SceneTransformer:
                 knobs[k] = DEFAULT_KNOBS[k]  # a preset's control knob does not apply here either
         # txt2img (strength 1) always leaves them all
         check_denoising_steps(knobs["steps"], knobs["strength"], self.backend.flow_matching)
-        check_num_images(num_images)
+        num_images = check_num_images(num_images)
         if seed is None:
             seeds = [secrets.randbelow(2**31)]
             seeds += [seeds[0] + i for i in range(1, num_images)]

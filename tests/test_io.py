@@ -575,3 +575,15 @@ def test_a_folder_skips_hidden_files_as_a_glob_does(tmp_path):
         [],
         [f"{tmp_path / 'h'}: directory has no files ending in {suffixes}"],
     )
+
+
+def test_a_path_argument_given_something_else_is_one_line(tmp_path):
+    """A PIL image or an array given as a path failed inside pathlib (TypeError: expected str, bytes or os.PathLike)."""
+    from depth2img.batch import load_job, run_job
+
+    for call, arg, name in [(io.load_image, Image.new("RGB", (32, 32)), "load_image: path"),
+                            (io.read_depth_file, np.zeros((4, 4)), "read_depth_file: path"),
+                            (load_job, None, "job file \\(a Job or its YAML's path\\)"),
+                            (run_job, {"inputs": "x"}, "job file \\(a Job or its YAML's path\\)")]:  # fmt: skip
+        with pytest.raises(InputError, match=f"^{name} must be a file path \\(str or os.PathLike\\), got "):
+            call(arg)

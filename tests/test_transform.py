@@ -1333,3 +1333,36 @@ def test_threads_sharing_one_transformer_each_get_their_own_images(sd15, photo, 
         together = list(pool.map(one, asks))
     for a, b in zip(alone, together):
         np.testing.assert_array_equal(a, b)
+
+
+def test_the_api_takes_array_likes_and_numpy_numbers_and_refuses_the_rest_in_one_line(sd15, photo, depth):
+    """From a Python user's review: a torch tensor or nested lists as depth crashed inside pathlib; an all-zero or
+    negative metric array generated from a blank control image, silently; the result's depth was the caller's own
+    buffer (refilled for the next frame, it changed); np.int64(2) images was "not an integer"."""
+    from PIL import Image
+
+    values = depth.values.copy()
+    ref = sd15.transform(photo, "x", depth=values, depth_polarity="metric", steps=2, seed=0)
+    assert not np.shares_memory(ref.depth.values, values) and ref.metadata[0]["depth"]["polarity"] == "metric"
+    for like in (torch.from_numpy(values), values.tolist()):
+        got = sd15.transform(photo, "x", depth=like, depth_polarity="metric", steps=2, seed=0)
+        np.testing.assert_array_equal(got.raw, ref.raw)
+    for bad, message in [
+        (
+            Image.new("I;16", (SIZE, SIZE)),
+            "^depth must be a DepthMap, an \\(H, W\\) array or a depth file's path, got",
+        ),
+        ({"depth": values}, "got dict$"),
+        (
+            np.zeros_like(values),
+            "^depth: no pixel holds a depth \\(all marked invalid, or metric depth all 0\\)$",
+        ),
+        (-values, f"^depth array: metric depth has {values.size} negative values$"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            sd15.transform(photo, "x", depth=bad, depth_polarity="metric", steps=2, seed=0)
+    got = sd15.transform(photo, "x", depth=depth, steps=np.int64(2), strength=np.float32(0.5), seed=np.int64(0),
+                         num_images=np.int64(2))  # fmt: skip
+    assert len(got.images) == 2 and got.metadata[0]["steps"] == 2 and got.seeds == [0, 1]
+    # JSON-ready
+    assert type(got.metadata[0]["steps"]) is int and type(got.metadata[0]["strength"]) is float
