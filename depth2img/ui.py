@@ -153,29 +153,29 @@ def make_sample(width: int = SCENE_SIZE[0], height: int = SCENE_SIZE[1], seed: i
     return str(out / "driving_scene.png"), str(out / "driving_scene_depth.npz")
 
 
-WITH_A_PHOTO = "photo"  # the depth file came with a photo; "": before any photo (it is then for the next one)
-
-
 def sample_with_its_depth() -> tuple[str, str, str]:
-    """``make_sample``'s photo and depth file, the depth file given with that photo."""
+    """``make_sample``'s photo and depth file, the depth file paired with that photo."""
     photo, depth = make_sample()
-    return photo, depth, WITH_A_PHOTO
+    return photo, depth, depth
 
 
-def depth_file_given(image_path) -> str:
-    """Whether a depth file came with a photo (``WITH_A_PHOTO``) or before any ("")."""
-    return WITH_A_PHOTO if image_path else ""
+def depth_file_given(image_path, depth_file):
+    """The depth file paired with a photo: this one where a photo is there; None where it came before any (it is
+    then for the next photo)."""
+    return depth_file if image_path else None
 
 
-def depth_file_for_new_photo(depth_file, polarity, given_with):
-    """(depth file, polarity, what it was given with) on a new photo. The depth file given with the last photo is
-    dropped with its polarity (the sample's street depth was used for the next photo); one given before any photo
-    is for this one and stays (it was dropped too). Not the photo itself as an input: an unreadable one raised
-    here, in an event with no notice on the page, and the preview's error line never came."""
+def depth_file_for_new_photo(depth_file, polarity, paired):
+    """(depth file, polarity, paired) on a new photo, ``paired`` being the depth file that went with the last one.
+    That one is dropped with its polarity (the sample's street depth was used for the next photo); one given since,
+    before this photo, is for this one and stays (it was dropped too). Keyed by the file, not by an event's order: a
+    photo dropped in right after a depth file came before the event that paired it. Not the photo itself as an
+    input: an unreadable one raised here, in an event with no notice on the page, and the preview's error line
+    never came."""
     import gradio as gr
 
-    if depth_file and given_with == "":
-        return gr.skip(), gr.skip(), WITH_A_PHOTO
+    if depth_file and depth_file != paired:
+        return gr.skip(), gr.skip(), depth_file
     return None, "", None
 
 
@@ -512,7 +512,7 @@ def create_demo(service):
         depth_inputs, preview = [image, estimator, depth_file, polarity], [depth_preview, depth16]
         device = dict(concurrency_id="device", concurrency_limit=1)  # one job at a time on the device
         # the preview follows what Generate will use: the sample, another depth file, estimator or polarity
-        # whether the depth file came with a photo ("": before any), so that a new photo keeps only one given for it
+        # the depth file paired with the photo, so that a new photo keeps only a depth file given for it
         depth_given_with = gr.State(None)
         sample.click(
             sample_with_its_depth, None, [image, depth_file, depth_given_with], api_name="sample"
@@ -520,7 +520,9 @@ def create_demo(service):
         for event, name in ((depth_file.upload, "depth_on_depth_file"), (depth_file.clear, "depth_on_no_depth_file"),
                             (estimator.input, "depth_on_estimator"), (polarity.input, "depth_on_polarity")):  # fmt: skip
             event(bound(handle_depth_if_photo), depth_inputs, preview, api_name=name, **device)
-        depth_file.upload(depth_file_given, image, depth_given_with, api_name="depth_file_photo", queue=False)
+        depth_file.upload(
+            depth_file_given, [image, depth_file], depth_given_with, api_name="depth_file_photo", queue=False
+        )
         image.clear(lambda: (None, None), None, preview, api_name="no_photo", queue=False)
         model.change(_licence_text, model, licence, api_name="licence")
         model.change(backbone_controls, model, [negative, control_scale, control_start, control_end],

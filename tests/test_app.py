@@ -710,12 +710,15 @@ def test_a_depth_file_given_before_the_photo_is_kept_for_it(service):
 
     from depth2img.ui import depth_file_for_new_photo, depth_file_given, sample_with_its_depth
 
-    keep = depth_file_for_new_photo("d.npz", "metric", depth_file_given(None))
-    assert keep == (gr.skip(), gr.skip(), depth_file_given("p.png")) != (None, "", None)
-    # given with the last photo (or the sample), or none at all: dropped with its polarity
-    for given_with in (depth_file_given("old.png"), sample_with_its_depth()[2], None):
-        assert depth_file_for_new_photo("d.npz", "metric", given_with) == (None, "", None)
-    assert depth_file_for_new_photo(None, "", "") == (None, "", None)
+    keep = depth_file_for_new_photo("d.npz", "metric", depth_file_given(None, "d.npz"))
+    assert keep == (gr.skip(), gr.skip(), "d.npz")  # kept, now paired with this photo
+    # a photo dropped in before the event that paired the depth file with the last photo reported: still kept
+    assert depth_file_for_new_photo("d.npz", "metric", "older.npz")[:2] == (gr.skip(), gr.skip())
+    # given with the last photo, or the sample's: dropped with its polarity
+    photo, sample_depth, paired = sample_with_its_depth()
+    for depth_file, given_with in (("d.npz", depth_file_given("old.png", "d.npz")), (sample_depth, paired)):
+        assert depth_file_for_new_photo(depth_file, "metric", given_with) == (None, "", None)
+    assert depth_file_for_new_photo(None, "", None) == (None, "", None)
     deps = {d["api_name"]: d for d in create_demo(service).config["dependencies"]}
     given_with = deps["depth_file_photo"]["outputs"]
     assert deps["depth_file_photo"]["targets"][0][1] == "upload"
