@@ -108,11 +108,21 @@ class Job:
                 )
         if self.layout not in LAYOUTS:
             raise InputError(f"job key layout must be one of {', '.join(LAYOUTS)}, got {self.layout!r}")
+        if isinstance(self.inputs, os.PathLike) or (
+            isinstance(self.inputs, list) and any(isinstance(i, os.PathLike) for i in self.inputs)
+        ):  # a Path (from Python) is a path as well as a string is
+            self.inputs = (
+                os.fspath(self.inputs)
+                if isinstance(self.inputs, os.PathLike)
+                else [os.fspath(i) if isinstance(i, os.PathLike) else i for i in self.inputs]
+            )
         items = self.inputs if isinstance(self.inputs, list) else [self.inputs]
         if not self.inputs or not all(isinstance(i, str) and i.strip() for i in items):
             raise InputError(
                 f"job key inputs must be a path, glob, list file or list of them, got {self.inputs!r}"
             )
+        if isinstance(self.output, os.PathLike):
+            self.output = os.fspath(self.output)
         if not isinstance(self.output, str) or not self.output.strip():
             raise InputError(f"job key output must be a directory, got {self.output!r}")
         if self.prompt is not None and not isinstance(self.prompt, str):

@@ -138,6 +138,10 @@ def edge_f1(source: np.ndarray, output: np.ndarray, tolerance: int = EDGE_TOLERA
 def geometry_scores(source: DepthMap | GeometryReference, output: DepthMap) -> dict:
     """Scores of ``output`` (depth re-estimated on a generated image) against ``source`` (a DepthMap, or its
     ``geometry_reference`` when one source is checked against many outputs)."""
+    if not isinstance(source, (DepthMap, GeometryReference)) or not isinstance(output, DepthMap):
+        got = type(source if not isinstance(source, (DepthMap, GeometryReference)) else output).__name__
+        raise InputError(f"geometry_scores takes two DepthMaps (the output's: DepthEstimator on the generated image), "
+                         f"got {got}")  # fmt: skip
     ref = source if isinstance(source, GeometryReference) else geometry_reference(source)
     if ref.size != output.size:
         # an output at another size of the same frame (another tool's generation size) is resized onto the

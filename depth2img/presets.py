@@ -72,7 +72,10 @@ def _load_file(path: Path) -> dict[str, Preset]:
 
 
 def load_presets(extra_files=()) -> dict[str, Preset]:
-    """Bundled presets, then $DEPTH2IMG_PRESETS files, then ``extra_files``; a later file overrides a name."""
+    """Bundled presets, then $DEPTH2IMG_PRESETS files, then ``extra_files`` (one path or several); a later file
+    overrides a name."""
+    if isinstance(extra_files, (str, os.PathLike)):  # one file (a string was read letter by letter)
+        extra_files = (extra_files,)
     files = [configs_dir() / "presets.yaml"]
     files += [Path(p) for p in os.environ.get(PRESET_ENV, "").split(os.pathsep) if p]
     files += [Path(p) for p in extra_files]

@@ -6,6 +6,7 @@ size -> diffusers backbone -> images mapped back to the input's exact size, with
 
 from __future__ import annotations
 
+import copy
 import math
 import secrets
 import threading
@@ -180,6 +181,13 @@ class SceneTransformer:
         check_memory_options(device=device, offload=offload, attention=attention)
         lora_ref = resolve_lora(lora) if lora else None
         check_lora_scale(lora_scale, lora)
+        if isinstance(estimator, str):  # loaded on first need: a misspelt name failed at the first transform
+            from .registry import resolve_estimator
+
+            resolve_estimator(estimator)
+        presets_mod.load_presets(
+            preset_files
+        )  # read again by __init__: a bad file failed after the backbone loaded
         if lora:
             if ref.entry is not None and ref.entry.pipeline:
                 check_speed_lora(ref.entry.pipeline, lora_ref)
@@ -235,9 +243,13 @@ class SceneTransformer:
 
     def depth_for(self, image, depth=None, *, depth_polarity: str | None = None) -> DepthMap:
         """The DepthMap used for ``image``: the given one (DepthMap, array or file) at the image's size, or estimated."""
-        from .io import depth_for_image
+        from .io import POLARITIES, depth_for_image
 
         check_image(image)
+        if (
+            depth_polarity is not None and depth_polarity not in POLARITIES
+        ):  # ignored (even "bogus") without a file
+            raise InputError(f"depth_polarity must be one of {', '.join(POLARITIES)}, got {depth_polarity!r}")
         if depth is None:
             return self.estimator(image)
         return depth_for_image(depth, image.size, depth_polarity)
@@ -323,6 +335,12 @@ class SceneTransformer:
             seeds = [check_seed(s) for s in seed]
             if not seeds:
                 raise InputError("seed list is empty")
+            if num_images not in (
+                1,
+                len(seeds),
+            ):  # the list makes one image per seed (2 made where 3 were asked)
+                raise InputError(f"seed is a list of {len(seeds)} seeds and num_images {num_images}: a seed list "
+                                 "makes one image per seed; give one or the other")  # fmt: skip
             num_images = len(seeds)
         else:
             seeds = seed_run(seed, num_images)
@@ -376,7 +394,7 @@ class SceneTransformer:
         batched-kernel rounding (tested)."""
         bad = (
             [requests]
-            if isinstance(requests, Request)
+            if not isinstance(requests, (list, tuple))
             else [r for r in requests if not isinstance(r, Request)]
         )
         if bad:
@@ -400,6 +418,10 @@ class SceneTransformer:
         place. Each image depends only on its seed, so a split changes an image only by batched-kernel rounding
         (within 1e-5; outputs record their ``batch``). ``on_split(error, half)`` hears
         of each split. Returns TransformResults and Depth2ImgErrors, one per request, in order."""
+        if not isinstance(requests, (list, tuple)):
+            raise InputError(
+                f"requests must be a list of Request objects from prepare(), got {type(requests).__name__}"
+            )
         if not requests:
             return []
         try:
@@ -463,8 +485,9 @@ class SceneTransformer:
             images = sized[start : start + len(req.seeds)]
             common = self._common_metadata(req, b)
             # batch: the images denoised together (batched kernels round by batch size: within 1e-5 of alone)
+            # each its own copy: the nested backbone and depth records were one dict shared by all images
             metadata = [
-                {**common, "seed": s, "index": i, "batch": self.backend.last_batch}
+                {**copy.deepcopy(common), "seed": s, "index": i, "batch": self.backend.last_batch}
                 for i, s in enumerate(req.seeds)
             ]
             share = len(req.seeds) / len(per_image)  # of the batch's time
@@ -519,7 +542,8 @@ class SceneTransformer:
 
         Presets sharing knobs share denoising batches of up to ``batch_size`` images (whole rows; a row with
         more seeds than that is a batch of its own). Out of memory, a batch's rows are split (``run_isolated``).
-        ``presets``: a list of preset names (a string is one preset, e.g. "rain+night"); ``seeds``: a list.
+        ``presets``: a list of preset names (a string is one preset, e.g. "rain+night"); ``seeds``: a list (default
+        [0]: a grid is for comparing presets, so each row shares the seed).
         Returns a list of rows, one per preset, each a TransformResult holding one image per seed."""
         check_batch_size(batch_size)
         if isinstance(presets, str):
@@ -530,13 +554,15 @@ class SceneTransformer:
             )
         if seeds is not None and not isinstance(seeds, (list, tuple)):
             raise InputError(f"seeds must be a list of integers, got {type(seeds).__name__} {seeds!r}")
+        if seeds is not None and not seeds:  # it ran seed 0, where transform refuses an empty list
+            raise InputError("seeds is empty; give at least one seed (or leave it out: [0])")
         if "num_images" in knobs or "seed" in knobs:
             raise InputError(
                 "variations makes one image per seed of each row: pass seeds=[...], not seed or num_images"
             )
         image = to_rgb(check_image(image))  # once, so that the rows share its copy at generation size
         depth_map = self.depth_for(image, depth, depth_polarity=depth_polarity)
-        seeds = list(seeds) if seeds else [0]
+        seeds = [0] if seeds is None else list(seeds)
         requests, req = [], None
         for preset in presets or [None]:
             req = self.prepare(image, prompt, preset=preset, depth=depth_map, seed=seeds, reuse=req,

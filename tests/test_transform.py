@@ -1366,3 +1366,55 @@ def test_the_api_takes_array_likes_and_numpy_numbers_and_refuses_the_rest_in_one
     assert len(got.images) == 2 and got.metadata[0]["steps"] == 2 and got.seeds == [0, 1]
     # JSON-ready
     assert type(got.metadata[0]["steps"]) is int and type(got.metadata[0]["strength"]) is float
+
+
+def test_more_api_arguments_are_checked_where_they_are_given(sd15, photo, depth, tmp_path, tiny_dir):
+    """From the Python user's review: a seed list with another num_images made as many images as seeds, silently;
+    variations(seeds=[]) ran seed 0; a bogus depth_polarity was ignored without a depth file; a misspelt estimator
+    failed at the first transform, after the backbone loaded; a presets file given as a string was read letter by
+    letter; run(None) was a raw TypeError; every image of a call shared one nested metadata dict."""
+    import depth2img
+    from depth2img.metrics import geometry_scores
+
+    with pytest.raises(
+        InputError, match="^seed is a list of 2 seeds and num_images 3: a seed list makes one image"
+    ):
+        sd15.transform(photo, "x", depth=depth, seed=[1, 2], num_images=3, steps=2)
+    assert len(sd15.transform(photo, "x", depth=depth, seed=[1, 2], num_images=2, steps=2).images) == 2
+    with pytest.raises(InputError, match="^seeds is empty"):
+        sd15.variations(photo, presets=["rain"], seeds=[], depth=depth, steps=2)
+    with pytest.raises(
+        InputError, match="^depth_polarity must be one of near-bright, far-bright, metric, got 'bogus'"
+    ):
+        sd15.transform(photo, "x", depth=depth, depth_polarity="bogus", steps=2)
+    with pytest.raises(
+        InputError, match="requests must be a list of Request objects from prepare\\(\\), got NoneType"
+    ):
+        sd15.run(None)
+    with pytest.raises(InputError, match="got Request"):
+        sd15.run_isolated(sd15.prepare(photo, "x", depth=depth, steps=2))
+    result = sd15.transform(photo, "x", depth=depth, seed=0, num_images=2, steps=2)
+    result.metadata[0]["backbone"]["id"] = "edited"
+    assert result.metadata[1]["backbone"]["id"] != "edited"
+    with pytest.raises(InputError, match="^geometry_scores takes two DepthMaps .*got Image$"):
+        depth2img.geometry_scores(depth, result.images[0])
+    assert geometry_scores is depth2img.geometry_scores and depth2img.Depth2ImgWarning
+    job = depth2img.Job(inputs=tmp_path, output=tmp_path / "out", prompt="x")  # Paths, as from Python
+    assert job.inputs == str(tmp_path) and job.output == str(tmp_path / "out")
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("the backbone started loading")
+
+    import depth2img.backends as backends
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(backends, "load_backend", no_load)
+        with pytest.raises(InputError, match="estimator 'depth-anyting-v2-small' is not a registry name"):
+            SceneTransformer.from_pretrained("tiny", estimator="depth-anyting-v2-small")
+        (tmp_path / "bad.yaml").write_text("presets: 3\n")
+        with pytest.raises(InputError, match="bad.yaml: must hold a 'presets:' mapping"):
+            SceneTransformer.from_pretrained("tiny", preset_files=str(tmp_path / "bad.yaml"))
+    (tmp_path / "mine.yaml").write_text("presets:\n  mine:\n    prompt: '{prompt}, mine'\n")
+    assert (
+        "mine" in SceneTransformer.from_pretrained("tiny", preset_files=str(tmp_path / "mine.yaml")).presets
+    )
