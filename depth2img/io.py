@@ -348,11 +348,7 @@ def depth_for_image(
         where = f"{depth}: "  # the file
         depth = read_depth_file(depth, polarity, polarity_option=polarity_option)
     elif not isinstance(depth, DepthMap):  # an array: a NumPy array, a torch tensor, nested lists...
-        if (
-            isinstance(depth, (bytes, dict, set))
-            or not hasattr(depth, "__array__")
-            and not isinstance(depth, list)
-        ):
+        if not (hasattr(depth, "__array__") or isinstance(depth, (list, tuple))):
             raise InputError(
                 f"depth must be a DepthMap, an (H, W) array or a depth file's path, got {type(depth).__name__}"
             )
@@ -506,8 +502,8 @@ def atomic_path(path: str | os.PathLike):
 
 def write_depth_png16(depth, path) -> Path:
     """16-bit PNG, near = bright, full 0..65535 range; the polarity is recorded in a text chunk. A depth with holes
-    (invalid pixels, metric zeros) keeps them: they hold 0 and its depth 1..65535, as a second text chunk says
-    (they read back as the farthest valid depth, and counted as depth in a geometry check)."""
+    (invalid pixels, metric zeros) keeps them: they hold 0 and its depth 1..65535, as a second text chunk says (they
+    were 0 like the farthest depth, read back as valid, and a geometry check of the file scored them)."""
     from PIL import Image, PngImagePlugin
 
     from .conditioning import usable

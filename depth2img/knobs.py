@@ -80,7 +80,7 @@ def check_knobs(knobs: dict) -> None:
 def plain_number(value):
     """A NumPy (or other) number as Python's own int or float (np.int64(2) was refused as "not an integer", and
     would not go into JSON metadata); anything else, bools included, as it is."""
-    if isinstance(value, bool) or type(value).__name__ == "bool_":
+    if isinstance(value, bool):  # (NumPy's bool_ is no numbers.Integral: left as it is below)
         return value
     if isinstance(value, numbers.Integral):
         return int(value)

@@ -185,9 +185,8 @@ class SceneTransformer:
             from .registry import resolve_estimator
 
             resolve_estimator(estimator)
-        presets_mod.load_presets(
-            preset_files
-        )  # read again by __init__: a bad file failed after the backbone loaded
+        # read again by __init__: a bad file failed after the backbone loaded
+        presets_mod.load_presets(preset_files)
         if lora:
             if ref.entry is not None and ref.entry.pipeline:
                 check_speed_lora(ref.entry.pipeline, lora_ref)
@@ -246,9 +245,8 @@ class SceneTransformer:
         from .io import POLARITIES, depth_for_image
 
         check_image(image)
-        if (
-            depth_polarity is not None and depth_polarity not in POLARITIES
-        ):  # ignored (even "bogus") without a file
+        # checked with no depth file too (it was ignored there, even "bogus")
+        if depth_polarity is not None and depth_polarity not in POLARITIES:
             raise InputError(f"depth_polarity must be one of {', '.join(POLARITIES)}, got {depth_polarity!r}")
         if depth is None:
             return self.estimator(image)
@@ -335,10 +333,8 @@ class SceneTransformer:
             seeds = [check_seed(s) for s in seed]
             if not seeds:
                 raise InputError("seed list is empty")
-            if num_images not in (
-                1,
-                len(seeds),
-            ):  # the list makes one image per seed (2 made where 3 were asked)
+            # the list makes one image per seed (2 were made where 3 were asked for)
+            if num_images not in (1, len(seeds)):
                 raise InputError(f"seed is a list of {len(seeds)} seeds and num_images {num_images}: a seed list "
                                  "makes one image per seed; give one or the other")  # fmt: skip
             num_images = len(seeds)

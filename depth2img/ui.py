@@ -513,15 +513,15 @@ def create_demo(service):
         device = dict(concurrency_id="device", concurrency_limit=1)  # one job at a time on the device
         # the preview follows what Generate will use: the sample, another depth file, estimator or polarity
         # the depth file paired with the photo, so that a new photo keeps only a depth file given for it
-        depth_given_with = gr.State(None)
-        sample.click(
-            sample_with_its_depth, None, [image, depth_file, depth_given_with], api_name="sample"
-        ).then(bound(handle_depth_if_photo), depth_inputs, preview, api_name="depth_on_sample", **device)
+        paired_depth = gr.State(None)
+        sample.click(sample_with_its_depth, None, [image, depth_file, paired_depth], api_name="sample").then(
+            bound(handle_depth_if_photo), depth_inputs, preview, api_name="depth_on_sample", **device
+        )
         for event, name in ((depth_file.upload, "depth_on_depth_file"), (depth_file.clear, "depth_on_no_depth_file"),
                             (estimator.input, "depth_on_estimator"), (polarity.input, "depth_on_polarity")):  # fmt: skip
             event(bound(handle_depth_if_photo), depth_inputs, preview, api_name=name, **device)
         depth_file.upload(
-            depth_file_given, [image, depth_file], depth_given_with, api_name="depth_file_photo", queue=False
+            depth_file_given, [image, depth_file], paired_depth, api_name="depth_file_photo", queue=False
         )
         image.clear(lambda: (None, None), None, preview, api_name="no_photo", queue=False)
         model.change(_licence_text, model, licence, api_name="licence")
@@ -530,8 +530,8 @@ def create_demo(service):
         randomize.click(lambda: secrets.randbelow(MAX_SEED), None, seed, api_name="random_seed")
         image.upload(
             depth_file_for_new_photo,
-            [depth_file, polarity, depth_given_with],
-            [depth_file, polarity, depth_given_with],
+            [depth_file, polarity, paired_depth],
+            [depth_file, polarity, paired_depth],
             api_name="new_photo",
             queue=False,
         ).then(bound(handle_depth), depth_inputs, preview, api_name="depth_on_upload", **device)
