@@ -29,7 +29,12 @@ class DepthMap:
     notes: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        self.values = np.asarray(self.values, dtype=np.float32)
+        raw = np.asarray(self.values)
+        real = raw.dtype == bool or np.issubdtype(raw.dtype, np.number)
+        if not real or np.issubdtype(raw.dtype, np.complexfloating):
+            # strings raised numpy's own error; complex values lost their imaginary part
+            raise InputError(f"depth values must be real numbers, got dtype {raw.dtype}")
+        self.values = raw.astype(np.float32, copy=False)
         if self.values.ndim != 2 or min(self.values.shape) < 1:
             raise InputError(f"depth must be a 2-D (H, W) array, got shape {self.values.shape}")
         if self.kind not in conditioning.KINDS:
@@ -70,6 +75,9 @@ class DepthMap:
     def resized(self, width: int, height: int) -> DepthMap:
         """This depth at another size (bicubic for values, nearest for the mask). Holes (invalid pixels, metric
         zeros) take their nearest valid value before resizing, so none of them bleeds into the valid pixels."""
+        for name, side in (("width", width), ("height", height)):  # raw cv2 errors for 0, -5 or 48.5
+            if isinstance(side, bool) or not isinstance(side, (int, np.integer)) or side < 1:
+                raise InputError(f"resized: {name} must be a whole number of pixels >= 1, got {side!r}")
         if self.valid.all() and (self.kind != "metric_depth" or self.values.min() > 0):
             values, valid = self.values, self.valid  # the usual case: no hole (marked valid means finite)
         else:
@@ -81,6 +89,10 @@ class DepthMap:
 
     def control_image(self, width: int | None = None, height: int | None = None) -> np.ndarray:
         """ControlNet conditioning: (H, W, 3) float32 in [0, 1], near = white, normalised per image."""
+        if (width is None) != (height is None):
+            raise InputError(
+                f"control_image: give both width and height or neither, got {width!r} and {height!r}"
+            )
         depth = self if width is None else self.resized(width, height)
         return conditioning.control_array(depth.normalized())
 

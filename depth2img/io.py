@@ -550,8 +550,19 @@ DEPTH_WRITERS = {"png16": ("_depth16.png", write_depth_png16), "npy": ("_depth.n
                  "preview": ("_depth_preview.png", write_depth_preview)}  # fmt: skip
 
 
+def check_depth_products(stem, formats) -> tuple[str, ...]:
+    """``formats`` (names of ``DEPTH_WRITERS``) as a tuple, and ``stem`` a file name stem; one line for anything else
+    (a raw KeyError 'png'; a string of formats was read letter by letter; a None stem named files None_s3.png)."""
+    if not isinstance(stem, str) or not stem or "/" in stem or os.sep in stem:
+        raise InputError(f"stem must be a file name without its suffix, got {stem!r}")
+    if isinstance(formats, str) or not all(isinstance(f, str) and f in DEPTH_WRITERS for f in formats):
+        raise InputError(f"depth formats must be a list of {', '.join(DEPTH_WRITERS)}, got {formats!r}")
+    return tuple(formats)
+
+
 def write_depth_products(depth, out_dir, stem: str, formats=("png16", "npy", "preview")) -> list[Path]:
     """Write the chosen depth products for one input; if any write fails, none is left behind."""
+    formats = check_depth_products(stem, formats)
     jobs = []
     for fmt in formats:
         suffix, writer = DEPTH_WRITERS[fmt]

@@ -16,7 +16,14 @@ from functools import partial
 from pathlib import Path
 
 from .errors import InputError
-from .io import DEPTH_WRITERS, PNG_COMPRESS_LEVEL, atomic_path, write_all_or_none, write_depth_products
+from .io import (
+    DEPTH_WRITERS,
+    PNG_COMPRESS_LEVEL,
+    atomic_path,
+    check_depth_products,
+    write_all_or_none,
+    write_depth_products,
+)
 
 METADATA_KEY = "depth2img"  # PNG text chunk holding the JSON metadata
 MANIFEST = "manifest.jsonl"
@@ -197,6 +204,7 @@ def write_transform_result(
     threads; if any fails, none is left. Then manifest lines (unless ``manifest`` is False: a caller writing
     several results in parallel appends the returned records in order). ``files``, if given, gets every path
     written (for the caller's ``append_manifest``, which removes them should the lines fail)."""
+    depth_formats = check_depth_products(stem, depth_formats)  # before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [partial(write_depth_products, result.depth, out_dir, stem, depth_formats),

@@ -7,11 +7,13 @@ instance mask and 2-D boxes (COCO ``[x, y, w, h]``): tests, the notebook and the
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from .depthmap import DepthMap
+from .errors import InputError
 
 CLASSES = ("sky", "road", "car", "building")  # semantic ids 0..3
 CAMERA_HEIGHT_M = 1.5
@@ -55,6 +57,25 @@ def render_driving_scene(width: int = SCENE_SIZE[0], height: int = SCENE_SIZE[1]
     """Render the scene at ``width`` x ``height``; the same seed gives the same scene."""
     from PIL import Image
 
+    from .io import MAX_ASPECT, MIN_SIDE
+    from .knobs import check_seed
+
+    def whole(value, lo: int, hi: int) -> bool:
+        return not isinstance(value, bool) and isinstance(value, numbers.Integral) and lo <= value <= hi
+
+    for name, value in (("width", width), ("height", height)):
+        if not whole(value, MIN_SIDE, 8192):
+            raise InputError(f"{name} must be an integer in {MIN_SIDE}..8192, got {value!r}")
+    if max(width, height) > MAX_ASPECT * min(width, height):
+        raise InputError(f"width x height {width}x{height} is narrower than 1:{MAX_ASPECT}")
+    seed = check_seed(seed)
+    for name, value in (("n_cars", n_cars), ("n_buildings", n_buildings)):
+        if not whole(value, 0, 64):
+            raise InputError(f"{name} must be an integer in 0..64, got {value!r}")
+    # fov_deg 0 rendered a scene 300 m deep everywhere
+    if isinstance(fov_deg, bool) or not isinstance(fov_deg, numbers.Real) or not 10 <= fov_deg <= 150:
+        raise InputError(f"fov_deg must be in [10, 150] degrees, got {fov_deg!r}")
+    width, height = int(width), int(height)
     rng = np.random.default_rng(seed)
     f = (width / 2) / np.tan(np.radians(fov_deg) / 2)
     u, v = np.meshgrid(np.arange(width) + 0.5, np.arange(height) + 0.5)

@@ -151,3 +151,28 @@ def test_fill_unusable_takes_the_nearest_usable_value():
         conditioning.fill_unusable(values, usable), [[1, 1, 1, 7, 7, 7], [1, 1, 1, 7, 7, 7]]
     )
     assert not conditioning.fill_unusable(values, np.zeros_like(usable)).any()
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda d: d.resized(0, 10), r"^resized: width must be a whole number of pixels >= 1, got 0$"),
+        (lambda d: d.resized(48.5, 32), r"^resized: width must be a whole number of pixels >= 1, got 48.5$"),
+        (lambda d: d.resized(10, -5), r"^resized: height must be a whole number of pixels >= 1, got -5$"),
+        (
+            lambda d: d.control_image(48),
+            r"^control_image: give both width and height or neither, got 48 and None$",
+        ),
+        (
+            lambda d: DepthMap(np.array([["a"]]), "metric_depth"),
+            r"^depth values must be real numbers, got dtype <U1$",
+        ),
+        (lambda d: DepthMap(np.ones((2, 2)) * 1j, "metric_depth"), "got dtype complex128"),
+    ],
+)
+def test_depthmap_arguments_are_one_line(call, message):
+    """From a Python user's review: raw cv2 and numpy errors, and complex values silently made real."""
+    from depth2img.errors import InputError
+
+    with pytest.raises(InputError, match=message):
+        call(DepthMap(np.ones((8, 12)), "metric_depth"))

@@ -587,3 +587,17 @@ def test_a_path_argument_given_something_else_is_one_line(tmp_path):
                             (run_job, {"inputs": "x"}, "job file \\(a Job or its YAML's path\\)")]:  # fmt: skip
         with pytest.raises(InputError, match=f"^{name} must be a file path \\(str or os.PathLike\\), got "):
             call(arg)
+
+
+def test_depth_writers_check_their_formats_and_stem_before_writing(tmp_path):
+    """A bad format name was a raw KeyError ('png'); a string of formats was read letter by letter; a None stem
+    named the files None_s3.png."""
+    d = DepthMap(np.ones((8, 12)), "metric_depth")
+    for formats, stem, message in [(("png",), "x", "depth formats must be a list of png16, npy, preview"),
+                                   ("npy", "x", "got 'npy'"),
+                                   (("npy",), None, "^stem must be a file name without its suffix, got None$"),
+                                   (("npy",), "a/b", "got 'a/b'")]:  # fmt: skip
+        with pytest.raises(InputError, match=message):
+            io.write_depth_products(d, tmp_path, stem, formats)
+    assert list(tmp_path.iterdir()) == []
+    assert [p.name for p in io.write_depth_products(d, tmp_path, "x", ["npy"])] == ["x_depth.npy"]

@@ -97,3 +97,27 @@ def test_scene_is_deterministic():
     a, b = render_driving_scene(96, 64, seed=5), render_driving_scene(96, 64, seed=5)
     assert np.array_equal(np.asarray(a.image), np.asarray(b.image)) and a.boxes == b.boxes
     assert not np.array_equal(np.asarray(a.image), np.asarray(render_driving_scene(96, 64, seed=6).image))
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(width=-64, height=32), r"^width must be an integer in 16..8192, got -64$"),
+        (dict(width=64.5, height=32), r"^width must be an integer in 16..8192, got 64.5$"),
+        (
+            dict(width=8, height=8),
+            r"^width must be an integer in 16..8192, got 8$",
+        ),  # load_image refuses it too
+        (dict(width=640, height=20), r"^width x height 640x20 is narrower than 1:16$"),
+        (dict(seed="a"), r"^seed must be an integer in 0..2\*\*63-1, got 'a'$"),
+        (dict(seed=-1), r"^seed must be an integer in 0..2\*\*63-1, got -1$"),
+        (
+            dict(fov_deg=0),
+            r"^fov_deg must be in \[10, 150\] degrees, got 0$",
+        ),  # a scene 300 m deep everywhere
+        (dict(n_cars=-1), r"^n_cars must be an integer in 0..64, got -1$"),
+    ],
+)
+def test_scene_arguments_are_one_line(kwargs, message):
+    with pytest.raises(InputError, match=message):
+        render_driving_scene(**kwargs)
