@@ -107,6 +107,10 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = None):
     from PIL import ImageOps
 
     path = _path(path, "load_image: path")
+    if max_pixels is not None and (
+        isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1
+    ):
+        raise InputError(f"load_image: max_pixels must be a whole number >= 1, got {max_pixels!r}")
     img = _open(path, max_pixels or pixel_limit())
     try:
         img = ImageOps.exif_transpose(img)
@@ -233,8 +237,9 @@ def read_depth_file(
     path = _path(path, "read_depth_file: path")
     if polarity is not None and polarity not in POLARITIES:
         raise InputError(f"depth polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}")
-    if not depth_scale > 0:
-        raise InputError(f"depth scale must be > 0, got {depth_scale!r}")
+    real = isinstance(depth_scale, (int, float)) and not isinstance(depth_scale, bool)
+    if not real or not math.isfinite(depth_scale) or not depth_scale > 0:  # "2" was a raw TypeError
+        raise InputError(f"depth scale must be a finite number > 0, got {depth_scale!r}")
     suffix = path.suffix.lower()
     if suffix not in DEPTH_SUFFIXES:
         raise InputError(f"{path}: depth files must be one of {', '.join(DEPTH_SUFFIXES)}")

@@ -109,6 +109,9 @@ class Service:
 
         if image is None:
             raise InputError("upload a photo first")
+        from .io import check_image
+
+        check_image(image)  # an array or a path was an AttributeError further on
         if depth_file:
             return depth_for_image(depth_file, image.size, polarity or None)
         # The page asks for the same photo's depth on upload, on Generate and on Variations: estimate it once.

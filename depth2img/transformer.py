@@ -91,6 +91,8 @@ class Request:
 
     def with_seeds(self, seeds) -> Request:
         """The same request for other seeds (the photo and depth objects are shared, not copied)."""
+        if not isinstance(seeds, (list, tuple)):  # with_seeds(5) was a raw TypeError
+            raise InputError(f"seeds must be a list of integers, got {type(seeds).__name__} {seeds!r}")
         seeds = [check_seed(s) for s in seeds]
         if not seeds:
             raise InputError("seed list is empty")

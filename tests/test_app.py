@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from depth2img.errors import Depth2ImgError
 from depth2img.outputs import read_png_metadata
 from depth2img.service import Service
 from depth2img.ui import create_demo, handle_depth, handle_generate, handle_variations, launch, make_sample
@@ -491,6 +492,9 @@ def test_service_estimates_a_photos_depth_once(chelsea):
     pal = Image.frombytes("P", grey.size, grey.tobytes())
     pal.putpalette([255 - (i % 256) for i in range(768)])
     assert svc.depth(grey, estimator="tiny") is not svc.depth(pal, estimator="tiny") and len(calls) == 4
+    # not an image: one line (an array was an AttributeError)
+    with pytest.raises(Depth2ImgError, match="^image must be a PIL image .*got ndarray$"):
+        svc.depth(np.asarray(chelsea), estimator="tiny")
 
 
 def test_service_keeps_two_estimators_loaded(chelsea):

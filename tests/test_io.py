@@ -601,3 +601,11 @@ def test_depth_writers_check_their_formats_and_stem_before_writing(tmp_path):
             io.write_depth_products(d, tmp_path, stem, formats)
     assert list(tmp_path.iterdir()) == []
     assert [p.name for p in io.write_depth_products(d, tmp_path, "x", ["npy"])] == ["x_depth.npy"]
+
+
+def test_load_images_max_pixels_is_checked(tmp_path):
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.png")
+    for bad in ("big", 0, True):
+        with pytest.raises(InputError, match="^load_image: max_pixels must be a whole number >= 1, got "):
+            io.load_image(tmp_path / "a.png", max_pixels=bad)
+    assert io.load_image(tmp_path / "a.png", max_pixels=32 * 32).size == (32, 32)

@@ -256,11 +256,12 @@ def test_a_depth_of_another_aspect_is_refused_beyond_one_percent():
     assert got.size == (200, 128)
 
 
-@pytest.mark.parametrize("scale", [0, -1, 0.0])
+@pytest.mark.parametrize("scale", [0, -1, 0.0, "2", None, float("inf"), float("nan")])
 def test_a_depth_scale_that_is_not_positive_is_refused(tmp_path, scale):
-    """--depth-scale 0 made every metric depth 0 m (and -1 negative), with no error."""
+    """--depth-scale 0 made every metric depth 0 m (and -1 negative), with no error; "2" or None was a raw
+    TypeError."""
     np.save(tmp_path / "d.npy", np.full((16, 16), 2.0))
-    with pytest.raises(InputError, match=r"^depth scale must be > 0, got "):
+    with pytest.raises(InputError, match=r"^depth scale must be a finite number > 0, got "):
         io.read_depth_file(tmp_path / "d.npy", "metric", depth_scale=scale)
 
 

@@ -1393,6 +1393,8 @@ def test_more_api_arguments_are_checked_where_they_are_given(sd15, photo, depth,
         sd15.run(None)
     with pytest.raises(InputError, match="got Request"):
         sd15.run_isolated(sd15.prepare(photo, "x", depth=depth, steps=2))
+    with pytest.raises(InputError, match="^seeds must be a list of integers, got int 5$"):
+        sd15.prepare(photo, "x", depth=depth, steps=2).with_seeds(5)
     result = sd15.transform(photo, "x", depth=depth, seed=0, num_images=2, steps=2)
     result.metadata[0]["backbone"]["id"] = "edited"
     assert result.metadata[1]["backbone"]["id"] != "edited"
