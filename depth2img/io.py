@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import glob
 import math
+import numbers
 import os
 import re
 import secrets
@@ -108,7 +109,7 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = None):
 
     path = _path(path, "load_image: path")
     if max_pixels is not None and (
-        isinstance(max_pixels, bool) or not isinstance(max_pixels, int) or max_pixels < 1
+        isinstance(max_pixels, bool) or not isinstance(max_pixels, numbers.Integral) or max_pixels < 1
     ):
         raise InputError(f"load_image: max_pixels must be a whole number >= 1, got {max_pixels!r}")
     img = _open(path, max_pixels or pixel_limit())
@@ -237,7 +238,7 @@ def read_depth_file(
     path = _path(path, "read_depth_file: path")
     if polarity is not None and polarity not in POLARITIES:
         raise InputError(f"depth polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}")
-    real = isinstance(depth_scale, (int, float)) and not isinstance(depth_scale, bool)
+    real = isinstance(depth_scale, numbers.Real) and not isinstance(depth_scale, bool)  # NumPy's too
     if not real or not math.isfinite(depth_scale) or not depth_scale > 0:  # "2" was a raw TypeError
         raise InputError(f"depth scale must be a finite number > 0, got {depth_scale!r}")
     suffix = path.suffix.lower()
