@@ -1074,13 +1074,16 @@ class _EarlierNames:
     def __init__(self, records: list[dict], earlier_base: str):
         self.by_path: dict[str, str] = {}
         self.moved: dict[str, str] = {}
-        for r in records:
-            source, item = r.get("source"), r.get("item")
-            if not isinstance(source, str) or not isinstance(item, str):
-                continue
-            stem = item.split("/")[0]
+        # each source once, not once per line (a source has a line per variation, seed and attempt: its paths were
+        # resolved, and looked for on disk, that many times)
+        sources = dict.fromkeys(
+            (r["source"], r["item"].split("/")[0], r.get("source_in_job"))
+            for r in records
+            if isinstance(r.get("source"), str) and isinstance(r.get("item"), str)
+        )
+        for source, stem, recorded_inside in sources:
             self.by_path[file_key(source)] = stem
-            inside = r.get("source_in_job") or _in_job(source, earlier_base)
+            inside = recorded_inside or _in_job(source, earlier_base)
             if inside and not os.path.exists(source):
                 self.moved[inside] = stem
         self.all = set(self.by_path.values())

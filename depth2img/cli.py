@@ -506,13 +506,14 @@ def _cmd_bench(args) -> int:
     if args.size is not None and not (16 <= args.size <= BENCH_MAX_SIZE and args.size % 16 == 0):
         raise InputError(f"--size must be a multiple of 16 in 16..{BENCH_MAX_SIZE}, got {args.size}")
     if args.depth:  # the depth bench takes none of the diffusion bench's settings: one given was ignored
-        ignored = [flag for flag, given in (
-            ("--backbone", args.backbone != "sd15"), ("--size", args.size is not None), ("--steps", args.steps != 30),
-            ("--compile", args.compile), ("--control-end", args.control_end != 1.0),
-            ("--feature-cache", args.feature_cache != 1), ("--attention", args.attention != "sdpa"),
-            ("--no-channels-last", args.channels_last is False), ("--no-fused-qkv", not args.fuse_qkv),
-            ("--low-vram", args.low_vram), ("--peak-tflops", args.peak_tflops is not None),
-        ) if given]  # fmt: skip
+        # a setting off the parser's own default (its literals, written here again, could drift from it)
+        default = vars(build_parser().parse_args(["bench"]))
+        ignored = [flag for flag, key in (
+            ("--backbone", "backbone"), ("--size", "size"), ("--steps", "steps"), ("--compile", "compile"),
+            ("--control-end", "control_end"), ("--feature-cache", "feature_cache"), ("--attention", "attention"),
+            ("--no-channels-last", "channels_last"), ("--no-fused-qkv", "fuse_qkv"), ("--low-vram", "low_vram"),
+            ("--peak-tflops", "peak_tflops"),
+        ) if getattr(args, key) != default[key]]  # fmt: skip
         if ignored:
             raise InputError(f"--depth benchmarks the depth estimators: {', '.join(ignored)} "
                              f"{'is' if len(ignored) == 1 else 'are'} for the diffusion bench")  # fmt: skip
