@@ -28,7 +28,7 @@ def _folder(text: str) -> str:
 
 def _add_model_args(p: argparse.ArgumentParser, backbones: bool = True) -> None:
     """``backbones``: the command loads a backbone (Flux's default dtype is its own), not only depth models."""
-    p.add_argument("--device", help="torch device (default: cuda, else mps, else cpu)")
+    p.add_argument("--device", help="cpu, cuda, cuda:N, mps or xpu (default: cuda, else mps, else cpu)")
     flux = ", bfloat16 for Flux" if backbones else ""
     p.add_argument(
         "--dtype", choices=DTYPES, help=f"weights dtype (default: float16 on GPU{flux}; float32 on CPU)"

@@ -16,7 +16,7 @@ import socket
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import ModelLoadError, first_line
+from .errors import InputError, ModelLoadError, first_line
 from .registry import ModelRef
 
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -31,17 +31,37 @@ _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16"
            "bfloat16": "bfloat16", "bf16": "bfloat16"}  # fmt: skip
 
 
+DEVICE_TYPES = ("cpu", "cuda", "mps", "xpu")
+
+
+def _available(device_type: str) -> bool:
+    import torch
+
+    if device_type == "cpu":
+        return True
+    if device_type == "mps":
+        return getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+    return getattr(torch, device_type).is_available()
+
+
 def resolve_device(device=None):
-    """Pick the device once: the user's choice, else CUDA, else MPS, else CPU."""
+    """Pick the device once: the user's choice (checked against what is here), else CUDA, else MPS, else CPU."""
     import torch
 
     if device is not None:
         try:
             dev = torch.device(device)
-        except (RuntimeError, TypeError) as err:
-            raise ModelLoadError(f"device {device!r} is not a torch device ({err})") from None
-        if dev.type == "cuda" and not torch.cuda.is_available():
-            raise ModelLoadError(f"device {device!r} was asked for but CUDA is not available here")
+        except (RuntimeError, TypeError):
+            dev = None
+        if dev is None or dev.type not in DEVICE_TYPES:
+            raise InputError(f"device {device!r} is not one of {', '.join(DEVICE_TYPES)} (cuda and xpu take an "
+                             "index, e.g. cuda:1)")  # fmt: skip
+        if not _available(dev.type):
+            raise InputError(f"device {device!r} was asked for but {dev.type.upper()} is not available here")
+        count = getattr(torch, dev.type).device_count() if dev.type in ("cuda", "xpu") else 1
+        if dev.index is not None and dev.index >= count:
+            raise InputError(f"device {device!r} was asked for but {dev.type.upper()} devices here are numbered "
+                             f"0..{count - 1}")  # fmt: skip
         return dev
     if torch.cuda.is_available():
         return torch.device("cuda")
@@ -61,7 +81,7 @@ def resolve_dtype(dtype, device, accelerator_default: str = "float16"):
         return dtype
     name = _DTYPES.get(str(dtype).lower().replace("torch.", ""))
     if name is None:
-        raise ModelLoadError(f"dtype {dtype!r} is not one of {sorted(set(_DTYPES))}")
+        raise InputError(f"dtype {dtype!r} is not one of {', '.join(sorted(_DTYPES))}")
     return getattr(torch, name)
 
 

@@ -443,6 +443,59 @@ def test_offload_on_a_cpu_device_of_a_gpu_machine_names_the_device(monkeypatch):
     assert check_memory_options(device=None, offload="group") == ("group", torch.device("cuda"))
 
 
+@pytest.mark.parametrize(
+    ("device", "problem"),
+    [("nope", "device 'nope' is not one of cpu, cuda, mps, xpu (cuda and xpu take an index, e.g. cuda:1)"),
+     ("meta", "device 'meta' is not one of cpu, cuda, mps, xpu (cuda and xpu take an index, e.g. cuda:1)"),
+     ("mps", "device 'mps' was asked for but MPS is not available here"),
+     ("xpu", "device 'xpu' was asked for but XPU is not available here"),
+     ("cuda:1", "device 'cuda:1' was asked for but CUDA is not available here"),
+     ("cpu:1", "device 'cpu:1' was asked for but CPU devices here are numbered 0..0")],
+)  # fmt: skip
+def test_a_device_this_machine_lacks_is_one_line_before_any_model_loads(
+    capsys, tmp_path, chelsea, device, problem
+):
+    """Before, mps/xpu/meta got past the check and failed inside torch as an 'internal error' (exit 1, or after a
+    progress bar had started); now every entry point refuses them as bad input (exit 2), with no output folder."""
+    from depth2img.transformer import SceneTransformer
+
+    with pytest.raises(Depth2ImgError) as raised:
+        SceneTransformer.from_pretrained("tiny", estimator="tiny", device=device)
+    assert str(raised.value) == problem
+    chelsea.save(tmp_path / "a.png")
+    out = tmp_path / "out"
+    assert (
+        main(["depth", str(tmp_path / "a.png"), "-o", str(out), "--estimator", "tiny", "--device", device])
+        == 2
+    )
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "depth2img: error: " + problem
+    assert not out.exists()
+
+
+def test_a_gpu_index_past_the_last_gpu_is_refused(monkeypatch):
+    from depth2img.loading import resolve_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert resolve_device("cuda:1") == torch.device("cuda:1") and resolve_device("cuda") == torch.device(
+        "cuda"
+    )
+    with pytest.raises(
+        Depth2ImgError, match=r"^device 'cuda:2' was asked for but CUDA devices here are numbered 0\.\.1$"
+    ):
+        resolve_device("cuda:2")
+
+
+def test_an_unknown_dtype_is_bad_input():
+    from depth2img.errors import InputError
+    from depth2img.loading import resolve_dtype
+
+    with pytest.raises(
+        InputError, match="^dtype 'int8' is not one of bf16, bfloat16, float16, float32, fp16, fp32$"
+    ):
+        resolve_dtype("int8", torch.device("cpu"))
+
+
 def test_unknown_offload_is_refused_by_the_api():
     from depth2img.transformer import SceneTransformer
 
