@@ -3,7 +3,7 @@
 Full-size architectures are built from ``configs/bench/*.json`` with random weights (timing does not depend
 on weight values); ``--preset tiny`` uses the tiny test models so CI can smoke-test the command on CPU.
 Reported per variant: ms per image, images per hour, it/s (denoising steps per second of the whole call: text
-encoding and VAE decode included), share of peak FLOP/s (FLOPs counted with torch.utils.flop_counter), peak memory,
+encoding and VAE decode included; and of the denoising loop alone, from an untimed call), share of peak FLOP/s (FLOPs counted with torch.utils.flop_counter), peak memory,
 and the max abs difference of its output from plain diffusers, judged against the bf16 tolerance: what rounding
 the plain pipeline to bf16 alone changes, measured in the same run.
 """
@@ -200,6 +200,33 @@ def _sync(device):
         torch.mps.synchronize()
 
 
+def loop_rates(fn, device, steps: int) -> list[float]:
+    """Denoising steps per second inside each pipeline call ``fn`` makes: the loop's own rate, as diffusers' progress
+    bar shows it, without text encoding, set-up and VAE decode. Every scheduler step is timed at its end (the device
+    synchronised, so this call is not one of the timed ones); a call's rate is its ``steps - 1`` intervals, first
+    step end to last (every row runs UniPC, diffusers' ControlNet docs' scheduler). Empty where a call takes fewer
+    than 2 steps or steps are missing."""
+    from diffusers import UniPCMultistepScheduler
+
+    ends, step = [], UniPCMultistepScheduler.step
+
+    def timed(*args, **kwargs):
+        out = step(*args, **kwargs)
+        _sync(device)
+        ends.append(time.perf_counter())
+        return out
+
+    UniPCMultistepScheduler.step = timed
+    try:
+        fn()
+    finally:
+        UniPCMultistepScheduler.step = step
+    if steps < 2 or not ends or len(ends) % steps:
+        return []
+    calls = [ends[i : i + steps] for i in range(0, len(ends), steps)]
+    return [(steps - 1) / (call[-1] - call[0]) for call in calls]
+
+
 def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None = None, steps: int = 30,
               batch: int = 1, repeats: int = 3, device=None, dtype=None, compile_mode: str | None = None,
               control_end: float = 1.0, feature_cache: int = 1, attention: str = "sdpa", low_vram: bool = False,
@@ -367,6 +394,8 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             vae.decode(latents, return_dict=False)
 
     run_decode()
+    # the denoising loop's own it/s: one more untimed call per row, each step timed (synchronised) at its end
+    loop = {name: loop_rates(fn, device, steps) for name, fn in variants.items()}
     count_cpu_attention()
     with FlopCounterMode(display=False) as counter:
         run_plain(seeds)
@@ -409,6 +438,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             within = None if "+cache" in name or tolerance is None else same_dtype_diff <= tolerance
             rows[name] = {
                 "ms_per_image": 1000 * sec, "images_per_hour": 3600 / sec, "it_per_s": steps * calls / (sec * n),
+                "loop_it_per_s": statistics.median(loop[name]) if loop[name] else None,
                 "share_of_peak": flops_per_call / batch / sec / peak if name.startswith("diffusers") or same_work else None,
                 "peak_memory_gib": peaks[name] / 2**30 if name in peaks else None,
                 "speedup": base / sec,
@@ -584,12 +614,13 @@ def markdown(result: dict) -> str:
             f"`{result.get('speedup_baseline', 'diffusers')}`"
             + (f" (one image per call, on the first {result['b1_images']} seeds)." if result.get("b1_images") else ".")
             + _compiled_text(result) + _tolerance_text(result))  # fmt: skip
-    lines = [head, "", "| variant | ms/image | images/hour | it/s (whole call) | share of peak | peak memory (GiB) | speed-up | max abs diff vs diffusers | same, diffusers in the variant's dtype | within bf16 tolerance |",
-             "|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = [head, "", "| variant | ms/image | images/hour | it/s (whole call) | it/s (denoising loop) | share of peak | peak memory (GiB) | speed-up | max abs diff vs diffusers | same, diffusers in the variant's dtype | within bf16 tolerance |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for variant, r in result["results"].items():
         share = f"{r['share_of_peak']:.1%}" if r["share_of_peak"] is not None else "n/a"
         mem = f"{r['peak_memory_gib']:.2f}" if r["peak_memory_gib"] is not None else "n/a (CPU)"
-        lines.append(f"| {variant} | {r['ms_per_image']:.1f} | {r['images_per_hour']:.0f} | {r['it_per_s']:.2f} | {share} | "
+        lines.append(f"| {variant} | {r['ms_per_image']:.1f} | {r['images_per_hour']:.0f} | {r['it_per_s']:.2f} | "
+                     f"{_given(r.get('loop_it_per_s'), '.2f')} | {share} | "
                      f"{mem} | {_given(r.get('speedup'), '.2f', 'x')} | {r['max_abs_diff_vs_diffusers']:.2e} | "
                      f"{_given(r.get('max_abs_diff_vs_diffusers_same_dtype'), '.2e')} | {_verdict(r)} |")  # fmt: skip
     lines.append(

@@ -30,7 +30,9 @@ def test_bench_runs_and_writes_json_and_markdown(tmp_path):
     assert "| depth2img-fast |" in markdown(result) and "| within bf16 tolerance |" in markdown(result)
     assert f"bf16 tolerance (plain diffusers in bfloat16 against float32, max abs diff of pixel values in [0, 1]): " \
            f"{result['bf16_tolerance']:.2e}" in markdown(result)  # fmt: skip
-    assert "| it/s (whole call) |" in markdown(
+    # the denoising loop's own rate, from one more (untimed) call per row: first step end to last
+    assert all(r["loop_it_per_s"] > 0 for r in result["results"].values())
+    assert "| it/s (whole call) | it/s (denoising loop) |" in markdown(
         result
     ) and f"peak {result['peak_tflops']:.3g} TFLOP/s" in markdown(result)  # a CPU's 0.04 read "0.0"
     # settings that change the figures name the files: a run of 2 steps no longer replaced one of 30
@@ -479,6 +481,34 @@ def test_attention_on_a_cpu_is_counted():
     assert (
         counter.get_total_flops() == 4 * 2 * 4 * 256 * 256 * 32
     )  # QK^T and AV: 2 x 2 FLOPs per multiply-add
+
+
+def test_loop_rates_time_each_call_from_its_first_step_end_to_its_last(monkeypatch):
+    """Known answer: step ends at 0, 1, 3 s (call 1) and 10, 10.5, 11 s (call 2) of 3 steps each are 2 intervals in
+    3 s and in 1 s: 0.667 and 2 it/s. Steps that do not divide into calls give nothing, and the scheduler's own
+    ``step`` is back afterwards, also when the call raises."""
+    import torch
+    from diffusers import UniPCMultistepScheduler
+
+    from depth2img import bench
+
+    monkeypatch.setattr(UniPCMultistepScheduler, "step", lambda self: None)
+    own = UniPCMultistepScheduler.step
+    clock = iter([0.0, 1.0, 3.0, 10.0, 10.5, 11.0])
+    monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
+    scheduler = object.__new__(UniPCMultistepScheduler)
+
+    def two_calls():
+        for _ in range(6):
+            scheduler.step()
+
+    assert bench.loop_rates(two_calls, torch.device("cpu"), 3) == pytest.approx([2 / 3, 2.0])
+    assert UniPCMultistepScheduler.step is own
+    clock = iter([0.0, 1.0])
+    assert bench.loop_rates(lambda: (scheduler.step(), scheduler.step()), torch.device("cpu"), 3) == []
+    with pytest.raises(ZeroDivisionError):
+        bench.loop_rates(lambda: 1 / 0, torch.device("cpu"), 3)
+    assert UniPCMultistepScheduler.step is own
 
 
 def test_the_committed_tables_are_what_their_json_says():
