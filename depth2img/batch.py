@@ -67,6 +67,7 @@ class Job:
     output: str
     prompt: str | None = None
     presets: list[str] = field(default_factory=list)
+    presets_files: list[str] = field(default_factory=list)  # presets YAML files, after $DEPTH2IMG_PRESETS'
     matrix: dict | None = None  # {"template": "... {season} ...", "axes": {"season": [...], ...}}
     seeds: int | list[int] = 1  # an int n: seeds 0..n-1 for each variation; or the list itself
     model: str | None = None
@@ -129,6 +130,16 @@ class Job:
             raise InputError(f"job key prompt must be a string, got {self.prompt!r}")
         if not isinstance(self.presets, list):
             raise InputError(f"job key presets must be a list, got {self.presets!r}")
+        files = (
+            [self.presets_files] if isinstance(self.presets_files, (str, os.PathLike)) else self.presets_files
+        )
+        if not isinstance(files, list) or not all(
+            isinstance(f, (str, os.PathLike)) and str(f).strip() for f in files
+        ):
+            raise InputError(
+                f"job key presets_files must be a path or a list of paths, got {self.presets_files!r}"
+            )
+        self.presets_files = [str(self.path(os.fspath(f))) for f in files]
         for key in ("model", "estimator", "lora"):
             setattr(self, key, self._model_path(key))
         from .knobs import check_lora_scale
@@ -316,7 +327,10 @@ class Job:
         """The presets a job's names resolve against, read once for the checks."""
         from . import presets as presets_mod
 
-        return presets_mod.load_presets()
+        try:
+            return presets_mod.load_presets(self.presets_files)
+        except InputError as err:
+            raise InputError(f"job key presets_files: {err}") from None
 
     def _check_denoising_steps(self) -> None:
         """Each variation's steps x strength must leave a denoising step. Resolved as ``prepare`` resolves them (the
@@ -374,8 +388,10 @@ def variations(job: Job) -> list[Variation]:
     return out
 
 
-def load_job(path: str | os.PathLike, **overrides) -> Job:
-    """Read a job YAML; unknown keys and bad values are errors naming the key, malformed YAML names the line."""
+def load_job(path: str | os.PathLike, *, extra_presets_files=(), **overrides) -> Job:
+    """Read a job YAML; unknown keys and bad values are errors naming the key, malformed YAML names the line.
+    ``extra_presets_files`` (a command line's ``--presets-file``, from the current directory) come after the job's
+    own ``presets_files`` (from the job file's folder)."""
     from .io import _path
 
     path = _path(path, "job file (a Job or its YAML's path)")
@@ -395,6 +411,11 @@ def load_job(path: str | os.PathLike, **overrides) -> Job:
     if not isinstance(raw, dict):
         raise InputError(f"job file {path}: must be a mapping of keys (inputs, output, presets, ...)")
     raw = {**raw, **overrides}
+    if extra_presets_files:
+        own = raw.get("presets_files") or []
+        own = [own] if isinstance(own, str) else own
+        if isinstance(own, list):  # else the job's own value is refused as it is
+            raw["presets_files"] = own + [str(Path(f).resolve()) for f in extra_presets_files]
     unknown = set(raw) - (set(Job.__dataclass_fields__) - {"base_dir"})
     if unknown:
         raise InputError(
@@ -791,7 +812,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     report.skipped = total - len(todo)
     todo_per_source = collections.Counter(t[0] for t in todo)
     service = service or Service(model=job.model, estimator=job.estimator, device=device, lora=job.lora,
-                                 lora_scale=job.lora_scale, compile=job.compile, dtype=job.dtype)  # fmt: skip
+                                 lora_scale=job.lora_scale, compile=job.compile, dtype=job.dtype,
+                                 preset_files=job.presets_files)  # fmt: skip
     bar = tqdm(total=total, initial=report.skipped, unit="img", desc=f"batch[{rank}]" if world > 1 else "batch",
                disable=not progress)  # fmt: skip
     # Files are written by the writer threads, in parallel; manifest lines are appended in order, each after its

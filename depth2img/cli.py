@@ -177,6 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", action="store_true", help="continue a run: skip the items its manifest lists as done"
     )
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--presets-file", action="append", default=[], metavar="FILE",
+                   help="extra presets YAML, after the job's presets_files")  # fmt: skip
 
     p = sub.add_parser("eval", help="score how well OUTPUT kept the geometry of SOURCE",
                        description="Estimate depth on both images with the same estimator, align in inverse depth "
@@ -451,7 +453,7 @@ def _cmd_batch(args) -> int:
     from .batch import load_job
     from .metrics import METRICS
 
-    job = load_job(args.job)  # checked before any model loads
+    job = load_job(args.job, extra_presets_files=args.presets_file)  # checked before any model loads
     _quiet_libraries()
     from .batch import run_job
 

@@ -356,6 +356,38 @@ def test_resume_refuses_a_preset_whose_definition_changed(dataset, tmp_path, mon
     assert run_job(job, resume=True, progress=False).skipped == 3
 
 
+def test_presets_files_from_the_job_and_the_command_line(dataset, tmp_path, monkeypatch, capsys):
+    """A job's presets came only from $DEPTH2IMG_PRESETS: now also from its presets_files (from the job file's
+    folder) and from batch --presets-file (from the current directory, after the job's: a later file overrides a
+    name, as everywhere else). A file that cannot be read is refused before anything is written."""
+    from depth2img.cli import main
+
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "own.yaml").write_text(
+        "presets:\n  mine:\n    prompt: '{prompt}, from the job'\n    negative: 'mine-negative'\n"
+    )
+    (tmp_path / "cli.yaml").write_text("presets:\n  mine:\n    prompt: '{prompt}, from the command line'\n")
+    job = write_job(tmp_path / "job", inputs=str(dataset / "frames" / "f0.png"), output="out", presets=["mine"],
+                    presets_files="own.yaml", seeds=1, labels={})  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    assert main(["batch", str(job), "-q"]) == 0
+    (line,) = read_manifest(tmp_path / "job" / "out" / "manifest.jsonl")
+    assert line["prompt"] == "from the job" and line["negative_prompt"] == "mine-negative"
+    # another expansion: no resume
+    assert main(["batch", str(job), "-q", "--resume", "--presets-file", "cli.yaml"]) == 2
+    assert "variation 'mine' differs" in capsys.readouterr().err
+    job.write_text(job.read_text().replace("output: out", "output: out2"))
+    assert main(["batch", str(job), "-q", "--presets-file", "cli.yaml"]) == 0
+    (line,) = read_manifest(tmp_path / "job" / "out2" / "manifest.jsonl")
+    assert line["prompt"] == "from the command line" and line["negative_prompt"] == ""
+    assert load_job(job).presets_files == [str(tmp_path / "job" / "own.yaml")]
+    job.write_text(job.read_text().replace("presets_files: own.yaml", "presets_files: [own.yaml, gone.yaml]"))
+    with pytest.raises(InputError, match=r"^job file .*: job key presets_files: presets file .*gone\.yaml: "):
+        load_job(job)
+    with pytest.raises(InputError, match="^job key presets_files must be a path or a list of paths, got 3$"):
+        Job(inputs="x", output="o", prompt="p", presets_files=3)
+
+
 def test_resume_of_a_run_that_recorded_a_lora_scale_without_a_lora(tmp_path):
     """Such a job was accepted, the scale ignored; now refused, and with the key removed --resume said the earlier
     images were made otherwise (they were not: the scale scaled nothing)."""
