@@ -133,7 +133,7 @@ class SceneTransformer:
     """Change a photo's style, lighting, season or weather by prompt while its depth keeps the geometry."""
 
     def __init__(self, backend, *, estimator=None, device, dtype, native_size: int, name: str,
-                 local_files_only: bool = False, preset_files=(), estimator_dtype=None):  # fmt: skip
+                 local_files_only: bool = False, preset_files=(), estimator_dtype=None, presets=None):  # fmt: skip
         self.backend = backend
         # held while denoising: threads may share one SceneTransformer (their runs take turns; prepare runs freely)
         self._lock = threading.RLock()
@@ -145,7 +145,8 @@ class SceneTransformer:
         self.native_size = native_size
         self.name = name
         self.local_files_only = local_files_only
-        self.presets = presets_mod.load_presets(preset_files)
+        # ``presets``: already read from the files (from_pretrained reads them before the backbone loads)
+        self.presets = presets_mod.load_presets(preset_files) if presets is None else presets
         # The knobs this backbone or its few-step LoRA needs (Flux's guidance, LCM's steps and guidance): a preset's
         # knobs, tuned for SD's defaults, do not override them; only explicit arguments do.
         self.model_knobs = {"guidance_scale": FLUX_GUIDANCE} if backend.kind == "flux-control" else {}
@@ -187,8 +188,8 @@ class SceneTransformer:
             from .registry import resolve_estimator
 
             resolve_estimator(estimator)
-        # read again by __init__: a bad file failed after the backbone loaded
-        presets_mod.load_presets(preset_files)
+        # before the backbone loads: a bad file failed after it
+        presets = presets_mod.load_presets(preset_files)
         if lora:
             if ref.entry is not None and ref.entry.pipeline:
                 check_speed_lora(ref.entry.pipeline, lora_ref)
@@ -220,8 +221,7 @@ class SceneTransformer:
         if estimator is None:
             estimator = default_estimator_for(ref.name)
         st = cls(backend, estimator=estimator, device=device, dtype=dtype, native_size=native_size,
-                 name=ref.name, local_files_only=local_files_only, preset_files=preset_files,
-                 estimator_dtype=asked)  # fmt: skip
+                 name=ref.name, local_files_only=local_files_only, presets=presets, estimator_dtype=asked)  # fmt: skip
         st.model_knobs.update(lora_knobs)
         st.default_knobs.update(lora_knobs)
         return st

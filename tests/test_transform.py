@@ -764,6 +764,19 @@ def test_user_presets_file(tmp_path, photo, depth, sd15):
         load_presets([f])
 
 
+def test_from_pretrained_reads_each_presets_file_once(tmp_path, monkeypatch):
+    """It read them before the backbone loaded (to fail early) and again when it made the SceneTransformer."""
+    from depth2img import presets as presets_mod
+    from depth2img.transformer import SceneTransformer
+
+    f = tmp_path / "mine.yaml"
+    f.write_text("presets:\n  dusty:\n    prompt: '{prompt}, dust storm'\n")
+    read, load = [], presets_mod._load_file
+    monkeypatch.setattr(presets_mod, "_load_file", lambda path: read.append(path) or load(path))
+    st = SceneTransformer.from_pretrained("tiny", preset_files=[f])
+    assert read.count(f) == 1 and "dusty" in st.presets
+
+
 def test_steps_times_strength_is_checked_once_a_preset_applies(tmp_path, photo, depth):
     """The CLI and job files check steps x strength up front only when both are given: a preset's strength can
     still leave img2img no step, which each request then refuses in one line."""
