@@ -23,6 +23,7 @@ import time
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import NamedTuple
@@ -30,7 +31,15 @@ from typing import NamedTuple
 import yaml
 
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError, OutOfMemory, first_line
-from .io import atomic_path, expand_inputs, file_key, load_image, stale_temp_files, write_depth_products
+from .io import (
+    DEPTH_WRITERS,
+    atomic_path,
+    expand_inputs,
+    file_key,
+    load_image,
+    stale_temp_files,
+    write_depth_products,
+)
 from .knobs import DEFAULT_KNOBS, MAX_SEED, check_batch_size
 from .outputs import BackgroundWriter, append_manifest, read_manifest, safe_name, save_png
 from .transformer import _batchable
@@ -664,6 +673,13 @@ def _png_exif_after_pixels(path: Path) -> bool:
 # ---------------------------------------------------------------------------------------------- manifest
 
 
+JOB_DEPTH_FORMATS = ("png16", "npy")  # each source's depth, under depth/
+
+
+def _nothing(_):
+    pass
+
+
 def _item_key(source_stem: str, variation: str, seed: int) -> str:
     return f"{source_stem}/{variation}/s{seed}"
 
@@ -683,13 +699,19 @@ class JobReport:
     oom_splits: int = 0  # batches halved after running out of GPU memory
     batch_limit: int | None = None  # the batch size after out-of-memory splits (later batches start there)
     indexed: int | None = None  # images in the dataset once the run ends (earlier runs' too); rank 0 only
+    rank: int = 0  # this process, of ``world`` (several: each reports its own share)
+    world: int = 1
 
     def summary(self) -> str:
         per_hour = self.done / self.wall_s * 3600 if self.wall_s > 0 else 0.0
         outside = 1 - self.diffusion_s / self.wall_s if self.wall_s > 0 else 0.0
-        return (f"{self.done} done, {len(self.failed)} failed, {self.retried} retried, {self.rejected} rejected by "
+        who = f"process {self.rank} of {self.world}: " if self.world > 1 else ""
+        return (f"{who}{self.done} done, {len(self.failed)} failed, {self.retried} retried, {self.rejected} rejected by "
                 f"geometry, {self.skipped} skipped (resume); {per_hour:.0f} images/hour, "
                 f"{outside:.1%} of wall time outside diffusion")  # fmt: skip
+
+
+BARRIER_TIMEOUT = timedelta(hours=24)
 
 
 def _distributed():
@@ -700,7 +722,9 @@ def _distributed():
     import torch
     from accelerate import PartialState
 
-    state = PartialState(cpu=not torch.cuda.is_available())
+    # A process that finishes its chunks waits at the last barrier for the others; chunks are whole units of work
+    # (an SDXL chunk with retries can take an hour), so torch's default timeout (10 or 30 minutes) ended good runs
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
     return state.process_index, state.num_processes, state.device, state.wait_for_everyone
 
 
@@ -722,8 +746,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
 
     job = load_job(job) if not isinstance(job, Job) else job
     started = time.perf_counter()
-    report = JobReport()
     rank, world, device, barrier = _distributed()
+    report = JobReport(rank=rank, world=world)
 
     def fail(msg):
         report.failed.append(msg)
@@ -781,7 +805,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     except OSError as err:
         raise InputError(f"output directory {root}: cannot be written ({err.strerror or err})") from None
 
-    for p in problems:
+    for p in problems if rank == 0 else ():  # every process found them: one reports them
         fail(p)
     # a source in its earlier place keeps its name; every earlier name is kept from new sources (a photo added with
     # a removed one's file name would take its images as its own)
@@ -915,8 +939,12 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
             for p, req in sized.items():
                 stem = stems[p]
                 depth_dir = root / "depth"
-                if not (depth_dir / f"{stem}_depth16.png").exists():  # written by the writer thread too
-                    submit(write_depth_products, req.depth, depth_dir, stem, ("png16", "npy"))
+                # every file (a kill between the two writes left one); in order: no manifest line after it is
+                # appended before it is written (a killed run's finished items had no depth, for good)
+                if not all((depth_dir / f"{stem}{DEPTH_WRITERS[f][0]}").exists() for f in JOB_DEPTH_FORMATS):
+                    submit(
+                        write_depth_products, req.depth, depth_dir, stem, JOB_DEPTH_FORMATS, in_order=_nothing
+                    )
                 for var in vars_:
                     want = [s for s in seeds if (p, var.name, s) in todo]
                     if want:

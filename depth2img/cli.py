@@ -458,7 +458,8 @@ def _cmd_batch(args) -> int:
     from .batch import run_job
 
     report = run_job(job, resume=args.resume, progress=not args.quiet, on_error=_say_above_bar)
-    print(f"depth2img batch: {report.summary()}", file=sys.stderr)
+    # one write: the processes of a multi-process run share the terminal
+    sys.stderr.write(f"depth2img batch: {report.summary()}\n")
     # not one image in the dataset, this run's or an earlier one's
     if report.rejected and report.indexed == 0:
         g = job.geometry

@@ -444,6 +444,83 @@ def test_missing_inputs_are_listed_and_skipped(dataset, tmp_path):
     assert any("strip.png: image: 256x16 cannot be resized for estimator" in f for f in report.failed)
 
 
+def test_missing_inputs_are_reported_by_one_process_of_several(dataset, tmp_path, monkeypatch):
+    """Every process found the missing input and reported it: one line per process, counted once each."""
+    from depth2img import batch
+
+    (tmp_path / "list.txt").write_text(f"{dataset / 'frames' / 'f0.png'}\nnope.png\n")
+    job = write_job(dataset, output=str(tmp_path / "m"), presets=["fog"], seeds=1, labels={},
+                    inputs=str(tmp_path / "list.txt"))  # fmt: skip
+    monkeypatch.setattr(batch, "_distributed", lambda: (1, 2, None, lambda: None))  # f0's chunk is rank 0's
+    second = run_job(job, progress=False)
+    assert second.failed == [] and second.done == 0
+    assert second.summary().startswith("process 1 of 2: 0 done, 0 failed")
+    monkeypatch.setattr(batch, "_distributed", lambda: (0, 2, None, lambda: None))
+    first = run_job(job, resume=True, progress=False)
+    assert first.done == 1 and len(first.failed) == 1 and "nope.png: no such file" in first.failed[0]
+
+
+def test_processes_wait_a_day_for_each_other_at_a_barrier(monkeypatch):
+    """A process done with its chunks waits at the last barrier for the others, a chunk or more of work: torch's
+    default timeout (30 minutes for gloo) stopped the whole run."""
+    import datetime
+
+    import accelerate
+
+    from depth2img import batch
+
+    made = {}
+
+    class State:
+        def __init__(self, **kwargs):
+            made.update(kwargs)
+            self.process_index, self.num_processes, self.device = 1, 2, "cpu"
+
+        def wait_for_everyone(self):
+            pass
+
+    monkeypatch.setattr(accelerate, "PartialState", State)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert batch._distributed()[:3] == (1, 2, "cpu")
+    assert made["timeout"] == datetime.timedelta(hours=24)
+
+
+def test_a_sources_manifest_lines_follow_its_depth_files(dataset, tmp_path, monkeypatch):
+    """The depth write was not ordered with the image writes: with several writer threads a source's manifest lines
+    were appended before its depth files existed, and a run killed then, resumed, never wrote them (its items were
+    finished). A kill between the depth files' two writes left one, and a resume never wrote the other."""
+    from depth2img import batch
+
+    monkeypatch.setenv("DEPTH2IMG_WRITER_THREADS", "3")
+    real_write, real_append = batch.write_depth_products, batch.append_manifest
+    missing = []
+
+    def slow_write(*args):
+        time.sleep(0.5)  # a slow disk, a large .npy
+        return real_write(*args)
+
+    def append(path, records):
+        for r in records:
+            stem = r["item"].split("/")[0]
+            missing.extend(f for f in (f"{stem}_depth16.png", f"{stem}_depth.npy")
+                           if not (tmp_path / "d" / "depth" / f).exists())  # fmt: skip
+        return real_append(path, records)
+
+    monkeypatch.setattr(batch, "write_depth_products", slow_write)
+    monkeypatch.setattr(batch, "append_manifest", append)
+    job = write_job(
+        dataset, output=str(tmp_path / "d"), inputs="frames/f0.png", presets=["fog"], seeds=1, labels={}
+    )
+    assert run_job(job, progress=False).done == 1
+    assert missing == []
+    depth = tmp_path / "d" / "depth"
+    npy = (depth / "f0_depth.npy").read_bytes()
+    (depth / "f0_depth.npy").unlink()  # killed between the depth files, before the image's line
+    (tmp_path / "d" / "manifest.jsonl").write_text("")
+    assert run_job(job, resume=True, progress=False).done == 1
+    assert (depth / "f0_depth.npy").read_bytes() == npy
+
+
 def test_disk_full_stops_with_a_clear_message_and_no_partial_file(dataset, tmp_path, monkeypatch):
     import depth2img.outputs
 
