@@ -317,7 +317,15 @@ def _model_index(path: Path) -> dict:
     index = path / "model_index.json"
     if not index.is_file():
         raise ModelLoadError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
-    return json.loads(index.read_text())
+    try:
+        found = json.loads(index.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON
+        raise ModelLoadError(f"{index}: cannot be read as JSON ({first_line(err)})") from None
+    if not isinstance(found, dict):
+        raise ModelLoadError(
+            f"{index}: must be a JSON object (a pipeline's model index), got {type(found).__name__}"
+        )
+    return found
 
 
 def pipeline_kind(path: Path) -> str:

@@ -1030,6 +1030,27 @@ def test_depth_file_of_other_size_same_aspect_is_resized(sd15, photo, tmp_path):
     assert r.depth.size == (SIZE, SIZE) and r.metadata[0]["depth"]["source"].endswith("d.png")
 
 
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("{not json", r"cannot be read as JSON \(Expecting property name"),
+     ("[1]", "must be a JSON object \\(a pipeline's model index\\), got list"),
+     (b"\xff\xfe", r"cannot be read as JSON \('utf-8' codec can't decode")],
+)  # fmt: skip
+def test_a_malformed_model_index_is_one_line(tmp_path, capsys, text, problem):
+    """It was an 'internal error' (JSONDecodeError; AttributeError for a list), exit 1."""
+    from depth2img.cli import main
+
+    (tmp_path / "m").mkdir()
+    index = tmp_path / "m" / "model_index.json"
+    index.write_bytes(text) if isinstance(text, bytes) else index.write_text(text)
+    with pytest.raises(ModelLoadError, match=f"^{index}: {problem}"):
+        SceneTransformer.from_pretrained(str(tmp_path / "m"))
+    Image.new("RGB", (40, 30)).save(tmp_path / "a.png")
+    assert main(["transform", str(tmp_path / "a.png"), "-o", str(tmp_path / "o"), "--model", str(tmp_path / "m"),
+                 "--estimator", "tiny", "--prompt", "x", "-q"]) == 2  # fmt: skip
+    assert capsys.readouterr().err.strip().splitlines()[-1].startswith(f"depth2img: error: {index}: ")
+
+
 def test_model_kind_mismatch_and_missing_weights(tmp_path, tiny_dir, monkeypatch):
     import shutil
 
