@@ -59,6 +59,11 @@ class RunReport:
     def summary(self) -> str:
         return f"{len(self.done)} done, {len(self.failed)} failed"
 
+    def unpaired(self) -> str:
+        """The end of a 'one per input' message when inputs went missing: which files pair with which is unknown."""
+        n = len(self.failed)
+        return f" ({n} input{'s' if n > 1 else ''} not found, above: the pairs are unknown)" if n else ""
+
 
 def _stems(paths: Sequence[Path], kept: dict | None = None, reserved=()) -> list[str]:
     """Output stems from input names, one per input and no two alike (also not by case, for case-insensitive disks):
@@ -180,6 +185,12 @@ def run_depth(
         raise InputError(f"depth format must be among {', '.join(DEPTH_WRITERS)}, got {list(formats)}")
     if batch_size is not None:
         check_batch_size(batch_size)
+    if right is not None:  # they were ignored without a word (a missing estimator, no GPU: exit 0)
+        unused = [flag for flag, value in (("--estimator", estimator), ("--batch-size", batch_size),
+                                           ("--device", device), ("--dtype", dtype)) if value is not None]  # fmt: skip
+        if unused:
+            raise InputError(f"--right matches stereo pairs (OpenCV SGBM, on the CPU): {', '.join(unused)} "
+                             f"{'does' if len(unused) == 1 else 'do'} not apply to it")  # fmt: skip
     report = RunReport(on_error=on_error)
     paths = report.collect(inputs)
     right_paths: list[Path] | None = None
@@ -188,6 +199,7 @@ def run_depth(
         if len(right_paths) != len(paths):
             raise InputError(
                 f"--right: {len(right_paths)} right images for {len(paths)} left inputs; give one per input"
+                + report.unpaired()
             )
     if not paths:
         return report

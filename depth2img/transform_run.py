@@ -62,7 +62,8 @@ def run_transform(
     report = RunReport(on_error=on_error)
     paths = report.collect(inputs)
     if depth is not None and len(depth) != len(paths):
-        raise InputError(f"--depth: {len(depth)} depth files for {len(paths)} inputs; give one per input")
+        raise InputError(f"--depth: {len(depth)} depth files for {len(paths)} inputs; give one per input"
+                         + report.unpaired())  # fmt: skip
     if not paths:
         return report
     with output_dir_for(out_dir, inputs) as out_dir:

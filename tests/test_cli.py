@@ -135,6 +135,20 @@ def test_stereo_pair(tmp_path, capsys):
     )
     assert code == 2 and "stereo pair sizes differ" in err and "Traceback" not in err
     assert not (tmp_path / "p").exists() or not any((tmp_path / "p").iterdir())
+    # the estimator's options do not apply to a stereo pair: they were ignored (exit 0 with no GPU for --device)
+    code, _, err = run(capsys, "depth", tmp_path / "left.png", "--right", tmp_path / "right.png", "-o",
+                       tmp_path / "q", "--estimator", "nosuch", "--device", "cuda", "-q")  # fmt: skip
+    assert code == 2 and err == (
+        "depth2img: error: --right matches stereo pairs (OpenCV SGBM, on the CPU): --estimator, --device do not "
+        "apply to it\n"
+    )
+    assert not (tmp_path / "q").exists()
+    # a missing left input: the pairs are unknown, and the message says why the counts differ
+    code, _, err = run(capsys, "depth", tmp_path / "left.png", tmp_path / "gone.png", "--right",
+                       tmp_path / "right.png", "--right", tmp_path / "right.png", "-o", tmp_path / "q", "-q")  # fmt: skip
+    assert code == 2 and err.splitlines()[-1].endswith(
+        "2 right images for 1 left inputs; give one per input (1 input not found, above: the pairs are unknown)"
+    )
 
 
 @pytest.mark.parametrize("command", ["depth", "transform"])

@@ -43,6 +43,13 @@ def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
     assert code == 0, err
     meta = read_png_metadata(tmp_path / "o" / "chelsea_s0.png")
     assert meta["depth"] == {"kind": "metric_depth", "source": str(tmp_path / "d.npy"), "polarity": "metric"}
+    # a missing input: the message says why there are more depth files than inputs
+    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", tmp_path / "gone.png", "-o", tmp_path / "p",
+                       "--model", "tiny", "--prompt", "x", "--depth", tmp_path / "d.npy", "--depth", tmp_path / "d.npy",
+                       "--depth-polarity", "metric", "-q")  # fmt: skip
+    assert code == 2 and err.splitlines()[-1].endswith(
+        "--depth: 2 depth files for 1 inputs; give one per input (1 input not found, above: the pairs are unknown)"
+    )
 
 
 @pytest.mark.parametrize(
