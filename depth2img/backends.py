@@ -26,7 +26,9 @@ from .loading import (
     LORA_FILES,
     PIPELINE_FILES,
     SINGLE_MODEL_FILES,
+    hub_offline,
     library_class,
+    not_cached,
     quiet_log,
     require_safetensors,
     resolve_device,
@@ -964,6 +966,26 @@ def _companion_ref(ref: ModelRef, path: Path, what: str) -> ModelRef:
     if hub_id:
         return ModelRef(name=hub_id, location=hub_id, revision=ref.entry.companion_revision, is_local=False)
     raise ModelLoadError(f"model {ref.name!r}: no {what} found (a '{what}/' subfolder or the registry's id)")
+
+
+def check_at_hand(ref: ModelRef, *, local_files_only: bool = False) -> None:
+    """What is known of a backbone before anything loads: a local folder holds a supported pipeline, and offline a
+    hub id is in the cache. For callers that load the (small) estimator first: a bad backbone was reported as the
+    estimator's problem (its own weights missing offline), or found only after the estimator had loaded."""
+    if ref.name.startswith("tiny"):  # built on first use
+        return
+    if ref.is_local:
+        if Path(ref.location).is_dir():  # else the loader says it is not there
+            pipeline_kind(Path(ref.location))
+    elif hub_offline(local_files_only):
+        from huggingface_hub import try_to_load_from_cache
+
+        try:
+            cached = try_to_load_from_cache(ref.location, "model_index.json", revision=ref.revision)
+        except ValueError:  # an ill-formed hub id: the loader says so in one line
+            return
+        if not isinstance(cached, str):
+            raise not_cached(ref)
 
 
 def load_backend(ref: ModelRef, *, dtype, device=None, local_files_only: bool = False) -> Backend:

@@ -109,6 +109,13 @@ def _how_to_provide(ref: ModelRef) -> str:
     )
 
 
+def not_cached(ref: ModelRef) -> ModelLoadError:
+    return ModelLoadError(
+        f"model {ref.label} is not in the local Hugging Face cache and the hub is offline "
+        f"(local_files_only / HF_HUB_OFFLINE); {_how_to_provide(ref)}"
+    )
+
+
 def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_patterns=None) -> Path:
     """A local directory holding ``ref``'s files, fetching them from the hub only when allowed and reachable."""
     if ref.is_local:
@@ -144,10 +151,7 @@ def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_pattern
     except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
         pass
     if hub_offline(local_files_only):
-        raise ModelLoadError(
-            f"model {ref.label} is not in the local Hugging Face cache and the hub is offline "
-            f"(local_files_only / HF_HUB_OFFLINE); {_how_to_provide(ref)}"
-        )
+        raise not_cached(ref)
     if not hub_reachable():
         raise ModelLoadError(
             f"model {ref.label} is not in the local cache and the Hugging Face hub cannot be reached; "

@@ -49,9 +49,10 @@ def run_transform(
     busier, at the memory of batch_size x num_images images."""
     from tqdm.auto import tqdm
 
+    from .backends import check_at_hand
     from .estimators import DepthEstimator
     from .loading import resolve_device
-    from .registry import default_estimator_for
+    from .registry import default_estimator_for, resolve_backbone
     from .transformer import SceneTransformer
 
     check_batch_size(batch_size)
@@ -76,6 +77,7 @@ def run_transform(
             st = model
         else:
             options = load_options or {}
+            check_at_hand(resolve_backbone(model), local_files_only=options.get("local_files_only", False))
             if depth is None and isinstance(estimator, (str, os.PathLike, type(None))):
                 # the estimator (small) loads first: a bad name or weights missing offline fail before the
                 # backbone (gigabytes) loads

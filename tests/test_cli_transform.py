@@ -35,6 +35,26 @@ def test_transform_happy_path(tmp_path, photos_dir, capsys):
     assert [x["seed"] for x in lines] == [4, 5] and all(x["steps"] == 2 for x in lines)
 
 
+@pytest.mark.parametrize(
+    ("model", "problem"),
+    [("foo/bar", "model foo/bar is not in the local Hugging Face cache and the hub is offline"),
+     ("folder", "folder is not a diffusers pipeline folder (no model_index.json)")],
+)  # fmt: skip
+def test_a_backbone_that_cannot_load_is_named_before_the_estimator_loads(tmp_path, photos_dir, capsys, monkeypatch,
+                                                                          model, problem):  # fmt: skip
+    """The default estimator (not cached here) loaded first, so its problem was reported for a bad --model."""
+    from depth2img import estimators
+
+    (tmp_path / "folder").mkdir()
+    monkeypatch.chdir(tmp_path)
+    loaded = []
+    monkeypatch.setattr(estimators.DepthEstimator, "from_pretrained", lambda *a, **k: loaded.append(a))
+    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path / "o", "--model", model,
+                       "--prompt", "x", "-q")  # fmt: skip
+    assert code == 2 and err.splitlines()[-1].startswith("depth2img: error: " + problem)
+    assert loaded == [] and not (tmp_path / "o").exists()
+
+
 def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
     np.save(tmp_path / "d.npy", np.linspace(1, 50, 300 * 451).reshape(300, 451))
     code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path / "o", "--model", "tiny",
