@@ -256,9 +256,10 @@ def _say_above_bar(msg: str) -> None:
 
 
 def _cmd_depth(args) -> int:
+    from .depth_run import check_formats
     from .knobs import check_batch_size
 
-    formats = [f.strip() for f in args.depth_format.split(",") if f.strip()]
+    formats = check_formats([f.strip() for f in args.depth_format.split(",") if f.strip()], "--depth-format")
     if args.batch_size is not None:
         check_batch_size(args.batch_size, "--batch-size")
     _quiet_libraries()
@@ -333,6 +334,10 @@ def _cmd_transform(args) -> int:
     # Everything that can be checked without a model is checked first: bad arguments cost no load.
     if not (args.prompt or "").strip() and not args.preset:
         raise InputError("give --prompt or --preset (see `depth2img presets`)")
+    if args.depth_polarity and not args.depth:  # it was accepted and did nothing
+        raise InputError(
+            f"--depth-polarity {args.depth_polarity} says how to read --depth files; none was given"
+        )
     preset_knobs = resolve(args.prompt, args.preset, load_presets(args.presets_file))[2]
     knobs = {"steps": args.steps, "strength": args.strength, "guidance_scale": args.guidance,
              "control_scale": args.control_scale, "control_start": args.control_start,
@@ -472,8 +477,13 @@ def _cmd_batch(args) -> int:
 def _cmd_eval(args) -> int:
     import json
 
+    from .errors import InputError
     from .io import depth_for_image, load_image
 
+    if args.depth_polarity and not args.source_depth:
+        raise InputError(
+            f"--depth-polarity {args.depth_polarity} says how to read --source-depth; none was given"
+        )
     source, output = load_image(args.source), load_image(args.output)
     given = (
         depth_for_image(args.source_depth, source.size, args.depth_polarity, "--depth-polarity")
@@ -565,7 +575,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
+        parser.print_help(sys.stderr)  # a usage error: stdout stays for what a command prints
         return EXIT_USAGE
     import warnings
 

@@ -159,6 +159,17 @@ def read_ahead(submit: Callable, items: Sequence) -> Iterator:
         yield result
 
 
+def check_formats(formats, label: str = "formats") -> list[str]:
+    """One or more of the depth products (``DEPTH_WRITERS``), as a list."""
+    if (
+        isinstance(formats, str)
+        or not formats
+        or any(not isinstance(f, str) or f not in DEPTH_WRITERS for f in formats)
+    ):
+        raise InputError(f"{label} must be among {', '.join(DEPTH_WRITERS)}, got {formats!r}")
+    return list(formats)
+
+
 def run_depth(
     inputs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -180,9 +191,7 @@ def run_depth(
     """
     from tqdm.auto import tqdm
 
-    unknown = [f for f in formats if f not in DEPTH_WRITERS]
-    if unknown or not formats:
-        raise InputError(f"depth format must be among {', '.join(DEPTH_WRITERS)}, got {list(formats)}")
+    formats = check_formats(formats)
     if batch_size is not None:
         check_batch_size(batch_size)
     if right is not None:  # they were ignored without a word (a missing estimator, no GPU: exit 0)

@@ -200,7 +200,27 @@ def test_model_and_argument_errors_are_one_line(tmp_path, photos_dir, capsys):
     assert code == 2 and err.count("\n") == 1 and "estimator 'not-a-model' is not a registry name" in err
     assert not (tmp_path / "a").exists()  # made for the run, removed again once the model failed to load
     code, _, err = run(capsys, "depth", photos_dir, "-o", tmp_path, "--depth-format", "png16,exr")
-    assert code == 2 and "depth format must be among png16, npy, preview, got ['png16', 'exr']" in err
+    assert (
+        code == 2
+        and err
+        == "depth2img: error: --depth-format must be among png16, npy, preview, got ['png16', 'exr']\n"
+    )
+    # options that say how to read a depth file no one gave did nothing
+    code, _, err = run(
+        capsys, "transform", photos_dir, "-o", tmp_path / "c", "--prompt", "x", "--depth-polarity", "metric"
+    )
+    assert code == 2 and err == (
+        "depth2img: error: --depth-polarity metric says how to read --depth files; none was given\n"
+    )
+    code, _, err = run(
+        capsys, "eval", photos_dir / "chelsea.png", photos_dir / "chelsea.png", "--depth-polarity", "metric"
+    )
+    assert code == 2 and err == (
+        "depth2img: error: --depth-polarity metric says how to read --source-depth; none was given\n"
+    )
+    # no command: the help is the usage error's message, on stderr
+    code, out, err = run(capsys)
+    assert code == 2 and out == "" and err.startswith("usage: depth2img")
     code, _, err = run(capsys, "depth", photos_dir, "-o", tmp_path, "--right", "a.png")
     assert code == 2 and "1 right images for 2 left inputs" in err
     code, _, err = run(capsys, "depth", photos_dir, "-o", tmp_path / "b", "--batch-size", "0")
