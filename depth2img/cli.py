@@ -317,6 +317,11 @@ def _cmd_presets(args) -> int:
     return 0
 
 
+def _flag(key: str) -> str:
+    """transform's flag for a knob or argument of the API."""
+    return {"guidance_scale": "--guidance"}.get(key, "--" + key.replace("_", "-"))
+
+
 def _cmd_transform(args) -> int:
     from .errors import InputError
     from .knobs import (
@@ -343,7 +348,7 @@ def _cmd_transform(args) -> int:
              "control_scale": args.control_scale, "control_start": args.control_start,
              "control_end": args.control_end, "feature_cache": args.feature_cache}  # fmt: skip
     given = {k: v for k, v in knobs.items() if v is not None}
-    check_knobs({**DEFAULT_KNOBS, **given})
+    check_knobs({**DEFAULT_KNOBS, **given}, label=_flag)
     lora_knobs = {}
     from .knobs import check_lora_scale
 
@@ -364,9 +369,9 @@ def _cmd_transform(args) -> int:
     check_denoising_steps(
         resolved["steps"], resolved["strength"], traits is not None and traits.flow_matching
     )
-    check_num_images(args.num_images)
+    check_num_images(args.num_images, label=_flag)
     if args.seed is not None:
-        seed_run(args.seed, args.num_images)
+        seed_run(args.seed, args.num_images, label=_flag)
     check_batch_size(args.batch_size, "--batch-size")
     check_compile(args.compile, "--compile", args.offload, args.feature_cache, offload_name="--offload",
                   cache_name="--feature-cache")  # fmt: skip
@@ -381,7 +386,7 @@ def _cmd_transform(args) -> int:
     check_memory_options(device=resolve_device(args.device), offload=args.offload, attention=args.attention)
     if traits is not None:
         check_backbone_knobs(traits, ref.name, given, args.negative_prompt, args.scheduler,
-                             label=lambda key: "--" + key.replace("_", "-"))  # fmt: skip
+                             label=_flag)  # fmt: skip
         if args.lora:
             from .backends import check_speed_lora
             from .registry import resolve_lora

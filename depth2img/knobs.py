@@ -53,28 +53,30 @@ def _real(value) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def check_knobs(knobs: dict) -> None:
-    """One InputError per bad knob, naming it and the value received."""
+def check_knobs(knobs: dict, label=str) -> None:
+    """One InputError per bad knob, naming it (as ``label(key)``: how the caller's user spells it, a CLI's flag)
+    and the value received."""
     steps = knobs["steps"]
     if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-        raise InputError(f"steps must be an integer in 1..{MAX_STEPS}, got {steps!r}")
+        raise InputError(f"{label('steps')} must be an integer in 1..{MAX_STEPS}, got {steps!r}")
     s = knobs["strength"]
     if not _real(s) or not 0.0 < s <= 1.0:
-        raise InputError(f"strength must be in (0, 1], got {s!r}")
+        raise InputError(f"{label('strength')} must be in (0, 1], got {s!r}")
     g = knobs["guidance_scale"]
     if not _real(g) or not 0.0 <= g <= 50.0 or not math.isfinite(g):
-        raise InputError(f"guidance_scale must be in [0, 50], got {g!r}")
+        raise InputError(f"{label('guidance_scale')} must be in [0, 50], got {g!r}")
     c = knobs["control_scale"]
     if not _real(c) or not 0.0 <= c <= 5.0:
-        raise InputError(f"control_scale must be in [0, 5], got {c!r}")
+        raise InputError(f"{label('control_scale')} must be in [0, 5], got {c!r}")
     a, b = knobs["control_start"], knobs["control_end"]
     if not (_real(a) and _real(b) and 0.0 <= a < b <= 1.0):
-        raise InputError(
-            f"control_start and control_end must satisfy 0 <= start < end <= 1, got {a!r} and {b!r}"
-        )
+        raise InputError(f"{label('control_start')} and {label('control_end')} must satisfy 0 <= start < end <= 1, "
+                         f"got {a!r} and {b!r}")  # fmt: skip
     n = knobs["feature_cache"]
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_CACHE_INTERVAL:
-        raise InputError(f"feature_cache must be an integer in 1..{MAX_CACHE_INTERVAL} (1 = off), got {n!r}")
+        raise InputError(
+            f"{label('feature_cache')} must be an integer in 1..{MAX_CACHE_INTERVAL} (1 = off), got {n!r}"
+        )
 
 
 def plain_number(value):
@@ -126,19 +128,19 @@ def check_denoising_steps(steps: int, strength: float, flow_matching: bool = Fal
         )
 
 
-def check_seed(seed) -> int:
+def check_seed(seed, label=str) -> int:
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= int(seed) <= MAX_SEED:
-        raise InputError(f"seed must be an integer in 0..2**63-1, got {seed!r}")
+        raise InputError(f"{label('seed')} must be an integer in 0..2**63-1, got {seed!r}")
     return int(seed)
 
 
-def seed_run(seed, num_images: int) -> list[int]:
+def seed_run(seed, num_images: int, label=str) -> list[int]:
     """The seeds of ``num_images`` images from ``seed``: image i uses seed + i, which must stay a seed."""
-    base = check_seed(seed)
+    base = check_seed(seed, label)
     if base + num_images - 1 > MAX_SEED:
         raise InputError(
-            f"seed {base} with num_images {num_images}: image i uses seed + i, which passes 2**63-1; "
-            "give a smaller seed"
+            f"{label('seed')} {base} with {label('num_images')} {num_images}: image i uses seed + i, which passes "
+            "2**63-1; give a smaller seed"
         )
     return list(range(base, base + num_images))
 
@@ -157,8 +159,8 @@ def check_native_size(n) -> int:
     return int(n)
 
 
-def check_num_images(n) -> int:
+def check_num_images(n, label=str) -> int:
     n = plain_number(n)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_IMAGES:
-        raise InputError(f"num_images must be an integer in 1..{MAX_IMAGES}, got {n!r}")
+        raise InputError(f"{label('num_images')} must be an integer in 1..{MAX_IMAGES}, got {n!r}")
     return n

@@ -78,14 +78,24 @@ def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
         ([], "give --prompt or --preset"),
         (["--preset", "summer+snwo"], "unknown preset 'snwo'"),
         (["--prompt", "x", "--scheduler", "fast"], "scheduler 'fast' is not one of"),
-        (["--prompt", "x", "--strength", "2"], r"strength must be in (0, 1], got 2.0"),
-        (["--prompt", "x", "--steps", "0"], "steps must be an integer in 1..1000, got 0"),
-        (["--prompt", "x", "--seed", "-1"], "seed must be an integer in 0..2**63-1, got -1"),
+        # the errors name the flags (they named the API's arguments: guidance_scale for --guidance)
+        (["--prompt", "x", "--strength", "2"], r": --strength must be in (0, 1], got 2.0"),
+        (["--prompt", "x", "--steps", "0"], ": --steps must be an integer in 1..1000, got 0"),
+        (["--prompt", "x", "--guidance", "nan"], ": --guidance must be in [0, 50], got nan"),
+        (
+            ["--prompt", "x", "--feature-cache", "0"],
+            ": --feature-cache must be an integer in 1..10 (1 = off), got 0",
+        ),
+        (["--prompt", "x", "--num-images", "0"], ": --num-images must be an integer in 1..64, got 0"),
+        (["--prompt", "x", "--seed", "-1"], ": --seed must be an integer in 0..2**63-1, got -1"),
         (
             ["--prompt", "x", "--seed", str(2**63 - 1), "--num-images", "2"],
-            f"seed {2**63 - 1} with num_images 2: image i uses seed + i, which passes 2**63-1; give a smaller seed",
+            f": --seed {2**63 - 1} with --num-images 2: image i uses seed + i, which passes 2**63-1; give a smaller seed",
         ),
-        (["--prompt", "x", "--control-start", "0.9", "--control-end", "0.1"], "0 <= start < end <= 1"),
+        (
+            ["--prompt", "x", "--control-start", "0.9", "--control-end", "0.1"],
+            ": --control-start and --control-end must satisfy 0 <= start < end <= 1",
+        ),
         (["--prompt", "x", "--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
         # with the default strength 0.8 (each input refused it alone, after the model had loaded)
         (["--prompt", "x", "--steps", "1"], "steps=1 and strength=0.8 leave 0"),
