@@ -392,17 +392,25 @@ def _cmd_transform(args) -> int:
             from .registry import resolve_lora
 
             check_speed_lora(traits.kind, resolve_lora(args.lora))  # before the estimator loads
-    for path in args.depth or ():  # read once here too: a missing file or polarity was found after loading
+    if args.depth:
+        # read once here too: a missing file, its polarity or (from the input's header) its aspect ratio was found
+        # only after the models had loaded
         import warnings
 
-        from .io import read_depth_file
+        from .io import depth_for_image, expand_inputs, header_size, read_depth_file
 
-        try:
-            with warnings.catch_warnings():  # a recorded polarity's warning comes with the run's own read
-                warnings.simplefilter("ignore")
-                read_depth_file(path, args.depth_polarity, polarity_option="--depth-polarity")
-        except InputError as err:
-            raise InputError(f"--depth: {err}") from None
+        paths = expand_inputs([str(i) for i in args.inputs])[0]
+        sizes = [header_size(p) for p in paths] if len(paths) == len(args.depth) else [None] * len(args.depth)
+        for path, size in zip(args.depth, sizes):
+            try:
+                with warnings.catch_warnings():  # a recorded polarity's warning comes with the run's own read
+                    warnings.simplefilter("ignore")
+                    if size is None:  # (its input unreadable, or inputs missing: the run says so)
+                        read_depth_file(path, args.depth_polarity, polarity_option="--depth-polarity")
+                    else:
+                        depth_for_image(path, size, args.depth_polarity, "--depth-polarity")
+            except InputError as err:
+                raise InputError(f"--depth: {err}") from None
     _quiet_libraries()
     from .transform_run import run_transform
 

@@ -122,6 +122,20 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = None):
     return to_rgb(img)
 
 
+def header_size(path) -> tuple[int, int] | None:
+    """An image file's size as load_image gives it (EXIF rotation applied), from its header alone (no pixel is
+    decoded); None where the header cannot be read (load_image then says why)."""
+    from PIL import Image
+
+    try:
+        with _OPEN_LOCK, warnings.catch_warnings(), Image.open(path) as img:
+            warnings.simplefilter("ignore")
+            (w, h), orientation = img.size, img.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001  unreadable, not an image: load_image reports it with the rest
+        return None
+    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+
+
 def _path(path, name: str) -> Path:
     """``path`` (a str or os.PathLike) as a Path; one line naming ``name`` for anything else (a PIL image, an array:
     pathlib's own TypeError)."""

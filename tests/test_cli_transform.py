@@ -159,22 +159,23 @@ def test_a_malformed_presets_file_is_one_line(tmp_path, photos_dir, capsys):
         assert code == 2 and message in err and err.count("\n") == 1, err
 
 
-def test_transform_per_input_errors(tmp_path, photos_dir, capsys):
+def test_transform_per_input_errors(tmp_path, photos_dir):
+    """The API's run goes on past an input whose depth does not fit (the CLI refuses it up front, below)."""
+    from depth2img.transform_run import run_transform
+
     np.save(tmp_path / "wide.npy", np.ones((10, 40)))
     np.save(tmp_path / "cup.npy", np.linspace(1, 9, 400 * 600).reshape(400, 600))
     out = tmp_path / "out"
-    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", photos_dir / "coffee.jpg", "-o", out, "--model",
-                       "tiny", "--prompt", "x", "--depth", tmp_path / "wide.npy", "--depth", tmp_path / "cup.npy",
-                       "--depth-polarity", "metric", "--steps", 2, "-q")  # fmt: skip
-    assert code == 2
+    report = run_transform([photos_dir / "chelsea.png", photos_dir / "coffee.jpg"], out, model="tiny", prompt="x",
+                           depth=[tmp_path / "wide.npy", tmp_path / "cup.npy"], depth_polarity="metric",
+                           knobs={"steps": 2}, progress=False)  # fmt: skip
+    (failed,) = report.failed
     assert (
         f"chelsea.png: {tmp_path / 'wide.npy'}: depth is 40x10 but the image is 451x300: aspect ratios differ"
-        in err
+        in failed
     )
     assert (
-        "1 done, 1 failed" in err
-        and len(list(out.glob("coffee_s*.png"))) == 1
-        and not list(out.glob("chelsea*"))
+        len(report.done) == 1 and len(list(out.glob("coffee_s*.png"))) == 1 and not list(out.glob("chelsea*"))
     )
 
 
@@ -193,7 +194,14 @@ def test_a_depth_file_that_cannot_serve_is_refused_before_any_model_loads(
     monkeypatch.setattr(DepthEstimator, "from_pretrained", no_loading)
     np.save(tmp_path / "nan.npy", np.array([[np.nan] * 3] * 2))
     np.save(tmp_path / "d.npy", np.ones((300, 451)))
+    np.save(tmp_path / "wide.npy", np.ones((10, 40)))
     for depth, extra, message in [
+        # the input's header gives its size: a depth of another aspect ratio is known before loading
+        (
+            "wide.npy",
+            ["--depth-polarity", "metric"],
+            "wide.npy: depth is 40x10 but the image is 451x300: aspect ratios differ",
+        ),
         ("nope.npy", ["--depth-polarity", "metric"], "nope.npy: no such file"),
         ("nan.npy", ["--depth-polarity", "metric"], "nan.npy: 6 depth values are NaN or infinite"),
         (

@@ -38,6 +38,12 @@ def test_exif_rotation_is_honoured(tmp_path, chelsea):
     exif[0x0112] = 6  # Orientation: rotate 90 CW to display
     chelsea.save(tmp_path / "rot.jpg", exif=exif)
     assert io.load_image(tmp_path / "rot.jpg").size == (chelsea.height, chelsea.width)
+    # the size a depth file must fit, from the header alone: the same as load_image's
+    assert io.header_size(tmp_path / "rot.jpg") == (chelsea.height, chelsea.width)
+    chelsea.save(tmp_path / "plain.jpg")
+    assert io.header_size(tmp_path / "plain.jpg") == chelsea.size
+    (tmp_path / "text.jpg").write_text("hello")
+    assert io.header_size(tmp_path / "text.jpg") is None and io.header_size(tmp_path / "gone.jpg") is None
 
 
 @pytest.mark.parametrize(
