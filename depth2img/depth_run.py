@@ -7,6 +7,7 @@ the others still run.
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -20,6 +21,10 @@ from .knobs import check_batch_size
 from .outputs import CPU_THREADS, BackgroundWriter, writer_threads
 
 CHUNK_IMAGES = 16  # images decoded and held in memory at once
+
+
+# write errors no later input would escape: a full disk, a quota, a read-only file system
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 @dataclass
@@ -40,7 +45,12 @@ class RunReport:
         try:
             result = future.result()
         except OSError as err:
-            self.fail(f"{path}: cannot write to {out_dir} ({err.strerror or err})")
+            where = f"cannot write {err.filename}" if err.filename else f"cannot write to {out_dir}"
+            if (
+                err.errno in DISK_FULL
+            ):  # the next inputs' files would not fit either: stop, as a batch job does
+                raise InputError(f"{path}: {where} ({err.strerror}); stopped, no partial file left") from None
+            self.fail(f"{path}: {where} ({err.strerror or err})")
             return
         self.done.append(path)
         self.written += paths(result)

@@ -514,9 +514,12 @@ def atomic_path(path: str | os.PathLike):
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.errno is not None and err.filename in (None, str(tmp), tmp):
+            # the file the caller asked for, not the temporary one (a folder in its place, a full disk)
+            raise type(err)(err.errno, err.strerror, str(path)) from None
         raise
 
 

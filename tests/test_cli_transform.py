@@ -1,6 +1,7 @@
 """`depth2img transform` and `depth2img presets`: outputs, manifest, and one line per error with exit 2."""
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -555,24 +556,37 @@ def test_a_failed_write_names_its_input_and_the_others_are_written(tmp_path, pho
 
     original = io.atomic_path
 
-    def disk_full_for_chelsea(path):
+    failure = {}
+
+    def failing_for_chelsea(path):
         if "chelsea" in str(path) and str(path).endswith(
             "_preview.png"
         ):  # after its other files were written
-            raise OSError(errno.ENOSPC, "No space left on device")
+            raise OSError(failure["errno"], os.strerror(failure["errno"]), str(path))
         return original(path)
 
-    monkeypatch.setattr(io, "atomic_path", disk_full_for_chelsea)
+    monkeypatch.setattr(io, "atomic_path", failing_for_chelsea)
     out = tmp_path / "o"
     argv = (
         ["--model", "tiny", "--prompt", "x", "--steps", 2]
         if command == "transform"
         else ["--estimator", "tiny"]
     )
+    failure["errno"] = errno.ENOSPC  # a full disk: no later input's files would fit either, so the run stops
+    code, _, err = run(capsys, command, photos_dir, "-o", out / "full", *argv, "-q")
+    assert code == 2 and err.splitlines()[-1] == (
+        f"depth2img: error: chelsea.png: cannot write {out / 'full' / 'chelsea_depth_preview.png'} (No space left "
+        "on device); stopped, no partial file left"
+    ).replace("chelsea.png", str(photos_dir / "chelsea.png"), 1)
+    assert not list((out / "full").glob("chelsea*"))
+    failure["errno"] = (
+        errno.EACCES
+    )  # one file's problem: the input fails, named with the file, and the rest run
     code, _, err = run(capsys, command, photos_dir, "-o", out, *argv, "-q")
     assert code == 2
     assert (
-        f"chelsea.png: cannot write to {out} (No space left on device)" in err and "1 done, 1 failed" in err
+        f"chelsea.png: cannot write {out / 'chelsea_depth_preview.png'} (Permission denied)" in err
+        and "1 done, 1 failed" in err
     )
     assert not list(out.glob("chelsea*")) and list(out.glob("coffee*"))  # none of its files is left
     if command == "transform":

@@ -1,5 +1,6 @@
 """Image and depth-file reading: conversions, full precision, and one clear line for every bad input."""
 
+import errno
 import re
 import warnings
 from pathlib import Path
@@ -615,3 +616,12 @@ def test_load_images_max_pixels_is_checked(tmp_path):
         with pytest.raises(InputError, match="^load_image: max_pixels must be a whole number >= 1, got "):
             io.load_image(tmp_path / "a.png", max_pixels=bad)
     assert io.load_image(tmp_path / "a.png", max_pixels=32 * 32).size == (32, 32)
+
+
+def test_a_failed_atomic_write_names_the_file_asked_for_not_its_temporary(tmp_path):
+    """A folder where the file goes: the error named the hidden temporary (or, on the CLI, only the folder)."""
+    (tmp_path / "a.png").mkdir()
+    with pytest.raises(IsADirectoryError) as raised, io.atomic_path(tmp_path / "a.png") as tmp:
+        tmp.write_bytes(b"x")
+    assert raised.value.filename == str(tmp_path / "a.png") and raised.value.errno == errno.EISDIR
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # the temporary is gone
