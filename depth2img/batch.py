@@ -41,7 +41,7 @@ from .io import (
     write_depth_products,
 )
 from .knobs import DEFAULT_KNOBS, MAX_SEED, check_batch_size
-from .outputs import BackgroundWriter, append_manifest, read_manifest, safe_name, save_png
+from .outputs import BackgroundWriter, append_manifest, progress_bar, read_manifest, safe_name, save_png
 from .transformer import _batchable
 
 LAYOUTS = {"files": "images", "imagefolder": "train", "coco": "images"}  # layout -> image folder
@@ -738,7 +738,6 @@ def _inside(root: Path, path: Path) -> Path:
 def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: bool = True, service=None,
             on_error=None) -> JobReport:  # fmt: skip
     """Run a job (a Job or a job file). ``service`` (a depth2img Service) lets callers share loaded models."""
-    from tqdm.auto import tqdm
 
     from .depth_run import _stems
     from .metrics import geometry_reference, geometry_scores, passes
@@ -838,7 +837,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     service = service or Service(model=job.model, estimator=job.estimator, device=device, lora=job.lora,
                                  lora_scale=job.lora_scale, compile=job.compile, dtype=job.dtype,
                                  preset_files=job.presets_files)  # fmt: skip
-    bar = tqdm(total=total, initial=report.skipped, unit="img", desc=f"batch[{rank}]" if world > 1 else "batch",
+    bar = progress_bar(total=total, initial=report.skipped, unit="img", desc=f"batch[{rank}]" if world > 1 else "batch",
                disable=not progress)  # fmt: skip
     # Files are written by the writer threads, in parallel; manifest lines are appended in order, each after its
     # files. A write error (disk full...) is re-raised here, in the main thread, at a later submit.

@@ -18,7 +18,7 @@ from pathlib import Path
 from .errors import Depth2ImgError, InputError
 from .io import DEPTH_WRITERS, expand_inputs, load_image, stale_temp_files, write_depth_products
 from .knobs import check_batch_size
-from .outputs import CPU_THREADS, BackgroundWriter, writer_threads
+from .outputs import CPU_THREADS, BackgroundWriter, progress_bar, writer_threads
 
 CHUNK_IMAGES = 16  # images decoded and held in memory at once
 
@@ -199,8 +199,6 @@ def run_depth(
     ``estimator`` is a ``DepthEstimator`` or anything ``DepthEstimator.from_pretrained`` takes.
     ``right`` gives one right image per input for rectified stereo pairs (SGBM), instead of an estimator.
     """
-    from tqdm.auto import tqdm
-
     formats = check_formats(formats)
     if batch_size is not None:
         check_batch_size(batch_size)
@@ -230,7 +228,7 @@ def run_depth(
                 estimator, device=device, dtype=dtype, local_files_only=local_files_only
             )
         stems = _stems(paths)
-        bar = tqdm(total=len(paths), unit="img", desc="depth", disable=not progress)
+        bar = progress_bar(total=len(paths), unit="img", desc="depth", disable=not progress)
 
         # A chunk's products are written by the writer threads while the next chunk is read and estimated
         writer = BackgroundWriter(threads=writer_threads(CPU_THREADS))

@@ -37,6 +37,8 @@ WRITER_THREADS = max(1, min(4, (os.cpu_count() or 1) // 4))
 # inputs' sizes, a result's PNGs encoded for the app, and the writes of a depth run, which is write-bound (~90 ms
 # to encode the three products of a 1024x683 input on one core, ~13 ms to estimate it with a small model)
 CPU_THREADS = max(1, min(8, os.cpu_count() or 1))
+# where stderr is no terminal (a log file, CI), progress bars refresh at most this often
+LOG_REFRESH_S = 30
 
 
 def writer_threads(default: int | None = None) -> int:
@@ -47,6 +49,20 @@ def writer_threads(default: int | None = None) -> int:
     if not (given.isascii() and given.isdigit()) or int(given) < 1:  # '²' is a digit int() refuses
         raise InputError(f"DEPTH2IMG_WRITER_THREADS must be an integer >= 1, got {given!r}")
     return int(given)
+
+
+def progress_bar(**kwargs):
+    """A tqdm bar (Jupyter's widget in a notebook). Where stderr is no terminal it refreshes at most every
+    ``LOG_REFRESH_S`` seconds: a run's nested bars wrote every step, with cursor movements, into its log."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    stream = kwargs.get("file") or sys.stderr
+    # (a notebook's widget bar has its own stream, no terminal either)
+    if "notebook" not in tqdm.__module__ and not (hasattr(stream, "isatty") and stream.isatty()):
+        kwargs.setdefault("mininterval", LOG_REFRESH_S)
+    return tqdm(**kwargs)
 
 
 class BackgroundWriter:

@@ -18,6 +18,7 @@ from .outputs import (
     BackgroundWriter,
     append_manifest,
     compact_manifest,
+    progress_bar,
     read_manifest,
     write_transform_result,
 )
@@ -47,8 +48,6 @@ def run_transform(
     """``model`` is a loaded SceneTransformer or a name for ``SceneTransformer.from_pretrained``. ``batch_size``
     photos share one denoising batch (all of their ``num_images``); on a GPU a few photos per batch keep it
     busier, at the memory of batch_size x num_images images."""
-    from tqdm.auto import tqdm
-
     from .backends import check_at_hand
     from .estimators import DepthEstimator
     from .loading import resolve_device
@@ -87,7 +86,9 @@ def run_transform(
                 )  # fmt: skip
             st = SceneTransformer.from_pretrained(model, estimator=estimator, **options)
         stems = _stems(paths)
-        bar = tqdm(total=len(paths), unit="img", desc="transform", disable=not progress or len(paths) == 1)
+        bar = progress_bar(
+            total=len(paths), unit="img", desc="transform", disable=not progress or len(paths) == 1
+        )
 
         def outputs_of(written):
             return [out_dir / r["output"] for r in written[0]]

@@ -37,7 +37,7 @@ from .knobs import (
     seed_run,
 )
 from .loading import resolve_device
-from .outputs import CPU_THREADS
+from .outputs import CPU_THREADS, progress_bar
 from .registry import default_estimator_for, resolve_backbone
 
 FLUX_GUIDANCE = 10.0  # FLUX.1-Depth-dev's model card uses guidance_scale 10
@@ -438,7 +438,6 @@ class SceneTransformer:
         self, group: list[Request], progress: bool, skip_controlnet: bool
     ) -> list[TransformResult]:
         import torch
-        from tqdm.auto import tqdm
 
         started = time.perf_counter()
         first = group[0]
@@ -447,7 +446,7 @@ class SceneTransformer:
         per_image = [req for req in group for _ in req.seeds]
         # CPU generators: the same seed gives the same image on any device
         generators = [torch.Generator("cpu").manual_seed(s) for req in group for s in req.seeds]
-        bar = tqdm(total=denoising_steps(knobs["steps"], knobs["strength"], self.backend.flow_matching),
+        bar = progress_bar(total=denoising_steps(knobs["steps"], knobs["strength"], self.backend.flow_matching),
                    desc="denoise", unit="step",
                    disable=not progress)  # fmt: skip
 

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -254,3 +255,25 @@ def test_console_script_exit_status(tmp_path):
         and "none.png: no such file or directory" in res.stderr
         and "Traceback" not in res.stderr
     )
+
+
+def test_progress_bars_writing_to_a_log_refresh_every_30_seconds():
+    """With stderr in a file, 8 inputs x 60 steps wrote 234 refreshes and 215 cursor movements of the nested bars."""
+    import io
+
+    from depth2img.outputs import LOG_REFRESH_S, progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert LOG_REFRESH_S == 30
+    with progress_bar(total=5, file=Terminal()) as bar:
+        assert bar.mininterval == 0.1  # tqdm's own
+    log = io.StringIO()
+    with progress_bar(total=500, file=log) as bar:
+        for _ in range(500):
+            bar.update(1)
+            time.sleep(0.001)  # 0.5 s: five refreshes at tqdm's 0.1 s
+    assert bar.mininterval == LOG_REFRESH_S
+    assert log.getvalue().count("\r") == 2 and "500/500" in log.getvalue()  # its start and its end
