@@ -841,7 +841,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                disable=not progress)  # fmt: skip
     # Files are written by the writer threads, in parallel; manifest lines are appended in order, each after its
     # files. A write error (disk full...) is re-raised here, in the main thread, at a later submit.
-    writer = BackgroundWriter()
+    # stopped at the first failed write (the run ends there): later lines would claim what it left out (a depth file)
+    writer = BackgroundWriter(stop_on_error=True)
     submit = writer.submit
     add_lines = partial(append_manifest, manifest)
 

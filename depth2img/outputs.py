@@ -74,9 +74,15 @@ class BackgroundWriter:
     its files (manifest lines) goes there. ``then(future)`` runs in the caller's thread, in submission order,
     within that or a later ``submit``, or at ``flush``; the default, ``Future.result``, re-raises the write's (or
     the step's) error there. ``submit`` waits while more than ``max_pending`` writes are queued. ``close`` (or
-    leaving a ``with`` block) waits for the threads to finish."""
+    leaving a ``with`` block) waits for the threads to finish. ``stop_on_error``: once a write with an ordered step
+    has failed, no later ordered step runs (for a run that stops at any write error: a later manifest line would
+    claim what the failed write left out)."""
 
-    def __init__(self, max_pending: int = MAX_PENDING_WRITES, threads: int | None = None):
+    def __init__(
+        self, max_pending: int = MAX_PENDING_WRITES, threads: int | None = None, stop_on_error=False
+    ):
+        self.stop_on_error = stop_on_error
+        self._stopped = False  # an ordered write failed (with stop_on_error)
         self.threads = threads or writer_threads()
         self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="depth2img-writer")
         self._sequencer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-writer-order")
@@ -88,12 +94,25 @@ class BackgroundWriter:
     ):
         work = self._pool.submit(fn, *args)
         if in_order is not None:
-            work = self._sequencer.submit(_then_step, work, in_order)
+            work = self._sequencer.submit(self._then_step, work, in_order)
         self._queue(work, then)
 
     def after(self, step: Callable[[], object]) -> None:
         """Run ``step()`` in the ordering thread after the ordered steps of the writes submitted so far."""
-        self._queue(self._sequencer.submit(step), Future.result)
+        self._queue(self._sequencer.submit(self._then_step, None, lambda _: step()), Future.result)
+
+    def _then_step(self, work: Future | None, step: Callable):
+        """In the ordering thread: wait for ``work`` (a write; None: nothing to wait for), then run ``step`` on its
+        result. A failed write's step is not run; with ``stop_on_error`` no later step runs either."""
+        if self._stopped:
+            return work.result() if work is not None else None
+        try:
+            result = work.result() if work is not None else None
+            step(result)
+        except BaseException:
+            self._stopped = self.stop_on_error
+            raise
+        return result
 
     def _queue(self, future: Future, then: Callable[[Future], object]) -> None:
         self._pending.append((future, then))
@@ -118,12 +137,6 @@ class BackgroundWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-
-def _then_step(work: Future, step: Callable):
-    result = work.result()  # waits for the write; its error ends here, and the step is not run
-    step(result)
-    return result
 
 
 def save_png(image, path, metadata: dict | None = None) -> Path:

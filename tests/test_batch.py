@@ -521,6 +521,27 @@ def test_a_sources_manifest_lines_follow_its_depth_files(dataset, tmp_path, monk
     assert (depth / "f0_depth.npy").read_bytes() == npy
 
 
+def test_a_failed_depth_write_lets_no_later_manifest_line_through(dataset, tmp_path, monkeypatch):
+    """The run stops at the failed write; the lines of the images after it (written meanwhile by other threads)
+    were still appended, so a resume took those items as done and never wrote the source's depth."""
+    import errno
+
+    from depth2img import batch
+
+    monkeypatch.setenv("DEPTH2IMG_WRITER_THREADS", "3")
+
+    def full(*args):
+        time.sleep(0.5)  # the image writes finish first
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(batch, "write_depth_products", full)
+    job = write_job(dataset, output=str(tmp_path / "d"), inputs="frames/f0.png", presets=["fog", "rain"], seeds=2,
+                    labels={})  # fmt: skip
+    with pytest.raises(InputError, match="write failed \\(No space left on device\\)"):
+        run_job(job, progress=False)
+    assert read_manifest(tmp_path / "d" / "manifest.jsonl") == []
+
+
 def test_disk_full_stops_with_a_clear_message_and_no_partial_file(dataset, tmp_path, monkeypatch):
     import depth2img.outputs
 
