@@ -59,8 +59,9 @@ def progress_bar(**kwargs):
     from tqdm.auto import tqdm
 
     stream = kwargs.get("file") or sys.stderr
-    # (a notebook's widget bar has its own stream, no terminal either)
-    if "notebook" not in tqdm.__module__ and not (hasattr(stream, "isatty") and stream.isatty()):
+    # (a notebook's widget bar writes to no terminal either; in a notebook tqdm.auto's class derives from it)
+    notebook = any(c.__module__ == "tqdm.notebook" for c in tqdm.__mro__)
+    if not notebook and not (hasattr(stream, "isatty") and stream.isatty()):
         kwargs.setdefault("mininterval", LOG_REFRESH_S)
     return tqdm(**kwargs)
 

@@ -277,3 +277,19 @@ def test_progress_bars_writing_to_a_log_refresh_every_30_seconds():
             time.sleep(0.001)  # 0.5 s: five refreshes at tqdm's 0.1 s
     assert bar.mininterval == LOG_REFRESH_S
     assert log.getvalue().count("\r") == 2 and "500/500" in log.getvalue()  # its start and its end
+
+
+def test_a_notebooks_progress_bars_keep_their_refresh(monkeypatch):
+    """In Jupyter, tqdm.auto's class is its own, derived from tqdm.notebook's widget bar; its stream is no terminal,
+    and it was taken for a log file."""
+    import io
+
+    import tqdm.auto
+    import tqdm.std
+
+    from depth2img.outputs import progress_bar
+
+    widget = type("tqdm_notebook", (tqdm.std.tqdm,), {"__module__": "tqdm.notebook"})
+    monkeypatch.setattr(tqdm.auto, "tqdm", type("tqdm", (widget,), {"__module__": "tqdm.auto"}))
+    with progress_bar(total=3, file=io.StringIO()) as bar:
+        assert bar.mininterval == 0.1
