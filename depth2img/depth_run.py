@@ -1,7 +1,7 @@
 """``run_depth``: depth products for many inputs (what ``depth2img depth`` calls).
 
 Inputs that cannot be used are reported one line each and skipped; nothing is written for them, and
-the others still run.
+the others still run. A full disk (or quota, or read-only file system) stops the run with an InputError.
 """
 
 from __future__ import annotations

@@ -73,15 +73,22 @@ def _check_file(path: Path) -> None:
         raise InputError(f"{path}: empty file (0 bytes)")
 
 
+def _allow_pixels(max_pixels: int) -> None:
+    """Raise Pillow's own guard (89.5 MP; an error at twice that) to ``max_pixels``: it would stop a limit raised
+    past it. Called under ``_OPEN_LOCK``."""
+    from PIL import Image
+
+    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+        Image.MAX_IMAGE_PIXELS = max_pixels
+
+
 def _open(path: Path, max_pixels: int):
     from PIL import Image, UnidentifiedImageError
 
     _check_file(path)
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
-            if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
-                # Pillow's own guard (89.5 MP) would stop a limit raised past it
-                Image.MAX_IMAGE_PIXELS = max_pixels
+            _allow_pixels(max_pixels)
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -128,10 +135,14 @@ def header_size(path) -> tuple[int, int] | None:
     from PIL import Image
 
     try:
-        with _OPEN_LOCK, warnings.catch_warnings(), Image.open(path) as img:
-            warnings.simplefilter("ignore")
-            (w, h), orientation = img.size, img.getexif().get(0x0112)
-    except Exception:  # noqa: BLE001  unreadable, not an image: load_image reports it with the rest
+        with _OPEN_LOCK, warnings.catch_warnings():
+            _allow_pixels(pixel_limit())  # as load_image would read it
+            warnings.simplefilter(
+                "ignore"
+            )  # (Pillow's DecompressionBombWarning: load_image has its own limit)
+            with Image.open(path) as img:
+                (w, h), orientation = img.size, img.getexif().get(0x0112)
+    except Exception:  # noqa: BLE001  unreadable, not an image, over the limit: load_image reports it with the rest
         return None
     return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
 
@@ -518,8 +529,9 @@ def atomic_path(path: str | os.PathLike):
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         if isinstance(err, OSError) and err.errno is not None and err.filename in (None, str(tmp), tmp):
-            # the file the caller asked for, not the temporary one (a folder in its place, a full disk)
-            raise type(err)(err.errno, err.strerror, str(path)) from None
+            # the file the caller asked for, not the temporary one (a folder in its place, a full disk); OSError
+            # makes the subclass its errno names (a library's own subclass may take other arguments)
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
 

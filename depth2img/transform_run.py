@@ -47,7 +47,8 @@ def run_transform(
 ) -> RunReport:
     """``model`` is a loaded SceneTransformer or a name for ``SceneTransformer.from_pretrained``. ``batch_size``
     photos share one denoising batch (all of their ``num_images``); on a GPU a few photos per batch keep it
-    busier, at the memory of batch_size x num_images images."""
+    busier, at the memory of batch_size x num_images images. An input that fails is reported and skipped; a full
+    disk (or quota, or read-only file system) stops the run with an InputError."""
     from .backends import check_at_hand
     from .estimators import DepthEstimator
     from .loading import resolve_device

@@ -1,5 +1,6 @@
 """`depth2img transform` and `depth2img presets`: outputs, manifest, and one line per error with exit 2."""
 
+import contextlib
 import json
 import os
 
@@ -558,12 +559,15 @@ def test_a_failed_write_names_its_input_and_the_others_are_written(tmp_path, pho
 
     failure = {}
 
+    @contextlib.contextmanager
     def failing_for_chelsea(path):
-        if "chelsea" in str(path) and str(path).endswith(
-            "_preview.png"
-        ):  # after its other files were written
-            raise OSError(failure["errno"], os.strerror(failure["errno"]), str(path))
-        return original(path)
+        with original(path) as tmp:
+            if "chelsea" in str(path) and str(path).endswith(
+                "_preview.png"
+            ):  # after its other files were written
+                # as a write into the temporary file fails: no file name (atomic_path names the file asked for)
+                raise OSError(failure["errno"], os.strerror(failure["errno"]))
+            yield tmp
 
     monkeypatch.setattr(io, "atomic_path", failing_for_chelsea)
     out = tmp_path / "o"
@@ -613,7 +617,9 @@ def test_an_input_whose_manifest_lines_fail_leaves_none_of_its_files(
     out = tmp_path / "o"
     code, _, err = run(capsys, "transform", photos_dir, "-o", out, "--model", "tiny", "--prompt", "x", "--steps", 2,
                        "-q")  # fmt: skip
-    assert code == 2 and err.splitlines()[-1].endswith("(No space left on device); stopped, no partial file left")
+    assert code == 2 and err.splitlines()[-1].endswith(
+        "(No space left on device); stopped, no partial file left"
+    )
     assert not out.exists()  # nothing left in it, so the folder the run made is gone too
 
 

@@ -104,6 +104,22 @@ def test_pillows_own_bomb_guard_names_the_size_and_the_setting(tmp_path, monkeyp
             io.load_image(tmp_path / "big.png", max_pixels=500)
 
 
+def test_header_size_reads_what_the_pixel_limit_allows_and_warns_of_nothing(tmp_path, monkeypatch):
+    """Over Pillow's own guard (scaled down here as above) header_size printed Pillow's warning, and past twice it
+    gave None (so the --depth check was skipped) even where DEPTH2IMG_MAX_PIXELS allowed the image."""
+    Image.new("L", (60, 50)).save(tmp_path / "big.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setenv("DEPTH2IMG_MAX_PIXELS", "5000")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert io.header_size(tmp_path / "big.png") == (60, 50)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)
+    monkeypatch.setenv("DEPTH2IMG_MAX_PIXELS", "500")  # over ours: load_image refuses it, and says so
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert io.header_size(tmp_path / "big.png") is None
+
+
 def test_a_bad_pixel_limit_setting_is_one_line(tmp_path, monkeypatch, chelsea):
     chelsea.save(tmp_path / "c.png")
     for bad in ("abc", "\u00b2"):  # '²' passes str.isdigit, not int()
@@ -625,3 +641,18 @@ def test_a_failed_atomic_write_names_the_file_asked_for_not_its_temporary(tmp_pa
         tmp.write_bytes(b"x")
     assert raised.value.filename == str(tmp_path / "a.png") and raised.value.errno == errno.EISDIR
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # the temporary is gone
+
+
+def test_a_failed_write_inside_an_atomic_path_names_the_file_whatever_its_error_class(tmp_path):
+    """A full disk raises with no file name; a library's own OSError subclass may take other arguments than
+    OSError's (re-raising its class with OSError's arguments was a TypeError, an 'internal error')."""
+
+    class DeviceGone(OSError):
+        def __init__(self, message):
+            super().__init__(errno.EIO, message)
+
+    for raised in (OSError(errno.ENOSPC, "No space left on device"), DeviceGone("device gone")):
+        with pytest.raises(OSError) as caught, io.atomic_path(tmp_path / "b.png"):
+            raise raised
+        assert caught.value.filename == str(tmp_path / "b.png") and caught.value.errno == raised.errno
+        assert caught.value.__cause__ is raised and list(tmp_path.iterdir()) == []
