@@ -140,7 +140,9 @@ class Job:
         if not isinstance(self.presets, list):
             raise InputError(f"job key presets must be a list, got {self.presets!r}")
         files = (
-            [self.presets_files] if isinstance(self.presets_files, (str, os.PathLike)) else self.presets_files
+            [self.presets_files]
+            if isinstance(self.presets_files, (str, os.PathLike))
+            else (self.presets_files if self.presets_files is not None else [])  # left empty: none, as knobs
         )
         if not isinstance(files, list) or not all(
             isinstance(f, (str, os.PathLike)) and str(f).strip() for f in files
@@ -836,7 +838,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     todo_per_source = collections.Counter(t[0] for t in todo)
     service = service or Service(model=job.model, estimator=job.estimator, device=device, lora=job.lora,
                                  lora_scale=job.lora_scale, compile=job.compile, dtype=job.dtype,
-                                 preset_files=job.presets_files)  # fmt: skip
+                                 presets=job._presets)  # fmt: skip
     bar = progress_bar(total=total, initial=report.skipped, unit="img", desc=f"batch[{rank}]" if world > 1 else "batch",
                disable=not progress)  # fmt: skip
     # Files are written by the writer threads, in parallel; manifest lines are appended in order, each after its

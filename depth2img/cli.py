@@ -343,7 +343,8 @@ def _cmd_transform(args) -> int:
         raise InputError(
             f"--depth-polarity {args.depth_polarity} says how to read --depth files; none was given"
         )
-    preset_knobs = resolve(args.prompt, args.preset, load_presets(args.presets_file))[2]
+    presets = load_presets(args.presets_file)  # read once: what the run uses is what was checked
+    preset_knobs = resolve(args.prompt, args.preset, presets)[2]
     knobs = {"steps": args.steps, "strength": args.strength, "guidance_scale": args.guidance,
              "control_scale": args.control_scale, "control_start": args.control_start,
              "control_end": args.control_end, "feature_cache": args.feature_cache}  # fmt: skip
@@ -422,8 +423,7 @@ def _cmd_transform(args) -> int:
         load_options=dict(device=args.device, dtype=args.dtype, local_files_only=args.local_files_only,
                           offload=args.offload, compile=args.compile, vae_tiling=args.vae_tiling,
                           vae_slicing=args.vae_slicing,
-                          attention=args.attention, preset_files=args.presets_file, lora=args.lora,
-                          lora_scale=args.lora_scale),
+                          attention=args.attention, presets=presets, lora=args.lora, lora_scale=args.lora_scale),
         progress=not args.quiet, on_error=_say_above_bar, on_warning=_warn_above_bar, batch_size=args.batch_size,
     )  # fmt: skip
     print(f"depth2img transform: {report.summary()}; outputs in {args.output}", file=sys.stderr)

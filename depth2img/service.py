@@ -26,13 +26,17 @@ WARM_UP = ((*SCENE_SIZE, 1), (512, 512, 1), (*SCENE_SIZE, 2))
 
 class Service:
     def __init__(self, *, model=None, estimator=None, device=None, dtype=None, local_files_only: bool = False,
-                 preset_files=(), lora: str | None = None, lora_scale: float = 1.0, compile: str | None = None):  # fmt: skip
+                 preset_files=(), lora: str | None = None, lora_scale: float = 1.0, compile: str | None = None,
+                 presets: dict | None = None):  # fmt: skip
         from .registry import default_estimator_for, load_registry
 
         self.default_model = model or load_registry()["default_backbone"]
         self.default_estimator = estimator or default_estimator_for(self.default_model)
         self.device, self.dtype, self.local_files_only = device, dtype, local_files_only
         self.preset_files = tuple(preset_files)
+        self.presets = (
+            presets  # read already (a batch job's, checked against its variations); None: from the files
+        )
         self.lora, self.lora_scale, self.compile = lora, lora_scale, compile
         self._estimators: dict = {}
         self._depths: dict = {}  # (estimator, size, image hash) -> DepthMap, oldest first
@@ -77,7 +81,7 @@ class Service:
                 self._transformer = SceneTransformer.from_pretrained(
                     model, device=self.device, dtype=self.dtype, estimator=self.default_estimator,
                     local_files_only=self.local_files_only, preset_files=self.preset_files, lora=self.lora,
-                    lora_scale=self.lora_scale, compile=self.compile,
+                    lora_scale=self.lora_scale, compile=self.compile, presets=self.presets,
                 )  # fmt: skip
             return self._transformer
 

@@ -156,7 +156,7 @@ class SceneTransformer:
     def from_pretrained(cls, name=None, *, device=None, dtype=None, estimator=None, local_files_only: bool = False,
                         native_size: int | None = None, offload: str | None = None, vae_tiling: bool = False,
                         vae_slicing: bool = False, attention: str = "sdpa", preset_files=(), lora: str | None = None,
-                        lora_scale: float = 1.0, compile: str | None = None):  # fmt: skip
+                        lora_scale: float = 1.0, compile: str | None = None, presets: dict | None = None):  # fmt: skip
         """Load a backbone: registry name (``sd15-depth`` default, ``sd2-depth``, ``sdxl-depth``, ``flux-depth``,
         ``flux-depth-lora``),
         ``tiny`` / ``tiny/<entry>``, a hub id or a local folder. ``estimator`` is a name for the depth model
@@ -169,7 +169,8 @@ class SceneTransformer:
         shape run before is padded to the next larger batch run at it rather than compiled again. Other knobs
         (prompt, seed, steps, strength, guidance, control scale) compile nothing new. ``native_size``: the side of
         the square whose pixel count a photo is generated at (its aspect kept); default the registry entry's, else
-        the pipeline's own (512 for SD1.5 and SD2, 1024 for SDXL and Flux)."""
+        the pipeline's own (512 for SD1.5 and SD2, 1024 for SDXL and Flux). ``presets``: the presets already read
+        (``load_presets``) by a caller that checked names against them, instead of reading ``preset_files``."""
         from .backends import check_memory_options, check_speed_lora, load_backend
         from .knobs import check_lora_scale, check_native_size
         from .registry import resolve_lora
@@ -189,7 +190,8 @@ class SceneTransformer:
 
             resolve_estimator(estimator)
         # before the backbone loads: a bad file failed after it
-        presets = presets_mod.load_presets(preset_files)
+        if presets is None:  # (``presets``: read already, by a caller that checked names against them)
+            presets = presets_mod.load_presets(preset_files)
         if lora:
             if ref.entry is not None and ref.entry.pipeline:
                 check_speed_lora(ref.entry.pipeline, lora_ref)

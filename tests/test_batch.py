@@ -370,7 +370,14 @@ def test_presets_files_from_the_job_and_the_command_line(dataset, tmp_path, monk
     job = write_job(tmp_path / "job", inputs=str(dataset / "frames" / "f0.png"), output="out", presets=["mine"],
                     presets_files="own.yaml", seeds=1, labels={})  # fmt: skip
     monkeypatch.chdir(tmp_path)
+    from depth2img import presets as presets_mod
+
+    read, load = [], presets_mod._load_file
+    monkeypatch.setattr(presets_mod, "_load_file", lambda path: read.append(Path(path).name) or load(path))
     assert main(["batch", str(job), "-q"]) == 0
+    assert (
+        read.count("own.yaml") == 1
+    )  # checked, recorded and used: one read (the model read the files again)
     (line,) = read_manifest(tmp_path / "job" / "out" / "manifest.jsonl")
     assert line["prompt"] == "from the job" and line["negative_prompt"] == "mine-negative"
     # another expansion: no resume
@@ -386,6 +393,9 @@ def test_presets_files_from_the_job_and_the_command_line(dataset, tmp_path, monk
         load_job(job)
     with pytest.raises(InputError, match="^job key presets_files must be a path or a list of paths, got 3$"):
         Job(inputs="x", output="o", prompt="p", presets_files=3)
+    assert (
+        Job(inputs="x", output="o", prompt="p", presets_files=None).presets_files == []
+    )  # `presets_files:` empty
 
 
 def test_resume_of_a_run_that_recorded_a_lora_scale_without_a_lora(tmp_path):
