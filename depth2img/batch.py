@@ -308,10 +308,8 @@ class Job:
         from .backends import SCHEDULERS
         from .knobs import check_knobs
 
-        try:
-            check_knobs({**DEFAULT_KNOBS, **{k: v for k, v in self.knobs.items() if k in DEFAULT_KNOBS}})
-        except InputError as err:
-            raise InputError(f"job key knobs: {err}") from None
+        check_knobs({**DEFAULT_KNOBS, **{k: v for k, v in self.knobs.items() if k in DEFAULT_KNOBS}},
+                    label=lambda key: f"job key knobs.{key}")  # fmt: skip
         scheduler = self.knobs.get("scheduler")
         if scheduler is not None and scheduler not in SCHEDULERS:
             raise InputError(

@@ -361,7 +361,11 @@ def _cmd_transform(args) -> int:
         lora_knobs = dict(entry.knobs) if entry else {}
     # what each input runs with, as SceneTransformer.prepare resolves it
     resolved = resolved_knobs(preset_knobs, lora_knobs, given)
-    check_knobs(resolved)
+    try:  # (the flags given passed alone: a preset's or LoRA's knobs joined them)
+        check_knobs(resolved, label=_flag)
+    except InputError as err:
+        joined = [f"--preset {args.preset}"] * bool(preset_knobs) + [f"--lora {args.lora}"] * bool(lora_knobs)
+        raise InputError(f"{err} (with the knobs of {' and '.join(joined)})") from None
     from .backends import known_traits
     from .registry import resolve_backbone
 
@@ -543,7 +547,9 @@ def _cmd_bench(args) -> int:
         if ignored:
             raise InputError(f"--depth benchmarks the depth estimators: {', '.join(ignored)} "
                              f"{'is' if len(ignored) == 1 else 'are'} for the diffusion bench")  # fmt: skip
-    check_knobs({**DEFAULT_KNOBS, "control_end": args.control_end, "feature_cache": args.feature_cache})
+    check_knobs(
+        {**DEFAULT_KNOBS, "control_end": args.control_end, "feature_cache": args.feature_cache}, label=_flag
+    )
     _quiet_libraries()
     from .bench import markdown, run_bench, run_depth_bench
 

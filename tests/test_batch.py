@@ -641,9 +641,9 @@ def test_output_names_cannot_escape(dataset, tmp_path):
         ),
         (
             "inputs: a\noutput: b\nprompt: x\nknobs: {steps: 0}\n",
-            "job key knobs: steps must be an integer in 1..1000, got 0",
+            "job key knobs.steps must be an integer in 1..1000, got 0",
         ),
-        ("inputs: a\noutput: b\nprompt: x\nknobs: {strength: 2}\n", "job key knobs: strength must be in"),
+        ("inputs: a\noutput: b\nprompt: x\nknobs: {strength: 2}\n", "job key knobs.strength must be in"),
         (
             "inputs: a\noutput: b\nprompt: x\nbatch_size: 0\n",
             "job key batch_size must be an integer >= 1, got 0",

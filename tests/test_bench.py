@@ -272,7 +272,9 @@ def test_bench_argument_errors(capsys):
     assert main(["bench", "--size", "100"]) == 2
     assert "--size must be a multiple of 16" in capsys.readouterr().err
     assert main(["bench", "--control-end", "1.5"]) == 2
-    assert "0 <= start < end <= 1, got 0.0 and 1.5" in capsys.readouterr().err
+    assert "error: --control-start and --control-end must satisfy 0 <= start < end <= 1, got 0.0 and 1.5" in (
+        capsys.readouterr().err
+    )
     for argv, message in [
         (["--low-vram"], "--low-vram measures GPU memory under CPU offload; no GPU is available here"),
         (
@@ -280,7 +282,7 @@ def test_bench_argument_errors(capsys):
             "--compile default does not combine with --feature-cache 2",
         ),
         (["--attention", "xformers"], "--attention xformers needs the xformers extra"),
-        (["--feature-cache", "0"], "feature_cache must be an integer in 1..10 (1 = off), got 0"),
+        (["--feature-cache", "0"], "--feature-cache must be an integer in 1..10 (1 = off), got 0"),
         (["--peak-tflops", "-1"], "--peak-tflops must be a finite number > 0, got -1.0"),
         (["--peak-tflops", "inf"], "--peak-tflops must be a finite number > 0, got inf"),  # wrote "Infinity"
         # each argument by name (one message named all four), and a side built only to run out of memory

@@ -161,6 +161,17 @@ def test_a_malformed_presets_file_is_one_line(tmp_path, photos_dir, capsys):
         assert code == 2 and message in err and err.count("\n") == 1, err
 
 
+def test_flags_that_pass_alone_but_not_with_a_presets_knobs_say_so(tmp_path, photos_dir, capsys):
+    f = tmp_path / "p.yaml"
+    f.write_text("presets:\n  late:\n    prompt: '{prompt}, late'\n    knobs: {control_end: 0.5}\n")
+    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path / "o", "--model", "tiny",
+                       "--prompt", "x", "--preset", "late", "--presets-file", f, "--control-start", "0.6")  # fmt: skip
+    assert code == 2 and err == (
+        "depth2img: error: --control-start and --control-end must satisfy 0 <= start < end <= 1, got 0.6 and 0.5 "
+        "(with the knobs of --preset late)\n"
+    )
+
+
 def test_transform_per_input_errors(tmp_path, photos_dir):
     """The API's run goes on past an input whose depth does not fit (the CLI refuses it up front, below)."""
     from depth2img.transform_run import run_transform
