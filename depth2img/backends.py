@@ -786,23 +786,28 @@ def known_traits(ref: ModelRef) -> BackboneTraits | None:
     entry = ref.entry
     if entry is not None and entry.pipeline in BACKENDS:
         return BACKENDS[entry.pipeline].traits_for(uses_lora=entry.lora is not None)
-    if ref.is_local:
-        index = Path(ref.location) / "model_index.json"
-    else:
-        from huggingface_hub import try_to_load_from_cache
-
-        try:
-            cached = try_to_load_from_cache(ref.location, "model_index.json", revision=ref.revision)
-        except ValueError:  # an ill-formed hub id ("a b/c"): the loader says so in one line
-            cached = None
-        index = Path(cached) if isinstance(cached, str) else None
+    folder = _folder_at_hand(ref)
     try:
-        name = json.loads(index.read_text()).get("_class_name") if index is not None else None
-    except (OSError, ValueError, AttributeError):  # unreadable, not JSON, not a mapping: the loader says why
+        name = _model_index(folder).get("_class_name") if folder is not None else None
+    except ModelLoadError:  # no index, unreadable, not JSON, not a mapping: the loader says why
         return None
     if name not in CLASS_TO_KIND:
         return None
     return BACKENDS[CLASS_TO_KIND[name]].traits_for(uses_lora=name == "FluxPipeline")
+
+
+def _folder_at_hand(ref: ModelRef) -> Path | None:
+    """The folder a backbone's ``model_index.json`` is in before anything is downloaded: a local folder, or a hub
+    id's snapshot in the local Hugging Face cache; None where not cached (an ill-formed hub id too)."""
+    if ref.is_local:
+        return Path(ref.location)
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        cached = try_to_load_from_cache(ref.location, "model_index.json", revision=ref.revision)
+    except ValueError:  # an ill-formed hub id ("a b/c")
+        return None
+    return Path(cached).parent if isinstance(cached, str) else None
 
 
 def check_backbone_knobs(traits: BackboneTraits, name: str, given: dict, negative_prompt: str | None = None,
@@ -974,18 +979,11 @@ def check_at_hand(ref: ModelRef, *, local_files_only: bool = False) -> None:
     estimator's problem (its own weights missing offline), or found only after the estimator had loaded."""
     if ref.name.startswith("tiny"):  # built on first use
         return
-    if ref.is_local:
-        if Path(ref.location).is_dir():  # else the loader says it is not there
-            pipeline_kind(Path(ref.location))
-    elif hub_offline(local_files_only):
-        from huggingface_hub import try_to_load_from_cache
-
-        try:
-            cached = try_to_load_from_cache(ref.location, "model_index.json", revision=ref.revision)
-        except ValueError:  # an ill-formed hub id: the loader says so in one line
-            return
-        if not isinstance(cached, str):
-            raise not_cached(ref)
+    folder = _folder_at_hand(ref)
+    if folder is not None and folder.is_dir():  # (a local path that is not there: the loader says so)
+        pipeline_kind(folder)
+    elif folder is None and not ref.is_local and hub_offline(local_files_only):
+        raise not_cached(ref)
 
 
 def load_backend(ref: ModelRef, *, dtype, device=None, local_files_only: bool = False) -> Backend:

@@ -715,6 +715,17 @@ def test_a_local_or_cached_backbones_knobs_are_checked_before_any_model_loads(tm
     code, _, err = run(capsys, "transform", photos_dir, "-o", tmp_path / "o", "--model", "someone/flux-depth",
                        "--prompt", "x", "--negative-prompt", "blurry", "-q")  # fmt: skip
     assert code == 2 and "backbone 'someone/flux-depth' (flux-control) takes no negative prompt" in err
+    # a cached pipeline of a kind no backend takes: refused before the estimator loads (it was loaded first)
+    other = cache / "models--someone--plain-sd" / "snapshots" / ("b" * 40)
+    other.mkdir(parents=True)
+    (other / "model_index.json").write_text('{"_class_name": "KandinskyPipeline"}')
+    (cache / "models--someone--plain-sd" / "refs").mkdir()
+    (cache / "models--someone--plain-sd" / "refs" / "main").write_text("b" * 40)
+    code, _, err = run(capsys, "transform", photos_dir, "-o", tmp_path / "o", "--model", "someone/plain-sd",
+                       "--prompt", "x", "-q")  # fmt: skip
+    assert code == 2 and err.startswith(
+        f"depth2img: error: {other}: pipeline class 'KandinskyPipeline' is not a supported backbone ("
+    )
     # a FluxPipeline folder comes with the depth LoRA (control_scale is its scale); unknown stays unknown
     assert known_traits(resolve_backbone(str(tiny_dir / "flux-depth-lora"))).control_knobs == (
         "control_scale",
