@@ -256,10 +256,11 @@ def _say_above_bar(msg: str) -> None:
 
 
 def _cmd_depth(args) -> int:
-    from .depth_run import check_formats
+    from .io import check_depth_formats
     from .knobs import check_batch_size
 
-    formats = check_formats([f.strip() for f in args.depth_format.split(",") if f.strip()], "--depth-format")
+    formats = [f.strip() for f in args.depth_format.split(",") if f.strip()]
+    formats = check_depth_formats(formats, "--depth-format", at_least_one=True)
     if args.batch_size is not None:
         check_batch_size(args.batch_size, "--batch-size")
     _quiet_libraries()

@@ -16,7 +16,13 @@ from functools import partial
 from pathlib import Path
 
 from .errors import Depth2ImgError, InputError
-from .io import DEPTH_WRITERS, expand_inputs, load_image, stale_temp_files, write_depth_products
+from .io import (
+    check_depth_formats,
+    expand_inputs,
+    load_image,
+    stale_temp_files,
+    write_depth_products,
+)
 from .knobs import check_batch_size
 from .outputs import CPU_THREADS, BackgroundWriter, progress_bar, writer_threads
 
@@ -169,17 +175,6 @@ def read_ahead(submit: Callable, items: Sequence) -> Iterator:
         yield result
 
 
-def check_formats(formats, label: str = "formats") -> list[str]:
-    """One or more of the depth products (``DEPTH_WRITERS``), as a list."""
-    if (
-        isinstance(formats, str)
-        or not formats
-        or any(not isinstance(f, str) or f not in DEPTH_WRITERS for f in formats)
-    ):
-        raise InputError(f"{label} must be among {', '.join(DEPTH_WRITERS)}, got {formats!r}")
-    return list(formats)
-
-
 def run_depth(
     inputs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -199,7 +194,7 @@ def run_depth(
     ``estimator`` is a ``DepthEstimator`` or anything ``DepthEstimator.from_pretrained`` takes.
     ``right`` gives one right image per input for rectified stereo pairs (SGBM), instead of an estimator.
     """
-    formats = check_formats(formats)
+    formats = check_depth_formats(formats, "formats", at_least_one=True)
     if batch_size is not None:
         check_batch_size(batch_size)
     if right is not None:  # they were ignored without a word (a missing estimator, no GPU: exit 0)

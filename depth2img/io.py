@@ -590,8 +590,20 @@ def check_depth_products(stem, formats) -> tuple[str, ...]:
     (a raw KeyError 'png'; a string of formats was read letter by letter; a None stem named files None_s3.png)."""
     if not isinstance(stem, str) or not stem or "/" in stem or os.sep in stem:
         raise InputError(f"stem must be a file name without its suffix, got {stem!r}")
-    if isinstance(formats, str) or not all(isinstance(f, str) and f in DEPTH_WRITERS for f in formats):
-        raise InputError(f"depth formats must be a list of {', '.join(DEPTH_WRITERS)}, got {formats!r}")
+    return check_depth_formats(formats)
+
+
+def check_depth_formats(
+    formats, label: str = "depth formats", *, at_least_one: bool = False
+) -> tuple[str, ...]:
+    """``formats``, names of ``DEPTH_WRITERS`` (``at_least_one``: not none), as a tuple; one line naming ``label``
+    for anything else."""
+    if (
+        isinstance(formats, str)
+        or not all(isinstance(f, str) and f in DEPTH_WRITERS for f in formats)
+        or (at_least_one and not formats)
+    ):
+        raise InputError(f"{label} must be a list of {', '.join(DEPTH_WRITERS)}, got {formats!r}")
     return tuple(formats)
 
 

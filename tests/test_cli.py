@@ -204,7 +204,7 @@ def test_model_and_argument_errors_are_one_line(tmp_path, photos_dir, capsys):
     assert (
         code == 2
         and err
-        == "depth2img: error: --depth-format must be among png16, npy, preview, got ['png16', 'exr']\n"
+        == "depth2img: error: --depth-format must be a list of png16, npy, preview, got ['png16', 'exr']\n"
     )
     # options that say how to read a depth file no one gave did nothing
     code, _, err = run(
