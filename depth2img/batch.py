@@ -738,7 +738,6 @@ def _inside(root: Path, path: Path) -> Path:
 def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: bool = True, service=None,
             on_error=None) -> JobReport:  # fmt: skip
     """Run a job (a Job or a job file). ``service`` (a depth2img Service) lets callers share loaded models."""
-
     from .depth_run import _stems
     from .metrics import geometry_reference, geometry_scores, passes
     from .service import Service
@@ -837,8 +836,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     service = service or Service(model=job.model, estimator=job.estimator, device=device, lora=job.lora,
                                  lora_scale=job.lora_scale, compile=job.compile, dtype=job.dtype,
                                  presets=job._presets)  # fmt: skip
-    bar = progress_bar(total=total, initial=report.skipped, unit="img", desc=f"batch[{rank}]" if world > 1 else "batch",
-               disable=not progress)  # fmt: skip
+    bar = progress_bar(total=total, initial=report.skipped, unit="img",
+                       desc=f"batch[{rank}]" if world > 1 else "batch", disable=not progress)  # fmt: skip
     # Files are written by the writer threads, in parallel; manifest lines are appended in order, each after its
     # files. A write error (disk full...) is re-raised here, in the main thread, at a later submit.
     # stopped at the first failed write (the run ends there): later lines would claim what it left out (a depth file)

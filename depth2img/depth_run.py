@@ -52,9 +52,8 @@ class RunReport:
             result = future.result()
         except OSError as err:
             where = f"cannot write {err.filename}" if err.filename else f"cannot write to {out_dir}"
-            if (
-                err.errno in DISK_FULL
-            ):  # the next inputs' files would not fit either: stop, as a batch job does
+            # a full disk: the next inputs' files would not fit either; stop, as a batch job does
+            if err.errno in DISK_FULL:
                 raise InputError(f"{path}: {where} ({err.strerror}); stopped, no partial file left") from None
             self.fail(f"{path}: {where} ({err.strerror or err})")
             return

@@ -137,9 +137,8 @@ def header_size(path) -> tuple[int, int] | None:
     try:
         with _OPEN_LOCK, warnings.catch_warnings():
             _allow_pixels(pixel_limit())  # as load_image would read it
-            warnings.simplefilter(
-                "ignore"
-            )  # (Pillow's DecompressionBombWarning: load_image has its own limit)
+            # (Pillow's DecompressionBombWarning: load_image has its own limit)
+            warnings.simplefilter("ignore")
             with Image.open(path) as img:
                 (w, h), orientation = img.size, img.getexif().get(0x0112)
     except Exception:  # noqa: BLE001  unreadable, not an image, over the limit: load_image reports it with the rest
@@ -599,7 +598,9 @@ def check_depth_formats(
     """``formats``, names of ``DEPTH_WRITERS`` (``at_least_one``: not none), as a tuple; one line naming ``label``
     for anything else."""
     if (
-        isinstance(formats, str)
+        not isinstance(
+            formats, (list, tuple)
+        )  # (a string was read letter by letter; None, a number: TypeError)
         or not all(isinstance(f, str) and f in DEPTH_WRITERS for f in formats)
         or (at_least_one and not formats)
     ):

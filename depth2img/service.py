@@ -34,9 +34,8 @@ class Service:
         self.default_estimator = estimator or default_estimator_for(self.default_model)
         self.device, self.dtype, self.local_files_only = device, dtype, local_files_only
         self.preset_files = tuple(preset_files)
-        self.presets = (
-            presets  # read already (a batch job's, checked against its variations); None: from the files
-        )
+        # read already (a batch job's, checked against its variations); None: from the files
+        self.presets = presets
         self.lora, self.lora_scale, self.compile = lora, lora_scale, compile
         self._estimators: dict = {}
         self._depths: dict = {}  # (estimator, size, image hash) -> DepthMap, oldest first

@@ -618,6 +618,7 @@ def test_depth_writers_check_their_formats_and_stem_before_writing(tmp_path):
     d = DepthMap(np.ones((8, 12)), "metric_depth")
     for formats, stem, message in [(("png",), "x", "depth formats must be a list of png16, npy, preview"),
                                    ("npy", "x", "got 'npy'"),
+                                   (None, "x", "got None$"), (3, "x", "got 3$"),  # (a TypeError: internal error)
                                    (("npy",), None, "^stem must be a file name without its suffix, got None$"),
                                    (("npy",), "a/b", "got 'a/b'")]:  # fmt: skip
         with pytest.raises(InputError, match=message):
