@@ -723,7 +723,8 @@ def _distributed():
     from accelerate import PartialState
 
     # A process that finishes its chunks waits at the last barrier for the others; chunks are whole units of work
-    # (an SDXL chunk with retries can take an hour), so torch's default timeout (10 or 30 minutes) ended good runs
+    # (an SDXL chunk with retries can take an hour), so torch's default timeout (10 or 30 minutes) would end good
+    # runs (seen with the timeout cut to 4 s)
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
     return state.process_index, state.num_processes, state.device, state.wait_for_everyone
 
