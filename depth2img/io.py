@@ -260,8 +260,7 @@ def read_depth_file(
     its own, with a warning where ``polarity`` says otherwise (one flag serves a run's mixed files).
     """
     path = _path(path, "read_depth_file: path")
-    if polarity is not None and polarity not in POLARITIES:
-        raise InputError(f"depth polarity must be one of {', '.join(POLARITIES)}, got {polarity!r}")
+    check_polarity(polarity, "depth polarity")
     real = isinstance(depth_scale, numbers.Real) and not isinstance(depth_scale, bool)  # NumPy's too
     if not real or not math.isfinite(depth_scale) or not depth_scale > 0:  # "2" was a raw TypeError
         raise InputError(f"depth scale must be a finite number > 0, got {depth_scale!r}")
@@ -313,6 +312,12 @@ def read_depth_file(
             f"({' | '.join(POLARITIES)})"
         )
     return _depth_map(values, polarity, path, invalid=invalid, depth_scale=depth_scale, notes=notes)
+
+
+def check_polarity(polarity, name: str) -> None:
+    """``polarity`` None (not given) or one of ``POLARITIES``; one line naming ``name`` for anything else."""
+    if polarity is not None and polarity not in POLARITIES:
+        raise InputError(f"{name} must be one of {', '.join(POLARITIES)}, got {polarity!r}")
 
 
 def _depth_values(values, where) -> np.ndarray:

@@ -246,12 +246,11 @@ class SceneTransformer:
 
     def depth_for(self, image, depth=None, *, depth_polarity: str | None = None) -> DepthMap:
         """The DepthMap used for ``image``: the given one (DepthMap, array or file) at the image's size, or estimated."""
-        from .io import POLARITIES, depth_for_image
+        from .io import check_polarity, depth_for_image
 
         check_image(image)
-        # checked with no depth file too (it was ignored there, even "bogus")
-        if depth_polarity is not None and depth_polarity not in POLARITIES:
-            raise InputError(f"depth_polarity must be one of {', '.join(POLARITIES)}, got {depth_polarity!r}")
+        # with no depth file too (it was ignored there, even "bogus")
+        check_polarity(depth_polarity, "depth_polarity")
         if depth is None:
             return self.estimator(image)
         return depth_for_image(depth, image.size, depth_polarity)
