@@ -159,10 +159,10 @@ def sample_with_its_depth() -> tuple[str, str, str]:
     return photo, depth, depth
 
 
-def depth_file_given(image_path, depth_file):
+def depth_file_given(has_photo, depth_file):
     """The depth file paired with a photo: this one where a photo is there; None where it came before any (it is
     then for the next photo)."""
-    return depth_file if image_path else None
+    return depth_file if has_photo else None
 
 
 def depth_file_for_new_photo(depth_file, polarity, paired):
@@ -512,26 +512,35 @@ def create_demo(service):
         depth_inputs, preview = [image, estimator, depth_file, polarity], [depth_preview, depth16]
         device = dict(concurrency_id="device", concurrency_limit=1)  # one job at a time on the device
         # the preview follows what Generate will use: the sample, another depth file, estimator or polarity
-        # the depth file paired with the photo, so that a new photo keeps only a depth file given for it
-        paired_depth = gr.State(None)
-        sample.click(sample_with_its_depth, None, [image, depth_file, paired_depth], api_name="sample").then(
+        # the depth file paired with the photo, so that a new photo keeps only a depth file given for it; and whether
+        # a photo is there, kept on the server: the page's own photo value, sent with the depth file's event, could
+        # already be a photo dropped in right after it, which paired the file with that photo, and its own event
+        # then dropped it (seen in CI, once in four runs)
+        paired_depth, has_photo = gr.State(None), gr.State(False)
+        sample.click(
+            lambda: (*sample_with_its_depth(), True),
+            None,
+            [image, depth_file, paired_depth, has_photo],
+            api_name="sample",
+        ).then(  # fmt: skip
             bound(handle_depth_if_photo), depth_inputs, preview, api_name="depth_on_sample", **device
         )
         for event, name in ((depth_file.upload, "depth_on_depth_file"), (depth_file.clear, "depth_on_no_depth_file"),
                             (estimator.input, "depth_on_estimator"), (polarity.input, "depth_on_polarity")):  # fmt: skip
             event(bound(handle_depth_if_photo), depth_inputs, preview, api_name=name, **device)
         depth_file.upload(
-            depth_file_given, [image, depth_file], paired_depth, api_name="depth_file_photo", queue=False
+            depth_file_given, [has_photo, depth_file], paired_depth, api_name="depth_file_photo", queue=False
         )
         image.clear(lambda: (None, None), None, preview, api_name="no_photo", queue=False)
+        image.clear(lambda: False, None, has_photo, api_name="photo_gone", queue=False)
         model.change(_licence_text, model, licence, api_name="licence")
         model.change(backbone_controls, model, [negative, control_scale, control_start, control_end],
                      api_name="backbone_controls", queue=False)  # fmt: skip
         randomize.click(lambda: secrets.randbelow(MAX_SEED), None, seed, api_name="random_seed")
         image.upload(
-            depth_file_for_new_photo,
+            lambda *now: (*depth_file_for_new_photo(*now), True),
             [depth_file, polarity, paired_depth],
-            [depth_file, polarity, paired_depth],
+            [depth_file, polarity, paired_depth, has_photo],
             api_name="new_photo",
             queue=False,
         ).then(bound(handle_depth), depth_inputs, preview, api_name="depth_on_upload", **device)
