@@ -990,7 +990,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     barrier()
     if rank == 0:
         # this run's processes' manifests, or those of an earlier multi-process run that one process resumed
-        _settle_manifests(root)
+        _settle_manifests(root, {str(p): i for i, chunk in enumerate(chunks) for p in chunk})
         report.indexed = build_index(job, root, labels)
     # no process returns (and exits, maybe non-zero, which makes torchrun stop the others) before rank 0 has
     # merged the manifests and written the index
@@ -1147,23 +1147,40 @@ def _lost(root: Path, record: dict) -> bool:
     return bool(record.get("output")) and not (root / record["output"]).is_file()
 
 
-def _settle_manifests(root: Path) -> None:
+def _settle_manifests(root: Path, chunk_of: dict[str, int] | None = None) -> None:
     """One manifest.jsonl: the processes' manifest.rankN.jsonl merged in, one line per attempt (the newest), none for
-    an image removed since."""
+    an image removed since. ``chunk_of`` (source -> its chunk's index) puts the rank files' lines in the order one
+    process writes them: by chunk, and within a chunk as written, so the merge is byte-identical to one process's
+    manifest."""
+    main = root / "manifest.jsonl"
     ranks = sorted(root.glob("manifest.rank*.jsonl"))
-    # oldest first, so the newest line of an attempt wins: a resumed run remakes a removed image under its attempt's
-    # line, in this run's file (manifest.jsonl for one process, which a killed multi-process run's rank files predate)
-    files = sorted(
-        [m for m in (root / "manifest.jsonl", *ranks) if m.is_file()], key=lambda m: m.stat().st_mtime_ns
+    lines = {m: read_manifest(m) for m in (main, *ranks) if m.is_file()}
+
+    def attempt(r):
+        return r.get("item"), r.get("attempt", 0)
+
+    def mtime(m):
+        return m.stat().st_mtime_ns
+
+    # oldest file first, so the newest line of an attempt wins: a resumed run remakes a removed image under its
+    # attempt's line, in this run's file (manifest.jsonl for one process, which a killed multi-process run's rank
+    # files predate)
+    newest = {attempt(r): r for m in sorted(lines, key=mtime) for r in lines[m] if not _lost(root, r)}
+    # each chunk is one process's, in order in its rank file: a stable sort by chunk restores one process's order
+    by_chunk = sorted(
+        (r for m in ranks for r in lines[m]), key=lambda r: (chunk_of or {}).get(str(r.get("source")), -1)
     )
-    records = [r for m in files for r in read_manifest(m)]
-    # one line per attempt: a merge killed between writing manifest.jsonl and removing the rank files left both
-    settled = list({(r.get("item"), r.get("attempt", 0)): r for r in records if not _lost(root, r)}.values())
-    if ranks:
-        settled.sort(key=lambda r: (str(r.get("item")), r.get("attempt", 0)))
-    if ranks or len(settled) != len(records):  # a run that only added lines rewrites nothing
-        with atomic_path(root / "manifest.jsonl") as tmp:
-            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in settled))
+    earlier_first = main not in lines or not ranks or mtime(main) <= min(map(mtime, ranks))
+    order = [*lines.get(main, ()), *by_chunk] if earlier_first else [*by_chunk, *lines[main]]
+    # one line per attempt, where its first line stood: a merge killed between writing manifest.jsonl and removing
+    # the rank files left both
+    settled = {}
+    for r in order:
+        if attempt(r) in newest:
+            settled.setdefault(attempt(r), newest[attempt(r)])
+    if ranks or len(settled) != sum(map(len, lines.values())):  # a run that only added lines rewrites nothing
+        with atomic_path(main) as tmp:
+            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in settled.values()))
     for m in ranks:
         m.unlink()
 

@@ -1040,9 +1040,8 @@ def test_two_processes_equal_one(dataset, tmp_path, tiny_dir):
     (tmp_path / "tmp").mkdir()  # torchrun's own temp folders
     env = {**os.environ, "DEPTH2IMG_TINY_DIR": str(tiny_dir), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
            "TMPDIR": str(tmp_path / "tmp")}  # fmt: skip
-    common = dict(
-        presets=["rain"], seeds=2, labels={}, depth_batch_size=2, batch_size=2
-    )  # chunks [f0, f1], [f2]
+    # chunks [f0, f1], [f2]; fog sorts before rain, which one process makes first
+    common = dict(presets=["rain", "fog"], seeds=1, labels={}, depth_batch_size=2, batch_size=2)
     single = write_job(dataset, name="one.yaml", output=str(tmp_path / "one"), **common)
     multi = write_job(dataset, name="two.yaml", output=str(tmp_path / "two"), **common)
     torchrun = Path(sys.executable).with_name("torchrun")
@@ -1061,8 +1060,9 @@ def test_two_processes_equal_one(dataset, tmp_path, tiny_dir):
         a = np.asarray(Image.open(tmp_path / "one" / "images" / name))
         b = np.asarray(Image.open(tmp_path / "two" / "images" / name))
         assert np.array_equal(a, b)
-    ranks = {r["item"].split("/")[0]: r for r in read_manifest(tmp_path / "two" / "manifest.jsonl")}
-    assert set(ranks) == {"f0", "f1", "f2"}
+    # the merged manifest is one process's, line for line (it had been sorted by item: f0/fog before f0/rain)
+    merged = (tmp_path / "two" / "manifest.jsonl").read_text()
+    assert merged == (tmp_path / "one" / "manifest.jsonl").read_text()
 
 
 def test_a_job_that_accepts_no_image_says_so_and_exits_2(dataset, tmp_path, capsys):
@@ -1340,6 +1340,25 @@ def test_settling_the_manifest_keeps_the_newest_line_and_leaves_an_added_only_ma
     assert (tmp_path / "manifest.jsonl").stat().st_ino == inode and len(
         read_manifest(tmp_path / "manifest.jsonl")
     ) == 2
+
+
+def test_a_resumed_two_process_run_merges_after_the_earlier_lines_in_one_process_order(tmp_path):
+    """Merged rank files were sorted by item string: s10 before s2, and chunks interleaved by name."""
+    import os
+
+    from depth2img.batch import _settle_manifests
+
+    def line(item):
+        return json.dumps({"item": item, "attempt": 0, "output": None, "source": item.split("/")[0]}) + "\n"
+
+    (tmp_path / "manifest.jsonl").write_text(line("z/fog/s0"))  # an earlier run's
+    os.utime(tmp_path / "manifest.jsonl", ns=(1, 1))
+    # rank 0 ran chunks 0 ([b]) and 2 ([a]), rank 1 chunk 1 ([c])
+    (tmp_path / "manifest.rank0.jsonl").write_text(line("b/fog/s2") + line("b/fog/s10") + line("a/fog/s0"))
+    (tmp_path / "manifest.rank1.jsonl").write_text(line("c/fog/s0"))
+    _settle_manifests(tmp_path, {"b": 0, "c": 1, "a": 2})
+    items = [r["item"] for r in read_manifest(tmp_path / "manifest.jsonl")]
+    assert items == ["z/fog/s0", "b/fog/s2", "b/fog/s10", "c/fog/s0", "a/fog/s0"]
 
 
 def test_two_names_linked_to_one_file_keep_two_names_on_resume(tmp_path):
