@@ -362,19 +362,29 @@ def _cmd_transform(args) -> int:
         lora_knobs = dict(entry.knobs) if entry else {}
     # what each input runs with, as SceneTransformer.prepare resolves it
     resolved = resolved_knobs(preset_knobs, lora_knobs, given)
-    try:  # (the flags given passed alone: a preset's or LoRA's knobs joined them)
-        check_knobs(resolved, label=_flag)
-    except InputError as err:
-        joined = [f"--preset {args.preset}"] * bool(preset_knobs) + [f"--lora {args.lora}"] * bool(lora_knobs)
-        raise InputError(f"{err} (with the knobs of {' and '.join(joined)})") from None
     from .backends import known_traits
     from .registry import resolve_backbone
 
     ref = resolve_backbone(args.model)
     traits = known_traits(ref)  # None where unknown before loading: checked once loaded, for each input
-    check_denoising_steps(
-        resolved["steps"], resolved["strength"], traits is not None and traits.flow_matching
-    )
+
+    def joined(err, keys):
+        """``err`` saying which of the preset and LoRA gave knobs among ``keys`` (where no flag overrode them)."""
+        # (a flag wins over the LoRA's knob, which wins over the preset's)
+        own = ((f"--preset {args.preset}", preset_knobs.keys() - lora_knobs.keys()),
+               (f"--lora {args.lora}", lora_knobs.keys()))  # fmt: skip
+        names = [name for name, k in own if any(key in k and key not in given for key in keys)]
+        return InputError(f"{err} (with the knobs of {' and '.join(names)})" if names else str(err))
+
+    try:  # (the flags given passed alone: a preset's or LoRA's knobs joined them)
+        check_knobs(resolved, label=_flag)
+    except InputError as err:
+        raise joined(err, resolved) from None
+    try:
+        check_denoising_steps(resolved["steps"], resolved["strength"], traits is not None and traits.flow_matching,
+                              label=_flag)  # fmt: skip
+    except InputError as err:
+        raise joined(err, ("steps", "strength")) from None
     check_num_images(args.num_images, label=_flag)
     if args.seed is not None:
         seed_run(args.seed, args.num_images, label=_flag)

@@ -117,14 +117,15 @@ def denoising_steps(steps: int, strength: float, flow_matching: bool = False) ->
     return min(int(steps * strength), steps)
 
 
-def check_denoising_steps(steps: int, strength: float, flow_matching: bool = False) -> None:
+def check_denoising_steps(steps: int, strength: float, flow_matching: bool = False, label=str) -> None:
     """At least one denoising step must be left (``denoising_steps``). Checked per request, and up front where
-    both are given (no preset or model default can change them)."""
+    both are given (no preset or model default can change them). ``label`` names a knob as the caller's user wrote
+    it (a flag, a job key)."""
     left = denoising_steps(steps, strength, flow_matching)
     if left < 1:
         raise InputError(
-            f"steps x strength must leave at least one denoising step: steps={steps} and strength={strength} "
-            f"leave {left}; raise either"
+            f"{label('steps')} x {label('strength')} must leave at least one denoising step: "
+            f"{label('steps')}={steps} and {label('strength')}={strength} leave {left}; raise either"
         )
 
 

@@ -100,7 +100,14 @@ def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
         ),
         (["--prompt", "x", "--batch-size", "0"], "--batch-size must be an integer >= 1, got 0"),
         # with the default strength 0.8 (each input refused it alone, after the model had loaded)
-        (["--prompt", "x", "--steps", "1"], "steps=1 and strength=0.8 leave 0"),
+        (["--prompt", "x", "--steps", "1"], ": --steps=1 and --strength=0.8 leave 0; raise either\n"),
+        # a preset whose knobs play no part is not named (it was, for any knob it had)
+        (["--preset", "pencil-sketch", "--steps", "1"], "--strength=0.8 leave 0; raise either\n"),
+        (
+            ["--prompt", "x", "--lora", "tiny/lcm-sd15", "--strength", "0.2"],
+            ": --steps x --strength must leave at least one denoising step: --steps=4 and --strength=0.2 leave 0;"
+            " raise either (with the knobs of --lora tiny/lcm-sd15)",
+        ),
         (
             ["--prompt", "x", "--lora", "tiny/lcm-sd15", "--lora-scale", "5"],
             "--lora-scale must be in (0, 2], got 5.0",
@@ -113,7 +120,7 @@ def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
         (["--prompt", "x", "--estimator", "not a model"], "estimator 'not a model' is not a registry name"),
         (
             ["--prompt", "x", "--steps", "1", "--strength", "0.8"],
-            "steps x strength must leave at least one denoising step: steps=1 and strength=0.8 leave 0",
+            "--steps x --strength must leave at least one denoising step: --steps=1 and --strength=0.8 leave 0",
         ),
         (
             ["--prompt", "x", "--compile", "default", "--offload", "group"],

@@ -527,7 +527,7 @@ def test_flux_counts_its_img2img_steps_as_its_pipeline_does(photo, depth, tmp_pa
                  "--prompt", "x", "--steps", "3", "--strength", "0.3", "-q"]) == 0  # fmt: skip
     assert main(["transform", str(tmp_path / "a.png"), "-o", str(tmp_path / "p"), "--model", "tiny", "--prompt", "x",
                  "--steps", "3", "--strength", "0.3", "-q"]) == 2  # fmt: skip
-    assert "steps=3 and strength=0.3 leave 0" in capsys.readouterr().err
+    assert "--steps=3 and --strength=0.3 leave 0" in capsys.readouterr().err
 
 
 def test_sdxl_equals_diffusers(photo, depth, tiny_dir):
