@@ -141,9 +141,11 @@ def header_size(path) -> tuple[int, int] | None:
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
                 (w, h), orientation = img.size, img.getexif().get(0x0112)
+                # Pillow's TIFF reader gives the displayed size already (and turns the pixels as it loads them)
+                turned = orientation in (5, 6, 7, 8) and img.format != "TIFF"
     except Exception:  # noqa: BLE001  unreadable, not an image, over the limit: load_image reports it with the rest
         return None
-    return (h, w) if orientation in (5, 6, 7, 8) else (w, h)
+    return (h, w) if turned else (w, h)
 
 
 def _path(path, name: str) -> Path:

@@ -41,6 +41,14 @@ def test_exif_rotation_is_honoured(tmp_path, chelsea):
     assert io.load_image(tmp_path / "rot.jpg").size == (chelsea.height, chelsea.width)
     # the size a depth file must fit, from the header alone: the same as load_image's
     assert io.header_size(tmp_path / "rot.jpg") == (chelsea.height, chelsea.width)
+    for suffix in (
+        ".tif",
+        ".png",
+        ".webp",
+    ):  # Pillow's TIFF reader turns the size itself: it was turned twice
+        chelsea.save(tmp_path / f"rot{suffix}", exif=exif)
+        assert io.header_size(tmp_path / f"rot{suffix}") == io.load_image(tmp_path / f"rot{suffix}").size
+        assert io.load_image(tmp_path / f"rot{suffix}").size == (chelsea.height, chelsea.width)
     chelsea.save(tmp_path / "plain.jpg")
     assert io.header_size(tmp_path / "plain.jpg") == chelsea.size
     (tmp_path / "text.jpg").write_text("hello")
