@@ -10,7 +10,7 @@ import contextlib
 import errno
 import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -111,6 +111,20 @@ def _stems(paths: Sequence[Path], kept: dict | None = None, reserved=()) -> list
 STALE_TEMP_S = 600
 
 
+def as_paths(items, name: str) -> list:
+    """``items`` (one path, or a sequence of paths: str or os.PathLike) as a list; one line naming ``name`` for
+    anything else. A lone str had been walked letter by letter: "/data/a.png" ran the current folder's images."""
+    if isinstance(items, (str, os.PathLike)):
+        return [items]
+    if isinstance(items, Iterable) and not isinstance(items, bytes):
+        items = list(items)
+        bad = next((i for i in items if not isinstance(i, (str, os.PathLike))), None)
+        if bad is None:
+            return items
+        raise InputError(f"{name} must hold file paths (str or os.PathLike), got a {type(bad).__name__}")
+    raise InputError(f"{name} must be a file path or a list of them, got {type(items).__name__}")
+
+
 def output_dir(out_dir, inputs: Sequence) -> Path:
     """``out_dir`` created for a run's outputs, checked before any model loads: one line if it is a file, cannot be
     created, or is one of the input folders (whose next run would read these outputs as inputs)."""
@@ -202,11 +216,12 @@ def run_depth(
         if unused:
             raise InputError(f"--right matches stereo pairs (OpenCV SGBM, on the CPU): {', '.join(unused)} "
                              f"{'does' if len(unused) == 1 else 'do'} not apply to it")  # fmt: skip
+    inputs = as_paths(inputs, "inputs")
     report = RunReport(on_error=on_error)
     paths = report.collect(inputs)
     right_paths: list[Path] | None = None
     if right is not None:
-        right_paths = [Path(r) for r in right]
+        right_paths = [Path(r) for r in as_paths(right, "right")]
         if len(right_paths) != len(paths):
             raise InputError(
                 f"--right: {len(right_paths)} right images for {len(paths)} left inputs; give one per input"

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
-from .depth_run import RunReport, _stems, output_dir_for, read_ahead
+from .depth_run import RunReport, _stems, as_paths, output_dir_for, read_ahead
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError
 from .io import load_image
 from .knobs import DEFAULT_KNOBS, check_batch_size
@@ -60,8 +60,10 @@ def run_transform(
     if unknown:  # they failed as a TypeError from prepare, once both models had loaded
         raise InputError(f"knobs: {unknown[0]!r} is not a knob ({', '.join(DEFAULT_KNOBS)}); scheduler is its own "
                          "argument")  # fmt: skip
+    inputs = as_paths(inputs, "inputs")
     report = RunReport(on_error=on_error)
     paths = report.collect(inputs)
+    depth = as_paths(depth, "depth") if depth is not None else None
     if depth is not None and len(depth) != len(paths):
         raise InputError(f"--depth: {len(depth)} depth files for {len(paths)} inputs; give one per input"
                          + report.unpaired())  # fmt: skip

@@ -529,3 +529,34 @@ def test_a_failed_manifest_append_leaves_no_part_of_its_lines(tmp_path, monkeypa
     assert manifest.read_bytes() == kept and not (tmp_path / "b.png").exists()
     outputs.append_manifest(manifest, [{"output": "c.png"}])
     assert [r["output"] for r in outputs.read_manifest(manifest)] == ["a.png", "c.png"]
+
+
+def test_one_path_as_a_string_is_one_input_not_its_letters(tmp_path, chelsea, monkeypatch):
+    """run_depth("/x/a.png") walked the string: "/" and "." were folders, so the current folder's images ran."""
+    from depth2img.depth_run import run_depth
+    from depth2img.errors import InputError
+    from depth2img.transform_run import run_transform
+
+    (tmp_path / "here").mkdir()
+    chelsea.save(tmp_path / "here" / "unrelated.png")
+    chelsea.save(tmp_path / "a.png")
+    # a right view: the scene 8 px to the left
+    Image.fromarray(np.roll(np.asarray(chelsea), -8, axis=1)).save(tmp_path / "b.png")
+    monkeypatch.chdir(tmp_path / "here")
+    report = run_depth(
+        str(tmp_path / "a.png"), tmp_path / "o", estimator="tiny", formats=["npy"], progress=False
+    )
+    assert (len(report.done), report.failed) == (1, []) and sorted(
+        p.name for p in (tmp_path / "o").iterdir()
+    ) == ["a_depth.npy"]
+    report = run_depth(tmp_path / "a.png", tmp_path / "p", right=str(tmp_path / "b.png"), formats=["npy"],
+                       progress=False)  # fmt: skip
+    assert len(report.done) == 1
+    for call, message in (
+        (lambda: run_depth([tmp_path / "a.png", 3], tmp_path / "q"), "inputs must hold file paths (str or os.PathLike), got a int"),
+        (lambda: run_depth(chelsea, tmp_path / "q"), "inputs must be a file path or a list of them, got Image"),
+        (lambda: run_transform(tmp_path / "a.png", tmp_path / "q", prompt="x", depth=b"a.png"), "depth must be a file path or a list of them, got bytes"),
+    ):  # fmt: skip
+        with pytest.raises(InputError, match="^" + message.replace("(", r"\(").replace(")", r"\)") + "$"):
+            call()
+    assert not (tmp_path / "q").exists()
