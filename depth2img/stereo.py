@@ -47,6 +47,9 @@ def stereo_depth(
     disparity, matched, num_disparities = sgbm_disparity(
         left, right, num_disparities=num_disparities, block_size=block_size
     )
+    if not matched.any():  # all fill: a flat map written as depth, valid everywhere
+        raise InputError("stereo: no pixel matched at a disparity above 0: is the right image the left one again, "
+                         "or a surface without texture?")  # fmt: skip
     if matched.mean() < MIN_MATCHED:
         warnings.warn(f"stereo: only {matched.mean():.0%} of the pixels matched; are left and right swapped, or the "
                       "pair not rectified?", Depth2ImgWarning, stacklevel=2)  # fmt: skip
@@ -60,17 +63,34 @@ def sgbm_disparity(
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """OpenCV SGBM's disparity (float32 pixels), the mask of matched pixels, and the disparity range used."""
     import cv2
+    from PIL import Image
 
     from .io import to_rgb
 
-    # as load_image converts a photo: 16-bit grey scaled (convert("RGB") clipped it to one level), alpha on white
-    left = np.asarray(to_rgb(left) if hasattr(left, "convert") else left)
-    right = np.asarray(to_rgb(right) if hasattr(right, "convert") else right)
-    if left.shape != right.shape:
+    def pixels(image, name):
+        # as load_image converts a photo: 16-bit grey scaled (convert("RGB") clipped it to one level), alpha on white
+        if isinstance(image, Image.Image):
+            return np.asarray(to_rgb(image))
+        if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim in (2, 3):
+            if image.ndim == 2 or image.shape[2] == 3:
+                return image
+        got = (
+            f"a {image.dtype} array of shape {image.shape}"
+            if isinstance(image, np.ndarray)
+            else type(image).__name__
+        )
+        # (OpenCV's assertion, or an unpacking error, was the message)
+        raise InputError(f"stereo: {name} must be a PIL image or an HxW or HxWx3 uint8 array, got {got}")
+
+    left, right = pixels(left, "left"), pixels(right, "right")
+    if left.shape[:2] != right.shape[:2]:
         raise InputError(
             f"stereo pair sizes differ: left {left.shape[1]}x{left.shape[0]}, right {right.shape[1]}x{right.shape[0]}; "
             "give a rectified pair of the same size"
         )
+    if left.ndim != right.ndim:  # (said the sizes differed, naming two equal sizes)
+        raise InputError(f"stereo: left is {'grey' if left.ndim == 2 else 'colour'} and right "
+                         f"{'grey' if right.ndim == 2 else 'colour'}; give two images of one kind")  # fmt: skip
     h, w = left.shape[:2]
     if num_disparities is None:
         if w <= 16:

@@ -1,5 +1,7 @@
 """Stereo on a real pair with ground truth; the procedural scene against its analytic geometry."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -63,6 +65,43 @@ def test_stereo_size_mismatch():
         stereo_depth(a, np.zeros((40, 60, 3), np.uint8))
     with pytest.raises(InputError, match="^stereo pair is 16 px wide: too narrow to match"):
         stereo_depth(a[:, :16], a[:, :16])
+
+
+@pytest.mark.parametrize(
+    "left, right, message",
+    [  # OpenCV's assertion, an unpacking error, and "sizes differ: left 64x40, right 64x40" were the messages
+        (np.zeros((40, 64), np.uint16), np.zeros((40, 64), np.uint16), "left must be a PIL image or an HxW or HxWx3 "
+         "uint8 array, got a uint16 array of shape (40, 64)"),
+        (np.zeros((40, 64, 3), np.uint8), None, "right must be a PIL image or an HxW or HxWx3 uint8 array, got NoneType"),
+        ("left.png", np.zeros((40, 64, 3), np.uint8), "left must be a PIL image or an HxW or HxWx3 uint8 array, got str"),
+        (np.zeros((40, 64, 3), np.uint8), np.zeros((40, 64), np.uint8), "left is colour and right grey; give two images"),
+    ],
+)  # fmt: skip
+def test_stereo_arguments_are_one_line(left, right, message):
+    with pytest.raises(InputError, match="^stereo: " + re.escape(message)):
+        stereo_depth(left, right)
+
+
+def test_a_pair_with_no_match_is_refused_not_written_as_a_flat_depth(tmp_path, chelsea, capsys):
+    """The same image twice (or a flat grey pair) matched no pixel: depth2img depth wrote a flat map, valid
+    everywhere, and exited 0."""
+    from depth2img.cli import main
+
+    chelsea.save(tmp_path / "a.png")
+    code = main(
+        [
+            "depth",
+            str(tmp_path / "a.png"),
+            "--right",
+            str(tmp_path / "a.png"),
+            "-o",
+            str(tmp_path / "o"),
+            "-q",
+        ]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and "a.png: stereo: no pixel matched at a disparity above 0" in err, err
+    assert not (tmp_path / "o").exists()  # nothing written (the folder it made is removed again)
 
 
 def test_hole_filling_takes_the_background():
