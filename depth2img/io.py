@@ -188,14 +188,19 @@ def to_rgb(img):
         return img
     if img.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
         arr = np.asarray(img, dtype=np.float64)
+        peak = arr.max(initial=0)
         if img.mode == "F":
-            top = 1.0 if arr.max(initial=0) <= 1.0 else 255.0
+            top = 1.0 if peak <= 1.0 else 255.0
         else:
-            top = 65535.0 if img.mode.startswith("I;16") or arr.max(initial=0) > 255 else 255.0
+            top = 65535.0 if img.mode.startswith("I;16") or peak > 255 else 255.0
+        # 32-bit values past that range are scaled by their peak (three quarters of a ramp to 2**20 were clipped)
+        top = max(top, peak)
         arr = np.clip(np.round(arr / top * 255.0), 0, 255).astype(np.uint8)
         return Image.fromarray(arr, "L").convert("RGB")
     if img.mode == "P":
         img = img.convert("RGBA")
+    if img.mode == "La":  # premultiplied; Pillow converts it to LA only
+        img = img.convert("LA")
     if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
@@ -286,6 +291,12 @@ def read_depth_file(
             values = rgb[..., 0]
         else:
             values = np.asarray(img)
+            sample_format = getattr(img, "tag_v2", {}).get(
+                339, (1,)
+            )  # TIFF: 1 unsigned (the default), 2 signed
+            if values.dtype == np.int32 and 2 not in np.atleast_1d(sample_format):
+                # Pillow reads an unsigned 32-bit TIFF as signed: 4e9 came back negative, the polarity scrambled
+                values = values.view(np.uint32)
     values = _depth_values(values, path)
     # a DepthMap kind names its polarity too (stereo disparity runs near-bright)
     recorded = {**{kind: name for name, kind in POLARITIES.items()}, "disparity": "near-bright"}.get(

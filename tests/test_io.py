@@ -34,6 +34,22 @@ def test_16bit_grey_is_scaled_not_clipped(tmp_path):
     assert list(rgb[0, :4, 0]) == [0, 1, 128, 255]
 
 
+@pytest.mark.parametrize(
+    "values, mode",
+    [(np.array([0, 2**18, 2**19, 2**20], np.int32), "I"), (np.array([0, 250, 500, 1000], np.float32), "F")],
+)
+def test_32_bit_grey_past_its_assumed_range_is_scaled_by_its_peak(values, mode):
+    """Over 65535 (mode I) or 255 (mode F) three quarters of a ramp came out white."""
+    rgb = np.asarray(io.to_rgb(Image.fromarray(np.tile(values, (16, 4)), mode)))
+    assert list(rgb[0, :4, 0]) == [0, 64, 128, 255]
+
+
+def test_premultiplied_grey_alpha_converts():
+    """Mode La (premultiplied): Pillow converts it to LA only, so the conversion to RGBA raised a ValueError."""
+    img = Image.new("LA", (16, 16), (200, 255)).convert("La")
+    assert np.asarray(io.to_rgb(img))[0, 0].tolist() == [200, 200, 200]
+
+
 def test_exif_rotation_is_honoured(tmp_path, chelsea):
     exif = Image.Exif()
     exif[0x0112] = 6  # Orientation: rotate 90 CW to display
@@ -235,6 +251,14 @@ def test_user_depth_formats_and_polarity(tmp_path):
     assert near.normalized()[0, -1] == 1.0
     Image.fromarray(np.full((16, 16), 2.5, np.float32), "F").save(tmp_path / "d.tif")
     assert io.read_depth_file(tmp_path / "d.tif", "metric").values[0, 0] == 2.5
+    # unsigned 32-bit (Pillow opens it as signed: 4e9 came back as -294967296), and signed 32-bit as written
+    import tifffile
+
+    tifffile.imwrite(tmp_path / "u32.tif", np.tile(np.array([1, 4_000_000_000], np.uint32), (16, 8)))
+    assert io.read_depth_file(tmp_path / "u32.tif", "metric").values[0, :2].tolist() == [1, 4e9]
+    Image.fromarray(np.tile(np.array([-5, 7], np.int32), (16, 8)), "I").save(tmp_path / "i32.tif")
+    with pytest.raises(InputError, match="negative"):
+        io.read_depth_file(tmp_path / "i32.tif", "metric")
     kitti = np.array([[0, 256 * 10], [256 * 5, 256 * 20]], np.uint16)  # KITTI: metres * 256, 0 = no return
     Image.fromarray(kitti).save(tmp_path / "k.png")
     k = io.read_depth_file(tmp_path / "k.png", "metric", depth_scale=1 / 256)
