@@ -6,6 +6,7 @@ asked for), and runs one job at a time on its device. All work is done by the Py
 
 from __future__ import annotations
 
+import gc
 import hashlib
 import threading
 import time
@@ -38,7 +39,7 @@ class Service:
         self.presets = presets
         self.lora, self.lora_scale, self.compile = lora, lora_scale, compile
         self._estimators: dict = {}
-        self._depths: dict = {}  # (estimator, size, image hash) -> DepthMap, oldest first
+        self._depths: dict = {}  # (estimator, size, image hash) -> DepthMap, least recently used first
         self._transformer = None
         self._lock = threading.RLock()  # one job at a time on the device
 
@@ -74,9 +75,11 @@ class Service:
                 from .registry import resolve_backbone
 
                 resolve_backbone(model)  # an unknown name is refused while the loaded backbone is still kept
-                if progress:
-                    progress(f"loading model {model} (first use)")
+                if progress:  # (it said "first use" when another request's backbone had replaced it)
+                    progress(f"loading model {model}")
                 self._transformer = None  # free the old backbone before loading the next
+                # (reference cycles, transformers' lazy imports among them, can keep it until the next collection)
+                gc.collect()
                 self._transformer = SceneTransformer.from_pretrained(
                     model, device=self.device, dtype=self.dtype, estimator=self.default_estimator,
                     local_files_only=self.local_files_only, preset_files=self.preset_files, lora=self.lora,
@@ -127,6 +130,8 @@ class Service:
                 if len(self._depths) >= DEPTH_CACHE_SIZE:
                     self._depths.pop(next(iter(self._depths)))
                 self._depths[key] = est(image)
+            # most recently used last: a photo in use had its depth estimated again after 8 other uploads
+            self._depths[key] = self._depths.pop(key)
             return self._depths[key]
 
     def transform(self, image, *, model: str | None = None, estimator: str | None = None, depth_file=None,

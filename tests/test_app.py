@@ -495,6 +495,10 @@ def test_service_estimates_a_photos_depth_once(chelsea):
     # not an image: one line (an array was an AttributeError)
     with pytest.raises(Depth2ImgError, match="^image must be a PIL image .*got ndarray$"):
         svc.depth(np.asarray(chelsea), estimator="tiny")
+    # least recently used goes: a photo in use keeps its depth however many others come (it went after 8)
+    for k in range(12):
+        svc.depth(chelsea.rotate(k + 1), estimator="tiny")
+        assert svc.depth(chelsea, estimator="tiny") is a
 
 
 def test_service_keeps_two_estimators_loaded(chelsea):
@@ -557,9 +561,7 @@ def test_warm_up_leaves_no_request_waiting_for_the_compiler(eager_compile):
     service = Service(model="tiny", compile="default")
     messages = []
     service.warm_up(progress=messages.append)
-    assert messages[0] == "loading model tiny (first use)" and messages[1].startswith(
-        "warm-up: compiling for"
-    )
+    assert messages[0] == "loading model tiny" and messages[1].startswith("warm-up: compiling for")
     graphs = torch._dynamo.utils.counters["stats"]["unique_graphs"]
     assert graphs >= 6
     for (width, height), images, strength in [
