@@ -53,6 +53,9 @@ SCHEDULERS = {
     "ddim-trailing": "DDIMScheduler",  # timestep_spacing="trailing", for Hyper-SD
 }
 SCHEDULER_OPTIONS = {
+    # as every Stable Diffusion scheduler config sets it; from a config without it (tiny SDXL's Euler, a folder's)
+    # PNDM ran Runge-Kutta warm-up steps and failed inside diffusers under 4 steps
+    "pndm": {"skip_prk_steps": True},
     "dpm++-karras": {"use_karras_sigmas": True},
     "ddim-trailing": {"timestep_spacing": "trailing"},
 }

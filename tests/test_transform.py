@@ -299,6 +299,14 @@ def test_a_new_control_scale_or_other_knob_compiles_nothing_new(channels_last, e
     assert np.abs(plain[0.7] - plain[0.4]).max() > 1e-3
 
 
+def test_pndm_runs_few_steps_on_a_backbone_whose_scheduler_config_lacks_skip_prk_steps(photo, depth):
+    """Tiny SDXL's scheduler config (Euler) has no skip_prk_steps: PNDM from it failed under 4 steps with numpy's
+    'operands could not be broadcast together with shapes (6,) (8,)', an internal error."""
+    st_ = SceneTransformer.from_pretrained("tiny/sdxl-depth")
+    result = st_.transform(photo, PROMPT, depth=depth, seed=0, steps=3, strength=1.0, scheduler="pndm")
+    assert result.images[0].size == photo.size and st_.backend.pipe.scheduler.config.skip_prk_steps
+
+
 def _decoded_batches(st):
     """The batch sizes the VAE decoder receives, one per pipeline call."""
     sizes = []
