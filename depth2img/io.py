@@ -82,6 +82,10 @@ def _allow_pixels(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = max_pixels
 
 
+class _Unidentified(InputError):
+    """A file Pillow does not know as an image."""
+
+
 def _open(path: Path, max_pixels: int):
     from PIL import Image, UnidentifiedImageError
 
@@ -96,7 +100,7 @@ def _open(path: Path, max_pixels: int):
         counted = re.search(r"\((\d+) pixels\)", str(err))
         raise _over_pixel_limit(path, max_pixels, f"{int(counted[1]):,} pixels" if counted else "") from None
     except UnidentifiedImageError:
-        raise InputError(f"{path}: not a readable image (unknown format or corrupt header)") from None
+        raise _Unidentified(f"{path}: not a readable image (unknown format or corrupt header)") from None
     except OSError as err:
         raise InputError(f"{path}: cannot be read ({err})") from None
     w, h = img.size
@@ -278,25 +282,25 @@ def read_depth_file(
     if suffix in (".npy", ".npz"):
         values, recorded = _read_numpy(path, pixel_limit())
     else:
-        img = _open(path, pixel_limit())
-        recorded, invalid = img.info.get(KIND_TEXT_KEY), img.info.get(INVALID_TEXT_KEY)
-        if img.mode in ("RGB", "RGBA", "P"):
-            rgb = _wide_rgb(path, img)
-            rgb = np.asarray(img.convert("RGB")) if rgb is None else rgb
-            if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])):
-                raise InputError(
-                    f"{path}: a colour image is not a depth map (colour-mapped previews cannot be read back); "
-                    "give a greyscale 8/16-bit PNG, a float TIFF or a .npy"
-                )
-            values = rgb[..., 0]
-        else:
-            values = np.asarray(img)
-            sample_format = getattr(img, "tag_v2", {}).get(
-                339, (1,)
-            )  # TIFF: 1 unsigned (the default), 2 signed
-            if values.dtype == np.int32 and 2 not in np.atleast_1d(sample_format):
-                # Pillow reads an unsigned 32-bit TIFF as signed: 4e9 came back negative, the polarity scrambled
-                values = values.view(np.uint32)
+        try:
+            img = _open(path, pixel_limit())
+        except _Unidentified:
+            # 64- and 16-bit float TIFFs (numpy's default float, as tifffile writes it), which Pillow cannot open
+            values = _opencv_tiff(path) if suffix in (".tif", ".tiff") else None
+            if values is None:
+                raise
+            img = None
+        if img is not None:
+            recorded, invalid = img.info.get(KIND_TEXT_KEY), img.info.get(INVALID_TEXT_KEY)
+            if img.mode in ("RGB", "RGBA", "P"):
+                values = _grey(path, _wide_rgb(path, img), img)
+            else:
+                values = np.asarray(img)
+                # TIFF SampleFormat: 1 unsigned (the default), 2 signed
+                sample_format = img.tag_v2.get(339, (1,)) if img.format == "TIFF" else (2,)
+                if values.dtype == np.int32 and 2 not in np.atleast_1d(sample_format):
+                    # Pillow reads an unsigned 32-bit TIFF as signed: 4e9 came back negative, the polarity scrambled
+                    values = values.view(np.uint32)
     values = _depth_values(values, path)
     # a DepthMap kind names its polarity too (stereo disparity runs near-bright)
     recorded = {**{kind: name for name, kind in POLARITIES.items()}, "disparity": "near-bright"}.get(
@@ -422,6 +426,37 @@ def depth_for_image(
             f"{where or 'depth: '}no pixel holds a depth (all marked invalid, or metric depth all 0)"
         )
     return depth if depth.size == (w, h) else depth.resized(w, h)
+
+
+def _grey(path: Path, rgb, img=None) -> np.ndarray:
+    """The grey values of a depth stored as colour (``rgb``, or ``img`` converted), or one line: a colour image is no
+    depth map."""
+    rgb = np.asarray(img.convert("RGB")) if rgb is None else rgb
+    if not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 1], rgb[..., 2])):
+        raise InputError(
+            f"{path}: a colour image is not a depth map (colour-mapped previews cannot be read back); "
+            "give a greyscale 8/16-bit PNG, a float TIFF or a .npy"
+        )
+    return rgb[..., 0]
+
+
+def _opencv_tiff(path: Path) -> np.ndarray | None:
+    """A TIFF that Pillow cannot open, read by OpenCV (a float64 or float16 depth), or None where OpenCV cannot either.
+    The pixel limit is checked once it is read (OpenCV keeps its own limit, 2**30 pixels, while decoding)."""
+    import cv2
+
+    level = cv2.utils.logging.getLogLevel()
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # its own error lines on stderr
+    try:
+        pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    finally:
+        cv2.utils.logging.setLogLevel(level)
+    if pixels is None:
+        return None
+    if pixels.shape[0] * pixels.shape[1] > pixel_limit():
+        h, w = pixels.shape[:2]
+        raise _over_pixel_limit(path, pixel_limit(), f"{w}x{h} is {w * h:,} pixels")
+    return _grey(path, pixels[..., 2::-1]) if pixels.ndim == 3 else pixels
 
 
 def _wide_rgb(path: Path, img) -> np.ndarray | None:

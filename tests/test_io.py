@@ -242,7 +242,7 @@ def test_npy_round_trip_raw(tmp_path, rng):
     np.testing.assert_array_equal(back.values, d.values)
 
 
-def test_user_depth_formats_and_polarity(tmp_path):
+def test_user_depth_formats_and_polarity(tmp_path, monkeypatch):
     far_bright = np.tile(np.arange(32, dtype=np.uint8) * 8, (16, 1))
     Image.fromarray(far_bright).save(tmp_path / "d8.png")
     d = io.read_depth_file(tmp_path / "d8.png", "far-bright")
@@ -259,6 +259,18 @@ def test_user_depth_formats_and_polarity(tmp_path):
     Image.fromarray(np.tile(np.array([-5, 7], np.int32), (16, 8)), "I").save(tmp_path / "i32.tif")
     with pytest.raises(InputError, match="negative"):
         io.read_depth_file(tmp_path / "i32.tif", "metric")
+    # float64 (numpy's default float, which Pillow cannot open: "not a readable image"), grey in one or three planes
+    ramp = np.tile(np.array([1.5, 80.25]), (16, 8))
+    tifffile.imwrite(tmp_path / "f64.tif", ramp)
+    tifffile.imwrite(tmp_path / "f64x3.tif", np.dstack([ramp] * 3))
+    for name in ("f64.tif", "f64x3.tif"):
+        assert io.read_depth_file(tmp_path / name, "metric").values[0, :2].tolist() == [1.5, 80.25]
+    tifffile.imwrite(tmp_path / "f64rgb.tif", np.dstack([ramp, ramp, ramp * 2]))
+    with pytest.raises(InputError, match="f64rgb.tif: a colour image is not a depth map"):
+        io.read_depth_file(tmp_path / "f64rgb.tif", "metric")
+    monkeypatch.setenv("DEPTH2IMG_MAX_PIXELS", "255")  # the pixel limit holds for it too
+    with pytest.raises(InputError, match=r"f64.tif: .*16x16 is 256 pixels"):
+        io.read_depth_file(tmp_path / "f64.tif", "metric")
     kitti = np.array([[0, 256 * 10], [256 * 5, 256 * 20]], np.uint16)  # KITTI: metres * 256, 0 = no return
     Image.fromarray(kitti).save(tmp_path / "k.png")
     k = io.read_depth_file(tmp_path / "k.png", "metric", depth_scale=1 / 256)
