@@ -11,6 +11,7 @@ shard the sources deterministically and each writes its own manifest; the main p
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import itertools
 import json
@@ -729,6 +730,17 @@ def _distributed():
     return state.process_index, state.num_processes, state.device, state.wait_for_everyone
 
 
+@contextlib.contextmanager
+def alike():
+    """Errors raised inside are ones every process of a run meets alike (the job file, its inputs, labels and output
+    folder, read by all): marked ``every_process``, so that one process reports them, not each."""
+    try:
+        yield
+    except Depth2ImgError as err:
+        err.every_process = True
+        raise
+
+
 def _inside(root: Path, path: Path) -> Path:
     resolved = path.resolve()
     if root.resolve() not in resolved.parents:
@@ -743,7 +755,9 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     from .metrics import geometry_reference, geometry_scores, passes
     from .service import Service
 
-    job = load_job(job) if not isinstance(job, Job) else job
+    if not isinstance(job, Job):
+        with alike():
+            job = load_job(job)
     started = time.perf_counter()
     rank, world, device, barrier = _distributed()
     report = JobReport(rank=rank, world=world)
@@ -759,50 +773,51 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     # Sources and labels are checked before anything is written or any model loads (every process checks them
     # all, so all refuse alike). A job's own outputs are never its sources (a recursive glob over a folder that
     # holds the output folder would take them in on --resume).
-    paths, problems = job_inputs(job)
-    written = [
-        d.resolve() for d in (image_dir, root / "depth", root / "labels", root / "masks")
-    ]  # a job's folders
-    outside = [p for p in paths if not any(p.resolve().is_relative_to(d) for d in written)]
-    if len(outside) < len(paths) and rank == 0:
-        warnings.warn(f"{len(paths) - len(outside)} input file(s) in the folders this job writes under {root} "
-                      "skipped: a job's outputs are not its sources", Depth2ImgWarning, stacklevel=2)  # fmt: skip
-    paths = outside
-    labels = Labels(job)
-    labels.check(paths)
-    earlier_run = any(root.glob("manifest*.jsonl"))
-    recorded = _earlier_record(root / "job.resolved.yaml") if earlier_run else None
-    # before its temp files are swept: a refused run leaves the earlier one untouched
-    if resume and recorded is not None:
-        _check_same_run(job, recorded, root / "job.resolved.yaml")
-    if rank == 0 and root.is_dir() and (resume or not earlier_run):  # an earlier run is refused, untouched
-        for stale in stale_temp_files(root):  # of a killed run
-            stale.unlink(missing_ok=True)
-    records = [r for m in root.glob("manifest*.jsonl") for r in read_manifest(m)]
-    # a source keeps the name an earlier run gave it: a source added since with the same file name (sorted before
-    # it) took that name, and with it the earlier images as its own
-    base = (recorded or {}).get("base_dir")
-    names = _EarlierNames(records, base if isinstance(base, str) else job.base_dir)
-    # an image removed since is made again, at its attempt (the same seed)
-    records = [r for r in records if not _lost(root, r)]
-    tried: dict[str, int] = {}  # item -> the highest attempt an earlier run recorded
-    for r in records:
-        tried[r["item"]] = max(tried.get(r["item"], -1), r.get("attempt", 0))
-    # final: marked so, or out of retries (a normal run marks its attempt `retries` final whatever its score)
-    finished = {r["item"] for r in records if r.get("final")}
-    finished |= {item for item, attempt in tried.items() if attempt >= job.geometry.retries}
-    barrier()  # every process has read the manifests, and stale files are gone, before any process writes
-    if not resume and earlier_run:  # before anything of the earlier run is touched
-        raise InputError(
-            f"output directory {root} already holds a run; pass --resume to continue it, or choose another"
-        )
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        if rank == 0:
-            with atomic_path(root / "job.resolved.yaml") as tmp:
-                tmp.write_text(yaml.safe_dump(_resolved(job), sort_keys=False))
-    except OSError as err:
-        raise InputError(f"output directory {root}: cannot be written ({err.strerror or err})") from None
+    with alike():  # errors every process meets alike: one reports them
+        paths, problems = job_inputs(job)
+        # a job's folders
+        written = [d.resolve() for d in (image_dir, root / "depth", root / "labels", root / "masks")]
+        outside = [p for p in paths if not any(p.resolve().is_relative_to(d) for d in written)]
+        if len(outside) < len(paths) and rank == 0:
+            warnings.warn(f"{len(paths) - len(outside)} input file(s) in the folders this job writes under {root} "
+                          "skipped: a job's outputs are not its sources", Depth2ImgWarning, stacklevel=2)  # fmt: skip
+        paths = outside
+        labels = Labels(job)
+        labels.check(paths)
+        earlier_run = any(root.glob("manifest*.jsonl"))
+        recorded = _earlier_record(root / "job.resolved.yaml") if earlier_run else None
+        # before its temp files are swept: a refused run leaves the earlier one untouched
+        if resume and recorded is not None:
+            _check_same_run(job, recorded, root / "job.resolved.yaml")
+        # (an earlier run is refused, untouched)
+        if rank == 0 and root.is_dir() and (resume or not earlier_run):
+            for stale in stale_temp_files(root):  # of a killed run
+                stale.unlink(missing_ok=True)
+        records = [r for m in root.glob("manifest*.jsonl") for r in read_manifest(m)]
+        # a source keeps the name an earlier run gave it: a source added since with the same file name (sorted before
+        # it) took that name, and with it the earlier images as its own
+        base = (recorded or {}).get("base_dir")
+        names = _EarlierNames(records, base if isinstance(base, str) else job.base_dir)
+        # an image removed since is made again, at its attempt (the same seed)
+        records = [r for r in records if not _lost(root, r)]
+        tried: dict[str, int] = {}  # item -> the highest attempt an earlier run recorded
+        for r in records:
+            tried[r["item"]] = max(tried.get(r["item"], -1), r.get("attempt", 0))
+        # final: marked so, or out of retries (a normal run marks its attempt `retries` final whatever its score)
+        finished = {r["item"] for r in records if r.get("final")}
+        finished |= {item for item, attempt in tried.items() if attempt >= job.geometry.retries}
+        barrier()  # every process has read the manifests, and stale files are gone, before any process writes
+        if not resume and earlier_run:  # before anything of the earlier run is touched
+            raise InputError(
+                f"output directory {root} already holds a run; pass --resume to continue it, or choose another"
+            )
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            if rank == 0:
+                with atomic_path(root / "job.resolved.yaml") as tmp:
+                    tmp.write_text(yaml.safe_dump(_resolved(job), sort_keys=False))
+        except OSError as err:
+            raise InputError(f"output directory {root}: cannot be written ({err.strerror or err})") from None
 
     for p in problems if rank == 0 else ():  # every process found them: one reports them
         fail(p)

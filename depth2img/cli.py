@@ -15,6 +15,12 @@ from .knobs import COMPILE_MODES, DTYPES, MAX_IMAGES, OFFLOAD_MODES
 EXIT_USAGE = 2  # bad input, as argparse uses it
 
 
+def _rank() -> int:
+    """This process's rank in a multi-process run (torchrun's, which accelerate launch sets too); 0 alone."""
+    rank = os.environ.get("RANK", "0")
+    return int(rank) if rank.isdigit() else 0
+
+
 def _say(msg: str) -> None:
     print(f"depth2img: error: {msg}", file=sys.stderr, flush=True)
 
@@ -483,10 +489,11 @@ def _cmd_app(args) -> int:
 
 
 def _cmd_batch(args) -> int:
-    from .batch import load_job
+    from .batch import alike, load_job
     from .metrics import METRICS
 
-    job = load_job(args.job, extra_presets_files=args.presets_file)  # checked before any model loads
+    with alike():
+        job = load_job(args.job, extra_presets_files=args.presets_file)  # checked before any model loads
     _quiet_libraries()
     from .batch import run_job
 
@@ -639,7 +646,8 @@ def main(argv=None) -> int:
             warnings.showwarning = show
             return COMMANDS[args.command](args)
     except Depth2ImgError as err:
-        _say(str(err))
+        if not err.every_process or _rank() == 0:
+            _say(str(err))
         return EXIT_USAGE
     except _Terminated:
         _say("terminated")

@@ -10,6 +10,9 @@ def first_line(err: BaseException) -> str:
 class Depth2ImgError(Exception):
     """Base class. ``str(err)`` is a complete, single-line message for the user."""
 
+    # met alike by every process of a multi-process run (a bad job file): the first process reports it
+    every_process = False
+
 
 class InputError(Depth2ImgError, ValueError):
     """A file, argument or value given by the user cannot be used."""

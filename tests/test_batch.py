@@ -470,6 +470,30 @@ def test_missing_inputs_are_reported_by_one_process_of_several(dataset, tmp_path
     assert first.done == 1 and len(first.failed) == 1 and "nope.png: no such file" in first.failed[0]
 
 
+def test_an_error_every_process_meets_is_printed_by_the_first_only(dataset, tmp_path, monkeypatch, capsys):
+    """A bad job file, or an output folder holding a run, was printed by each process (8 GPUs: 8 lines)."""
+    from depth2img import batch
+    from depth2img.cli import main
+
+    job = write_job(dataset, output=str(tmp_path / "m"), presets=["fog"], seeds=1, labels={})
+    (tmp_path / "m").mkdir()
+    (tmp_path / "m" / "manifest.jsonl").write_text("")  # an earlier run's
+    monkeypatch.setattr(batch, "_distributed", lambda: (int(os.environ["RANK"]), 2, None, lambda: None))
+    for rank, shown in (("1", False), ("0", True)):
+        monkeypatch.setenv("RANK", rank)
+        for argv, message in (
+            (["batch", str(tmp_path / "gone.yaml")], "gone.yaml"),
+            (["batch", str(job)], "already holds a run; pass --resume"),
+        ):
+            assert main(argv) == 2  # every process exits 2
+            err = capsys.readouterr().err
+            assert (message in err) is shown and (err == "") is not shown, (rank, err)
+    # an error of this process's own: printed whatever its rank
+    monkeypatch.setenv("RANK", "1")
+    assert main(["transform", str(tmp_path / "gone.png"), "-o", str(tmp_path / "t")]) == 2
+    assert "give --prompt or --preset" in capsys.readouterr().err
+
+
 def test_processes_wait_a_day_for_each_other_at_a_barrier(monkeypatch):
     """A process done with its chunks waits at the last barrier for the others, a chunk or more of work: torch's
     default timeout (30 minutes for gloo) stopped the whole run."""
