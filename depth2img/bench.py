@@ -10,6 +10,7 @@ the plain pipeline to bf16 alone changes, measured in the same run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import platform
@@ -451,7 +452,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         decode_s = statistics.median(decode)
         return {
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": _device_name(device),
-            "default_dtype": str(resolve_dtype(None, device)).replace("torch.", ""), "backbone": backbone, "preset": preset, "size": size, "steps": steps, "batch": batch, "repeats": done,
+            "host_cpu": host_cpu(), "default_dtype": str(resolve_dtype(None, device)).replace("torch.", ""), "backbone": backbone, "preset": preset, "size": size, "steps": steps, "batch": batch, "repeats": done,
             "repeats_planned": repeats,
             "cfg": True, "control_end": control_end, "compile": compile_mode, "feature_cache": feature_cache,
             "speedup_baseline": baseline, "b1_images": images.get("diffusers-b1"), "compile_error": compile_error,
@@ -569,12 +570,12 @@ def run_depth_bench(*, preset: str = "full", images: int = 16, repeats: int = 3,
         }  # fmt: skip
     result = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": _device_name(device),
-        "preset": preset, "images": images, "repeats": repeats, "image_size": [451, 300],
+        "host_cpu": host_cpu(), "preset": preset, "images": images, "repeats": repeats, "image_size": [451, 300],
         "plain_dtype": str(plain_dtype).replace("torch.", ""), "fast_dtype": str(fast_dtype).replace("torch.", ""),
         "versions": _versions(), "results": rows,
     }  # fmt: skip
     lines = [f"Depth estimators, {preset} architectures, {images} photos of 451x300, on **{result['device']}** "
-             f"({result['date']}); median of {repeats} interleaved runs. transformers pipeline, one image per call, "
+             f"({_host(result)}{result['date']}); median of {repeats} interleaved runs. transformers pipeline, one image per call, "
              f"{result['plain_dtype']}; depth2img DepthEstimator (batches of {ours.default_batch_size}), {result['fast_dtype']}.", "",
              "| model | params (M) | transformers ms/image | depth2img ms/image | speed-up | max diff / depth range |",
              "|---|---|---|---|---|---|"]  # fmt: skip
@@ -588,6 +589,21 @@ def run_depth_bench(*, preset: str = "full", images: int = 16, repeats: int = 3,
 
 def _max_diff(a, b) -> float:
     return float(np.abs(np.asarray(a, np.float32) - np.asarray(b, np.float32)).max())
+
+
+def host_cpu() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what the platform module says: the device name of a CPU
+    run only says its architecture and cores, and a GPU run's launch overhead is this CPU's."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def _host(result: dict) -> str:
+    """'host CPU ..., ' for a table's head (tables written before it was recorded have none)."""
+    return f"host CPU {result['host_cpu']}, " if result.get("host_cpu") else ""
 
 
 def _device_name(device) -> str:
@@ -607,7 +623,7 @@ def _versions():
 def markdown(result: dict) -> str:
     name = {"sd15": "SD1.5", "sdxl": "SDXL"}[result.get("backbone", "sd15")]
     head = (f"{name} + ControlNet depth, {result['preset']} architecture, {result['size']}x{result['size']}, "
-            f"{result['steps']} steps, CFG, batch {result['batch']}, on **{result['device']}** ({result['date']}); "
+            f"{result['steps']} steps, CFG, batch {result['batch']}, on **{result['device']}** ({_host(result)}{result['date']}); "
             f"median of {result['repeats']} interleaved runs{_cut(result)}. {result['flops_per_call_tflop']:.3f} TFLOP per call; "
             f"peak {result['peak_tflops']:.3g} TFLOP/s ({result['peak_source']}). Fast path: "
             f"{result['fast_dtype']}, {', '.join(result['fast_path']) or 'none'}. Speed-up per image against "

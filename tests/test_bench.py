@@ -17,6 +17,10 @@ def test_bench_runs_and_writes_json_and_markdown(tmp_path):
         result["results"]["depth2img-fast"]["max_abs_diff_vs_diffusers"] < 1e-3
     )  # fp32 here: fused QKV only
     assert result["flops_per_call_tflop"] > 0 and "CPU" in result["device"]
+    # the CPU's model, not only its architecture (the file names keep the device's)
+    from depth2img.bench import host_cpu
+
+    assert host_cpu() not in ("", "unknown") and f"(host CPU {host_cpu()}, " in markdown(result)
     saved = json.loads((tmp_path / result["written"][0].split("/")[-1]).read_text())
     assert saved["results"].keys() == result["results"].keys()
     assert "| depth2img-fast |" in (tmp_path / result["written"][1].split("/")[-1]).read_text()
@@ -406,6 +410,7 @@ def test_depth_bench_equals_transformers_pipeline(tmp_path):
         )  # batched depth2img = transformers' pipeline, one image per call (fp32)
         assert row["ms_per_image"]["depth2img"] > 0
     assert "| dpt_hybrid |" in open(result["written"][1]).read()
+    assert f"(host CPU {result['host_cpu']}, " in open(result["written"][1]).read()
 
 
 @pytest.mark.parametrize(
