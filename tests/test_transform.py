@@ -11,6 +11,9 @@ from depth2img.errors import GenerationError, InputError, ModelLoadError
 from depth2img.transformer import SceneTransformer, generation_size
 
 PROMPT = "a street"
+# a batched image against the same image run alone: batched kernels round differently, by batch size and by CPU
+# (1.2e-5 on an AVX-512/AMX CPU, where 1e-5 had held on others); one 8-bit level is 3.9e-3
+BATCH_ROUNDING = 1e-4
 SIZE = 64  # tiny backbones generate at 64x64, so a 64x64 input goes through unresized
 
 
@@ -336,7 +339,7 @@ def test_a_compiled_backend_pads_a_smaller_batch_to_the_one_it_compiled(name, ph
     assert sizes == [3, 3, 3]
     assert one[0].raw.shape[0] == across[0].raw.shape[0] == across[1].raw.shape[0] == 1
     for got, seed, batch in [(one[0], 4, 1), (across[0], 5, 2), (across[1], 9, 2)]:
-        assert np.abs(got.raw[0] - alone[seed]).max() < 1e-5 and got.timings["batch"] == batch
+        assert np.abs(got.raw[0] - alone[seed]).max() < BATCH_ROUNDING and got.timings["batch"] == batch
         assert got.metadata[0]["batch"] == 3  # what diffusers denoised together, padding included
     delattr(denoiser, COMPILE_MODE_ATTR)  # uncompiled: each batch at its own size
     st.run([b])
@@ -600,9 +603,9 @@ def test_seeds(sd15, photo, depth):
     assert np.array_equal(a.raw, b.raw)
     assert not np.array_equal(a.raw[0], a.raw[1])
     single = sd15.transform(photo, PROMPT, depth=depth, seed=43, steps=2)  # item i depends only on seed + i
-    assert np.abs(single.raw[0] - a.raw[1]).max() < 1e-5
+    assert np.abs(single.raw[0] - a.raw[1]).max() < BATCH_ROUNDING
     listed = sd15.transform(photo, PROMPT, depth=depth, seed=[43, 42], steps=2)
-    assert listed.seeds == [43, 42] and np.abs(listed.raw[1] - a.raw[0]).max() < 1e-5
+    assert listed.seeds == [43, 42] and np.abs(listed.raw[1] - a.raw[0]).max() < BATCH_ROUNDING
     rand = sd15.transform(photo, PROMPT, depth=depth, steps=2)
     assert isinstance(rand.seeds[0], int) and rand.metadata[0]["seed"] == rand.seeds[0]
 
@@ -636,7 +639,7 @@ def test_one_batch_across_photos_and_prompts_equals_separate_runs(name, strength
     assert calls == [3]  # one pipeline call for both photos, both prompts and all three seeds
     alone = [st.run([r])[0] for r in (a, b)]
     for got, want in zip(batched, alone):
-        assert got.raw.shape == want.raw.shape and np.abs(got.raw - want.raw).max() < 1e-5
+        assert got.raw.shape == want.raw.shape and np.abs(got.raw - want.raw).max() < BATCH_ROUNDING
         # the same metadata, but for the batch each image ran in
         assert got.seeds == want.seeds and got.metadata == [{**m, "batch": 3} for m in want.metadata]
         assert got.timings["batch"] == 3 and {m["batch"] for m in want.metadata} == {len(want.seeds)}
@@ -649,7 +652,7 @@ def test_one_batch_across_photos_and_prompts_equals_separate_runs(name, strength
     calls.clear()
     mixed = st.run([a, bare])
     assert calls == ([2, 1] if st.backend.empty_negative_is_zeros else [3])
-    assert np.abs(mixed[1].raw - st.run([bare])[0].raw).max() < 1e-5
+    assert np.abs(mixed[1].raw - st.run([bare])[0].raw).max() < BATCH_ROUNDING
 
 
 @pytest.mark.parametrize("name", ["tiny/sd2-depth", "tiny/sdxl-depth", "tiny/flux-depth"])
@@ -658,7 +661,7 @@ def test_img2img_image_i_of_a_batch_is_seed_i_alone(name, photo, depth):
     st = SceneTransformer.from_pretrained(name)
     two = st.transform(photo, PROMPT, depth=depth, seed=3, num_images=2, steps=2, strength=0.6)
     alone = st.transform(photo, PROMPT, depth=depth, seed=4, steps=2, strength=0.6)
-    assert np.abs(two.raw[1] - alone.raw[0]).max() < 1e-5
+    assert np.abs(two.raw[1] - alone.raw[0]).max() < BATCH_ROUNDING
 
 
 def test_run_groups_requests_by_what_a_batch_must_share(sd15, photo, depth, monkeypatch):
