@@ -74,13 +74,19 @@ class BackgroundWriter:
     submission order, as soon as this write and every earlier one are done: what must stay in order and follow
     its files (manifest lines) goes there. ``then(future)`` runs in the caller's thread, in submission order,
     within that or a later ``submit``, or at ``flush``; the default, ``Future.result``, re-raises the write's (or
-    the step's) error there. ``submit`` waits while more than ``max_pending`` writes are queued. ``close`` (or
+    the step's) error there. ``submit`` waits while more than ``max_pending`` writes are queued, at least two
+    ``burst``s (the writes a caller submits at once, a batch's: submit had waited for half of each batch of 16 to be
+    written, the GPU idle meanwhile). ``close`` (or
     leaving a ``with`` block) waits for the threads to finish. ``stop_on_error``: once a write with an ordered step
     has failed, no later ordered step runs (for a run that stops at any write error: a later manifest line would
     claim what the failed write left out)."""
 
     def __init__(
-        self, max_pending: int = MAX_PENDING_WRITES, threads: int | None = None, stop_on_error=False
+        self,
+        max_pending: int = MAX_PENDING_WRITES,
+        threads: int | None = None,
+        stop_on_error=False,
+        burst: int = 1,
     ):
         self.stop_on_error = stop_on_error
         self._stopped = False  # an ordered write failed (with stop_on_error)
@@ -88,7 +94,7 @@ class BackgroundWriter:
         self._pool = ThreadPoolExecutor(max_workers=self.threads, thread_name_prefix="depth2img-writer")
         self._sequencer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-writer-order")
         self._pending: deque[tuple[Future, Callable]] = deque()
-        self.max_pending = max_pending
+        self.max_pending = max(max_pending, 2 * burst)
 
     def submit(
         self, fn, *args, in_order: Callable | None = None, then: Callable[[Future], object] = Future.result

@@ -140,7 +140,7 @@ def run_transform(
         batches = [range(s, min(s + batch_size, len(paths))) for s in range(0, len(paths), batch_size)]
         depth_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-depth")
         try:
-            with BackgroundWriter() as writer:
+            with BackgroundWriter(burst=batch_size) as writer:
                 for batch, loaded in zip(batches, read_ahead(partial(depth_worker.submit, load), batches)):
                     prepared = []  # (index, path, Request) of the photos of this batch that passed their checks
                     for i, got in zip(batch, loaded):

@@ -494,6 +494,48 @@ def test_an_error_every_process_meets_is_printed_by_the_first_only(dataset, tmp_
     assert "give --prompt or --preset" in capsys.readouterr().err
 
 
+def test_a_chunks_last_geometry_check_runs_while_the_next_chunk_is_denoised(dataset, tmp_path, monkeypatch):
+    """With no threshold no retry can come of a check, yet each chunk's last one was waited for before the next
+    chunk's first batch: the GPU idle for one check per chunk (per batch, in a job of one variation and seed)."""
+    import threading
+
+    from depth2img import batch, metrics
+
+    scores, generate = metrics.geometry_scores, batch._generate
+    second_chunk, overlapped = threading.Event(), []
+
+    def first_waits_for_the_second_chunk(*args, **kwargs):  # in the depth thread
+        if not overlapped:
+            overlapped.append(second_chunk.wait(timeout=10))
+        return scores(*args, **kwargs)
+
+    def denoise(st, units, report):
+        if units[0].source.stem == "f1":
+            second_chunk.set()
+        return generate(st, units, report)
+
+    class Writer(batch.BackgroundWriter):  # its room: two batches' writes
+        def __init__(self, **kwargs):
+            super().__init__(**kwargs)
+            rooms.append(self.max_pending)
+
+    rooms = []
+    monkeypatch.setattr(metrics, "geometry_scores", first_waits_for_the_second_chunk)
+    monkeypatch.setattr(batch, "_generate", denoise)
+    monkeypatch.setattr(batch, "BackgroundWriter", Writer)
+    job = write_job(dataset, output=str(tmp_path / "c"), presets=["fog"], seeds=1, labels={}, depth_batch_size=1,
+                    batch_size=1)  # fmt: skip
+    report = run_job(job, progress=False)
+    assert overlapped == [True] and report.done == 3
+    run_job(write_job(dataset, output=str(tmp_path / "d"), inputs="frames/f0.png", presets=["fog"], seeds=1,
+                      labels={}, batch_size=24), progress=False)  # fmt: skip
+    assert rooms == [8, 48]
+    lines = read_manifest(tmp_path / "c" / "manifest.jsonl")
+    assert [r["item"] for r in lines] == ["f0/fog/s0", "f1/fog/s0", "f2/fog/s0"] and all(
+        r["geometry"] for r in lines
+    )
+
+
 def test_processes_wait_a_day_for_each_other_at_a_barrier(monkeypatch):
     """A process done with its chunks waits at the last barrier for the others, a chunk or more of work: torch's
     default timeout (30 minutes for gloo) stopped the whole run."""

@@ -429,6 +429,26 @@ def test_every_png_is_written_at_the_fast_compression_level(tmp_path, chelsea):
     assert np.array_equal(np.asarray(Image.open(paths[-1])), np.asarray(chelsea))  # still lossless
 
 
+def test_background_writer_takes_two_bursts_without_waiting():
+    """A batch of 16 images, submitted at once, waited for 8 of them to be written (max_pending 8), the GPU idle."""
+    import threading
+
+    from depth2img.outputs import BackgroundWriter
+
+    submitted, waited = threading.Event(), []
+
+    def write():
+        waited.append(submitted.wait(timeout=10))  # done only once every submit has returned
+
+    with BackgroundWriter(threads=1, burst=16) as writer:
+        assert writer.max_pending == 32
+        for _ in range(32):
+            writer.submit(write)
+        submitted.set()
+        writer.flush()
+    assert waited == [True] * 32
+
+
 def test_background_writer_keeps_order_reraises_errors_and_bounds_its_queue(monkeypatch):
     import threading
 
