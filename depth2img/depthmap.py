@@ -68,9 +68,16 @@ class DepthMap:
         return conditioning.to_inverse(self.values, self.kind, self.valid)[0]
 
     def normalized(self) -> np.ndarray:
-        """[0, 1], near = 1, min-max over this image's valid pixels only."""
+        """[0, 1], near = 1, min-max over this image's valid pixels only. Made once per DepthMap (read-only): the
+        control image, the 16-bit PNG and the preview of one output had each made it again."""
+        return self._normalized
+
+    @cached_property
+    def _normalized(self) -> np.ndarray:
         inverse, valid = conditioning.to_inverse(self.values, self.kind, self.valid)
-        return conditioning.normalize(inverse, valid)
+        normalized = conditioning.normalize(inverse, valid)
+        normalized.flags.writeable = False
+        return normalized
 
     def resized(self, width: int, height: int) -> DepthMap:
         """This depth at another size (bicubic for values, nearest for the mask). Holes (invalid pixels, metric

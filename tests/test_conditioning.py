@@ -17,6 +17,15 @@ def test_metric_depth_is_inverted_near_white():
     assert d.normalized()[0, 0] == 1.0  # the nearest pixel is white
 
 
+def test_normalized_is_made_once_and_read_only(monkeypatch):
+    """An output's control image, 16-bit PNG and preview each normalised its depth again (in float64)."""
+    calls, normalize = [], conditioning.normalize
+    monkeypatch.setattr(conditioning, "normalize", lambda *a: calls.append(1) or normalize(*a))
+    d = DepthMap(np.array([[1.0, 2.0], [4.0, 8.0]]), "metric_depth")
+    d.control_pil, d.to_uint16(), d.normalized()
+    assert len(calls) == 1 and not d.normalized().flags.writeable
+
+
 def test_relative_depth_is_reflected():
     d = DepthMap(np.array([[0.0, 1.0], [2.0, 3.0]]), "relative_depth")
     np.testing.assert_allclose(d.normalized(), [[1.0, 2 / 3], [1 / 3, 0.0]], atol=1e-6)
