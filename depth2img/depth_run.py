@@ -121,7 +121,9 @@ def as_paths(items, name: str) -> list:
         bad = next((i for i in items if not isinstance(i, (str, os.PathLike))), None)
         if bad is None:
             return items
-        raise InputError(f"{name} must hold file paths (str or os.PathLike), got a {type(bad).__name__}")
+        raise InputError(
+            f"{name} must hold file paths (str or os.PathLike), got {bad!r} ({type(bad).__name__})"
+        )
     raise InputError(f"{name} must be a file path or a list of them, got {type(items).__name__}")
 
 

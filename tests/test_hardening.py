@@ -553,7 +553,7 @@ def test_one_path_as_a_string_is_one_input_not_its_letters(tmp_path, chelsea, mo
                        progress=False)  # fmt: skip
     assert len(report.done) == 1
     for call, message in (
-        (lambda: run_depth([tmp_path / "a.png", 3], tmp_path / "q"), "inputs must hold file paths (str or os.PathLike), got a int"),
+        (lambda: run_depth([tmp_path / "a.png", 3], tmp_path / "q"), "inputs must hold file paths (str or os.PathLike), got 3 (int)"),
         (lambda: run_depth(chelsea, tmp_path / "q"), "inputs must be a file path or a list of them, got Image"),
         (lambda: run_transform(tmp_path / "a.png", tmp_path / "q", prompt="x", depth=b"a.png"), "depth must be a file path or a list of them, got bytes"),
     ):  # fmt: skip
