@@ -1193,6 +1193,7 @@ def _settle_manifests(root: Path, chunk_of: dict[str, int] | None = None) -> Non
     # files predate)
     newest = {attempt(r): r for m in sorted(lines, key=mtime) for r in lines[m] if not _lost(root, r)}
     # each chunk is one process's, in order in its rank file: a stable sort by chunk restores one process's order
+    # (lines of sources this run does not have, an earlier killed run's, first)
     by_chunk = sorted(
         (r for m in ranks for r in lines[m]), key=lambda r: (chunk_of or {}).get(str(r.get("source")), -1)
     )

@@ -285,7 +285,8 @@ def read_depth_file(
         try:
             img = _open(path, pixel_limit())
         except _Unidentified:
-            # 64- and 16-bit float TIFFs (numpy's default float, as tifffile writes it), which Pillow cannot open
+            # a float64 TIFF (numpy's default float, as tifffile writes it), which Pillow cannot open (nor OpenCV a
+            # float16 one: that stays "not a readable image")
             values = _opencv_tiff(path) if suffix in (".tif", ".tiff") else None
             if values is None:
                 raise
@@ -441,7 +442,7 @@ def _grey(path: Path, rgb, img=None) -> np.ndarray:
 
 
 def _opencv_tiff(path: Path) -> np.ndarray | None:
-    """A TIFF that Pillow cannot open, read by OpenCV (a float64 or float16 depth), or None where OpenCV cannot either.
+    """A TIFF that Pillow cannot open, read by OpenCV (a float64 depth), or None where OpenCV cannot either.
     The pixel limit is checked once it is read (OpenCV keeps its own limit, 2**30 pixels, while decoding)."""
     import cv2
 
