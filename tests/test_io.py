@@ -65,6 +65,19 @@ def test_exif_rotation_is_honoured(tmp_path, chelsea):
         chelsea.save(tmp_path / f"rot{suffix}", exif=exif)
         assert io.header_size(tmp_path / f"rot{suffix}") == io.load_image(tmp_path / f"rot{suffix}").size
         assert io.load_image(tmp_path / f"rot{suffix}").size == (chelsea.height, chelsea.width)
+    # a one-channel TIFF turned a quarter: Pillow gave it back unturned, its pixels scrambled (a photo and a depth
+    # from it, misaligned without a word); refused. Half-turned it reads right.
+    grey = np.asarray(chelsea.convert("L"))
+    Image.fromarray(grey).save(tmp_path / "grey.tif", exif=exif)
+    Image.fromarray(grey.astype(np.uint16) * 257).save(tmp_path / "grey16.tif", exif=exif)
+    with pytest.raises(InputError, match=r"grey.tif: Pillow misreads this TIFF's EXIF orientation \(it comes back "
+                                         r"451x300, not 300x451, its pixels scrambled\); save it upright"):  # fmt: skip
+        io.load_image(tmp_path / "grey.tif")
+    with pytest.raises(InputError, match="grey16.tif: Pillow misreads this TIFF's EXIF orientation"):
+        io.read_depth_file(tmp_path / "grey16.tif", "near-bright")
+    exif[0x0112] = 3
+    Image.fromarray(grey).save(tmp_path / "grey180.tif", exif=exif)
+    assert np.array_equal(np.asarray(io.load_image(tmp_path / "grey180.tif"))[..., 0], grey[::-1, ::-1])
     chelsea.save(tmp_path / "plain.jpg")
     assert io.header_size(tmp_path / "plain.jpg") == chelsea.size
     (tmp_path / "text.jpg").write_text("hello")
