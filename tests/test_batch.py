@@ -168,6 +168,15 @@ def test_sources_are_resized_to_generation_size_in_the_depth_thread(dataset, tmp
         return original(self, image, depth)
 
     monkeypatch.setattr(SceneTransformer, "at_generation_size", spy)
+    # nor normalises a depth (the control images are made from depths the depth thread has normalised)
+    from depth2img import conditioning
+
+    normalized, normalize = [], conditioning.normalize
+    monkeypatch.setattr(
+        conditioning,
+        "normalize",
+        lambda *a: normalized.append(threading.current_thread().name) or normalize(*a),
+    )
     if command == "batch":
         job = write_job(dataset, output=str(tmp_path / "o"), presets=["rain", "snow"], seeds=1, labels={})
         assert run_job(job, progress=False).done == 6
@@ -176,6 +185,7 @@ def test_sources_are_resized_to_generation_size_in_the_depth_thread(dataset, tmp
                                knobs={"steps": 2})  # fmt: skip
         assert len(report.done) == 3
     assert threads == ["depth2img-depth"] * 3  # once per source, whatever the number of variations
+    assert normalized and "MainThread" not in normalized
 
 
 def test_a_batch_job_never_makes_control_images(dataset, tmp_path, monkeypatch):
