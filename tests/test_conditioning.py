@@ -26,6 +26,18 @@ def test_normalized_is_made_once_and_read_only(monkeypatch):
     assert len(calls) == 1 and not d.normalized().flags.writeable
 
 
+def test_the_control_tensor_is_each_depths_control_image(rng):
+    from depth2img.backends import Backend
+
+    depths = [
+        DepthMap(rng.uniform(1, 80, (12, 20)), "metric_depth"),
+        DepthMap(rng.uniform(0, 1, (12, 20)), "disparity"),
+    ]
+    want = torch.stack([torch.from_numpy(d.control_image()).permute(2, 0, 1) for d in depths])
+    got = Backend.control_tensor(depths)
+    assert got.is_contiguous() and got.dtype == torch.float32 and torch.equal(got, want)
+
+
 def test_relative_depth_is_reflected():
     d = DepthMap(np.array([[0.0, 1.0], [2.0, 3.0]]), "relative_depth")
     np.testing.assert_allclose(d.normalized(), [[1.0, 2 / 3], [1 / 3, 0.0]], atol=1e-6)
