@@ -82,6 +82,19 @@ def _allow_pixels(max_pixels: int) -> None:
         Image.MAX_IMAGE_PIXELS = max_pixels
 
 
+# EXIF orientation -> the turn that shows stored pixels upright, as Pillow's ImageOps.exif_transpose makes it (tested
+# against it), for arrays Pillow cannot hold (16-bit colour read by OpenCV)
+UPRIGHT = {
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
 class _Unidentified(InputError):
     """A file Pillow does not know as an image."""
 
@@ -307,6 +320,10 @@ def read_depth_file(
                 if values.dtype == np.int32 and 2 not in np.atleast_1d(sample_format):
                     # Pillow reads an unsigned 32-bit TIFF as signed: 4e9 came back negative, the polarity scrambled
                     values = values.view(np.uint32)
+            # turned upright by its EXIF orientation, as a photo is (Pillow's TIFF reader turns a TIFF's itself): a
+            # depth PNG stored turned was read as stored, a quarter turn from its photo
+            turn = UPRIGHT.get(img.getexif().get(0x0112)) if img.format != "TIFF" else None
+            values = np.ascontiguousarray(turn(values)) if turn else values
     values = _depth_values(values, path)
     # a DepthMap kind names its polarity too (stereo disparity runs near-bright)
     recorded = {**{kind: name for name, kind in POLARITIES.items()}, "disparity": "near-bright"}.get(

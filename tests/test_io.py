@@ -75,6 +75,21 @@ def test_exif_rotation_is_honoured(tmp_path, chelsea):
         io.load_image(tmp_path / "grey.tif")
     with pytest.raises(InputError, match="grey16.tif: Pillow misreads this TIFF's EXIF orientation"):
         io.read_depth_file(tmp_path / "grey16.tif", "near-bright")
+    # a depth PNG stored turned, with the EXIF orientation that shows it upright: read upright, as the photo is (it
+    # was read as stored)
+    from PIL import ImageOps
+
+    from depth2img.io import UPRIGHT
+
+    upright = np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) * 100
+    for orientation, method in {2: 0, 3: 3, 4: 1, 5: 5, 6: 2, 7: 6, 8: 4}.items():  # the inverse turns
+        stored = np.asarray(Image.fromarray(upright.astype(np.int32), "I").transpose(Image.Transpose(method)))
+        exif[0x0112] = orientation
+        assert np.array_equal(UPRIGHT[orientation](stored), upright), orientation
+        Image.fromarray(stored.astype(np.uint16)).save(tmp_path / "d.png", exif=exif)
+        got = io.read_depth_file(tmp_path / "d.png", "near-bright").values
+        assert np.array_equal(got, upright.astype(np.float32)), orientation
+        assert np.array_equal(np.asarray(ImageOps.exif_transpose(Image.open(tmp_path / "d.png"))), upright)
     exif[0x0112] = 3
     Image.fromarray(grey).save(tmp_path / "grey180.tif", exif=exif)
     assert np.array_equal(np.asarray(io.load_image(tmp_path / "grey180.tif"))[..., 0], grey[::-1, ::-1])
