@@ -707,9 +707,12 @@ class JobReport:
         per_hour = self.done / self.wall_s * 3600 if self.wall_s > 0 else 0.0
         outside = 1 - self.diffusion_s / self.wall_s if self.wall_s > 0 else 0.0
         who = f"process {self.rank} of {self.world}: " if self.world > 1 else ""
+        # the job-wide count, which only the process that merged the manifests knows (each summary is its share)
+        n = self.indexed
+        whole = f"; the dataset holds {n} image{'s' * (n != 1)}" if self.world > 1 and n is not None else ""
         return (f"{who}{self.done} done, {len(self.failed)} failed, {self.retried} retried, {self.rejected} rejected by "
                 f"geometry, {self.skipped} skipped (resume); {per_hour:.0f} images/hour, "
-                f"{outside:.1%} of wall time outside diffusion")  # fmt: skip
+                f"{outside:.1%} of wall time outside diffusion{whole}")  # fmt: skip
 
 
 BARRIER_TIMEOUT = timedelta(hours=24)

@@ -478,6 +478,8 @@ def test_missing_inputs_are_reported_by_one_process_of_several(dataset, tmp_path
     monkeypatch.setattr(batch, "_distributed", lambda: (0, 2, None, lambda: None))
     first = run_job(job, resume=True, progress=False)
     assert first.done == 1 and len(first.failed) == 1 and "nope.png: no such file" in first.failed[0]
+    # the first process, which merged the manifests, gives the job-wide count (each summary is its share)
+    assert first.summary().endswith("; the dataset holds 1 image") and "dataset" not in second.summary()
 
 
 def test_an_error_every_process_meets_is_printed_by_the_first_only(dataset, tmp_path, monkeypatch, capsys):
