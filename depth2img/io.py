@@ -123,7 +123,7 @@ def _open(path: Path, max_pixels: int):
         img.load()
     except Exception as err:  # PIL raises OSError, SyntaxError, ValueError... for truncated/corrupt data
         raise InputError(f"{path}: truncated or corrupt image data ({err})") from None
-    if img.size != (w, h):
+    if img.size != (w, h) and img.format == "TIFF":
         # Pillow turns a TIFF's size for its EXIF orientation when it opens it and its pixels when it loads them;
         # a one-channel TIFF (Pillow 12.3) came back at the unturned size with its pixels scrambled
         raise InputError(f"{path}: Pillow misreads this TIFF's EXIF orientation (it comes back {img.width}x"
