@@ -258,12 +258,12 @@ class SceneTransformer:
     # ------------------------------------------------------------------------------------------ generation
 
     def _prompt_warnings(self, prompt: str, what: str) -> list[str]:
-        tokenizer, limit = self.backend.text_limit()
-        ids = tokenizer(prompt, add_special_tokens=False).input_ids
+        name, limit = self.backend.text_limit()
+        ids = self.backend.checking_tokenizer(name)(prompt, add_special_tokens=False).input_ids
         room = limit - 2 if self.backend.kind != "flux-control" else limit - 1
         if len(ids) <= room:
             return []
-        dropped = tokenizer.decode(ids[room:])
+        dropped = getattr(self.backend.pipe, name).decode(ids[room:])
         return [f"{what} is {len(ids)} tokens; the text encoder takes {room}: truncated {dropped!r}"]
 
     def transform(self, image, prompt: str | None = None, *, progress: bool = False, skip_controlnet: bool = True,

@@ -1380,6 +1380,37 @@ def test_threads_sharing_one_transformer_each_get_their_own_images(sd15, photo, 
         np.testing.assert_array_equal(a, b)
 
 
+def test_a_prompt_checked_while_another_thread_encodes_leaves_its_encoding_alone(sd15):
+    """A fast tokenizer's padding is state each call sets: prepare's prompt check (outside the run lock) made the
+    pipeline's encoding, in another thread, come back unpadded (9 tokens, not 77): a different image, now and then
+    (this file's threads test failed so in one fresh-clone CI run)."""
+    import sys
+    import threading
+
+    tok = sd15.backend.pipe.tokenizer
+    stop, lengths = threading.Event(), set()
+
+    def pipeline_encodes():
+        while not stop.is_set():
+            ids = tok(
+                ["a street"], padding="max_length", max_length=tok.model_max_length, truncation=True
+            ).input_ids
+            lengths.add(len(ids[0]))
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible
+    try:
+        encoder = threading.Thread(target=pipeline_encodes)
+        encoder.start()
+        for _ in range(1500):
+            sd15._prompt_warnings("a street", "prompt")
+        stop.set()
+        encoder.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert lengths == {tok.model_max_length}
+
+
 def test_the_api_takes_array_likes_and_numpy_numbers_and_refuses_the_rest_in_one_line(sd15, photo, depth):
     """From a Python user's review: a torch tensor or nested lists as depth crashed inside pathlib; an all-zero or
     negative metric array generated from a blank control image, silently; the result's depth was the caller's own
