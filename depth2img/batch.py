@@ -1197,8 +1197,9 @@ def _settle_manifests(root: Path, chunk_of: dict[str, int] | None = None) -> Non
     newest = {attempt(r): r for m in sorted(lines, key=mtime) for r in lines[m] if not _lost(root, r)}
     # each chunk is one process's, in order in its rank file: a stable sort by chunk restores one process's order
     # (lines of sources this run does not have, an earlier killed run's, first)
+    chunk_of = chunk_of or {}
     by_chunk = sorted(
-        (r for m in ranks for r in lines[m]), key=lambda r: (chunk_of or {}).get(str(r.get("source")), -1)
+        (r for m in ranks for r in lines[m]), key=lambda r: chunk_of.get(str(r.get("source")), -1)
     )
     earlier_first = main not in lines or not ranks or mtime(main) <= min(map(mtime, ranks))
     order = [*lines.get(main, ()), *by_chunk] if earlier_first else [*by_chunk, *lines[main]]

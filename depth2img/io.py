@@ -223,7 +223,7 @@ def to_rgb(img):
         img = img.convert("RGBA")
     if img.mode == "La":  # premultiplied; Pillow converts it to LA only
         img = img.convert("LA")
-    if img.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+    if img.mode in ("RGBA", "LA", "PA", "RGBa"):
         rgba = img.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
@@ -463,17 +463,23 @@ def _grey(path: Path, rgb, img=None) -> np.ndarray:
     return rgb[..., 0]
 
 
-def _opencv_tiff(path: Path) -> np.ndarray | None:
-    """A TIFF that Pillow cannot open, read by OpenCV (a float64 depth), or None where OpenCV cannot either.
-    The pixel limit is checked once it is read (OpenCV keeps its own limit, 2**30 pixels, while decoding)."""
+def _opencv_read(path: Path) -> np.ndarray | None:
+    """``path``'s pixels as stored (no EXIF turn; colour as BGR(A)), read by OpenCV, or None where it cannot read
+    them; OpenCV's own error lines on stderr are silenced."""
     import cv2
 
     level = cv2.utils.logging.getLogLevel()
-    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)  # its own error lines on stderr
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
     try:
-        pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        return cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     finally:
         cv2.utils.logging.setLogLevel(level)
+
+
+def _opencv_tiff(path: Path) -> np.ndarray | None:
+    """A TIFF that Pillow cannot open, read by OpenCV (a float64 depth), or None where OpenCV cannot either.
+    The pixel limit is checked once it is read (OpenCV keeps its own limit, 2**30 pixels, while decoding)."""
+    pixels = _opencv_read(path)
     if pixels is None:
         return None
     if pixels.shape[0] * pixels.shape[1] > pixel_limit():
@@ -486,8 +492,6 @@ def _wide_rgb(path: Path, img) -> np.ndarray | None:
     """A 16-bit (48/64-bit colour) PNG or TIFF as a (H, W, 3) uint16 array, or None for any other file: Pillow opens
     those at 8 bits per channel, which would cut a grey depth stored in RGB to 256 levels. The header says which,
     so an 8-bit file is not decoded twice."""
-    import cv2
-
     if img.format == "PNG":
         with open(path, "rb") as fh:
             head = fh.read(26)
@@ -499,7 +503,7 @@ def _wide_rgb(path: Path, img) -> np.ndarray | None:
         wide = False
     if not wide:
         return None
-    pixels = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    pixels = _opencv_read(path)
     if pixels is None or pixels.dtype == np.uint8 or pixels.ndim != 3:
         return None
     return pixels[..., 2::-1]  # BGR(A) -> RGB
@@ -673,10 +677,9 @@ def check_depth_formats(
 ) -> tuple[str, ...]:
     """``formats``, names of ``DEPTH_WRITERS`` (``at_least_one``: not none), as a tuple; one line naming ``label``
     for anything else."""
+    # (a string was read letter by letter; None, a number: TypeError)
     if (
-        not isinstance(
-            formats, (list, tuple)
-        )  # (a string was read letter by letter; None, a number: TypeError)
+        not isinstance(formats, (list, tuple))
         or not all(isinstance(f, str) and f in DEPTH_WRITERS for f in formats)
         or (at_least_one and not formats)
     ):
