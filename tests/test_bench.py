@@ -313,7 +313,7 @@ def test_bench_argument_errors(capsys):
         assert message in err and err.count("\n") == 1, err
 
 
-def _run_gpu_script(tmp_path, *parts, **env):
+def _run_gpu_script(tmp_path, *parts, kill_at=None, **env):
     """benchmarks/run_gpu.sh with a stub depth2img that logs its arguments and writes a table into its -o folder."""
     import os
     import subprocess
@@ -325,6 +325,7 @@ def _run_gpu_script(tmp_path, *parts, **env):
     fake.parent.mkdir(parents=True)
     fake.write_text(f"""#!/bin/sh
 echo "$@" >> {log}
+[ -n "$STUB_IGNORE_TERM" ] && trap '' TERM
 prev=
 for a in "$@"; do [ "$prev" = -o ] && echo "| a table |" > "$a/stub-$(date +%s%N).md"; prev=$a; done
 sleep ${{STUB_SLEEP:-0}}
@@ -333,7 +334,21 @@ sleep ${{STUB_SLEEP:-0}}
     script = Path(__file__).parents[1] / "benchmarks" / "run_gpu.sh"
     env = {**os.environ, "PATH": f"{fake.parent}:{Path(sys.executable).parent}:{os.environ['PATH']}",
            "RESULTS": str(tmp_path / "results"), **env}  # fmt: skip
-    done = subprocess.run(["bash", str(script), *parts], env=env, capture_output=True, text=True, timeout=120)
+    if kill_at is None:
+        done = subprocess.run(
+            ["bash", str(script), *parts], env=env, capture_output=True, text=True, timeout=120
+        )
+    else:  # the device call's own limit: the script and everything it started, killed
+        import signal
+
+        proc = subprocess.Popen(["bash", str(script), *parts], env=env, start_new_session=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+        try:
+            proc.wait(timeout=kill_at)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        done = subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
     calls = log.read_text().splitlines() if log.exists() else []
     return done, calls
 
@@ -380,12 +395,8 @@ def test_gpu_script_smoke_run_is_small_whatever_the_steps_ask(tmp_path):
 def test_gpu_script_keeps_to_its_deadline_and_refuses_unknown_parts(tmp_path):
     done, calls = _run_gpu_script(tmp_path, "core", DEADLINE="2", MIN_STEP="1", STUB_SLEEP="5")
     assert len(calls) == 1  # the first step starts, is cut at the deadline; the others never start
-    assert "== FAILED: latency (exit 124, cut at the deadline" in done.stdout
-    assert (
-        "== SKIPPED (deadline): lowvram-sdxl" in done.stdout
-        and "== SKIPPED (deadline): latency-cpp" in done.stdout
-        and "== SKIPPED (deadline): dataset" in done.stdout
-    )
+    assert "== FAILED: dataset (exit 124, cut at the deadline" in done.stdout
+    assert "== SKIPPED (deadline): dataset-default" in done.stdout
     done, calls = _run_gpu_script(tmp_path / "again", "speed")
     assert done.returncode == 2 and "unknown part or step 'speed'" in done.stderr and not calls
     # a step that a deadline skipped is run by its label in the next call, alone
@@ -394,7 +405,7 @@ def test_gpu_script_keeps_to_its_deadline_and_refuses_unknown_parts(tmp_path):
     results = tmp_path / "skipped" / "results"
     assert [c.replace(f"-o {results} ", "") for c in calls] == [
         "bench --backbone sdxl --low-vram --repeats 1 --steps 10",
-        "bench --batch 16 --compile reduce-overhead,default --repeats 2",
+        "bench --batch 16 --compile reduce-overhead --repeats 2",
     ]
 
 
@@ -526,3 +537,33 @@ def test_the_committed_tables_are_what_their_json_says():
     assert results
     for path in results:
         assert path.with_suffix(".md").read_text() == markdown(json.loads(path.read_text())), path.name
+
+
+def test_gpu_script_kills_a_step_that_ignores_the_deadline(tmp_path):
+    """On the H100 a step TERMed at the deadline had not ended a minute later, and the device call ran out at its
+    own limit: the deadline now KILLs the step's process group KILL_AFTER seconds after the TERM."""
+    import time
+
+    t = time.monotonic()
+    done, calls = _run_gpu_script(
+        tmp_path, "core", DEADLINE="2", MIN_STEP="1", KILL_AFTER="1", STUB_SLEEP="60", STUB_IGNORE_TERM="1"
+    )
+    assert time.monotonic() - t < 30
+    assert len(calls) == 1 and "== FAILED: dataset (exit 137, cut at the deadline" in done.stdout, done.stdout
+
+
+def test_gpu_script_archives_each_step_as_it_ends(tmp_path):
+    """A device call cut at its limit returned nothing: the part's archive was written once, at its end. It is
+    now renewed after each step, so the steps done come back, with the log so far."""
+    import tarfile
+
+    out = tmp_path / "out"
+    out.mkdir()
+    done, calls = _run_gpu_script(tmp_path, "extra", kill_at=6, OUT=str(out), STUB_SLEEP="2")
+    # killed in the 2nd or 3rd step
+    assert done.returncode == -9 and 2 <= len(calls) < 4, (done.returncode, calls)
+    assert sorted(p.name for p in out.iterdir()) == ["bench-extra.tar.gz"]
+    with tarfile.open(out / "bench-extra.tar.gz") as tar:
+        names = tar.getnames()
+        log = tar.extractfile("run_gpu-extra.log").read().decode()
+    assert sum(n.endswith(".md") for n in names) >= 1 and "== compile-default-b16-no-cl:" in log, (names, log)
