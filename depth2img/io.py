@@ -401,8 +401,33 @@ def _depth_map(values: np.ndarray, polarity: str, where, *, invalid=None, depth_
             raise InputError(
                 f"{where}: depth scale {depth_scale:g} takes depth values beyond float32's range"
             )
+    flat = _flat(values, valid, kind)
+    if (
+        flat
+    ):  # a blank or saturated file: its control image is black, which a user would only see in the outputs
+        from .errors import Depth2ImgWarning
+
+        notes = [
+            *notes,
+            f"{where}: {flat}, so it carries no structure and the outputs keep none of its geometry",
+        ]
+        warnings.warn(notes[-1], Depth2ImgWarning, stacklevel=3)
     return DepthMap(values.astype(np.float32), kind, valid, source=str(where) if source is None else source,
                     meta={"polarity": polarity}, notes=list(notes))  # fmt: skip
+
+
+def _flat(values: np.ndarray, valid: np.ndarray, kind: str) -> str | None:
+    """What makes a depth carry no structure (no valid pixel, or one value on all of them), or None."""
+    if not valid.any():
+        return (
+            "no pixel holds a measurement (metric 0 marks none)"
+            if kind == "metric_depth"
+            else "no pixel is valid"
+        )
+    low, high = (values.min(), values.max()) if valid.all() else (values[valid].min(), values[valid].max())
+    if low == high:
+        return f"every {'valid ' if not valid.all() else ''}depth value is {low:g}"
+    return None
 
 
 ASPECT_TOLERANCE = 0.01  # depth and image aspect ratios may differ by 1% (rounding of odd sizes)

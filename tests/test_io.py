@@ -749,3 +749,32 @@ def test_a_failed_write_inside_an_atomic_path_names_the_file_whatever_its_error_
             raise raised
         assert caught.value.filename == str(tmp_path / "b.png") and caught.value.errno == raised.errno
         assert caught.value.__cause__ is raised and list(tmp_path.iterdir()) == []
+
+
+def test_a_depth_without_structure_is_said(tmp_path):
+    """A blank or saturated depth file (one value everywhere, or metric zeros: no measurement) makes a black
+    control image; it was taken silently, so a user learnt it only from outputs that kept no geometry."""
+    import warnings
+
+    from depth2img.errors import Depth2ImgWarning
+    from depth2img.io import depth_for_image, read_depth_file
+
+    Image.fromarray(np.full((32, 48), 700, np.uint16)).save(tmp_path / "flat.png")
+    with pytest.warns(Depth2ImgWarning) as seen:
+        depth = read_depth_file(tmp_path / "flat.png", "near-bright")
+    said = f"{tmp_path / 'flat.png'}: every depth value is 700, so it carries no structure and the outputs keep none"
+    assert [str(w.message) for w in seen] == [depth.notes[0]] and depth.notes[0].startswith(said)
+    np.save(tmp_path / "zeros.npy", np.zeros((8, 8)))
+    with pytest.warns(
+        Depth2ImgWarning, match=r"zeros.npy: no pixel holds a measurement \(metric 0 marks none\)"
+    ):
+        read_depth_file(tmp_path / "zeros.npy", "metric")
+    # constant over its valid pixels: the holes do not count as structure
+    holes = np.full((8, 8), 3.0)
+    holes[:2] = 0
+    with pytest.warns(Depth2ImgWarning, match=r"depth array: every valid depth value is 3, so"):
+        depth_for_image(holes, (8, 8), "metric")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # one more value is structure: nothing said
+        holes[5, 5] = 2.0
+        assert depth_for_image(holes, (8, 8), "metric").notes == []
