@@ -472,7 +472,15 @@ class Labels:
     def __init__(self, job: Job):
         self.coco = None
         self.yolo = job.path(job.labels["yolo"]) if "yolo" in job.labels else None
-        self.masks = {safe_name(str(k)): job.path(v) for k, v in (job.labels.get("masks") or {}).items()}
+        self.masks = {}
+        for key, folder in (job.labels.get("masks") or {}).items():
+            name = safe_name(str(key))
+            if name in self.masks:  # one set of copies went over the other's
+                first = next(k for k in job.labels["masks"] if safe_name(str(k)) == name)
+                raise InputError(
+                    f"job key labels.masks: {first!r} and {key!r} would both be copied to masks/{name}; rename one"
+                )
+            self.masks[name] = job.path(folder)
         # a misspelt folder would give a dataset without those labels, silently
         folders = [("labels.yolo", self.yolo)] if self.yolo is not None else []
         folders += [(f"labels.masks.{name}", path) for name, path in self.masks.items()]
@@ -483,24 +491,47 @@ class Labels:
         if "coco" in job.labels:
             path = job.path(job.labels["coco"])
             try:
-                self.coco = json.loads(path.read_text(encoding="utf-8"))
+                # NaN and Infinity are not JSON: Python's reader takes them, and annotations.json would carry them
+                self.coco = json.loads(path.read_text(encoding="utf-8"), parse_constant=_not_json)
+                by_id: dict = {}
                 for im in self.coco.get("images", []):
                     parts = _parts(im["file_name"])
+                    if by_id.setdefault(im["id"], im) is not im:  # an unhashable id is a TypeError here
+                        raise InputError(
+                            f"labels.coco {path}: image id {im['id']!r} is given to {by_id[im['id']]['file_name']!r} "
+                            f"and {im['file_name']!r}; each image needs its own id"
+                        )
+                    _check_coco_size(path, im)
                     self._coco_by_name.setdefault(parts[-1], []).append((parts, im))
                 self._anns: dict = {}
                 for ann in self.coco.get("annotations", []):
                     self._anns.setdefault(ann["image_id"], []).append(ann)
+                unknown = [i for i in self._anns if i not in by_id]
+                if unknown:  # their annotations were dropped ("1" against 1 too)
+                    n = sum(len(self._anns[i]) for i in unknown)
+                    shown = ", ".join(map(repr, unknown[:3])) + (", ..." if len(unknown) > 3 else "")
+                    raise InputError(
+                        f"labels.coco {path}: {n} annotation(s) name image ids that no image has ({shown}); "
+                        "an annotation's image_id must be one of its images' ids, of the same type"
+                    )
             except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise InputError(f"labels.coco {path}: cannot be read ({first_line(err)})") from None
+            except _NotJSON as err:
+                raise InputError(
+                    f"labels.coco {path}: holds {err}, which JSON does not allow; give numbers"
+                ) from None
             except (AttributeError, KeyError, TypeError, IndexError) as err:
                 raise InputError(
                     f"labels.coco {path}: not COCO (images need an id and a file_name, annotations an "
                     f"image_id; {type(err).__name__}: {err})"
                 ) from None
 
-    def _coco_matches(self, source: Path) -> list[dict]:
-        """The COCO image entries naming ``source``: those whose ``file_name`` is the longest path suffix of the
-        source's path (whole components: ``x/img.png`` names ``.../x/img.png``, not ``.../y/img.png``)."""
+    def _coco_matches(self, source: Path) -> tuple[list[dict], bool]:
+        """The COCO image entries naming ``source``, and whether they fit it only in part. First those whose
+        ``file_name`` is the longest path suffix of the source's path (whole components: ``x/img.png`` names
+        ``.../x/img.png``, not ``.../y/img.png``); where none is, the one entry that shares the most trailing
+        components with it (an export's `train2017/img.png`, the annotator's absolute `/home/a/x/img.png` for
+        `frames/x/img.png`), none where several share as many."""
         src = _parts(os.path.abspath(source))
         same_name = self._coco_by_name.get(src[-1], [])
         best, found = 0, []
@@ -510,25 +541,30 @@ class Labels:
                 best, found = n, [im]
             elif n == best and src[-n:] == parts:
                 found.append(im)
-        if not found and len(same_name) == 1:
-            # a folder the source's path lacks (an export's `train2017/`, the annotator's own absolute path): the
-            # one entry of that file name (check() refuses it if it then fits several sources)
-            found = [same_name[0][1]]
-        return found
+        if found or not same_name:
+            return found, False
+        shared = [(_shared_tail(parts, src), im) for parts, im in same_name]
+        most = max(n for n, _ in shared)
+        found = [im for n, im in shared if n == most]
+        return (found, True) if len(found) == 1 else ([], False)
 
     def coco_for(self, source: Path):
         if self.coco is None:
             return None, []
-        found = self._coco_matches(source)
+        found, _ = self._coco_matches(source)
         im = found[0] if len(found) == 1 else None  # several: refused up front by check()
         return (im, self._anns.get(im["id"], [])) if im else (None, [])
 
-    def check(self, sources: list[Path]) -> None:
+    def check(self, sources: list[Path], warn: bool = True) -> None:
         """Refuse, before anything is written or loaded, labels that would not stay valid: a COCO entry that names
-        several sources (or a source named by several entries), and labels that do not fit their source as
-        ``load_image`` gives it (EXIF orientation applied), from the files' headers."""
+        several sources (or a source named by several entries), labels that do not fit their source as
+        ``load_image`` gives it (EXIF orientation applied), from the files' headers, and YOLO lines that are not
+        YOLO. With ``warn``, say which sources the labels may not be meant for: matched to a COCO entry in part,
+        with no COCO entry, or, where a YOLO or mask folder names none of the sources, all of them."""
         owners: dict[int, list[Path]] = {}
         problems = []
+        partial: list[tuple[Path, dict]] = []
+        unlabelled: list[Path] = []
         if self.yolo is not None or self.masks:
             # YOLO and mask files are found by the source's file name alone
             by_stem: dict[str, list[Path]] = {}
@@ -543,7 +579,11 @@ class Labels:
                         "the sources distinct names"
                     )
         for p in sources:
-            found = self._coco_matches(p) if self.coco is not None else []
+            found, part = self._coco_matches(p) if self.coco is not None else ([], False)
+            if part:
+                partial.append((p, found[0]))
+            elif self.coco is not None and not found:
+                unlabelled.append(p)
             if len(found) > 1:
                 names = ", ".join(f"{im['file_name']!r} (id {im['id']})" for im in found)
                 raise InputError(
@@ -564,6 +604,29 @@ class Labels:
         if problems:
             more = f" (and {len(problems) - 1} more sources)" if len(problems) > 1 else ""
             raise InputError(f"job key labels: {problems[0]}{more}; the labels would not stay aligned")
+        if self.yolo is not None:
+            for p in sources:
+                if (label := self._label_files(p.stem).get("labels")) and (problem := _yolo_problem(label)):
+                    raise InputError(f"labels.yolo {label}: {problem}")
+        if not warn:
+            return
+        said = []
+        if partial:
+            p, im = partial[0]
+            said.append(f"{len(partial)} source(s) matched a labels.coco entry by their last folders and file name "
+                        f"only ({p} as {im['file_name']!r}); check that the labels are theirs")  # fmt: skip
+        if unlabelled:
+            said.append(f"{len(unlabelled)} source(s) have no labels.coco entry ({unlabelled[0]}"
+                        f"{', ...' if len(unlabelled) > 1 else ''}); their outputs carry no annotations")  # fmt: skip
+        folders = ([("labels.yolo", self.yolo, "labels")] if self.yolo is not None else []) + [
+            (f"labels.masks.{name}", folder, f"masks/{name}") for name, folder in self.masks.items()
+        ]
+        for key, folder, dest in folders:
+            if sources and not any(dest in self._label_files(p.stem) for p in sources):
+                said.append(f"{key} {folder} holds no file named after a source (as {sources[0].stem}"
+                            f"{'.txt' if dest == 'labels' else '.png'}), so no output carries them")  # fmt: skip
+        for line in said:
+            warnings.warn(f"job key labels: {line}", Depth2ImgWarning, stacklevel=3)
 
     def _fit_problem(self, source: Path, coco_image: dict | None) -> str | None:
         """Why ``source``'s labels cannot be carried to outputs of its size, or None. The size is the photo's once
@@ -621,6 +684,63 @@ class Labels:
                 shutil.copyfile(src, tmp)
             written.append(dst)
         return written
+
+
+class _NotJSON(ValueError):
+    pass
+
+
+def _not_json(constant: str):
+    raise _NotJSON(constant)
+
+
+def _shared_tail(a: tuple[str, ...], b: tuple[str, ...]) -> int:
+    """How many trailing path components ``a`` and ``b`` share."""
+    n = 0
+    while n < min(len(a), len(b)) and a[-1 - n] == b[-1 - n]:
+        n += 1
+    return n
+
+
+def _check_coco_size(path: Path, im: dict) -> None:
+    """A COCO image's width and height, where given, are whole numbers (a string "64" was refused later as "64x48
+    but the photo is 64x48")."""
+    for side in ("width", "height"):
+        value = im.get(side)
+        whole = isinstance(value, int) or (
+            isinstance(value, float) and value.is_integer()
+        )  # 640.0 from some tools
+        if value is not None and (isinstance(value, bool) or not whole or value < 1):
+            raise InputError(
+                f"labels.coco {path}: image id {im['id']!r} has {side} {value!r}; give a whole number of pixels"
+            )
+
+
+def _yolo_problem(path: Path) -> str | None:
+    """What makes a YOLO txt file not YOLO (per line: a class index, then at least 4 finite numbers, the first
+    four, a box or a polygon's first point pair, within [0, 1]), or None. The file is copied unchanged, so a bad
+    line would reach the dataset as it is."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        return f"cannot be read ({first_line(err)})"
+    for n, line in enumerate(text.splitlines(), start=1):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) < 5:
+            return f"line {n} has {len(fields)} value(s), not a class and 4 or more coordinates: {line.strip()!r}"
+        if not fields[0].isdigit():
+            return f"line {n}: class {fields[0]!r} is not a whole number >= 0"
+        try:
+            values = [float(f) for f in fields[1:]]
+        except ValueError:
+            return f"line {n} holds a value that is not a number: {line.strip()!r}"
+        if not all(math.isfinite(v) for v in values):
+            return f"line {n} holds a NaN or infinite value: {line.strip()!r}"
+        if not all(0 <= v <= 1 for v in values[:4]):
+            return f"line {n}: coordinates are normalised to [0, 1], got {line.strip()!r}"
+    return None
 
 
 def _parts(name: str | os.PathLike) -> tuple[str, ...]:
@@ -786,7 +906,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                           "skipped: a job's outputs are not its sources", Depth2ImgWarning, stacklevel=2)  # fmt: skip
         paths = outside
         labels = Labels(job)
-        labels.check(paths)
+        labels.check(paths, warn=rank == 0)
         earlier_run = any(root.glob("manifest*.jsonl"))
         recorded = _earlier_record(root / "job.resolved.yaml") if earlier_run else None
         # before its temp files are swept: a refused run leaves the earlier one untouched
@@ -1234,17 +1354,21 @@ def build_index(job: Job, root: Path, labels: Labels | None = None) -> int:
         with atomic_path(root / "train" / "metadata.jsonl") as tmp:
             tmp.write_text("".join(line + "\n" for line in lines))
     if job.layout == "coco" or labels.coco is not None:
-        coco = {"images": [], "annotations": [], "categories": (labels.coco or {}).get("categories", [])}
+        given = labels.coco or {}
+        coco = {k: given[k] for k in ("info", "licenses") if k in given}  # a dataset's licence stays with it
+        coco |= {"images": [], "annotations": [], "categories": given.get("categories", [])}
         ann_id = 1
         for image_id, r in enumerate(records, start=1):
             w, h = r["size"]
             source, anns = labels.coco_for(Path(r["source"]))  # its labels.coco entry, matched by path
-            coco["images"].append({"id": image_id, "file_name": r["output"], "width": w, "height": h,
+            # the source entry's own fields (license, date_captured, ...) carried
+            own = {k: v for k, v in (source or {}).items() if k not in ("id", "file_name", "width", "height")}
+            coco["images"].append({**own, "id": image_id, "file_name": r["output"], "width": w, "height": h,
                                    "source_file_name": source["file_name"] if source else Path(r["source"]).name,
                                    "variation": r["variation"], "seed": r["seed"]})  # fmt: skip
             for ann in anns:
                 coco["annotations"].append({**ann, "id": ann_id, "image_id": image_id})
                 ann_id += 1
         with atomic_path(root / "annotations.json") as tmp:
-            tmp.write_text(json.dumps(coco))
+            tmp.write_text(json.dumps(coco, allow_nan=False))
     return len(records)

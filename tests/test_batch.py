@@ -3,6 +3,7 @@ two processes equal to one."""
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -864,7 +865,10 @@ def test_coco_labels_are_matched_by_path_not_by_file_name(tmp_path):
     (tmp_path / "coco.json").write_text(json.dumps(coco))
     labels = Labels(load_job(job))
     assert [labels.coco_for(tmp_path / "nested" / s / "img.png")[0]["id"] for s in "xy"] == [1, 2]
-    del coco["images"][0]  # now the bare name fits both sources: which one it means is unknowable
+    # now the bare name fits both sources: which one it means is unknowable (the image's annotations go with it:
+    # annotations of an image id no image has are refused)
+    del coco["images"][0]
+    coco["annotations"] = [a for a in coco["annotations"] if a["image_id"] != 1]
     (tmp_path / "coco.json").write_text(json.dumps(coco))
     job = write_job(tmp_path, name="two.yaml", output="out2", inputs=["nested/x", "nested/y"], presets=["fog"],
                     seeds=1, labels={"coco": "coco.json"})  # fmt: skip
@@ -1497,3 +1501,157 @@ def test_resumed_names_follow_the_sources_through_moves(tmp_path):
         "a-2/fog/s0",
         "a/fog/s0",
     ]
+
+
+def _coco_labels(dataset, tmp_path, change):
+    """Labels of the dataset's frames with its COCO file changed by ``change(coco)`` (a review's cases)."""
+    from depth2img.batch import Labels
+
+    coco = json.loads((dataset / "coco.json").read_text())
+    change(coco)
+    (tmp_path / "coco.json").write_text(json.dumps(coco))  # NaN as Python writes it: not JSON
+    return Labels(load_job(write_job(tmp_path, inputs=str(dataset / "frames"), labels={"coco": "coco.json"})))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        # two images of one id: both took f0.png's boxes
+        (
+            lambda c: c["images"][1].update(id=10),
+            r"image id 10 is given to 'f0.png' and 'f1.png'; each image needs",
+        ),
+        # annotations of an id no image has were dropped, "10" against 10 too
+        (
+            lambda c: c["annotations"][0].update(image_id="10"),
+            r"1 annotation\(s\) name image ids that no image has \('10'\)",
+        ),
+        (
+            lambda c: c["annotations"][-1].update(image_id=999),
+            r"1 annotation\(s\) name image ids that no image has \(999\)",
+        ),
+        # an internal error (KeyError), and a TypeError only once every image was made
+        (lambda c: c["images"][0].pop("id"), r"not COCO \(images need an id and a file_name.*KeyError"),
+        (lambda c: c["images"][0].update(id=[10]), r"not COCO .*TypeError: unhashable type"),
+        # "its labels.coco image id 10 is 96x64 but the photo is 96x64"
+        (
+            lambda c: c["images"][0].update(width="96"),
+            r"image id 10 has width '96'; give a whole number of pixels",
+        ),
+        # written back as a bare NaN: annotations.json was not JSON
+        (
+            lambda c: c["annotations"][0]["bbox"].__setitem__(0, float("nan")),
+            r"holds NaN, which JSON does not allow",
+        ),
+    ],
+)
+def test_coco_labels_that_would_land_on_the_wrong_image_are_refused(dataset, tmp_path, change, message):
+    """A review's cases: each ended in annotations on the wrong image, none, an internal error, or an index that
+    was not JSON, most with exit 0."""
+    with pytest.raises(InputError, match=r"^labels.coco .*coco.json: " + message):
+        _coco_labels(dataset, tmp_path, change)
+
+
+def test_coco_sizes_written_as_whole_floats_are_taken(dataset, tmp_path):
+    labels = _coco_labels(
+        dataset, tmp_path, lambda c: [im.update(width=96.0, height=64.0) for im in c["images"]]
+    )
+    labels.check(sorted((dataset / "frames").glob("*.png")))
+
+
+def test_mask_names_that_share_a_folder_are_refused(dataset, tmp_path):
+    """'sem seg' and 'sem-seg' both went to masks/sem-seg: one set of masks silently over the other."""
+    from depth2img.batch import Labels
+
+    masks = {"sem seg": str(dataset / "semantic"), "sem-seg": str(dataset / "semantic")}
+    job = load_job(write_job(tmp_path, inputs=str(dataset / "frames"), labels={"masks": masks}))
+    with pytest.raises(
+        InputError, match=r"'sem seg' and 'sem-seg' would both be copied to masks/sem-seg; rename one"
+    ):
+        Labels(job)
+
+
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("0 0.5 0.5 0.1", r"line 2 has 4 value\(s\), not a class and 4 or more coordinates: '0 0.5 0.5 0.1'"),
+        ("car 0.5 0.5 0.1 0.1", r"line 2: class 'car' is not a whole number >= 0"),
+        ("0 foo bar 0.1 0.1", r"line 2 holds a value that is not a number"),
+        ("0 nan 0.5 0.1 0.1", r"line 2 holds a NaN or infinite value"),
+        ("0 1.7 0.5 0.1 0.1", r"line 2: coordinates are normalised to \[0, 1\], got '0 1.7 0.5 0.1 0.1'"),
+        ("0 0.1 0.1 0.2 0.1 0.2 0.2", None),  # a polygon
+        ("0 0.5 0.5 0.2 0.2 0.4 0.4 2 0.6 0.6 1", None),  # a box with keypoints (visibility 2)
+    ],
+)
+def test_yolo_lines_that_are_not_yolo_are_refused_up_front(dataset, tmp_path, line, message):
+    """YOLO files are copied unchanged: a 3-column line, a NaN or a centre at 1.7 reached the dataset, exit 0."""
+    from depth2img.batch import Labels
+
+    (tmp_path / "yolo").mkdir()
+    (tmp_path / "yolo" / "f0.txt").write_text(f"1 0.5 0.5 0.25 0.25\n{line}\n")
+    labels = Labels(load_job(write_job(tmp_path, inputs=str(dataset / "frames"), labels={"yolo": "yolo"})))
+    sources = sorted((dataset / "frames").glob("*.png"))
+    if message is None:
+        labels.check(sources)
+    else:
+        with pytest.raises(InputError, match=r"^labels.yolo .*f0.txt: " + message):
+            labels.check(sources)
+
+
+def test_labels_that_may_not_be_the_sources_are_said(dataset, tmp_path):
+    """Sources matched to a COCO entry only in part, with no entry, and label folders that name no source: each
+    gave outputs with someone else's labels or none, silently."""
+    import warnings
+
+    from depth2img.batch import Labels
+    from depth2img.errors import Depth2ImgWarning
+
+    for sub in ("x", "y", "z"):
+        (tmp_path / "frames" / sub).mkdir(parents=True)
+        Image.open(dataset / "frames" / "f0.png").save(tmp_path / "frames" / sub / "img.png")
+    coco = json.loads((dataset / "coco.json").read_text())
+    # the annotator's absolute paths: x and y are each their own (they matched nothing: no annotations), z has none
+    coco["images"] = [{**coco["images"][0], "id": k, "file_name": f"/home/annotator/proj/{s}/img.png"}
+                      for k, s in ((1, "x"), (2, "y"))]  # fmt: skip
+    coco["annotations"] = [{**coco["annotations"][0], "image_id": k} for k in (1, 2)]
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    (tmp_path / "yolo" / "seq").mkdir(parents=True)  # a nested tree: found by file name, so never found
+    (tmp_path / "yolo" / "seq" / "img.txt").write_text("0 0.5 0.5 0.1 0.1\n")
+    job = write_job(tmp_path, inputs="frames/*/img.png", labels={"coco": "coco.json", "yolo": "yolo"})
+    labels = Labels(load_job(job))
+    sources = [tmp_path / "frames" / s / "img.png" for s in "xyz"]
+    assert [labels.coco_for(p)[0] and labels.coco_for(p)[0]["id"] for p in sources] == [1, 2, None]
+    with pytest.warns(Depth2ImgWarning) as seen:
+        labels.check(sources)
+    said = [str(w.message) for w in seen]
+    assert len(said) == 3 and all(s.startswith("job key labels: ") for s in said), said
+    assert re.search(r"2 source\(s\) matched a labels.coco entry by their last folders and file name only \(.*x/img"
+                     r".png as '/home/annotator/proj/x/img.png'\); check that the labels are theirs", said[0])  # fmt: skip
+    assert re.search(
+        r"1 source\(s\) have no labels.coco entry \(.*z/img.png\); their outputs carry no", said[1]
+    )
+    assert re.search(
+        r"labels.yolo .*yolo holds no file named after a source \(as img.txt\), so no output", said[2]
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        labels.check(sources, warn=False)  # another process than the first: one says it
+    # several entries sharing as much of the path: which one is unknowable, so none
+    coco["images"].append({**coco["images"][0], "id": 3, "file_name": "/home/annotator/proj2/x/img.png"})
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    assert Labels(load_job(job)).coco_for(sources[0]) == (None, [])
+
+
+def test_coco_index_keeps_the_datasets_info_licences_and_image_fields(dataset, tmp_path):
+    coco = json.loads((dataset / "coco.json").read_text())
+    coco["info"] = {"description": "drives", "version": "1.0"}
+    coco["licenses"] = [{"id": 3, "name": "CC BY 4.0", "url": "https://creativecommons.org/licenses/by/4.0/"}]
+    coco["images"][0].update(license=3, date_captured="2026-11-27 01:00:00")
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    (tmp_path / "frames").mkdir()
+    Image.open(dataset / "frames" / "f0.png").save(tmp_path / "frames" / "f0.png")
+    job = write_job(tmp_path, presets=["fog"], seeds=1, labels={"coco": "coco.json"})
+    assert run_job(job, progress=False).done == 1
+    out = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    assert out["info"] == coco["info"] and out["licenses"] == coco["licenses"]
+    assert out["images"][0]["license"] == 3 and out["images"][0]["date_captured"] == "2026-11-27 01:00:00"
