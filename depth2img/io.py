@@ -311,7 +311,20 @@ def read_depth_file(
             img = None
         if img is not None:
             recorded, invalid = img.info.get(KIND_TEXT_KEY), img.info.get(INVALID_TEXT_KEY)
-            if img.mode in ("RGB", "RGBA", "P"):
+            if (
+                img.mode == "1"
+                or len(img.getbands()) > 1
+                and img.mode not in ("RGB", "RGBA", "P", "LA")
+            ):
+                # read as bools ("dtype bool"), or a CMYK TIFF as 4 planes ("shape (H, W, 4)")
+                what = (
+                    "a 1-bit image holds two values, not" if img.mode == "1" else f"a {img.mode} image is not"
+                )
+                raise InputError(
+                    f"{path}: {what} a depth map; give a greyscale 8/16-bit PNG, a float TIFF or a .npy"
+                )
+            if img.mode in ("RGB", "RGBA", "P", "LA"):
+                # grey stored as colour, or with an alpha channel, which is ignored (an LA PNG: "shape (H, W, 2)")
                 values = _grey(path, _wide_rgb(path, img), img)
             else:
                 values = np.asarray(img)

@@ -778,3 +778,22 @@ def test_a_depth_without_structure_is_said(tmp_path):
         warnings.simplefilter("error")  # one more value is structure: nothing said
         holes[5, 5] = 2.0
         assert depth_for_image(holes, (8, 8), "metric").notes == []
+
+
+def test_depth_pngs_with_alpha_are_read_and_1_bit_or_cmyk_ones_refused_in_one_line(tmp_path):
+    """An LA PNG (grey + alpha) was refused as "depth must be a 2-D array, got shape (16, 16, 2)" and a 1-bit one
+    as "depth must hold real numbers, got dtype bool"; grey values are read as an RGBA depth's are, alpha ignored."""
+    grey = np.arange(256, dtype=np.uint8).reshape(16, 16)
+    Image.fromarray(grey).convert("LA").save(tmp_path / "la.png")
+    np.testing.assert_array_equal(io.read_depth_file(tmp_path / "la.png", "near-bright").values, grey)
+    Image.fromarray(grey).convert("1").save(tmp_path / "bits.png")
+    Image.fromarray(grey).convert("CMYK").save(tmp_path / "cmyk.tif")
+    for name, what in (
+        ("bits.png", "a 1-bit image holds two values, not"),
+        ("cmyk.tif", "a CMYK image is not"),
+    ):
+        with pytest.raises(InputError) as err:
+            io.read_depth_file(tmp_path / name, "near-bright")
+        assert str(err.value) == (
+            f"{tmp_path / name}: {what} a depth map; give a greyscale 8/16-bit PNG, a float TIFF or a .npy"
+        )
