@@ -675,15 +675,35 @@ class Labels:
         candidates |= {f"masks/{name}": folder / f"{stem}.png" for name, folder in self.masks.items()}
         return {dest: f for dest, f in candidates.items() if f.is_file()}
 
-    def copy_for(self, source: Path, out_stem: str, root: Path) -> list[Path]:
-        """Copy YOLO txt and mask PNGs of ``source`` for an output named ``out_stem``; returns what was written."""
-        written = []
+    def copy_for(self, source: Path, out_stem: str, root: Path, only_changed: bool = False) -> list[Path]:
+        """Copy YOLO txt and mask PNGs of ``source`` for an output named ``out_stem``; returns the copies. A copy
+        keeps its file's modification time; ``only_changed`` writes only those missing or unlike their file's
+        (size or modification time)."""
+        copies = []
         for dest, src in self._label_files(source.stem).items():
             dst = root / dest / f"{out_stem}{src.suffix}"
+            copies.append(dst)
+            if only_changed and _same_file_state(src, dst):
+                continue
             with atomic_path(dst) as tmp:
-                shutil.copyfile(src, tmp)
-            written.append(dst)
-        return written
+                shutil.copy2(src, tmp)
+        return copies
+
+    def sync(self, records: list[dict], root: Path) -> None:
+        """Make the YOLO and mask copies under ``root`` those of the finished outputs ``records`` (manifest lines)
+        and their labels now: on --resume, a label file changed since its outputs were made (or a copy deleted)
+        was left as it was, and the copies of an output dropped from the index, or of a label file removed, stayed."""
+        if self.yolo is None and not self.masks:
+            return
+        kept = set()
+        for r in records:
+            kept.update(self.copy_for(Path(r["source"]), Path(r["output"]).stem, root, only_changed=True))
+        folders = [(root / "labels", ".txt")] if self.yolo is not None else []
+        folders += [(root / "masks" / name, ".png") for name in self.masks]
+        for folder, suffix in folders:
+            for copy in folder.glob(f"*{suffix}") if folder.is_dir() else ():
+                if copy not in kept:
+                    copy.unlink(missing_ok=True)
 
 
 class _NotJSON(ValueError):
@@ -746,6 +766,15 @@ def _yolo_problem(path: Path) -> str | None:
 def _parts(name: str | os.PathLike) -> tuple[str, ...]:
     """Path components, '/' or '\\' separated, without '.' components."""
     return tuple(c for c in Path(str(name).replace("\\", "/")).parts if c != ".")
+
+
+def _same_file_state(src: Path, dst: Path) -> bool:
+    """``dst`` is there with ``src``'s size and modification time (as ``shutil.copy2`` leaves a copy)."""
+    try:
+        a, b = src.stat(), dst.stat()
+    except OSError:
+        return False
+    return a.st_size == b.st_size and a.st_mtime_ns == b.st_mtime_ns
 
 
 def _header(path: Path) -> tuple[tuple[int, int], int] | None:
@@ -1337,11 +1366,12 @@ def _settle_manifests(root: Path, chunk_of: dict[str, int] | None = None) -> Non
 
 
 def build_index(job: Job, root: Path, labels: Labels | None = None) -> int:
-    """Rebuild the layout's index files from the manifest: COCO JSON and/or imagefolder metadata.jsonl. Returns the
-    number of images the dataset holds."""
+    """Rebuild the layout's index files from the manifest: COCO JSON and/or imagefolder metadata.jsonl, and bring the
+    YOLO and mask copies in line with it (``Labels.sync``). Returns the number of images the dataset holds."""
     labels = labels or Labels(job)
     records = [r for r in read_manifest(root / "manifest.jsonl") if r.get("final") and r.get("output")]
     records.sort(key=lambda r: r["item"])
+    labels.sync(records, root)
     if job.layout == "imagefolder":
         lines = []
         for r in records:

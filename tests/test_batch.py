@@ -1655,3 +1655,31 @@ def test_coco_index_keeps_the_datasets_info_licences_and_image_fields(dataset, t
     out = json.loads((tmp_path / "out" / "annotations.json").read_text())
     assert out["info"] == coco["info"] and out["licenses"] == coco["licenses"]
     assert out["images"][0]["license"] == 3 and out["images"][0]["date_captured"] == "2026-11-27 01:00:00"
+
+
+def test_resume_brings_label_copies_in_line_with_the_labels_and_the_index(dataset, tmp_path):
+    """A review's case: after a label file was fixed, --resume left the finished outputs' YOLO copies as they were
+    (while annotations.json took the fix); a deleted copy was not made again; the copies of an output dropped from
+    the index, and of a label file removed since, stayed."""
+    import shutil
+
+    for sub in ("frames", "yolo", "semantic"):
+        shutil.copytree(dataset / sub, tmp_path / sub)
+    job = write_job(tmp_path, presets=["fog"], seeds=1, layout="files",
+                    labels={"yolo": "yolo", "masks": {"semantic": "semantic"}})  # fmt: skip
+    assert run_job(job, progress=False).done == 3
+    out = tmp_path / "out"
+    copies = {f"f{k}": (out / "labels" / f"f{k}__fog__s0.txt", out / "masks" / "semantic" / f"f{k}__fog__s0.png")
+              for k in range(3)}  # fmt: skip
+    assert all(p.is_file() for pair in copies.values() for p in pair)
+    (tmp_path / "yolo" / "f0.txt").write_text("5 0.5 0.5 0.25 0.25\n")  # a class fixed
+    copies["f0"][1].unlink()  # a copy deleted
+    (tmp_path / "yolo" / "f1.txt").unlink()  # f1 has no boxes after all
+    (tmp_path / "frames" / "f2.png").unlink()  # f2 dropped, its output too: no longer in the index
+    (out / "images" / "f2__fog__s0.png").unlink()
+    report = run_job(job, resume=True, progress=False)
+    assert report.done == 0 and report.indexed == 2
+    assert copies["f0"][0].read_text() == "5 0.5 0.5 0.25 0.25\n"
+    assert copies["f0"][1].read_bytes() == (tmp_path / "semantic" / "f0.png").read_bytes()
+    assert not copies["f1"][0].exists() and copies["f1"][1].is_file()
+    assert not copies["f2"][0].exists() and not copies["f2"][1].exists()
