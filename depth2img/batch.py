@@ -768,6 +768,24 @@ def _parts(name: str | os.PathLike) -> tuple[str, ...]:
     return tuple(c for c in Path(str(name).replace("\\", "/")).parts if c != ".")
 
 
+def _earlier_coco_ids(path: Path) -> tuple[dict[str, int], dict[tuple[str, int], int]]:
+    """The ids an earlier ``annotations.json`` of this output gave: image ids by file name, annotation ids by
+    (file name, place among its image's annotations). Empty where there is none, or it is not ours to read."""
+    try:
+        earlier = json.loads(path.read_text(encoding="utf-8"))
+        images = {im["id"]: im["file_name"] for im in earlier["images"]}
+        image_ids = {name: i for i, name in images.items()}
+        ann_ids, seen = {}, collections.Counter()
+        for ann in earlier["annotations"]:
+            name = images[ann["image_id"]]
+            ann_ids[(name, seen[name])] = ann["id"]
+            seen[name] += 1
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}, {}
+    ints = all(isinstance(i, int) for i in (*image_ids.values(), *ann_ids.values()))
+    return (image_ids, ann_ids) if ints else ({}, {})
+
+
 def _same_file_state(src: Path, dst: Path) -> bool:
     """``dst`` is there with ``src``'s size and modification time (as ``shutil.copy2`` leaves a copy)."""
     try:
@@ -1387,8 +1405,14 @@ def build_index(job: Job, root: Path, labels: Labels | None = None) -> int:
         given = labels.coco or {}
         coco = {k: given[k] for k in ("info", "licenses") if k in given}  # a dataset's licence stays with it
         coco |= {"images": [], "annotations": [], "categories": given.get("categories", [])}
-        ann_id = 1
-        for image_id, r in enumerate(records, start=1):
+        image_ids, ann_ids = _earlier_coco_ids(root / "annotations.json")
+        next_image = max(image_ids.values(), default=0) + 1
+        next_ann = max(ann_ids.values(), default=0) + 1
+        for r in records:
+            # an image keeps the id an earlier index gave it (a source added on --resume renumbered those after it)
+            image_id = image_ids.get(r["output"])
+            if image_id is None:
+                image_id, next_image = next_image, next_image + 1
             w, h = r["size"]
             source, anns = labels.coco_for(Path(r["source"]))  # its labels.coco entry, matched by path
             # the source entry's own fields (license, date_captured, ...) carried
@@ -1396,9 +1420,11 @@ def build_index(job: Job, root: Path, labels: Labels | None = None) -> int:
             coco["images"].append({**own, "id": image_id, "file_name": r["output"], "width": w, "height": h,
                                    "source_file_name": source["file_name"] if source else Path(r["source"]).name,
                                    "variation": r["variation"], "seed": r["seed"]})  # fmt: skip
-            for ann in anns:
+            for k, ann in enumerate(anns):
+                ann_id = ann_ids.get((r["output"], k))
+                if ann_id is None:
+                    ann_id, next_ann = next_ann, next_ann + 1
                 coco["annotations"].append({**ann, "id": ann_id, "image_id": image_id})
-                ann_id += 1
         with atomic_path(root / "annotations.json") as tmp:
             tmp.write_text(json.dumps(coco, allow_nan=False))
     return len(records)

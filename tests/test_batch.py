@@ -1683,3 +1683,33 @@ def test_resume_brings_label_copies_in_line_with_the_labels_and_the_index(datase
     assert copies["f0"][1].read_bytes() == (tmp_path / "semantic" / "f0.png").read_bytes()
     assert not copies["f1"][0].exists() and copies["f1"][1].is_file()
     assert not copies["f2"][0].exists() and not copies["f2"][1].exists()
+
+
+def test_coco_ids_stay_when_resume_adds_a_source(dataset, tmp_path):
+    """A source added on --resume (f1, between f0 and f2) renumbered the images and annotations after it: any
+    prediction or evaluation file keyed by image id then pointed at other images."""
+    (tmp_path / "frames").mkdir()
+    for k in (0, 2):
+        Image.open(dataset / "frames" / f"f{k}.png").save(tmp_path / "frames" / f"f{k}.png")
+    job = write_job(tmp_path, presets=["fog"], seeds=1, labels={"coco": str(dataset / "coco.json")})
+    assert run_job(job, progress=False).done == 2
+
+    def ids():
+        coco = json.loads((tmp_path / "out" / "annotations.json").read_text())
+        images = {im["id"]: im["file_name"] for im in coco["images"]}
+        anns = {}
+        for a in coco["annotations"]:
+            anns.setdefault(images[a["image_id"]], []).append(a["id"])
+        return {name: i for i, name in images.items()}, anns, coco
+
+    before_images, before_anns, _ = ids()
+    Image.open(dataset / "frames" / "f1.png").save(tmp_path / "frames" / "f1.png")
+    assert run_job(job, resume=True, progress=False).done == 1
+    images, anns, coco = ids()
+    assert {k: images[k] for k in before_images} == before_images
+    assert {k: anns[k] for k in before_anns} == before_anns
+    added = "images/f1__fog__s0.png"
+    assert images[added] == max(before_images.values()) + 1
+    assert min(anns[added]) == max(i for v in before_anns.values() for i in v) + 1
+    all_ids = [a["id"] for a in coco["annotations"]]
+    assert len(set(all_ids)) == len(all_ids) and len(set(images.values())) == 3
