@@ -380,13 +380,19 @@ class Variation:
     preset: str | None
 
 
+def _variation_name(text: str) -> str:
+    """A variation's part of an output name, never holding "__", which separates a name's parts: source "a__b" with
+    preset "c" and source "a" with preset "b__c" both gave a__b__c__s0, one image over the other."""
+    return re.sub("_{2,}", "_", safe_name(text))
+
+
 def variations(job: Job) -> list[Variation]:
-    out = [Variation(safe_name(p), job.prompt, p) for p in job.presets]
+    out = [Variation(_variation_name(p), job.prompt, p) for p in job.presets]
     if job.matrix is not None:
         axes = job.matrix["axes"]
         for combo in itertools.product(*axes.values()):
             values = dict(zip(axes, combo))
-            name = "-".join(safe_name(str(v)) for v in combo)
+            name = "-".join(_variation_name(str(v)) for v in combo)
             out.append(Variation(name, job.matrix["template"].format(**values), None))
     if not out:
         out.append(Variation("prompt", job.prompt, None))
