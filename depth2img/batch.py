@@ -381,9 +381,10 @@ class Variation:
 
 
 def _variation_name(text: str) -> str:
-    """A variation's part of an output name, never holding "__", which separates a name's parts: source "a__b" with
-    preset "c" and source "a" with preset "b__c" both gave a__b__c__s0, one image over the other."""
-    return re.sub("_{2,}", "_", safe_name(text))
+    """A variation's part of an output name, never holding "__", which separates a name's parts, nor starting or
+    ending with "_": source "a__b" with preset "c" and source "a" with preset "b__c" both gave a__b__c__s0 (and "a_"
+    with "c" and "a" with "_c" a___c__s0), one image over the other."""
+    return re.sub("_{2,}", "_", safe_name(text)).strip("_") or "x"
 
 
 def variations(job: Job) -> list[Variation]:

@@ -1718,7 +1718,7 @@ def test_coco_ids_stay_when_resume_adds_a_source(dataset, tmp_path):
 def test_variation_names_never_hold_the_separator_of_an_output_names_parts(dataset, tmp_path):
     """Source "a__b" with variation "c" and source "a" with variation "b__c" were both a__b__c__s0: one image was
     written over the other. A variation's name has no "__", so a name splits one way."""
-    matrix = {"template": "a street, {w}", "axes": {"w": ["b__c", "d___e", "f"]}}
+    matrix = {"template": "a street, {w}", "axes": {"w": ["b__c", "d___e", "_f_", "g"]}}
     job = Job(inputs=str(dataset / "frames"), output=str(tmp_path / "o"), model="tiny", presets=[], prompt="x",
               matrix=matrix)  # fmt: skip
-    assert [v.name for v in variations(job)] == ["b_c", "d_e", "f"]
+    assert [v.name for v in variations(job)] == ["b_c", "d_e", "f", "g"]
