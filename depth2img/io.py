@@ -6,6 +6,8 @@ Every problem with an input becomes one ``InputError`` line that names the file 
 from __future__ import annotations
 
 import contextlib
+import contextvars
+import errno
 import glob
 import math
 import numbers
@@ -311,11 +313,7 @@ def read_depth_file(
             img = None
         if img is not None:
             recorded, invalid = img.info.get(KIND_TEXT_KEY), img.info.get(INVALID_TEXT_KEY)
-            if (
-                img.mode == "1"
-                or len(img.getbands()) > 1
-                and img.mode not in ("RGB", "RGBA", "P", "LA")
-            ):
+            if img.mode == "1" or len(img.getbands()) > 1 and img.mode not in ("RGB", "RGBA", "P", "LA"):
                 # read as bools ("dtype bool"), or a CMYK TIFF as 4 planes ("shape (H, W, 4)")
                 what = (
                     "a 1-bit image holds two values, not" if img.mode == "1" else f"a {img.mode} image is not"
@@ -629,7 +627,8 @@ def stale_temp_files(root: Path, recursive: bool = True) -> list[Path]:
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike):
-    """Yield a temporary path beside ``path``; on success it is renamed over ``path``, on error removed."""
+    """Yield a temporary path beside ``path``; on success it is renamed over ``path``, on error removed. Inside
+    ``write_all_or_none`` the rename waits until every one of its writes has succeeded."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     while True:
@@ -639,17 +638,44 @@ def atomic_path(path: str | os.PathLike):
             break
         except FileExistsError:
             continue
+    pending = _PENDING.get()
     try:
         yield Path(tmp)
-        os.replace(tmp, path)
+        if pending is None:
+            _replace(Path(tmp), path)
+        else:
+            pending.append((Path(tmp), path))
     except BaseException as err:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
-        if isinstance(err, OSError) and err.errno is not None and err.filename in (None, str(tmp), tmp):
-            # the file the caller asked for, not the temporary one (a folder in its place, a full disk); OSError
-            # makes the subclass its errno names (a library's own subclass may take other arguments)
-            raise OSError(err.errno, err.strerror, str(path)) from err
-        raise
+        asked = _as_asked(err, tmp, path)
+        if asked is err:
+            raise
+        raise asked from err
+
+
+# The writes of a write_all_or_none in progress: (temporary file, path) pairs renamed once all have succeeded
+_PENDING: contextvars.ContextVar[list | None] = contextvars.ContextVar(
+    "depth2img_pending_writes", default=None
+)
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    try:
+        os.replace(tmp, path)
+    except OSError as err:
+        asked = _as_asked(err, tmp, path)
+        if asked is err:
+            raise
+        raise asked from err
+
+
+def _as_asked(err: BaseException, tmp, path: Path) -> BaseException:
+    """``err`` naming the file the caller asked for, not the temporary one (a folder in its place, a full disk);
+    OSError makes the subclass its errno names (a library's own subclass may take other arguments)."""
+    if isinstance(err, OSError) and err.errno is not None and err.filename in (None, str(tmp), tmp):
+        return OSError(err.errno, err.strerror, str(path))
+    return err
 
 
 def write_depth_png16(depth, path) -> Path:
@@ -735,9 +761,12 @@ def write_depth_products(depth, out_dir, stem: str, formats=("png16", "npy", "pr
     return write_all_or_none(jobs)
 
 
-def write_all_or_none(jobs: list[Callable], threads: int = 1) -> list[Path]:
-    """Run file writes (each returns a Path or a list of them), on up to ``threads`` threads; if any fails, remove
-    what the others wrote and raise its error."""
+def write_all_or_none(jobs: list[Callable], threads: int = 1, fresh: list | None = None) -> list[Path]:
+    """Run file writes (each returns a Path or a list of them; each through ``atomic_path``), on up to ``threads``
+    threads; their files take their names only once every write has succeeded. If any fails, its error is raised
+    and no file is touched: a rerun into a folder that failed for one input had removed the files it wrote over,
+    an earlier run's finished depth and control files. ``fresh``, if given, gets the paths that did not exist
+    before (what a caller may remove again). Inside another write_all_or_none, the writes join the outer one's."""
     from concurrent.futures import ThreadPoolExecutor
 
     written: list[Path] = []
@@ -745,22 +774,34 @@ def write_all_or_none(jobs: list[Callable], threads: int = 1) -> list[Path]:
     def add(paths):
         written.extend([paths] if isinstance(paths, Path) else paths)
 
+    outer = _PENDING.get() is not None
+    pending: list = _PENDING.get() if outer else []
+    token = None if outer else _PENDING.set(pending)
     try:
         if threads > 1 and len(jobs) > 1:
             with ThreadPoolExecutor(min(threads, len(jobs)), thread_name_prefix="depth2img-png") as pool:
-                futures = [pool.submit(job) for job in jobs]
-            for future in futures:  # all done: keep what was written, then raise the first error
-                if future.exception() is None:
-                    add(future.result())
-            for future in futures:
+                # each write sees the pending list (a thread does not inherit the caller's context)
+                futures = [pool.submit(contextvars.copy_context().run, job) for job in jobs]
+            for future in futures:  # all done: then raise the first error
                 if future.exception() is not None:
                     raise future.exception()
+                add(future.result())
         else:
             for job in jobs:
                 add(job())
-    except BaseException:
-        for p in written:
-            with contextlib.suppress(OSError):
-                p.unlink()
-        raise
+        if outer:
+            return written
+        for _, path in pending:  # what os.replace would refuse, before any file is touched
+            if path.is_dir():
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
+        for tmp, path in pending:
+            if fresh is not None and not os.path.lexists(path):
+                fresh.append(path)
+            _replace(tmp, path)
+    finally:
+        if token is not None:
+            _PENDING.reset(token)
+            for tmp, _ in pending:  # those not renamed: a write failed
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
     return written

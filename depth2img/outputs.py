@@ -239,7 +239,8 @@ def write_transform_result(
     """Images (metadata in their PNG text), depth products and the control image, encoded on up to ``threads``
     threads; if any fails, none is left. Then manifest lines (unless ``manifest`` is False: a caller writing
     several results in parallel appends the returned records in order). ``files``, if given, gets every path
-    written (for the caller's ``append_manifest``, which removes them should the lines fail)."""
+    written that did not exist before (for the caller's ``append_manifest``, which removes them should the lines
+    fail; one written over, such as an input's depth files that an earlier run's lines name too, stays)."""
     depth_formats = check_depth_products(stem, depth_formats)  # before anything is written
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -257,9 +258,10 @@ def write_transform_result(
         saved.add(id(img))
         jobs.append(partial(save_png, img, path, meta))
         records.append(meta)
-    written = write_all_or_none(jobs, threads)
+    fresh: list[Path] = []
+    write_all_or_none(jobs, threads, fresh=fresh)
     if files is not None:
-        files += written
+        files += fresh
     if manifest:
-        append_manifest(out_dir / MANIFEST, records, written)
+        append_manifest(out_dir / MANIFEST, records, fresh)
     return records

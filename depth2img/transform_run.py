@@ -101,7 +101,8 @@ def run_transform(
         # input's manifest lines follow its files, in input order
 
         def write(result, stem, source):
-            files: list = []  # every path written (a failed write leaves none: write_transform_result removes them)
+            # the paths it wrote that were not there before (a failed write leaves none, and touches no file)
+            files: list = []
             records = write_transform_result(
                 result, out_dir, stem, source=source, manifest=False, files=files
             )

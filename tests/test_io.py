@@ -797,3 +797,50 @@ def test_depth_pngs_with_alpha_are_read_and_1_bit_or_cmyk_ones_refused_in_one_li
         assert str(err.value) == (
             f"{tmp_path / name}: {what} a depth map; give a greyscale 8/16-bit PNG, a float TIFF or a .npy"
         )
+
+
+@pytest.mark.parametrize("threads", [1, 3])
+def test_a_failed_write_touches_no_file_an_earlier_run_left(tmp_path, threads):
+    """A rerun into a folder (another seed) that failed for one input removed what it had written over: the
+    earlier run's depth and control files, which its finished images' manifest lines name (a review's case). The
+    files now take their names only once every write has succeeded; a nested group's writes wait too."""
+    from functools import partial
+
+    def text(path, value):
+        with io.atomic_path(path) as tmp:
+            tmp.write_text(value)
+        return Path(path)
+
+    def group(*paths):  # as write_depth_products, inside write_transform_result's writes
+        return io.write_all_or_none([partial(text, p, "new") for p in paths])
+
+    shared, nested = tmp_path / "in_depth16.png", tmp_path / "in_control.png"
+    shared.write_text("earlier")
+    nested.write_text("earlier")
+    (tmp_path / "in_s100.png").mkdir()  # the new image's name is taken
+    jobs = [
+        partial(text, shared, "new"),
+        partial(group, nested),
+        partial(text, tmp_path / "in_s100.png", "x"),
+    ]
+    with pytest.raises(IsADirectoryError, match=r"in_s100.png"):
+        io.write_all_or_none(jobs, threads)
+    assert shared.read_text() == "earlier" and nested.read_text() == "earlier"
+    assert io.stale_temp_files(tmp_path) == []
+
+    def fails(path):
+        with io.atomic_path(path) as tmp:
+            tmp.write_text("half")
+            raise ValueError("encoder failed")
+
+    with pytest.raises(ValueError, match="encoder failed"):
+        io.write_all_or_none([partial(text, shared, "new"), partial(fails, tmp_path / "new.png")], threads)
+    assert shared.read_text() == "earlier" and not (tmp_path / "new.png").exists()
+    assert io.stale_temp_files(tmp_path) == []
+    fresh = []
+    written = io.write_all_or_none(
+        [partial(text, shared, "new"), partial(group, tmp_path / "b.png")], threads, fresh
+    )
+    assert written == [shared, tmp_path / "b.png"] and fresh == [tmp_path / "b.png"]
+    assert shared.read_text() == "new" and (tmp_path / "b.png").read_text() == "new"
+    assert io.stale_temp_files(tmp_path) == []
