@@ -42,7 +42,16 @@ from .io import (
     write_depth_products,
 )
 from .knobs import DEFAULT_KNOBS, MAX_SEED, check_batch_size
-from .outputs import BackgroundWriter, append_manifest, progress_bar, read_manifest, safe_name, save_png
+from .outputs import (
+    BackgroundWriter,
+    _records,
+    append_manifest,
+    locked_manifest,
+    progress_bar,
+    read_manifest,
+    safe_name,
+    save_png,
+)
 from .transformer import _batchable
 
 LAYOUTS = {"files": "images", "imagefolder": "train", "coco": "images"}  # layout -> image folder
@@ -1357,7 +1366,20 @@ def _settle_manifests(root: Path, chunk_of: dict[str, int] | None = None) -> Non
     manifest."""
     main = root / "manifest.jsonl"
     ranks = sorted(root.glob("manifest.rank*.jsonl"))
-    lines = {m: read_manifest(m) for m in (main, *ranks) if m.is_file()}
+    if not ranks and not main.is_file():
+        return
+    # under manifest.jsonl's lock: lines another run appends meanwhile are not lost (nor a line it is writing cut)
+    with locked_manifest(main, "a+b") as fh:
+        _settle_locked(root, main, fh, ranks, chunk_of)
+
+
+def _settle_locked(root: Path, main: Path, fh, ranks: list[Path], chunk_of: dict[str, int] | None) -> None:
+    fh.seek(0)
+    data = fh.read()
+    if data and not data.endswith(b"\n"):  # a torn last line: cut
+        os.ftruncate(fh.fileno(), data.rfind(b"\n") + 1)
+    lines = {main: _records(data)} if data or not ranks else {}
+    lines |= {m: read_manifest(m) for m in ranks if m.is_file()}
 
     def attempt(r):
         return r.get("item"), r.get("attempt", 0)

@@ -164,38 +164,79 @@ def read_png_metadata(path) -> dict:
         return json.loads(img.info[METADATA_KEY])
 
 
-def append_manifest(path, records: list[dict], files=()) -> None:
-    """Append one JSON line per record to the manifest file ``path`` and flush them to disk. If that fails, the
-    ``files`` the records describe are removed too: no file is left without its line."""
-    lines = "".join(json.dumps(rec, sort_keys=True) + "\n" for rec in records)
-    size = None
+@contextlib.contextmanager
+def locked_manifest(path, mode: str):
+    """``path`` opened in ``mode`` (binary) with an exclusive lock held (``flock``; none where the platform has
+    none), on the file the path names once the lock is held: a compaction renames a new file over it while others
+    wait. Two runs writing into one folder had lost lines: one's compaction read the manifest and renamed its
+    rewrite over it, so the lines the other appended in between went to the file replaced."""
     try:
-        with open(path, "a", encoding="utf-8") as fh:
+        import fcntl
+    except ImportError:  # Windows
+        fcntl = None
+    path = Path(path)
+    while True:
+        # unbuffered: nothing is left to write at close, after a failed write was cut off
+        fh = open(path, mode, buffering=0)  # noqa: SIM115 (closed below, or by the caller's with)
+        try:
+            if fcntl is not None:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+            here, there = os.fstat(fh.fileno()), os.stat(path)
+            if (here.st_ino, here.st_dev) == (there.st_ino, there.st_dev):
+                break
+        except FileNotFoundError:  # replaced or removed while this waited: open it again
+            pass
+        except BaseException:
+            fh.close()
+            raise
+        fh.close()
+    try:
+        yield fh
+    finally:
+        fh.close()  # and the lock with it
+
+
+def append_manifest(path, records: list[dict], files=()) -> None:
+    """Append one JSON line per record to the manifest file ``path`` and flush them to disk, under its lock. If that
+    fails, the ``files`` the records describe are removed too: no file is left without its line."""
+    lines = "".join(json.dumps(rec, sort_keys=True) + "\n" for rec in records).encode("utf-8")
+    try:
+        with locked_manifest(path, "ab") as fh:
             size = os.fstat(fh.fileno()).st_size
-            fh.write(lines)
-            fh.flush()
-            os.fsync(fh.fileno())
+            try:
+                view = memoryview(lines)
+                while view:
+                    view = view[fh.write(view) :]
+                os.fsync(fh.fileno())
+            except BaseException:
+                # no line, or part of one (a full disk), is left for them: the next would join it
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fh.fileno(), size)
+                raise
     except BaseException:
         for f in files:
             Path(f).unlink(missing_ok=True)
-        # no line, or part of one (a full disk), is left for them: the next would join it
-        if size is not None:
-            with contextlib.suppress(OSError), open(path, "r+b") as fh:
-                fh.truncate(size)
         raise
 
 
 def read_manifest(path: Path) -> list[dict]:
-    """Lines of a manifest; a torn last line (a run killed mid-write) is dropped and cut off the file, and a line
-    that is no JSON record (a torn line that later runs appended after) is skipped."""
+    """Lines of a manifest; a torn last line (a run killed mid-write) is dropped and cut off the file (under its lock:
+    it may be a line another run is writing, which is then whole), and a line that is no JSON record (a torn line
+    that later runs appended after) is skipped."""
     path = Path(path)
     if not path.is_file():
         return []
     data = path.read_bytes()
+    if not data.endswith(b"\n") and data:
+        with locked_manifest(path, "r+b") as fh:
+            data = fh.read()
+            fh.truncate(data.rfind(b"\n") + 1)
+    return _records(data)
+
+
+def _records(data: bytes) -> list[dict]:
+    """The JSON records of a manifest's whole lines."""
     good = data[: data.rfind(b"\n") + 1]
-    if len(good) != len(data):
-        with open(path, "r+b") as fh:
-            fh.truncate(len(good))
     records = []
     for line in good.decode("utf-8", errors="replace").splitlines():
         try:
@@ -211,13 +252,17 @@ def compact_manifest(path) -> None:
     """Keep one line per output file that exists, its last: a run that replaced an earlier run's file (same name,
     same folder) replaced its line too, and a file removed leaves no line."""
     path = Path(path)
-    records = read_manifest(path)
-    last = {r.get("output"): i for i, r in enumerate(records)}
-    kept = [r for i, r in enumerate(records)
-            if last[r.get("output")] == i and (r.get("output") is None or (path.parent / r["output"]).is_file())]  # fmt: skip
-    if len(kept) != len(records):
-        with atomic_path(path) as tmp:
-            tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
+    if not path.is_file():
+        return
+    # under the manifest's lock, so that no line another run appends meanwhile is lost
+    with locked_manifest(path, "rb") as fh:
+        records = _records(fh.read())
+        last = {r.get("output"): i for i, r in enumerate(records)}
+        kept = [r for i, r in enumerate(records)
+                if last[r.get("output")] == i and (r.get("output") is None or (path.parent / r["output"]).is_file())]  # fmt: skip
+        if len(kept) != len(records):
+            with atomic_path(path) as tmp:
+                tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
 
 
 def safe_name(text: str) -> str:

@@ -3,6 +3,7 @@
 import json
 import struct
 import zlib
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -560,3 +561,44 @@ def test_one_path_as_a_string_is_one_input_not_its_letters(tmp_path, chelsea, mo
         with pytest.raises(InputError, match="^" + message.replace("(", r"\(").replace(")", r"\)") + "$"):
             call()
     assert not (tmp_path / "q").exists()
+
+
+@pytest.mark.parametrize("rewrite", ["compact", "settle"])
+def test_a_line_appended_while_another_run_rewrites_the_manifest_is_kept(tmp_path, monkeypatch, rewrite):
+    """Two runs into one folder: one's end-of-run rewrite of the manifest (transform's compaction, batch's merge)
+    read it, then renamed its rewrite over it, so the lines the other appended in between were lost (a review:
+    80 images, 72 lines). Rewrites and appends now take the manifest's lock; the appender waits."""
+    import threading
+    import time
+
+    from depth2img import batch, outputs
+
+    (tmp_path / "images").mkdir()
+    for name in ("a", "b", "c"):
+        (tmp_path / "images" / f"{name}.png").write_bytes(b"png")
+    main = tmp_path / "manifest.jsonl"
+    line = {"item": "a", "attempt": 0, "final": True, "output": "images/a.png", "source": "a"}
+    if rewrite == "compact":  # a line for a file removed since: compaction rewrites the file
+        outputs.append_manifest(main, [line, {**line, "item": "gone", "output": "images/gone.png"}])
+    else:  # a multi-process run's rank file: the merge rewrites manifest.jsonl
+        outputs.append_manifest(tmp_path / "manifest.rank0.jsonl", [line])
+    module = outputs if rewrite == "compact" else batch
+    read = module._records
+
+    def slow(data):  # the rewrite has read the manifest, and has not yet put its new one in place
+        time.sleep(0.5)
+        return read(data)
+
+    monkeypatch.setattr(module, "_records", slow)
+    work = (
+        partial(outputs.compact_manifest, main)
+        if rewrite == "compact"
+        else partial(batch._settle_manifests, tmp_path)
+    )
+    other = threading.Thread(target=work)
+    other.start()
+    time.sleep(0.2)
+    outputs.append_manifest(main, [{**line, "item": "c", "output": "images/c.png"}])  # the other run's image
+    other.join()
+    monkeypatch.setattr(module, "_records", read)
+    assert sorted(r["item"] for r in outputs.read_manifest(main)) == ["a", "c"]
