@@ -844,3 +844,17 @@ def test_a_failed_write_touches_no_file_an_earlier_run_left(tmp_path, threads):
     assert written == [shared, tmp_path / "b.png"] and fresh == [tmp_path / "b.png"]
     assert shared.read_text() == "new" and (tmp_path / "b.png").read_text() == "new"
     assert io.stale_temp_files(tmp_path) == []
+
+
+def test_a_files_data_reaches_the_disk_before_it_takes_its_name(tmp_path, monkeypatch):
+    """The manifest line after a file is flushed to disk; the file was only renamed, so after a power cut a line
+    could name an empty image (delayed allocation), which a resume takes as made."""
+    import os as os_module
+
+    events = []
+    fsync, replace = os_module.fsync, os_module.replace
+    monkeypatch.setattr(io.os, "fsync", lambda fd: (events.append("fsync"), fsync(fd))[1])
+    monkeypatch.setattr(io.os, "replace", lambda a, b: (events.append("replace"), replace(a, b))[1])
+    with io.atomic_path(tmp_path / "a.txt") as tmp:
+        tmp.write_text("a")
+    assert events == ["fsync", "replace"] and (tmp_path / "a.txt").read_text() == "a"
