@@ -44,9 +44,9 @@ from .io import (
 from .knobs import DEFAULT_KNOBS, MAX_SEED, check_batch_size
 from .outputs import (
     BackgroundWriter,
-    _records,
     append_manifest,
     locked_manifest,
+    manifest_records,
     progress_bar,
     read_manifest,
     safe_name,
@@ -743,9 +743,8 @@ def _check_coco_size(path: Path, im: dict) -> None:
     but the photo is 64x48")."""
     for side in ("width", "height"):
         value = im.get(side)
-        whole = isinstance(value, int) or (
-            isinstance(value, float) and value.is_integer()
-        )  # 640.0 from some tools
+        # 640.0 (some tools write floats) is whole
+        whole = isinstance(value, int) or (isinstance(value, float) and value.is_integer())
         if value is not None and (isinstance(value, bool) or not whole or value < 1):
             raise InputError(
                 f"labels.coco {path}: image id {im['id']!r} has {side} {value!r}; give a whole number of pixels"
@@ -1374,11 +1373,12 @@ def _settle_manifests(root: Path, chunk_of: dict[str, int] | None = None) -> Non
 
 
 def _settle_locked(root: Path, main: Path, fh, ranks: list[Path], chunk_of: dict[str, int] | None) -> None:
+    """_settle_manifests with manifest.jsonl's lock held; its lines read through ``fh``, which holds it."""
     fh.seek(0)
     data = fh.read()
     if data and not data.endswith(b"\n"):  # a torn last line: cut
         os.ftruncate(fh.fileno(), data.rfind(b"\n") + 1)
-    lines = {main: _records(data)} if data or not ranks else {}
+    lines = {main: manifest_records(data)} if data or not ranks else {}
     lines |= {m: read_manifest(m) for m in ranks if m.is_file()}
 
     def attempt(r):

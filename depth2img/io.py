@@ -413,9 +413,8 @@ def _depth_map(values: np.ndarray, polarity: str, where, *, invalid=None, depth_
                 f"{where}: depth scale {depth_scale:g} takes depth values beyond float32's range"
             )
     flat = _flat(values, valid, kind)
-    if (
-        flat
-    ):  # a blank or saturated file: its control image is black, which a user would only see in the outputs
+    # a blank or saturated file: its control image is black, which a user would only see in the outputs
+    if flat:
         from .errors import Depth2ImgWarning
 
         notes = [
@@ -808,14 +807,16 @@ def write_all_or_none(jobs: list[Callable], threads: int = 1, fresh: list | None
         for _, path in pending:  # what os.replace would refuse, before any file is touched
             if path.is_dir():
                 raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), str(path))
-        for tmp, path in pending:
+        while pending:
+            tmp, path = pending[0]
             if fresh is not None and not os.path.lexists(path):
                 fresh.append(path)
             _replace(tmp, path)
+            pending.pop(0)
     finally:
         if token is not None:
             _PENDING.reset(token)
-            for tmp, _ in pending:  # those not renamed: a write failed
+            for tmp, _ in pending:  # those not renamed: a write (or a rename) failed
                 with contextlib.suppress(OSError):
                     os.unlink(tmp)
     return written

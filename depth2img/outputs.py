@@ -177,7 +177,7 @@ def locked_manifest(path, mode: str):
     path = Path(path)
     while True:
         # unbuffered: nothing is left to write at close, after a failed write was cut off
-        fh = open(path, mode, buffering=0)  # noqa: SIM115 (closed below, or by the caller's with)
+        fh = open(path, mode, buffering=0)
         try:
             if fcntl is not None:
                 fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
@@ -231,10 +231,10 @@ def read_manifest(path: Path) -> list[dict]:
         with locked_manifest(path, "r+b") as fh:
             data = fh.read()
             fh.truncate(data.rfind(b"\n") + 1)
-    return _records(data)
+    return manifest_records(data)
 
 
-def _records(data: bytes) -> list[dict]:
+def manifest_records(data: bytes) -> list[dict]:
     """The JSON records of a manifest's whole lines."""
     good = data[: data.rfind(b"\n") + 1]
     records = []
@@ -256,7 +256,7 @@ def compact_manifest(path) -> None:
         return
     # under the manifest's lock, so that no line another run appends meanwhile is lost
     with locked_manifest(path, "rb") as fh:
-        records = _records(fh.read())
+        records = manifest_records(fh.read())
         last = {r.get("output"): i for i, r in enumerate(records)}
         kept = [r for i, r in enumerate(records)
                 if last[r.get("output")] == i and (r.get("output") is None or (path.parent / r["output"]).is_file())]  # fmt: skip
