@@ -13,6 +13,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
+import hashlib
 import itertools
 import json
 import math
@@ -55,6 +56,7 @@ from .outputs import (
 from .transformer import _batchable
 
 LAYOUTS = {"files": "images", "imagefolder": "train", "coco": "images"}  # layout -> image folder
+MAX_VARIATIONS = 10_000  # a matrix's combinations: each is a variation, listed in job.resolved.yaml
 SEED_STRIDE = 1_000_003  # a retry uses seed + attempt * SEED_STRIDE: never another item's seed
 KNOB_KEYS = (*DEFAULT_KNOBS, "scheduler", "negative_prompt")  # what a job's `knobs:` may hold
 EXIF_ORIENTATION = 0x0112  # the EXIF tag load_image applies (ImageOps.exif_transpose)
@@ -223,19 +225,21 @@ class Job:
                 or not all(isinstance(v, list) and v for v in axes.values())
             ):
                 raise InputError("job key matrix.axes must map each {name} to a non-empty list")
-            try:
-                self.matrix["template"].format(**{k: v[0] for k, v in axes.items()})
-            except KeyError as err:
-                raise InputError(f"job key matrix.template names {err} which is not an axis") from None
-            except IndexError:
+            for axis, values in axes.items():
+                # True, None and lists became "True", "None" and "['a', 'b']" in the prompts
+                odd = [v for v in values if isinstance(v, bool) or not isinstance(v, (str, int, float))]
+                if odd:
+                    raise InputError(
+                        f"job key matrix.axes.{axis}: {odd[0]!r} is not a word or a number; quote it as text"
+                    )
+            # counted before it is expanded: 10**9 combinations filled memory, with no word
+            count = math.prod(len(v) for v in axes.values())
+            if count > MAX_VARIATIONS:
                 raise InputError(
-                    f"job key matrix.template has a positional {{}}; name an axis in each: {self.matrix['template']!r}"
-                ) from None
-            except (ValueError, AttributeError) as err:
-                raise InputError(f"job key matrix.template is not a valid template ({err})") from None
-            # a field's name: {season}, {season[0]} and {season.title} all use the axis season
-            fields = (field for _, field, _, _ in string.Formatter().parse(self.matrix["template"]) if field)
-            named = {re.split(r"[.\[]", field, maxsplit=1)[0] for field in fields}
+                    f"job key matrix.axes make {count:,} variations (the product of the axes' lengths), over "
+                    f"{MAX_VARIATIONS:,}; split the job"
+                )
+            named = self._check_template(self.matrix["template"], axes)
             unused = [axis for axis in axes if axis not in named]
             if unused:
                 raise InputError(
@@ -247,6 +251,33 @@ class Job:
         for key in ("depth_batch_size", "batch_size"):
             check_batch_size(getattr(self, key), f"job key {key}")
         self._check_denoising_steps()
+
+    @staticmethod
+    def _check_template(template, axes: dict) -> set[str]:
+        """The axes a matrix template names, each as a plain ``{axis}``: a format spec or conversion was tried on the
+        first value only (``{n:d}`` with values [5, many]: an internal error), and ``{axis.upper}`` put a method's
+        memory address in every prompt (so a resumed run never matched the first)."""
+        if not isinstance(template, str):
+            raise InputError(f"job key matrix.template must be text, got {type(template).__name__}")
+        try:
+            fields = [(name, spec, conversion) for _, name, spec, conversion in string.Formatter().parse(template)
+                      if name is not None]  # fmt: skip
+        except ValueError as err:
+            raise InputError(f"job key matrix.template is not a valid template ({err})") from None
+        for name, spec, conversion in fields:
+            if name == "" or name.isdigit():
+                raise InputError(
+                    f"job key matrix.template has a positional {{{name}}}; name an axis in each: {template!r}"
+                )
+            if not re.fullmatch(r"\w+", name) or spec or conversion:
+                written = name + (f"!{conversion}" if conversion else "") + (f":{spec}" if spec else "")
+                raise InputError(
+                    f"job key matrix.template field {{{written}}}: give an axis by its name alone, as "
+                    "{name}; an index, attribute, conversion or format spec fails on some values"
+                )
+            if name not in axes:
+                raise InputError(f"job key matrix.template names {name!r} which is not an axis")
+        return {name for name, _, _ in fields}
 
     def _model_path(self, key: str) -> str | None:
         """``model``, ``estimator`` or ``lora`` as the loader should get it: a local folder given relative to the job
@@ -327,6 +358,10 @@ class Job:
             )
         known = self._presets
         for name in self.presets:
+            # "" ran as a variation named x with no preset (or failed once files were written); 1 or null became
+            # "unknown preset '1'"
+            if not isinstance(name, str) or not name.strip():
+                raise InputError(f"job key presets: each entry is a preset's name, got {name!r}")
             try:
                 presets_mod.resolve(None, str(name), known)
             except InputError as err:
@@ -402,16 +437,32 @@ def variations(job: Job) -> list[Variation]:
         axes = job.matrix["axes"]
         for combo in itertools.product(*axes.values()):
             values = dict(zip(axes, combo))
-            name = "-".join(_variation_name(str(v)) for v in combo)
+            name = _short("-".join(_variation_name(str(v)) for v in combo))
             out.append(Variation(name, job.matrix["template"].format(**values), None))
     if not out:
         out.append(Variation("prompt", job.prompt, None))
     names = [v.name for v in out]
     if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        origins = [v.preset if v.preset is not None else v.prompt for v in out if v.name == twice[0]]
         raise InputError(
-            f"job variations have duplicate names: {sorted({n for n in names if names.count(n) > 1})}"
+            f"job variations have duplicate names: {twice} ({twice[0]!r} is the name of "
+            f"{' and '.join(map(repr, origins[:3]))}; names keep letters, digits, '+', '-' and '_', others become "
+            "'-', and are cut at 60 characters)"
         )
     return out
+
+
+MAX_VARIATION_NAME = 100
+
+
+def _short(name: str) -> str:
+    """A matrix variation's name of at most MAX_VARIATION_NAME characters: its axes' parts joined made names too
+    long for a file name (the run failed once files were written); a cut name ends in a hash of the whole."""
+    if len(name) <= MAX_VARIATION_NAME:
+        return name
+    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
+    return f"{name[: MAX_VARIATION_NAME - 9]}-{digest}"
 
 
 def load_job(path: str | os.PathLike, *, extra_presets_files=(), **overrides) -> Job:

@@ -689,9 +689,52 @@ def test_output_names_cannot_escape(dataset, tmp_path):
             "inputs: a\noutput: b\nmatrix: {template: '{x}', axes: {y: [1]}}\n",
             "template names 'x' which is not an axis",
         ),
+        # a review's cases: a format spec was tried on the first value only (an internal error on the second), an
+        # attribute put a method's memory address in every prompt, an index failed on numbers
         (
-            "inputs: a\noutput: b\nmatrix: {template: 'a {x[0]} {y.real}', axes: {x: [ab], y: [2, 3], z: [1]}}\n",
-            r"job key matrix.axes: z not in matrix.template",  # x and y are named through an index or attribute
+            "inputs: a\noutput: b\nmatrix: {template: 'a {t:d} cars', axes: {t: [5, many]}}\n",
+            r"job key matrix.template field \{t:d\}: give an axis by its name alone, as \{name\}; an index, attr",
+        ),
+        (
+            "inputs: a\noutput: b\nmatrix: {template: 'a {t.upper}', axes: {t: [noon]}}\n",
+            r"field \{t.upper\}: give",
+        ),
+        (
+            "inputs: a\noutput: b\nmatrix: {template: 'a {t[0]}', axes: {t: [noon, 5]}}\n",
+            r"field \{t\[0\]\}: give",
+        ),
+        ("inputs: a\noutput: b\nmatrix: {template: 'a {t!r}', axes: {t: [noon]}}\n", r"field \{t!r\}: give"),
+        # True, None and lists became "True", "None" and "['a', 'b']" in the prompts
+        (
+            "inputs: a\noutput: b\nmatrix: {template: 'a {l}', axes: {l: [on, off]}}\n",
+            r"matrix.axes.l: True is not a w",
+        ),
+        (
+            "inputs: a\noutput: b\nmatrix: {template: 'a {l}', axes: {l: [a, null]}}\n",
+            r"matrix.axes.l: None is not a w",
+        ),
+        (
+            "inputs: a\noutput: b\nmatrix: {template: 'a {l}', axes: {l: [[a, b]]}}\n",
+            r"l: \['a', 'b'\] is not a word",
+        ),
+        # 10**9 combinations filled memory with no word
+        (
+            "inputs: a\noutput: b\nmatrix: {template: '{a}{b}{c}{d}{e}', axes: {a: [0,1,2,3,4,5,6,7,8,9], b: [0,1,2,3,4,5,6,7,"
+            "8,9], c: [0,1,2,3,4,5,6,7,8,9], d: [0,1,2,3,4,5,6,7,8,9], e: [0,1,2,3,4,5,6,7,8,9]}}\n",
+            r"job key matrix.axes make 100,000 variations \(the product of the axes' lengths\), over 10,000; split",
+        ),
+        # "" ran as a variation named x with no preset; 1 named no key
+        (
+            "inputs: a\noutput: b\nprompt: x\npresets: ['']\n",
+            r"job key presets: each entry is a preset's name, got ''$",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\npresets: [1]\n",
+            r"job key presets: each entry is a preset's name, got 1$",
+        ),
+        (
+            "inputs: a\noutput: b\nmatrix: {template: 'a {w}', axes: {w: [雨, 雪]}}\n",
+            r"duplicate names: \['x'\] \('x' is the name of 'a 雨' and 'a 雪'; names keep letters, digits",
         ),
         (
             "inputs: a\noutput: b\nmatrix: {template: 'a {x}', axes: {x: [1], y: [2, 3]}}\n",
@@ -1722,3 +1765,17 @@ def test_variation_names_never_hold_the_separator_of_an_output_names_parts(datas
     job = Job(inputs=str(dataset / "frames"), output=str(tmp_path / "o"), model="tiny", presets=[], prompt="x",
               matrix=matrix)  # fmt: skip
     assert [v.name for v in variations(job)] == ["b_c", "d_e", "f", "g"]
+
+
+def test_long_matrix_variation_names_are_cut_with_a_hash_of_the_whole(tmp_path):
+    """Five axes of 70-character values joined to a name too long for a file name: the run failed once its depth
+    files and job.resolved.yaml were written."""
+    from depth2img.batch import MAX_VARIATION_NAME
+
+    long = [f"{w} " * 12 + "x" for w in ("rain", "snow")]
+    axes = {a: long for a in "abcde"}
+    job = Job(inputs="a", output=str(tmp_path / "o"), model="tiny", presets=[], prompt="x",
+              matrix={"template": "{a}{b}{c}{d}{e}", "axes": axes})  # fmt: skip
+    names = [v.name for v in variations(job)]
+    assert len(names) == 32 == len(set(names)) and max(map(len, names)) == MAX_VARIATION_NAME
+    assert variations(job)[0].name == names[0]  # the same name each time (a resume finds its items)
