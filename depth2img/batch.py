@@ -387,11 +387,12 @@ class Job:
             raise InputError(f"job key presets_files: {err}") from None
 
     def _check_denoising_steps(self) -> None:
-        """Each variation's steps x strength must leave a denoising step. Resolved as ``prepare`` resolves them (the
-        job's knobs, over its LoRA's, over a preset's, over the defaults), so a job that would fail every item
-        fails here, before anything is written."""
+        """Each variation's knobs must hold together and its steps x strength leave a denoising step. Resolved as
+        ``prepare`` resolves them (the job's knobs, over its LoRA's, over a preset's, over the defaults), so a job
+        that would fail every item fails here, before anything is written: a preset's control_start past the job's
+        control_end, or its feature_cache under the job's compile, failed once files were written."""
         from . import presets as presets_mod
-        from .knobs import check_denoising_steps, resolved_knobs
+        from .knobs import check_compile, check_denoising_steps, check_knobs, resolved_knobs
         from .registry import resolve_lora
 
         lora = resolve_lora(self.lora) if self.lora is not None else None
@@ -400,13 +401,16 @@ class Job:
         flow_matching = traits is not None and traits.flow_matching
         for var in variations(self):
             preset_knobs = presets_mod.resolve(None, var.preset, self._presets)[2] if var.preset else {}
-            knobs = resolved_knobs(
-                preset_knobs, lora_knobs, {k: self.knobs.get(k) for k in ("steps", "strength")}
-            )
+            knobs = resolved_knobs(preset_knobs, lora_knobs, {k: self.knobs.get(k) for k in DEFAULT_KNOBS})
             try:
+                if preset_knobs:  # the job's own knobs were checked alone
+                    check_knobs(knobs)
+                    check_compile(self.compile, "compile", feature_cache=knobs["feature_cache"])
                 check_denoising_steps(knobs["steps"], knobs["strength"], flow_matching)
             except InputError as err:
-                where = f" (variation {var.name})" if var.preset else ""
+                where = (
+                    f" (with the knobs of preset {var.preset}, variation {var.name})" if var.preset else ""
+                )
                 raise InputError(f"job key knobs: {err}{where}") from None
 
     def seed_list(self) -> list[int]:

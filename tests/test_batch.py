@@ -1779,3 +1779,38 @@ def test_long_matrix_variation_names_are_cut_with_a_hash_of_the_whole(tmp_path):
     names = [v.name for v in variations(job)]
     assert len(names) == 32 == len(set(names)) and max(map(len, names)) == MAX_VARIATION_NAME
     assert variations(job)[0].name == names[0]  # the same name each time (a resume finds its items)
+
+
+@pytest.mark.parametrize(
+    "preset_knobs, job_extra, message",
+    [
+        (  # two presets, each valid alone; then a preset's end against the job's start
+            "{control_start: 0.6}",
+            {"presets": ["late+early"]},
+            r"^job file .*: job key knobs: control_start and control_end must satisfy 0 <= start < end <= 1, got 0.6 and "
+            r"0.4 \(with the knobs of preset late\+early, variation late\+early\)$",
+        ),
+        (
+            "{control_end: 0.3}",
+            {"knobs": {"steps": 2, "strength": 0.5, "control_start": 0.5}},
+            r"got 0.5 and 0.3 \(with the knobs of preset late, variation late\)$",
+        ),
+        (
+            "{feature_cache: 3}",
+            {"compile": "default"},
+            r"job key knobs: compile default does not combine with feature_cache 3; use one or the other \(with the kn",
+        ),
+    ],
+)
+def test_a_presets_knobs_are_checked_with_the_jobs_before_anything_is_written(tmp_path, preset_knobs, job_extra,
+                                                                               message):  # fmt: skip
+    """A preset's knobs that do not hold together, or not with the job's, passed load_job; the job failed once its
+    depth files and job.resolved.yaml were written, naming no preset (a review's cases)."""
+    (tmp_path / "p.yaml").write_text(
+        f"presets:\n  late:\n    prompt: '{{prompt}}, late'\n    knobs: {preset_knobs}\n"
+        "  early:\n    prompt: '{prompt}, early'\n    knobs: {control_end: 0.4}\n"
+    )
+    given = {"presets": ["late"], "prompt": "a street", "presets_files": "p.yaml", "labels": {}, **job_extra}
+    job = write_job(tmp_path, **given)
+    with pytest.raises(InputError, match=message):
+        load_job(job)
