@@ -395,8 +395,11 @@ def _cmd_transform(args) -> int:
     if args.seed is not None:
         seed_run(args.seed, args.num_images, label=_flag)
     check_batch_size(args.batch_size, "--batch-size")
-    check_compile(args.compile, "--compile", args.offload, args.feature_cache, offload_name="--offload",
-                  cache_name="--feature-cache")  # fmt: skip
+    try:  # the feature cache a preset sets too (it failed per input, after compiling)
+        check_compile(args.compile, "--compile", args.offload, resolved["feature_cache"], offload_name="--offload",
+                      cache_name="--feature-cache")  # fmt: skip
+    except InputError as err:
+        raise joined(err, ("feature_cache",)) from None
     if args.scheduler is not None:
         from .backends import SCHEDULERS
 

@@ -177,6 +177,15 @@ def test_flags_that_pass_alone_but_not_with_a_presets_knobs_say_so(tmp_path, pho
         "depth2img: error: --control-start and --control-end must satisfy 0 <= start < end <= 1, got 0.6 and 0.5 "
         "(with the knobs of --preset late)\n"
     )
+    # a preset's feature cache under --compile failed for each input, once compiled (a review's case)
+    f.write_text("presets:\n  fast:\n    prompt: '{prompt}, fast'\n    knobs: {feature_cache: 3}\n")
+    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path / "o", "--model", "tiny",
+                       "--prompt", "x", "--preset", "fast", "--presets-file", f, "--compile", "default")  # fmt: skip
+    assert code == 2 and err == (
+        "depth2img: error: --compile default does not combine with --feature-cache 3; use one or the other "
+        "(with the knobs of --preset fast)\n"
+    )
+    assert not (tmp_path / "o").exists()
 
 
 def test_transform_per_input_errors(tmp_path, photos_dir):
