@@ -239,7 +239,13 @@ class Job:
                     f"job key matrix.axes make {count:,} variations (the product of the axes' lengths), over "
                     f"{MAX_VARIATIONS:,}; split the job"
                 )
-            named = self._check_template(self.matrix["template"], axes)
+            named = self._check_template(self.matrix["template"], axes, self.prompt)
+            if (self.prompt or "").strip() and not self.presets and "prompt" not in named:
+                # it was used by nothing, silently
+                raise InputError(
+                    f"job key prompt {self.prompt!r} is used by no variation: the matrix template has no {{prompt}} "
+                    "and the job no presets; put {prompt} in matrix.template, or leave prompt out"
+                )
             unused = [axis for axis in axes if axis not in named]
             if unused:
                 raise InputError(
@@ -253,10 +259,11 @@ class Job:
         self._check_denoising_steps()
 
     @staticmethod
-    def _check_template(template, axes: dict) -> set[str]:
-        """The axes a matrix template names, each as a plain ``{axis}``: a format spec or conversion was tried on the
-        first value only (``{n:d}`` with values [5, many]: an internal error), and ``{axis.upper}`` put a method's
-        memory address in every prompt (so a resumed run never matched the first)."""
+    def _check_template(template, axes: dict, prompt: str | None) -> set[str]:
+        """The axes a matrix template names, each as a plain ``{axis}`` (and ``{prompt}``, the job's prompt, where it
+        has one): a format spec or conversion was tried on the first value only (``{n:d}`` with values [5, many]: an
+        internal error), and ``{axis.upper}`` put a method's memory address in every prompt (so a resumed run never
+        matched the first)."""
         if not isinstance(template, str):
             raise InputError(f"job key matrix.template must be text, got {type(template).__name__}")
         try:
@@ -275,6 +282,8 @@ class Job:
                     f"job key matrix.template field {{{written}}}: give an axis by its name alone, as "
                     "{name}; an index, attribute, conversion or format spec fails on some values"
                 )
+            if name == "prompt" and name not in axes and (prompt or "").strip():
+                continue
             if name not in axes:
                 raise InputError(f"job key matrix.template names {name!r} which is not an axis")
         return {name for name, _, _ in fields}
@@ -442,7 +451,8 @@ def variations(job: Job) -> list[Variation]:
         for combo in itertools.product(*axes.values()):
             values = dict(zip(axes, combo))
             name = _short("-".join(_variation_name(str(v)) for v in combo))
-            out.append(Variation(name, job.matrix["template"].format(**values), None))
+            text = job.matrix["template"].format(**{"prompt": job.prompt, **values})
+            out.append(Variation(name, text, None))
     if not out:
         out.append(Variation("prompt", job.prompt, None))
     names = [v.name for v in out]

@@ -723,6 +723,15 @@ def test_output_names_cannot_escape(dataset, tmp_path):
             "8,9], c: [0,1,2,3,4,5,6,7,8,9], d: [0,1,2,3,4,5,6,7,8,9], e: [0,1,2,3,4,5,6,7,8,9]}}\n",
             r"job key matrix.axes make 100,000 variations \(the product of the axes' lengths\), over 10,000; split",
         ),
+        # a prompt no variation used was dropped silently; {prompt} without one names no axis
+        (
+            "inputs: a\noutput: b\nprompt: my words\nmatrix: {template: 'a {t}', axes: {t: [noon]}}\n",
+            r"job key prompt 'my words' is used by no variation: the matrix template has no \{prompt\} and the job no",
+        ),
+        (
+            "inputs: a\noutput: b\nmatrix: {template: '{prompt} {t}', axes: {t: [a]}}\n",
+            r"names 'prompt' which is not an",
+        ),
         # "" ran as a variation named x with no preset; 1 named no key
         (
             "inputs: a\noutput: b\nprompt: x\npresets: ['']\n",
@@ -1762,7 +1771,7 @@ def test_variation_names_never_hold_the_separator_of_an_output_names_parts(datas
     """Source "a__b" with variation "c" and source "a" with variation "b__c" were both a__b__c__s0: one image was
     written over the other. A variation's name has no "__", so a name splits one way."""
     matrix = {"template": "a street, {w}", "axes": {"w": ["b__c", "d___e", "_f_", "g"]}}
-    job = Job(inputs=str(dataset / "frames"), output=str(tmp_path / "o"), model="tiny", presets=[], prompt="x",
+    job = Job(inputs=str(dataset / "frames"), output=str(tmp_path / "o"), model="tiny", presets=[],
               matrix=matrix)  # fmt: skip
     assert [v.name for v in variations(job)] == ["b_c", "d_e", "f", "g"]
 
@@ -1774,7 +1783,7 @@ def test_long_matrix_variation_names_are_cut_with_a_hash_of_the_whole(tmp_path):
 
     long = [f"{w} " * 12 + "x" for w in ("rain", "snow")]
     axes = {a: long for a in "abcde"}
-    job = Job(inputs="a", output=str(tmp_path / "o"), model="tiny", presets=[], prompt="x",
+    job = Job(inputs="a", output=str(tmp_path / "o"), model="tiny", presets=[],
               matrix={"template": "{a}{b}{c}{d}{e}", "axes": axes})  # fmt: skip
     names = [v.name for v in variations(job)]
     assert len(names) == 32 == len(set(names)) and max(map(len, names)) == MAX_VARIATION_NAME
@@ -1814,3 +1823,13 @@ def test_a_presets_knobs_are_checked_with_the_jobs_before_anything_is_written(tm
     job = write_job(tmp_path, **given)
     with pytest.raises(InputError, match=message):
         load_job(job)
+
+
+def test_a_matrix_template_takes_the_jobs_prompt(tmp_path):
+    """{prompt} was refused as "not an axis", so a matrix job could not use the user's words."""
+    job = Job(inputs="a", output=str(tmp_path / "o"), model="tiny", presets=[], prompt="a red car",
+              matrix={"template": "{prompt}, {t}", "axes": {"t": ["at noon", "at night"]}})  # fmt: skip
+    assert [(v.name, v.prompt) for v in variations(job)] == [
+        ("at-noon", "a red car, at noon"),
+        ("at-night", "a red car, at night"),
+    ]
