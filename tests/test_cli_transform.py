@@ -168,23 +168,29 @@ def test_a_malformed_presets_file_is_one_line(tmp_path, photos_dir, capsys):
         assert code == 2 and message in err and err.count("\n") == 1, err
 
 
-def test_flags_that_pass_alone_but_not_with_a_presets_knobs_say_so(tmp_path, photos_dir, capsys):
+@pytest.mark.parametrize(
+    "knobs, flags, message",
+    [
+        (
+            "{control_end: 0.5}",
+            ["--control-start", "0.6"],
+            "--control-start and --control-end must satisfy 0 <= start < end <= 1, got 0.6 and 0.5",
+        ),
+        # a preset's feature cache under --compile failed for each input, once compiled (a review's case)
+        (
+            "{feature_cache: 3}",
+            ["--compile", "default"],
+            "--compile default does not combine with --feature-cache 3; use one or the other",
+        ),
+    ],
+)
+def test_flags_that_pass_alone_but_not_with_a_presets_knobs_say_so(tmp_path, photos_dir, capsys, knobs, flags,
+                                                                   message):  # fmt: skip
     f = tmp_path / "p.yaml"
-    f.write_text("presets:\n  late:\n    prompt: '{prompt}, late'\n    knobs: {control_end: 0.5}\n")
+    f.write_text(f"presets:\n  late:\n    prompt: '{{prompt}}, late'\n    knobs: {knobs}\n")
     code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path / "o", "--model", "tiny",
-                       "--prompt", "x", "--preset", "late", "--presets-file", f, "--control-start", "0.6")  # fmt: skip
-    assert code == 2 and err == (
-        "depth2img: error: --control-start and --control-end must satisfy 0 <= start < end <= 1, got 0.6 and 0.5 "
-        "(with the knobs of --preset late)\n"
-    )
-    # a preset's feature cache under --compile failed for each input, once compiled (a review's case)
-    f.write_text("presets:\n  fast:\n    prompt: '{prompt}, fast'\n    knobs: {feature_cache: 3}\n")
-    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path / "o", "--model", "tiny",
-                       "--prompt", "x", "--preset", "fast", "--presets-file", f, "--compile", "default")  # fmt: skip
-    assert code == 2 and err == (
-        "depth2img: error: --compile default does not combine with --feature-cache 3; use one or the other "
-        "(with the knobs of --preset fast)\n"
-    )
+                       "--prompt", "x", "--preset", "late", "--presets-file", f, *flags)  # fmt: skip
+    assert code == 2 and err == f"depth2img: error: {message} (with the knobs of --preset late)\n"
     assert not (tmp_path / "o").exists()
 
 
