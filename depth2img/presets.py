@@ -44,6 +44,13 @@ def _load_file(path: Path) -> dict[str, Preset]:
     out = {}
     for name, spec in raw["presets"].items():
         where = f"presets file {path}: preset {name!r}"
+        # a name no --preset could give: 'yes:' is read as True and 'null:' as None ("unknown preset 'yes'; known:
+        # ..., True"), '+' joins presets ("unknown preset 'a'; known: a+b"), ' p ' is stripped where it is used
+        if not isinstance(name, str) or not name.strip() or "+" in name or name != name.strip():
+            raise InputError(
+                f"{where}: a preset's name is text without '+' (which joins presets) or spaces at its ends; quote "
+                "names YAML reads otherwise ('yes', 'on', 'null', numbers)"
+            )
         if not isinstance(spec, dict):
             raise InputError(f"{where} must be a mapping")
         unknown = set(spec) - _KEYS

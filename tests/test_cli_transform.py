@@ -1033,3 +1033,20 @@ def test_the_rerun_warning_knows_a_photo_by_its_place_not_its_spelling(
         capsys, "transform", "photos/a.png", *argv, "--seed", 2
     )  # another photo, spelt the same
     assert code == 0 and "with another depth or source" in err, err
+
+
+@pytest.mark.parametrize("name", ["yes", "null", "1", "'a+b'", "' p '", "''"])
+def test_a_preset_name_no_preset_flag_could_give_is_refused_in_one_line(tmp_path, name):
+    """'yes:' was read as True ("unknown preset 'yes'; known: ..., True"), 'a+b' could not be named (+ joins
+    presets: "unknown preset 'a'"), ' p ' was stripped where used (a review's cases)."""
+    from depth2img.errors import InputError
+    from depth2img.presets import load_presets
+
+    f = tmp_path / "p.yaml"
+    f.write_text(f"presets:\n  {name}:\n    prompt: '{{prompt}}, x'\n")
+    with pytest.raises(
+        InputError, match=r"^presets file .*p.yaml: preset .*: a preset's name is text without '\+'"
+    ):
+        load_presets(f)
+    f.write_text("presets:\n  'yes':\n    prompt: '{prompt}, x'\n")  # quoted, it is a name
+    assert "yes" in load_presets(f)
