@@ -397,10 +397,8 @@ class Backend:
             pipe.set_progress_bar_config(disable=True)  # depth2img shows its own per-step bar
         self.scheduler_name = None
         self._schedulers = {}
-        self._tokenizers, self._tokenizers_lock = (
-            {},
-            threading.Lock(),
-        )  # copies for checks (checking_tokenizer)
+        # copies of the pipeline's tokenizers for prompt checks (checking_tokenizer)
+        self._tokenizers, self._tokenizers_lock = {}, threading.Lock()
         self.controlnet_counter = ControlNetCallCounter()
         self.cache_calls = None  # the last call's UNet / deep-block call counts (feature cache)
         self.speed_lora = None

@@ -50,6 +50,7 @@ from .outputs import (
     manifest_records,
     progress_bar,
     read_manifest,
+    read_whole_lines,
     safe_name,
     save_png,
 )
@@ -646,13 +647,19 @@ class Labels:
         problems = []
         partial: list[tuple[Path, dict]] = []
         unlabelled: list[Path] = []
+        # each stem's YOLO and mask files, looked up once (the checks below each stat'ed them again)
+        files = (
+            {p.stem: self._label_files(p.stem) for p in sources}
+            if self.yolo is not None or self.masks
+            else {}
+        )
         if self.yolo is not None or self.masks:
             # YOLO and mask files are found by the source's file name alone
             by_stem: dict[str, list[Path]] = {}
             for p in sources:
                 by_stem.setdefault(p.stem, []).append(p)
             for stem, same in by_stem.items():
-                labelled = list(self._label_files(stem).values())
+                labelled = list(files[stem].values())
                 if len(same) > 1 and labelled:
                     raise InputError(
                         f"job key labels: {labelled[0]} would be the labels of {len(same)} sources ({same[0]}, "
@@ -672,7 +679,7 @@ class Labels:
                 )
             for im in found:
                 owners.setdefault(id(im), []).append(p)
-            if problem := self._fit_problem(p, found[0] if found else None):
+            if problem := self._fit_problem(p, found[0] if found else None, files.get(p.stem, {})):
                 problems.append(f"{p}: {problem}")
         for im in (im for parts_ims in self._coco_by_name.values() for _, im in parts_ims):
             if len(owners.get(id(im), [])) > 1:
@@ -687,7 +694,7 @@ class Labels:
             raise InputError(f"job key labels: {problems[0]}{more}; the labels would not stay aligned")
         if self.yolo is not None:
             for p in sources:
-                if (label := self._label_files(p.stem).get("labels")) and (problem := _yolo_problem(label)):
+                if (label := files[p.stem].get("labels")) and (problem := _yolo_problem(label)):
                     raise InputError(f"labels.yolo {label}: {problem}")
         if not warn:
             return
@@ -703,17 +710,17 @@ class Labels:
             (f"labels.masks.{name}", folder, f"masks/{name}") for name, folder in self.masks.items()
         ]
         for key, folder, dest in folders:
-            if sources and not any(dest in self._label_files(p.stem) for p in sources):
+            if sources and not any(dest in found for found in files.values()):
                 said.append(f"{key} {folder} holds no file named after a source (as {sources[0].stem}"
                             f"{'.txt' if dest == 'labels' else '.png'}), so no output carries them")  # fmt: skip
         for line in said:
             warnings.warn(f"job key labels: {line}", Depth2ImgWarning, stacklevel=3)
 
-    def _fit_problem(self, source: Path, coco_image: dict | None) -> str | None:
+    def _fit_problem(self, source: Path, coco_image: dict | None, files: dict[str, Path]) -> str | None:
         """Why ``source``'s labels cannot be carried to outputs of its size, or None. The size is the photo's once
         its EXIF orientation is applied (as ``load_image`` gives it); labels of an EXIF-rotated photo are carried
         only where their size shows that they were made on the rotated photo (YOLO's normalised boxes never can)."""
-        files = self._label_files(source.stem)
+        files = dict(files)  # ``source``'s YOLO and mask files (_label_files)
         yolo = files.pop("labels", None)
         masks = list(files.values())
         if coco_image is None and not masks and yolo is None:
@@ -1439,10 +1446,7 @@ def _settle_manifests(root: Path, chunk_of: dict[str, int] | None = None) -> Non
 
 def _settle_locked(root: Path, main: Path, fh, ranks: list[Path], chunk_of: dict[str, int] | None) -> None:
     """_settle_manifests with manifest.jsonl's lock held; its lines read through ``fh``, which holds it."""
-    fh.seek(0)
-    data = fh.read()
-    if data and not data.endswith(b"\n"):  # a torn last line: cut
-        os.ftruncate(fh.fileno(), data.rfind(b"\n") + 1)
+    data = read_whole_lines(fh)
     lines = {main: manifest_records(data)} if data or not ranks else {}
     lines |= {m: read_manifest(m) for m in ranks if m.is_file()}
 

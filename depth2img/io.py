@@ -787,8 +787,10 @@ def write_all_or_none(jobs: list[Callable], threads: int = 1, fresh: list | None
     def add(paths):
         written.extend([paths] if isinstance(paths, Path) else paths)
 
-    outer = _PENDING.get() is not None
-    pending: list = _PENDING.get() if outer else []
+    pending = _PENDING.get()
+    outer = pending is not None
+    if not outer:
+        pending = []
     token = None if outer else _PENDING.set(pending)
     try:
         if threads > 1 and len(jobs) > 1:

@@ -229,9 +229,18 @@ def read_manifest(path: Path) -> list[dict]:
     data = path.read_bytes()
     if not data.endswith(b"\n") and data:
         with locked_manifest(path, "r+b") as fh:
-            data = fh.read()
-            fh.truncate(data.rfind(b"\n") + 1)
+            data = read_whole_lines(fh)
     return manifest_records(data)
+
+
+def read_whole_lines(fh) -> bytes:
+    """A manifest's bytes, read from ``fh`` (opened by ``locked_manifest``, its lock held), with a torn last line (a
+    run killed mid-write) cut off the file."""
+    fh.seek(0)
+    data = fh.read()
+    if data and not data.endswith(b"\n"):
+        os.ftruncate(fh.fileno(), data.rfind(b"\n") + 1)
+    return data
 
 
 def manifest_records(data: bytes) -> list[dict]:
