@@ -92,14 +92,29 @@ def load_presets(extra_files=()) -> dict[str, Preset]:
     return presets
 
 
-def _merge_phrases(*texts: str) -> str:
-    parts = []
-    for text in texts:
-        for part in text.split(","):
-            part = part.strip()
-            if part and part not in parts:
-                parts.append(part)
-    return ", ".join(parts)
+def _phrases(text: str) -> list[str]:
+    return [p.strip() for p in text.split(",") if p.strip()]
+
+
+def add_phrases(text: str, before: str = "", after: str = "") -> str:
+    """``text`` kept as written (a user's "1,000 lanterns" or a phrase repeated for weight), with the comma-separated
+    phrases of ``before`` and ``after`` that it does not hold already joined on with ", " (``winter+snow`` then
+    says "snow-covered ground" once). A piece touching ``text`` (a template's "a photo of " before its
+    ``{prompt}``) is glued on as written, never dropped."""
+    have = set(_phrases(text))
+
+    def new(pieces):
+        kept = []
+        for p in pieces:
+            p = p.strip()
+            if p and p not in have:
+                have.add(p)
+                kept.append(p)
+        return kept
+
+    pre, post = before.split(","), after.split(",")
+    core = (pre[-1] + text.strip() + post[0]).strip()
+    return ", ".join(new(pre[:-1]) + ([core] if core else []) + new(post[1:]))
 
 
 def resolve(prompt: str | None, preset: str | None, presets: dict[str, Preset] | None = None):
@@ -114,7 +129,8 @@ def resolve(prompt: str | None, preset: str | None, presets: dict[str, Preset] |
                 f"unknown preset {name!r}; known: {', '.join(presets)} (see `depth2img presets`)"
             )
         p = presets[name]
-        text = _merge_phrases(p.prompt.replace("{prompt}", text))
-        negative = _merge_phrases(negative, p.negative)
+        pre, _, post = p.prompt.partition("{prompt}")
+        text = add_phrases(text, pre, post.replace("{prompt}", text))
+        negative = add_phrases(negative, after=", " + p.negative)
         knobs.update(p.knobs)
     return text, negative, knobs

@@ -307,7 +307,7 @@ class SceneTransformer:
         # converted as load_image converts a file's (alpha on white, 16-bit grey scaled)
         image = to_rgb(check_image(image))
         final_prompt, preset_negative, preset_knobs = presets_mod.resolve(prompt, preset, self.presets)
-        negative = presets_mod._merge_phrases(negative_prompt or "", preset_negative)
+        negative = presets_mod.add_phrases(negative_prompt or "", after=", " + preset_negative)
         given = {"steps": steps, "strength": strength, "guidance_scale": guidance_scale,
                  "control_scale": control_scale, "control_start": control_start, "control_end": control_end,
                  "feature_cache": feature_cache}  # fmt: skip

@@ -748,9 +748,14 @@ def test_presets_wrap_prompt_and_set_knobs(sd15, photo, depth):
         "a pencil sketch"
     )
     override = sd15.transform(
-        photo, None, preset="pencil-sketch", depth=depth, seed=0, steps=2, guidance_scale=3.0
-    )
+        photo, None, preset="pencil-sketch", depth=depth, seed=0, steps=2, guidance_scale=3.0,
+        negative_prompt="1,000 ghosts,blurry, blurry",
+    )  # fmt: skip
     assert override.metadata[0]["guidance_scale"] == 3.0
+    # the user's negative as written, the preset's phrases it lacks after it
+    assert override.metadata[0]["negative_prompt"] == "1,000 ghosts,blurry, blurry, color, photo"
+    plain = sd15.transform(photo, "a road", depth=depth, seed=0, steps=2, negative_prompt="1,000 ghosts")
+    assert plain.metadata[0]["negative_prompt"] == "1,000 ghosts"
 
 
 def test_user_presets_file(tmp_path, photo, depth, sd15):
@@ -764,6 +769,11 @@ def test_user_presets_file(tmp_path, photo, depth, sd15):
         == "a road, dust storm, at night, dark sky, street lights, headlights, artificial lighting"
     )
     assert resolve(None, "dusty", presets)[2] == {"strength": 0.5}
+    # the user's words are kept as written: a number's comma, a phrase repeated for weight
+    assert resolve("1,000 lanterns, a road, a road", "dusty+dusty", presets)[0] == (
+        "1,000 lanterns, a road, a road, dust storm"
+    )
+    assert resolve("a road, dust storm", "dusty", presets)[0] == "a road, dust storm"
     f.write_text("presets:\n  bad:\n    prompt: 'no placeholder'\n")
     with pytest.raises(InputError, match="must contain \\{prompt\\}"):
         load_presets([f])
