@@ -391,10 +391,8 @@ class Job:
         """The presets a job's names resolve against, read once for the checks."""
         from . import presets as presets_mod
 
-        try:
-            return presets_mod.load_presets(self.presets_files)
-        except InputError as err:
-            raise InputError(f"job key presets_files: {err}") from None
+        # the error names the file, and $DEPTH2IMG_PRESETS where that gave it (never 'job key presets_files' then)
+        return presets_mod.load_presets(self.presets_files)
 
     def _check_denoising_steps(self) -> None:
         """Each variation's knobs must hold together and its steps x strength leave a denoising step. Resolved as
@@ -485,10 +483,11 @@ def load_job(path: str | os.PathLike, *, extra_presets_files=(), **overrides) ->
     ``extra_presets_files`` (a command line's ``--presets-file``, from the current directory) come after the job's
     own ``presets_files`` (from the job file's folder)."""
     from .io import _path
+    from .registry import read_yaml
 
     path = _path(path, "job file (a Job or its YAML's path)")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = read_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise InputError(f"job file {path}: no such file") from None
     except OSError as err:  # a folder, unreadable
@@ -504,6 +503,10 @@ def load_job(path: str | os.PathLike, *, extra_presets_files=(), **overrides) ->
         raise InputError(f"job file {path}: must be a mapping of keys (inputs, output, presets, ...)")
     raw = {**raw, **overrides}
     if extra_presets_files:
+        from .presets import _load_file
+
+        for f in extra_presets_files:  # a command line's file, checked before the job's name is put on errors
+            _load_file(Path(f))
         own = raw.get("presets_files") or []
         own = [own] if isinstance(own, str) else own
         if isinstance(own, list):  # else the job's own value is refused as it is

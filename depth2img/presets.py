@@ -10,7 +10,7 @@ import yaml
 
 from .errors import InputError
 from .knobs import DEFAULT_KNOBS, check_knobs
-from .registry import configs_dir
+from .registry import configs_dir, read_yaml
 
 PRESET_ENV = "DEPTH2IMG_PRESETS"
 KNOBS = tuple(DEFAULT_KNOBS)
@@ -26,24 +26,25 @@ class Preset:
     knobs: dict = field(default_factory=dict)
 
 
-def _load_file(path: Path) -> dict[str, Preset]:
+def _load_file(path: Path, origin: str = "") -> dict[str, Preset]:
+    """One presets YAML's presets; errors name the file, and ``origin`` (where its path came from) when given."""
+    label = f"presets file {path}" + (f" (from {origin})" if origin else "")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = read_yaml(path.read_text(encoding="utf-8")) or {}
     except OSError as err:
-        raise InputError(f"presets file {path}: cannot be read ({err.strerror or err})") from None
+        raise InputError(f"{label}: cannot be read ({err.strerror or err})") from None
     except UnicodeDecodeError as err:
-        raise InputError(
-            f"presets file {path}: not UTF-8 text (byte {err.start}); is it a presets YAML?"
-        ) from None
+        raise InputError(f"{label}: not UTF-8 text (byte {err.start}); is it a presets YAML?") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" at line {mark.line + 1}" if mark else ""
-        raise InputError(f"presets file {path}: malformed YAML{where}") from None
+        problem = getattr(err, "problem", None)
+        raise InputError(f"{label}: malformed YAML{where}" + (f": {problem}" if problem else "")) from None
     if not isinstance(raw, dict) or not isinstance(raw.get("presets"), dict):
-        raise InputError(f"presets file {path}: must hold a 'presets:' mapping")
+        raise InputError(f"{label}: must hold a 'presets:' mapping")
     out = {}
     for name, spec in raw["presets"].items():
-        where = f"presets file {path}: preset {name!r}"
+        where = f"{label}: preset {name!r}"
         # a name no --preset could give: 'yes:' is read as True and 'null:' as None ("unknown preset 'yes'; known:
         # ..., True"), '+' joins presets ("unknown preset 'a'; known: a+b"), ' p ' is stripped where it is used
         if not isinstance(name, str) or not name.strip() or "+" in name or name != name.strip():
@@ -83,12 +84,12 @@ def load_presets(extra_files=()) -> dict[str, Preset]:
     overrides a name."""
     if isinstance(extra_files, (str, os.PathLike)):  # one file (a string was read letter by letter)
         extra_files = (extra_files,)
-    files = [configs_dir() / "presets.yaml"]
-    files += [Path(p) for p in os.environ.get(PRESET_ENV, "").split(os.pathsep) if p]
-    files += [Path(p) for p in extra_files]
+    files = [(configs_dir() / "presets.yaml", "")]
+    files += [(Path(p), f"${PRESET_ENV}") for p in os.environ.get(PRESET_ENV, "").split(os.pathsep) if p]
+    files += [(Path(p), "") for p in extra_files]
     presets: dict[str, Preset] = {}
-    for f in files:
-        presets.update(_load_file(f))
+    for f, origin in files:
+        presets.update(_load_file(f, origin))
     return presets
 
 

@@ -21,6 +21,36 @@ PIPELINE_KINDS = ("sd15-controlnet", "sd2-depth", "sdxl-controlnet", "flux-contr
 TINY_ENV = "DEPTH2IMG_TINY_DIR"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a key given twice in one mapping is an error: the YAML spec forbids it,
+    and PyYAML keeps the last silently (a job's second ``variations:`` would drop the first's)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
+            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base' keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable: the base class says so
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def read_yaml(text: str):
+    """``yaml.safe_load`` refusing duplicate keys (``yaml.YAMLError`` with a ``problem`` and ``problem_mark``)."""
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
 def configs_dir() -> Path:
     """The folder holding the YAML configs: ``configs/`` in a checkout, ``depth2img/configs`` when installed."""
     here = Path(__file__).resolve().parent
@@ -74,8 +104,7 @@ _KNOWN_KEYS = set(RegistryEntry.__dataclass_fields__) - {"name", "section", "ext
 @lru_cache(maxsize=1)
 def load_registry() -> dict[str, Any]:
     path = configs_dir() / "models.yaml"
-    with open(path, encoding="utf-8") as fh:
-        raw = yaml.safe_load(fh)
+    raw = read_yaml(path.read_text(encoding="utf-8"))
     registry: dict[str, Any] = {"estimators": {}, "backbones": {}, "loras": {}}
     for section in ("estimators", "backbones", "loras"):
         for name, values in (raw.get(section) or {}).items():

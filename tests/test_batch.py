@@ -384,7 +384,9 @@ def test_presets_files_from_the_job_and_the_command_line(dataset, tmp_path, monk
     from depth2img import presets as presets_mod
 
     read, load = [], presets_mod._load_file
-    monkeypatch.setattr(presets_mod, "_load_file", lambda path: read.append(Path(path).name) or load(path))
+    monkeypatch.setattr(
+        presets_mod, "_load_file", lambda path, *a: read.append(Path(path).name) or load(path, *a)
+    )
     assert main(["batch", str(job), "-q"]) == 0
     assert (
         read.count("own.yaml") == 1
@@ -400,8 +402,23 @@ def test_presets_files_from_the_job_and_the_command_line(dataset, tmp_path, monk
     assert line["prompt"] == "from the command line" and line["negative_prompt"] == ""
     assert load_job(job).presets_files == [str(tmp_path / "job" / "own.yaml")]
     job.write_text(job.read_text().replace("presets_files: own.yaml", "presets_files: [own.yaml, gone.yaml]"))
-    with pytest.raises(InputError, match=r"^job file .*: job key presets_files: presets file .*gone\.yaml: "):
+    with pytest.raises(InputError, match=r"^job file .*: presets file .*gone\.yaml: cannot be read"):
         load_job(job)
+    # where the path came from, never 'job key presets_files' for a file the job does not name
+    job.write_text(job.read_text().replace("[own.yaml, gone.yaml]", "own.yaml"))
+    monkeypatch.setenv("DEPTH2IMG_PRESETS", "env-gone.yaml")
+    with pytest.raises(
+        InputError, match=r"presets file env-gone\.yaml \(from \$DEPTH2IMG_PRESETS\): cannot be read"
+    ):
+        load_job(job)
+    monkeypatch.delenv("DEPTH2IMG_PRESETS")
+    (tmp_path / "twice.yaml").write_text(
+        "presets:\n  a:\n    prompt: '{prompt}, 1'\n  a:\n    prompt: '{prompt}, 2'\n"
+    )
+    with pytest.raises(
+        InputError, match=r"^presets file twice\.yaml: malformed YAML at line 4: duplicate key 'a'$"
+    ):
+        load_job(job, extra_presets_files=["twice.yaml"])
     with pytest.raises(InputError, match="^job key presets_files must be a path or a list of paths, got 3$"):
         Job(inputs="x", output="o", prompt="p", presets_files=3)
     assert (
@@ -870,6 +887,15 @@ def test_output_names_cannot_escape(dataset, tmp_path):
         ),
         ("inputs: a\noutput: b\nprompt: [unclosed\n", "line 4, column 1"),
         ("inputs: a\noutput: b\n  prompt: x\n", "line 3, column 9: mapping values are not allowed"),
+        # PyYAML kept the last of two keys: the first variations' prompt was dropped without a word
+        (
+            "inputs: a\noutput: b\nprompt: x\nknobs: {steps: 3}\nprompt: y\n",
+            "line 5, column 1: duplicate key 'prompt'$",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\nknobs: {steps: 3, steps: 4}\n",
+            "line 4, column 19: duplicate key 'steps'$",
+        ),
     ],
 )
 def test_bad_job_files_name_the_key_or_line(tmp_path, text, message):
@@ -878,6 +904,12 @@ def test_bad_job_files_name_the_key_or_line(tmp_path, text, message):
     with pytest.raises(InputError, match=message) as err:
         load_job(f)
     assert "\n" not in str(err.value) and str(f) in str(err.value)
+
+
+def test_yaml_merge_keys_may_be_overridden(tmp_path):
+    f = tmp_path / "job.yaml"
+    f.write_text("inputs: a\noutput: b\nprompt: x\nknobs:\n  <<: {steps: 3, strength: 0.5}\n  steps: 4\n")
+    assert load_job(f).knobs == {"steps": 4, "strength": 0.5}
 
 
 def test_empty_sections_are_defaults_and_retry_seeds_matter_only_with_a_threshold(tmp_path):

@@ -793,7 +793,7 @@ def test_from_pretrained_reads_each_presets_file_once(tmp_path, monkeypatch):
     f = tmp_path / "mine.yaml"
     f.write_text("presets:\n  dusty:\n    prompt: '{prompt}, dust storm'\n")
     read, load = [], presets_mod._load_file
-    monkeypatch.setattr(presets_mod, "_load_file", lambda path: read.append(path) or load(path))
+    monkeypatch.setattr(presets_mod, "_load_file", lambda path, *a: read.append(path) or load(path, *a))
     st = SceneTransformer.from_pretrained("tiny", preset_files=[f])
     assert read.count(f) == 1 and "dusty" in st.presets
 
