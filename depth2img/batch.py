@@ -1169,7 +1169,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
             p, var, s, attempt = it.source, it.var, it.seed, it.attempt
             stem = stems[p]
             ok = job.geometry.threshold is None or passes(scores, job.geometry.metric, job.geometry.threshold)
-            last = ok or attempt >= job.geometry.retries
+            # a flat source (scores None) fails every gate, whatever a retry makes
+            last = ok or attempt >= job.geometry.retries or scores["absrel"] is None
             out_stem = f"{stem}__{var.name}__s{s}"
             record = {**meta, "item": _item_key(stem, var.name, s), "source": str(p), "source_in_job": in_job[p], "variation": var.name,
                       "item_seed": s, "attempt": attempt, "geometry": scores, "accepted": ok, "final": last,

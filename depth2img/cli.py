@@ -514,8 +514,9 @@ def _cmd_batch(args) -> int:
 
 def _cmd_eval(args) -> int:
     import json
+    import warnings
 
-    from .errors import InputError
+    from .errors import Depth2ImgWarning, InputError
     from .io import depth_for_image, load_image
 
     if args.depth_polarity and not args.source_depth:
@@ -530,11 +531,37 @@ def _cmd_eval(args) -> int:
     )
     _quiet_libraries()
     from .estimators import DepthEstimator
-    from .metrics import geometry_scores
+    from .metrics import RELATIVE_DEPTH_RANGE, geometry_reference, geometry_scores
 
+    def reference(depth):  # a given flat depth is refused before any model loads
+        ref = geometry_reference(depth)
+        if ref.flat:
+            raise InputError(
+                f"SOURCE {args.source}: its depth is flat (one value, or no valid pixel), so it has no geometry to "
+                "score OUTPUT against"
+            )
+        return ref
+
+    ref = reference(given) if given is not None else None
     est = DepthEstimator.from_pretrained(args.estimator, device=args.device, dtype=args.dtype,
                                          local_files_only=args.local_files_only)  # fmt: skip
-    scores = geometry_scores(given if given is not None else est(source), est(output))
+    ref = ref or reference(est(source))
+    if given is not None and given.kind == "relative_depth":
+        warnings.warn(
+            f"--source-depth {args.source_depth}: a far-bright depth has no scale and is read as a scene spanning "
+            f"1:{RELATIVE_DEPTH_RANGE:g}; where it spans another range even a perfect OUTPUT scores below 1 (see "
+            "README, Geometry check)",
+            Depth2ImgWarning,
+            stacklevel=1,
+        )
+    if ref.flat_delta1 >= 0.5:
+        warnings.warn(
+            f"SOURCE {args.source}: its depths span a narrow range, so a flat OUTPUT would score delta1 "
+            f"{ref.flat_delta1:.2f}; AbsRel and delta1 say little here, edge F1 does",
+            Depth2ImgWarning,
+            stacklevel=1,
+        )
+    scores = geometry_scores(ref, est(output))
     if args.json:
         print(json.dumps(scores))
     else:

@@ -44,13 +44,22 @@ class GeometryReference:
     target_valid: (
         np.ndarray
     )  # target[valid]: what an output valid everywhere (the usual case) is compared with
+    # no valid pixel, or one disparity on all: no geometry to keep, and every score is None (no output passes)
+    flat: bool = False
+    # delta1 of a flat output (no structure at all) against this source: near 1 where the scene spans a narrow
+    # range of depths (10-13 m), where AbsRel and delta1 then say little and edge_f1 is the score to trust
+    flat_delta1: float = 0.0
 
 
 def geometry_reference(source: DepthMap, tolerance: int = EDGE_TOLERANCE_PX) -> GeometryReference:
     inverse, valid = conditioning.to_inverse(source.values, source.kind, source.valid)
+    if source.kind == "disparity":  # a point at infinity (0) or a failed match (< 0) has no depth to compare
+        valid = valid & (inverse > 0)
     normalized = conditioning.normalize(inverse, valid)
-    if source.kind == "metric_depth":
-        target = inverse  # true 1/d
+    if source.kind in ("metric_depth", "disparity"):
+        # true 1/d, or stereo disparity f * B / d: proportional to it, and the scores ignore a scale (it was read as
+        # a relative map squeezed to 1:20, and the same error scored another delta1)
+        target = inverse
     elif source.kind == "relative_depth":
         # depth, larger = farther (a far-bright file), unknown scale: read as depths 1..RANGE, then inverted (read
         # as disparities, linear in depth where they are linear in 1/depth, a perfect output scored AbsRel 0.37)
@@ -62,8 +71,12 @@ def geometry_reference(source: DepthMap, tolerance: int = EDGE_TOLERANCE_PX) -> 
         target = n * (1.0 - 1.0 / RELATIVE_DEPTH_RANGE) + 1.0 / RELATIVE_DEPTH_RANGE
     interior = _interior(valid)
     edges = _edges(normalized) & interior  # a hole's border is no depth edge (holes normalise to 0)
+    g = target[valid]
+    flat = g.size < 2 or g.min() == g.max()
+    # a flat output's best fit is the mean disparity (what a reversed output is scored as, too)
+    flat_delta1 = 1.0 if flat else float(np.mean(np.abs(np.log(g.mean() / g)) < np.log(1.25)))
     return GeometryReference(target, valid, edges, _dilate(edges, tolerance), interior, source.size, tolerance,
-                             target[valid])  # fmt: skip
+                             g, flat, flat_delta1)  # fmt: skip
 
 
 def align_scale_shift(
@@ -131,6 +144,10 @@ def _f1(a: np.ndarray, near_a: np.ndarray, b: np.ndarray, tolerance: int) -> flo
 
 def edge_f1(source: np.ndarray, output: np.ndarray, tolerance: int = EDGE_TOLERANCE_PX) -> float:
     """F1 of depth edges (from normalised inverse depths), an edge matched if within ``tolerance`` px."""
+    if np.shape(source) != np.shape(output):
+        raise InputError(
+            f"edge_f1: source and output must be maps of one shape, got {np.shape(source)} and {np.shape(output)}"
+        )
     a = _edges(source)
     return _f1(a, _dilate(a, tolerance), _edges(output), tolerance)
 
@@ -143,6 +160,8 @@ def geometry_scores(source: DepthMap | GeometryReference, output: DepthMap) -> d
         raise InputError(f"geometry_scores takes two DepthMaps (the output's: DepthEstimator on the generated image), "
                          f"got {got}")  # fmt: skip
     ref = source if isinstance(source, GeometryReference) else geometry_reference(source)
+    if ref.flat:  # any output "kept" a flat depth (AbsRel 0, delta1 1): no score means anything
+        return dict.fromkeys((*METRICS, "scale", "shift"))
     if ref.size != output.size:
         # an output at another size of the same frame (another tool's generation size) is resized onto the
         # source's pixels; another aspect ratio means another frame, whose pixels do not align with the source's
@@ -178,9 +197,9 @@ def geometry_scores(source: DepthMap | GeometryReference, output: DepthMap) -> d
         interior = interior & _interior(pred_valid)
         edges = edges & interior
         near_edges = _dilate(edges, ref.tolerance)
-    out_edges = (
-        np.zeros_like(interior) if flat else _edges(conditioning.normalize(pred, pred_valid)) & interior
-    )
+    # normalised over the pixels compared (over the output's own valid ones, a near hole of the source's set the
+    # output's scale: a perfect output's edge F1 was 0.994)
+    out_edges = np.zeros_like(interior) if flat else _edges(conditioning.normalize(pred, valid)) & interior
     return {
         "absrel": float(np.mean(np.abs(r - 1.0))),
         "delta1": float(np.mean((r < 1.25) & (r > 0.8))),
@@ -191,7 +210,12 @@ def geometry_scores(source: DepthMap | GeometryReference, output: DepthMap) -> d
 
 
 def passes(scores: dict, metric: str, threshold: float) -> bool:
+    """Whether ``scores`` meet ``threshold`` on ``metric``. Never for a flat source (scores None), nor for an output
+    whose depth does not rise with the source's anywhere (scale 0: reversed, or flat), which on a source spanning a
+    narrow depth range scored AbsRel 0.06, delta1 1.0."""
     if metric not in METRICS:
         raise InputError(f"geometry metric must be one of {', '.join(METRICS)}, got {metric!r}")
     value = scores[metric]
+    if value is None or not scores.get("scale", 1.0):
+        return False
     return value <= threshold if METRICS[metric] == "lower" else value >= threshold

@@ -110,6 +110,26 @@ def test_geometry_retries_and_rejections_are_recorded(dataset, tmp_path):
     assert not (tmp_path / "o" / "images").exists()
 
 
+def test_a_flat_source_is_rejected_at_once(dataset, tmp_path, monkeypatch):
+    """A source whose depth is flat has no geometry to score: it scored AbsRel 0, delta1 1 (any output passed); its
+    scores are null, no gate passes, and no retry is made (none could pass)."""
+    import dataclasses
+
+    from depth2img import metrics
+
+    reference = metrics.geometry_reference
+    monkeypatch.setattr(metrics, "geometry_reference", lambda d: dataclasses.replace(reference(d), flat=True))
+    job = write_job(dataset, output=str(tmp_path / "o"), presets=["fog"], seeds=1, labels={},
+                    geometry={"metric": "delta1", "threshold": 0.0, "retries": 2})  # fmt: skip
+    report = run_job(job, progress=False)
+    assert report.done == 0 and report.rejected == 3 and report.retried == 0
+    lines = read_manifest(tmp_path / "o" / "manifest.jsonl")
+    assert [(r["attempt"], r["final"], r["accepted"]) for r in lines] == [(0, True, False)] * 3
+    assert all(
+        r["geometry"] == dict.fromkeys(("absrel", "delta1", "edge_f1", "scale", "shift")) for r in lines
+    )
+
+
 def test_imagefolder_layout_and_matrix(dataset, tmp_path):
     job = write_job(dataset, output=str(tmp_path / "hf"), presets=[], seeds=[7], layout="imagefolder", labels={},
                     matrix={"template": "a street, {time}, {weather}", "axes": {"time": ["at night"], "weather": ["rain", "fog"]}})  # fmt: skip
@@ -1300,6 +1320,41 @@ def test_eval_command(dataset, capsys):
     assert (
         "does not say which way its depth runs; pass --depth-polarity (near-bright" in capsys.readouterr().err
     )
+    # a flat source depth scored AbsRel 0, delta1 1 against any output: refused, before the output is estimated
+    np.save(dataset / "flat.npy", np.full((H, W), 3.0))
+    assert (
+        main(
+            [
+                "eval",
+                str(src),
+                str(src),
+                "--source-depth",
+                str(dataset / "flat.npy"),
+                "--depth-polarity",
+                "metric",
+            ]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert err.endswith(f"depth2img: error: SOURCE {src}: its depth is flat (one value, or no valid pixel), so it "
+                        "has no geometry to score OUTPUT against\n")  # fmt: skip
+    # a far-bright source (scale assumed) and one of a narrow depth range (flat outputs score well) are flagged
+    np.save(dataset / "narrow.npy", np.linspace(10, 13, H * W).reshape(H, W))
+    for depth, polarity, said in (("src_depth.npy", "far-bright", "a far-bright depth has no scale"),
+                                  ("narrow.npy", "metric", "a flat OUTPUT would score delta1 1.00")):  # fmt: skip
+        args = [
+            "eval",
+            str(src),
+            str(src),
+            "--source-depth",
+            str(dataset / depth),
+            "--depth-polarity",
+            polarity,
+        ]
+        assert main([*args, "--estimator", "tiny", "--json"]) == 0
+        out, err = capsys.readouterr()
+        assert json.loads(out)["edge_f1"] is not None and err.count("\n") == 1 and said in err, err
 
 
 @pytest.mark.parametrize(

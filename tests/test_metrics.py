@@ -140,12 +140,78 @@ def test_the_edge_tolerance_is_the_same_along_rows_and_columns():
 
 def test_passes():
     assert passes({"delta1": 0.9}, "delta1", 0.8) and not passes({"absrel": 0.3}, "absrel", 0.2)
+    assert passes({"absrel": 0.05, "scale": 0.3}, "absrel", 0.1)
+    # no fit rising with the source's depth (a reversed or flat output), or a flat source: never
+    assert not passes({"absrel": 0.05, "scale": 0.0}, "absrel", 0.1)
+    assert not passes({"delta1": None, "scale": None}, "delta1", 0.0)
     from depth2img.errors import InputError
 
     with pytest.raises(
         InputError, match="geometry metric must be one of absrel, delta1, edge_f1, got 'rmse'"
     ):
         passes({}, "rmse", 1)
+
+
+def test_a_reversed_output_of_a_narrow_range_scene_fails_every_gate(scene_depth):
+    """A scene spanning 10-13 m: a flat output's fit scored AbsRel 0.06, delta1 1.0, and a reversed output (fitted as
+    flat) passed 'absrel <= 0.1' and 'delta1 >= 0.9' gates."""
+    from depth2img.metrics import geometry_reference
+
+    z = np.where(scene_depth.valid, scene_depth.values, scene_depth.values[scene_depth.valid].max())
+    narrow = DepthMap(10 + 3 * (z - z.min()) / (z.max() - z.min()), "metric_depth")
+    ref = geometry_reference(narrow)
+    assert ref.flat_delta1 == 1.0 and not ref.flat
+    inverse = 1 / narrow.values
+    reversed_ = geometry_scores(ref, DepthMap(inverse.max() - inverse, "relative_inverse_depth"))
+    assert reversed_["delta1"] == 1.0 and reversed_["absrel"] < 0.1  # what a flat output scores here
+    assert not passes(reversed_, "delta1", 0.9) and not passes(reversed_, "absrel", 0.1)
+    assert passes(geometry_scores(ref, DepthMap(inverse, "relative_inverse_depth")), "delta1", 0.9)
+    # the usual scene: a flat output is far off
+    assert geometry_reference(scene_depth).flat_delta1 < 0.5
+
+
+@pytest.mark.parametrize("valid", ["all", "none"])
+def test_a_flat_source_scores_none_and_passes_nothing(valid):
+    """A constant source depth scored AbsRel 0, delta1 1 against any output, noise included: every gate passed."""
+    from depth2img.metrics import geometry_reference
+
+    source = DepthMap(np.full((20, 30), 4.0), "metric_depth", np.full((20, 30), valid == "all"))
+    noise = DepthMap(np.random.default_rng(0).uniform(0.1, 1, (20, 30)), "relative_inverse_depth")
+    assert geometry_reference(source).flat
+    s = geometry_scores(source, noise)
+    assert s == {"absrel": None, "delta1": None, "edge_f1": None, "scale": None, "shift": None}
+    assert not any(passes(s, m, t) for m, t in (("absrel", 1e9), ("delta1", 0.0), ("edge_f1", 0.0)))
+
+
+def test_a_stereo_disparity_source_scores_as_its_depth(scene_depth):
+    """Disparity (f * B / d) is proportional to 1/d: it scores an output as the metric depth does (it was read as a
+    relative map squeezed to 1:20: an unrelated scene's delta1 was 0.85 against 0.80), and 0 disparity (a point at
+    infinity) is no depth to compare."""
+    z = np.where(scene_depth.valid, scene_depth.values, np.inf)
+    disparity = DepthMap(0.54 * 720 / z, "disparity")  # the sky: disparity 0
+    other = render_driving_scene(256, 128, seed=5).depth
+    for output in (_inverse(scene_depth), _inverse(other)):
+        got, want = geometry_scores(disparity, output), geometry_scores(scene_depth, output)
+        for k in ("absrel", "delta1", "edge_f1"):
+            assert got[k] == pytest.approx(want[k], abs=1e-6), k
+
+
+def test_output_edges_are_normalised_over_the_pixels_compared(scene_depth):
+    """The output's inverse depth was normalised over its own valid pixels, holes of the source included: a perfect
+    output of a source whose nearest 5 % are holes scored edge F1 0.994."""
+    scene = render_driving_scene(320, 160, seed=0).depth
+    d, v = scene.values.astype(np.float64), scene.valid
+    filled = np.where(v, d, d[v].max())
+    near = filled < np.quantile(filled[v], 0.05)
+    holed = DepthMap(np.where(near, 0, d), "metric_depth", v & ~near)
+    assert geometry_scores(holed, DepthMap(1 / filled, "relative_inverse_depth"))["edge_f1"] == 1.0
+
+
+def test_edge_f1_refuses_maps_of_two_shapes():
+    from depth2img.errors import InputError
+
+    with pytest.raises(InputError, match=r"^edge_f1: .* one shape, got \(10, 10\) and \(12, 12\)$"):
+        edge_f1(np.zeros((10, 10)), np.zeros((12, 12)))
 
 
 @pytest.mark.parametrize("case", ["all valid", "source holes", "output holes", "metric source"])
