@@ -1066,6 +1066,9 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         # final: marked so, or out of retries (a normal run marks its attempt `retries` final whatever its score)
         finished = {r["item"] for r in records if r.get("final")}
         finished |= {item for item, attempt in tried.items() if attempt >= job.geometry.retries}
+        # the parsed lines (~10 KB each) are not held through the run: a --resume of a 60k-line manifest peaked at
+        # 1.5 GB, this list alive while the manifests were settled and indexed again at the end
+        del records
         barrier()  # every process has read the manifests, and stale files are gone, before any process writes
         if not resume and earlier_run:  # before anything of the earlier run is touched
             raise InputError(

@@ -72,9 +72,11 @@ def run_transform(
     with output_dir_for(out_dir, inputs) as out_dir:
         manifest = out_dir / MANIFEST
         # the outputs an earlier run recorded here (reading cuts a torn last line of a killed run)
-        before = read_manifest(manifest)
+        # of each record, only what _warn_of_replaced_depths compares (a whole record held ~8 KB: a run of 1M images
+        # into a folder grew by GBs)
+        before = [_depth_source(r) for r in read_manifest(manifest)]
         earlier = {r.get("output") for r in before}
-        made: list[dict] = []  # this run's records
+        made: list[dict] = []  # this run's records, where a rerun needs them
         if isinstance(model, SceneTransformer):
             st = model
         else:
@@ -111,7 +113,8 @@ def run_transform(
         def add_lines(written):
             """An input's manifest lines, after its files; if they cannot be written, neither are its files."""
             append_manifest(manifest, *written)
-            made.extend(written[0])
+            if earlier:
+                made.extend(_depth_source(r) for r in written[0])
 
         def load(batch: range) -> list:
             """A batch's photos, read and decoded, with their depths (estimated in one estimator call, batched on a
@@ -186,6 +189,10 @@ def run_transform(
                     )
                 _warn_of_replaced_depths(before, made, out_dir, on_warning)
     return report
+
+
+def _depth_source(record: dict) -> dict:
+    return {k: record.get(k) for k in ("output", "source", "depth", "depth_files")}
 
 
 def _warn_of_replaced_depths(before: list[dict], made: list[dict], out_dir: Path, on_warning) -> None:
