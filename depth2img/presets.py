@@ -118,6 +118,17 @@ def add_phrases(text: str, before: str = "", after: str = "") -> str:
     return ", ".join(new(pre[:-1]) + ([core] if core else []) + new(post[1:]))
 
 
+def contradictions(prompt: str, negative: str) -> list[str]:
+    """The negative prompt's phrases that the prompt says too, as whole words (``winter+summer``: "snow", "bare
+    trees", "summer"; ``spring+night``: "daylight"), which steer the model towards and away from one thing."""
+    import re
+
+    text = prompt.casefold()
+    return [
+        p for p in dict.fromkeys(_phrases(negative)) if re.search(rf"\b{re.escape(p.casefold())}\b", text)
+    ]
+
+
 def resolve(prompt: str | None, preset: str | None, presets: dict[str, Preset] | None = None):
     """(final prompt, preset negative prompt, preset knobs) for the user's words and ``a+b`` presets."""
     presets = load_presets() if presets is None else presets

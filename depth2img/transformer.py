@@ -353,6 +353,16 @@ class SceneTransformer:
         notes = self._prompt_warnings(final_prompt, "prompt")
         if negative:
             notes += self._prompt_warnings(negative, "negative prompt")
+            clash = presets_mod.contradictions(final_prompt, negative)
+            if clash:
+                shown = ", ".join(repr(p) for p in clash[:3]) + (
+                    f" and {len(clash) - 3} more" if len(clash) > 3 else ""
+                )
+                notes.append(
+                    f"the prompt and the negative prompt both name {shown}"
+                    + (f" (preset {preset})" if preset else "")
+                    + ": the model is steered towards and away from them at once"
+                )
         if unguided and negative_prompt:
             notes.append(
                 f"negative prompt unused: guidance_scale {knobs['guidance_scale']:g} <= 1 turns classifier-free "

@@ -755,7 +755,19 @@ def test_presets_wrap_prompt_and_set_knobs(sd15, photo, depth):
     # the user's negative as written, the preset's phrases it lacks after it
     assert override.metadata[0]["negative_prompt"] == "1,000 ghosts,blurry, blurry, color, photo"
     plain = sd15.transform(photo, "a road", depth=depth, seed=0, steps=2, negative_prompt="1,000 ghosts")
-    assert plain.metadata[0]["negative_prompt"] == "1,000 ghosts"
+    assert plain.metadata[0]["negative_prompt"] == "1,000 ghosts" and plain.warnings == []
+    # presets that contradict each other (or the user's words) were combined without a word
+    with pytest.warns(Depth2ImgWarning) as said:
+        clash = sd15.transform(photo, "a Sunny road", preset="summer+rain", depth=depth, seed=0, steps=2)
+    assert [w for w in clash.warnings if "both name" in w] == [
+        "the prompt and the negative prompt both name 'sunny' (preset summer+rain): the model is steered towards "
+        "and away from them at once"
+    ] and any("both name 'sunny'" in str(w.message) for w in said)
+    from depth2img.presets import contradictions, resolve
+
+    assert contradictions(*resolve("a street", "summer+winter")[:2]) == ["snow", "bare trees", "summer"]
+    assert contradictions(*resolve("a street", "rain+fog")[:2]) == []  # weather that goes together
+    assert contradictions("a snowy road", "snow") == []  # whole words only
 
 
 def test_user_presets_file(tmp_path, photo, depth, sd15):
