@@ -13,7 +13,6 @@ from __future__ import annotations
 import collections
 import contextlib
 import functools
-import hashlib
 import itertools
 import json
 import math
@@ -470,12 +469,11 @@ MAX_VARIATION_NAME = 100
 
 
 def _short(name: str) -> str:
-    """A matrix variation's name of at most MAX_VARIATION_NAME characters: its axes' parts joined made names too
-    long for a file name (the run failed once files were written); a cut name ends in a hash of the whole."""
-    if len(name) <= MAX_VARIATION_NAME:
-        return name
-    digest = hashlib.sha1(name.encode()).hexdigest()[:8]
-    return f"{name[: MAX_VARIATION_NAME - 9]}-{digest}"
+    """A matrix variation's name of at most MAX_VARIATION_NAME characters (ASCII): its axes' parts joined made names
+    too long for a file name (the run failed once files were written); a cut name ends in a hash of the whole."""
+    from .outputs import shortened
+
+    return shortened(name, MAX_VARIATION_NAME)
 
 
 def load_job(path: str | os.PathLike, *, extra_presets_files=(), **overrides) -> Job:

@@ -85,25 +85,28 @@ def _stems(paths: Sequence[Path], kept: dict | None = None, reserved=()) -> list
     a repeated name gets the first free of -2, -3..., never another input's own name (``a.png``, ``a.jpg`` and
     ``a-2.png`` give ``a``, ``a-3``, ``a-2``), so no output overwrites another. ``kept``: the stems some paths
     already have (a resumed run's); ``reserved``: names no other path takes (an earlier run's sources')."""
+    from .outputs import shortened
+
     kept = kept or {}
     held = {s.casefold() for s in (*kept.values(), *reserved)}
-    taken = {p.stem.casefold() for p in paths} | held
+    own = {p: shortened(p.stem) for p in paths}  # a long name cut (outputs add to it)
+    taken = {s.casefold() for s in own.values()} | held
     first = set(held)
     stems = []
     for p in paths:
         if p in kept:
             stems.append(kept[p])
             continue
-        key = p.stem.casefold()
+        key = own[p].casefold()
         if key not in first:
             first.add(key)
-            stems.append(p.stem)
+            stems.append(own[p])
             continue
         n = 2
         while f"{key}-{n}" in taken:
             n += 1
         taken.add(f"{key}-{n}")
-        stems.append(f"{p.stem}-{n}")
+        stems.append(f"{own[p]}-{n}")
     return stems
 
 

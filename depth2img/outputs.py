@@ -274,6 +274,24 @@ def compact_manifest(path) -> None:
                 tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
 
 
+# An output stem's most UTF-8 bytes: what is added to it (batch: "__" + a variation's 100 + "__s" + a 19-digit seed
+# + ".png", and a temp file's 19) stays within a file name's 255
+MAX_STEM_BYTES = 100
+
+
+def shortened(name: str, limit: int = MAX_STEM_BYTES) -> str:
+    """``name`` if it takes at most ``limit`` UTF-8 bytes, else its start and a hash of the whole (two long names
+    that share a start stay apart): a 240-byte photo name made output names past 255 ("File name too long" once
+    files were written)."""
+    data = name.encode()
+    if len(data) <= limit:
+        return name
+    import hashlib
+
+    head = data[: limit - 9].decode(errors="ignore")  # never half a character
+    return f"{head}-{hashlib.sha1(data).hexdigest()[:8]}"
+
+
 def safe_name(text: str) -> str:
     """A file-name fragment: letters, digits, '+', '-' and '_' only."""
     return re.sub(r"[^A-Za-z0-9+_-]+", "-", text).strip("-")[:60] or "x"

@@ -123,6 +123,41 @@ def _readable_upload(image):
     return image
 
 
+def _stem(image_path) -> str:
+    """The upload's name as an output stem, a long one cut (a 180-character name with presets and a large seed made
+    "File name too long")."""
+    from .outputs import shortened
+
+    return shortened(Path(image_path).stem)
+
+
+def _combined(service, ticked) -> str | None:
+    """The ticked presets joined in the order the page lists them: in the order they were clicked, the same boxes
+    gave another prompt, knobs and file name (templates apply left to right), and the page does not show that
+    order."""
+    if not ticked:
+        return None
+    from .presets import load_presets
+
+    listed = list(service.presets or load_presets(service.preset_files))
+    return "+".join(sorted(ticked, key=lambda n: listed.index(n) if n in listed else len(listed)))
+
+
+def _viewable(image_path, image, out: Path) -> str:
+    """The photo for the before/after slider: the upload where a browser shows it as the model saw it, else a PNG of
+    what was loaded (a TIFF showed as a broken image; an RGBA one as transparent where the model saw white)."""
+    from PIL import Image
+
+    with Image.open(image_path) as raw:
+        shown = raw.format in ("PNG", "JPEG", "WEBP") and raw.mode == "RGB" and raw.size == image.size
+        shown = shown and raw.getexif().get(0x0112, 1) == 1  # no EXIF turn
+    if shown:
+        return str(image_path)
+    path = out / f"{_stem(image_path)}_before.png"
+    image.save(path, compress_level=1)
+    return str(path)
+
+
 def _image(path):
     from .errors import InputError
     from .io import load_image
@@ -198,7 +233,7 @@ def handle_depth(service, image_path, estimator, depth_file, polarity, progress=
     for note in depth.notes:  # a depth file's recorded polarity kept over the one picked
         gr.Warning(_as_uploaded(note))
     out = _workdir()
-    png16, preview = write_depth_products(depth, out, Path(image_path).stem, ("png16", "preview"))
+    png16, preview = write_depth_products(depth, out, _stem(image_path), ("png16", "preview"))
     return str(preview), str(png16)
 
 
@@ -292,20 +327,20 @@ def handle_generate(service, image_path, model, estimator, depth_file, polarity,
     image = _image(image_path)
     result = service.transform(
         image, model=model, estimator=estimator, depth_file=_file_path(depth_file), polarity=polarity or None,
-        progress=progress, prompt=prompt or None, preset="+".join(presets) if presets else None,
+        progress=progress, prompt=prompt or None, preset=_combined(service, presets),
         negative_prompt=negative or None, seed=_seed(seed), num_images=_number(num_images, "num_images", int),
         **_knobs(steps, strength, guidance, control_scale, control_start, control_end, scheduler, exact),
     )  # fmt: skip
     _name_uploads(result)
     _show_warnings([result])
     out = _workdir()
-    stem = Path(image_path).stem
+    stem = _stem(image_path)
     records = write_transform_result(result, out / "results", stem, source=Path(image_path).name,
                                      threads=CPU_THREADS)  # fmt: skip
     archive = _zip(out / "results", out / f"{stem}_depth2img.zip")
     paths = [str(out / "results" / r["output"]) for r in records]
     gallery = [(p, f"seed {r['seed']}") for p, r in zip(paths, records)]
-    return gallery, (str(image_path), paths[0]), archive, records
+    return gallery, (_viewable(image_path, image, out), paths[0]), archive, records
 
 
 def handle_variations(service, image_path, model, estimator, depth_file, polarity, prompt, presets, seeds_text,
@@ -341,7 +376,7 @@ def handle_variations(service, image_path, model, estimator, depth_file, polarit
     out = _workdir()
     gallery = []
     for i, row in enumerate(rows):  # one depth for all rows: write its products once
-        records = write_transform_result(row, out, Path(image_path).stem, source=Path(image_path).name,
+        records = write_transform_result(row, out, _stem(image_path), source=Path(image_path).name,
                                          depth_formats=("png16", "preview") if i == 0 else (),
                                          threads=CPU_THREADS)  # fmt: skip
         gallery += [

@@ -211,6 +211,34 @@ def test_generate_handler_outputs(service, photo):
         assert zf.read("cat_winter_s4.png") == Path(gallery[1][0]).read_bytes()
 
 
+def test_the_slider_shows_the_photo_as_the_model_saw_it(service, tmp_path, chelsea):
+    """A TIFF upload showed as a broken image in the before/after slider (the raw upload was handed back), an RGBA
+    one as transparent where the model saw white."""
+    rgba = chelsea.convert("RGBA")
+    rgba.putalpha(Image.new("L", chelsea.size, 0))
+    for name, img in (("cat.tiff", chelsea), ("clear.png", rgba)):
+        img.save(tmp_path / name)
+        _, (before, _), _, _ = _generate(service, str(tmp_path / name), presets=())
+        assert before.endswith("_before.png") and Image.open(before).format == "PNG"
+        shown = np.asarray(Image.open(before))
+        assert shown.shape == (300, 451, 3) and (name == "cat.tiff" or shown.min() == 255)  # on white
+
+
+def test_ticked_presets_combine_in_the_order_listed_and_a_long_name_is_cut(service, tmp_path, chelsea):
+    """Ticking night then winter gave "..., at night, ..., in winter" and photo_night+winter_s0.png, the other way
+    round another prompt and name, with the same boxes ticked; a 180-character upload name with presets and a large
+    seed made "File name too long"."""
+    long_name = tmp_path / ("a" * 180 + ".png")
+    chelsea.save(long_name)
+    gallery, _, archive, records = _generate(
+        service, str(long_name), presets=("night", "winter"), seed=2**53 - 1
+    )
+    assert records[0]["preset"] == "winter+night" and "in winter" in records[0]["prompt"].split("at night")[0]
+    name = Path(gallery[0][0]).name
+    assert name.startswith("a" * 91 + "-") and name.endswith("_winter+night_s9007199254740991.png")
+    assert len(Path(archive).name) < 255 and Path(records[0]["output"]).name == name
+
+
 def test_variations_handler(service, photo, capsys):
     gallery = handle_variations(
         service, photo, "tiny", "tiny", None, "", "", ["rain", "fog"], "5, 6", 2, 0.5, 7.5

@@ -117,6 +117,11 @@ def test_inputs_of_one_name_never_share_an_output(tmp_path, chelsea, capsys):
         "A-3",
         "a-2",
     ]  # case-blind disks
+    # a long name is cut, to its start and a hash of the whole (within 100 bytes, never half a character), so that
+    # what outputs add to it stays a file name; two long names that share the start stay apart
+    stems = _stems([Path("é" * 120 + "1.png"), Path("é" * 120 + "2.png"), Path("b" * 100 + ".png")])
+    assert [len(s.encode()) for s in stems] == [99, 99, 100] and len(set(stems)) == 3
+    assert stems[0].startswith("é" * 45 + "-") and stems[2] == "b" * 100
 
 
 def test_stereo_pair(tmp_path, capsys):
