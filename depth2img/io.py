@@ -579,7 +579,7 @@ def _read_numpy(path: Path, max_pixels: int):
         # the pixel guard's own line (an InputError is a ValueError too)
         raise
     except unreadable as err:
-        raise InputError(f"{path}: not a readable NumPy file ({first_line(err)})") from None
+        raise InputError(f"{path}: not a readable NumPy file ({_npy_problem(err)})") from None
     if isinstance(data, np.ndarray):
         return data, None
     with data:
@@ -598,7 +598,16 @@ def _read_numpy(path: Path, max_pixels: int):
         except InputError:
             raise
         except unreadable as err:
-            raise InputError(f"{path}: .npz member unreadable ({first_line(err)})") from None
+            raise InputError(f"{path}: .npz member unreadable ({_npy_problem(err)})") from None
+
+
+def _npy_problem(err: BaseException) -> str:
+    """NumPy's reason, without its advice to load a file with no array header (or of Python objects) unsafely,
+    which a web visitor was shown."""
+    text = first_line(err)
+    if "pickle" in text:
+        return "no NumPy array in it: no array header, or Python objects, which are never loaded (loading runs code)"
+    return text
 
 
 # zlib level of every PNG depth2img writes (lossless at any level). Measured on this project's 2-core x86_64,
