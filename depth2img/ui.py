@@ -27,6 +27,11 @@ VARIATIONS_MAX = 16  # images in one Variations request (presets x seeds)
 # as is Gradio's own cache
 APP_DIR = Path(tempfile.gettempdir()) / f"depth2img-app-{os.getuid() if hasattr(os, 'getuid') else 'user'}"
 APP_KEEP_S = 3600
+# ... and, oldest first, while they hold more than APP_MAX_BYTES: one 7000x5000 upload of 114 KB (one colour) made
+# ~160 MB of outputs and zip, so age alone let a visitor repeating it fill the disk within the hour. A folder younger
+# than APP_BUSY_S may be one a request is still writing, and is kept (what a handler returned is Gradio's copy)
+APP_MAX_BYTES = 2 * 1024**3
+APP_BUSY_S = 120
 _APP_DIR_LOCK = threading.Lock()
 
 
@@ -78,15 +83,37 @@ def _workdir() -> Path:
             # a link, a file, or another user's folder (a shared /tmp): not ours to write into or clean
             APP_DIR = Path(tempfile.mkdtemp(prefix="depth2img-app-"))
         app_dir = APP_DIR
-    too_old = time.time() - APP_KEEP_S
+    now = time.time()
+    folders = []  # (mtime, bytes, path) of each request folder (never a link) kept by age
     for old in app_dir.iterdir():
         try:
             info = old.lstat()
-            if stat.S_ISDIR(info.st_mode) and info.st_mtime < too_old:  # request folders only, never a link
+            if not stat.S_ISDIR(info.st_mode):
+                continue
+            if info.st_mtime < now - APP_KEEP_S:
                 shutil.rmtree(old, ignore_errors=True)
+            else:
+                folders.append((info.st_mtime, _bytes_in(old), old))
         except OSError:  # removed by a concurrent request
             pass
+    total = sum(size for _, size, _ in folders)
+    for mtime, size, old in sorted(folders):
+        if total <= APP_MAX_BYTES or mtime >= now - APP_BUSY_S:
+            break
+        shutil.rmtree(old, ignore_errors=True)
+        total -= size
     return Path(tempfile.mkdtemp(prefix="request-", dir=app_dir))
+
+
+def _bytes_in(folder: Path) -> int:
+    """The bytes of the files in a request folder (and its subfolders), links not followed."""
+    total = 0
+    for entry in os.scandir(folder):
+        if entry.is_dir(follow_symlinks=False):
+            total += _bytes_in(Path(entry.path))
+        elif entry.is_file(follow_symlinks=False):
+            total += entry.stat(follow_symlinks=False).st_size
+    return total
 
 
 def _file_path(f) -> str | None:

@@ -384,6 +384,29 @@ def test_request_folders_are_removed_once_old(monkeypatch, tmp_path):
     assert new.parent == tmp_path / "app" and not any(new.iterdir())
 
 
+def test_request_folders_are_removed_oldest_first_past_the_size_cap(monkeypatch, tmp_path):
+    """Request folders were removed by age only: one small upload of a huge one-colour image made ~160 MB, so a visitor
+    repeating it filled the disk within the hour. Past APP_MAX_BYTES the oldest go first; one still being written
+    (younger than APP_BUSY_S) stays."""
+    import time
+
+    from depth2img import ui
+
+    monkeypatch.setattr(ui, "APP_DIR", tmp_path / "app")
+    monkeypatch.setattr(ui, "APP_MAX_BYTES", 2500)
+    folders = [ui._workdir() for _ in range(4)]
+    for age, folder in zip((900, 600, 300, 0), folders):  # seconds; the last one is busy
+        (folder / "results").mkdir()
+        (folder / "results" / "out.png").write_bytes(b"x" * 1000)
+        t = time.time() - age
+        os.utime(folder, (t, t))
+    new = ui._workdir()  # 4000 bytes: the two oldest go (2000 left), the busy one and the new one stay
+    assert sorted(p.name for p in (tmp_path / "app").iterdir()) == sorted(f.name for f in (*folders[2:], new))
+    monkeypatch.setattr(ui, "APP_MAX_BYTES", 0)
+    ui._workdir()  # over the cap, but the rest are busy (or not older than the busy one)
+    assert folders[3].is_dir() and not folders[2].is_dir()
+
+
 def test_a_linked_request_folder_is_not_cleaned_through(monkeypatch, tmp_path):
     """APP_DIR was a fixed name in the shared temp directory: made a link to another folder, the app's clean-up
     removed that folder's old subfolders (and another user's APP_DIR made every request fail)."""
