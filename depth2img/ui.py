@@ -19,8 +19,8 @@ from .io import DEPTH_SUFFIXES
 from .scene import SCENE_SIZE
 
 # the page's seed field: the largest whole number a browser's number holds exactly (past it a typed seed would change
-# silently; the HTTP API's seed too, through this field); the Variations seeds, text, and the Python API take up to
-# knobs.MAX_SEED (2**63-1)
+# silently; the HTTP API's seed too, through this field); the Variations seeds (text) too, so that any variation can be
+# made again in Generate; the Python API and CLI take up to knobs.MAX_SEED (2**63-1)
 MAX_SEED = 2**53 - 1
 VARIATIONS_MAX = 16  # images in one Variations request (presets x seeds)
 # Each request's files (one folder each), in this user's private folder; removed once older than APP_KEEP_S seconds,
@@ -385,6 +385,11 @@ def handle_variations(service, image_path, model, estimator, depth_file, polarit
         raise InputError(f"seeds must be integers separated by commas, got {seeds_text!r}") from None
     if not seeds:
         raise InputError("give at least one seed")
+    # the Generate tab's seed field holds no more: a variation made with a larger seed could not be made again there
+    too_large = [s for s in seeds if s > MAX_SEED]
+    if too_large:
+        raise InputError(f"seeds go up to {MAX_SEED} here (what the Generate tab's seed field holds exactly, to make a "
+                         f"variation again there), got {too_large[0]}")  # fmt: skip
     if not presets and not (prompt or "").strip():
         raise InputError("choose at least one preset (or give a prompt)")
     count = len(presets or [None]) * len(seeds)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from depth2img.errors import Depth2ImgError
+from depth2img.errors import Depth2ImgError, InputError
 from depth2img.outputs import read_png_metadata
 from depth2img.service import Service
 from depth2img.ui import create_demo, handle_depth, handle_generate, handle_variations, launch, make_sample
@@ -246,6 +246,9 @@ def test_variations_handler(service, photo, capsys):
     assert [c for _, c in gallery] == ["rain / seed 5", "rain / seed 6", "fog / seed 5", "fog / seed 6"]
     # one denoising bar per batch (the page shows tqdm bars): rain and fog share a batch of 4 images
     assert capsys.readouterr().err.count("denoise:   0%") == 1
+    # a seed past what the Generate tab's field holds made a variation that could not be made again there
+    with pytest.raises(InputError, match=r"^seeds go up to 9007199254740991 here .*, got 9007199254740992$"):
+        handle_variations(service, photo, "tiny", "tiny", None, "", "", ["rain"], f"5, {2**53}", 2, 0.5, 7.5)
 
 
 def test_sliders_left_at_their_defaults_let_the_preset_and_model_choose(service, photo):
