@@ -374,7 +374,8 @@ def handle_variations(service, image_path, model, estimator, depth_file, polarit
                       steps, strength, guidance, exact=False, negative="", control_scale=None, control_start=None,
                       control_end=None, scheduler="", progress=None):  # fmt: skip
     """Presets x seeds from one depth (at most ``VARIATIONS_MAX`` images): a grid in the gallery, captioned
-    'preset / seed'. The negative prompt, control sliders and scheduler are the Generate tab's."""
+    'preset / seed', and a zip of the images, depth files and manifest. The negative prompt, control sliders and
+    scheduler are the Generate tab's."""
     from .errors import InputError
     from .outputs import CPU_THREADS, write_transform_result
 
@@ -408,13 +409,15 @@ def handle_variations(service, image_path, model, estimator, depth_file, polarit
     out = _workdir()
     gallery = []
     for i, row in enumerate(rows):  # one depth for all rows: write its products once
-        records = write_transform_result(row, out, _stem(image_path), source=Path(image_path).name,
+        records = write_transform_result(row, out / "results", _stem(image_path), source=Path(image_path).name,
                                          depth_formats=("png16", "preview") if i == 0 else (),
                                          threads=CPU_THREADS)  # fmt: skip
         gallery += [
-            (str(out / r["output"]), f"{r['preset'] or 'prompt'} / seed {r['seed']}") for r in records
+            (str(out / "results" / r["output"]), f"{r['preset'] or 'prompt'} / seed {r['seed']}")
+            for r in records
         ]
-    return gallery
+    # everything, as the Generate tab offers it (the page gave the images one at a time, and no depth or metadata)
+    return gallery, _zip(out / "results", out / f"{_stem(image_path)}_variations.zip")
 
 
 # ------------------------------------------------------------------------------------------------ page
@@ -575,6 +578,7 @@ def create_demo(service):
             var_seeds = gr.Textbox(value="1, 2", label="Seeds (comma-separated)")
             var_button = gr.Button("Generate variations (checked presets x seeds)", variant="secondary")
             var_gallery = gr.Gallery(label="Variations", columns=4, format="png", elem_id="variations")
+            var_archive = gr.File(label="Download variations + depth + metadata (zip)")
 
         depth_inputs, preview = [image, estimator, depth_file, polarity], [depth_preview, depth16]
         device = dict(concurrency_id="device", concurrency_limit=1)  # one job at a time on the device
@@ -622,7 +626,7 @@ def create_demo(service):
             bound(handle_variations),
             [image, model, estimator, depth_file, polarity, prompt, preset_box, var_seeds, steps, strength, guidance,
              exact, negative, control_scale, control_start, control_end, scheduler],
-            var_gallery, api_name="variations", **device,
+            [var_gallery, var_archive], api_name="variations", **device,
         )  # fmt: skip
     return demo
 

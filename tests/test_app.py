@@ -240,10 +240,16 @@ def test_ticked_presets_combine_in_the_order_listed_and_a_long_name_is_cut(servi
 
 
 def test_variations_handler(service, photo, capsys):
-    gallery = handle_variations(
+    gallery, archive = handle_variations(
         service, photo, "tiny", "tiny", None, "", "", ["rain", "fog"], "5, 6", 2, 0.5, 7.5
     )
     assert [c for _, c in gallery] == ["rain / seed 5", "rain / seed 6", "fog / seed 5", "fog / seed 6"]
+    # the page offered the images one at a time only: a zip holds them, the depth files and the manifest
+    with zipfile.ZipFile(archive) as zf:
+        assert set(zf.namelist()) == {"cat_rain_s5.png", "cat_rain_s6.png", "cat_fog_s5.png", "cat_fog_s6.png",
+                                      "cat_depth16.png", "cat_depth_preview.png", "cat_control.png", "manifest.jsonl"}  # fmt: skip
+        assert zf.read("cat_fog_s6.png") == Path(gallery[3][0]).read_bytes()
+        assert len(zf.read("manifest.jsonl").splitlines()) == 4
     # one denoising bar per batch (the page shows tqdm bars): rain and fog share a batch of 4 images
     assert capsys.readouterr().err.count("denoise:   0%") == 1
     # a seed past what the Generate tab's field holds made a variation that could not be made again there
@@ -263,7 +269,7 @@ def test_sliders_left_at_their_defaults_let_the_preset_and_model_choose(service,
     }  # fmt: skip
     *_, records = _generate(service, photo, presets=("pencil-sketch",))
     assert records[0]["guidance_scale"] == 8.0
-    gallery = handle_variations(
+    gallery, _ = handle_variations(
         service, photo, "tiny", "tiny", None, "", "", ["pencil-sketch"], "1", 2, 0.5, 7.5
     )
     assert read_png_metadata(gallery[0][0])["guidance_scale"] == 8.0
@@ -298,7 +304,7 @@ def test_use_every_slider_sends_a_slider_at_its_default_too(service, photo):
     *_, records = handle_generate(service, photo, "tiny", "tiny", None, "", "a cat", ["pencil-sketch"], "", k["steps"],
                                   k["strength"], 7.5, 1.0, 0.0, 1.0, "", 3, 1, True)  # fmt: skip
     assert records[0]["guidance_scale"] == 7.5
-    gallery = handle_variations(
+    gallery, _ = handle_variations(
         service, photo, "tiny", "tiny", None, "", "", ["pencil-sketch"], "1", 2, 0.5, 7.5, True
     )
     assert read_png_metadata(gallery[0][0])["guidance_scale"] == 7.5
@@ -690,7 +696,7 @@ def test_variations_use_the_negative_prompt_control_sliders_and_scheduler_and_ar
     from depth2img.errors import InputError
     from depth2img.ui import VARIATIONS_MAX
 
-    gallery = handle_variations(service, photo, "tiny", "tiny", None, "", "a cat", [], "3", 2, 0.5, 7.5, False,
+    gallery, _ = handle_variations(service, photo, "tiny", "tiny", None, "", "a cat", [], "3", 2, 0.5, 7.5, False,
                                 "blurry", 0.5, 0.0, 0.5, "ddim")  # fmt: skip
     meta = read_png_metadata(gallery[0][0])
     assert (meta["negative_prompt"], meta["control_scale"], meta["control_end"], meta["scheduler"]) == (
