@@ -18,3 +18,4 @@ def test_quickstart_notebook_executes(tmp_path, monkeypatch):
     outputs = "".join(o.get("text", "") for c in nb.cells if c.cell_type == "code" for o in c.outputs)
     assert "[(320, 160), (320, 160)] [0, 1]" in outputs
     assert "rain [1, 2]" in outputs and "golden-hour [1, 2]" in outputs
+    assert "source vs itself: {'absrel': 0.0, 'delta1': 1.0, 'edge_f1': 1.0}" in outputs
