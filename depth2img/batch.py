@@ -1033,6 +1033,9 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     # holds the output folder would take them in on --resume).
     with alike():  # errors every process meets alike: one reports them
         paths, problems = job_inputs(job)
+        if problems and not paths:  # it wrote its output folder and job.resolved.yaml, then failed every source
+            more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+            raise InputError(f"job key inputs: no source image found: {problems[0]}{more}")
         # a job's folders
         written = [d.resolve() for d in (image_dir, root / "depth", root / "labels", root / "masks")]
         outside = [p for p in paths if not any(p.resolve().is_relative_to(d) for d in written)]

@@ -522,14 +522,13 @@ def _estimator(name: str, preset: str):
 
 def run_depth_bench(*, preset: str = "full", images: int = 16, repeats: int = 3, device=None, dtype=None,
                     out_dir: str | Path = "benchmarks", progress=print) -> dict:  # fmt: skip
-    """Depth Anything V2 S/B/L and DPT-hybrid on a real photo (skimage's 451x300 cat) x ``images``, interleaved:
+    """Depth Anything V2 S/B/L and DPT-hybrid on a 451x300 photo (the procedural driving scene: scikit-image's cat,
+    used before, is no dependency of an install; timing depends on the size only) x ``images``, interleaved:
     (a) transformers' depth-estimation pipeline, one image per call, fp16 on GPU (as its docs show it);
     (b) depth2img's DepthEstimator with its defaults: batches of 8 in bf16 on GPU, one at a time on CPU. Reports ms/image and the max difference
     of (b) from (a) relative to (a)'s depth range."""
     import copy
 
-    from PIL import Image
-    from skimage import data
     from transformers import pipeline
 
     from .depth_run import output_dir
@@ -539,7 +538,9 @@ def run_depth_bench(*, preset: str = "full", images: int = 16, repeats: int = 3,
     out_dir = output_dir(out_dir, ())  # before the run, not after it
     device = resolve_device(device)
     plain_dtype, fast_dtype = _dtypes(device, dtype)
-    photos = [Image.fromarray(data.chelsea())] * images
+    from .scene import render_driving_scene
+
+    photos = [render_driving_scene(451, 300, seed=0).image] * images
     rows = {}
     for name in ESTIMATORS:
         progress(f"{name} ({preset}) on {device} ...")

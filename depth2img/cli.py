@@ -48,7 +48,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="depth2img",
         description="Change a photo's style, lighting, season or weather with a prompt while keeping its geometry.",
     )
-    parser.add_argument("--version", action="version", version="depth2img 0.1.0")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"depth2img {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     p = sub.add_parser("depth", help="estimate depth maps and write 16-bit PNG, .npy and a preview per input",

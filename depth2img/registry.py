@@ -54,7 +54,9 @@ def read_yaml(text: str):
 def configs_dir() -> Path:
     """The folder holding the YAML configs: ``configs/`` in a checkout, ``depth2img/configs`` when installed."""
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "configs", here / "configs"):
+    # the installed copy first: in an install, here.parent is site-packages, where another package's configs/ folder
+    # was read as ours ("internal error: KeyError: 'default_estimator'")
+    for candidate in (here / "configs", here.parent / "configs"):
         if (candidate / "models.yaml").is_file():
             return candidate
     raise FileNotFoundError(f"depth2img configs not found next to {here}")

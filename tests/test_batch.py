@@ -502,6 +502,16 @@ def test_missing_inputs_are_listed_and_skipped(dataset, tmp_path):
     assert any("strip.png: image: 256x16 cannot be resized for estimator" in f for f in report.failed)
 
 
+def test_a_job_with_no_source_found_writes_nothing(dataset, tmp_path):
+    """Every source missing: the run wrote its output folder and job.resolved.yaml, then failed each source."""
+    job = write_job(dataset, output=str(tmp_path / "m"), presets=["fog"], seeds=1, labels={},
+                    inputs=[str(tmp_path / "nope.png"), str(tmp_path / "gone")])  # fmt: skip
+    with pytest.raises(InputError, match=r"^job key inputs: no source image found: .*nope\.png: no such file or "
+                                         r"directory \(and 1 more\)$"):  # fmt: skip
+        run_job(job, progress=False)
+    assert not (tmp_path / "m").exists()
+
+
 def test_missing_inputs_are_reported_by_one_process_of_several(dataset, tmp_path, monkeypatch):
     """Every process found the missing input and reported it: one line per process, counted once each."""
     from depth2img import batch

@@ -409,8 +409,13 @@ def test_gpu_script_keeps_to_its_deadline_and_refuses_unknown_parts(tmp_path):
     ]
 
 
-def test_depth_bench_equals_transformers_pipeline(tmp_path):
+def test_depth_bench_equals_transformers_pipeline(tmp_path, monkeypatch):
+    import sys
+
     from depth2img.bench import run_depth_bench
+
+    # scikit-image is a dev extra only: an install's `bench --depth` failed with ModuleNotFoundError
+    monkeypatch.setitem(sys.modules, "skimage", None)
 
     result = run_depth_bench(preset="tiny", images=2, repeats=1, out_dir=tmp_path, progress=lambda m: None)
     assert list(result["results"]) == ["depth_anything_v2_small", "depth_anything_v2_base", "depth_anything_v2_large",

@@ -237,6 +237,19 @@ def test_model_and_argument_errors_are_one_line(tmp_path, photos_dir, capsys):
     assert exit_info.value.code == 2
 
 
+def test_the_version_is_written_once(capsys):
+    """pyproject, the package and the CLI each wrote it (they agreed by care); the metadata is read from the package."""
+    from importlib.metadata import version
+
+    import depth2img
+
+    with pytest.raises(SystemExit):
+        main(["--version"])
+    assert capsys.readouterr().out == f"depth2img {depth2img.__version__}\n"
+    assert version("depth2img") == depth2img.__version__
+    assert 'dynamic = ["version"]' in (Path(__file__).parents[1] / "pyproject.toml").read_text()
+
+
 def test_models_and_tiny_model_commands(tmp_path, capsys):
     code, out, _ = run(capsys, "models")
     assert code == 0 and "depth-anything-v2-large" in out and "NON-COMMERCIAL" in out
