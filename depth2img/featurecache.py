@@ -76,7 +76,9 @@ def unet_feature_cache(unet, interval: int, controlnet=None):
     def controlnet_make(original):
         def forward(*args, conditioning_scale=1.0, **kwargs):
             # Reused only at the scale it was computed with: diffusers switches the ControlNet off (scale 0)
-            # outside its guidance window, and that must still take effect on a cached step.
+            # outside its guidance window. That reaches a cached step through the outermost blocks only: the reused
+            # deep blocks' outputs hold the control of the last full step, so the window moves by up to N-1 steps
+            # (a step just past control_end still carries control; one just past control_start mostly not yet).
             key = ("controlnet", float(conditioning_scale))
             if calls.cached(interval) and key in outputs:
                 return outputs[key]

@@ -201,6 +201,14 @@ class SceneTransformer:
         if lora_ref is not None:
             backend.load_speed_lora(lora_ref, scale=lora_scale, local_files_only=local_files_only)
             lora_knobs = dict(lora_ref.entry.knobs) if lora_ref.entry else {}
+            if lora_ref.entry is None:  # a local copy of LCM ran at 30 steps, full guidance, the default scheduler
+                warnings.warn(
+                    f"lora {lora}: no registry entry, so its scheduler, steps and guidance are not known and the "
+                    "backbone's defaults apply; a few-step LoRA needs its own (LCM: scheduler lcm, 4 steps, "
+                    "guidance_scale 1)",
+                    Depth2ImgWarning,
+                    stacklevel=2,
+                )
         backend.memory(
             device=device,
             offload=offload,

@@ -1250,6 +1250,26 @@ def test_few_step_lora_mismatches_are_refused(monkeypatch):
     )
 
 
+def test_a_lora_folder_outside_the_registry(tiny_dir, capfd):
+    """A folder LoRA of another backbone was refused as "...: Error(s) in loading state_dict for
+    UNet2DConditionModel:" (the cause cut) after 9 lines of diffusers' log; a fitting one silently kept the backbone's
+    scheduler, 30 steps and full guidance."""
+    from depth2img.errors import Depth2ImgWarning
+
+    capfd.readouterr()
+    with pytest.raises(ModelLoadError) as err:
+        SceneTransformer.from_pretrained("tiny", lora=str(tiny_dir / "lcm-sdxl"))
+    assert str(err.value).startswith(
+        f"lora '{tiny_dir / 'lcm-sdxl'}' does not fit 'tiny': a LoRA for another backbone? size mismatch for "
+    ) and "\n" not in str(err.value)
+    assert "unsuccessful" not in capfd.readouterr().err
+    with pytest.warns(
+        Depth2ImgWarning, match="lcm-sd15: no registry entry, so its scheduler, steps and guidance"
+    ):
+        st = SceneTransformer.from_pretrained("tiny", lora=str(tiny_dir / "lcm-sd15"))
+    assert st.backend.default_scheduler != "lcm"
+
+
 def test_fused_qkv_keeps_the_flux_depth_loras_deltas_and_a_fused_few_step_lora(photo, depth):
     """Fused QKV projections are built from the base weights: on Flux's depth LoRA, applied per call (its scale is
     control_scale), the LoRA's q/k/v deltas were silently dropped by compile=...'s fast path."""
