@@ -201,7 +201,9 @@ class SceneTransformer:
         if lora_ref is not None:
             backend.load_speed_lora(lora_ref, scale=lora_scale, local_files_only=local_files_only)
             lora_knobs = dict(lora_ref.entry.knobs) if lora_ref.entry else {}
-            if lora_ref.entry is None:  # a local copy of LCM ran at 30 steps, full guidance, the default scheduler
+            if (
+                lora_ref.entry is None
+            ):  # a local copy of LCM ran at 30 steps, full guidance, the default scheduler
                 warnings.warn(
                     f"lora {lora}: no registry entry, so its scheduler, steps and guidance are not known and the "
                     "backbone's defaults apply; a few-step LoRA needs its own (LCM: scheduler lcm, 4 steps, "
@@ -370,6 +372,21 @@ class SceneTransformer:
                     f"the prompt and the negative prompt both name {shown}"
                     + (f" (preset {preset})" if preset else "")
                     + ": the model is steered towards and away from them at once"
+                )
+        if "control_start" in self.backend.control_knobs and knobs["control_scale"] > 0:
+            start, end = knobs["control_start"], knobs["control_end"]
+            n = denoising_steps(knobs["steps"], knobs["strength"], self.backend.flow_matching)
+
+            def held(
+                count,
+            ):  # diffusers' controlnet_keep: step i runs the ControlNet if i/n >= start, (i+1)/n <= end
+                return any(i / count >= start and (i + 1) / count <= end for i in range(count))
+
+            # (PNDM counts one timestep more: a window that holds a step of either count is taken as held)
+            if not (held(n) or held(n + 1)):
+                notes.append(
+                    f"control_start {start:g} to control_end {end:g} holds none of the {n} denoising steps: the "
+                    "ControlNet never runs and the depth does not steer the image; widen the window"
                 )
         if unguided and negative_prompt:
             notes.append(

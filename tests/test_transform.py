@@ -89,6 +89,25 @@ def test_sd15_txt2img_with_window_equals_diffusers_and_skips_controlnet(sd15, ph
     _assert_same(ours.raw, plain.raw)
 
 
+@pytest.mark.parametrize(
+    "knobs, runs",
+    [(dict(steps=6, strength=1.0, control_start=0.34, control_end=0.35), 0),
+     (dict(steps=4, strength=0.5, control_end=0.3), 0),
+     (dict(steps=4, strength=1.0, control_start=0.2, control_end=0.7), 1)],
+)  # fmt: skip
+def test_a_guidance_window_holding_no_step_is_said(sd15, photo, depth, knobs, runs):
+    """A window between two steps switched the ControlNet off (as diffusers does) without a word: the depth steered
+    nothing."""
+    sd15.backend.controlnet_counter.calls = 0
+    result = sd15.transform(photo, PROMPT, depth=depth, seed=3, **knobs)
+    said = [w for w in result.warnings if "holds none of the" in w]
+    assert sd15.backend.controlnet_counter.calls == runs and len(said) == (runs == 0)
+    if said:
+        n = int(knobs["steps"] * knobs["strength"])
+        assert said[0].startswith(f"control_start {knobs.get('control_start', 0):g} to control_end "
+                                  f"{knobs['control_end']:g} holds none of the {n} denoising steps")  # fmt: skip
+
+
 @pytest.mark.parametrize("name", ["tiny/sd15-depth", "tiny/sdxl-depth", "tiny/flux-depth"])
 def test_weights_keep_the_requested_dtype(name):
     """The img2img pipeline shares the txt2img one's models (diffusers' from_pipe, which by default casts them all
