@@ -1033,7 +1033,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     # holds the output folder would take them in on --resume).
     with alike():  # errors every process meets alike: one reports them
         paths, problems = job_inputs(job)
-        if problems and not paths:  # it wrote its output folder and job.resolved.yaml, then failed every source
+        # (it wrote its output folder and job.resolved.yaml, then failed every source)
+        if problems and not paths:
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise InputError(f"job key inputs: no source image found: {problems[0]}{more}")
         # a job's folders

@@ -25,25 +25,31 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, except that a key given twice in one mapping is an error: the YAML spec forbids it,
     and PyYAML keeps the last silently (a job's second ``variations:`` would drop the first's)."""
 
-    def construct_mapping(self, node, deep=False):
-        seen = set()
-        for key_node, _ in node.value if isinstance(node, yaml.MappingNode) else ():
-            if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base' keys may be overridden
-                continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                duplicate = key in seen
-            except TypeError:  # unhashable: the base class says so
-                break
-            if duplicate:
-                raise yaml.constructor.ConstructorError(
-                    "while constructing a mapping",
-                    node.start_mark,
-                    f"duplicate key {key!r}",
-                    key_node.start_mark,
-                )
-            seen.add(key)
-        return super().construct_mapping(node, deep)
+    def flatten_mapping(self, node):
+        # Checked here, before the merge keys are resolved: flattening rewrites a merged anchor's node in place (its
+        # own keys after those it merged), and a mapping merging an anchor that is built later made it look like a
+        # duplicate. Every mapping passes here first (construct_mapping flattens it), each once.
+        checked = self.__dict__.setdefault("_unique_checked", set())
+        if id(node) not in checked:
+            checked.add(id(node))
+            seen = set()
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # '<<: *base' keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:  # unhashable: the base class says so
+                    break
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        "while constructing a mapping",
+                        node.start_mark,
+                        f"duplicate key {key!r}",
+                        key_node.start_mark,
+                    )
+                seen.add(key)
+        super().flatten_mapping(node)
 
 
 def read_yaml(text: str):

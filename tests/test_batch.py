@@ -940,6 +940,12 @@ def test_yaml_merge_keys_may_be_overridden(tmp_path):
     f = tmp_path / "job.yaml"
     f.write_text("inputs: a\noutput: b\nprompt: x\nknobs:\n  <<: {steps: 3, strength: 0.5}\n  steps: 4\n")
     assert load_job(f).knobs == {"steps": 4, "strength": 0.5}
+    # an anchor built after a mapping merges it: flattening had rewritten its node (merged keys, then its own), which
+    # then read as "duplicate key 'steps'"
+    from depth2img.registry import read_yaml
+
+    text = "x: &d {steps: 20}\ndeep:\n  inner: &ka {<<: *d, steps: 30}\ntop: {<<: *ka}\n"
+    assert read_yaml(text) == {"x": {"steps": 20}, "deep": {"inner": {"steps": 30}}, "top": {"steps": 30}}
 
 
 def test_empty_sections_are_defaults_and_retry_seeds_matter_only_with_a_threshold(tmp_path):

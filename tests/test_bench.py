@@ -472,19 +472,24 @@ def test_throughput_scripts_run_on_the_tiny_model(tiny_dir, tmp_path, script, ar
 
 
 def test_every_config_file_ships_in_the_package():
-    """`depth2img bench` reads configs/bench/*.json, which the wheel left out: bench failed in any installed copy."""
+    """`depth2img bench` reads configs/bench/*.json, which the wheel left out: bench failed in any installed copy. The
+    example jobs do not ship (their paths are a checkout's: run from an install they wrote into site-packages), nor
+    any script (the bench configs' generator wrote beside itself)."""
     from pathlib import Path
 
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
     root = Path(__file__).resolve().parents[1]
-    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
-        "depth2img.configs"
-    ]
+    setuptools = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
     configs = root / "configs"
-    shipped = {p for pattern in patterns for p in configs.glob(pattern)}
-    needed = {p for p in configs.rglob("*") if p.suffix in (".json", ".yaml")}
+    folders = {"depth2img.configs": configs, "depth2img.configs.bench": configs / "bench"}
+    assert set(setuptools["package-data"]) == set(folders) and setuptools["include-package-data"] is False
+    shipped = {p for pkg, patterns in setuptools["package-data"].items() for pattern in patterns
+               for p in folders[pkg].glob(pattern)}  # fmt: skip
+    needed = {p for p in configs.rglob("*") if p.suffix in (".json", ".yaml") and "jobs" not in p.parts}
     assert needed and needed <= shipped, sorted(str(p.relative_to(configs)) for p in needed - shipped)
+    assert not any("jobs" in p.parts for p in shipped) and list(configs.glob("jobs/*.yaml"))
+    assert not list(configs.rglob("*.py"))  # a package's modules always ship
 
 
 def test_attention_on_a_cpu_is_counted():

@@ -3,14 +3,15 @@
 Values are those of the public repos' config files (stable-diffusion-v1-5, lllyasviel/control_v11f1p_sd15_depth,
 stable-diffusion-xl-base-1.0 (incl. its text_encoder_2 and vae), diffusers/controlnet-depth-sdxl-1.0,
 openai/clip-vit-large-patch14,
-depth-anything/Depth-Anything-V2-{Small,Base,Large}-hf, Intel/dpt-hybrid-midas). Run: python make_configs.py
+depth-anything/Depth-Anything-V2-{Small,Base,Large}-hf, Intel/dpt-hybrid-midas). Run: python benchmarks/make_bench_configs.py
 and check the parameter counts it prints against the model cards.
 """
 
 import json
 from pathlib import Path
 
-HERE = Path(__file__).parent
+# configs/bench: the package ships the JSON files, never this script (in an install it would write into the package)
+HERE = Path(__file__).resolve().parents[1] / "configs" / "bench"
 
 SD15_UNET = {
     "act_fn": "silu", "attention_head_dim": 8, "block_out_channels": [320, 640, 1280, 1280],
