@@ -183,8 +183,9 @@ def geometry_scores(source: DepthMap | GeometryReference, output: DepthMap) -> d
     scale, shift = _fit(p, g)
     # near and far swapped: a negative scale would fit a reversed depth as well as a faithful one (a perfect
     # score); the best fit that keeps depth's direction is then flat, and it scores what a flat output would
-    # (its edges too: a reversed map has the same edges)
-    flat = scale < 0
+    # (its edges too: a reversed map has the same edges). A constant output is flat: lstsq's minimum-norm answer gave
+    # it a scale > 0 (0.035 for a constant 0.5), and it passed gates no flat output should
+    flat = scale < 0 or p.min() == p.max()
     if flat:
         scale, shift = 0.0, float(g.mean())
     # aligned disparity cannot be farther than the farthest source pixel

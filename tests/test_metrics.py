@@ -166,6 +166,12 @@ def test_a_reversed_output_of_a_narrow_range_scene_fails_every_gate(scene_depth)
     assert reversed_["delta1"] == 1.0 and reversed_["absrel"] < 0.1  # what a flat output scores here
     assert not passes(reversed_, "delta1", 0.9) and not passes(reversed_, "absrel", 0.1)
     assert passes(geometry_scores(ref, DepthMap(inverse, "relative_inverse_depth")), "delta1", 0.9)
+    constant = geometry_scores(ref, DepthMap(np.full_like(inverse, 0.5), "relative_inverse_depth"))
+    assert (
+        constant["scale"] == 0.0
+        and not passes(constant, "delta1", 0.9)
+        and not passes(constant, "absrel", 0.1)
+    )
     # the usual scene: a flat output is far off
     assert geometry_reference(scene_depth).flat_delta1 < 0.5
 
