@@ -602,14 +602,19 @@ class Backend:
             raise ModelLoadError(
                 f"lora {ref.name!r} at {path}: expected one .safetensors file, found {len(weights)}"
             )
-        from diffusers.utils import logging as diffusers_logging
+        from .loading import quiet_log
 
         # diffusers logs a failed load (9 lines: "Loading speed was unsuccessful", a line per mismatch) before
         # raising: the error below says it in one
-        verbosity = diffusers_logging.get_verbosity()
-        diffusers_logging.set_verbosity(diffusers_logging.CRITICAL)
         try:
-            self.pipe.load_lora_weights(path, weight_name=weights[0].name, adapter_name="speed")
+            with quiet_log("diffusers", errors_too=True):
+                self.pipe.load_lora_weights(path, weight_name=weights[0].name, adapter_name="speed")
+            # (a LoRA with no UNet weights, a text encoder's, loaded "fine" and sped nothing up)
+            if "speed" not in self.pipe.get_list_adapters().get("unet", []):
+                raise ModelLoadError(
+                    f"lora {ref.name!r} has no weights for the UNet of {self.ref.name!r}, where a few-step LoRA's "
+                    "are (is it a text encoder's LoRA, or another model's?)"
+                )
             self.pipe.fuse_lora(lora_scale=scale, adapter_names=["speed"])
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             # torch's message opens with "Error(s) in loading state_dict for UNet2DConditionModel:", the cause below
@@ -617,8 +622,6 @@ class Backend:
             mismatch = next((line for line in lines if line.startswith("size mismatch")), None)
             reason = f"a LoRA for another backbone? {mismatch}" if mismatch else first_line(err)
             raise ModelLoadError(f"lora {ref.name!r} does not fit {self.ref.name!r}: {reason}") from None
-        finally:
-            diffusers_logging.set_verbosity(verbosity)
         if ref.entry is not None and ref.entry.scheduler:
             self.default_scheduler = ref.entry.scheduler
         self.speed_lora = {"id": ref.location, "revision": ref.revision, "scale": scale}

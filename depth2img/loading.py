@@ -197,14 +197,15 @@ def require_safetensors(path: Path, ref: ModelRef) -> None:
 
 
 @contextlib.contextmanager
-def quiet_log(library: str):
+def quiet_log(library: str, *, errors_too: bool = False):
     """``library``'s log (``diffusers`` or ``transformers``, both with the same logging helpers) at errors only for
-    the block, then back to the user's verbosity."""
+    the block (``errors_too``: silent, for a block whose failure our own error says in one line), then back to the
+    user's verbosity."""
     import importlib
 
     logging = importlib.import_module(f"{library}.utils.logging")
     verbosity = logging.get_verbosity()
-    logging.set_verbosity_error()
+    logging.set_verbosity(logging.CRITICAL if errors_too else logging.ERROR)
     try:
         yield
     finally:

@@ -205,9 +205,9 @@ class SceneTransformer:
                 lora_ref.entry is None
             ):  # a local copy of LCM ran at 30 steps, full guidance, the default scheduler
                 warnings.warn(
-                    f"lora {lora}: no registry entry, so its scheduler, steps and guidance are not known and the "
-                    "backbone's defaults apply; a few-step LoRA needs its own (LCM: scheduler lcm, 4 steps, "
-                    "guidance_scale 1)",
+                    f"lora {lora}: no registry entry, so its scheduler, steps and guidance are not known: the "
+                    "backbone's defaults apply where you give none (a few-step LoRA needs its own, LCM: scheduler "
+                    "lcm, 4 steps, guidance_scale 1)",
                     Depth2ImgWarning,
                     stacklevel=2,
                 )

@@ -1287,6 +1287,17 @@ def test_a_lora_folder_outside_the_registry(tiny_dir, capfd):
     ):
         st = SceneTransformer.from_pretrained("tiny", lora=str(tiny_dir / "lcm-sd15"))
     assert st.backend.default_scheduler != "lcm"
+    # a LoRA with no UNet weights (a text encoder's) loaded silently and was recorded as a speed LoRA
+    from safetensors.torch import save_file
+
+    (tiny_dir.parent / "te-lora").mkdir(exist_ok=True)
+    save_file({f"text_encoder.text_model.encoder.layers.0.self_attn.q_proj.lora_{ab}.weight": torch.zeros(shape)
+               for ab, shape in (("A", (4, 32)), ("B", (32, 4)))},
+              str(tiny_dir.parent / "te-lora" / "pytorch_lora_weights.safetensors"))  # fmt: skip
+    with pytest.raises(
+        ModelLoadError, match=r"^lora '.*te-lora' has no weights for the UNet of 'tiny', where "
+    ):
+        SceneTransformer.from_pretrained("tiny", lora=str(tiny_dir.parent / "te-lora"))
 
 
 def test_fused_qkv_keeps_the_flux_depth_loras_deltas_and_a_fused_few_step_lora(photo, depth):
