@@ -124,9 +124,9 @@ def contradictions(prompt: str, negative: str) -> list[str]:
     import re
 
     text = prompt.casefold()
-    return [
-        p for p in dict.fromkeys(_phrases(negative)) if re.search(rf"\b{re.escape(p.casefold())}\b", text)
-    ]
+    # whole words where a phrase has them at its ends: "(worst quality)" and "c++" have none there for \b to match
+    return [p for p in dict.fromkeys(_phrases(negative))
+            if re.search(rf"(?<!\w){re.escape(p.casefold())}(?!\w)", text)]  # fmt: skip
 
 
 def resolve(prompt: str | None, preset: str | None, presets: dict[str, Preset] | None = None):

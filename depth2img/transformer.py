@@ -368,9 +368,11 @@ class SceneTransformer:
                 shown = ", ".join(repr(p) for p in clash[:3]) + (
                     f" and {len(clash) - 3} more" if len(clash) > 3 else ""
                 )
+                # named where a preset brought a phrase in, not for the user's own words on both sides
+                own = set(presets_mod.contradictions(prompt or "", negative_prompt or ""))
                 notes.append(
                     f"the prompt and the negative prompt both name {shown}"
-                    + (f" (preset {preset})" if preset else "")
+                    + (f" (preset {preset})" if preset and not own >= set(clash) else "")
                     + ": the model is steered towards and away from them at once"
                 )
         if "control_start" in self.backend.control_knobs and knobs["control_scale"] > 0:

@@ -787,6 +787,14 @@ def test_presets_wrap_prompt_and_set_knobs(sd15, photo, depth):
     assert contradictions(*resolve("a street", "summer+winter")[:2]) == ["snow", "bare trees", "summer"]
     assert contradictions(*resolve("a street", "rain+fog")[:2]) == []  # weather that goes together
     assert contradictions("a snowy road", "snow") == []  # whole words only
+    assert contradictions("(worst quality), c++ code", "c++, (worst quality)") == ["c++", "(worst quality)"]
+    # the user's own words on both sides: no preset is named
+    own = sd15.transform(
+        photo, "a sunny road", preset="fog", depth=depth, seed=0, steps=2, negative_prompt="sunny"
+    )
+    assert [w for w in own.warnings if "both name" in w] == [
+        "the prompt and the negative prompt both name 'sunny': the model is steered towards and away from them at once"
+    ]
 
 
 def test_user_presets_file(tmp_path, photo, depth, sd15):
