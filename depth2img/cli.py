@@ -535,30 +535,32 @@ def _cmd_eval(args) -> int:
     from .estimators import DepthEstimator
     from .metrics import RELATIVE_DEPTH_RANGE, geometry_reference, geometry_scores
 
+    # the source's depth: the file given, or the estimator's
+    named = f"--source-depth {args.source_depth}" if given is not None else f"SOURCE {args.source}'s depth"
+
     def reference(depth):  # a given flat depth is refused before any model loads
         ref = geometry_reference(depth)
         if ref.flat:
             raise InputError(
-                f"SOURCE {args.source}: its depth is flat (one value, or no valid pixel), so it has no geometry to "
-                "score OUTPUT against"
+                f"{named} is flat (one value, or no valid pixel), so it has no geometry to score OUTPUT against"
             )
         return ref
 
     ref = reference(given) if given is not None else None
-    est = DepthEstimator.from_pretrained(args.estimator, device=args.device, dtype=args.dtype,
-                                         local_files_only=args.local_files_only)  # fmt: skip
-    ref = ref or reference(est(source))
     if given is not None and given.kind == "relative_depth":
         warnings.warn(
-            f"--source-depth {args.source_depth}: a far-bright depth has no scale and is read as a scene spanning "
+            f"{named}: a far-bright depth has no scale and is read as a scene spanning "
             f"1:{RELATIVE_DEPTH_RANGE:g}; where it spans another range even a perfect OUTPUT scores below 1 (see "
             "README, Geometry check)",
             Depth2ImgWarning,
             stacklevel=1,
         )
+    est = DepthEstimator.from_pretrained(args.estimator, device=args.device, dtype=args.dtype,
+                                         local_files_only=args.local_files_only)  # fmt: skip
+    ref = ref or reference(est(source))
     if ref.flat_delta1 >= 0.5:
         warnings.warn(
-            f"SOURCE {args.source}: its depths span a narrow range, so a flat OUTPUT would score delta1 "
+            f"{named} spans a narrow range, so a flat OUTPUT would score delta1 "
             f"{ref.flat_delta1:.2f}; AbsRel and delta1 say little here, edge F1 does",
             Depth2ImgWarning,
             stacklevel=1,

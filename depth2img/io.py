@@ -579,7 +579,7 @@ def _read_numpy(path: Path, max_pixels: int):
         # the pixel guard's own line (an InputError is a ValueError too)
         raise
     except unreadable as err:
-        raise InputError(f"{path}: not a readable NumPy file ({_npy_problem(err)})") from None
+        raise InputError(f"{path}: not a readable NumPy file ({_npy_problem(err, path)})") from None
     if isinstance(data, np.ndarray):
         return data, None
     with data:
@@ -601,13 +601,21 @@ def _read_numpy(path: Path, max_pixels: int):
             raise InputError(f"{path}: .npz member unreadable ({_npy_problem(err)})") from None
 
 
-def _npy_problem(err: BaseException) -> str:
-    """NumPy's reason, without its advice to load a file with no array header (or of Python objects) unsafely,
-    which a web visitor was shown."""
+def _npy_problem(err: BaseException, path: Path | None = None) -> str:
+    """NumPy's reason, without its advice to load a file with no array header (or an array of Python objects)
+    unsafely, which a web visitor was shown. ``path``: the .npy read, whose header says which (a .npz member's
+    had one)."""
     text = first_line(err)
-    if "pickle" in text:
-        return "no NumPy array in it: no array header, or Python objects, which are never loaded (loading runs code)"
-    return text
+    if "pickle" not in text:
+        return text
+    try:
+        with open(path, "rb") as fh:
+            headed = fh.read(6) == b"\x93NUMPY"
+    except (OSError, TypeError):  # no path: a .npz member, which has its header
+        headed = path is None
+    if headed:
+        return "an array of Python objects, which is never loaded (loading runs code)"
+    return "no NumPy array header: is it a .npy file?"
 
 
 # zlib level of every PNG depth2img writes (lossless at any level). Measured on this project's 2-core x86_64,

@@ -488,6 +488,8 @@ def create_demo(service):
     from .registry import estimators
 
     presets = load_presets(service.preset_files)
+    if service.presets is None:  # the page's list is what runs (and the order ticked presets combine in)
+        service.presets = presets
 
     def bound(fn):
         # Gradio reads this signature: the Progress default makes it track our tqdm bars on the page.

@@ -239,6 +239,19 @@ def test_ticked_presets_combine_in_the_order_listed_and_a_long_name_is_cut(servi
     assert len(Path(archive).name) < 255 and Path(records[0]["output"]).name == name
 
 
+def test_the_page_runs_the_presets_it_lists(tmp_path, chelsea):
+    """The handlers read the presets files again at each request: a file edited after launch made Generate fail (or
+    combine presets in another order than the page's)."""
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("presets:\n  dusty:\n    prompt: '{prompt}, dust storm'\n")
+    svc = Service(model="tiny", preset_files=[mine])
+    create_demo(svc)
+    mine.write_text("presets: [\n")  # broken after launch
+    chelsea.save(tmp_path / "cat.png")
+    *_, records = _generate(svc, str(tmp_path / "cat.png"), presets=("dusty", "winter"))
+    assert records[0]["preset"] == "winter+dusty" and "dust storm" in records[0]["prompt"]
+
+
 def test_variations_handler(service, photo, capsys):
     gallery, archive = handle_variations(
         service, photo, "tiny", "tiny", None, "", "", ["rain", "fog"], "5, 6", 2, 0.5, 7.5

@@ -1353,8 +1353,8 @@ def test_eval_command(dataset, capsys):
         == 2
     )
     err = capsys.readouterr().err
-    assert err.endswith(f"depth2img: error: SOURCE {src}: its depth is flat (one value, or no valid pixel), so it "
-                        "has no geometry to score OUTPUT against\n")  # fmt: skip
+    assert err.endswith(f"depth2img: error: --source-depth {dataset / 'flat.npy'} is flat (one value, or no valid "
+                        "pixel), so it has no geometry to score OUTPUT against\n")  # fmt: skip
     # a far-bright source (scale assumed) and one of a narrow depth range (flat outputs score well) are flagged
     np.save(dataset / "narrow.npy", np.linspace(10, 13, H * W).reshape(H, W))
     for depth, polarity, said in (("src_depth.npy", "far-bright", "a far-bright depth has no scale"),

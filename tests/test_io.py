@@ -337,10 +337,14 @@ def test_user_depth_formats_and_polarity(tmp_path, monkeypatch):
             "pickle.npy",
             lambda p: np.save(p, np.array([{"a": 1}], dtype=object)),
             "metric",
-            r"not a readable NumPy file \(no NumPy array in it: no array header, or Python objects, which are never "
-            r"loaded \(loading runs code\)\)$",
+            r"not a readable NumPy file \(an array of Python objects, which is never loaded \(loading runs code\)\)$",
         ),
-        ("text.npy", lambda p: p.write_bytes(b"nope"), "metric", r"no NumPy array in it.*\)$"),
+        (
+            "text.npy",
+            lambda p: p.write_bytes(b"nope"),
+            "metric",
+            r"\(no NumPy array header: is it a \.npy file\?\)$",
+        ),
         (
             "junk.npz",
             lambda p: p.write_bytes(b"PK\x03\x04" + b"\0" * 40),
@@ -352,7 +356,7 @@ def test_user_depth_formats_and_polarity(tmp_path, monkeypatch):
             "obj.npz",
             lambda p: np.savez(p, depth=np.array([{"a": 1}], dtype=object)),
             "metric",
-            r"member unreadable \(no NumPy array in it",
+            r"member unreadable \(an array of Python objects, which is never loaded",
         ),
         ("huge.npy", lambda p: np.save(p, np.full((2, 2), 1e39)), "metric", "beyond float32's range"),
         (
