@@ -201,9 +201,8 @@ class SceneTransformer:
         if lora_ref is not None:
             backend.load_speed_lora(lora_ref, scale=lora_scale, local_files_only=local_files_only)
             lora_knobs = dict(lora_ref.entry.knobs) if lora_ref.entry else {}
-            if (
-                lora_ref.entry is None
-            ):  # a local copy of LCM ran at 30 steps, full guidance, the default scheduler
+            # (a local copy of LCM ran at 30 steps, full guidance, the default scheduler)
+            if lora_ref.entry is None:
                 warnings.warn(
                     f"lora {lora}: no registry entry, so its scheduler, steps and guidance are not known: the "
                     "backbone's defaults apply where you give none (a few-step LoRA needs its own, LCM: scheduler "
@@ -379,9 +378,8 @@ class SceneTransformer:
             start, end = knobs["control_start"], knobs["control_end"]
             n = denoising_steps(knobs["steps"], knobs["strength"], self.backend.flow_matching)
 
-            def held(
-                count,
-            ):  # diffusers' controlnet_keep: step i runs the ControlNet if i/n >= start, (i+1)/n <= end
+            # diffusers' controlnet_keep: step i runs the ControlNet if i/n >= start and (i+1)/n <= end
+            def held(count):
                 return any(i / count >= start and (i + 1) / count <= end for i in range(count))
 
             # (PNDM counts one timestep more: a window that holds a step of either count is taken as held)
