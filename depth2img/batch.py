@@ -1055,7 +1055,9 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         if rank == 0 and root.is_dir() and (resume or not earlier_run):
             for stale in stale_temp_files(root):  # of a killed run
                 stale.unlink(missing_ok=True)
-        records = [r for m in root.glob("manifest*.jsonl") for r in read_manifest(m)]
+        # of each line, what names, skips and retries need (whole records, ~10 KB a line, peaked at 1.5 GB for 60k)
+        fields = ("item", "attempt", "final", "output", "source", "source_in_job")
+        records = [r for m in root.glob("manifest*.jsonl") for r in read_manifest(m, fields=fields)]
         # a source keeps the name an earlier run gave it: a source added since with the same file name (sorted before
         # it) took that name, and with it the earlier images as its own
         base = (recorded or {}).get("base_dir")
@@ -1068,9 +1070,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         # final: marked so, or out of retries (a normal run marks its attempt `retries` final whatever its score)
         finished = {r["item"] for r in records if r.get("final")}
         finished |= {item for item, attempt in tried.items() if attempt >= job.geometry.retries}
-        # the parsed lines (~10 KB each) are not held through the run: a --resume of a 60k-line manifest peaked at
-        # 1.5 GB, this list alive while the manifests were settled and indexed again at the end
-        del records
+        del records  # not held through the run
         barrier()  # every process has read the manifests, and stale files are gone, before any process writes
         if not resume and earlier_run:  # before anything of the earlier run is touched
             raise InputError(
@@ -1456,6 +1456,13 @@ def _settle_manifests(root: Path, chunk_of: dict[str, int] | None = None) -> Non
 def _settle_locked(root: Path, main: Path, fh, ranks: list[Path], chunk_of: dict[str, int] | None) -> None:
     """_settle_manifests with manifest.jsonl's lock held; its lines read through ``fh``, which holds it."""
     data = read_whole_lines(fh)
+    if not ranks:
+        # one process's run: only a line of an attempt given twice, or of an image removed since, is settled; the
+        # manifest is read in full (~10 KB a line) only where there is one
+        slim = manifest_records(data, fields=("item", "attempt", "output"))
+        attempts = {(r.get("item"), r.get("attempt", 0)) for r in slim}
+        if len(attempts) == len(slim) and not any(_lost(root, r) for r in slim):
+            return
     lines = {main: manifest_records(data)} if data or not ranks else {}
     lines |= {m: read_manifest(m) for m in ranks if m.is_file()}
 
@@ -1494,7 +1501,10 @@ def build_index(job: Job, root: Path, labels: Labels | None = None) -> int:
     """Rebuild the layout's index files from the manifest: COCO JSON and/or imagefolder metadata.jsonl, and bring the
     YOLO and mask copies in line with it (``Labels.sync``). Returns the number of images the dataset holds."""
     labels = labels or Labels(job)
-    records = [r for r in read_manifest(root / "manifest.jsonl") if r.get("final") and r.get("output")]
+    # each kept image's fields the indexes and label copies use, not its whole record (~10 KB a line)
+    records = read_manifest(root / "manifest.jsonl", keep=lambda r: r.get("final") and r.get("output"),
+                            fields=("item", "output", "source", "variation", "prompt", "preset", "seed", "item_seed",
+                                    "attempt", "geometry", "size"))  # fmt: skip
     records.sort(key=lambda r: r["item"])
     labels.sync(records, root)
     if job.layout == "imagefolder":

@@ -585,9 +585,9 @@ def test_a_line_appended_while_another_run_rewrites_the_manifest_is_kept(tmp_pat
     module = outputs if rewrite == "compact" else batch
     read = module.manifest_records
 
-    def slow(data):  # the rewrite has read the manifest, and has not yet put its new one in place
+    def slow(data, **kw):  # the rewrite has read the manifest, and has not yet put its new one in place
         time.sleep(0.5)
-        return read(data)
+        return read(data, **kw)
 
     monkeypatch.setattr(module, "manifest_records", slow)
     work = (
