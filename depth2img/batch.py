@@ -1010,7 +1010,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
             on_error=None) -> JobReport:  # fmt: skip
     """Run a job (a Job or a job file). ``service`` (a depth2img Service) lets callers share loaded models."""
     from .depth_run import _stems
-    from .metrics import geometry_reference, geometry_scores, passes
+    from .metrics import NARROW_FLAT_DELTA1, geometry_reference, geometry_scores, passes
     from .service import Service
 
     if not isinstance(job, Job):
@@ -1132,6 +1132,10 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         labels.copy_for(source, out_stem, root)
         return [record]  # its manifest line, appended in order after the files
 
+    # sources a flat output would pass a gate on AbsRel or delta1 for (a narrow depth range): said once, at the end
+    gated_on_depth = job.geometry.threshold is not None and job.geometry.metric in ("absrel", "delta1")
+    narrow: list[Path] = []
+
     def load_chunk(chunk):
         images, errors = {}, []
         for p in chunk:
@@ -1157,6 +1161,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                     continue
                 sized[p] = st.at_generation_size(image, depth)
                 references[p] = geometry_reference(depth)
+                if gated_on_depth and references[p].flat_delta1 >= NARROW_FLAT_DELTA1:
+                    narrow.append(p)
         return errors, sized, references
 
     def score(made, references):
@@ -1279,6 +1285,13 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         depth_worker.shutdown(wait=True, cancel_futures=True)
         writer.close()
         bar.close()
+    if narrow:
+        shown = ", ".join(p.name for p in narrow[:3]) + (
+            f" and {len(narrow) - 3} more" if len(narrow) > 3 else ""
+        )
+        warnings.warn(f"{len(narrow)} source(s) span a narrow depth range ({shown}): a flat output scores delta1 >= "
+                      f"{NARROW_FLAT_DELTA1} against them, so the gate on {job.geometry.metric} says little there; "
+                      "gate on edge_f1 for such scenes", Depth2ImgWarning, stacklevel=2)  # fmt: skip
     barrier()
     if rank == 0:
         # this run's processes' manifests, or those of an earlier multi-process run that one process resumed

@@ -533,7 +533,7 @@ def _cmd_eval(args) -> int:
     )
     _quiet_libraries()
     from .estimators import DepthEstimator
-    from .metrics import RELATIVE_DEPTH_RANGE, geometry_reference, geometry_scores
+    from .metrics import NARROW_FLAT_DELTA1, RELATIVE_DEPTH_RANGE, geometry_reference, geometry_scores
 
     # the source's depth: the file given, or the estimator's
     named = f"--source-depth {args.source_depth}" if given is not None else f"SOURCE {args.source}'s depth"
@@ -558,7 +558,7 @@ def _cmd_eval(args) -> int:
     est = DepthEstimator.from_pretrained(args.estimator, device=args.device, dtype=args.dtype,
                                          local_files_only=args.local_files_only)  # fmt: skip
     ref = ref or reference(est(source))
-    if ref.flat_delta1 >= 0.5:
+    if ref.flat_delta1 >= NARROW_FLAT_DELTA1:
         warnings.warn(
             f"{named} spans a narrow range, so a flat OUTPUT would score delta1 "
             f"{ref.flat_delta1:.2f}; AbsRel and delta1 say little here, edge F1 does",

@@ -27,6 +27,9 @@ EDGE_TOLERANCE_PX = 2  # an edge counts as matched within this distance
 # rounded to multiples of 8 or 64 moves it by ~1-2 %) and is resized onto the source's pixels
 MAX_ASPECT_CHANGE = 0.03
 METRICS = {"absrel": "lower", "delta1": "higher", "edge_f1": "higher"}
+# A source against which a flat output would score at least this delta1 spans a narrow depth range (10-13 m):
+# AbsRel and delta1 say little there (eval and a job gating on them warn), edge F1 does
+NARROW_FLAT_DELTA1 = 0.5
 
 
 @dataclass

@@ -130,6 +130,41 @@ def test_a_flat_source_is_rejected_at_once(dataset, tmp_path, monkeypatch):
     )
 
 
+@pytest.mark.parametrize(
+    "geometry", [{"metric": "delta1", "threshold": 0.0}, {"metric": "edge_f1", "threshold": 0.0}, {}]
+)
+def test_a_gate_on_delta1_over_narrow_range_sources_is_said_once(dataset, tmp_path, monkeypatch, geometry):
+    """Against a source spanning a narrow depth range (10-13 m) a flat output scores delta1 near 1: a job gating on
+    delta1 or AbsRel passed such outputs without a word (eval warned, batch did not)."""
+    import dataclasses
+    import warnings
+
+    from depth2img import metrics
+    from depth2img.errors import Depth2ImgWarning
+
+    reference = metrics.geometry_reference
+    monkeypatch.setattr(
+        metrics, "geometry_reference", lambda d: dataclasses.replace(reference(d), flat_delta1=0.9)
+    )
+    job = write_job(
+        dataset, output=str(tmp_path / "o"), presets=["fog"], seeds=1, labels={}, geometry=geometry
+    )
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        run_job(job, progress=False)
+    narrow = [
+        str(w.message)
+        for w in said
+        if issubclass(w.category, Depth2ImgWarning) and "narrow" in str(w.message)
+    ]
+    if geometry.get("metric") == "delta1":
+        assert narrow == ["3 source(s) span a narrow depth range (f0.png, f1.png, f2.png): a flat output scores "
+                          "delta1 >= 0.5 against them, so the gate on delta1 says little there; gate on edge_f1 for "
+                          "such scenes"]  # fmt: skip
+    else:
+        assert narrow == []
+
+
 def test_imagefolder_layout_and_matrix(dataset, tmp_path):
     job = write_job(dataset, output=str(tmp_path / "hf"), presets=[], seeds=[7], layout="imagefolder", labels={},
                     matrix={"template": "a street, {time}, {weather}", "axes": {"time": ["at night"], "weather": ["rain", "fog"]}})  # fmt: skip
