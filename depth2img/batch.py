@@ -52,6 +52,7 @@ from .outputs import (
     read_whole_lines,
     safe_name,
     save_png,
+    shortened,
 )
 from .transformer import _batchable
 
@@ -448,7 +449,9 @@ def variations(job: Job) -> list[Variation]:
         axes = job.matrix["axes"]
         for combo in itertools.product(*axes.values()):
             values = dict(zip(axes, combo))
-            name = _short("-".join(_variation_name(str(v)) for v in combo))
+            # at most MAX_VARIATION_NAME characters (ASCII): the axes' parts joined made names too long for a file
+            # name (the run failed once files were written); a cut name ends in a hash of the whole
+            name = shortened("-".join(_variation_name(str(v)) for v in combo), MAX_VARIATION_NAME)
             text = job.matrix["template"].format(**{"prompt": job.prompt, **values})
             out.append(Variation(name, text, None))
     if not out:
@@ -466,14 +469,6 @@ def variations(job: Job) -> list[Variation]:
 
 
 MAX_VARIATION_NAME = 100
-
-
-def _short(name: str) -> str:
-    """A matrix variation's name of at most MAX_VARIATION_NAME characters (ASCII): its axes' parts joined made names
-    too long for a file name (the run failed once files were written); a cut name ends in a hash of the whole."""
-    from .outputs import shortened
-
-    return shortened(name, MAX_VARIATION_NAME)
 
 
 def load_job(path: str | os.PathLike, *, extra_presets_files=(), **overrides) -> Job:

@@ -608,11 +608,13 @@ def _npy_problem(err: BaseException, path: Path | None = None) -> str:
     text = first_line(err)
     if "pickle" not in text:
         return text
-    try:
-        with open(path, "rb") as fh:
-            headed = fh.read(6) == b"\x93NUMPY"
-    except (OSError, TypeError):  # no path: a .npz member, which has its header
-        headed = path is None
+    headed = True  # a .npz member had its header
+    if path is not None:
+        try:
+            with open(path, "rb") as fh:
+                headed = fh.read(6) == b"\x93NUMPY"
+        except OSError:
+            headed = False
     if headed:
         return "an array of Python objects, which is never loaded (loading runs code)"
     return "no NumPy array header: is it a .npy file?"

@@ -77,7 +77,7 @@ def geometry_reference(source: DepthMap, tolerance: int = EDGE_TOLERANCE_PX) -> 
     g = target[valid]
     flat = g.size < 2 or g.min() == g.max()
     # a flat output's best fit is the mean disparity (what a reversed output is scored as, too)
-    flat_delta1 = 1.0 if flat else float(np.mean(np.abs(np.log(g.mean() / g)) < np.log(1.25)))
+    flat_delta1 = 1.0 if flat else _delta1(g / g.mean())
     return GeometryReference(target, valid, edges, _dilate(edges, tolerance), interior, source.size, tolerance,
                              g, flat, flat_delta1)  # fmt: skip
 
@@ -206,11 +206,16 @@ def geometry_scores(source: DepthMap | GeometryReference, output: DepthMap) -> d
     out_edges = np.zeros_like(interior) if flat else _edges(conditioning.normalize(pred, valid)) & interior
     return {
         "absrel": float(np.mean(np.abs(r - 1.0))),
-        "delta1": float(np.mean((r < 1.25) & (r > 0.8))),
+        "delta1": _delta1(r),
         "edge_f1": _f1(edges, near_edges, out_edges, ref.tolerance),
         "scale": scale,
         "shift": shift,
     }
+
+
+def _delta1(r: np.ndarray) -> float:
+    """The share of pixels whose depth ratio ``r`` (d_out / d_src) is within 25 %."""
+    return float(np.mean((r < 1.25) & (r > 0.8)))
 
 
 def passes(scores: dict, metric: str, threshold: float) -> bool:
