@@ -118,15 +118,26 @@ def add_phrases(text: str, before: str = "", after: str = "") -> str:
     return ", ".join(new(pre[:-1]) + ([core] if core else []) + new(post[1:]))
 
 
+_NEGATIONS = ("no", "not", "without", "never", "zero")
+
+
 def contradictions(prompt: str, negative: str) -> list[str]:
     """The negative prompt's phrases that the prompt says too, as whole words (``winter+summer``: "snow", "bare
-    trees", "summer"; ``spring+night``: "daylight"), which steer the model towards and away from one thing."""
+    trees", "summer"; ``spring+night``: "daylight"), which steer the model towards and away from one thing. A
+    phrase the prompt only says negated ("no people", "without snow") agrees with the negative prompt."""
     import re
 
     text = prompt.casefold()
-    # whole words where a phrase has them at its ends: "(worst quality)" and "c++" have none there for \b to match
-    return [p for p in dict.fromkeys(_phrases(negative))
-            if re.search(rf"(?<!\w){re.escape(p.casefold())}(?!\w)", text)]  # fmt: skip
+    negated = re.compile(rf"(?<!\w)(?:{'|'.join(_NEGATIONS)})\s+$")
+
+    def said(phrase):
+        # whole words where a phrase has them at its ends: "(worst quality)" and "c++" have none there for \b
+        for m in re.finditer(rf"(?<!\w){re.escape(phrase.casefold())}(?!\w)", text):
+            if not negated.search(text, 0, m.start()):
+                return True
+        return False
+
+    return [p for p in dict.fromkeys(_phrases(negative)) if said(p)]
 
 
 def resolve(prompt: str | None, preset: str | None, presets: dict[str, Preset] | None = None):

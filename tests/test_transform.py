@@ -788,6 +788,10 @@ def test_presets_wrap_prompt_and_set_knobs(sd15, photo, depth):
     assert contradictions(*resolve("a street", "rain+fog")[:2]) == []  # weather that goes together
     assert contradictions("a snowy road", "snow") == []  # whole words only
     assert contradictions("(worst quality), c++ code", "c++, (worst quality)") == ["c++", "(worst quality)"]
+    # said negated, the prompt agrees with the negative prompt; said plainly once more, it does not
+    assert contradictions("a street, no people, without Snow", "people, snow, cars") == []
+    assert contradictions("a street, no people, people walking", "people") == ["people"]
+    assert contradictions("a snowy street, knot people", "people, snow") == ["people"]  # "knot" is no "not"
     # the user's own words on both sides: no preset is named
     own = sd15.transform(
         photo, "a sunny road", preset="fog", depth=depth, seed=0, steps=2, negative_prompt="sunny"
