@@ -577,3 +577,50 @@ def test_gpu_script_archives_each_step_as_it_ends(tmp_path):
         names = tar.getnames()
         log = tar.extractfile("run_gpu-extra.log").read().decode()
     assert sum(n.endswith(".md") for n in names) >= 1 and "== compile-default-b16-no-cl:" in log, (names, log)
+
+
+def test_wheel_installs_and_reads_its_own_configs(tmp_path):
+    """The wheel built from this checkout, installed into a folder beside another package's ``configs/models.yaml``
+    (site-packages may hold one): it must read the configs it ships, not that folder (KeyError 'default_estimator'),
+    and ship every config and no example job."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+    from pathlib import Path
+
+    setuptools = pytest.importorskip("setuptools")
+    if int(setuptools.__version__.split(".")[0]) < 77:
+        pytest.skip(f"pyproject.toml's build needs setuptools>=77, have {setuptools.__version__}")
+    root = Path(__file__).resolve().parents[1]
+    src = tmp_path / "src"  # a copy: a build in the checkout writes build/ and *.egg-info there
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE", "MANIFEST.in"):
+        shutil.copy(root / name, src / name)
+    for name in ("depth2img", "configs"):
+        shutil.copytree(root / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "wheel", "--no-deps", "--no-build-isolation", "-w", tmp_path / "dist", src],
+                   check=True, capture_output=True, timeout=300)  # fmt: skip
+    (wheel,) = (tmp_path / "dist").glob("depth2img-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    configs = {f"depth2img/configs/{p.relative_to(root / 'configs').as_posix()}"
+               for p in (root / "configs").rglob("*") if p.suffix in (".yaml", ".json") and "jobs" not in p.parts}  # fmt: skip
+    assert configs <= names, sorted(configs - names)
+    assert not [n for n in names if "/jobs/" in n or n.startswith(("tests/", "benchmarks/", "configs/"))]
+    site = tmp_path / "site"
+    (site / "configs").mkdir(parents=True)
+    (site / "configs" / "models.yaml").write_text("another_package: 1\n")
+    subprocess.run([*pip, "install", "--no-deps", "--no-index", "--target", site, wheel],
+                   check=True, capture_output=True, timeout=300)  # fmt: skip
+    probe = (
+        "import depth2img, depth2img.registry as r, depth2img.presets as p; "
+        "print(depth2img.__file__, r.configs_dir(), r.load_registry()['default_estimator'], len(p.load_presets()))"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(site)}, cwd=tmp_path)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    module, folder, estimator, presets = done.stdout.split()
+    assert Path(module).parent == site / "depth2img" and Path(folder) == site / "depth2img" / "configs"
+    assert estimator == "depth-anything-v2-small" and int(presets) >= 10
