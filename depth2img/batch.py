@@ -462,8 +462,9 @@ def variations(job: Job) -> list[Variation]:
         origins = [v.preset if v.preset is not None else v.prompt for v in out if v.name == twice[0]]
         raise InputError(
             f"job variations have duplicate names: {twice} ({twice[0]!r} is the name of "
-            f"{' and '.join(map(repr, origins[:3]))}; names keep letters, digits, '+', '-' and '_', others become "
-            "'-', and are cut at 60 characters)"
+            f"{' and '.join(map(repr, origins[:3]))}; names keep ASCII letters, digits, '+', '-' and '_', and "
+            "other characters become '-'; accents are dropped and a name cut at 60 characters or losing other "
+            "letters ends in a hash)"
         )
     return out
 

@@ -297,9 +297,21 @@ def shortened(name: str, limit: int = MAX_STEM_BYTES) -> str:
     return f"{head}-{hashlib.sha1(data).hexdigest()[:8]}"
 
 
-def safe_name(text: str) -> str:
-    """A file-name fragment: letters, digits, '+', '-' and '_' only."""
-    return re.sub(r"[^A-Za-z0-9+_-]+", "-", text).strip("-")[:60] or "x"
+def safe_name(text: str, limit: int = 60) -> str:
+    """A file-name fragment: ASCII letters, digits, '+', '-' and '_' only, at most ``limit`` characters. Accents
+    are dropped ("été" -> "ete"); a text that loses other letters or digits (any other script) or is cut ends in a
+    hash of the whole: presets "冬" and "夏" were both "x", one's images written over the other's."""
+    import unicodedata
+
+    folded = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
+    name = re.sub(r"[^A-Za-z0-9+_-]+", "-", folded).strip("-")
+    if len(name) <= limit and not any(c.isalnum() and not c.isascii() for c in folded):
+        return name or "x"
+    import hashlib
+
+    digest = hashlib.sha1(text.encode()).hexdigest()[:8]
+    head = name[: limit - 9].rstrip("-")
+    return f"{head}-{digest}" if head else digest
 
 
 def write_transform_result(

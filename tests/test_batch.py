@@ -834,8 +834,8 @@ def test_output_names_cannot_escape(dataset, tmp_path):
             r"job key presets: each entry is a preset's name, got 1$",
         ),
         (
-            "inputs: a\noutput: b\nmatrix: {template: 'a {w}', axes: {w: [雨, 雪]}}\n",
-            r"duplicate names: \['x'\] \('x' is the name of 'a 雨' and 'a 雪'; names keep letters, digits",
+            "inputs: a\noutput: b\nmatrix: {template: 'a {w}', axes: {w: [☀, ☁]}}\n",
+            r"duplicate names: \['x'\] \('x' is the name of 'a ☀' and 'a ☁'; names keep ASCII letters, digits",
         ),
         (
             "inputs: a\noutput: b\nmatrix: {template: 'a {x}', axes: {x: [1], y: [2, 3]}}\n",
@@ -1936,6 +1936,25 @@ def test_long_matrix_variation_names_are_cut_with_a_hash_of_the_whole(tmp_path):
     names = [v.name for v in variations(job)]
     assert len(names) == 32 == len(set(names)) and max(map(len, names)) == MAX_VARIATION_NAME
     assert variations(job)[0].name == names[0]  # the same name each time (a resume finds its items)
+
+
+def test_names_in_other_scripts_stay_apart():
+    """Preset and matrix names in another script all became "x": presets 冬 and 夏 wrote the same files (transform)
+    or a job was refused as holding duplicate names; accented names lost their letters ("été" -> "t")."""
+    from depth2img.outputs import safe_name
+
+    assert [safe_name(t) for t in ("winter+night", "golden hour", "été", "Straße", "", "☀")] == [
+        "winter+night", "golden-hour", "ete", "Stra-e-880c6886", "x", "x"]  # fmt: skip
+    assert len({safe_name("冬"), safe_name("夏"), safe_name("x" * 61), safe_name("x" * 62)}) == 4
+    assert (
+        safe_name("x" * 60) == "x" * 60
+        and len(safe_name("x" * 61)) == 60
+        and safe_name("冬") == safe_name("冬")
+    )
+    job = Job(inputs="a", output="o", prompt="p", presets=[],
+              matrix={"template": "{prompt} {w}", "axes": {"w": ["雨", "雪", "neige-été"]}})  # fmt: skip
+    names = [v.name for v in variations(job)]
+    assert len(set(names)) == 3 and names[2] == "neige-ete" and all(n.isascii() for n in names)
 
 
 @pytest.mark.parametrize(
