@@ -243,23 +243,59 @@ def read_whole_lines(fh) -> bytes:
     return data
 
 
+def _parsed_lines(lines):
+    """(offset, line, record) for each whole line of ``lines`` (a binary file's lines), ``record`` None where the line
+    holds no JSON object (a torn line that later lines were appended after, no UTF-8); stops at a torn last line."""
+    offset = 0
+    for line in lines:
+        if not line.endswith(b"\n"):
+            return
+        try:
+            record = json.loads(line) if line.strip() else None
+        except ValueError:
+            record = None
+        yield offset, line, record if isinstance(record, dict) else None
+        offset += len(line)
+
+
 def manifest_records(data: bytes, *, keep=None, fields=None) -> list[dict]:
     """The JSON records of a manifest's whole lines: those ``keep(record)`` is true of (all by default), each with
     only its ``fields`` (all by default). Parsed a line at a time (a whole record held ~10 KB: a caller that needs a
     few fields of a 1M-line manifest would hold GBs)."""
     import io
 
-    records = []
-    for line in io.BytesIO(data):
-        if not line.endswith(b"\n"):  # a torn last line
-            break
-        try:
-            record = json.loads(line) if line.strip() else None
-        except ValueError:  # no JSON (a torn line later lines were appended after), or no UTF-8
-            continue
-        if isinstance(record, dict) and (keep is None or keep(record)):
-            records.append(record if fields is None else {k: record[k] for k in fields if k in record})
-    return records
+    return [record if fields is None else {k: record[k] for k in fields if k in record}
+            for _, _, record in _parsed_lines(io.BytesIO(data))
+            if record is not None and (keep is None or keep(record))]  # fmt: skip
+
+
+def manifest_index(fh, fields) -> list[dict]:
+    """The JSON records of the manifest open as ``fh`` (``locked_manifest``'s, writable, its lock held), each with
+    only its ``fields`` and, as ``"_at"``, where its line lies for ``write_lines``; a torn last line (a run killed
+    mid-write) is cut off the file. A rewrite copies the lines it keeps: parsed whole, a 1M-line multi-process
+    run's merge held ~10 GB."""
+    index, end = [], 0
+    with os.fdopen(os.dup(fh.fileno()), "rb") as reader:  # buffered: ``fh`` is not (a line was a read a byte)
+        reader.seek(0)
+        for offset, line, record in _parsed_lines(reader):
+            end = offset + len(line)
+            if record is not None:
+                index.append(
+                    {**{k: record[k] for k in fields if k in record}, "_at": (fh, offset, len(line))}
+                )
+        if reader.seek(0, os.SEEK_END) > end:
+            os.ftruncate(fh.fileno(), end)
+    return index
+
+
+def write_lines(path, entries) -> None:
+    """Write to ``path`` the lines that ``entries`` (``manifest_index``'s records, their files still open) point to,
+    in order, byte for byte."""
+    with open(path, "wb") as out:
+        for entry in entries:
+            fh, offset, length = entry["_at"]
+            fh.seek(offset)
+            out.write(fh.read(length))
 
 
 def compact_manifest(path) -> None:
@@ -269,14 +305,14 @@ def compact_manifest(path) -> None:
     if not path.is_file():
         return
     # under the manifest's lock, so that no line another run appends meanwhile is lost
-    with locked_manifest(path, "rb") as fh:
-        records = manifest_records(fh.read())
+    with locked_manifest(path, "r+b") as fh:
+        records = manifest_index(fh, ("output",))
         last = {r.get("output"): i for i, r in enumerate(records)}
         kept = [r for i, r in enumerate(records)
                 if last[r.get("output")] == i and (r.get("output") is None or (path.parent / r["output"]).is_file())]  # fmt: skip
         if len(kept) != len(records):
             with atomic_path(path) as tmp:
-                tmp.write_text("".join(json.dumps(r, sort_keys=True) + "\n" for r in kept), encoding="utf-8")
+                write_lines(tmp, kept)
 
 
 # An output stem's most UTF-8 bytes: what is added to it (batch: "__" + a variation's 100 + "__s" + a 19-digit seed

@@ -547,6 +547,31 @@ def test_manifest_lines_are_read_as_asked():
     assert manifest_records(data, keep=lambda r: "b" in r, fields=("a", "c")) == [{"a": 1}, {"a": 4}]
 
 
+def test_a_merge_copies_the_lines_it_keeps(tmp_path):
+    """The merge of a multi-process run's rank files parsed and held every whole record (~10 KB a line: ~10 GB for a
+    1M-image run) to write them out again; it reads a few fields of each line and copies the lines it keeps byte
+    for byte (so a line written otherwise, keys unsorted or spaced, stays as written). A torn last line is cut."""
+    from depth2img.batch import _settle_manifests
+    from depth2img.outputs import locked_manifest, manifest_index
+
+    (tmp_path / "i").mkdir()
+    for name in "abc":
+        (tmp_path / "i" / f"{name}.png").write_bytes(b"png")
+    rank0 = b'{"output": "i/a.png", "item": "a", "source": "x", "z": [1,  2]}\nnot json\n'
+    rank1 = b'{"item":"b","output":"i/b.png","source":"y"}\n{"item": "gone", "output": "i/gone.png"}\n{"item": "c", "ou'
+    (tmp_path / "manifest.rank0.jsonl").write_bytes(rank0)
+    (tmp_path / "manifest.rank1.jsonl").write_bytes(rank1)
+    with locked_manifest(tmp_path / "manifest.rank1.jsonl", "r+b") as fh:
+        index = manifest_index(fh, ("item", "output"))
+    assert [{k: v for k, v in r.items() if k != "_at"} for r in index] == [
+        {"item": "b", "output": "i/b.png"}, {"item": "gone", "output": "i/gone.png"}]  # fmt: skip
+    assert [r["_at"][1:] for r in index] == [(0, 45), (45, 41)]
+    assert (tmp_path / "manifest.rank1.jsonl").read_bytes() == rank1[:86]  # the torn line cut off
+    _settle_manifests(tmp_path, {"y": 0, "x": 1})
+    assert (tmp_path / "manifest.jsonl").read_bytes() == rank1[:45] + rank0.split(b"\n")[0] + b"\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["i", "manifest.jsonl"]
+
+
 def test_a_job_with_no_source_found_writes_nothing(dataset, tmp_path):
     """Every source missing: the run wrote its output folder and job.resolved.yaml, then failed each source."""
     job = write_job(dataset, output=str(tmp_path / "m"), presets=["fog"], seeds=1, labels={},

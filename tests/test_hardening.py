@@ -583,13 +583,13 @@ def test_a_line_appended_while_another_run_rewrites_the_manifest_is_kept(tmp_pat
     else:  # a multi-process run's rank file: the merge rewrites manifest.jsonl
         outputs.append_manifest(tmp_path / "manifest.rank0.jsonl", [line])
     module = outputs if rewrite == "compact" else batch
-    read = module.manifest_records
+    read = module.manifest_index
 
-    def slow(data, **kw):  # the rewrite has read the manifest, and has not yet put its new one in place
+    def slow(*args, **kw):  # the rewrite has read the manifest, and has not yet put its new one in place
         time.sleep(0.5)
-        return read(data, **kw)
+        return read(*args, **kw)
 
-    monkeypatch.setattr(module, "manifest_records", slow)
+    monkeypatch.setattr(module, "manifest_index", slow)
     work = (
         partial(outputs.compact_manifest, main)
         if rewrite == "compact"
@@ -600,5 +600,5 @@ def test_a_line_appended_while_another_run_rewrites_the_manifest_is_kept(tmp_pat
     time.sleep(0.2)
     outputs.append_manifest(main, [{**line, "item": "c", "output": "images/c.png"}])  # the other run's image
     other.join()
-    monkeypatch.setattr(module, "manifest_records", read)
+    monkeypatch.setattr(module, "manifest_index", read)
     assert sorted(r["item"] for r in outputs.read_manifest(main)) == ["a", "c"]
