@@ -982,7 +982,9 @@ class FluxBackend(Backend):
         return "tokenizer_2", 512
 
     def call_kwargs(self, *, images, depths, knobs):
-        kwargs = dict(control_image=self.control_tensor(depths))
+        # the control image goes through the VAE, whose input is [-1, 1]: diffusers normalises a PIL or numpy control
+        # image so, and passes a tensor as it is (given in [0, 1], far was encoded as mid grey)
+        kwargs = dict(control_image=self.control_tensor(depths) * 2 - 1)
         if self.uses_lora:
             kwargs["joint_attention_kwargs"] = {"scale": knobs["control_scale"]}  # the LoRA scale is the knob
         if images is not None:

@@ -15,8 +15,9 @@ from .errors import ModelLoadError, first_line
 
 SEED = 0
 # What a tiny model holds changes with this code (build 2: ControlNets whose output convolutions are no longer
-# zero). Every folder carries the build it was written by; a folder of another build, or none, is rebuilt on use.
-BUILD = 2
+# zero; 3: Flux transformers embed the guidance). Every folder carries the build it was written by; a folder of
+# another build, or none, is rebuilt on use.
+BUILD = 3
 STAMP = ".depth2img-tiny.json"
 
 
@@ -264,6 +265,7 @@ def _flux_components(in_channels: int) -> dict:
     transformer = FluxTransformer2DModel(
         patch_size=1, in_channels=in_channels, out_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+        guidance_embeds=True,  # as FLUX.1-dev and FLUX.1-Depth-dev: the guidance knob reaches the model
     )  # fmt: skip
     vae = AutoencoderKL(
         sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1, latent_channels=1,

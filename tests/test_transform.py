@@ -41,6 +41,11 @@ def _control(depth):
     return torch.from_numpy(depth.control_image()).permute(2, 0, 1)[None]
 
 
+def _control_np(depth):
+    """The control image as Flux's docs pass it (an image, which diffusers scales to [-1, 1]); float, not 8-bit."""
+    return depth.control_image()[None]
+
+
 def _assert_same(ours, theirs):
     assert ours.shape == theirs.shape
     assert np.abs(ours - theirs).max() <= 1e-6
@@ -574,14 +579,22 @@ def test_sdxl_equals_diffusers(photo, depth, tiny_dir):
 
 
 def test_flux_equals_diffusers(photo, depth, tiny_dir):
-    from diffusers import FluxControlPipeline
+    from diffusers import FluxControlImg2ImgPipeline, FluxControlPipeline
 
     st = SceneTransformer.from_pretrained("tiny/flux-depth")
     ours = st.transform(photo, PROMPT, depth=depth, seed=2, steps=2, strength=1.0)
     ref = FluxControlPipeline.from_pretrained(tiny_dir / "flux-depth")
-    theirs = ref(PROMPT, control_image=_control(depth), num_inference_steps=2, guidance_scale=10.0, height=SIZE,
+    theirs = ref(PROMPT, control_image=_control_np(depth), num_inference_steps=2, guidance_scale=10.0, height=SIZE,
                  width=SIZE, generator=_gens(2), output_type="np").images  # fmt: skip
     _assert_same(ours.raw, theirs)
+    # img2img, and the guidance knob (the model embeds it, as FLUX.1-dev's does)
+    mixed = st.transform(photo, PROMPT, depth=depth, seed=3, steps=4, strength=0.6, guidance_scale=3.5)
+    img2img = FluxControlImg2ImgPipeline(**ref.components)
+    theirs = img2img(PROMPT, image=photo, control_image=_control_np(depth), strength=0.6, num_inference_steps=4,
+                     guidance_scale=3.5, height=SIZE, width=SIZE, generator=_gens(3), output_type="np").images  # fmt: skip
+    _assert_same(mixed.raw, theirs)
+    louder = st.transform(photo, PROMPT, depth=depth, seed=3, steps=4, strength=0.6, guidance_scale=10.0)
+    assert np.abs(louder.raw - mixed.raw).max() > 1e-4
     with pytest.raises(
         InputError, match="control_scale: backbone 'tiny/flux-depth' .* no such knob; flux-depth-lora has"
     ):
@@ -1166,7 +1179,7 @@ def test_flux_lora_equals_diffusers_and_scale_is_the_control_knob(photo, depth, 
     assert ours.metadata[0]["backbone"]["lora"].endswith("flux-depth-lora-lora")
     ref = FluxControlPipeline.from_pretrained(tiny_dir / "flux-depth-lora")
     ref.load_lora_weights(tiny_dir / "flux-depth-lora-lora", weight_name="pytorch_lora_weights.safetensors")
-    theirs = ref(PROMPT, control_image=_control(depth), num_inference_steps=2, guidance_scale=10.0, height=SIZE,
+    theirs = ref(PROMPT, control_image=_control_np(depth), num_inference_steps=2, guidance_scale=10.0, height=SIZE,
                  width=SIZE, generator=_gens(4), output_type="np", joint_attention_kwargs={"scale": 0.6}).images  # fmt: skip
     _assert_same(ours.raw, theirs)
     off = st.transform(photo, PROMPT, depth=depth, seed=4, steps=2, strength=1.0, control_scale=0.0)
