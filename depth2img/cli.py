@@ -116,7 +116,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "memory)")  # fmt: skip
     p.add_argument("--steps", type=int, help="denoising steps (default 30)")
     p.add_argument(
-        "--strength", type=float, help="(0, 1]: how far from the photo; 1 = from depth alone (default 0.8)"
+        "--strength",
+        type=float,
+        help="(0, 1]: how far from the photo; 1 = from depth alone (sd2-depth: nearly) (default 0.8)",
     )
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default 7.5; Flux 10)")
     p.add_argument("--control-scale", type=float, help="ControlNet conditioning scale (default 1.0)")

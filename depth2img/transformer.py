@@ -281,7 +281,8 @@ class SceneTransformer:
         The arguments are those of ``prepare``; one denoising batch holds all of the seeds' images.
 
         ``seed`` is an int (images use seed, seed+1, ...), a list of ints (one per image) or None (random,
-        recorded). ``strength`` 1.0 generates from the depth alone (txt2img); below 1 starts from the photo.
+        recorded). ``strength`` 1.0 generates from the depth alone (txt2img; sd2-depth, img2img only, still starts
+        from the photo noised at the first step, which leaves a trace of it); below 1 starts from the photo.
         ``feature_cache`` N > 1 reuses the UNet's deep features on all but every N-th step (faster, not the same
         image: a quality trade, see ``depth2img.featurecache``).
         """

@@ -547,7 +547,7 @@ def create_demo(service):
                 with gr.Accordion("Advanced", open=False):
                     steps = gr.Slider(1, 100, value=DEFAULT_KNOBS["steps"], step=1, label="Steps")
                     strength = gr.Slider(0.05, 1.0, value=DEFAULT_KNOBS["strength"], step=0.05,
-                                         label="Strength (1 = from depth alone)")  # fmt: skip
+                                         label="Strength (1 = from depth alone; SD2: nearly)")  # fmt: skip
                     guidance = gr.Slider(
                         0.0, 20.0, value=DEFAULT_KNOBS["guidance_scale"], step=0.5, label="Guidance"
                     )
