@@ -468,7 +468,7 @@ def test_cuda_graph_modes_return_outputs_out_of_the_graph_pool(monkeypatch, mode
 
 
 def test_sd2_depth_equals_diffusers(photo, depth, tiny_dir):
-    from diffusers import StableDiffusionDepth2ImgPipeline
+    from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionDepth2ImgPipeline
 
     st = SceneTransformer.from_pretrained("tiny/sd2-depth")
     ours = st.transform(photo, PROMPT, depth=depth, seed=11, steps=2, strength=0.7)
@@ -481,6 +481,14 @@ def test_sd2_depth_equals_diffusers(photo, depth, tiny_dir):
     # we hand it the inverse depth scaled to [0, 1]; its own min-max makes that the raw map's result
     _assert_same(ours.raw, theirs(conditioning.normalize(depth.inverse())))
     assert np.abs(ours.raw - theirs(depth.inverse())).max() < 1e-4
+    # a negative prompt, another scheduler and two seeds in one call
+    two = st.transform(photo, PROMPT, depth=depth, seed=[3, 4], steps=3, strength=0.7, negative_prompt="blurry",
+                       guidance_scale=6.0, scheduler="euler-a")  # fmt: skip
+    ref.scheduler = EulerAncestralDiscreteScheduler.from_config(ref.scheduler.config)
+    theirs2 = ref(PROMPT, image=photo, depth_map=torch.from_numpy(conditioning.normalize(depth.inverse()))[None],
+                  strength=0.7, num_inference_steps=3, guidance_scale=6.0, negative_prompt="blurry",
+                  num_images_per_prompt=2, generator=_gens(3, 2), output_type="np").images  # fmt: skip
+    _assert_same(two.raw, theirs2)
     with pytest.raises(
         InputError, match="control_end: backbone 'tiny/sd2-depth' \\(sd2-depth\\) has no such knob"
     ):
@@ -566,7 +574,12 @@ def test_flux_counts_its_img2img_steps_as_its_pipeline_does(photo, depth, tmp_pa
 
 
 def test_sdxl_equals_diffusers(photo, depth, tiny_dir):
-    from diffusers import ControlNetModel, StableDiffusionXLControlNetImg2ImgPipeline
+    from diffusers import (
+        ControlNetModel,
+        DPMSolverMultistepScheduler,
+        StableDiffusionXLControlNetImg2ImgPipeline,
+        StableDiffusionXLControlNetPipeline,
+    )
 
     st = SceneTransformer.from_pretrained("tiny/sdxl-depth")
     ours = st.transform(photo, PROMPT, depth=depth, seed=5, steps=2, strength=0.6, control_scale=0.7)
@@ -576,6 +589,15 @@ def test_sdxl_equals_diffusers(photo, depth, tiny_dir):
                  guidance_scale=7.5, controlnet_conditioning_scale=0.7, height=SIZE, width=SIZE,
                  generator=_gens(5), output_type="np").images  # fmt: skip
     _assert_same(ours.raw, theirs)
+    # txt2img with a negative prompt, a guidance window, another scheduler and two seeds in one call
+    two = st.transform(photo, PROMPT, depth=depth, seed=[6, 7], steps=4, strength=1.0, negative_prompt="blurry",
+                       control_end=0.5, control_scale=0.8, guidance_scale=5.0, scheduler="dpm++")  # fmt: skip
+    txt2img = StableDiffusionXLControlNetPipeline(**ref.components)
+    txt2img.scheduler = DPMSolverMultistepScheduler.from_config(ref.scheduler.config)
+    theirs2 = txt2img(PROMPT, image=_control(depth), negative_prompt="blurry", num_inference_steps=4,
+                      guidance_scale=5.0, controlnet_conditioning_scale=0.8, control_guidance_end=0.5, height=SIZE,
+                      width=SIZE, num_images_per_prompt=2, generator=_gens(6, 2), output_type="np").images  # fmt: skip
+    _assert_same(two.raw, theirs2)
 
 
 def test_flux_equals_diffusers(photo, depth, tiny_dir):
@@ -616,6 +638,16 @@ def test_output_size_is_exactly_the_input_size(sd15, size):
     result = sd15.transform(img, PROMPT, seed=0, steps=2, strength=0.5)
     assert [im.size for im in result.images] == [size]
     assert result.depth.size == size and result.control_image.size == size
+
+
+@pytest.mark.parametrize("backbone", ["tiny/sd2-depth", "tiny/sdxl-depth", "tiny/flux-depth"])
+def test_every_backbone_returns_the_input_size(backbone, depth):
+    """Generation sizes are multiples of 8 (16 for Flux's packed latents); each output is resized back to the
+    source's size exactly, whichever backbone (only SD1.5 was checked)."""
+    img = Image.new("RGB", (57, 91), (120, 130, 140))
+    result = SceneTransformer.from_pretrained(backbone).transform(img, PROMPT, seed=0, steps=2, strength=0.5)
+    assert [im.size for im in result.images] == [(57, 91)] and result.depth.size == (57, 91)
+    assert result.metadata[0]["generation_size"] != [57, 91]
 
 
 def test_generation_size_keeps_budget_and_aspect():
