@@ -492,6 +492,8 @@ class Backend:
         the pipelines (``prepare`` checks a request's scheduler while another thread may be denoising)."""
         import diffusers
 
+        if name is not None and not isinstance(name, str):  # ([] ran the default)
+            raise InputError(f"scheduler must be a scheduler's name, got {name!r}")
         name = name or self.default_scheduler
         check_backbone_knobs(self.traits, self.ref.name, {}, scheduler=name)
         if name not in self._schedulers:

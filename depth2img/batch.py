@@ -496,6 +496,8 @@ def load_job(path: str | os.PathLike, *, extra_presets_files=(), **overrides) ->
     if not isinstance(raw, dict):
         raise InputError(f"job file {path}: must be a mapping of keys (inputs, output, presets, ...)")
     raw = {**raw, **overrides}
+    if isinstance(extra_presets_files, (str, os.PathLike)):  # one file (a str was read letter by letter)
+        extra_presets_files = [extra_presets_files]
     if extra_presets_files:
         from .presets import _load_file
 
@@ -1070,7 +1072,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         barrier()  # every process has read the manifests, and stale files are gone, before any process writes
         if not resume and earlier_run:  # before anything of the earlier run is touched
             raise InputError(
-                f"output directory {root} already holds a run; pass --resume to continue it, or choose another"
+                f"output directory {root} already holds a run; pass --resume (resume=True) to continue it, or choose "
+                "another"
             )
         try:
             root.mkdir(parents=True, exist_ok=True)
@@ -1386,7 +1389,7 @@ def _check_same_run(job: Job, earlier: dict, recorded: Path) -> None:
     ]
     if changed:
         raise InputError(
-            f"--resume: this job's {', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from the run "
+            f"--resume (resume=True): this job's {', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from the run "
             f"in {recorded.parent} ({recorded.name}); "
             "its earlier images were made otherwise: restore them, or choose another output folder"
         )

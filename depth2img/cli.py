@@ -279,7 +279,7 @@ def _cmd_depth(args) -> int:
     report = run_depth(
         args.inputs, args.output, estimator=args.estimator, right=args.right, formats=formats,
         batch_size=args.batch_size, device=args.device, dtype=args.dtype,
-        local_files_only=args.local_files_only, progress=not args.quiet, on_error=_say_above_bar,
+        local_files_only=args.local_files_only, progress=not args.quiet, on_error=_say_above_bar, label=_flag,
     )  # fmt: skip
     print(f"depth2img depth: {report.summary()}; outputs in {args.output}", file=sys.stderr)
     return 0 if report.ok else EXIT_USAGE
@@ -408,7 +408,7 @@ def _cmd_transform(args) -> int:
         from .backends import SCHEDULERS
 
         if args.scheduler not in SCHEDULERS:
-            raise InputError(f"scheduler {args.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+            raise InputError(f"{_flag('scheduler')} {args.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
     from .backends import check_backbone_knobs, check_memory_options
     from .loading import resolve_device
 
@@ -453,6 +453,7 @@ def _cmd_transform(args) -> int:
                           vae_slicing=args.vae_slicing,
                           attention=args.attention, presets=presets, lora=args.lora, lora_scale=args.lora_scale),
         progress=not args.quiet, on_error=_say_above_bar, on_warning=_warn_above_bar, batch_size=args.batch_size,
+        label=_flag,
     )  # fmt: skip
     print(f"depth2img transform: {report.summary()}; outputs in {args.output}", file=sys.stderr)
     return 0 if report.ok else EXIT_USAGE
@@ -465,8 +466,9 @@ def _cmd_app(args) -> int:
 
     env = settings_from_env()
     pick = {k: getattr(args, k) if getattr(args, k) is not None else env[k] for k in env}
-    if pick["max_upload_mb"] < 1 or pick["queue_size"] < 1:
-        raise InputError("--max-upload-mb and --queue-size must be >= 1")
+    for key in ("max_upload_mb", "queue_size"):
+        if pick[key] < 1:
+            raise InputError(f"{_flag(key)} must be >= 1, got {pick[key]}")
     check_compile(pick["compile"], "--compile (or DEPTH2IMG_COMPILE)")
     try:
         import gradio  # noqa: F401

@@ -114,20 +114,29 @@ def _stems(paths: Sequence[Path], kept: dict | None = None, reserved=()) -> list
 STALE_TEMP_S = 600
 
 
-def as_paths(items, name: str) -> list:
+def as_paths(items, name: str, *, at_least_one: bool = False) -> list:
     """``items`` (one path, or a sequence of paths: str or os.PathLike) as a list; one line naming ``name`` for
     anything else. A lone str had been walked letter by letter: "/data/a.png" ran the current folder's images."""
     if isinstance(items, (str, os.PathLike)):
         return [items]
     if isinstance(items, Iterable) and not isinstance(items, bytes):
         items = list(items)
-        bad = next((i for i in items if not isinstance(i, (str, os.PathLike))), None)
-        if bad is None:
-            return items
-        raise InputError(
-            f"{name} must hold file paths (str or os.PathLike), got {bad!r} ({type(bad).__name__})"
-        )
+        # (a None among them is named too: taken as "none bad", depth=[None] had estimated the depth instead)
+        for i in items:
+            if not isinstance(i, (str, os.PathLike)):
+                raise InputError(
+                    f"{name} must hold file paths (str or os.PathLike), got {i!r} ({type(i).__name__})"
+                )
+        if at_least_one and not items:  # an empty run reported "0 done, 0 failed", ok
+            raise InputError(f"{name} is empty: give at least one file, folder or pattern")
+        return items
     raise InputError(f"{name} must be a file path or a list of them, got {type(items).__name__}")
+
+
+def check_callback(fn, name: str) -> None:
+    """``fn`` None or callable: one that is not failed as a TypeError at the first message, mid-run."""
+    if fn is not None and not callable(fn):
+        raise InputError(f"{name} must be a function taking one line of text, or None, got {fn!r}")
 
 
 def output_dir(out_dir, inputs: Sequence) -> Path:
@@ -136,6 +145,8 @@ def output_dir(out_dir, inputs: Sequence) -> Path:
     import glob
     import tempfile
 
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise InputError(f"output folder must be a path (str or os.PathLike), got {out_dir!r}")
     out_dir = Path(out_dir)
     if out_dir.is_dir():
         # an input folder, or the folder of a pattern's matches ("out/*.png", "out/**/*.png")
@@ -168,7 +179,9 @@ def output_dir(out_dir, inputs: Sequence) -> Path:
 def output_dir_for(out_dir, inputs: Sequence) -> Iterator[Path]:
     """``output_dir``, for a run's block: a folder it created is removed again if still empty at the end (a bad
     model name, or a run whose every input failed, left an empty output folder)."""
-    existed = Path(out_dir).exists()
+    existed = (
+        isinstance(out_dir, (str, os.PathLike)) and Path(out_dir).exists()
+    )  # (output_dir names a bad one)
     path = output_dir(out_dir, inputs)
     now = time.time()
     for stale in stale_temp_files(path, recursive=False):  # of a killed run, old enough
@@ -206,30 +219,33 @@ def run_depth(
     local_files_only: bool = False,
     progress: bool = True,
     on_error: Callable[[str], None] | None = None,
+    label: Callable[[str], str] = str,
 ) -> RunReport:
     """Estimate (or match, with ``right``) depth for each input and write the chosen products to ``out_dir``.
 
     ``estimator`` is a ``DepthEstimator`` or anything ``DepthEstimator.from_pretrained`` takes.
     ``right`` gives one right image per input for rectified stereo pairs (SGBM), instead of an estimator.
+    ``label``: how the caller's user spells an argument in messages (the CLI's flags; the Python name by default).
     """
     formats = check_depth_formats(formats, "formats", at_least_one=True)
     if batch_size is not None:
-        check_batch_size(batch_size)
+        check_batch_size(batch_size, label("batch_size"))
+    check_callback(on_error, "on_error")
     if right is not None:  # they were ignored without a word (a missing estimator, no GPU: exit 0)
-        unused = [flag for flag, value in (("--estimator", estimator), ("--batch-size", batch_size),
-                                           ("--device", device), ("--dtype", dtype)) if value is not None]  # fmt: skip
+        unused = [label(k) for k, value in (("estimator", estimator), ("batch_size", batch_size),
+                                            ("device", device), ("dtype", dtype)) if value is not None]  # fmt: skip
         if unused:
-            raise InputError(f"--right matches stereo pairs (OpenCV SGBM, on the CPU): {', '.join(unused)} "
+            raise InputError(f"{label('right')} matches stereo pairs (OpenCV SGBM, on the CPU): {', '.join(unused)} "
                              f"{'does' if len(unused) == 1 else 'do'} not apply to it")  # fmt: skip
-    inputs = as_paths(inputs, "inputs")
+    inputs = as_paths(inputs, "inputs", at_least_one=True)
     report = RunReport(on_error=on_error)
     paths = report.collect(inputs)
     right_paths: list[Path] | None = None
     if right is not None:
-        right_paths = [Path(r) for r in as_paths(right, "right")]
+        right_paths = [Path(r) for r in as_paths(right, label("right"))]
         if len(right_paths) != len(paths):
             raise InputError(
-                f"--right: {len(right_paths)} right images for {len(paths)} left inputs; give one per input"
+                f"{label('right')}: {len(right_paths)} right images for {len(paths)} left inputs; give one per input"
                 + report.unpaired()
             )
     if not paths:

@@ -37,7 +37,7 @@ class DepthMap:
         self.values = raw.astype(np.float32, copy=False)
         if self.values.ndim != 2 or min(self.values.shape) < 1:
             raise InputError(f"depth must be a 2-D (H, W) array, got shape {self.values.shape}")
-        if self.kind not in conditioning.KINDS:
+        if not (isinstance(self.kind, str) and self.kind in conditioning.KINDS):
             raise InputError(f"depth kind must be one of {sorted(conditioning.KINDS)}, got {self.kind!r}")
         if self.valid is None:
             self.valid = np.ones(self.values.shape, bool)

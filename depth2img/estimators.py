@@ -148,7 +148,7 @@ class DepthEstimator:
                 assert values.shape == (h, w), (values.shape, (h, w))
                 broken = int((~np.isfinite(values)).sum())
                 if broken:  # DepthMap's own message would speak of "pixels marked valid"
-                    hint = float16_hint(self.dtype, "--dtype")
+                    hint = float16_hint(self.dtype, "--dtype, the API's dtype=")
                     raise GenerationError(
                         f"{names[i]}: estimator {self.name!r} gave {broken} NaN or infinite depth values{hint}"
                     )

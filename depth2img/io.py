@@ -367,7 +367,8 @@ def read_depth_file(
 
 def check_polarity(polarity, name: str) -> None:
     """``polarity`` None (not given) or one of ``POLARITIES``; one line naming ``name`` for anything else."""
-    if polarity is not None and polarity not in POLARITIES:
+    # (a list was no key of POLARITIES: "unhashable type")
+    if polarity is not None and not (isinstance(polarity, str) and polarity in POLARITIES):
         raise InputError(f"{name} must be one of {', '.join(POLARITIES)}, got {polarity!r}")
 
 
@@ -462,7 +463,7 @@ def depth_for_image(
             raise InputError(
                 f"depth must be a DepthMap, an (H, W) array or a depth file's path, got {type(depth).__name__}"
             )
-        if polarity not in POLARITIES:
+        if not (isinstance(polarity, str) and polarity in POLARITIES):
             raise InputError(
                 f"depth array: depth_polarity must be one of {', '.join(POLARITIES)} (got {polarity!r})"
             )
@@ -760,9 +761,12 @@ DEPTH_WRITERS = {"png16": ("_depth16.png", write_depth_png16), "npy": ("_depth.n
                  "preview": ("_depth_preview.png", write_depth_preview)}  # fmt: skip
 
 
-def check_depth_products(stem, formats) -> tuple[str, ...]:
-    """``formats`` (names of ``DEPTH_WRITERS``) as a tuple, and ``stem`` a file name stem; one line for anything else
-    (a raw KeyError 'png'; a string of formats was read letter by letter; a None stem named files None_s3.png)."""
+def check_depth_products(stem, formats, out_dir=".") -> tuple[str, ...]:
+    """``formats`` (names of ``DEPTH_WRITERS``) as a tuple, ``stem`` a file name stem and ``out_dir`` a path; one line
+    for anything else (a raw KeyError 'png'; a string of formats was read letter by letter; a None stem named files
+    None_s3.png; a None folder failed as pathlib's TypeError)."""
+    if not isinstance(out_dir, (str, os.PathLike)):
+        raise InputError(f"out_dir must be a folder's path (str or os.PathLike), got {out_dir!r}")
     if not isinstance(stem, str) or not stem or "/" in stem or os.sep in stem:
         raise InputError(f"stem must be a file name without its suffix, got {stem!r}")
     return check_depth_formats(formats)
@@ -785,7 +789,11 @@ def check_depth_formats(
 
 def write_depth_products(depth, out_dir, stem: str, formats=("png16", "npy", "preview")) -> list[Path]:
     """Write the chosen depth products for one input; if any write fails, none is left behind."""
-    formats = check_depth_products(stem, formats)
+    from .depthmap import DepthMap
+
+    formats = check_depth_products(stem, formats, out_dir)
+    if not isinstance(depth, DepthMap):  # an array failed as "no attribute 'values'"
+        raise InputError(f"depth must be a DepthMap, got {type(depth).__name__}")
     jobs = []
     for fmt in formats:
         suffix, writer = DEPTH_WRITERS[fmt]

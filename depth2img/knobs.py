@@ -160,6 +160,26 @@ def check_native_size(n) -> int:
     return int(n)
 
 
+def request_seeds(seed, num_images: int, label=str) -> list[int]:
+    """The seed of each image a request makes: ``seed`` an int (image i uses seed + i), a list (one image per seed)
+    or None (random, seed + i likewise)."""
+    import secrets
+
+    if seed is None:
+        base = secrets.randbelow(2**31)
+        return [base + i for i in range(num_images)]
+    if isinstance(seed, (list, tuple)):
+        seeds = [check_seed(s, label) for s in seed]
+        if not seeds:
+            raise InputError(f"{label('seed')} list is empty")
+        # the list makes one image per seed (2 were made where 3 were asked for)
+        if num_images not in (1, len(seeds)):
+            raise InputError(f"{label('seed')} is a list of {len(seeds)} seeds and {label('num_images')} {num_images}: "
+                             "a seed list makes one image per seed; give one or the other")  # fmt: skip
+        return seeds
+    return seed_run(seed, num_images, label)
+
+
 def check_num_images(n, label=str) -> int:
     n = plain_number(n)
     if isinstance(n, bool) or not isinstance(n, int) or not 1 <= n <= MAX_IMAGES:

@@ -366,7 +366,9 @@ def write_transform_result(
     several results in parallel appends the returned records in order). ``files``, if given, gets every path
     written that did not exist before (for the caller's ``append_manifest``, which removes them should the lines
     fail; one written over, such as an input's depth files that an earlier run's lines name too, stays)."""
-    depth_formats = check_depth_products(stem, depth_formats)  # before anything is written
+    depth_formats = check_depth_products(stem, depth_formats, out_dir)  # before anything is written
+    if not all(hasattr(result, a) for a in ("images", "metadata", "depth", "control_image")):
+        raise InputError(f"result must be a TransformResult, got {type(result).__name__}")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [partial(write_depth_products, result.depth, out_dir, stem, depth_formats),

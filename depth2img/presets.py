@@ -84,6 +84,8 @@ def load_presets(extra_files=()) -> dict[str, Preset]:
     overrides a name."""
     if isinstance(extra_files, (str, os.PathLike)):  # one file (a string was read letter by letter)
         extra_files = (extra_files,)
+    elif extra_files is None:
+        extra_files = ()
     files = [(configs_dir() / "presets.yaml", "")]
     files += [(Path(p), f"${PRESET_ENV}") for p in os.environ.get(PRESET_ENV, "").split(os.pathsep) if p]
     files += [(Path(p), "") for p in extra_files]

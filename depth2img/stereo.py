@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 
 from .depthmap import DepthMap
@@ -96,12 +98,16 @@ def sgbm_disparity(
         if w <= 16:
             raise InputError(f"stereo pair is {w} px wide: too narrow to match (more than 16 px needed)")
         num_disparities = max(16, int(np.ceil(w / 8 / 16)) * 16)
-    if num_disparities % 16 or num_disparities <= 0 or num_disparities >= w:
+    # integers only: OpenCV refuses a float ("16.0"), and a str failed at its % with Python's own TypeError
+    whole = isinstance(num_disparities, numbers.Integral) and not isinstance(num_disparities, bool)
+    if not whole or num_disparities % 16 or num_disparities <= 0 or num_disparities >= w:
         raise InputError(
-            f"num_disparities must be a positive multiple of 16 below the width {w}, got {num_disparities}"
+            f"num_disparities must be a positive multiple of 16 below the width {w}, got {num_disparities!r}"
         )
-    if block_size % 2 == 0 or not 1 <= block_size <= 11:
-        raise InputError(f"block_size must be odd, 1..11, got {block_size}")
+    whole = isinstance(block_size, numbers.Integral) and not isinstance(block_size, bool)
+    if not whole or block_size % 2 == 0 or not 1 <= block_size <= 11:
+        raise InputError(f"block_size must be an odd integer, 1..11, got {block_size!r}")
+    num_disparities, block_size = int(num_disparities), int(block_size)
     channels = left.shape[2] if left.ndim == 3 else 1
     matcher = cv2.StereoSGBM_create(
         minDisparity=0, numDisparities=num_disparities, blockSize=block_size,

@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
-from .depth_run import RunReport, _stems, as_paths, output_dir_for, read_ahead
+from .depth_run import RunReport, _stems, as_paths, check_callback, output_dir_for, read_ahead
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError
 from .io import load_image
-from .knobs import DEFAULT_KNOBS, check_batch_size
+from .knobs import DEFAULT_KNOBS, check_batch_size, check_knobs, check_num_images, plain_number, request_seeds
 from .outputs import (
     MANIFEST,
     BackgroundWriter,
@@ -44,28 +44,44 @@ def run_transform(
     on_error: Callable[[str], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
     batch_size: int = 1,
+    label: Callable[[str], str] = str,
 ) -> RunReport:
     """``model`` is a loaded SceneTransformer or a name for ``SceneTransformer.from_pretrained``. ``batch_size``
     photos share one denoising batch (all of their ``num_images``); on a GPU a few photos per batch keep it
     busier, at the memory of batch_size x num_images images. An input that fails is reported and skipped; a full
-    disk (or quota, or read-only file system) stops the run with an InputError."""
+    disk (or quota, or read-only file system) stops the run with an InputError. ``label``: how the caller's user
+    spells an argument in messages (the CLI's flags; the Python name by default)."""
     from .backends import check_at_hand
     from .estimators import DepthEstimator
     from .loading import resolve_device
     from .registry import default_estimator_for, resolve_backbone
     from .transformer import SceneTransformer
 
-    check_batch_size(batch_size)
+    check_batch_size(batch_size, label("batch_size"))
+    if knobs is not None and not isinstance(
+        knobs, dict
+    ):  # a str was read as its letters: "'e' is not a knob"
+        raise InputError(f"knobs must be a dict of knob names to values, got {knobs!r}")
     unknown = sorted(set(knobs or {}) - set(DEFAULT_KNOBS))
     if unknown:  # they failed as a TypeError from prepare, once both models had loaded
         raise InputError(f"knobs: {unknown[0]!r} is not a knob ({', '.join(DEFAULT_KNOBS)}); scheduler is its own "
                          "argument")  # fmt: skip
-    inputs = as_paths(inputs, "inputs")
+    # each request checks them again with the presets' knobs; a bad one failed every input, after the models loaded
+    given = {k: plain_number(v) for k, v in (knobs or {}).items() if v is not None}
+    check_knobs({**DEFAULT_KNOBS, **given}, label)
+    request_seeds(seed, check_num_images(num_images, label), label)
+    if load_options is not None and not isinstance(load_options, dict):
+        raise InputError(
+            f"load_options must be a dict of SceneTransformer.from_pretrained arguments, got {load_options!r}"
+        )
+    check_callback(on_error, "on_error")
+    check_callback(on_warning, "on_warning")
+    inputs = as_paths(inputs, "inputs", at_least_one=True)
     report = RunReport(on_error=on_error)
     paths = report.collect(inputs)
-    depth = as_paths(depth, "depth") if depth is not None else None
+    depth = as_paths(depth, label("depth")) if depth is not None else None
     if depth is not None and len(depth) != len(paths):
-        raise InputError(f"--depth: {len(depth)} depth files for {len(paths)} inputs; give one per input"
+        raise InputError(f"{label('depth')}: {len(depth)} depth files for {len(paths)} inputs; give one per input"
                          + report.unpaired())  # fmt: skip
     if not paths:
         return report

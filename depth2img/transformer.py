@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import copy
 import math
-import secrets
 import threading
 import time
 import warnings
@@ -33,8 +32,8 @@ from .knobs import (
     check_num_images,
     check_seed,
     denoising_steps,
+    request_seeds,
     resolved_knobs,
-    seed_run,
 )
 from .loading import resolve_device
 from .outputs import CPU_THREADS, progress_bar
@@ -338,21 +337,8 @@ class SceneTransformer:
                 knobs[k] = DEFAULT_KNOBS[k]  # a preset's control knob does not apply here either
         # txt2img (strength 1) always leaves them all
         check_denoising_steps(knobs["steps"], knobs["strength"], self.backend.flow_matching)
-        num_images = check_num_images(num_images)
-        if seed is None:
-            seeds = [secrets.randbelow(2**31)]
-            seeds += [seeds[0] + i for i in range(1, num_images)]
-        elif isinstance(seed, (list, tuple)):
-            seeds = [check_seed(s) for s in seed]
-            if not seeds:
-                raise InputError("seed list is empty")
-            # the list makes one image per seed (2 were made where 3 were asked for)
-            if num_images not in (1, len(seeds)):
-                raise InputError(f"seed is a list of {len(seeds)} seeds and num_images {num_images}: a seed list "
-                                 "makes one image per seed; give one or the other")  # fmt: skip
-            num_images = len(seeds)
-        else:
-            seeds = seed_run(seed, num_images)
+        seeds = request_seeds(seed, check_num_images(num_images))
+        num_images = len(seeds)
         scheduler_name, chosen = self.backend.scheduler(scheduler)
         # LCM and TCD pick their steps from a schedule of original_inference_steps (50): diffusers raises past it
         most = chosen.config.get("original_inference_steps")
@@ -571,7 +557,8 @@ class SceneTransformer:
             depth, n = kwargs["depths"][0], len(kwargs["generators"])
             raise OutOfMemory(
                 f"out of GPU memory generating {n} image(s) at {depth.width}x{depth.height} with {self.name}: "
-                "try fewer --num-images, --offload model (or group), --vae-tiling, or --dtype float16",
+                "try fewer images (--num-images, num_images=), --offload model or group (offload=), --vae-tiling "
+                "(vae_tiling=True), or --dtype float16 (dtype=)",
                 batch=n,
             ) from None
 

@@ -393,7 +393,7 @@ def test_resume_skips_finished_and_refuses_to_mix_runs(dataset, tmp_path):
         (text + "dtype: bfloat16\n", "dtype"),
     ]:  # fmt: skip
         job.write_text(edit)
-        with pytest.raises(InputError, match=f"^--resume: this job's {changed} differs from the run in .*r "
+        with pytest.raises(InputError, match=f"^--resume \\(resume=True\\): this job's {changed} differs from the run in .*r "
                            r"\(job.resolved.yaml\); its earlier images were made otherwise"):  # fmt: skip
             run_job(job, resume=True, progress=False)
     assert (tmp_path / "r" / "job.resolved.yaml").read_text() == resolved and stale.exists()  # left untouched
@@ -413,7 +413,9 @@ def test_resume_refuses_a_preset_whose_definition_changed(dataset, tmp_path, mon
     (variation,) = yaml_.safe_load(record.read_text())["variations"]
     assert variation["expanded"] == {"prompt": "mine", "negative": "", "knobs": {}}  # the job gives no prompt
     presets.write_text("presets:\n  mine:\n    prompt: '{prompt}, CHANGED'\n")
-    with pytest.raises(InputError, match="^--resume: this job's variation 'mine' differs from the run in "):
+    with pytest.raises(
+        InputError, match="^--resume \\(resume=True\\): this job's variation 'mine' differs from the run in "
+    ):
         run_job(job, resume=True, progress=False)
     # a record written before the expansions were: compared without them, as before
     earlier = yaml_.safe_load(record.read_text())
@@ -494,7 +496,9 @@ def test_resume_of_a_run_that_recorded_a_lora_scale_without_a_lora(tmp_path):
     record = tmp_path / "out" / "job.resolved.yaml"
     _check_same_run(job, earlier, record)  # the same images: no error
     earlier["lora"] = "tiny/lcm-sd15"  # a LoRA at 0.5 then, none now
-    with pytest.raises(InputError, match="^--resume: this job's lora, lora_scale differ from the run"):
+    with pytest.raises(
+        InputError, match="^--resume \\(resume=True\\): this job's lora, lora_scale differ from the run"
+    ):
         _check_same_run(job, earlier, record)
 
 
@@ -519,7 +523,9 @@ def test_resume_of_a_moved_project_compares_its_own_folders(tmp_path, tiny_dir):
     record = tmp_path / "b" / "out" / "job.resolved.yaml"
     _check_same_run(moved, _earlier_record(record), record)  # the same run: no error
     (tmp_path / "b" / "job.yaml").write_text("inputs: x\noutput: out\nprompt: p\nmodel: ./models/sd2-depth\n")
-    with pytest.raises(InputError, match="^--resume: this job's model differs from the run in "):
+    with pytest.raises(
+        InputError, match="^--resume \\(resume=True\\): this job's model differs from the run in "
+    ):
         _check_same_run(load_job(tmp_path / "b" / "job.yaml"), _earlier_record(record), record)
 
 

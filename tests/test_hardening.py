@@ -294,7 +294,8 @@ def test_oom_is_one_line_naming_the_fix(oom_over_one, chelsea):
 
     st_ = SceneTransformer.from_pretrained("tiny")
     with pytest.raises(
-        OutOfMemory, match="out of GPU memory generating 2 image.* try fewer --num-images, --offload model"
+        OutOfMemory,
+        match=r"out of GPU memory generating 2 image.* try fewer images \(--num-images, num_images=\), --offload model",
     ):
         st_.transform(chelsea, "x", steps=2, num_images=2)
     assert len(st_.transform(chelsea, "x", steps=2, num_images=1).images) == 1
@@ -602,3 +603,72 @@ def test_a_line_appended_while_another_run_rewrites_the_manifest_is_kept(tmp_pat
     other.join()
     monkeypatch.setattr(module, "manifest_index", read)
     assert sorted(r["item"] for r in outputs.read_manifest(main)) == ["a", "c"]
+
+
+def test_api_errors_name_the_python_argument_and_refuse_bad_types(tmp_path, chelsea, capsys):
+    """The Python API named CLI flags (``--right``, ``--depth``) to a caller that used keywords, and bad types escaped
+    as TypeError (a list as polarity: "unhashable type"), were taken as nothing (``depth=[None]`` estimated the depth
+    instead), or failed every input once the models had loaded (``knobs={"steps": "2"}``). Nothing is written."""
+    from depth2img import io as dio
+    from depth2img.depth_run import run_depth
+    from depth2img.errors import InputError
+    from depth2img.outputs import write_transform_result
+    from depth2img.stereo import stereo_depth
+    from depth2img.transform_run import run_transform
+
+    ok = tmp_path / "a.png"
+    chelsea.save(ok)
+    out = tmp_path / "out"
+    calls = [
+        (partial(run_depth, [ok], out, right=[ok], estimator="tiny"), r"^right matches stereo pairs .*: estimator does"),
+        (partial(run_depth, [ok], out, right=[]), r"^right: 0 right images for 1 left inputs"),
+        (partial(run_depth, [ok], out, right=[None]), r"^right must hold file paths .*got None"),
+        (partial(run_depth, [], out), r"^inputs is empty"),
+        (partial(run_depth, [ok], None), r"^output folder must be a path .*got None"),
+        (partial(run_depth, [ok], out, on_error=5), r"^on_error must be a function"),
+        (partial(run_transform, [ok], out, depth=[]), r"^depth: 0 depth files for 1 inputs"),
+        (partial(run_transform, [ok], out, depth=[None]), r"^depth must hold file paths .*got None"),
+        (partial(run_transform, [ok], out, knobs="steps"), r"^knobs must be a dict"),
+        (partial(run_transform, [ok], out, knobs={"steps": "2"}), r"^steps must be an integer in 1\.\.1000, got '2'"),
+        (partial(run_transform, [ok], out, knobs={"guidance_scale": float("nan")}), r"^guidance_scale must be in"),
+        (partial(run_transform, [ok], out, seed="x"), r"^seed must be an integer"),
+        (partial(run_transform, [ok], out, seed=[1, 2], num_images=3), r"^seed is a list of 2 seeds and num_images 3"),
+        (partial(run_transform, [ok], out, num_images=0), r"^num_images must be an integer in 1\.\.64, got 0"),
+        (partial(run_transform, [ok], out, load_options=5), r"^load_options must be a dict"),
+        (partial(run_transform, [ok], out, on_warning="x"), r"^on_warning must be a function"),
+        (partial(dio.read_depth_file, ok, polarity=[]), r"must be one of .*got \[\]"),
+        (partial(DepthMap, np.ones((4, 4)), []), r"^depth kind must be one of .*got \[\]"),
+        (partial(dio.write_depth_products, DepthMap(np.ones((4, 4)), "metric_depth"), None, "x"), r"^out_dir must be"),
+        (partial(dio.write_depth_products, np.ones((4, 4)), out, "x"), r"^depth must be a DepthMap, got ndarray"),
+        (partial(write_transform_result, None, out, "x"), r"^result must be a TransformResult, got NoneType"),
+    ]  # fmt: skip
+    left = np.asarray(chelsea)
+    for kw, shown in (("num_disparities", "'16'"), ("num_disparities", "16.0"), ("block_size", "'5'"),
+                      ("block_size", "True")):  # fmt: skip
+        calls.append(
+            (partial(stereo_depth, left, left, **{kw: eval(shown)}), rf"^{kw} must be .*got {shown}$")
+        )
+    for call, message in calls:
+        with pytest.raises(InputError, match=message):
+            call()
+    assert not out.exists()
+    # the CLI still names its flags
+    capsys.readouterr()
+    assert main(["depth", str(ok), "-o", str(out), "--right", str(ok), "--estimator", "tiny"]) == 2
+    assert capsys.readouterr().err.startswith("depth2img: error: --right matches stereo pairs (OpenCV SGBM, on the "
+                                              "CPU): --estimator does not apply")  # fmt: skip
+    assert main(["transform", str(ok), "-o", str(out), "--prompt", "x", "--scheduler", "bogus"]) == 2
+    assert capsys.readouterr().err.startswith("depth2img: error: --scheduler 'bogus' is not one of")
+    assert not out.exists()
+    # one presets file as a str is that file (it was read letter by letter), None is none
+    from depth2img.batch import load_job
+    from depth2img.presets import load_presets
+    from depth2img.transformer import SceneTransformer
+
+    (tmp_path / "p.yaml").write_text("presets:\n  mine: {prompt: '{prompt}, mine'}\n")
+    (tmp_path / "job.yaml").write_text("inputs: a\noutput: o\npresets: [mine]\n")
+    assert load_job(tmp_path / "job.yaml", extra_presets_files=str(tmp_path / "p.yaml")).presets == ["mine"]
+    assert load_presets(None) == load_presets()
+    st = SceneTransformer.from_pretrained("tiny", preset_files=None)
+    with pytest.raises(InputError, match=r"^scheduler must be a scheduler's name, got \[\]"):
+        st.transform(chelsea, "x", steps=2, scheduler=[])
