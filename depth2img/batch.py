@@ -1389,8 +1389,8 @@ def _check_same_run(job: Job, earlier: dict, recorded: Path) -> None:
     ]
     if changed:
         raise InputError(
-            f"--resume (resume=True): this job's {', '.join(changed)} {'differs' if len(changed) == 1 else 'differ'} from the run "
-            f"in {recorded.parent} ({recorded.name}); "
+            f"--resume (resume=True): this job's {', '.join(changed)} "
+            f"{'differs' if len(changed) == 1 else 'differ'} from the run in {recorded.parent} ({recorded.name}); "
             "its earlier images were made otherwise: restore them, or choose another output folder"
         )
 

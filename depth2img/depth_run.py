@@ -179,9 +179,8 @@ def output_dir(out_dir, inputs: Sequence) -> Path:
 def output_dir_for(out_dir, inputs: Sequence) -> Iterator[Path]:
     """``output_dir``, for a run's block: a folder it created is removed again if still empty at the end (a bad
     model name, or a run whose every input failed, left an empty output folder)."""
-    existed = (
-        isinstance(out_dir, (str, os.PathLike)) and Path(out_dir).exists()
-    )  # (output_dir names a bad one)
+    # (output_dir names a bad one)
+    existed = isinstance(out_dir, (str, os.PathLike)) and Path(out_dir).exists()
     path = output_dir(out_dir, inputs)
     now = time.time()
     for stale in stale_temp_files(path, recursive=False):  # of a killed run, old enough

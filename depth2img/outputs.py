@@ -275,7 +275,7 @@ def manifest_index(fh, fields) -> list[dict]:
     mid-write) is cut off the file. A rewrite copies the lines it keeps: parsed whole, a 1M-line multi-process
     run's merge held ~10 GB."""
     index, end = [], 0
-    with os.fdopen(os.dup(fh.fileno()), "rb") as reader:  # buffered: ``fh`` is not (a line was a read a byte)
+    with os.fdopen(os.dup(fh.fileno()), "rb") as reader:  # buffered: ``fh`` is not (a line a byte at a time)
         reader.seek(0)
         for offset, line, record in _parsed_lines(reader):
             end = offset + len(line)

@@ -58,9 +58,8 @@ def run_transform(
     from .transformer import SceneTransformer
 
     check_batch_size(batch_size, label("batch_size"))
-    if knobs is not None and not isinstance(
-        knobs, dict
-    ):  # a str was read as its letters: "'e' is not a knob"
+    # (a str was read as its letters: "'e' is not a knob")
+    if knobs is not None and not isinstance(knobs, dict):
         raise InputError(f"knobs must be a dict of knob names to values, got {knobs!r}")
     unknown = sorted(set(knobs or {}) - set(DEFAULT_KNOBS))
     if unknown:  # they failed as a TypeError from prepare, once both models had loaded
