@@ -25,7 +25,10 @@ ESTIMATOR_FILES = ["*.json", "*.txt", "model.safetensors", "model*.safetensors"]
 PIPELINE_FILES = ["*.json", "*.txt", "*.model", "*/*.json", "*/*.txt", "*/*.safetensors"]
 LORA_FILES = ["*.safetensors"]
 SINGLE_MODEL_FILES = ["*.json", "diffusion_pytorch_model.safetensors", "*.safetensors"]
-IGNORED_FILES = ["*.bin", "*.ckpt", "*.pt", "*.pth", "*.pkl", "*fp16*", "*non_ema*", "*.onnx", "*.msgpack"]
+# Also the weights of pipeline parts never loaded (each backend passes None for them): SD1.5's safety checker (1.2 GB),
+# SD2-depth's own DPT depth estimator, SDXL's spare VAE
+IGNORED_FILES = ["*.bin", "*.ckpt", "*.pt", "*.pth", "*.pkl", "*fp16*", "*non_ema*", "*.onnx", "*.msgpack",
+                 "safety_checker/*", "depth_estimator/*", "vae_1_0/*"]  # fmt: skip
 
 _DTYPES = {"float32": "float32", "fp32": "float32", "float16": "float16", "fp16": "float16",
            "bfloat16": "bfloat16", "bf16": "bfloat16"}  # fmt: skip

@@ -322,3 +322,26 @@ def test_registry_entries_are_complete_and_revisions_travel(tmp_path, monkeypatc
     assert (
         cn.location == "diffusers/controlnet-depth-sdxl-1.0" and cn.revision == ref.entry.companion_revision
     )
+
+
+def test_a_pipeline_download_takes_only_what_loads(tiny_dir, tmp_path):
+    """A hub pipeline's snapshot took SD1.5's safety checker (1.2 GB), SD2-depth's DPT and SDXL's spare VAE, which
+    no backend loads (each passes None for them); the pipeline loads without them."""
+    import shutil
+
+    from huggingface_hub.utils import filter_repo_objects
+
+    from depth2img.loading import IGNORED_FILES, PIPELINE_FILES
+    from depth2img.transformer import SceneTransformer
+
+    repo = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+            "unet/diffusion_pytorch_model.fp16.safetensors", "text_encoder/model.safetensors", "v1-5-pruned.safetensors",
+            "safety_checker/model.safetensors", "safety_checker/config.json", "depth_estimator/model.safetensors",
+            "vae_1_0/diffusion_pytorch_model.safetensors", "feature_extractor/preprocessor_config.json"]  # fmt: skip
+    kept = list(filter_repo_objects(repo, allow_patterns=PIPELINE_FILES, ignore_patterns=IGNORED_FILES))
+    assert kept == ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                    "text_encoder/model.safetensors", "feature_extractor/preprocessor_config.json"]  # fmt: skip
+    folder = tmp_path / "sd2-depth"
+    shutil.copytree(tiny_dir / "sd2-depth", folder, ignore=shutil.ignore_patterns("depth_estimator"))
+    st = SceneTransformer.from_pretrained(str(folder), estimator="tiny")
+    assert st.backend.kind == "sd2-depth" and st.backend.pipe.depth_estimator is None
