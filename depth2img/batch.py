@@ -37,6 +37,7 @@ from .io import (
     atomic_path,
     expand_inputs,
     file_key,
+    image_header,
     load_image,
     stale_temp_files,
     write_depth_products,
@@ -60,7 +61,6 @@ LAYOUTS = {"files": "images", "imagefolder": "train", "coco": "images"}  # layou
 MAX_VARIATIONS = 10_000  # a matrix's combinations: each is a variation, listed in job.resolved.yaml
 SEED_STRIDE = 1_000_003  # a retry uses seed + attempt * SEED_STRIDE: never another item's seed
 KNOB_KEYS = (*DEFAULT_KNOBS, "scheduler", "negative_prompt")  # what a job's `knobs:` may hold
-EXIF_ORIENTATION = 0x0112  # the EXIF tag load_image applies (ImageOps.exif_transpose)
 
 
 @dataclass
@@ -724,11 +724,10 @@ class Labels:
         masks = list(files.values())
         if coco_image is None and not masks and yolo is None:
             return None
-        header = _header(source)
+        header = image_header(source)
         if header is None:  # unreadable: the loader lists it and skips it
             return None
-        stored, orientation = header
-        w, h = stored[::-1] if orientation in (5, 6, 7, 8) else stored
+        _, (w, h), orientation = header
         if orientation != 1 and yolo is not None:
             return (
                 f"it is EXIF-rotated (orientation {orientation}), so its YOLO labels {yolo} cannot be known to "
@@ -737,7 +736,7 @@ class Labels:
         shown = f"{w}x{h}" + (
             f" once its EXIF orientation {orientation} is applied" if orientation != 1 else ""
         )
-        sizes = [(f"mask {m}", (_header(m) or (None, 1))[0]) for m in masks]  # masks are copied as stored
+        sizes = [(f"mask {m}", (image_header(m) or (None,))[0]) for m in masks]  # masks are copied as stored
         if coco_image is not None:
             cw, ch = coco_image.get("width"), coco_image.get("height")
             sizes.append(
@@ -879,49 +878,6 @@ def _same_file_state(src: Path, dst: Path) -> bool:
     except OSError:
         return False
     return a.st_size == b.st_size and a.st_mtime_ns == b.st_mtime_ns
-
-
-def _header(path: Path) -> tuple[tuple[int, int], int] | None:
-    """(stored size, EXIF orientation) from an image's header, or None if it cannot be read. A PNG's own
-    ``getexif`` decodes the whole image to look for EXIF after the pixels; the base method reads what the header
-    holds (where PNG writers put it), so this stays a header read."""
-    from PIL import Image
-
-    try:
-        with Image.open(path) as im:
-            orientation = Image.Image.getexif(im).get(EXIF_ORIENTATION, 1)
-            size = im.size
-            late = im.format == "PNG" and _png_exif_after_pixels(path)
-        if late:  # rare: then the whole image is read, as load_image's exif_transpose reads it
-            with Image.open(path) as im:
-                orientation = im.getexif().get(EXIF_ORIENTATION, 1)
-    except Exception:  # PIL raises OSError, SyntaxError, ValueError... for a damaged header
-        return None
-    return size, orientation if orientation in range(1, 9) else 1  # exif_transpose ignores other values
-
-
-def _png_exif_after_pixels(path: Path) -> bool:
-    """Whether a PNG holds EXIF (an eXIf chunk, or ImageMagick's "Raw profile type exif" text) after its first
-    IDAT, where Pillow finds it only by decoding the image. Reads the chunk headers only."""
-    import struct
-
-    with open(path, "rb") as f:
-        f.seek(8)  # the signature
-        pixels = False
-        while len(header := f.read(8)) == 8:
-            length, kind = struct.unpack(">I4s", header)
-            if kind == b"IEND":
-                break
-            pixels = pixels or kind == b"IDAT"
-            start = f.tell()
-            if pixels and (
-                kind == b"eXIf"
-                or kind in (b"tEXt", b"zTXt", b"iTXt")
-                and f.read(21) == b"Raw profile type exif"
-            ):
-                return True
-            f.seek(start + length + 4)  # the data and its CRC
-    return False
 
 
 # ---------------------------------------------------------------------------------------------- manifest

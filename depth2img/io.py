@@ -153,9 +153,13 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = None):
     return to_rgb(img)
 
 
-def header_size(path) -> tuple[int, int] | None:
-    """An image file's size as load_image gives it (EXIF rotation applied), from its header alone (no pixel is
-    decoded); None where the header cannot be read (load_image then says why)."""
+EXIF_ORIENTATION = 0x0112  # the EXIF tag load_image applies (ImageOps.exif_transpose)
+
+
+def image_header(path) -> tuple[tuple[int, int], tuple[int, int], int] | None:
+    """(size as Pillow opens the file, size as load_image gives it, EXIF orientation 1..8) from its header alone;
+    None where the header cannot be read (load_image then says why). Pillow's TIFF reader gives the turned size
+    already (a label check that turned it again refused right labels and passed wrong ones)."""
     from PIL import Image
 
     try:
@@ -164,12 +168,50 @@ def header_size(path) -> tuple[int, int] | None:
             # (Pillow's DecompressionBombWarning: load_image has its own limit)
             warnings.simplefilter("ignore")
             with Image.open(path) as img:
-                (w, h), orientation = img.size, img.getexif().get(0x0112)
-                # Pillow's TIFF reader gives the displayed size already (and turns the pixels as it loads them)
-                turned = orientation in (5, 6, 7, 8) and img.format != "TIFF"
+                # the base getexif reads what the header holds: a PNG's own decodes the whole image to look for
+                # EXIF after the pixels, which is rare and found by its chunk headers
+                orientation = Image.Image.getexif(img).get(EXIF_ORIENTATION, 1)
+                size, kind = img.size, img.format
+                late = kind == "PNG" and _png_exif_after_pixels(path)
+            if late:  # then the whole image is read, as load_image's exif_transpose reads it
+                with Image.open(path) as img:
+                    orientation = img.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # noqa: BLE001  unreadable, not an image, over the limit: load_image reports it with the rest
         return None
-    return (h, w) if turned else (w, h)
+    orientation = orientation if orientation in range(1, 9) else 1  # exif_transpose ignores other values
+    turned = orientation in (5, 6, 7, 8) and kind != "TIFF"
+    return size, (size[::-1] if turned else size), orientation
+
+
+def header_size(path) -> tuple[int, int] | None:
+    """An image file's size as load_image gives it (EXIF rotation applied), from its header alone (no pixel is
+    decoded); None where the header cannot be read."""
+    header = image_header(path)
+    return None if header is None else header[1]
+
+
+def _png_exif_after_pixels(path) -> bool:
+    """Whether a PNG holds EXIF (an eXIf chunk, or ImageMagick's "Raw profile type exif" text) after its first
+    IDAT, where Pillow finds it only by decoding the image. Reads the chunk headers only."""
+    import struct
+
+    with open(path, "rb") as f:
+        f.seek(8)  # the signature
+        pixels = False
+        while len(header := f.read(8)) == 8:
+            length, kind = struct.unpack(">I4s", header)
+            if kind == b"IEND":
+                break
+            pixels = pixels or kind == b"IDAT"
+            start = f.tell()
+            if pixels and (
+                kind == b"eXIf"
+                or kind in (b"tEXt", b"zTXt", b"iTXt")
+                and f.read(21) == b"Raw profile type exif"
+            ):
+                return True
+            f.seek(start + length + 4)  # the data and its CRC
+    return False
 
 
 def _path(path, name: str) -> Path:

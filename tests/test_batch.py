@@ -1124,6 +1124,33 @@ def test_labels_that_do_not_fit_an_exif_rotated_photo_are_refused_up_front(tmp_p
         Labels(load_job(job)).check([tmp_path / "photos" / "r.jpg"])
 
 
+def test_an_exif_rotated_tiff_is_checked_at_its_shown_size(tmp_path):
+    """Pillow's TIFF reader gives an EXIF-rotated TIFF's turned size already, and the label check turned it again: a
+    COCO entry of the turned size (right) was refused, and one of the stored size (wrong: its boxes misaligned on
+    the output) was carried over."""
+    from depth2img.batch import Labels
+    from depth2img.io import image_header, load_image
+
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "photos").mkdir()
+    photo = tmp_path / "photos" / "r.tif"
+    render_driving_scene(W, H, seed=0).image.save(photo, exif=exif)
+    assert load_image(photo).size == (H, W) and image_header(photo)[1:] == ((H, W), 6)
+    coco = {"images": [{"id": 1, "file_name": "r.tif", "width": H, "height": W}], "annotations": []}
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    job = write_job(
+        tmp_path, output="out", inputs="photos", presets=["fog"], seeds=1, labels={"coco": "coco.json"}
+    )
+    Labels(load_job(job)).check([photo])  # the turned size: fits
+    coco["images"][0].update(width=W, height=H)
+    (tmp_path / "coco.json").write_text(json.dumps(coco))
+    with pytest.raises(
+        InputError, match=r"image id 1 is 96x64 but the photo is 64x96 once its EXIF orientation 6"
+    ):
+        Labels(load_job(job)).check([photo])
+
+
 def test_resume_merges_the_manifests_of_an_earlier_multi_process_run(dataset, tmp_path):
     """A run of two processes killed before its merge left manifest.rank*.jsonl; resumed by one process, the
     dataset index was written from manifest.jsonl alone: empty."""
@@ -1474,8 +1501,7 @@ def test_exif_after_a_pngs_pixels_counts_for_the_label_check(tmp_path):
     import struct
     import zlib
 
-    from depth2img.batch import _header
-    from depth2img.io import load_image
+    from depth2img.io import image_header, load_image
 
     exif = Image.Exif()
     exif[0x0112] = 6
@@ -1487,7 +1513,7 @@ def test_exif_after_a_pngs_pixels_counts_for_the_label_check(tmp_path):
     raw = photo.read_bytes()
     photo.write_bytes(raw[:-12] + late + raw[-12:])  # before IEND, after IDAT
     assert load_image(photo).size == (H, W)  # what the output's size will be
-    assert _header(photo) == ((W, H), 6)
+    assert image_header(photo) == ((W, H), (H, W), 6)
     (tmp_path / "masks").mkdir()
     Image.new("L", (W, H)).save(tmp_path / "masks" / "r.png")
     job = write_job(tmp_path, output="out", inputs="photos", presets=["fog"], seeds=1,
@@ -1497,7 +1523,7 @@ def test_exif_after_a_pngs_pixels_counts_for_the_label_check(tmp_path):
     ):
         run_job(job, progress=False)
     render_driving_scene(W, H, seed=0).image.save(photo)  # no EXIF at all
-    assert _header(photo) == ((W, H), 1)
+    assert image_header(photo) == ((W, H), (W, H), 1)
 
 
 def test_a_models_relative_path_is_never_taken_from_the_current_directory(tmp_path, tiny_dir, monkeypatch):
