@@ -1010,8 +1010,11 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
             for stale in stale_temp_files(root):  # of a killed run
                 stale.unlink(missing_ok=True)
         # of each line, what names, skips and retries need (whole records, ~10 KB a line, peaked at 1.5 GB for 60k)
-        fields = ("item", "attempt", "final", "output", "source", "source_in_job")
+        fields = ("item", "attempt", "final", "output", "source", "source_in_job", "dtype")
         records = [r for m in root.glob("manifest*.jsonl") for r in read_manifest(m, fields=fields)]
+        # the dtype the earlier images were made in: a job that names none takes the device's default (float32 on a
+        # CPU, float16 on a GPU), which job.resolved.yaml records as null
+        earlier_dtypes = {r["dtype"] for r in records if isinstance(r.get("dtype"), str)}
         # a source keeps the name an earlier run gave it: a source added since with the same file name (sorted before
         # it) took that name, and with it the earlier images as its own
         base = (recorded or {}).get("base_dir")
@@ -1072,6 +1075,15 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     service = service or Service(model=job.model, estimator=job.estimator, device=device, lora=job.lora,
                                  lora_scale=job.lora_scale, compile=job.compile, dtype=job.dtype,
                                  presets=job._presets)  # fmt: skip
+    if resume and todo and earlier_dtypes:
+        made_in = str(service.transformer(job.model).dtype).replace("torch.", "")
+        if earlier_dtypes != {made_in}:
+            with alike():
+                raise InputError(
+                    f"--resume (resume=True): this run would make its images in {made_in} (job key dtype "
+                    f"{job.dtype or 'not given: the device default'}), the run in {root} made them in "
+                    f"{', '.join(sorted(earlier_dtypes))}; set job key dtype: {min(earlier_dtypes)} to continue it"
+                )
     bar = progress_bar(total=total, initial=report.skipped, unit="img",
                        desc=f"batch[{rank}]" if world > 1 else "batch", disable=not progress)  # fmt: skip
     # Files are written by the writer threads, in parallel; manifest lines are appended in order, each after its

@@ -1124,6 +1124,27 @@ def test_labels_that_do_not_fit_an_exif_rotated_photo_are_refused_up_front(tmp_p
         Labels(load_job(job)).check([tmp_path / "photos" / "r.jpg"])
 
 
+def test_resume_refuses_a_run_whose_default_dtype_differs(dataset, tmp_path):
+    """A job naming no dtype takes the device's default (float32 on a CPU, float16 on a GPU), recorded as null in
+    job.resolved.yaml: a run started on a GPU and resumed on a CPU (or the other way) mixed dtypes in one dataset."""
+    out = tmp_path / "d"
+    job = write_job(dataset, output=str(out), presets=["fog"], seeds=1, labels={}, layout="files")
+    assert run_job(job, progress=False).done == 3
+    manifest = out / "manifest.jsonl"
+    lines = [json.loads(line) for line in manifest.read_text().splitlines()]
+    assert {r["dtype"] for r in lines} == {"float32"}
+    manifest.write_text(
+        "".join(json.dumps({**r, "dtype": "float16"}) + "\n" for r in lines)
+    )  # as a GPU made them
+    assert run_job(job, resume=True, progress=False).skipped == 3  # nothing left to make: nothing to refuse
+    (out / lines[0]["output"]).unlink()
+    with pytest.raises(InputError, match=r"^--resume \(resume=True\): this run would make its images in float32 "
+                       r"\(job key dtype not given: the device default\), the run in .* made them in float16; set "
+                       r"job key dtype: float16"):  # fmt: skip
+        run_job(job, resume=True, progress=False)
+    assert not (out / lines[0]["output"]).exists()
+
+
 def test_an_exif_rotated_tiff_is_checked_at_its_shown_size(tmp_path):
     """Pillow's TIFF reader gives an EXIF-rotated TIFF's turned size already, and the label check turned it again: a
     COCO entry of the turned size (right) was refused, and one of the stored size (wrong: its boxes misaligned on
