@@ -117,6 +117,17 @@ def generation_size(width: int, height: int, native: int, multiple: int) -> tupl
     return w, h
 
 
+def _device_label(device) -> str:
+    """The device as a manifest records it: its type and, for a GPU, its name (the same seed on another device type,
+    or GPU, or dtype gives a close image, not the same one)."""
+    import torch
+
+    device = torch.device(device or "cpu")
+    if device.type == "cuda":
+        return f"cuda ({torch.cuda.get_device_name(device)})"
+    return device.type
+
+
 def _versions() -> dict:
     import diffusers
     import torch
@@ -140,6 +151,7 @@ class SceneTransformer:
         # an estimator loaded by name: the dtype asked for (None: its default)
         self.estimator_dtype = estimator_dtype
         self.device = device
+        self.device_label = _device_label(device)
         self.dtype = dtype
         self.native_size = native_size
         self.name = name
@@ -473,7 +485,7 @@ class SceneTransformer:
         knobs = first.knobs
         self.backend.set_scheduler(first.scheduler)
         per_image = [req for req in group for _ in req.seeds]
-        # CPU generators: the same seed gives the same image on any device
+        # CPU generators: the same seed gives the same starting noise on any device
         generators = [torch.Generator("cpu").manual_seed(s) for req in group for s in req.seeds]
         bar = progress_bar(total=denoising_steps(knobs["steps"], knobs["strength"], self.backend.flow_matching),
                    desc="denoise", unit="step",
@@ -542,7 +554,8 @@ class SceneTransformer:
             # with what made it: an estimator's id, revision and dtype; a file's polarity; a scene's seed...
             "depth": {**req.depth.meta, "source": req.depth.source, "kind": req.depth.kind},
             "input_size": [width, height], "generation_size": [req.gen_depth.width, req.gen_depth.height],
-            "dtype": str(self.dtype).replace("torch.", ""), "versions": _versions(), "warnings": req.notes,
+            "dtype": str(self.dtype).replace("torch.", ""), "device": self.device_label, "versions": _versions(),
+            "warnings": req.notes,
         }  # fmt: skip
 
     def _run_backend(self, **kwargs):

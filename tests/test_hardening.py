@@ -672,3 +672,14 @@ def test_api_errors_name_the_python_argument_and_refuse_bad_types(tmp_path, chel
     st = SceneTransformer.from_pretrained("tiny", preset_files=None)
     with pytest.raises(InputError, match=r"^scheduler must be a scheduler's name, got \[\]"):
         st.transform(chelsea, "x", steps=2, scheduler=[])
+
+
+def test_the_device_recorded_names_a_gpu(monkeypatch):
+    """The manifest's device: a GPU's model (another GPU, like another dtype, gives a close image, not the same)."""
+    import torch
+
+    from depth2img.transformer import _device_label
+
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    assert _device_label(torch.device("cuda", 0)) == "cuda (NVIDIA H100 80GB HBM3)"
+    assert _device_label(torch.device("cpu")) == "cpu" and _device_label("mps") == "mps"

@@ -1000,6 +1000,7 @@ def test_metadata_round_trip(sd15, photo, depth, tmp_path):
         )
         assert back["backbone"]["controlnet_revision"] is None  # a tiny folder has none; a pinned one below
         assert set(back["versions"]) == {"depth2img", "torch", "diffusers", "transformers"}
+        assert back["device"] == "cpu" and back["dtype"] == "float32"  # what a same-image rerun needs too
     lines = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
     assert lines == [read_png_metadata(tmp_path / rec["output"]) for rec in records]
 
