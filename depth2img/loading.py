@@ -80,9 +80,12 @@ def resolve_dtype(dtype, device, accelerator_default: str = "float16"):
 
     if dtype is None:
         return torch.float32 if device.type == "cpu" else getattr(torch, accelerator_default)
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    name = _DTYPES.get(str(dtype).lower().replace("torch.", ""))
+    # a torch.dtype too, of these three only (torch.int8 failed as a ControlNet that could not be loaded)
+    name = (
+        _DTYPES.get(str(dtype).lower().replace("torch.", ""))
+        if isinstance(dtype, (str, torch.dtype))
+        else None
+    )
     if name is None:
         raise InputError(f"dtype {dtype!r} is not one of {', '.join(sorted(_DTYPES))}")
     return getattr(torch, name)

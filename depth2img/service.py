@@ -29,8 +29,11 @@ class Service:
     def __init__(self, *, model=None, estimator=None, device=None, dtype=None, local_files_only: bool = False,
                  preset_files=(), lora: str | None = None, lora_scale: float = 1.0, compile: str | None = None,
                  presets: dict | None = None):  # fmt: skip
+        from .loading import resolve_device, resolve_dtype
         from .registry import default_estimator_for, load_registry
 
+        # checked here, not at the first request: the app served with --device cuda:7 on a machine without one
+        resolve_dtype(dtype, resolve_device(device))
         self.default_model = model or load_registry()["default_backbone"]
         self.default_estimator = estimator or default_estimator_for(self.default_model)
         self.device, self.dtype, self.local_files_only = device, dtype, local_files_only

@@ -571,7 +571,8 @@ class SceneTransformer:
             raise OutOfMemory(
                 f"out of GPU memory generating {n} image(s) at {depth.width}x{depth.height} with {self.name}: "
                 "try fewer images (--num-images, num_images=), --offload model or group (offload=), --vae-tiling "
-                "(vae_tiling=True), or --dtype float16 (dtype=)",
+                "(vae_tiling=True)"
+                + (", or --dtype float16 (dtype=)" if self.dtype == torch.float32 else ""),
                 batch=n,
             ) from None
 

@@ -683,3 +683,26 @@ def test_the_device_recorded_names_a_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
     assert _device_label(torch.device("cuda", 0)) == "cuda (NVIDIA H100 80GB HBM3)"
     assert _device_label(torch.device("cpu")) == "cpu" and _device_label("mps") == "mps"
+
+
+def test_a_service_checks_its_device_and_dtype_when_made(capsys):
+    """`depth2img app --device cuda:7` served, and said so only at the first Generate; any torch.dtype was taken
+    (torch.int8 failed as a ControlNet that could not be loaded, float64 ran)."""
+    import torch
+
+    from depth2img.errors import InputError
+    from depth2img.loading import resolve_dtype
+    from depth2img.service import Service
+
+    for device, message in (("cuda:7", "CUDA is not available here"), ("tpu", "device 'tpu' is not one of")):
+        with pytest.raises(InputError, match=message):
+            Service(model="tiny", device=device)
+    with pytest.raises(InputError, match=r"dtype torch.int8 is not one of"):
+        Service(model="tiny", dtype=torch.int8)
+    for bad in (torch.float64, torch.int8, 16):
+        with pytest.raises(InputError, match="is not one of"):
+            resolve_dtype(bad, torch.device("cpu"))
+    assert resolve_dtype(torch.bfloat16, torch.device("cpu")) == torch.bfloat16
+    assert resolve_dtype("BF16", torch.device("cpu")) == torch.bfloat16
+    assert main(["app", "--model", "tiny", "--device", "cuda:7"]) == 2
+    assert "CUDA is not available here" in capsys.readouterr().err
