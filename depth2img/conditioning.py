@@ -24,7 +24,9 @@ def to_inverse(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Map raw values to a near = large quantity; returns (inverse, valid) with invalid pixels set to the farthest valid value.
 
-    Metric depth is inverted as 1/d (the disparity convention the depth ControlNets were trained on);
+    Metric depth is inverted as 1/d, the MiDaS disparity convention (a choice: the ControlNets' training maps
+    were MiDaS disparity, and also ZoeDepth's as 1 - d clipped to its 2nd..85th percentiles, which keeps more
+    contrast far away; which conditions better is not measured here);
     relative depth, whose shift is unknown, is reflected (max - d) so that min-max normalisation gives 1 - d.
     """
     raw = values
