@@ -310,7 +310,10 @@ def _cmd_models(args) -> int:
             use = "commercial use ok" if e.commercial else "NON-COMMERCIAL"
             what = e.output or e.pipeline or f"for {e.for_pipeline}, scheduler {e.scheduler}"
             pinned = f"{e.id}@{e.revision[:7]}"  # the pinned hub commit (full SHA in configs/models.yaml)
-            print(f"  {name:<26} {pinned:<54} {e.licence:<26} {use:<18} {what}{default}")
+            companion = e.controlnet or e.lora
+            also = f"; + {companion}@{e.companion_revision[:7]}" if companion else ""
+            gated = "; gated (accept its licence on huggingface.co)" if e.gated else ""
+            print(f"  {name:<26} {pinned:<54} {e.licence:<26} {use:<18} {what}{default}{also}{gated}")
     return 0
 
 

@@ -13,10 +13,11 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
-from .errors import InputError, ModelLoadError, first_line
+from .errors import Depth2ImgWarning, InputError, ModelLoadError, first_line
 from .registry import ModelRef
 
 HUB_PROBE_TIMEOUT_S = 3.0
@@ -122,8 +123,25 @@ def not_cached(ref: ModelRef) -> ModelLoadError:
     )
 
 
+_LICENCES_SAID: set[str] = set()
+
+
+def say_licence(ref: ModelRef) -> None:
+    """Once per process, a warning that a registry model about to be fetched or loaded from the hub is for
+    non-commercial use only (Depth Anything V2 B/L, FLUX.1 [dev]...): said in `depth2img models` and the app's
+    backbone list only, a dataset made with one carried no word of it."""
+    e = ref.entry
+    if e is None or e.commercial or e.name in _LICENCES_SAID:
+        return
+    _LICENCES_SAID.add(e.name)
+    warnings.warn(f"{e.name} ({e.id}) is licensed {e.licence}: not marked for commercial use (`depth2img models` "
+                  "lists each model's licence)", Depth2ImgWarning, stacklevel=3)  # fmt: skip
+
+
 def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_patterns=None) -> Path:
     """A local directory holding ``ref``'s files, fetching them from the hub only when allowed and reachable."""
+    if not ref.is_local:
+        say_licence(ref)
     if ref.is_local:
         path = Path(ref.location)
         if ref.name.startswith("tiny") and ref.entry is not None:

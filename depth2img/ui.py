@@ -503,11 +503,12 @@ def create_demo(service):
     model_choices = _backbone_choices(tiny=service.default_model.startswith("tiny"))
     if service.default_model not in [v for _, v in model_choices]:
         model_choices.insert(0, (f"{service.default_model} (configured)", service.default_model))
-    est_choices = list(estimators())
+    # (label, name): a non-commercial estimator is marked, as a backbone is
+    est_choices = [(f"{n}{'' if e.commercial else ' (non-commercial)'}", n) for n, e in estimators().items()]
     if service.default_estimator.startswith("tiny"):  # offline: the estimators' tiny builds
-        est_choices = [f"tiny/{n}" for n, e in estimators().items() if e.tiny]
-    if service.default_estimator not in est_choices:
-        est_choices.insert(0, service.default_estimator)
+        est_choices = [(f"tiny/{n}", f"tiny/{n}") for n, e in estimators().items() if e.tiny]
+    if service.default_estimator not in [v for _, v in est_choices]:
+        est_choices.insert(0, (service.default_estimator, service.default_estimator))
 
     # Gradio's cache (uploads, and the copies of what handlers return) is emptied of files older than APP_KEEP_S
     with gr.Blocks(title="depth2img", delete_cache=(APP_KEEP_S, APP_KEEP_S)) as demo:

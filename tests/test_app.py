@@ -780,6 +780,12 @@ def test_a_page_serving_a_tiny_model_offers_the_other_tiny_builds():
     real = create_demo(Service(model="sd15-depth", estimator="depth-anything-v2-small"))
     labels = [b for b in real.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Backbone"]
     assert "sd2-depth" in [v for _, v in labels[0].choices]
+    # a non-commercial estimator is marked, as a backbone is
+    (estimator,) = [
+        b for b in real.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Depth estimator"
+    ]
+    assert ("depth-anything-v2-base (non-commercial)", "depth-anything-v2-base") in estimator.choices
+    assert ("depth-anything-v2-small", "depth-anything-v2-small") in estimator.choices
 
 
 def test_a_depth_file_given_before_the_photo_is_kept_for_it(service):

@@ -254,6 +254,12 @@ def test_models_and_tiny_model_commands(tmp_path, capsys):
     code, out, _ = run(capsys, "models")
     assert code == 0 and "depth-anything-v2-large" in out and "NON-COMMERCIAL" in out
     assert "depth-anything/Depth-Anything-V2-Small-hf@5426e4f " in out  # the pinned commit is shown
+    # a backbone's ControlNet or LoRA repo, at its own pin, and a gated repo (they were not shown)
+    assert "+ lllyasviel/control_v11f1p_sd15_depth@539f991" in out
+    flux = next(line for line in out.splitlines() if line.lstrip().startswith("flux-depth-lora "))
+    assert "+ black-forest-labs/FLUX.1-Depth-dev-lora@" in flux and "gated" in flux
+    hyper = next(line for line in out.splitlines() if line.lstrip().startswith("hyper-sd15-8step "))
+    assert "NON-COMMERCIAL" in hyper  # its own licence, not read by this project
     code, out, _ = run(capsys, "tiny-model", tmp_path)
     assert code == 0 and (tmp_path / "zoedepth" / "model.safetensors").is_file()
     (tmp_path / "afile").write_text("x")

@@ -345,3 +345,26 @@ def test_a_pipeline_download_takes_only_what_loads(tiny_dir, tmp_path):
     shutil.copytree(tiny_dir / "sd2-depth", folder, ignore=shutil.ignore_patterns("depth_estimator"))
     st = SceneTransformer.from_pretrained(str(folder), estimator="tiny")
     assert st.backend.kind == "sd2-depth" and st.backend.pipe.depth_estimator is None
+
+
+def test_a_non_commercial_model_is_said_once_before_it_is_fetched(monkeypatch):
+    """A dataset made with Depth Anything V2 Base or FLUX.1 [dev] carried no word of their non-commercial licences:
+    `depth2img models` and the app's list said it, a run did not."""
+    import warnings
+
+    from depth2img import loading
+    from depth2img.errors import Depth2ImgWarning, ModelLoadError
+    from depth2img.registry import resolve_estimator
+
+    monkeypatch.setattr(loading, "_LICENCES_SAID", set())
+    ref = resolve_estimator("depth-anything-v2-base")
+    with pytest.warns(Depth2ImgWarning, match=r"^depth-anything-v2-base \(depth-anything/Depth-Anything-V2-Base-hf\) "
+                      r"is licensed cc-by-nc-4.0: not marked for commercial use"):  # fmt: skip
+        with pytest.raises(ModelLoadError):  # offline, not in the cache
+            loading.snapshot_dir(ref, local_files_only=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once a process
+        with pytest.raises(ModelLoadError):
+            loading.snapshot_dir(ref, local_files_only=True)
+        with pytest.raises(ModelLoadError):  # a commercial one says nothing
+            loading.snapshot_dir(resolve_estimator("depth-anything-v2-small"), local_files_only=True)
