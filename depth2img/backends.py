@@ -54,6 +54,16 @@ SCHEDULERS = {
     "tcd": "TCDScheduler",
     "ddim-trailing": "DDIMScheduler",  # timestep_spacing="trailing", for Hyper-SD
 }
+
+
+def check_scheduler_name(name, label: str = "scheduler") -> str | None:
+    """None (the backbone's default) or a name of ``SCHEDULERS``; one line naming ``label`` for anything else (a
+    list ran the default), before any model loads."""
+    if name is not None and not (isinstance(name, str) and name in SCHEDULERS):
+        raise InputError(f"{label} {name!r} is not one of {', '.join(SCHEDULERS)}")
+    return name
+
+
 SCHEDULER_OPTIONS = {
     # as every Stable Diffusion scheduler config sets it; from a config without it (tiny SDXL's Euler, a folder's)
     # PNDM ran Runge-Kutta warm-up steps and failed inside diffusers under 4 steps
@@ -492,9 +502,7 @@ class Backend:
         the pipelines (``prepare`` checks a request's scheduler while another thread may be denoising)."""
         import diffusers
 
-        if name is not None and not isinstance(name, str):  # ([] ran the default)
-            raise InputError(f"scheduler must be a scheduler's name, got {name!r}")
-        name = name or self.default_scheduler
+        name = check_scheduler_name(name) or self.default_scheduler
         check_backbone_knobs(self.traits, self.ref.name, {}, scheduler=name)
         if name not in self._schedulers:
             base = self._schedulers.setdefault("__original__", self.pipe.scheduler)

@@ -356,16 +356,12 @@ class Job:
     def _check_values(self) -> None:
         """Knob values, scheduler and preset names are checked here, before any model loads."""
         from . import presets as presets_mod
-        from .backends import SCHEDULERS
+        from .backends import check_scheduler_name
         from .knobs import check_knobs
 
         check_knobs({**DEFAULT_KNOBS, **{k: v for k, v in self.knobs.items() if k in DEFAULT_KNOBS}},
                     label=lambda key: f"job key knobs.{key}")  # fmt: skip
-        scheduler = self.knobs.get("scheduler")
-        if scheduler is not None and scheduler not in SCHEDULERS:
-            raise InputError(
-                f"job key knobs.scheduler must be one of {', '.join(SCHEDULERS)}, got {scheduler!r}"
-            )
+        check_scheduler_name(self.knobs.get("scheduler"), "job key knobs.scheduler")
         known = self._presets
         for name in self.presets:
             # "" ran as a variation named x with no preset (or failed once files were written); 1 or null became

@@ -407,12 +407,9 @@ def _cmd_transform(args) -> int:
                       cache_name="--feature-cache")  # fmt: skip
     except InputError as err:
         raise joined(err, ("feature_cache",)) from None
-    if args.scheduler is not None:
-        from .backends import SCHEDULERS
+    from .backends import check_backbone_knobs, check_memory_options, check_scheduler_name
 
-        if args.scheduler not in SCHEDULERS:
-            raise InputError(f"{_flag('scheduler')} {args.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
-    from .backends import check_backbone_knobs, check_memory_options
+    check_scheduler_name(args.scheduler, _flag("scheduler"))
     from .loading import resolve_device
 
     check_memory_options(device=resolve_device(args.device), offload=args.offload, attention=args.attention)

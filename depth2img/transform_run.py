@@ -51,7 +51,7 @@ def run_transform(
     busier, at the memory of batch_size x num_images images. An input that fails is reported and skipped; a full
     disk (or quota, or read-only file system) stops the run with an InputError. ``label``: how the caller's user
     spells an argument in messages (the CLI's flags; the Python name by default)."""
-    from .backends import check_at_hand
+    from .backends import check_at_hand, check_scheduler_name
     from .estimators import DepthEstimator
     from .loading import resolve_device
     from .registry import default_estimator_for, resolve_backbone
@@ -69,6 +69,7 @@ def run_transform(
     given = {k: plain_number(v) for k, v in (knobs or {}).items() if v is not None}
     check_knobs({**DEFAULT_KNOBS, **given}, label)
     request_seeds(seed, check_num_images(num_images, label), label)
+    check_scheduler_name(scheduler, label("scheduler"))  # a typo was found once the models had loaded
     if load_options is not None and not isinstance(load_options, dict):
         raise InputError(
             f"load_options must be a dict of SceneTransformer.from_pretrained arguments, got {load_options!r}"

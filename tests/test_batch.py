@@ -902,7 +902,10 @@ def test_output_names_cannot_escape(dataset, tmp_path):
             "inputs: a\noutput: b\nprompt: x\nbatch_size: 0\n",
             "job key batch_size must be an integer >= 1, got 0",
         ),
-        ("inputs: a\noutput: b\nprompt: x\nknobs: {scheduler: warp}\n", "knobs.scheduler must be one of"),
+        (
+            "inputs: a\noutput: b\nprompt: x\nknobs: {scheduler: warp}\n",
+            "job key knobs.scheduler 'warp' is not one of unipc, ",
+        ),
         ("inputs: a\noutput: b\npresets: [winter, wintr]\n", "job key presets: unknown preset 'wintr'"),
         (
             "inputs: a\noutput: b\nprompt: x\nseeds: []\n",
