@@ -44,6 +44,7 @@ from .io import (
 )
 from .knobs import DEFAULT_KNOBS, MAX_SEED, check_batch_size
 from .outputs import (
+    MANIFEST,
     BackgroundWriter,
     append_manifest,
     locked_manifest,
@@ -977,7 +978,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
 
     root = job.path(job.output)
     image_dir = root / LAYOUTS[job.layout]
-    manifest = root / ("manifest.jsonl" if world == 1 else f"manifest.rank{rank}.jsonl")
+    manifest = root / (MANIFEST if world == 1 else f"manifest.rank{rank}.jsonl")
     # Sources and labels are checked before anything is written or any model loads (every process checks them
     # all, so all refuse alike). A job's own outputs are never its sources (a recursive glob over a folder that
     # holds the output folder would take them in on --resume).
@@ -1420,7 +1421,7 @@ def _settle_manifests(root: Path, chunk_of: dict[str, int] | None = None) -> Non
     an image removed since. ``chunk_of`` (source -> its chunk's index) puts the rank files' lines in the order one
     process writes them: by chunk, and within a chunk as written, so the merge is byte-identical to one process's
     manifest."""
-    main = root / "manifest.jsonl"
+    main = root / MANIFEST
     ranks = sorted(root.glob("manifest.rank*.jsonl"))
     if not ranks and not main.is_file():
         return
@@ -1490,7 +1491,7 @@ def build_index(job: Job, root: Path, labels: Labels | None = None) -> int:
     YOLO and mask copies in line with it (``Labels.sync``). Returns the number of images the dataset holds."""
     labels = labels or Labels(job)
     # each kept image's fields the indexes and label copies use, not its whole record (~10 KB a line)
-    records = read_manifest(root / "manifest.jsonl", keep=lambda r: r.get("final") and r.get("output"),
+    records = read_manifest(root / MANIFEST, keep=lambda r: r.get("final") and r.get("output"),
                             fields=("item", "output", "source", "variation", "prompt", "preset", "seed", "item_seed",
                                     "attempt", "geometry", "size"))  # fmt: skip
     records.sort(key=lambda r: r["item"])
