@@ -104,7 +104,8 @@ def test_a_non_finite_estimate_is_its_images_error_counted_once(images, monkeypa
     assert sum(counted) == 2
     est.model.half()  # the estimator in float16: the likely cause is named
     with pytest.raises(
-        GenerationError, match=r"float16 overflows where bfloat16 and float32 do not \(--dtype, the API's dtype=\)$"
+        GenerationError,
+        match=r"float16 overflows where bfloat16 and float32 do not \(--dtype, the API's dtype=\)$",
     ):
         est(images[1])
 
