@@ -887,6 +887,20 @@ def check_backbone_knobs(traits: BackboneTraits, name: str, given: dict, negativ
         )
 
 
+def fit_knobs(traits: BackboneTraits, knobs: dict) -> dict:
+    """Resolved ``knobs`` with those the backbone has no use for back at their defaults: a preset's feature cache
+    where there is no UNet, its control knobs where there is no ControlNet (explicit ones are refused by
+    ``check_backbone_knobs``). Serves ``prepare`` and the CLI's check before loading, which had refused a preset's
+    feature cache with --compile on Flux, naming a flag not given, where the API ran."""
+    out = dict(knobs)
+    if out["feature_cache"] > 1 and not traits.has_unet:
+        out["feature_cache"] = 1
+    for k in CONTROL_KNOBS:
+        if k not in traits.control_knobs:
+            out[k] = DEFAULT_KNOBS[k]
+    return out
+
+
 def check_speed_lora(kind: str, ref: ModelRef) -> None:
     """A few-step LoRA ``ref`` fits a backbone of pipeline ``kind`` (known before the backbone loads when it is a
     registry entry, else read from the loaded backbone)."""

@@ -397,6 +397,7 @@ class Job:
         that would fail every item fails here, before anything is written: a preset's control_start past the job's
         control_end, or its feature_cache under the job's compile, failed once files were written."""
         from . import presets as presets_mod
+        from .backends import fit_knobs
         from .knobs import check_compile, check_denoising_steps, check_knobs, resolved_knobs
         from .registry import resolve_lora
 
@@ -410,7 +411,9 @@ class Job:
             try:
                 if preset_knobs:  # the job's own knobs were checked alone
                     check_knobs(knobs)
-                    check_compile(self.compile, "compile", feature_cache=knobs["feature_cache"])
+                    # as prepare runs it: a preset's feature cache where the backbone has no UNet is not used
+                    used = fit_knobs(traits, knobs) if traits is not None else knobs
+                    check_compile(self.compile, "compile", feature_cache=used["feature_cache"])
                 check_denoising_steps(knobs["steps"], knobs["strength"], flow_matching)
             except InputError as err:
                 where = (

@@ -402,12 +402,15 @@ def _cmd_transform(args) -> int:
     if args.seed is not None:
         seed_run(args.seed, args.num_images, label=_flag)
     check_batch_size(args.batch_size, "--batch-size")
+    from .backends import check_backbone_knobs, check_memory_options, check_scheduler_name, fit_knobs
+
+    # as prepare runs it: a preset's feature cache where the backbone has no UNet is not used
+    cache = (fit_knobs(traits, resolved) if traits is not None else resolved)["feature_cache"]
     try:  # the feature cache a preset sets too (it failed per input, after compiling)
-        check_compile(args.compile, "--compile", args.offload, resolved["feature_cache"], offload_name="--offload",
+        check_compile(args.compile, "--compile", args.offload, cache, offload_name="--offload",
                       cache_name="--feature-cache")  # fmt: skip
     except InputError as err:
         raise joined(err, ("feature_cache",)) from None
-    from .backends import check_backbone_knobs, check_memory_options, check_scheduler_name
 
     check_scheduler_name(args.scheduler, _flag("scheduler"))
     from .loading import resolve_device

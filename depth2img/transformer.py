@@ -23,7 +23,6 @@ from .depthmap import DepthMap
 from .errors import Depth2ImgError, Depth2ImgWarning, GenerationError, InputError, OutOfMemory, float16_hint
 from .io import check_image, to_rgb
 from .knobs import (
-    CONTROL_KNOBS,
     DEFAULT_KNOBS,
     check_batch_size,
     check_compile,
@@ -335,7 +334,7 @@ class SceneTransformer:
                  "feature_cache": feature_cache}  # fmt: skip
         knobs = resolved_knobs(preset_knobs, self.model_knobs, given)
         check_knobs(knobs)
-        from .backends import check_backbone_knobs
+        from .backends import check_backbone_knobs, fit_knobs
 
         check_backbone_knobs(self.backend.traits, self.name, given, negative_prompt)
         # a preset's negatives do not apply where the backbone takes none, nor without classifier-free guidance
@@ -343,11 +342,7 @@ class SceneTransformer:
         unguided = self.backend.takes_negative_prompt and knobs["guidance_scale"] <= 1
         if unguided or not self.backend.takes_negative_prompt:
             negative = ""
-        if knobs["feature_cache"] > 1 and not self.backend.has_unet:
-            knobs["feature_cache"] = 1  # from a preset: does not apply here
-        for k in CONTROL_KNOBS:
-            if k not in self.backend.control_knobs:
-                knobs[k] = DEFAULT_KNOBS[k]  # a preset's control knob does not apply here either
+        knobs = fit_knobs(self.backend.traits, knobs)  # a preset's knobs this backbone has no use for
         # txt2img (strength 1) always leaves them all
         check_denoising_steps(knobs["steps"], knobs["strength"], self.backend.flow_matching)
         seeds = request_seeds(seed, check_num_images(num_images))

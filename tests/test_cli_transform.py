@@ -194,6 +194,28 @@ def test_flags_that_pass_alone_but_not_with_a_presets_knobs_say_so(tmp_path, pho
     assert not (tmp_path / "o").exists()
 
 
+def test_a_presets_feature_cache_on_a_backbone_without_a_unet_is_not_used(tmp_path, photos_dir, capsys):
+    """The API leaves a preset's feature cache unused on Flux (no UNet); the CLI and job files refused it with
+    --compile, naming --feature-cache, a flag never given. Here the next check speaks: the compile check passed."""
+    from depth2img.batch import Job
+    from depth2img.errors import InputError
+
+    f = tmp_path / "p.yaml"
+    f.write_text("presets:\n  fast:\n    prompt: '{prompt}, quick'\n    knobs: {feature_cache: 3}\n")
+    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path / "o", "--model",
+                       "tiny/flux-depth", "--preset", "fast", "--presets-file", f, "--compile", "default",
+                       "--scheduler", "ddim")  # fmt: skip
+    assert (
+        code == 2
+        and err == "depth2img: error: --scheduler 'ddim' is not one of flow-euler for flux-control\n"
+    )
+    Job(inputs="a", output=str(tmp_path / "j"), model="tiny/flux-depth", presets=["fast"], presets_files=[str(f)],
+        compile="default")  # fmt: skip
+    with pytest.raises(InputError, match="does not combine with feature_cache 3"):  # where a UNet takes it
+        Job(inputs="a", output=str(tmp_path / "j"), model="tiny", presets=["fast"], presets_files=[str(f)],
+            compile="default")  # fmt: skip
+
+
 def test_transform_per_input_errors(tmp_path, photos_dir):
     """The API's run goes on past an input whose depth does not fit (the CLI refuses it up front, below)."""
     from depth2img.transform_run import run_transform
