@@ -208,12 +208,13 @@ def run_transform(
 
 
 def _depth_source(record: dict) -> dict:
-    return {k: record.get(k) for k in ("output", "source", "depth", "depth_files")}
+    return {k: record.get(k) for k in ("output", "source", "preset", "depth", "depth_files")}
 
 
 def _warn_of_replaced_depths(before: list[dict], made: list[dict], out_dir: Path, on_warning) -> None:
     """A rerun into a folder writes over an input's depth files (NAME_depth16.png, NAME_control.png), which the earlier
-    run's other images of that input (another preset or seed) were made from: say so where the depth differs."""
+    run's other images of that input (another preset or seed) were made from: say so where the depth differs. Say
+    so too where it wrote over an earlier image of another photo or preset (same name)."""
 
     def made_from(record: dict):
         """The photo and the depth, paths compared as files (a relative and an absolute spelling are one)."""
@@ -224,6 +225,15 @@ def _warn_of_replaced_depths(before: list[dict], made: list[dict], out_dir: Path
         depth = {k: real(v) if k in ("source", "id") else v for k, v in (record.get("depth") or {}).items()}
         return real(record.get("source")), depth
 
+    # an image written over one of another photo or preset: names join stem, preset and seed with "_", so
+    # a_b.png with no preset and a.png with preset b are both a_b_s0.png (compaction then dropped the earlier line)
+    theirs = {r.get("output"): r for r in before}
+    clash = sorted(r["output"] for r in made if r["output"] in theirs and (made_from(theirs[r["output"]])[0],
+                   theirs[r["output"]].get("preset")) != (made_from(r)[0], r.get("preset")))  # fmt: skip
+    if clash:
+        shown = ", ".join(clash[:3]) + (f" and {len(clash) - 3} more" if len(clash) > 3 else "")
+        _warn(f"{out_dir}: this run wrote {len(clash)} image(s) over an earlier run's of another photo or preset "
+              f"({shown}); write one of them to another folder to keep both", on_warning)  # fmt: skip
     ours = {f: made_from(r) for r in made for f in r.get("depth_files") or ()}
     outputs = {r["output"] for r in made}
     kept = [

@@ -977,6 +977,28 @@ def test_a_rerun_that_writes_another_depth_over_earlier_images_depth_files_says_
         "chelsea_depth16.png", "chelsea_depth_preview.png", "chelsea_control.png"]  # fmt: skip
 
 
+def test_a_rerun_that_writes_over_another_photos_image_says_so(tmp_path, chelsea, capsys):
+    """x_fog.png with a prompt and x.png with preset fog are both x_fog_s0.png: the second run wrote over the first's
+    image and its manifest line went at compaction, silently. The same photo and preset again is a plain rerun."""
+    chelsea.save(tmp_path / "x_fog.png")
+    chelsea.save(tmp_path / "x.png")
+    out = tmp_path / "o"
+    argv = ["-o", out, "--model", "tiny", "--estimator", "tiny", "--seed", 0, "--steps", 2]
+    code, _, err = run(capsys, "transform", tmp_path / "x_fog.png", *argv, "--prompt", "a cat")
+    assert code == 0, err
+    code, _, err = run(capsys, "transform", tmp_path / "x_fog.png", *argv, "--prompt", "a cat")
+    assert code == 0 and "warning" not in err, err
+    code, _, err = run(capsys, "transform", tmp_path / "x.png", *argv, "--preset", "fog")
+    assert (
+        code == 0
+        and (
+            f"depth2img: warning: {out}: this run wrote 1 image(s) over an earlier run's of another photo or preset "
+            "(x_fog_s0.png); write one of them to another folder to keep both"
+        )
+        in err
+    ), err
+
+
 def test_the_app_keeps_sigterms_default_and_presets_need_no_pixel_limit(monkeypatch, capsys):
     """gradio's server loop takes a KeyboardInterrupt as a normal stop, so SIGTERM as one made `app` exit 0; and a bad
     DEPTH2IMG_MAX_PIXELS refused `presets`, which reads no image."""
