@@ -140,8 +140,6 @@ def say_licence(ref: ModelRef) -> None:
 
 def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_patterns=None) -> Path:
     """A local directory holding ``ref``'s files, fetching them from the hub only when allowed and reachable."""
-    if not ref.is_local:
-        say_licence(ref)
     if ref.is_local:
         path = Path(ref.location)
         if ref.name.startswith("tiny") and ref.entry is not None:
@@ -156,6 +154,7 @@ def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_pattern
             )
             raise ModelLoadError(f"model {ref.name!r}: directory {path} does not exist{hint}")
         return path
+    say_licence(ref)
 
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (

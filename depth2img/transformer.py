@@ -177,8 +177,7 @@ class SceneTransformer:
         more), the first at a second image size once more (torch's dynamic shapes: for any size), the later ones
         run faster (on an H200, default mode at batch 16: 189 against 279 ms an image; the bench's fast path, in
         bf16), and a smaller batch of a shape run before is padded to the next larger batch run at it rather than
-        compiled again. Other knobs
-        (prompt, seed, steps, strength, guidance, control scale) compile nothing new. ``native_size``: the side of
+        compiled again. Other knobs (prompt, seed, steps, strength, guidance, control scale) compile nothing new. ``native_size``: the side of
         the square whose pixel count a photo is generated at (its aspect kept); default the registry entry's, else
         the pipeline's own (512 for SD1.5 and SD2, 1024 for SDXL and Flux). ``presets``: the presets already read
         (``load_presets``) by a caller that checked names against them, instead of reading ``preset_files``."""
