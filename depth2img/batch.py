@@ -1002,25 +1002,18 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         labels.check(paths, warn=rank == 0)
         earlier_run = any(root.glob("manifest*.jsonl"))
         recorded = _earlier_record(root / "job.resolved.yaml") if earlier_run else None
-        # before its temp files are swept: a refused run leaves the earlier one untouched
-        if resume and recorded is not None:
-            _check_same_run(job, recorded, root / "job.resolved.yaml")
-        # (an earlier run is refused, untouched)
-        if rank == 0 and root.is_dir() and (resume or not earlier_run):
-            for stale in stale_temp_files(root):  # of a killed run
-                stale.unlink(missing_ok=True)
         # of each line, what names, skips and retries need (whole records, ~10 KB a line, peaked at 1.5 GB for 60k)
         fields = ("item", "attempt", "final", "output", "source", "source_in_job", "dtype")
         records = [r for m in root.glob("manifest*.jsonl") for r in read_manifest(m, fields=fields)]
-        # the dtype the earlier images were made in: a job that names none takes the device's default (float32 on a
-        # CPU, float16 on a GPU), which job.resolved.yaml records as null
-        earlier_dtypes = {r["dtype"] for r in records if isinstance(r.get("dtype"), str)}
         # a source keeps the name an earlier run gave it: a source added since with the same file name (sorted before
         # it) took that name, and with it the earlier images as its own
         base = (recorded or {}).get("base_dir")
         names = _EarlierNames(records, base if isinstance(base, str) else job.base_dir)
         # an image removed since is made again, at its attempt (the same seed)
         records = [r for r in records if not _lost(root, r)]
+        # the dtype the images kept were made in: a job that names none takes the device's default (float32 on a
+        # CPU, float16 on a GPU), which job.resolved.yaml records as null
+        earlier_dtypes = {r["dtype"] for r in records if r.get("final") and isinstance(r.get("dtype"), str)}
         tried: dict[str, int] = {}  # item -> the highest attempt an earlier run recorded
         for r in records:
             tried[r["item"]] = max(tried.get(r["item"], -1), r.get("attempt", 0))
@@ -1028,6 +1021,13 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         finished = {r["item"] for r in records if r.get("final")}
         finished |= {item for item, attempt in tried.items() if attempt >= job.geometry.retries}
         del records  # not held through the run
+        # before its temp files are swept: a refused run leaves the earlier one untouched
+        if resume and recorded is not None:
+            _check_same_run(job, recorded, root / "job.resolved.yaml", earlier_dtypes)
+        # (an earlier run is refused, untouched)
+        if rank == 0 and root.is_dir() and (resume or not earlier_run):
+            for stale in stale_temp_files(root):  # of a killed run
+                stale.unlink(missing_ok=True)
         barrier()  # every process has read the manifests, and stale files are gone, before any process writes
         if not resume and earlier_run:  # before anything of the earlier run is touched
             raise InputError(
@@ -1075,14 +1075,22 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     service = service or Service(model=job.model, estimator=job.estimator, device=device, lora=job.lora,
                                  lora_scale=job.lora_scale, compile=job.compile, dtype=job.dtype,
                                  presets=job._presets)  # fmt: skip
-    if resume and todo and earlier_dtypes:
+    # anything left in the whole run, not only this process's share: every process refuses alike
+    left = (
+        resume
+        and earlier_dtypes
+        and any(_item_key(stems[p], v.name, s) not in finished for p in paths for v in vars_ for s in seeds)
+    )
+    if left:
         made_in = str(service.transformer(job.model).dtype).replace("torch.", "")
         if earlier_dtypes != {made_in}:
+            was = " and ".join(sorted(earlier_dtypes))
+            fix = (f"set job key dtype: {was} to continue it" if len(earlier_dtypes) == 1 else
+                   "remove the images of one of them to have them made again in the other's")  # fmt: skip
             with alike():
                 raise InputError(
                     f"--resume (resume=True): this run would make its images in {made_in} (job key dtype "
-                    f"{job.dtype or 'not given: the device default'}), the run in {root} made them in "
-                    f"{', '.join(sorted(earlier_dtypes))}; set job key dtype: {min(earlier_dtypes)} to continue it"
+                    f"{job.dtype or 'not given: the device default'}), the run in {root} made them in {was}; {fix}"
                 )
     bar = progress_bar(total=total, initial=report.skipped, unit="img",
                        desc=f"batch[{rank}]" if world > 1 else "batch", disable=not progress)  # fmt: skip
@@ -1329,9 +1337,9 @@ def _earlier_record(recorded: Path) -> dict | None:
     return earlier if isinstance(earlier, dict) else None
 
 
-def _check_same_run(job: Job, earlier: dict, recorded: Path) -> None:
+def _check_same_run(job: Job, earlier: dict, recorded: Path, made_in: set[str] = frozenset()) -> None:
     """On --resume, refuse a job whose image-making settings differ from those of the run it continues,
-    ``earlier`` (read from ``recorded``)."""
+    ``earlier`` (read from ``recorded``; ``made_in``: the dtypes its images record)."""
     # in the record's types (lists, not tuples)
     now = yaml.safe_load(yaml.safe_dump(_resolved(job), sort_keys=False))
     earlier = dict(earlier)  # its keys are normalised below, not the caller's record
@@ -1341,6 +1349,10 @@ def _check_same_run(job: Job, earlier: dict, recorded: Path) -> None:
         # a scale with no LoRA scaled nothing (an earlier run may have recorded one)
         if not record.get("lora"):
             record.pop("lora_scale", None)
+        # a run that named no dtype made its images in its device's default: a job may name the dtype its images
+        # record to continue it (run_job compares the dtype this run makes its images in with theirs)
+        if earlier.get("dtype") is None and made_in == {now.get("dtype")}:
+            record.pop("dtype", None)
         base = record.get("base_dir")
         # a folder under the job's own, wherever the project now lies
         for key in ("model", "estimator", "lora"):
@@ -1349,6 +1361,17 @@ def _check_same_run(job: Job, earlier: dict, recorded: Path) -> None:
                 record[key] = Path(value).relative_to(base).as_posix()
     changed = [k for k in SAME_RUN_KEYS if k in earlier and earlier[k] != now.get(k)]
     before = {v.get("name"): v for v in earlier.get("variations") or [] if isinstance(v, dict)}
+    # a variation the earlier run named otherwise (accented and non-Latin names changed in 0.1.0): taken as new, its
+    # items were all made again beside the earlier ones, both indexed
+    for v in now["variations"]:
+        renamed = [n for n, old in before.items() if n != v["name"] and n not in {x["name"] for x in now["variations"]}
+                   and (old.get("preset"), old.get("prompt")) == (v["preset"], v["prompt"])]  # fmt: skip
+        if renamed:
+            raise InputError(
+                f"--resume (resume=True): this job's variation {v['name']!r} was named {renamed[0]!r} by the run in "
+                f"{recorded.parent} ({recorded.name}), by an earlier depth2img's naming; finish that run with the "
+                "version that started it, or choose another output folder"
+            )
     changed += [
         f"variation {v['name']!r}"
         for v in now["variations"]

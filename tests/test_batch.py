@@ -1136,16 +1136,34 @@ def test_resume_refuses_a_run_whose_default_dtype_differs(dataset, tmp_path):
     manifest = out / "manifest.jsonl"
     lines = [json.loads(line) for line in manifest.read_text().splitlines()]
     assert {r["dtype"] for r in lines} == {"float32"}
-    manifest.write_text(
-        "".join(json.dumps({**r, "dtype": "float16"}) + "\n" for r in lines)
-    )  # as a GPU made them
+    # as a GPU made them
+    manifest.write_text("".join(json.dumps({**r, "dtype": "bfloat16"}) + "\n" for r in lines))
     assert run_job(job, resume=True, progress=False).skipped == 3  # nothing left to make: nothing to refuse
     (out / lines[0]["output"]).unlink()
     with pytest.raises(InputError, match=r"^--resume \(resume=True\): this run would make its images in float32 "
-                       r"\(job key dtype not given: the device default\), the run in .* made them in float16; set "
-                       r"job key dtype: float16"):  # fmt: skip
+                       r"\(job key dtype not given: the device default\), the run in .* made them in bfloat16; set "
+                       r"job key dtype: bfloat16 to continue it$"):  # fmt: skip
         run_job(job, resume=True, progress=False)
     assert not (out / lines[0]["output"]).exists()
+    # the advice works: the recorded dtype (null) does not refuse a job naming the dtype its images record
+    job.write_text(job.read_text() + "dtype: bfloat16\n")
+    again = run_job(job, resume=True, progress=False)
+    assert again.done == 1 and read_manifest(manifest)[-1]["dtype"] == "bfloat16"
+
+
+def test_resume_refuses_a_variation_an_earlier_run_named_otherwise(dataset, tmp_path):
+    """Accented and non-Latin variation names changed (été: 't', now 'ete'); a resume took the renamed variation as
+    new and made all its items again beside the earlier ones, both indexed."""
+    out = tmp_path / "v"
+    job = write_job(dataset, output=str(out), presets=["fog"], seeds=1, labels={}, layout="files")
+    assert run_job(job, progress=False).done == 3
+    recorded = out / "job.resolved.yaml"
+    record = yaml.safe_load(recorded.read_text())
+    record["variations"][0]["name"] = "f"  # as an earlier naming had it
+    recorded.write_text(yaml.safe_dump(record, sort_keys=False))
+    with pytest.raises(InputError, match=r"^--resume \(resume=True\): this job's variation 'fog' was named 'f' by "
+                       r"the run in .*; finish that run with the version that started it"):  # fmt: skip
+        run_job(job, resume=True, progress=False)
 
 
 def test_an_exif_rotated_tiff_is_checked_at_its_shown_size(tmp_path):
