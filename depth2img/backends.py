@@ -502,7 +502,8 @@ class Backend:
         the pipelines (``prepare`` checks a request's scheduler while another thread may be denoising)."""
         import diffusers
 
-        name = check_scheduler_name(name) or self.default_scheduler
+        # ("" is the default too, as it was)
+        name = check_scheduler_name(None if name == "" else name) or self.default_scheduler
         check_backbone_knobs(self.traits, self.ref.name, {}, scheduler=name)
         if name not in self._schedulers:
             base = self._schedulers.setdefault("__original__", self.pipe.scheduler)

@@ -82,11 +82,9 @@ def resolve_dtype(dtype, device, accelerator_default: str = "float16"):
     if dtype is None:
         return torch.float32 if device.type == "cpu" else getattr(torch, accelerator_default)
     # a torch.dtype too, of these three only (torch.int8 failed as a ControlNet that could not be loaded)
-    name = (
-        _DTYPES.get(str(dtype).lower().replace("torch.", ""))
-        if isinstance(dtype, (str, torch.dtype))
-        else None
-    )
+    # (a numpy dtype's name too: np.dtype("float16"))
+    named = isinstance(dtype, (str, torch.dtype)) or type(dtype).__module__.startswith("numpy")
+    name = _DTYPES.get(str(dtype).lower().replace("torch.", "")) if named else None
     if name is None:
         raise InputError(f"dtype {dtype!r} is not one of {', '.join(sorted(_DTYPES))}")
     return getattr(torch, name)
@@ -131,7 +129,8 @@ def say_licence(ref: ModelRef) -> None:
     non-commercial use only (Depth Anything V2 B/L, FLUX.1 [dev]...): said in `depth2img models` and the app's
     backbone list only, a dataset made with one carried no word of it."""
     e = ref.entry
-    if e is None or e.commercial or e.name in _LICENCES_SAID:
+    # (one process of a multi-process run says it: torchrun and accelerate set RANK)
+    if e is None or e.commercial or e.name in _LICENCES_SAID or os.environ.get("RANK", "0") != "0":
         return
     _LICENCES_SAID.add(e.name)
     warnings.warn(f"{e.name} ({e.id}) is licensed {e.licence}: not marked for commercial use (`depth2img models` "

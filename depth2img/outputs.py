@@ -270,9 +270,9 @@ def manifest_records(data: bytes, *, keep=None, fields=None) -> list[dict]:
 
 
 def manifest_index(fh, fields) -> list[dict]:
-    """The JSON records of the manifest open as ``fh`` (``locked_manifest``'s, writable, its lock held), each with
-    only its ``fields`` and, as ``"_at"``, where its line lies for ``write_lines``; a torn last line (a run killed
-    mid-write) is cut off the file. A rewrite copies the lines it keeps: parsed whole, a 1M-line multi-process
+    """The JSON records of the manifest open as ``fh`` (``locked_manifest``'s, its lock held), each with only its
+    ``fields`` and, as ``"_at"``, where its line lies for ``write_lines``; a torn last line (a run killed mid-write)
+    is cut off the file where ``fh`` may write. A rewrite copies the lines it keeps: parsed whole, a 1M-line multi-process
     run's merge held ~10 GB."""
     index, end = [], 0
     with os.fdopen(os.dup(fh.fileno()), "rb") as reader:  # buffered: ``fh`` is not (a line a byte at a time)
@@ -283,7 +283,7 @@ def manifest_index(fh, fields) -> list[dict]:
                 index.append(
                     {**{k: record[k] for k in fields if k in record}, "_at": (fh, offset, len(line))}
                 )
-        if reader.seek(0, os.SEEK_END) > end:
+        if reader.seek(0, os.SEEK_END) > end and fh.writable():
             os.ftruncate(fh.fileno(), end)
     return index
 
@@ -305,7 +305,8 @@ def compact_manifest(path) -> None:
     if not path.is_file():
         return
     # under the manifest's lock, so that no line another run appends meanwhile is lost
-    with locked_manifest(path, "r+b") as fh:
+    # (a manifest the user made read-only is still rewritten, as the folder allows: its torn line is left)
+    with locked_manifest(path, "r+b" if os.access(path, os.W_OK) else "rb") as fh:
         records = manifest_index(fh, ("output",))
         last = {r.get("output"): i for i, r in enumerate(records)}
         kept = [r for i, r in enumerate(records)
@@ -335,13 +336,13 @@ def shortened(name: str, limit: int = MAX_STEM_BYTES) -> str:
 
 def safe_name(text: str, limit: int = 60) -> str:
     """A file-name fragment: ASCII letters, digits, '+', '-' and '_' only, at most ``limit`` characters. Accents
-    are dropped ("été" -> "ete"); a text that loses other letters or digits (any other script) or is cut ends in a
-    hash of the whole: presets "冬" and "夏" were both "x", one's images written over the other's."""
+    are dropped ("été" -> "ete"); a text that holds any other non-ASCII character (another script, a symbol) or is
+    cut ends in a hash of the whole: presets "冬" and "夏" were both "x", one's images written over the other's."""
     import unicodedata
 
     folded = "".join(c for c in unicodedata.normalize("NFKD", text) if not unicodedata.combining(c))
     name = re.sub(r"[^A-Za-z0-9+_-]+", "-", folded).strip("-")
-    if len(name) <= limit and not any(c.isalnum() and not c.isascii() for c in folded):
+    if len(name) <= limit and folded.isascii():
         return name or "x"
     import hashlib
 

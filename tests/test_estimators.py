@@ -369,3 +369,8 @@ def test_a_non_commercial_model_is_said_once_before_it_is_fetched(monkeypatch):
             loading.snapshot_dir(ref, local_files_only=True)
         with pytest.raises(ModelLoadError):  # a commercial one says nothing
             loading.snapshot_dir(resolve_estimator("depth-anything-v2-small"), local_files_only=True)
+        # nor does a multi-process run's other processes (8 GPUs said it 8 times)
+        monkeypatch.setattr(loading, "_LICENCES_SAID", set())
+        monkeypatch.setenv("RANK", "3")
+        with pytest.raises(ModelLoadError):
+            loading.snapshot_dir(ref, local_files_only=True)

@@ -674,6 +674,9 @@ def test_api_errors_name_the_python_argument_and_refuse_bad_types(tmp_path, chel
     st = SceneTransformer.from_pretrained("tiny", preset_files=None)
     with pytest.raises(InputError, match=r"^scheduler \[\] is not one of unipc, "):
         st.transform(chelsea, "x", steps=2, scheduler=[])
+    assert (
+        st.transform(chelsea, "x", steps=2, scheduler="").metadata[0]["scheduler"] == "unipc"
+    )  # the default
 
 
 def test_the_device_recorded_names_a_gpu(monkeypatch):
@@ -706,5 +709,6 @@ def test_a_service_checks_its_device_and_dtype_when_made(capsys):
             resolve_dtype(bad, torch.device("cpu"))
     assert resolve_dtype(torch.bfloat16, torch.device("cpu")) == torch.bfloat16
     assert resolve_dtype("BF16", torch.device("cpu")) == torch.bfloat16
+    assert resolve_dtype(np.dtype("float16"), torch.device("cpu")) == torch.float16  # as it was taken
     assert main(["app", "--model", "tiny", "--device", "cuda:7"]) == 2
     assert "CUDA is not available here" in capsys.readouterr().err
