@@ -1361,14 +1361,15 @@ def _check_same_run(job: Job, earlier: dict, recorded: Path, made_in: set[str] =
                 record[key] = Path(value).relative_to(base).as_posix()
     changed = [k for k in SAME_RUN_KEYS if k in earlier and earlier[k] != now.get(k)]
     before = {v.get("name"): v for v in earlier.get("variations") or [] if isinstance(v, dict)}
-    # a variation the earlier run named otherwise (accented and non-Latin names changed in 0.1.0): taken as new, its
+    # a variation the earlier run named otherwise (accented and non-Latin names changed in 413f805): taken as new, its
     # items were all made again beside the earlier ones, both indexed
+    names_now = {v["name"] for v in now["variations"]}
+    gone = {(old.get("preset"), old.get("prompt")): n for n, old in before.items() if n not in names_now}
     for v in now["variations"]:
-        renamed = [n for n, old in before.items() if n != v["name"] and n not in {x["name"] for x in now["variations"]}
-                   and (old.get("preset"), old.get("prompt")) == (v["preset"], v["prompt"])]  # fmt: skip
-        if renamed:
+        renamed = gone.get((v["preset"], v["prompt"])) if v["name"] not in before else None
+        if renamed is not None:
             raise InputError(
-                f"--resume (resume=True): this job's variation {v['name']!r} was named {renamed[0]!r} by the run in "
+                f"--resume (resume=True): this job's variation {v['name']!r} was named {renamed!r} by the run in "
                 f"{recorded.parent} ({recorded.name}), by an earlier depth2img's naming; finish that run with the "
                 "version that started it, or choose another output folder"
             )

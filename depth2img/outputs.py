@@ -272,8 +272,8 @@ def manifest_records(data: bytes, *, keep=None, fields=None) -> list[dict]:
 def manifest_index(fh, fields) -> list[dict]:
     """The JSON records of the manifest open as ``fh`` (``locked_manifest``'s, its lock held), each with only its
     ``fields`` and, as ``"_at"``, where its line lies for ``write_lines``; a torn last line (a run killed mid-write)
-    is cut off the file where ``fh`` may write. A rewrite copies the lines it keeps: parsed whole, a 1M-line multi-process
-    run's merge held ~10 GB."""
+    is cut off the file where ``fh`` may write. A rewrite copies the lines it keeps: parsed whole, a 1M-line
+    multi-process run's merge held ~10 GB."""
     index, end = [], 0
     with os.fdopen(os.dup(fh.fileno()), "rb") as reader:  # buffered: ``fh`` is not (a line a byte at a time)
         reader.seek(0)
