@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import threading
 import time
 import warnings
@@ -34,7 +35,7 @@ from .knobs import (
     request_seeds,
     resolved_knobs,
 )
-from .loading import resolve_device
+from .loading import resolve_device, resolve_dtype
 from .outputs import CPU_THREADS, progress_bar
 from .registry import default_estimator_for, resolve_backbone
 
@@ -182,6 +183,7 @@ class SceneTransformer:
         the pipeline's own (512 for SD1.5 and SD2, 1024 for SDXL and Flux). ``presets``: the presets already read
         (``load_presets``) by a caller that checked names against them, instead of reading ``preset_files``."""
         from .backends import check_memory_options, check_speed_lora, load_backend
+        from .estimators import DepthEstimator
         from .knobs import check_lora_scale, check_native_size
         from .registry import resolve_lora
         from .tiny import TINY_NATIVE_SIZE
@@ -195,13 +197,21 @@ class SceneTransformer:
         check_memory_options(device=device, offload=offload, attention=attention)
         lora_ref = resolve_lora(lora) if lora else None
         check_lora_scale(lora_scale, lora)
+        resolve_dtype(dtype, device)  # (a bad one was found once the backbone's files were fetched)
         if isinstance(estimator, str):  # loaded on first need: a misspelt name failed at the first transform
             from .registry import resolve_estimator
 
             resolve_estimator(estimator)
+        elif estimator is not None and not isinstance(estimator, (os.PathLike, DepthEstimator)):
+            # (5 was taken, and failed at the first transform)
+            raise InputError(
+                f"estimator must be a registry name, a folder or a DepthEstimator, got {estimator!r}"
+            )
         # before the backbone loads: a bad file failed after it
         if presets is None:  # (``presets``: read already, by a caller that checked names against them)
             presets = presets_mod.load_presets(preset_files)
+        elif not isinstance(presets, dict):
+            raise InputError(f"presets must be a dict of presets (presets.load_presets), got {presets!r}")
         if lora:
             if ref.entry is not None and ref.entry.pipeline:
                 check_speed_lora(ref.entry.pipeline, lora_ref)

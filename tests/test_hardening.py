@@ -710,5 +710,13 @@ def test_a_service_checks_its_device_and_dtype_when_made(capsys):
     assert resolve_dtype(torch.bfloat16, torch.device("cpu")) == torch.bfloat16
     assert resolve_dtype("BF16", torch.device("cpu")) == torch.bfloat16
     assert resolve_dtype(np.dtype("float16"), torch.device("cpu")) == torch.float16  # as it was taken
+    # from_pretrained: before the backbone's files are fetched (5 as an estimator failed at the first transform)
+    from depth2img.transformer import SceneTransformer
+
+    for kwargs, message in ((dict(dtype="int8"), "dtype 'int8' is not one of"),
+                            (dict(estimator=5), "estimator must be a registry name, a folder or a DepthEstimator, got 5"),
+                            (dict(presets=5), "presets must be a dict of presets")):  # fmt: skip
+        with pytest.raises(InputError, match=message):
+            SceneTransformer.from_pretrained("not/on-the-hub", **kwargs)
     assert main(["app", "--model", "tiny", "--device", "cuda:7"]) == 2
     assert "CUDA is not available here" in capsys.readouterr().err
