@@ -85,6 +85,12 @@ class DepthMap:
         for name, side in (("width", width), ("height", height)):  # raw cv2 errors for 0, -5 or 48.5
             if isinstance(side, bool) or not isinstance(side, (int, np.integer)) or side < 1:
                 raise InputError(f"resized: {name} must be a whole number of pixels >= 1, got {side!r}")
+        from .io import pixel_limit
+
+        if width * height > pixel_limit():  # (cv2's "Insufficient memory", or the machine's)
+            raise InputError(
+                f"resized: {width}x{height} is over the pixel limit {pixel_limit()} (DEPTH2IMG_MAX_PIXELS)"
+            )
         if self.valid.all() and (self.kind != "metric_depth" or self.values.min() > 0):
             values, valid = self.values, self.valid  # the usual case: no hole (marked valid means finite)
         else:

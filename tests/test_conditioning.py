@@ -180,6 +180,11 @@ def test_fill_unusable_takes_the_nearest_usable_value():
         (lambda d: d.resized(0, 10), r"^resized: width must be a whole number of pixels >= 1, got 0$"),
         (lambda d: d.resized(48.5, 32), r"^resized: width must be a whole number of pixels >= 1, got 48.5$"),
         (lambda d: d.resized(10, -5), r"^resized: height must be a whole number of pixels >= 1, got -5$"),
+        # (cv2's "Insufficient memory", or the machine's)
+        (
+            lambda d: d.resized(10**6, 10**6),
+            r"^resized: 1000000x1000000 is over the pixel limit \d+ \(DEPTH2IMG",
+        ),
         (
             lambda d: d.control_image(48),
             r"^control_image: give both width and height or neither, got 48 and None$",
