@@ -223,7 +223,7 @@ def scale_outside_graph(controlnet) -> None:
 
 def check_memory_options(*, device=None, offload: str | None = None, attention: str = "sdpa"):
     """(offload mode, device) once ``offload`` and ``attention`` are known to work here; cheap, so callers check
-    them before any model loads. Offloading needs a CUDA device (``device`` None: the default GPU)."""
+    them before any model loads. Offloading needs a CUDA device (``device`` None: the one ``resolve_device`` picks)."""
     import torch
 
     offload = offload or "none"
@@ -231,7 +231,8 @@ def check_memory_options(*, device=None, offload: str | None = None, attention: 
         raise InputError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
     check_attention(attention)
     if offload != "none":
-        device = torch.device(device if device is not None else "cuda")
+        # none given: the one resolve_device picks (it assumed cuda: one place chooses)
+        device = resolve_device() if device is None else torch.device(device)
         if not torch.cuda.is_available():
             raise InputError(
                 f"offload {offload!r} moves weights between CPU and GPU; no GPU is available here"
