@@ -338,16 +338,7 @@ def _flag(key: str) -> str:
 
 def _cmd_transform(args) -> int:
     from .errors import InputError
-    from .knobs import (
-        DEFAULT_KNOBS,
-        check_batch_size,
-        check_compile,
-        check_denoising_steps,
-        check_knobs,
-        check_num_images,
-        resolved_knobs,
-        seed_run,
-    )
+    from .knobs import DEFAULT_KNOBS, check_compile, check_denoising_steps, check_knobs, resolved_knobs
     from .presets import load_presets, resolve
 
     # Everything that can be checked without a model is checked first: bad arguments cost no load.
@@ -398,11 +389,8 @@ def _cmd_transform(args) -> int:
                               label=_flag)  # fmt: skip
     except InputError as err:
         raise joined(err, ("steps", "strength")) from None
-    check_num_images(args.num_images, label=_flag)
-    if args.seed is not None:
-        seed_run(args.seed, args.num_images, label=_flag)
-    check_batch_size(args.batch_size, "--batch-size")
-    from .backends import check_backbone_knobs, check_memory_options, check_scheduler_name, fit_knobs
+    # num_images, seed, batch size and scheduler name: run_transform checks them (label=_flag) before any load
+    from .backends import check_backbone_knobs, check_memory_options, fit_knobs
 
     # as prepare runs it: a preset's feature cache where the backbone has no UNet is not used
     cache = (fit_knobs(traits, resolved) if traits is not None else resolved)["feature_cache"]
@@ -411,8 +399,6 @@ def _cmd_transform(args) -> int:
                       cache_name="--feature-cache")  # fmt: skip
     except InputError as err:
         raise joined(err, ("feature_cache",)) from None
-
-    check_scheduler_name(args.scheduler, _flag("scheduler"))
     from .loading import resolve_device
 
     check_memory_options(device=resolve_device(args.device), offload=args.offload, attention=args.attention)

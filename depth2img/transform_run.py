@@ -88,7 +88,7 @@ def run_transform(
     with output_dir_for(out_dir, inputs) as out_dir:
         manifest = out_dir / MANIFEST
         # the outputs an earlier run recorded here (reading cuts a torn last line of a killed run)
-        # of each record, only what _warn_of_replaced_depths compares (a whole record held ~8 KB: a run of 1M images
+        # of each record, only what _warn_of_replaced_files compares (a whole record held ~8 KB: a run of 1M images
         # into a folder grew by GBs)
         before = [_depth_source(r) for r in read_manifest(manifest)]
         earlier = {r.get("output") for r in before}
@@ -203,7 +203,7 @@ def run_transform(
                         f"{manifest}: not compacted ({err.strerror or err}); the next run here does it",
                         on_warning,
                     )
-                _warn_of_replaced_depths(before, made, out_dir, on_warning)
+                _warn_of_replaced_files(before, made, out_dir, on_warning)
     return report
 
 
@@ -211,7 +211,7 @@ def _depth_source(record: dict) -> dict:
     return {k: record.get(k) for k in ("output", "source", "preset", "depth", "depth_files")}
 
 
-def _warn_of_replaced_depths(before: list[dict], made: list[dict], out_dir: Path, on_warning) -> None:
+def _warn_of_replaced_files(before: list[dict], made: list[dict], out_dir: Path, on_warning) -> None:
     """A rerun into a folder writes over an input's depth files (NAME_depth16.png, NAME_control.png), which the earlier
     run's other images of that input (another preset or seed) were made from: say so where the depth differs. Say
     so too where it wrote over an earlier image of another photo or preset (same name)."""
