@@ -344,10 +344,6 @@ def _cmd_transform(args) -> int:
     # Everything that can be checked without a model is checked first: bad arguments cost no load.
     if not (args.prompt or "").strip() and not args.preset:
         raise InputError("give --prompt or --preset (see `depth2img presets`)")
-    if args.depth_polarity and not args.depth:  # it was accepted and did nothing
-        raise InputError(
-            f"--depth-polarity {args.depth_polarity} says how to read --depth files; none was given"
-        )
     presets = load_presets(args.presets_file)  # read once: what the run uses is what was checked
     preset_knobs = resolve(args.prompt, args.preset, presets)[2]
     knobs = {"steps": args.steps, "strength": args.strength, "guidance_scale": args.guidance,

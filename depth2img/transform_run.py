@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .depth_run import RunReport, _stems, as_paths, check_callback, output_dir_for, read_ahead
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError
-from .io import load_image
+from .io import check_polarity, load_image
 from .knobs import DEFAULT_KNOBS, check_batch_size, check_knobs, check_num_images, plain_number, request_seeds
 from .outputs import (
     MANIFEST,
@@ -80,6 +80,10 @@ def run_transform(
     report = RunReport(on_error=on_error)
     paths = report.collect(inputs)
     depth = as_paths(depth, label("depth")) if depth is not None else None
+    check_polarity(depth_polarity, label("depth_polarity"))
+    if depth_polarity is not None and depth is None:  # it was accepted and did nothing
+        raise InputError(f"{label('depth_polarity')} {depth_polarity} says how to read {label('depth')} files; "
+                         "none was given")  # fmt: skip
     if depth is not None and len(depth) != len(paths):
         raise InputError(f"{label('depth')}: {len(depth)} depth files for {len(paths)} inputs; give one per input"
                          + report.unpaired())  # fmt: skip

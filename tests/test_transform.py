@@ -551,6 +551,14 @@ def test_run_transform_refuses_an_unknown_knob_before_loading(tmp_path, photo, m
         run_transform(
             [tmp_path / "a.png"], tmp_path / "out", prompt=PROMPT, model="tiny", knobs={"guidance": 3}
         )
+    # a depth polarity with no depth to read was accepted and did nothing (the CLI alone refused it)
+    for polarity, message in (
+        ("metric", "^depth_polarity metric says how to read depth files; none was given$"),
+        ("bogus", "^depth_polarity must be one of near-bright, far-bright, metric, got 'bogus'$"),
+    ):
+        with pytest.raises(InputError, match=message):
+            run_transform([tmp_path / "a.png"], tmp_path / "out", prompt=PROMPT, model="tiny",
+                          depth_polarity=polarity)  # fmt: skip
     assert not (tmp_path / "out").exists()
 
 
@@ -1593,6 +1601,8 @@ def test_more_api_arguments_are_checked_where_they_are_given(sd15, photo, depth,
         InputError, match="^depth_polarity must be one of near-bright, far-bright, metric, got 'bogus'"
     ):
         sd15.transform(photo, "x", depth=depth, depth_polarity="bogus", steps=2)
+    with pytest.raises(InputError, match="^depth_polarity metric says how to read a depth; none was given$"):
+        sd15.transform(photo, "x", depth_polarity="metric", steps=2)
     with pytest.raises(
         InputError, match="requests must be a list of Request objects from prepare\\(\\), got NoneType"
     ):
