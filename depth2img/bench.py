@@ -657,7 +657,8 @@ def markdown(result: dict) -> str:
         lines.append(
             f"\nCUDA graphs ({mode}): "
             + (f"{n} compiled graph(s) ran without them (inductor skipped them: on a GPU `TORCH_LOGS=perf_hints` says why; a CPU has none)"
-               if n else "every compiled graph captured")
+               if n else "every compiled graph captured; the row's peak memory leaves out their memory pool, "
+               "allocated at capture, before the timed calls, which count only what they allocate on top")
         )  # fmt: skip
     if "vae_decode_ms" in result:
         lines.append(
