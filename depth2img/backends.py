@@ -107,13 +107,67 @@ CUDAGRAPH_MODES = ("reduce-overhead", "max-autotune")
 COMPILE_OPTIONS = {"cpp-wrapper": {"cpp_wrapper": True}}
 
 
-def compile_kwargs(mode: str) -> dict:
+def compile_kwargs(mode: str, options: dict | None = None) -> dict:
     """torch.compile's arguments for one of ``knobs.COMPILE_MODES``. ``cpp-wrapper``: the default mode's kernels,
     launched by a C++ wrapper instead of a Python one: on a GPU, where a batch-1 call is bound by launching kernels
     (the H200's compiled SD1.5, 12.8 % of peak at batch 1, 45.5 % at 16), without CUDA graphs. Not yet measured on
     a GPU; on this 2-core CPU, tiny SD1.5 at 80x52, 4 steps, batch 1, interleaved: 126.3 ms a call against the
-    default mode's 128.4 (eager 149.1), its first call compiling in 49 s against 66."""
-    return {"options": COMPILE_OPTIONS[mode]} if mode in COMPILE_OPTIONS else {"mode": mode}
+    default mode's 128.4 (eager 149.1), its first call compiling in 49 s against 66.
+
+    ``options``: inductor settings on top of the mode's (``check_inductor_options``; torch.compile takes a mode or
+    options, not both, so the mode is given as the options it stands for, as torch itself expands it)."""
+    if not options:
+        return {"options": COMPILE_OPTIONS[mode]} if mode in COMPILE_OPTIONS else {"mode": mode}
+    from torch._inductor import list_mode_options
+
+    base = COMPILE_OPTIONS.get(mode) or list_mode_options(mode)
+    return {"options": {**base, **options}}
+
+
+def captures_cuda_graphs(mode: str, options: dict | None = None) -> bool:
+    """Whether a compile in ``mode`` with inductor ``options`` captures CUDA graphs (on a GPU)."""
+    options = compile_kwargs(mode, options).get("options") or {}
+    return (
+        mode in CUDAGRAPH_MODES if "triton.cudagraphs" not in options else bool(options["triton.cudagraphs"])
+    )
+
+
+def check_inductor_options(options, name: str = "inductor") -> dict:
+    """``options`` as inductor settings (a mapping, or ``NAME=VALUE`` strings as the bench's ``--inductor`` takes
+    them: VALUE a Python literal, else a string), each a setting of ``torch._inductor.config`` with a value of its
+    type, so that a typo is refused before any model is built rather than at the first compiled call."""
+    import ast
+
+    from torch._inductor import config
+
+    if options is None:
+        return {}
+    if isinstance(options, (list, tuple)):
+        pairs = {}
+        for item in options:
+            key, sep, text = str(item).partition("=")
+            if not sep or not key.strip():
+                raise InputError(f"{name} takes NAME=VALUE (conv_1x1_as_mm=True), got {item!r}")
+            try:
+                pairs[key.strip()] = ast.literal_eval(text.strip())
+            except (ValueError, SyntaxError):
+                pairs[key.strip()] = text.strip()
+        options = pairs
+    if not isinstance(options, dict):
+        raise InputError(f"{name} must be a dict of inductor settings, got {options!r}")
+    known = config.get_config_copy()
+    for key, value in options.items():
+        setting = str(key).replace("-", "_")
+        if setting not in known:
+            raise InputError(f"{name}: {key!r} is not a setting of torch._inductor.config")
+        default = known[setting]
+        expected = type(default)
+        fits = isinstance(value, expected) and (expected is not int or not isinstance(value, bool))
+        if default is not None and not fits and not (expected is float and type(value) is int):
+            raise InputError(
+                f"{name}: {key} takes a value of type {expected.__name__} (its default is {default!r}), got {value!r}"
+            )
+    return {str(k).replace("-", "_"): v for k, v in options.items()}
 
 
 def compile_error(err: BaseException) -> str:
@@ -142,7 +196,7 @@ def map_tensors(fn, value):
 
 
 def compile_forward(module, mode: str, *, name: str = "model", fallback: bool = True,
-                    channels_last: bool = False) -> None:  # fmt: skip
+                    channels_last: bool = False, options: dict | None = None) -> None:  # fmt: skip
     """``module.forward`` compiled with torch.compile in ``mode``, in place: the class stays (diffusers' isinstance
     checks hold), and a wrapper set on ``forward`` from outside (the ControlNet's guidance window) stays outside
     the graph, so switching it needs no recompile.
@@ -161,13 +215,14 @@ def compile_forward(module, mode: str, *, name: str = "model", fallback: bool = 
 
     Compiling happens at the first call. If the compiler fails there (no C compiler, a GPU Triton does not
     support), ``name`` runs uncompiled from then on, with one Depth2ImgWarning; ``fallback=False`` raises
-    instead (the benchmark, whose compiled row must be compiled)."""
+    instead (the benchmark, whose compiled row must be compiled). ``options``: inductor settings on top of the
+    mode's (``compile_kwargs``)."""
     import torch
     from torch._dynamo.exc import TorchDynamoException
 
     original = module.forward
-    compiled = torch.compile(original, fullgraph=False, **compile_kwargs(mode))
-    copy_out = mode in CUDAGRAPH_MODES
+    compiled = torch.compile(original, fullgraph=False, **compile_kwargs(mode, options))
+    copy_out = captures_cuda_graphs(mode, options)
     failed = []
     # the model's own signature: diffusers' decorators keep it (functools.wraps)
     signature = inspect.signature(original)
@@ -563,11 +618,13 @@ class Backend:
         fuse_qkv: bool = True,
         compile_mode: str | None = None,
         compile_fallback: bool = True,
+        compile_options: dict | None = None,
     ) -> list[str]:
         """The fast path: channels-last convolutions, fused QKV projections, and optionally torch.compile
         (in place, so diffusers' isinstance checks still hold) of the UNet/transformer and the VAE.
         Returns what was applied (also kept as ``fast_path``, which outputs record). Numerics change within
-        bf16/fp16 tolerance (checked by `depth2img bench`)."""
+        bf16/fp16 tolerance (checked by `depth2img bench`). ``compile_options``: inductor settings on top of the
+        mode's (``check_inductor_options``; the bench's ``--inductor``), named in the path as ``MODE+NAME=VALUE``."""
         import torch
 
         applied = self.fast_path = []
@@ -589,10 +646,11 @@ class Backend:
                 applied.append(f"{name}:fused_qkv")
             if compile_mode:
                 compile_forward(module.decoder if name == "vae" else module, compile_mode, name=name,
-                                fallback=compile_fallback, channels_last=laid_out)  # fmt: skip
+                                fallback=compile_fallback, channels_last=laid_out, options=compile_options)  # fmt: skip
                 if name == "controlnet":
                     scale_outside_graph(module)
-                applied.append(f"{name}:compile({compile_mode})")
+                settings = "".join(f"+{k}={v!r}" for k, v in (compile_options or {}).items())
+                applied.append(f"{name}:compile({compile_mode}{settings})")
         return applied
 
     # --------------------------------------------------------------------------------------- calling

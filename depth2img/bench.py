@@ -14,6 +14,7 @@ import contextlib
 import json
 import math
 import platform
+import re
 import statistics
 import time
 from datetime import datetime, timezone
@@ -232,7 +233,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
               batch: int = 1, repeats: int = 3, device=None, dtype=None, compile_mode: str | None = None,
               control_end: float = 1.0, feature_cache: int = 1, attention: str = "sdpa", low_vram: bool = False,
               channels_last: bool | None = None, fuse_qkv: bool = True, peak_tflops: float | None = None,
-              out_dir: str | Path = "benchmarks", progress=print) -> dict:  # fmt: skip
+              inductor=None, out_dir: str | Path = "benchmarks", progress=print) -> dict:  # fmt: skip
     """Depth ControlNet (SD1.5 or SDXL), interleaved on the same prompt, control image and seeds:
 
     - ``diffusers``: the plain pipeline as its docs show it (fp16 on GPU, SDPA, UniPC), ``batch`` images per call;
@@ -244,7 +245,8 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     - ``depth2img-fast-compiled`` (``compile_mode``): the same with torch.compile of the UNet, ControlNet and VAE
       decoder; if compiling fails at warm-up the row is dropped and ``compile_error`` says why. Several modes,
       comma-separated, give a row each, ``depth2img-fast-compiled-MODE``, on one baseline (one run, not one per
-      mode: a GPU lease is short);
+      mode: a GPU lease is short); ``inductor``: inductor settings on top of each mode's (a dict, or ``NAME=VALUE``
+      strings), to measure one before it becomes a mode's own;
     - ``depth2img-fast+cacheN`` (``feature_cache`` N > 1): the fast path reusing deep UNet features (quality trade);
     - ``depth2img-fast-xformers`` (``attention='xformers'``): the fast path with xformers attention instead of SDPA;
     - ``depth2img-lowvram-model`` and ``-group`` (``low_vram``, GPU only): model CPU offload or group offloading
@@ -273,6 +275,9 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         check_compile(mode, "--compile", feature_cache=feature_cache, cache_name="--feature-cache")
     if len(set(modes)) < len(modes):
         raise InputError(f"--compile names a mode twice: {compile_mode!r}")
+    inductor = backends.check_inductor_options(inductor, "--inductor")
+    if inductor and not modes:
+        raise InputError("--inductor sets the compiler's options: it needs --compile MODE")
     device = resolve_device(device)
     if low_vram and device.type != "cuda":
         raise InputError("--low-vram measures GPU memory under CPU offload; no GPU is available here")
@@ -301,7 +306,9 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         name = "depth2img-fast-compiled" + (f"-{mode}" if len(modes) > 1 else "")
         extra[name] = compiled = ours(_pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype)
         compiled_rows[name] = mode
-        path = compiled.backend.optimize(compile_mode=mode, compile_fallback=False, **fast_options)
+        path = compiled.backend.optimize(
+            compile_mode=mode, compile_fallback=False, compile_options=inductor, **fast_options
+        )
         compiled_path = compiled_path or path
     if attention == "xformers":
         extra["depth2img-fast-xformers"] = xf = ours(
@@ -370,7 +377,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         skipped = counters["inductor"]["cudagraph_skips"]
         try:
             outputs[name] = fn()
-            if compiled_rows.get(name) in backends.CUDAGRAPH_MODES:
+            if name in compiled_rows and backends.captures_cuda_graphs(compiled_rows[name], inductor):
                 cudagraph_skips[compiled_rows[name]] = counters["inductor"]["cudagraph_skips"] - skipped
         except Exception as err:  # noqa: BLE001  a compiler failure is a result to report, not the end of the run
             if name not in compiled_rows:
@@ -454,7 +461,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": _device_name(device),
             "host_cpu": host_cpu(), "default_dtype": str(resolve_dtype(None, device)).replace("torch.", ""), "backbone": backbone, "preset": preset, "size": size, "steps": steps, "batch": batch, "repeats": done,
             "repeats_planned": repeats,
-            "cfg": True, "control_end": control_end, "compile": compile_mode, "feature_cache": feature_cache,
+            "cfg": True, "control_end": control_end, "compile": compile_mode, "inductor": inductor, "feature_cache": feature_cache,
             "speedup_baseline": baseline, "b1_images": images.get("diffusers-b1"), "compile_error": compile_error,
             "cudagraph_skips": cudagraph_skips,
             "plain_dtype": str(plain_dtype).replace("torch.", ""), "fast_dtype": str(fast_dtype).replace("torch.", ""),
@@ -680,7 +687,7 @@ def _compiled_text(result: dict) -> str:
         return ""
     if len(modes) == 1:
         return f" `-compiled`: {', '.join(path)}."
-    path = [step.replace(f"compile({modes[0]})", "compile(MODE)") for step in path]
+    path = [step.replace(f"compile({modes[0]}", "compile(MODE") for step in path]
     return f" `-compiled-MODE` ({', '.join(modes)}): {', '.join(path)}."
 
 
@@ -714,6 +721,10 @@ def _write(result: dict, out_dir: Path) -> None:
         f"-ce{result['control_end']:g}" if result["control_end"] < 1 else ""
     )
     extra += f"-{result['compile'].replace(',', '-')}" if result.get("compile") else ""
+    # inductor settings: NAME for True, no-NAME for False, NAME-VALUE else (file names that the device tool returns)
+    for key, value in (result.get("inductor") or {}).items():
+        word = key if value is True else f"no-{key}" if value is False else f"{key}-{value}"
+        extra += "-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", word.replace(".", "_"))
     extra += f"-cache{result['feature_cache']}" if result.get("feature_cache", 1) > 1 else ""
     extra += "-lowvram" if any("-lowvram" in k for k in result["results"]) else ""
     extra += "-no-channels-last" if result.get("channels_last") is False else ""

@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+from pathlib import Path
 
 import pytest
 
@@ -197,6 +198,45 @@ def test_bench_compiles_several_modes_in_one_run(tmp_path, monkeypatch):
             run_bench(preset="tiny", compile_mode=bad, out_dir=tmp_path)
 
 
+def test_bench_inductor_settings_reach_every_compiled_row_and_name_the_files(tmp_path, monkeypatch):
+    """--inductor NAME=VALUE: inductor settings on top of each compiled row's mode, to measure them before one
+    becomes a mode's own. They reach torch.compile (stubbed), show in the compiled path, the JSON and the file
+    names (which the device tool returns: no '='), and a setting that turns CUDA graphs on makes the default
+    mode's row count the graphs run without them."""
+    import torch
+    from torch._dynamo.utils import counters
+
+    options = []
+
+    def compile_(fn, **kwargs):
+        options.append(kwargs.get("options"))
+
+        def call(*args, **kw):
+            counters["inductor"]["cudagraph_skips"] += 1
+            return fn(*args, **kw)
+
+        return call
+
+    monkeypatch.setattr(torch, "compile", compile_)
+    result = run_bench(preset="tiny", size=64, steps=2, repeats=1, compile_mode="default",
+                       inductor=["conv_1x1_as_mm=True", "triton.cudagraphs=True", "epilogue_fusion=False"],
+                       out_dir=tmp_path, progress=lambda m: None)  # fmt: skip
+    settings = {"conv_1x1_as_mm": True, "triton.cudagraphs": True, "epilogue_fusion": False}
+    assert options == [settings] * 3 and result["inductor"] == settings
+    assert (
+        "unet:compile(default+conv_1x1_as_mm=True+triton.cudagraphs=True+epilogue_fusion=False)"
+        in (result["compiled_path"])
+    )
+    assert result["cudagraph_skips"] == {"default": 5}
+    names = [Path(f).name for f in result["written"]]
+    assert names[0].startswith(
+        "sd15-controlnet-tiny-64-default-conv_1x1_as_mm-triton_cudagraphs-no-epilogue_fusion-"
+    )
+    assert json.loads(Path(result["written"][0]).read_text())["inductor"] == settings
+    with pytest.raises(InputError, match="--inductor sets the compiler's options: it needs --compile MODE"):
+        run_bench(preset="tiny", inductor=["conv_1x1_as_mm=True"], out_dir=tmp_path)
+
+
 def test_fast_path_in_another_dtype_is_judged_against_diffusers_in_that_dtype(tmp_path, monkeypatch):
     """On a GPU the fast path runs bf16 against fp16 plain diffusers; its optimisations are checked against plain
     diffusers in bf16 too. Here fp32 plays the plain dtype and bf16 the fast one."""
@@ -289,6 +329,18 @@ def test_bench_argument_errors(capsys):
         (["--feature-cache", "0"], "--feature-cache must be an integer in 1..10 (1 = off), got 0"),
         (["--peak-tflops", "-1"], "--peak-tflops must be a finite number > 0, got -1.0"),
         (["--peak-tflops", "inf"], "--peak-tflops must be a finite number > 0, got inf"),  # wrote "Infinity"
+        (
+            ["--compile", "default", "--inductor", "conv1x1=True"],
+            "--inductor: 'conv1x1' is not a setting of torch._inductor.config",
+        ),
+        (
+            ["--inductor", "conv_1x1_as_mm=True"],
+            "--inductor sets the compiler's options: it needs --compile MODE",
+        ),
+        (
+            ["--depth", "--inductor", "a=1"],
+            "--depth benchmarks the depth estimators: --inductor is for the diffusion bench",
+        ),
         # each argument by name (one message named all four), and a side built only to run out of memory
         (["--batch", "0"], "--batch must be >= 1, got 0"),
         (["--steps", "0"], "--steps must be >= 1, got 0"),
@@ -395,8 +447,8 @@ def test_gpu_script_smoke_run_is_small_whatever_the_steps_ask(tmp_path):
 def test_gpu_script_keeps_to_its_deadline_and_refuses_unknown_parts(tmp_path):
     done, calls = _run_gpu_script(tmp_path, "core", DEADLINE="2", MIN_STEP="1", STUB_SLEEP="5")
     assert len(calls) == 1  # the first step starts, is cut at the deadline; the others never start
-    assert "== FAILED: dataset (exit 124, cut at the deadline" in done.stdout
-    assert "== SKIPPED (deadline): dataset-default" in done.stdout
+    assert "== FAILED: dataset-mm (exit 124, cut at the deadline" in done.stdout
+    assert "== SKIPPED (deadline): compile-default-b16-no-cl" in done.stdout
     done, calls = _run_gpu_script(tmp_path / "again", "speed")
     assert done.returncode == 2 and "unknown part or step 'speed'" in done.stderr and not calls
     # a step that a deadline skipped is run by its label in the next call, alone
@@ -559,7 +611,9 @@ def test_gpu_script_kills_a_step_that_ignores_the_deadline(tmp_path):
         tmp_path, "core", DEADLINE="2", MIN_STEP="1", KILL_AFTER="1", STUB_SLEEP="60", STUB_IGNORE_TERM="1"
     )
     assert time.monotonic() - t < 30
-    assert len(calls) == 1 and "== FAILED: dataset (exit 137, cut at the deadline" in done.stdout, done.stdout
+    assert len(calls) == 1 and "== FAILED: dataset-mm (exit 137, cut at the deadline" in done.stdout, (
+        done.stdout
+    )
 
 
 def test_gpu_script_archives_each_step_as_it_ends(tmp_path):
@@ -576,7 +630,7 @@ def test_gpu_script_archives_each_step_as_it_ends(tmp_path):
     with tarfile.open(out / "bench-extra.tar.gz") as tar:
         names = tar.getnames()
         log = tar.extractfile("run_gpu-extra.log").read().decode()
-    assert sum(n.endswith(".md") for n in names) >= 1 and "== compile-default-b16-no-cl:" in log, (names, log)
+    assert sum(n.endswith(".md") for n in names) >= 1 and "== depth:" in log, (names, log)
 
 
 def test_wheel_installs_and_reads_its_own_configs(tmp_path):

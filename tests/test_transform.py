@@ -1,5 +1,7 @@
 """The generation core on tiny models: equal to raw diffusers, exact sizes, seeds, metadata, ControlNet window."""
 
+import re
+
 import numpy as np
 import pytest
 import torch
@@ -465,6 +467,73 @@ def test_cuda_graph_modes_return_outputs_out_of_the_graph_pool(monkeypatch, mode
     for ours, raw in zip([*down, mid], [*down_raw, mid_raw], strict=True):
         assert torch.equal(ours, raw)
         assert (ours.untyped_storage().data_ptr() != raw.untyped_storage().data_ptr()) == copied
+
+
+def test_inductor_options_ride_on_the_mode_and_decide_the_copy_out_of_the_graph_pool(monkeypatch):
+    """The bench's --inductor settings reach torch.compile on top of the mode's own (torch takes a mode or options,
+    not both, so the mode goes as the options it stands for); a setting that turns CUDA graphs on or off decides
+    whether outputs are copied out of the graph pool. A typo or a value of the wrong type is refused before any
+    compile, naming the argument."""
+    from depth2img.backends import (
+        captures_cuda_graphs,
+        check_inductor_options,
+        compile_forward,
+        compile_kwargs,
+    )
+
+    assert compile_kwargs("reduce-overhead") == {"mode": "reduce-overhead"}
+    assert compile_kwargs("reduce-overhead", {"conv_1x1_as_mm": True}) == {
+        "options": {"triton.cudagraphs": True, "conv_1x1_as_mm": True}
+    }
+    assert compile_kwargs("cpp-wrapper", {"epilogue_fusion": False}) == {
+        "options": {"cpp_wrapper": True, "epilogue_fusion": False}
+    }
+    assert captures_cuda_graphs("default", {"triton.cudagraphs": True})
+    assert not captures_cuda_graphs("reduce-overhead", {"triton.cudagraphs": False})
+    assert captures_cuda_graphs("max-autotune", {"conv_1x1_as_mm": True}) and not captures_cuda_graphs(
+        "default"
+    )
+    # as the bench's command line gives them: Python literals, a string where none parses
+    assert check_inductor_options(["conv_1x1_as_mm=True", "epilogue-fusion = False", "max_autotune_gemm_backends=ATEN"]) == {
+        "conv_1x1_as_mm": True, "epilogue_fusion": False, "max_autotune_gemm_backends": "ATEN"
+    }  # fmt: skip
+    assert check_inductor_options(None) == {}
+    for bad, message in (
+        (["conv_1x1_as_m=True"], "--inductor: 'conv_1x1_as_m' is not a setting of torch._inductor.config"),
+        (["conv_1x1_as_mm"], "--inductor takes NAME=VALUE (conv_1x1_as_mm=True), got 'conv_1x1_as_mm'"),
+        (
+            ["conv_1x1_as_mm=1"],
+            "--inductor: conv_1x1_as_mm takes a value of type bool (its default is False), got 1",
+        ),
+        (
+            {"coordinate_descent_search_radius": True},
+            "takes a value of type int (its default is 1), got True",
+        ),
+        ("conv_1x1_as_mm", "--inductor must be a dict of inductor settings, got 'conv_1x1_as_mm'"),
+    ):
+        with pytest.raises(InputError, match=re.escape(message)):
+            check_inductor_options(bad, "--inductor")
+
+    seen, returned = [], []
+
+    def fake_compile(fn, **kwargs):
+        seen.append(kwargs)
+
+        def run(*args, **kw):
+            returned.append(fn(*args, **kw))
+            return returned[-1]
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    x = torch.ones(2, 3)
+    for setting, copied in ((True, True), (False, False)):
+        module = torch.nn.Linear(3, 3)
+        compile_forward(module, "reduce-overhead", options={"triton.cudagraphs": setting})
+        out = module(x)
+        assert seen[-1] == {"fullgraph": False, "options": {"triton.cudagraphs": setting}}
+        assert torch.equal(out, returned[-1])
+        assert (out.untyped_storage().data_ptr() != returned[-1].untyped_storage().data_ptr()) == copied
 
 
 def test_sd2_depth_equals_diffusers(photo, depth, tiny_dir):
