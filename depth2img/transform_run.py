@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -38,7 +38,7 @@ def run_transform(
     seed: int | None = None,
     num_images: int = 1,
     scheduler: str | None = None,
-    knobs: dict | None = None,
+    knobs: Mapping | None = None,
     load_options: dict | None = None,
     progress: bool = True,
     on_error: Callable[[str], None] | None = None,
@@ -59,8 +59,10 @@ def run_transform(
 
     check_batch_size(batch_size, label("batch_size"))
     # (a str was read as its letters: "'e' is not a knob")
-    if knobs is not None and not isinstance(knobs, dict):
+    if knobs is not None and not isinstance(knobs, Mapping):
         raise InputError(f"knobs must be a dict of knob names to values, got {knobs!r}")
+    # any mapping (a config's, a read-only view): a copy, which a later change of the caller's cannot reach
+    knobs = dict(knobs) if knobs is not None else None
     unknown = sorted(set(knobs or {}) - set(DEFAULT_KNOBS))
     if unknown:  # they failed as a TypeError from prepare, once both models had loaded
         raise InputError(f"knobs: {unknown[0]!r} is not a knob ({', '.join(DEFAULT_KNOBS)}); scheduler is its own "

@@ -5,6 +5,7 @@ import struct
 import zlib
 from functools import partial
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pytest
@@ -630,6 +631,8 @@ def test_api_errors_name_the_python_argument_and_refuse_bad_types(tmp_path, chel
         (partial(run_transform, [ok], out, depth=[None]), r"^depth must hold file paths .*got None"),
         (partial(run_transform, [ok], out, knobs="steps"), r"^knobs must be a dict"),
         (partial(run_transform, [ok], out, knobs={"steps": "2"}), r"^steps must be an integer in 1\.\.1000, got '2'"),
+        # any mapping is taken, and checked as a dict is (it was refused as no dict)
+        (partial(run_transform, [ok], out, knobs=MappingProxyType({"steps": "2"})), r"^steps must be an integer in 1"),
         (partial(run_transform, [ok], out, knobs={"guidance_scale": float("nan")}), r"^guidance_scale must be in"),
         (partial(run_transform, [ok], out, seed="x"), r"^seed must be an integer"),
         (partial(run_transform, [ok], out, seed=[1, 2], num_images=3), r"^seed is a list of 2 seeds and num_images 3"),
