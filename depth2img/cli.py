@@ -511,12 +511,11 @@ def _cmd_eval(args) -> int:
     import warnings
 
     from .errors import Depth2ImgWarning, InputError
-    from .io import depth_for_image, load_image
+    from .io import check_polarity, depth_for_image, load_image
 
-    if args.depth_polarity and not args.source_depth:
-        raise InputError(
-            f"--depth-polarity {args.depth_polarity} says how to read --source-depth; none was given"
-        )
+    check_polarity(
+        args.depth_polarity, "--depth-polarity", missing=None if args.source_depth else "--source-depth"
+    )
     source, output = load_image(args.source), load_image(args.output)
     given = (
         depth_for_image(args.source_depth, source.size, args.depth_polarity, "--depth-polarity")

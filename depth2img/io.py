@@ -407,11 +407,15 @@ def read_depth_file(
     return _depth_map(values, polarity, path, invalid=invalid, depth_scale=depth_scale, notes=notes)
 
 
-def check_polarity(polarity, name: str) -> None:
-    """``polarity`` None (not given) or one of ``POLARITIES``; one line naming ``name`` for anything else."""
+def check_polarity(polarity, name: str, *, missing: str | None = None) -> None:
+    """``polarity`` None (not given) or one of ``POLARITIES``; one line naming ``name`` for anything else.
+    ``missing``: the depth it would say how to read, where none was given (then a polarity given is refused: it
+    was accepted and did nothing)."""
     # (a list was no key of POLARITIES: "unhashable type")
     if polarity is not None and not (isinstance(polarity, str) and polarity in POLARITIES):
         raise InputError(f"{name} must be one of {', '.join(POLARITIES)}, got {polarity!r}")
+    if polarity is not None and missing:
+        raise InputError(f"{name} {polarity} says how to read {missing}; none was given")
 
 
 def _depth_values(values, where) -> np.ndarray:

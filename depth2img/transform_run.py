@@ -82,10 +82,11 @@ def run_transform(
     report = RunReport(on_error=on_error)
     paths = report.collect(inputs)
     depth = as_paths(depth, label("depth")) if depth is not None else None
-    check_polarity(depth_polarity, label("depth_polarity"))
-    if depth_polarity is not None and depth is None:  # it was accepted and did nothing
-        raise InputError(f"{label('depth_polarity')} {depth_polarity} says how to read {label('depth')} files; "
-                         "none was given")  # fmt: skip
+    check_polarity(
+        depth_polarity,
+        label("depth_polarity"),
+        missing=None if depth is not None else f"{label('depth')} files",
+    )
     if depth is not None and len(depth) != len(paths):
         raise InputError(f"{label('depth')}: {len(depth)} depth files for {len(paths)} inputs; give one per input"
                          + report.unpaired())  # fmt: skip

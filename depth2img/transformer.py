@@ -279,10 +279,8 @@ class SceneTransformer:
 
         check_image(image)
         # with no depth file too (it was ignored there, even "bogus")
-        check_polarity(depth_polarity, "depth_polarity")
+        check_polarity(depth_polarity, "depth_polarity", missing="a depth" if depth is None else None)
         if depth is None:
-            if depth_polarity is not None:  # it was accepted and did nothing
-                raise InputError(f"depth_polarity {depth_polarity} says how to read a depth; none was given")
             return self.estimator(image)
         return depth_for_image(depth, image.size, depth_polarity)
 
