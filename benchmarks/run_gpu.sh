@@ -72,10 +72,10 @@ declare -A STEP=(
   # Dataset mode on the H100 (2026-11-27) was 197.4 ms/image with either mode, 18,233 images/hour, 43.6 % of the
   # measured peak: short of the target. The compiler settings diffusers' own speed-up guide gave for SD-class
   # UNets, first the one that turns the UNet's many 1x1 convolutions (attention projections, ResNet shortcuts) into
-  # matrix products, then its whole recipe (that, coordinate-descent tuning of the kernels' tile sizes, and no
-  # epilogue fusion), each measured on its own (--inductor: on top of the mode's own settings)
+  # matrix products, then its whole recipe (that, coordinate-descent tuning of the kernels' tile sizes in all
+  # directions, and no epilogue fusion), each measured on its own (--inductor: on top of the mode's own settings)
   [dataset-mm]="--batch 16 --compile reduce-overhead --inductor conv_1x1_as_mm=True --repeats 2"
-  [dataset-tuned]="--batch 16 --compile reduce-overhead --inductor conv_1x1_as_mm=True --inductor coordinate_descent_tuning=True --inductor epilogue_fusion=False --repeats 2"
+  [dataset-tuned]="--batch 16 --compile reduce-overhead --inductor conv_1x1_as_mm=True --inductor coordinate_descent_tuning=True --inductor coordinate_descent_check_all_directions=True --inductor epilogue_fusion=False --repeats 2"
   [dataset-default]="--batch 16 --compile default --repeats 2"
   [latency]="--batch 1 --compile reduce-overhead --repeats 5"
   # batch 1 without CUDA graphs, kernels launched from C++ rather than Python: the second way to the 2x, should

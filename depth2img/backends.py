@@ -126,48 +126,65 @@ def compile_kwargs(mode: str, options: dict | None = None) -> dict:
 
 def captures_cuda_graphs(mode: str, options: dict | None = None) -> bool:
     """Whether a compile in ``mode`` with inductor ``options`` captures CUDA graphs (on a GPU)."""
-    options = compile_kwargs(mode, options).get("options") or {}
-    return (
-        mode in CUDAGRAPH_MODES if "triton.cudagraphs" not in options else bool(options["triton.cudagraphs"])
-    )
+    return bool((options or {}).get("triton.cudagraphs", mode in CUDAGRAPH_MODES))
 
 
 def check_inductor_options(options, name: str = "inductor") -> dict:
     """``options`` as inductor settings (a mapping, or ``NAME=VALUE`` strings as the bench's ``--inductor`` takes
-    them: VALUE a Python literal, else a string), each a setting of ``torch._inductor.config`` with a value of its
-    type, so that a typo is refused before any model is built rather than at the first compiled call."""
+    them: VALUE read as a Python literal, ``True``, ``1.5``, ``'90'``, else taken as a string), each a setting of
+    ``torch._inductor.config`` given once, with a value of the type torch declares for it (an int where it takes a
+    float becomes one: torch refused it) that JSON can record, so that a typo is refused before any model is built
+    rather than at torch.compile or when the results are written."""
     import ast
+    import types
+    import typing
 
     from torch._inductor import config
 
     if options is None:
         return {}
     if isinstance(options, (list, tuple)):
-        pairs = {}
+        pairs = []
         for item in options:
             key, sep, text = str(item).partition("=")
             if not sep or not key.strip():
                 raise InputError(f"{name} takes NAME=VALUE (conv_1x1_as_mm=True), got {item!r}")
             try:
-                pairs[key.strip()] = ast.literal_eval(text.strip())
+                value = ast.literal_eval(text.strip())
             except (ValueError, SyntaxError):
-                pairs[key.strip()] = text.strip()
-        options = pairs
-    if not isinstance(options, dict):
+                value = text.strip()
+            pairs.append((key.strip(), value))
+    elif isinstance(options, dict):
+        pairs = list(options.items())
+    else:
         raise InputError(f"{name} must be a dict of inductor settings, got {options!r}")
     known = config.get_config_copy()
-    for key, value in options.items():
+    checked = {}
+    for key, value in pairs:
         setting = str(key).replace("-", "_")
         if setting not in known:
             raise InputError(f"{name}: {key!r} is not a setting of torch._inductor.config")
-        default = known[setting]
-        expected = type(default)
-        fits = isinstance(value, expected) and (expected is not int or not isinstance(value, bool))
-        if default is not None and not fits and not (expected is float and type(value) is int):
-            raise InputError(
-                f"{name}: {key} takes a value of type {expected.__name__} (its default is {default!r}), got {value!r}"
-            )
-    return {str(k).replace("-", "_"): v for k, v in options.items()}
+        if setting in checked:
+            raise InputError(f"{name} gives {setting} twice")
+        declared = config.get_type(setting)
+        # the classes a value may be of, as torch checks them; None where the type is a generic one it skips
+        kinds = typing.get_args(declared) if typing.get_origin(declared) in (typing.Union, types.UnionType) else (
+            (declared,) if typing.get_origin(declared) is None else ()
+        )  # fmt: skip
+        if kinds and all(isinstance(k, type) and typing.get_origin(k) is None for k in kinds):
+            if float in kinds and type(value) is int:
+                value = float(value)
+            if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+                shown = " or ".join("None" if k is type(None) else k.__name__ for k in kinds)
+                raise InputError(
+                    f"{name}: {key} takes {shown} (its default is {known[setting]!r}), got {value!r}"
+                )
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            raise InputError(f"{name}: {key} must be a value JSON can record, got {value!r}") from None
+        checked[setting] = value
+    return checked
 
 
 def compile_error(err: BaseException) -> str:

@@ -724,7 +724,7 @@ def _write(result: dict, out_dir: Path) -> None:
     # inductor settings: NAME for True, no-NAME for False, NAME-VALUE else (file names that the device tool returns)
     for key, value in (result.get("inductor") or {}).items():
         word = key if value is True else f"no-{key}" if value is False else f"{key}-{value}"
-        extra += "-" + re.sub(r"[^A-Za-z0-9_.-]+", "_", word.replace(".", "_"))
+        extra += "-" + re.sub(r"[^A-Za-z0-9_-]+", "_", word)
     extra += f"-cache{result['feature_cache']}" if result.get("feature_cache", 1) > 1 else ""
     extra += "-lowvram" if any("-lowvram" in k for k in result["results"]) else ""
     extra += "-no-channels-last" if result.get("channels_last") is False else ""

@@ -224,8 +224,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", metavar="MODE[,MODE]",
                    help="also time the fast path compiled, a row per mode: " + ", ".join(COMPILE_MODES))  # fmt: skip
     p.add_argument("--inductor", action="append", metavar="NAME=VALUE",
-                   help="an inductor setting on top of each --compile mode's (repeatable; conv_1x1_as_mm=True), "
-                        "to measure it: its figures go to files of their own")  # fmt: skip
+                   help="an inductor setting on top of each --compile mode's (repeatable; conv_1x1_as_mm=True; "
+                        "VALUE read as a Python literal, True, 1.5, '90', else as a string), to measure it: its "
+                        "figures go to files of their own")  # fmt: skip
     p.add_argument("--control-end", type=float, default=1.0, help="ControlNet guidance end (default 1.0)")
     p.add_argument("--feature-cache", type=int, default=1, metavar="N",
                    help="also time the fast path with the DeepCache-like feature cache (a quality trade)")  # fmt: skip

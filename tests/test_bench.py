@@ -233,6 +233,17 @@ def test_bench_inductor_settings_reach_every_compiled_row_and_name_the_files(tmp
         "sd15-controlnet-tiny-64-default-conv_1x1_as_mm-triton_cudagraphs-no-epilogue_fusion-"
     )
     assert json.loads(Path(result["written"][0]).read_text())["inductor"] == settings
+    # several modes, values other than True/False: each row's path names its mode under MODE, and the file name
+    # keeps to letters, digits, '_' and '-'
+    result = run_bench(preset="tiny", size=64, steps=2, repeats=1, compile_mode="reduce-overhead,default",
+                       inductor=["cpp.threads=-1", "max_autotune_gemm_backends=ATEN,TRITON",
+                                 "triton.cudagraph_partition_memory_budget=1.5"],
+                       out_dir=tmp_path, progress=lambda m: None)  # fmt: skip
+    assert "unet:compile(MODE+cpp.threads=-1+max_autotune_gemm_backends='ATEN,TRITON'+" in markdown(result)
+    assert Path(result["written"][0]).name.startswith(
+        "sd15-controlnet-tiny-64-reduce-overhead-default-cpp_threads--1-max_autotune_gemm_backends-ATEN_TRITON-"
+        "triton_cudagraph_partition_memory_budget-1_5-"
+    )
     with pytest.raises(InputError, match="--inductor sets the compiler's options: it needs --compile MODE"):
         run_bench(preset="tiny", inductor=["conv_1x1_as_mm=True"], out_dir=tmp_path)
 

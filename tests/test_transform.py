@@ -498,17 +498,28 @@ def test_inductor_options_ride_on_the_mode_and_decide_the_copy_out_of_the_graph_
         "conv_1x1_as_mm": True, "epilogue_fusion": False, "max_autotune_gemm_backends": "ATEN"
     }  # fmt: skip
     assert check_inductor_options(None) == {}
+    # torch takes a float setting as a float only (an int failed at torch.compile, after the models were built);
+    # None where the type allows it
+    budget = check_inductor_options(["triton.cudagraph_partition_memory_budget=1", "compile_threads=None"])
+    assert budget == {"triton.cudagraph_partition_memory_budget": 1.0, "compile_threads": None}
+    assert type(budget["triton.cudagraph_partition_memory_budget"]) is float
+    torch.compile(lambda t: t, options=budget)  # what torch's own check of them says
+    assert compile_kwargs("max-autotune", {"epilogue_fusion": False}) == {
+        "options": {"max_autotune": True, "triton.cudagraphs": True, "coordinate_descent_tuning": True,
+                    "epilogue_fusion": False}
+    }  # fmt: skip
     for bad, message in (
         (["conv_1x1_as_m=True"], "--inductor: 'conv_1x1_as_m' is not a setting of torch._inductor.config"),
         (["conv_1x1_as_mm"], "--inductor takes NAME=VALUE (conv_1x1_as_mm=True), got 'conv_1x1_as_mm'"),
+        (["conv_1x1_as_mm=1"], "--inductor: conv_1x1_as_mm takes bool (its default is False), got 1"),
+        ({"coordinate_descent_search_radius": True}, "takes int (its default is 1), got True"),
+        (["cuda.arch={1}"], "--inductor: cuda.arch takes str or None (its default is None), got {1}"),
+        # a generic type torch does not check: JSON must still record it (the figures were lost at the end)
         (
-            ["conv_1x1_as_mm=1"],
-            "--inductor: conv_1x1_as_mm takes a value of type bool (its default is False), got 1",
+            ["pre_grad_fusion_options={'a': {1, 2}}"],
+            "pre_grad_fusion_options must be a value JSON can record",
         ),
-        (
-            {"coordinate_descent_search_radius": True},
-            "takes a value of type int (its default is 1), got True",
-        ),
+        (["epilogue_fusion=False", "epilogue-fusion=True"], "--inductor gives epilogue_fusion twice"),
         ("conv_1x1_as_mm", "--inductor must be a dict of inductor settings, got 'conv_1x1_as_mm'"),
     ):
         with pytest.raises(InputError, match=re.escape(message)):
