@@ -565,6 +565,46 @@ def test_one_path_as_a_string_is_one_input_not_its_letters(tmp_path, chelsea, mo
     assert not (tmp_path / "q").exists()
 
 
+def test_a_read_only_manifest_is_compacted_as_its_folder_allows_and_its_torn_line_left(tmp_path, monkeypatch):
+    """A manifest the user made read-only (in a folder that is not): compaction opens it for reading only, so its
+    torn last line (a run killed mid-write) is not cut in place where nothing is to be compacted, and a rewrite
+    (which leaves that line out) is renamed over it, as the folder allows. The tests run as root, who may write
+    any file: os.access is made to say what it says to a user."""
+    import os
+
+    from depth2img import outputs
+
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "a.png").write_bytes(b"png")
+    main = tmp_path / "manifest.jsonl"
+    line = {"item": "a", "output": "images/a.png"}
+    outputs.append_manifest(
+        main, [line, {**line, "item": "gone", "output": "images/gone.png"}, {**line, "n": 2}]
+    )
+    with open(main, "ab") as fh:
+        fh.write(b'{"item": "torn", "out')
+    main.chmod(0o444)
+    real_access = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: mode != os.W_OK and real_access(p, mode))
+    opened = []
+    real_locked = outputs.locked_manifest
+
+    def locked(path, mode):
+        opened.append(mode)
+        return real_locked(path, mode)
+
+    monkeypatch.setattr(outputs, "locked_manifest", locked)
+    outputs.compact_manifest(main)
+    assert opened == ["rb"]
+    # the last line of the image that exists; the removed image's line, the torn line and the older one gone
+    assert [json.loads(x) for x in main.read_text().splitlines()] == [{**line, "n": 2}]
+    with open(main, "ab") as fh:  # another torn line (os.access still says the file is read-only)
+        fh.write(b'{"item": "torn", "out')
+    before = main.read_bytes()
+    outputs.compact_manifest(main)  # nothing to compact: the file as it was, torn line and all
+    assert opened == ["rb", "rb"] and main.read_bytes() == before
+
+
 @pytest.mark.parametrize("rewrite", ["compact", "settle"])
 def test_a_line_appended_while_another_run_rewrites_the_manifest_is_kept(tmp_path, monkeypatch, rewrite):
     """Two runs into one folder: one's end-of-run rewrite of the manifest (transform's compaction, batch's merge)
