@@ -17,7 +17,8 @@
 #                                                 # into .gpu-wheels/ (git-ignored; name it in the device's carry)
 #   DEADLINE=500 bash benchmarks/run_gpu.sh core  # ON THE GPU: dataset mode (batch 16) with the compiler settings
 #                                                 # that could lift it to the target: 1x1 convolutions as matrix
-#                                                 # products, no channels-last, diffusers' tuning recipe; each run
+#                                                 # products, fp16 (the library's GPU default), no channels-last,
+#                                                 # diffusers' tuning recipe; each run
 #                                                 # has the eager fast path and plain diffusers as rows too
 #   DEADLINE=N bash benchmarks/run_gpu.sh extra   #   depth estimators, max-autotune, batch 1 with the C++ wrapper,
 #                                                 #   xformers; then the steps measured already (ControlNet window,
@@ -75,6 +76,9 @@ declare -A STEP=(
   # matrix products, then its whole recipe (that, coordinate-descent tuning of the kernels' tile sizes in all
   # directions, and no epilogue fusion), each measured on its own (--inductor: on top of the mode's own settings)
   [dataset-mm]="--batch 16 --compile reduce-overhead --inductor conv_1x1_as_mm=True --repeats 2"
+  # the fast path in fp16, the library's own default dtype on a GPU (the rows above are bf16, the bench's default
+  # fast dtype): what a user's --compile runs, and whether the eager bf16 path's 7.9 % loss to fp16 is the dtype's
+  [dataset-fp16]="--batch 16 --compile reduce-overhead --fast-dtype float16 --repeats 2"
   [dataset-tuned]="--batch 16 --compile reduce-overhead --inductor conv_1x1_as_mm=True --inductor coordinate_descent_tuning=True --inductor coordinate_descent_check_all_directions=True --inductor epilogue_fusion=False --repeats 2"
   [dataset-default]="--batch 16 --compile default --repeats 2"
   [latency]="--batch 1 --compile reduce-overhead --repeats 5"
@@ -97,7 +101,7 @@ declare -A PART=(
   # Met on an H100: batch 1 (3.28x with CUDA graphs) and SDXL's group-offload peak (5.19 GiB), 2026-11-27; SD1.5's
   # low-VRAM peak on the H200. Short: dataset mode (18,233 images/hour, 43.6 % of the measured peak, H100
   # 2026-11-27): core is what could lift it; extra the steps never run, then those run already
-  [core]="dataset-mm compile-default-b16-no-cl dataset-tuned"
+  [core]="dataset-mm dataset-fp16 compile-default-b16-no-cl dataset-tuned"
   [extra]="depth compile-mat-b16 latency-cpp xformers-b1 window-b16 cache3-b16 lowvram-sd15 latency lowvram-sdxl dataset dataset-default"
 )
 parts=("$@")

@@ -151,14 +151,17 @@ def _resident_bytes(pipe, device) -> int:
     return total
 
 
-def _dtypes(device, dtype):
-    """(plain, fast): the libraries' documented default (fp16 on GPU, fp32 on CPU) and depth2img's (bf16 on GPU)."""
+def _dtypes(device, dtype, fast=None):
+    """(plain, fast, the fast one's default): the libraries' documented default (fp16 on GPU, fp32 on CPU), or
+    ``dtype``; the fast path's, ``fast``, else its default: bf16 on GPU, the plain one elsewhere (a run in another
+    names files of its own)."""
     import torch
 
     from .loading import resolve_dtype
 
     plain = resolve_dtype(dtype, device)
-    return plain, torch.bfloat16 if device.type == "cuda" else plain
+    default = torch.bfloat16 if device.type == "cuda" else plain
+    return plain, resolve_dtype(fast, device) if fast is not None else default, default
 
 
 def _peak_flops(device, dtype) -> float:
@@ -233,15 +236,15 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
               batch: int = 1, repeats: int = 3, device=None, dtype=None, compile_mode: str | None = None,
               control_end: float = 1.0, feature_cache: int = 1, attention: str = "sdpa", low_vram: bool = False,
               channels_last: bool | None = None, fuse_qkv: bool = True, peak_tflops: float | None = None,
-              inductor=None, out_dir: str | Path = "benchmarks", progress=print) -> dict:  # fmt: skip
+              inductor=None, fast_dtype=None, out_dir: str | Path = "benchmarks", progress=print) -> dict:  # fmt: skip
     """Depth ControlNet (SD1.5 or SDXL), interleaved on the same prompt, control image and seeds:
 
     - ``diffusers``: the plain pipeline as its docs show it (fp16 on GPU, SDPA, UniPC), ``batch`` images per call;
     - ``diffusers-b1`` (when batch > 1): the same, one image per call, as a per-image script runs it, on the first
       ``B1_IMAGES`` seeds (its time per image is what counts; the rest would only lengthen the run);
     - ``depth2img``: the API with the same components and settings (its overhead);
-    - ``depth2img-fast``: the fast path (bf16 on GPU, channels-last, fused QKV, ControlNet skipped outside its
-      window);
+    - ``depth2img-fast``: the fast path (bf16 on GPU, or ``fast_dtype``; channels-last, fused QKV, ControlNet
+      skipped outside its window);
     - ``depth2img-fast-compiled`` (``compile_mode``): the same with torch.compile of the UNet, ControlNet and VAE
       decoder; if compiling fails at warm-up the row is dropped and ``compile_error`` says why. Several modes,
       comma-separated, give a row each, ``depth2img-fast-compiled-MODE``, on one baseline (one run, not one per
@@ -284,7 +287,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     backends.check_attention(attention, "--attention")  # before any model is built
     out_dir = output_dir(out_dir, ())  # a file there failed only after the whole run, losing its figures
     size = size or (1024 if backbone == "sdxl" else 512)
-    plain_dtype, fast_dtype = _dtypes(device, dtype)
+    plain_dtype, fast_dtype, default_fast = _dtypes(device, dtype, fast_dtype)
     progress(f"building {backbone} + ControlNet ({preset}) on {device} ...")
     comps = _components(backbone, preset, device, plain_dtype)
     plain = _pipeline(backbone, comps)
@@ -465,6 +468,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             "speedup_baseline": baseline, "b1_images": images.get("diffusers-b1"), "compile_error": compile_error,
             "cudagraph_skips": cudagraph_skips,
             "plain_dtype": str(plain_dtype).replace("torch.", ""), "fast_dtype": str(fast_dtype).replace("torch.", ""),
+            "default_fast_dtype": str(default_fast).replace("torch.", ""),
             "fast_path": applied, "compiled_path": compiled_path,
             "channels_last": channels_last, "fuse_qkv": fuse_qkv, "attention": attention,
             "bf16_tolerance": tolerance,
@@ -544,7 +548,7 @@ def run_depth_bench(*, preset: str = "full", images: int = 16, repeats: int = 3,
 
     out_dir = output_dir(out_dir, ())  # before the run, not after it
     device = resolve_device(device)
-    plain_dtype, fast_dtype = _dtypes(device, dtype)
+    plain_dtype, fast_dtype, _ = _dtypes(device, dtype)
     from .scene import render_driving_scene
 
     photos = [render_driving_scene(451, 300, seed=0).image] * images
@@ -733,6 +737,9 @@ def _write(result: dict, out_dir: Path) -> None:
     extra += f"-s{result['steps']}" if result["steps"] != 30 else ""
     # a --dtype other than the device's default (loading.resolve_dtype)
     extra += f"-{result['plain_dtype']}" if result["plain_dtype"] != result["default_dtype"] else ""
+    # a fast-path dtype other than its default (bf16 on GPU); tables made before it could be chosen lack the field
+    fast_default = result.get("default_fast_dtype", result["fast_dtype"])
+    extra += f"-fast-{result['fast_dtype']}" if result["fast_dtype"] != fast_default else ""
     extra += "-xformers" if result.get("attention") == "xformers" else ""
     stem = f"{result.get('backbone', 'sd15')}-controlnet-{result['preset']}-{result['size']}{extra}"
     _write_files(result, out_dir, stem, markdown(result))

@@ -227,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="an inductor setting on top of each --compile mode's (repeatable; conv_1x1_as_mm=True; "
                         "VALUE read as a Python literal, True, 1.5, '90', else as a string), to measure it: its "
                         "figures go to files of their own")  # fmt: skip
+    p.add_argument("--fast-dtype", choices=DTYPES,
+                   help="the fast path's dtype (default bfloat16 on GPU, --dtype's on CPU); plain diffusers keeps --dtype's")  # fmt: skip
     p.add_argument("--control-end", type=float, default=1.0, help="ControlNet guidance end (default 1.0)")
     p.add_argument("--feature-cache", type=int, default=1, metavar="N",
                    help="also time the fast path with the DeepCache-like feature cache (a quality trade)")  # fmt: skip
@@ -586,7 +588,7 @@ def _cmd_bench(args) -> int:
             ("--backbone", "backbone"), ("--size", "size"), ("--steps", "steps"), ("--compile", "compile"),
             ("--control-end", "control_end"), ("--feature-cache", "feature_cache"), ("--attention", "attention"),
             ("--no-channels-last", "channels_last"), ("--no-fused-qkv", "fuse_qkv"), ("--low-vram", "low_vram"),
-            ("--peak-tflops", "peak_tflops"), ("--inductor", "inductor"),
+            ("--peak-tflops", "peak_tflops"), ("--inductor", "inductor"), ("--fast-dtype", "fast_dtype"),
         ) if getattr(args, key) != default[key]]  # fmt: skip
         if ignored:
             raise InputError(f"--depth benchmarks the depth estimators: {', '.join(ignored)} "
@@ -608,7 +610,7 @@ def _cmd_bench(args) -> int:
                        attention=args.attention, low_vram=args.low_vram, steps=args.steps, batch=args.batch, repeats=args.repeats,
                        device=args.device, dtype=args.dtype, compile_mode=args.compile, control_end=args.control_end,
                        channels_last=args.channels_last, fuse_qkv=args.fuse_qkv, peak_tflops=args.peak_tflops,
-                       inductor=args.inductor, out_dir=args.output, progress=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
+                       inductor=args.inductor, fast_dtype=args.fast_dtype, out_dir=args.output, progress=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
     print(markdown(result))
     print("written: " + ", ".join(result["written"]), file=sys.stderr)
     return 0

@@ -248,21 +248,28 @@ def test_bench_inductor_settings_reach_every_compiled_row_and_name_the_files(tmp
         run_bench(preset="tiny", inductor=["conv_1x1_as_mm=True"], out_dir=tmp_path)
 
 
-def test_fast_path_in_another_dtype_is_judged_against_diffusers_in_that_dtype(tmp_path, monkeypatch):
+def test_fast_path_in_another_dtype_is_judged_against_diffusers_in_that_dtype(tmp_path, capsys):
     """On a GPU the fast path runs bf16 against fp16 plain diffusers; its optimisations are checked against plain
-    diffusers in bf16 too. Here fp32 plays the plain dtype and bf16 the fast one."""
-    import torch
+    diffusers in bf16 too. Here fp32 plays the plain dtype and bf16 the fast one, chosen with --fast-dtype (the
+    library's own default on a GPU is fp16, which the bench's bf16 fast path did not measure), whose run names
+    files of its own."""
+    from depth2img.cli import main
 
-    from depth2img import bench
-
-    monkeypatch.setattr(bench, "_dtypes", lambda device, dtype: (torch.float32, torch.bfloat16))
-    rows = run_bench(preset="tiny", size=64, steps=2, repeats=1, out_dir=tmp_path, progress=lambda m: None)[
-        "results"
-    ]
+    result = run_bench(preset="tiny", size=64, steps=2, repeats=1, fast_dtype="bfloat16", out_dir=tmp_path,
+                       progress=lambda m: None)  # fmt: skip
+    rows = result["results"]
     assert rows["depth2img"]["max_abs_diff_vs_diffusers_same_dtype"] == 0.0
     fast = rows["depth2img-fast"]
     assert fast["max_abs_diff_vs_diffusers"] > 1e-3  # bf16 against fp32: the dtype's own difference
     assert fast["max_abs_diff_vs_diffusers_same_dtype"] < fast["max_abs_diff_vs_diffusers"] / 4
+    assert result["fast_dtype"] == "bfloat16" and result["default_fast_dtype"] == "float32"
+    assert Path(result["written"][0]).name.startswith("sd15-controlnet-tiny-64-s2-fast-bfloat16-")
+    assert "Fast path: bfloat16, " in markdown(result)
+    assert main(["bench", "--depth", "--fast-dtype", "float16"]) == 2
+    assert (
+        "--depth benchmarks the depth estimators: --fast-dtype is for the diffusion bench"
+        in capsys.readouterr().err
+    )
 
 
 def test_a_fast_path_that_gives_nan_stops_the_bench_in_one_line_with_no_table(tmp_path, monkeypatch, capsys):
