@@ -21,13 +21,15 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import Depth2ImgWarning, InputError, ModelLoadError, first_line
+from .errors import Depth2ImgWarning, InputError, ModelLoadError, cause_line, first_line
 from .featurecache import COMPILE_MODE_ATTR, swapped_forward, unet_feature_cache
 from .knobs import CONTROL_KNOBS, DEFAULT_KNOBS, OFFLOAD_MODES, check_lora_scale
 from .loading import (
+    FETCH_ERROR,
     LORA_FILES,
     PIPELINE_FILES,
     SINGLE_MODEL_FILES,
+    dropped_log,
     hub_offline,
     library_class,
     not_cached,
@@ -37,6 +39,7 @@ from .loading import (
     resolve_dtype,
     snapshot_dir,
     use_safetensors,
+    weights_variant,
 )
 from .registry import ModelRef
 
@@ -546,12 +549,15 @@ class Backend:
             if isinstance(entry, list) and len(entry) == 2 and entry[0] == "transformers" and entry[1]:
                 library_class("transformers", entry[1])
         try:
-            return library_class("diffusers", class_name).from_pretrained(
-                path, dtype=dtype, use_safetensors=use_safetensors(), local_files_only=True, **components
-            )
+            # (diffusers logs a component's missing weights before raising it: our one line says it)
+            with dropped_log("diffusers", FETCH_ERROR):
+                return library_class("diffusers", class_name).from_pretrained(
+                    path, dtype=dtype, use_safetensors=use_safetensors(), local_files_only=True,
+                    variant=weights_variant(path), **components,
+                )  # fmt: skip
         except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
             raise ModelLoadError(
-                f"model {ref.name!r} at {path} could not be loaded: {first_line(err)}"
+                f"model {ref.name!r} at {path} could not be loaded: {cause_line(err)}"
             ) from None
 
     def verify(self) -> None:
@@ -839,16 +845,25 @@ class ControlNetBackend(Backend):
     def load(cls, ref, *, path, dtype, local_files_only):
         from diffusers import ControlNetModel
 
-        cn_ref = _companion_ref(ref, path, "controlnet")
-        cn_path = snapshot_dir(cn_ref, local_files_only=local_files_only, allow_patterns=SINGLE_MODEL_FILES)
+        cn_ref = _companion_ref(ref, path, "controlnet", kind=cls.kind)
+        try:
+            cn_path = snapshot_dir(
+                cn_ref, local_files_only=local_files_only, allow_patterns=SINGLE_MODEL_FILES
+            )
+        except ModelLoadError as err:
+            if ref.entry is not None or not ref.is_local:
+                raise
+            raise ModelLoadError(f"{err} (the depth ControlNet for a local {cls.kind} folder that holds none; "
+                                 f"{_COMPANION_PLACES.format(what='controlnet', folder=path)})") from None  # fmt: skip
         require_safetensors(cn_path, cn_ref)
         try:
             cn = ControlNetModel.from_pretrained(
-                cn_path, dtype=dtype, use_safetensors=use_safetensors(), local_files_only=True
-            )
+                cn_path, dtype=dtype, use_safetensors=use_safetensors(), local_files_only=True,
+                variant=weights_variant(cn_path),
+            )  # fmt: skip
         except (OSError, ValueError) as err:
             raise ModelLoadError(
-                f"ControlNet {cn_ref.name!r} at {cn_path} could not be loaded: {first_line(err)}"
+                f"ControlNet {cn_ref.name!r} at {cn_path} could not be loaded: {cause_line(err)}"
             ) from None
         extra = (
             {"safety_checker": None, "requires_safety_checker": False}
@@ -1096,18 +1111,30 @@ class FluxBackend(Backend):
 BACKENDS = {b.kind: b for b in (SD15Backend, SD2DepthBackend, SDXLBackend, FluxBackend)}
 
 
-def _companion_ref(ref: ModelRef, path: Path, what: str) -> ModelRef:
-    """A base repo's ControlNet or LoRA: a `controlnet/` (`lora/`) subfolder, the tiny sibling folder, or the
-    registry's hub id."""
+# where a local base folder's companion is looked for, as an error says it
+_COMPANION_PLACES = "put one in {folder}/{what}/ or a folder beside it named {folder.name}-{what}"
+
+
+def _companion_ref(ref: ModelRef, path: Path, what: str, kind: str | None = None) -> ModelRef:
+    """A base repo's ControlNet or LoRA: a `controlnet/` (`lora/`) subfolder, a sibling folder named after it with
+    `-controlnet` (`-lora`), as two hub repos download side by side; else the registry's hub id: the entry's, or
+    for a local folder of a ``kind`` outside the registry (a fine-tune, a download of the base alone), the first
+    registry backbone's of that kind (its depth ControlNet; such a folder was refused)."""
+    from .registry import backbones
     from .tiny import companion_folder
 
     for candidate in (path / what, companion_folder(path, what)):
         if candidate.is_dir() and any(candidate.iterdir()):
             return ModelRef(name=str(candidate), location=str(candidate), revision=None, is_local=True)
-    hub_id = getattr(ref.entry, what, None) if ref.entry is not None else None
+    entry = ref.entry
+    if entry is None and kind is not None:
+        entry = next((e for e in backbones().values() if e.pipeline == kind and getattr(e, what, None)), None)
+    hub_id = getattr(entry, what, None) if entry is not None else None
     if hub_id:
-        return ModelRef(name=hub_id, location=hub_id, revision=ref.entry.companion_revision, is_local=False)
-    raise ModelLoadError(f"model {ref.name!r}: no {what} found (a '{what}/' subfolder or the registry's id)")
+        return ModelRef(name=hub_id, location=hub_id, revision=entry.companion_revision, is_local=False)
+    raise ModelLoadError(
+        f"model {ref.name!r}: no {what} found ({_COMPANION_PLACES.format(what=what, folder=path)})"
+    )
 
 
 def check_at_hand(ref: ModelRef, *, local_files_only: bool = False) -> None:

@@ -7,6 +7,21 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def cause_line(err: BaseException) -> str:
+    """``first_line(err)``, with the first line of the exception its chain starts from, where there is one: a
+    library's wrapper hides the cause (diffusers' "Unable to load weights from checkpoint file" for a truncated
+    safetensors file, whose own error said "incomplete metadata, file not fully covered")."""
+    root, seen = err, {id(err)}
+    while True:
+        nxt = root.__cause__ or (None if root.__suppress_context__ else root.__context__)
+        if nxt is None or id(nxt) in seen:
+            break
+        seen.add(id(nxt))
+        root = nxt
+    text = first_line(err)
+    return text if root is err else f"{text} ({type(root).__name__}: {first_line(root)})"
+
+
 class Depth2ImgError(Exception):
     """Base class. ``str(err)`` is a complete, single-line message for the user."""
 

@@ -12,7 +12,15 @@ from collections.abc import Sequence
 import numpy as np
 
 from .depthmap import DepthMap
-from .errors import Depth2ImgError, GenerationError, InputError, ModelLoadError, first_line, float16_hint
+from .errors import (
+    Depth2ImgError,
+    GenerationError,
+    InputError,
+    ModelLoadError,
+    cause_line,
+    first_line,
+    float16_hint,
+)
 from .io import check_image, to_rgb
 from .knobs import check_batch_size
 from .loading import (
@@ -101,7 +109,7 @@ class DepthEstimator:
             raise
         except (OSError, ValueError, KeyError) as err:
             raise ModelLoadError(
-                f"estimator {ref.name!r} at {path} could not be loaded: {first_line(err)}"
+                f"estimator {ref.name!r} at {path} could not be loaded: {cause_line(err)}"
             ) from None
         if not hasattr(processor, "post_process_depth_estimation"):
             raise ModelLoadError(

@@ -11,6 +11,7 @@ never set.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import warnings
@@ -206,16 +207,41 @@ def use_safetensors() -> bool | None:
     return None if pickle_allowed() else True
 
 
+PICKLE_PATTERNS = ("*.bin", "*.ckpt", "*.pt", "*.pth")
+
+
 def require_safetensors(path: Path, ref: ModelRef) -> None:
-    """Refuse a folder whose weights exist only as pickles (``.bin``/``.ckpt``/``.pt``), unless explicitly allowed."""
-    if any(path.rglob("*.safetensors")) or pickle_allowed():
+    """Refuse a folder whose weights exist only as pickles (``.bin``/``.ckpt``/``.pt``), unless explicitly allowed;
+    in a pipeline's folder, each of its components' subfolders (a ``vae/`` of pickles beside safetensors elsewhere
+    passed, and failed in diffusers with its own message, printed twice, and no word of pickles)."""
+    if pickle_allowed():
         return
-    pickles = [p.name for pattern in ("*.bin", "*.ckpt", "*.pt", "*.pth") for p in path.rglob(pattern)]
-    what = f"only pickle weights ({', '.join(sorted(pickles)[:3])})" if pickles else "no weights"
-    raise ModelLoadError(
-        f"model {ref.name!r} at {path} has {what}; depth2img loads .safetensors weights only "
-        f"(convert them with safetensors' `save_file`, or set {ALLOW_PICKLE_ENV}=1 if you trust the file)"
-    )
+    index = path / "model_index.json"
+    folders = [path]
+    if index.is_file():
+        with contextlib.suppress(OSError, ValueError):
+            names = [k for k, v in json.loads(index.read_text()).items() if not k.startswith("_") and v]
+            folders = [path / k for k in names if (path / k).is_dir()] or [path]
+    for folder in folders:
+        if any(folder.rglob("*.safetensors")):
+            continue
+        pickles = [p.name for pattern in PICKLE_PATTERNS for p in folder.rglob(pattern)]
+        if not pickles and folder != path:
+            continue  # a component with no weights (a scheduler, a tokenizer)
+        what = f"only pickle weights ({', '.join(sorted(pickles)[:3])})" if pickles else "no weights"
+        where = f"{path}" if folder == path else f"{path}, whose {folder.name}/"
+        raise ModelLoadError(
+            f"model {ref.name!r} at {where} has {what}; depth2img loads .safetensors weights only "
+            f"(convert them with safetensors' `save_file`, or set {ALLOW_PICKLE_ENV}=1 if you trust the file)"
+        )
+
+
+def weights_variant(path: Path) -> str | None:
+    """``"fp16"`` where a folder's safetensors weights are all diffusers' fp16 variant (``*.fp16.safetensors``,
+    as a download of only those leaves it): from_pretrained looks for them only when asked for that variant (it
+    said "no file named diffusion_pytorch_model.safetensors", beside them). They are cast to the dtype asked for."""
+    files = list(path.rglob("*.safetensors"))
+    return "fp16" if files and all(".fp16." in f.name for f in files) else None
 
 
 @contextlib.contextmanager
@@ -232,6 +258,31 @@ def quiet_log(library: str, *, errors_too: bool = False):
         yield
     finally:
         logging.set_verbosity(verbosity)
+
+
+# what diffusers logs at error level before it raises a missing weights file (our error says it, in one line)
+FETCH_ERROR = "An error occurred while trying to fetch"
+
+
+@contextlib.contextmanager
+def dropped_log(library: str, prefix: str):
+    """``library``'s log records that start with ``prefix`` dropped for the block, the rest shown as ever (a
+    verbosity would silence its warnings too: a checkpoint's unexpected keys)."""
+    import logging
+
+    class Drop(logging.Filter):
+        def filter(self, record):
+            return not record.getMessage().startswith(prefix)
+
+    drop = Drop()
+    handlers = list(logging.getLogger(library).handlers)  # (the library's own: it does not propagate)
+    for handler in handlers:
+        handler.addFilter(drop)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(drop)
 
 
 def library_class(library: str, name: str):

@@ -266,6 +266,92 @@ def test_pickle_weights_only_with_explicit_permission(tmp_path, tiny_dir, monkey
     assert DepthEstimator.from_pretrained(str(folder)).kind == "relative_inverse_depth"
 
 
+def _photo_and_depth():
+    from depth2img import DepthMap
+
+    yy, xx = np.mgrid[0:48, 0:64]
+    photo = Image.fromarray(((np.stack([xx, yy, xx + yy], -1) * 2) % 256).astype(np.uint8))
+    return photo, DepthMap(1.0 + yy + 0.5 * xx, "metric_depth")
+
+
+def test_full_size_download_layouts_load_as_the_hub_gives_them(tmp_path, tiny_dir, monkeypatch, capsys):
+    """Three layouts a user's download has (a full-size review, 2026-11-27): a folder of fp16-variant files only
+    (diffusers looked for the plain names: "no file named diffusion_pytorch_model.safetensors", beside them); a
+    pipeline folder whose vae/ holds pickles while other parts hold safetensors (passed our check, failed in
+    diffusers, its message printed twice, no word of pickles); a base folder alone, with no ControlNet beside it
+    (refused: it now takes the registry's depth ControlNet of its kind, from the cache here)."""
+    import shutil
+
+    from diffusers import ControlNetModel, StableDiffusionControlNetPipeline
+    from safetensors.torch import load_file
+
+    from depth2img import SceneTransformer
+    from depth2img.errors import ModelLoadError
+    from depth2img.registry import backbones
+
+    photo, depth = _photo_and_depth()
+    expected = (
+        SceneTransformer.from_pretrained("tiny").transform(photo, "x", depth=depth, seed=1, steps=2).raw
+    )
+    base, controlnet = tiny_dir / "sd15-depth", tiny_dir / "sd15-depth-controlnet"
+    pipe = StableDiffusionControlNetPipeline.from_pretrained(
+        base, controlnet=ControlNetModel.from_pretrained(controlnet)
+    )
+    pipe.save_pretrained(tmp_path / "fp16", variant="fp16")
+    files = sorted(p.name for p in (tmp_path / "fp16").rglob("*.safetensors"))
+    assert files and all(".fp16." in f for f in files), files
+    capsys.readouterr()
+    ours = SceneTransformer.from_pretrained(str(tmp_path / "fp16")).transform(
+        photo, "x", depth=depth, seed=1, steps=2
+    )
+    np.testing.assert_array_equal(ours.raw, expected)  # the same weights, under their variant's names
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tmp_path / "fp16", pickled)
+    vae = pickled / "vae" / "diffusion_pytorch_model.fp16.safetensors"
+    torch.save(load_file(vae), pickled / "vae" / "diffusion_pytorch_model.bin")
+    vae.unlink()
+    capsys.readouterr()
+    with pytest.raises(ModelLoadError, match=f"^model '{pickled}' at {pickled}, whose vae/ has only pickle weights "
+                       r"\(diffusion_pytorch_model.bin\); depth2img loads .safetensors weights only .*"
+                       "DEPTH2IMG_ALLOW_PICKLE=1"):  # fmt: skip
+        SceneTransformer.from_pretrained(str(pickled))
+    # a component with no weights at all: diffusers' own log of it is dropped, our one line says it
+    (pickled / "vae" / "diffusion_pytorch_model.bin").unlink()
+    with pytest.raises(ModelLoadError, match=f"^model '{pickled}' at {pickled} could not be loaded: "):
+        SceneTransformer.from_pretrained(str(pickled))
+    assert "An error occurred while trying to fetch" not in capsys.readouterr().err
+
+    # a truncated file: the library's wrapper ("Unable to load weights") and the cause it hid
+    truncated = tmp_path / "truncated"
+    shutil.copytree(tmp_path / "fp16", truncated)
+    weights = truncated / "controlnet" / "diffusion_pytorch_model.fp16.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(ModelLoadError, match=r"^ControlNet .* could not be loaded: Unable to load weights from "
+                       r"checkpoint file .* \(SafetensorError: .*incomplete metadata"):  # fmt: skip
+        SceneTransformer.from_pretrained(str(truncated))
+
+    # the base alone: the registry's SD1.5 depth ControlNet, at its pinned revision, from the cache
+    alone = tmp_path / "alone" / "my-sd15-finetune"
+    shutil.copytree(base, alone)
+    entry = next(e for e in backbones().values() if e.pipeline == "sd15-controlnet")
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(ModelLoadError, match=f"{entry.controlnet}.*the depth ControlNet for a local sd15-controlnet "
+                       f"folder that holds none; put one in {alone}/controlnet/ or a folder beside it named "
+                       "my-sd15-finetune-controlnet"):  # fmt: skip
+        SceneTransformer.from_pretrained(str(alone))
+    repo = cache / ("models--" + entry.controlnet.replace("/", "--"))
+    shutil.copytree(controlnet, repo / "snapshots" / entry.companion_revision)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(entry.companion_revision)
+    st = SceneTransformer.from_pretrained(str(alone))
+    np.testing.assert_array_equal(st.transform(photo, "x", depth=depth, seed=1, steps=2).raw, expected)
+    assert st.backend.companion_ref.name == entry.controlnet
+
+
 def test_no_remote_code_anywhere():
     root = Path(__file__).resolve().parent.parent / "depth2img"
     for py in root.glob("*.py"):
