@@ -700,16 +700,12 @@ def markdown(result: dict) -> str:
 
 def _pool_text(result: dict, mode: str) -> str:
     """What the peak memory of a CUDA-graph row says of the graphs' memory pool."""
-    pools = result.get("cudagraph_pool_gib")
-    if pools is None:  # a table from before the pool was measured (2026-11-27), or a CPU's
-        return (
-            (
-                "; the row's peak memory leaves out their memory pool, allocated at capture, before the timed "
-                "calls, which count only what they allocate on top"
-            )
-            if "cudagraph_pool_gib" not in result
-            else ""
-        )
+    if "cudagraph_pool_gib" not in result:  # a table from before the pool was measured (2026-11-27)
+        return ("; the row's peak memory leaves out their memory pool, allocated at capture, before the timed "
+                "calls, which count only what they allocate on top")  # fmt: skip
+    pools = result["cudagraph_pool_gib"]
+    if pools is None:  # a CPU's: no memory figures
+        return ""
     return (f"; the row's peak memory includes the {pools.get(mode, 0):.2f} GiB their memory pool held after "
             "warm-up (reserved at capture, which a timed call's replay does not allocate)")  # fmt: skip
 
