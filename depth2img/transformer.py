@@ -498,6 +498,8 @@ class SceneTransformer:
 
         def on_step(pipe, i, t, kwargs):
             bar.update(1)
+            if bar.n >= bar.total:  # its rate the steps', not theirs and the VAE decode's after them
+                bar.close()
             return kwargs
 
         t_diffusion = time.perf_counter()
