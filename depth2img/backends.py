@@ -170,6 +170,10 @@ def check_inductor_options(options, name: str = "inductor") -> dict:
         if setting in checked:
             raise InputError(f"{name} gives {setting} twice")
         declared = config.get_type(setting)
+        if typing.get_origin(declared) is typing.Literal and value not in typing.get_args(declared):
+            # (torch skips the check of such a type: a typo failed inside inductor, after the models were built)
+            shown = ", ".join(map(repr, typing.get_args(declared)))
+            raise InputError(f"{name}: {key} takes one of {shown}, got {value!r}")
         # the classes a value may be of, as torch checks them; None where the type is a generic one it skips
         kinds = typing.get_args(declared) if typing.get_origin(declared) in (typing.Union, types.UnionType) else (
             (declared,) if typing.get_origin(declared) is None else ()

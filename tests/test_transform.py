@@ -520,6 +520,10 @@ def test_inductor_options_ride_on_the_mode_and_decide_the_copy_out_of_the_graph_
             "pre_grad_fusion_options must be a value JSON can record",
         ),
         (["epilogue_fusion=False", "epilogue-fusion=True"], "--inductor gives epilogue_fusion twice"),
+        (
+            ["memory_pool=intermediate"],
+            "--inductor: memory_pool takes one of 'none', 'intermediates', 'outputs', ",
+        ),
         ("conv_1x1_as_mm", "--inductor must be a dict of inductor settings, got 'conv_1x1_as_mm'"),
     ):
         with pytest.raises(InputError, match=re.escape(message)):
