@@ -548,8 +548,11 @@ class Backend:
 
     @staticmethod
     def _from_pretrained(class_name: str, path: Path, ref: ModelRef, dtype, **components):
-        require_safetensors(path, ref)
-        for entry in _model_index(path).values():  # its transformers components' classes, imported quietly
+        index = _model_index(path)
+        require_safetensors(
+            path, ref, [name for name, entry in index.items() if not name.startswith("_") and entry]
+        )
+        for entry in index.values():  # its transformers components' classes, imported quietly
             if isinstance(entry, list) and len(entry) == 2 and entry[0] == "transformers" and entry[1]:
                 library_class("transformers", entry[1])
         try:

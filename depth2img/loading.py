@@ -11,7 +11,6 @@ never set.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import socket
 import warnings
@@ -210,18 +209,14 @@ def use_safetensors() -> bool | None:
 PICKLE_PATTERNS = ("*.bin", "*.ckpt", "*.pt", "*.pth")
 
 
-def require_safetensors(path: Path, ref: ModelRef) -> None:
+def require_safetensors(path: Path, ref: ModelRef, components=()) -> None:
     """Refuse a folder whose weights exist only as pickles (``.bin``/``.ckpt``/``.pt``), unless explicitly allowed;
-    in a pipeline's folder, each of its components' subfolders (a ``vae/`` of pickles beside safetensors elsewhere
-    passed, and failed in diffusers with its own message, printed twice, and no word of pickles)."""
+    in a pipeline's folder, each of its ``components``' subfolders (from its model index: a ``vae/`` of pickles
+    beside safetensors elsewhere passed, and failed in diffusers with its own message, printed twice, and no word
+    of pickles)."""
     if pickle_allowed():
         return
-    index = path / "model_index.json"
-    folders = [path]
-    if index.is_file():
-        with contextlib.suppress(OSError, ValueError):
-            names = [k for k, v in json.loads(index.read_text()).items() if not k.startswith("_") and v]
-            folders = [path / k for k in names if (path / k).is_dir()] or [path]
+    folders = [path / name for name in components if (path / name).is_dir()] or [path]
     for folder in folders:
         if any(folder.rglob("*.safetensors")):
             continue
