@@ -849,20 +849,29 @@ def _image_arg(images):
 
 class ControlNetBackend(Backend):
     @classmethod
-    def load(cls, ref, *, path, dtype, local_files_only):
+    def load(cls, ref, *, path, dtype, local_files_only, controlnet: ModelRef | None = None):
+        """``controlnet``: a depth ControlNet to use instead of the base's own (``registry.resolve_controlnet``)."""
         from diffusers import ControlNetModel
 
-        cn_ref = _companion_ref(ref, path, "controlnet", kind=cls.kind)
+        cn_ref = controlnet or _companion_ref(ref, path, "controlnet", kind=cls.kind)
         try:
             cn_path = snapshot_dir(
                 cn_ref, local_files_only=local_files_only, allow_patterns=SINGLE_MODEL_FILES
             )
         except ModelLoadError as err:
-            if ref.entry is not None or not ref.is_local:
+            if ref.entry is not None or not ref.is_local or controlnet is not None:
                 raise
             raise ModelLoadError(f"{err} (the depth ControlNet for a local {cls.kind} folder that holds none; "
                                  f"{_COMPANION_PLACES.format(what='controlnet', folder=path)})") from None  # fmt: skip
         require_safetensors(cn_path, cn_ref)
+        held = _config_class(cn_path)
+        if (
+            held != "ControlNetModel"
+        ):  # (a UNet's folder loaded as a ControlNet with a warning, or failed deep inside)
+            raise ModelLoadError(
+                f"ControlNet {cn_ref.name!r} at {cn_path} holds {held or 'no config.json naming a model class'}, "
+                "not a diffusers ControlNetModel"
+            )
         try:
             cn = ControlNetModel.from_pretrained(
                 cn_path, dtype=dtype, use_safetensors=use_safetensors(), local_files_only=True,
@@ -998,6 +1007,25 @@ def fit_knobs(traits: BackboneTraits, knobs: dict) -> dict:
         if k not in traits.control_knobs:
             out[k] = DEFAULT_KNOBS[k]
     return out
+
+
+def check_controlnet(kind: str, name: str, label=str) -> None:
+    """A ControlNet given apart from backbone ``name`` fits its pipeline ``kind`` (known before the backbone loads
+    when it is a registry entry or a folder at hand, else read from the loaded backbone)."""
+    if not BACKENDS[kind].has_controlnet:
+        raise InputError(
+            f"{label('controlnet')}: backbone {name!r} ({kind}) takes no ControlNet; a depth ControlNet goes with "
+            "sd15-depth, sdxl-depth or a folder or hub id of their kind"
+        )
+
+
+def _config_class(path: Path) -> str | None:
+    """The ``_class_name`` in a single diffusers model's ``config.json``; None where there is none to read."""
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return config.get("_class_name") if isinstance(config, dict) else None
 
 
 def check_speed_lora(kind: str, ref: ModelRef) -> None:
@@ -1157,9 +1185,11 @@ def check_at_hand(ref: ModelRef, *, local_files_only: bool = False) -> None:
         raise not_cached(ref)
 
 
-def load_backend(ref: ModelRef, *, dtype, device=None, local_files_only: bool = False) -> Backend:
+def load_backend(ref: ModelRef, *, dtype, device=None, local_files_only: bool = False,
+                 controlnet: ModelRef | None = None) -> Backend:  # fmt: skip
     """Load a backbone's weights (on the CPU; the caller moves them). ``dtype`` None: the backbone family's own
-    on ``device`` (``Backend.accelerator_dtype``; float32 on CPU)."""
+    on ``device`` (``Backend.accelerator_dtype``; float32 on CPU). ``controlnet``: a depth ControlNet instead of
+    the backbone's own (SD1.5 and SDXL)."""
     path = snapshot_dir(ref, local_files_only=local_files_only, allow_patterns=PIPELINE_FILES)
     kind = pipeline_kind(path)
     if ref.entry is not None and ref.entry.pipeline != kind:
@@ -1168,4 +1198,9 @@ def load_backend(ref: ModelRef, *, dtype, device=None, local_files_only: bool = 
             f"but backbone {ref.entry.name!r} needs {ref.entry.pipeline}"
         )
     dtype = resolve_dtype(dtype, resolve_device(device), BACKENDS[kind].accelerator_dtype)
-    return BACKENDS[kind].load(ref, path=path, dtype=dtype, local_files_only=local_files_only)
+    if controlnet is None:
+        return BACKENDS[kind].load(ref, path=path, dtype=dtype, local_files_only=local_files_only)
+    check_controlnet(kind, ref.name)
+    return BACKENDS[kind].load(
+        ref, path=path, dtype=dtype, local_files_only=local_files_only, controlnet=controlnet
+    )

@@ -97,6 +97,9 @@ class Job:
     estimator: str | None = None
     lora: str | None = None  # a few-step LoRA (see `depth2img models`)
     lora_scale: float = 1.0
+    controlnet: str | None = (
+        None  # a depth ControlNet instead of the model's own (see `transform --controlnet`)
+    )
     compile: str | None = None  # a torch.compile mode: the fast path (see `transform --compile`)
     dtype: str | None = None  # the weights' dtype (see `transform --dtype`); None: the device's default
     knobs: dict = field(default_factory=dict)
@@ -165,7 +168,7 @@ class Job:
                 f"job key presets_files must be a path or a list of paths, got {self.presets_files!r}"
             )
         self.presets_files = [str(self.path(os.fspath(f))) for f in files]
-        for key in ("model", "estimator", "lora"):
+        for key in ("model", "estimator", "lora", "controlnet"):
             setattr(self, key, self._model_path(key))
         from .knobs import check_lora_scale
 
@@ -211,6 +214,10 @@ class Job:
                     check_speed_lora(traits.kind, resolve_lora(self.lora))
                 except Depth2ImgError as err:
                     raise InputError(f"job key lora: {err}") from None
+            if self.controlnet is not None:
+                from .backends import check_controlnet
+
+                check_controlnet(traits.kind, ref.name, label=lambda key: f"job key {key}")
         check_compile(self.compile, "job key compile", feature_cache=self.knobs.get("feature_cache", 1))
         from .knobs import DTYPES
 
@@ -291,7 +298,7 @@ class Job:
         return {name for name, _, _ in fields}
 
     def _model_path(self, key: str) -> str | None:
-        """``model``, ``estimator`` or ``lora`` as the loader should get it: a local folder given relative to the job
+        """``model``, ``estimator``, ``lora`` or ``controlnet`` as the loader should get it: a local folder given relative to the job
         file (``./x``, ``../x``, ``~/x``, or a relative path that exists there) becomes that path; registry names,
         ``tiny/...`` and hub ids stay as they are. Checked with the registry's resolver, before anything is
         written or loaded."""
@@ -302,8 +309,10 @@ class Job:
             return None
         if not isinstance(value, str) or not value.strip():
             raise InputError(f"job key {key} must be a registry name, hub id or folder, got {value!r}")
-        section = {"model": "backbones", "estimator": "estimators", "lora": "loras"}[key]
-        named = value == "tiny" or value.startswith("tiny/") or value in registry.load_registry()[section]
+        section = {"model": "backbones", "estimator": "estimators", "lora": "loras", "controlnet": None}[key]
+        named = section is not None and (
+            value == "tiny" or value.startswith("tiny/") or value in registry.load_registry()[section]
+        )
         if not named and not Path(value).is_absolute():
             if value.startswith(("./", "../", "~")) or value in (".", "..") or self.path(value).exists():
                 value = str(self.path(value))
@@ -313,7 +322,7 @@ class Job:
                     f"the current directory {Path.cwd()}; give it from the job file's folder (or absolute)"
                 )
         resolve = {"model": registry.resolve_backbone, "estimator": registry.resolve_estimator,
-                   "lora": registry.resolve_lora}[key]  # fmt: skip
+                   "lora": registry.resolve_lora, "controlnet": registry.resolve_controlnet}[key]  # fmt: skip
         try:
             resolve(value)
         except InputError as err:
@@ -1074,7 +1083,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     todo_per_source = collections.Counter(t[0] for t in todo)
     service = service or Service(model=job.model, estimator=job.estimator, device=device, lora=job.lora,
                                  lora_scale=job.lora_scale, compile=job.compile, dtype=job.dtype,
-                                 presets=job._presets)  # fmt: skip
+                                 presets=job._presets, controlnet=job.controlnet)  # fmt: skip
     # anything left in the whole run, not only this process's share: every process refuses alike
     left = (
         resume
@@ -1325,7 +1334,8 @@ def _generate(st, units: list[_Item], report: JobReport) -> list:
 # What makes an item's image, or judges it: a resumed run that changed one would mix images made two ways in one
 # dataset. (Seeds, inputs and variations may be added, and geometry retries changed; compile and batch sizes change
 # images only within rounding; a dtype's rounding grows over the steps.)
-SAME_RUN_KEYS = ("model", "estimator", "lora", "lora_scale", "dtype", "knobs", "geometry", "layout", "labels")
+SAME_RUN_KEYS = ("model", "estimator", "lora", "lora_scale", "controlnet", "dtype", "knobs", "geometry", "layout",
+                 "labels")  # fmt: skip
 
 
 def _earlier_record(recorded: Path) -> dict | None:
@@ -1355,10 +1365,12 @@ def _check_same_run(job: Job, earlier: dict, recorded: Path, made_in: set[str] =
             record.pop("dtype", None)
         base = record.get("base_dir")
         # a folder under the job's own, wherever the project now lies
-        for key in ("model", "estimator", "lora"):
+        for key in ("model", "estimator", "lora", "controlnet"):
             value = record.get(key)
             if isinstance(value, str) and isinstance(base, str) and Path(value).is_relative_to(base):
                 record[key] = Path(value).relative_to(base).as_posix()
+    if "model" in earlier:  # a run from before controlnet was a key used the model's own
+        earlier.setdefault("controlnet", None)
     changed = [k for k in SAME_RUN_KEYS if k in earlier and earlier[k] != now.get(k)]
     before = {v.get("name"): v for v in earlier.get("variations") or [] if isinstance(v, dict)}
     # a variation the earlier run named otherwise (accented and non-Latin names changed in 413f805): taken as new, its

@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="few-step LoRA fused into the UNet: lcm-sd15, lcm-sdxl, hyper-sd15-8step (sets its scheduler, "
                    "steps and guidance as defaults)")  # fmt: skip
     p.add_argument("--lora-scale", type=float, default=1.0, help="strength of --lora (default 1.0)")
+    p.add_argument("--controlnet", metavar="ID|PATH",
+                   help="a depth ControlNet instead of the backbone's own, for SD1.5 and SDXL backbones: a hub id or "
+                   "a folder holding a diffusers ControlNetModel (a fine-tune; recorded in the manifest)")  # fmt: skip
     p.add_argument("--offload", choices=list(OFFLOAD_MODES), default="none",
                    help="CPU offload to save GPU memory (a GPU only): " + "; ".join(f"{k}: {v}" for k, v in OFFLOAD_MODES.items()))  # fmt: skip
     p.add_argument("--compile", choices=COMPILE_MODES, metavar="MODE",
@@ -366,6 +369,10 @@ def _cmd_transform(args) -> int:
 
         entry = resolve_lora(args.lora).entry
         lora_knobs = dict(entry.knobs) if entry else {}
+    if args.controlnet is not None:
+        from .registry import resolve_controlnet
+
+        resolve_controlnet(args.controlnet)
     # what each input runs with, as SceneTransformer.prepare resolves it
     resolved = resolved_knobs(preset_knobs, lora_knobs, given)
     from .backends import known_traits
@@ -412,6 +419,10 @@ def _cmd_transform(args) -> int:
             from .registry import resolve_lora
 
             check_speed_lora(traits.kind, resolve_lora(args.lora))  # before the estimator loads
+        if args.controlnet is not None:
+            from .backends import check_controlnet
+
+            check_controlnet(traits.kind, ref.name, label=_flag)
     if args.depth:
         # read once here too: a missing file, its polarity or (from the input's header) its aspect ratio was found
         # only after the models had loaded
@@ -442,7 +453,8 @@ def _cmd_transform(args) -> int:
         load_options=dict(device=args.device, dtype=args.dtype, local_files_only=args.local_files_only,
                           offload=args.offload, compile=args.compile, vae_tiling=args.vae_tiling,
                           vae_slicing=args.vae_slicing,
-                          attention=args.attention, presets=presets, lora=args.lora, lora_scale=args.lora_scale),
+                          attention=args.attention, presets=presets, lora=args.lora, lora_scale=args.lora_scale,
+                          controlnet=args.controlnet),
         progress=not args.quiet, on_error=_say_above_bar, on_warning=_warn_above_bar, batch_size=args.batch_size,
         label=_flag,
     )  # fmt: skip

@@ -7,7 +7,7 @@ or ``tiny/<entry>``, a hub id, or a local directory) into a ``ModelRef``; the lo
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -164,20 +164,23 @@ def _resolve(name: str | os.PathLike, section: str) -> ModelRef:
     if name in entries:
         entry = entries[name]
         return ModelRef(name=name, location=entry.id, revision=entry.revision, is_local=False, entry=entry)
+    ref = _folder_or_hub_id(name, what, f"a registry name ({', '.join(entries)}), ")
+    # A hub id; if it matches a registry entry, keep what the registry knows (licence, output kind).
+    entry = None if ref.is_local else next((e for e in entries.values() if e.id == name), None)
+    return replace(ref, revision=entry.revision, entry=entry) if entry else ref
+
+
+def _folder_or_hub_id(name: str, what: str, known: str = "") -> ModelRef:
+    """``name`` as an existing local folder or a hub id, which is exactly "owner/name"; anything else is refused
+    (``known``: what else the caller takes, as the error lists it)."""
     path = Path(name).expanduser()
     if path.is_dir():
         return ModelRef(name=name, location=str(path), revision=None, is_local=True)
-    # A hub id is exactly "owner/name"; anything else that is not an existing folder is refused.
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise InputError(
-            f"{what} {name!r} is not a registry name ({', '.join(entries)}), "
-            "a hub id (owner/name) or an existing local directory"
+            f"{what} {name!r} is not {known}a hub id (owner/name) or an existing local directory"
         )
-    # A hub id; if it matches a registry entry, keep what the registry knows (licence, output kind).
-    entry = next((e for e in entries.values() if e.id == name), None)
-    return ModelRef(
-        name=name, location=name, revision=entry.revision if entry else None, is_local=False, entry=entry
-    )
+    return ModelRef(name=name, location=name, revision=None, is_local=False)
 
 
 def default_estimator_for(model: str | os.PathLike | None) -> str:
@@ -201,3 +204,17 @@ def resolve_lora(name: str | os.PathLike) -> ModelRef:
     if name is None or not str(name).strip():
         raise InputError("lora: give a registry name (" + ", ".join(loras()) + "), a hub id or a folder")
     return _resolve(name, "loras")
+
+
+def resolve_controlnet(name: str | os.PathLike) -> ModelRef:
+    """A depth ControlNet given apart from its backbone (a fine-tune, a smaller one): a local folder holding a
+    diffusers ``ControlNetModel`` or its hub id. A registry backbone's own ControlNet keeps its pinned revision."""
+    if name is None or not str(name).strip():
+        raise InputError("controlnet: give a hub id (owner/name) or a folder holding a diffusers ControlNet")
+    ref = _folder_or_hub_id(str(name), "controlnet")
+    pinned = (
+        None
+        if ref.is_local
+        else next((e for e in backbones().values() if e.controlnet == ref.location), None)
+    )
+    return replace(ref, revision=pinned.companion_revision) if pinned else ref

@@ -28,7 +28,7 @@ WARM_UP = ((*SCENE_SIZE, 1), (512, 512, 1), (*SCENE_SIZE, 2))
 class Service:
     def __init__(self, *, model=None, estimator=None, device=None, dtype=None, local_files_only: bool = False,
                  preset_files=(), lora: str | None = None, lora_scale: float = 1.0, compile: str | None = None,
-                 presets: dict | None = None):  # fmt: skip
+                 presets: dict | None = None, controlnet: str | None = None):  # fmt: skip
         from .loading import resolve_device, resolve_dtype
         from .registry import default_estimator_for, load_registry
 
@@ -40,7 +40,7 @@ class Service:
         self.preset_files = tuple(preset_files)
         # read already (a batch job's, checked against its variations); None: from the files
         self.presets = presets
-        self.lora, self.lora_scale, self.compile = lora, lora_scale, compile
+        self.lora, self.lora_scale, self.compile, self.controlnet = lora, lora_scale, compile, controlnet
         self._estimators: dict = {}
         self._depths: dict = {}  # (estimator, size, image hash) -> DepthMap, least recently used first
         self._transformer = None
@@ -86,7 +86,7 @@ class Service:
                 self._transformer = SceneTransformer.from_pretrained(
                     model, device=self.device, dtype=self.dtype, estimator=self.default_estimator,
                     local_files_only=self.local_files_only, preset_files=self.preset_files, lora=self.lora,
-                    lora_scale=self.lora_scale, compile=self.compile, presets=self.presets,
+                    lora_scale=self.lora_scale, compile=self.compile, presets=self.presets, controlnet=self.controlnet,
                 )  # fmt: skip
             return self._transformer
 

@@ -167,13 +167,15 @@ class SceneTransformer:
     def from_pretrained(cls, name=None, *, device=None, dtype=None, estimator=None, local_files_only: bool = False,
                         native_size: int | None = None, offload: str | None = None, vae_tiling: bool = False,
                         vae_slicing: bool = False, attention: str = "sdpa", preset_files=(), lora: str | None = None,
-                        lora_scale: float = 1.0, compile: str | None = None, presets: dict | None = None):  # fmt: skip
+                        lora_scale: float = 1.0, compile: str | None = None, presets: dict | None = None,
+                        controlnet: str | os.PathLike | None = None):  # fmt: skip
         """Load a backbone: registry name (``sd15-depth`` default, ``sd2-depth``, ``sdxl-depth``, ``flux-depth``,
         ``flux-depth-lora``),
         ``tiny`` / ``tiny/<entry>``, a hub id or a local folder. ``estimator`` is a name for the depth model
         (loaded on first need) or a loaded ``DepthEstimator``. ``lora`` adds a few-step LoRA (``lcm-sd15``,
         ``lcm-sdxl``, ``hyper-sd15-8step``, a hub id or folder): fused in, with its scheduler and step count as
-        the new defaults. ``compile`` (a torch.compile mode) turns on the fast path: channels-last (on GPUs), fused
+        the new defaults. ``controlnet``: a depth ControlNet (hub id or folder) instead of the backbone's own, for
+        SD1.5 and SDXL backbones (a fine-tune; diffusers' smaller SDXL ones). ``compile`` (a torch.compile mode) turns on the fast path: channels-last (on GPUs), fused
         QKV projections and the UNet, ControlNet and VAE decoder compiled; the first batch compiles (a minute or
         more), the first at a second image size once more (torch's dynamic shapes: for any size), the later ones
         run faster (on an H200, default mode at batch 16: 189 against 279 ms an image; the bench's fast path, in
@@ -182,10 +184,16 @@ class SceneTransformer:
         the square whose pixel count a photo is generated at (its aspect kept); default the registry entry's, else
         the pipeline's own (512 for SD1.5 and SD2, 1024 for SDXL and Flux). ``presets``: the presets already read
         (``load_presets``) by a caller that checked names against them, instead of reading ``preset_files``."""
-        from .backends import check_memory_options, check_speed_lora, load_backend
+        from .backends import (
+            check_controlnet,
+            check_memory_options,
+            check_speed_lora,
+            known_traits,
+            load_backend,
+        )
         from .estimators import DepthEstimator
         from .knobs import check_lora_scale, check_native_size
-        from .registry import resolve_lora
+        from .registry import resolve_controlnet, resolve_lora
         from .tiny import TINY_NATIVE_SIZE
 
         # every argument is checked before the backbone (gigabytes) loads
@@ -197,6 +205,7 @@ class SceneTransformer:
         check_memory_options(device=device, offload=offload, attention=attention)
         lora_ref = resolve_lora(lora) if lora else None
         check_lora_scale(lora_scale, lora)
+        controlnet_ref = resolve_controlnet(controlnet) if controlnet is not None else None
         resolve_dtype(dtype, device)  # (a bad one was found once the backbone's files were fetched)
         if isinstance(estimator, str):  # loaded on first need: a misspelt name failed at the first transform
             from .registry import resolve_estimator
@@ -215,7 +224,11 @@ class SceneTransformer:
         if lora:
             if ref.entry is not None and ref.entry.pipeline:
                 check_speed_lora(ref.entry.pipeline, lora_ref)
-        backend = load_backend(ref, dtype=dtype, device=device, local_files_only=local_files_only)
+        traits = known_traits(ref) if controlnet is not None else None
+        if traits is not None:
+            check_controlnet(traits.kind, ref.name)
+        backend = load_backend(ref, dtype=dtype, device=device, local_files_only=local_files_only,
+                               controlnet=controlnet_ref)  # fmt: skip
         asked, dtype = dtype, backend.dtype
         lora_knobs = {}
         if lora_ref is not None:

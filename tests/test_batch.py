@@ -502,6 +502,31 @@ def test_resume_of_a_run_that_recorded_a_lora_scale_without_a_lora(tmp_path):
         _check_same_run(job, earlier, record)
 
 
+def test_a_jobs_controlnet_runs_and_a_resume_with_another_is_refused(dataset, tmp_path, tiny_dir):
+    """``controlnet``: a folder beside the job file, as ``transform --controlnet``; an earlier run's images were
+    made with the ControlNet it recorded (a run from before the key: the model's own)."""
+    import shutil
+
+    shutil.copytree(tiny_dir / "sd15-depth-controlnet", dataset / "my-controlnet", dirs_exist_ok=True)
+    job = write_job(dataset, name="cn.yaml", output=str(tmp_path / "out"), presets=["rain"], seeds=1, labels={},
+                    layout="files", controlnet="my-controlnet")  # fmt: skip
+    assert run_job(job, progress=False).done == 3
+    lines = read_manifest(tmp_path / "out" / "manifest.jsonl")
+    assert {r["backbone"]["controlnet"] for r in lines} == {str(dataset / "my-controlnet")}
+    record = tmp_path / "out" / "job.resolved.yaml"
+    assert yaml.safe_load(record.read_text())["controlnet"] == str(dataset / "my-controlnet")
+    again = write_job(dataset, name="own.yaml", output=str(tmp_path / "out"), presets=["rain"], seeds=1, labels={},
+                      layout="files")  # fmt: skip
+    with pytest.raises(InputError, match="this job's controlnet differs? from the run"):
+        run_job(again, resume=True, progress=False)
+    older = yaml.safe_load(record.read_text())
+    del older["controlnet"]  # a run from before the key used the model's own
+    record.write_text(yaml.safe_dump(older))
+    with pytest.raises(InputError, match="this job's controlnet differs? from the run"):
+        run_job(job, resume=True, progress=False)
+    assert run_job(again, resume=True, progress=False).skipped == 3
+
+
 def test_resume_of_a_moved_project_compares_its_own_folders(tmp_path, tiny_dir):
     """A job's ./models/x became an absolute path in job.resolved.yaml: a project moved (or another HOME) was
     refused on --resume as another model."""
@@ -888,6 +913,14 @@ def test_output_names_cannot_escape(dataset, tmp_path):
         (
             "inputs: a\noutput: b\nprompt: x\nmodel: tiny\nlora: tiny/lcm-sdxl\n",
             r"job key lora: lora 'tiny/lcm-sdxl' is made for sdxl-controlnet, not sd15-controlnet$",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\nmodel: tiny/sd2-depth\ncontrolnet: .\n",
+            r"job key controlnet: backbone 'tiny/sd2-depth' \(sd2-depth\) takes no ControlNet; ",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\ncontrolnet: ./missing\n",
+            r"job key controlnet: controlnet '.*missing' is not a hub id \(owner/name\) or an existing local directory$",
         ),
         (
             "inputs: a\noutput: b\nmatrix: {template: '{season', axes: {season: [x]}}\n",

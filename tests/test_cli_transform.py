@@ -3,6 +3,7 @@
 import contextlib
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -351,6 +352,24 @@ def test_transform_with_few_step_lora(tmp_path, photos_dir, capsys):
     assert "lcm-sd15" in out and "scheduler lcm" in out
 
 
+def test_transform_with_a_controlnet_of_ones_own(tmp_path, photos_dir, capsys, tiny_dir):
+    from safetensors.torch import load_file, save_file
+
+    mine = tmp_path / "my-controlnet"
+    shutil.copytree(tiny_dir / "sd15-depth-controlnet", mine)
+    weights = load_file(mine / "diffusion_pytorch_model.safetensors")
+    save_file({k: v * 1.1 for k, v in weights.items()}, mine / "diffusion_pytorch_model.safetensors")
+    outputs = {}
+    for name, argv in (("own", []), ("mine", ["--controlnet", mine])):
+        code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path / name, "--model", "tiny",
+                           "--prompt", "a cat", "--seed", 1, "--steps", 2, "-q", *argv)  # fmt: skip
+        assert code == 0, err
+        outputs[name] = read_png_metadata(tmp_path / name / "chelsea_s1.png")["backbone"]["controlnet"]
+        outputs[name + " image"] = np.asarray(Image.open(tmp_path / name / "chelsea_s1.png"))
+    assert outputs["mine"] == str(mine) and outputs["own"] == str(tiny_dir / "sd15-depth-controlnet")
+    assert not np.array_equal(outputs["own image"], outputs["mine image"])
+
+
 def test_transform_and_batch_take_the_compiled_fast_path(tmp_path, photos_dir, capsys, eager_compile):
     """--compile (transform) and the job key compile (batch) load the model with the fast path: each output's
     metadata records what was applied, and the images stay those of the plain pipeline within float tolerance."""
@@ -540,6 +559,10 @@ def test_a_batch_of_photos_is_estimated_in_one_estimator_call(tmp_path, photos_d
          "no UNet to cache; it works with sd15-depth, sd2-depth and sdxl-depth"),
         ("tiny/flux-depth", ["--scheduler", "ddim"], "--scheduler 'ddim' is not one of flow-euler for flux-control"),
         ("tiny", ["--lora", "tiny/lcm-sdxl"], "lora 'tiny/lcm-sdxl' is made for sdxl-controlnet, not sd15-controlnet"),
+        ("tiny/flux-depth", ["--controlnet", "."], "--controlnet: backbone 'tiny/flux-depth' (flux-control) takes no "
+         "ControlNet; a depth ControlNet goes with sd15-depth, sdxl-depth or a folder or hub id of their kind"),
+        ("tiny", ["--controlnet", "no/such/folder"],
+         "controlnet 'no/such/folder' is not a hub id (owner/name) or an existing local directory"),
     ],
 )  # fmt: skip
 def test_what_a_registry_backbone_cannot_take_is_refused_before_any_model_loads(tmp_path, photos_dir, capsys,

@@ -7,7 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
-from depth2img import conditioning, io
+from depth2img import conditioning, io, registry, tiny
 from depth2img.depthmap import DepthMap
 from depth2img.errors import GenerationError, InputError, ModelLoadError
 from depth2img.transformer import SceneTransformer, generation_size
@@ -68,6 +68,82 @@ def test_sd15_img2img_equals_diffusers(sd15, photo, depth, tiny_dir):
                  controlnet_conditioning_scale=1.0).images  # fmt: skip
     _assert_same(ours.raw, theirs)
     assert ours.metadata[0]["mode"] == "img2img"
+
+
+def _other_controlnet(tiny_dir, folder):
+    """The tiny SD1.5 ControlNet with other weights (a fine-tune of it), saved to ``folder``."""
+    from diffusers import ControlNetModel
+
+    cn = ControlNetModel.from_pretrained(tiny_dir / "sd15-depth-controlnet")
+    gen = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in cn.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=gen))
+    cn.save_pretrained(folder, safe_serialization=True)
+    return folder
+
+
+def test_a_controlnet_given_apart_is_the_one_that_runs(sd15, photo, depth, tiny_dir, tmp_path):
+    """``controlnet=``: a depth ControlNet other than the backbone's own equals diffusers' pipeline built with it,
+    differs from the backbone's own, and is recorded."""
+    from diffusers import ControlNetModel, StableDiffusionControlNetImg2ImgPipeline, UniPCMultistepScheduler
+
+    mine = _other_controlnet(tiny_dir, tmp_path / "my-controlnet")
+    st_ = SceneTransformer.from_pretrained("tiny", controlnet=str(mine))
+    ours = st_.transform(photo, PROMPT, depth=depth, seed=7, steps=2, strength=0.6)
+    ref = StableDiffusionControlNetImg2ImgPipeline.from_pretrained(
+        tiny_dir / "sd15-depth", controlnet=ControlNetModel.from_pretrained(mine), safety_checker=None
+    )
+    ref.scheduler = UniPCMultistepScheduler.from_config(ref.scheduler.config)
+    theirs = ref(PROMPT, image=photo, control_image=_control(depth), strength=0.6, num_inference_steps=2,
+                 guidance_scale=7.5, generator=_gens(7), output_type="np", controlnet_conditioning_scale=1.0).images  # fmt: skip
+    _assert_same(ours.raw, theirs)
+    own = sd15.transform(photo, PROMPT, depth=depth, seed=7, steps=2, strength=0.6)
+    assert np.abs(own.raw - ours.raw).max() > 1e-2
+    backbone = ours.metadata[0]["backbone"]
+    assert backbone["controlnet"] == str(mine) and backbone["controlnet_revision"] is None
+
+
+def test_a_controlnet_that_cannot_serve_is_one_line(tiny_dir, tmp_path, monkeypatch):
+    from depth2img import backends
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a backbone was loaded")
+
+    with monkeypatch.context() as m:  # refused before the backbone loads where its kind is known
+        m.setattr(backends, "load_backend", no_loading)
+        for model in ("tiny/sd2-depth", "tiny/flux-depth"):
+            kind = "sd2-depth" if model == "tiny/sd2-depth" else "flux-control"
+            with pytest.raises(
+                InputError, match=f"^controlnet: backbone '{model}' \\({kind}\\) takes no ControlNet; "
+            ):
+                SceneTransformer.from_pretrained(model, controlnet=str(tmp_path))
+        for given in ("", "no/such/folder", str(tmp_path / "missing")):
+            with pytest.raises(InputError, match="^controlnet"):
+                SceneTransformer.from_pretrained("tiny", controlnet=given)
+    # a folder outside the registry is checked by the loader (its kind is read from the folder)
+    with pytest.raises(InputError, match="takes no ControlNet"):
+        backends.load_backend(registry.resolve_backbone(str(tiny_dir / "sd2-depth")), dtype=None,
+                              controlnet=registry.resolve_controlnet(str(tmp_path)))  # fmt: skip
+    with pytest.raises(
+        ModelLoadError, match="unet holds UNet2DConditionModel, not a diffusers ControlNetModel$"
+    ):
+        SceneTransformer.from_pretrained("tiny", controlnet=str(tiny_dir / "sd15-depth" / "unet"))
+    with pytest.raises(
+        ModelLoadError, match="sd15-depth holds no config.json naming a model class, not a diffusers"
+    ):
+        SceneTransformer.from_pretrained("tiny", controlnet=str(tiny_dir / "sd15-depth"))
+    tiny.ensure("sdxl-depth", tiny_dir / "sdxl-depth")  # (written on first use)
+    with pytest.raises(ModelLoadError, match="does not fit 'tiny' .*wrong backbone family"):
+        SceneTransformer.from_pretrained("tiny", controlnet=str(tiny_dir / "sdxl-depth-controlnet"))
+    with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache"):
+        SceneTransformer.from_pretrained("tiny", controlnet="someone/depth-controlnet")
+
+
+def test_a_registry_controlnet_hub_id_keeps_its_pinned_revision():
+    entry = registry.backbones()["sdxl-depth"]
+    assert registry.resolve_controlnet(entry.controlnet).revision == entry.companion_revision
+    assert registry.resolve_controlnet("someone/depth-controlnet").revision is None
 
 
 def test_sd15_txt2img_with_window_equals_diffusers_and_skips_controlnet(sd15, photo, depth, tiny_dir):
