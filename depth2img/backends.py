@@ -864,14 +864,7 @@ class ControlNetBackend(Backend):
             raise ModelLoadError(f"{err} (the depth ControlNet for a local {cls.kind} folder that holds none; "
                                  f"{_COMPANION_PLACES.format(what='controlnet', folder=path)})") from None  # fmt: skip
         require_safetensors(cn_path, cn_ref)
-        held = _config_class(cn_path)
-        if (
-            held != "ControlNetModel"
-        ):  # (a UNet's folder loaded as a ControlNet with a warning, or failed deep inside)
-            raise ModelLoadError(
-                f"ControlNet {cn_ref.name!r} at {cn_path} holds {held or 'no config.json naming a model class'}, "
-                "not a diffusers ControlNetModel"
-            )
+        _check_controlnet_class(cn_path, cn_ref)
         try:
             cn = ControlNetModel.from_pretrained(
                 cn_path, dtype=dtype, use_safetensors=use_safetensors(), local_files_only=True,
@@ -892,6 +885,7 @@ class ControlNetBackend(Backend):
                 f"ControlNet {cn_ref.name!r} (cross-attention {cn.config.cross_attention_dim}) does not fit "
                 f"{ref.name!r} (UNet cross-attention {pipe.unet.config.cross_attention_dim}): wrong backbone family"
             )
+        _check_controlnet_shape(cn.config, pipe.unet.config, cn_ref.name, ref.name)
         return cls(pipe, ref, cn_ref)
 
     def call_kwargs(self, *, images, depths, knobs):
@@ -948,15 +942,16 @@ def known_traits(ref: ModelRef) -> BackboneTraits | None:
     return BACKENDS[CLASS_TO_KIND[name]].traits_for(uses_lora=name == "FluxPipeline")
 
 
-def _folder_at_hand(ref: ModelRef) -> Path | None:
-    """The folder a backbone's ``model_index.json`` is in before anything is downloaded: a local folder, or a hub
-    id's snapshot in the local Hugging Face cache; None where not cached (an ill-formed hub id too)."""
+def _folder_at_hand(ref: ModelRef, index: str = "model_index.json") -> Path | None:
+    """The folder a backbone's ``model_index.json`` (a model's ``index``) is in before anything is downloaded: a
+    local folder, or a hub id's snapshot in the local Hugging Face cache; None where not cached (an ill-formed hub
+    id too)."""
     if ref.is_local:
         return Path(ref.location)
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        cached = try_to_load_from_cache(ref.location, "model_index.json", revision=ref.revision)
+        cached = try_to_load_from_cache(ref.location, index, revision=ref.revision)
     except ValueError:  # an ill-formed hub id ("a b/c")
         return None
     return Path(cached).parent if isinstance(cached, str) else None
@@ -1019,13 +1014,41 @@ def check_controlnet(kind: str, name: str, label=str) -> None:
         )
 
 
-def _config_class(path: Path) -> str | None:
-    """The ``_class_name`` in a single diffusers model's ``config.json``; None where there is none to read."""
+def _check_controlnet_shape(cn, unet, name: str, model: str) -> None:
+    """A ControlNet whose residuals add to the UNet's features (``cn``, ``unet``: their configs) and that takes the
+    3-channel control image: another block layout of the same family loaded, and failed at the first image with a
+    tensor-size error."""
+
+    def layout(config):
+        blocks, layers = list(config["block_out_channels"]), config["layers_per_block"]
+        return {"block_out_channels": blocks,
+                "layers_per_block": [layers] * len(blocks) if isinstance(layers, int) else list(layers)}  # fmt: skip
+
+    ours, theirs = layout(cn), layout(unet)
+    for key in ours:
+        if ours[key] != theirs[key]:
+            raise ModelLoadError(
+                f"ControlNet {name!r} does not fit {model!r}: its {key} {ours[key]} against the UNet's "
+                f"{theirs[key]} (its residuals would not add to the UNet's features)"
+            )
+    channels = cn.get("conditioning_channels", 3)
+    if channels != 3:
+        raise ModelLoadError(
+            f"ControlNet {name!r} takes {channels}-channel control images; depth2img gives a depth ControlNet 3 "
+            "(the depth map as an RGB image)"
+        )
+
+
+def _check_controlnet_class(path: Path, ref: ModelRef) -> None:
+    """The folder holds a diffusers ControlNetModel (a UNet's loaded as one with a warning, or failed deep inside)."""
     try:
         config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        return None
-    return config.get("_class_name") if isinstance(config, dict) else None
+        config = None
+    held = config.get("_class_name") if isinstance(config, dict) else None
+    if held != "ControlNetModel":
+        raise ModelLoadError(f"ControlNet {ref.name!r} at {path} holds {held or 'no config.json naming a model class'}, "
+                             "not a diffusers ControlNetModel")  # fmt: skip
 
 
 def check_speed_lora(kind: str, ref: ModelRef) -> None:
@@ -1172,17 +1195,26 @@ def _companion_ref(ref: ModelRef, path: Path, what: str, kind: str | None = None
     )
 
 
-def check_at_hand(ref: ModelRef, *, local_files_only: bool = False) -> None:
-    """What is known of a backbone before anything loads: a local folder holds a supported pipeline, and offline a
-    hub id is in the cache. For callers that load the (small) estimator first: a bad backbone was reported as the
-    estimator's problem (its own weights missing offline), or found only after the estimator had loaded."""
-    if ref.name.startswith("tiny"):  # built on first use
+def check_at_hand(
+    ref: ModelRef, *, local_files_only: bool = False, controlnet: ModelRef | None = None
+) -> None:
+    """What is known of a backbone (and of a ``controlnet`` given apart) before anything loads: a local folder holds
+    a supported pipeline (a ControlNetModel), and offline a hub id is in the cache. For callers that load the
+    (small) estimator first: a bad backbone was reported as the estimator's problem (its own weights missing
+    offline), or found only after the estimator had loaded."""
+    if not ref.name.startswith("tiny"):  # (built on first use)
+        folder = _folder_at_hand(ref)
+        if folder is not None and folder.is_dir():  # (a local path that is not there: the loader says so)
+            pipeline_kind(folder)
+        elif folder is None and not ref.is_local and hub_offline(local_files_only):
+            raise not_cached(ref)
+    if controlnet is None:
         return
-    folder = _folder_at_hand(ref)
-    if folder is not None and folder.is_dir():  # (a local path that is not there: the loader says so)
-        pipeline_kind(folder)
-    elif folder is None and not ref.is_local and hub_offline(local_files_only):
-        raise not_cached(ref)
+    folder = _folder_at_hand(controlnet, "config.json")
+    if folder is not None and folder.is_dir():
+        _check_controlnet_class(folder, controlnet)
+    elif folder is None and hub_offline(local_files_only):
+        raise not_cached(controlnet)
 
 
 def load_backend(ref: ModelRef, *, dtype, device=None, local_files_only: bool = False,

@@ -308,7 +308,8 @@ class Job:
         if value is None:
             return None
         if not isinstance(value, str) or not value.strip():
-            raise InputError(f"job key {key} must be a registry name, hub id or folder, got {value!r}")
+            takes = "a hub id or folder" if key == "controlnet" else "a registry name, hub id or folder"
+            raise InputError(f"job key {key} must be {takes}, got {value!r}")
         section = {"model": "backbones", "estimator": "estimators", "lora": "loras", "controlnet": None}[key]
         named = section is not None and (
             value == "tiny" or value.startswith("tiny/") or value in registry.load_registry()[section]
@@ -979,6 +980,13 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     if not isinstance(job, Job):
         with alike():
             job = load_job(job)
+    # a Service given loads its own LoRA, ControlNet, compile mode and dtype, which the job's record names
+    if service is not None:
+        for key in ("lora", "lora_scale", "controlnet", "compile", "dtype"):
+            theirs, ours = getattr(service, key), getattr(job, key)
+            if str(theirs).replace("torch.", "") != str(ours):
+                raise InputError(f"service: its {key} {theirs!r} is not the job's {ours!r}; the images would not be "
+                                 "made as job.resolved.yaml records (build the Service with the job's settings)")  # fmt: skip
     started = time.perf_counter()
     rank, world, device, barrier = _distributed()
     report = JobReport(rank=rank, world=world)

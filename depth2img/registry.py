@@ -201,16 +201,20 @@ def loras() -> dict[str, RegistryEntry]:
 
 
 def resolve_lora(name: str | os.PathLike) -> ModelRef:
-    if name is None or not str(name).strip():
-        raise InputError("lora: give a registry name (" + ", ".join(loras()) + "), a hub id or a folder")
+    if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
+        raise InputError(
+            f"lora must be a registry name ({', '.join(loras())}), a hub id or a folder, got {name!r}"
+        )
     return _resolve(name, "loras")
 
 
 def resolve_controlnet(name: str | os.PathLike) -> ModelRef:
     """A depth ControlNet given apart from its backbone (a fine-tune, a smaller one): a local folder holding a
     diffusers ``ControlNetModel`` or its hub id. A registry backbone's own ControlNet keeps its pinned revision."""
-    if name is None or not str(name).strip():
-        raise InputError("controlnet: give a hub id (owner/name) or a folder holding a diffusers ControlNet")
+    if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
+        raise InputError(
+            f"controlnet must be a hub id (owner/name) or a folder holding a diffusers ControlNet, got {name!r}"
+        )
     ref = _folder_or_hub_id(str(name), "controlnet")
     pinned = (
         None

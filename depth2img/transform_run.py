@@ -54,7 +54,7 @@ def run_transform(
     from .backends import check_at_hand, check_scheduler_name
     from .estimators import DepthEstimator
     from .loading import resolve_device
-    from .registry import default_estimator_for, resolve_backbone
+    from .registry import default_estimator_for, resolve_backbone, resolve_controlnet
     from .transformer import SceneTransformer
 
     check_batch_size(batch_size, label("batch_size"))
@@ -104,7 +104,10 @@ def run_transform(
             st = model
         else:
             options = load_options or {}
-            check_at_hand(resolve_backbone(model), local_files_only=options.get("local_files_only", False))
+            ref = resolve_backbone(model)
+            controlnet = options.get("controlnet")
+            check_at_hand(ref, local_files_only=options.get("local_files_only", False),
+                          controlnet=resolve_controlnet(controlnet) if controlnet is not None else None)  # fmt: skip
             if depth is None and isinstance(estimator, (str, os.PathLike, type(None))):
                 # the estimator (small) loads first: a bad name or weights missing offline fail before the
                 # backbone (gigabytes) loads

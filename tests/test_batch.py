@@ -525,6 +525,13 @@ def test_a_jobs_controlnet_runs_and_a_resume_with_another_is_refused(dataset, tm
     with pytest.raises(InputError, match="this job's controlnet differs? from the run"):
         run_job(job, resume=True, progress=False)
     assert run_job(again, resume=True, progress=False).skipped == 3
+    # a Service given loads its own ControlNet: the images would not be what job.resolved.yaml records
+    from depth2img.service import Service
+
+    with pytest.raises(
+        InputError, match=r"^service: its controlnet None is not the job's '.*my-controlnet'; the"
+    ):
+        run_job(job, progress=False, service=Service(model="tiny"))
 
 
 def test_resume_of_a_moved_project_compares_its_own_folders(tmp_path, tiny_dir):
@@ -917,6 +924,10 @@ def test_output_names_cannot_escape(dataset, tmp_path):
         (
             "inputs: a\noutput: b\nprompt: x\nmodel: tiny/sd2-depth\ncontrolnet: .\n",
             r"job key controlnet: backbone 'tiny/sd2-depth' \(sd2-depth\) takes no ControlNet; ",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\ncontrolnet: 5\n",
+            r"job key controlnet must be a hub id or folder, got 5$",
         ),
         (
             "inputs: a\noutput: b\nprompt: x\ncontrolnet: ./missing\n",

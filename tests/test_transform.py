@@ -138,6 +138,31 @@ def test_a_controlnet_that_cannot_serve_is_one_line(tiny_dir, tmp_path, monkeypa
         SceneTransformer.from_pretrained("tiny", controlnet=str(tiny_dir / "sdxl-depth-controlnet"))
     with pytest.raises(ModelLoadError, match="not in the local Hugging Face cache"):
         SceneTransformer.from_pretrained("tiny", controlnet="someone/depth-controlnet")
+    with pytest.raises(
+        InputError, match=r"^controlnet must be a hub id \(owner/name\) or a folder .*, got 5$"
+    ):
+        SceneTransformer.from_pretrained("tiny", controlnet=5)
+    # of the same family, another block layout, or another kind of control image: failed at the first image
+    from diffusers import ControlNetModel
+
+    config = dict(ControlNetModel.load_config(tiny_dir / "sd15-depth-controlnet"))
+    for change, message in (
+        (
+            {"layers_per_block": 2},
+            r"its layers_per_block \[2, 2\] against the UNet's \[1, 1\] \(its residuals would not",
+        ),
+        (
+            {"block_out_channels": [32, 32]},
+            r"its block_out_channels \[32, 32\] against the UNet's \[32, 64\]",
+        ),
+        (
+            {"conditioning_channels": 1},
+            r"takes 1-channel control images; depth2img gives a depth ControlNet 3",
+        ),
+    ):
+        ControlNetModel.from_config({**config, **change}).save_pretrained(tmp_path / "other")
+        with pytest.raises(ModelLoadError, match=f"^ControlNet '{tmp_path / 'other'}' .*{message}"):
+            SceneTransformer.from_pretrained("tiny", controlnet=str(tmp_path / "other"))
 
 
 def test_a_registry_controlnet_hub_id_keeps_its_pinned_revision():
