@@ -54,6 +54,7 @@ from .outputs import (
     safe_name,
     save_png,
     shortened,
+    status_line,
     write_lines,
 )
 from .transformer import _batchable
@@ -990,6 +991,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     started = time.perf_counter()
     rank, world, device, barrier = _distributed()
     report = JobReport(rank=rank, world=world)
+    say = status_line(progress and rank == 0)  # (the models loading, in one process's words)
 
     def fail(msg):
         report.failed.append(msg)
@@ -1099,7 +1101,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         and any(_item_key(stems[p], v.name, s) not in finished for p in paths for v in vars_ for s in seeds)
     )
     if left:
-        made_in = str(service.transformer(job.model).dtype).replace("torch.", "")
+        made_in = str(service.transformer(job.model, progress=say).dtype).replace("torch.", "")
         if earlier_dtypes != {made_in}:
             was = " and ".join(sorted(earlier_dtypes))
             fix = (f"set job key dtype: {was} to continue it" if len(earlier_dtypes) == 1 else
@@ -1143,8 +1145,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         images, errors = loading.result()
         sized, references = {}, {}
         if images:
-            estimator = service.estimator(job.estimator)
-            st = service.transformer(job.model)
+            estimator = service.estimator(job.estimator, progress=say)
+            st = service.transformer(job.model, progress=say)
             for (p, image), depth in zip(
                 images.items(), estimator.isolated(list(images.values()), batch_size=job.depth_batch_size)
             ):

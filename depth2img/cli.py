@@ -255,8 +255,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
-    """Keep the terminal to our progress bar and our error lines (library warnings stay visible in the API)."""
+def _quiet_libraries(downloads: bool = False) -> None:
+    """Keep the terminal to our progress bars and lines (library warnings stay visible in the API); ``downloads``:
+    keep the hub's download bars (a first run fetches gigabytes)."""
     import diffusers
     import transformers
     from huggingface_hub.utils import disable_progress_bars
@@ -265,7 +266,8 @@ def _quiet_libraries() -> None:
     diffusers.utils.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    disable_progress_bars()
+    if not downloads:
+        disable_progress_bars()
 
 
 def _say_above_bar(msg: str) -> None:
@@ -282,7 +284,7 @@ def _cmd_depth(args) -> int:
     formats = check_depth_formats(formats, "--depth-format", at_least_one=True)
     if args.batch_size is not None:
         check_batch_size(args.batch_size, "--batch-size")
-    _quiet_libraries()
+    _quiet_libraries(downloads=not args.quiet)
     from .depth_run import run_depth
 
     report = run_depth(
@@ -442,7 +444,7 @@ def _cmd_transform(args) -> int:
                         depth_for_image(path, size, args.depth_polarity, "--depth-polarity")
             except InputError as err:
                 raise InputError(f"--depth: {err}") from None
-    _quiet_libraries()
+    _quiet_libraries(downloads=not args.quiet)
     from .transform_run import run_transform
 
     report = run_transform(
@@ -485,7 +487,7 @@ def _cmd_app(args) -> int:
     # names that resolve to nothing: before serving, not at the first Generate
     resolve_backbone(pick["model"])
     resolve_estimator(pick["estimator"])
-    _quiet_libraries()
+    _quiet_libraries(downloads=True)
     from .service import Service
     from .ui import launch
 
@@ -506,7 +508,7 @@ def _cmd_batch(args) -> int:
 
     with alike():
         job = load_job(args.job, extra_presets_files=args.presets_file)  # checked before any model loads
-    _quiet_libraries()
+    _quiet_libraries(downloads=not args.quiet)
     from .batch import run_job
 
     report = run_job(job, resume=args.resume, progress=not args.quiet, on_error=_say_above_bar)
@@ -537,7 +539,7 @@ def _cmd_eval(args) -> int:
         if args.source_depth
         else None
     )
-    _quiet_libraries()
+    _quiet_libraries(downloads=True)
     from .estimators import DepthEstimator
     from .metrics import NARROW_FLAT_DELTA1, RELATIVE_DEPTH_RANGE, geometry_reference, geometry_scores
 

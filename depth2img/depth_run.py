@@ -24,7 +24,7 @@ from .io import (
     write_depth_products,
 )
 from .knobs import check_batch_size
-from .outputs import CPU_THREADS, BackgroundWriter, progress_bar, writer_threads
+from .outputs import CPU_THREADS, BackgroundWriter, progress_bar, status_line, writer_threads
 
 CHUNK_IMAGES = 16  # images decoded and held in memory at once
 
@@ -252,7 +252,9 @@ def run_depth(
     with output_dir_for(out_dir, inputs) as out_dir:
         if right_paths is None and not hasattr(estimator, "processor"):
             from .estimators import DepthEstimator
+            from .registry import resolve_estimator
 
+            status_line(progress)(f"loading depth estimator {resolve_estimator(estimator).name}")
             estimator = DepthEstimator.from_pretrained(
                 estimator, device=device, dtype=dtype, local_files_only=local_files_only
             )

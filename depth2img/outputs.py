@@ -66,6 +66,21 @@ def progress_bar(**kwargs):
     return tqdm(**kwargs)
 
 
+def status_line(enabled: bool = True) -> Callable[[str], None]:
+    """How a run says what it does between its progress bars (a model loads for a minute, or downloads for longer,
+    with no bar of ours): ``say(msg)`` writes ``depth2img: MSG`` to stderr, above any bar; silent where
+    ``enabled`` is false (progress off)."""
+    import sys
+
+    from tqdm.auto import tqdm
+
+    def say(msg: str) -> None:
+        if enabled:
+            tqdm.write(f"depth2img: {msg}", file=sys.stderr)
+
+    return say
+
+
 class BackgroundWriter:
     """File writes in background threads, so that generation does not wait on disk.
 

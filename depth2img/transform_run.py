@@ -20,6 +20,7 @@ from .outputs import (
     compact_manifest,
     progress_bar,
     read_manifest,
+    status_line,
     write_transform_result,
 )
 
@@ -54,7 +55,7 @@ def run_transform(
     from .backends import check_at_hand, check_scheduler_name
     from .estimators import DepthEstimator
     from .loading import resolve_device
-    from .registry import default_estimator_for, resolve_backbone, resolve_controlnet
+    from .registry import default_estimator_for, resolve_backbone, resolve_controlnet, resolve_estimator
     from .transformer import SceneTransformer
 
     check_batch_size(batch_size, label("batch_size"))
@@ -108,13 +109,18 @@ def run_transform(
             controlnet = options.get("controlnet")
             check_at_hand(ref, local_files_only=options.get("local_files_only", False),
                           controlnet=resolve_controlnet(controlnet) if controlnet is not None else None)  # fmt: skip
+            say = status_line(progress)
             if depth is None and isinstance(estimator, (str, os.PathLike, type(None))):
                 # the estimator (small) loads first: a bad name or weights missing offline fail before the
                 # backbone (gigabytes) loads
+                estimator = estimator or default_estimator_for(model)
+                # (a bad name is refused before it is said)
+                say(f"loading depth estimator {resolve_estimator(estimator).name}")
                 estimator = DepthEstimator.from_pretrained(
-                    estimator or default_estimator_for(model), device=resolve_device(options.get("device")),
+                    estimator, device=resolve_device(options.get("device")),
                     dtype=options.get("dtype"), local_files_only=options.get("local_files_only", False),
                 )  # fmt: skip
+            say(f"loading model {ref.name}")
             st = SceneTransformer.from_pretrained(model, estimator=estimator, **options)
         stems = _stems(paths)
         bar = progress_bar(

@@ -320,8 +320,9 @@ def test_transform_missing_weights_offline_is_one_line(tmp_path, photos_dir, cap
     assert "stabilityai/stable-diffusion-xl-base-1.0" in err and "hf download" in err
     code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path, "--model", "tiny",
                        "--prompt", "x", "--local-files-only", "--estimator", "depth-anything-v2-small")  # fmt: skip
-    assert code == 2 and err.count("\n") == 1
-    assert "depth-anything/Depth-Anything-V2-Small-hf" in err and "hf download" in err
+    said, error = err.splitlines()  # what it was doing, and why that failed
+    assert code == 2 and said == "depth2img: loading depth estimator depth-anything-v2-small"
+    assert "depth-anything/Depth-Anything-V2-Small-hf" in error and "hf download" in error
 
 
 def test_long_prompt_warning_on_cli(tmp_path, photos_dir, capsys):
@@ -1137,3 +1138,22 @@ def test_a_preset_name_no_preset_flag_could_give_is_refused_in_one_line(tmp_path
         load_presets(f)
     f.write_text("presets:\n  'yes':\n    prompt: '{prompt}, x'\n")  # quoted, it is a name
     assert "yes" in load_presets(f)
+
+
+@pytest.mark.parametrize("quiet", [False, True])
+def test_what_loads_is_said_unless_quiet(tmp_path, photos_dir, capsys, quiet):
+    """A model loads for a minute (a first download for longer) with no bar of ours: each command says so."""
+    photo, q = photos_dir / "chelsea.png", ["-q"] if quiet else []
+    (tmp_path / "job.yaml").write_text(
+        f"inputs: [{photo}]\noutput: {tmp_path / 'b'}\nmodel: tiny\nprompt: x\nknobs: {{steps: 2}}\n"
+    )
+    for argv, expected in (
+        (["transform", photo, "-o", tmp_path / "t", "--model", "tiny", "--prompt", "x", "--steps", 2],
+         ["depth estimator tiny", "model tiny"]),
+        (["depth", photo, "-o", tmp_path / "d", "--estimator", "tiny"], ["depth estimator tiny"]),
+        (["batch", tmp_path / "job.yaml"], ["depth estimator tiny", "model tiny"]),
+    ):  # fmt: skip
+        code, _, err = run(capsys, *argv, *q)
+        assert code == 0, err
+        said = [line for line in err.splitlines() if line.startswith("depth2img: loading ")]
+        assert said == ([] if quiet else [f"depth2img: loading {what}" for what in expected]), argv[0]
