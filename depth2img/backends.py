@@ -23,7 +23,15 @@ import numpy as np
 
 from .errors import Depth2ImgWarning, InputError, ModelLoadError, cause_line, first_line
 from .featurecache import COMPILE_MODE_ATTR, swapped_forward, unet_feature_cache
-from .knobs import CONTROL_KNOBS, DEFAULT_KNOBS, OFFLOAD_MODES, check_lora_scale
+from .knobs import (
+    CONTROL_KNOBS,
+    DEFAULT_KNOBS,
+    OFFLOAD_MODES,
+    check_denoising_steps,
+    check_knobs,
+    check_lora_scale,
+    resolved_knobs,
+)
 from .loading import (
     FETCH_ERROR,
     LORA_FILES,
@@ -1049,6 +1057,29 @@ def _check_controlnet_class(path: Path, ref: ModelRef) -> None:
     if held != "ControlNetModel":
         raise ModelLoadError(f"ControlNet {ref.name!r} at {path} holds {held or 'no config.json naming a model class'}, "
                              "not a diffusers ControlNetModel")  # fmt: skip
+
+
+def plan_knobs(traits: BackboneTraits | None, preset_knobs: dict, model_knobs: dict, given: dict, *, label=str,
+               blame=lambda err, keys: err) -> dict:  # fmt: skip
+    """The knobs a generation runs with, checked as a whole: resolved (``resolved_knobs``: given over the backbone's
+    or LoRA's over a preset's over the defaults), each in range, those the backbone has no use for back at their
+    defaults (``fit_knobs``; ``traits`` None: not known before loading), and a denoising step left. ``blame(err,
+    keys)``: the error raised for ``err``, from the knobs ``keys`` (the CLI and a job file say which preset or LoRA
+    gave them). Serves ``prepare`` and the CLI's and job files' checks before any model loads (each had its copy)."""
+    knobs = resolved_knobs(preset_knobs, model_knobs, given)
+    try:
+        check_knobs(knobs, label)
+    except InputError as err:
+        raise blame(err, knobs) from None
+    if traits is not None:
+        knobs = fit_knobs(traits, knobs)
+    try:
+        check_denoising_steps(
+            knobs["steps"], knobs["strength"], traits is not None and traits.flow_matching, label
+        )
+    except InputError as err:
+        raise blame(err, ("steps", "strength")) from None
+    return knobs
 
 
 def check_speed_lora(kind: str, ref: ModelRef) -> None:

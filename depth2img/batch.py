@@ -408,29 +408,26 @@ class Job:
         that would fail every item fails here, before anything is written: a preset's control_start past the job's
         control_end, or its feature_cache under the job's compile, failed once files were written."""
         from . import presets as presets_mod
-        from .backends import fit_knobs
-        from .knobs import check_compile, check_denoising_steps, check_knobs, resolved_knobs
+        from .backends import plan_knobs
+        from .knobs import check_compile
         from .registry import resolve_lora
 
         lora = resolve_lora(self.lora) if self.lora is not None else None
         lora_knobs = dict(lora.entry.knobs) if lora is not None and lora.entry else {}
         traits = self._backbone[1]
-        flow_matching = traits is not None and traits.flow_matching
         for var in variations(self):
             preset_knobs = presets_mod.resolve(None, var.preset, self._presets)[2] if var.preset else {}
-            knobs = resolved_knobs(preset_knobs, lora_knobs, {k: self.knobs.get(k) for k in DEFAULT_KNOBS})
-            try:
-                if preset_knobs:  # the job's own knobs were checked alone
-                    check_knobs(knobs)
-                    # as prepare runs it: a preset's feature cache where the backbone has no UNet is not used
-                    used = fit_knobs(traits, knobs) if traits is not None else knobs
-                    check_compile(self.compile, "compile", feature_cache=used["feature_cache"])
-                check_denoising_steps(knobs["steps"], knobs["strength"], flow_matching)
+            where = f" (with the knobs of preset {var.preset}, variation {var.name})" if var.preset else ""
+
+            def blame(err, keys, where=where):
+                return InputError(f"job key knobs: {err}{where}")
+
+            knobs = plan_knobs(traits, preset_knobs, lora_knobs, {k: self.knobs.get(k) for k in DEFAULT_KNOBS},
+                               blame=blame)  # fmt: skip
+            try:  # a preset's feature cache where the backbone has no UNet is not used (plan_knobs)
+                check_compile(self.compile, "compile", feature_cache=knobs["feature_cache"])
             except InputError as err:
-                where = (
-                    f" (with the knobs of preset {var.preset}, variation {var.name})" if var.preset else ""
-                )
-                raise InputError(f"job key knobs: {err}{where}") from None
+                raise blame(err, ("feature_cache",)) from None
 
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)

@@ -349,7 +349,7 @@ def _flag(key: str) -> str:
 
 def _cmd_transform(args) -> int:
     from .errors import InputError
-    from .knobs import DEFAULT_KNOBS, check_compile, check_denoising_steps, check_knobs, resolved_knobs
+    from .knobs import DEFAULT_KNOBS, check_compile, check_knobs
     from .presets import load_presets, resolve
 
     # Everything that can be checked without a model is checked first: bad arguments cost no load.
@@ -375,8 +375,6 @@ def _cmd_transform(args) -> int:
         from .registry import resolve_controlnet
 
         resolve_controlnet(args.controlnet)
-    # what each input runs with, as SceneTransformer.prepare resolves it
-    resolved = resolved_knobs(preset_knobs, lora_knobs, given)
     from .backends import known_traits
     from .registry import resolve_backbone
 
@@ -391,22 +389,14 @@ def _cmd_transform(args) -> int:
         names = [name for name, k in own if any(key in k and key not in given for key in keys)]
         return InputError(f"{err} (with the knobs of {' and '.join(names)})" if names else str(err))
 
-    try:  # (the flags given passed alone: a preset's or LoRA's knobs joined them)
-        check_knobs(resolved, label=_flag)
-    except InputError as err:
-        raise joined(err, resolved) from None
-    try:
-        check_denoising_steps(resolved["steps"], resolved["strength"], traits is not None and traits.flow_matching,
-                              label=_flag)  # fmt: skip
-    except InputError as err:
-        raise joined(err, ("steps", "strength")) from None
-    # num_images, seed, batch size and scheduler name: run_transform checks them (label=_flag) before any load
-    from .backends import check_backbone_knobs, check_memory_options, fit_knobs
+    from .backends import check_backbone_knobs, check_memory_options, plan_knobs
 
-    # as prepare runs it: a preset's feature cache where the backbone has no UNet is not used
-    cache = (fit_knobs(traits, resolved) if traits is not None else resolved)["feature_cache"]
+    # what each input runs with, as SceneTransformer.prepare plans it (the flags given passed alone: a preset's or
+    # LoRA's knobs joined them); a preset's feature cache where the backbone has no UNet is not used
+    planned = plan_knobs(traits, preset_knobs, lora_knobs, given, label=_flag, blame=joined)
+    # num_images, seed, batch size and scheduler name: run_transform checks them (label=_flag) before any load
     try:  # the feature cache a preset sets too (it failed per input, after compiling)
-        check_compile(args.compile, "--compile", args.offload, cache, offload_name="--offload",
+        check_compile(args.compile, "--compile", args.offload, planned["feature_cache"], offload_name="--offload",
                       cache_name="--feature-cache")  # fmt: skip
     except InputError as err:
         raise joined(err, ("feature_cache",)) from None

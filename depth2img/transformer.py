@@ -27,13 +27,10 @@ from .knobs import (
     DEFAULT_KNOBS,
     check_batch_size,
     check_compile,
-    check_denoising_steps,
-    check_knobs,
     check_num_images,
     check_seed,
     denoising_steps,
     request_seeds,
-    resolved_knobs,
 )
 from .loading import resolve_device, resolve_dtype
 from .outputs import CPU_THREADS, progress_bar
@@ -354,19 +351,16 @@ class SceneTransformer:
         given = {"steps": steps, "strength": strength, "guidance_scale": guidance_scale,
                  "control_scale": control_scale, "control_start": control_start, "control_end": control_end,
                  "feature_cache": feature_cache}  # fmt: skip
-        knobs = resolved_knobs(preset_knobs, self.model_knobs, given)
-        check_knobs(knobs)
-        from .backends import check_backbone_knobs, fit_knobs
+        from .backends import check_backbone_knobs, plan_knobs
 
+        # (a preset's knobs this backbone has no use for at their defaults; txt2img, strength 1, leaves every step)
+        knobs = plan_knobs(self.backend.traits, preset_knobs, self.model_knobs, given)
         check_backbone_knobs(self.backend.traits, self.name, given, negative_prompt)
         # a preset's negatives do not apply where the backbone takes none, nor without classifier-free guidance
         # (guidance <= 1: diffusers encodes no negative), and outputs record what was used
         unguided = self.backend.takes_negative_prompt and knobs["guidance_scale"] <= 1
         if unguided or not self.backend.takes_negative_prompt:
             negative = ""
-        knobs = fit_knobs(self.backend.traits, knobs)  # a preset's knobs this backbone has no use for
-        # txt2img (strength 1) always leaves them all
-        check_denoising_steps(knobs["steps"], knobs["strength"], self.backend.flow_matching)
         seeds = request_seeds(seed, check_num_images(num_images))
         num_images = len(seeds)
         scheduler_name, chosen = self.backend.scheduler(scheduler)
