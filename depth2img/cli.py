@@ -68,7 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--batch-size", type=int, metavar="N", help="images per estimator batch (default 8 on GPU, 1 on CPU)"
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar, no loading lines, no download bars"
+    )
     _add_model_args(p, backbones=False)
 
     p = sub.add_parser("tiny-model", help="write tiny random-weight models (for tests and offline smoke runs)",
@@ -155,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--attention", choices=["sdpa", "xformers"], default="sdpa", help="attention kernels (default sdpa)"
     )
     p.add_argument("--presets-file", action="append", default=[], metavar="FILE", help="extra presets YAML")
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bars, no loading lines, no download bars"
+    )
     _add_model_args(p)
 
     p = sub.add_parser("app", help="launch the web app (Gradio) on 127.0.0.1",
@@ -189,7 +193,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume", action="store_true", help="continue a run: skip the items its manifest lists as done"
     )
-    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "-q", "--quiet", action="store_true", help="no progress bar, no loading lines, no download bars"
+    )
     p.add_argument("--presets-file", action="append", default=[], metavar="FILE",
                    help="extra presets YAML, after the job's presets_files")  # fmt: skip
 
@@ -260,20 +266,19 @@ def _quiet_libraries(downloads: bool = False) -> None:
     keep the hub's download bars (a first run fetches gigabytes)."""
     import diffusers
     import transformers
-    from huggingface_hub.utils import disable_progress_bars
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
     transformers.logging.set_verbosity_error()
-    transformers.logging.disable_progress_bar()
-    if not downloads:
-        disable_progress_bars()
+    transformers.logging.disable_progress_bar()  # (the hub's too: transformers switches them off with its own)
+    (enable_progress_bars if downloads else disable_progress_bars)()
 
 
 def _say_above_bar(msg: str) -> None:
-    from tqdm.auto import tqdm
+    from .outputs import status_line
 
-    tqdm.write(f"depth2img: error: {msg}", file=sys.stderr)
+    status_line()(f"error: {msg}")
 
 
 def _cmd_depth(args) -> int:
@@ -621,9 +626,9 @@ def _cmd_bench(args) -> int:
 
 
 def _warn_above_bar(msg: str) -> None:
-    from tqdm.auto import tqdm
+    from .outputs import status_line
 
-    tqdm.write(f"depth2img: warning: {msg}", file=sys.stderr)
+    status_line()(f"warning: {msg}")
 
 
 COMMANDS = {"depth": _cmd_depth, "tiny-model": _cmd_tiny_model, "models": _cmd_models,

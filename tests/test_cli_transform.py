@@ -1143,6 +1143,8 @@ def test_a_preset_name_no_preset_flag_could_give_is_refused_in_one_line(tmp_path
 @pytest.mark.parametrize("quiet", [False, True])
 def test_what_loads_is_said_unless_quiet(tmp_path, photos_dir, capsys, quiet):
     """A model loads for a minute (a first download for longer) with no bar of ours: each command says so."""
+    from huggingface_hub.utils import are_progress_bars_disabled
+
     photo, q = photos_dir / "chelsea.png", ["-q"] if quiet else []
     (tmp_path / "job.yaml").write_text(
         f"inputs: [{photo}]\noutput: {tmp_path / 'b'}\nmodel: tiny\nprompt: x\nknobs: {{steps: 2}}\n"
@@ -1157,3 +1159,5 @@ def test_what_loads_is_said_unless_quiet(tmp_path, photos_dir, capsys, quiet):
         assert code == 0, err
         said = [line for line in err.splitlines() if line.startswith("depth2img: loading ")]
         assert said == ([] if quiet else [f"depth2img: loading {what}" for what in expected]), argv[0]
+        # the hub's download bars (transformers switched them off with its own bars)
+        assert are_progress_bars_disabled() == quiet, argv[0]
