@@ -148,9 +148,9 @@ def tiny_root() -> Path:
 def _resolve(name: str | os.PathLike, section: str) -> ModelRef:
     entries = load_registry()[section]
     what = {"estimators": "estimator", "backbones": "model", "loras": "lora"}[section]
-    if name is None or str(name).strip() == "":
+    if name is None or (isinstance(name, str) and not name.strip()):
         name = load_registry()["default_" + section[:-1]]  # loras have no default: resolve_lora refuses empty
-    name = str(name)
+    name = _text(name, what, f"a registry name ({', '.join(entries)}), a hub id (owner/name) or a folder")
     if name == "tiny" or name.startswith("tiny/"):
         entry_name = load_registry().get("default_" + section[:-1]) if name == "tiny" else name[5:]
         if entry_name not in entries or entries[entry_name].tiny is None:
@@ -168,6 +168,14 @@ def _resolve(name: str | os.PathLike, section: str) -> ModelRef:
     # A hub id; if it matches a registry entry, keep what the registry knows (licence, output kind).
     entry = None if ref.is_local else next((e for e in entries.values() if e.id == name), None)
     return replace(ref, revision=entry.revision, entry=entry) if entry else ref
+
+
+def _text(name, what: str, takes: str) -> str:
+    """``name`` as text: a str or a path, not empty; anything else refused, naming it (str() had made a hub id of
+    ``["a/b"]`` and of bytes)."""
+    if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
+        raise InputError(f"{what} must be {takes}, got {name!r}")
+    return str(name)
 
 
 def _folder_or_hub_id(name: str, what: str, known: str = "") -> ModelRef:
@@ -201,21 +209,17 @@ def loras() -> dict[str, RegistryEntry]:
 
 
 def resolve_lora(name: str | os.PathLike) -> ModelRef:
-    if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
-        raise InputError(
-            f"lora must be a registry name ({', '.join(loras())}), a hub id or a folder, got {name!r}"
-        )
-    return _resolve(name, "loras")
+    # (no default LoRA: an empty name is refused, not taken as the default)
+    return _resolve(
+        _text(name, "lora", f"a registry name ({', '.join(loras())}), a hub id or a folder"), "loras"
+    )
 
 
 def resolve_controlnet(name: str | os.PathLike) -> ModelRef:
     """A depth ControlNet given apart from its backbone (a fine-tune, a smaller one): a local folder holding a
     diffusers ``ControlNetModel`` or its hub id. A registry backbone's own ControlNet keeps its pinned revision."""
-    if not isinstance(name, (str, os.PathLike)) or not str(name).strip():
-        raise InputError(
-            f"controlnet must be a hub id (owner/name) or a folder holding a diffusers ControlNet, got {name!r}"
-        )
-    ref = _folder_or_hub_id(str(name), "controlnet")
+    name = _text(name, "controlnet", "a hub id (owner/name) or a folder holding a diffusers ControlNet")
+    ref = _folder_or_hub_id(name, "controlnet")
     pinned = (
         None
         if ref.is_local

@@ -165,6 +165,18 @@ def test_a_controlnet_that_cannot_serve_is_one_line(tiny_dir, tmp_path, monkeypa
             SceneTransformer.from_pretrained("tiny", controlnet=str(tmp_path / "other"))
 
 
+@pytest.mark.parametrize(
+    "resolve, what",
+    [(registry.resolve_backbone, "model"), (registry.resolve_estimator, "estimator"), (registry.resolve_lora, "lora"),
+     (registry.resolve_controlnet, "controlnet")],
+)  # fmt: skip
+def test_a_model_named_by_other_than_text_is_refused_naming_it(resolve, what):
+    """str() had made hub ids of ["a/b"] and b"x/y" (a download of "['a/b']" was attempted)."""
+    for value in (["a/b"], b"x/y", 5):
+        with pytest.raises(InputError, match=f"^{what} must be .*, got {re.escape(repr(value))}$"):
+            resolve(value)
+
+
 def test_a_registry_controlnet_hub_id_keeps_its_pinned_revision():
     entry = registry.backbones()["sdxl-depth"]
     assert registry.resolve_controlnet(entry.controlnet).revision == entry.companion_revision
