@@ -872,7 +872,9 @@ class ControlNetBackend(Backend):
             raise ModelLoadError(f"{err} (the depth ControlNet for a local {cls.kind} folder that holds none; "
                                  f"{_COMPANION_PLACES.format(what='controlnet', folder=path)})") from None  # fmt: skip
         require_safetensors(cn_path, cn_ref)
-        _check_controlnet_class(cn_path, cn_ref)
+        # from the two configs, before gigabytes load (a misfit loaded, and failed at the first image)
+        unet_config = _read_json(path / "unet" / "config.json")  # (none: the pipeline's loader says why)
+        _check_controlnet_fits(_controlnet_config(cn_path, cn_ref), unet_config or {}, cn_ref.name, ref.name)
         try:
             cn = ControlNetModel.from_pretrained(
                 cn_path, dtype=dtype, use_safetensors=use_safetensors(), local_files_only=True,
@@ -888,12 +890,6 @@ class ControlNetBackend(Backend):
             else {}
         )
         pipe = cls._from_pretrained(cls.txt2img_class, path, ref, dtype, controlnet=cn, **extra)
-        if cn.config.cross_attention_dim != pipe.unet.config.cross_attention_dim:
-            raise ModelLoadError(
-                f"ControlNet {cn_ref.name!r} (cross-attention {cn.config.cross_attention_dim}) does not fit "
-                f"{ref.name!r} (UNet cross-attention {pipe.unet.config.cross_attention_dim}): wrong backbone family"
-            )
-        _check_controlnet_shape(cn.config, pipe.unet.config, cn_ref.name, ref.name)
         return cls(pipe, ref, cn_ref)
 
     def call_kwargs(self, *, images, depths, knobs):
@@ -1022,15 +1018,22 @@ def check_controlnet(kind: str, name: str, label=str) -> None:
         )
 
 
-def _check_controlnet_shape(cn, unet, name: str, model: str) -> None:
-    """A ControlNet whose residuals add to the UNet's features (``cn``, ``unet``: their configs) and that takes the
-    3-channel control image: another block layout of the same family loaded, and failed at the first image with a
-    tensor-size error."""
+def _check_controlnet_fits(cn: dict, unet: dict, name: str, model: str) -> None:
+    """A ControlNet of the UNet's family (cross-attention width) whose residuals add to the UNet's features and that
+    takes the 3-channel control image (``cn``, ``unet``: their configs; an empty one: not known, not checked): a
+    misfit loaded, and failed at the first image with a tensor-size error."""
+    if not unet:
+        return
+    if cn.get("cross_attention_dim") != unet.get("cross_attention_dim"):
+        raise ModelLoadError(
+            f"ControlNet {name!r} (cross-attention {cn.get('cross_attention_dim')}) does not fit {model!r} "
+            f"(UNet cross-attention {unet.get('cross_attention_dim')}): wrong backbone family"
+        )
 
     def layout(config):
-        blocks, layers = list(config["block_out_channels"]), config["layers_per_block"]
+        blocks, layers = list(config.get("block_out_channels") or []), config.get("layers_per_block")
         return {"block_out_channels": blocks,
-                "layers_per_block": [layers] * len(blocks) if isinstance(layers, int) else list(layers)}  # fmt: skip
+                "layers_per_block": [layers] * len(blocks) if isinstance(layers, int) else list(layers or [])}  # fmt: skip
 
     ours, theirs = layout(cn), layout(unet)
     for key in ours:
@@ -1047,16 +1050,24 @@ def _check_controlnet_shape(cn, unet, name: str, model: str) -> None:
         )
 
 
-def _check_controlnet_class(path: Path, ref: ModelRef) -> None:
-    """The folder holds a diffusers ControlNetModel (a UNet's loaded as one with a warning, or failed deep inside)."""
+def _read_json(file: Path) -> dict | None:
+    """A JSON object from ``file``; None where it is missing, unreadable or no object."""
     try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        found = json.loads(file.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        config = None
-    held = config.get("_class_name") if isinstance(config, dict) else None
+        return None
+    return found if isinstance(found, dict) else None
+
+
+def _controlnet_config(path: Path, ref: ModelRef) -> dict:
+    """The config of the diffusers ControlNetModel in ``path`` (a UNet's loaded as one with a warning, or failed
+    deep inside)."""
+    config = _read_json(path / "config.json") or {}
+    held = config.get("_class_name")
     if held != "ControlNetModel":
         raise ModelLoadError(f"ControlNet {ref.name!r} at {path} holds {held or 'no config.json naming a model class'}, "
                              "not a diffusers ControlNetModel")  # fmt: skip
+    return config
 
 
 def plan_knobs(traits: BackboneTraits | None, preset_knobs: dict, model_knobs: dict, given: dict, *, label=str,
@@ -1243,7 +1254,7 @@ def check_at_hand(
         return
     folder = _folder_at_hand(controlnet, "config.json")
     if folder is not None and folder.is_dir():
-        _check_controlnet_class(folder, controlnet)
+        _controlnet_config(folder, controlnet)
     elif folder is None and hub_offline(local_files_only):
         raise not_cached(controlnet)
 
@@ -1253,6 +1264,9 @@ def load_backend(ref: ModelRef, *, dtype, device=None, local_files_only: bool = 
     """Load a backbone's weights (on the CPU; the caller moves them). ``dtype`` None: the backbone family's own
     on ``device`` (``Backend.accelerator_dtype``; float32 on CPU). ``controlnet``: a depth ControlNet instead of
     the backbone's own (SD1.5 and SDXL)."""
+    traits = known_traits(ref) if controlnet is not None else None
+    if traits is not None:  # (refused before the backbone's files are fetched, where its kind is known then)
+        check_controlnet(traits.kind, ref.name)
     path = snapshot_dir(ref, local_files_only=local_files_only, allow_patterns=PIPELINE_FILES)
     kind = pipeline_kind(path)
     if ref.entry is not None and ref.entry.pipeline != kind:

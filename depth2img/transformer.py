@@ -181,13 +181,7 @@ class SceneTransformer:
         the square whose pixel count a photo is generated at (its aspect kept); default the registry entry's, else
         the pipeline's own (512 for SD1.5 and SD2, 1024 for SDXL and Flux). ``presets``: the presets already read
         (``load_presets``) by a caller that checked names against them, instead of reading ``preset_files``."""
-        from .backends import (
-            check_controlnet,
-            check_memory_options,
-            check_speed_lora,
-            known_traits,
-            load_backend,
-        )
+        from .backends import check_memory_options, check_speed_lora, load_backend
         from .estimators import DepthEstimator
         from .knobs import check_lora_scale, check_native_size
         from .registry import resolve_controlnet, resolve_lora
@@ -221,9 +215,6 @@ class SceneTransformer:
         if lora:
             if ref.entry is not None and ref.entry.pipeline:
                 check_speed_lora(ref.entry.pipeline, lora_ref)
-        traits = known_traits(ref) if controlnet is not None else None
-        if traits is not None:
-            check_controlnet(traits.kind, ref.name)
         backend = load_backend(ref, dtype=dtype, device=device, local_files_only=local_files_only,
                                controlnet=controlnet_ref)  # fmt: skip
         asked, dtype = dtype, backend.dtype

@@ -108,10 +108,11 @@ def test_a_controlnet_that_cannot_serve_is_one_line(tiny_dir, tmp_path, monkeypa
     from depth2img import backends
 
     def no_loading(*args, **kwargs):
-        raise AssertionError("a backbone was loaded")
+        raise AssertionError("a backbone's files were fetched or loaded")
 
-    with monkeypatch.context() as m:  # refused before the backbone loads where its kind is known
-        m.setattr(backends, "load_backend", no_loading)
+    # refused before the backbone's files are fetched, where its kind is known then
+    with monkeypatch.context() as m:
+        m.setattr(backends, "snapshot_dir", no_loading)
         for model in ("tiny/sd2-depth", "tiny/flux-depth"):
             kind = "sd2-depth" if model == "tiny/sd2-depth" else "flux-control"
             with pytest.raises(
@@ -161,8 +162,10 @@ def test_a_controlnet_that_cannot_serve_is_one_line(tiny_dir, tmp_path, monkeypa
         ),
     ):
         ControlNetModel.from_config({**config, **change}).save_pretrained(tmp_path / "other")
-        with pytest.raises(ModelLoadError, match=f"^ControlNet '{tmp_path / 'other'}' .*{message}"):
-            SceneTransformer.from_pretrained("tiny", controlnet=str(tmp_path / "other"))
+        with monkeypatch.context() as m:  # from the configs, before the pipeline's weights load
+            m.setattr(backends.Backend, "_from_pretrained", no_loading)
+            with pytest.raises(ModelLoadError, match=f"^ControlNet '{tmp_path / 'other'}' .*{message}"):
+                SceneTransformer.from_pretrained("tiny", controlnet=str(tmp_path / "other"))
 
 
 @pytest.mark.parametrize(
