@@ -417,17 +417,17 @@ class Job:
         traits = self._backbone[1]
         for var in variations(self):
             preset_knobs = presets_mod.resolve(None, var.preset, self._presets)[2] if var.preset else {}
-            where = f" (with the knobs of preset {var.preset}, variation {var.name})" if var.preset else ""
-
-            def blame(err, keys, where=where):
-                return InputError(f"job key knobs: {err}{where}")
-
-            knobs = plan_knobs(traits, preset_knobs, lora_knobs, {k: self.knobs.get(k) for k in DEFAULT_KNOBS},
-                               blame=blame)  # fmt: skip
-            try:  # a preset's feature cache where the backbone has no UNet is not used (plan_knobs)
+            try:
+                knobs = plan_knobs(
+                    traits, preset_knobs, lora_knobs, {k: self.knobs.get(k) for k in DEFAULT_KNOBS}
+                )
+                # (a preset's feature cache where the backbone has no UNet is not used: plan_knobs)
                 check_compile(self.compile, "compile", feature_cache=knobs["feature_cache"])
             except InputError as err:
-                raise blame(err, ("feature_cache",)) from None
+                where = (
+                    f" (with the knobs of preset {var.preset}, variation {var.name})" if var.preset else ""
+                )
+                raise InputError(f"job key knobs: {err}{where}") from None
 
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
@@ -978,13 +978,19 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     if not isinstance(job, Job):
         with alike():
             job = load_job(job)
-    # a Service given loads its own LoRA, ControlNet, compile mode and dtype, which the job's record names
+    # what the job's images are made with besides its model and estimator (job.resolved.yaml records them): a Service
+    # given holds its own, which must be the same
+    settings = dict(lora=job.lora, lora_scale=job.lora_scale, controlnet=job.controlnet, compile=job.compile,
+                    dtype=job.dtype, presets=job._presets)  # fmt: skip
     if service is not None:
-        for key in ("lora", "lora_scale", "controlnet", "compile", "dtype"):
-            theirs, ours = getattr(service, key), getattr(job, key)
-            if str(theirs).replace("torch.", "") != str(ours):
-                raise InputError(f"service: its {key} {theirs!r} is not the job's {ours!r}; the images would not be "
-                                 "made as job.resolved.yaml records (build the Service with the job's settings)")  # fmt: skip
+        from .service import image_settings
+
+        ours, theirs = image_settings(**settings), service.image_settings()
+        differ = [key for key in ours if ours[key] != theirs[key]]
+        if differ:
+            raise InputError(f"service: its {', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'} from the "
+                             "job's; the images would not be made as job.resolved.yaml records (build the Service "
+                             "with the job's settings)")  # fmt: skip
     started = time.perf_counter()
     rank, world, device, barrier = _distributed()
     report = JobReport(rank=rank, world=world)
@@ -1016,6 +1022,15 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         paths = outside
         labels = Labels(job)
         labels.check(paths, warn=rank == 0)
+        # offline, a hub id not in the cache, or a folder of another model (a ControlNet's too): found once the
+        # estimator had loaded, after the output folder was made
+        if service is None:
+            from .backends import check_at_hand
+            from .registry import resolve_controlnet
+
+            check_at_hand(
+                job._backbone[0], controlnet=resolve_controlnet(job.controlnet) if job.controlnet else None
+            )
         earlier_run = any(root.glob("manifest*.jsonl"))
         recorded = _earlier_record(root / "job.resolved.yaml") if earlier_run else None
         # of each line, what names, skips and retries need (whole records, ~10 KB a line, peaked at 1.5 GB for 60k)
@@ -1088,9 +1103,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     }
     report.skipped = total - len(todo)
     todo_per_source = collections.Counter(t[0] for t in todo)
-    service = service or Service(model=job.model, estimator=job.estimator, device=device, lora=job.lora,
-                                 lora_scale=job.lora_scale, compile=job.compile, dtype=job.dtype,
-                                 presets=job._presets, controlnet=job.controlnet)  # fmt: skip
+    service = service or Service(model=job.model, estimator=job.estimator, device=device, **settings)
     # anything left in the whole run, not only this process's share: every process refuses alike
     left = (
         resume

@@ -81,13 +81,19 @@ def resolve_dtype(dtype, device, accelerator_default: str = "float16"):
 
     if dtype is None:
         return torch.float32 if device.type == "cpu" else getattr(torch, accelerator_default)
-    # a torch.dtype too, of these three only (torch.int8 failed as a ControlNet that could not be loaded)
-    # (a numpy dtype's name too: np.dtype("float16"))
-    named = isinstance(dtype, (str, torch.dtype)) or type(dtype).__module__.startswith("numpy")
-    name = _DTYPES.get(str(dtype).lower().replace("torch.", "")) if named else None
+    name = dtype_name(dtype)
     if name is None:
         raise InputError(f"dtype {dtype!r} is not one of {', '.join(sorted(_DTYPES))}")
     return getattr(torch, name)
+
+
+def dtype_name(dtype) -> str | None:
+    """The name of a dtype given by name or alias ("fp16"), or as a torch or numpy dtype: of float32, float16 and
+    bfloat16 only (torch.int8 failed as a ControlNet that could not be loaded); None for any other value."""
+    import torch
+
+    named = isinstance(dtype, (str, torch.dtype)) or type(dtype).__module__.startswith("numpy")
+    return _DTYPES.get(str(dtype).lower().replace("torch.", "")) if named else None
 
 
 def hub_offline(local_files_only: bool = False) -> bool:

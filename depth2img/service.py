@@ -25,6 +25,25 @@ ESTIMATORS_KEPT = 2
 WARM_UP = ((*SCENE_SIZE, 1), (512, 512, 1), (*SCENE_SIZE, 2))
 
 
+def image_settings(*, lora=None, lora_scale=1.0, controlnet=None, compile=None, dtype=None, presets=None,
+                   preset_files=()) -> dict:  # fmt: skip
+    """What a Service's images depend on besides the model, the estimator and each request's arguments, spelt one
+    way: a LoRA or ControlNet by where it loads from (a folder by its real path), the scale as a float, the dtype by
+    its name, the presets as read. ``run_job`` compares a Service given with its job's."""
+    import os
+
+    from .loading import dtype_name
+    from .presets import load_presets
+    from .registry import resolve_controlnet, resolve_lora
+
+    def where(ref):
+        return os.path.realpath(ref.location) if ref.is_local else (ref.location, ref.revision)
+
+    return {"lora": lora and where(resolve_lora(lora)), "lora_scale": float(lora_scale),
+            "controlnet": controlnet and where(resolve_controlnet(controlnet)), "compile": compile,
+            "dtype": dtype_name(dtype), "presets": presets if presets is not None else load_presets(preset_files)}  # fmt: skip
+
+
 class Service:
     def __init__(self, *, model=None, estimator=None, device=None, dtype=None, local_files_only: bool = False,
                  preset_files=(), lora: str | None = None, lora_scale: float = 1.0, compile: str | None = None,
@@ -45,6 +64,11 @@ class Service:
         self._depths: dict = {}  # (estimator, size, image hash) -> DepthMap, least recently used first
         self._transformer = None
         self._lock = threading.RLock()  # one job at a time on the device
+
+    def image_settings(self) -> dict:
+        return image_settings(lora=self.lora, lora_scale=self.lora_scale, controlnet=self.controlnet,
+                              compile=self.compile, dtype=self.dtype, presets=self.presets,
+                              preset_files=self.preset_files)  # fmt: skip
 
     # ----------------------------------------------------------------------------------------- models
 

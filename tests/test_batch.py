@@ -515,6 +515,22 @@ def test_a_jobs_controlnet_runs_and_a_resume_with_another_is_refused(dataset, tm
     assert {r["backbone"]["controlnet"] for r in lines} == {str(dataset / "my-controlnet")}
     record = tmp_path / "out" / "job.resolved.yaml"
     assert yaml.safe_load(record.read_text())["controlnet"] == str(dataset / "my-controlnet")
+    # a Service given loads its own ControlNet: the images would not be what job.resolved.yaml records
+    from depth2img.service import Service
+
+    with pytest.raises(
+        InputError, match=r"^service: its controlnet differs from the job's; the images would not"
+    ):
+        run_job(job, progress=False, service=Service(model="tiny"))
+    # the same settings spelt otherwise: a folder relative to the current directory, the scale as an int
+    mine = os.path.relpath(dataset / "my-controlnet")
+    same = Service(model="tiny", controlnet=mine, lora_scale=1)
+    assert run_job(job, resume=True, progress=False, service=same).skipped == 3
+    with pytest.raises(InputError, match=r"^service: its dtype, presets differ from the job's"):
+        run_job(
+            job, progress=False, service=Service(model="tiny", controlnet=mine, presets={}, dtype="float32")
+        )
+
     again = write_job(dataset, name="own.yaml", output=str(tmp_path / "out"), presets=["rain"], seeds=1, labels={},
                       layout="files")  # fmt: skip
     with pytest.raises(InputError, match="this job's controlnet differs? from the run"):
@@ -525,13 +541,27 @@ def test_a_jobs_controlnet_runs_and_a_resume_with_another_is_refused(dataset, tm
     with pytest.raises(InputError, match="this job's controlnet differs? from the run"):
         run_job(job, resume=True, progress=False)
     assert run_job(again, resume=True, progress=False).skipped == 3
-    # a Service given loads its own ControlNet: the images would not be what job.resolved.yaml records
-    from depth2img.service import Service
 
-    with pytest.raises(
-        InputError, match=r"^service: its controlnet None is not the job's '.*my-controlnet'; the"
-    ):
-        run_job(job, progress=False, service=Service(model="tiny"))
+
+def test_a_model_not_at_hand_is_named_before_any_model_loads_or_folder_is_made(dataset, tmp_path, tiny_dir,
+                                                                               monkeypatch):  # fmt: skip
+    from depth2img.errors import ModelLoadError
+    from depth2img.estimators import DepthEstimator
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model started loading")
+
+    monkeypatch.setattr(DepthEstimator, "from_pretrained", no_load)
+    for key, given, message in (
+        ("controlnet", str(tiny_dir / "sd15-depth" / "unet"), "holds UNet2DConditionModel, not a diffusers ControlNet"),
+        ("controlnet", "someone/depth-controlnet", "model someone/depth-controlnet is not in the local Hugging Face"),
+        ("model", "someone/sd15-finetune", "model someone/sd15-finetune is not in the local Hugging Face cache"),
+    ):  # fmt: skip
+        job = write_job(dataset, name="bad.yaml", output=str(tmp_path / "o"), presets=["rain"], seeds=1, labels={},
+                        layout="files", **{key: given})  # fmt: skip
+        with pytest.raises(ModelLoadError, match=message):
+            run_job(job, progress=False)
+        assert not (tmp_path / "o").exists()
 
 
 def test_resume_of_a_moved_project_compares_its_own_folders(tmp_path, tiny_dir):
