@@ -698,8 +698,7 @@ class Backend:
         Its scheduler becomes this backend's default (``ref.entry.scheduler``)."""
         check_speed_lora(self.kind, ref)
         scale = check_lora_scale(scale)
-        # a hub repo of several LoRAs (Hyper-SD): the entry's file; a folder (a tiny one too): its one file
-        wanted = ref.entry.weight_name if ref.entry is not None and not ref.is_local else None
+        wanted = _speed_lora_file(ref)
         path = snapshot_dir(
             ref, local_files_only=local_files_only, allow_patterns=[wanted] if wanted else LORA_FILES
         )
@@ -1093,6 +1092,12 @@ def plan_knobs(traits: BackboneTraits | None, preset_knobs: dict, model_knobs: d
     return knobs
 
 
+def _speed_lora_file(ref: ModelRef) -> str | None:
+    """The file of a few-step LoRA in a hub repo of several (Hyper-SD): the entry's; None for a folder (a tiny one
+    too) or a repo of one, whose one file is taken."""
+    return ref.entry.weight_name if ref.entry is not None and not ref.is_local else None
+
+
 def check_speed_lora(kind: str, ref: ModelRef) -> None:
     """A few-step LoRA ``ref`` fits a backbone of pipeline ``kind`` (known before the backbone loads when it is a
     registry entry, else read from the loaded backbone)."""
@@ -1164,9 +1169,11 @@ class FluxBackend(Backend):
 
     @classmethod
     def load(cls, ref, *, path, dtype, local_files_only):
-        pipe = cls._from_pretrained(cls.txt2img_class, path, ref, dtype)
-        if _model_index(path)["_class_name"] != "FluxPipeline":
-            return cls(pipe, ref)  # FLUX.1-Depth-dev: control built into the transformer
+        if (
+            _model_index(path)["_class_name"] != "FluxPipeline"
+        ):  # FLUX.1-Depth-dev: control built into the transformer
+            return cls(cls._from_pretrained(cls.txt2img_class, path, ref, dtype), ref)
+        # the depth Control LoRA is found before the base (tens of GB) loads
         lora_ref = _companion_ref(ref, path, "lora")
         lora_path = snapshot_dir(lora_ref, local_files_only=local_files_only, allow_patterns=LORA_FILES)
         weights = sorted(lora_path.glob("*.safetensors"))
@@ -1174,6 +1181,7 @@ class FluxBackend(Backend):
             raise ModelLoadError(
                 f"LoRA {lora_ref.name!r} at {lora_path}: expected one .safetensors file, found {len(weights)}"
             )
+        pipe = cls._from_pretrained(cls.txt2img_class, path, ref, dtype)
         try:
             pipe.load_lora_weights(lora_path, weight_name=weights[0].name, adapter_name="depth")
         except (OSError, ValueError, KeyError, RuntimeError) as err:
@@ -1237,26 +1245,41 @@ def _companion_ref(ref: ModelRef, path: Path, what: str, kind: str | None = None
     )
 
 
-def check_at_hand(
-    ref: ModelRef, *, local_files_only: bool = False, controlnet: ModelRef | None = None
-) -> None:
+def check_at_hand(ref: ModelRef, *, local_files_only: bool = False, controlnet: ModelRef | None = None,
+                  lora: ModelRef | None = None) -> None:  # fmt: skip
     """What is known of a backbone (and of a ``controlnet`` given apart) before anything loads: a local folder holds
-    a supported pipeline (a ControlNetModel), and offline a hub id is in the cache. For callers that load the
+    a supported pipeline (a ControlNetModel), and offline a hub id is in the cache, and so are the hub repos loaded
+    beside it (a registry backbone's ControlNet or depth LoRA, a few-step ``lora``). For callers that load the
     (small) estimator first: a bad backbone was reported as the estimator's problem (its own weights missing
-    offline), or found only after the estimator had loaded."""
+    offline), or found only after the estimator had loaded; a missing companion, once the backbone had loaded."""
+    folder = None
     if not ref.name.startswith("tiny"):  # (built on first use)
         folder = _folder_at_hand(ref)
         if folder is not None and folder.is_dir():  # (a local path that is not there: the loader says so)
             pipeline_kind(folder)
         elif folder is None and not ref.is_local and hub_offline(local_files_only):
             raise not_cached(ref)
-    if controlnet is None:
+    if controlnet is not None:
+        at_hand = _folder_at_hand(controlnet, "config.json")
+        if at_hand is not None and at_hand.is_dir():
+            _controlnet_config(at_hand, controlnet)
+        elif at_hand is None and hub_offline(local_files_only):
+            raise not_cached(controlnet)
+    if not hub_offline(local_files_only):
         return
-    folder = _folder_at_hand(controlnet, "config.json")
-    if folder is not None and folder.is_dir():
-        _controlnet_config(folder, controlnet)
-    elif folder is None and hub_offline(local_files_only):
-        raise not_cached(controlnet)
+    companions = []
+    if lora is not None:
+        wanted = _speed_lora_file(lora)
+        companions.append((lora, [wanted] if wanted else LORA_FILES))
+    entry = ref.entry
+    if controlnet is None and entry is not None and folder is not None and (entry.controlnet or entry.lora):
+        what = "controlnet" if entry.controlnet else "lora"
+        companions.append(
+            (_companion_ref(ref, folder, what), SINGLE_MODEL_FILES if entry.controlnet else LORA_FILES)
+        )
+    for companion, patterns in companions:
+        if not companion.is_local:  # (a folder: its loader says what is wrong)
+            snapshot_dir(companion, local_files_only=True, allow_patterns=patterns)
 
 
 def load_backend(ref: ModelRef, *, dtype, device=None, local_files_only: bool = False,

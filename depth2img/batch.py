@@ -1022,15 +1022,14 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         paths = outside
         labels = Labels(job)
         labels.check(paths, warn=rank == 0)
-        # offline, a hub id not in the cache, or a folder of another model (a ControlNet's too): found once the
-        # estimator had loaded, after the output folder was made
+        # offline, a hub id not in the cache (a ControlNet's, a LoRA's too), or a folder of another model: found once
+        # the estimator had loaded, after the output folder was made
         if service is None:
             from .backends import check_at_hand
-            from .registry import resolve_controlnet
+            from .registry import resolve_controlnet, resolve_lora
 
-            check_at_hand(
-                job._backbone[0], controlnet=resolve_controlnet(job.controlnet) if job.controlnet else None
-            )
+            check_at_hand(job._backbone[0], controlnet=resolve_controlnet(job.controlnet) if job.controlnet else None,
+                          lora=resolve_lora(job.lora) if job.lora else None)  # fmt: skip
         earlier_run = any(root.glob("manifest*.jsonl"))
         recorded = _earlier_record(root / "job.resolved.yaml") if earlier_run else None
         # of each line, what names, skips and retries need (whole records, ~10 KB a line, peaked at 1.5 GB for 60k)

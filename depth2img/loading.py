@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import warnings
 from pathlib import Path
@@ -123,8 +124,28 @@ def _how_to_provide(ref: ModelRef) -> str:
 def not_cached(ref: ModelRef) -> ModelLoadError:
     return ModelLoadError(
         f"model {ref.label} is not in the local Hugging Face cache and the hub is offline "
-        f"(local_files_only / HF_HUB_OFFLINE); {_how_to_provide(ref)}"
+        f"(local_files_only / HF_HUB_OFFLINE){_other_revisions(ref)}; {_how_to_provide(ref)}"
     )
+
+
+def _other_revisions(ref: ModelRef) -> str:
+    """What the cache holds of ``ref``'s repository at other revisions (a plain `hf download ID` fetches main, not
+    the revision the registry pins), and how to use one."""
+    if ref.is_local or not ref.revision:
+        return ""
+    from huggingface_hub import constants
+
+    repo = Path(constants.HF_HUB_CACHE) / ("models--" + ref.location.replace("/", "--"))
+    snapshots = sorted(p for p in repo.glob("snapshots/*") if p.is_dir() and p.name != ref.revision)
+    if not snapshots:
+        return ""
+    names = {}
+    for ref_file in repo.glob("refs/*"):
+        with contextlib.suppress(OSError):
+            names[ref_file.read_text(encoding="utf-8").strip()] = ref_file.name
+    held = ", ".join(p.name[:12] + (f" ({names[p.name]})" if p.name in names else "") for p in snapshots[:3])
+    chosen = next((p for p in snapshots if names.get(p.name) == "main"), snapshots[0])
+    return f"; the cache holds it at {held}, not at revision {ref.revision}: pass {chosen} to use that one"
 
 
 _LICENCES_SAID: set[str] = set()
@@ -176,10 +197,23 @@ def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_pattern
     )
     try:
         return Path(snapshot_download(local_files_only=True, **kwargs))
-    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError):
-        pass
+    except (LocalEntryNotFoundError, FileNotFoundError, OSError, ValueError) as err:
+        # (huggingface_hub's IncompleteSnapshotError: the snapshot is there, but the repository's cached file list
+        # names files it lacks)
+        incomplete = err if getattr(err, "snapshot_path", None) else None
     if hub_offline(local_files_only):
-        raise not_cached(ref)
+        if incomplete is None:
+            raise not_cached(ref)
+        fp16, fp16_incomplete = _fp16_download(ref, patterns)
+        if fp16 is not None:
+            return fp16
+        # (what a download of the variant misses, where it was one)
+        incomplete = fp16_incomplete or incomplete
+        missing = re.search(r"is incomplete: (.*? are missing \(.*?\))\.", str(incomplete))
+        raise ModelLoadError(
+            f"model {ref.label}: the cached download at {incomplete.snapshot_path} is incomplete"
+            f"{f', {missing.group(1)}' if missing else ''}; {_how_to_provide(ref)}"
+        )
     if not hub_reachable():
         raise ModelLoadError(
             f"model {ref.label} is not in the local cache and the Hugging Face hub cannot be reached; "
@@ -197,6 +231,27 @@ def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_pattern
         raise ModelLoadError(
             f"model {ref.label} could not be downloaded ({first_line(err)}); {_how_to_provide(ref)}"
         ) from None
+
+
+def _fp16_download(ref: ModelRef, patterns) -> tuple[Path | None, Exception | None]:
+    """The cached snapshot of ``ref`` where it holds the fp16 variant of every weights file (``hf download
+    --include "*fp16*"``; the variant is otherwise ignored): the hub's own cached file list then calls it complete
+    for the variant's files alone. Else None, and the hub's word on what the variant's download misses where the
+    snapshot holds some of its files."""
+    from huggingface_hub import snapshot_download
+
+    variant = [p for p in patterns if not p.endswith(".safetensors")] + [
+        "*.fp16.safetensors",
+        "*/*.fp16.safetensors",
+    ]
+    ignored = [p for p in IGNORED_FILES if p != "*fp16*"]
+    try:
+        path = Path(snapshot_download(repo_id=ref.location, revision=ref.revision, local_files_only=True,
+                                      allow_patterns=variant, ignore_patterns=ignored))  # fmt: skip
+    except (OSError, ValueError) as err:  # (its LocalEntryNotFoundError, IncompleteSnapshotError too)
+        held = getattr(err, "snapshot_path", None)
+        return None, err if held and any(Path(held).rglob("*.fp16.safetensors")) else None
+    return (path if weights_variant(path) == "fp16" else None), None
 
 
 ALLOW_PICKLE_ENV = "DEPTH2IMG_ALLOW_PICKLE"
@@ -238,11 +293,13 @@ def require_safetensors(path: Path, ref: ModelRef, components=()) -> None:
 
 
 def weights_variant(path: Path) -> str | None:
-    """``"fp16"`` where a folder's safetensors weights are all diffusers' fp16 variant (``*.fp16.safetensors``,
-    as a download of only those leaves it): from_pretrained looks for them only when asked for that variant (it
-    said "no file named diffusion_pytorch_model.safetensors", beside them). They are cast to the dtype asked for."""
-    files = list(path.rglob("*.safetensors"))
-    return "fp16" if files and all(".fp16." in f.name for f in files) else None
+    """``"fp16"`` where a folder's (or one of its components') safetensors weights are all diffusers' fp16 variant
+    (``*.fp16.safetensors``, as a download of only those leaves it): from_pretrained looks for them only when asked
+    for that variant (it said "no file named diffusion_pytorch_model.safetensors", beside them), and then takes a
+    component's plain weights where it has no variant. They are cast to the dtype asked for."""
+    folders = {f.parent for f in path.rglob("*.safetensors")}
+    only_fp16 = (all(".fp16." in f.name for f in folder.glob("*.safetensors")) for folder in folders)
+    return "fp16" if any(only_fp16) else None
 
 
 @contextlib.contextmanager

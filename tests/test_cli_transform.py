@@ -353,7 +353,7 @@ def test_transform_with_few_step_lora(tmp_path, photos_dir, capsys):
     assert "lcm-sd15" in out and "scheduler lcm" in out
 
 
-def test_a_controlnet_that_is_not_at_hand_is_named_before_the_estimator_loads(tmp_path, photos_dir, capsys,
+def test_a_controlnet_or_lora_not_at_hand_is_named_before_the_estimator_loads(tmp_path, photos_dir, capsys,
                                                                               monkeypatch, tiny_dir):  # fmt: skip
     from depth2img.estimators import DepthEstimator
 
@@ -363,14 +363,18 @@ def test_a_controlnet_that_is_not_at_hand_is_named_before_the_estimator_loads(tm
     monkeypatch.setattr(DepthEstimator, "from_pretrained", no_load)
     unet = tiny_dir / "sd15-depth" / "unet"
     for given, message in (
-        ("someone/depth-controlnet", "model someone/depth-controlnet is not in the local Hugging Face cache and the "
-         "hub is offline (local_files_only / HF_HUB_OFFLINE); on a connected machine run `hf download "
-         "someone/depth-controlnet` (it fills the cache), or pass a local directory that holds the model"),
-        (unet, f"ControlNet '{unet}' at {unet} holds UNet2DConditionModel, not a diffusers ControlNetModel"),
+        (["--controlnet", "someone/depth-controlnet"], "model someone/depth-controlnet is not in the local Hugging "
+         "Face cache and the hub is offline (local_files_only / HF_HUB_OFFLINE); on a connected machine run `hf "
+         "download someone/depth-controlnet` (it fills the cache), or pass a local directory that holds the model"),
+        (["--controlnet", unet], f"ControlNet '{unet}' at {unet} holds UNet2DConditionModel, not a diffusers "
+         "ControlNetModel"),
+        # (found once the backbone had loaded)
+        (["--lora", "lcm-sd15"], "model lcm-sd15 (latent-consistency/lcm-lora-sdv1-5) is not in the local Hugging "
+         "Face cache"),
     ):  # fmt: skip
         code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path / "o", "--model", "tiny",
-                           "--prompt", "x", "--controlnet", given, "--local-files-only")  # fmt: skip
-        assert code == 2 and err == f"depth2img: error: {message}\n"
+                           "--prompt", "x", *given, "--local-files-only")  # fmt: skip
+        assert code == 2 and err.startswith(f"depth2img: error: {message}") and err.count("\n") == 1
 
 
 def test_transform_with_a_controlnet_of_ones_own(tmp_path, photos_dir, capsys, tiny_dir):

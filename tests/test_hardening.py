@@ -1,6 +1,7 @@
 """Hardening: hostile inputs on every entry point, property tests of depth conversions, safe loading, OOM."""
 
 import json
+import shutil
 import struct
 import zlib
 from functools import partial
@@ -350,6 +351,123 @@ def test_full_size_download_layouts_load_as_the_hub_gives_them(tmp_path, tiny_di
     st = SceneTransformer.from_pretrained(str(alone))
     np.testing.assert_array_equal(st.transform(photo, "x", depth=depth, seed=1, steps=2).raw, expected)
     assert st.backend.companion_ref.name == entry.controlnet
+
+
+def _cached(
+    cache: Path, repo_id: str, src: Path, revision: str, *, ref: str | None = "main", tree=()
+) -> Path:
+    """``src`` as the hub cache holds a download of ``repo_id`` at ``revision`` (``ref`` pointing at it); ``tree``:
+    the repository's file list as huggingface_hub caches it on a download (it judges a snapshot complete by it)."""
+    import shutil
+
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    snapshot = repo / "snapshots" / revision
+    shutil.copytree(src, snapshot)
+    if ref:
+        (repo / "refs").mkdir(exist_ok=True)
+        (repo / "refs" / ref).write_text(revision)
+    if tree:
+        (repo / "trees").mkdir(exist_ok=True)
+        files = {name: {"size": 1, "blob_id": "x"} for name in tree}
+        (repo / "trees" / f"{revision}.json").write_text(json.dumps({"format_version": 1, "files": files}))
+    return snapshot
+
+
+def test_a_hub_cache_filled_otherwise_than_the_registry_pins_says_what_it_holds(
+    tmp_path, tiny_dir, monkeypatch
+):
+    """A review of offline caches (2026-11-27): a download of the fp16 files alone, under the file list the hub
+    caches with any download, was "not in the cache"; so was one with a file missing, with no word of which; and a
+    download of main, not the pinned revision, with no word of it; a registry ControlNet missing was found once the
+    backbone had loaded."""
+    from diffusers import DiffusionPipeline
+
+    from depth2img import SceneTransformer, backends
+    from depth2img.errors import ModelLoadError
+    from depth2img.registry import backbones
+
+    entry = backbones()["sd15-depth"]
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    DiffusionPipeline.from_pretrained(tiny_dir / "sd15-depth").save_pretrained(
+        tmp_path / "fp16", variant="fp16"
+    )
+    names = [
+        p.relative_to(tmp_path / "fp16").as_posix() for p in (tmp_path / "fp16").rglob("*") if p.is_file()
+    ]
+    tree = names + [n.replace(".fp16.", ".") for n in names if ".fp16." in n]  # the repo holds both
+    snapshot = _cached(cache, entry.id, tmp_path / "fp16", entry.revision, tree=tree)
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the backbone started loading")
+
+    with monkeypatch.context() as m:  # the registry's ControlNet: missing, before the backbone loads
+        m.setattr(backends, "load_backend", no_loading)
+        with pytest.raises(
+            ModelLoadError, match=f"^model {entry.controlnet} is not in the local Hugging Face cache"
+        ):
+            SceneTransformer.from_pretrained("sd15-depth")
+    _cached(cache, entry.controlnet, tiny_dir / "sd15-depth-controlnet", entry.companion_revision)
+    st_ = SceneTransformer.from_pretrained("sd15-depth", native_size=64)  # the fp16 files alone
+    assert st_.backend.ref.location == entry.id and st_.backend.dtype == torch.float32
+    photo, depth = _photo_and_depth()
+    assert st_.transform(photo, "x", depth=depth, seed=1, steps=2).images[0].size == photo.size
+
+    (snapshot / "unet" / "diffusion_pytorch_model.fp16.safetensors").unlink()
+    with pytest.raises(ModelLoadError, match=f"^model sd15-depth .*: the cached download at {snapshot} is incomplete, "
+                       r"1 file\(s\) are missing \(unet/diffusion_pytorch_model.fp16.safetensors\); on a connected "
+                       f"machine run `hf download {entry.id} --revision {entry.revision}`"):  # fmt: skip
+        SceneTransformer.from_pretrained("sd15-depth")
+
+    # main downloaded, not the pinned revision: said, with the folder that serves
+    other = "c" * 40
+    snapshot.rename(snapshot.with_name(other))
+    (snapshot.parent.parent / "refs" / "main").write_text(other)
+    shutil.copy(tmp_path / "fp16" / "unet" / "diffusion_pytorch_model.fp16.safetensors",
+                snapshot.with_name(other) / "unet")  # fmt: skip
+    with pytest.raises(ModelLoadError, match=f"is not in the local Hugging Face cache and the hub is offline .*; the "
+                       f"cache holds it at {other[:12]} \\(main\\), not at revision {entry.revision}: pass "
+                       f"{snapshot.with_name(other)} to use that one; on a connected machine"):  # fmt: skip
+        SceneTransformer.from_pretrained("sd15-depth")
+    SceneTransformer.from_pretrained(
+        str(snapshot.with_name(other))
+    )  # (its ControlNet: the registry's, cached)
+
+
+def test_a_folder_with_one_component_in_the_fp16_variant_alone_loads(tmp_path, tiny_dir):
+    """Only a whole folder of fp16-variant files was loaded as the variant: with one component's alone (a partial
+    download of the variant), diffusers said "no file named diffusion_pytorch_model.safetensors" beside it."""
+    from depth2img import SceneTransformer
+    from depth2img.tiny import TINY_NATIVE_SIZE
+
+    shutil.copytree(tiny_dir / "sd15-depth", tmp_path / "m")
+    shutil.copytree(tiny_dir / "sd15-depth-controlnet", tmp_path / "m-controlnet")
+    unet = tmp_path / "m" / "unet"
+    (unet / "diffusion_pytorch_model.safetensors").rename(unet / "diffusion_pytorch_model.fp16.safetensors")
+    photo, depth = _photo_and_depth()
+    ours = SceneTransformer.from_pretrained(str(tmp_path / "m"), native_size=TINY_NATIVE_SIZE)
+    expected = (
+        SceneTransformer.from_pretrained("tiny").transform(photo, "x", depth=depth, seed=1, steps=2).raw
+    )
+    np.testing.assert_array_equal(ours.transform(photo, "x", depth=depth, seed=1, steps=2).raw, expected)
+
+
+def test_a_flux_depth_lora_missing_is_found_before_the_base_loads(tmp_path, tiny_dir, monkeypatch):
+    """FLUX.1-dev (tens of GB) loaded before its depth Control LoRA was looked for."""
+    from depth2img import SceneTransformer, backends, tiny
+    from depth2img.errors import ModelLoadError
+
+    tiny.ensure("flux-depth-lora", tiny_dir / "flux-depth-lora")
+    shutil.copytree(tiny_dir / "flux-depth-lora", tmp_path / "flux-dev")  # the base alone, no LoRA beside it
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the base started loading")
+
+    monkeypatch.setattr(backends.Backend, "_from_pretrained", no_loading)
+    with pytest.raises(ModelLoadError, match="no lora found"):
+        SceneTransformer.from_pretrained(str(tmp_path / "flux-dev"))
 
 
 def test_no_remote_code_anywhere():
