@@ -1169,9 +1169,8 @@ class FluxBackend(Backend):
 
     @classmethod
     def load(cls, ref, *, path, dtype, local_files_only):
-        if (
-            _model_index(path)["_class_name"] != "FluxPipeline"
-        ):  # FLUX.1-Depth-dev: control built into the transformer
+        # FLUX.1-Depth-dev: control built into the transformer
+        if _model_index(path)["_class_name"] != "FluxPipeline":
             return cls(cls._from_pretrained(cls.txt2img_class, path, ref, dtype), ref)
         # the depth Control LoRA is found before the base (tens of GB) loads
         lora_ref = _companion_ref(ref, path, "lora")

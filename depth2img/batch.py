@@ -98,9 +98,7 @@ class Job:
     estimator: str | None = None
     lora: str | None = None  # a few-step LoRA (see `depth2img models`)
     lora_scale: float = 1.0
-    controlnet: str | None = (
-        None  # a depth ControlNet instead of the model's own (see `transform --controlnet`)
-    )
+    controlnet: str | None = None  # a depth ControlNet instead of the model's own (`transform --controlnet`)
     compile: str | None = None  # a torch.compile mode: the fast path (see `transform --compile`)
     dtype: str | None = None  # the weights' dtype (see `transform --dtype`); None: the device's default
     knobs: dict = field(default_factory=dict)
@@ -299,9 +297,9 @@ class Job:
         return {name for name, _, _ in fields}
 
     def _model_path(self, key: str) -> str | None:
-        """``model``, ``estimator``, ``lora`` or ``controlnet`` as the loader should get it: a local folder given relative to the job
-        file (``./x``, ``../x``, ``~/x``, or a relative path that exists there) becomes that path; registry names,
-        ``tiny/...`` and hub ids stay as they are. Checked with the registry's resolver, before anything is
+        """``model``, ``estimator``, ``lora`` or ``controlnet`` as the loader should get it: a local folder given
+        relative to the job file (``./x``, ``../x``, ``~/x``, or a relative path that exists there) becomes that path;
+        registry names, ``tiny/...`` and hub ids stay as they are. Checked with the registry's resolver, before anything is
         written or loaded."""
         from . import registry
 

@@ -220,9 +220,7 @@ def resolve_controlnet(name: str | os.PathLike) -> ModelRef:
     diffusers ``ControlNetModel`` or its hub id. A registry backbone's own ControlNet keeps its pinned revision."""
     name = _text(name, "controlnet", "a hub id (owner/name) or a folder holding a diffusers ControlNet")
     ref = _folder_or_hub_id(name, "controlnet")
-    pinned = (
-        None
-        if ref.is_local
-        else next((e for e in backbones().values() if e.controlnet == ref.location), None)
-    )
+    if ref.is_local:
+        return ref
+    pinned = next((e for e in backbones().values() if e.controlnet == ref.location), None)
     return replace(ref, revision=pinned.companion_revision) if pinned else ref

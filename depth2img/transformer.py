@@ -167,20 +167,20 @@ class SceneTransformer:
                         lora_scale: float = 1.0, compile: str | None = None, presets: dict | None = None,
                         controlnet: str | os.PathLike | None = None):  # fmt: skip
         """Load a backbone: registry name (``sd15-depth`` default, ``sd2-depth``, ``sdxl-depth``, ``flux-depth``,
-        ``flux-depth-lora``),
-        ``tiny`` / ``tiny/<entry>``, a hub id or a local folder. ``estimator`` is a name for the depth model
-        (loaded on first need) or a loaded ``DepthEstimator``. ``lora`` adds a few-step LoRA (``lcm-sd15``,
-        ``lcm-sdxl``, ``hyper-sd15-8step``, a hub id or folder): fused in, with its scheduler and step count as
-        the new defaults. ``controlnet``: a depth ControlNet (hub id or folder) instead of the backbone's own, for
-        SD1.5 and SDXL backbones (a fine-tune; diffusers' smaller SDXL ones). ``compile`` (a torch.compile mode) turns on the fast path: channels-last (on GPUs), fused
-        QKV projections and the UNet, ControlNet and VAE decoder compiled; the first batch compiles (a minute or
-        more), the first at a second image size once more (torch's dynamic shapes: for any size), the later ones
-        run faster (on an H200, default mode at batch 16: 189 against 279 ms an image; the bench's fast path, in
-        bf16), and a smaller batch of a shape run before is padded to the next larger batch run at it rather than
-        compiled again. Other knobs (prompt, seed, steps, strength, guidance, control scale) compile nothing new. ``native_size``: the side of
-        the square whose pixel count a photo is generated at (its aspect kept); default the registry entry's, else
-        the pipeline's own (512 for SD1.5 and SD2, 1024 for SDXL and Flux). ``presets``: the presets already read
-        (``load_presets``) by a caller that checked names against them, instead of reading ``preset_files``."""
+        ``flux-depth-lora``), ``tiny`` / ``tiny/<entry>``, a hub id or a local folder. ``estimator`` is a name for the
+        depth model (loaded on first need) or a loaded ``DepthEstimator``. ``lora`` adds a few-step LoRA (``lcm-sd15``,
+        ``lcm-sdxl``, ``hyper-sd15-8step``, a hub id or folder): fused in, with its scheduler and step count as the new
+        defaults. ``controlnet``: a depth ControlNet (hub id or folder) instead of the backbone's own, for SD1.5 and
+        SDXL backbones (a fine-tune; diffusers' smaller SDXL ones). ``compile`` (a torch.compile mode) turns on the fast
+        path: channels-last (on GPUs), fused QKV projections and the UNet, ControlNet and VAE decoder compiled; the
+        first batch compiles (a minute or more), the first at a second image size once more (torch's dynamic shapes: for
+        any size), the later ones run faster (on an H200, default mode at batch 16: 189 against 279 ms an image; the
+        bench's fast path, in bf16), and a smaller batch of a shape run before is padded to the next larger batch run at
+        it rather than compiled again. Other knobs (prompt, seed, steps, strength, guidance, control scale) compile
+        nothing new. ``native_size``: the side of the square whose pixel count a photo is generated at (its aspect
+        kept); default the registry entry's, else the pipeline's own (512 for SD1.5 and SD2, 1024 for SDXL and Flux).
+        ``presets``: the presets already read (``load_presets``) by a caller that checked names against them, instead of
+        reading ``preset_files``."""
         from .backends import check_at_hand, check_memory_options, check_speed_lora, load_backend
         from .estimators import DepthEstimator
         from .knobs import check_lora_scale, check_native_size
