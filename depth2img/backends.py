@@ -1259,6 +1259,9 @@ def check_at_hand(ref: ModelRef, *, local_files_only: bool = False, controlnet: 
         elif folder is None and not ref.is_local and hub_offline(local_files_only):
             raise not_cached(ref)
     if controlnet is not None:
+        known = known_traits(ref)  # (a registry entry's, a folder's at hand)
+        if known is not None:  # refused for SD2-depth or Flux before the ControlNet's folder is looked at
+            check_controlnet(known.kind, ref.name)
         at_hand = _folder_at_hand(controlnet, "config.json")
         if at_hand is not None and at_hand.is_dir():
             _controlnet_config(at_hand, controlnet)
@@ -1286,9 +1289,6 @@ def load_backend(ref: ModelRef, *, dtype, device=None, local_files_only: bool = 
     """Load a backbone's weights (on the CPU; the caller moves them). ``dtype`` None: the backbone family's own
     on ``device`` (``Backend.accelerator_dtype``; float32 on CPU). ``controlnet``: a depth ControlNet instead of
     the backbone's own (SD1.5 and SDXL)."""
-    traits = known_traits(ref) if controlnet is not None else None
-    if traits is not None:  # (refused before the backbone's files are fetched, where its kind is known then)
-        check_controlnet(traits.kind, ref.name)
     path = snapshot_dir(ref, local_files_only=local_files_only, allow_patterns=PIPELINE_FILES)
     kind = pipeline_kind(path)
     if ref.entry is not None and ref.entry.pipeline != kind:

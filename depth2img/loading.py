@@ -284,11 +284,14 @@ def require_safetensors(path: Path, ref: ModelRef, components=()) -> None:
         pickles = [p.name for pattern in PICKLE_PATTERNS for p in folder.rglob(pattern)]
         if not pickles and folder != path:
             continue  # a component with no weights (a scheduler, a tokenizer)
-        what = f"only pickle weights ({', '.join(sorted(pickles)[:3])})" if pickles else "no weights"
         where = f"{path}" if folder == path else f"{path}, whose {folder.name}/"
+        if not pickles:  # (nothing to convert: advice on pickles sent the user the wrong way)
+            raise ModelLoadError(f"model {ref.name!r} at {where} has no weights (no .safetensors file): an "
+                                 "incomplete download or copy? fetch or copy it again")  # fmt: skip
         raise ModelLoadError(
-            f"model {ref.name!r} at {where} has {what}; depth2img loads .safetensors weights only "
-            f"(convert them with safetensors' `save_file`, or set {ALLOW_PICKLE_ENV}=1 if you trust the file)"
+            f"model {ref.name!r} at {where} has only pickle weights ({', '.join(sorted(pickles)[:3])}); depth2img "
+            f"loads .safetensors weights only (convert them with safetensors' `save_file`, or set "
+            f"{ALLOW_PICKLE_ENV}=1 if you trust the file)"
         )
 
 

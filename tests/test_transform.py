@@ -143,6 +143,14 @@ def test_a_controlnet_that_cannot_serve_is_one_line(tiny_dir, tmp_path, monkeypa
         InputError, match=r"^controlnet must be a hub id \(owner/name\) or a folder .*, got 5$"
     ):
         SceneTransformer.from_pretrained("tiny", controlnet=5)
+    # no weights at all: no word of pickles to convert
+    (tmp_path / "config-only").mkdir()
+    (tmp_path / "config-only" / "config.json").write_bytes(
+        (tiny_dir / "sd15-depth-controlnet" / "config.json").read_bytes()
+    )
+    with pytest.raises(ModelLoadError, match=r"^model '.*config-only' at .*config-only has no weights \(no "
+                       r"\.safetensors file\): an incomplete download or copy\? fetch or copy it again$"):  # fmt: skip
+        SceneTransformer.from_pretrained("tiny", controlnet=str(tmp_path / "config-only"))
     # of the same family, another block layout, or another kind of control image: failed at the first image
     from diffusers import ControlNetModel
 
