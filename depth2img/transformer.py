@@ -346,9 +346,10 @@ class SceneTransformer:
                  "feature_cache": feature_cache}  # fmt: skip
         from .backends import check_backbone_knobs, plan_knobs
 
-        check_backbone_knobs(self.backend.traits, self.name, given, negative_prompt)
         # (a preset's knobs this backbone has no use for at their defaults; txt2img, strength 1, leaves every step)
         knobs = plan_knobs(self.backend.traits, preset_knobs, self.model_knobs, given)
+        # (after the plan's checks of each knob's type and range: feature_cache="3" was compared with 1)
+        check_backbone_knobs(self.backend.traits, self.name, given, negative_prompt)
         # a preset's negatives do not apply where the backbone takes none, nor without classifier-free guidance
         # (guidance <= 1: diffusers encodes no negative), and outputs record what was used
         unguided = self.backend.takes_negative_prompt and knobs["guidance_scale"] <= 1
