@@ -863,7 +863,7 @@ class ControlNetBackend(Backend):
         cn_ref = controlnet or _companion_ref(ref, path, "controlnet", kind=cls.kind)
         try:
             cn_path = snapshot_dir(
-                cn_ref, local_files_only=local_files_only, allow_patterns=SINGLE_MODEL_FILES
+                cn_ref, local_files_only=local_files_only, allow_patterns=COMPANION_FILES["controlnet"]
             )
         except ModelLoadError as err:
             if ref.entry is not None or not ref.is_local or controlnet is not None:
@@ -1174,7 +1174,9 @@ class FluxBackend(Backend):
             return cls(cls._from_pretrained(cls.txt2img_class, path, ref, dtype), ref)
         # the depth Control LoRA is found before the base (tens of GB) loads
         lora_ref = _companion_ref(ref, path, "lora")
-        lora_path = snapshot_dir(lora_ref, local_files_only=local_files_only, allow_patterns=LORA_FILES)
+        lora_path = snapshot_dir(
+            lora_ref, local_files_only=local_files_only, allow_patterns=COMPANION_FILES["lora"]
+        )
         weights = sorted(lora_path.glob("*.safetensors"))
         if len(weights) != 1:
             raise ModelLoadError(
@@ -1217,6 +1219,9 @@ class FluxBackend(Backend):
 
 BACKENDS = {b.kind: b for b in (SD15Backend, SD2DepthBackend, SDXLBackend, FluxBackend)}
 
+
+# the files of a base's companion repo that its loader fetches (and check_at_hand looks for in the cache)
+COMPANION_FILES = {"controlnet": SINGLE_MODEL_FILES, "lora": LORA_FILES}
 
 # where a local base folder's companion is looked for, as an error says it
 _COMPANION_PLACES = "put one in {folder}/{what}/ or a folder beside it named {folder.name}-{what}"
@@ -1276,9 +1281,7 @@ def check_at_hand(ref: ModelRef, *, local_files_only: bool = False, controlnet: 
     entry = ref.entry
     if controlnet is None and entry is not None and folder is not None and (entry.controlnet or entry.lora):
         what = "controlnet" if entry.controlnet else "lora"
-        companions.append(
-            (_companion_ref(ref, folder, what), SINGLE_MODEL_FILES if entry.controlnet else LORA_FILES)
-        )
+        companions.append((_companion_ref(ref, folder, what), COMPANION_FILES[what]))
     for companion, patterns in companions:
         if not companion.is_local:  # (a folder: its loader says what is wrong)
             snapshot_dir(companion, local_files_only=True, allow_patterns=patterns)

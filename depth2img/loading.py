@@ -134,8 +134,9 @@ def _other_revisions(ref: ModelRef) -> str:
     if ref.is_local or not ref.revision:
         return ""
     from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
 
-    repo = Path(constants.HF_HUB_CACHE) / ("models--" + ref.location.replace("/", "--"))
+    repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=ref.location, repo_type="model")
     snapshots = sorted(p for p in repo.glob("snapshots/*") if p.is_dir() and p.name != ref.revision)
     if not snapshots:
         return ""
