@@ -557,9 +557,9 @@ class Backend:
     @staticmethod
     def _from_pretrained(class_name: str, path: Path, ref: ModelRef, dtype, **components):
         index = _model_index(path)
-        require_safetensors(
-            path, ref, [name for name, entry in index.items() if not name.startswith("_") and entry]
-        )
+        # (a component passed, a ControlNet or None for SD1.5's safety checker, is not read from the folder)
+        require_safetensors(path, ref, [name for name, entry in index.items()
+                                        if not name.startswith("_") and entry and name not in components])  # fmt: skip
         for entry in index.values():  # its transformers components' classes, imported quietly
             if isinstance(entry, list) and len(entry) == 2 and entry[0] == "transformers" and entry[1]:
                 library_class("transformers", entry[1])
@@ -1262,7 +1262,7 @@ def check_at_hand(ref: ModelRef, *, local_files_only: bool = False, controlnet: 
         if folder is not None and folder.is_dir():  # (a local path that is not there: the loader says so)
             pipeline_kind(folder)
         elif folder is None and not ref.is_local and hub_offline(local_files_only):
-            raise not_cached(ref)
+            raise not_cached(ref, PIPELINE_FILES, "model_index.json")
     if controlnet is not None:
         known = known_traits(ref)  # (a registry entry's, a folder's at hand)
         if known is not None:  # refused for SD2-depth or Flux before the ControlNet's folder is looked at
@@ -1271,7 +1271,7 @@ def check_at_hand(ref: ModelRef, *, local_files_only: bool = False, controlnet: 
         if at_hand is not None and at_hand.is_dir():
             _controlnet_config(at_hand, controlnet)
         elif at_hand is None and hub_offline(local_files_only):
-            raise not_cached(controlnet)
+            raise not_cached(controlnet, COMPANION_FILES["controlnet"], "config.json")
     if not hub_offline(local_files_only):
         return
     companions = []

@@ -11,6 +11,7 @@ never set.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import os
 import re
 import socket
@@ -113,19 +114,58 @@ def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
         return False
 
 
-def _how_to_provide(ref: ModelRef) -> str:
+def download_command(ref: ModelRef, patterns, ignored=IGNORED_FILES) -> str:
+    """The `hf download` that fetches what ``snapshot_dir(ref, allow_patterns=patterns)`` loads: the repository
+    whole was SD1.5's pickles and full checkpoints beside its diffusers folders (tens of GB). Files named whole
+    are passed as such; of the ``ignored`` patterns, those the included ones can match."""
     pin = f" --revision {ref.revision}" if ref.revision and ref.revision != "main" else ""
+    if not any(c in p for p in patterns for c in "*?["):
+        return f"hf download {ref.location}{pin} {' '.join(patterns)}"
+    # those another one takes whole: the hub's patterns are fnmatch's, whose '*' takes a '/' too ('*.json' takes
+    # '*/*.json''s files; 'model*.safetensors' takes 'model.safetensors')
+    patterns = [p for p in patterns if not any(q != p and fnmatch.fnmatchcase(p, q) for q in patterns)]
+    # ('*.bin' where no pattern takes a .bin file: nothing to exclude)
+    kept = [p for p in ignored if not (p.startswith("*.") and not any(i.endswith(p[1:]) for i in patterns))]
+    return " ".join([f"hf download {ref.location}{pin}", *(f'--include "{p}"' for p in patterns),
+                     *(f'--exclude "{p}"' for p in kept)])  # fmt: skip
+
+
+def _how_to_provide(ref: ModelRef, patterns, ignored=IGNORED_FILES) -> str:
     return (
-        f"on a connected machine run `hf download {ref.location}{pin}` (it fills the cache), "
-        "or pass a local directory that holds the model"
+        f"on a connected machine run `{download_command(ref, patterns, ignored)}` (it fills the cache with the "
+        "files depth2img loads), or pass a local directory that holds the model"
     )
 
 
-def not_cached(ref: ModelRef) -> ModelLoadError:
+def not_cached(ref: ModelRef, patterns, index: str | None = None) -> ModelLoadError:
+    """``ref`` (whose loader fetches ``patterns``) is not in the cache, offline; ``index``: the file whose absence
+    was found (a backbone's model_index.json), where the repository's snapshot may be there without it."""
+    held = _cached_snapshot(ref) if index else None
+    if (
+        held is not None
+    ):  # (a repository of another kind: an estimator's given as a backbone, or a partial download)
+        return ModelLoadError(f"model {ref.label}: its cached download at {held} holds no {index} (a repository of "
+                              f"another kind, or an incomplete download); {_how_to_provide(ref, patterns)}")  # fmt: skip
     return ModelLoadError(
         f"model {ref.label} is not in the local Hugging Face cache and the hub is offline "
-        f"(local_files_only / HF_HUB_OFFLINE){_other_revisions(ref)}; {_how_to_provide(ref)}"
+        f"(local_files_only / HF_HUB_OFFLINE){_other_revisions(ref)}; {_how_to_provide(ref, patterns)}"
     )
+
+
+def _cache_repo(ref: ModelRef) -> Path:
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    return Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=ref.location, repo_type="model")
+
+
+def _cached_snapshot(ref: ModelRef) -> Path | None:
+    """The hub cache's snapshot folder of ``ref`` at its revision (a branch's through the cache's refs), if any."""
+    repo, revision = _cache_repo(ref), ref.revision or "main"
+    with contextlib.suppress(OSError):
+        revision = (repo / "refs" / revision).read_text(encoding="utf-8").strip()
+    snapshot = repo / "snapshots" / revision
+    return snapshot if snapshot.is_dir() else None
 
 
 def _other_revisions(ref: ModelRef) -> str:
@@ -133,10 +173,7 @@ def _other_revisions(ref: ModelRef) -> str:
     the revision the registry pins), and how to use one."""
     if ref.is_local or not ref.revision:
         return ""
-    from huggingface_hub import constants
-    from huggingface_hub.file_download import repo_folder_name
-
-    repo = Path(constants.HF_HUB_CACHE) / repo_folder_name(repo_id=ref.location, repo_type="model")
+    repo = _cache_repo(ref)
     snapshots = sorted(p for p in repo.glob("snapshots/*") if p.is_dir() and p.name != ref.revision)
     if not snapshots:
         return ""
@@ -204,21 +241,22 @@ def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_pattern
         incomplete = err if getattr(err, "snapshot_path", None) else None
     if hub_offline(local_files_only):
         if incomplete is None:
-            raise not_cached(ref)
+            raise not_cached(ref, patterns)
         fp16, fp16_incomplete = _fp16_download(ref, patterns)
         if fp16 is not None:
             return fp16
-        # (what a download of the variant misses, where it was one)
-        incomplete = fp16_incomplete or incomplete
+        advice = _how_to_provide(ref, patterns)
+        if fp16_incomplete is not None:  # what a download of the variant misses, and how to complete it
+            incomplete, advice = fp16_incomplete, _how_to_provide(ref, *_fp16_patterns(patterns))
         missing = re.search(r"is incomplete: (.*? are missing \(.*?\))\.", str(incomplete))
         raise ModelLoadError(
             f"model {ref.label}: the cached download at {incomplete.snapshot_path} is incomplete"
-            f"{f', {missing.group(1)}' if missing else ''}; {_how_to_provide(ref)}"
+            f"{f', {missing.group(1)}' if missing else ''}; {advice}"
         )
     if not hub_reachable():
         raise ModelLoadError(
             f"model {ref.label} is not in the local cache and the Hugging Face hub cannot be reached; "
-            f"{_how_to_provide(ref)}"
+            f"{_how_to_provide(ref, patterns)}"
         )
     try:
         return Path(snapshot_download(**kwargs))
@@ -230,7 +268,7 @@ def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_pattern
         raise ModelLoadError(f"model {ref.label}: no such repository or revision on the hub") from None
     except (HfHubHTTPError, OSError) as err:
         raise ModelLoadError(
-            f"model {ref.label} could not be downloaded ({first_line(err)}); {_how_to_provide(ref)}"
+            f"model {ref.label} could not be downloaded ({first_line(err)}); {_how_to_provide(ref, patterns)}"
         ) from None
 
 
@@ -241,11 +279,7 @@ def _fp16_download(ref: ModelRef, patterns) -> tuple[Path | None, Exception | No
     snapshot holds some of its files."""
     from huggingface_hub import snapshot_download
 
-    variant = [p for p in patterns if not p.endswith(".safetensors")] + [
-        "*.fp16.safetensors",
-        "*/*.fp16.safetensors",
-    ]
-    ignored = [p for p in IGNORED_FILES if p != "*fp16*"]
+    variant, ignored = _fp16_patterns(patterns)
     try:
         path = Path(snapshot_download(repo_id=ref.location, revision=ref.revision, local_files_only=True,
                                       allow_patterns=variant, ignore_patterns=ignored))  # fmt: skip
@@ -253,6 +287,15 @@ def _fp16_download(ref: ModelRef, patterns) -> tuple[Path | None, Exception | No
         held = getattr(err, "snapshot_path", None)
         return None, err if held and any(Path(held).rglob("*.fp16.safetensors")) else None
     return (path if weights_variant(path) == "fp16" else None), None
+
+
+def _fp16_patterns(patterns) -> tuple[list[str], list[str]]:
+    """The files (allowed, ignored) of a download of ``patterns``' weights in diffusers' fp16 variant alone."""
+    variant = [p for p in patterns if not p.endswith(".safetensors")] + [
+        "*.fp16.safetensors",
+        "*/*.fp16.safetensors",
+    ]
+    return variant, [p for p in IGNORED_FILES if p != "*fp16*"]
 
 
 ALLOW_PICKLE_ENV = "DEPTH2IMG_ALLOW_PICKLE"
@@ -275,16 +318,17 @@ def require_safetensors(path: Path, ref: ModelRef, components=()) -> None:
     """Refuse a folder whose weights exist only as pickles (``.bin``/``.ckpt``/``.pt``), unless explicitly allowed;
     in a pipeline's folder, each of its ``components``' subfolders (from its model index: a ``vae/`` of pickles
     beside safetensors elsewhere passed, and failed in diffusers with its own message, printed twice, and no word
-    of pickles)."""
+    of pickles). A model's subfolder (its ``config.json``) with no weights, or a link to a file gone from the hub
+    cache, is an incomplete download (diffusers said "no file named diffusion_pytorch_model.safetensors")."""
     if pickle_allowed():
         return
     folders = [path / name for name in components if (path / name).is_dir()] or [path]
     for folder in folders:
-        if any(folder.rglob("*.safetensors")):
+        if any(p.exists() for p in folder.rglob("*.safetensors")):  # (a broken link's is_file() is False too)
             continue
         pickles = [p.name for pattern in PICKLE_PATTERNS for p in folder.rglob(pattern)]
-        if not pickles and folder != path:
-            continue  # a component with no weights (a scheduler, a tokenizer)
+        if not pickles and folder != path and not (folder / "config.json").is_file():
+            continue  # a component with no weights (a scheduler, a tokenizer: no config.json)
         where = f"{path}" if folder == path else f"{path}, whose {folder.name}/"
         if not pickles:  # (nothing to convert: advice on pickles sent the user the wrong way)
             raise ModelLoadError(f"model {ref.name!r} at {where} has no weights (no .safetensors file): an "

@@ -365,7 +365,7 @@ def test_a_controlnet_or_lora_not_at_hand_is_named_before_the_estimator_loads(tm
     for given, message in (
         (["--controlnet", "someone/depth-controlnet"], "model someone/depth-controlnet is not in the local Hugging "
          "Face cache and the hub is offline (local_files_only / HF_HUB_OFFLINE); on a connected machine run `hf "
-         "download someone/depth-controlnet` (it fills the cache), or pass a local directory that holds the model"),
+         'download someone/depth-controlnet --include "*.json" --include "*.safetensors" --exclude "*fp16*" '),
         (["--controlnet", unet], f"ControlNet '{unet}' at {unet} holds UNet2DConditionModel, not a diffusers "
          "ControlNetModel"),
         # (found once the backbone had loaded)

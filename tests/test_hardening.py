@@ -317,10 +317,22 @@ def test_full_size_download_layouts_load_as_the_hub_gives_them(tmp_path, tiny_di
                        r"\(diffusion_pytorch_model.bin\); depth2img loads .safetensors weights only .*"
                        "DEPTH2IMG_ALLOW_PICKLE=1"):  # fmt: skip
         SceneTransformer.from_pretrained(str(pickled))
-    # a component with no weights at all: diffusers' own log of it is dropped, our one line says it
+    # a model's folder with no weights at all, or a link to a file gone from the hub cache's blobs (diffusers said
+    # "no file named diffusion_pytorch_model.safetensors")
     (pickled / "vae" / "diffusion_pytorch_model.bin").unlink()
-    with pytest.raises(ModelLoadError, match=f"^model '{pickled}' at {pickled} could not be loaded: "):
+    incomplete = (f"^model '{pickled}' at {pickled}, whose vae/ has no weights \\(no .safetensors file\\): an "
+                  "incomplete download or copy\\? fetch or copy it again$")  # fmt: skip
+    with pytest.raises(ModelLoadError, match=incomplete):
         SceneTransformer.from_pretrained(str(pickled))
+    vae.symlink_to(tmp_path / "blobs" / "gone")
+    with pytest.raises(ModelLoadError, match=incomplete):
+        SceneTransformer.from_pretrained(str(pickled))
+    # diffusers' own failure (a component's weights missing, its log dropped): our one line says it
+    vae.unlink()
+    with monkeypatch.context() as m:
+        m.setattr("depth2img.backends.require_safetensors", lambda *args: None)
+        with pytest.raises(ModelLoadError, match=f"^model '{pickled}' at {pickled} could not be loaded: "):
+            SceneTransformer.from_pretrained(str(pickled))
     assert "An error occurred while trying to fetch" not in capsys.readouterr().err
 
     # a truncated file: the library's wrapper ("Unable to load weights") and the cause it hid
@@ -418,7 +430,8 @@ def test_a_hub_cache_filled_otherwise_than_the_registry_pins_says_what_it_holds(
     (snapshot / "unet" / "diffusion_pytorch_model.fp16.safetensors").unlink()
     with pytest.raises(ModelLoadError, match=f"^model sd15-depth .*: the cached download at {snapshot} is incomplete, "
                        r"1 file\(s\) are missing \(unet/diffusion_pytorch_model.fp16.safetensors\); on a connected "
-                       f"machine run `hf download {entry.id} --revision {entry.revision}`"):  # fmt: skip
+                       f"machine run `hf download {entry.id} --revision {entry.revision} "
+                       '--include "\\*.json" .*--include "\\*.fp16.safetensors"'):  # fmt: skip
         SceneTransformer.from_pretrained("sd15-depth")
 
     # main downloaded, not the pinned revision: said, with the folder that serves
@@ -436,6 +449,82 @@ def test_a_hub_cache_filled_otherwise_than_the_registry_pins_says_what_it_holds(
     )  # (its ControlNet: the registry's, cached)
 
 
+# a SD1.5 repository's files on the hub (stable-diffusion-v1-5/stable-diffusion-v1-5): diffusers' folders, each
+# weights file in fp32/fp16/EMA-free, as safetensors and pickles, beside whole checkpoints
+SD15_REPO_FILES = [".gitattributes", "README.md", "model_index.json", "v1-inference.yaml", "v1-5-pruned.ckpt",
+                   "v1-5-pruned.safetensors", "v1-5-pruned-emaonly.ckpt", "v1-5-pruned-emaonly.safetensors",
+                   "feature_extractor/preprocessor_config.json", "scheduler/scheduler_config.json",
+                   "tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+                   "tokenizer/vocab.json", "safety_checker/config.json", "safety_checker/model.safetensors",
+                   "safety_checker/pytorch_model.bin", "text_encoder/config.json", "text_encoder/model.safetensors",
+                   "text_encoder/model.fp16.safetensors", "text_encoder/pytorch_model.bin", "unet/config.json",
+                   "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+                   "unet/diffusion_pytorch_model.non_ema.safetensors", "unet/diffusion_pytorch_model.bin",
+                   "vae/config.json", "vae/diffusion_pytorch_model.safetensors",
+                   "vae/diffusion_pytorch_model.fp16.safetensors", "vae/diffusion_pytorch_model.fp16.bin"]  # fmt: skip
+
+
+def test_the_download_advised_offline_fetches_what_the_loader_loads():
+    """It advised `hf download ID`, which for SD1.5 fetches its pickles and whole checkpoints too (tens of GB);
+    the command now passes the loader's patterns (of the fp16 variant, where that download was incomplete)."""
+    import shlex
+
+    from huggingface_hub.utils import filter_repo_objects
+
+    from depth2img.loading import IGNORED_FILES, PIPELINE_FILES, _fp16_patterns, download_command
+    from depth2img.registry import ModelRef
+
+    ref = ModelRef(name="sd15", location="stable-diffusion-v1-5/stable-diffusion-v1-5", revision="abc",
+                   is_local=False)  # fmt: skip
+    fetched = {}
+    for name, (allow, ignore) in {"plain": (PIPELINE_FILES, IGNORED_FILES),
+                                  "fp16": _fp16_patterns(PIPELINE_FILES)}.items():  # fmt: skip
+        words = shlex.split(download_command(ref, allow, ignore))
+        assert words[:5] == ["hf", "download", ref.location, "--revision", "abc"]
+        options = list(zip(words[5::2], words[6::2]))
+        assert len(words) % 2 == 1 and {flag for flag, _ in options} == {"--include", "--exclude"}
+        include, exclude = ([v for flag, v in options if flag == f] for f in ("--include", "--exclude"))
+        fetched[name] = sorted(
+            filter_repo_objects(SD15_REPO_FILES, allow_patterns=include, ignore_patterns=exclude)
+        )
+        assert fetched[name] == sorted(filter_repo_objects(SD15_REPO_FILES, allow_patterns=allow,
+                                                           ignore_patterns=ignore)), name  # fmt: skip
+    config = ["feature_extractor/preprocessor_config.json", "model_index.json", "scheduler/scheduler_config.json",
+              "text_encoder/config.json", "tokenizer/merges.txt", "tokenizer/special_tokens_map.json",
+              "tokenizer/tokenizer_config.json", "tokenizer/vocab.json", "unet/config.json", "vae/config.json"]  # fmt: skip
+    assert fetched["plain"] == sorted(config + ["text_encoder/model.safetensors", "unet/diffusion_pytorch_model."
+                                                "safetensors", "vae/diffusion_pytorch_model.safetensors"])  # fmt: skip
+    assert fetched["fp16"] == sorted(config + ["text_encoder/model.fp16.safetensors", "unet/diffusion_pytorch_model."
+                                               "fp16.safetensors", "vae/diffusion_pytorch_model.fp16.safetensors"])  # fmt: skip
+    # one file (a few-step LoRA's), named as such
+    assert (
+        download_command(ref, ["lora.safetensors"])
+        == f"hf download {ref.location} --revision abc lora.safetensors"
+    )
+
+
+def test_a_cached_repository_of_another_kind_is_not_called_missing(tmp_path, tiny_dir, monkeypatch):
+    """Offline, a cached depth estimator's repository given as a backbone (a pipeline as a ControlNet) was "not in
+    the local Hugging Face cache"."""
+    from depth2img import SceneTransformer
+    from depth2img.errors import ModelLoadError
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    estimator = _cached(cache, "someone/depth", tiny_dir / "depth-anything", "a" * 40)
+    pipeline = _cached(cache, "someone/sd15", tiny_dir / "sd15-depth", "b" * 40)
+    with pytest.raises(ModelLoadError, match=f"^model someone/depth: its cached download at {estimator} holds no "
+                       r"model_index.json \(a repository of another kind, or an incomplete download\); on a connected "
+                       '.*`hf download someone/depth --include "\\*.json"'):  # fmt: skip
+        SceneTransformer.from_pretrained("someone/depth")
+    with pytest.raises(ModelLoadError, match=f"^model someone/sd15: its cached download at {pipeline} holds no "
+                       "config.json"):  # fmt: skip
+        SceneTransformer.from_pretrained("tiny", controlnet="someone/sd15")
+    with pytest.raises(ModelLoadError, match="^model someone/other is not in the local Hugging Face cache"):
+        SceneTransformer.from_pretrained("someone/other")
+
+
 def test_a_folder_with_one_component_in_the_fp16_variant_alone_loads(tmp_path, tiny_dir):
     """Only a whole folder of fp16-variant files was loaded as the variant: with one component's alone (a partial
     download of the variant), diffusers said "no file named diffusion_pytorch_model.safetensors" beside it."""
@@ -446,6 +535,12 @@ def test_a_folder_with_one_component_in_the_fp16_variant_alone_loads(tmp_path, t
     shutil.copytree(tiny_dir / "sd15-depth-controlnet", tmp_path / "m-controlnet")
     unet = tmp_path / "m" / "unet"
     (unet / "diffusion_pytorch_model.safetensors").rename(unet / "diffusion_pytorch_model.fp16.safetensors")
+    # SD1.5's safety checker, named by the model index and never loaded: its folder's weights are not asked for
+    index = json.loads((tmp_path / "m" / "model_index.json").read_text())
+    index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]
+    (tmp_path / "m" / "model_index.json").write_text(json.dumps(index))
+    (tmp_path / "m" / "safety_checker").mkdir()
+    (tmp_path / "m" / "safety_checker" / "config.json").write_text("{}")
     photo, depth = _photo_and_depth()
     ours = SceneTransformer.from_pretrained(str(tmp_path / "m"), native_size=TINY_NATIVE_SIZE)
     expected = (
