@@ -1098,13 +1098,29 @@ def _speed_lora_file(ref: ModelRef) -> str | None:
     return ref.entry.weight_name if ref.entry is not None and not ref.is_local else None
 
 
-def check_speed_lora(kind: str, ref: ModelRef) -> None:
-    """A few-step LoRA ``ref`` fits a backbone of pipeline ``kind`` (known before the backbone loads when it is a
-    registry entry, else read from the loaded backbone)."""
+def check_speed_lora(kind: str, ref: ModelRef, label=str) -> None:
+    """A few-step LoRA ``ref`` fits a backbone of pipeline ``kind`` (``check_companions`` before it loads, else
+    read from the loaded backbone)."""
     if kind not in ("sd15-controlnet", "sdxl-controlnet"):
-        raise InputError(f"lora: few-step LoRAs are wired for sd15-depth and sdxl-depth, not {kind}")
+        raise InputError(
+            f"{label('lora')}: few-step LoRAs are wired for sd15-depth and sdxl-depth, not {kind}"
+        )
     if ref.entry is not None and ref.entry.for_pipeline != kind:
-        raise ModelLoadError(f"lora {ref.name!r} is made for {ref.entry.for_pipeline}, not {kind}")
+        raise InputError(f"{label('lora')}: {ref.name!r} is made for {ref.entry.for_pipeline}, not {kind}")
+
+
+def check_companions(traits: BackboneTraits | None, name: str, *, lora: ModelRef | None = None,
+                     controlnet: bool = False, label=str) -> None:  # fmt: skip
+    """A few-step ``lora`` and a ControlNet given apart (``controlnet``) fit backbone ``name``, whose ``traits`` are
+    known before it loads (``known_traits``: a registry entry's, a folder's at hand; None: its loader checks). Serves
+    ``check_at_hand`` (``from_pretrained``, ``run_transform``, ``run_job``) and the CLI's and job files' checks
+    before an output folder is made (each had its copy)."""
+    if traits is None:
+        return
+    if lora is not None:
+        check_speed_lora(traits.kind, lora, label=label)
+    if controlnet:
+        check_controlnet(traits.kind, name, label=label)
 
 
 def _unmerged_adapters(module) -> bool:
@@ -1256,6 +1272,10 @@ def check_at_hand(ref: ModelRef, *, local_files_only: bool = False, controlnet: 
     beside it (a registry backbone's ControlNet or depth LoRA, a few-step ``lora``). For callers that load the
     (small) estimator first: a bad backbone was reported as the estimator's problem (its own weights missing
     offline), or found only after the estimator had loaded; a missing companion, once the backbone had loaded."""
+    if (
+        lora is not None or controlnet is not None
+    ):  # (a ControlNet for SD2-depth or Flux: before its folder is read)
+        check_companions(known_traits(ref), ref.name, lora=lora, controlnet=controlnet is not None)
     folder = None
     if not ref.name.startswith("tiny"):  # (built on first use)
         folder = _folder_at_hand(ref)
@@ -1264,9 +1284,6 @@ def check_at_hand(ref: ModelRef, *, local_files_only: bool = False, controlnet: 
         elif folder is None and not ref.is_local and hub_offline(local_files_only):
             raise not_cached(ref, PIPELINE_FILES, "model_index.json")
     if controlnet is not None:
-        known = known_traits(ref)  # (a registry entry's, a folder's at hand)
-        if known is not None:  # refused for SD2-depth or Flux before the ControlNet's folder is looked at
-            check_controlnet(known.kind, ref.name)
         at_hand = _folder_at_hand(controlnet, "config.json")
         if at_hand is not None and at_hand.is_dir():
             _controlnet_config(at_hand, controlnet)

@@ -205,18 +205,11 @@ class Job:
         if traits is not None:  # a hub id's or folder's backbone is checked once loaded
             check_backbone_knobs(traits, ref.name, self.knobs, negative, self.knobs.get("scheduler"),
                                  label=lambda key: f"job key knobs.{key}")  # fmt: skip
-            if self.lora is not None:
-                from .backends import check_speed_lora
-                from .registry import resolve_lora
+            from .backends import check_companions
+            from .registry import resolve_lora
 
-                try:
-                    check_speed_lora(traits.kind, resolve_lora(self.lora))
-                except Depth2ImgError as err:
-                    raise InputError(f"job key lora: {err}") from None
-            if self.controlnet is not None:
-                from .backends import check_controlnet
-
-                check_controlnet(traits.kind, ref.name, label=lambda key: f"job key {key}")
+            check_companions(traits, ref.name, lora=resolve_lora(self.lora) if self.lora is not None else None,
+                             controlnet=self.controlnet is not None, label=lambda key: f"job key {key}")  # fmt: skip
         check_compile(self.compile, "job key compile", feature_cache=self.knobs.get("feature_cache", 1))
         from .knobs import DTYPES
 

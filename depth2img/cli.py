@@ -411,15 +411,11 @@ def _cmd_transform(args) -> int:
     if traits is not None:
         check_backbone_knobs(traits, ref.name, given, args.negative_prompt, args.scheduler,
                              label=_flag)  # fmt: skip
-        if args.lora:
-            from .backends import check_speed_lora
-            from .registry import resolve_lora
+        from .backends import check_companions
+        from .registry import resolve_lora
 
-            check_speed_lora(traits.kind, resolve_lora(args.lora))  # before the estimator loads
-        if args.controlnet is not None:
-            from .backends import check_controlnet
-
-            check_controlnet(traits.kind, ref.name, label=_flag)
+        check_companions(traits, ref.name, lora=resolve_lora(args.lora) if args.lora else None,
+                         controlnet=args.controlnet is not None, label=_flag)  # fmt: skip
     if args.depth:
         # read once here too: a missing file, its polarity or (from the input's header) its aspect ratio was found
         # only after the models had loaded

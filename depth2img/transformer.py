@@ -181,7 +181,7 @@ class SceneTransformer:
         kept); default the registry entry's, else the pipeline's own (512 for SD1.5 and SD2, 1024 for SDXL and Flux).
         ``presets``: the presets already read (``load_presets``) by a caller that checked names against them, instead of
         reading ``preset_files``."""
-        from .backends import check_at_hand, check_memory_options, check_speed_lora, load_backend
+        from .backends import check_at_hand, check_memory_options, load_backend
         from .estimators import DepthEstimator
         from .knobs import check_lora_scale, check_native_size
         from .registry import resolve_controlnet, resolve_lora
@@ -212,10 +212,8 @@ class SceneTransformer:
             presets = presets_mod.load_presets(preset_files)
         elif not isinstance(presets, dict):
             raise InputError(f"presets must be a dict of presets (presets.load_presets), got {presets!r}")
-        if lora:
-            if ref.entry is not None and ref.entry.pipeline:
-                check_speed_lora(ref.entry.pipeline, lora_ref)
-        # offline, a repo it needs beside its own missing from the cache: found once the backbone had loaded
+        # a LoRA or ControlNet that does not fit a backbone of known kind; offline, a repo it needs beside its own
+        # missing from the cache: found once the backbone had loaded
         check_at_hand(ref, local_files_only=local_files_only, controlnet=controlnet_ref, lora=lora_ref)
         backend = load_backend(ref, dtype=dtype, device=device, local_files_only=local_files_only,
                                controlnet=controlnet_ref)  # fmt: skip

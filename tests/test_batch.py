@@ -949,7 +949,7 @@ def test_output_names_cannot_escape(dataset, tmp_path):
         ),
         (
             "inputs: a\noutput: b\nprompt: x\nmodel: tiny\nlora: tiny/lcm-sdxl\n",
-            r"job key lora: lora 'tiny/lcm-sdxl' is made for sdxl-controlnet, not sd15-controlnet$",
+            r"job key lora: 'tiny/lcm-sdxl' is made for sdxl-controlnet, not sd15-controlnet$",
         ),
         (
             "inputs: a\noutput: b\nprompt: x\nmodel: tiny/sd2-depth\ncontrolnet: .\n",

@@ -583,7 +583,7 @@ def test_a_batch_of_photos_is_estimated_in_one_estimator_call(tmp_path, photos_d
         ("tiny/flux-depth", ["--feature-cache", "2"], "--feature-cache: backbone 'tiny/flux-depth' (flux-control) has "
          "no UNet to cache; it works with sd15-depth, sd2-depth and sdxl-depth"),
         ("tiny/flux-depth", ["--scheduler", "ddim"], "--scheduler 'ddim' is not one of flow-euler for flux-control"),
-        ("tiny", ["--lora", "tiny/lcm-sdxl"], "lora 'tiny/lcm-sdxl' is made for sdxl-controlnet, not sd15-controlnet"),
+        ("tiny", ["--lora", "tiny/lcm-sdxl"], "--lora: 'tiny/lcm-sdxl' is made for sdxl-controlnet, not sd15-controlnet"),
         ("tiny/flux-depth", ["--controlnet", "."], "--controlnet: backbone 'tiny/flux-depth' (flux-control) takes no "
          "ControlNet; a depth ControlNet goes with sd15-depth, sdxl-depth or a folder or hub id of their kind"),
         ("tiny", ["--controlnet", "no/such/folder"],

@@ -1538,8 +1538,8 @@ def test_load_arguments_are_checked_before_the_backbone_loads(monkeypatch, kwarg
         SceneTransformer.from_pretrained("tiny", device="cpu", **kwargs)
 
 
-def test_few_step_lora_mismatches_are_refused(monkeypatch):
-    from depth2img import backends
+def test_few_step_lora_mismatches_are_refused(monkeypatch, tiny_dir):
+    from depth2img import backends, tiny
 
     real = backends.load_backend
 
@@ -1549,13 +1549,19 @@ def test_few_step_lora_mismatches_are_refused(monkeypatch):
     # registry backbones and LoRAs: refused before the backbone (gigabytes) loads
     monkeypatch.setattr(backends, "load_backend", no_load)
     with pytest.raises(
-        ModelLoadError, match="lora 'tiny/lcm-sd15' is made for sd15-controlnet, not sdxl-controlnet"
+        InputError, match="^lora: 'tiny/lcm-sd15' is made for sd15-controlnet, not sdxl-controlnet"
     ):
         SceneTransformer.from_pretrained("tiny/sdxl-depth", lora="tiny/lcm-sd15")
     with pytest.raises(
         InputError, match="few-step LoRAs are wired for sd15-depth and sdxl-depth, not flux-control"
     ):
         SceneTransformer.from_pretrained("tiny/flux-depth", lora="tiny/lcm-sd15")
+    # a folder's, its kind read from its model index (was: once it had loaded)
+    tiny.ensure("sdxl-depth", tiny_dir / "sdxl-depth")
+    with pytest.raises(
+        InputError, match="^lora: 'tiny/lcm-sd15' is made for sd15-controlnet, not sdxl-control"
+    ):
+        SceneTransformer.from_pretrained(str(tiny_dir / "sdxl-depth"), lora="tiny/lcm-sd15")
     monkeypatch.setattr(backends, "load_backend", real)
     with pytest.raises(InputError, match="lora 'fast' is not a registry name"):
         SceneTransformer.from_pretrained("tiny", lora="fast")
