@@ -32,6 +32,17 @@ def _folder(text: str) -> str:
     return text
 
 
+def _add_companion_args(p: argparse.ArgumentParser, app: str = "") -> None:
+    """--lora, --lora-scale and --controlnet (transform; ``app``: the app's words for them)."""
+    p.add_argument("--lora", metavar="NAME|ID|PATH",
+                   help="few-step LoRA fused into the UNet: lcm-sd15, lcm-sdxl, hyper-sd15-8step (sets its scheduler, "
+                   f"steps and guidance as defaults){app}")  # fmt: skip
+    p.add_argument("--lora-scale", type=float, default=1.0, help="strength of --lora (default 1.0)")
+    p.add_argument("--controlnet", metavar="ID|PATH",
+                   help="a depth ControlNet instead of the backbone's own, for SD1.5 and SDXL backbones: a hub id or "
+                   "a folder holding a diffusers ControlNetModel (a fine-tune; recorded in the manifest)" + app)  # fmt: skip
+
+
 def _add_model_args(p: argparse.ArgumentParser, backbones: bool = True) -> None:
     """``backbones``: the command loads a backbone (Flux's default dtype is its own), not only depth models."""
     p.add_argument("--device", help="cpu, cuda, cuda:N, mps or xpu (default: cuda, else mps, else cpu)")
@@ -136,13 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="unipc, ddim, pndm, euler, euler-a, dpm++, dpm++-karras, lms, lcm, tcd, ddim-trailing "
         "(Flux: flow-euler)",
     )
-    p.add_argument("--lora", metavar="NAME|ID|PATH",
-                   help="few-step LoRA fused into the UNet: lcm-sd15, lcm-sdxl, hyper-sd15-8step (sets its scheduler, "
-                   "steps and guidance as defaults)")  # fmt: skip
-    p.add_argument("--lora-scale", type=float, default=1.0, help="strength of --lora (default 1.0)")
-    p.add_argument("--controlnet", metavar="ID|PATH",
-                   help="a depth ControlNet instead of the backbone's own, for SD1.5 and SDXL backbones: a hub id or "
-                   "a folder holding a diffusers ControlNetModel (a fine-tune; recorded in the manifest)")  # fmt: skip
+    _add_companion_args(p)
     p.add_argument("--offload", choices=list(OFFLOAD_MODES), default="none",
                    help="CPU offload to save GPU memory (a GPU only): " + "; ".join(f"{k}: {v}" for k, v in OFFLOAD_MODES.items()))  # fmt: skip
     p.add_argument("--compile", choices=COMPILE_MODES, metavar="MODE",
@@ -164,7 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("app", help="launch the web app (Gradio) on 127.0.0.1",
                        description="The web demo. Settings default to DEPTH2IMG_MODEL, DEPTH2IMG_ESTIMATOR, "
-                       "DEPTH2IMG_HOST, DEPTH2IMG_PORT, DEPTH2IMG_MAX_UPLOAD_MB, DEPTH2IMG_QUEUE_SIZE, DEPTH2IMG_COMPILE.")  # fmt: skip
+                       "DEPTH2IMG_HOST, DEPTH2IMG_PORT, DEPTH2IMG_MAX_UPLOAD_MB, DEPTH2IMG_QUEUE_SIZE, DEPTH2IMG_COMPILE, "
+                       "DEPTH2IMG_LORA, DEPTH2IMG_CONTROLNET.")  # fmt: skip
     p.add_argument("--host", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (opt-in)")
@@ -184,6 +190,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "images (three short generations; minutes on a GPU; one image with guidance <= 1 still "
                         "compiles once), so visitors do not wait for the compiler (default: on with --compile)")  # fmt: skip
     p.add_argument("--presets-file", action="append", default=[], metavar="FILE", help="extra presets YAML")
+    _add_companion_args(p, app="; the page then offers --model alone")
     _add_model_args(p)
 
     p = sub.add_parser("batch", help="run a job file: variations of many sources, labels carried, geometry checked",
@@ -476,15 +483,25 @@ def _cmd_app(args) -> int:
     from .registry import resolve_backbone, resolve_estimator
 
     # names that resolve to nothing: before serving, not at the first Generate
-    resolve_backbone(pick["model"])
+    ref = resolve_backbone(pick["model"])
     resolve_estimator(pick["estimator"])
+    from .backends import check_companions, known_traits
+    from .knobs import check_lora_scale
+    from .registry import resolve_controlnet, resolve_lora
+
+    check_lora_scale(args.lora_scale, pick["lora"], "--lora-scale")
+    lora = resolve_lora(pick["lora"]) if pick["lora"] else None
+    if pick["controlnet"]:
+        resolve_controlnet(pick["controlnet"])
+    check_companions(known_traits(ref), ref.name, lora=lora, controlnet=bool(pick["controlnet"]), label=_flag)
     _quiet_libraries(downloads=True)
     from .service import Service
     from .ui import launch
 
     service = Service(model=pick["model"], estimator=pick["estimator"], device=args.device, dtype=args.dtype,
                       local_files_only=args.local_files_only, preset_files=args.presets_file,
-                      compile=pick["compile"])  # fmt: skip
+                      compile=pick["compile"], lora=pick["lora"], lora_scale=args.lora_scale,
+                      controlnet=pick["controlnet"])  # fmt: skip
     if args.warm_up if args.warm_up is not None else bool(pick["compile"]):
         seconds = service.warm_up(progress=lambda msg: print(f"depth2img app: {msg}", file=sys.stderr))
         print(f"depth2img app: warmed up in {seconds:.0f} s", file=sys.stderr)

@@ -503,6 +503,13 @@ def create_demo(service):
     model_choices = _backbone_choices(tiny=service.default_model.startswith("tiny"))
     if service.default_model not in [v for _, v in model_choices]:
         model_choices.insert(0, (f"{service.default_model} (configured)", service.default_model))
+    served = [
+        f"{what} {name}"
+        for what, name in (("LoRA", service.lora), ("ControlNet", service.controlnet))
+        if name
+    ]
+    if served:  # (made for the configured backbone: the service loads any other with them too)
+        model_choices = [(f"{service.default_model} + {' + '.join(served)}", service.default_model)]
     # (label, name): a non-commercial estimator is marked, as a backbone is
     est_choices = [(f"{n}{'' if e.commercial else ' (non-commercial)'}", n) for n, e in estimators().items()]
     if service.default_estimator.startswith("tiny"):  # offline: the estimators' tiny builds
@@ -693,6 +700,8 @@ def settings_from_env() -> dict:
         "max_upload_mb": _env_int("DEPTH2IMG_MAX_UPLOAD_MB", 20),
         "queue_size": _env_int("DEPTH2IMG_QUEUE_SIZE", 32),
         "compile": os.environ.get("DEPTH2IMG_COMPILE") or None,
+        "lora": os.environ.get("DEPTH2IMG_LORA") or None,
+        "controlnet": os.environ.get("DEPTH2IMG_CONTROLNET") or None,
     }
 
 

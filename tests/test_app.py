@@ -176,6 +176,47 @@ def test_app_hands_its_compile_mode_to_the_service(monkeypatch):
     assert served == ["default", "max-autotune", None]
 
 
+def test_app_serves_its_model_with_a_lora_or_controlnet(monkeypatch, capsys, photo, tiny_dir):
+    """`app --lora/--controlnet` (DEPTH2IMG_LORA/CONTROLNET): given to the service, checked before serving, and the
+    page offers the one backbone they were given for; a slider left alone lets the LoRA choose."""
+    from depth2img import ui
+    from depth2img.cli import main
+
+    served = []
+    monkeypatch.setattr(ui, "launch", lambda service, **kw: served.append(service))
+    monkeypatch.setenv("DEPTH2IMG_LORA", "tiny/lcm-sdxl")  # the flag wins
+    assert (
+        main(["app", "--model", "tiny", "--lora", "tiny/lcm-sd15", "--lora-scale", "0.5", "--no-warm-up"])
+        == 0
+    )
+    monkeypatch.setenv("DEPTH2IMG_LORA", "tiny/lcm-sd15")
+    controlnet = str(tiny_dir / "sd15-depth-controlnet")
+    assert main(["app", "--model", "tiny", "--controlnet", controlnet, "--no-warm-up"]) == 0
+    assert [(s.lora, s.lora_scale, s.controlnet) for s in served] == [("tiny/lcm-sd15", 0.5, None),
+                                                                     ("tiny/lcm-sd15", 1.0, controlnet)]  # fmt: skip
+    monkeypatch.delenv("DEPTH2IMG_LORA")
+    capsys.readouterr()
+    for argv, message in (
+        (["--lora", "tiny/lcm-sdxl"], "--lora: 'tiny/lcm-sdxl' is made for sdxl-controlnet, not sd15-controlnet"),
+        (["--model", "tiny/sd2-depth", "--controlnet", controlnet], "--controlnet: backbone 'tiny/sd2-depth' "
+         "(sd2-depth) takes no ControlNet"),
+        (["--lora-scale", "0.5"], "--lora-scale 0.5 is given without a LoRA to scale"),
+        (["--lora", "fast"], "lora 'fast' is not a registry name"),
+    ):  # fmt: skip
+        assert main(["app", "--model", "tiny", *argv, "--no-warm-up"]) == 2
+        assert message in capsys.readouterr().err, argv
+    assert len(served) == 2  # (refused before serving)
+
+    svc = Service(model="tiny", lora="tiny/lcm-sd15")
+    dropdowns = [
+        c["props"] for c in create_demo(svc).config["components"] if c["props"].get("label") == "Backbone"
+    ]
+    assert [tuple(c) for c in dropdowns[0]["choices"]] == [("tiny + LoRA tiny/lcm-sd15", "tiny")]
+    *_, records = _generate(svc, photo)  # guidance and scheduler sliders at their defaults: the LoRA's
+    assert records[0]["backbone"]["speed_lora"] and records[0]["guidance_scale"] == 1.0
+    assert records[0]["scheduler"] == "lcm"
+
+
 def test_depth_handler(service, photo):
     preview, png16 = handle_depth(service, photo, "tiny", None, "")
     assert Image.open(preview).size == (451, 300) and Image.open(preview).mode == "RGB"
