@@ -12,6 +12,7 @@ import secrets
 import sys
 import tempfile
 import threading
+import weakref
 from pathlib import Path
 
 from .errors import Depth2ImgError, first_line
@@ -33,6 +34,8 @@ APP_KEEP_S = 3600
 APP_MAX_BYTES = 2 * 1024**3
 APP_BUSY_S = 120
 _APP_DIR_LOCK = threading.Lock()
+# the pages made (create_demo), whose files in Gradio's cache _workdir caps by size as well
+_PAGES: weakref.WeakSet = weakref.WeakSet()
 
 
 def _as_uploaded(text: str) -> str:
@@ -102,7 +105,44 @@ def _workdir() -> Path:
             break
         shutil.rmtree(old, ignore_errors=True)
         total -= size
+    for page in list(_PAGES):
+        _cap_gradio_cache(page, now)
     return Path(tempfile.mkdtemp(prefix="request-", dir=app_dir))
+
+
+def _cap_gradio_cache(page, now: float) -> None:
+    """Gradio's copies of the files ``page`` received and returned (the sets its ``delete_cache`` empties by age
+    alone, a visitor's uploads among them), oldest first, while they hold more than APP_MAX_BYTES: a visitor
+    repeating huge uploads filled the disk within the hour. Files younger than APP_BUSY_S, and those a component keeps
+    (examples), stay; ages are Gradio's own (ctime, which it refreshes when it hands a cached file out again)."""
+    keep = set()
+    for component in list(page.blocks.values()):
+        keep.update(getattr(component, "keep_in_cache", ()))
+    files, holders = (
+        {},
+        {},
+    )  # path -> (ctime, bytes); path -> the sets that hold it (a result shown twice: two)
+    for held in list(getattr(page, "temp_file_sets", ())):
+        for path in list(held):
+            try:
+                info = os.lstat(path)
+            except OSError:  # removed already
+                held.discard(path)
+                continue
+            if path not in keep:
+                files[path] = (info.st_ctime, info.st_size)
+                holders.setdefault(path, []).append(held)
+    total = sum(size for _, size in files.values())
+    for path, (ctime, size) in sorted(files.items(), key=lambda item: item[1]):
+        if total <= APP_MAX_BYTES or ctime >= now - APP_BUSY_S:
+            break
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+        for held in holders[path]:
+            held.discard(path)
+        total -= size
 
 
 def _bytes_in(folder: Path) -> int:
@@ -517,7 +557,8 @@ def create_demo(service):
     if service.default_estimator not in [v for _, v in est_choices]:
         est_choices.insert(0, (service.default_estimator, service.default_estimator))
 
-    # Gradio's cache (uploads, and the copies of what handlers return) is emptied of files older than APP_KEEP_S
+    # Gradio's cache (uploads, and the copies of what handlers return) is emptied of files older than APP_KEEP_S (and
+    # capped by size in _workdir)
     with gr.Blocks(title="depth2img", delete_cache=(APP_KEEP_S, APP_KEEP_S)) as demo:
         gr.Markdown("# depth2img\nChange a photo's style, lighting, season or weather by prompt; its depth keeps the "
                     "geometry, and the output has the photo's exact size.")  # fmt: skip
@@ -638,6 +679,7 @@ def create_demo(service):
              exact, negative, control_scale, control_start, control_end, scheduler],
             [var_gallery, var_archive], api_name="variations", **device,
         )  # fmt: skip
+    _PAGES.add(demo)
     return demo
 
 

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import socket
+import weakref
 import zipfile
 from pathlib import Path
 
@@ -457,6 +458,7 @@ def test_request_folders_are_removed_oldest_first_past_the_size_cap(monkeypatch,
 
     monkeypatch.setattr(ui, "APP_DIR", tmp_path / "app")
     monkeypatch.setattr(ui, "APP_MAX_BYTES", 2500)
+    monkeypatch.setattr(ui, "_PAGES", weakref.WeakSet())  # (the server's page keeps its files)
     folders = [ui._workdir() for _ in range(4)]
     for age, folder in zip((900, 600, 300, 0), folders):  # seconds; the last one is busy
         (folder / "results").mkdir()
@@ -468,6 +470,51 @@ def test_request_folders_are_removed_oldest_first_past_the_size_cap(monkeypatch,
     monkeypatch.setattr(ui, "APP_MAX_BYTES", 0)
     ui._workdir()  # over the cap, but the rest are busy (or not older than the busy one)
     assert folders[3].is_dir() and not folders[2].is_dir()
+
+
+def test_gradios_copies_are_capped_by_size_too(monkeypatch, tmp_path):
+    """Gradio's cache, its copies of the uploads and of what the handlers returned, was emptied by age alone (its
+    delete_cache; README: "not yet capped by size"). Past APP_MAX_BYTES its oldest files go as well; files a
+    component keeps, and those younger than APP_BUSY_S, stay."""
+    import time
+
+    from depth2img import ui
+
+    monkeypatch.setattr(ui, "APP_DIR", tmp_path / "app")
+    monkeypatch.setattr(ui, "_PAGES", weakref.WeakSet())
+    page = create_demo(Service(model="tiny"))
+    (tmp_path / "gradio").mkdir()
+    files = []
+    for i in range(4):  # oldest first (Gradio ages them by ctime)
+        files.append(str(tmp_path / "gradio" / f"{i}.png"))
+        Path(files[-1]).write_bytes(b"x" * 1000)
+        time.sleep(0.01)
+    component = next(c for c in page.blocks.values() if getattr(c, "temp_files", None) is not None)
+    assert component.temp_files in page.temp_file_sets
+    page.upload_file_set.update(files[:3])  # uploads
+    component.temp_files.add(files[3])  # a result, shown twice
+    other = next(
+        h for h in page.temp_file_sets if h is not page.upload_file_set and h is not component.temp_files
+    )
+    other.add(files[3])
+    component.keep_in_cache = {files[0]}  # (an example's)
+    monkeypatch.setattr(ui, "APP_MAX_BYTES", 0)
+    ui._workdir()  # all of them busy
+    assert all(Path(f).is_file() for f in files)
+    later = time.time() + ui.APP_BUSY_S + 60
+    monkeypatch.setattr(ui, "APP_MAX_BYTES", 2500)
+    monkeypatch.setattr(time, "time", lambda: later)
+    ui._workdir()  # 3000 bytes not kept: the oldest goes
+    assert [Path(f).is_file() for f in files] == [True, False, True, True]
+    assert files[1] not in page.upload_file_set and files[2] in page.upload_file_set
+    monkeypatch.setattr(ui, "APP_MAX_BYTES", 0)
+    ui._workdir()
+    assert [Path(f).is_file() for f in files] == [
+        True,
+        False,
+        False,
+        False,
+    ] and not component.temp_files | other
 
 
 def test_a_linked_request_folder_is_not_cleaned_through(monkeypatch, tmp_path):
