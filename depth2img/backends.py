@@ -1266,16 +1266,18 @@ def _companion_ref(ref: ModelRef, path: Path, what: str, kind: str | None = None
 
 
 def check_at_hand(ref: ModelRef, *, local_files_only: bool = False, controlnet: ModelRef | None = None,
-                  lora: ModelRef | None = None) -> None:  # fmt: skip
+                  lora: ModelRef | None = None, label=str) -> None:  # fmt: skip
     """What is known of a backbone (and of a ``controlnet`` given apart) before anything loads: a local folder holds
     a supported pipeline (a ControlNetModel), and offline a hub id is in the cache, and so are the hub repos loaded
     beside it (a registry backbone's ControlNet or depth LoRA, a few-step ``lora``). For callers that load the
     (small) estimator first: a bad backbone was reported as the estimator's problem (its own weights missing
-    offline), or found only after the estimator had loaded; a missing companion, once the backbone had loaded."""
-    if (
-        lora is not None or controlnet is not None
-    ):  # (a ControlNet for SD2-depth or Flux: before its folder is read)
-        check_companions(known_traits(ref), ref.name, lora=lora, controlnet=controlnet is not None)
+    offline), or found only after the estimator had loaded; a missing companion, once the backbone had loaded.
+    ``label(key)``: how the caller's user spells ``lora`` and ``controlnet``."""
+    # (a ControlNet for SD2-depth or Flux: refused before its folder is read)
+    if lora is not None or controlnet is not None:
+        check_companions(
+            known_traits(ref), ref.name, lora=lora, controlnet=controlnet is not None, label=label
+        )
     folder = None
     if not ref.name.startswith("tiny"):  # (built on first use)
         folder = _folder_at_hand(ref)

@@ -374,19 +374,8 @@ def _cmd_transform(args) -> int:
              "control_end": args.control_end, "feature_cache": args.feature_cache}  # fmt: skip
     given = {k: v for k, v in knobs.items() if v is not None}
     check_knobs({**DEFAULT_KNOBS, **given}, label=_flag)
-    lora_knobs = {}
-    from .knobs import check_lora_scale
-
-    check_lora_scale(args.lora_scale, args.lora, "--lora-scale")
-    if args.lora:
-        from .registry import resolve_lora
-
-        entry = resolve_lora(args.lora).entry
-        lora_knobs = dict(entry.knobs) if entry else {}
-    if args.controlnet is not None:
-        from .registry import resolve_controlnet
-
-        resolve_controlnet(args.controlnet)
+    lora, _ = _companion_refs(args.lora, args.lora_scale, args.controlnet)
+    lora_knobs = dict(lora.entry.knobs) if lora is not None and lora.entry is not None else {}
     from .backends import known_traits
     from .registry import resolve_backbone
 
@@ -419,10 +408,8 @@ def _cmd_transform(args) -> int:
         check_backbone_knobs(traits, ref.name, given, args.negative_prompt, args.scheduler,
                              label=_flag)  # fmt: skip
         from .backends import check_companions
-        from .registry import resolve_lora
 
-        check_companions(traits, ref.name, lora=resolve_lora(args.lora) if args.lora else None,
-                         controlnet=args.controlnet is not None, label=_flag)  # fmt: skip
+        check_companions(traits, ref.name, lora=lora, controlnet=args.controlnet is not None, label=_flag)
     if args.depth:
         # read once here too: a missing file, its polarity or (from the input's header) its aspect ratio was found
         # only after the models had loaded
@@ -462,6 +449,17 @@ def _cmd_transform(args) -> int:
     return 0 if report.ok else EXIT_USAGE
 
 
+def _companion_refs(lora, lora_scale, controlnet):
+    """--lora, --lora-scale and --controlnet (transform, app) checked and resolved: the refs, None where not given."""
+    from .knobs import check_lora_scale
+    from .registry import resolve_controlnet, resolve_lora
+
+    check_lora_scale(lora_scale, lora, "--lora-scale")
+    return (resolve_lora(lora) if lora else None), (
+        resolve_controlnet(controlnet) if controlnet is not None else None
+    )
+
+
 def _cmd_app(args) -> int:
     from .errors import InputError
     from .knobs import check_compile
@@ -482,18 +480,17 @@ def _cmd_app(args) -> int:
     check_serving(pick["port"], args.auth)  # before the model loads and warms up (minutes when compiled)
     from .registry import resolve_backbone, resolve_estimator
 
-    # names that resolve to nothing: before serving, not at the first Generate
+    # names that resolve to nothing, a LoRA or ControlNet that does not fit the model, and offline what is not in the
+    # cache: before serving, not at the first Generate
     ref = resolve_backbone(pick["model"])
     resolve_estimator(pick["estimator"])
-    from .backends import check_companions, known_traits
-    from .knobs import check_lora_scale
-    from .registry import resolve_controlnet, resolve_lora
+    for key in ("lora", "controlnet"):  # (--controlnet "" turns DEPTH2IMG_CONTROLNET off)
+        pick[key] = pick[key] or None
+    lora, controlnet = _companion_refs(pick["lora"], args.lora_scale, pick["controlnet"])
+    from .backends import check_at_hand
 
-    check_lora_scale(args.lora_scale, pick["lora"], "--lora-scale")
-    lora = resolve_lora(pick["lora"]) if pick["lora"] else None
-    if pick["controlnet"]:
-        resolve_controlnet(pick["controlnet"])
-    check_companions(known_traits(ref), ref.name, lora=lora, controlnet=bool(pick["controlnet"]), label=_flag)
+    check_at_hand(ref, local_files_only=args.local_files_only, controlnet=controlnet, lora=lora,
+                  label=lambda key: f"{_flag(key)} (or DEPTH2IMG_{key.upper()})")  # fmt: skip
     _quiet_libraries(downloads=True)
     from .service import Service
     from .ui import launch

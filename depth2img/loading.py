@@ -122,10 +122,13 @@ def download_command(ref: ModelRef, patterns, ignored=IGNORED_FILES) -> str:
     if not any(c in p for p in patterns for c in "*?["):
         return f"hf download {ref.location}{pin} {' '.join(patterns)}"
     # those another one takes whole: the hub's patterns are fnmatch's, whose '*' takes a '/' too ('*.json' takes
-    # '*/*.json''s files; 'model*.safetensors' takes 'model.safetensors')
-    patterns = [p for p in patterns if not any(q != p and fnmatch.fnmatchcase(p, q) for q in patterns)]
-    # ('*.bin' where no pattern takes a .bin file: nothing to exclude)
-    kept = [p for p in ignored if not (p.startswith("*.") and not any(i.endswith(p[1:]) for i in patterns))]
+    # '*/*.json''s files; 'model*.safetensors' takes 'model.safetensors'). Read as a string, a pattern matched by
+    # one whose only wildcard is '*' is taken whole by it ('?' or '[...]' would need more: not pruned)
+    if not any(c in p for p in patterns for c in "?["):
+        patterns = [p for p in patterns if not any(q != p and fnmatch.fnmatchcase(p, q) for q in patterns)]
+    # ('*.bin' where no pattern can take a .bin file, each ending in a literal other suffix: nothing to exclude)
+    kept = [p for p in ignored if not (p.startswith("*.") and
+                                       not any(i.endswith(p[1:]) or i[-1] in "*?]" for i in patterns))]  # fmt: skip
     return " ".join([f"hf download {ref.location}{pin}", *(f'--include "{p}"' for p in patterns),
                      *(f'--exclude "{p}"' for p in kept)])  # fmt: skip
 

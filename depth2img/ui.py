@@ -543,11 +543,9 @@ def create_demo(service):
     model_choices = _backbone_choices(tiny=service.default_model.startswith("tiny"))
     if service.default_model not in [v for _, v in model_choices]:
         model_choices.insert(0, (f"{service.default_model} (configured)", service.default_model))
-    served = [
-        f"{what} {name}"
-        for what, name in (("LoRA", service.lora), ("ControlNet", service.controlnet))
-        if name
-    ]
+    # (a folder by its name: not the server's paths on a public page)
+    served = [f"{what} {Path(name).name if os.path.isdir(name) else name}"
+              for what, name in (("LoRA", service.lora), ("ControlNet", service.controlnet)) if name]  # fmt: skip
     if served:  # (made for the configured backbone: the service loads any other with them too)
         model_choices = [(f"{service.default_model} + {' + '.join(served)}", service.default_model)]
     # (label, name): a non-commercial estimator is marked, as a backbone is

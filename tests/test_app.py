@@ -193,26 +193,41 @@ def test_app_serves_its_model_with_a_lora_or_controlnet(monkeypatch, capsys, pho
     monkeypatch.setenv("DEPTH2IMG_LORA", "tiny/lcm-sd15")
     controlnet = str(tiny_dir / "sd15-depth-controlnet")
     assert main(["app", "--model", "tiny", "--controlnet", controlnet, "--no-warm-up"]) == 0
+    monkeypatch.setenv("DEPTH2IMG_CONTROLNET", controlnet)  # an empty flag turns it off
+    assert main(["app", "--model", "tiny", "--controlnet", "", "--lora", "", "--no-warm-up"]) == 0
     assert [(s.lora, s.lora_scale, s.controlnet) for s in served] == [("tiny/lcm-sd15", 0.5, None),
-                                                                     ("tiny/lcm-sd15", 1.0, controlnet)]  # fmt: skip
+                                                                     ("tiny/lcm-sd15", 1.0, controlnet),
+                                                                     (None, 1.0, None)]  # fmt: skip
     monkeypatch.delenv("DEPTH2IMG_LORA")
+    monkeypatch.delenv("DEPTH2IMG_CONTROLNET")
     capsys.readouterr()
     for argv, message in (
-        (["--lora", "tiny/lcm-sdxl"], "--lora: 'tiny/lcm-sdxl' is made for sdxl-controlnet, not sd15-controlnet"),
-        (["--model", "tiny/sd2-depth", "--controlnet", controlnet], "--controlnet: backbone 'tiny/sd2-depth' "
-         "(sd2-depth) takes no ControlNet"),
+        (["--lora", "tiny/lcm-sdxl"], "--lora (or DEPTH2IMG_LORA): 'tiny/lcm-sdxl' is made for sdxl-controlnet, not "
+         "sd15-controlnet"),
+        (["--model", "tiny/sd2-depth", "--controlnet", controlnet], "--controlnet (or DEPTH2IMG_CONTROLNET): backbone "
+         "'tiny/sd2-depth' (sd2-depth) takes no ControlNet"),
         (["--lora-scale", "0.5"], "--lora-scale 0.5 is given without a LoRA to scale"),
         (["--lora", "fast"], "lora 'fast' is not a registry name"),
+        # offline, not in the cache (was: found at the first Generate)
+        (["--controlnet", "someone/cn", "--local-files-only"], "model someone/cn is not in the local Hugging Face "
+         "cache"),
     ):  # fmt: skip
         assert main(["app", "--model", "tiny", *argv, "--no-warm-up"]) == 2
         assert message in capsys.readouterr().err, argv
-    assert len(served) == 2  # (refused before serving)
+    assert len(served) == 3  # (refused before serving)
 
+    def backbones(svc):
+        page = create_demo(svc).config["components"]
+        return [
+            tuple(c)
+            for c in next(c["props"]["choices"] for c in page if c["props"].get("label") == "Backbone")
+        ]
+
+    # a folder by its name (not the server's paths on a public page)
+    assert backbones(Service(model="tiny", controlnet=controlnet)) == [("tiny + ControlNet sd15-depth-controlnet",
+                                                                        "tiny")]  # fmt: skip
     svc = Service(model="tiny", lora="tiny/lcm-sd15")
-    dropdowns = [
-        c["props"] for c in create_demo(svc).config["components"] if c["props"].get("label") == "Backbone"
-    ]
-    assert [tuple(c) for c in dropdowns[0]["choices"]] == [("tiny + LoRA tiny/lcm-sd15", "tiny")]
+    assert backbones(svc) == [("tiny + LoRA tiny/lcm-sd15", "tiny")]
     *_, records = _generate(svc, photo)  # guidance and scheduler sliders at their defaults: the LoRA's
     assert records[0]["backbone"]["speed_lora"] and records[0]["guidance_scale"] == 1.0
     assert records[0]["scheduler"] == "lcm"
