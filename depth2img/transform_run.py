@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .depth_run import RunReport, _stems, as_paths, check_callback, output_dir_for, read_ahead
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError
-from .io import check_polarity, load_image
+from .io import check_polarity, file_key, load_image
 from .knobs import DEFAULT_KNOBS, check_batch_size, check_knobs, check_num_images, plain_number, request_seeds
 from .outputs import (
     MANIFEST,
@@ -129,7 +129,7 @@ def run_transform(
                 )  # fmt: skip
             say(f"loading model {ref.name}")
             st = SceneTransformer.from_pretrained(model, estimator=estimator, **options)
-        stems = _stems(paths)
+        stems = _stems(paths, *_earlier_stems(before, paths))
         bar = progress_bar(
             total=len(paths), unit="img", desc="transform", disable=not progress or len(paths) == 1
         )
@@ -232,6 +232,27 @@ def run_transform(
 
 def _depth_source(record: dict) -> dict:
     return {k: record.get(k) for k in ("output", "source", "preset", "depth", "depth_files")}
+
+
+def _earlier_stems(before: list[dict], paths) -> tuple[dict, set]:
+    """(``kept``, ``reserved``) for ``_stems``, from the records of earlier runs into the folder: a photo keeps the name
+    a run gave it, and no other photo takes a name given: names came from the sorted inputs alone, so a rerun with
+    a.PNG beside a.png gave a.png's name to a.PNG and wrote over a.png's images (a warning said so afterwards). A
+    record's stem is its control image's (NAME_control.png, written with every image)."""
+    given = {}
+    for r in before:
+        control = next((f for f in r.get("depth_files") or () if f.endswith("_control.png")), None)
+        if isinstance(r.get("source"), str) and control:
+            given.setdefault(file_key(r["source"]), control[: -len("_control.png")])
+    kept, claimed = {}, set()
+    for p in paths:
+        stem = given.get(file_key(p))  # (the file, whatever the spelling of its path)
+        if (
+            stem is not None and stem.casefold() not in claimed
+        ):  # (two photos recorded with one name: the first)
+            kept[p] = stem
+            claimed.add(stem.casefold())
+    return kept, set(given.values())
 
 
 def _warn_of_replaced_files(before: list[dict], made: list[dict], out_dir: Path, on_warning) -> None:

@@ -1047,6 +1047,50 @@ def test_a_rerun_that_writes_over_another_photos_image_says_so(tmp_path, chelsea
     ), err
 
 
+def test_a_rerun_keeps_each_photos_name(tmp_path, chelsea, capsys, monkeypatch):
+    """Names came from the sorted inputs alone: a rerun with a.PNG beside a.png gave a.png's name to a.PNG (it sorts
+    first) and wrote over a.png's images (a review of file names, 2026-11-27). An earlier run's photo keeps its name,
+    whatever the spelling of its path, and a new one takes none of the names given."""
+    from pathlib import Path
+
+    from depth2img.batch import read_manifest
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    chelsea.resize((64, 48)).save(photos / "a.png")
+    chelsea.resize((64, 48)).rotate(180).save(photos / "a.PNG")
+    out = tmp_path / "o"
+    argv = [
+        "-o",
+        out,
+        "--model",
+        "tiny",
+        "--estimator",
+        "tiny",
+        "--seed",
+        0,
+        "--steps",
+        2,
+        "--prompt",
+        "x",
+        "-q",
+    ]
+    assert run(capsys, "transform", photos / "a.png", *argv)[0] == 0
+    first = (out / "a_s0.png").read_bytes()
+    code, _, err = run(capsys, "transform", photos, *argv)
+    assert code == 0 and "warning" not in err, err
+    assert (out / "a_s0.png").read_bytes() == first  # a.png's, again
+    sources = {r["output"]: Path(r["source"]).name for r in read_manifest(out / "manifest.jsonl")}
+    assert sources == {"a_s0.png": "a.png", "a-2_s0.png": "a.PNG"}
+    monkeypatch.chdir(photos)  # by a relative path, alone: the same names
+    code, _, err = run(capsys, "transform", "a.PNG", *argv)
+    assert code == 0 and "warning" not in err and (out / "a_s0.png").read_bytes() == first, err
+    (tmp_path / "other").mkdir()  # another photo of that name
+    chelsea.resize((64, 48)).save(tmp_path / "other" / "a.png")
+    assert run(capsys, "transform", tmp_path / "other" / "a.png", *argv)[0] == 0
+    assert (out / "a-3_s0.png").is_file() and (out / "a_s0.png").read_bytes() == first
+
+
 def test_the_app_keeps_sigterms_default_and_presets_need_no_pixel_limit(monkeypatch, capsys):
     """gradio's server loop takes a KeyboardInterrupt as a normal stop, so SIGTERM as one made `app` exit 0; and a bad
     DEPTH2IMG_MAX_PIXELS refused `presets`, which reads no image."""
