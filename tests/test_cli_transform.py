@@ -1154,6 +1154,8 @@ def test_the_rerun_warning_knows_a_photo_by_its_place_not_its_spelling(
     spelt from two folders warned."""
     import shutil
 
+    from depth2img.batch import read_manifest
+
     for folder, name in (("x", "chelsea.png"), ("y", "coffee.jpg")):
         (tmp_path / folder / "photos").mkdir(parents=True)
         shutil.copy(photos_dir / name, tmp_path / folder / "photos" / "a.png")
@@ -1165,10 +1167,13 @@ def test_the_rerun_warning_knows_a_photo_by_its_place_not_its_spelling(
     code, _, err = run(capsys, "transform", "x/photos/a.png", *argv, "--seed", 1)  # the same photo
     assert code == 0 and "depth2img: warning" not in err, err
     monkeypatch.chdir(tmp_path / "y")
-    code, _, err = run(
-        capsys, "transform", "photos/a.png", *argv, "--seed", 2
-    )  # another photo, spelt the same
-    assert code == 0 and "with another depth or source" in err, err
+    # another photo, spelt the same: a name of its own (it wrote over the first's depth files, with a warning, before
+    # a photo kept its name)
+    code, _, err = run(capsys, "transform", "photos/a.png", *argv, "--seed", 2)
+    assert code == 0 and "depth2img: warning" not in err and (out / "a-2_s2.png").is_file(), err
+    sources = {r["output"]: r["source"] for r in read_manifest(out / "manifest.jsonl")}
+    assert sources["a_s0.png"] == sources["a_s1.png"] == str(tmp_path / "x" / "photos" / "a.png")
+    assert sources["a-2_s2.png"] == str(tmp_path / "y" / "photos" / "a.png")
 
 
 @pytest.mark.parametrize("name", ["yes", "null", "1", "'a+b'", "' p '", "''"])
