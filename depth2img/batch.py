@@ -543,7 +543,13 @@ def job_inputs(job: Job) -> tuple[list[Path], list[str]]:
             expanded += [str((p.parent / ln) if not Path(ln).is_absolute() else Path(ln)) for ln in lines]
         else:
             expanded.append(str(p))
-    return expand_inputs(expanded)
+    return expand_inputs(expanded, outputs=job_folders(job))
+
+
+def job_folders(job: Job) -> list[Path]:
+    """The folders a job writes: its output folder, and in it its images', depths', labels' and masks'."""
+    root = job.path(job.output)
+    return [root, *(root / name for name in (LAYOUTS[job.layout], "depth", "labels", "masks"))]
 
 
 class Labels:
@@ -1005,7 +1011,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise InputError(f"job key inputs: no source image found: {problems[0]}{more}")
         # a job's folders
-        written = [d.resolve() for d in (image_dir, root / "depth", root / "labels", root / "masks")]
+        written = [d.resolve() for d in job_folders(job)[1:]]
         outside = [p for p in paths if not any(p.resolve().is_relative_to(d) for d in written)]
         if len(outside) < len(paths) and rank == 0:
             warnings.warn(f"{len(paths) - len(outside)} input file(s) in the folders this job writes under {root} "

@@ -304,8 +304,7 @@ def _cmd_depth(args) -> int:
         batch_size=args.batch_size, device=args.device, dtype=args.dtype,
         local_files_only=args.local_files_only, progress=not args.quiet, on_error=_say_above_bar, label=_flag,
     )  # fmt: skip
-    print(f"depth2img depth: {report.summary()}; outputs in {args.output}", file=sys.stderr)
-    return 0 if report.ok else EXIT_USAGE
+    return _summed_up("depth", report, args.output)
 
 
 def _cmd_tiny_model(args) -> int:
@@ -417,7 +416,9 @@ def _cmd_transform(args) -> int:
 
         from .io import depth_for_image, expand_inputs, header_size, read_depth_file
 
-        paths = expand_inputs([str(i) for i in args.inputs])[0]
+        with warnings.catch_warnings():  # (said by the run)
+            warnings.simplefilter("ignore")
+            paths = expand_inputs([str(i) for i in args.inputs])[0]
         sizes = [header_size(p) for p in paths] if len(paths) == len(args.depth) else [None] * len(args.depth)
         for path, size in zip(args.depth, sizes):
             try:
@@ -445,7 +446,14 @@ def _cmd_transform(args) -> int:
         progress=not args.quiet, on_error=_say_above_bar, on_warning=_warn_above_bar, batch_size=args.batch_size,
         label=_flag,
     )  # fmt: skip
-    print(f"depth2img transform: {report.summary()}; outputs in {args.output}", file=sys.stderr)
+    return _summed_up("transform", report, args.output)
+
+
+def _summed_up(command: str, report, output) -> int:
+    """The last line of a run, and its exit code; the output folder named only where this run wrote to it (a run whose
+    every input failed named a folder it had removed again)."""
+    where = f"; outputs in {output}" if report.done else ""
+    print(f"depth2img {command}: {report.summary()}{where}", file=sys.stderr)
     return 0 if report.ok else EXIT_USAGE
 
 

@@ -60,9 +60,12 @@ class RunReport:
         self.done.append(path)
         self.written += paths(result)
 
-    def collect(self, inputs) -> list[Path]:
-        """Expand files, directories and globs; each input that matches nothing is recorded as a failure."""
-        paths, problems = expand_inputs([str(i) for i in inputs])
+    def collect(self, inputs, out_dir=None) -> list[Path]:
+        """Expand files, directories and globs; each input that matches nothing is recorded as a failure.
+        ``out_dir``: the run's output folder (not named among an input folder's subfolders left out)."""
+        paths, problems = expand_inputs(
+            [str(i) for i in inputs], outputs=[out_dir] if out_dir is not None else ()
+        )
         for msg in problems:
             self.fail(msg)
         return paths
@@ -238,7 +241,7 @@ def run_depth(
                              f"{'does' if len(unused) == 1 else 'do'} not apply to it")  # fmt: skip
     inputs = as_paths(inputs, "inputs", at_least_one=True)
     report = RunReport(on_error=on_error)
-    paths = report.collect(inputs)
+    paths = report.collect(inputs, out_dir)
     right_paths: list[Path] | None = None
     if right is not None:
         right_paths = [Path(r) for r in as_paths(right, label("right"))]

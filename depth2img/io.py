@@ -274,10 +274,11 @@ def to_rgb(img):
     return img.convert("RGB")
 
 
-def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES) -> tuple[list[Path], list[str]]:
+def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES, outputs=()) -> tuple[list[Path], list[str]]:
     """Files, directories (their images, sorted; hidden ``.name`` files skipped, as a glob skips them) and globs ->
     (paths, problems). Order is kept; a file reached twice (another spelling, a symlink) is kept once, as first
-    named."""
+    named. A directory's subfolders that hold images are named in a warning, but for the ``outputs`` folders (a
+    run's own)."""
     paths: list[Path] = []
     problems: list[str] = []
     for item in items:
@@ -290,6 +291,7 @@ def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES) -> tuple[list[P
             )
             if not found:
                 problems.append(f"{item}: directory has no files ending in {', '.join(suffixes)}")
+            _say_subfolders(p, item, suffixes, outputs)
             paths.extend(found)
         elif p.exists():
             paths.append(p)
@@ -308,6 +310,26 @@ def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES) -> tuple[list[P
     for p in paths:
         unique.setdefault(file_key(p), p)
     return list(unique.values()), problems
+
+
+def _say_subfolders(folder: Path, item: str, suffixes, outputs=()) -> None:
+    """A warning naming the subfolders of ``folder`` that hold images, but for the ``outputs`` folders: a folder's own
+    images are read, and the photos under its subfolders were left out silently (a review of messy photo folders)."""
+    ours = {os.path.realpath(o) for o in outputs}
+    nested = {}
+    for sub in sorted(folder.iterdir()):
+        if sub.name.startswith(".") or not sub.is_dir() or os.path.realpath(sub) in ours:
+            continue
+        image = next((f for f in sub.rglob("*") if f.suffix.lower() in suffixes and f.is_file()), None)
+        if image is not None:
+            nested[sub.name] = image.suffix
+    if nested and os.environ.get("RANK", "0") == "0":  # (once in a run of several processes)
+        from .errors import Depth2ImgWarning
+
+        names = ", ".join(list(nested)[:3]) + (f" and {len(nested) - 3} more" if len(nested) > 3 else "")
+        pattern = os.path.join(item, "**", f"*{next(iter(nested.values()))}")
+        warnings.warn(f"{item}: the images in {len(nested)} subfolder(s) ({names}) are not read; give '{pattern}' "
+                      "for them", Depth2ImgWarning, stacklevel=3)  # fmt: skip
 
 
 def file_key(path) -> str:

@@ -87,7 +87,7 @@ def run_transform(
     check_callback(on_warning, "on_warning")
     inputs = as_paths(inputs, "inputs", at_least_one=True)
     report = RunReport(on_error=on_error)
-    paths = report.collect(inputs)
+    paths = report.collect(inputs, out_dir)
     depth = as_paths(depth, label("depth")) if depth is not None else None
     check_polarity(
         depth_polarity,

@@ -199,6 +199,41 @@ def test_bad_inputs_are_reported_and_others_still_processed(tmp_path, chelsea, c
     written = {p.name.split("_depth")[0] for p in out.iterdir()}
     assert written == {"good", "cmyk", "pal", "rgba", "grey16"}
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # no temp files left
+    assert err.endswith(f"depth2img depth: 5 done, 4 failed; outputs in {out}\n")
+    # every input failed: no folder is made, and none is named (the summary named the one it had removed)
+    code, _, err = run(
+        capsys, "depth", src / "zero.png", "-o", tmp_path / "none", "--estimator", "tiny", "-q"
+    )
+    assert (
+        code == 2 and err.endswith("depth2img depth: 0 done, 1 failed\n") and not (tmp_path / "none").exists()
+    )
+
+
+def test_a_folders_subfolders_of_images_are_named(tmp_path, chelsea, capsys):
+    """A folder's own images are read; those under its subfolders were left out without a word (a review of messy
+    photo folders). A warning names the subfolders that hold images, and the pattern that reads them."""
+    src = tmp_path / "photos"
+    for folder in (src / "sub", src / "sub2" / "deeper", src / "empty", src / ".hidden"):
+        folder.mkdir(parents=True)
+    small = chelsea.resize((32, 24))
+    for path in (
+        src / "a.png",
+        src / "sub" / "b.png",
+        src / "sub2" / "deeper" / "c.jpg",
+        src / ".hidden" / "d.png",
+    ):
+        small.save(path)
+    (src / "empty" / "notes.txt").write_text("x")
+    code, _, err = run(capsys, "depth", src, "-o", tmp_path / "o", "--estimator", "tiny", "-q")
+    pattern = f"{src}/**/*.png"
+    assert code == 0 and err.startswith(f"depth2img: warning: {src}: the images in 2 subfolder(s) (sub, sub2) are not "
+                                        f"read; give '{pattern}' for them\n"), err  # fmt: skip
+    assert "1 done" in err
+    code, _, err = run(capsys, "depth", pattern, "-o", tmp_path / "o2", "--estimator", "tiny", "-q")
+    assert code == 0 and "warning" not in err and "2 done" in err, err  # (a glob skips hidden folders)
+    for _ in range(2):  # the run's own output folder is not named (once it holds images)
+        code, _, err = run(capsys, "depth", src, "-o", src / "out", "--estimator", "tiny", "-q")
+        assert code == 0 and "(sub, sub2) are not read" in err, err
 
 
 def test_model_and_argument_errors_are_one_line(tmp_path, photos_dir, capsys):
