@@ -144,9 +144,8 @@ def not_cached(ref: ModelRef, patterns, index: str | None = None) -> ModelLoadEr
     """``ref`` (whose loader fetches ``patterns``) is not in the cache, offline; ``index``: the file whose absence
     was found (a backbone's model_index.json), where the repository's snapshot may be there without it."""
     held = _cached_snapshot(ref) if index else None
-    if (
-        held is not None
-    ):  # (a repository of another kind: an estimator's given as a backbone, or a partial download)
+    # (a repository of another kind: an estimator's given as a backbone, or a partial download)
+    if held is not None:
         return ModelLoadError(f"model {ref.label}: its cached download at {held} holds no {index} (a repository of "
                               f"another kind, or an incomplete download); {_how_to_provide(ref, patterns)}")  # fmt: skip
     return ModelLoadError(

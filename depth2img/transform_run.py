@@ -247,9 +247,8 @@ def _earlier_stems(before: list[dict], paths) -> tuple[dict, set]:
     kept, claimed = {}, set()
     for p in paths:
         stem = given.get(file_key(p))  # (the file, whatever the spelling of its path)
-        if (
-            stem is not None and stem.casefold() not in claimed
-        ):  # (two photos recorded with one name: the first)
+        # (two photos recorded with one name: the first keeps it)
+        if stem is not None and stem.casefold() not in claimed:
             kept[p] = stem
             claimed.add(stem.casefold())
     return kept, set(given.values())

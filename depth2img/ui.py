@@ -6,6 +6,7 @@ without one. Every event has an ``api_name``, so the page is also an HTTP API (`
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import secrets
@@ -99,12 +100,7 @@ def _workdir() -> Path:
                 folders.append((info.st_mtime, _bytes_in(old), old))
         except OSError:  # removed by a concurrent request
             pass
-    total = sum(size for _, size, _ in folders)
-    for mtime, size, old in sorted(folders):
-        if total <= APP_MAX_BYTES or mtime >= now - APP_BUSY_S:
-            break
-        shutil.rmtree(old, ignore_errors=True)
-        total -= size
+    _drop_oldest(folders, now, lambda old: shutil.rmtree(old, ignore_errors=True))
     for page in list(_PAGES):
         _cap_gradio_cache(page, now)
     return Path(tempfile.mkdtemp(prefix="request-", dir=app_dir))
@@ -118,10 +114,8 @@ def _cap_gradio_cache(page, now: float) -> None:
     keep = set()
     for component in list(page.blocks.values()):
         keep.update(getattr(component, "keep_in_cache", ()))
-    files, holders = (
-        {},
-        {},
-    )  # path -> (ctime, bytes); path -> the sets that hold it (a result shown twice: two)
+    # path -> (ctime, bytes); path -> the sets that hold it (a result shown twice: two)
+    files, holders = {}, {}
     for held in list(getattr(page, "temp_file_sets", ())):
         for path in list(held):
             try:
@@ -132,16 +126,24 @@ def _cap_gradio_cache(page, now: float) -> None:
             if path not in keep:
                 files[path] = (info.st_ctime, info.st_size)
                 holders.setdefault(path, []).append(held)
-    total = sum(size for _, size in files.values())
-    for path, (ctime, size) in sorted(files.items(), key=lambda item: item[1]):
-        if total <= APP_MAX_BYTES or ctime >= now - APP_BUSY_S:
-            break
-        try:
+
+    def drop(path):
+        with contextlib.suppress(OSError):
             os.remove(path)
-        except OSError:
-            pass
         for held in holders[path]:
             held.discard(path)
+
+    _drop_oldest([(ctime, size, path) for path, (ctime, size) in files.items()], now, drop)
+
+
+def _drop_oldest(entries, now: float, remove) -> None:
+    """``remove(item)`` for ``entries`` (time, bytes, item), oldest first, while they hold more than APP_MAX_BYTES;
+    none younger than APP_BUSY_S (one a request may still be writing). Serves the request folders and Gradio's copies."""
+    total = sum(size for _, size, _ in entries)
+    for when, size, item in sorted(entries, key=lambda entry: entry[:2]):
+        if total <= APP_MAX_BYTES or when >= now - APP_BUSY_S:
+            break
+        remove(item)
         total -= size
 
 
