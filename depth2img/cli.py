@@ -21,10 +21,6 @@ def _rank() -> int:
     return int(rank) if rank.isdigit() else 0
 
 
-def _say(msg: str) -> None:
-    print(f"depth2img: error: {msg}", file=sys.stderr, flush=True)
-
-
 def _folder(text: str) -> str:
     """An -o value: an empty one wrote into the current folder."""
     if not text.strip():
@@ -530,7 +526,7 @@ def _cmd_batch(args) -> int:
     # not one image in the dataset, this run's or an earlier one's
     if report.rejected and report.indexed == 0:
         g = job.geometry
-        _say(f"no image passed the geometry check ({g.metric} {'<=' if METRICS[g.metric] == 'lower' else '>='} "
+        _say_above_bar(f"no image passed the geometry check ({g.metric} {'<=' if METRICS[g.metric] == 'lower' else '>='} "
              f"{g.threshold}); rejected items write no image")  # fmt: skip
         return EXIT_USAGE
     return 0 if not report.failed else EXIT_USAGE
@@ -702,18 +698,20 @@ def main(argv=None) -> int:
             return COMMANDS[args.command](args)
     except Depth2ImgError as err:
         if not err.every_process or _rank() == 0:
-            _say(str(err))
+            _say_above_bar(str(err))
         return EXIT_USAGE
     except _Terminated:
-        _say("terminated")
+        _say_above_bar("terminated")
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
-        _say("interrupted")
+        _say_above_bar("interrupted")
         return 130
     except Exception as err:  # one line for the user; the traceback only when asked for
         if os.environ.get("DEPTH2IMG_DEBUG"):
             raise
-        _say(f"internal error: {type(err).__name__}: {err} (run with DEPTH2IMG_DEBUG=1 for the traceback)")
+        _say_above_bar(
+            f"internal error: {type(err).__name__}: {err} (run with DEPTH2IMG_DEBUG=1 for the traceback)"
+        )
         return 1
     finally:
         if ours:

@@ -68,15 +68,15 @@ def progress_bar(**kwargs):
 
 def status_line(enabled: bool = True) -> Callable[[str], None]:
     """How a run says what it does between its progress bars (a model loads for a minute, or downloads for longer,
-    with no bar of ours): ``say(msg)`` writes ``depth2img: MSG`` to stderr, above any bar; silent where
-    ``enabled`` is false (progress off)."""
+    with no bar of ours): ``say(msg)`` writes ``depth2img: MSG`` to stderr, above any bar, on one line (a line break
+    in it, from a file's name, escaped: the error split in two); silent where ``enabled`` is false (progress off)."""
     import sys
 
     from tqdm.auto import tqdm
 
     def say(msg: str) -> None:
         if enabled:
-            tqdm.write(f"depth2img: {msg}", file=sys.stderr)
+            tqdm.write(f"depth2img: {msg}".replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
 
     return say
 

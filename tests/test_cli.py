@@ -236,6 +236,17 @@ def test_a_folders_subfolders_of_images_are_named(tmp_path, chelsea, capsys):
         assert code == 0 and "(sub, sub2) are not read" in err, err
 
 
+def test_a_line_break_in_a_file_name_keeps_each_message_on_one_line(tmp_path, chelsea, capsys):
+    """A corrupt photo named with a line break split its error in two lines (a review of file names)."""
+    src = tmp_path / "photos"
+    src.mkdir()
+    chelsea.resize((32, 24)).save(src / "good.png")
+    (src / "bad\nname.png").write_bytes(b"not an image")
+    code, _, err = run(capsys, "depth", src, "-o", tmp_path / "o", "--estimator", "tiny", "-q")
+    assert code == 2 and err.count("\n") == 2, err  # the error, the summary
+    assert err.startswith(f"depth2img: error: {src}/bad\\nname.png: ") and "1 done, 1 failed" in err, err
+
+
 def test_model_and_argument_errors_are_one_line(tmp_path, photos_dir, capsys):
     code, _, err = run(capsys, "depth", photos_dir, "-o", tmp_path / "a", "--estimator", "not-a-model")
     assert code == 2 and err.count("\n") == 1 and "estimator 'not-a-model' is not a registry name" in err
