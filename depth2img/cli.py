@@ -279,8 +279,13 @@ def _quiet_libraries(downloads: bool = False) -> None:
 
 
 def _say_above_bar(msg: str) -> None:
-    from .outputs import status_line
+    try:
+        from .outputs import status_line
+    except Exception:  # (the error said may be a broken dependency of outputs: tqdm, NumPy)
+        from .errors import one_line
 
+        print(one_line(f"depth2img: error: {msg}"), file=sys.stderr, flush=True)
+        return
     status_line()(f"error: {msg}")
 
 

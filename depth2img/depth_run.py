@@ -63,9 +63,9 @@ class RunReport:
     def collect(self, inputs, out_dir=None) -> list[Path]:
         """Expand files, directories and globs; each input that matches nothing is recorded as a failure.
         ``out_dir``: the run's output folder (not named among an input folder's subfolders left out)."""
-        paths, problems = expand_inputs(
-            [str(i) for i in inputs], outputs=[out_dir] if out_dir is not None else ()
-        )
+        # (a bad out_dir: output_dir_for says so)
+        outputs = [out_dir] if isinstance(out_dir, (str, os.PathLike)) else ()
+        paths, problems = expand_inputs([str(i) for i in inputs], outputs=outputs)
         for msg in problems:
             self.fail(msg)
         return paths

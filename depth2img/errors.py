@@ -7,6 +7,12 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+def one_line(text: str) -> str:
+    """``text`` with its line breaks escaped (``\\n``, ``\\r``): a message said on one line (a file named with a line
+    break split an error in two)."""
+    return text.replace("\r", "\\r").replace("\n", "\\n")
+
+
 def cause_line(err: BaseException) -> str:
     """``first_line(err)``, with the first line of the exception its chain starts from, where there is one: a
     library's wrapper hides the cause (diffusers' "Unable to load weights from checkpoint file" for a truncated

@@ -313,22 +313,33 @@ def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES, outputs=()) -> 
 
 
 def _say_subfolders(folder: Path, item: str, suffixes, outputs=()) -> None:
-    """A warning naming the subfolders of ``folder`` that hold images, but for the ``outputs`` folders: a folder's own
-    images are read, and the photos under its subfolders were left out silently (a review of messy photo folders)."""
-    ours = {os.path.realpath(o) for o in outputs}
-    nested = {}
+    """A warning naming the subfolders of ``folder`` that hold images, and the globs that read them: a folder's own
+    images are read, and the photos under its subfolders were left out silently (a review of messy photo folders).
+    Images in the ``outputs`` folders (a run's own) and in hidden folders (a glob skips them) do not count; a
+    subfolder is walked until its first image."""
+    ours = [os.path.realpath(o) for o in outputs]
+    nested = {}  # subfolder -> the suffix of its first image
     for sub in sorted(folder.iterdir()):
-        if sub.name.startswith(".") or not sub.is_dir() or os.path.realpath(sub) in ours:
+        if sub.name.startswith(".") or not sub.is_dir():
             continue
-        image = next((f for f in sub.rglob("*") if f.suffix.lower() in suffixes and f.is_file()), None)
-        if image is not None:
-            nested[sub.name] = image.suffix
-    if nested and os.environ.get("RANK", "0") == "0":  # (once in a run of several processes)
+        for root, dirs, files in os.walk(sub):
+            real = os.path.realpath(root)
+            if any(real == o or real.startswith(o + os.sep) for o in ours):
+                dirs[:] = []
+                continue
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            suffix = next((os.path.splitext(f)[1] for f in files
+                           if not f.startswith(".") and os.path.splitext(f)[1].lower() in suffixes), None)  # fmt: skip
+            if suffix:
+                nested[sub.name] = suffix
+                break
+    if nested and os.environ.get("RANK", "0") in ("0", ""):  # (once in a run of several processes)
         from .errors import Depth2ImgWarning
 
         names = ", ".join(list(nested)[:3]) + (f" and {len(nested) - 3} more" if len(nested) > 3 else "")
-        pattern = os.path.join(item, "**", f"*{next(iter(nested.values()))}")
-        warnings.warn(f"{item}: the images in {len(nested)} subfolder(s) ({names}) are not read; give '{pattern}' "
+        patterns = " or ".join(f"'{os.path.join(glob.escape(item), '**', '*' + suffix)}'"
+                               for suffix in dict.fromkeys(nested.values()))  # fmt: skip
+        warnings.warn(f"{item}: the images in {len(nested)} subfolder(s) ({names}) are not read; give {patterns} "
                       "for them", Depth2ImgWarning, stacklevel=3)  # fmt: skip
 
 

@@ -15,7 +15,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
-from .errors import InputError
+from .errors import InputError, one_line
 from .io import (
     DEPTH_WRITERS,
     PNG_COMPRESS_LEVEL,
@@ -76,7 +76,7 @@ def status_line(enabled: bool = True) -> Callable[[str], None]:
 
     def say(msg: str) -> None:
         if enabled:
-            tqdm.write(f"depth2img: {msg}".replace("\r", "\\r").replace("\n", "\\n"), file=sys.stderr)
+            tqdm.write(one_line(f"depth2img: {msg}"), file=sys.stderr)
 
     return say
 

@@ -239,19 +239,29 @@ def _earlier_stems(before: list[dict], paths) -> tuple[dict, set]:
     a run gave it, and no other photo takes a name given: names came from the sorted inputs alone, so a rerun with
     a.PNG beside a.png gave a.png's name to a.PNG and wrote over a.png's images (a warning said so afterwards). A
     record's stem is its control image's (NAME_control.png, written with every image)."""
-    given = {}
+    given, reserved = {}, set()  # source -> its first recorded stem; every stem recorded
     for r in before:
-        control = next((f for f in r.get("depth_files") or () if f.endswith("_control.png")), None)
-        if isinstance(r.get("source"), str) and control:
-            given.setdefault(file_key(r["source"]), control[: -len("_control.png")])
+        files = r.get("depth_files") or ()
+        control = next((f for f in files if isinstance(f, str) and f.endswith("_control.png")), "")
+        stem = control[: -len("_control.png")]
+        # (a hand-edited line names no path)
+        if not stem or "/" in stem or "\\" in stem or stem.startswith("."):
+            continue
+        reserved.add(stem)
+        if isinstance(r.get("source"), str) and r["source"]:
+            given.setdefault(r["source"], stem)
+    # by the file, whatever the spelling of its path (file_key once per source: a photo has a line per image)
+    by_file = {}
+    for source, stem in given.items():
+        by_file.setdefault(file_key(source), stem)
     kept, claimed = {}, set()
     for p in paths:
-        stem = given.get(file_key(p))  # (the file, whatever the spelling of its path)
+        stem = by_file.get(file_key(p))
         # (two photos recorded with one name: the first keeps it)
         if stem is not None and stem.casefold() not in claimed:
             kept[p] = stem
             claimed.add(stem.casefold())
-    return kept, set(given.values())
+    return kept, reserved
 
 
 def _warn_of_replaced_files(before: list[dict], made: list[dict], out_dir: Path, on_warning) -> None:

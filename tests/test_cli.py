@@ -227,7 +227,7 @@ def test_a_folders_subfolders_of_images_are_named(tmp_path, chelsea, capsys):
     code, _, err = run(capsys, "depth", src, "-o", tmp_path / "o", "--estimator", "tiny", "-q")
     pattern = f"{src}/**/*.png"
     assert code == 0 and err.startswith(f"depth2img: warning: {src}: the images in 2 subfolder(s) (sub, sub2) are not "
-                                        f"read; give '{pattern}' for them\n"), err  # fmt: skip
+                                        f"read; give '{pattern}' or '{pattern[:-4]}.jpg' for them\n"), err  # fmt: skip
     assert "1 done" in err
     code, _, err = run(capsys, "depth", pattern, "-o", tmp_path / "o2", "--estimator", "tiny", "-q")
     assert code == 0 and "warning" not in err and "2 done" in err, err  # (a glob skips hidden folders)
@@ -245,6 +245,23 @@ def test_a_line_break_in_a_file_name_keeps_each_message_on_one_line(tmp_path, ch
     code, _, err = run(capsys, "depth", src, "-o", tmp_path / "o", "--estimator", "tiny", "-q")
     assert code == 2 and err.count("\n") == 2, err  # the error, the summary
     assert err.startswith(f"depth2img: error: {src}/bad\\nname.png: ") and "1 done, 1 failed" in err, err
+
+
+def test_an_error_is_said_when_what_says_it_is_broken(monkeypatch, capsys, tmp_path, photos_dir):
+    """The error line goes through outputs (tqdm, NumPy): with one of them broken, the internal-error handler failed
+    again with a traceback (a review of 5f0e3f0). A non-path output folder was a TypeError from the input scan."""
+    import sys
+
+    from depth2img import cli
+    from depth2img.depth_run import run_depth
+    from depth2img.errors import InputError
+
+    monkeypatch.setitem(sys.modules, "depth2img.outputs", None)  # (its import raises ImportError)
+    cli._say_above_bar("a\nb")
+    assert capsys.readouterr().err == "depth2img: error: a\\nb\n"
+    monkeypatch.undo()
+    with pytest.raises(InputError, match="output folder"):
+        run_depth([photos_dir], out_dir=123, estimator="tiny")
 
 
 def test_model_and_argument_errors_are_one_line(tmp_path, photos_dir, capsys):

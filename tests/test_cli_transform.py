@@ -1091,6 +1091,22 @@ def test_a_rerun_keeps_each_photos_name(tmp_path, chelsea, capsys, monkeypatch):
     assert (out / "a-3_s0.png").is_file() and (out / "a_s0.png").read_bytes() == first
 
 
+def test_the_names_an_earlier_run_gave_are_read_from_every_line(tmp_path):
+    """A review of 964cbc6: a photo's second recorded name and the names of lines with no source were not reserved (a
+    new photo could take them, and write over their depth files), a hand-edited line's name could hold a path, and
+    each line's source was resolved (1M lines: ~25 s before the first image)."""
+    from depth2img.transform_run import _earlier_stems
+
+    b = str(tmp_path / "b.png")
+    before = [{"source": b, "depth_files": ["b_depth16.png", "b_control.png"]},
+              {"source": b, "depth_files": ["x_control.png"]},
+              {"source": "", "depth_files": ["q_control.png"]}, {"source": None, "depth_files": ["c_control.png"]},
+              {"source": str(tmp_path / "e.png"), "depth_files": ["../../evil_control.png"]},
+              {"source": str(tmp_path / "f.png"), "depth_files": [5, ".f_control.png"]}, {"output": "o.png"}]  # fmt: skip
+    paths = [tmp_path / "b.png", tmp_path / "e.png", tmp_path / "x.png"]
+    assert _earlier_stems(before, paths) == ({paths[0]: "b"}, {"b", "x", "q", "c"})
+
+
 def test_the_app_keeps_sigterms_default_and_presets_need_no_pixel_limit(monkeypatch, capsys):
     """gradio's server loop takes a KeyboardInterrupt as a normal stop, so SIGTERM as one made `app` exit 0; and a bad
     DEPTH2IMG_MAX_PIXELS refused `presets`, which reads no image."""

@@ -865,3 +865,37 @@ def test_a_files_data_reaches_the_disk_before_it_takes_its_name(tmp_path, monkey
     with io.atomic_path(tmp_path / "a.txt") as tmp:
         tmp.write_text("a")
     assert events == ["fsync", "replace"] and (tmp_path / "a.txt").read_text() == "a"
+
+
+def test_the_subfolders_left_out_are_named_with_globs_that_read_them(tmp_path):
+    """A review of the warning: it suggested one suffix's glob where subfolders held others, did not escape a folder
+    named with brackets (its glob matched nothing), named a subfolder whose images were all hidden (which a glob
+    skips) and the parent of the run's own output folder."""
+    import glob
+
+    from depth2img.errors import Depth2ImgWarning
+
+    src = tmp_path / "ph [1]"
+    for name in (
+        "a/x.png",
+        "b/y.jpg",
+        "c/.thumbs/t.png",
+        "d/.h.png",
+        "runs/today/o.png",
+        "e/notes.txt",
+        "top.png",
+    ):
+        (src / name).parent.mkdir(parents=True, exist_ok=True)
+        (src / name).write_bytes(b"x")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        paths, problems = io.expand_inputs([str(src)], outputs=[str(src / "runs" / "today")])
+    assert [p.name for p in paths] == ["top.png"] and not problems
+    said = [str(w.message) for w in caught if issubclass(w.category, Depth2ImgWarning)]
+    pattern = f"{glob.escape(str(src))}/**/*"
+    assert said == [f"{src}: the images in 2 subfolder(s) (a, b) are not read; give '{pattern}.png' or '{pattern}.jpg' "
+                    "for them"]  # fmt: skip
+    found = sorted(
+        Path(p).name for suffix in (".png", ".jpg") for p in glob.glob(pattern + suffix, recursive=True)
+    )
+    assert found == ["o.png", "top.png", "x.png", "y.jpg"]  # the patterns read the named subfolders' images
