@@ -129,7 +129,9 @@ def run_transform(
                 )  # fmt: skip
             say(f"loading model {ref.name}")
             st = SceneTransformer.from_pretrained(model, estimator=estimator, **options)
-        stems = _stems(paths, *_earlier_stems(before, paths))
+        kept, reserved = _earlier_stems(before, paths)
+        stems = _stems(paths, kept, reserved)
+        _say_renamed(paths, stems, kept, reserved, out_dir, on_warning)
         bar = progress_bar(
             total=len(paths), unit="img", desc="transform", disable=not progress or len(paths) == 1
         )
@@ -299,6 +301,20 @@ def _warn_of_replaced_files(before: list[dict], made: list[dict], out_dir: Path,
         note = (f"{out_dir}: this run wrote its depth and control files over those that {len(stale)} earlier "
                 f"image(s) were made from ({shown}), with another depth or source")  # fmt: skip
         _warn(note, on_warning)
+
+
+def _say_renamed(paths, stems, kept: dict, reserved: set, out_dir: Path, on_warning) -> None:
+    """Once: the photos named otherwise than their files because an earlier run into the folder gave those names to
+    other photos (by path: a moved folder's photos are new ones, and got ``-2`` names beside the old without a word)."""
+    from .outputs import shortened
+
+    held = {s.casefold() for s in reserved}
+    renamed = [(p, s) for p, s in zip(paths, stems) if p not in kept and shortened(p.stem).casefold() in held]
+    if renamed:
+        shown = ", ".join(f"{p.name} as {s}" for p, s in renamed[:3])
+        more = f" and {len(renamed) - 3} more" if len(renamed) > 3 else ""
+        _warn(f"{out_dir}: {len(renamed)} photo(s) named otherwise than their files ({shown}{more}): an earlier run "
+              "here gave those names to other photos (known by their paths: moved photos are new ones)", on_warning)  # fmt: skip
 
 
 def _warn(note: str, on_warning) -> None:

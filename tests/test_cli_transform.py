@@ -1078,7 +1078,9 @@ def test_a_rerun_keeps_each_photos_name(tmp_path, chelsea, capsys, monkeypatch):
     assert run(capsys, "transform", photos / "a.png", *argv)[0] == 0
     first = (out / "a_s0.png").read_bytes()
     code, _, err = run(capsys, "transform", photos, *argv)
-    assert code == 0 and "warning" not in err, err
+    assert code == 0 and "over an earlier run's" not in err, err
+    # (alone, a.PNG would be a: sorting first)
+    assert "1 photo(s) named otherwise than their files (a.PNG as a-2)" in err, err
     assert (out / "a_s0.png").read_bytes() == first  # a.png's, again
     sources = {r["output"]: Path(r["source"]).name for r in read_manifest(out / "manifest.jsonl")}
     assert sources == {"a_s0.png": "a.png", "a-2_s0.png": "a.PNG"}
@@ -1087,8 +1089,11 @@ def test_a_rerun_keeps_each_photos_name(tmp_path, chelsea, capsys, monkeypatch):
     assert code == 0 and "warning" not in err and (out / "a_s0.png").read_bytes() == first, err
     (tmp_path / "other").mkdir()  # another photo of that name
     chelsea.resize((64, 48)).save(tmp_path / "other" / "a.png")
-    assert run(capsys, "transform", tmp_path / "other" / "a.png", *argv)[0] == 0
-    assert (out / "a-3_s0.png").is_file() and (out / "a_s0.png").read_bytes() == first
+    code, _, err = run(capsys, "transform", tmp_path / "other" / "a.png", *argv)
+    assert code == 0 and (out / "a-3_s0.png").is_file() and (out / "a_s0.png").read_bytes() == first
+    assert err == (f"depth2img: warning: {out}: 1 photo(s) named otherwise than their files (a.png as a-3): an earlier "
+                   "run here gave those names to other photos (known by their paths: moved photos are new ones)\n"
+                   f"depth2img transform: 1 done, 0 failed; outputs in {out}\n")  # fmt: skip
 
 
 def test_the_names_an_earlier_run_gave_are_read_from_every_line(tmp_path):
@@ -1183,10 +1188,13 @@ def test_the_rerun_warning_knows_a_photo_by_its_place_not_its_spelling(
     code, _, err = run(capsys, "transform", "x/photos/a.png", *argv, "--seed", 1)  # the same photo
     assert code == 0 and "depth2img: warning" not in err, err
     monkeypatch.chdir(tmp_path / "y")
-    # another photo, spelt the same: a name of its own (it wrote over the first's depth files, with a warning, before
-    # a photo kept its name)
+    # another photo, spelt the same: a name of its own, said (it wrote over the first's depth files, with a warning,
+    # before a photo kept its name)
     code, _, err = run(capsys, "transform", "photos/a.png", *argv, "--seed", 2)
-    assert code == 0 and "depth2img: warning" not in err and (out / "a-2_s2.png").is_file(), err
+    assert code == 0 and (out / "a-2_s2.png").is_file() and "with another depth or source" not in err, err
+    assert (
+        "depth2img: warning: " in err and "1 photo(s) named otherwise than their files (a.png as a-2)" in err
+    ), err
     sources = {r["output"]: r["source"] for r in read_manifest(out / "manifest.jsonl")}
     assert sources["a_s0.png"] == sources["a_s1.png"] == str(tmp_path / "x" / "photos" / "a.png")
     assert sources["a-2_s2.png"] == str(tmp_path / "y" / "photos" / "a.png")
