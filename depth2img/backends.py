@@ -699,9 +699,7 @@ class Backend:
         check_speed_lora(self.kind, ref)
         scale = check_lora_scale(scale)
         wanted = _speed_lora_file(ref)
-        path = snapshot_dir(
-            ref, local_files_only=local_files_only, allow_patterns=[wanted] if wanted else LORA_FILES
-        )
+        path = snapshot_dir(ref, local_files_only=local_files_only, allow_patterns=_speed_lora_patterns(ref))
         weights = [path / wanted] if wanted else sorted(path.glob("*.safetensors"))
         if wanted and not weights[0].is_file():
             raise ModelLoadError(f"lora {ref.name!r} at {path}: no {wanted}")
@@ -1098,6 +1096,13 @@ def _speed_lora_file(ref: ModelRef) -> str | None:
     return ref.entry.weight_name if ref.entry is not None and not ref.is_local else None
 
 
+def _speed_lora_patterns(ref: ModelRef) -> list[str]:
+    """The files a few-step LoRA's loader fetches (and check_at_hand looks for in the cache): its one named file, else
+    its safetensors."""
+    wanted = _speed_lora_file(ref)
+    return [wanted] if wanted else LORA_FILES
+
+
 def check_speed_lora(kind: str, ref: ModelRef, label=str) -> None:
     """A few-step LoRA ``ref`` fits a backbone of pipeline ``kind`` (``check_companions`` before it loads, else
     read from the loaded backbone)."""
@@ -1295,8 +1300,7 @@ def check_at_hand(ref: ModelRef, *, local_files_only: bool = False, controlnet: 
         return
     companions = []
     if lora is not None:
-        wanted = _speed_lora_file(lora)
-        companions.append((lora, [wanted] if wanted else LORA_FILES))
+        companions.append((lora, _speed_lora_patterns(lora)))
     entry = ref.entry
     if controlnet is None and entry is not None and folder is not None and (entry.controlnet or entry.lora):
         what = "controlnet" if entry.controlnet else "lora"

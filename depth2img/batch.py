@@ -1023,10 +1023,10 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         # the estimator had loaded, after the output folder was made
         if service is None:
             from .backends import check_at_hand
-            from .registry import resolve_controlnet, resolve_lora
+            from .registry import resolve_companions
 
-            check_at_hand(job._backbone[0], controlnet=resolve_controlnet(job.controlnet) if job.controlnet else None,
-                          lora=resolve_lora(job.lora) if job.lora else None)  # fmt: skip
+            lora, controlnet = resolve_companions(job.lora, job.controlnet)
+            check_at_hand(job._backbone[0], controlnet=controlnet, lora=lora)
         earlier_run = any(root.glob("manifest*.jsonl"))
         recorded = _earlier_record(root / "job.resolved.yaml") if earlier_run else None
         # of each line, what names, skips and retries need (whole records, ~10 KB a line, peaked at 1.5 GB for 60k)

@@ -461,12 +461,10 @@ def _summed_up(command: str, report, output) -> int:
 def _companion_refs(lora, lora_scale, controlnet):
     """--lora, --lora-scale and --controlnet (transform, app) checked and resolved: the refs, None where not given."""
     from .knobs import check_lora_scale
-    from .registry import resolve_controlnet, resolve_lora
+    from .registry import resolve_companions
 
     check_lora_scale(lora_scale, lora, "--lora-scale")
-    return (resolve_lora(lora) if lora else None), (
-        resolve_controlnet(controlnet) if controlnet is not None else None
-    )
+    return resolve_companions(lora, controlnet)
 
 
 def _cmd_app(args) -> int:

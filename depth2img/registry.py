@@ -224,3 +224,12 @@ def resolve_controlnet(name: str | os.PathLike) -> ModelRef:
         return ref
     pinned = next((e for e in backbones().values() if e.controlnet == ref.location), None)
     return replace(ref, revision=pinned.companion_revision) if pinned else ref
+
+
+def resolve_companions(lora=None, controlnet=None) -> tuple[ModelRef | None, ModelRef | None]:
+    """A few-step ``lora`` and a ``controlnet`` given apart from the backbone, resolved; None where not given (an
+    empty ``lora`` is none; an empty ``controlnet`` is refused). Serves from_pretrained, run_transform, run_job and
+    the CLI (each resolved the pair itself)."""
+    return (resolve_lora(lora) if lora else None), (
+        resolve_controlnet(controlnet) if controlnet is not None else None
+    )

@@ -55,13 +55,7 @@ def run_transform(
     from .backends import check_at_hand, check_scheduler_name
     from .estimators import DepthEstimator
     from .loading import resolve_device
-    from .registry import (
-        default_estimator_for,
-        resolve_backbone,
-        resolve_controlnet,
-        resolve_estimator,
-        resolve_lora,
-    )
+    from .registry import default_estimator_for, resolve_backbone, resolve_companions, resolve_estimator
     from .transformer import SceneTransformer
 
     check_batch_size(batch_size, label("batch_size"))
@@ -112,10 +106,9 @@ def run_transform(
         else:
             options = load_options or {}
             ref = resolve_backbone(model)
-            controlnet, lora = options.get("controlnet"), options.get("lora")
-            check_at_hand(ref, local_files_only=options.get("local_files_only", False),
-                          controlnet=resolve_controlnet(controlnet) if controlnet is not None else None,
-                          lora=resolve_lora(lora) if lora else None)  # fmt: skip
+            lora, controlnet = resolve_companions(options.get("lora"), options.get("controlnet"))
+            check_at_hand(ref, local_files_only=options.get("local_files_only", False), controlnet=controlnet,
+                          lora=lora)  # fmt: skip
             say = status_line(progress)
             if depth is None and isinstance(estimator, (str, os.PathLike, type(None))):
                 # the estimator (small) loads first: a bad name or weights missing offline fail before the

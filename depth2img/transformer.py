@@ -184,7 +184,7 @@ class SceneTransformer:
         from .backends import check_at_hand, check_memory_options, load_backend
         from .estimators import DepthEstimator
         from .knobs import check_lora_scale, check_native_size
-        from .registry import resolve_controlnet, resolve_lora
+        from .registry import resolve_companions
         from .tiny import TINY_NATIVE_SIZE
 
         # every argument is checked before the backbone (gigabytes) loads
@@ -194,9 +194,8 @@ class SceneTransformer:
         ref = resolve_backbone(name)
         device = resolve_device(device)
         check_memory_options(device=device, offload=offload, attention=attention)
-        lora_ref = resolve_lora(lora) if lora else None
+        lora_ref, controlnet_ref = resolve_companions(lora, controlnet)
         check_lora_scale(lora_scale, lora)
-        controlnet_ref = resolve_controlnet(controlnet) if controlnet is not None else None
         resolve_dtype(dtype, device)  # (a bad one was found once the backbone's files were fetched)
         if isinstance(estimator, str):  # loaded on first need: a misspelt name failed at the first transform
             from .registry import resolve_estimator
