@@ -19,6 +19,7 @@ from .errors import Depth2ImgError, InputError
 from .io import (
     check_depth_formats,
     expand_inputs,
+    glob_files,
     load_image,
     stale_temp_files,
     write_depth_products,
@@ -152,10 +153,11 @@ def output_dir(out_dir, inputs: Sequence) -> Path:
         raise InputError(f"output folder must be a path (str or os.PathLike), got {out_dir!r}")
     out_dir = Path(out_dir)
     if out_dir.is_dir():
-        # an input folder, or the folder of a pattern's matches ("out/*.png", "out/**/*.png")
+        # an input folder, or the folder of a pattern's matches ("out/*.png", "out/**/*.png"; "**/*.png" leaves out
+        # the matches in out_dir)
         folders = {Path(i) for i in inputs if Path(i).is_dir()}
-        folders |= {Path(q).parent for i in inputs if not Path(i).exists() and glob.has_magic(str(i))
-                    for q in glob.glob(os.path.expanduser(str(i)), recursive=True)}  # fmt: skip
+        folders |= {q.parent for i in inputs if not Path(i).exists() and glob.has_magic(str(i))
+                    for q in glob_files(str(i), [out_dir])[0]}  # fmt: skip
         if any(f.resolve() == out_dir.resolve() for f in folders):
             raise InputError(
                 f"output folder {out_dir} is also an input folder: a later run would read its outputs as inputs; "

@@ -9,6 +9,7 @@ import contextlib
 import contextvars
 import errno
 import glob
+import itertools
 import math
 import numbers
 import os
@@ -277,10 +278,11 @@ def to_rgb(img):
 def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES, outputs=()) -> tuple[list[Path], list[str]]:
     """Files, directories (their images, sorted; hidden ``.name`` files skipped, as a glob skips them) and globs ->
     (paths, problems). Order is kept; a file reached twice (another spelling, a symlink) is kept once, as first
-    named. A directory's subfolders that hold images are named in a warning, but for the ``outputs`` folders (a
-    run's own)."""
+    named. ``outputs``: the folders the run writes its files to; a glob's files in them are left out with a warning
+    (``glob_files``), and a directory's subfolders that hold images are named in a warning, but for them."""
     paths: list[Path] = []
     problems: list[str] = []
+    left_out = 0
     for item in items:
         p = Path(item).expanduser()
         if p.is_dir():
@@ -296,11 +298,13 @@ def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES, outputs=()) -> 
         elif p.exists():
             paths.append(p)
         elif glob.has_magic(item):
-            found = sorted(
-                Path(q) for q in glob.glob(os.path.expanduser(item), recursive=True) if Path(q).is_file()
-            )
+            found, ours = glob_files(item, outputs)
+            left_out += len(ours)
             if not found:
-                problems.append(f"{item}: pattern matches no file")
+                problems.append(
+                    f"{item}: pattern matches no file"
+                    + (" outside the folders this run writes" if ours else "")
+                )
             paths.extend(found)
         else:
             problems.append(f"{item}: no such file or directory")
@@ -309,7 +313,43 @@ def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES, outputs=()) -> 
     unique: dict[str, Path] = {}
     for p in paths:
         unique.setdefault(file_key(p), p)
+    if left_out:
+        say_outputs_left_out(left_out, outputs)
     return list(unique.values()), problems
+
+
+def glob_files(item: str, outputs=()) -> tuple[list[Path], list[Path]]:
+    """A pattern's files, sorted -> (read, left out). Its files in an ``outputs`` folder (one the run writes to) are
+    left out when the pattern reaches into that folder from above: a second run of 'photos/**/*.png' into
+    photos/out read the first run's outputs as photos (or was refused, its output folder 'an input folder'). A
+    pattern that starts inside the folder ('out/*.png') reads them: the caller refuses or skips them."""
+    pattern = os.path.expanduser(item)
+    found = sorted(Path(q) for q in glob.glob(pattern, recursive=True) if Path(q).is_file())
+    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), Path(pattern).parts))
+    start = os.path.realpath(Path(*fixed) if fixed else ".")
+    ours = [real for real in map(os.path.realpath, outputs) if not inside(start, real)]
+    if not ours:
+        return found, []
+    ours_below = {folder for folder in {q.parent for q in found}
+                  if any(inside(os.path.realpath(folder), real) for real in ours)}  # fmt: skip
+    left = {q for q in found if q.parent in ours_below}
+    return [q for q in found if q not in left], sorted(left)
+
+
+def inside(path: str, folder: str) -> bool:
+    """``path`` is ``folder`` or under it (both real paths: a symlink's spelling does not count)."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def say_outputs_left_out(n: int, outputs) -> None:
+    """The warning for input files left out because they lie where the run writes (once in a run of several
+    processes): a run's outputs are never its inputs."""
+    if os.environ.get("RANK", "0") in ("0", ""):
+        from .errors import Depth2ImgWarning
+
+        where = os.path.commonpath([str(o) for o in outputs])
+        warnings.warn(f"{n} input file(s) in the folders this run writes under {where} skipped: a run's outputs are "
+                      "not its inputs", Depth2ImgWarning, stacklevel=3)  # fmt: skip
 
 
 def _say_subfolders(folder: Path, item: str, suffixes, outputs=()) -> None:
@@ -324,7 +364,7 @@ def _say_subfolders(folder: Path, item: str, suffixes, outputs=()) -> None:
             continue
         for root, dirs, files in os.walk(sub):
             real = os.path.realpath(root)
-            if any(real == o or real.startswith(o + os.sep) for o in ours):
+            if any(inside(real, o) for o in ours):
                 dirs[:] = []
                 continue
             dirs[:] = [d for d in dirs if not d.startswith(".")]

@@ -853,6 +853,36 @@ def test_transform_estimates_depth_in_the_dtype_asked_for_as_depth_does_and_reco
 
 
 @pytest.mark.parametrize("command", ["transform", "depth"])
+def test_a_pattern_from_above_the_output_folder_leaves_the_runs_outputs_out(
+    tmp_path, chelsea, capsys, command
+):
+    """'photos/**/*.png' -o photos/out: a second run read the first's outputs as photos, or was refused ('also an
+    input folder'). The outputs are left out with a warning, and a pattern that finds nothing else fails."""
+    (tmp_path / "photos" / "sub").mkdir(parents=True)
+    chelsea.resize((64, 48)).save(tmp_path / "photos" / "sub" / "cat.png")
+    argv = (["--model", "tiny", "--prompt", "x", "--steps", 2, "--seed", 0] if command == "transform"
+            else ["--estimator", "tiny", "--depth-format", "png16,npy"])  # fmt: skip
+    pattern, out = tmp_path / "photos" / "**" / "*.png", tmp_path / "photos" / "out"
+    code, _, err = run(capsys, command, pattern, "-o", out, *argv, "-q")
+    assert code == 0 and "warning" not in err, err
+    first = sorted(p.name for p in out.iterdir())
+    code, _, err = run(capsys, command, pattern, "-o", out, *argv, "-q")
+    ours = len([name for name in first if name.endswith(".png")])  # its images (and not manifest.jsonl, .npy)
+    assert code == 0 and ours >= 1, err
+    assert err.startswith(f"depth2img: warning: {ours} input file(s) in the folders this run writes under {out} "
+                          "skipped: a run's outputs are not its inputs\n"), err  # fmt: skip
+    assert f"depth2img {command}: 1 done, 0 failed" in err
+    assert sorted(p.name for p in out.iterdir()) == first  # the same files: none made from an output
+    (tmp_path / "photos" / "sub" / "cat.png").unlink()
+    code, _, err = run(capsys, command, pattern, "-o", out, *argv, "-q")
+    assert (
+        code == 2
+        and f"depth2img: error: {pattern}: pattern matches no file outside the folders this run writes\n"
+        in err
+    )
+
+
+@pytest.mark.parametrize("command", ["transform", "depth"])
 def test_an_output_folder_that_a_pattern_reads_or_that_cannot_be_written_is_refused_up_front(
     tmp_path, photos_dir, capsys, monkeypatch, command
 ):
@@ -873,7 +903,7 @@ def test_an_output_folder_that_a_pattern_reads_or_that_cannot_be_written_is_refu
     argv = ["--model", "tiny", "--prompt", "x"] if command == "transform" else ["--estimator", "tiny"]
     own = tmp_path / "own"
     shutil.copytree(photos_dir, own)
-    for pattern in (own / "*.png", tmp_path / "**" / "*.jpg"):
+    for pattern in (own / "*.png", own / "**" / "*.jpg"):  # (from above it, a pattern leaves it out: below)
         code, _, err = run(capsys, command, pattern, "-o", own, *argv, "-q")
         assert code == 2 and err.startswith(
             f"depth2img: error: output folder {own} is also an input folder"
