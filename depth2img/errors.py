@@ -1,5 +1,7 @@
 """User-facing errors: each carries one line that names the input and what would be accepted."""
 
+import re
+
 
 def first_line(err: BaseException) -> str:
     """The first line of an exception's message (library errors can run to many lines)."""
@@ -7,10 +9,14 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")  # (a tab stays: it breaks no line)
+
+
 def one_line(text: str) -> str:
-    """``text`` with its line breaks escaped (``\\n``, ``\\r``): a message said on one line (a file named with a line
-    break split an error in two)."""
-    return text.replace("\r", "\\r").replace("\n", "\\n")
+    """``text`` with its control characters escaped as Python writes them (``\\n``, ``\\r``, ``\\x1b``): a message said
+    on one line (a file named with a line break split an error in two; one named with an escape sequence could clear
+    the terminal or recolour it)."""
+    return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 
 def cause_line(err: BaseException) -> str:

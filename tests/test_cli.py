@@ -237,14 +237,17 @@ def test_a_folders_subfolders_of_images_are_named(tmp_path, chelsea, capsys):
 
 
 def test_a_line_break_in_a_file_name_keeps_each_message_on_one_line(tmp_path, chelsea, capsys):
-    """A corrupt photo named with a line break split its error in two lines (a review of file names)."""
+    """A corrupt photo named with a line break split its error in two lines (a review of file names); one named with
+    an escape sequence wrote it to the terminal (here: red text from then on)."""
     src = tmp_path / "photos"
     src.mkdir()
     chelsea.resize((32, 24)).save(src / "good.png")
     (src / "bad\nname.png").write_bytes(b"not an image")
+    (src / "red\x1b[31m\x85.png").write_bytes(b"not an image")
     code, _, err = run(capsys, "depth", src, "-o", tmp_path / "o", "--estimator", "tiny", "-q")
-    assert code == 2 and err.count("\n") == 2, err  # the error, the summary
-    assert err.startswith(f"depth2img: error: {src}/bad\\nname.png: ") and "1 done, 1 failed" in err, err
+    assert code == 2 and err.count("\n") == 3, err  # the errors, the summary
+    assert err.startswith(f"depth2img: error: {src}/bad\\nname.png: ") and "1 done, 2 failed" in err, err
+    assert f"depth2img: error: {src}/red\\x1b[31m\\x85.png: " in err and "\x1b" not in err, err
 
 
 def test_an_error_is_said_when_what_says_it_is_broken(monkeypatch, capsys, tmp_path, photos_dir):
