@@ -64,8 +64,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Depth for each input image: from a monocular estimator, or from a rectified "
                        "stereo pair with --right. Writes NAME_depth16.png (near = bright, full 16-bit range, polarity "
                        "recorded), NAME_depth.npy (float32 raw values) and NAME_depth_preview.png.")  # fmt: skip
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories or globs")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", type=_folder, help="output directory")
+    _add_inputs_and_output(p)
     p.add_argument("--estimator", metavar="NAME|ID|PATH",
                    help="registry name (default depth-anything-v2-small; see `depth2img models`), tiny, hub id or folder")  # fmt: skip
     p.add_argument("--right", action="append", metavar="RIGHT_IMAGE",
@@ -94,8 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "diffusion pass. Writes NAME[_PRESET]_sSEED.png at the input's exact size (metadata in the PNG "
                        "text chunk 'depth2img'), NAME_depth16.png, NAME_depth_preview.png, NAME_control.png and "
                        "manifest.jsonl.")  # fmt: skip
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories or globs")
-    p.add_argument("-o", "--output", required=True, metavar="DIR", type=_folder, help="output directory")
+    _add_inputs_and_output(p)
     p.add_argument("--prompt", help="what to make of the scene (wrapped by presets when given)")
     p.add_argument("--preset", metavar="NAME[+NAME]", help="e.g. winter, rain+night; see `depth2img presets`")
     p.add_argument("--negative-prompt", help="what to avoid (added to the presets' negatives)")
@@ -276,6 +274,13 @@ def _quiet_libraries(downloads: bool = False) -> None:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()  # (the hub's too: transformers switches them off with its own)
     (enable_progress_bars if downloads else disable_progress_bars)()
+
+
+def _add_inputs_and_output(p) -> None:
+    """The photos a command reads and the folder it writes (``depth``, ``transform``)."""
+    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories or globs (quote a glob, "
+                   "'photos/**/*.jpg'; a name that starts with '-' as ./-x.png)")  # fmt: skip
+    p.add_argument("-o", "--output", required=True, metavar="DIR", type=_folder, help="output directory")
 
 
 def _say_above_bar(msg: str) -> None:
