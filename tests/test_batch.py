@@ -1755,6 +1755,24 @@ def test_files_that_are_no_text_are_one_line_naming_them(tmp_path, dataset, monk
         job_inputs(load_job(tmp_path / "job.yaml"))
 
 
+def test_a_list_file_reads_as_the_readme_says(tmp_path, chelsea):
+    """A file, folder or glob per line, relative to the list file; blank lines and '#' lines skipped, spaces around a
+    line trimmed ('./#x.png' names a file whose name starts with '#')."""
+    from depth2img.batch import job_inputs
+
+    for name in ("lists/one.png", "lists/#hash.png", "d/a.png", "d/b.png", "g/x/1.png", "g/y/2.png"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        chelsea.resize((32, 24)).save(tmp_path / name)
+    (tmp_path / "lists" / "l.txt").write_text(
+        "# photos\n\n  one.png  \n#hash.png\n./#hash.png\n../d\n\t../g/**/*.png\n"
+    )
+    paths, problems = job_inputs(load_job(write_job(tmp_path, inputs="lists/l.txt", output="o", presets=["fog"],
+                                                    labels={})))  # fmt: skip
+    assert problems == []
+    assert [p.resolve().relative_to(tmp_path.resolve()).as_posix() for p in paths] == [
+        "lists/one.png", "lists/#hash.png", "d/a.png", "d/b.png", "g/x/1.png", "g/y/2.png"]  # fmt: skip
+
+
 def test_a_new_source_never_takes_an_earlier_sources_name_and_a_moved_project_keeps_its_names(tmp_path):
     """d1/x.png ran; resumed without it but with another photo d2/x.png, the new photo took the name x, and with it
     x's images (nothing was made for it). A project moved whole keeps its sources' names."""
