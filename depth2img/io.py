@@ -26,7 +26,7 @@ import numpy as np
 
 from .errors import InputError, first_line
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif")  # (AVIF: Pillow 11.2+)
 DEPTH_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".npz")
 # Decompression-bomb guard: images over this many pixels are refused before they are decoded (DEPTH2IMG_MAX_PIXELS
 # sets another limit; ``pixel_limit``)
