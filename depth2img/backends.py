@@ -1256,15 +1256,20 @@ def _companion_ref(ref: ModelRef, path: Path, what: str, kind: str | None = None
     from .registry import backbones
     from .tiny import companion_folder
 
+    noun = {"controlnet": "ControlNet", "lora": "LoRA"}[what]
     for candidate in (path / what, companion_folder(path, what)):
         if candidate.is_dir() and any(candidate.iterdir()):
-            return ModelRef(name=str(candidate), location=str(candidate), revision=None, is_local=True)
+            return ModelRef(
+                name=str(candidate), location=str(candidate), revision=None, is_local=True, kind=noun
+            )
     entry = ref.entry
     if entry is None and kind is not None:
         entry = next((e for e in backbones().values() if e.pipeline == kind and getattr(e, what, None)), None)
     hub_id = getattr(entry, what, None) if entry is not None else None
     if hub_id:
-        return ModelRef(name=hub_id, location=hub_id, revision=entry.companion_revision, is_local=False)
+        return ModelRef(
+            name=hub_id, location=hub_id, revision=entry.companion_revision, is_local=False, kind=noun
+        )
     raise ModelLoadError(
         f"model {ref.name!r}: no {what} found ({_COMPANION_PLACES.format(what=what, folder=path)})"
     )

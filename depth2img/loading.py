@@ -136,7 +136,7 @@ def download_command(ref: ModelRef, patterns, ignored=IGNORED_FILES) -> str:
 def _how_to_provide(ref: ModelRef, patterns, ignored=IGNORED_FILES) -> str:
     return (
         f"on a connected machine run `{download_command(ref, patterns, ignored)}` (it fills the cache with the "
-        "files depth2img loads), or pass a local directory that holds the model"
+        "files depth2img loads), or pass a local directory that holds it"
     )
 
 
@@ -146,10 +146,10 @@ def not_cached(ref: ModelRef, patterns, index: str | None = None) -> ModelLoadEr
     held = _cached_snapshot(ref) if index else None
     # (a repository of another kind: an estimator's given as a backbone, or a partial download)
     if held is not None:
-        return ModelLoadError(f"model {ref.label}: its cached download at {held} holds no {index} (a repository of "
+        return ModelLoadError(f"{ref.kind} {ref.label}: its cached download at {held} holds no {index} (a repository of "
                               f"another kind, or an incomplete download); {_how_to_provide(ref, patterns)}")  # fmt: skip
     return ModelLoadError(
-        f"model {ref.label} is not in the local Hugging Face cache and the hub is offline "
+        f"{ref.kind} {ref.label} is not in the local Hugging Face cache and the hub is offline "
         f"(local_files_only / HF_HUB_OFFLINE){_other_revisions(ref)}; {_how_to_provide(ref, patterns)}"
     )
 
@@ -218,7 +218,7 @@ def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_pattern
                 if ref.name.startswith("tiny")
                 else ""
             )
-            raise ModelLoadError(f"model {ref.name!r}: directory {path} does not exist{hint}")
+            raise ModelLoadError(f"{ref.kind} {ref.name!r}: directory {path} does not exist{hint}")
         return path
     say_licence(ref)
 
@@ -252,25 +252,25 @@ def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_pattern
             incomplete, advice = fp16_incomplete, _how_to_provide(ref, *_fp16_patterns(patterns))
         missing = re.search(r"is incomplete: (.*? are missing \(.*?\))\.", str(incomplete))
         raise ModelLoadError(
-            f"model {ref.label}: the cached download at {incomplete.snapshot_path} is incomplete"
+            f"{ref.kind} {ref.label}: the cached download at {incomplete.snapshot_path} is incomplete"
             f"{f', {missing.group(1)}' if missing else ''}; {advice}"
         )
     if not hub_reachable():
         raise ModelLoadError(
-            f"model {ref.label} is not in the local cache and the Hugging Face hub cannot be reached; "
+            f"{ref.kind} {ref.label} is not in the local cache and the Hugging Face hub cannot be reached; "
             f"{_how_to_provide(ref, patterns)}"
         )
     try:
         return Path(snapshot_download(**kwargs))
     except GatedRepoError:
         raise ModelLoadError(
-            f"model {ref.label} is gated: accept its licence on huggingface.co and log in (`hf auth login`)"
+            f"{ref.kind} {ref.label} is gated: accept its licence on huggingface.co and log in (`hf auth login`)"
         ) from None
     except (RepositoryNotFoundError, RevisionNotFoundError):
-        raise ModelLoadError(f"model {ref.label}: no such repository or revision on the hub") from None
+        raise ModelLoadError(f"{ref.kind} {ref.label}: no such repository or revision on the hub") from None
     except (HfHubHTTPError, OSError) as err:
         raise ModelLoadError(
-            f"model {ref.label} could not be downloaded ({first_line(err)}); {_how_to_provide(ref, patterns)}"
+            f"{ref.kind} {ref.label} could not be downloaded ({first_line(err)}); {_how_to_provide(ref, patterns)}"
         ) from None
 
 
@@ -333,10 +333,10 @@ def require_safetensors(path: Path, ref: ModelRef, components=()) -> None:
             continue  # a component with no weights (a scheduler, a tokenizer: no config.json)
         where = f"{path}" if folder == path else f"{path}, whose {folder.name}/"
         if not pickles:  # (nothing to convert: advice on pickles sent the user the wrong way)
-            raise ModelLoadError(f"model {ref.name!r} at {where} has no weights (no .safetensors file): an "
+            raise ModelLoadError(f"{ref.kind} {ref.name!r} at {where} has no weights (no .safetensors file): an "
                                  "incomplete download or copy? fetch or copy it again")  # fmt: skip
         raise ModelLoadError(
-            f"model {ref.name!r} at {where} has only pickle weights ({', '.join(sorted(pickles)[:3])}); depth2img "
+            f"{ref.kind} {ref.name!r} at {where} has only pickle weights ({', '.join(sorted(pickles)[:3])}); depth2img "
             f"loads .safetensors weights only (convert them with safetensors' `save_file`, or set "
             f"{ALLOW_PICKLE_ENV}=1 if you trust the file)"
         )

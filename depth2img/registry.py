@@ -100,6 +100,7 @@ class ModelRef:
     revision: str | None
     is_local: bool
     entry: RegistryEntry | None = None
+    kind: str = "model"  # what messages call it: model (a backbone), depth estimator, LoRA, ControlNet
 
     @property
     def label(self) -> str:
@@ -145,7 +146,14 @@ def tiny_root() -> Path:
     return Path(os.environ.get(TINY_ENV) or Path.home() / ".cache" / "depth2img" / "tiny")
 
 
+_KINDS = {"estimators": "depth estimator", "backbones": "model", "loras": "LoRA"}
+
+
 def _resolve(name: str | os.PathLike, section: str) -> ModelRef:
+    return replace(_resolve_in(name, section), kind=_KINDS[section])
+
+
+def _resolve_in(name: str | os.PathLike, section: str) -> ModelRef:
     entries = load_registry()[section]
     what = {"estimators": "estimator", "backbones": "model", "loras": "lora"}[section]
     if name is None or (isinstance(name, str) and not name.strip()):
@@ -219,7 +227,7 @@ def resolve_controlnet(name: str | os.PathLike) -> ModelRef:
     """A depth ControlNet given apart from its backbone (a fine-tune, a smaller one): a local folder holding a
     diffusers ``ControlNetModel`` or its hub id. A registry backbone's own ControlNet keeps its pinned revision."""
     name = _text(name, "controlnet", "a hub id (owner/name) or a folder holding a diffusers ControlNet")
-    ref = _folder_or_hub_id(name, "controlnet")
+    ref = replace(_folder_or_hub_id(name, "controlnet"), kind="ControlNet")
     if ref.is_local:
         return ref
     pinned = next((e for e in backbones().values() if e.controlnet == ref.location), None)

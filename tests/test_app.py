@@ -209,8 +209,8 @@ def test_app_serves_its_model_with_a_lora_or_controlnet(monkeypatch, capsys, pho
         (["--lora-scale", "0.5"], "--lora-scale 0.5 is given without a LoRA to scale"),
         (["--lora", "fast"], "lora 'fast' is not a registry name"),
         # offline, not in the cache (was: found at the first Generate)
-        (["--controlnet", "someone/cn", "--local-files-only"], "model someone/cn is not in the local Hugging Face "
-         "cache"),
+        (["--controlnet", "someone/cn", "--local-files-only"], "ControlNet someone/cn is not in the local Hugging "
+         "Face cache"),
     ):  # fmt: skip
         assert main(["app", "--model", "tiny", *argv, "--no-warm-up"]) == 2
         assert message in capsys.readouterr().err, argv

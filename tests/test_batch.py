@@ -554,7 +554,7 @@ def test_a_model_not_at_hand_is_named_before_any_model_loads_or_folder_is_made(d
     monkeypatch.setattr(DepthEstimator, "from_pretrained", no_load)
     for key, given, message in (
         ("controlnet", str(tiny_dir / "sd15-depth" / "unet"), "holds UNet2DConditionModel, not a diffusers ControlNet"),
-        ("controlnet", "someone/depth-controlnet", "model someone/depth-controlnet is not in the local Hugging Face"),
+        ("controlnet", "someone/depth-controlnet", "ControlNet someone/depth-controlnet is not in the local Hugging"),
         ("model", "someone/sd15-finetune", "model someone/sd15-finetune is not in the local Hugging Face cache"),
     ):  # fmt: skip
         job = write_job(dataset, name="bad.yaml", output=str(tmp_path / "o"), presets=["rain"], seeds=1, labels={},

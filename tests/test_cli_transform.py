@@ -363,13 +363,13 @@ def test_a_controlnet_or_lora_not_at_hand_is_named_before_the_estimator_loads(tm
     monkeypatch.setattr(DepthEstimator, "from_pretrained", no_load)
     unet = tiny_dir / "sd15-depth" / "unet"
     for given, message in (
-        (["--controlnet", "someone/depth-controlnet"], "model someone/depth-controlnet is not in the local Hugging "
-         "Face cache and the hub is offline (local_files_only / HF_HUB_OFFLINE); on a connected machine run `hf "
+        (["--controlnet", "someone/depth-controlnet"], "ControlNet someone/depth-controlnet is not in the local "
+         "Hugging Face cache and the hub is offline (local_files_only / HF_HUB_OFFLINE); on a connected machine run `hf "
          'download someone/depth-controlnet --include "*.json" --include "*.safetensors" --exclude "*fp16*" '),
         (["--controlnet", unet], f"ControlNet '{unet}' at {unet} holds UNet2DConditionModel, not a diffusers "
          "ControlNetModel"),
         # (found once the backbone had loaded)
-        (["--lora", "lcm-sd15"], "model lcm-sd15 (latent-consistency/lcm-lora-sdv1-5) is not in the local Hugging "
+        (["--lora", "lcm-sd15"], "LoRA lcm-sd15 (latent-consistency/lcm-lora-sdv1-5) is not in the local Hugging "
          "Face cache"),
     ):  # fmt: skip
         code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path / "o", "--model", "tiny",

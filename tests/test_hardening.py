@@ -418,7 +418,7 @@ def test_a_hub_cache_filled_otherwise_than_the_registry_pins_says_what_it_holds(
     with monkeypatch.context() as m:  # the registry's ControlNet: missing, before the backbone loads
         m.setattr(backends, "load_backend", no_loading)
         with pytest.raises(
-            ModelLoadError, match=f"^model {entry.controlnet} is not in the local Hugging Face cache"
+            ModelLoadError, match=f"^ControlNet {entry.controlnet} is not in the local Hugging Face cache"
         ):
             SceneTransformer.from_pretrained("sd15-depth")
     _cached(cache, entry.controlnet, tiny_dir / "sd15-depth-controlnet", entry.companion_revision)
@@ -518,7 +518,7 @@ def test_a_cached_repository_of_another_kind_is_not_called_missing(tmp_path, tin
                        r"model_index.json \(a repository of another kind, or an incomplete download\); on a connected "
                        '.*`hf download someone/depth --include "\\*.json"'):  # fmt: skip
         SceneTransformer.from_pretrained("someone/depth")
-    with pytest.raises(ModelLoadError, match=f"^model someone/sd15: its cached download at {pipeline} holds no "
+    with pytest.raises(ModelLoadError, match=f"^ControlNet someone/sd15: its cached download at {pipeline} holds no "
                        "config.json"):  # fmt: skip
         SceneTransformer.from_pretrained("tiny", controlnet="someone/sd15")
     with pytest.raises(ModelLoadError, match="^model someone/other is not in the local Hugging Face cache"):

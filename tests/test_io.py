@@ -63,7 +63,9 @@ def test_exif_rotation_is_honoured(tmp_path, chelsea):
         ".webp",
         ".avif",
     ):  # Pillow's TIFF reader turns the size itself: it was turned twice
-        chelsea.save(tmp_path / f"rot{suffix}", exif=exif.tobytes())  # (Pillow's AVIF writer drops it from an Exif)
+        chelsea.save(
+            tmp_path / f"rot{suffix}", exif=exif.tobytes()
+        )  # (Pillow's AVIF writer drops it from an Exif)
         assert io.header_size(tmp_path / f"rot{suffix}") == io.load_image(tmp_path / f"rot{suffix}").size
         assert io.load_image(tmp_path / f"rot{suffix}").size == (chelsea.height, chelsea.width)
     # a one-channel TIFF turned a quarter: Pillow gave it back unturned, its pixels scrambled (a photo and a depth

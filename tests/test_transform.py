@@ -148,7 +148,7 @@ def test_a_controlnet_that_cannot_serve_is_one_line(tiny_dir, tmp_path, monkeypa
     (tmp_path / "config-only" / "config.json").write_bytes(
         (tiny_dir / "sd15-depth-controlnet" / "config.json").read_bytes()
     )
-    with pytest.raises(ModelLoadError, match=r"^model '.*config-only' at .*config-only has no weights \(no "
+    with pytest.raises(ModelLoadError, match=r"^ControlNet '.*config-only' at .*config-only has no weights \(no "
                        r"\.safetensors file\): an incomplete download or copy\? fetch or copy it again$"):  # fmt: skip
         SceneTransformer.from_pretrained("tiny", controlnet=str(tmp_path / "config-only"))
     # of the same family, another block layout, or another kind of control image: failed at the first image
