@@ -38,9 +38,7 @@ from .io import (
     expand_inputs,
     file_key,
     image_header,
-    inside,
     load_image,
-    say_outputs_left_out,
     stale_temp_files,
     write_depth_products,
 )
@@ -549,10 +547,9 @@ def job_inputs(job: Job) -> tuple[list[Path], list[str]]:
 
 
 def job_folders(job: Job) -> list[Path]:
-    """The folders a job writes its files to, in its output folder: its images', depths', labels' and masks' (sources
-    beside them, as in a dataset folder that is its own output, are read)."""
+    """The folders a job writes: its output folder, and in it its images', depths', labels' and masks'."""
     root = job.path(job.output)
-    return [root / name for name in (LAYOUTS[job.layout], "depth", "labels", "masks")]
+    return [root, *(root / name for name in (LAYOUTS[job.layout], "depth", "labels", "masks"))]
 
 
 class Labels:
@@ -1014,10 +1011,11 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
             more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
             raise InputError(f"job key inputs: no source image found: {problems[0]}{more}")
         # a job's folders
-        written = [os.path.realpath(d) for d in job_folders(job)]
-        outside = [p for p in paths if not any(inside(os.path.realpath(p.parent), d) for d in written)]
-        if len(outside) < len(paths):
-            say_outputs_left_out(len(paths) - len(outside), job_folders(job))
+        written = [d.resolve() for d in job_folders(job)[1:]]
+        outside = [p for p in paths if not any(p.resolve().is_relative_to(d) for d in written)]
+        if len(outside) < len(paths) and rank == 0:
+            warnings.warn(f"{len(paths) - len(outside)} input file(s) in the folders this job writes under {root} "
+                          "skipped: a job's outputs are not its sources", Depth2ImgWarning, stacklevel=2)  # fmt: skip
         paths = outside
         labels = Labels(job)
         labels.check(paths, warn=rank == 0)

@@ -66,7 +66,7 @@ class RunReport:
         ``out_dir``: the run's output folder (not named among an input folder's subfolders left out)."""
         # (a bad out_dir: output_dir_for says so)
         outputs = [out_dir] if isinstance(out_dir, (str, os.PathLike)) else ()
-        paths, problems = expand_inputs([str(i) for i in inputs], outputs=outputs)
+        paths, problems = expand_inputs([str(i) for i in inputs], outputs=outputs, leave_out_outputs=True)
         for msg in problems:
             self.fail(msg)
         return paths

@@ -26,7 +26,17 @@ import numpy as np
 
 from .errors import InputError, first_line
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif")  # (AVIF: Pillow 11.2+)
+IMAGE_SUFFIXES = (
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".webp",
+    ".avif",
+    ".bmp",
+    ".tif",
+    ".tiff",
+    ".gif",
+)  # (AVIF: Pillow 11.2+)
 DEPTH_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".npz")
 # Decompression-bomb guard: images over this many pixels are refused before they are decoded (DEPTH2IMG_MAX_PIXELS
 # sets another limit; ``pixel_limit``)
@@ -275,14 +285,16 @@ def to_rgb(img):
     return img.convert("RGB")
 
 
-def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES, outputs=()) -> tuple[list[Path], list[str]]:
+def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES, outputs=(), leave_out_outputs: bool = False
+                  ) -> tuple[list[Path], list[str]]:  # fmt: skip
     """Files, directories (their images, sorted; hidden ``.name`` files skipped, as a glob skips them) and globs ->
     (paths, problems). Order is kept; a file reached twice (another spelling, a symlink) is kept once, as first
-    named. ``outputs``: the folders the run writes its files to; a glob's files in them are left out with a warning
-    (``glob_files``), and a directory's subfolders that hold images are named in a warning, but for them."""
+    named. ``outputs``: the folders the run writes to, whose images a warning naming a directory's subfolders that
+    hold images leaves out; with ``leave_out_outputs``, a pattern that reaches into one leaves out the files an earlier
+    run wrote there (``glob_files``), with one warning."""
     paths: list[Path] = []
     problems: list[str] = []
-    left_out = 0
+    left_out: dict[str, Path] = {}
     for item in items:
         p = Path(item).expanduser()
         if p.is_dir():
@@ -298,12 +310,13 @@ def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES, outputs=()) -> 
         elif p.exists():
             paths.append(p)
         elif glob.has_magic(item):
-            found, ours = glob_files(item, outputs)
-            left_out += len(ours)
+            found, ours = glob_files(item, outputs if leave_out_outputs else ())
+            left_out.update((file_key(q), q) for q in ours)
             if not found:
                 problems.append(
-                    f"{item}: pattern matches no file"
-                    + (" outside the folders this run writes" if ours else "")
+                    f"{item}: pattern matches only files an earlier run wrote in the output folder"
+                    if ours
+                    else f"{item}: pattern matches no file"
                 )
             paths.extend(found)
         else:
@@ -313,43 +326,58 @@ def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES, outputs=()) -> 
     unique: dict[str, Path] = {}
     for p in paths:
         unique.setdefault(file_key(p), p)
-    if left_out:
-        say_outputs_left_out(left_out, outputs)
+    if left_out and os.environ.get("RANK", "0") in ("0", ""):  # (once in a run of several processes)
+        from .errors import Depth2ImgWarning
+
+        where = ", ".join(sorted({str(q.parent) for q in left_out.values()}))
+        warnings.warn(f"{len(left_out)} file(s) that an earlier run wrote in {where} left out: a run's outputs are "
+                      "not its inputs", Depth2ImgWarning, stacklevel=3)  # fmt: skip
     return list(unique.values()), problems
 
 
 def glob_files(item: str, outputs=()) -> tuple[list[Path], list[Path]]:
-    """A pattern's files, sorted -> (read, left out). Its files in an ``outputs`` folder (one the run writes to) are
-    left out when the pattern reaches into that folder from above: a second run of 'photos/**/*.png' into
-    photos/out read the first run's outputs as photos (or was refused, its output folder 'an input folder'). A
-    pattern that starts inside the folder ('out/*.png') reads them: the caller refuses or skips them."""
+    """A pattern's files, sorted -> (read, left out). Where the pattern reaches into an ``outputs`` folder from above,
+    the files a run wrote there (recorded in its manifest, or named as depth products: NAME_depth16.png,
+    NAME_depth_preview.png, NAME_depth.npy, NAME_control.png) are left out: a second run of 'photos/**/*.png'
+    -o photos/out was refused, its output folder 'also an input folder'. Other files there are read (and refused:
+    ``depth_run.output_dir``), as are all those of a pattern that starts inside the folder ('out/*.png')."""
     pattern = os.path.expanduser(item)
     found = sorted(Path(q) for q in glob.glob(pattern, recursive=True) if Path(q).is_file())
     fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), Path(pattern).parts))
     start = os.path.realpath(Path(*fixed) if fixed else ".")
-    ours = [real for real in map(os.path.realpath, outputs) if not inside(start, real)]
-    if not ours:
+    # output folder -> the names of the files runs wrote there (read when a match lies there)
+    reached: dict[str, set | None] = {real: None for real in map(os.path.realpath, outputs)
+                                      if real != start and inside(real, start)}  # fmt: skip
+    if not reached:
         return found, []
-    ours_below = {folder for folder in {q.parent for q in found}
-                  if any(inside(os.path.realpath(folder), real) for real in ours)}  # fmt: skip
-    left = {q for q in found if q.parent in ours_below}
-    return [q for q in found if q not in left], sorted(left)
+    own_suffixes = (*(suffix for suffix, _ in DEPTH_WRITERS.values()), "_control.png")
+    left = []
+    for q in found:
+        folder = os.path.realpath(q.parent)
+        if folder in reached:
+            if reached[folder] is None:
+                reached[folder] = _recorded_files(folder)
+            if q.name in reached[folder] or q.name.endswith(own_suffixes):
+                left.append(q)
+    skip = set(left)
+    return [q for q in found if q not in skip], left
+
+
+def _recorded_files(folder: str) -> set[str]:
+    """The names of the files the manifest in ``folder`` records (outputs, depth products), read without a lock."""
+    from .outputs import MANIFEST, manifest_records
+
+    try:
+        data = (Path(folder) / MANIFEST).read_bytes()
+    except OSError:
+        return set()
+    return {name for r in manifest_records(data, fields=("output", "depth_files"))
+            for name in (r.get("output"), *(r.get("depth_files") or ())) if isinstance(name, str)}  # fmt: skip
 
 
 def inside(path: str, folder: str) -> bool:
     """``path`` is ``folder`` or under it (both real paths: a symlink's spelling does not count)."""
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
-
-
-def say_outputs_left_out(n: int, outputs) -> None:
-    """The warning for input files left out because they lie where the run writes (once in a run of several
-    processes): a run's outputs are never its inputs."""
-    if os.environ.get("RANK", "0") in ("0", ""):
-        from .errors import Depth2ImgWarning
-
-        where = os.path.commonpath([str(o) for o in outputs])
-        warnings.warn(f"{n} input file(s) in the folders this run writes under {where} skipped: a run's outputs are "
-                      "not its inputs", Depth2ImgWarning, stacklevel=3)  # fmt: skip
 
 
 def _say_subfolders(folder: Path, item: str, suffixes, outputs=()) -> None:

@@ -1338,7 +1338,7 @@ def test_a_recursive_glob_never_takes_the_jobs_own_outputs(dataset, tmp_path):
     job = write_job(tmp_path, inputs="data/**/*.png", output="data/out", presets=["fog"], seeds=1, labels={})
     assert run_job(job, progress=False).done == 1
     with pytest.warns(
-        Depth2ImgWarning, match=r"^2 input file\(s\) in the folders this run writes under .*data/out skipped"
+        Depth2ImgWarning, match=r"^2 input file\(s\) in the folders this job writes under .*data/out skipped"
     ):
         again = run_job(job, resume=True, progress=False)  # the output image and its 16-bit depth
     assert again.done == 0 and again.skipped == 1 and not again.failed
@@ -1346,7 +1346,7 @@ def test_a_recursive_glob_never_takes_the_jobs_own_outputs(dataset, tmp_path):
     # named as files, or by a pattern that starts in the job's folders: skipped alike
     for inputs in (["data/a.png", "data/out/images/a__fog__s0.png"], ["data/a.png", "data/out/images/*.png"]):
         write_job(tmp_path, inputs=inputs, output="data/out", presets=["fog"], seeds=1, labels={})
-        with pytest.warns(Depth2ImgWarning, match=r"^1 input file\(s\) in the folders this run writes under"):
+        with pytest.warns(Depth2ImgWarning, match=r"^1 input file\(s\) in the folders this job writes under"):
             again = run_job(job, resume=True, progress=False)
         assert again.done == 0 and again.skipped == 1 and not again.failed
 

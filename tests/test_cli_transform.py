@@ -856,30 +856,34 @@ def test_transform_estimates_depth_in_the_dtype_asked_for_as_depth_does_and_reco
 def test_a_pattern_from_above_the_output_folder_leaves_the_runs_outputs_out(
     tmp_path, chelsea, capsys, command
 ):
-    """'photos/**/*.png' -o photos/out: a second run read the first's outputs as photos, or was refused ('also an
-    input folder'). The outputs are left out with a warning, and a pattern that finds nothing else fails."""
+    """'photos/**/*.png' -o photos/out: a second run was refused ('output folder is also an input folder'). The files
+    an earlier run wrote there (its manifest's, its depth products) are left out with a warning, counted once however
+    many patterns reach them; a photo of the user's there is still refused, and a pattern that matches only earlier
+    outputs fails."""
     (tmp_path / "photos" / "sub").mkdir(parents=True)
     chelsea.resize((64, 48)).save(tmp_path / "photos" / "sub" / "cat.png")
     argv = (["--model", "tiny", "--prompt", "x", "--steps", 2, "--seed", 0] if command == "transform"
-            else ["--estimator", "tiny", "--depth-format", "png16,npy"])  # fmt: skip
+            else ["--estimator", "tiny", "--depth-format", "png16,preview"])  # fmt: skip
     pattern, out = tmp_path / "photos" / "**" / "*.png", tmp_path / "photos" / "out"
     code, _, err = run(capsys, command, pattern, "-o", out, *argv, "-q")
     assert code == 0 and "warning" not in err, err
     first = sorted(p.name for p in out.iterdir())
-    code, _, err = run(capsys, command, pattern, "-o", out, *argv, "-q")
-    ours = len([name for name in first if name.endswith(".png")])  # its images (and not manifest.jsonl, .npy)
-    assert code == 0 and ours >= 1, err
-    assert err.startswith(f"depth2img: warning: {ours} input file(s) in the folders this run writes under {out} "
-                          "skipped: a run's outputs are not its inputs\n"), err  # fmt: skip
-    assert f"depth2img {command}: 1 done, 0 failed" in err
-    assert sorted(p.name for p in out.iterdir()) == first  # the same files: none made from an output
-    (tmp_path / "photos" / "sub" / "cat.png").unlink()
-    code, _, err = run(capsys, command, pattern, "-o", out, *argv, "-q")
-    assert (
-        code == 2
-        and f"depth2img: error: {pattern}: pattern matches no file outside the folders this run writes\n"
-        in err
+    code, _, err = run(
+        capsys, command, pattern, tmp_path / "photos" / "**" / "*_depth16.png", "-o", out, *argv, "-q"
     )
+    ours = len([name for name in first if name.endswith(".png")])  # its images (and not manifest.jsonl)
+    depth16 = tmp_path / "photos" / "**" / "*_depth16.png"  # (all earlier outputs: the pattern fails)
+    assert code == 2 and ours >= 2, err
+    assert err.split("\n")[:3] == [
+        f"depth2img: warning: {ours} file(s) that an earlier run wrote in {out} left out: a run's outputs are not its "
+        "inputs",
+        f"depth2img: error: {depth16}: pattern matches only files an earlier run wrote in the output folder",
+        f"depth2img {command}: 1 done, 1 failed; outputs in {out}",
+    ], err
+    assert sorted(p.name for p in out.iterdir()) == first  # the same files: none made from an output
+    chelsea.resize((64, 48)).save(out / "mine.png")
+    code, _, err = run(capsys, command, pattern, "-o", out, *argv, "-q")
+    assert code == 2 and f"\ndepth2img: error: output folder {out} is also an input folder" in err, err
 
 
 @pytest.mark.parametrize("command", ["transform", "depth"])
