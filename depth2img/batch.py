@@ -530,7 +530,9 @@ def job_inputs(job: Job) -> tuple[list[Path], list[str]]:
         p = job.path(str(item))
         if p.suffix.lower() == ".txt" and p.is_file():  # a list file: one path per line, relative to itself
             try:  # as the file system spells names (bytes): a Latin-1 name is a name too
-                text = os.fsdecode(p.read_bytes())
+                text = os.fsdecode(p.read_bytes()).removeprefix(
+                    "\ufeff"
+                )  # (a BOM, as some editors save UTF-8)
             except UnicodeDecodeError as err:  # Windows decodes names as UTF-8, strictly
                 raise InputError(
                     f"job key inputs: list file {p} is not UTF-8 text (byte {err.start}); save it as UTF-8"
@@ -539,7 +541,7 @@ def job_inputs(job: Job) -> tuple[list[Path], list[str]]:
                 raise InputError(
                     f"job key inputs: list file {p} cannot be read ({err.strerror or err})"
                 ) from None
-            lines = [ln.strip() for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
+            lines = [ln for ln in map(str.strip, text.splitlines()) if ln and not ln.startswith("#")]
             expanded += [str((p.parent / ln) if not Path(ln).is_absolute() else Path(ln)) for ln in lines]
         else:
             expanded.append(str(p))

@@ -1764,7 +1764,8 @@ def test_a_list_file_reads_as_the_readme_says(tmp_path, chelsea):
         (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
         chelsea.resize((32, 24)).save(tmp_path / name)
     (tmp_path / "lists" / "l.txt").write_text(
-        "# photos\n\n  one.png  \n#hash.png\n./#hash.png\n../d\n\t../g/**/*.png\n"
+        "\ufeff# photos (after a BOM)\n\n  one.png  \n#hash.png\n  # ../d/a.png\n./#hash.png\n../d\n\t../g/**/*.png\n",
+        encoding="utf-8",
     )
     paths, problems = job_inputs(load_job(write_job(tmp_path, inputs="lists/l.txt", output="o", presets=["fog"],
                                                     labels={})))  # fmt: skip
