@@ -9,13 +9,15 @@ def first_line(err: BaseException) -> str:
     return text.splitlines()[0] if text else type(err).__name__
 
 
-_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029]")  # (a tab stays: it breaks no line)
+# C0 and C1 controls (a tab stays: it breaks no line), line and paragraph separators, and the bidirectional marks,
+# embeddings and isolates, which reorder the text shown after them (a name could show as another)
+_CONTROL = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u200e\u200f\u2028-\u202e\u2066-\u2069]")
 
 
 def one_line(text: str) -> str:
     """``text`` with its control characters escaped as Python writes them (``\\n``, ``\\r``, ``\\x1b``): a message said
     on one line (a file named with a line break split an error in two; one named with an escape sequence could clear
-    the terminal or recolour it)."""
+    the terminal or recolour it; a right-to-left override showed 'gnp.exe' as 'exe.png')."""
     return _CONTROL.sub(lambda m: repr(m.group())[1:-1], text)
 
 

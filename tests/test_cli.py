@@ -243,11 +243,11 @@ def test_a_line_break_in_a_file_name_keeps_each_message_on_one_line(tmp_path, ch
     src.mkdir()
     chelsea.resize((32, 24)).save(src / "good.png")
     (src / "bad\nname.png").write_bytes(b"not an image")
-    (src / "red\x1b[31m\x85.png").write_bytes(b"not an image")
+    (src / "red\x1b[31m\x85\u202e.png").write_bytes(b"not an image")
     code, _, err = run(capsys, "depth", src, "-o", tmp_path / "o", "--estimator", "tiny", "-q")
     assert code == 2 and err.count("\n") == 3, err  # the errors, the summary
     assert err.startswith(f"depth2img: error: {src}/bad\\nname.png: ") and "1 done, 2 failed" in err, err
-    assert f"depth2img: error: {src}/red\\x1b[31m\\x85.png: " in err and "\x1b" not in err, err
+    assert f"depth2img: error: {src}/red\\x1b[31m\\x85\\u202e.png: " in err and "\x1b" not in err, err
 
 
 def test_an_error_is_said_when_what_says_it_is_broken(monkeypatch, capsys, tmp_path, photos_dir):
