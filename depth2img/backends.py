@@ -702,10 +702,10 @@ class Backend:
         path = snapshot_dir(ref, local_files_only=local_files_only, allow_patterns=_speed_lora_patterns(ref))
         weights = [path / wanted] if wanted else sorted(path.glob("*.safetensors"))
         if wanted and not weights[0].is_file():
-            raise ModelLoadError(f"lora {ref.name!r} at {path}: no {wanted}")
+            raise ModelLoadError(f"{ref.kind} {ref.name!r} at {path}: no {wanted}")
         if len(weights) != 1:
             raise ModelLoadError(
-                f"lora {ref.name!r} at {path}: expected one .safetensors file, found {len(weights)}"
+                f"{ref.kind} {ref.name!r} at {path}: expected one .safetensors file, found {len(weights)}"
             )
         from .loading import quiet_log
 
@@ -717,7 +717,7 @@ class Backend:
             # (a LoRA with no UNet weights, a text encoder's, loaded "fine" and sped nothing up)
             if "speed" not in self.pipe.get_list_adapters().get("unet", []):
                 raise ModelLoadError(
-                    f"lora {ref.name!r} has no weights for the UNet of {self.ref.name!r}, where a few-step LoRA's "
+                    f"{ref.kind} {ref.name!r} has no weights for the UNet of {self.ref.name!r}, where a few-step LoRA's "
                     "are (is it a text encoder's LoRA, or another model's?)"
                 )
             self.pipe.fuse_lora(lora_scale=scale, adapter_names=["speed"])
@@ -726,7 +726,9 @@ class Backend:
             lines = [line.strip() for line in str(err).splitlines() if line.strip()]
             mismatch = next((line for line in lines if line.startswith("size mismatch")), None)
             reason = f"a LoRA for another backbone? {mismatch}" if mismatch else first_line(err)
-            raise ModelLoadError(f"lora {ref.name!r} does not fit {self.ref.name!r}: {reason}") from None
+            raise ModelLoadError(
+                f"{ref.kind} {ref.name!r} does not fit {self.ref.name!r}: {reason}"
+            ) from None
         if ref.entry is not None and ref.entry.scheduler:
             self.default_scheduler = ref.entry.scheduler
         self.speed_lora = {"id": ref.location, "revision": ref.revision, "scale": scale}

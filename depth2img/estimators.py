@@ -91,7 +91,7 @@ class DepthEstimator:
             kind = ref.entry.output if ref.entry else output_kind(config)
             if kind is None:
                 raise ModelLoadError(
-                    f"estimator {ref.name!r} is a {config.model_type!r} model, not a known depth estimator "
+                    f"{ref.kind} {ref.name!r} is a {config.model_type!r} model, not a known depth estimator "
                     f"({', '.join(OUTPUT_BY_MODEL_TYPE)})"
                 )
             with quiet_log("transformers"):  # its PIL fallback's warning: see loading.library_class
@@ -109,11 +109,11 @@ class DepthEstimator:
             raise
         except (OSError, ValueError, KeyError) as err:
             raise ModelLoadError(
-                f"estimator {ref.name!r} at {path} could not be loaded: {cause_line(err)}"
+                f"{ref.kind} {ref.name!r} at {path} could not be loaded: {cause_line(err)}"
             ) from None
         if not hasattr(processor, "post_process_depth_estimation"):
             raise ModelLoadError(
-                f"estimator {ref.name!r}: {type(processor).__name__} has no depth post-processing"
+                f"{ref.kind} {ref.name!r}: {type(processor).__name__} has no depth post-processing"
             )
         model.to(device).eval()
         return cls(model, processor, kind=kind, name=ref.name, ref=ref)

@@ -146,16 +146,11 @@ def tiny_root() -> Path:
     return Path(os.environ.get(TINY_ENV) or Path.home() / ".cache" / "depth2img" / "tiny")
 
 
-_KINDS = {"estimators": "depth estimator", "backbones": "model", "loras": "LoRA"}
-
-
 def _resolve(name: str | os.PathLike, section: str) -> ModelRef:
-    return replace(_resolve_in(name, section), kind=_KINDS[section])
-
-
-def _resolve_in(name: str | os.PathLike, section: str) -> ModelRef:
     entries = load_registry()[section]
-    what = {"estimators": "estimator", "backbones": "model", "loras": "lora"}[section]
+    # the argument that names it (in input errors), and what loading messages call it
+    what, kind = {"estimators": ("estimator", "depth estimator"), "backbones": ("model", "model"),
+                  "loras": ("lora", "LoRA")}[section]  # fmt: skip
     if name is None or (isinstance(name, str) and not name.strip()):
         name = load_registry()["default_" + section[:-1]]  # loras have no default: resolve_lora refuses empty
     name = _text(name, what, f"a registry name ({', '.join(entries)}), a hub id (owner/name) or a folder")
@@ -168,11 +163,12 @@ def _resolve_in(name: str | os.PathLike, section: str) -> ModelRef:
             raise InputError(f"{what} {name!r}: no tiny model for {entry_name!r}; known: {known}")
         entry = entries[entry_name]
         folder = tiny_root() / entry.tiny
-        return ModelRef(name=name, location=str(folder), revision=None, is_local=True, entry=entry)
+        return ModelRef(name=name, location=str(folder), revision=None, is_local=True, entry=entry, kind=kind)
     if name in entries:
         entry = entries[name]
-        return ModelRef(name=name, location=entry.id, revision=entry.revision, is_local=False, entry=entry)
-    ref = _folder_or_hub_id(name, what, f"a registry name ({', '.join(entries)}), ")
+        return ModelRef(name=name, location=entry.id, revision=entry.revision, is_local=False, entry=entry,
+                        kind=kind)  # fmt: skip
+    ref = replace(_folder_or_hub_id(name, what, f"a registry name ({', '.join(entries)}), "), kind=kind)
     # A hub id; if it matches a registry entry, keep what the registry knows (licence, output kind).
     entry = None if ref.is_local else next((e for e in entries.values() if e.id == name), None)
     return replace(ref, revision=entry.revision, entry=entry) if entry else ref

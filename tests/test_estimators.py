@@ -149,7 +149,9 @@ def test_not_a_depth_model_refused(tmp_path):
 
     BertModel(BertConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=8,
                          vocab_size=10)).save_pretrained(tmp_path / "bert")  # fmt: skip
-    with pytest.raises(ModelLoadError, match="'bert' model, not a known depth estimator"):
+    with pytest.raises(
+        ModelLoadError, match="^depth estimator '.*' is a 'bert' model, not a known depth estimator"
+    ):
         DepthEstimator.from_pretrained(str(tmp_path / "bert"))
 
 

@@ -1583,7 +1583,7 @@ def test_a_lora_folder_outside_the_registry(tiny_dir, capfd):
     with pytest.raises(ModelLoadError) as err:
         SceneTransformer.from_pretrained("tiny", lora=str(tiny_dir / "lcm-sdxl"))
     assert str(err.value).startswith(
-        f"lora '{tiny_dir / 'lcm-sdxl'}' does not fit 'tiny': a LoRA for another backbone? size mismatch for "
+        f"LoRA '{tiny_dir / 'lcm-sdxl'}' does not fit 'tiny': a LoRA for another backbone? size mismatch for "
     ) and "\n" not in str(err.value)
     assert "unsuccessful" not in capfd.readouterr().err
     with pytest.warns(
@@ -1599,7 +1599,7 @@ def test_a_lora_folder_outside_the_registry(tiny_dir, capfd):
                for ab, shape in (("A", (4, 32)), ("B", (32, 4)))},
               str(tiny_dir.parent / "te-lora" / "pytorch_lora_weights.safetensors"))  # fmt: skip
     with pytest.raises(
-        ModelLoadError, match=r"^lora '.*te-lora' has no weights for the UNet of 'tiny', where "
+        ModelLoadError, match=r"^LoRA '.*te-lora' has no weights for the UNet of 'tiny', where "
     ):
         SceneTransformer.from_pretrained("tiny", lora=str(tiny_dir.parent / "te-lora"))
 
