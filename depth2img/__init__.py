@@ -22,6 +22,7 @@ _LAZY = {
     "InputError": ".errors",
     "ModelLoadError": ".errors",
     "OutOfMemory": ".errors",
+    "Stopped": ".errors",
     "SceneTransformer": ".transformer",
     "TransformResult": ".transformer",
     "Request": ".transformer",

@@ -64,6 +64,11 @@ def float16_hint(dtype, option: str) -> str:
     )
 
 
+class Stopped(Depth2ImgError):
+    """A generation was stopped on request (the web page's Stop button: ``transformer.stop_when_set``); it gave no
+    image."""
+
+
 class OutOfMemory(Depth2ImgError):
     """The accelerator ran out of memory; the message names the options that reduce memory."""
 

@@ -6,6 +6,8 @@ size -> diffusers backbone -> images mapped back to the input's exact size, with
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import copy
 import math
 import os
@@ -21,7 +23,15 @@ import numpy as np
 
 from . import presets as presets_mod
 from .depthmap import DepthMap
-from .errors import Depth2ImgError, Depth2ImgWarning, GenerationError, InputError, OutOfMemory, float16_hint
+from .errors import (
+    Depth2ImgError,
+    Depth2ImgWarning,
+    GenerationError,
+    InputError,
+    OutOfMemory,
+    Stopped,
+    float16_hint,
+)
 from .io import check_image, to_rgb
 from .knobs import (
     DEFAULT_KNOBS,
@@ -35,6 +45,24 @@ from .knobs import (
 from .loading import resolve_device, resolve_dtype
 from .outputs import CPU_THREADS, progress_bar
 from .registry import default_estimator_for, resolve_backbone
+
+# the event that stops this thread's generations (stop_when_set)
+_STOP: contextvars.ContextVar = contextvars.ContextVar("depth2img_stop", default=None)
+
+
+@contextlib.contextmanager
+def stop_when_set(event):
+    """In this block, this thread's generations stop at the end of their current denoising step once ``event`` (a
+    ``threading.Event``) is set, raising ``Stopped``: nothing is returned or written for them. The web page's Stop
+    button; a script stops with Ctrl-C."""
+    if not callable(getattr(event, "is_set", None)):
+        raise InputError(f"stop_when_set takes a threading.Event, got {type(event).__name__}")
+    token = _STOP.set(event)
+    try:
+        yield
+    finally:
+        _STOP.reset(token)
+
 
 FLUX_GUIDANCE = 10.0  # FLUX.1-Depth-dev's model card uses guidance_scale 10
 # Images per denoising batch in variations() (the app's grid of presets x seeds): kept small, as a grid is
@@ -468,6 +496,8 @@ class SceneTransformer:
             return []
         try:
             return self.run(requests, progress=progress)
+        except Stopped:  # (not a failure of one request: halving would run the rest again)
+            raise
         except Depth2ImgError as err:
             if len(requests) == 1:
                 return [err]
@@ -494,7 +524,11 @@ class SceneTransformer:
                    desc="denoise", unit="step",
                    disable=not progress)  # fmt: skip
 
+        stop = _STOP.get()
+
         def on_step(pipe, i, t, kwargs):
+            if stop is not None and stop.is_set():
+                raise Stopped(f"stopped after step {i + 1} of {bar.total}; no image was made")
             bar.update(1)
             if bar.n >= bar.total:  # its rate the steps', not theirs and the VAE decode's after them
                 bar.close()

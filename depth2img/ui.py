@@ -49,6 +49,18 @@ def _as_uploaded(text: str) -> str:
     return re.sub(re.escape(str(get_upload_folder())) + r"/[0-9a-f]+/", "", text)
 
 
+class StopFlag:
+    """A page session's Stop button: set by it, read by that session's generation at the end of each denoising step
+    (``transformer.stop_when_set``). Gradio's State deep-copies its value once per session and hands that copy to
+    each event; this one is handed as itself (a ``threading.Event`` is not copied)."""
+
+    def __init__(self):
+        self.event = threading.Event()
+
+    def __deepcopy__(self, memo):
+        return self
+
+
 def _friendly(fn):
     """Errors reach the page as one friendly line (gr.Error), never as a stack trace."""
 
@@ -533,11 +545,21 @@ def create_demo(service):
     if service.presets is None:  # the page's list is what runs (and the order ticked presets combine in)
         service.presets = presets
 
-    def bound(fn):
-        # Gradio reads this signature: the Progress default makes it track our tqdm bars on the page.
+    def bound(fn, stoppable=False):
+        # Gradio reads this signature: the Progress default makes it track our tqdm bars on the page. A stoppable
+        # event's last input is the session's StopFlag, cleared as it starts (a Stop pressed before, while nothing
+        # ran, stops nothing).
         @_friendly
         def run(*args, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
-            return fn(service, *args, progress=lambda msg: progress(0, desc=msg))
+            from .transformer import stop_when_set
+
+            guard = contextlib.nullcontext()
+            if stoppable:
+                *args, flag = args
+                flag.event.clear()
+                guard = stop_when_set(flag.event)
+            with guard:
+                return fn(service, *args, progress=lambda msg: progress(0, desc=msg))
 
         run.__name__ = fn.__name__
         return run
@@ -619,7 +641,9 @@ def create_demo(service):
                         seed = gr.Number(value=0, precision=0, label="Seed", minimum=0, maximum=MAX_SEED)
                         randomize = gr.Button("🎲", size="sm", scale=0)
                     num_images = gr.Slider(1, 8, value=1, step=1, label="Images")
-                generate = gr.Button("Generate", variant="primary", elem_id="generate")
+                with gr.Row():
+                    generate = gr.Button("Generate", variant="primary", elem_id="generate", scale=3)
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop", scale=1)
         with gr.Tab("Results"):
             gallery = gr.Gallery(label="Results", columns=2, format="png", elem_id="gallery")
             compare = gr.ImageSlider(label="Before / after", type="filepath", format="png")
@@ -639,6 +663,7 @@ def create_demo(service):
         # already be a photo dropped in right after it, which paired the file with that photo, and its own event
         # then dropped it (seen in CI, once in four runs)
         paired_depth, has_photo = gr.State(None), gr.State(False)
+        stop_flag = gr.State(StopFlag)  # (called once per session)
         sample.click(
             lambda: (*sample_with_its_depth(), True),
             None,
@@ -667,18 +692,22 @@ def create_demo(service):
             queue=False,
         ).then(bound(handle_depth), depth_inputs, preview, api_name="depth_on_upload", **device)
         depth_btn.click(bound(handle_depth), depth_inputs, preview, api_name="depth", **device)
-        generate.click(
-            bound(handle_generate),
+        generating = generate.click(
+            bound(handle_generate, stoppable=True),
             [image, model, estimator, depth_file, polarity, prompt, preset_box, negative, steps, strength, guidance,
-             control_scale, control_start, control_end, scheduler, seed, num_images, exact],
+             control_scale, control_start, control_end, scheduler, seed, num_images, exact, stop_flag],
             [gallery, compare, archive, metadata], api_name="transform", **device,
         )  # fmt: skip
-        var_button.click(
-            bound(handle_variations),
+        varying = var_button.click(
+            bound(handle_variations, stoppable=True),
             [image, model, estimator, depth_file, polarity, prompt, preset_box, var_seeds, steps, strength, guidance,
-             exact, negative, control_scale, control_start, control_end, scheduler],
+             exact, negative, control_scale, control_start, control_end, scheduler, stop_flag],
             [var_gallery, var_archive], api_name="variations", **device,
         )  # fmt: skip
+        # Stop: a waiting request leaves the queue; a running one ends at the end of its denoising step (the page
+        # stops waiting for it at once: gradio cancels the event)
+        stop.click(lambda flag: flag.event.set(), stop_flag, None, api_name="stop", queue=False,
+                   cancels=[generating, varying])  # fmt: skip
     _PAGES.add(demo)
     return demo
 

@@ -982,3 +982,52 @@ def test_the_negative_prompt_and_control_sliders_show_where_the_backbone_takes_t
     assert not sliders["Control scale"] and not sliders["Control start"] and not sliders["Control end"]
     deps = {d["api_name"]: d for d in demo.config["dependencies"]}
     assert deps["backbone_controls"]["targets"][0][1] == "change"
+
+
+def test_stop_ends_the_sessions_running_generation_at_its_step(server, photo, monkeypatch):
+    """The Stop button: this page session's running transform ends at the end of its denoising step, nothing made
+    (the page stops waiting at once: gradio cancels the event); the next Generate runs whole."""
+    import threading
+    import time
+
+    from gradio_client import Client, handle_file
+
+    from depth2img import transformer
+    from depth2img.backends import Backend
+    from depth2img.errors import Stopped
+
+    said, running = [], threading.Event()
+
+    class Heard(Stopped):
+        def __init__(self, message):
+            said.append(message)
+            super().__init__(message)
+
+    run = Backend.__call__
+
+    def first_step_waits_for_stop(self, callback, **kwargs):
+        def step(pipe, i, t, kw):
+            if i == 0 and not running.is_set():  # (the first run only)
+                running.set()
+                transformer._STOP.get().wait(60)  # the page's Stop, pressed while this step runs
+            return callback(pipe, i, t, kw)
+
+        return run(self, callback=step, **kwargs)
+
+    monkeypatch.setattr(transformer, "Stopped", Heard)
+    monkeypatch.setattr(Backend, "__call__", first_step_waits_for_stop)
+    client = Client(server, verbose=False)
+    args = [handle_file(photo), "tiny", "tiny", None, "", "a cat", [], ""]
+    job = client.submit(*args, *dict(KNOBS, steps=50, strength=1.0).values(), 5, 1, api_name="/transform")
+    assert running.wait(120)
+    client.predict(api_name="/stop")
+    with pytest.raises(Exception):  # noqa: B017 (cancelled, or the error: whichever the client saw first)
+        job.result(timeout=60)
+    for _ in range(1200):  # the page stops waiting at once; the run ends in its own thread
+        if said:
+            break
+        time.sleep(0.05)
+    assert said == ["stopped after step 1 of 50; no image was made"]
+    # the flag is cleared as a run starts: the next one is not stopped
+    _, _, _, records = client.predict(*args, *KNOBS.values(), 6, 1, api_name="/transform")
+    assert records[0]["seed"] == 6 and len(said) == 1

@@ -1874,3 +1874,44 @@ def test_more_api_arguments_are_checked_where_they_are_given(sd15, photo, depth,
     assert (
         "mine" in SceneTransformer.from_pretrained("tiny", preset_files=str(tmp_path / "mine.yaml")).presets
     )
+
+
+def test_a_set_stop_event_ends_a_generation_at_its_step_and_a_grid_at_once(sd15, photo, depth, monkeypatch):
+    """The web page's Stop button: inside stop_when_set, a generation ends at the end of the step during which the
+    event was set (Stopped, no image); a grid is not halved and run again as a failed batch would be."""
+    import threading
+
+    from depth2img.backends import Backend
+    from depth2img.errors import InputError, Stopped
+    from depth2img.transformer import stop_when_set
+
+    event = threading.Event()
+    calls = _count_backend_calls(monkeypatch)
+    counted = Backend.__call__
+
+    def set_during_step_two(self, callback, **kwargs):
+        def step(pipe, i, t, kw):
+            if i == 1:  # (step 2 ends next)
+                event.set()
+            return callback(pipe, i, t, kw)
+
+        return counted(self, callback=step, **kwargs)
+
+    with stop_when_set(event):
+        assert sd15.transform(photo, "x", depth=depth, steps=3, seed=0).images  # not set: runs whole
+        with monkeypatch.context() as m:
+            m.setattr(Backend, "__call__", set_during_step_two)
+            with pytest.raises(Stopped, match=r"^stopped after step 2 of 3; no image was made$"):
+                sd15.transform(photo, "x", depth=depth, steps=4, seed=0)  # (strength 0.8: 3 steps)
+        with pytest.raises(Stopped, match=r"^stopped after step 1 of 4; no image was made$"):  # set before
+            sd15.transform(photo, "x", depth=depth, steps=4, strength=1.0, seed=0)
+        calls.clear()
+        with pytest.raises(Stopped, match="^stopped after step 1 of 2"):
+            sd15.variations(
+                photo, presets=["winter", "rain", "fog"], seeds=[1, 2], depth=depth, steps=2, strength=1.0
+            )
+        assert calls == [4]  # the first batch, stopped: not split and run again
+    assert sd15.transform(photo, "x", depth=depth, steps=2, seed=0).images  # outside the block: not stopped
+    with pytest.raises(InputError, match="stop_when_set takes a threading.Event, got bool"):
+        with stop_when_set(True):
+            pass
