@@ -387,6 +387,26 @@ class _NoEmptyFloat32List(logging.Filter):
 logging.getLogger("diffusers.models.modeling_utils").addFilter(_NoEmptyFloat32List())
 
 
+class _NoBar:
+    """What a diffusers pipeline's progress bar is asked to do (``with pipe.progress_bar(total=n) as bar:
+    bar.update()``, or ``for t in pipe.progress_bar(timesteps)``), doing nothing."""
+
+    def __init__(self, iterable=None, total=None):
+        self.iterable = iterable
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+    def __iter__(self):
+        return iter(self.iterable)
+
+    def update(self, n=1):
+        pass
+
+
 def _pipe_sharing_weights(pipeline_class, pipe):
     """``pipeline_class.from_pipe(pipe)`` with every shared weight left as it was. from_pipe casts all models to its
     ``dtype`` argument, float32 when none is given: fp16/bf16 weights would silently become float32, and the
@@ -492,7 +512,9 @@ class Backend:
                 library_class("diffusers", self.img2img_class), txt2img
             )
         for pipe in self.pipes.values():
-            pipe.set_progress_bar_config(disable=True)  # depth2img shows its own per-step bar
+            # depth2img shows its own per-step bar. Not a disabled tqdm: the web page (gradio's tqdm tracking) took
+            # one for its last bar, and counted both bars' steps on it, 20 of 10, with ours at 0
+            pipe.progress_bar = _NoBar
         self.scheduler_name = None
         self._schedulers = {}
         # copies of the pipeline's tokenizers for prompt checks (checking_tokenizer)

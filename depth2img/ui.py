@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import inspect
 import os
 import secrets
 import sys
@@ -546,13 +547,14 @@ def create_demo(service):
         service.presets = presets
 
     def bound(fn, stoppable=False):
-        # Gradio reads this signature: the Progress default makes it track our tqdm bars on the page. A stoppable
-        # event's last input is the session's StopFlag, cleared as it starts (a Stop pressed before, while nothing
-        # ran, stops nothing).
+        """``fn(service, *inputs, progress=say)`` as an event's function. A stoppable event's last input is the
+        session's StopFlag, cleared as it starts (a Stop pressed before, while nothing ran, stops nothing)."""
+
         @_friendly
-        def run(*args, progress=gr.Progress(track_tqdm=True)):  # noqa: B008
+        def run(*args):
             from .transformer import stop_when_set
 
+            *args, progress = args  # (gradio's, for this call: see the signature below)
             guard = contextlib.nullcontext()
             if stoppable:
                 *args, flag = args
@@ -561,6 +563,16 @@ def create_demo(service):
             with guard:
                 return fn(service, *args, progress=lambda msg: progress(0, desc=msg))
 
+        # Gradio reads this signature: a positional parameter whose default is a Progress gets a tracker of its own
+        # for each call, and our tqdm bars (denoise) show on the page. Behind *args it found none: the page showed
+        # the loading lines only, and every call shared the default Progress.
+        kind = inspect.Parameter.POSITIONAL_OR_KEYWORD
+        params = [p.replace(kind=kind) for p in list(inspect.signature(fn).parameters.values())[1:]
+                  if p.name != "progress"]  # fmt: skip
+        if stoppable:
+            params.append(inspect.Parameter("stop", kind, default=None))
+        params.append(inspect.Parameter("progress", kind, default=gr.Progress(track_tqdm=True)))
+        run.__signature__ = inspect.Signature(params)
         run.__name__ = fn.__name__
         return run
 

@@ -5,6 +5,7 @@ import os
 import re
 import shutil
 import socket
+import time
 import weakref
 import zipfile
 from pathlib import Path
@@ -988,7 +989,6 @@ def test_stop_ends_the_sessions_running_generation_at_its_step(server, photo, mo
     """The Stop button: this page session's running transform ends at the end of its denoising step, nothing made
     (the page stops waiting at once: gradio cancels the event); the next Generate runs whole."""
     import threading
-    import time
 
     from gradio_client import Client, handle_file
 
@@ -1031,3 +1031,38 @@ def test_stop_ends_the_sessions_running_generation_at_its_step(server, photo, mo
     # the flag is cleared as a run starts: the next one is not stopped
     _, _, _, records = client.predict(*args, *KNOBS.values(), 6, 1, api_name="/transform")
     assert records[0]["seed"] == 6 and len(said) == 1
+
+
+def test_the_page_shows_the_denoising_steps_as_they_run(server, photo, monkeypatch):
+    """Generate's progress on the page: the denoise bar, step by step (the page showed the loading lines alone: behind
+    the handlers' *args gradio found no Progress parameter to track tqdm with; and tracking, it counted diffusers'
+    hidden bar's steps and ours on one bar, 20 of 10)."""
+    import threading
+
+    from gradio_client import Client, handle_file
+
+    from depth2img.backends import Backend
+
+    seen, run = threading.Event(), Backend.__call__
+
+    def step_four_waits_to_be_seen(self, callback, **kwargs):
+        def step(pipe, i, t, kw):
+            if i == 3:  # three steps done
+                seen.wait(60)
+            return callback(pipe, i, t, kw)
+
+        return run(self, callback=step, **kwargs)
+
+    monkeypatch.setattr(Backend, "__call__", step_four_waits_to_be_seen)
+    client = Client(server, verbose=False)
+    job = client.submit(handle_file(photo), "tiny", "tiny", None, "", "a cat", [], "",
+                        *dict(KNOBS, steps=8, strength=1.0).values(), 7, 1, api_name="/transform")  # fmt: skip
+    shown = []
+    for _ in range(1200):
+        shown = [(u.desc, u.index, u.length) for u in job.status().progress_data or []]
+        if shown == [("denoise", 3, 8)] or job.done():
+            break
+        time.sleep(0.05)
+    seen.set()
+    assert shown == [("denoise", 3, 8)]
+    assert job.result(timeout=60)[3][0]["seed"] == 7
