@@ -530,9 +530,8 @@ def job_inputs(job: Job) -> tuple[list[Path], list[str]]:
         p = job.path(str(item))
         if p.suffix.lower() == ".txt" and p.is_file():  # a list file: one path per line, relative to itself
             try:  # as the file system spells names (bytes): a Latin-1 name is a name too
-                text = os.fsdecode(p.read_bytes()).removeprefix(
-                    "\ufeff"
-                )  # (a BOM, as some editors save UTF-8)
+                # (a BOM, as some editors save UTF-8, is no part of the first name)
+                text = os.fsdecode(p.read_bytes()).removeprefix("\ufeff")
             except UnicodeDecodeError as err:  # Windows decodes names as UTF-8, strictly
                 raise InputError(
                     f"job key inputs: list file {p} is not UTF-8 text (byte {err.start}); save it as UTF-8"

@@ -26,17 +26,8 @@ import numpy as np
 
 from .errors import InputError, first_line
 
-IMAGE_SUFFIXES = (
-    ".png",
-    ".jpg",
-    ".jpeg",
-    ".webp",
-    ".avif",
-    ".bmp",
-    ".tif",
-    ".tiff",
-    ".gif",
-)  # (AVIF: Pillow 11.2+)
+# (AVIF: Pillow 11.2+)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif")
 DEPTH_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".npz")
 # Decompression-bomb guard: images over this many pixels are refused before they are decoded (DEPTH2IMG_MAX_PIXELS
 # sets another limit; ``pixel_limit``)
@@ -326,7 +317,7 @@ def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES, outputs=(), lea
     unique: dict[str, Path] = {}
     for p in paths:
         unique.setdefault(file_key(p), p)
-    if left_out and os.environ.get("RANK", "0") in ("0", ""):  # (once in a run of several processes)
+    if left_out and _first_process():
         from .errors import Depth2ImgWarning
 
         where = ", ".join(sorted({str(q.parent) for q in left_out.values()}))
@@ -347,7 +338,7 @@ def glob_files(item: str, outputs=()) -> tuple[list[Path], list[Path]]:
     start = os.path.realpath(Path(*fixed) if fixed else ".")
     # output folder -> the names of the files runs wrote there (read when a match lies there)
     reached: dict[str, set | None] = {real: None for real in map(os.path.realpath, outputs)
-                                      if real != start and inside(real, start)}  # fmt: skip
+                                      if real != start and _inside(real, start)}  # fmt: skip
     if not reached:
         return found, []
     own_suffixes = (*(suffix for suffix, _ in DEPTH_WRITERS.values()), "_control.png")
@@ -375,9 +366,14 @@ def _recorded_files(folder: str) -> set[str]:
             for name in (r.get("output"), *(r.get("depth_files") or ())) if isinstance(name, str)}  # fmt: skip
 
 
-def inside(path: str, folder: str) -> bool:
+def _inside(path: str, folder: str) -> bool:
     """``path`` is ``folder`` or under it (both real paths: a symlink's spelling does not count)."""
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def _first_process() -> bool:
+    """This process says the run's input warnings (once in a run of several processes: accelerate's RANK)."""
+    return os.environ.get("RANK", "0") in ("0", "")
 
 
 def _say_subfolders(folder: Path, item: str, suffixes, outputs=()) -> None:
@@ -392,7 +388,7 @@ def _say_subfolders(folder: Path, item: str, suffixes, outputs=()) -> None:
             continue
         for root, dirs, files in os.walk(sub):
             real = os.path.realpath(root)
-            if any(inside(real, o) for o in ours):
+            if any(_inside(real, o) for o in ours):
                 dirs[:] = []
                 continue
             dirs[:] = [d for d in dirs if not d.startswith(".")]
@@ -401,7 +397,7 @@ def _say_subfolders(folder: Path, item: str, suffixes, outputs=()) -> None:
             if suffix:
                 nested[sub.name] = suffix
                 break
-    if nested and os.environ.get("RANK", "0") in ("0", ""):  # (once in a run of several processes)
+    if nested and _first_process():
         from .errors import Depth2ImgWarning
 
         names = ", ".join(list(nested)[:3]) + (f" and {len(nested) - 3} more" if len(nested) > 3 else "")
