@@ -848,8 +848,12 @@ class Backend:
                     num_inference_steps=knobs["steps"], guidance_scale=knobs["guidance_scale"],
                     height=depths[0].height, width=depths[0].width, output_type="np", **kwargs,
                 )  # fmt: skip
-            except torch.OutOfMemoryError:
-                self.compiled_batches.pop(shape, None)  # the halves run (and compile) at their own size
+            except BaseException as err:
+                if isinstance(err, torch.OutOfMemoryError):
+                    self.compiled_batches.pop(shape, None)  # the halves run (and compile) at their own size
+                # a call that raised (a Stop from its step callback, out of memory) skipped the pipeline's own
+                # release at its end: under model offload its last models stayed on the GPU into the next call
+                self.pipe.maybe_free_model_hooks()
                 raise
             self.last_pipeline_s = time.perf_counter() - started  # the API's own time is what lies outside it
             self.last_batch = n + pad

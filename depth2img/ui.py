@@ -51,15 +51,29 @@ def _as_uploaded(text: str) -> str:
 
 
 class StopFlag:
-    """A page session's Stop button: set by it, read by that session's generation at the end of each denoising step
-    (``transformer.stop_when_set``). Gradio's State deep-copies its value once per session and hands that copy to
-    each event; this one is handed as itself (a ``threading.Event`` is not copied)."""
+    """A page session's Stop button: it sets the event of the session's latest run, which that run reads at the end
+    of each denoising step (``transformer.stop_when_set``). Each run has an event of its own: with one shared event,
+    cleared as a run started, a Generate pressed right after Stop (gradio frees the queue's slot at once, while the
+    stopped run still ends its step) cleared it, and the stopped run went on to its end. Gradio's State deep-copies
+    its value once per session and hands that copy to each event; this one is handed as itself."""
 
     def __init__(self):
-        self.event = threading.Event()
+        self._lock = threading.Lock()
+        self._latest: threading.Event | None = None
 
     def __deepcopy__(self, memo):
         return self
+
+    def start(self) -> threading.Event:
+        """A new run's event (a Stop pressed before it, while nothing ran, stops nothing)."""
+        with self._lock:
+            self._latest = threading.Event()
+            return self._latest
+
+    def stop(self) -> None:
+        with self._lock:
+            if self._latest is not None:
+                self._latest.set()
 
 
 def _friendly(fn):
@@ -548,7 +562,7 @@ def create_demo(service):
 
     def bound(fn, stoppable=False):
         """``fn(service, *inputs, progress=say)`` as an event's function. A stoppable event's last input is the
-        session's StopFlag, cleared as it starts (a Stop pressed before, while nothing ran, stops nothing)."""
+        session's StopFlag."""
 
         @_friendly
         def run(*args):
@@ -558,8 +572,7 @@ def create_demo(service):
             guard = contextlib.nullcontext()
             if stoppable:
                 *args, flag = args
-                flag.event.clear()
-                guard = stop_when_set(flag.event)
+                guard = stop_when_set(flag.start())
             with guard:
                 return fn(service, *args, progress=lambda msg: progress(0, desc=msg))
 
@@ -717,9 +730,11 @@ def create_demo(service):
             [var_gallery, var_archive], api_name="variations", **device,
         )  # fmt: skip
         # Stop: a waiting request leaves the queue; a running one ends at the end of its denoising step (the page
-        # stops waiting for it at once: gradio cancels the event)
-        stop.click(lambda flag: flag.event.set(), stop_flag, None, api_name="stop", queue=False,
-                   cancels=[generating, varying])  # fmt: skip
+        # stops waiting for it at once: gradio cancels the event and frees the queue's slot; the service's lock
+        # keeps the next request off the device until the stopped run has ended)
+        stop.click(
+            StopFlag.stop, stop_flag, None, api_name="stop", queue=False, cancels=[generating, varying]
+        )
     _PAGES.add(demo)
     return demo
 

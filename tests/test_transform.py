@@ -1903,8 +1903,13 @@ def test_a_set_stop_event_ends_a_generation_at_its_step_and_a_grid_at_once(sd15,
             m.setattr(Backend, "__call__", set_during_step_two)
             with pytest.raises(Stopped, match=r"^stopped after step 2 of 3; no image was made$"):
                 sd15.transform(photo, "x", depth=depth, steps=4, seed=0)  # (strength 0.8: 3 steps)
+        freed = []
+        pipe_class = type(sd15.backend.pipe)
+        monkeypatch.setattr(pipe_class, "maybe_free_model_hooks", lambda self: freed.append(self))
         with pytest.raises(Stopped, match=r"^stopped after step 1 of 4; no image was made$"):  # set before
             sd15.transform(photo, "x", depth=depth, steps=4, strength=1.0, seed=0)
+        # the pipeline's release at its end was skipped: the backend's is not (model offload's models leave the GPU)
+        assert freed == [sd15.backend.pipe]
         calls.clear()
         with pytest.raises(Stopped, match="^stopped after step 1 of 2"):
             sd15.variations(
