@@ -341,7 +341,7 @@ def glob_files(item: str, outputs=()) -> tuple[list[Path], list[Path]]:
                                       if real != start and _inside(real, start)}  # fmt: skip
     if not reached:
         return found, []
-    own_suffixes = (*(suffix for suffix, _ in DEPTH_WRITERS.values()), "_control.png")
+    own_suffixes = (*(suffix for suffix, _ in DEPTH_WRITERS.values()), CONTROL_SUFFIX)
     left = []
     for q in found:
         folder = os.path.realpath(q.parent)
@@ -902,6 +902,8 @@ def write_depth_preview(depth, path) -> Path:
 
 DEPTH_WRITERS = {"png16": ("_depth16.png", write_depth_png16), "npy": ("_depth.npy", write_depth_npy),
                  "preview": ("_depth_preview.png", write_depth_preview)}  # fmt: skip
+# the control image a transform writes beside its depth products (NAME_control.png)
+CONTROL_SUFFIX = "_control.png"
 
 
 def check_depth_products(stem, formats, out_dir=".") -> tuple[str, ...]:

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import InputError, one_line
 from .io import (
+    CONTROL_SUFFIX,
     DEPTH_WRITERS,
     PNG_COMPRESS_LEVEL,
     atomic_path,
@@ -388,10 +389,10 @@ def write_transform_result(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [partial(write_depth_products, result.depth, out_dir, stem, depth_formats),
-            partial(save_png, result.control_image, out_dir / f"{stem}_control.png")]  # fmt: skip
+            partial(save_png, result.control_image, out_dir / f"{stem}{CONTROL_SUFFIX}")]  # fmt: skip
     records, saved = [], {id(result.control_image)}
     # the files an input's images share, made from its depth: a later run into the folder may write over them
-    depth_files = [f"{stem}{DEPTH_WRITERS[f][0]}" for f in depth_formats] + [f"{stem}_control.png"]
+    depth_files = [f"{stem}{DEPTH_WRITERS[f][0]}" for f in depth_formats] + [f"{stem}{CONTROL_SUFFIX}"]
     for img, meta in zip(result.images, result.metadata):
         tag = f"_{safe_name(meta['preset'])}" if meta.get("preset") else ""
         path = out_dir / f"{stem}{tag}_s{meta['seed']}.png"

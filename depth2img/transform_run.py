@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .depth_run import RunReport, _stems, as_paths, check_callback, output_dir_for, read_ahead
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError
-from .io import check_polarity, file_key, load_image
+from .io import CONTROL_SUFFIX, check_polarity, file_key, load_image
 from .knobs import DEFAULT_KNOBS, check_batch_size, check_knobs, check_num_images, plain_number, request_seeds
 from .outputs import (
     MANIFEST,
@@ -237,8 +237,8 @@ def _earlier_stems(before: list[dict], paths) -> tuple[dict, set]:
     given, reserved = {}, set()  # source -> its first recorded stem; every stem recorded
     for r in before:
         files = r.get("depth_files") or ()
-        control = next((f for f in files if isinstance(f, str) and f.endswith("_control.png")), "")
-        stem = control[: -len("_control.png")]
+        control = next((f for f in files if isinstance(f, str) and f.endswith(CONTROL_SUFFIX)), "")
+        stem = control[: -len(CONTROL_SUFFIX)]
         # (a hand-edited line names no path)
         if not stem or "/" in stem or "\\" in stem or stem.startswith("."):
             continue
