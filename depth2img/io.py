@@ -342,9 +342,12 @@ def glob_files(item: str, outputs=()) -> tuple[list[Path], list[Path]]:
     if not reached:
         return found, []
     own_suffixes = (*(suffix for suffix, _ in DEPTH_WRITERS.values()), CONTROL_SUFFIX)
+    real = {
+        parent: os.path.realpath(parent) for parent in {q.parent for q in found}
+    }  # (once per folder, not file)
     left = []
     for q in found:
-        folder = os.path.realpath(q.parent)
+        folder = real[q.parent]
         if folder in reached:
             if reached[folder] is None:
                 reached[folder] = _recorded_files(folder)
