@@ -80,6 +80,9 @@ declare -A STEP=(
   # fast dtype): what a user's --compile runs, and whether the eager bf16 path's 7.9 % loss to fp16 is the dtype's
   [dataset-fp16]="--batch 16 --compile reduce-overhead --fast-dtype float16 --repeats 2"
   [dataset-tuned]="--batch 16 --compile reduce-overhead --inductor conv_1x1_as_mm=True --inductor coordinate_descent_tuning=True --inductor coordinate_descent_check_all_directions=True --inductor epilogue_fusion=False --repeats 2"
+  # fp16 with the settings above, each on top of it (the second call's choice, after the first's rows)
+  [dataset-fp16-mm]="--batch 16 --compile reduce-overhead --fast-dtype float16 --inductor conv_1x1_as_mm=True --repeats 2"
+  [dataset-fp16-tuned]="--batch 16 --compile reduce-overhead --fast-dtype float16 --inductor conv_1x1_as_mm=True --inductor coordinate_descent_tuning=True --inductor coordinate_descent_check_all_directions=True --inductor epilogue_fusion=False --repeats 2"
   [dataset-default]="--batch 16 --compile default --repeats 2"
   [latency]="--batch 1 --compile reduce-overhead --repeats 5"
   # batch 1 without CUDA graphs, kernels launched from C++ rather than Python: the second way to the 2x, should
@@ -101,7 +104,7 @@ declare -A PART=(
   # Met on an H100: batch 1 (3.28x with CUDA graphs) and SDXL's group-offload peak (5.19 GiB), 2026-11-27; SD1.5's
   # low-VRAM peak on the H200. Short: dataset mode (18,233 images/hour, 43.6 % of the measured peak, H100
   # 2026-11-27): core is what could lift it; extra the steps never run, then those run already
-  [core]="dataset-mm dataset-fp16 compile-default-b16-no-cl dataset-tuned"
+  [core]="dataset-fp16 dataset-mm dataset-tuned compile-default-b16-no-cl"
   [extra]="depth compile-mat-b16 latency-cpp xformers-b1 window-b16 cache3-b16 lowvram-sd15 latency lowvram-sdxl dataset dataset-default"
 )
 parts=("$@")
