@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -465,8 +466,9 @@ def test_gpu_script_smoke_run_is_small_whatever_the_steps_ask(tmp_path):
 def test_gpu_script_keeps_to_its_deadline_and_refuses_unknown_parts(tmp_path):
     done, calls = _run_gpu_script(tmp_path, "core", DEADLINE="2", MIN_STEP="1", STUB_SLEEP="5")
     assert len(calls) == 1  # the first step starts, is cut at the deadline; the others never start
-    assert "== FAILED: dataset-mm (exit 124, cut at the deadline" in done.stdout
-    assert "== SKIPPED (deadline): compile-default-b16-no-cl" in done.stdout
+    # whichever steps the part lists (the plan changes after each GPU session)
+    assert re.search(r"^== FAILED: [\w-]+ \(exit 124, cut at the deadline", done.stdout, re.M), done.stdout
+    assert re.search(r"^== SKIPPED \(deadline\): [\w-]+$", done.stdout, re.M), done.stdout
     done, calls = _run_gpu_script(tmp_path / "again", "speed")
     assert done.returncode == 2 and "unknown part or step 'speed'" in done.stderr and not calls
     # a step that a deadline skipped is run by its label in the next call, alone
@@ -651,9 +653,8 @@ def test_gpu_script_kills_a_step_that_ignores_the_deadline(tmp_path):
         tmp_path, "core", DEADLINE="2", MIN_STEP="1", KILL_AFTER="1", STUB_SLEEP="60", STUB_IGNORE_TERM="1"
     )
     assert time.monotonic() - t < 30
-    assert len(calls) == 1 and "== FAILED: dataset-mm (exit 137, cut at the deadline" in done.stdout, (
-        done.stdout
-    )
+    assert len(calls) == 1, calls
+    assert re.search(r"^== FAILED: [\w-]+ \(exit 137, cut at the deadline", done.stdout, re.M), done.stdout
 
 
 def test_gpu_script_archives_each_step_as_it_ends(tmp_path):
