@@ -301,7 +301,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
 
     same = ours(plain, plain_dtype)
     fast = ours(_pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype)
-    # channels_last (None: on GPUs only) and fuse_qkv apply to every fast-path row, so each can be measured off
+    # channels_last (None: the compiled rows on GPUs) and fuse_qkv apply to every fast-path row, so each can be measured off
     fast_options = dict(channels_last=channels_last, fuse_qkv=fuse_qkv)
     applied = fast.backend.optimize(**fast_options)
     extra, compiled_rows, compiled_path = {}, {}, None  # row name -> its mode; the first mode's path

@@ -245,7 +245,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--attention", choices=["sdpa", "xformers"], default="sdpa",
                    help="xformers: also time the fast path with xformers attention (needs the extra)")  # fmt: skip
     p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False,
-                   help="fast path without channels-last (default: on GPUs only), to measure what it brings")  # fmt: skip
+                   help="fast path without channels-last (default: its compiled rows on GPUs), to measure what it brings")  # fmt: skip
     p.add_argument("--no-fused-qkv", dest="fuse_qkv", action="store_false",
                    help="fast path without fused QKV projections, to measure what they bring")  # fmt: skip
     p.add_argument("--low-vram", action="store_true",

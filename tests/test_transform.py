@@ -1604,6 +1604,24 @@ def test_a_lora_folder_outside_the_registry(tiny_dir, capfd):
         SceneTransformer.from_pretrained("tiny", lora=str(tiny_dir.parent / "te-lora"))
 
 
+@pytest.mark.parametrize(
+    "device, compile_mode, laid_out",
+    [("cuda", "reduce-overhead", True), ("cuda", None, False), ("cpu", "reduce-overhead", False)],
+)
+def test_channels_last_is_the_fast_paths_default_only_compiled_on_a_gpu(
+    device, compile_mode, laid_out, eager_compile, monkeypatch
+):
+    """Channels-last made the eager fast path 7-9 % slower than plain diffusers on an H100 (batch 16) and a CPU call
+    4 % slower; compiled on the H100, 1 % faster. The GPU is the pipeline's device property, faked (nothing runs)."""
+    st_ = SceneTransformer.from_pretrained("tiny")
+    monkeypatch.setattr(type(st_.backend.pipe), "device", property(lambda self: torch.device(device)))
+    applied = st_.backend.optimize(compile_mode=compile_mode, fuse_qkv=False)
+    assert [a for a in applied if "channels_last" in a] == (
+        ["unet:channels_last", "controlnet:channels_last", "vae:channels_last"] if laid_out else []
+    )
+    assert st_.backend.pipe.unet.conv_in.weight.is_contiguous(memory_format=torch.channels_last) is laid_out
+
+
 def test_fused_qkv_keeps_the_flux_depth_loras_deltas_and_a_fused_few_step_lora(photo, depth):
     """Fused QKV projections are built from the base weights: on Flux's depth LoRA, applied per call (its scale is
     control_scale), the LoRA's q/k/v deltas were silently dropped by compile=...'s fast path."""
