@@ -9,21 +9,21 @@
 # lowvram-sdxl 94 s; latency (reduce-overhead, working) 75 s with inductor's cache warm from a first call, which,
 # cold, had not finished the old core's four steps (latency, lowvram-sdxl, latency-cpp, dataset) at 520 s. On an H100
 # (2026-11-27, a second session, cold): the machine's start about 33 s, dataset 254 s, dataset-default 210 s; warm,
-# window-b16 143 s, cache3-b16 2 of 3 repeats in 151 s.
+# window-b16 143 s, cache3-b16 2 of 3 repeats in 151 s. On an H100 (2026-11-27, a third session, cold): the
+# machine's start about 31 s; dataset-fp16 248 s, dataset-mm 241 s, then compile-default-b16-no-cl 258 s.
 # Each bench line writes JSON + a markdown table to benchmarks/ named after the device; the README quotes them.
 #
 #   bash benchmarks/run_gpu.sh wheels             # HERE, where PyPI is reachable: pure-Python wheels that the
 #                                                 # GPU image lacks (diffusers; transformers/regex at our versions)
 #                                                 # into .gpu-wheels/ (git-ignored; name it in the device's carry)
-#   DEADLINE=500 bash benchmarks/run_gpu.sh core  # ON THE GPU: dataset mode (batch 16) with the compiler settings
-#                                                 # that could lift it to the target: 1x1 convolutions as matrix
-#                                                 # products, fp16 (the library's GPU default), no channels-last,
-#                                                 # diffusers' tuning recipe; each run
-#                                                 # has the eager fast path and plain diffusers as rows too
-#   DEADLINE=N bash benchmarks/run_gpu.sh extra   #   depth estimators, max-autotune, batch 1 with the C++ wrapper,
-#                                                 #   xformers; then the steps measured already (ControlNet window,
-#                                                 #   feature cache, low-VRAM peaks, batch-1 latency, dataset mode
-#                                                 #   with each compile mode), to repeat them
+#   DEADLINE=500 bash benchmarks/run_gpu.sh core  # ON THE GPU: dataset mode with what could still lift it to the
+#                                                 # target: 32 images per call, diffusers' tuning recipe, the
+#                                                 # max-autotune mode; each run has the eager fast path and plain
+#                                                 # diffusers as rows too
+#   DEADLINE=N bash benchmarks/run_gpu.sh extra   #   depth estimators, batch 1 with the C++ wrapper, xformers;
+#                                                 #   then the steps measured already (ControlNet window, feature
+#                                                 #   cache, low-VRAM peaks, batch-1 latency, dataset mode with each
+#                                                 #   compile mode, fp16, the 1x1 setting, no channels-last)
 #   bash benchmarks/run_gpu.sh                    #   both parts, in that order
 #
 # Environment: PEAK=989 gives the datasheet's dense bf16 TFLOP/s instead of a measured matmul; DEADLINE=N: no
@@ -77,12 +77,14 @@ declare -A STEP=(
   # directions, and no epilogue fusion), each measured on its own (--inductor: on top of the mode's own settings)
   [dataset-mm]="--batch 16 --compile reduce-overhead --inductor conv_1x1_as_mm=True --repeats 2"
   # the fast path in fp16, the library's own default dtype on a GPU (the rows above are bf16, the bench's default
-  # fast dtype): what a user's --compile runs, and whether the eager bf16 path's 7.9 % loss to fp16 is the dtype's
+  # fast dtype): what a user's --compile runs. Measured on an H100 (2026-11-27, a second session; each against
+  # its own run's plain diffusers, 300-302 ms/image there against 297 in the first): fp16 202.2 ms/image, the
+  # 1x1-convolution setting 200.7, the default mode without channels-last 202.5: none faster than 197.4
   [dataset-fp16]="--batch 16 --compile reduce-overhead --fast-dtype float16 --repeats 2"
   [dataset-tuned]="--batch 16 --compile reduce-overhead --inductor conv_1x1_as_mm=True --inductor coordinate_descent_tuning=True --inductor coordinate_descent_check_all_directions=True --inductor epilogue_fusion=False --repeats 2"
-  # fp16 with the settings above, each on top of it (the second call's choice, after the first's rows)
-  [dataset-fp16-mm]="--batch 16 --compile reduce-overhead --fast-dtype float16 --inductor conv_1x1_as_mm=True --repeats 2"
-  [dataset-fp16-tuned]="--batch 16 --compile reduce-overhead --fast-dtype float16 --inductor conv_1x1_as_mm=True --inductor coordinate_descent_tuning=True --inductor coordinate_descent_check_all_directions=True --inductor epilogue_fusion=False --repeats 2"
+  # dataset mode with 32 images per call (batch 16 ran at 44 % of the peak: bigger matrix products may fill the
+  # GPU better; --batch-size 32 in a user's batch job)
+  [dataset-b32]="--batch 32 --compile reduce-overhead --repeats 2"
   [dataset-default]="--batch 16 --compile default --repeats 2"
   [latency]="--batch 1 --compile reduce-overhead --repeats 5"
   # batch 1 without CUDA graphs, kernels launched from C++ rather than Python: the second way to the 2x, should
@@ -92,7 +94,8 @@ declare -A STEP=(
   [lowvram-sdxl]="--backbone sdxl --low-vram --repeats 1 --steps 10"
   # torch.compile's mode chosen by measurement: the two other modes, against reduce-overhead's rows in core
   # what channels-last brings to the compiled path (the eager fast path, with it, was 6.5 % slower than plain
-  # fp16 diffusers at batch 16 on the H200)
+  # fp16 diffusers at batch 16 on the H200, 7-9 % on an H100, and 0.8 % faster without it; so it is now the
+  # default only where compiled)
   [compile-default-b16-no-cl]="--batch 16 --compile default --no-channels-last"
   [window-b16]="--batch 16 --control-end 0.8"
   [cache3-b16]="--batch 16 --feature-cache 3"
@@ -103,9 +106,10 @@ declare -A STEP=(
 declare -A PART=(
   # Met on an H100: batch 1 (3.28x with CUDA graphs) and SDXL's group-offload peak (5.19 GiB), 2026-11-27; SD1.5's
   # low-VRAM peak on the H200. Short: dataset mode (18,233 images/hour, 43.6 % of the measured peak, H100
-  # 2026-11-27): core is what could lift it; extra the steps never run, then those run already
-  [core]="dataset-fp16 dataset-mm dataset-tuned compile-default-b16-no-cl"
-  [extra]="depth compile-mat-b16 latency-cpp xformers-b1 window-b16 cache3-b16 lowvram-sd15 latency lowvram-sdxl dataset dataset-default"
+  # 2026-11-27): core is what could still lift it (fp16, the 1x1 setting and no channels-last did not); extra the
+  # steps never run, then those run already
+  [core]="dataset-b32 dataset-tuned compile-mat-b16"
+  [extra]="depth latency-cpp xformers-b1 window-b16 cache3-b16 lowvram-sd15 latency lowvram-sdxl dataset dataset-default dataset-fp16 dataset-mm compile-default-b16-no-cl"
 )
 parts=("$@")
 [[ ${#parts[@]} -eq 0 ]] && parts=(core extra)
