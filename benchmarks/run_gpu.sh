@@ -17,9 +17,9 @@
 #                                                 # GPU image lacks (diffusers; transformers/regex at our versions)
 #                                                 # into .gpu-wheels/ (git-ignored; name it in the device's carry)
 #   DEADLINE=500 bash benchmarks/run_gpu.sh core  # ON THE GPU: dataset mode with what could still lift it to the
-#                                                 # target: 32 images per call, diffusers' tuning recipe, the
-#                                                 # max-autotune mode; each run has the eager fast path and plain
-#                                                 # diffusers as rows too
+#                                                 # target: 32 images per call, diffusers' tuning recipe,
+#                                                 # inductor's freezing, the max-autotune mode; each run has plain
+#                                                 # diffusers as a row too (--compiled-only: no eager rows)
 #   DEADLINE=N bash benchmarks/run_gpu.sh extra   #   depth estimators, batch 1 with the C++ wrapper, xformers;
 #                                                 #   then the steps measured already (ControlNet window, feature
 #                                                 #   cache, low-VRAM peaks, batch-1 latency, dataset mode with each
@@ -81,10 +81,14 @@ declare -A STEP=(
   # its own run's plain diffusers, 300-302 ms/image there against 297 in the first): fp16 202.2 ms/image, the
   # 1x1-convolution setting 200.7, the default mode without channels-last 202.5: none faster than 197.4
   [dataset-fp16]="--batch 16 --compile reduce-overhead --fast-dtype float16 --repeats 2"
-  [dataset-tuned]="--batch 16 --compile reduce-overhead --inductor conv_1x1_as_mm=True --inductor coordinate_descent_tuning=True --inductor coordinate_descent_check_all_directions=True --inductor epilogue_fusion=False --repeats 2"
+  # core's settings: --compiled-only leaves out the rows no setting changes (about 75 s of a 250 s step on the H100)
+  [dataset-tuned]="--batch 16 --compile reduce-overhead --inductor conv_1x1_as_mm=True --inductor coordinate_descent_tuning=True --inductor coordinate_descent_check_all_directions=True --inductor epilogue_fusion=False --repeats 2 --compiled-only"
+  # inductor's freezing: the weights as constants, so it can fold them and lay out the convolutions' weights once
+  # (torch's advice for inference; not in diffusers' guide)
+  [dataset-freezing]="--batch 16 --compile reduce-overhead --inductor freezing=True --repeats 2 --compiled-only"
   # dataset mode with 32 images per call (batch 16 ran at 44 % of the peak: bigger matrix products may fill the
   # GPU better; --batch-size 32 in a user's batch job)
-  [dataset-b32]="--batch 32 --compile reduce-overhead --repeats 2"
+  [dataset-b32]="--batch 32 --compile reduce-overhead --repeats 2 --compiled-only"
   [dataset-default]="--batch 16 --compile default --repeats 2"
   [latency]="--batch 1 --compile reduce-overhead --repeats 5"
   # batch 1 without CUDA graphs, kernels launched from C++ rather than Python: the second way to the 2x, should
@@ -100,7 +104,7 @@ declare -A STEP=(
   [window-b16]="--batch 16 --control-end 0.8"
   [cache3-b16]="--batch 16 --feature-cache 3"
   [depth]="--depth --batch 16"
-  [compile-mat-b16]="--batch 16 --compile max-autotune-no-cudagraphs"
+  [compile-mat-b16]="--batch 16 --compile max-autotune-no-cudagraphs --compiled-only"
   [xformers-b1]="--batch 1 --attention xformers"
 )
 declare -A PART=(
@@ -108,7 +112,7 @@ declare -A PART=(
   # low-VRAM peak on the H200. Short: dataset mode (18,233 images/hour, 43.6 % of the measured peak, H100
   # 2026-11-27): core is what could still lift it (fp16, the 1x1 setting and no channels-last did not); extra the
   # steps never run, then those run already
-  [core]="dataset-b32 dataset-tuned compile-mat-b16"
+  [core]="dataset-b32 dataset-tuned dataset-freezing compile-mat-b16"
   [extra]="depth latency-cpp xformers-b1 window-b16 cache3-b16 lowvram-sd15 latency lowvram-sdxl dataset dataset-default dataset-fp16 dataset-mm compile-default-b16-no-cl"
 )
 parts=("$@")

@@ -236,7 +236,8 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
               batch: int = 1, repeats: int = 3, device=None, dtype=None, compile_mode: str | None = None,
               control_end: float = 1.0, feature_cache: int = 1, attention: str = "sdpa", low_vram: bool = False,
               channels_last: bool | None = None, fuse_qkv: bool = True, peak_tflops: float | None = None,
-              inductor=None, fast_dtype=None, out_dir: str | Path = "benchmarks", progress=print) -> dict:  # fmt: skip
+              inductor=None, fast_dtype=None, compiled_only: bool = False, out_dir: str | Path = "benchmarks",
+              progress=print) -> dict:  # fmt: skip
     """Depth ControlNet (SD1.5 or SDXL), interleaved on the same prompt, control image and seeds:
 
     - ``diffusers``: the plain pipeline as its docs show it (fp16 on GPU, SDPA, UniPC), ``batch`` images per call;
@@ -254,6 +255,10 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     - ``depth2img-fast-xformers`` (``attention='xformers'``): the fast path with xformers attention instead of SDPA;
     - ``depth2img-lowvram-model`` and ``-group`` (``low_vram``, GPU only): model CPU offload or group offloading
       (layer by layer, copies on a CUDA stream), each with VAE slicing and tiling.
+
+    ``compiled_only``: of the rows above, ``diffusers`` (the baseline each row is compared against) and the
+    compiled ones (with the others asked for): a compiler setting measured in less device time (on an H100 the
+    three rows left out, by their calls' times, about 75 s of a 250 s batch-16 run), without the API overhead or the 3x figure.
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -281,6 +286,10 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     inductor = backends.check_inductor_options(inductor, "--inductor")
     if inductor and not modes:
         raise InputError("--inductor sets the compiler's options: it needs --compile MODE")
+    if compiled_only and not modes:
+        raise InputError(
+            "--compiled-only times plain diffusers against the compiled rows: it needs --compile MODE"
+        )
     device = resolve_device(device)
     if low_vram and device.type != "cuda":
         raise InputError("--low-vram measures GPU memory under CPU offload; no GPU is available here")
@@ -348,15 +357,16 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     variants = {"diffusers": lambda: run_plain(seeds)}  # name -> call
     pipes = {"diffusers": plain}  # name -> the pipeline whose weights it uses
     images = {}  # name -> images per call, where not batch
-    if batch > 1:
+    if batch > 1 and not compiled_only:
         b1_seeds = seeds[:B1_IMAGES]
         variants["diffusers-b1"], pipes["diffusers-b1"] = (
             lambda: np.concatenate([run_plain([s]) for s in b1_seeds]),
             plain,
         )
         images["diffusers-b1"] = len(b1_seeds)
-    variants["depth2img"], pipes["depth2img"] = lambda: run_ours(same), plain
-    variants["depth2img-fast"], pipes["depth2img-fast"] = lambda: run_ours(fast), fast.backend.pipe
+    if not compiled_only:
+        variants["depth2img"], pipes["depth2img"] = lambda: run_ours(same), plain
+        variants["depth2img-fast"], pipes["depth2img-fast"] = lambda: run_ours(fast), fast.backend.pipe
     if feature_cache > 1:
         name = f"depth2img-fast+cache{feature_cache}"
         variants[name], pipes[name] = lambda: run_ours(fast, feature_cache=feature_cache), fast.backend.pipe
@@ -408,7 +418,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     # The fast path's VAE decode alone (compiled, if that row runs), on latents of the batch's shape (its time does
     # not depend on their values): the most that overlapping the decode with the next batch's denoising could save,
     # were the device free for both
-    best = next((name for name in compiled_rows if name in variants), "depth2img-fast")
+    best = next(name for name in (*compiled_rows, "depth2img-fast", "diffusers") if name in variants)
     vae, scale = pipes[best].vae, pipes[best].vae_scale_factor
     latents = torch.randn(batch, vae.config.latent_channels, size // scale, size // scale,
                           generator=torch.Generator("cpu").manual_seed(0)).to(device, fast_dtype)  # fmt: skip
@@ -448,7 +458,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
 
     def summary(done: int) -> dict:
         """The result after ``done`` repeats."""
-        baseline = "diffusers-b1" if batch > 1 else "diffusers"
+        baseline = "diffusers-b1" if "diffusers-b1" in variants else "diffusers"
         base = statistics.median(times[baseline]) / images.get(baseline, batch)  # seconds per image
         rows = {}
         for name in variants:
@@ -470,9 +480,16 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
                 "max_abs_diff_vs_diffusers_same_dtype": same_dtype_diff,
                 "within_bf16_tolerance": within,
             }  # fmt: skip
-        overhead = statistics.median(times["depth2img"]) / statistics.median(times["diffusers"]) - 1
-        outside_s = statistics.median(outside)
         decode_s = statistics.median(decode)
+        api = {}  # the API's overhead: from the depth2img row, which compiled_only leaves out
+        if "depth2img" in times:
+            outside_s = statistics.median(outside)
+            api = {
+                "api_overhead": statistics.median(times["depth2img"]) / statistics.median(times["diffusers"])
+                - 1,
+                "api_outside_pipeline_ms": 1000 * outside_s,
+                "api_outside_share": outside_s / statistics.median(times["diffusers"]),
+            }
         return {
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": _device_name(device),
             "host_cpu": host_cpu(), "default_dtype": str(resolve_dtype(None, device)).replace("torch.", ""), "backbone": backbone, "preset": preset, "size": size, "steps": steps, "batch": batch, "repeats": done,
@@ -487,8 +504,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             "channels_last": channels_last, "fuse_qkv": fuse_qkv, "attention": attention,
             "bf16_tolerance": tolerance,
             "bf16_tolerance_between": [str(dt).replace("torch.", "") for dt in tolerance_dtypes], "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
-            "peak_source": "given" if peak_tflops else "measured matmul", "api_overhead": overhead,
-            "api_outside_pipeline_ms": 1000 * outside_s, "api_outside_share": outside_s / statistics.median(times["diffusers"]),
+            "peak_source": "given" if peak_tflops else "measured matmul", **api, "compiled_only": compiled_only,
             "vae_decode_ms": 1000 * decode_s, "vae_decode_share": decode_s / statistics.median(times[best]),
             "versions": _versions(), "results": rows,
         }  # fmt: skip
@@ -665,10 +681,11 @@ def markdown(result: dict) -> str:
                      f"{_given(r.get('loop_it_per_s'), '.2f')} | {share} | "
                      f"{mem} | {_given(r.get('speedup'), '.2f', 'x')} | {r['max_abs_diff_vs_diffusers']:.2e} | "
                      f"{_given(r.get('max_abs_diff_vs_diffusers_same_dtype'), '.2e')} | {_verdict(r)} |")  # fmt: skip
-    lines.append(
-        f"\ndepth2img {'API overhead' if result['control_end'] >= 1.0 else 'time difference (ControlNet skipping included)'}"
-        f" over plain diffusers (same components and settings): {result['api_overhead']:+.1%}"
-    )
+    if "api_overhead" in result:  # (a --compiled-only run has no depth2img row)
+        lines.append(
+            f"\ndepth2img {'API overhead' if result['control_end'] >= 1.0 else 'time difference (ControlNet skipping included)'}"
+            f" over plain diffusers (same components and settings): {result['api_overhead']:+.1%}"
+        )
     if "api_outside_pipeline_ms" in result:
         lines.append(
             f"\nTime the API spends outside diffusers' pipeline call (checks, conditioning, resizing, metadata): "
@@ -766,6 +783,7 @@ def _write(result: dict, out_dir: Path) -> None:
     fast_default = result.get("default_fast_dtype", result["fast_dtype"])
     extra += f"-fast-{result['fast_dtype']}" if result["fast_dtype"] != fast_default else ""
     extra += "-xformers" if result.get("attention") == "xformers" else ""
+    extra += "-compiled-only" if result.get("compiled_only") else ""
     stem = f"{result.get('backbone', 'sd15')}-controlnet-{result['preset']}-{result['size']}{extra}"
     _write_files(result, out_dir, stem, markdown(result))
 

@@ -249,6 +249,31 @@ def test_bench_inductor_settings_reach_every_compiled_row_and_name_the_files(tmp
         run_bench(preset="tiny", inductor=["conv_1x1_as_mm=True"], out_dir=tmp_path)
 
 
+def test_compiled_only_times_plain_diffusers_and_the_compiled_rows_alone(tmp_path, monkeypatch):
+    """--compiled-only: a compiler setting measured in less device time (the GPU lease is 15 minutes). Plain diffusers
+    batched stays the baseline; the rows left out are neither run nor reported, and the files are named apart
+    from a full run's (which they would have replaced)."""
+    import torch
+
+    ran = []
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    result = run_bench(preset="tiny", size=64, steps=2, batch=2, repeats=1, compile_mode="default",
+                       compiled_only=True, out_dir=tmp_path, progress=ran.append)  # fmt: skip
+    assert list(result["results"]) == ["diffusers", "depth2img-fast-compiled"]
+    assert [m for m in ran if m.startswith("warm-up")] == [
+        "warm-up: diffusers",
+        "warm-up: depth2img-fast-compiled",
+    ]
+    assert result["speedup_baseline"] == "diffusers" and result["results"]["diffusers"]["speedup"] == 1.0
+    assert "api_overhead" not in result and "API" not in markdown(result)
+    assert Path(result["written"][0]).name.startswith("sd15-controlnet-tiny-64-b2-default-s2-compiled-only-")
+    assert Path(result["written"][1]).read_text() == markdown(result)
+    with pytest.raises(
+        InputError, match="^--compiled-only times plain diffusers against the compiled rows: it ne"
+    ):
+        run_bench(preset="tiny", compiled_only=True, out_dir=tmp_path)
+
+
 def test_fast_path_in_another_dtype_is_judged_against_diffusers_in_that_dtype(tmp_path, capsys):
     """On a GPU the fast path runs bf16 against fp16 plain diffusers; its optimisations are checked against plain
     diffusers in bf16 too. Here fp32 plays the plain dtype and bf16 the fast one, chosen with --fast-dtype (the
