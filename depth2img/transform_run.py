@@ -148,7 +148,9 @@ def run_transform(
             """An input's manifest lines, after its files; if they cannot be written, neither are its files."""
             append_manifest(manifest, *written)
             if earlier:
-                made.extend(_depth_source(r) for r in written[0])
+                # (an image whose file was not there before wrote over nothing: an earlier one deleted since)
+                fresh = {os.path.basename(f) for f in written[1]}
+                made.extend({**_depth_source(r), "replaced": r["output"] not in fresh} for r in written[0])
 
         def load(batch: range) -> list:
             """A batch's photos, read and decoded, with their depths (estimated in one estimator call, batched on a
@@ -276,8 +278,8 @@ def _warn_of_replaced_files(before: list[dict], made: list[dict], out_dir: Path,
     # an image written over one of another photo or preset: names join stem, preset and seed with "_", so
     # a_b.png with no preset and a.png with preset b are both a_b_s0.png (compaction then dropped the earlier line)
     theirs = {r.get("output"): r for r in before}
-    clash = sorted(r["output"] for r in made if r["output"] in theirs and (made_from(theirs[r["output"]])[0],
-                   theirs[r["output"]].get("preset")) != (made_from(r)[0], r.get("preset")))  # fmt: skip
+    clash = sorted(r["output"] for r in made if r["replaced"] and r["output"] in theirs and (made_from(
+                   theirs[r["output"]])[0], theirs[r["output"]].get("preset")) != (made_from(r)[0], r.get("preset")))  # fmt: skip
     if clash:
         shown = ", ".join(clash[:3]) + (f" and {len(clash) - 3} more" if len(clash) > 3 else "")
         _warn(f"{out_dir}: this run wrote {len(clash)} image(s) over an earlier run's of another photo or preset "

@@ -1061,7 +1061,8 @@ def test_a_rerun_that_writes_another_depth_over_earlier_images_depth_files_says_
 
 def test_a_rerun_that_writes_over_another_photos_image_says_so(tmp_path, chelsea, capsys):
     """x_fog.png with a prompt and x.png with preset fog are both x_fog_s0.png: the second run wrote over the first's
-    image and its manifest line went at compaction, silently. The same photo and preset again is a plain rerun."""
+    image and its manifest line went at compaction, silently. The same photo and preset again is a plain rerun; an
+    earlier image deleted before the run is not written over (the warning said it was)."""
     chelsea.save(tmp_path / "x_fog.png")
     chelsea.save(tmp_path / "x.png")
     out = tmp_path / "o"
@@ -1079,6 +1080,11 @@ def test_a_rerun_that_writes_over_another_photos_image_says_so(tmp_path, chelsea
         )
         in err
     ), err
+    (out / "x_fog_s0.png").unlink()  # x.png's, deleted: x_fog.png's run writes over nothing
+    code, _, err = run(capsys, "transform", tmp_path / "x_fog.png", *argv, "--prompt", "a cat")
+    assert code == 0 and "warning" not in err, err
+    code, _, err = run(capsys, "transform", tmp_path / "x.png", *argv, "--preset", "fog")
+    assert code == 0 and "this run wrote 1 image(s) over an earlier run's" in err, err
 
 
 def test_a_rerun_keeps_each_photos_name(tmp_path, chelsea, capsys, monkeypatch):
