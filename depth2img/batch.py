@@ -983,7 +983,9 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     if service is not None:
         from .service import image_settings
 
-        ours, theirs = image_settings(**settings), service.image_settings()
+        # (the model it makes the job's images with: the job's, else the Service's own)
+        model = job.model or service.default_model
+        ours, theirs = image_settings(model=model, **settings), service.image_settings(model)
         differ = [key for key in ours if ours[key] != theirs[key]]
         if differ:
             raise InputError(f"service: its {', '.join(differ)} {'differs' if len(differ) == 1 else 'differ'} from the "
@@ -1367,6 +1369,8 @@ def _earlier_record(recorded: Path) -> dict | None:
 def _check_same_run(job: Job, earlier: dict, recorded: Path, made_in: set[str] = frozenset()) -> None:
     """On --resume, refuse a job whose image-making settings differ from those of the run it continues,
     ``earlier`` (read from ``recorded``; ``made_in``: the dtypes its images record)."""
+    from .service import controlnet_source
+
     # in the record's types (lists, not tuples)
     now = yaml.safe_load(yaml.safe_dump(_resolved(job), sort_keys=False))
     earlier = dict(earlier)  # its keys are normalised below, not the caller's record
@@ -1380,6 +1384,13 @@ def _check_same_run(job: Job, earlier: dict, recorded: Path, made_in: set[str] =
         # record to continue it (run_job compares the dtype this run makes its images in with theirs)
         if earlier.get("dtype") is None and made_in == {now.get("dtype")}:
             record.pop("dtype", None)
+        # the model's own ControlNet, named: the one it loads when none is named (the same images)
+        with contextlib.suppress(Depth2ImgError):  # (a name no longer valid is compared as it is)
+            if (
+                record.get("controlnet")
+                and controlnet_source(record["controlnet"], record.get("model")) is None
+            ):
+                record["controlnet"] = None
         base = record.get("base_dir")
         # a folder under the job's own, wherever the project now lies
         for key in ("model", "estimator", "lora", "controlnet"):

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import gc
 import hashlib
+import os
 import threading
 import time
 from pathlib import Path
 
 from .depthmap import DepthMap
-from .errors import InputError
+from .errors import Depth2ImgError, InputError
 from .scene import SCENE_SIZE, render_driving_scene
 
 DEPTH_CACHE_SIZE = 8  # depth maps kept for photos seen recently
@@ -25,22 +26,42 @@ ESTIMATORS_KEPT = 2
 WARM_UP = ((*SCENE_SIZE, 1), (512, 512, 1), (*SCENE_SIZE, 2))
 
 
-def image_settings(*, lora=None, lora_scale=1.0, controlnet=None, compile=None, dtype=None, presets=None,
-                   preset_files=()) -> dict:  # fmt: skip
-    """What a Service's images depend on besides the model, the estimator and each request's arguments, spelt one
-    way: a LoRA or ControlNet by where it loads from (a folder by its real path), the scale as a float, the dtype by
-    its name, the presets as read. ``run_job`` compares a Service given with its job's."""
-    import os
+def _where(ref):
+    """Where a model loads from, spelt one way: a folder by its real path, a hub id with its revision."""
+    return os.path.realpath(ref.location) if ref.is_local else (ref.location, ref.revision)
 
+
+def controlnet_source(controlnet, model=None):
+    """Where ``controlnet``, named apart from ``model``, loads from (``_where``); None where none is named or it is
+    the model's own (the one the model loads when none is named: the same images). A bad name is refused."""
+    from .backends import _companion_ref
+    from .registry import resolve_backbone, resolve_controlnet
+
+    if not controlnet:
+        return None
+    where = _where(resolve_controlnet(controlnet))
+    try:
+        ref = resolve_backbone(model)
+        if ref.is_local:
+            own = _where(_companion_ref(ref, Path(ref.location), "controlnet"))
+        else:  # a registry backbone's (a hub id outside the registry: not known before it loads)
+            own = ref.entry and ref.entry.controlnet and _where(resolve_controlnet(ref.entry.controlnet))
+    except Depth2ImgError:  # a bad model name (refused where it loads), a folder without a ControlNet
+        own = None
+    return None if where == own else where
+
+
+def image_settings(*, model=None, lora=None, lora_scale=1.0, controlnet=None, compile=None, dtype=None,
+                   presets=None, preset_files=()) -> dict:  # fmt: skip
+    """What a Service's images depend on besides the model, the estimator and each request's arguments, spelt one
+    way: a LoRA or ControlNet by where it loads from (``_where``; the ``model``'s own ControlNet as none), the scale
+    as a float, the dtype by its name, the presets as read. ``run_job`` compares a Service given with its job's."""
     from .loading import dtype_name
     from .presets import load_presets
-    from .registry import resolve_controlnet, resolve_lora
+    from .registry import resolve_lora
 
-    def where(ref):
-        return os.path.realpath(ref.location) if ref.is_local else (ref.location, ref.revision)
-
-    return {"lora": lora and where(resolve_lora(lora)), "lora_scale": float(lora_scale),
-            "controlnet": controlnet and where(resolve_controlnet(controlnet)), "compile": compile,
+    return {"lora": lora and _where(resolve_lora(lora)), "lora_scale": float(lora_scale),
+            "controlnet": controlnet_source(controlnet, model), "compile": compile,
             "dtype": dtype_name(dtype), "presets": presets if presets is not None else load_presets(preset_files)}  # fmt: skip
 
 
@@ -65,10 +86,11 @@ class Service:
         self._transformer = None
         self._lock = threading.RLock()  # one job at a time on the device
 
-    def image_settings(self) -> dict:
-        return image_settings(lora=self.lora, lora_scale=self.lora_scale, controlnet=self.controlnet,
-                              compile=self.compile, dtype=self.dtype, presets=self.presets,
-                              preset_files=self.preset_files)  # fmt: skip
+    def image_settings(self, model: str | None = None) -> dict:
+        """``image_settings`` of the images this Service makes with ``model`` (default: its own)."""
+        return image_settings(model=model or self.default_model, lora=self.lora, lora_scale=self.lora_scale,
+                              controlnet=self.controlnet, compile=self.compile, dtype=self.dtype,
+                              presets=self.presets, preset_files=self.preset_files)  # fmt: skip
 
     # ----------------------------------------------------------------------------------------- models
 

@@ -535,6 +535,14 @@ def test_a_jobs_controlnet_runs_and_a_resume_with_another_is_refused(dataset, tm
                       layout="files")  # fmt: skip
     with pytest.raises(InputError, match="this job's controlnet differs? from the run"):
         run_job(again, resume=True, progress=False)
+    # the model's own ControlNet, named or not, makes the same images: a resume either way is the same run, and a
+    # Service without it serves a job naming it
+    own = write_job(dataset, name="named.yaml", output=str(tmp_path / "own"), presets=["rain"], seeds=1,
+                    labels={}, layout="files", controlnet=str(tiny_dir / "sd15-depth-controlnet"))  # fmt: skip
+    assert run_job(own, progress=False, service=Service(model="tiny")).done == 3
+    unnamed = write_job(dataset, name="unnamed.yaml", output=str(tmp_path / "own"), presets=["rain"], seeds=1,
+                        labels={}, layout="files")  # fmt: skip
+    assert run_job(unnamed, resume=True, progress=False).skipped == 3
     older = yaml.safe_load(record.read_text())
     del older["controlnet"]  # a run from before the key used the model's own
     record.write_text(yaml.safe_dump(older))
