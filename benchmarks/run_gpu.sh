@@ -63,8 +63,8 @@ fi
 declare -A STEP=(
   # Targets: dataset mode >= 45 % of bf16 peak, >= 19,000 images/hour on an H100, >= 3x plain diffusers one image
   # per call; batch 1 >= 2x plain diffusers; low-VRAM peaks SD1.5 + ControlNet < 4 GB, SDXL < 8 GB. Each speed run
-  # has the eager fast path and the compiled one (CUDA graphs: shapes are static) as rows; a compile failure drops
-  # its row only. Peak memory does not depend on the number of steps: 10 suffice. Two repeats at batch 16: on the
+  # has the eager fast path and the compiled one (CUDA graphs: shapes are static) as rows (--compiled-only: plain
+  # diffusers batched and the compiled one); a compile failure drops its row only. Peak memory does not depend on the number of steps: 10 suffice. Two repeats at batch 16: on the
   # H200 its batched rows moved by under 1.2 % between repeats (diffusers-b1 by up to 28 %, far from the 3x line).
   # Five at batch 1, which is bound by Python and kernel launches there: its eager rows moved by up to 64 %.
   # Dataset mode's two compile modes are two steps, each on its own baseline: a cold compile at batch 16 takes
@@ -77,7 +77,7 @@ declare -A STEP=(
   # directions, and no epilogue fusion), each measured on its own (--inductor: on top of the mode's own settings)
   [dataset-mm]="--batch 16 --compile reduce-overhead --inductor conv_1x1_as_mm=True --repeats 2"
   # the fast path in fp16, the library's own default dtype on a GPU (the rows above are bf16, the bench's default
-  # fast dtype): what a user's --compile runs. Measured on an H100 (2026-11-27, a second session; each against
+  # fast dtype): what a user's --compile runs. Measured on an H100 (2026-11-27, a third session; each against
   # its own run's plain diffusers, 300-302 ms/image there against 297 in the first): fp16 202.2 ms/image, the
   # 1x1-convolution setting 200.7, the default mode without channels-last 202.5: none faster than 197.4
   [dataset-fp16]="--batch 16 --compile reduce-overhead --fast-dtype float16 --repeats 2"

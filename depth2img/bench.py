@@ -421,7 +421,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     best = next(name for name in (*compiled_rows, "depth2img-fast", "diffusers") if name in variants)
     vae, scale = pipes[best].vae, pipes[best].vae_scale_factor
     latents = torch.randn(batch, vae.config.latent_channels, size // scale, size // scale,
-                          generator=torch.Generator("cpu").manual_seed(0)).to(device, fast_dtype)  # fmt: skip
+                          generator=torch.Generator("cpu").manual_seed(0)).to(device, vae.dtype)  # fmt: skip
 
     def run_decode():
         with torch.inference_mode():

@@ -273,6 +273,21 @@ def test_compiled_only_times_plain_diffusers_and_the_compiled_rows_alone(tmp_pat
     ):
         run_bench(preset="tiny", compiled_only=True, out_dir=tmp_path)
 
+    def failing(fn, **kwargs):
+        def call(*args, **kw):
+            raise RuntimeError("inductor: boom")
+
+        return call
+
+    # a compile failure leaves plain diffusers alone, its VAE in the plain dtype: the decode timing took the fast
+    # dtype's latents, and the run ended in a traceback, with no table (a review, 2026-11-27)
+    monkeypatch.setattr(torch, "compile", failing)
+    result = run_bench(preset="tiny", size=64, steps=2, batch=2, repeats=1, compile_mode="default",
+                       compiled_only=True, fast_dtype="bfloat16", out_dir=tmp_path, progress=ran.append)  # fmt: skip
+    assert (
+        list(result["results"]) == ["diffusers"] and result["compile_error"] == "RuntimeError: inductor: boom"
+    )
+
 
 def test_fast_path_in_another_dtype_is_judged_against_diffusers_in_that_dtype(tmp_path, capsys):
     """On a GPU the fast path runs bf16 against fp16 plain diffusers; its optimisations are checked against plain
