@@ -1053,7 +1053,9 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         del records  # not held through the run
         # before its temp files are swept: a refused run leaves the earlier one untouched
         if resume and recorded is not None:
-            _check_same_run(job, recorded, root / "job.resolved.yaml", earlier_dtypes)
+            # (the model the images are made with where the job names none: a Service given's own)
+            model = job.model or (service.default_model if service is not None else None)
+            _check_same_run(job, recorded, root / "job.resolved.yaml", earlier_dtypes, model)
         # (an earlier run is refused, untouched)
         if rank == 0 and root.is_dir() and (resume or not earlier_run):
             for stale in stale_temp_files(root):  # of a killed run
@@ -1366,9 +1368,11 @@ def _earlier_record(recorded: Path) -> dict | None:
     return earlier if isinstance(earlier, dict) else None
 
 
-def _check_same_run(job: Job, earlier: dict, recorded: Path, made_in: set[str] = frozenset()) -> None:
+def _check_same_run(job: Job, earlier: dict, recorded: Path, made_in: set[str] = frozenset(),
+                    model: str | None = None) -> None:  # fmt: skip
     """On --resume, refuse a job whose image-making settings differ from those of the run it continues,
-    ``earlier`` (read from ``recorded``; ``made_in``: the dtypes its images record)."""
+    ``earlier`` (read from ``recorded``; ``made_in``: the dtypes its images record; ``model``: the one that makes
+    the images where a record names none)."""
     from .service import controlnet_source
 
     # in the record's types (lists, not tuples)
@@ -1388,7 +1392,7 @@ def _check_same_run(job: Job, earlier: dict, recorded: Path, made_in: set[str] =
         with contextlib.suppress(Depth2ImgError):  # (a name no longer valid is compared as it is)
             if (
                 record.get("controlnet")
-                and controlnet_source(record["controlnet"], record.get("model")) is None
+                and controlnet_source(record["controlnet"], record.get("model") or model) is None
             ):
                 record["controlnet"] = None
         base = record.get("base_dir")

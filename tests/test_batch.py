@@ -543,6 +543,17 @@ def test_a_jobs_controlnet_runs_and_a_resume_with_another_is_refused(dataset, tm
     unnamed = write_job(dataset, name="unnamed.yaml", output=str(tmp_path / "own"), presets=["rain"], seeds=1,
                         labels={}, layout="files")  # fmt: skip
     assert run_job(unnamed, resume=True, progress=False).skipped == 3
+    # a job naming no model: the Service's makes the images, so its own ControlNet is the one compared (the
+    # registry's default backbone's was: a review, 2026-11-27)
+    for name, named in (("m1.yaml", str(tiny_dir / "sd15-depth-controlnet")), ("m2.yaml", None)):
+        modelless = yaml.safe_load(own.read_text())
+        del modelless["model"]
+        modelless.update(output=str(tmp_path / "modelless"), controlnet=named)
+        (dataset / name).write_text(yaml.safe_dump(modelless))
+        report = run_job(
+            dataset / name, resume=name == "m2.yaml", progress=False, service=Service(model="tiny")
+        )
+        assert (report.done, report.skipped) == ((3, 0) if named else (0, 3))
     older = yaml.safe_load(record.read_text())
     del older["controlnet"]  # a run from before the key used the model's own
     record.write_text(yaml.safe_dump(older))
