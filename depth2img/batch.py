@@ -980,11 +980,11 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     # given holds its own, which must be the same
     settings = dict(lora=job.lora, lora_scale=job.lora_scale, controlnet=job.controlnet, compile=job.compile,
                     dtype=job.dtype, presets=job._presets)  # fmt: skip
+    # the model that makes the job's images: the job's, else a Service given's own (else the registry default)
+    model = job.model or (service.default_model if service is not None else None)
     if service is not None:
         from .service import image_settings
 
-        # (the model it makes the job's images with: the job's, else the Service's own)
-        model = job.model or service.default_model
         ours, theirs = image_settings(model=model, **settings), service.image_settings(model)
         differ = [key for key in ours if ours[key] != theirs[key]]
         if differ:
@@ -1053,8 +1053,6 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         del records  # not held through the run
         # before its temp files are swept: a refused run leaves the earlier one untouched
         if resume and recorded is not None:
-            # (the model the images are made with where the job names none: a Service given's own)
-            model = job.model or (service.default_model if service is not None else None)
             _check_same_run(job, recorded, root / "job.resolved.yaml", earlier_dtypes, model)
         # (an earlier run is refused, untouched)
         if rank == 0 and root.is_dir() and (resume or not earlier_run):

@@ -44,15 +44,11 @@ def controlnet_source(controlnet, model=None):
         ref = resolve_backbone(model)
         if ref.is_local:
             own = _where(_companion_ref(ref, Path(ref.location), "controlnet"))
-        else:
-            # a registry backbone's, pinned as _companion_ref pins it (a hub id outside the registry: not known
-            # before it loads)
-            entry = ref.entry
-            own = (
-                (entry.controlnet, entry.companion_revision)
-                if entry is not None and entry.controlnet
-                else None
-            )
+        # a registry backbone's, pinned as _companion_ref pins it
+        elif ref.entry is not None and ref.entry.controlnet:
+            own = (ref.entry.controlnet, ref.entry.companion_revision)
+        else:  # a hub id outside the registry: not known before it loads
+            own = None
     except Depth2ImgError:  # a bad model name (refused where it loads), a folder without a ControlNet
         own = None
     return None if where == own else where
