@@ -64,7 +64,8 @@ declare -A STEP=(
   # Targets: dataset mode >= 45 % of bf16 peak, >= 19,000 images/hour on an H100, >= 3x plain diffusers one image
   # per call; batch 1 >= 2x plain diffusers; low-VRAM peaks SD1.5 + ControlNet < 4 GB, SDXL < 8 GB. Each speed run
   # has the eager fast path and the compiled one (CUDA graphs: shapes are static) as rows (--compiled-only: plain
-  # diffusers batched and the compiled one); a compile failure drops its row only. Peak memory does not depend on the number of steps: 10 suffice. Two repeats at batch 16: on the
+  # diffusers batched and the compiled one); a compile failure drops its row only. Peak memory does not depend on
+  # the number of steps: 10 suffice. Two repeats at batch 16: on the
   # H200 its batched rows moved by under 1.2 % between repeats (diffusers-b1 by up to 28 %, far from the 3x line).
   # Five at batch 1, which is bound by Python and kernel launches there: its eager rows moved by up to 64 %.
   # Dataset mode's two compile modes are two steps, each on its own baseline: a cold compile at batch 16 takes
