@@ -1120,6 +1120,9 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                     f"--resume (resume=True): this run would make its images in {made_in} (job key dtype "
                     f"{job.dtype or 'not given: the device default'}), the run in {root} made them in {was}; {fix}"
                 )
+    if todo:  # loaded before the bar is drawn: without a terminal, its 0 % line came before 'loading model'
+        service.estimator(job.estimator, progress=say)
+        service.transformer(job.model, progress=say)
     bar = progress_bar(total=total, initial=report.skipped, unit="img",
                        desc=f"batch[{rank}]" if world > 1 else "batch", disable=not progress)  # fmt: skip
     # Files are written by the writer threads, in parallel; manifest lines are appended in order, each after its

@@ -1276,5 +1276,7 @@ def test_what_loads_is_said_unless_quiet(tmp_path, photos_dir, capsys, quiet):
         assert code == 0, err
         said = [line for line in err.splitlines() if line.startswith("depth2img: loading ")]
         assert said == ([] if quiet else [f"depth2img: loading {what}" for what in expected]), argv[0]
+        if said and argv[0] == "batch":  # before its bar (no terminal here: a 0 % line came first)
+            assert err.index(said[-1]) < err.index("batch:"), err
         # the hub's download bars (transformers switched them off with its own bars)
         assert are_progress_bars_disabled() == quiet, argv[0]
