@@ -89,7 +89,9 @@ declare -A STEP=(
   [dataset-freezing]="--batch 16 --compile reduce-overhead --inductor freezing=True --repeats 2 --compiled-only"
   # dataset mode with 32 images per call (batch 16 ran at 44 % of the peak: bigger matrix products may fill the
   # GPU better; --batch-size 32 in a user's batch job)
-  [dataset-b32]="--batch 32 --compile reduce-overhead --repeats 2 --compiled-only"
+  # (--profile: how much of a call the GPU waits on the host, e.g. UniPC's per-step copies of CPU sigmas to the GPU,
+  # each a host sync, between CUDA-graph replays)
+  [dataset-b32]="--batch 32 --compile reduce-overhead --repeats 2 --compiled-only --profile"
   [dataset-default]="--batch 16 --compile default --repeats 2"
   [latency]="--batch 1 --compile reduce-overhead --repeats 5"
   # batch 1 without CUDA graphs, kernels launched from C++ rather than Python: the second way to the 2x, should

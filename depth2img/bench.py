@@ -232,12 +232,45 @@ def loop_rates(fn, device, steps: int) -> list[float]:
     return [(steps - 1) / (call[-1] - call[0]) for call in calls]
 
 
+def busy_share(intervals, wall_s: float) -> float:
+    """The share of ``wall_s`` seconds covered by the union of ``intervals`` ((start, end) in microseconds)."""
+    busy, reached = 0.0, -math.inf
+    for start, end in sorted(intervals):
+        if end > reached:
+            busy += end - max(start, reached)
+            reached = end
+    return busy / 1e6 / wall_s
+
+
+def device_busy(fn, device) -> float | None:
+    """The share of one call ``fn`` during which the GPU ran kernels or copies (the union of their intervals, as
+    torch.profiler records them): the rest of the call it waited on the host (Python, kernel launches, a host sync
+    such as a CPU tensor copied to the GPU each scheduler step). None off a CUDA GPU."""
+    if device.type != "cuda":
+        return None
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    _sync(device)
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        wall = time.perf_counter() - t
+    on_device = [
+        (e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA
+    ]
+    if not on_device:  # not an idle GPU: a profiler that saw none of its work (0 % would be a wrong figure)
+        raise RuntimeError("torch.profiler recorded no GPU activity")
+    return busy_share(on_device, wall)
+
+
 def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None = None, steps: int = 30,
               batch: int = 1, repeats: int = 3, device=None, dtype=None, compile_mode: str | None = None,
               control_end: float = 1.0, feature_cache: int = 1, attention: str = "sdpa", low_vram: bool = False,
               channels_last: bool | None = None, fuse_qkv: bool = True, peak_tflops: float | None = None,
-              inductor=None, fast_dtype=None, compiled_only: bool = False, out_dir: str | Path = "benchmarks",
-              progress=print) -> dict:  # fmt: skip
+              inductor=None, fast_dtype=None, compiled_only: bool = False, profile: bool = False,
+              out_dir: str | Path = "benchmarks", progress=print) -> dict:  # fmt: skip
     """Depth ControlNet (SD1.5 or SDXL), interleaved on the same prompt, control image and seeds:
 
     - ``diffusers``: the plain pipeline as its docs show it (fp16 on GPU, SDPA, UniPC), ``batch`` images per call;
@@ -259,7 +292,8 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     ``compiled_only``: of the rows above, ``diffusers`` (the baseline each row is compared against) and the
     compiled ones (with the others asked for): a compiler setting measured in less device time (on an H100 the
     three rows left out, by their calls' times, about 75 s of a 250 s batch-16 run), without the API overhead or
-    the 3x figure.
+    the 3x figure. ``profile``: one more call of plain diffusers and of each compiled row under torch.profiler, for
+    the share of it the GPU was busy (``device_busy``; on a GPU only).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -267,7 +301,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     from . import backends
     from .depth_run import output_dir
     from .depthmap import DepthMap
-    from .errors import InputError
+    from .errors import InputError, first_line
     from .knobs import check_compile
     from .loading import resolve_device, resolve_dtype
     from .registry import ModelRef
@@ -431,6 +465,17 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     run_decode()
     # the denoising loop's own it/s: one more untimed call per row, each step timed (synchronised) at its end
     loop = {name: loop_rates(fn, device, steps) for name, fn in variants.items()}
+    # (profiled calls: the GPU's busy share of one, where asked; off a GPU, none)
+    profiled = [name for name in ("diffusers", *compiled_rows) if name in variants] if profile else []
+
+    def profiled_busy(name):
+        try:
+            return device_busy(variants[name], device)
+        except Exception as err:  # noqa: BLE001  a profiler's failure costs its figure, not the run (a GPU lease)
+            progress(f"profile of {name} failed: {type(err).__name__}: {first_line(err)}")
+            return None
+
+    busy = {name: profiled_busy(name) for name in profiled}
     count_cpu_attention()
     with FlopCounterMode(display=False) as counter:
         run_plain(seeds)
@@ -505,6 +550,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             "bf16_tolerance": tolerance,
             "bf16_tolerance_between": [str(dt).replace("torch.", "") for dt in tolerance_dtypes], "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
             "peak_source": "given" if peak_tflops else "measured matmul", **api, "compiled_only": compiled_only,
+            **({"device_busy_share": busy} if profile else {}),
             "vae_decode_ms": 1000 * decode_s, "vae_decode_share": decode_s / statistics.median(times[best]),
             "versions": _versions(), "results": rows,
         }  # fmt: skip
@@ -690,6 +736,17 @@ def markdown(result: dict) -> str:
         lines.append(
             f"\nTime the API spends outside diffusers' pipeline call (checks, conditioning, resizing, metadata): "
             f"{result['api_outside_pipeline_ms']:.2f} ms per call, {result['api_outside_share']:.2%} of the plain call."
+        )
+    if "device_busy_share" in result:
+        shares = result["device_busy_share"]
+        lines.append(
+            "\nShare of one call the GPU was busy (kernels and copies, torch.profiler; the rest it waited on the host): "
+            + (
+                ", ".join(f"{name} {_given(share, '.1%')}" for name, share in shares.items())
+                or "none profiled"
+            )
+            + (" (n/a: no CUDA GPU)" if any(share is None for share in shares.values()) else "")
+            + "."
         )
     if result.get("compile_error"):
         lines.append(

@@ -289,6 +289,46 @@ def test_compiled_only_times_plain_diffusers_and_the_compiled_rows_alone(tmp_pat
     )
 
 
+def test_busy_share_is_the_union_of_the_devices_intervals():
+    from depth2img.bench import busy_share
+
+    # overlapping (a copy beside a kernel), nested, touching and apart, in microseconds, unsorted; 1 s of wall time
+    intervals = [(500_000, 600_000), (0, 100_000), (50_000, 150_000), (60_000, 70_000), (150_000, 200_000)]
+    assert busy_share(intervals, 1.0) == pytest.approx(0.3)
+    assert busy_share([], 2.0) == 0.0
+
+
+def test_profile_reports_the_gpus_busy_share_and_is_none_off_a_gpu(tmp_path, monkeypatch):
+    """--profile: one more call of plain diffusers and of each compiled row under torch.profiler (a GPU's kernels);
+    off a GPU the figure is n/a, and a profiler's failure costs its figure, not the run."""
+    import torch
+
+    from depth2img import bench
+
+    monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    said = []
+    result = run_bench(preset="tiny", size=64, steps=2, repeats=1, compile_mode="default", compiled_only=True,
+                       profile=True, out_dir=tmp_path, progress=said.append)  # fmt: skip
+    assert result["device_busy_share"] == {"diffusers": None, "depth2img-fast-compiled": None}
+    assert (
+        "GPU was busy (kernels and copies, torch.profiler; the rest it waited on the host): diffusers n/a, "
+        in (markdown(result))
+    )
+
+    def broken(fn, device):
+        raise RuntimeError("CUPTI: no\nmore")
+
+    monkeypatch.setattr(bench, "device_busy", broken)
+    result = run_bench(preset="tiny", size=64, steps=2, repeats=1, compile_mode="default", compiled_only=True,
+                       profile=True, out_dir=tmp_path, progress=said.append)  # fmt: skip
+    assert (
+        result["device_busy_share"]["diffusers"] is None
+        and "profile of diffusers failed: RuntimeError: CUPTI: no" in said
+    )
+    assert "device_busy_share" not in run_bench(preset="tiny", size=64, steps=2, repeats=1, out_dir=tmp_path,
+                                                progress=said.append)  # fmt: skip
+
+
 def test_fast_path_in_another_dtype_is_judged_against_diffusers_in_that_dtype(tmp_path, capsys):
     """On a GPU the fast path runs bf16 against fp16 plain diffusers; its optimisations are checked against plain
     diffusers in bf16 too. Here fp32 plays the plain dtype and bf16 the fast one, chosen with --fast-dtype (the
