@@ -242,13 +242,15 @@ def busy_share(intervals, wall_s: float) -> float:
     return busy / 1e6 / wall_s
 
 
+GPU_WORK = {"kernel", "gpu_memcpy", "gpu_memset"}  # torch.profiler's activity types of a GPU's own work
+
+
 def device_busy(fn, device) -> float | None:
     """The share of one call ``fn`` during which the GPU ran kernels or copies (the union of their intervals, as
     torch.profiler records them): the rest of the call it waited on the host (Python, kernel launches, a host sync
     such as a CPU tensor copied to the GPU each scheduler step). None off a CUDA GPU."""
     if device.type != "cuda":
         return None
-    from torch.autograd import DeviceType
     from torch.profiler import ProfilerActivity, profile
 
     _sync(device)
@@ -257,12 +259,14 @@ def device_busy(fn, device) -> float | None:
         fn()
         _sync(device)
         wall = time.perf_counter() - t
-    on_device = [
-        (e.time_range.start, e.time_range.end) for e in prof.events() if e.device_type == DeviceType.CUDA
-    ]
+    # kernels and copies (kineto's names), not the GPU-side annotations or syncs, which span its idle gaps
+    on_device = [(e.time_range.start, e.time_range.end) for e in prof.events() if e.activity_type in GPU_WORK]
     if not on_device:  # not an idle GPU: a profiler that saw none of its work (0 % would be a wrong figure)
         raise RuntimeError("torch.profiler recorded no GPU activity")
-    return busy_share(on_device, wall)
+    share = busy_share(on_device, wall)
+    if share > 1.0:  # intervals on another clock, or corrupt (the figure would be wrong)
+        raise RuntimeError(f"torch.profiler's GPU intervals cover {share:.0%} of the call")
+    return share
 
 
 def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None = None, steps: int = 30,
@@ -468,11 +472,14 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     # (profiled calls: the GPU's busy share of one, where asked; off a GPU, none)
     profiled = [name for name in ("diffusers", *compiled_rows) if name in variants] if profile else []
 
+    profile_errors = {}  # row -> why its figure is missing
+
     def profiled_busy(name):
         try:
             return device_busy(variants[name], device)
         except Exception as err:  # noqa: BLE001  a profiler's failure costs its figure, not the run (a GPU lease)
-            progress(f"profile of {name} failed: {type(err).__name__}: {first_line(err)}")
+            profile_errors[name] = f"{type(err).__name__}: {first_line(err)}"
+            progress(f"profile of {name} failed: {profile_errors[name]}")
             return None
 
     busy = {name: profiled_busy(name) for name in profiled}
@@ -550,7 +557,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             "bf16_tolerance": tolerance,
             "bf16_tolerance_between": [str(dt).replace("torch.", "") for dt in tolerance_dtypes], "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
             "peak_source": "given" if peak_tflops else "measured matmul", **api, "compiled_only": compiled_only,
-            **({"device_busy_share": busy} if profile else {}),
+            **({"device_busy_share": busy, "profile_errors": profile_errors} if profile else {}),
             "vae_decode_ms": 1000 * decode_s, "vae_decode_share": decode_s / statistics.median(times[best]),
             "versions": _versions(), "results": rows,
         }  # fmt: skip
@@ -738,14 +745,15 @@ def markdown(result: dict) -> str:
             f"{result['api_outside_pipeline_ms']:.2f} ms per call, {result['api_outside_share']:.2%} of the plain call."
         )
     if "device_busy_share" in result:
-        shares = result["device_busy_share"]
+        shares, errors = result["device_busy_share"], result.get("profile_errors", {})
         lines.append(
             "\nShare of one call the GPU was busy (kernels and copies, torch.profiler; the rest it waited on the host): "
             + (
                 ", ".join(f"{name} {_given(share, '.1%')}" for name, share in shares.items())
                 or "none profiled"
             )
-            + (" (n/a: no CUDA GPU)" if any(share is None for share in shares.values()) else "")
+            + "".join(f" ({name}: {why})" for name, why in errors.items())
+            + (" (n/a: no CUDA GPU)" if any(s is None and n not in errors for n, s in shares.items()) else "")
             + "."
         )
     if result.get("compile_error"):

@@ -325,6 +325,10 @@ def test_profile_reports_the_gpus_busy_share_and_is_none_off_a_gpu(tmp_path, mon
         result["device_busy_share"]["diffusers"] is None
         and "profile of diffusers failed: RuntimeError: CUPTI: no" in said
     )
+    # the reason, not 'no CUDA GPU', in the table (a review: a failure on a GPU read as none there)
+    table = markdown(result)
+    assert "n/a (diffusers: RuntimeError: CUPTI: no) (depth2img-fast-compiled: RuntimeError" in table, table
+    assert "no CUDA GPU" not in table
     assert "device_busy_share" not in run_bench(preset="tiny", size=64, steps=2, repeats=1, out_dir=tmp_path,
                                                 progress=said.append)  # fmt: skip
 
