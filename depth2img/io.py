@@ -342,9 +342,8 @@ def glob_files(item: str, outputs=()) -> tuple[list[Path], list[Path]]:
     if not reached:
         return found, []
     own_suffixes = (*(suffix for suffix, _ in DEPTH_WRITERS.values()), CONTROL_SUFFIX)
-    real = {
-        parent: os.path.realpath(parent) for parent in {q.parent for q in found}
-    }  # (once per folder, not file)
+    # each match's folder, resolved once per folder (not per file)
+    real = {parent: os.path.realpath(parent) for parent in {q.parent for q in found}}
     left = []
     for q in found:
         folder = real[q.parent]
