@@ -34,7 +34,7 @@ def _where(ref):
 def controlnet_source(controlnet, model=None):
     """Where ``controlnet``, named apart from ``model``, loads from (``_where``); None where none is named or it is
     the model's own (the one the model loads when none is named: the same images). A bad name is refused."""
-    from .backends import _companion_ref
+    from .backends import _companion_ref, pipeline_kind
     from .registry import resolve_backbone, resolve_controlnet
 
     if not controlnet:
@@ -42,8 +42,9 @@ def controlnet_source(controlnet, model=None):
     where = _where(resolve_controlnet(controlnet))
     try:
         ref = resolve_backbone(model)
-        if ref.is_local:
-            own = _where(_companion_ref(ref, Path(ref.location), "controlnet"))
+        if ref.is_local:  # with the loader's fallback for a folder outside the registry: its kind's
+            path = Path(ref.location)
+            own = _where(_companion_ref(ref, path, "controlnet", kind=pipeline_kind(path)))
         # a registry backbone's, pinned as _companion_ref pins it
         elif ref.entry is not None and ref.entry.controlnet:
             own = (ref.entry.controlnet, ref.entry.companion_revision)

@@ -562,6 +562,23 @@ def test_a_jobs_controlnet_runs_and_a_resume_with_another_is_refused(dataset, tm
     assert run_job(again, resume=True, progress=False).skipped == 3
 
 
+def test_a_folder_outside_the_registry_counts_the_controlnet_it_loads_as_its_own(tmp_path):
+    """A local folder of a registry pipeline kind that holds no ControlNet loads the registry's depth ControlNet of
+    that kind (the loader's fallback): named, it is the model's own, the same images as none (it was compared as
+    another: a resume naming it refused)."""
+    from depth2img.registry import backbones
+    from depth2img.service import controlnet_source
+
+    folder = tmp_path / "finetune"
+    folder.mkdir()
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionPipeline"}))
+    own = next(e for e in backbones().values() if e.pipeline == "sd15-controlnet" and e.controlnet)
+    assert controlnet_source(own.controlnet, str(folder)) is None
+    assert controlnet_source("someone/depth-controlnet", str(folder)) == ("someone/depth-controlnet", None)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": "StableDiffusionXLPipeline"}))
+    assert controlnet_source(own.controlnet, str(folder)) == (own.controlnet, own.companion_revision)
+
+
 def test_a_model_not_at_hand_is_named_before_any_model_loads_or_folder_is_made(dataset, tmp_path, tiny_dir,
                                                                                monkeypatch):  # fmt: skip
     from depth2img.errors import ModelLoadError
