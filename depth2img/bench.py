@@ -348,10 +348,13 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         )
 
     same = ours(plain, plain_dtype)
-    fast = ours(_pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype)
     # channels_last (None: the compiled rows on GPUs) and fuse_qkv apply to every fast-path row, so each can be measured off
     fast_options = dict(channels_last=channels_last, fuse_qkv=fuse_qkv)
-    applied = fast.backend.optimize(**fast_options)
+    fast = applied = None
+    # the eager fast path, where a row times it (compiled-only built it, a full copy of the models, for nothing)
+    if not compiled_only or feature_cache > 1:
+        fast = ours(_pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype)
+        applied = fast.backend.optimize(**fast_options)
     extra, compiled_rows, compiled_path = {}, {}, None  # row name -> its mode; the first mode's path
     for mode in modes:
         name = "depth2img-fast-compiled" + (f"-{mode}" if len(modes) > 1 else "")
@@ -361,6 +364,8 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             compile_mode=mode, compile_fallback=False, compile_options=inductor, **fast_options
         )
         compiled_path = compiled_path or path
+    if applied is None:  # what the compiled rows apply besides compiling: the same options
+        applied = [step for step in compiled_path if ":compile(" not in step]
     if attention == "xformers":
         extra["depth2img-fast-xformers"] = xf = ours(
             _pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype

@@ -255,11 +255,19 @@ def test_compiled_only_times_plain_diffusers_and_the_compiled_rows_alone(tmp_pat
     from a full run's (which they would have replaced)."""
     import torch
 
-    ran = []
+    from depth2img import bench
+
+    ran, built = [], []
     monkeypatch.setattr(torch, "compile", lambda fn, **kwargs: fn)
+    monkeypatch.setattr(bench, "_pipeline", lambda *a, make=bench._pipeline: built.append(1) or make(*a))
     result = run_bench(preset="tiny", size=64, steps=2, batch=2, repeats=1, compile_mode="default",
                        compiled_only=True, out_dir=tmp_path, progress=ran.append)  # fmt: skip
     assert list(result["results"]) == ["diffusers", "depth2img-fast-compiled"]
+    # no eager fast path built for no row (plain diffusers, the compiled row's, plain in bf16 for the tolerance);
+    # the table still names the options the compiled row applies
+    assert len(built) == 3
+    assert "unet:fused_qkv" in result["fast_path"]
+    assert result["fast_path"] == [s for s in result["compiled_path"] if "compile" not in s]
     assert [m for m in ran if m.startswith("warm-up")] == [
         "warm-up: diffusers",
         "warm-up: depth2img-fast-compiled",
