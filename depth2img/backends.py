@@ -331,9 +331,12 @@ def check_memory_options(*, device=None, offload: str | None = None, attention: 
     return offload, device
 
 
-def check_attention(attention: str, name: str = "attention") -> str:
-    """``sdpa`` (PyTorch's, the default) or ``xformers`` (only when the extra is installed); ``name`` is how the
-    caller's user spells the argument (``--attention`` on the command line)."""
+def check_attention(attention: str, name: str = "attention", also=()) -> str:
+    """``sdpa`` (PyTorch's, the default) or ``xformers`` (only when the extra is installed), or one of the caller's
+    own choices ``also``; ``name`` is how the caller's user spells the argument (``--attention`` on the command
+    line)."""
+    if attention in also:
+        return attention
     if attention == "xformers":
         try:
             import xformers  # noqa: F401
@@ -342,7 +345,7 @@ def check_attention(attention: str, name: str = "attention") -> str:
                 f"{name} xformers needs the xformers extra: pip install 'depth2img[xformers]'"
             ) from None
     elif attention != "sdpa":
-        raise InputError(f"{name} must be sdpa or xformers, got {attention!r}")
+        raise InputError(f"{name} must be {' or '.join(('sdpa', 'xformers', *also))}, got {attention!r}")
     return attention
 
 

@@ -119,6 +119,30 @@ def _components(backbone: str, preset: str, device, dtype) -> dict:
     return comps
 
 
+CUDNN_FIRST = "attention:cudnn-first"  # the fast path's record of --attention sdpa-cudnn
+
+
+@contextlib.contextmanager
+def _attention_preference(attention: str):
+    """Where ``attention`` is ``sdpa-cudnn``: PyTorch's SDPA tries cuDNN's kernels first, then its own order
+    (FlashAttention first) for shapes cuDNN cannot serve; PyTorch ranks cuDNN last. A bench experiment for
+    Hopper GPUs, where cuDNN's attention has measured faster than FlashAttention 2 on some shapes; on a CPU it
+    changes nothing (cuDNN is CUDA's). A compiled graph keeps the kernels chosen when it was traced."""
+    if attention != "sdpa-cudnn":
+        yield
+        return
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    order = [
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.MATH,
+    ]
+    with sdpa_kernel(order, set_priority=True):
+        yield
+
+
 def _pipeline(backbone: str, comps: dict):
     from .loading import library_class
 
@@ -290,6 +314,9 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
       strings), to measure one before it becomes a mode's own;
     - ``depth2img-fast+cacheN`` (``feature_cache`` N > 1): the fast path reusing deep UNet features (quality trade);
     - ``depth2img-fast-xformers`` (``attention='xformers'``): the fast path with xformers attention instead of SDPA;
+      ``attention='sdpa-cudnn'`` adds no row: every fast-path row (eager, compiled, cached) runs with SDPA trying
+      cuDNN's kernels first (``_attention_preference``; in its path as ``attention:cudnn-first``), to be compared
+      with a run without it by their speed-ups against the same run's plain diffusers;
     - ``depth2img-lowvram-model`` and ``-group`` (``low_vram``, GPU only): model CPU offload or group offloading
       (layer by layer, copies on a CUDA stream), each with VAE slicing and tiling.
 
@@ -332,7 +359,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     device = resolve_device(device)
     if low_vram and device.type != "cuda":
         raise InputError("--low-vram measures GPU memory under CPU offload; no GPU is available here")
-    backends.check_attention(attention, "--attention")  # before any model is built
+    backends.check_attention(attention, "--attention", also=("sdpa-cudnn",))  # before any model is built
     out_dir = output_dir(out_dir, ())  # a file there failed only after the whole run, losing its figures
     size = size or (1024 if backbone == "sdxl" else 512)
     plain_dtype, fast_dtype, default_fast = _dtypes(device, dtype, fast_dtype)
@@ -366,6 +393,8 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         compiled_path = compiled_path or path
     if applied is None:  # what the compiled rows apply besides compiling: the same options
         applied = [step for step in compiled_path if ":compile(" not in step]
+    if attention == "sdpa-cudnn":
+        applied, compiled_path = applied + [CUDNN_FIRST], compiled_path and compiled_path + [CUDNN_FIRST]
     if attention == "xformers":
         extra["depth2img-fast-xformers"] = xf = ours(
             _pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype
@@ -395,8 +424,10 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
                      output_type="np").images  # fmt: skip
 
     def run_ours(st, **knobs):
-        return st.transform(image, prompt, depth=depth, seed=seeds, steps=steps, strength=1.0, scheduler="unipc",
-                            control_end=control_end, **knobs).raw  # fmt: skip
+        # the API-overhead row stays plain diffusers' own
+        with _attention_preference(attention if st is not same else "sdpa"):
+            return st.transform(image, prompt, depth=depth, seed=seeds, steps=steps, strength=1.0,
+                                scheduler="unipc", control_end=control_end, **knobs).raw  # fmt: skip
 
     variants = {"diffusers": lambda: run_plain(seeds)}  # name -> call
     pipes = {"diffusers": plain}  # name -> the pipeline whose weights it uses
@@ -852,7 +883,7 @@ def _write(result: dict, out_dir: Path) -> None:
     # a fast-path dtype other than its default (bf16 on GPU); tables made before it could be chosen lack the field
     fast_default = result.get("default_fast_dtype", result["fast_dtype"])
     extra += f"-fast-{result['fast_dtype']}" if result["fast_dtype"] != fast_default else ""
-    extra += "-xformers" if result.get("attention") == "xformers" else ""
+    extra += f"-{result['attention']}" if result.get("attention", "sdpa") != "sdpa" else ""
     extra += "-compiled-only" if result.get("compiled_only") else ""
     stem = f"{result.get('backbone', 'sd15')}-controlnet-{result['preset']}-{result['size']}{extra}"
     _write_files(result, out_dir, stem, markdown(result))

@@ -76,6 +76,49 @@ def test_bench_can_leave_channels_last_and_fused_qkv_out_of_the_fast_path(tmp_pa
     assert "-no-channels-last-no-fused-qkv-" in result["written"][0]
 
 
+def test_sdpa_cudnn_puts_cudnn_first_on_the_fast_path_rows_alone(tmp_path, monkeypatch):
+    """--attention sdpa-cudnn: SDPA tries cuDNN's kernels first in every fast-path row, and in no row that stands
+    for plain diffusers (its own, and the API-overhead row); PyTorch's order is back afterwards. On a CPU the
+    images are the same as sdpa's."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend
+
+    from depth2img.transformer import SceneTransformer
+
+    before = torch._C._get_sdp_priority_order()
+    # the call running (plain diffusers, a VAE decode: None), and the backend first in SDPA's order at its calls
+    row, first = [None], {}
+    sdpa, transform = F.scaled_dot_product_attention, SceneTransformer.transform
+
+    def recording(*args, **kwargs):
+        first.setdefault(row[0], set()).add(torch._C._get_sdp_priority_order()[0])
+        return sdpa(*args, **kwargs)
+
+    def ours(
+        st, *args, **kwargs
+    ):  # the fast path's rows fuse QKV; the API-overhead row runs as diffusers does
+        row[0] = "fast" if st.backend.fast_path else "api"
+        try:
+            return transform(st, *args, **kwargs)
+        finally:
+            row[0] = None
+
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
+    monkeypatch.setattr(SceneTransformer, "transform", ours)
+    result = run_bench(preset="tiny", size=64, steps=2, batch=2, repeats=1, attention="sdpa-cudnn",
+                       out_dir=tmp_path, progress=lambda m: None)  # fmt: skip
+    cudnn = int(SDPBackend.CUDNN_ATTENTION)
+    assert first["fast"] == {cudnn}
+    assert cudnn not in first["api"] | first[None], first
+    assert torch._C._get_sdp_priority_order() == before
+    assert result["fast_path"][-1] == "attention:cudnn-first" and result["attention"] == "sdpa-cudnn"
+    assert result["results"]["depth2img-fast"]["max_abs_diff_vs_diffusers"] == 0.0
+    assert "-sdpa-cudnn-" in result["written"][0] and "attention:cudnn-first" in markdown(result)
+    with pytest.raises(InputError, match="^--attention must be sdpa or xformers or sdpa-cudnn, got 'cudnn'$"):
+        run_bench(preset="tiny", attention="cudnn", out_dir=tmp_path)
+
+
 def test_bench_dataset_mode_feature_cache_and_sdxl(tmp_path):
     result = run_bench(preset="tiny", size=64, steps=4, batch=2, repeats=1, feature_cache=2, out_dir=tmp_path,
                        progress=lambda m: None)  # fmt: skip
