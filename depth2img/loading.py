@@ -14,6 +14,7 @@ import contextlib
 import fnmatch
 import os
 import re
+import shlex
 import socket
 import warnings
 from pathlib import Path
@@ -120,7 +121,7 @@ def download_command(ref: ModelRef, patterns, ignored=IGNORED_FILES) -> str:
     are passed as such; of the ``ignored`` patterns, those the included ones can match."""
     pin = f" --revision {ref.revision}" if ref.revision and ref.revision != "main" else ""
     if not any(c in p for p in patterns for c in "*?["):
-        return f"hf download {ref.location}{pin} {' '.join(patterns)}"
+        return f"hf download {ref.location}{pin} {' '.join(map(shlex.quote, patterns))}"
     # those another one takes whole: the hub's patterns are fnmatch's, whose '*' takes a '/' too ('*.json' takes
     # '*/*.json''s files; 'model*.safetensors' takes 'model.safetensors'). Read as a string, a pattern matched by
     # one whose only wildcard is '*' is taken whole by it ('?' or '[...]' would need more: not pruned)

@@ -501,6 +501,8 @@ def test_the_download_advised_offline_fetches_what_the_loader_loads():
         download_command(ref, ["lora.safetensors"])
         == f"hf download {ref.location} --revision abc lora.safetensors"
     )
+    # a name a shell would split, quoted
+    assert shlex.split(download_command(ref, ["my lora.safetensors"]))[5:] == ["my lora.safetensors"]
 
 
 def test_a_cached_repository_of_another_kind_is_not_called_missing(tmp_path, tiny_dir, monkeypatch):
