@@ -17,7 +17,7 @@
 #                                                 # GPU image lacks (diffusers; transformers/regex at our versions)
 #                                                 # into .gpu-wheels/ (git-ignored; name it in the device's carry)
 #   DEADLINE=500 bash benchmarks/run_gpu.sh core  # ON THE GPU: dataset mode with what could still lift it to the
-#                                                 # target: 32 images per call, cuDNN's attention kernels first,
+#                                                 # target: 32 images per call, FlashAttention first,
 #                                                 # diffusers' tuning recipe,
 #                                                 # inductor's freezing, the max-autotune mode; each run has plain
 #                                                 # diffusers as a row too (--compiled-only: no eager rows)
@@ -93,12 +93,12 @@ declare -A STEP=(
   # (--profile: how much of a call the GPU waits on the host, e.g. UniPC's per-step copies of CPU sigmas to the GPU,
   # each a host sync, between CUDA-graph replays)
   [dataset-b32]="--batch 32 --compile reduce-overhead --repeats 2 --compiled-only --profile"
-  # SDPA trying cuDNN's attention kernels first (PyTorch ranks them last, behind FlashAttention 2): on Hopper they
-  # measured faster on some shapes (transformers and SGLang's benchmarks, 2026), not on others; SD1.5's heads are
-  # 40, 80 and 160 wide (cuDNN serves up to 128); by a count of their matrix products, attention is about 15 % of
-  # the FLOPs at 512x512. Judged against dataset-fp16's and dataset-mm's rows by the speed-up on each run's own
-  # plain diffusers
-  [dataset-cudnn]="--batch 16 --compile reduce-overhead --attention sdpa-cudnn --repeats 2 --compiled-only"
+  # SDPA trying FlashAttention 2's kernels first: on the H100 (torch 2.11) the compiled UNet and ControlNet ran
+  # cuDNN's attention (run_gpu-core-nvidia-h100.log: aten._scaled_dot_product_cudnn_attention), which PyTorch
+  # prefers there; FlashAttention first elsewhere. Which serves SD1.5's shapes faster (heads 40, 80 and 160 wide;
+  # by a count of their matrix products, attention is about 15 % of the FLOPs at 512x512) is not measured. Judged
+  # against dataset-fp16's and dataset-mm's rows by the speed-up on each run's own plain diffusers
+  [dataset-flash]="--batch 16 --compile reduce-overhead --attention sdpa-flash --repeats 2 --compiled-only"
   [dataset-default]="--batch 16 --compile default --repeats 2"
   [latency]="--batch 1 --compile reduce-overhead --repeats 5"
   # batch 1 without CUDA graphs, kernels launched from C++ rather than Python: the second way to the 2x, should
@@ -122,7 +122,7 @@ declare -A PART=(
   # low-VRAM peak on the H200. Short: dataset mode (18,233 images/hour, 43.6 % of the measured peak, H100
   # 2026-11-27): core is what could still lift it (fp16, the 1x1 setting and no channels-last did not); extra the
   # steps never run, then those run already
-  [core]="dataset-b32 dataset-cudnn dataset-tuned dataset-freezing compile-mat-b16"
+  [core]="dataset-b32 dataset-flash dataset-tuned dataset-freezing compile-mat-b16"
   [extra]="depth latency-cpp xformers-b1 window-b16 cache3-b16 lowvram-sd15 latency lowvram-sdxl dataset dataset-default dataset-fp16 dataset-mm compile-default-b16-no-cl"
 )
 parts=("$@")

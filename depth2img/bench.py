@@ -119,27 +119,29 @@ def _components(backbone: str, preset: str, device, dtype) -> dict:
     return comps
 
 
-CUDNN_FIRST = "attention:cudnn-first"  # the fast path's record of --attention sdpa-cudnn
+# --attention choices of the bench alone: the order in which SDPA tries its kernels in the fast path's rows, each
+# falling back to the next for a shape it cannot serve (PyTorch's own order is FlashAttention's first, but on an
+# H100 with torch 2.11 the compiled graphs ran cuDNN's: benchmarks/run_gpu-core-nvidia-h100.log)
+SDPA_ORDERS = {
+    "sdpa-flash": ("FLASH_ATTENTION", "EFFICIENT_ATTENTION", "CUDNN_ATTENTION", "MATH"),
+    "sdpa-cudnn": ("CUDNN_ATTENTION", "FLASH_ATTENTION", "EFFICIENT_ATTENTION", "MATH"),
+}
 
 
 @contextlib.contextmanager
 def _attention_preference(attention: str):
-    """Where ``attention`` is ``sdpa-cudnn``: PyTorch's SDPA tries cuDNN's kernels first, then its own order
-    (FlashAttention first) for shapes cuDNN cannot serve; PyTorch ranks cuDNN last. A bench experiment for
-    Hopper GPUs, where cuDNN's attention has measured faster than FlashAttention 2 on some shapes; on a CPU it
-    changes nothing (cuDNN is CUDA's). A compiled graph keeps the kernels chosen when it was traced."""
-    if attention != "sdpa-cudnn":
+    """In an ``SDPA_ORDERS`` ``attention``, SDPA tries its kernels in that order (``sdpa_kernel`` with
+    ``set_priority``); else PyTorch's own. A compiled graph keeps the kernels chosen when it was traced, and
+    AOTAutograd's cache of compiled graphs is off meanwhile: its key does not hold the order, so a graph traced
+    under another order in an earlier run on the same machine would come back from it."""
+    if attention not in SDPA_ORDERS:
         yield
         return
+    import torch._functorch.config as functorch_config
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
-    order = [
-        SDPBackend.CUDNN_ATTENTION,
-        SDPBackend.FLASH_ATTENTION,
-        SDPBackend.EFFICIENT_ATTENTION,
-        SDPBackend.MATH,
-    ]
-    with sdpa_kernel(order, set_priority=True):
+    order = [getattr(SDPBackend, name) for name in SDPA_ORDERS[attention]]
+    with sdpa_kernel(order, set_priority=True), functorch_config.patch(enable_autograd_cache=False):
         yield
 
 
@@ -314,9 +316,10 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
       strings), to measure one before it becomes a mode's own;
     - ``depth2img-fast+cacheN`` (``feature_cache`` N > 1): the fast path reusing deep UNet features (quality trade);
     - ``depth2img-fast-xformers`` (``attention='xformers'``): the fast path with xformers attention instead of SDPA;
-      ``attention='sdpa-cudnn'`` adds no row: every fast-path row (eager, compiled, cached) runs with SDPA trying
-      cuDNN's kernels first (``_attention_preference``; in its path as ``attention:cudnn-first``), to be compared
-      with a run without it by their speed-ups against the same run's plain diffusers;
+      ``attention`` ``sdpa-flash`` or ``sdpa-cudnn`` adds no row: every row of depth2img's but the API's runs with
+      SDPA trying FlashAttention's or cuDNN's kernels first (``_attention_preference``; in the path as
+      ``attention:flash-first``), to be compared with a run without it by their speed-ups against the same run's
+      plain diffusers;
     - ``depth2img-lowvram-model`` and ``-group`` (``low_vram``, GPU only): model CPU offload or group offloading
       (layer by layer, copies on a CUDA stream), each with VAE slicing and tiling.
 
@@ -359,7 +362,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     device = resolve_device(device)
     if low_vram and device.type != "cuda":
         raise InputError("--low-vram measures GPU memory under CPU offload; no GPU is available here")
-    backends.check_attention(attention, "--attention", also=("sdpa-cudnn",))  # before any model is built
+    backends.check_attention(attention, "--attention", also=tuple(SDPA_ORDERS))  # before any model is built
     out_dir = output_dir(out_dir, ())  # a file there failed only after the whole run, losing its figures
     size = size or (1024 if backbone == "sdxl" else 512)
     plain_dtype, fast_dtype, default_fast = _dtypes(device, dtype, fast_dtype)
@@ -393,8 +396,9 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         compiled_path = compiled_path or path
     if applied is None:  # what the compiled rows apply besides compiling: the same options
         applied = [step for step in compiled_path if ":compile(" not in step]
-    if attention == "sdpa-cudnn":
-        applied, compiled_path = applied + [CUDNN_FIRST], compiled_path and compiled_path + [CUDNN_FIRST]
+    if attention in SDPA_ORDERS:
+        order = f"attention:{attention.removeprefix('sdpa-')}-first"
+        applied, compiled_path = applied + [order], compiled_path and compiled_path + [order]
     if attention == "xformers":
         extra["depth2img-fast-xformers"] = xf = ours(
             _pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype
@@ -595,7 +599,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             "peak_source": "given" if peak_tflops else "measured matmul", **api, "compiled_only": compiled_only,
             **({"device_busy_share": busy, "profile_errors": profile_errors} if profile else {}),
             "vae_decode_ms": 1000 * decode_s, "vae_decode_share": decode_s / statistics.median(times[best]),
-            "versions": _versions(), "results": rows,
+            "versions": _versions(), "cudnn": torch.backends.cudnn.version(), "results": rows,
         }  # fmt: skip
 
     for r in range(repeats):

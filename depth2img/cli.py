@@ -248,10 +248,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--control-end", type=float, default=1.0, help="ControlNet guidance end (default 1.0)")
     p.add_argument("--feature-cache", type=int, default=1, metavar="N",
                    help="also time the fast path with the DeepCache-like feature cache (a quality trade)")  # fmt: skip
-    p.add_argument("--attention", choices=["sdpa", "sdpa-cudnn", "xformers"], default="sdpa",
-                   help="xformers: also time the fast path with xformers attention (needs the extra); sdpa-cudnn: "
-                        "the fast-path rows try cuDNN's attention kernels first (a GPU experiment; on a CPU the "
-                        "same as sdpa)")  # fmt: skip
+    p.add_argument("--attention", choices=["sdpa", "sdpa-flash", "sdpa-cudnn", "xformers"], default="sdpa",
+                   help="xformers: also time the fast path with xformers attention (needs the extra); sdpa-flash, "
+                        "sdpa-cudnn: depth2img's rows try FlashAttention's or cuDNN's kernels first (a GPU "
+                        "experiment)")  # fmt: skip
     p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False,
                    help="fast path without channels-last (default: its compiled rows on GPUs), to measure what it brings")  # fmt: skip
     p.add_argument("--no-fused-qkv", dest="fuse_qkv", action="store_false",

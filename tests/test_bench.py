@@ -76,23 +76,28 @@ def test_bench_can_leave_channels_last_and_fused_qkv_out_of_the_fast_path(tmp_pa
     assert "-no-channels-last-no-fused-qkv-" in result["written"][0]
 
 
-def test_sdpa_cudnn_puts_cudnn_first_on_the_fast_path_rows_alone(tmp_path, monkeypatch):
-    """--attention sdpa-cudnn: SDPA tries cuDNN's kernels first in every fast-path row, and in no row that stands
-    for plain diffusers (its own, and the API-overhead row); PyTorch's order is back afterwards. On a CPU the
-    images are the same as sdpa's."""
+@pytest.mark.parametrize("attention", ["sdpa-flash", "sdpa-cudnn"])
+def test_an_sdpa_order_holds_in_depth2img_rows_alone(tmp_path, monkeypatch, attention):
+    """--attention sdpa-flash / sdpa-cudnn: SDPA tries its kernels in that order in every row of depth2img's, with
+    AOTAutograd's cache off (its key lacks the order), and in PyTorch's own order in the rows that stand for plain
+    diffusers (its own, and the API-overhead row) and the VAE decode; PyTorch's order is back afterwards. On a CPU
+    the images are the same as sdpa's."""
     import torch
+    import torch._functorch.config as functorch_config
     import torch.nn.functional as F
     from torch.nn.attention import SDPBackend
 
+    from depth2img.bench import SDPA_ORDERS
     from depth2img.transformer import SceneTransformer
 
     before = torch._C._get_sdp_priority_order()
-    # the call running (plain diffusers, a VAE decode: None), and the backend first in SDPA's order at its calls
-    row, first = [None], {}
+    # the call running (plain diffusers, a VAE decode: None) -> (SDPA's order, the cache on) at its SDPA calls
+    row, seen = [None], {}
     sdpa, transform = F.scaled_dot_product_attention, SceneTransformer.transform
 
     def recording(*args, **kwargs):
-        first.setdefault(row[0], set()).add(torch._C._get_sdp_priority_order()[0])
+        order = tuple(torch._C._get_sdp_priority_order())
+        seen.setdefault(row[0], set()).add((order, functorch_config.enable_autograd_cache))
         return sdpa(*args, **kwargs)
 
     def ours(
@@ -106,16 +111,20 @@ def test_sdpa_cudnn_puts_cudnn_first_on_the_fast_path_rows_alone(tmp_path, monke
 
     monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
     monkeypatch.setattr(SceneTransformer, "transform", ours)
-    result = run_bench(preset="tiny", size=64, steps=2, batch=2, repeats=1, attention="sdpa-cudnn",
+    result = run_bench(preset="tiny", size=64, steps=2, batch=2, repeats=1, attention=attention,
                        out_dir=tmp_path, progress=lambda m: None)  # fmt: skip
-    cudnn = int(SDPBackend.CUDNN_ATTENTION)
-    assert first["fast"] == {cudnn}
-    assert cudnn not in first["api"] | first[None], first
-    assert torch._C._get_sdp_priority_order() == before
-    assert result["fast_path"][-1] == "attention:cudnn-first" and result["attention"] == "sdpa-cudnn"
+    asked = tuple(int(getattr(SDPBackend, name)) for name in SDPA_ORDERS[attention])
+    ((order, cached),) = seen["fast"]
+    assert order[: len(asked)] == asked and cached is False
+    assert seen["api"] | seen[None] == {(tuple(before), True)}, seen
+    assert torch._C._get_sdp_priority_order() == before and functorch_config.enable_autograd_cache
+    named = f"attention:{attention.removeprefix('sdpa-')}-first"
+    assert result["fast_path"][-1] == named and result["attention"] == attention
     assert result["results"]["depth2img-fast"]["max_abs_diff_vs_diffusers"] == 0.0
-    assert "-sdpa-cudnn-" in result["written"][0] and "attention:cudnn-first" in markdown(result)
-    with pytest.raises(InputError, match="^--attention must be sdpa or xformers or sdpa-cudnn, got 'cudnn'$"):
+    assert f"-{attention}-" in result["written"][0] and named in markdown(result)
+    with pytest.raises(
+        InputError, match="^--attention must be sdpa or xformers or sdpa-flash or sdpa-cudnn, got 'cudnn'$"
+    ):
         run_bench(preset="tiny", attention="cudnn", out_dir=tmp_path)
 
 
