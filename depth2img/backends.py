@@ -82,6 +82,15 @@ SCHEDULER_OPTIONS = {
     "dpm++-karras": {"use_karras_sigmas": True},
     "ddim-trailing": {"timestep_spacing": "trailing"},
 }
+
+
+def make_scheduler(name: str, config):
+    """Scheduler ``name`` (of ``SCHEDULERS``) from a scheduler ``config``, with its ``SCHEDULER_OPTIONS``."""
+    import diffusers
+
+    return getattr(diffusers, SCHEDULERS[name]).from_config(config, **SCHEDULER_OPTIONS.get(name, {}))
+
+
 # model_index.json's _class_name -> pipeline kind, for folders and hub ids outside the registry
 CLASS_TO_KIND = {
     "StableDiffusionPipeline": "sd15-controlnet", "StableDiffusionControlNetPipeline": "sd15-controlnet",
@@ -619,15 +628,12 @@ class Backend:
     def scheduler(self, name: str | None):
         """(name, scheduler) for ``name`` (None: this backbone's default), checked and made once, without touching
         the pipelines (``prepare`` checks a request's scheduler while another thread may be denoising)."""
-        import diffusers
-
         # ("" is the default too, as it was)
         name = check_scheduler_name(None if name == "" else name) or self.default_scheduler
         check_backbone_knobs(self.traits, self.ref.name, {}, scheduler=name)
         if name not in self._schedulers:
             base = self._schedulers.setdefault("__original__", self.pipe.scheduler)
-            options = SCHEDULER_OPTIONS.get(name, {})
-            self._schedulers[name] = getattr(diffusers, SCHEDULERS[name]).from_config(base.config, **options)
+            self._schedulers[name] = make_scheduler(name, base.config)
         return name, self._schedulers[name]
 
     def set_scheduler(self, name: str | None) -> str:

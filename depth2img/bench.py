@@ -90,11 +90,11 @@ BACKBONES = {  # bench name -> (registry tiny entry, diffusers pipeline, depth2i
 }  # fmt: skip
 
 
-def _components(backbone: str, preset: str, device, dtype) -> dict:
-    """The pipeline's components: the tiny test models (through the project's loader) or full-size random weights."""
-    from diffusers import UniPCMultistepScheduler
-
+def _components(backbone: str, preset: str, device, dtype, scheduler: str = "unipc") -> dict:
+    """The pipeline's components: the tiny test models (through the project's loader) or full-size random weights,
+    with ``scheduler`` made from the SD repos' scheduler config."""
     from . import tiny
+    from .backends import make_scheduler
 
     tiny_name, _, _, configs = BACKBONES[backbone]
     if preset == "tiny":
@@ -114,8 +114,7 @@ def _components(backbone: str, preset: str, device, dtype) -> dict:
         k: (v.to(device=device, dtype=dtype).eval() if hasattr(v, "parameters") else v)
         for k, v in comps.items()
     }
-    # The scheduler diffusers' ControlNet docs use, from the SD repos' scheduler config.
-    comps["scheduler"] = UniPCMultistepScheduler.from_config(tiny._sd_scheduler().config)
+    comps["scheduler"] = make_scheduler(scheduler, tiny._sd_scheduler().config)
     return comps
 
 
@@ -231,15 +230,13 @@ def _sync(device):
         torch.mps.synchronize()
 
 
-def loop_rates(fn, device, steps: int) -> list[float]:
+def loop_rates(fn, device, steps: int, scheduler_class) -> list[float]:
     """Denoising steps per second inside each pipeline call ``fn`` makes: the loop's own rate, as diffusers' progress
     bar shows it, without text encoding, set-up and VAE decode. Every scheduler step is timed at its end (the device
     synchronised, so this call is not one of the timed ones); a call's rate is its ``steps - 1`` intervals, first
-    step end to last (every row runs UniPC, diffusers' ControlNet docs' scheduler). Empty where a call takes fewer
-    than 2 steps or steps are missing."""
-    from diffusers import UniPCMultistepScheduler
-
-    ends, step = [], UniPCMultistepScheduler.step
+    step end to last (the steps of ``scheduler_class``, which every row runs). Empty where a call takes fewer than
+    2 steps or steps are missing."""
+    ends, step = [], scheduler_class.step
 
     def timed(*args, **kwargs):
         out = step(*args, **kwargs)
@@ -247,11 +244,11 @@ def loop_rates(fn, device, steps: int) -> list[float]:
         ends.append(time.perf_counter())
         return out
 
-    UniPCMultistepScheduler.step = timed
+    scheduler_class.step = timed
     try:
         fn()
     finally:
-        UniPCMultistepScheduler.step = step
+        scheduler_class.step = step
     if steps < 2 or not ends or len(ends) % steps:
         return []
     calls = [ends[i : i + steps] for i in range(0, len(ends), steps)]
@@ -300,10 +297,11 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
               control_end: float = 1.0, feature_cache: int = 1, attention: str = "sdpa", low_vram: bool = False,
               channels_last: bool | None = None, fuse_qkv: bool = True, peak_tflops: float | None = None,
               inductor=None, fast_dtype=None, compiled_only: bool = False, profile: bool = False,
-              out_dir: str | Path = "benchmarks", progress=print) -> dict:  # fmt: skip
+              scheduler: str = "unipc", out_dir: str | Path = "benchmarks", progress=print) -> dict:  # fmt: skip
     """Depth ControlNet (SD1.5 or SDXL), interleaved on the same prompt, control image and seeds:
 
-    - ``diffusers``: the plain pipeline as its docs show it (fp16 on GPU, SDPA, UniPC), ``batch`` images per call;
+    - ``diffusers``: the plain pipeline as its docs show it (fp16 on GPU, SDPA, UniPC), ``batch`` images per call
+      (``scheduler``: another of ``SCHEDULERS`` in every row, e.g. to measure what UniPC's own work costs);
     - ``diffusers-b1`` (when batch > 1): the same, one image per call, as a per-image script runs it, on the first
       ``B1_IMAGES`` seeds (its time per image is what counts; the rest would only lengthen the run);
     - ``depth2img``: the API with the same components and settings (its overhead);
@@ -363,11 +361,15 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     if low_vram and device.type != "cuda":
         raise InputError("--low-vram measures GPU memory under CPU offload; no GPU is available here")
     backends.check_attention(attention, "--attention", also=tuple(SDPA_ORDERS))  # before any model is built
+    if scheduler not in backends.Backend.allowed_schedulers():
+        raise InputError(
+            f"--scheduler {scheduler!r} is not one of {', '.join(backends.Backend.allowed_schedulers())}"
+        )
     out_dir = output_dir(out_dir, ())  # a file there failed only after the whole run, losing its figures
     size = size or (1024 if backbone == "sdxl" else 512)
     plain_dtype, fast_dtype, default_fast = _dtypes(device, dtype, fast_dtype)
     progress(f"building {backbone} + ControlNet ({preset}) on {device} ...")
-    comps = _components(backbone, preset, device, plain_dtype)
+    comps = _components(backbone, preset, device, plain_dtype, scheduler)
     plain = _pipeline(backbone, comps)
     ref = ModelRef(name="bench", location="bench", revision=None, is_local=True)
     backend_class = getattr(backends, BACKBONES[backbone][2])
@@ -431,7 +433,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         # the API-overhead row stays plain diffusers' own
         with _attention_preference(attention if st is not same else "sdpa"):
             return st.transform(image, prompt, depth=depth, seed=seeds, steps=steps, strength=1.0,
-                                scheduler="unipc", control_end=control_end, **knobs).raw  # fmt: skip
+                                scheduler=scheduler, control_end=control_end, **knobs).raw  # fmt: skip
 
     variants = {"diffusers": lambda: run_plain(seeds)}  # name -> call
     pipes = {"diffusers": plain}  # name -> the pipeline whose weights it uses
@@ -508,7 +510,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
 
     run_decode()
     # the denoising loop's own it/s: one more untimed call per row, each step timed (synchronised) at its end
-    loop = {name: loop_rates(fn, device, steps) for name, fn in variants.items()}
+    loop = {name: loop_rates(fn, device, steps, type(comps["scheduler"])) for name, fn in variants.items()}
     # (profiled calls: the GPU's busy share of one, where asked; off a GPU, none)
     profiled = [name for name in ("diffusers", *compiled_rows) if name in variants] if profile else []
 
@@ -586,7 +588,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "device": _device_name(device),
             "host_cpu": host_cpu(), "default_dtype": str(resolve_dtype(None, device)).replace("torch.", ""), "backbone": backbone, "preset": preset, "size": size, "steps": steps, "batch": batch, "repeats": done,
             "repeats_planned": repeats,
-            "cfg": True, "control_end": control_end, "compile": compile_mode, "inductor": inductor, "feature_cache": feature_cache,
+            "cfg": True, "scheduler": scheduler, "control_end": control_end, "compile": compile_mode, "inductor": inductor, "feature_cache": feature_cache,
             "speedup_baseline": baseline, "b1_images": images.get("diffusers-b1"), "compile_error": compile_error,
             "cudagraph_skips": cudagraph_skips,
             "cudagraph_pool_gib": {compiled_rows[k]: v / 2**30 for k, v in pools.items()} if device.type == "cuda" else None,
@@ -758,7 +760,7 @@ def _versions():
 def markdown(result: dict) -> str:
     name = {"sd15": "SD1.5", "sdxl": "SDXL"}[result.get("backbone", "sd15")]
     head = (f"{name} + ControlNet depth, {result['preset']} architecture, {result['size']}x{result['size']}, "
-            f"{result['steps']} steps, CFG, batch {result['batch']}, on **{result['device']}** ({_host(result)}{result['date']}); "
+            f"{result['steps']} steps{_scheduler_text(result)}, CFG, batch {result['batch']}, on **{result['device']}** ({_host(result)}{result['date']}); "
             f"median of {result['repeats']} interleaved runs{_cut(result)}. {result['flops_per_call_tflop']:.3f} TFLOP per call; "
             f"peak {result['peak_tflops']:.3g} TFLOP/s ({result['peak_source']}). Fast path: "
             f"{result['fast_dtype']}, {', '.join(result['fast_path']) or 'none'}. Speed-up per image against "
@@ -832,6 +834,11 @@ def _pool_text(result: dict, mode: str) -> str:
             "warm-up (reserved at capture, which a timed call's replay does not allocate)")  # fmt: skip
 
 
+def _scheduler_text(result: dict) -> str:
+    """A scheduler other than UniPC (every table before --scheduler ran UniPC)."""
+    return "" if result.get("scheduler", "unipc") == "unipc" else f" ({result['scheduler']})"
+
+
 def _compiled_text(result: dict) -> str:
     path, modes = result.get("compiled_path"), (result.get("compile") or "").split(",")
     if not path:
@@ -889,6 +896,10 @@ def _write(result: dict, out_dir: Path) -> None:
     extra += f"-fast-{result['fast_dtype']}" if result["fast_dtype"] != fast_default else ""
     extra += f"-{result['attention']}" if result.get("attention", "sdpa") != "sdpa" else ""
     extra += "-compiled-only" if result.get("compiled_only") else ""
+    # (the device tool returns no file whose name has a '+': dpm++ is dpmpp)
+    extra += (
+        "-" + result["scheduler"].replace("+", "p") if result.get("scheduler", "unipc") != "unipc" else ""
+    )
     stem = f"{result.get('backbone', 'sd15')}-controlnet-{result['preset']}-{result['size']}{extra}"
     _write_files(result, out_dir, stem, markdown(result))
 

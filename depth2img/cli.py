@@ -246,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also run one call of plain diffusers and of each --compile row under torch.profiler and "
                         "report the share of it the GPU was busy (the rest it waited on the host; GPU only)")  # fmt: skip
     p.add_argument("--control-end", type=float, default=1.0, help="ControlNet guidance end (default 1.0)")
+    p.add_argument("--scheduler", default="unipc",
+                   help="the scheduler of every row (default unipc, diffusers' ControlNet docs'); another measures "
+                        "what UniPC's own per-step work costs")  # fmt: skip
     p.add_argument("--feature-cache", type=int, default=1, metavar="N",
                    help="also time the fast path with the DeepCache-like feature cache (a quality trade)")  # fmt: skip
     p.add_argument("--attention", choices=["sdpa", "sdpa-flash", "sdpa-cudnn", "xformers"], default="sdpa",
@@ -628,7 +631,7 @@ def _cmd_bench(args) -> int:
             ("--control-end", "control_end"), ("--feature-cache", "feature_cache"), ("--attention", "attention"),
             ("--no-channels-last", "channels_last"), ("--no-fused-qkv", "fuse_qkv"), ("--low-vram", "low_vram"),
             ("--peak-tflops", "peak_tflops"), ("--inductor", "inductor"), ("--fast-dtype", "fast_dtype"),
-            ("--compiled-only", "compiled_only"), ("--profile", "profile"),
+            ("--compiled-only", "compiled_only"), ("--profile", "profile"), ("--scheduler", "scheduler"),
         ) if getattr(args, key) != default[key]]  # fmt: skip
         if ignored:
             raise InputError(f"--depth benchmarks the depth estimators: {', '.join(ignored)} "
@@ -650,7 +653,7 @@ def _cmd_bench(args) -> int:
                        attention=args.attention, low_vram=args.low_vram, steps=args.steps, batch=args.batch, repeats=args.repeats,
                        device=args.device, dtype=args.dtype, compile_mode=args.compile, control_end=args.control_end,
                        channels_last=args.channels_last, fuse_qkv=args.fuse_qkv, peak_tflops=args.peak_tflops,
-                       inductor=args.inductor, fast_dtype=args.fast_dtype, compiled_only=args.compiled_only, profile=args.profile, out_dir=args.output, progress=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
+                       inductor=args.inductor, fast_dtype=args.fast_dtype, compiled_only=args.compiled_only, profile=args.profile, scheduler=args.scheduler, out_dir=args.output, progress=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
     print(markdown(result))
     print("written: " + ", ".join(result["written"]), file=sys.stderr)
     return 0

@@ -128,6 +128,29 @@ def test_an_sdpa_order_holds_in_depth2img_rows_alone(tmp_path, monkeypatch, atte
         run_bench(preset="tiny", attention="cudnn", out_dir=tmp_path)
 
 
+def test_another_scheduler_runs_in_every_row(tmp_path, monkeypatch):
+    """--scheduler dpm++: plain diffusers and every row of depth2img's step with DPM-Solver++ (no UniPC step at all),
+    the denoising loop is timed on its steps, the API row still gives plain diffusers' images, and the table and
+    its files name it (no '+' in a file name). A scheduler the backbones do not take is refused before any model
+    is built."""
+    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+
+    steps = []
+    for cls in (DPMSolverMultistepScheduler, UniPCMultistepScheduler):
+        monkeypatch.setattr(
+            cls, "step", lambda self, *a, own=cls.step, **k: steps.append(type(self)) or own(self, *a, **k)
+        )
+    result = run_bench(preset="tiny", size=64, steps=3, repeats=1, scheduler="dpm++", out_dir=tmp_path,
+                       progress=lambda m: None)  # fmt: skip
+    assert set(steps) == {DPMSolverMultistepScheduler}
+    assert all(row["loop_it_per_s"] for row in result["results"].values())
+    assert result["results"]["depth2img"]["max_abs_diff_vs_diffusers"] == 0.0
+    assert result["scheduler"] == "dpm++" and "3 steps (dpm++), CFG" in markdown(result)
+    assert "-s3-dpmpp-" in result["written"][0]
+    with pytest.raises(InputError, match="^--scheduler 'flow-euler' is not one of unipc, ddim, "):
+        run_bench(preset="tiny", scheduler="flow-euler", out_dir=tmp_path)
+
+
 def test_bench_dataset_mode_feature_cache_and_sdxl(tmp_path):
     result = run_bench(preset="tiny", size=64, steps=4, batch=2, repeats=1, feature_cache=2, out_dir=tmp_path,
                        progress=lambda m: None)  # fmt: skip
@@ -746,12 +769,15 @@ def test_loop_rates_time_each_call_from_its_first_step_end_to_its_last(monkeypat
         for _ in range(6):
             scheduler.step()
 
-    assert bench.loop_rates(two_calls, torch.device("cpu"), 3) == pytest.approx([2 / 3, 2.0])
+    assert bench.loop_rates(two_calls, torch.device("cpu"), 3, UniPCMultistepScheduler) == pytest.approx(
+        [2 / 3, 2.0]
+    )
     assert UniPCMultistepScheduler.step is own
     clock = iter([0.0, 1.0])
-    assert bench.loop_rates(lambda: (scheduler.step(), scheduler.step()), torch.device("cpu"), 3) == []
+    assert bench.loop_rates(lambda: (scheduler.step(), scheduler.step()), torch.device("cpu"), 3,
+                            UniPCMultistepScheduler) == []  # fmt: skip
     with pytest.raises(ZeroDivisionError):
-        bench.loop_rates(lambda: 1 / 0, torch.device("cpu"), 3)
+        bench.loop_rates(lambda: 1 / 0, torch.device("cpu"), 3, UniPCMultistepScheduler)
     assert UniPCMultistepScheduler.step is own
 
 
