@@ -230,29 +230,34 @@ def _sync(device):
         torch.mps.synchronize()
 
 
-def loop_rates(fn, device, steps: int, scheduler_class) -> list[float]:
+def loop_rates(fn, device, scheduler_class) -> list[float]:
     """Denoising steps per second inside each pipeline call ``fn`` makes: the loop's own rate, as diffusers' progress
-    bar shows it, without text encoding, set-up and VAE decode. Every scheduler step is timed at its end (the device
-    synchronised, so this call is not one of the timed ones); a call's rate is its ``steps - 1`` intervals, first
-    step end to last (the steps of ``scheduler_class``, which every row runs). Empty where a call takes fewer than
-    2 steps or steps are missing."""
-    ends, step = [], scheduler_class.step
+    bar shows it, without text encoding, set-up and VAE decode. Every step of ``scheduler_class`` (which every row
+    runs) is timed at its end (the device synchronised, so this call is not one of the timed ones); a call's steps
+    are those after its ``set_timesteps`` (PNDM takes one more than asked: counting the steps asked cut its calls
+    across each other), its rate their intervals, first step end to last. Empty where a call takes fewer than 2
+    steps."""
+    calls, step, schedule = [], scheduler_class.step, scheduler_class.set_timesteps
 
     def timed(*args, **kwargs):
         out = step(*args, **kwargs)
         _sync(device)
-        ends.append(time.perf_counter())
+        if calls:
+            calls[-1].append(time.perf_counter())
         return out
 
-    scheduler_class.step = timed
+    def scheduled(*args, **kwargs):  # a pipeline call sets its schedule once
+        calls.append([])
+        return schedule(*args, **kwargs)
+
+    scheduler_class.step, scheduler_class.set_timesteps = timed, scheduled
     try:
         fn()
     finally:
-        scheduler_class.step = step
-    if steps < 2 or not ends or len(ends) % steps:
+        scheduler_class.step, scheduler_class.set_timesteps = step, schedule
+    if not calls or any(len(call) < 2 for call in calls):
         return []
-    calls = [ends[i : i + steps] for i in range(0, len(ends), steps)]
-    return [(steps - 1) / (call[-1] - call[0]) for call in calls]
+    return [(len(call) - 1) / (call[-1] - call[0]) for call in calls]
 
 
 def busy_share(intervals, wall_s: float) -> float:
@@ -511,7 +516,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
 
     run_decode()
     # the denoising loop's own it/s: one more untimed call per row, each step timed (synchronised) at its end
-    loop = {name: loop_rates(fn, device, steps, type(comps["scheduler"])) for name, fn in variants.items()}
+    loop = {name: loop_rates(fn, device, type(comps["scheduler"])) for name, fn in variants.items()}
     # (profiled calls: the GPU's busy share of one, where asked; off a GPU, none)
     profiled = [name for name in ("diffusers", *compiled_rows) if name in variants] if profile else []
 

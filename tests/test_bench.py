@@ -128,25 +128,32 @@ def test_an_sdpa_order_holds_in_depth2img_rows_alone(tmp_path, monkeypatch, atte
         run_bench(preset="tiny", attention="cudnn", out_dir=tmp_path)
 
 
-def test_another_scheduler_runs_in_every_row(tmp_path, monkeypatch):
-    """--scheduler dpm++: plain diffusers and every row of depth2img's step with DPM-Solver++ (no UniPC step at all),
-    the denoising loop is timed on its steps, the API row still gives plain diffusers' images, and the table and
-    its files name it (no '+' in a file name). A scheduler the backbones do not take is refused before any model
-    is built."""
-    from diffusers import DPMSolverMultistepScheduler, UniPCMultistepScheduler
+@pytest.mark.parametrize(
+    ("scheduler", "cls", "named"),
+    [("dpm++", "DPMSolverMultistepScheduler", "dpmpp"), ("pndm", "PNDMScheduler", "pndm")],
+)
+def test_another_scheduler_runs_in_every_row(tmp_path, monkeypatch, scheduler, cls, named):
+    """--scheduler dpm++ (pndm): plain diffusers and every row of depth2img's step with it (no UniPC step at all),
+    the denoising loop is timed on its steps (PNDM takes one more than asked: a review's run lost most rows' rates
+    and gave another a wrong one), the API row still gives plain diffusers' images, and the table and its files
+    name it (no '+' in a file name). A scheduler the backbones do not take is refused before any model is built."""
+    import diffusers
 
+    cls = getattr(diffusers, cls)
     steps = []
-    for cls in (DPMSolverMultistepScheduler, UniPCMultistepScheduler):
+    for patched in (cls, diffusers.UniPCMultistepScheduler):
         monkeypatch.setattr(
-            cls, "step", lambda self, *a, own=cls.step, **k: steps.append(type(self)) or own(self, *a, **k)
+            patched,
+            "step",
+            lambda self, *a, own=patched.step, **k: steps.append(type(self)) or own(self, *a, **k),
         )
-    result = run_bench(preset="tiny", size=64, steps=3, repeats=1, scheduler="dpm++", out_dir=tmp_path,
+    result = run_bench(preset="tiny", size=64, steps=4, batch=4, repeats=1, scheduler=scheduler, out_dir=tmp_path,
                        progress=lambda m: None)  # fmt: skip
-    assert set(steps) == {DPMSolverMultistepScheduler}
-    assert all(row["loop_it_per_s"] for row in result["results"].values())
+    assert set(steps) == {cls}
+    assert all(row["loop_it_per_s"] for row in result["results"].values()), result["results"]
     assert result["results"]["depth2img"]["max_abs_diff_vs_diffusers"] == 0.0
-    assert result["scheduler"] == "dpm++" and "3 steps (dpm++), CFG" in markdown(result)
-    assert "-s3-dpmpp-" in result["written"][0]
+    assert result["scheduler"] == scheduler and f"4 steps ({scheduler}), CFG" in markdown(result)
+    assert f"-s4-{named}-" in result["written"][0]
     with pytest.raises(InputError, match="^--scheduler 'flow-euler' is not one of unipc, ddim, "):
         run_bench(preset="tiny", scheduler="flow-euler", out_dir=tmp_path)
 
@@ -751,34 +758,37 @@ def test_attention_on_a_cpu_is_counted():
 
 
 def test_loop_rates_time_each_call_from_its_first_step_end_to_its_last(monkeypatch):
-    """Known answer: step ends at 0, 1, 3 s (call 1) and 10, 10.5, 11 s (call 2) of 3 steps each are 2 intervals in
-    3 s and in 1 s: 0.667 and 2 it/s. Steps that do not divide into calls give nothing, and the scheduler's own
-    ``step`` is back afterwards, also when the call raises."""
+    """Known answer: step ends at 0, 1, 3 s (call 1, 3 steps) and 10, 10.5, 11, 11.5 s (call 2, 4 steps: PNDM takes
+    one more than asked) are 2 intervals in 3 s and 3 in 1.5 s: 0.667 and 2 it/s; a call is what follows its
+    set_timesteps (counting the steps asked cut PNDM's calls across each other: a review's run printed 14 it/s for
+    a row of 5-step calls). A call of one step gives nothing, and the scheduler's own ``step`` and
+    ``set_timesteps`` are back afterwards, also when the call raises."""
     import torch
     from diffusers import UniPCMultistepScheduler
 
     from depth2img import bench
 
     monkeypatch.setattr(UniPCMultistepScheduler, "step", lambda self: None)
-    own = UniPCMultistepScheduler.step
-    clock = iter([0.0, 1.0, 3.0, 10.0, 10.5, 11.0])
+    monkeypatch.setattr(UniPCMultistepScheduler, "set_timesteps", lambda self: None)
+    own = UniPCMultistepScheduler.step, UniPCMultistepScheduler.set_timesteps
+    clock = iter([0.0, 1.0, 3.0, 10.0, 10.5, 11.0, 11.5])
     monkeypatch.setattr(bench.time, "perf_counter", lambda: next(clock))
     scheduler = object.__new__(UniPCMultistepScheduler)
 
-    def two_calls():
-        for _ in range(6):
-            scheduler.step()
+    def calls(*steps):
+        for n in steps:
+            scheduler.set_timesteps()
+            for _ in range(n):
+                scheduler.step()
 
-    assert bench.loop_rates(two_calls, torch.device("cpu"), 3, UniPCMultistepScheduler) == pytest.approx(
-        [2 / 3, 2.0]
-    )
-    assert UniPCMultistepScheduler.step is own
-    clock = iter([0.0, 1.0])
-    assert bench.loop_rates(lambda: (scheduler.step(), scheduler.step()), torch.device("cpu"), 3,
-                            UniPCMultistepScheduler) == []  # fmt: skip
+    cpu = torch.device("cpu")
+    assert bench.loop_rates(lambda: calls(3, 4), cpu, UniPCMultistepScheduler) == pytest.approx([2 / 3, 2.0])
+    assert (UniPCMultistepScheduler.step, UniPCMultistepScheduler.set_timesteps) == own
+    clock = iter([0.0, 1.0, 2.0])
+    assert bench.loop_rates(lambda: calls(2, 1), cpu, UniPCMultistepScheduler) == []
     with pytest.raises(ZeroDivisionError):
-        bench.loop_rates(lambda: 1 / 0, torch.device("cpu"), 3, UniPCMultistepScheduler)
-    assert UniPCMultistepScheduler.step is own
+        bench.loop_rates(lambda: 1 / 0, cpu, UniPCMultistepScheduler)
+    assert (UniPCMultistepScheduler.step, UniPCMultistepScheduler.set_timesteps) == own
 
 
 def test_a_cuda_graph_rows_peak_memory_says_what_it_counts_of_the_graphs_pool():
