@@ -366,10 +366,9 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     if low_vram and device.type != "cuda":
         raise InputError("--low-vram measures GPU memory under CPU offload; no GPU is available here")
     backends.check_attention(attention, "--attention", also=tuple(SDPA_ORDERS))  # before any model is built
-    if scheduler not in backends.Backend.allowed_schedulers():
-        raise InputError(
-            f"--scheduler {scheduler!r} is not one of {', '.join(backends.Backend.allowed_schedulers())}"
-        )
+    backend_class = getattr(backends, BACKBONES[backbone][2])
+    backends.check_backbone_knobs(backend_class.traits_for(uses_lora=False), backbone, {}, scheduler=scheduler,
+                                  label=lambda key: f"--{key}")  # fmt: skip
     out_dir = output_dir(out_dir, ())  # a file there failed only after the whole run, losing its figures
     size = size or (1024 if backbone == "sdxl" else 512)
     plain_dtype, fast_dtype, default_fast = _dtypes(device, dtype, fast_dtype)
@@ -377,7 +376,6 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     comps = _components(backbone, preset, device, plain_dtype, scheduler)
     plain = _pipeline(backbone, comps)
     ref = ModelRef(name="bench", location="bench", revision=None, is_local=True)
-    backend_class = getattr(backends, BACKBONES[backbone][2])
 
     def ours(pipe, dt):
         return SceneTransformer(

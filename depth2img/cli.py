@@ -247,8 +247,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "report the share of it the GPU was busy (the rest it waited on the host; GPU only)")  # fmt: skip
     p.add_argument("--control-end", type=float, default=1.0, help="ControlNet guidance end (default 1.0)")
     p.add_argument("--scheduler", default="unipc",
-                   help="the scheduler of every row (default unipc, diffusers' ControlNet docs'); another measures "
-                        "what UniPC's own per-step work costs")  # fmt: skip
+                   help="the scheduler of every row: unipc (default, diffusers' ControlNet docs'), ddim, pndm, euler, "
+                        "euler-a, dpm++, dpm++-karras, lms, lcm, tcd, ddim-trailing; another measures what UniPC's "
+                        "own per-step work costs")  # fmt: skip
     p.add_argument("--feature-cache", type=int, default=1, metavar="N",
                    help="also time the fast path with the DeepCache-like feature cache (a quality trade)")  # fmt: skip
     p.add_argument("--attention", choices=["sdpa", "sdpa-flash", "sdpa-cudnn", "xformers"], default="sdpa",

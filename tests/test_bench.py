@@ -80,8 +80,9 @@ def test_bench_can_leave_channels_last_and_fused_qkv_out_of_the_fast_path(tmp_pa
 def test_an_sdpa_order_holds_in_depth2img_rows_alone(tmp_path, monkeypatch, attention):
     """--attention sdpa-flash / sdpa-cudnn: SDPA tries its kernels in that order in every row of depth2img's, with
     AOTAutograd's cache off (its key lacks the order), and in PyTorch's own order in the rows that stand for plain
-    diffusers (its own, and the API-overhead row) and the VAE decode; PyTorch's order is back afterwards. On a CPU
-    the images are the same as sdpa's."""
+    diffusers (its own, and the API-overhead row) and in the eager VAE decode (a compiled decoder keeps the order it
+    was traced under: dynamo does not guard on it); PyTorch's order is back afterwards. On a CPU the images are the
+    same as sdpa's."""
     import torch
     import torch._functorch.config as functorch_config
     import torch.nn.functional as F
