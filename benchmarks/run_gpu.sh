@@ -17,9 +17,9 @@
 #                                                 # GPU image lacks (diffusers; transformers/regex at our versions)
 #                                                 # into .gpu-wheels/ (git-ignored; name it in the device's carry)
 #   DEADLINE=500 bash benchmarks/run_gpu.sh core  # ON THE GPU: dataset mode with what could still lift it to the
-#                                                 # target: 32 images per call, a scheduler that never waits
-#                                                 # for the GPU, FlashAttention first,
-#                                                 # diffusers' tuning recipe,
+#                                                 # target: against a compiled-only baseline, a scheduler that
+#                                                 # never waits for the GPU and FlashAttention first; then 32
+#                                                 # images per call, diffusers' tuning recipe,
 #                                                 # inductor's freezing, the max-autotune mode; each run has plain
 #                                                 # diffusers as a row too (--compiled-only: no eager rows)
 #   DEADLINE=N bash benchmarks/run_gpu.sh extra   #   depth estimators, batch 1 with the C++ wrapper, xformers;
@@ -94,19 +94,22 @@ declare -A STEP=(
   # (--profile: how much of a call the GPU waits on the host, e.g. UniPC's per-step copies of CPU sigmas to the GPU,
   # each a host sync, between CUDA-graph replays)
   [dataset-b32]="--batch 32 --compile reduce-overhead --repeats 2 --compiled-only --profile"
+  # core's baseline for the next two steps, which change one setting each: dataset mode as measured first
+  # (bf16, reduce-overhead, UniPC, PyTorch's attention order), compiled-only, with the GPU's busy share at batch 16
+  [dataset-base]="--batch 16 --compile reduce-overhead --repeats 2 --compiled-only --profile"
   # Every row with DPM-Solver++ (2M) in place of UniPC: what UniPC's own per-step work costs. diffusers' UniPC copies
   # its CPU sigmas to the GPU several times a step (each copy waits for the GPU to finish the queued work) and
   # solves a 2x2 system on the GPU (its error check waits too), then runs about 150 small ops (counted on this CPU,
   # torch.profiler, batch 16's latents: 5.4 ms a step here); between two such waits the GPU idles while the host
   # works. DPM-Solver++ keeps its scalars on the CPU: no wait. Its images differ (another sampler); the
-  # difference in ms/image against dataset-b32's or dataset-mm's compiled rows is the most that a UniPC without
+  # difference in ms/image and busy share against dataset-base's compiled row is the most that a UniPC without
   # waits could save (SGLang removed such waits from its UniPC in 2026: 1.8 % of an H200's denoising time)
   [dataset-dpm]="--batch 16 --compile reduce-overhead --scheduler dpm++ --repeats 2 --compiled-only --profile"
   # SDPA trying FlashAttention 2's kernels first: on the H100 (torch 2.11) the compiled UNet and ControlNet ran
   # cuDNN's attention (run_gpu-core-nvidia-h100.log: aten._scaled_dot_product_cudnn_attention), which PyTorch
   # prefers there; FlashAttention first elsewhere. Which serves SD1.5's shapes faster (heads 40, 80 and 160 wide;
   # by a count of their matrix products, attention is about 15 % of the FLOPs at 512x512) is not measured. Judged
-  # against dataset-fp16's and dataset-mm's rows by the speed-up on each run's own plain diffusers
+  # against dataset-base's compiled row, and by the speed-up on each run's own plain diffusers
   [dataset-flash]="--batch 16 --compile reduce-overhead --attention sdpa-flash --repeats 2 --compiled-only"
   [dataset-default]="--batch 16 --compile default --repeats 2"
   [latency]="--batch 1 --compile reduce-overhead --repeats 5"
@@ -131,7 +134,7 @@ declare -A PART=(
   # low-VRAM peak on the H200. Short: dataset mode (18,233 images/hour, 43.6 % of the measured peak, H100
   # 2026-11-27): core is what could still lift it (fp16, the 1x1 setting and no channels-last did not); extra the
   # steps never run, then those run already
-  [core]="dataset-b32 dataset-dpm dataset-flash dataset-tuned dataset-freezing compile-mat-b16"
+  [core]="dataset-base dataset-dpm dataset-flash dataset-b32 dataset-tuned dataset-freezing compile-mat-b16"
   [extra]="depth latency-cpp xformers-b1 window-b16 cache3-b16 lowvram-sd15 latency lowvram-sdxl dataset dataset-default dataset-fp16 dataset-mm compile-default-b16-no-cl"
 )
 parts=("$@")
