@@ -99,8 +99,8 @@ declare -A STEP=(
   [dataset-base]="--batch 16 --compile reduce-overhead --repeats 2 --compiled-only --profile"
   # Every row with DPM-Solver++ (2M) in place of UniPC: what UniPC's own per-step work costs. diffusers' UniPC copies
   # its CPU sigmas to the GPU several times a step (each copy waits for the GPU to finish the queued work) and
-  # solves a 2x2 system on the GPU (its error check waits too), then runs about 150 small ops (counted on this CPU,
-  # torch.profiler, batch 16's latents: 5.4 ms a step here); between two such waits the GPU idles while the host
+  # solves a 2x2 system on the GPU (its error check waits too), then runs about 150 small ops (counted on the
+  # 2-core development CPU, torch.profiler, batch 16's latents: 5.4 ms a step there); between two such waits the GPU idles while the host
   # works. DPM-Solver++ keeps its scalars on the CPU: no wait. Its images differ (another sampler); the
   # difference in ms/image and busy share against dataset-base's compiled row is the most that a UniPC without
   # waits could save (SGLang removed such waits from its UniPC in 2026: 1.8 % of an H200's denoising time)

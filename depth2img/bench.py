@@ -118,7 +118,7 @@ def _components(backbone: str, preset: str, device, dtype, scheduler: str = "uni
     return comps
 
 
-# --attention choices of the bench alone: the order in which SDPA tries its kernels in the fast path's rows, each
+# --attention choices of the bench alone: the order in which SDPA tries its kernels in depth2img's rows, each
 # falling back to the next for a shape it cannot serve (PyTorch's own order is FlashAttention's first, but on an
 # H100 with torch 2.11 the compiled graphs ran cuDNN's: benchmarks/run_gpu-core-nvidia-h100.log)
 SDPA_ORDERS = {
