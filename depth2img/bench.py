@@ -271,14 +271,36 @@ def busy_share(intervals, wall_s: float) -> float:
 
 
 GPU_WORK = {"kernel", "gpu_memcpy", "gpu_memset"}  # torch.profiler's activity types of a GPU's own work
+# CUDA runtime calls that block the host until the GPU has finished what was queued (torch's copy of a CPU tensor to
+# the GPU, or a GPU scalar read on the host, is a cudaMemcpyAsync then a cudaStreamSynchronize)
+HOST_WAITS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy"}
 
 
-def device_busy(fn, device) -> float | None:
-    """The share of one call ``fn`` during which the GPU ran kernels or copies (the union of their intervals, as
-    torch.profiler records them): the rest of the call it waited on the host (Python, kernel launches, a host sync
-    such as a CPU tensor copied to the GPU each scheduler step). None off a CUDA GPU."""
+def trace_figures(events, wall_s: float) -> tuple[float, int]:
+    """From a Chrome trace's events, as torch.profiler exports them: the share of ``wall_s`` during which the GPU ran
+    kernels or copies (the union of their intervals; not the GPU-side annotations or syncs, which span its idle
+    gaps), and how often the host waited for the GPU (``HOST_WAITS`` calls)."""
+    spans = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("ph") == "X" and e.get("cat") in GPU_WORK]
+    if not spans:  # not an idle GPU: a profiler that saw none of its work (0 % would be a wrong figure)
+        raise RuntimeError("torch.profiler recorded no GPU activity")
+    share = busy_share(spans, wall_s)
+    if share > 1.0:  # intervals on another clock, or corrupt (the figure would be wrong)
+        raise RuntimeError(f"torch.profiler's GPU intervals cover {share:.0%} of the call")
+    # (CUPTI's own names carry a version, cudaMemcpy_v3020, where kineto does not strip it)
+    runtime = [e.get("name", "") for e in events if e.get("ph") == "X" and e.get("cat") == "cuda_runtime"]
+    return share, sum(name.split("_v")[0] in HOST_WAITS for name in runtime)
+
+
+def device_busy(fn, device) -> tuple[float, int] | None:
+    """One call ``fn`` under torch.profiler: the share of it during which the GPU ran kernels or copies (the rest it
+    waited on the host: Python, kernel launches, a host sync such as a CPU tensor copied to the GPU each scheduler
+    step), and the host's waits for the GPU in it (``trace_figures``; this function's own closing synchronize not
+    counted). Read from the exported Chrome trace: FunctionEvent's ``activity_type`` came after torch 2.11, the GPU
+    machine's. None off a CUDA GPU."""
     if device.type != "cuda":
         return None
+    import tempfile
+
     from torch.profiler import ProfilerActivity, profile
 
     _sync(device)
@@ -287,14 +309,12 @@ def device_busy(fn, device) -> float | None:
         fn()
         _sync(device)
         wall = time.perf_counter() - t
-    # kernels and copies (kineto's names), not the GPU-side annotations or syncs, which span its idle gaps
-    on_device = [(e.time_range.start, e.time_range.end) for e in prof.events() if e.activity_type in GPU_WORK]
-    if not on_device:  # not an idle GPU: a profiler that saw none of its work (0 % would be a wrong figure)
-        raise RuntimeError("torch.profiler recorded no GPU activity")
-    share = busy_share(on_device, wall)
-    if share > 1.0:  # intervals on another clock, or corrupt (the figure would be wrong)
-        raise RuntimeError(f"torch.profiler's GPU intervals cover {share:.0%} of the call")
-    return share
+    with tempfile.TemporaryDirectory() as folder:
+        trace = Path(folder) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    share, waits = trace_figures(events, wall)
+    return share, max(0, waits - 1)
 
 
 def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None = None, steps: int = 30,
@@ -330,7 +350,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     compiled ones (with the others asked for): a compiler setting measured in less device time (on an H100 the
     three rows left out, by their calls' times, about 75 s of a 250 s batch-16 run), without the API overhead or
     the 3x figure. ``profile``: one more call of plain diffusers and of each compiled row under torch.profiler, for
-    the share of it the GPU was busy (``device_busy``; on a GPU only).
+    the share of it the GPU was busy and the host's waits for it (``device_busy``; on a GPU only).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -522,13 +542,15 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
 
     def profiled_busy(name):
         try:
-            return device_busy(variants[name], device)
+            return device_busy(variants[name], device) or (None, None)
         except Exception as err:  # noqa: BLE001  a profiler's failure costs its figure, not the run (a GPU lease)
             profile_errors[name] = f"{type(err).__name__}: {first_line(err)}"
             progress(f"profile of {name} failed: {profile_errors[name]}")
-            return None
+            return None, None
 
-    busy = {name: profiled_busy(name) for name in profiled}
+    busy, waits = {}, {}  # row -> the GPU's busy share of one call, the host's waits for it in that call
+    for name in profiled:
+        busy[name], waits[name] = profiled_busy(name)
     count_cpu_attention()
     with FlopCounterMode(display=False) as counter:
         run_plain(seeds)
@@ -603,7 +625,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             "bf16_tolerance": tolerance,
             "bf16_tolerance_between": [str(dt).replace("torch.", "") for dt in tolerance_dtypes], "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
             "peak_source": "given" if peak_tflops else "measured matmul", **api, "compiled_only": compiled_only,
-            **({"device_busy_share": busy, "profile_errors": profile_errors} if profile else {}),
+            **({"device_busy_share": busy, "host_waits": waits, "profile_errors": profile_errors} if profile else {}),
             "vae_decode_ms": 1000 * decode_s, "vae_decode_share": decode_s / statistics.median(times[best]),
             "versions": _versions(), "cudnn": torch.backends.cudnn.version(), "results": rows,
         }  # fmt: skip
@@ -802,6 +824,12 @@ def markdown(result: dict) -> str:
             + (" (n/a: no CUDA GPU)" if any(s is None and n not in errors for n, s in shares.items()) else "")
             + "."
         )
+        waits = {name: n for name, n in result.get("host_waits", {}).items() if n is not None}
+        if waits:
+            lines.append(
+                "\nTimes the host waited for the GPU in that call (a synchronize, or a copy that waits; "
+                f"{result['steps']} steps): " + ", ".join(f"{name} {n}" for name, n in waits.items()) + "."
+            )
     if result.get("compile_error"):
         lines.append(
             f"\ntorch.compile ({result['compile']}) failed at warm-up, so its row is dropped: {result['compile_error']}"

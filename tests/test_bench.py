@@ -3,7 +3,9 @@
 import importlib.util
 import json
 import re
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -389,6 +391,63 @@ def test_busy_share_is_the_union_of_the_devices_intervals():
     assert busy_share([], 2.0) == 0.0
 
 
+def test_trace_figures_count_the_gpus_own_work_and_the_hosts_waits():
+    """Known answer on a Chrome trace as torch.profiler exports it: kernels 0-10 and 5-15 us and a copy 20-25 us are
+    20 us of 100; an annotation and a sync activity spanning the GPU's idle gaps are not its work; three runtime
+    calls that block the host are waits, a kernel launch is not."""
+    from depth2img.bench import trace_figures
+
+    def x(cat, name, ts, dur):
+        return {"ph": "X", "cat": cat, "name": name, "ts": ts, "dur": dur}
+
+    events = [
+        {"ph": "M", "name": "process_name"},
+        x("kernel", "k1", 0, 10), x("kernel", "k2", 5, 10), x("gpu_memcpy", "Memcpy HtoD", 20, 5),
+        x("gpu_user_annotation", "## call ##", 0, 100), x("cuda_sync", "Stream Sync", 30, 60),
+        x("cuda_runtime", "cudaLaunchKernel", 1, 1), x("cuda_runtime", "cudaStreamSynchronize", 2, 30),
+        x("cuda_runtime", "cudaStreamSynchronize", 40, 3), x("cuda_runtime", "cudaDeviceSynchronize_v3020", 90, 5),
+        x("cuda_runtime", "cudaMemcpyAsync", 95, 1),
+    ]  # fmt: skip
+    share, waits = trace_figures(events, 100e-6)
+    assert share == pytest.approx(0.2) and waits == 3
+    with pytest.raises(RuntimeError, match="recorded no GPU activity"):
+        trace_figures(events[4:], 1.0)
+    with pytest.raises(RuntimeError, match="GPU intervals cover 2000% of the call"):
+        trace_figures(events, 1e-6)
+
+
+def test_device_busy_reads_the_exported_trace_without_its_own_synchronize(monkeypatch):
+    """device_busy profiles one call and reads the Chrome trace torch.profiler exports (FunctionEvent's
+    activity_type is newer than the GPU machine's torch 2.11): its own closing synchronize is not a wait of the
+    call's."""
+    import torch.profiler
+
+    from depth2img import bench
+
+    class FakeProfile:  # what a CUDA machine's profiler exports
+        def __init__(self, activities):
+            pass
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def export_chrome_trace(self, path):
+            Path(path).write_text(json.dumps({"traceEvents": [
+                {"ph": "X", "cat": "kernel", "name": "k", "ts": 0, "dur": 1},
+                *({"ph": "X", "cat": "cuda_runtime", "name": "cudaStreamSynchronize", "ts": 2, "dur": 1},) * 2,
+                {"ph": "X", "cat": "cuda_runtime", "name": "cudaDeviceSynchronize", "ts": 5, "dur": 1},
+            ]}))  # fmt: skip
+
+    monkeypatch.setattr(torch.profiler, "profile", FakeProfile)
+    monkeypatch.setattr(bench, "_sync", lambda device: None)
+    called = []
+    share, waits = bench.device_busy(lambda: called.append(time.sleep(0.01)), SimpleNamespace(type="cuda"))
+    assert called and 0 < share < 1e-3 and waits == 2
+
+
 def test_profile_reports_the_gpus_busy_share_and_is_none_off_a_gpu(tmp_path, monkeypatch):
     """--profile: one more call of plain diffusers and of each compiled row under torch.profiler (a GPU's kernels);
     off a GPU the figure is n/a, and a profiler's failure costs its figure, not the run."""
@@ -401,6 +460,13 @@ def test_profile_reports_the_gpus_busy_share_and_is_none_off_a_gpu(tmp_path, mon
     result = run_bench(preset="tiny", size=64, steps=2, repeats=1, compile_mode="default", compiled_only=True,
                        profile=True, out_dir=tmp_path, progress=said.append)  # fmt: skip
     assert result["device_busy_share"] == {"diffusers": None, "depth2img-fast-compiled": None}
+    assert result["host_waits"] == {"diffusers": None, "depth2img-fast-compiled": None}
+    assert "host waited" not in markdown(result)
+    result["host_waits"] = {"diffusers": 180, "depth2img-fast-compiled": 62}
+    assert (
+        "in that call (a synchronize, or a copy that waits; 2 steps): diffusers 180, depth2img-fast-compiled 62."
+        in (markdown(result))
+    )
     assert (
         "GPU was busy (kernels and copies, torch.profiler; the rest it waited on the host): diffusers n/a, "
         in (markdown(result))
