@@ -276,29 +276,29 @@ GPU_WORK = {"kernel", "gpu_memcpy", "gpu_memset"}  # torch.profiler's activity t
 HOST_WAITS = {"cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize", "cudaMemcpy"}
 
 
+def host_waits(events) -> int:
+    """How often the host waited for the GPU in a Chrome trace's events (``HOST_WAITS`` runtime calls)."""
+    # (CUPTI's own names carry a version, cudaMemcpy_v3020, where kineto does not strip it)
+    runtime = [e.get("name", "") for e in events if e.get("ph") == "X" and e.get("cat") == "cuda_runtime"]
+    return sum(name.split("_v")[0] in HOST_WAITS for name in runtime)
+
+
 def trace_figures(events, wall_s: float) -> tuple[float, int]:
     """From a Chrome trace's events, as torch.profiler exports them: the share of ``wall_s`` during which the GPU ran
     kernels or copies (the union of their intervals; not the GPU-side annotations or syncs, which span its idle
-    gaps), and how often the host waited for the GPU (``HOST_WAITS`` calls)."""
+    gaps), and how often the host waited for the GPU (``host_waits``)."""
     spans = [(e["ts"], e["ts"] + e["dur"]) for e in events if e.get("ph") == "X" and e.get("cat") in GPU_WORK]
     if not spans:  # not an idle GPU: a profiler that saw none of its work (0 % would be a wrong figure)
         raise RuntimeError("torch.profiler recorded no GPU activity")
     share = busy_share(spans, wall_s)
     if share > 1.0:  # intervals on another clock, or corrupt (the figure would be wrong)
         raise RuntimeError(f"torch.profiler's GPU intervals cover {share:.0%} of the call")
-    # (CUPTI's own names carry a version, cudaMemcpy_v3020, where kineto does not strip it)
-    runtime = [e.get("name", "") for e in events if e.get("ph") == "X" and e.get("cat") == "cuda_runtime"]
-    return share, sum(name.split("_v")[0] in HOST_WAITS for name in runtime)
+    return share, host_waits(events)
 
 
-def device_busy(fn, device) -> tuple[float, int] | None:
-    """One call ``fn`` under torch.profiler: the share of it during which the GPU ran kernels or copies (the rest it
-    waited on the host: Python, kernel launches, a host sync such as a CPU tensor copied to the GPU each scheduler
-    step), and the host's waits for the GPU in it (``trace_figures``; this function's own closing synchronize not
-    counted). Read from the exported Chrome trace: FunctionEvent's ``activity_type`` came after torch 2.11, the GPU
-    machine's. None off a CUDA GPU."""
-    if device.type != "cuda":
-        return None
+def _trace(fn, device) -> tuple[list, float]:
+    """(the Chrome trace's events, the call's seconds) of one call ``fn`` under torch.profiler (CUDA activity). Read
+    from the exported trace: FunctionEvent's ``activity_type`` came after torch 2.11, the GPU machine's."""
     import tempfile
 
     from torch.profiler import ProfilerActivity, profile
@@ -312,9 +312,18 @@ def device_busy(fn, device) -> tuple[float, int] | None:
     with tempfile.TemporaryDirectory() as folder:
         trace = Path(folder) / "trace.json"
         prof.export_chrome_trace(str(trace))
-        events = json.loads(trace.read_text())["traceEvents"]
-    share, waits = trace_figures(events, wall)
-    return share, max(0, waits - 1)
+        return json.loads(trace.read_text())["traceEvents"], wall
+
+
+def device_busy(fn, device) -> tuple[float, int] | None:
+    """One call ``fn`` under torch.profiler: the share of it during which the GPU ran kernels or copies (the rest it
+    waited on the host: Python, kernel launches, a host sync such as a CPU tensor copied to the GPU each scheduler
+    step), and the host's waits for the GPU in it (``trace_figures``), less those of a profiled call that does
+    nothing (this function's closing synchronize, the profiler's own at its exit). None off a CUDA GPU."""
+    if device.type != "cuda":
+        return None
+    share, waits = trace_figures(*_trace(fn, device))
+    return share, waits - host_waits(_trace(lambda: None, device)[0])
 
 
 def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None = None, steps: int = 30,
@@ -349,8 +358,9 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     ``compiled_only``: of the rows above, ``diffusers`` (the baseline each row is compared against) and the
     compiled ones (with the others asked for): a compiler setting measured in less device time (on an H100 the
     three rows left out, by their calls' times, about 75 s of a 250 s batch-16 run), without the API overhead or
-    the 3x figure. ``profile``: one more call of plain diffusers and of each compiled row under torch.profiler, for
-    the share of it the GPU was busy and the host's waits for it (``device_busy``; on a GPU only).
+    the 3x figure. ``profile``: after the timed calls, one more call of plain diffusers and of each compiled row
+    under torch.profiler, for the share of it the GPU was busy and the host's waits for it (``device_busy``; on a
+    GPU only).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
@@ -549,8 +559,6 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             return None, None
 
     busy, waits = {}, {}  # row -> the GPU's busy share of one call, the host's waits for it in that call
-    for name in profiled:
-        busy[name], waits[name] = profiled_busy(name)
     count_cpu_attention()
     with FlopCounterMode(display=False) as counter:
         run_plain(seeds)
@@ -657,6 +665,13 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         )
         # written after every repeat: a run cut short (a deadline, a lost machine) still leaves its table
         result = summary(r + 1)
+        _write(result, Path(out_dir))
+    if profiled:
+        # after the timed calls: torch 2.11 on CUDA 13 leaves CUPTI attached after a profiler's session, which slows
+        # later calls (pytorch issue 144455), the eager rows' many launches most
+        for name in profiled:
+            busy[name], waits[name] = profiled_busy(name)
+        result = summary(repeats)
         _write(result, Path(out_dir))
     return result
 

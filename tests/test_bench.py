@@ -416,36 +416,41 @@ def test_trace_figures_count_the_gpus_own_work_and_the_hosts_waits():
         trace_figures(events, 1e-6)
 
 
-def test_device_busy_reads_the_exported_trace_without_its_own_synchronize(monkeypatch):
+def test_device_busy_reads_the_exported_trace_less_the_harness_own_waits(monkeypatch):
     """device_busy profiles one call and reads the Chrome trace torch.profiler exports (FunctionEvent's
-    activity_type is newer than the GPU machine's torch 2.11): its own closing synchronize is not a wait of the
-    call's."""
+    activity_type is newer than the GPU machine's torch 2.11). Its own closing synchronize and the profiler's at
+    its exit (two, in torch's source) are no waits of the call's: a profiled call that does nothing counts them."""
     import torch.profiler
 
     from depth2img import bench
 
-    class FakeProfile:  # what a CUDA machine's profiler exports
+    ran = []
+
+    def x(cat, name):
+        return {"ph": "X", "cat": cat, "name": name, "ts": 0, "dur": 1}
+
+    class FakeProfile:  # what a CUDA machine's profiler exports: the harness's two synchronizes, and the call's own
         def __init__(self, activities):
             pass
 
         def __enter__(self):
+            self.calls = len(ran)
             return self
 
         def __exit__(self, *exc):
             return False
 
         def export_chrome_trace(self, path):
-            Path(path).write_text(json.dumps({"traceEvents": [
-                {"ph": "X", "cat": "kernel", "name": "k", "ts": 0, "dur": 1},
-                *({"ph": "X", "cat": "cuda_runtime", "name": "cudaStreamSynchronize", "ts": 2, "dur": 1},) * 2,
-                {"ph": "X", "cat": "cuda_runtime", "name": "cudaDeviceSynchronize", "ts": 5, "dur": 1},
-            ]}))  # fmt: skip
+            events = [x("cuda_runtime", "cudaDeviceSynchronize")] * 2
+            if len(ran) > self.calls:  # the call ran: a kernel, three waits, a launch
+                events += [x("kernel", "k"), *[x("cuda_runtime", "cudaStreamSynchronize")] * 3,
+                           x("cuda_runtime", "cudaLaunchKernel")]  # fmt: skip
+            Path(path).write_text(json.dumps({"traceEvents": events}))
 
     monkeypatch.setattr(torch.profiler, "profile", FakeProfile)
     monkeypatch.setattr(bench, "_sync", lambda device: None)
-    called = []
-    share, waits = bench.device_busy(lambda: called.append(time.sleep(0.01)), SimpleNamespace(type="cuda"))
-    assert called and 0 < share < 1e-3 and waits == 2
+    share, waits = bench.device_busy(lambda: ran.append(time.sleep(0.01)), SimpleNamespace(type="cuda"))
+    assert ran and 0 < share < 1e-3 and waits == 3
 
 
 def test_profile_reports_the_gpus_busy_share_and_is_none_off_a_gpu(tmp_path, monkeypatch):
@@ -476,12 +481,18 @@ def test_profile_reports_the_gpus_busy_share_and_is_none_off_a_gpu(tmp_path, mon
         raise RuntimeError("CUPTI: no\nmore")
 
     monkeypatch.setattr(bench, "device_busy", broken)
+    said.clear()
     result = run_bench(preset="tiny", size=64, steps=2, repeats=1, compile_mode="default", compiled_only=True,
                        profile=True, out_dir=tmp_path, progress=said.append)  # fmt: skip
     assert (
         result["device_busy_share"]["diffusers"] is None
         and "profile of diffusers failed: RuntimeError: CUPTI: no" in said
     )
+    # profiled after the timed calls (torch 2.11's CUPTI stays attached after a session and slows later calls), and
+    # the files written again with the figures
+    failed = said.index("profile of diffusers failed: RuntimeError: CUPTI: no")
+    assert any(m.startswith("repeat 1/1: ") for m in said[:failed]), said
+    assert "CUPTI: no" in Path(result["written"][1]).read_text()
     # the reason, not 'no CUDA GPU', in the table (a review: a failure on a GPU read as none there)
     table = markdown(result)
     assert "n/a (diffusers: RuntimeError: CUPTI: no) (depth2img-fast-compiled: RuntimeError" in table, table
