@@ -545,20 +545,9 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     run_decode()
     # the denoising loop's own it/s: one more untimed call per row, each step timed (synchronised) at its end
     loop = {name: loop_rates(fn, device, type(comps["scheduler"])) for name, fn in variants.items()}
-    # (profiled calls: the GPU's busy share of one, where asked; off a GPU, none)
-    profiled = [name for name in ("diffusers", *compiled_rows) if name in variants] if profile else []
-
-    profile_errors = {}  # row -> why its figure is missing
-
-    def profiled_busy(name):
-        try:
-            return device_busy(variants[name], device) or (None, None)
-        except Exception as err:  # noqa: BLE001  a profiler's failure costs its figure, not the run (a GPU lease)
-            profile_errors[name] = f"{type(err).__name__}: {first_line(err)}"
-            progress(f"profile of {name} failed: {profile_errors[name]}")
-            return None, None
-
-    busy, waits = {}, {}  # row -> the GPU's busy share of one call, the host's waits for it in that call
+    # --profile's figures, taken after the timed calls: row -> the GPU's busy share of one call, the host's waits for
+    # it in that call, why a row's figures are missing
+    busy, waits, profile_errors = {}, {}, {}
     count_cpu_attention()
     with FlopCounterMode(display=False) as counter:
         run_plain(seeds)
@@ -666,11 +655,16 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         # written after every repeat: a run cut short (a deadline, a lost machine) still leaves its table
         result = summary(r + 1)
         _write(result, Path(out_dir))
-    if profiled:
+    if profile:
         # after the timed calls: torch 2.11 on CUDA 13 leaves CUPTI attached after a profiler's session, which slows
-        # later calls (pytorch issue 144455), the eager rows' many launches most
-        for name in profiled:
-            busy[name], waits[name] = profiled_busy(name)
+        # later calls (pytorch issue 144455), the eager rows' many launches most. Off a GPU, no figures.
+        for name in (name for name in ("diffusers", *compiled_rows) if name in variants):
+            try:
+                busy[name], waits[name] = device_busy(variants[name], device) or (None, None)
+            except Exception as err:  # noqa: BLE001  a profiler's failure costs its figures, not the run (a GPU lease)
+                busy[name] = waits[name] = None
+                profile_errors[name] = f"{type(err).__name__}: {first_line(err)}"
+                progress(f"profile of {name} failed: {profile_errors[name]}")
         result = summary(repeats)
         _write(result, Path(out_dir))
     return result
