@@ -95,15 +95,18 @@ declare -A STEP=(
   # each a host sync, between CUDA-graph replays)
   [dataset-b32]="--batch 32 --compile reduce-overhead --repeats 2 --compiled-only --profile"
   # core's baseline for the next two steps, which change one setting each: dataset mode as measured first
-  # (bf16, reduce-overhead, UniPC, PyTorch's attention order), compiled-only, with the GPU's busy share at batch 16
+  # (bf16, reduce-overhead, UniPC, PyTorch's attention order), compiled-only, with the GPU's busy share at batch 16.
+  # Since 2026-11-27 the compiled row runs depth2img's UniPC (scalars on the CPU, no host wait; plain diffusers keeps
+  # its own): its ms/image against the earlier runs' 197.4 and --profile's host waits (plain's against the
+  # compiled row's) measure that change
   [dataset-base]="--batch 16 --compile reduce-overhead --repeats 2 --compiled-only --profile"
-  # Every row with DPM-Solver++ (2M) in place of UniPC: what UniPC's own per-step work costs. diffusers' UniPC copies
-  # its CPU sigmas to the GPU several times a step (each copy waits for the GPU to finish the queued work) and
-  # solves a 2x2 system on the GPU (its error check waits too), then runs about 150 small ops (counted on the
-  # 2-core development CPU, torch.profiler, batch 16's latents: 5.4 ms a step there); between two such waits the GPU idles while the host
-  # works. DPM-Solver++ keeps its scalars on the CPU: no wait. Its images differ (another sampler); the
-  # difference in ms/image and busy share against dataset-base's compiled row is the most that a UniPC without
-  # waits could save (SGLang removed such waits from its UniPC in 2026: 1.8 % of an H200's denoising time)
+  # Every row with DPM-Solver++ (2M), diffusers' own, in place of UniPC. diffusers' UniPC waits for the GPU about
+  # five times a step (CPU sigmas copied to it one by one; a 2x2 solve's error check) and runs about 150 small ops
+  # (2-core development CPU, torch.profiler, batch 16's latents: 5.4 ms a step there); depth2img's UniPC, in
+  # depth2img's rows since 2026-11-27, waits none and runs its scalar ops on the CPU, as DPM-Solver++ does. Its images
+  # differ (another sampler). Its plain row against dataset-base's: what diffusers' UniPC costs plain diffusers; its
+  # compiled row against dataset-base's: what depth2img's UniPC still costs (SGLang removed such waits from its
+  # UniPC in 2026: 1.8 % of an H200's denoising time)
   [dataset-dpm]="--batch 16 --compile reduce-overhead --scheduler dpm++ --repeats 2 --compiled-only --profile"
   # SDPA trying FlashAttention 2's kernels first: on the H100 (torch 2.11) the compiled UNet and ControlNet ran
   # cuDNN's attention (run_gpu-core-nvidia-h100.log: aten._scaled_dot_product_cudnn_attention), which PyTorch

@@ -84,11 +84,15 @@ SCHEDULER_OPTIONS = {
 }
 
 
-def make_scheduler(name: str, config):
-    """Scheduler ``name`` (of ``SCHEDULERS``) from a scheduler ``config``, with its ``SCHEDULER_OPTIONS``."""
+def make_scheduler(name: str, config, stock: bool = False):
+    """Scheduler ``name`` (of ``SCHEDULERS``) from a scheduler ``config``, with its ``SCHEDULER_OPTIONS``: UniPC's
+    is depth2img's (diffusers' steps without host waits, ``schedulers``) unless ``stock`` (diffusers' own)."""
     import diffusers
 
-    return getattr(diffusers, SCHEDULERS[name]).from_config(config, **SCHEDULER_OPTIONS.get(name, {}))
+    from .schedulers import UniPCMultistepScheduler
+
+    cls = UniPCMultistepScheduler if name == "unipc" and not stock else getattr(diffusers, SCHEDULERS[name])
+    return cls.from_config(config, **SCHEDULER_OPTIONS.get(name, {}))
 
 
 # model_index.json's _class_name -> pipeline kind, for folders and hub ids outside the registry

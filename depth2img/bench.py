@@ -92,7 +92,7 @@ BACKBONES = {  # bench name -> (registry tiny entry, diffusers pipeline, depth2i
 
 def _components(backbone: str, preset: str, device, dtype, scheduler: str = "unipc") -> dict:
     """The pipeline's components: the tiny test models (through the project's loader) or full-size random weights,
-    with ``scheduler`` made from the SD repos' scheduler config."""
+    with diffusers' own ``scheduler`` made from the SD repos' scheduler config (depth2img's rows make theirs)."""
     from . import tiny
     from .backends import make_scheduler
 
@@ -114,7 +114,7 @@ def _components(backbone: str, preset: str, device, dtype, scheduler: str = "uni
         k: (v.to(device=device, dtype=dtype).eval() if hasattr(v, "parameters") else v)
         for k, v in comps.items()
     }
-    comps["scheduler"] = make_scheduler(scheduler, tiny._sd_scheduler().config)
+    comps["scheduler"] = make_scheduler(scheduler, tiny._sd_scheduler().config, stock=True)
     return comps
 
 
@@ -233,10 +233,10 @@ def _sync(device):
 def loop_rates(fn, device, scheduler_class) -> list[float]:
     """Denoising steps per second inside each pipeline call ``fn`` makes: the loop's own rate, as diffusers' progress
     bar shows it, without text encoding, set-up and VAE decode. Every step of ``scheduler_class`` (which every row
-    runs) is timed at its end (the device synchronised, so this call is not one of the timed ones); a call's steps
-    are those after its ``set_timesteps`` (PNDM takes one more than asked: counting the steps asked cut its calls
-    across each other), its rate their intervals, first step end to last. Empty where a call takes fewer than 2
-    steps."""
+    runs, or a subclass that inherits its step: depth2img's UniPC) is timed at its end (the device synchronised, so
+    this call is not one of the timed ones); a call's steps are those after its ``set_timesteps`` (PNDM takes one
+    more than asked: counting the steps asked cut its calls across each other), its rate their intervals, first
+    step end to last. Empty where a call takes fewer than 2 steps."""
     calls, step, schedule = [], scheduler_class.step, scheduler_class.set_timesteps
 
     def timed(*args, **kwargs):
@@ -335,7 +335,8 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     """Depth ControlNet (SD1.5 or SDXL), interleaved on the same prompt, control image and seeds:
 
     - ``diffusers``: the plain pipeline as its docs show it (fp16 on GPU, SDPA, UniPC), ``batch`` images per call
-      (``scheduler``: another of ``SCHEDULERS`` in every row, e.g. to measure what UniPC's own work costs);
+      (``scheduler``: another of ``SCHEDULERS`` in every row, e.g. to measure what UniPC's own work costs; depth2img's
+      rows run depth2img's UniPC, diffusers' arithmetic without its host waits, ``schedulers``);
     - ``diffusers-b1`` (when batch > 1): the same, one image per call, as a per-image script runs it, on the first
       ``B1_IMAGES`` seeds (its time per image is what counts; the rest would only lengthen the run);
     - ``depth2img``: the API with the same components and settings (its overhead);
