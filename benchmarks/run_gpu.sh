@@ -96,14 +96,14 @@ declare -A STEP=(
   [dataset-b32]="--batch 32 --compile reduce-overhead --repeats 2 --compiled-only --profile"
   # core's baseline for the next two steps, which change one setting each: dataset mode as measured first
   # (bf16, reduce-overhead, UniPC, PyTorch's attention order), compiled-only, with the GPU's busy share at batch 16.
-  # Since 2026-11-27 the compiled row runs depth2img's UniPC (scalars on the CPU, no host wait; plain diffusers keeps
-  # its own): its ms/image against the earlier runs' 197.4 and --profile's host waits (plain's against the
-  # compiled row's) measure that change
+  # Since 2026-11-28 the compiled row runs depth2img's UniPC (scalars on the CPU, no host wait after a call's first
+  # step; plain diffusers keeps its own): its ms/image against the earlier runs' 197.4 and --profile's host waits
+  # (plain's against the compiled row's) measure that change (the loop's it/s cannot: it synchronises every step)
   [dataset-base]="--batch 16 --compile reduce-overhead --repeats 2 --compiled-only --profile"
   # Every row with DPM-Solver++ (2M), diffusers' own, in place of UniPC. diffusers' UniPC waits for the GPU about
   # five times a step (CPU sigmas copied to it one by one; a 2x2 solve's error check) and runs about 150 small ops
   # (2-core development CPU, torch.profiler, batch 16's latents: 5.4 ms a step there); depth2img's UniPC, in
-  # depth2img's rows since 2026-11-27, waits none and runs its scalar ops on the CPU, as DPM-Solver++ does. Its images
+  # depth2img's rows since 2026-11-28, waits once a call and runs its scalar ops on the CPU, as DPM-Solver++ does. Its images
   # differ (another sampler). Its plain row against dataset-base's: what diffusers' UniPC costs plain diffusers; its
   # compiled row against dataset-base's: what depth2img's UniPC still costs (SGLang removed such waits from its
   # UniPC in 2026: 1.8 % of an H200's denoising time)

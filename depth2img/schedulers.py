@@ -13,10 +13,12 @@ class UniPCMultistepScheduler(diffusers.UniPCMultistepScheduler):
     coefficients (log-SNRs, h, the B(h) terms, rho) there; each copy of a CPU tensor to a GPU, and
     ``torch.linalg.solve``'s check for a singular matrix, blocks the host until the GPU has finished all the work
     queued before it (the UNet's step), so the GPU then idles while Python runs the rest of the step and queues the
-    next. Here those scalar operations run on the CPU; the sample-sized ones run on the sample's device, with the
-    scalars as CPU numbers (which a GPU kernel takes without a copy) and rho filled in from host values. On a CPU the
-    steps are diffusers', bit for bit (tests); on a GPU the coefficients are the CPU's float32 results of the same
-    formulas. Same class name, so a saved scheduler config loads back as diffusers' own.
+    next. Here those scalar operations run on the CPU, and the coefficients that the sample-sized operations take
+    are filled in on the device from their host values (``_on_device``), as diffusers has them there. On a CPU the
+    steps are diffusers', bit for bit (tests); on a GPU they differ only where the CPU's float32 log, expm1 or power
+    rounds otherwise than the GPU's. The one wait left is diffusers' own lookup of a call's first timestep
+    (``index_for_timestep``, where no begin index is set), once a call. Same class name: a saved
+    ``scheduler_config.json`` names diffusers' class.
     """
 
     def _step_scalars(self, index_t: int, index_s0: int, earlier: list[int]):
@@ -54,12 +56,19 @@ class UniPCMultistepScheduler(diffusers.UniPCMultistepScheduler):
         """The step from ``x`` with the last model output ``m0`` and the higher-order ``residual`` (or 0)."""
         alpha_t, sigma_t, alpha_s0, sigma_s0, h_phi_1, B_h = scalars[:6]
         if self.predict_x0:
-            x_t_ = sigma_t / sigma_s0 * x - alpha_t * h_phi_1 * m0
-            x_t = x_t_ - alpha_t * B_h * residual
+            coefficients = sigma_t / sigma_s0, alpha_t * h_phi_1, alpha_t * B_h
         else:
-            x_t_ = alpha_t / alpha_s0 * x - sigma_t * h_phi_1 * m0
-            x_t = x_t_ - sigma_t * B_h * residual
-        return x_t.to(x.dtype)
+            coefficients = alpha_t / alpha_s0, sigma_t * h_phi_1, sigma_t * B_h
+        x_coef, m0_coef, residual_coef = (_on_device(c, x) for c in coefficients)
+        x_t_ = x_coef * x - m0_coef * m0
+        return (x_t_ - residual_coef * residual).to(x.dtype)
+
+    def _differences(self, rks, m0):
+        """diffusers' D1s: (m_i - m0) / r_i for each earlier model output m_i, stacked on dim 1."""
+        outputs = self.model_outputs
+        return torch.stack(
+            [(outputs[-(i + 1)] - m0) / _on_device(rk, m0) for i, rk in enumerate(rks, 1)], dim=1
+        )
 
     def multistep_uni_p_bh_update(self, model_output, *args, sample=None, order=None, **kwargs):
         if args or kwargs or sample is None or order is None or self.solver_p:
@@ -72,13 +81,11 @@ class UniPCMultistepScheduler(diffusers.UniPCMultistepScheduler):
         m0 = self.model_outputs[-1]
         residual = 0
         if earlier:
-            D1s = torch.stack(
-                [(self.model_outputs[-(i + 1)] - m0) / rk for i, rk in enumerate(rks, 1)], dim=1
-            )
+            D1s = self._differences(rks, m0)
             if order == 2:  # diffusers' simplified version
                 rhos_p = torch.ones(1, dtype=sample.dtype, device=sample.device) * 0.5
             else:
-                rhos_p = _filled(torch.linalg.solve(R[:-1, :-1], b[:-1]), sample)
+                rhos_p = _on_device(torch.linalg.solve(R[:-1, :-1], b[:-1]), sample, sample.dtype)
             residual = torch.einsum("k,bkc...->bc...", rhos_p, D1s)
         return self._update(sample, m0, scalars, residual)
 
@@ -94,17 +101,20 @@ class UniPCMultistepScheduler(diffusers.UniPCMultistepScheduler):
         if order == 1:  # diffusers' simplified version
             rhos_c = torch.ones(1, dtype=last_sample.dtype, device=this_sample.device) * 0.5
         else:
-            rhos_c = _filled(torch.linalg.solve(R, b), last_sample)
+            rhos_c = _on_device(torch.linalg.solve(R, b), last_sample, last_sample.dtype)
         corr_res = 0
         if earlier:
-            D1s = torch.stack(
-                [(self.model_outputs[-(i + 1)] - m0) / rk for i, rk in enumerate(rks, 1)], dim=1
-            )
+            D1s = self._differences(rks, m0)
             corr_res = torch.einsum("k,bkc...->bc...", rhos_c[:-1], D1s)
         return self._update(last_sample, m0, scalars, corr_res + rhos_c[-1] * (this_model_output - m0))
 
 
-def _filled(values: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """CPU ``values`` in ``like``'s dtype (one rounding, as ``.to(dtype)``), on its device, filled in from host
-    numbers: copying a CPU tensor to a GPU waits for the GPU (unless from pinned memory), a fill does not."""
-    return torch.stack([torch.full((), v, dtype=like.dtype, device=like.device) for v in values.tolist()])
+def _on_device(values: torch.Tensor, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """CPU ``values`` on ``like``'s device, in ``dtype`` (one rounding, as ``.to(dtype)``) or their own, filled in
+    from host numbers: copying a CPU tensor to a GPU waits for the GPU (unless from pinned memory), a fill does not.
+    (A 0-dim CPU tensor as an operand would not wait either, but a GPU kernel takes it at float32, where it takes a
+    0-dim tensor of its own device in the other operand's dtype, fp16 or bf16, as diffusers' coefficients are.)"""
+    dtype = dtype or values.dtype
+    if values.dim() == 0:
+        return torch.full((), values.item(), dtype=dtype, device=like.device)
+    return torch.stack([torch.full((), v, dtype=dtype, device=like.device) for v in values.tolist()])
