@@ -100,8 +100,8 @@ declare -A STEP=(
   # step; plain diffusers keeps its own): its ms/image against the earlier runs' 197.4 and --profile's host waits
   # (plain's against the compiled row's) measure that change (the loop's it/s cannot: it synchronises every step)
   [dataset-base]="--batch 16 --compile reduce-overhead --repeats 2 --compiled-only --profile"
-  # Every row with DPM-Solver++ (2M), diffusers' own, in place of UniPC. diffusers' UniPC waits for the GPU about
-  # five times a step (CPU sigmas copied to it one by one; a 2x2 solve's error check) and runs about 150 small ops
+  # Every row with DPM-Solver++ (2M), diffusers' own, in place of UniPC. diffusers' UniPC waits for the GPU seven
+  # times a step (six CPU sigmas copied to it one by one; a 2x2 solve's error check) and runs about 150 small ops
   # (2-core development CPU, torch.profiler, batch 16's latents: 5.4 ms a step there); depth2img's UniPC, in
   # depth2img's rows since 2026-11-28, waits once a call and runs its scalar ops on the CPU, as DPM-Solver++ does. Its images
   # differ (another sampler). Its plain row against dataset-base's: what diffusers' UniPC costs plain diffusers; its
