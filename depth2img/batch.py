@@ -34,6 +34,7 @@ import yaml
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError, OutOfMemory, first_line
 from .io import (
     DEPTH_WRITERS,
+    any_readable,
     atomic_path,
     expand_inputs,
     file_key,
@@ -1120,7 +1121,9 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                     f"--resume (resume=True): this run would make its images in {made_in} (job key dtype "
                     f"{job.dtype or 'not given: the device default'}), the run in {root} made them in {was}; {fix}"
                 )
-    if todo:  # loaded before the bar is drawn: without a terminal, its 0 % line came before 'loading model'
+    # loaded before the bar is drawn (without a terminal, its 0 % line came before 'loading model'); not where no
+    # source left has a readable header: each then fails below with its reason, and no model loads for nothing
+    if todo and any_readable(p for p in mine if todo_per_source[p]):
         service.estimator(job.estimator, progress=say)
         service.transformer(job.model, progress=say)
     bar = progress_bar(total=total, initial=report.skipped, unit="img",

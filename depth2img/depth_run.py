@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .errors import Depth2ImgError, InputError
 from .io import (
+    any_readable,
     check_depth_formats,
     expand_inputs,
     glob_files,
@@ -259,10 +260,12 @@ def run_depth(
             from .estimators import DepthEstimator
             from .registry import resolve_estimator
 
-            status_line(progress)(f"loading depth estimator {resolve_estimator(estimator).name}")
-            estimator = DepthEstimator.from_pretrained(
-                estimator, device=device, dtype=dtype, local_files_only=local_files_only
-            )
+            named = resolve_estimator(estimator).name  # a bad name is refused, readable inputs or not
+            if any_readable(paths):  # else each input fails below, with its reason
+                status_line(progress)(f"loading depth estimator {named}")
+                estimator = DepthEstimator.from_pretrained(
+                    estimator, device=device, dtype=dtype, local_files_only=local_files_only
+                )
         stems = _stems(paths)
         bar = progress_bar(total=len(paths), unit="img", desc="depth", disable=not progress)
 

@@ -185,6 +185,12 @@ def image_header(path) -> tuple[tuple[int, int], tuple[int, int], int] | None:
     return size, (size[::-1] if turned else size), orientation
 
 
+def any_readable(paths) -> bool:
+    """Whether one of ``paths`` at least has a header that can be read (``image_header``; stops at the first): where
+    none has, a run fails each with ``load_image``'s reason and loads no model for nothing."""
+    return any(image_header(p) is not None for p in paths)
+
+
 def header_size(path) -> tuple[int, int] | None:
     """An image file's size as load_image gives it (EXIF rotation applied), from its header alone (no pixel is
     decoded); None where the header cannot be read."""

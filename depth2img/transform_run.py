@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .depth_run import RunReport, _stems, as_paths, check_callback, output_dir_for, read_ahead
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError
-from .io import CONTROL_SUFFIX, check_polarity, file_key, load_image
+from .io import CONTROL_SUFFIX, any_readable, check_polarity, file_key, load_image
 from .knobs import DEFAULT_KNOBS, check_batch_size, check_knobs, check_num_images, plain_number, request_seeds
 from .outputs import (
     MANIFEST,
@@ -110,18 +110,22 @@ def run_transform(
             check_at_hand(ref, local_files_only=options.get("local_files_only", False), controlnet=controlnet,
                           lora=lora)  # fmt: skip
             say = status_line(progress)
-            if depth is None and isinstance(estimator, (str, os.PathLike, type(None))):
-                # the estimator (small) loads first: a bad name or weights missing offline fail before the
-                # backbone (gigabytes) loads
+            loads_estimator = depth is None and isinstance(estimator, (str, os.PathLike, type(None)))
+            if loads_estimator:
                 estimator = estimator or default_estimator_for(model)
-                # (a bad name is refused before it is said)
-                say(f"loading depth estimator {resolve_estimator(estimator).name}")
-                estimator = DepthEstimator.from_pretrained(
-                    estimator, device=resolve_device(options.get("device")),
-                    dtype=options.get("dtype"), local_files_only=options.get("local_files_only", False),
-                )  # fmt: skip
-            say(f"loading model {ref.name}")
-            st = SceneTransformer.from_pretrained(model, estimator=estimator, **options)
+                named = resolve_estimator(estimator).name  # a bad name is refused, readable inputs or not
+            st = None  # where no input is readable: each fails below, with its reason
+            if any_readable(paths):
+                if loads_estimator:
+                    # the estimator (small) loads first: weights missing offline fail before the backbone
+                    # (gigabytes) loads
+                    say(f"loading depth estimator {named}")
+                    estimator = DepthEstimator.from_pretrained(
+                        estimator, device=resolve_device(options.get("device")),
+                        dtype=options.get("dtype"), local_files_only=options.get("local_files_only", False),
+                    )  # fmt: skip
+                say(f"loading model {ref.name}")
+                st = SceneTransformer.from_pretrained(model, estimator=estimator, **options)
         kept, reserved = _earlier_stems(before, paths)
         stems = _stems(paths, kept, reserved)
         _say_renamed(paths, stems, kept, reserved, out_dir, on_warning)
@@ -198,7 +202,8 @@ def run_transform(
                         except Depth2ImgError as err:
                             _fail(report, path, err)
                     for (i, path, _), result in zip(
-                        prepared, st.run_isolated([r for *_, r in prepared], progress=progress)
+                        prepared,
+                        st.run_isolated([r for *_, r in prepared], progress=progress) if prepared else [],
                     ):
                         if isinstance(result, Depth2ImgError):
                             _fail(report, path, result)

@@ -627,6 +627,22 @@ def test_resume_of_a_moved_project_compares_its_own_folders(tmp_path, tiny_dir):
         _check_same_run(load_job(tmp_path / "b" / "job.yaml"), _earlier_record(record), record)
 
 
+def test_a_job_of_unreadable_sources_loads_no_model(dataset, tmp_path, monkeypatch):
+    from depth2img.service import Service
+
+    loaded = []
+    monkeypatch.setattr(Service, "estimator", lambda self, *a, **k: loaded.append("estimator"))
+    monkeypatch.setattr(Service, "transformer", lambda self, *a, **k: loaded.append("model"))
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    (tmp_path / "zero.jpg").write_bytes(b"")
+    job = write_job(dataset, output=str(tmp_path / "m"), presets=["fog"], seeds=2, labels={},
+                    inputs=[str(tmp_path / "broken.png"), str(tmp_path / "zero.jpg")])  # fmt: skip
+    report = run_job(job, progress=False)
+    assert loaded == [] and report.done == 0 and len(report.failed) == 2
+    assert any("broken.png: not a readable image" in f for f in report.failed)
+    assert any("zero.jpg: empty file" in f for f in report.failed)
+
+
 def test_missing_inputs_are_listed_and_skipped(dataset, tmp_path):
     (tmp_path / "list.txt").write_text(f"{dataset / 'frames' / 'f0.png'}\nnope.png\n")
     (tmp_path / "broken.png").write_bytes(b"not a png")

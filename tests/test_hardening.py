@@ -105,6 +105,29 @@ def _hostile_images(d: Path, chelsea) -> dict[str, str | None]:
     }  # fmt: skip
 
 
+def test_unreadable_inputs_alone_load_no_model(tmp_path, chelsea, capsys, monkeypatch):
+    from depth2img.estimators import DepthEstimator
+    from depth2img.transformer import SceneTransformer
+
+    loaded = []
+    monkeypatch.setattr(DepthEstimator, "from_pretrained", lambda *a, **k: loaded.append("estimator"))
+    monkeypatch.setattr(SceneTransformer, "from_pretrained", lambda *a, **k: loaded.append("model"))
+    src = tmp_path / "in"
+    src.mkdir()
+    expected = {n: p for n, p in _hostile_images(src, chelsea).items() if p and "not a readable" in p}
+    for other in {p.name for p in src.iterdir()} - set(expected):
+        (src / other).unlink()
+    for command in (["depth", "--estimator", "tiny"], ["transform", "--model", "tiny", "--prompt", "x"]):
+        code = main([command[0], str(src), "-o", str(tmp_path / command[0]), "-q", *command[1:]])
+        err = capsys.readouterr().err
+        assert code != 0 and "Traceback" not in err, err
+        assert all(f"{name}: {problem}" in err for name, problem in expected.items()), err
+    assert loaded == [] and len(expected) == 3
+    # a bad estimator name is still refused
+    code = main(["depth", str(src), "-o", str(tmp_path / "bad"), "-q", "--estimator", "nope"])
+    assert code == 2 and "nope" in capsys.readouterr().err
+
+
 def test_hostile_images_on_depth_and_transform_cli(tmp_path, chelsea, capsys):
     src = tmp_path / "in"
     src.mkdir()
