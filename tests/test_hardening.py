@@ -124,8 +124,9 @@ def test_unreadable_inputs_alone_load_no_model(tmp_path, chelsea, capsys, monkey
         assert all(f"{name}: {problem}" in err for name, problem in expected.items()), err
     assert loaded == [] and len(expected) == 3
     # a bad estimator name is still refused
-    code = main(["depth", str(src), "-o", str(tmp_path / "bad"), "-q", "--estimator", "nope"])
-    assert code == 2 and "nope" in capsys.readouterr().err
+    for command in (["depth"], ["transform", "--model", "tiny", "--prompt", "x"]):
+        code = main([command[0], str(src), "-o", str(tmp_path / "bad"), "-q", "--estimator", "nope", *command[1:]])
+        assert code == 2 and "'nope'" in capsys.readouterr().err, command
 
 
 def test_hostile_images_on_depth_and_transform_cli(tmp_path, chelsea, capsys):
