@@ -97,9 +97,10 @@ declare -A STEP=(
   # core's baseline for the next two steps, which change one setting each: dataset mode as measured first
   # (bf16, reduce-overhead, UniPC, PyTorch's attention order), compiled-only, with the GPU's busy share at batch 16.
   # Since 2026-11-28 the compiled row runs depth2img's UniPC (scalars on the CPU, no host wait after a call's first
-  # step; plain diffusers keeps its own): its ms/image against the earlier runs' 197.4 and --profile's host waits
-  # (plain's against the compiled row's) measure that change (the loop's it/s cannot: it synchronises every step)
-  [dataset-base]="--batch 16 --compile reduce-overhead --repeats 2 --compiled-only --profile"
+  # step; plain diffusers keeps its own); --diffusers-unipc times the same compiled pipeline again with diffusers'
+  # UniPC (no compile of its own: about 5 calls, 16 s): the two rows' ms/image and --profile's host waits measure
+  # that change in one run (the loop's it/s cannot: it synchronises every step)
+  [dataset-base]="--batch 16 --compile reduce-overhead --repeats 2 --compiled-only --profile --diffusers-unipc"
   # Every row with DPM-Solver++ (2M), diffusers' own, in place of UniPC. diffusers' UniPC waits for the GPU seven
   # times a step (six CPU sigmas copied to it one by one; a 2x2 solve's error check) and runs about 150 small ops
   # (2-core development CPU, torch.profiler, batch 16's latents: 5.4 ms a step there); depth2img's UniPC, in

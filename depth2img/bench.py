@@ -128,6 +128,21 @@ SDPA_ORDERS = {
 
 
 @contextlib.contextmanager
+def _diffusers_unipc(st):
+    """In the block, ``st``'s UniPC runs as diffusers' own: depth2img's subclass adds methods and no state, so its
+    instance takes diffusers' class (the pipeline, its compiled models and the scheduler's state stay as they are)."""
+    import diffusers
+
+    _, scheduler = st.backend.scheduler("unipc")
+    own = type(scheduler)
+    scheduler.__class__ = diffusers.UniPCMultistepScheduler
+    try:
+        yield
+    finally:
+        scheduler.__class__ = own
+
+
+@contextlib.contextmanager
 def _attention_preference(attention: str):
     """In an ``SDPA_ORDERS`` ``attention``, SDPA tries its kernels in that order (``sdpa_kernel`` with
     ``set_priority``); else PyTorch's own. A compiled graph keeps the kernels chosen when it was traced, and
@@ -331,7 +346,8 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
               control_end: float = 1.0, feature_cache: int = 1, attention: str = "sdpa", low_vram: bool = False,
               channels_last: bool | None = None, fuse_qkv: bool = True, peak_tflops: float | None = None,
               inductor=None, fast_dtype=None, compiled_only: bool = False, profile: bool = False,
-              scheduler: str = "unipc", out_dir: str | Path = "benchmarks", progress=print) -> dict:  # fmt: skip
+              scheduler: str = "unipc", diffusers_unipc: bool = False, out_dir: str | Path = "benchmarks",
+              progress=print) -> dict:  # fmt: skip
     """Depth ControlNet (SD1.5 or SDXL), interleaved on the same prompt, control image and seeds:
 
     - ``diffusers``: the plain pipeline as its docs show it (fp16 on GPU, SDPA, UniPC), ``batch`` images per call
@@ -353,6 +369,8 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
       SDPA trying FlashAttention's or cuDNN's kernels first (``_attention_preference``; in the path as
       ``attention:flash-first``), to be compared with a run without it by their speed-ups against the same run's
       plain diffusers;
+    - ``ROW+diffusers-unipc`` (``diffusers_unipc``): the first compiled row (else the eager fast path) again, the
+      same pipeline, with diffusers' own UniPC in place of depth2img's: what depth2img's UniPC saves, in one run;
     - ``depth2img-lowvram-model`` and ``-group`` (``low_vram``, GPU only): model CPU offload or group offloading
       (layer by layer, copies on a CUDA stream), each with VAE slicing and tiling.
 
@@ -389,6 +407,9 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     inductor = backends.check_inductor_options(inductor, "--inductor")
     if inductor and not modes:
         raise InputError("--inductor sets the compiler's options: it needs --compile MODE")
+    if diffusers_unipc and scheduler != "unipc":
+        raise InputError(f"--diffusers-unipc times a row with diffusers' own UniPC: it needs --scheduler unipc, got "
+                         f"{scheduler!r}")  # fmt: skip
     if compiled_only and not modes:
         raise InputError(
             "--compiled-only times plain diffusers against the compiled rows: it needs --compile MODE"
@@ -464,9 +485,10 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
                      generator=gens, guidance_scale=7.5, height=size, width=size, control_guidance_end=control_end,
                      output_type="np").images  # fmt: skip
 
-    def run_ours(st, **knobs):
+    def run_ours(st, stock_unipc=False, **knobs):
         # the API-overhead row stays plain diffusers' own
-        with _attention_preference(attention if st is not same else "sdpa"):
+        stock = _diffusers_unipc(st) if stock_unipc else contextlib.nullcontext()
+        with _attention_preference(attention if st is not same else "sdpa"), stock:
             return st.transform(image, prompt, depth=depth, seed=seeds, steps=steps, strength=1.0,
                                 scheduler=scheduler, control_end=control_end, **knobs).raw  # fmt: skip
 
@@ -488,6 +510,13 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         variants[name], pipes[name] = lambda: run_ours(fast, feature_cache=feature_cache), fast.backend.pipe
     for name, st in extra.items():
         variants[name], pipes[name] = lambda st=st: run_ours(st), st.backend.pipe
+    twins = {}  # a +diffusers-unipc row -> the row whose pipeline it runs
+    if diffusers_unipc:
+        twin = next(name for name in (*compiled_rows, "depth2img-fast") if name in variants)
+        st = extra.get(twin, fast)
+        twins[f"{twin}+diffusers-unipc"] = twin
+        variants[f"{twin}+diffusers-unipc"] = lambda: run_ours(st, stock_unipc=True)
+        pipes[f"{twin}+diffusers-unipc"] = pipes[twin]
     resident = (
         {name: _resident_bytes(pipe, device) for name, pipe in pipes.items()} if device.type == "cuda" else {}
     )
@@ -506,6 +535,10 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     # (the H100's reduce-overhead row read 3.67 GiB at batch 16, the default mode's 8.23)
     pools = {}
     for name, fn in list(variants.items()):  # warm-up (and compilation)
+        if twins.get(name, name) not in variants:  # its row's compiling failed
+            del variants[name], pipes[name], times[name]
+            resident.pop(name, None)
+            continue
         progress(f"warm-up: {name}")
         skipped = counters["inductor"]["cudagraph_skips"]
         graphs = name in compiled_rows and backends.captures_cuda_graphs(compiled_rows[name], inductor)
@@ -643,7 +676,12 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             if device.type == "cuda":
                 # what this variant needs on its own: its resident weights plus what the call allocated on top
                 # (the other variants' weights, also resident during the run, are not counted)
-                need = resident[name] + pools.get(name, 0) + torch.cuda.max_memory_allocated() - before
+                need = (
+                    resident[name]
+                    + pools.get(twins.get(name, name), 0)
+                    + torch.cuda.max_memory_allocated()
+                    - before
+                )
                 peaks[name] = max(peaks.get(name, 0), need)
         _sync(device)
         t = time.perf_counter()
@@ -659,7 +697,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     if profile:
         # after the timed calls: torch 2.11 on CUDA 13 leaves CUPTI attached after a profiler's session, which slows
         # later calls (pytorch issue 144455), the eager rows' many launches most. Off a GPU, no figures.
-        for name in (name for name in ("diffusers", *compiled_rows) if name in variants):
+        for name in (name for name in ("diffusers", *compiled_rows, *twins) if name in variants):
             try:
                 busy[name], waits[name] = device_busy(variants[name], device) or (None, None)
             except Exception as err:  # noqa: BLE001  a profiler's failure costs its figures, not the run (a GPU lease)
@@ -855,6 +893,11 @@ def markdown(result: dict) -> str:
             f"\nThe fast path's VAE decode alone, batch {result['batch']}: {result['vae_decode_ms']:.1f} ms, "
             f"{result['vae_decode_share']:.1%} of its call; the most that overlapping the decode with the next "
             "batch's denoising could save, were the device free for both."
+        )
+    for twin in (name for name in result["results"] if name.endswith("+diffusers-unipc")):
+        lines.append(
+            f"\n`{twin}` is `{twin.removesuffix('+diffusers-unipc')}` (the same pipeline, in the same run) with "
+            "diffusers' own UniPC, which makes the host wait for the GPU at each step, in place of depth2img's."
         )
     if result.get("feature_cache", 1) > 1:
         lines.append(

@@ -251,6 +251,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="the scheduler of every row: unipc (default, diffusers' ControlNet docs'), ddim, pndm, euler, "
                         "euler-a, dpm++, dpm++-karras, lms, lcm, tcd, ddim-trailing; another measures what UniPC's "
                         "own per-step work costs")  # fmt: skip
+    p.add_argument("--diffusers-unipc", action="store_true",
+                   help="also time the first --compile row (else the eager fast path) with diffusers' own UniPC, "
+                        "which waits for the GPU at each step, in place of depth2img's: its gain, in one run")  # fmt: skip
     p.add_argument("--feature-cache", type=int, default=1, metavar="N",
                    help="also time the fast path with the DeepCache-like feature cache (a quality trade)")  # fmt: skip
     p.add_argument("--attention", choices=["sdpa", "sdpa-flash", "sdpa-cudnn", "xformers"], default="sdpa",
@@ -634,6 +637,7 @@ def _cmd_bench(args) -> int:
             ("--no-channels-last", "channels_last"), ("--no-fused-qkv", "fuse_qkv"), ("--low-vram", "low_vram"),
             ("--peak-tflops", "peak_tflops"), ("--inductor", "inductor"), ("--fast-dtype", "fast_dtype"),
             ("--compiled-only", "compiled_only"), ("--profile", "profile"), ("--scheduler", "scheduler"),
+            ("--diffusers-unipc", "diffusers_unipc"),
         ) if getattr(args, key) != default[key]]  # fmt: skip
         if ignored:
             raise InputError(f"--depth benchmarks the depth estimators: {', '.join(ignored)} "
@@ -655,7 +659,7 @@ def _cmd_bench(args) -> int:
                        attention=args.attention, low_vram=args.low_vram, steps=args.steps, batch=args.batch, repeats=args.repeats,
                        device=args.device, dtype=args.dtype, compile_mode=args.compile, control_end=args.control_end,
                        channels_last=args.channels_last, fuse_qkv=args.fuse_qkv, peak_tflops=args.peak_tflops,
-                       inductor=args.inductor, fast_dtype=args.fast_dtype, compiled_only=args.compiled_only, profile=args.profile, scheduler=args.scheduler, out_dir=args.output, progress=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
+                       inductor=args.inductor, fast_dtype=args.fast_dtype, compiled_only=args.compiled_only, profile=args.profile, scheduler=args.scheduler, diffusers_unipc=args.diffusers_unipc, out_dir=args.output, progress=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
     print(markdown(result))
     print("written: " + ", ".join(result["written"]), file=sys.stderr)
     return 0

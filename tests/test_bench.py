@@ -161,6 +161,54 @@ def test_another_scheduler_runs_in_every_row(tmp_path, monkeypatch, scheduler, c
         run_bench(preset="tiny", scheduler="flow-euler", out_dir=tmp_path)
 
 
+def test_a_diffusers_unipc_row_runs_the_same_pipeline_with_diffusers_own_steps(tmp_path, monkeypatch):
+    """--diffusers-unipc: the fast row again, its own pipeline, with diffusers' UniPC stepping (depth2img's in
+    every other depth2img row); the same images on a CPU, where the two are bit for bit alike; said in the table."""
+    import diffusers
+
+    from depth2img import bench, schedulers
+
+    stepped = []  # (row, the class of each update called)
+    for cls in (diffusers.UniPCMultistepScheduler, schedulers.UniPCMultistepScheduler):
+        monkeypatch.setattr(cls, "multistep_uni_p_bh_update", lambda self, *a, own=cls.multistep_uni_p_bh_update,
+                            **k: stepped.append((row[0], type(self))) or own(self, *a, **k))  # fmt: skip
+    row = [None]  # the row warming up; None after the warm-ups
+    monkeypatch.setattr(
+        bench, "loop_rates", lambda *a, own=bench.loop_rates: row.__setitem__(0, None) or own(*a)
+    )
+    result = run_bench(preset="tiny", size=64, steps=2, repeats=1, diffusers_unipc=True, out_dir=tmp_path,
+                       progress=lambda m: row.__setitem__(0, m.removeprefix("warm-up: ")))  # fmt: skip
+    rows = result["results"]
+    twin = "depth2img-fast+diffusers-unipc"
+    assert list(rows) == ["diffusers", "depth2img", "depth2img-fast", twin]
+    assert rows[twin]["max_abs_diff_vs_diffusers"] == rows["depth2img-fast"]["max_abs_diff_vs_diffusers"]
+    warmed = {r: {c for w, c in stepped if w == r} for r in rows}  # at warm-up, row by row
+    assert warmed[twin] == {diffusers.UniPCMultistepScheduler}
+    assert warmed["depth2img-fast"] == warmed["depth2img"] == {schedulers.UniPCMultistepScheduler}
+    assert warmed["diffusers"] == {diffusers.UniPCMultistepScheduler}
+    assert f"`{twin}` is `depth2img-fast` (the same pipeline, in the same run)" in markdown(result)
+    with pytest.raises(
+        InputError, match="^--diffusers-unipc times a row with diffusers' own UniPC: it needs "
+    ):
+        run_bench(preset="tiny", diffusers_unipc=True, scheduler="ddim", out_dir=tmp_path)
+
+
+def test_diffusers_unipc_context_puts_depth2img_unipc_back_on_error():
+    import diffusers
+
+    from depth2img.backends import make_scheduler
+    from depth2img.bench import _diffusers_unipc
+    from depth2img.schedulers import UniPCMultistepScheduler
+    from depth2img.tiny import _sd_scheduler
+
+    scheduler = make_scheduler("unipc", _sd_scheduler().config)
+    st = SimpleNamespace(backend=SimpleNamespace(scheduler=lambda name: (name, scheduler)))
+    with pytest.raises(ZeroDivisionError), _diffusers_unipc(st):
+        assert type(scheduler) is diffusers.UniPCMultistepScheduler
+        raise ZeroDivisionError
+    assert type(scheduler) is UniPCMultistepScheduler
+
+
 def test_bench_dataset_mode_feature_cache_and_sdxl(tmp_path):
     result = run_bench(preset="tiny", size=64, steps=4, batch=2, repeats=1, feature_cache=2, out_dir=tmp_path,
                        progress=lambda m: None)  # fmt: skip
@@ -205,7 +253,7 @@ def test_bench_compiled_row_beside_the_eager_one_and_a_compile_failure_drops_it(
     monkeypatch.setattr(bench, "B1_IMAGES", 1)  # diffusers-b1 times the first seed only
     monkeypatch.setattr(torch, "compile", skipping)
     result = run_bench(preset="tiny", size=64, steps=2, batch=2, repeats=1, compile_mode="reduce-overhead",
-                       out_dir=tmp_path, progress=lambda m: None)  # fmt: skip
+                       diffusers_unipc=True, out_dir=tmp_path, progress=lambda m: None)  # fmt: skip
     rows = result["results"]
     assert list(rows) == [
         "diffusers",
@@ -213,6 +261,7 @@ def test_bench_compiled_row_beside_the_eager_one_and_a_compile_failure_drops_it(
         "depth2img",
         "depth2img-fast",
         "depth2img-fast-compiled",
+        "depth2img-fast-compiled+diffusers-unipc",  # (its graphs' skips are the compiled row's, counted once)
     ]
     assert "unet:compile(reduce-overhead)" in result["compiled_path"] and not any(
         "compile" in a for a in result["fast_path"]
@@ -234,9 +283,9 @@ def test_bench_compiled_row_beside_the_eager_one_and_a_compile_failure_drops_it(
         return call
 
     monkeypatch.setattr(torch, "compile", broken)
-    result = run_bench(preset="tiny", size=64, steps=2, repeats=1, compile_mode="default", out_dir=tmp_path,
-                       progress=lambda m: None)  # fmt: skip
-    assert list(result["results"]) == ["diffusers", "depth2img", "depth2img-fast"]
+    result = run_bench(preset="tiny", size=64, steps=2, repeats=1, compile_mode="default", diffusers_unipc=True,
+                       out_dir=tmp_path, progress=lambda m: None)  # fmt: skip
+    assert list(result["results"]) == ["diffusers", "depth2img", "depth2img-fast"]  # its +diffusers-unipc too
     assert result["compile_error"] == "RuntimeError: inductor: no C compiler"
     assert result["cudagraph_skips"] == {} and "CUDA graphs" not in markdown(result)  # not a CUDA-graph mode
     assert "torch.compile (default) failed at warm-up, so its row is dropped: RuntimeError" in markdown(
@@ -624,6 +673,10 @@ def test_bench_argument_errors(capsys):
         (
             ["--depth", "--steps", "4"],
             "--depth benchmarks the depth estimators: --steps is for the diffusion bench",
+        ),
+        (
+            ["--depth", "--diffusers-unipc"],
+            "--depth benchmarks the depth estimators: --diffusers-unipc is for the diffusion bench",
         ),
         # before the run, not after it (its figures were lost)
         (["-o", __file__], f"output folder {__file__} is a file"),
