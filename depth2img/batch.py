@@ -34,7 +34,7 @@ import yaml
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError, OutOfMemory, first_line
 from .io import (
     DEPTH_WRITERS,
-    any_readable,
+    any_loadable,
     atomic_path,
     expand_inputs,
     file_key,
@@ -1105,12 +1105,17 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     todo_per_source = collections.Counter(t[0] for t in todo)
     service = service or Service(model=job.model, estimator=job.estimator, device=device, **settings)
     # anything left in the whole run, not only this process's share: every process refuses alike
+    # (a generator: read up to the first source left that loads)
     left = (
-        resume
-        and earlier_dtypes
-        and any(_item_key(stems[p], v.name, s) not in finished for p in paths for v in vars_ for s in seeds)
+        (
+            p
+            for p in paths
+            if any(_item_key(stems[p], v.name, s) not in finished for v in vars_ for s in seeds)
+        )
+        if resume and earlier_dtypes
+        else ()
     )
-    if left:
+    if any_loadable(left):  # (the model's dtype: loaded for it only where an image will be made)
         made_in = str(service.transformer(job.model, progress=say).dtype).replace("torch.", "")
         if earlier_dtypes != {made_in}:
             was = " and ".join(sorted(earlier_dtypes))
@@ -1122,8 +1127,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                     f"{job.dtype or 'not given: the device default'}), the run in {root} made them in {was}; {fix}"
                 )
     # loaded before the bar is drawn (without a terminal, its 0 % line came before 'loading model'); not where no
-    # source left has a readable header: each then fails below with its reason, and no model loads for nothing
-    if todo and any_readable(p for p in mine if todo_per_source[p]):
+    # source left loads: each then fails below with its reason, and no model loads for nothing
+    if todo and any_loadable(p for p in mine if todo_per_source[p]):
         service.estimator(job.estimator, progress=say)
         service.transformer(job.model, progress=say)
     bar = progress_bar(total=total, initial=report.skipped, unit="img",

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from .errors import Depth2ImgError, InputError
 from .io import (
-    any_readable,
+    any_loadable,
     check_depth_formats,
     expand_inputs,
     glob_files,
@@ -261,7 +261,7 @@ def run_depth(
             from .registry import resolve_estimator
 
             named = resolve_estimator(estimator).name  # a bad name is refused, readable inputs or not
-            if any_readable(paths):  # else each input fails below, with its reason
+            if any_loadable(paths):  # else each input fails below, with its reason
                 status_line(progress)(f"loading depth estimator {named}")
                 estimator = DepthEstimator.from_pretrained(
                     estimator, device=device, dtype=dtype, local_files_only=local_files_only

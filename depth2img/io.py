@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError, first_line
+from .errors import Depth2ImgError, InputError, first_line
 
 # (AVIF: Pillow 11.2+)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif")
@@ -185,10 +185,17 @@ def image_header(path) -> tuple[tuple[int, int], tuple[int, int], int] | None:
     return size, (size[::-1] if turned else size), orientation
 
 
-def any_readable(paths) -> bool:
-    """Whether one of ``paths`` at least has a header that can be read (``image_header``; stops at the first): where
-    none has, a run fails each with ``load_image``'s reason and loads no model for nothing."""
-    return any(image_header(p) is not None for p in paths)
+def any_loadable(paths) -> bool:
+    """Whether one of ``paths`` at least loads (``load_image``, as a run reads its inputs; stops at the first that
+    does): where none does, a run fails each with its reason and loads no model for nothing. (A header check alone
+    passed over a file that is too small, and a run trusting it would crash on one whose header it misread.)"""
+    for p in paths:
+        try:
+            load_image(p)
+        except Depth2ImgError:
+            continue
+        return True
+    return False
 
 
 def header_size(path) -> tuple[int, int] | None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from .depth_run import RunReport, _stems, as_paths, check_callback, output_dir_for, read_ahead
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError
-from .io import CONTROL_SUFFIX, any_readable, check_polarity, file_key, load_image
+from .io import CONTROL_SUFFIX, any_loadable, check_polarity, file_key, load_image
 from .knobs import DEFAULT_KNOBS, check_batch_size, check_knobs, check_num_images, plain_number, request_seeds
 from .outputs import (
     MANIFEST,
@@ -115,7 +115,7 @@ def run_transform(
                 estimator = estimator or default_estimator_for(model)
                 named = resolve_estimator(estimator).name  # a bad name is refused, readable inputs or not
             st = None  # where no input is readable: each fails below, with its reason
-            if any_readable(paths):
+            if any_loadable(paths):
                 if loads_estimator:
                     # the estimator (small) loads first: weights missing offline fail before the backbone
                     # (gigabytes) loads

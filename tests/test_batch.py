@@ -643,6 +643,22 @@ def test_a_job_of_unreadable_sources_loads_no_model(dataset, tmp_path, monkeypat
     assert any("zero.jpg: empty file" in f for f in report.failed)
 
 
+def test_a_resume_with_only_unreadable_sources_left_loads_no_model(dataset, tmp_path, monkeypatch):
+    """--resume reads the model's dtype to compare it with the earlier run's: only where a source left loads."""
+    from depth2img.service import Service
+
+    (tmp_path / "broken.png").write_bytes(b"not a png")
+    job = write_job(dataset, output=str(tmp_path / "m"), presets=["fog"], seeds=1, labels={},
+                    inputs=[str(dataset / "frames" / "f0.png"), str(tmp_path / "broken.png")])  # fmt: skip
+    assert run_job(job, progress=False).done == 1
+    loaded = []
+    monkeypatch.setattr(Service, "estimator", lambda self, *a, **k: loaded.append("estimator"))
+    monkeypatch.setattr(Service, "transformer", lambda self, *a, **k: loaded.append("model"))
+    report = run_job(job, resume=True, progress=False)
+    assert loaded == [] and report.done == 0 and report.skipped == 1
+    assert len(report.failed) == 1 and "broken.png: not a readable image" in report.failed[0]
+
+
 def test_missing_inputs_are_listed_and_skipped(dataset, tmp_path):
     (tmp_path / "list.txt").write_text(f"{dataset / 'frames' / 'f0.png'}\nnope.png\n")
     (tmp_path / "broken.png").write_bytes(b"not a png")
