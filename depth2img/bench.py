@@ -377,8 +377,8 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     ``compiled_only``: of the rows above, ``diffusers`` (the baseline each row is compared against) and the
     compiled ones (with the others asked for): a compiler setting measured in less device time (on an H100 the
     three rows left out, by their calls' times, about 75 s of a 250 s batch-16 run), without the API overhead or
-    the 3x figure. ``profile``: after the timed calls, one more call of plain diffusers and of each compiled row
-    under torch.profiler, for the share of it the GPU was busy and the host's waits for it (``device_busy``; on a
+    the 3x figure. ``profile``: after the timed calls, one more call of plain diffusers, of each compiled row and of
+    a ``+diffusers-unipc`` row and the row it repeats, under torch.profiler, for the share of it the GPU was busy and the host's waits for it (``device_busy``; on a
     GPU only).
     """
     import torch
@@ -515,7 +515,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         twin = next(name for name in (*compiled_rows, "depth2img-fast") if name in variants)
         st = extra.get(twin, fast)
         twins[f"{twin}+diffusers-unipc"] = twin
-        variants[f"{twin}+diffusers-unipc"] = lambda: run_ours(st, stock_unipc=True)
+        variants[f"{twin}+diffusers-unipc"] = lambda st=st: run_ours(st, stock_unipc=True)
         pipes[f"{twin}+diffusers-unipc"] = pipes[twin]
     resident = (
         {name: _resident_bytes(pipe, device) for name, pipe in pipes.items()} if device.type == "cuda" else {}
@@ -536,6 +536,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     pools = {}
     for name, fn in list(variants.items()):  # warm-up (and compilation)
         if twins.get(name, name) not in variants:  # its row's compiling failed
+            progress(f"{name} dropped with {twins[name]}")
             del variants[name], pipes[name], times[name]
             resident.pop(name, None)
             continue
@@ -697,7 +698,9 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     if profile:
         # after the timed calls: torch 2.11 on CUDA 13 leaves CUPTI attached after a profiler's session, which slows
         # later calls (pytorch issue 144455), the eager rows' many launches most. Off a GPU, no figures.
-        for name in (name for name in ("diffusers", *compiled_rows, *twins) if name in variants):
+        for name in (
+            n for n in dict.fromkeys(("diffusers", *compiled_rows, *twins.values(), *twins)) if n in variants
+        ):
             try:
                 busy[name], waits[name] = device_busy(variants[name], device) or (None, None)
             except Exception as err:  # noqa: BLE001  a profiler's failure costs its figures, not the run (a GPU lease)

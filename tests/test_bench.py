@@ -176,8 +176,8 @@ def test_a_diffusers_unipc_row_runs_the_same_pipeline_with_diffusers_own_steps(t
     monkeypatch.setattr(
         bench, "loop_rates", lambda *a, own=bench.loop_rates: row.__setitem__(0, None) or own(*a)
     )
-    result = run_bench(preset="tiny", size=64, steps=2, repeats=1, diffusers_unipc=True, out_dir=tmp_path,
-                       progress=lambda m: row.__setitem__(0, m.removeprefix("warm-up: ")))  # fmt: skip
+    result = run_bench(preset="tiny", size=64, steps=2, repeats=1, diffusers_unipc=True, profile=True,
+                       out_dir=tmp_path, progress=lambda m: row.__setitem__(0, m.removeprefix("warm-up: ")))  # fmt: skip
     rows = result["results"]
     twin = "depth2img-fast+diffusers-unipc"
     assert list(rows) == ["diffusers", "depth2img", "depth2img-fast", twin]
@@ -187,6 +187,8 @@ def test_a_diffusers_unipc_row_runs_the_same_pipeline_with_diffusers_own_steps(t
     assert warmed["depth2img-fast"] == warmed["depth2img"] == {schedulers.UniPCMultistepScheduler}
     assert warmed["diffusers"] == {diffusers.UniPCMultistepScheduler}
     assert f"`{twin}` is `depth2img-fast` (the same pipeline, in the same run)" in markdown(result)
+    # --profile: the row and the one it repeats (eager here, which a profile otherwise leaves out); no figure on a CPU
+    assert result["device_busy_share"] == {"diffusers": None, "depth2img-fast": None, twin: None}
     with pytest.raises(
         InputError, match="^--diffusers-unipc times a row with diffusers' own UniPC: it needs "
     ):
