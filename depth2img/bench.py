@@ -378,8 +378,8 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     compiled ones (with the others asked for): a compiler setting measured in less device time (on an H100 the
     three rows left out, by their calls' times, about 75 s of a 250 s batch-16 run), without the API overhead or
     the 3x figure. ``profile``: after the timed calls, one more call of plain diffusers, of each compiled row and of
-    a ``+diffusers-unipc`` row and the row it repeats, under torch.profiler, for the share of it the GPU was busy and the host's waits for it (``device_busy``; on a
-    GPU only).
+    a ``+diffusers-unipc`` row and the row it repeats, under torch.profiler, for the share of it the GPU was busy
+    and the host's waits for it (``device_busy``; on a GPU only).
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode

@@ -243,8 +243,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="time only plain diffusers (batched) and the --compile rows, to measure a compiler setting in "
                         "less time (no API-overhead, eager or one-image-per-call rows)")  # fmt: skip
     p.add_argument("--profile", action="store_true",
-                   help="also run one call of plain diffusers, each --compile row and a --diffusers-unipc row and "
-                        "its own under torch.profiler and "
+                   help="also run one call of plain diffusers, each --compile row, and a --diffusers-unipc row and "
+                        "the row it repeats, under torch.profiler and "
                         "report the share of it the GPU was busy (the rest it waited on the host) and how often the "
                         "host waited for the GPU (GPU only)")  # fmt: skip
     p.add_argument("--control-end", type=float, default=1.0, help="ControlNet guidance end (default 1.0)")
