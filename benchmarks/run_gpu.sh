@@ -104,10 +104,10 @@ declare -A STEP=(
   # Every row with DPM-Solver++ (2M), diffusers' own, in place of UniPC. diffusers' UniPC waits for the GPU seven
   # times a step (six CPU sigmas copied to it one by one; a 2x2 solve's error check) and runs about 150 small ops
   # (2-core development CPU, torch.profiler, batch 16's latents: 5.4 ms a step there); depth2img's UniPC, in
-  # depth2img's rows since 2026-11-28, waits once a call and runs its scalar ops on the CPU, as DPM-Solver++ does.
-  # Its images differ (another sampler). Its plain row against dataset-base's: what diffusers' UniPC costs plain diffusers; its
-  # compiled row against dataset-base's: what depth2img's UniPC still costs (SGLang removed such waits from its
-  # UniPC in 2026: 1.8 % of an H200's denoising time)
+  # depth2img's rows since 2026-11-28, waits once a call and runs its scalar ops on the CPU, as DPM-Solver++ does. Its
+  # images differ (another sampler). Its plain row against dataset-base's: what diffusers' UniPC costs plain
+  # diffusers; its compiled row against dataset-base's: what depth2img's UniPC still costs (SGLang removed such waits
+  # from its UniPC in 2026: 1.8 % of an H200's denoising time)
   [dataset-dpm]="--batch 16 --compile reduce-overhead --scheduler dpm++ --repeats 2 --compiled-only --profile"
   # SDPA trying FlashAttention 2's kernels first: on the H100 (torch 2.11) the compiled UNet and ControlNet ran
   # cuDNN's attention (run_gpu-core-nvidia-h100.log: aten._scaled_dot_product_cudnn_attention), which PyTorch
