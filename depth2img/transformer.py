@@ -537,10 +537,11 @@ class SceneTransformer:
         t_diffusion = time.perf_counter()
         self.backend.last_batch = len(per_image)  # the backend adds a compiled shape's padding
         try:
-            raw = self._run_backend(images=[r.gen_image for r in per_image], depths=[r.gen_depth for r in per_image],
-                                    prompts=[r.prompt for r in per_image],
-                                    negative_prompts=[r.negative for r in per_image], generators=generators,
-                                    knobs=knobs, callback=on_step, skip_controlnet=skip_controlnet)  # fmt: skip
+            raw, pixels = self._run_backend(
+                images=[r.gen_image for r in per_image], depths=[r.gen_depth for r in per_image],
+                prompts=[r.prompt for r in per_image], negative_prompts=[r.negative for r in per_image],
+                generators=generators, knobs=knobs, callback=on_step, skip_controlnet=skip_controlnet,
+            )  # fmt: skip
         finally:
             bar.total = bar.n  # where Flux ran a step more than counted, or a failure stopped it early
             bar.close()
@@ -555,7 +556,7 @@ class SceneTransformer:
 
         # Back to each input's exact size (Lanczos), on up to CPU_THREADS threads: Pillow's resize releases the GIL,
         # and the next batch waits on it (~32-44 ms per 1920x1080 output on one core)
-        sized = _to_input_sizes(raw, [req.image.size for req in per_image])
+        sized = _to_input_sizes(pixels, [req.image.size for req in per_image])
         results, start = [], 0
         b = self.backend
         for req in group:
@@ -657,21 +658,21 @@ class SceneTransformer:
         return rows
 
 
-def _to_input_size(arr: np.ndarray, size: tuple[int, int]):
-    """A generated float image in [0, 1] (H, W, 3) as an 8-bit PIL image of ``size`` (width, height)."""
+def _to_input_size(pixels: np.ndarray, size: tuple[int, int]):
+    """A generated 8-bit image (H, W, 3) as a PIL image of ``size`` (width, height)."""
     from PIL import Image
 
-    out = Image.fromarray(np.clip(np.round(arr * 255.0), 0, 255).astype(np.uint8), "RGB")
+    out = Image.fromarray(pixels, "RGB")
     return out if out.size == size else out.resize(size, Image.LANCZOS)
 
 
-def _to_input_sizes(raw, sizes: list[tuple[int, int]]) -> list:
+def _to_input_sizes(pixels, sizes: list[tuple[int, int]]) -> list:
     """``_to_input_size`` for each image of a batch, in order, on up to ``CPU_THREADS`` threads."""
     threads = min(CPU_THREADS, len(sizes))
     if threads <= 1:
-        return [_to_input_size(arr, size) for arr, size in zip(raw, sizes)]
+        return [_to_input_size(arr, size) for arr, size in zip(pixels, sizes)]
     with ThreadPoolExecutor(threads, thread_name_prefix="depth2img-resize") as pool:
-        return list(pool.map(_to_input_size, raw, sizes))
+        return list(pool.map(_to_input_size, pixels, sizes))
 
 
 def _batchable(requests: list[Request], max_images: int | None = None) -> list[list[int]]:

@@ -722,9 +722,9 @@ def test_an_output_with_nan_pixels_is_an_error_not_a_black_image(sd15, photo, de
     good = sd15._run_backend
 
     def half_nan(**kwargs):
-        raw = good(**kwargs)
-        raw[-1, 0, 0, 0] = np.nan
-        return raw
+        out = good(**kwargs)
+        out.raw[-1, 0, 0, 0] = np.nan
+        return out
 
     monkeypatch.setattr(sd15, "_run_backend", half_nan)
     with pytest.raises(
@@ -990,15 +990,37 @@ def test_run_groups_requests_by_what_a_batch_must_share(sd15, photo, depth, monk
 def test_outputs_are_resized_to_their_inputs_in_parallel_and_in_order(monkeypatch):
     from depth2img import transformer
 
-    raw = np.random.default_rng(0).random((5, 32, 48, 3), dtype=np.float32)
+    pixels = np.random.default_rng(0).integers(0, 256, (5, 32, 48, 3), dtype=np.uint8)
     sizes = [(90, 60), (48, 32), (45, 30), (90, 61), (48, 32)]  # mixed, one needing no resize
     monkeypatch.setattr(transformer, "CPU_THREADS", 1)
-    one = transformer._to_input_sizes(raw, sizes)
+    one = transformer._to_input_sizes(pixels, sizes)
     monkeypatch.setattr(transformer, "CPU_THREADS", 3)
-    three = transformer._to_input_sizes(raw, sizes)
+    three = transformer._to_input_sizes(pixels, sizes)
     assert [im.size for im in three] == sizes and all(im.mode == "RGB" for im in three)
     assert all(a.tobytes() == b.tobytes() for a, b in zip(one, three))
-    assert np.array_equal(np.asarray(three[1]), np.round(raw[1] * 255).astype(np.uint8))
+    assert np.array_equal(np.asarray(three[1]), pixels[1])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+def test_a_batch_comes_to_the_host_as_diffusers_np_output_and_rounds_as_numpy(dtype):
+    """The pipeline's images are cast on the model's device and copied (``output_type="pt"``): the float images must
+    stay diffusers' ``output_type="np"`` ones bit for bit, and the 8-bit ones numpy's rounding of them (half to even:
+    float32 products that land on n + 0.5 are in the batch)."""
+    from diffusers.image_processor import VaeImageProcessor
+
+    from depth2img.backends import on_host
+
+    images = torch.rand(3, 3, 20, 30, generator=torch.Generator().manual_seed(0))
+    halves = torch.tensor([(2 * n + 1) / 510 for n in range(30)], dtype=torch.float32)
+    assert ((halves * 255) % 1 == 0.5).sum() >= 15  # products exactly halfway between two 8-bit levels
+    images[0, 0, 0] = halves
+    images[1, 1, :2, :2] = torch.tensor([[0.0, 1.0], [1e-9, 0.99999]])
+    images = images.to(dtype)
+    want = VaeImageProcessor.pt_to_numpy(images)
+    got = on_host(images)
+    assert got.raw.dtype == np.float32 and np.array_equal(got.raw, want)
+    assert got.pixels.dtype == np.uint8 and got.pixels.flags.c_contiguous
+    assert np.array_equal(got.pixels, np.clip(np.round(want * 255.0), 0, 255).astype(np.uint8))
 
 
 def test_run_isolated_keeps_a_failure_to_its_own_request(sd15, photo, depth, monkeypatch):
