@@ -18,10 +18,11 @@
 #                                                 # into .gpu-wheels/ (git-ignored; name it in the device's carry)
 #   DEADLINE=500 bash benchmarks/run_gpu.sh core  # ON THE GPU: dataset mode with what could still lift it to the
 #                                                 # target: against a compiled-only baseline, a scheduler that
-#                                                 # never waits for the GPU and FlashAttention first; then 32
-#                                                 # images per call, diffusers' tuning recipe,
-#                                                 # inductor's freezing, the max-autotune mode; each run has plain
-#                                                 # diffusers as a row too (--compiled-only: no eager rows)
+#                                                 # never waits for the GPU, cuDNN's benchmark mode,
+#                                                 # FlashAttention first; then 32 images per call, DPM-Solver++,
+#                                                 # diffusers' tuning recipe, inductor's freezing, the max-autotune
+#                                                 # mode; each run has plain diffusers as a row too
+#                                                 # (--compiled-only: no eager rows)
 #   DEADLINE=N bash benchmarks/run_gpu.sh extra   #   depth estimators, batch 1 with the C++ wrapper, xformers;
 #                                                 #   then the steps measured already (ControlNet window, feature
 #                                                 #   cache, low-VRAM peaks, batch-1 latency, dataset mode with each
@@ -94,12 +95,13 @@ declare -A STEP=(
   # (--profile: how much of a call the GPU waits on the host, e.g. UniPC's per-step copies of CPU sigmas to the GPU,
   # each a host sync, between CUDA-graph replays)
   [dataset-b32]="--batch 32 --compile reduce-overhead --repeats 2 --compiled-only --profile"
-  # core's baseline for the next two steps, which change one setting each: dataset mode as measured first
+  # core's baseline for the steps after it, which change one setting each: dataset mode as measured first
   # (bf16, reduce-overhead, UniPC, PyTorch's attention order), compiled-only, with the GPU's busy share at batch 16.
   # Since 2026-11-28 the compiled row runs depth2img's UniPC (scalars on the CPU, no host wait after a call's first
   # step; plain diffusers keeps its own); --diffusers-unipc times the same compiled pipeline again with diffusers'
   # UniPC (no compile of its own: about 5 calls, 16 s): the two rows' ms/image and --profile's host waits measure
-  # that change in one run (the loop's it/s cannot: it synchronises every step)
+  # that change in one run (the loop's it/s cannot: it synchronises every step). Also since then depth2img's rows cast
+  # and round the decoded images on the GPU (the host only copies them; no twin row measures that alone)
   [dataset-base]="--batch 16 --compile reduce-overhead --repeats 2 --compiled-only --profile --diffusers-unipc"
   # Every row with DPM-Solver++ (2M), diffusers' own, in place of UniPC. diffusers' UniPC waits for the GPU seven
   # times a step (six CPU sigmas copied to it one by one; a 2x2 solve's error check) and runs about 150 small ops
@@ -115,6 +117,12 @@ declare -A STEP=(
   # by a count of their matrix products, attention is about 15 % of the FLOPs at 512x512) is not measured. Judged
   # against dataset-base's compiled row, and by the speed-up on each run's own plain diffusers
   [dataset-flash]="--batch 16 --compile reduce-overhead --attention sdpa-flash --repeats 2 --compiled-only"
+  # cuDNN's benchmark mode: each convolution shape's first call times cuDNN's algorithms and keeps the fastest, where
+  # PyTorch's default lets a heuristic pick (the captured CUDA graphs keep what the warm-up chose). Convolutions,
+  # which the compiled graphs leave to cuDNN, are 53.5 % of a denoising step's FLOPs (SD1.5 UNet + ControlNet, 512x512,
+  # batch 16 with CFG, torch.utils.flop_counter on the meta device; matrix products the rest). Judged against
+  # dataset-base's compiled row, and by the speed-up on each run's own plain diffusers
+  [dataset-cudnn]="--batch 16 --compile reduce-overhead --cudnn-benchmark --repeats 2 --compiled-only"
   [dataset-default]="--batch 16 --compile default --repeats 2"
   [latency]="--batch 1 --compile reduce-overhead --repeats 5"
   # batch 1 without CUDA graphs, kernels launched from C++ rather than Python: the second way to the 2x, should
@@ -138,7 +146,7 @@ declare -A PART=(
   # low-VRAM peak on the H200. Short: dataset mode (18,233 images/hour, 43.6 % of the measured peak, H100
   # 2026-11-27): core is what could still lift it (fp16, the 1x1 setting and no channels-last did not); extra the
   # steps never run, then those run already
-  [core]="dataset-base dataset-dpm dataset-flash dataset-b32 dataset-tuned dataset-freezing compile-mat-b16"
+  [core]="dataset-base dataset-cudnn dataset-flash dataset-b32 dataset-dpm dataset-tuned dataset-freezing compile-mat-b16"
   [extra]="depth latency-cpp xformers-b1 window-b16 cache3-b16 lowvram-sd15 latency lowvram-sdxl dataset dataset-default dataset-fp16 dataset-mm compile-default-b16-no-cl"
 )
 parts=("$@")

@@ -159,6 +159,25 @@ def _attention_preference(attention: str):
         yield
 
 
+@contextlib.contextmanager
+def _cudnn_benchmark(on: bool):
+    """With ``on``, cuDNN's benchmark mode in the block (``torch.backends.cudnn.benchmark``, off by default in
+    PyTorch and in diffusers' docs): the first call of each convolution shape times cuDNN's algorithms and keeps the
+    fastest for the process, where otherwise a heuristic picks one (of at most ``cudnn.benchmark_limit``
+    algorithms). A graph captured for CUDA graphs keeps the algorithms of its capture. cuDNN caches a shape's plan
+    whichever way it was chosen, under a key without this setting: a convolution that plain diffusers ran first in
+    the same dtype and memory layout (an eager row in fp16 without channels-last, the low-VRAM rows) keeps the
+    heuristic's pick. The setting is back as it was afterwards."""
+    import torch
+
+    before = torch.backends.cudnn.benchmark
+    torch.backends.cudnn.benchmark = before or on
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 def _pipeline(backbone: str, comps: dict):
     from .loading import library_class
 
@@ -346,7 +365,8 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
               control_end: float = 1.0, feature_cache: int = 1, attention: str = "sdpa", low_vram: bool = False,
               channels_last: bool | None = None, fuse_qkv: bool = True, peak_tflops: float | None = None,
               inductor=None, fast_dtype=None, compiled_only: bool = False, profile: bool = False,
-              scheduler: str = "unipc", diffusers_unipc: bool = False, out_dir: str | Path = "benchmarks",
+              scheduler: str = "unipc", diffusers_unipc: bool = False, cudnn_benchmark: bool = False,
+              out_dir: str | Path = "benchmarks",
               progress=print) -> dict:  # fmt: skip
     """Depth ControlNet (SD1.5 or SDXL), interleaved on the same prompt, control image and seeds:
 
@@ -368,7 +388,8 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
       ``attention`` ``sdpa-flash`` or ``sdpa-cudnn`` adds no row: every row of depth2img's but the API's runs with
       SDPA trying FlashAttention's or cuDNN's kernels first (``_attention_preference``; in the path as
       ``attention:flash-first``), to be compared with a run without it by their speed-ups against the same run's
-      plain diffusers;
+      plain diffusers; ``cudnn_benchmark`` likewise adds no row: every row of depth2img's but the API's runs with
+      cuDNN timing its convolution algorithms (``_cudnn_benchmark``; in the path as ``cudnn:benchmark``);
     - ``ROW+diffusers-unipc`` (``diffusers_unipc``): the first compiled row (else the eager fast path) again, the
       same pipeline, with diffusers' own UniPC in place of depth2img's: what depth2img's UniPC saves, in one run;
     - ``depth2img-lowvram-model`` and ``-group`` (``low_vram``, GPU only): model CPU offload or group offloading
@@ -457,6 +478,9 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     if attention in SDPA_ORDERS:
         order = f"attention:{attention.removeprefix('sdpa-')}-first"
         applied, compiled_path = applied + [order], compiled_path and compiled_path + [order]
+    if cudnn_benchmark:
+        step = "cudnn:benchmark"
+        applied, compiled_path = applied + [step], compiled_path and compiled_path + [step]
     if attention == "xformers":
         extra["depth2img-fast-xformers"] = xf = ours(
             _pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype
@@ -488,7 +512,11 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     def run_ours(st, stock_unipc=False, **knobs):
         # the API-overhead row stays plain diffusers' own
         stock = _diffusers_unipc(st) if stock_unipc else contextlib.nullcontext()
-        with _attention_preference(attention if st is not same else "sdpa"), stock:
+        with (
+            _attention_preference(attention if st is not same else "sdpa"),
+            stock,
+            _cudnn_benchmark(cudnn_benchmark and st is not same),
+        ):
             return st.transform(image, prompt, depth=depth, seed=seeds, steps=steps, strength=1.0,
                                 scheduler=scheduler, control_end=control_end, **knobs).raw  # fmt: skip
 
@@ -654,6 +682,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             "default_fast_dtype": str(default_fast).replace("torch.", ""),
             "fast_path": applied, "compiled_path": compiled_path,
             "channels_last": channels_last, "fuse_qkv": fuse_qkv, "attention": attention,
+            "cudnn_benchmark": cudnn_benchmark,
             "bf16_tolerance": tolerance,
             "bf16_tolerance_between": [str(dt).replace("torch.", "") for dt in tolerance_dtypes], "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
             "peak_source": "given" if peak_tflops else "measured matmul", **api, "compiled_only": compiled_only,
@@ -983,6 +1012,7 @@ def _write(result: dict, out_dir: Path) -> None:
     fast_default = result.get("default_fast_dtype", result["fast_dtype"])
     extra += f"-fast-{result['fast_dtype']}" if result["fast_dtype"] != fast_default else ""
     extra += f"-{result['attention']}" if result.get("attention", "sdpa") != "sdpa" else ""
+    extra += "-cudnn-benchmark" if result.get("cudnn_benchmark") else ""
     extra += "-compiled-only" if result.get("compiled_only") else ""
     # (the device tool returns no file whose name has a '+': dpm++ is dpmpp)
     extra += (

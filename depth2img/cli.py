@@ -261,6 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="xformers: also time the fast path with xformers attention (needs the extra); sdpa-flash, "
                         "sdpa-cudnn: depth2img's rows try FlashAttention's or cuDNN's kernels first (a GPU "
                         "experiment)")  # fmt: skip
+    p.add_argument("--cudnn-benchmark", action="store_true",
+                   help="depth2img's rows run with cuDNN timing its convolution algorithms on their first "
+                        "call (torch.backends.cudnn.benchmark), not a heuristic's pick (a GPU experiment)")  # fmt: skip
     p.add_argument("--no-channels-last", dest="channels_last", action="store_const", const=False,
                    help="fast path without channels-last (default: its compiled rows on GPUs), to measure what it brings")  # fmt: skip
     p.add_argument("--no-fused-qkv", dest="fuse_qkv", action="store_false",
@@ -638,7 +641,7 @@ def _cmd_bench(args) -> int:
             ("--no-channels-last", "channels_last"), ("--no-fused-qkv", "fuse_qkv"), ("--low-vram", "low_vram"),
             ("--peak-tflops", "peak_tflops"), ("--inductor", "inductor"), ("--fast-dtype", "fast_dtype"),
             ("--compiled-only", "compiled_only"), ("--profile", "profile"), ("--scheduler", "scheduler"),
-            ("--diffusers-unipc", "diffusers_unipc"),
+            ("--diffusers-unipc", "diffusers_unipc"), ("--cudnn-benchmark", "cudnn_benchmark"),
         ) if getattr(args, key) != default[key]]  # fmt: skip
         if ignored:
             raise InputError(f"--depth benchmarks the depth estimators: {', '.join(ignored)} "
@@ -660,7 +663,7 @@ def _cmd_bench(args) -> int:
                        attention=args.attention, low_vram=args.low_vram, steps=args.steps, batch=args.batch, repeats=args.repeats,
                        device=args.device, dtype=args.dtype, compile_mode=args.compile, control_end=args.control_end,
                        channels_last=args.channels_last, fuse_qkv=args.fuse_qkv, peak_tflops=args.peak_tflops,
-                       inductor=args.inductor, fast_dtype=args.fast_dtype, compiled_only=args.compiled_only, profile=args.profile, scheduler=args.scheduler, diffusers_unipc=args.diffusers_unipc, out_dir=args.output, progress=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
+                       inductor=args.inductor, fast_dtype=args.fast_dtype, compiled_only=args.compiled_only, profile=args.profile, scheduler=args.scheduler, diffusers_unipc=args.diffusers_unipc, cudnn_benchmark=args.cudnn_benchmark, out_dir=args.output, progress=lambda m: print(m, file=sys.stderr, flush=True))  # fmt: skip
     print(markdown(result))
     print("written: " + ", ".join(result["written"]), file=sys.stderr)
     return 0

@@ -131,6 +131,42 @@ def test_an_sdpa_order_holds_in_depth2img_rows_alone(tmp_path, monkeypatch, atte
         run_bench(preset="tiny", attention="cudnn", out_dir=tmp_path)
 
 
+def test_cudnn_benchmark_mode_holds_in_depth2img_rows_alone(tmp_path, monkeypatch):
+    """--cudnn-benchmark: cuDNN's benchmark mode in every convolution of depth2img's rows, where the rows that stand
+    for plain diffusers (its own, and the API-overhead row) keep PyTorch's setting; that setting is back afterwards
+    (here off, PyTorch's default), and the path and the file name say it."""
+    import torch
+    import torch.nn.functional as F
+
+    from depth2img.transformer import SceneTransformer
+
+    assert torch.backends.cudnn.benchmark is False
+    row, seen = [None], {}
+    conv2d, transform = F.conv2d, SceneTransformer.transform
+
+    def recording(*args, **kwargs):
+        seen.setdefault(row[0], set()).add(torch.backends.cudnn.benchmark)
+        return conv2d(*args, **kwargs)
+
+    def ours(
+        st, *args, **kwargs
+    ):  # the fast path's rows fuse QKV; the API-overhead row runs as diffusers does
+        row[0] = "fast" if st.backend.fast_path else "api"
+        try:
+            return transform(st, *args, **kwargs)
+        finally:
+            row[0] = None
+
+    monkeypatch.setattr(F, "conv2d", recording)
+    monkeypatch.setattr(SceneTransformer, "transform", ours)
+    result = run_bench(preset="tiny", size=64, steps=2, repeats=1, cudnn_benchmark=True, out_dir=tmp_path,
+                       progress=lambda m: None)  # fmt: skip
+    assert seen == {"fast": {True}, "api": {False}, None: {False}}
+    assert torch.backends.cudnn.benchmark is False
+    assert result["fast_path"][-1] == "cudnn:benchmark" and result["cudnn_benchmark"] is True
+    assert "-cudnn-benchmark" in result["written"][0] and "cudnn:benchmark" in markdown(result)
+
+
 @pytest.mark.parametrize(
     ("scheduler", "cls", "named"),
     [("dpm++", "DPMSolverMultistepScheduler", "dpmpp"), ("pndm", "PNDMScheduler", "pndm")],
@@ -679,6 +715,10 @@ def test_bench_argument_errors(capsys):
         (
             ["--depth", "--diffusers-unipc"],
             "--depth benchmarks the depth estimators: --diffusers-unipc is for the diffusion bench",
+        ),
+        (
+            ["--depth", "--cudnn-benchmark"],
+            "--depth benchmarks the depth estimators: --cudnn-benchmark is for the diffusion bench",
         ),
         # before the run, not after it (its figures were lost)
         (["-o", __file__], f"output folder {__file__} is a file"),
