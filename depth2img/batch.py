@@ -576,6 +576,7 @@ class Labels:
             if not path.is_dir():
                 raise InputError(f"{key} {path}: {'not a folder' if path.exists() else 'no such folder'}")
         self._coco_by_name: dict[str, list[tuple[tuple[str, ...], dict]]] = {}
+        self._dirs: dict[Path, bool] = {}  # _label_files' subfolders, whether each is a folder
         if "coco" in job.labels:
             path = job.path(job.labels["coco"])
             try:
@@ -653,25 +654,20 @@ class Labels:
         problems = []
         partial: list[tuple[Path, dict]] = []
         unlabelled: list[Path] = []
-        # each stem's YOLO and mask files, looked up once (the checks below each stat'ed them again)
-        files = (
-            {p.stem: self._label_files(p.stem) for p in sources}
-            if self.yolo is not None or self.masks
-            else {}
-        )
-        if self.yolo is not None or self.masks:
-            # YOLO and mask files are found by the source's file name alone
-            by_stem: dict[str, list[Path]] = {}
-            for p in sources:
-                by_stem.setdefault(p.stem, []).append(p)
-            for stem, same in by_stem.items():
-                labelled = list(files[stem].values())
-                if len(same) > 1 and labelled:
-                    raise InputError(
-                        f"job key labels: {labelled[0]} would be the labels of {len(same)} sources ({same[0]}, "
-                        f"{same[1]}{', ...' if len(same) > 2 else ''}), which share the file name {stem!r}; give "
-                        "the sources distinct names"
-                    )
+        # each source's YOLO and mask files, looked up once (the checks below each stat'ed them again)
+        files = {p: self._label_files(p) for p in sources} if self.yolo is not None or self.masks else {}
+        # a YOLO or mask file found for several sources (by their file name, in no folder that tells them apart)
+        shared: dict[Path, list[Path]] = {}
+        for p, found_files in files.items():
+            for f in found_files.values():
+                shared.setdefault(f, []).append(p)
+        for f, same in shared.items():
+            if len(same) > 1:
+                raise InputError(
+                    f"job key labels: {f} would be the labels of {len(same)} sources ({same[0]}, {same[1]}"
+                    f"{', ...' if len(same) > 2 else ''}), which share the file name {same[0].stem!r}; give the "
+                    "sources distinct names, or put their labels in subfolders named as the sources' own folders"
+                )
         for p in sources:
             found, part = self._coco_matches(p) if self.coco is not None else ([], False)
             if part:
@@ -685,7 +681,7 @@ class Labels:
                 )
             for im in found:
                 owners.setdefault(id(im), []).append(p)
-            if problem := self._fit_problem(p, found[0] if found else None, files.get(p.stem, {})):
+            if problem := self._fit_problem(p, found[0] if found else None, files.get(p, {})):
                 problems.append(f"{p}: {problem}")
         for im in (im for parts_ims in self._coco_by_name.values() for _, im in parts_ims):
             if len(owners.get(id(im), [])) > 1:
@@ -700,7 +696,7 @@ class Labels:
             raise InputError(f"job key labels: {problems[0]}{more}; the labels would not stay aligned")
         if self.yolo is not None:
             for p in sources:
-                if (label := files[p.stem].get("labels")) and (problem := _yolo_problem(label)):
+                if (label := files[p].get("labels")) and (problem := _yolo_problem(label)):
                     raise InputError(f"labels.yolo {label}: {problem}")
         if not warn:
             return
@@ -761,19 +757,39 @@ class Labels:
                 )
         return None
 
-    def _label_files(self, stem: str) -> dict[str, Path]:
-        """The YOLO txt and mask PNGs that exist for a source named ``stem``, by the folder (under the output) their
-        copies go to: ``labels`` for YOLO, ``masks/NAME`` for each mask."""
-        candidates = {"labels": self.yolo / f"{stem}.txt"} if self.yolo is not None else {}
-        candidates |= {f"masks/{name}": folder / f"{stem}.png" for name, folder in self.masks.items()}
-        return {dest: f for dest, f in candidates.items() if f.is_file()}
+    def _label_files(self, source: Path) -> dict[str, Path]:
+        """The YOLO txt and mask PNGs that exist for ``source``, by the folder (under the output) their copies go
+        to: ``labels`` for YOLO, ``masks/NAME`` for each mask. In each label folder, the file named after the source
+        in the subfolder that repeats the most of the source's own last folders, as a YOLO tree's ``labels/`` mirrors
+        its ``images/`` (``images/train/a.jpg``: ``labels/train/a.txt``, else ``labels/a.txt``)."""
+        folders = [("labels", self.yolo, ".txt")] if self.yolo is not None else []
+        folders += [(f"masks/{name}", folder, ".png") for name, folder in self.masks.items()]
+        parents = Path(os.path.abspath(source)).parent.parts[1:]
+        found = {}
+        for dest, folder, suffix in folders:
+            for k in range(len(parents), -1, -1):
+                tail = parents[len(parents) - k :]
+                # (a subfolder named as the k-th last folder: looked up once a run, most are not there)
+                if k and not self._is_dir(folder / tail[0]):
+                    continue
+                f = folder.joinpath(*tail, source.stem + suffix)
+                if f.is_file():
+                    found[dest] = f
+                    break
+        return found
+
+    def _is_dir(self, path: Path) -> bool:
+        known = self._dirs.get(path)
+        if known is None:
+            known = self._dirs[path] = path.is_dir()
+        return known
 
     def copy_for(self, source: Path, out_stem: str, root: Path, only_changed: bool = False) -> list[Path]:
         """Copy YOLO txt and mask PNGs of ``source`` for an output named ``out_stem``; returns the copies. A copy
         keeps its file's modification time; ``only_changed`` writes only those missing or unlike their file's
         (size or modification time)."""
         copies = []
-        for dest, src in self._label_files(source.stem).items():
+        for dest, src in self._label_files(source).items():
             dst = root / dest / f"{out_stem}{src.suffix}"
             copies.append(dst)
             if only_changed and _same_file_state(src, dst):

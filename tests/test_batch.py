@@ -4,10 +4,12 @@ two processes equal to one."""
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ import yaml
 from PIL import Image
 
 from depth2img.batch import Job, load_job, read_manifest, run_job, variations
-from depth2img.errors import InputError
+from depth2img.errors import Depth2ImgWarning, InputError
 from depth2img.scene import CLASSES, render_driving_scene
 
 W, H = 96, 64
@@ -1475,6 +1477,39 @@ def test_yolo_and_mask_files_found_by_a_shared_file_name_are_refused(dataset, tm
     ):
         run_job(job, progress=False)
     assert not (tmp_path / "out").exists()
+
+
+def test_yolo_and_mask_files_are_found_in_the_subfolders_that_mirror_the_sources(dataset, tmp_path):
+    """A YOLO tree: images/train/f0.png's labels are labels/train/f0.txt, images/val/f0.png's labels/val/f0.txt
+    (and masks alike), so sources that share a file name each carry their own (the subfolders were not searched: a
+    warning, and outputs without labels); a source with no such subfolder takes the file named after it at the
+    top."""
+    for k, sub in enumerate(("train", "val")):
+        for kind in ("images", "labels", "masks"):
+            (tmp_path / kind / sub).mkdir(parents=True)
+        Image.open(dataset / "frames" / f"f{k}.png").save(tmp_path / "images" / sub / "f0.png")
+        shutil.copy(dataset / "yolo" / f"f{k}.txt", tmp_path / "labels" / sub / "f0.txt")
+        shutil.copy(dataset / "semantic" / f"f{k}.png", tmp_path / "masks" / sub / "f0.png")
+    (tmp_path / "images" / "f2.png").write_bytes((dataset / "frames" / "f2.png").read_bytes())
+    shutil.copy(dataset / "yolo" / "f2.txt", tmp_path / "labels" / "f2.txt")
+    job = write_job(tmp_path, inputs="images/**/*.png", output="out", presets=["fog"],
+                    seeds=1, layout="files", labels={"yolo": "labels", "masks": {"semantic": "masks"}})  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Depth2ImgWarning)  # nothing said of labels that may not be theirs
+        assert run_job(job, progress=False).done == 3
+    out = tmp_path / "out"
+    made = {Path(r["source"]).relative_to(tmp_path).as_posix(): Path(r["output"]).stem
+            for r in read_manifest(out / "manifest.jsonl")}  # fmt: skip
+    assert sorted(made) == ["images/f2.png", "images/train/f0.png", "images/val/f0.png"]
+    for source, stem in made.items():
+        k = {"train": 0, "val": 1}.get(Path(source).parent.name, 2)
+        assert (out / "labels" / f"{stem}.txt").read_text() == (dataset / "yolo" / f"f{k}.txt").read_text()
+        mask = out / "masks" / "semantic" / f"{stem}.png"
+        assert (
+            mask.read_bytes() == (dataset / "semantic" / f"f{k}.png").read_bytes()
+            if k < 2
+            else not mask.exists()
+        )
 
 
 def test_local_model_folders_are_taken_from_the_job_files_folder(tmp_path, monkeypatch):
