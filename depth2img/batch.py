@@ -569,14 +569,18 @@ class Labels:
                     f"job key labels.masks: {first!r} and {key!r} would both be copied to masks/{name}; rename one"
                 )
             self.masks[name] = job.path(folder)
+        # per-file label folders: (job key, folder, where under the output their copies go, file suffix)
+        self.folders = [("labels.yolo", self.yolo, "labels", ".txt")] if self.yolo is not None else []
+        self.folders += [
+            (f"labels.masks.{name}", path, f"masks/{name}", ".png") for name, path in self.masks.items()
+        ]
         # a misspelt folder would give a dataset without those labels, silently
-        folders = [("labels.yolo", self.yolo)] if self.yolo is not None else []
-        folders += [(f"labels.masks.{name}", path) for name, path in self.masks.items()]
-        for key, path in folders:
+        for key, path, _, _ in self.folders:
             if not path.is_dir():
                 raise InputError(f"{key} {path}: {'not a folder' if path.exists() else 'no such folder'}")
         self._coco_by_name: dict[str, list[tuple[tuple[str, ...], dict]]] = {}
-        self._dirs: dict[Path, bool] = {}  # _label_files' subfolders, whether each is a folder
+        # (label folder, a source's folder) -> _mirror's answer
+        self._mirrors: dict[tuple[Path, str], Path] = {}
         if "coco" in job.labels:
             path = job.path(job.labels["coco"])
             try:
@@ -655,7 +659,7 @@ class Labels:
         partial: list[tuple[Path, dict]] = []
         unlabelled: list[Path] = []
         # each source's YOLO and mask files, looked up once (the checks below each stat'ed them again)
-        files = {p: self._label_files(p) for p in sources} if self.yolo is not None or self.masks else {}
+        files = {p: self._label_files(p) for p in sources} if self.folders else {}
         # a YOLO or mask file found for several sources (by their file name, in no folder that tells them apart)
         shared: dict[Path, list[Path]] = {}
         for p, found_files in files.items():
@@ -708,13 +712,11 @@ class Labels:
         if unlabelled:
             said.append(f"{len(unlabelled)} source(s) have no labels.coco entry ({unlabelled[0]}"
                         f"{', ...' if len(unlabelled) > 1 else ''}); their outputs carry no annotations")  # fmt: skip
-        folders = ([("labels.yolo", self.yolo, "labels")] if self.yolo is not None else []) + [
-            (f"labels.masks.{name}", folder, f"masks/{name}") for name, folder in self.masks.items()
-        ]
-        for key, folder, dest in folders:
+        for key, folder, dest, suffix in self.folders:
             if sources and not any(dest in found for found in files.values()):
-                said.append(f"{key} {folder} holds no file named after a source (as {sources[0].stem}"
-                            f"{'.txt' if dest == 'labels' else '.png'}), so no output carries them")  # fmt: skip
+                where = self._mirror(folder, sources[0]) / f"{sources[0].stem}{suffix}"
+                said.append(f"{key} {folder} holds no file named after a source (as {where.relative_to(folder)}), "
+                            "so no output carries them")  # fmt: skip
         for line in said:
             warnings.warn(f"job key labels: {line}", Depth2ImgWarning, stacklevel=3)
 
@@ -759,30 +761,28 @@ class Labels:
 
     def _label_files(self, source: Path) -> dict[str, Path]:
         """The YOLO txt and mask PNGs that exist for ``source``, by the folder (under the output) their copies go
-        to: ``labels`` for YOLO, ``masks/NAME`` for each mask. In each label folder, the file named after the source
-        in the subfolder that repeats the most of the source's own last folders, as a YOLO tree's ``labels/`` mirrors
-        its ``images/`` (``images/train/a.jpg``: ``labels/train/a.txt``, else ``labels/a.txt``)."""
-        folders = [("labels", self.yolo, ".txt")] if self.yolo is not None else []
-        folders += [(f"masks/{name}", folder, ".png") for name, folder in self.masks.items()]
-        parents = Path(os.path.abspath(source)).parent.parts[1:]
+        to: ``labels`` for YOLO, ``masks/NAME`` for each mask; each the file named after the source in its
+        ``_mirror`` folder."""
         found = {}
-        for dest, folder, suffix in folders:
-            for k in range(len(parents), -1, -1):
-                tail = parents[len(parents) - k :]
-                # (a subfolder named as the k-th last folder: looked up once a run, most are not there)
-                if k and not self._is_dir(folder / tail[0]):
-                    continue
-                f = folder.joinpath(*tail, source.stem + suffix)
-                if f.is_file():
-                    found[dest] = f
-                    break
+        for _, folder, dest, suffix in self.folders:
+            f = self._mirror(folder, source) / f"{source.stem}{suffix}"
+            if f.is_file():
+                found[dest] = f
         return found
 
-    def _is_dir(self, path: Path) -> bool:
-        known = self._dirs.get(path)
-        if known is None:
-            known = self._dirs[path] = path.is_dir()
-        return known
+    def _mirror(self, folder: Path, source: Path) -> Path:
+        """Where label folder ``folder`` keeps ``source``'s labels: its subfolder named as the most of the source's
+        own last folders, as a YOLO tree's ``labels/`` mirrors its ``images/`` (``images/train/a.jpg``:
+        ``labels/train/``), else ``folder`` itself. A mirrored subfolder without the source's file means no labels
+        (a YOLO background image), not a file of its name higher up, which would be another image's. Looked up
+        once a run per label folder and source folder."""
+        parent = os.path.dirname(os.path.abspath(source))
+        mirror = self._mirrors.get((folder, parent))
+        if mirror is None:
+            parts = Path(parent).parts[1:]
+            tails = (folder.joinpath(*parts[i:]) for i in range(len(parts)))
+            mirror = self._mirrors[folder, parent] = next((d for d in tails if d.is_dir()), folder)
+        return mirror
 
     def copy_for(self, source: Path, out_stem: str, root: Path, only_changed: bool = False) -> list[Path]:
         """Copy YOLO txt and mask PNGs of ``source`` for an output named ``out_stem``; returns the copies. A copy
@@ -802,14 +802,14 @@ class Labels:
         """Make the YOLO and mask copies under ``root`` those of the finished outputs ``records`` (manifest lines)
         and their labels now: on --resume, a label file changed since its outputs were made (or a copy deleted)
         was left as it was, and the copies of an output dropped from the index, or of a label file removed, stayed."""
-        if self.yolo is None and not self.masks:
+        if not self.folders:
             return
+        self._mirrors.clear()  # label subfolders made during the run count
         kept = set()
         for r in records:
             kept.update(self.copy_for(Path(r["source"]), Path(r["output"]).stem, root, only_changed=True))
-        folders = [(root / "labels", ".txt")] if self.yolo is not None else []
-        folders += [(root / "masks" / name, ".png") for name in self.masks]
-        for folder, suffix in folders:
+        for _, _, dest, suffix in self.folders:
+            folder = root / dest
             for copy in folder.glob(f"*{suffix}") if folder.is_dir() else ():
                 if copy not in kept:
                     copy.unlink(missing_ok=True)

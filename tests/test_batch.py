@@ -1481,35 +1481,39 @@ def test_yolo_and_mask_files_found_by_a_shared_file_name_are_refused(dataset, tm
 
 def test_yolo_and_mask_files_are_found_in_the_subfolders_that_mirror_the_sources(dataset, tmp_path):
     """A YOLO tree: images/train/f0.png's labels are labels/train/f0.txt, images/val/f0.png's labels/val/f0.txt
-    (and masks alike), so sources that share a file name each carry their own (the subfolders were not searched: a
-    warning, and outputs without labels); a source with no such subfolder takes the file named after it at the
-    top."""
-    for k, sub in enumerate(("train", "val")):
-        for kind in ("images", "labels", "masks"):
-            (tmp_path / kind / sub).mkdir(parents=True)
-        Image.open(dataset / "frames" / f"f{k}.png").save(tmp_path / "images" / sub / "f0.png")
-        shutil.copy(dataset / "yolo" / f"f{k}.txt", tmp_path / "labels" / sub / "f0.txt")
-        shutil.copy(dataset / "semantic" / f"f{k}.png", tmp_path / "masks" / sub / "f0.png")
-    (tmp_path / "images" / "f2.png").write_bytes((dataset / "frames" / "f2.png").read_bytes())
-    shutil.copy(dataset / "yolo" / "f2.txt", tmp_path / "labels" / "f2.txt")
-    job = write_job(tmp_path, inputs="images/**/*.png", output="out", presets=["fog"],
-                    seeds=1, layout="files", labels={"yolo": "labels", "masks": {"semantic": "masks"}})  # fmt: skip
+    (masks alike), so sources that share a file name each carry their own (the subfolders were not searched: a
+    warning, and outputs without labels); the deepest mirror counts (a/b/f1.png: labels/a/b/, not labels/b/); a
+    source whose mirrored subfolder lacks its file has none (a background image), not the file of its name at the
+    top, which is the top source's."""
+    frames, yolo, semantic = dataset / "frames", dataset / "yolo", dataset / "semantic"
+    placed = {"train/f0": 0, "val/f0": 1, "a/b/f1": 2, "f2": 0, "val/f2": None}  # source -> its labels' frame
+    for name, k in placed.items():
+        (tmp_path / "images" / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.open(frames / f"f{k or 0}.png").save(tmp_path / "images" / f"{name}.png")
+        if k is not None:
+            for folder, src in (("labels", yolo / f"f{k}.txt"), ("masks", semantic / f"f{k}.png")):
+                (tmp_path / folder / name).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(src, tmp_path / folder / f"{name}{src.suffix}")
+    (tmp_path / "labels" / "b").mkdir()
+    shutil.copy(
+        yolo / "f0.txt", tmp_path / "labels" / "b" / "f1.txt"
+    )  # a shallower mirror of a/b/f1: not its
+    job = write_job(tmp_path, inputs="images/**/*.png", output="out", presets=["fog"], seeds=1, layout="files",
+                    labels={"yolo": "labels", "masks": {"semantic": "masks"}})  # fmt: skip
     with warnings.catch_warnings():
         warnings.simplefilter("error", Depth2ImgWarning)  # nothing said of labels that may not be theirs
-        assert run_job(job, progress=False).done == 3
+        assert run_job(job, progress=False).done == len(placed)
     out = tmp_path / "out"
-    made = {Path(r["source"]).relative_to(tmp_path).as_posix(): Path(r["output"]).stem
+    made = {Path(r["source"]).relative_to(tmp_path / "images").with_suffix("").as_posix(): Path(r["output"]).stem
             for r in read_manifest(out / "manifest.jsonl")}  # fmt: skip
-    assert sorted(made) == ["images/f2.png", "images/train/f0.png", "images/val/f0.png"]
+    assert made.keys() == placed.keys()
     for source, stem in made.items():
-        k = {"train": 0, "val": 1}.get(Path(source).parent.name, 2)
-        assert (out / "labels" / f"{stem}.txt").read_text() == (dataset / "yolo" / f"f{k}.txt").read_text()
-        mask = out / "masks" / "semantic" / f"{stem}.png"
-        assert (
-            mask.read_bytes() == (dataset / "semantic" / f"f{k}.png").read_bytes()
-            if k < 2
-            else not mask.exists()
-        )
+        label, mask = out / "labels" / f"{stem}.txt", out / "masks" / "semantic" / f"{stem}.png"
+        if (k := placed[source]) is None:
+            assert not label.exists() and not mask.exists(), source
+        else:
+            assert label.read_text() == (yolo / f"f{k}.txt").read_text(), source
+            assert mask.read_bytes() == (semantic / f"f{k}.png").read_bytes(), source
 
 
 def test_local_model_folders_are_taken_from_the_job_files_folder(tmp_path, monkeypatch):
