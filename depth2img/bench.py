@@ -475,12 +475,10 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         compiled_path = compiled_path or path
     if applied is None:  # what the compiled rows apply besides compiling: the same options
         applied = [step for step in compiled_path if ":compile(" not in step]
-    if attention in SDPA_ORDERS:
-        order = f"attention:{attention.removeprefix('sdpa-')}-first"
-        applied, compiled_path = applied + [order], compiled_path and compiled_path + [order]
-    if cudnn_benchmark:
-        step = "cudnn:benchmark"
-        applied, compiled_path = applied + [step], compiled_path and compiled_path + [step]
+    # the settings that depth2img's rows run under (around their calls, not in the models)
+    marks = [f"attention:{attention.removeprefix('sdpa-')}-first"] if attention in SDPA_ORDERS else []
+    marks += ["cudnn:benchmark"] if cudnn_benchmark else []
+    applied, compiled_path = applied + marks, compiled_path and compiled_path + marks
     if attention == "xformers":
         extra["depth2img-fast-xformers"] = xf = ours(
             _pipeline(backbone, _copy(comps, fast_dtype)), fast_dtype

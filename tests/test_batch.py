@@ -1494,10 +1494,8 @@ def test_yolo_and_mask_files_are_found_in_the_subfolders_that_mirror_the_sources
             for folder, src in (("labels", yolo / f"f{k}.txt"), ("masks", semantic / f"f{k}.png")):
                 (tmp_path / folder / name).parent.mkdir(parents=True, exist_ok=True)
                 shutil.copy(src, tmp_path / folder / f"{name}{src.suffix}")
-    (tmp_path / "labels" / "b").mkdir()
-    shutil.copy(
-        yolo / "f0.txt", tmp_path / "labels" / "b" / "f1.txt"
-    )  # a shallower mirror of a/b/f1: not its
+    (tmp_path / "labels" / "b").mkdir()  # a shallower mirror of a/b/f1, with a file of its name: not its
+    shutil.copy(yolo / "f0.txt", tmp_path / "labels" / "b" / "f1.txt")
     job = write_job(tmp_path, inputs="images/**/*.png", output="out", presets=["fog"], seeds=1, layout="files",
                     labels={"yolo": "labels", "masks": {"semantic": "masks"}})  # fmt: skip
     with warnings.catch_warnings():

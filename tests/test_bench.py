@@ -148,9 +148,8 @@ def test_cudnn_benchmark_mode_holds_in_depth2img_rows_alone(tmp_path, monkeypatc
         seen.setdefault(row[0], set()).add(torch.backends.cudnn.benchmark)
         return conv2d(*args, **kwargs)
 
-    def ours(
-        st, *args, **kwargs
-    ):  # the fast path's rows fuse QKV; the API-overhead row runs as diffusers does
+    def ours(st, *args, **kwargs):
+        # the fast path's rows fuse QKV; the API-overhead row runs as diffusers does
         row[0] = "fast" if st.backend.fast_path else "api"
         try:
             return transform(st, *args, **kwargs)
