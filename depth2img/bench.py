@@ -539,10 +539,15 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     twins = {}  # a +diffusers-unipc row -> the row whose pipeline it runs
     if diffusers_unipc:
         twin = next(name for name in (*compiled_rows, "depth2img-fast") if name in variants)
-        st = extra.get(twin, fast)
-        twins[f"{twin}+diffusers-unipc"] = twin
-        variants[f"{twin}+diffusers-unipc"] = lambda st=st: run_ours(st, stock_unipc=True)
-        pipes[f"{twin}+diffusers-unipc"] = pipes[twin]
+        st, name = extra.get(twin, fast), f"{twin}+diffusers-unipc"
+        twins[name], pipes[name] = twin, pipes[twin]
+        # beside its row in the table and in each repeat (after it: its warm-up asks whether its row's compile failed)
+        placed = {}
+        for key, fn in variants.items():
+            placed[key] = fn
+            if key == twin:
+                placed[name] = lambda st=st: run_ours(st, stock_unipc=True)
+        variants = placed
     resident = (
         {name: _resident_bytes(pipe, device) for name, pipe in pipes.items()} if device.type == "cuda" else {}
     )

@@ -212,10 +212,12 @@ def test_a_diffusers_unipc_row_runs_the_same_pipeline_with_diffusers_own_steps(t
         bench, "loop_rates", lambda *a, own=bench.loop_rates: row.__setitem__(0, None) or own(*a)
     )
     result = run_bench(preset="tiny", size=64, steps=2, repeats=1, diffusers_unipc=True, profile=True,
-                       out_dir=tmp_path, progress=lambda m: row.__setitem__(0, m.removeprefix("warm-up: ")))  # fmt: skip
+                       feature_cache=2, out_dir=tmp_path,
+                       progress=lambda m: row.__setitem__(0, m.removeprefix("warm-up: ")))  # fmt: skip
     rows = result["results"]
     twin = "depth2img-fast+diffusers-unipc"
-    assert list(rows) == ["diffusers", "depth2img", "depth2img-fast", twin]
+    # beside its row (it came after every other row: here the feature cache's)
+    assert list(rows) == ["diffusers", "depth2img", "depth2img-fast", twin, "depth2img-fast+cache2"]
     assert rows[twin]["max_abs_diff_vs_diffusers"] == rows["depth2img-fast"]["max_abs_diff_vs_diffusers"]
     warmed = {r: {c for w, c in stepped if w == r} for r in rows}  # at warm-up, row by row
     assert warmed[twin] == {diffusers.UniPCMultistepScheduler}
