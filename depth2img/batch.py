@@ -717,6 +717,15 @@ class Labels:
                 where = self._mirror(folder, sources[0]) / f"{sources[0].stem}{suffix}"
                 said.append(f"{key} {folder} holds no file named after a source (as {where.relative_to(folder)}), "
                             "so no output carries them")  # fmt: skip
+            # a file of the source's name at the top, passed over for its mirrored subfolder: a background image of
+            # a YOLO tree, or a flat folder that happens to hold a subfolder named as the sources' folder
+            passed = [p for p in sources if dest not in files[p] and self._mirror(folder, p) != folder
+                      and (folder / f"{p.stem}{suffix}").is_file()]  # fmt: skip
+            if passed:
+                mirror = self._mirror(folder, passed[0])
+                said.append(f"{key}: {len(passed)} source(s) have no file in the subfolder named as their folder "
+                            f"({mirror.relative_to(folder)}/ for {passed[0]}) and one of their name at the top "
+                            f"({passed[0].stem}{suffix}), which is not taken; their outputs carry none")  # fmt: skip
         for line in said:
             warnings.warn(f"job key labels: {line}", Depth2ImgWarning, stacklevel=3)
 

@@ -1484,7 +1484,8 @@ def test_yolo_and_mask_files_are_found_in_the_subfolders_that_mirror_the_sources
     (masks alike), so sources that share a file name each carry their own (the subfolders were not searched: a
     warning, and outputs without labels); the deepest mirror counts (a/b/f1.png: labels/a/b/, not labels/b/); a
     source whose mirrored subfolder lacks its file has none (a background image), not the file of its name at the
-    top, which is the top source's."""
+    top, which is the top source's: said, once per label folder (as a flat folder with a subfolder named as the
+    sources' folder would pass its files over)."""
     frames, yolo, semantic = dataset / "frames", dataset / "yolo", dataset / "semantic"
     placed = {"train/f0": 0, "val/f0": 1, "a/b/f1": 2, "f2": 0, "val/f2": None}  # source -> its labels' frame
     for name, k in placed.items():
@@ -1498,9 +1499,16 @@ def test_yolo_and_mask_files_are_found_in_the_subfolders_that_mirror_the_sources
     shutil.copy(yolo / "f0.txt", tmp_path / "labels" / "b" / "f1.txt")
     job = write_job(tmp_path, inputs="images/**/*.png", output="out", presets=["fog"], seeds=1, layout="files",
                     labels={"yolo": "labels", "masks": {"semantic": "masks"}})  # fmt: skip
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Depth2ImgWarning)  # nothing said of labels that may not be theirs
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         assert run_job(job, progress=False).done == len(placed)
+    said = [str(w.message) for w in caught if issubclass(w.category, Depth2ImgWarning)]
+    assert said == [
+        f"job key labels: {key}: 1 source(s) have no file in the subfolder named as their folder (val/ for "
+        f"{tmp_path / 'images' / 'val' / 'f2.png'}) and one of their name at the top (f2{suffix}), which is not "
+        "taken; their outputs carry none"
+        for key, suffix in (("labels.yolo", ".txt"), ("labels.masks.semantic", ".png"))
+    ]
     out = tmp_path / "out"
     made = {Path(r["source"]).relative_to(tmp_path / "images").with_suffix("").as_posix(): Path(r["output"]).stem
             for r in read_manifest(out / "manifest.jsonl")}  # fmt: skip
