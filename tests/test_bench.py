@@ -78,6 +78,31 @@ def test_bench_can_leave_channels_last_and_fused_qkv_out_of_the_fast_path(tmp_pa
     assert "-no-channels-last-no-fused-qkv-" in result["written"][0]
 
 
+def _seen_by_row(monkeypatch, module, name: str, state) -> dict:
+    """``state()`` at each call of ``module.name`` during a bench, by the row running it: "fast" (the fast path's
+    rows, which fuse QKV), "api" (the API-overhead row, which runs as diffusers does) or None (plain diffusers, or a
+    call outside the API); returns {row: set of states}, filled as the bench runs."""
+    from depth2img.transformer import SceneTransformer
+
+    row, seen = [None], {}
+    call, transform = getattr(module, name), SceneTransformer.transform
+
+    def recording(*args, **kwargs):
+        seen.setdefault(row[0], set()).add(state())
+        return call(*args, **kwargs)
+
+    def ours(st, *args, **kwargs):
+        row[0] = "fast" if st.backend.fast_path else "api"
+        try:
+            return transform(st, *args, **kwargs)
+        finally:
+            row[0] = None
+
+    monkeypatch.setattr(module, name, recording)
+    monkeypatch.setattr(SceneTransformer, "transform", ours)
+    return seen
+
+
 @pytest.mark.parametrize("attention", ["sdpa-flash", "sdpa-cudnn"])
 def test_an_sdpa_order_holds_in_depth2img_rows_alone(tmp_path, monkeypatch, attention):
     """--attention sdpa-flash / sdpa-cudnn: SDPA tries its kernels in that order in every row of depth2img's, with
@@ -91,29 +116,13 @@ def test_an_sdpa_order_holds_in_depth2img_rows_alone(tmp_path, monkeypatch, atte
     from torch.nn.attention import SDPBackend
 
     from depth2img.bench import SDPA_ORDERS
-    from depth2img.transformer import SceneTransformer
 
     before = torch._C._get_sdp_priority_order()
     # the call running (plain diffusers, a VAE decode: None) -> (SDPA's order, the cache on) at its SDPA calls
-    row, seen = [None], {}
-    sdpa, transform = F.scaled_dot_product_attention, SceneTransformer.transform
-
-    def recording(*args, **kwargs):
-        order = tuple(torch._C._get_sdp_priority_order())
-        seen.setdefault(row[0], set()).add((order, functorch_config.enable_autograd_cache))
-        return sdpa(*args, **kwargs)
-
-    def ours(
-        st, *args, **kwargs
-    ):  # the fast path's rows fuse QKV; the API-overhead row runs as diffusers does
-        row[0] = "fast" if st.backend.fast_path else "api"
-        try:
-            return transform(st, *args, **kwargs)
-        finally:
-            row[0] = None
-
-    monkeypatch.setattr(F, "scaled_dot_product_attention", recording)
-    monkeypatch.setattr(SceneTransformer, "transform", ours)
+    seen = _seen_by_row(
+        monkeypatch, F, "scaled_dot_product_attention",
+        lambda: (tuple(torch._C._get_sdp_priority_order()), functorch_config.enable_autograd_cache),
+    )  # fmt: skip
     result = run_bench(preset="tiny", size=64, steps=2, batch=2, repeats=1, attention=attention,
                        out_dir=tmp_path, progress=lambda m: None)  # fmt: skip
     asked = tuple(int(getattr(SDPBackend, name)) for name in SDPA_ORDERS[attention])
@@ -138,26 +147,8 @@ def test_cudnn_benchmark_mode_holds_in_depth2img_rows_alone(tmp_path, monkeypatc
     import torch
     import torch.nn.functional as F
 
-    from depth2img.transformer import SceneTransformer
-
     assert torch.backends.cudnn.benchmark is False
-    row, seen = [None], {}
-    conv2d, transform = F.conv2d, SceneTransformer.transform
-
-    def recording(*args, **kwargs):
-        seen.setdefault(row[0], set()).add(torch.backends.cudnn.benchmark)
-        return conv2d(*args, **kwargs)
-
-    def ours(st, *args, **kwargs):
-        # the fast path's rows fuse QKV; the API-overhead row runs as diffusers does
-        row[0] = "fast" if st.backend.fast_path else "api"
-        try:
-            return transform(st, *args, **kwargs)
-        finally:
-            row[0] = None
-
-    monkeypatch.setattr(F, "conv2d", recording)
-    monkeypatch.setattr(SceneTransformer, "transform", ours)
+    seen = _seen_by_row(monkeypatch, F, "conv2d", lambda: torch.backends.cudnn.benchmark)
     result = run_bench(preset="tiny", size=64, steps=2, repeats=1, cudnn_benchmark=True, out_dir=tmp_path,
                        progress=lambda m: None)  # fmt: skip
     assert seen == {"fast": {True}, "api": {False}, None: {False}}
