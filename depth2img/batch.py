@@ -477,22 +477,10 @@ def load_job(path: str | os.PathLike, *, extra_presets_files=(), **overrides) ->
     ``extra_presets_files`` (a command line's ``--presets-file``, from the current directory) come after the job's
     own ``presets_files`` (from the job file's folder)."""
     from .io import _path
-    from .registry import read_yaml
+    from .registry import read_yaml_file
 
     path = _path(path, "job file (a Job or its YAML's path)")
-    try:
-        raw = read_yaml(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise InputError(f"job file {path}: no such file") from None
-    except OSError as err:  # a folder, unreadable
-        raise InputError(f"job file {path}: cannot be read ({err.strerror or err})") from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"job file {path}: not UTF-8 text (byte {err.start}); is it a job YAML?") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or "malformed YAML"
-        raise InputError(f"job file {path}:{where}: {problem}") from None
+    raw = read_yaml_file(path, f"job file {path}", "job")
     if not isinstance(raw, dict):
         raise InputError(f"job file {path}: must be a mapping of keys (inputs, output, presets, ...)")
     raw = {**raw, **overrides}

@@ -6,11 +6,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from .errors import InputError
 from .knobs import DEFAULT_KNOBS, check_knobs
-from .registry import configs_dir, read_yaml
+from .registry import configs_dir, read_yaml_file
 
 PRESET_ENV = "DEPTH2IMG_PRESETS"
 KNOBS = tuple(DEFAULT_KNOBS)
@@ -29,17 +27,7 @@ class Preset:
 def _load_file(path: Path, origin: str = "") -> dict[str, Preset]:
     """One presets YAML's presets; errors name the file, and ``origin`` (where its path came from) when given."""
     label = f"presets file {path}" + (f" (from {origin})" if origin else "")
-    try:
-        raw = read_yaml(path.read_text(encoding="utf-8")) or {}
-    except OSError as err:
-        raise InputError(f"{label}: cannot be read ({err.strerror or err})") from None
-    except UnicodeDecodeError as err:
-        raise InputError(f"{label}: not UTF-8 text (byte {err.start}); is it a presets YAML?") from None
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        problem = getattr(err, "problem", None)
-        raise InputError(f"{label}: malformed YAML{where}" + (f": {problem}" if problem else "")) from None
+    raw = read_yaml_file(path, label, "presets") or {}
     if not isinstance(raw, dict) or not isinstance(raw.get("presets"), dict):
         raise InputError(f"{label}: must hold a 'presets:' mapping")
     out = {}

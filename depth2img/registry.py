@@ -57,6 +57,25 @@ def read_yaml(text: str):
     return yaml.load(text, Loader=_UniqueKeyLoader)
 
 
+def read_yaml_file(path: Path, label: str, kind: str):
+    """The YAML file ``path`` (``read_yaml``), each way it can fail one InputError starting with ``label``: missing,
+    unreadable, not UTF-8 (``kind``: what the file should hold, "job" or "presets"), malformed (its line and
+    column)."""
+    try:
+        return read_yaml(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InputError(f"{label}: no such file") from None
+    except OSError as err:  # a folder, unreadable
+        raise InputError(f"{label}: cannot be read ({err.strerror or err})") from None
+    except UnicodeDecodeError as err:
+        raise InputError(f"{label}: not UTF-8 text (byte {err.start}); is it a {kind} YAML?") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None)
+        raise InputError(f"{label}: malformed YAML{where}" + (f": {problem}" if problem else "")) from None
+
+
 def configs_dir() -> Path:
     """The folder holding the YAML configs: ``configs/`` in a checkout, ``depth2img/configs`` when installed."""
     here = Path(__file__).resolve().parent
