@@ -284,12 +284,6 @@ def make_sample(width: int = SCENE_SIZE[0], height: int = SCENE_SIZE[1], seed: i
     return str(out / "driving_scene.png"), str(out / "driving_scene_depth.npz")
 
 
-def sample_with_its_depth() -> tuple[str, str, str]:
-    """``make_sample``'s photo and depth file, the depth file paired with that photo."""
-    photo, depth = make_sample()
-    return photo, depth, depth
-
-
 def depth_file_given(has_photo, depth_file):
     """The depth file paired with a photo: this one where a photo is there; None where it came before any (it is
     then for the next photo)."""
@@ -689,12 +683,12 @@ def create_demo(service):
         # then dropped it (seen in CI, once in four runs)
         paired_depth, has_photo = gr.State(None), gr.State(False)
         stop_flag = gr.State(StopFlag)  # (called once per session)
+        # the sample's depth file is paired as the page holds it: gradio serves a copy of the file the sample wrote
+        # (its own cache's path), and a pairing by the written path never matched, so the street's depth stayed for
+        # the next photo
         sample.click(
-            lambda: (*sample_with_its_depth(), True),
-            None,
-            [image, depth_file, paired_depth, has_photo],
-            api_name="sample",
-        ).then(  # fmt: skip
+            lambda: (*make_sample(), True), None, [image, depth_file, has_photo], api_name="sample"
+        ).then(lambda held: held, depth_file, paired_depth, api_name="sample_depth_paired", queue=False).then(
             bound(handle_depth_if_photo), depth_inputs, preview, api_name="depth_on_sample", **device
         )
         for event, name in ((depth_file.upload, "depth_on_depth_file"), (depth_file.clear, "depth_on_no_depth_file"),

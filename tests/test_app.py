@@ -105,7 +105,8 @@ def test_the_depth_preview_follows_the_sample_the_depth_file_the_estimator_and_t
     demo = create_demo(service)
     deps = {d["api_name"]: d for d in demo.config["dependencies"]}
     preview = deps["depth"]["outputs"]
-    assert deps["depth_on_sample"]["trigger_after"] == deps["sample"]["id"]
+    assert deps["depth_on_sample"]["trigger_after"] == deps["sample_depth_paired"]["id"]
+    assert deps["sample_depth_paired"]["trigger_after"] == deps["sample"]["id"]
     for name, event in (("depth_on_depth_file", "upload"), ("depth_on_no_depth_file", "clear"),
                         ("depth_on_estimator", "input"), ("depth_on_polarity", "input"), ("no_photo", "clear")):  # fmt: skip
         assert deps[name]["outputs"] == preview and deps[name]["targets"][0][1] == event, name
@@ -897,22 +898,24 @@ def test_a_depth_file_given_before_the_photo_is_kept_for_it(service):
     photo is: the sample's street depth was used for the next photo)."""
     import gradio as gr
 
-    from depth2img.ui import depth_file_for_new_photo, depth_file_given, sample_with_its_depth
+    from depth2img.ui import depth_file_for_new_photo, depth_file_given
 
     keep = depth_file_for_new_photo("d.npz", "metric", depth_file_given(None, "d.npz"))
     assert keep == (gr.skip(), gr.skip(), "d.npz")  # kept, now paired with this photo
     # a photo dropped in before the event that paired the depth file with the last photo reported: still kept
     assert depth_file_for_new_photo("d.npz", "metric", "older.npz")[:2] == (gr.skip(), gr.skip())
-    # given with the last photo, or the sample's: dropped with its polarity
-    photo, sample_depth, paired = sample_with_its_depth()
-    for depth_file, given_with in (("d.npz", depth_file_given("old.png", "d.npz")), (sample_depth, paired)):
-        assert depth_file_for_new_photo(depth_file, "metric", given_with) == (None, "", None)
+    # given with the last photo: dropped with its polarity (the sample's: test_the_samples_depth_file_is_...)
+    assert depth_file_for_new_photo("d.npz", "metric", depth_file_given("old.png", "d.npz")) == (
+        None,
+        "",
+        None,
+    )
     assert depth_file_for_new_photo(None, "", None) == (None, "", None)
     deps = {d["api_name"]: d for d in create_demo(service).config["dependencies"]}
     given_with = deps["depth_file_photo"]["outputs"]
     assert deps["depth_file_photo"]["targets"][0][1] == "upload"
     assert set(given_with) <= set(deps["new_photo"]["inputs"]) and set(given_with) <= set(
-        deps["sample"]["outputs"]
+        deps["sample_depth_paired"]["outputs"]
     )
     assert set(given_with) <= set(deps["new_photo"]["outputs"])
     # whether a photo is there comes from the server's state, set by the photo's and the sample's events and the
@@ -925,6 +928,32 @@ def test_a_depth_file_given_before_the_photo_is_kept_for_it(service):
     photo_id = deps["depth"]["inputs"][0]
     assert photo_id not in deps["depth_file_photo"]["inputs"]
     assert all(has_photo in deps[name]["outputs"] for name in ("new_photo", "sample", "photo_gone"))
+
+
+def test_the_samples_depth_file_is_dropped_when_the_visitor_gives_a_photo(server):
+    """The sample's street depth stayed for the next photo: its pairing recorded the path the sample wrote, and the
+    page holds gradio's copy of it, so the two never matched. Driven as the page does it: the sample's events in
+    their order, then the photo's event with the page's depth file value."""
+    import httpx
+    from gradio_client import Client
+
+    client = Client(server, verbose=False)
+    photo, held = client.predict(api_name="/sample")
+    assert Path(held).name == "driving_scene_depth.npz"
+    page_file = {"path": held, "meta": {"_type": "gradio.FileData"}, "orig_name": Path(held).name}
+    ids = {d.get("api_name"): d["id"] for d in client.config["dependencies"]}
+
+    def page_event(name, *data):
+        answer = httpx.post(f"{server}gradio_api/run/predict", timeout=60,
+                            json={"data": list(data), "fn_index": ids[name], "session_hash": client.session_hash})  # fmt: skip
+        assert answer.status_code == 200, answer.text
+        return answer.json()["data"]
+
+    page_event("sample_depth_paired", page_file)
+    dropped = page_event("new_photo", page_file, "", None)
+    assert dropped[:2] == [None, ""], (
+        dropped
+    )  # was [{'__type__': 'update'}, {'__type__': 'update'}]: both kept
 
 
 def test_a_depth_files_recorded_polarity_warning_reaches_the_page(service, photo, tmp_path, monkeypatch):
