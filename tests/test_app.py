@@ -944,8 +944,8 @@ def test_the_samples_depth_file_is_dropped_when_the_visitor_gives_a_photo(server
     ids = {d.get("api_name"): d["id"] for d in client.config["dependencies"]}
 
     def page_event(name, *data):
-        answer = httpx.post(f"{server}gradio_api/run/predict", timeout=60,
-                            json={"data": list(data), "fn_index": ids[name], "session_hash": client.session_hash})  # fmt: skip
+        sent = {"data": list(data), "fn_index": ids[name], "session_hash": client.session_hash}
+        answer = httpx.post(f"{server}gradio_api/run/predict", json=sent, timeout=60)
         assert answer.status_code == 200, answer.text
         return answer.json()["data"]
 
