@@ -239,6 +239,27 @@ def test_png16_of_a_depth_with_holes_keeps_them(tmp_path, rng):
     assert io.INVALID_TEXT_KEY not in Image.open(tmp_path / "full.png").info
 
 
+def test_npy_of_a_depth_with_holes_keeps_them(tmp_path):
+    """A hole's placeholder was written as it was (the rendered scene's sky: 300 m) and read back as a measurement,
+    where the 16-bit PNG beside it kept it a hole."""
+    from depth2img import render_driving_scene
+
+    d = render_driving_scene(160, 80, seed=0).depth
+    assert d.kind == "metric_depth" and 0.05 < (~d.valid).mean() < 0.5 and d.values[~d.valid].min() > 0
+    written = io.write_depth_products(d, tmp_path, "s", formats=("npy", "png16"))
+    raw = np.load(written[0])
+    assert raw.dtype == np.float32 and (raw[~d.valid] == 0).all()
+    np.testing.assert_array_equal(
+        raw[d.valid], d.values[d.valid].astype(np.float32)
+    )  # the values, as they were
+    for back in (io.read_depth_file(written[0], "metric"), io.read_depth_file(written[1])):
+        np.testing.assert_array_equal(back.valid, d.valid)
+    full = DepthMap(np.linspace(1, 2, 12).reshape(3, 4), "relative_inverse_depth")
+    np.testing.assert_array_equal(
+        np.load(io.write_depth_npy(full, tmp_path / "f.npy")), full.values.astype("f4")
+    )
+
+
 def test_a_recorded_polarity_beats_a_given_one_with_a_warning(tmp_path, rng):
     """One --depth-polarity serves every --depth file of a run: it silently inverted depth2img's own PNGs, which
     record theirs, when given for the run's other files."""
