@@ -625,6 +625,8 @@ def depth_for_image(
             raise InputError(
                 f"depth array: depth_polarity must be one of {', '.join(POLARITIES)} (got {polarity!r})"
             )
+        if str(getattr(depth, "dtype", "")) == "torch.bfloat16":  # NumPy has none ("unsupported ScalarType")
+            depth = depth.float()
         try:
             values = np.asarray(depth)
         except Exception as err:  # a tensor on a GPU or needing grad, ragged lists

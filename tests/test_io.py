@@ -811,6 +811,19 @@ def test_a_depth_without_structure_is_said(tmp_path):
         assert depth_for_image(holes, (8, 8), "metric").notes == []
 
 
+def test_a_bfloat16_tensor_is_taken_as_a_depth_as_float16_is():
+    """A bfloat16 tensor (a model's output) was refused: 'cannot be read as numbers (Got unsupported ScalarType
+    BFloat16)'."""
+    import torch
+
+    from depth2img.io import depth_for_image
+
+    values = torch.linspace(1, 9, 48).reshape(6, 8)
+    for dtype in (torch.bfloat16, torch.float16):
+        got = depth_for_image(values.to(dtype), (8, 6), "metric")
+        np.testing.assert_array_equal(got.values, values.to(dtype).float().numpy())
+
+
 def test_depth_pngs_with_alpha_are_read_and_1_bit_or_cmyk_ones_refused_in_one_line(tmp_path):
     """An LA PNG (grey + alpha) was refused as "depth must be a 2-D array, got shape (16, 16, 2)" and a 1-bit one
     as "depth must hold real numbers, got dtype bool"; grey values are read as an RGBA depth's are, alpha ignored."""
