@@ -1068,6 +1068,11 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         # before its temp files are swept: a refused run leaves the earlier one untouched
         if resume and recorded is not None:
             _check_same_run(job, recorded, root / "job.resolved.yaml", earlier_dtypes, model)
+        elif resume and earlier_run:  # nothing to check this job against: it went on with other knobs, silently
+            raise InputError(
+                f"--resume (resume=True): the run in {root} has no readable job.resolved.yaml, the record of the "
+                "settings its images were made with; restore it, or choose another output folder"
+            )
         # (an earlier run is refused, untouched)
         if rank == 0 and root.is_dir() and (resume or not earlier_run):
             for stale in stale_temp_files(root):  # of a killed run
@@ -1423,9 +1428,16 @@ def _check_same_run(job: Job, earlier: dict, recorded: Path, made_in: set[str] =
             value = record.get(key)
             if isinstance(value, str) and isinstance(base, str) and Path(value).is_relative_to(base):
                 record[key] = Path(value).relative_to(base).as_posix()
+        # label paths as the job gives them: one folder spelt ./labels, labels/ or absolute was "another labels"
+        if isinstance(base, str) and isinstance(record.get("labels"), dict):
+            record["labels"] = _labels_in_job(record["labels"], base)
     if "model" in earlier:  # a run from before controlnet was a key used the model's own
         earlier.setdefault("controlnet", None)
-    changed = [k for k in SAME_RUN_KEYS if k in earlier and earlier[k] != now.get(k)]
+    changed = [
+        k
+        for k in SAME_RUN_KEYS
+        if k in earlier and (_knobs_differ(earlier, now) if k == "knobs" else earlier[k] != now.get(k))
+    ]
     before = {v.get("name"): v for v in earlier.get("variations") or [] if isinstance(v, dict)}
     # a variation the earlier run named otherwise (accented and non-Latin names changed in 413f805): taken as new, its
     # items were all made again beside the earlier ones, both indexed
@@ -1451,6 +1463,39 @@ def _check_same_run(job: Job, earlier: dict, recorded: Path, made_in: set[str] =
             f"{'differs' if len(changed) == 1 else 'differ'} from the run in {recorded.parent} ({recorded.name}); "
             "its earlier images were made otherwise: restore them, or choose another output folder"
         )
+
+
+def _labels_in_job(labels: dict, base: str) -> dict:
+    """A record's label paths normalised (``./labels``, ``labels/`` and its absolute path are one), relative to the
+    job's folder ``base`` where they lie under it (a project moved whole)."""
+
+    def place(value):
+        if not isinstance(value, str):
+            return value
+        path = Path(os.path.normpath(os.path.join(base, os.path.expanduser(value))))
+        return path.relative_to(base).as_posix() if path.is_relative_to(base) else path.as_posix()
+
+    masks = labels.get("masks")
+    return {k: ({n: place(v) for n, v in masks.items()} if k == "masks" and isinstance(masks, dict) else place(v))
+            for k, v in labels.items()}  # fmt: skip
+
+
+def _knobs_differ(earlier: dict, now: dict) -> bool:
+    """Whether the variations both runs have ran with other knobs: the defaults, then the preset's, then the job's
+    (a knob stated at its default was a change, refused). Records without the presets' expansions, or without a
+    variation in common, compare the job's knobs as given."""
+
+    def ran(record):
+        job_knobs = record.get("knobs") or {}
+        return {v.get("name"): {**DEFAULT_KNOBS, **v["expanded"]["knobs"], **job_knobs}
+                for v in record.get("variations") or []
+                if isinstance(v, dict) and isinstance((v.get("expanded") or {}).get("knobs"), dict)}  # fmt: skip
+
+    before, after = ran(earlier), ran(now)
+    shared = before.keys() & after.keys()
+    if not shared:
+        return earlier.get("knobs") != now.get("knobs")
+    return any(before[name] != after[name] for name in shared)
 
 
 def _resolved(job: Job) -> dict:

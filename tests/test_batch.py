@@ -399,6 +399,15 @@ def test_resume_skips_finished_and_refuses_to_mix_runs(dataset, tmp_path):
                            r"\(job.resolved.yaml\); its earlier images were made otherwise"):  # fmt: skip
             run_job(job, resume=True, progress=False)
     assert (tmp_path / "r" / "job.resolved.yaml").read_text() == resolved and stale.exists()  # left untouched
+    # a knob stated at the value the images ran with (its default) makes them again: it was 'knobs differs'
+    job.write_text(text.replace("strength: 0.5", "strength: 0.5\n  guidance_scale: 7.5"))
+    assert run_job(job, resume=True, progress=False).skipped == 3
+    # with no record to check a job against, a changed one went on, mixing two runs' images in one dataset
+    (tmp_path / "r" / "job.resolved.yaml").unlink()
+    job.write_text(text.replace("strength: 0.5", "strength: 0.6"))
+    with pytest.raises(InputError, match=r"^--resume \(resume=True\): the run in .*r has no readable "
+                       r"job.resolved.yaml, the record of the settings its images were made with; restore it"):  # fmt: skip
+        run_job(job, resume=True, progress=False)
 
 
 def test_resume_refuses_a_preset_whose_definition_changed(dataset, tmp_path, monkeypatch):
@@ -627,6 +636,30 @@ def test_resume_of_a_moved_project_compares_its_own_folders(tmp_path, tiny_dir):
         InputError, match="^--resume \\(resume=True\\): this job's model differs from the run in "
     ):
         _check_same_run(load_job(tmp_path / "b" / "job.yaml"), _earlier_record(record), record)
+
+
+def test_resume_takes_a_label_folder_however_its_path_is_spelt(tmp_path):
+    """The labels' paths were compared as typed: the same folder spelt ./ds/labels or absolute was refused as
+    'this job's labels differs'."""
+    import yaml as yaml_
+
+    from depth2img.batch import _check_same_run, _earlier_record, _resolved, load_job
+
+    job = tmp_path / "job.yaml"
+    body = "inputs: x\noutput: out\nprompt: p\nlabels: {{yolo: {}, masks: {{sem: {}}}}}\n"
+    job.write_text(body.format("ds/labels", "ds/sem"))
+    record = tmp_path / "out" / "job.resolved.yaml"
+    record.parent.mkdir()
+    record.write_text(yaml_.safe_dump(_resolved(load_job(job)), sort_keys=False))
+    for yolo, sem in (("./ds/labels/", "ds/x/../sem"), (str(tmp_path / "ds" / "labels"), "ds/sem/")):
+        job.write_text(body.format(yolo, sem))
+        _check_same_run(load_job(job), _earlier_record(record), record)  # the same folders: no error
+    for yolo, sem in (("ds/other", "ds/sem"), ("ds/labels", "sem")):
+        job.write_text(body.format(yolo, sem))
+        with pytest.raises(
+            InputError, match="^--resume \\(resume=True\\): this job's labels differs from the run"
+        ):
+            _check_same_run(load_job(job), _earlier_record(record), record)
 
 
 def test_a_job_of_unreadable_sources_loads_no_model(dataset, tmp_path, monkeypatch):
