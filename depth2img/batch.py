@@ -1052,7 +1052,11 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         # a source keeps the name an earlier run gave it: a source added since with the same file name (sorted before
         # it) took that name, and with it the earlier images as its own
         base = (recorded or {}).get("base_dir")
-        names = _EarlierNames(records, base if isinstance(base, str) else job.base_dir)
+        names = _EarlierNames(
+            records,
+            base if isinstance(base, str) else job.base_dir,
+            _copied_with_its_job(recorded, root, job),
+        )
         # an image removed since is made again, at its attempt (the same seed)
         records = [r for r in records if not _lost(root, r)]
         # the dtype the images kept were made in: a job that names none takes the device's default (float32 on a
@@ -1068,7 +1072,9 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         # before its temp files are swept: a refused run leaves the earlier one untouched
         if resume and recorded is not None:
             _check_same_run(job, recorded, root / "job.resolved.yaml", earlier_dtypes, model)
-        elif resume and earlier_run:  # nothing to check this job against: it went on with other knobs, silently
+        elif (
+            resume and earlier_run
+        ):  # nothing to check this job against: it went on with other knobs, silently
             raise InputError(
                 f"--resume (resume=True): the run in {root} has no readable job.resolved.yaml, the record of the "
                 "settings its images were made with; restore it, or choose another output folder"
@@ -1523,12 +1529,25 @@ def _in_job(path, base) -> str | None:
     return os.path.relpath(real, base).replace(os.sep, "/") if inside else None
 
 
+def _copied_with_its_job(recorded: dict | None, root: Path, job: Job) -> bool:
+    """Whether the output folder lies in the job's folder where the earlier run's lay in that run's job folder,
+    another one: a project copied (or moved) whole."""
+    then_base, then_output = (recorded or {}).get("base_dir"), (recorded or {}).get("output")
+    if not (isinstance(then_base, str) and isinstance(then_output, str)):
+        return False
+    base = os.path.realpath(job.base_dir)
+    if os.path.realpath(then_base) == base:
+        return False
+    then = os.path.relpath(os.path.join(then_base, os.path.expanduser(then_output)), then_base)
+    return not then.startswith("..") and then == os.path.relpath(os.path.realpath(root), base)
+
+
 class _EarlierNames:
     """The names an earlier run gave its sources (manifest lines), for a resumed run: a source at its recorded path
-    keeps its name; so does one at the same place in the job's folder when the recorded path is gone (a project
-    moved whole); no other source takes any of them."""
+    keeps its name; so does one at the same place in the job's folder when the recorded path is gone or the project
+    was copied whole (``copied``: the output folder came with the job); no other source takes any of them."""
 
-    def __init__(self, records: list[dict], earlier_base: str):
+    def __init__(self, records: list[dict], earlier_base: str, copied: bool = False):
         self.by_path: dict[str, str] = {}
         self.moved: dict[str, str] = {}
         # each source once, not once per line (a source has a line per variation, seed and attempt: its paths were
@@ -1541,7 +1560,7 @@ class _EarlierNames:
         for source, stem, recorded_inside in sources:
             self.by_path[file_key(source)] = stem
             inside = recorded_inside or _in_job(source, earlier_base)
-            if inside and not os.path.exists(source):
+            if inside and (copied or not os.path.exists(source)):
                 self.moved[inside] = stem
         self.all = set(self.by_path.values())
 

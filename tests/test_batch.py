@@ -1938,6 +1938,14 @@ def test_a_new_source_never_takes_an_earlier_sources_name_and_a_moved_project_ke
         r["item"]: Path(r["source"]).parent.name for r in read_manifest(project / "out" / "manifest.jsonl")
     }
     assert sources == {"x/fog/s0": "d1", "x-2/fog/s0": "d2"}
+    # copied whole, the original still in place: each source was taken as new, made again beside its earlier
+    # images under another name, both indexed
+    shutil.copytree(project, tmp_path / "copy")
+    copied = run_job(tmp_path / "copy" / "job.yaml", resume=True, progress=False)
+    assert copied.done == 0 and copied.skipped == 1
+    assert sorted(p.name for p in (tmp_path / "copy" / "out").rglob("*.png")) == sorted(
+        p.name for p in (project / "out").rglob("*.png")
+    )
     shutil.move(project, tmp_path / "moved")
     moved = run_job(tmp_path / "moved" / "job.yaml", resume=True, progress=False)
     assert moved.done == 0 and moved.skipped == 1
