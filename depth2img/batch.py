@@ -33,7 +33,6 @@ import yaml
 
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError, OutOfMemory, first_line
 from .io import (
-    DEPTH_WRITERS,
     any_loadable,
     atomic_path,
     expand_inputs,
@@ -1268,12 +1267,10 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
             for p, req in sized.items():
                 stem = stems[p]
                 depth_dir = root / "depth"
-                # every file (a kill between the two writes left one); in order: no manifest line after it is
-                # appended before it is written (a killed run's finished items had no depth, for good)
-                if not all((depth_dir / f"{stem}{DEPTH_WRITERS[f][0]}").exists() for f in JOB_DEPTH_FORMATS):
-                    submit(
-                        write_depth_products, req.depth, depth_dir, stem, JOB_DEPTH_FORMATS, in_order=_nothing
-                    )
+                # every file, each run a source has items made in (a kill between the two writes left one; a source
+                # replaced since kept the earlier photo's depth beside its new images); in order: no manifest line
+                # after it is appended before it is written (a killed run's finished items had no depth, for good)
+                submit(write_depth_products, req.depth, depth_dir, stem, JOB_DEPTH_FORMATS, in_order=_nothing)
                 for var in vars_:
                     want = [s for s in seeds if (p, var.name, s) in todo]
                     if want:

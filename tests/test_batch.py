@@ -898,6 +898,20 @@ def test_a_sources_manifest_lines_follow_its_depth_files(dataset, tmp_path, monk
     assert (depth / "f0_depth.npy").read_bytes() == npy
 
 
+def test_a_replaced_sources_depth_files_are_its_new_photos(tmp_path):
+    """A source replaced, a seed added, resumed: its new image was the new photo's, its depth files stayed the
+    earlier photo's (written only where missing), at the earlier size."""
+    (tmp_path / "src").mkdir()
+    render_driving_scene(W, H, seed=0).image.save(tmp_path / "src" / "a.png")
+    common = dict(inputs="src/a.png", output="d", presets=["fog"], labels={}, layout="files")
+    assert run_job(write_job(tmp_path, seeds=1, **common), progress=False).done == 1
+    render_driving_scene(2 * W, H, seed=5).image.save(tmp_path / "src" / "a.png")
+    assert run_job(write_job(tmp_path, seeds=2, **common), resume=True, progress=False).done == 1
+    depth = tmp_path / "d" / "depth"
+    assert np.load(depth / "a_depth.npy").shape == (H, 2 * W)
+    assert Image.open(depth / "a_depth16.png").size == (2 * W, H)
+
+
 def test_a_failed_depth_write_lets_no_later_manifest_line_through(dataset, tmp_path, monkeypatch):
     """The run stops at the failed write; the lines of the images after it (written meanwhile by other threads)
     were still appended, so a resume took those items as done and never wrote the source's depth."""
