@@ -283,10 +283,8 @@ def run_depth(
                             from .stereo import stereo_depth
 
                             right_img = load_image(right_paths[i])
-                            try:
-                                depths[i] = stereo_depth(images[i], right_img)
-                            except InputError as err:
-                                raise InputError(f"{paths[i]}: {err}") from None
+                            # which pair a warning is of (there was no telling, with several)
+                            depths[i] = stereo_depth(images[i], right_img, name=f"{paths[i]}: stereo")
                             bar.update(1)
                     except Depth2ImgError as err:
                         report.fail(str(err))

@@ -33,7 +33,12 @@ def _fill_holes(disparity: np.ndarray, valid: np.ndarray) -> np.ndarray:
 
 
 def stereo_depth(
-    left, right, *, num_disparities: int | None = None, block_size: int = SGBM_BLOCK_SIZE
+    left,
+    right,
+    *,
+    num_disparities: int | None = None,
+    block_size: int = SGBM_BLOCK_SIZE,
+    name: str = "stereo",
 ) -> DepthMap:
     """Disparity in pixels aligned with the left image, dense: each unmatched pixel (an occlusion, the band at the
     left edge the right camera does not see) takes the farther of its nearest matched neighbours on its row.
@@ -42,7 +47,7 @@ def stereo_depth(
     control image all show the same map; ``meta["matched"]`` is the share of pixels SGBM matched, and
     ``sgbm_disparity`` gives the raw disparity and its mask. ``left`` and ``right`` are PIL images (or HxWx3 uint8
     arrays) of the same size, already rectified. ``num_disparities`` defaults to an eighth of the width, rounded up
-    to a multiple of 16.
+    to a multiple of 16. ``name`` begins its error and warning (a command names the pair's left image).
     """
     import warnings
 
@@ -50,10 +55,10 @@ def stereo_depth(
         left, right, num_disparities=num_disparities, block_size=block_size
     )
     if not matched.any():  # all fill: a flat map written as depth, valid everywhere
-        raise InputError("stereo: no pixel matched at a disparity above 0: is the right image the left one again, "
+        raise InputError(f"{name}: no pixel matched at a disparity above 0: is the right image the left one again, "
                          "or a surface without texture?")  # fmt: skip
     if matched.mean() < MIN_MATCHED:
-        warnings.warn(f"stereo: only {matched.mean():.0%} of the pixels matched; are left and right swapped, or the "
+        warnings.warn(f"{name}: only {matched.mean():.0%} of the pixels matched; are left and right swapped, or the "
                       "pair not rectified?", Depth2ImgWarning, stacklevel=2)  # fmt: skip
     return DepthMap(_fill_holes(disparity, matched), "disparity", source="stereo-sgbm",
                     meta={"num_disparities": num_disparities, "block_size": block_size,

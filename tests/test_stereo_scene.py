@@ -85,6 +85,9 @@ def test_stereo_arguments_are_one_line(left, right, message):
 def test_a_pair_with_no_match_is_refused_not_written_as_a_flat_depth(tmp_path, chelsea, capsys):
     """The same image twice (or a flat grey pair) matched no pixel: depth2img depth wrote a flat map, valid
     everywhere, and exited 0."""
+    from PIL import Image
+    from skimage import data
+
     from depth2img.cli import main
 
     chelsea.save(tmp_path / "a.png")
@@ -102,6 +105,14 @@ def test_a_pair_with_no_match_is_refused_not_written_as_a_flat_depth(tmp_path, c
     err = capsys.readouterr().err
     assert code == 2 and "a.png: stereo: no pixel matched at a disparity above 0" in err, err
     assert not (tmp_path / "o").exists()  # nothing written (the folder it made is removed again)
+    # a poorly matched pair's warning names it too (swapped here): with several pairs, which one was not said
+    left, right, _ = data.stereo_motorcycle()
+    for name, pixels in (("L.png", right), ("R.png", left)):
+        Image.fromarray(pixels).save(tmp_path / name)
+    assert main(["depth", str(tmp_path / "L.png"), "--right", str(tmp_path / "R.png"), "-o", str(tmp_path / "o"),
+                 "-q"]) == 0  # fmt: skip
+    said = capsys.readouterr().err
+    assert f"depth2img: warning: {tmp_path / 'L.png'}: stereo: only 1" in said and said.count("warning") == 1, said
 
 
 def test_hole_filling_takes_the_background():
