@@ -198,7 +198,7 @@ class DepthEstimator:
         except (ValueError, RuntimeError) as err:
             raise InputError(
                 f"{name}: {image.size[0]}x{image.size[1]} cannot be resized for estimator {self.name!r}, whose "
-                f"input is {_input_size(self.processor)}: try a less elongated image ({first_line(err)[:80]})"
+                f"input is {_input_size(self.processor)}: try a less elongated image (transformers: {first_line(err)})"
             ) from None
 
     def _post_process(self, outputs, sizes):

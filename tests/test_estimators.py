@@ -68,6 +68,8 @@ def test_isolated_puts_a_refused_images_error_in_its_place(images):
     counted = []
     got = est.isolated([images[0], strip, images[1]], batch_size=3, progress=counted.append)
     assert isinstance(got[1], InputError) and str(got[1]).startswith("image: 256x16 cannot be resized")
+    # transformers' reason whole (cut at 80 characters it stopped mid-sentence, before the side of 0 px)
+    assert str(got[1]).endswith(")") and "height=0" in str(got[1]) and "\n" not in str(got[1])
     for img, depth in zip(images[:2], (got[0], got[2])):
         assert np.array_equal(depth.values, est(img).values)
     assert sum(counted) == 3  # the progress bar counts each image once
