@@ -355,6 +355,12 @@ class Job:
         masks = self.labels.get("masks") or {}
         if not isinstance(masks, dict) or not all(isinstance(v, str) and v.strip() for v in masks.values()):
             raise InputError(f"job key labels.masks must map a mask name to a directory, got {masks!r}")
+        for name in masks:  # it names the folder masks/NAME: '' and '..' both went to masks/x, without a word
+            if (
+                safe_name(str(name)) == "x" != str(name)
+            ):  # (safe_name's name for a text that keeps no character)
+                raise InputError(f"job key labels.masks: mask name {name!r} must hold a letter or digit (it names "
+                                 "the folder masks/NAME its copies go to)")  # fmt: skip
 
     def _check_values(self) -> None:
         """Knob values, scheduler and preset names are checked here, before any model loads."""

@@ -1147,6 +1147,14 @@ def test_output_names_cannot_escape(dataset, tmp_path):
             r"labels.masks must map a mask name to a directory, got \['a'\]",
         ),
         (
+            "inputs: a\noutput: b\nprompt: x\nlabels: {masks: {'..': m}}\n",
+            r"job key labels.masks: mask name '..' must hold a letter or digit \(it names the folder masks/NAME",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\nlabels: {masks: {'': m}}\n",
+            "job key labels.masks: mask name '' must",
+        ),
+        (
             "inputs: a\noutput: b\nprompt: x\nmodel: 5\n",
             "job key model must be a registry name, hub id or folder, got 5",
         ),
