@@ -355,10 +355,10 @@ class Job:
         masks = self.labels.get("masks") or {}
         if not isinstance(masks, dict) or not all(isinstance(v, str) and v.strip() for v in masks.values()):
             raise InputError(f"job key labels.masks must map a mask name to a directory, got {masks!r}")
-        for name in masks:  # it names the folder masks/NAME: '' and '..' both went to masks/x, without a word
-            if (
-                safe_name(str(name)) == "x" != str(name)
-            ):  # (safe_name's name for a text that keeps no character)
+        # a mask's name names the folder masks/NAME: '' and '..' both went to masks/x (safe_name's name for a text
+        # that keeps no character), without a word
+        for name in masks:
+            if safe_name(str(name)) == "x" != str(name):
                 raise InputError(f"job key labels.masks: mask name {name!r} must hold a letter or digit (it names "
                                  "the folder masks/NAME its copies go to)")  # fmt: skip
 
@@ -1077,9 +1077,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         # before its temp files are swept: a refused run leaves the earlier one untouched
         if resume and recorded is not None:
             _check_same_run(job, recorded, root / "job.resolved.yaml", earlier_dtypes, model)
-        elif (
-            resume and earlier_run
-        ):  # nothing to check this job against: it went on with other knobs, silently
+        elif resume and earlier_run:
+            # nothing to check this job against: it went on with other knobs, silently
             raise InputError(
                 f"--resume (resume=True): the run in {root} has no readable job.resolved.yaml, the record of the "
                 "settings its images were made with; restore it, or choose another output folder"

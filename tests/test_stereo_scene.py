@@ -112,7 +112,9 @@ def test_a_pair_with_no_match_is_refused_not_written_as_a_flat_depth(tmp_path, c
     assert main(["depth", str(tmp_path / "L.png"), "--right", str(tmp_path / "R.png"), "-o", str(tmp_path / "o"),
                  "-q"]) == 0  # fmt: skip
     said = capsys.readouterr().err
-    assert f"depth2img: warning: {tmp_path / 'L.png'}: stereo: only 1" in said and said.count("warning") == 1, said
+    assert (
+        f"depth2img: warning: {tmp_path / 'L.png'}: stereo: only 1" in said and said.count("warning") == 1
+    ), said
 
 
 def test_hole_filling_takes_the_background():
