@@ -895,15 +895,17 @@ def write_depth_png16(depth, path) -> Path:
 
 
 def write_depth_npy(depth, path) -> Path:
-    """float32 .npy with the raw values (their meaning is ``depth.kind``), holes (invalid pixels) as 0: for metric
-    depth the mark of no measurement, read back as holes (a hole's placeholder, e.g. a rendered scene's sky at
-    300 m, was read back as a measurement)."""
+    """float32 .npy with the raw values (their meaning is ``depth.kind``); a metric depth's holes (invalid pixels)
+    as 0, its mark of no measurement, read back as holes (a hole's placeholder, e.g. a rendered scene's sky at
+    300 m, was read back as a measurement). Other kinds have no such mark (0 is the nearest far-bright depth): their
+    holes keep their values."""
     from .conditioning import usable
 
     values = depth.values.astype(np.float32)
-    valid = usable(depth.values, depth.kind, depth.valid)
+    if depth.kind == "metric_depth":
+        values[~usable(depth.values, depth.kind, depth.valid)] = 0
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, values if valid.all() else np.where(valid, values, np.float32(0)))
+        np.save(fh, values)
     return Path(path)
 
 

@@ -254,10 +254,13 @@ def test_npy_of_a_depth_with_holes_keeps_them(tmp_path):
     )  # the values, as they were
     for back in (io.read_depth_file(written[0], "metric"), io.read_depth_file(written[1])):
         np.testing.assert_array_equal(back.valid, d.valid)
-    full = DepthMap(np.linspace(1, 2, 12).reshape(3, 4), "relative_inverse_depth")
-    np.testing.assert_array_equal(
-        np.load(io.write_depth_npy(full, tmp_path / "f.npy")), full.values.astype("f4")
-    )
+    # other kinds have no mark of a hole: 0 was a far-bright depth's nearest value, read back as a near surface
+    values = np.linspace(1, 2, 12).reshape(3, 4)
+    for kind in ("relative_inverse_depth", "relative_depth", "disparity"):
+        holed = DepthMap(values, kind, values < 1.9)
+        np.testing.assert_array_equal(
+            np.load(io.write_depth_npy(holed, tmp_path / "f.npy")), values.astype("f4")
+        )
 
 
 def test_a_recorded_polarity_beats_a_given_one_with_a_warning(tmp_path, rng):
