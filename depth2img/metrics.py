@@ -64,10 +64,7 @@ def geometry_reference(source: DepthMap, tolerance: int = EDGE_TOLERANCE_PX) -> 
         # a relative map squeezed to 1:20, and the same error scored another delta1)
         target = inverse
     elif source.kind == "relative_depth":
-        # depth, larger = farther (a far-bright file), unknown scale: read as depths 1..RANGE, then inverted (read
-        # as disparities, linear in depth where they are linear in 1/depth, a perfect output scored AbsRel 0.37)
-        far = 1.0 - normalized.astype(np.float64)
-        target = 1.0 / (1.0 + (RELATIVE_DEPTH_RANGE - 1.0) * far)
+        target = _far_bright_inverse(normalized)
         normalized = conditioning.normalize(target, valid)
     else:
         n = normalized.astype(np.float64)
@@ -80,6 +77,15 @@ def geometry_reference(source: DepthMap, tolerance: int = EDGE_TOLERANCE_PX) -> 
     flat_delta1 = 1.0 if flat else _delta1(g / g.mean())
     return GeometryReference(target, valid, edges, _dilate(edges, tolerance), interior, source.size, tolerance,
                              g, flat, flat_delta1)  # fmt: skip
+
+
+def _far_bright_inverse(normalized: np.ndarray) -> np.ndarray:
+    """1/depth of a far-bright map (larger = farther, unknown scale), ``normalized`` near = 1: read as depths
+    1..RELATIVE_DEPTH_RANGE, then inverted (read as disparities, linear in depth where they are linear in 1/depth,
+    a perfect output scored AbsRel 0.37). Source and output alike (an output's was read linearly: a far-bright map
+    scored AbsRel 0.35 against itself)."""
+    far = 1.0 - normalized.astype(np.float64)
+    return 1.0 / (1.0 + (RELATIVE_DEPTH_RANGE - 1.0) * far)
 
 
 def align_scale_shift(
@@ -177,6 +183,8 @@ def geometry_scores(source: DepthMap | GeometryReference, output: DepthMap) -> d
             )
         output = output.resized(*ref.size)
     pred, pred_valid = conditioning.to_inverse(output.values, output.kind, output.valid)
+    if output.kind == "relative_depth":
+        pred = _far_bright_inverse(conditioning.normalize(pred, pred_valid))
     # Only the pixels valid in both are compared; an output valid everywhere reuses the reference's selection
     valid = ref.valid if pred_valid.all() else ref.valid & pred_valid
     g = ref.target_valid if valid is ref.valid else ref.target[valid]
