@@ -490,6 +490,9 @@ def read_depth_file(
             turn = UPRIGHT.get(img.getexif().get(0x0112)) if img.format != "TIFF" else None
             values = np.ascontiguousarray(turn(values)) if turn else values
     values = _depth_values(values, path)
+    # stereo disparity (proportional to 1/depth) stays disparity, which the geometry scores take as it is (read as
+    # a relative inverse depth, it was squeezed to 1:20 and its 0s, no match, scored as the farthest depth)
+    disparity = recorded == "disparity"
     # a DepthMap kind names its polarity too (stereo disparity runs near-bright)
     recorded = {**{kind: name for name, kind in POLARITIES.items()}, "disparity": "near-bright"}.get(
         recorded, recorded
@@ -516,7 +519,8 @@ def read_depth_file(
             f"{path}: the file does not say which way its depth runs; pass {polarity_option} "
             f"({' | '.join(POLARITIES)})"
         )
-    return _depth_map(values, polarity, path, invalid=invalid, depth_scale=depth_scale, notes=notes)
+    return _depth_map(values, polarity, path, invalid=invalid, depth_scale=depth_scale, notes=notes,
+                      kind="disparity" if disparity and polarity == "near-bright" else None)  # fmt: skip
 
 
 def check_polarity(polarity, name: str, *, missing: str | None = None) -> None:
@@ -553,12 +557,13 @@ def _depth_values(values, where) -> np.ndarray:
 
 
 def _depth_map(values: np.ndarray, polarity: str, where, *, invalid=None, depth_scale: float = 1.0, notes=(),
-               source: str | None = None):  # fmt: skip
-    """A DepthMap of checked ``values`` (``_depth_values``) that run as ``polarity`` says: metric depth has no
-    negative value and 0 marks no measurement; ``invalid`` (our 16-bit PNG's chunk) the value of a hole."""
+               source: str | None = None, kind: str | None = None):  # fmt: skip
+    """A DepthMap of checked ``values`` (``_depth_values``) that run as ``polarity`` says (``kind``: the DepthMap
+    kind where it is another of that polarity's, disparity): metric depth has no negative value and 0 marks no
+    measurement; ``invalid`` (our 16-bit PNG's chunk) the value of a hole."""
     from .depthmap import DepthMap
 
-    kind = POLARITIES[polarity]
+    kind = kind or POLARITIES[polarity]
     valid = np.ones(values.shape, bool)
     if invalid == "0":  # our 16-bit PNG of a depth with holes: they hold 0, its depth 1..65535
         valid = values != 0

@@ -277,8 +277,12 @@ def test_a_recorded_polarity_beats_a_given_one_with_a_warning(tmp_path, rng):
     np.testing.assert_allclose(back.normalized(), d.normalized(), atol=0.5 / 65535 + 1e-7)
     np.savez(tmp_path / "k.npz", depth=d.values, kind="metric_depth")  # a DepthMap kind names it too
     assert io.read_depth_file(tmp_path / "k.npz").kind == "metric_depth"
-    np.savez(tmp_path / "s.npz", depth=d.values, kind="disparity")  # stereo disparity: near-bright
-    assert io.read_depth_file(tmp_path / "s.npz").kind == "relative_inverse_depth"
+    np.savez(
+        tmp_path / "s.npz", depth=d.values, kind="disparity"
+    )  # stereo disparity: near-bright, kept as it is
+    back = io.read_depth_file(tmp_path / "s.npz")
+    assert back.kind == "disparity" and back.meta["polarity"] == "near-bright"
+    np.testing.assert_array_equal(back.values, d.values.astype("f4"))
     np.savez(tmp_path / "t.npz", depth=d.values, kind="metric_depth ")  # a typo: refused, not overridden
     for given in (None, "near-bright"):
         with pytest.raises(InputError, match=r"t.npz: the file records its depth as 'metric_depth ', which is none "

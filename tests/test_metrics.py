@@ -58,6 +58,21 @@ def test_a_far_bright_source_is_read_as_depth(scene_depth):
         assert s["absrel"] < 1e-6 and s["delta1"] == 1.0 and s["edge_f1"] == 1.0, s
 
 
+def test_a_disparity_file_is_scored_as_disparity(tmp_path):
+    """A .npz recording kind 'disparity' was read as a relative inverse depth: squeezed to 1:20, its 0s (no match)
+    taken as the farthest depth, so a perfect output scored AbsRel 0.08."""
+    from depth2img.io import read_depth_file
+
+    rng = np.random.default_rng(0)
+    disparity = rng.uniform(5, 60, (40, 60))
+    disparity[rng.uniform(size=disparity.shape) < 0.1] = 0  # no match
+    np.savez(tmp_path / "d.npz", depth=disparity, kind="disparity")
+    source = read_depth_file(tmp_path / "d.npz")
+    perfect = DepthMap(np.where(disparity > 0, disparity, 30.0), "disparity")  # an estimator has no holes
+    s = geometry_scores(source, perfect)
+    assert s["absrel"] < 1e-6 and s["delta1"] == 1.0, s
+
+
 def test_relative_source_is_perfect_against_itself():
     rel = DepthMap(np.random.default_rng(0).uniform(0, 1, (40, 60)), "relative_inverse_depth")
     s = geometry_scores(rel, DepthMap(rel.values * 2 + 5, "relative_inverse_depth"))
