@@ -520,7 +520,7 @@ def read_depth_file(
             f"({' | '.join(POLARITIES)})"
         )
     return _depth_map(values, polarity, path, invalid=invalid, depth_scale=depth_scale, notes=notes,
-                      kind="disparity" if disparity and polarity == "near-bright" else None)  # fmt: skip
+                      kind="disparity" if disparity else None)  # fmt: skip
 
 
 def check_polarity(polarity, name: str, *, missing: str | None = None) -> None:
