@@ -638,7 +638,11 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         # NaN stops the run at its warm-up): nothing to judge against
         tolerance = None
     flops_per_call = counter.get_total_flops()
-    peak = peak_tflops * 1e12 if peak_tflops else _peak_flops(device, fast_dtype)
+    # each row's share against its own dtype's peak (a CPU's float32 rows against its bf16 peak read 3,900 %; on a GPU
+    # fp16 rows against the bf16 peak); the fast dtype's is the one reported
+    peaks = {dt: peak_tflops * 1e12 if peak_tflops else _peak_flops(device, dt)
+             for dt in dict.fromkeys((fast_dtype, *dtypes.values()))}  # fmt: skip
+    peak = peaks[fast_dtype]
 
     def summary(done: int) -> dict:
         """The result after ``done`` repeats."""
@@ -657,7 +661,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             rows[name] = {
                 "ms_per_image": 1000 * sec, "images_per_hour": 3600 / sec, "it_per_s": steps * calls / (sec * n),
                 "loop_it_per_s": statistics.median(loop[name]) if loop[name] else None,
-                "share_of_peak": flops_per_call / batch / sec / peak if name.startswith("diffusers") or same_work else None,
+                "share_of_peak": flops_per_call / batch / sec / peaks[dtypes[name]] if name.startswith("diffusers") or same_work else None,
                 "peak_memory_gib": peaks[name] / 2**30 if name in peaks else None,
                 "speedup": base / sec,
                 "max_abs_diff_vs_diffusers": _max_diff(outputs[name], outputs["diffusers"][:n]),
@@ -688,6 +692,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             "cudnn_benchmark": cudnn_benchmark,
             "bf16_tolerance": tolerance,
             "bf16_tolerance_between": [str(dt).replace("torch.", "") for dt in tolerance_dtypes], "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
+            "peak_tflops_by_dtype": {str(dt).replace("torch.", ""): p / 1e12 for dt, p in peaks.items()},
             "peak_source": "given" if peak_tflops else "measured matmul", **api, "compiled_only": compiled_only,
             **({"device_busy_share": busy, "host_waits": waits, "profile_errors": profile_errors} if profile else {}),
             "vae_decode_ms": 1000 * decode_s, "vae_decode_share": decode_s / statistics.median(times[best]),
@@ -866,12 +871,20 @@ def _versions():
     return v()
 
 
+def _other_peaks(result: dict) -> str:
+    """The peaks of the rows' other dtypes, which their shares are of (none in tables made before they were)."""
+    others = {dt: p for dt, p in result.get("peak_tflops_by_dtype", {}).items() if dt != result["fast_dtype"]}
+    return "".join(f"; {dt} {p:.3g}" for dt, p in others.items()) + (
+        ", each row's share of its dtype's" if others else ""
+    )
+
+
 def markdown(result: dict) -> str:
     name = {"sd15": "SD1.5", "sdxl": "SDXL"}[result.get("backbone", "sd15")]
     head = (f"{name} + ControlNet depth, {result['preset']} architecture, {result['size']}x{result['size']}, "
             f"{result['steps']} steps{_scheduler_text(result)}, CFG, batch {result['batch']}, on **{result['device']}** ({_host(result)}{result['date']}); "
             f"median of {result['repeats']} interleaved runs{_cut(result)}. {result['flops_per_call_tflop']:.3f} TFLOP per call; "
-            f"peak {result['peak_tflops']:.3g} TFLOP/s ({result['peak_source']}). Fast path: "
+            f"peak {result['peak_tflops']:.3g} TFLOP/s ({result['peak_source']}){_other_peaks(result)}. Fast path: "
             f"{result['fast_dtype']}, {', '.join(result['fast_path']) or 'none'}. Speed-up per image against "
             f"`{result.get('speedup_baseline', 'diffusers')}`"
             + (f" (one image per call, on the first {result['b1_images']} seeds)." if result.get("b1_images") else ".")

@@ -597,6 +597,13 @@ def test_fast_path_in_another_dtype_is_judged_against_diffusers_in_that_dtype(tm
     assert result["fast_dtype"] == "bfloat16" and result["default_fast_dtype"] == "float32"
     assert Path(result["written"][0]).name.startswith("sd15-controlnet-tiny-64-s2-fast-bfloat16-")
     assert "Fast path: bfloat16, " in markdown(result)
+    # each row's share of its own dtype's peak: float32 rows against the bf16 peak read 3,900 % on this CPU
+    peaks = result["peak_tflops_by_dtype"]
+    assert set(peaks) == {"bfloat16", "float32"} and peaks["bfloat16"] == result["peak_tflops"]
+    for name, dtype in (("diffusers", "float32"), ("depth2img", "float32"), ("depth2img-fast", "bfloat16")):
+        done = result["flops_per_call_tflop"] / (rows[name]["ms_per_image"] / 1000)  # TFLOP/s, batch 1
+        assert rows[name]["share_of_peak"] == pytest.approx(done / peaks[dtype]), name
+    assert f"; float32 {peaks['float32']:.3g}, each row's share of its dtype's" in markdown(result)
     assert main(["bench", "--depth", "--fast-dtype", "float16"]) == 2
     assert (
         "--depth benchmarks the depth estimators: --fast-dtype is for the diffusion bench"
