@@ -7,6 +7,7 @@ torch, diffusers and transformers load inside the command that needs them.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
@@ -84,7 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "one folder each, in the hub repos' layout. `--estimator tiny` uses $DEPTH2IMG_TINY_DIR "
                        "(default ~/.cache/depth2img/tiny), builds them there on first use and rebuilds a folder "
                        "that an older depth2img wrote.")  # fmt: skip
-    p.add_argument("directory", metavar="DIR")
+    p.add_argument("directory", metavar="DIR", type=_folder)  # '' wrote every model into the current folder
 
     sub.add_parser("models", help="list the registry: names, hub ids, licences, commercial use")
 
@@ -736,6 +737,12 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         _say_above_bar("interrupted")
         return 130
+    except BrokenPipeError:
+        # the reader of the output went away (`depth2img presets | head -1`): quiet, as a pipe's writer is (it was
+        # an "internal error", exit 1); the output is pointed at nothing so that the exit's flush fails no more
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + getattr(signal, "SIGPIPE", 13)
     except Exception as err:  # one line for the user; the traceback only when asked for
         if os.environ.get("DEPTH2IMG_DEBUG"):
             raise

@@ -352,6 +352,23 @@ def test_console_script_exit_status(tmp_path):
     )
 
 
+def test_a_closed_pipe_ends_a_listing_quietly(tmp_path, capsys):
+    """`depth2img presets | head -1`: the reader gone, the write's BrokenPipeError was an "internal error", exit 1.
+    An empty tiny-model DIR wrote every model into the current folder."""
+    from depth2img.cli import main
+
+    child = subprocess.Popen([sys.executable, "-m", "depth2img", "presets"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)  # fmt: skip
+    child.stdout.close()  # before the child writes (it starts Python first)
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 141 and err == "", err
+    with pytest.raises(SystemExit) as code:
+        main(["tiny-model", ""])
+    assert code.value.code == 2 and "argument DIR: an output folder is needed, got an empty value" in (
+        capsys.readouterr().err
+    )
+
+
 def test_progress_bars_writing_to_a_log_refresh_every_30_seconds():
     """With stderr in a file, 8 inputs x 60 steps wrote 234 refreshes and 215 cursor movements of the nested bars."""
     import io
