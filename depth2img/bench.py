@@ -783,7 +783,7 @@ def run_depth_bench(*, preset: str = "full", images: int = 16, repeats: int = 3,
 
     from .depth_run import output_dir
     from .estimators import DepthEstimator
-    from .loading import resolve_device
+    from .loading import resolve_device, resolve_dtype
 
     out_dir = output_dir(out_dir, ())  # before the run, not after it
     device = resolve_device(device)
@@ -834,7 +834,11 @@ def run_depth_bench(*, preset: str = "full", images: int = 16, repeats: int = 3,
         lines.append(f"| {name} | {r['parameters_m']:.1f} | {r['ms_per_image']['transformers']:.1f} | "
                      f"{r['ms_per_image']['depth2img']:.1f} | {r['speedup']:.2f}x | {r['max_rel_diff']:.2e} |")  # fmt: skip
     result["markdown"] = "\n".join(lines) + "\n"
-    _write_files(result, Path(out_dir), f"depth-estimators-{preset}", result["markdown"])
+    # the settings that change the figures name the files, as the diffusion bench's do (a --batch 16 run replaced the
+    # --batch 4 table the README quotes)
+    stem = f"depth-estimators-{preset}" + (f"-b{images}" if images > 1 else "")
+    stem += f"-{result['plain_dtype']}" if plain_dtype != resolve_dtype(None, device) else ""
+    _write_files(result, Path(out_dir), stem, result["markdown"])
     return result
 
 

@@ -845,6 +845,8 @@ def test_depth_bench_equals_transformers_pipeline(tmp_path, monkeypatch):
         assert row["ms_per_image"]["depth2img"] > 0
     assert "| dpt_hybrid |" in open(result["written"][1]).read()
     assert f"(host CPU {result['host_cpu']}, " in open(result["written"][1]).read()
+    # named by the settings that change the figures: every run wrote one name, whatever its batch or dtype
+    assert Path(result["written"][0]).name.startswith("depth-estimators-tiny-b2-cpu")
 
 
 @pytest.mark.parametrize(
