@@ -500,9 +500,9 @@ def _cmd_app(args) -> int:
 
     env = settings_from_env()
     pick = {k: getattr(args, k) if getattr(args, k) is not None else env[k] for k in env}
-    for key in ("max_upload_mb", "queue_size"):
+    for key in ("max_upload_mb", "queue_size"):  # (a value from the environment named a flag not given)
         if pick[key] < 1:
-            raise InputError(f"{_flag(key)} must be >= 1, got {pick[key]}")
+            raise InputError(f"{_flag(key)} (or DEPTH2IMG_{key.upper()}) must be >= 1, got {pick[key]}")
     check_compile(pick["compile"], "--compile (or DEPTH2IMG_COMPILE)")
     try:
         import gradio  # noqa: F401
@@ -510,7 +510,8 @@ def _cmd_app(args) -> int:
         raise InputError("the web app needs the ui extra: pip install 'depth2img[ui]'") from None
     from .ui import check_serving
 
-    check_serving(pick["port"], args.auth)  # before the model loads and warms up (minutes when compiled)
+    # before the model loads and warms up (minutes when compiled)
+    check_serving(pick["port"], args.auth, port_name="--port (or DEPTH2IMG_PORT)")
     from .registry import resolve_backbone, resolve_estimator
 
     # names that resolve to nothing, a LoRA or ControlNet that does not fit the model, and offline what is not in the

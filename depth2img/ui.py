@@ -733,12 +733,13 @@ def create_demo(service):
     return demo
 
 
-def check_serving(port, auth: str | None) -> tuple[str, str] | None:
-    """The port checked and ``auth`` (USER:PASSWORD) as credentials: before a model loads or warms up."""
+def check_serving(port, auth: str | None, *, port_name: str = "--port") -> tuple[str, str] | None:
+    """The port checked and ``auth`` (USER:PASSWORD) as credentials: before a model loads or warms up.
+    ``port_name``: the port's setting as its user gives it."""
     from .errors import InputError
 
     if isinstance(port, bool) or not isinstance(port, int) or not 1 <= port <= 65535:
-        raise InputError(f"--port must be in 1..65535, got {port!r}")
+        raise InputError(f"{port_name} must be in 1..65535, got {port!r}")
     if not auth:
         return None
     user, sep, password = auth.partition(":")

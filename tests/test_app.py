@@ -137,7 +137,15 @@ def test_app_cli_errors(capsys, monkeypatch):
         assert main(["app", "--auth", "nopassword", "--model", "tiny", "--port", str(_free_port())]) == 2
         assert "--auth must be USER:PASSWORD, got 'nopassword'" in capsys.readouterr().err
         assert main(["app", "--model", "tiny", "--port", "70000"]) == 2
-        assert "--port must be in 1..65535, got 70000" in capsys.readouterr().err
+        assert "--port (or DEPTH2IMG_PORT) must be in 1..65535, got 70000" in capsys.readouterr().err
+        # a value from the environment: its variable is named too (only the flag was, which was not given)
+        for name, value, said in (
+            ("DEPTH2IMG_PORT", "99999", "--port (or DEPTH2IMG_PORT) must be in 1..65535"),
+            ("DEPTH2IMG_QUEUE_SIZE", "0", "--queue-size (or DEPTH2IMG_QUEUE_SIZE) must be >= 1"),
+        ):
+            m.setenv(name, value)
+            assert main(["app", "--model", "tiny"]) == 2 and said in capsys.readouterr().err
+            m.delenv(name)
         # a name that resolves to nothing was served, failing at the first Generate
         assert main(["app", "--model", "nope", "--port", str(_free_port())]) == 2
         assert "model 'nope' is not a registry name" in capsys.readouterr().err
@@ -712,7 +720,10 @@ def test_a_taken_or_impossible_port_is_one_line(capsys):
         assert "internal error" not in err
     for bad in ("0", "99999"):
         assert main(["app", "--model", "tiny", "--port", bad]) == 2
-        assert capsys.readouterr().err == f"depth2img: error: --port must be in 1..65535, got {bad}\n"
+        assert (
+            capsys.readouterr().err
+            == f"depth2img: error: --port (or DEPTH2IMG_PORT) must be in 1..65535, got {bad}\n"
+        )
 
 
 def test_app_warms_up_before_serving_when_compiled(monkeypatch):
