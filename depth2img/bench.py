@@ -420,7 +420,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         raise InputError(f"repeats must be >= 1, got {repeats!r}")
     if peak_tflops is not None and not (math.isfinite(peak_tflops) and peak_tflops > 0):
         raise InputError(f"--peak-tflops must be a finite number > 0, got {peak_tflops!r}")
-    modes = compile_mode.split(",") if compile_mode else []
+    modes = compile_mode.split(",") if compile_mode is not None else []  # '' is refused (it ran uncompiled)
     for mode in modes:
         check_compile(mode, "--compile", feature_cache=feature_cache, cache_name="--feature-cache")
     if len(set(modes)) < len(modes):

@@ -358,6 +358,7 @@ def test_bench_compiles_several_modes_in_one_run(tmp_path, monkeypatch):
     for bad, message in (
         ("fast", "--compile must be one of default, "),
         ("default,default", "names a mode twice"),
+        ("", "--compile must be one of default, "),  # it ran a whole bench uncompiled
     ):
         with pytest.raises(InputError, match=message):
             run_bench(preset="tiny", compile_mode=bad, out_dir=tmp_path)
