@@ -399,6 +399,20 @@ class Job:
         # the error names the file, and $DEPTH2IMG_PRESETS where that gave it (never 'job key presets_files' then)
         return presets_mod.load_presets(self.presets_files)
 
+    @functools.cached_property
+    def _model_knobs(self) -> dict:
+        """The knobs the backbone or the LoRA sets over a preset's, as ``SceneTransformer`` does: Flux's guidance
+        (where the backbone's kind is known before loading), then a few-step LoRA's (steps, guidance)."""
+        from .registry import resolve_lora
+        from .transformer import FLUX_GUIDANCE
+
+        traits = self._backbone[1]
+        knobs = (
+            {"guidance_scale": FLUX_GUIDANCE} if traits is not None and traits.kind == "flux-control" else {}
+        )
+        lora = resolve_lora(self.lora) if self.lora is not None else None
+        return {**knobs, **(lora.entry.knobs if lora is not None and lora.entry else {})}
+
     def _check_denoising_steps(self) -> None:
         """Each variation's knobs must hold together and its steps x strength leave a denoising step. Resolved as
         ``prepare`` resolves them (the job's knobs, over its LoRA's, over a preset's, over the defaults), so a job
@@ -407,16 +421,13 @@ class Job:
         from . import presets as presets_mod
         from .backends import plan_knobs
         from .knobs import check_compile
-        from .registry import resolve_lora
 
-        lora = resolve_lora(self.lora) if self.lora is not None else None
-        lora_knobs = dict(lora.entry.knobs) if lora is not None and lora.entry else {}
         traits = self._backbone[1]
         for var in variations(self):
             preset_knobs = presets_mod.resolve(None, var.preset, self._presets)[2] if var.preset else {}
             try:
                 knobs = plan_knobs(
-                    traits, preset_knobs, lora_knobs, {k: self.knobs.get(k) for k in DEFAULT_KNOBS}
+                    traits, preset_knobs, self._model_knobs, {k: self.knobs.get(k) for k in DEFAULT_KNOBS}
                 )
                 # (a preset's feature cache where the backbone has no UNet is not used: plan_knobs)
                 check_compile(self.compile, "compile", feature_cache=knobs["feature_cache"])
@@ -1444,7 +1455,7 @@ def _check_same_run(job: Job, earlier: dict, recorded: Path, made_in: set[str] =
     changed = [
         k
         for k in SAME_RUN_KEYS
-        if k in earlier and (_knobs_differ(earlier, now) if k == "knobs" else earlier[k] != now.get(k))
+        if k in earlier and (_knobs_differ(earlier, now, job) if k == "knobs" else earlier[k] != now.get(k))
     ]
     before = {v.get("name"): v for v in earlier.get("variations") or [] if isinstance(v, dict)}
     # a variation the earlier run named otherwise (accented and non-Latin names changed in 413f805): taken as new, its
@@ -1488,20 +1499,23 @@ def _labels_in_job(labels: dict, base: str) -> dict:
             for k, v in labels.items()}  # fmt: skip
 
 
-def _knobs_differ(earlier: dict, now: dict) -> bool:
-    """Whether the variations both runs have ran with other knobs: the defaults, then the preset's, then the job's
-    (a knob stated at its default was a change, refused). Records without the presets' expansions, or without a
-    variation in common, compare the job's knobs as given."""
+def _knobs_differ(earlier: dict, now: dict, job: Job) -> bool:
+    """Whether the variations both runs have ran with other knobs, resolved as a generation resolves them (the job's
+    over the backbone's or LoRA's over the preset's over the defaults; a knob stated at the value it ran with was a
+    change, refused). The model is the same in both (compared apart). Records without the presets' expansions, or
+    without a variation in common, or a backbone whose kind is not known before loading compare the job's knobs as
+    given."""
+    from .knobs import resolved_knobs
 
     def ran(record):
-        job_knobs = record.get("knobs") or {}
-        return {v.get("name"): {**DEFAULT_KNOBS, **v["expanded"]["knobs"], **job_knobs}
+        given = record.get("knobs") or {}
+        return {v.get("name"): resolved_knobs(v["expanded"]["knobs"], job._model_knobs, given)
                 for v in record.get("variations") or []
                 if isinstance(v, dict) and isinstance((v.get("expanded") or {}).get("knobs"), dict)}  # fmt: skip
 
     before, after = ran(earlier), ran(now)
     shared = before.keys() & after.keys()
-    if not shared:
+    if not shared or job._backbone[1] is None:
         return earlier.get("knobs") != now.get("knobs")
     return any(before[name] != after[name] for name in shared)
 

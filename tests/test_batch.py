@@ -638,6 +638,33 @@ def test_resume_of_a_moved_project_compares_its_own_folders(tmp_path, tiny_dir):
         _check_same_run(load_job(tmp_path / "b" / "job.yaml"), _earlier_record(record), record)
 
 
+def test_resume_compares_knobs_as_the_backbone_and_lora_resolve_them(tmp_path):
+    """Knobs are compared as each variation ran them; a few-step LoRA's (lcm-sd15: 4 steps, guidance 1) and Flux's
+    guidance sit over a preset's, so stating the generic defaults is a change: it was let through (4c07297's first
+    comparison knew no model layer), 4-step images beside 30-step ones in one dataset."""
+    import yaml as yaml_
+
+    from depth2img.batch import _check_same_run, _earlier_record, _resolved, load_job
+
+    job = tmp_path / "job.yaml"
+    record = tmp_path / "out" / "job.resolved.yaml"
+    record.parent.mkdir()
+    for model, lora, stated in (("tiny", "lcm-sd15", "{steps: 30, guidance_scale: 7.5}"),
+                                ("tiny/flux-depth", None, "{guidance_scale: 7.5}")):  # fmt: skip
+        body = f"inputs: x\noutput: out\nprompt: p\nmodel: {model}\n" + (f"lora: {lora}\n" if lora else "")
+        job.write_text(body)
+        record.write_text(yaml_.safe_dump(_resolved(load_job(job)), sort_keys=False))
+        job.write_text(body + f"knobs: {stated}\n")
+        with pytest.raises(
+            InputError, match="^--resume \\(resume=True\\): this job's knobs differs from the run"
+        ):
+            _check_same_run(load_job(job), _earlier_record(record), record)
+        # the values the model ran with, stated: the same images
+        ran = load_job(tmp_path / "job.yaml")._model_knobs
+        job.write_text(body + f"knobs: {ran}\n")
+        _check_same_run(load_job(job), _earlier_record(record), record)
+
+
 def test_resume_takes_a_label_folder_however_its_path_is_spelt(tmp_path):
     """The labels' paths were compared as typed: the same folder spelt ./ds/labels or absolute was refused as
     'this job's labels differs'."""
