@@ -639,10 +639,10 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         tolerance = None
     flops_per_call = counter.get_total_flops()
     # each row's share against its own dtype's peak (a CPU's float32 rows against its bf16 peak read 3,900 %; on a GPU
-    # fp16 rows against the bf16 peak); the fast dtype's is the one reported
-    peaks = {dt: peak_tflops * 1e12 if peak_tflops else _peak_flops(device, dt)
-             for dt in dict.fromkeys((fast_dtype, *dtypes.values()))}  # fmt: skip
-    peak = peaks[fast_dtype]
+    # fp16 rows against the bf16 peak); the fast dtype's is the one reported; a peak given serves every dtype
+    flop_peaks = {dt: peak_tflops * 1e12 if peak_tflops else _peak_flops(device, dt)
+                  for dt in dict.fromkeys((fast_dtype, *dtypes.values()))}  # fmt: skip
+    peak = flop_peaks[fast_dtype]
 
     def summary(done: int) -> dict:
         """The result after ``done`` repeats."""
@@ -661,7 +661,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             rows[name] = {
                 "ms_per_image": 1000 * sec, "images_per_hour": 3600 / sec, "it_per_s": steps * calls / (sec * n),
                 "loop_it_per_s": statistics.median(loop[name]) if loop[name] else None,
-                "share_of_peak": flops_per_call / batch / sec / peaks[dtypes[name]] if name.startswith("diffusers") or same_work else None,
+                "share_of_peak": flops_per_call / batch / sec / flop_peaks[dtypes[name]] if name.startswith("diffusers") or same_work else None,
                 "peak_memory_gib": peaks[name] / 2**30 if name in peaks else None,
                 "speedup": base / sec,
                 "max_abs_diff_vs_diffusers": _max_diff(outputs[name], outputs["diffusers"][:n]),
@@ -692,7 +692,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             "cudnn_benchmark": cudnn_benchmark,
             "bf16_tolerance": tolerance,
             "bf16_tolerance_between": [str(dt).replace("torch.", "") for dt in tolerance_dtypes], "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
-            "peak_tflops_by_dtype": {str(dt).replace("torch.", ""): p / 1e12 for dt, p in peaks.items()},
+            "peak_tflops_by_dtype": {str(dt).replace("torch.", ""): p / 1e12 for dt, p in flop_peaks.items()},
             "peak_source": "given" if peak_tflops else "measured matmul", **api, "compiled_only": compiled_only,
             **({"device_busy_share": busy, "host_waits": waits, "profile_errors": profile_errors} if profile else {}),
             "vae_decode_ms": 1000 * decode_s, "vae_decode_share": decode_s / statistics.median(times[best]),
@@ -876,7 +876,10 @@ def _versions():
 
 
 def _other_peaks(result: dict) -> str:
-    """The peaks of the rows' other dtypes, which their shares are of (none in tables made before they were)."""
+    """The peaks of the rows' other dtypes, which their shares are of (none in tables made before they were; a peak
+    given serves them all)."""
+    if result["peak_source"] == "given":
+        return ""
     others = {dt: p for dt, p in result.get("peak_tflops_by_dtype", {}).items() if dt != result["fast_dtype"]}
     return "".join(f"; {dt} {p:.3g}" for dt, p in others.items()) + (
         ", each row's share of its dtype's" if others else ""
