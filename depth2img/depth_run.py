@@ -283,8 +283,16 @@ def run_depth(
                             from .stereo import stereo_depth
 
                             right_img = load_image(right_paths[i])
-                            # which pair a warning is of (there was no telling, with several)
-                            depths[i] = stereo_depth(images[i], right_img, name=f"{paths[i]}: stereo")
+                            # which pair a warning or an error is of (there was no telling, with several)
+                            where = str(paths[i])
+                            try:
+                                depths[i] = stereo_depth(images[i], right_img, name=f"{where}: stereo")
+                            except (
+                                InputError
+                            ) as err:  # the pair's own checks (sizes, kinds, width) name no file
+                                if str(err).startswith(where):
+                                    raise
+                                raise InputError(f"{where}: {err}") from None
                             bar.update(1)
                     except Depth2ImgError as err:
                         report.fail(str(err))

@@ -115,6 +115,14 @@ def test_a_pair_with_no_match_is_refused_not_written_as_a_flat_depth(tmp_path, c
     assert (
         f"depth2img: warning: {tmp_path / 'L.png'}: stereo: only 1" in said and said.count("warning") == 1
     ), said
+    # and a pair's own errors (here sizes that differ) name it too (485e58a had left them nameless)
+    Image.fromarray(left[:, :-6]).save(tmp_path / "R.png")
+    assert main(["depth", str(tmp_path / "L.png"), "--right", str(tmp_path / "R.png"), "-o", str(tmp_path / "o2"),
+                 "-q"]) == 2  # fmt: skip
+    assert (
+        f"depth2img: error: {tmp_path / 'L.png'}: stereo pair sizes differ: left 741x500, right 735x500"
+        in (capsys.readouterr().err)
+    )
 
 
 def test_hole_filling_takes_the_background():
