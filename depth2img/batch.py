@@ -1092,7 +1092,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
             # nothing to check this job against: it went on with other knobs, silently
             raise InputError(
                 f"--resume (resume=True): the run in {root} has no readable job.resolved.yaml, the record of the "
-                "settings its images were made with; restore it, or choose another output folder"
+                "settings a batch run's images were made with (a transform run writes none); restore it, or choose "
+                "another output folder"
             )
         # (an earlier run is refused, untouched)
         if rank == 0 and root.is_dir() and (resume or not earlier_run):

@@ -500,9 +500,15 @@ def _cmd_app(args) -> int:
 
     env = settings_from_env()
     pick = {k: getattr(args, k) if getattr(args, k) is not None else env[k] for k in env}
-    for key in ("max_upload_mb", "queue_size"):  # (a value from the environment named a flag not given)
+
+    def given_as(
+        key,
+    ):  # the flag, or the variable where the value came from the environment (a flag not given)
+        return _flag(key) if getattr(args, key) is not None else f"DEPTH2IMG_{key.upper()}"
+
+    for key in ("max_upload_mb", "queue_size"):
         if pick[key] < 1:
-            raise InputError(f"{_flag(key)} (or DEPTH2IMG_{key.upper()}) must be >= 1, got {pick[key]}")
+            raise InputError(f"{given_as(key)} must be >= 1, got {pick[key]}")
     check_compile(pick["compile"], "--compile (or DEPTH2IMG_COMPILE)")
     try:
         import gradio  # noqa: F401
@@ -511,7 +517,7 @@ def _cmd_app(args) -> int:
     from .ui import check_serving
 
     # before the model loads and warms up (minutes when compiled)
-    check_serving(pick["port"], args.auth, port_name="--port (or DEPTH2IMG_PORT)")
+    check_serving(pick["port"], args.auth, port_name=given_as("port"))
     from .registry import resolve_backbone, resolve_estimator
 
     # names that resolve to nothing, a LoRA or ControlNet that does not fit the model, and offline what is not in the

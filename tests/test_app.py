@@ -137,11 +137,11 @@ def test_app_cli_errors(capsys, monkeypatch):
         assert main(["app", "--auth", "nopassword", "--model", "tiny", "--port", str(_free_port())]) == 2
         assert "--auth must be USER:PASSWORD, got 'nopassword'" in capsys.readouterr().err
         assert main(["app", "--model", "tiny", "--port", "70000"]) == 2
-        assert "--port (or DEPTH2IMG_PORT) must be in 1..65535, got 70000" in capsys.readouterr().err
+        assert "error: --port must be in 1..65535, got 70000" in capsys.readouterr().err
         # a value from the environment: its variable is named too (only the flag was, which was not given)
         for name, value, said in (
-            ("DEPTH2IMG_PORT", "99999", "--port (or DEPTH2IMG_PORT) must be in 1..65535"),
-            ("DEPTH2IMG_QUEUE_SIZE", "0", "--queue-size (or DEPTH2IMG_QUEUE_SIZE) must be >= 1"),
+            ("DEPTH2IMG_PORT", "99999", "error: DEPTH2IMG_PORT must be in 1..65535, got 99999"),
+            ("DEPTH2IMG_QUEUE_SIZE", "0", "error: DEPTH2IMG_QUEUE_SIZE must be >= 1, got 0"),
         ):
             m.setenv(name, value)
             assert main(["app", "--model", "tiny"]) == 2 and said in capsys.readouterr().err
@@ -720,10 +720,7 @@ def test_a_taken_or_impossible_port_is_one_line(capsys):
         assert "internal error" not in err
     for bad in ("0", "99999"):
         assert main(["app", "--model", "tiny", "--port", bad]) == 2
-        assert (
-            capsys.readouterr().err
-            == f"depth2img: error: --port (or DEPTH2IMG_PORT) must be in 1..65535, got {bad}\n"
-        )
+        assert capsys.readouterr().err == f"depth2img: error: --port must be in 1..65535, got {bad}\n"
 
 
 def test_app_warms_up_before_serving_when_compiled(monkeypatch):

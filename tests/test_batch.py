@@ -406,7 +406,9 @@ def test_resume_skips_finished_and_refuses_to_mix_runs(dataset, tmp_path):
     (tmp_path / "r" / "job.resolved.yaml").unlink()
     job.write_text(text.replace("strength: 0.5", "strength: 0.6"))
     gone = r"^--resume \(resume=True\): the run in .*r has no readable job.resolved.yaml, the record of the settings"
-    with pytest.raises(InputError, match=gone + " its images were made with; restore it"):
+    with pytest.raises(
+        InputError, match=gone + " a batch run's images were made with \\(a transform run writes none\\); "
+    ):
         run_job(job, resume=True, progress=False)
 
 
