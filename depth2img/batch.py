@@ -1492,8 +1492,8 @@ def _labels_in_job(labels: dict, base: str) -> dict:
     def place(value):
         if not isinstance(value, str):
             return value
-        path = Path(os.path.normpath(os.path.join(base, os.path.expanduser(value))))
-        return path.relative_to(base).as_posix() if path.is_relative_to(base) else path.as_posix()
+        path = Path(base) / os.path.expanduser(value)  # as Job.path reads it, from the record's folder
+        return _in_job(path, base) or os.path.realpath(path)
 
     masks = labels.get("masks")
     return {k: ({n: place(v) for n, v in masks.items()} if k == "masks" and isinstance(masks, dict) else place(v))

@@ -680,7 +680,11 @@ def test_resume_takes_a_label_folder_however_its_path_is_spelt(tmp_path):
     record = tmp_path / "out" / "job.resolved.yaml"
     record.parent.mkdir()
     record.write_text(yaml_.safe_dump(_resolved(load_job(job)), sort_keys=False))
-    for yolo, sem in (("./ds/labels/", "ds/x/../sem"), (str(tmp_path / "ds" / "labels"), "ds/sem/")):
+    for folder in ("labels", "sem"):
+        (tmp_path / "ds" / folder).mkdir(parents=True)
+    (tmp_path / "link").symlink_to(tmp_path / "ds")  # the same folders through a link
+    for yolo, sem in (("./ds/labels/", "ds/x/../sem"), (str(tmp_path / "ds" / "labels"), "ds/sem/"),
+                      ("link/labels", "link/sem")):  # fmt: skip
         job.write_text(body.format(yolo, sem))
         _check_same_run(load_job(job), _earlier_record(record), record)  # the same folders: no error
     for yolo, sem in (("ds/other", "ds/sem"), ("ds/labels", "sem")):
