@@ -44,6 +44,9 @@ POLARITIES = {
 KIND_TEXT_KEY = "depth2img.kind"  # PNG text chunk our writer puts into 16-bit depth PNGs
 # ... and this one, into those of a depth with holes: the value that marks a pixel with no depth ("0")
 INVALID_TEXT_KEY = "depth2img.invalid"
+# ... and this one, into those of a far-bright depth: its pixels are near-bright (its reflection, what conditions the
+# model), read back as the far-bright depth they came from ("far-bright"), which the geometry scores read otherwise
+FROM_TEXT_KEY = "depth2img.from"
 # catch_warnings swaps the process's one filter list: two threads inside it at once (read-ahead loaders, the
 # app's workers) could restore each other's filters and leave the bomb-warning-as-error filter on for good
 _OPEN_LOCK = threading.Lock()
@@ -452,7 +455,7 @@ def read_depth_file(
     suffix = path.suffix.lower()
     if suffix not in DEPTH_SUFFIXES:
         raise InputError(f"{path}: depth files must be one of {', '.join(DEPTH_SUFFIXES)}")
-    recorded = invalid = None
+    recorded = invalid = reflected = None
     if suffix in (".npy", ".npz"):
         values, recorded = _read_numpy(path, pixel_limit())
     else:
@@ -467,6 +470,7 @@ def read_depth_file(
             img = None
         if img is not None:
             recorded, invalid = img.info.get(KIND_TEXT_KEY), img.info.get(INVALID_TEXT_KEY)
+            reflected = recorded == "near-bright" and img.info.get(FROM_TEXT_KEY) == "far-bright"
             if img.mode == "1" or len(img.getbands()) > 1 and img.mode not in ("RGB", "RGBA", "P", "LA"):
                 # read as bools ("dtype bool"), or a CMYK TIFF as 4 planes ("shape (H, W, 4)")
                 what = (
@@ -490,6 +494,9 @@ def read_depth_file(
             turn = UPRIGHT.get(img.getexif().get(0x0112)) if img.format != "TIFF" else None
             values = np.ascontiguousarray(turn(values)) if turn else values
     values = _depth_values(values, path)
+    if reflected:  # our PNG of a far-bright depth: that depth again (holes, 0, stay; depths 1..65535 or 0..65535)
+        values = np.where(values == 0, 0, 65536 - values) if invalid == "0" else 65535 - values
+        recorded = "far-bright"
     # stereo disparity (proportional to 1/depth) stays disparity, which the geometry scores take as it is (read as
     # a relative inverse depth, it was squeezed to 1:20 and its 0s, no match, scored as the farthest depth)
     disparity = recorded == "disparity"
@@ -886,6 +893,8 @@ def write_depth_png16(depth, path) -> Path:
 
     info = PngImagePlugin.PngInfo()
     info.add_text(KIND_TEXT_KEY, "near-bright")
+    if depth.kind == "relative_depth":
+        info.add_text(FROM_TEXT_KEY, "far-bright")
     valid = usable(depth.values, depth.kind, depth.valid)
     if valid.all():
         pixels = depth.to_uint16()

@@ -263,6 +263,33 @@ def test_npy_of_a_depth_with_holes_keeps_them(tmp_path):
         )
 
 
+@pytest.mark.parametrize("holes", [False, True])
+def test_png16_of_a_far_bright_depth_reads_back_as_that_depth(tmp_path, holes):
+    """A far-bright depth's 16-bit PNG (its reflection, near-bright: what conditioned the model) was read back as a
+    near-bright map, which the geometry scores read otherwise: a perfect output scored AbsRel 0.35 against the PNG
+    and 0 against the far-bright file it came from."""
+    from depth2img.metrics import geometry_scores
+
+    yy, xx = np.mgrid[0:64, 0:96]
+    d = 1.0 + 19.0 * yy / 63.0 + 0 * xx  # 1..20 m down the frame
+    d[20:40, 30:60] = 2.0  # a near box
+    valid = np.ones(d.shape, bool)
+    if holes:
+        valid[:4] = False
+    far = DepthMap(d, "relative_depth", valid)
+    io.write_depth_png16(far, tmp_path / "d.png")
+    back = io.read_depth_file(tmp_path / "d.png")
+    assert back.kind == "relative_depth" and back.meta["polarity"] == "far-bright"
+    np.testing.assert_array_equal(back.valid, valid)
+    # the control image as before (reflected twice), within 16-bit rounding
+    np.testing.assert_allclose(back.control_image(), far.control_image(), atol=1.5 / 65535)
+    # scored as the far-bright depth itself is (perfect where it spans 1:20, as without holes)
+    perfect = DepthMap(1.0 / d, "relative_inverse_depth")
+    s, own = geometry_scores(back, perfect), geometry_scores(far, perfect)
+    assert abs(s["absrel"] - own["absrel"]) < 1e-3 and abs(s["delta1"] - own["delta1"]) < 1e-3, (s, own)
+    assert holes or (s["absrel"] < 1e-3 and s["delta1"] == 1.0 and s["edge_f1"] == 1.0)
+
+
 def test_a_recorded_polarity_beats_a_given_one_with_a_warning(tmp_path, rng):
     """One --depth-polarity serves every --depth file of a run: it silently inverted depth2img's own PNGs, which
     record theirs, when given for the run's other files."""
