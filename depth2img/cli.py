@@ -501,9 +501,8 @@ def _cmd_app(args) -> int:
     env = settings_from_env()
     pick = {k: getattr(args, k) if getattr(args, k) is not None else env[k] for k in env}
 
-    def given_as(
-        key,
-    ):  # the flag, or the variable where the value came from the environment (a flag not given)
+    # the flag, or the variable where the value came from the environment (the flag was named, not given)
+    def given_as(key):
         return _flag(key) if getattr(args, key) is not None else f"DEPTH2IMG_{key.upper()}"
 
     for key in ("max_upload_mb", "queue_size"):

@@ -287,9 +287,8 @@ def run_depth(
                             where = str(paths[i])
                             try:
                                 depths[i] = stereo_depth(images[i], right_img, name=f"{where}: stereo")
-                            except (
-                                InputError
-                            ) as err:  # the pair's own checks (sizes, kinds, width) name no file
+                            except InputError as err:
+                                # the pair's own checks (sizes, kinds, width) name no file
                                 if str(err).startswith(where):
                                     raise
                                 raise InputError(f"{where}: {err}") from None

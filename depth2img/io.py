@@ -494,7 +494,8 @@ def read_depth_file(
             turn = UPRIGHT.get(img.getexif().get(0x0112)) if img.format != "TIFF" else None
             values = np.ascontiguousarray(turn(values)) if turn else values
     values = _depth_values(values, path)
-    if reflected:  # our PNG of a far-bright depth: that depth again (holes, 0, stay; depths 1..65535 or 0..65535)
+    # our PNG of a far-bright depth: that depth again (holes, 0, stay; depths 1..65535 or 0..65535)
+    if reflected:
         values = np.where(values == 0, 0, 65536 - values) if invalid == "0" else 65535 - values
         recorded = "far-bright"
     # stereo disparity (proportional to 1/depth) stays disparity, which the geometry scores take as it is (read as
