@@ -22,20 +22,30 @@ def _rank() -> int:
     return int(rank) if rank.isdigit() else 0
 
 
-def _folder(text: str) -> str:
-    """An -o value: an empty one wrote into the current folder."""
-    if not text.strip():
-        raise argparse.ArgumentTypeError("an output folder is needed, got an empty value")
-    return text
+def _given(what: str):
+    """An argparse type refusing an empty value: '' read as '.' (-o wrote into the current folder, --presets-file
+    said "presets file .: cannot be read") or as no value at all (--model '' loaded the default backbone)."""
+
+    def check(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"{what} is needed, got an empty value")
+        return text
+
+    return check
+
+
+_folder = _given("an output folder")
+_file = _given("a file")
+_model = _given("a name, hub id or folder")
 
 
 def _add_companion_args(p: argparse.ArgumentParser, app: str = "") -> None:
     """--lora, --lora-scale and --controlnet (transform; ``app``: the app's words for them)."""
-    p.add_argument("--lora", metavar="NAME|ID|PATH",
+    p.add_argument("--lora", metavar="NAME|ID|PATH", type=_model,
                    help="few-step LoRA fused into the UNet: lcm-sd15, lcm-sdxl, hyper-sd15-8step (sets its scheduler, "
                    f"steps and guidance as defaults){app}")  # fmt: skip
     p.add_argument("--lora-scale", type=float, default=1.0, help="strength of --lora (default 1.0)")
-    p.add_argument("--controlnet", metavar="ID|PATH",
+    p.add_argument("--controlnet", metavar="ID|PATH", type=_model,
                    help="a depth ControlNet instead of the backbone's own, for SD1.5 and SDXL backbones: a hub id or "
                    "a folder holding a diffusers ControlNetModel (a fine-tune; recorded in the manifest)" + app)  # fmt: skip
 
@@ -66,9 +76,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "stereo pair with --right. Writes NAME_depth16.png (near = bright, full 16-bit range, polarity "
                        "recorded), NAME_depth.npy (float32 raw values) and NAME_depth_preview.png.")  # fmt: skip
     _add_inputs_and_output(p)
-    p.add_argument("--estimator", metavar="NAME|ID|PATH",
+    p.add_argument("--estimator", metavar="NAME|ID|PATH", type=_model,
                    help="registry name (default depth-anything-v2-small; see `depth2img models`), tiny, hub id or folder")  # fmt: skip
-    p.add_argument("--right", action="append", metavar="RIGHT_IMAGE",
+    p.add_argument("--right", action="append", metavar="RIGHT_IMAGE", type=_file,
                    help="right image of a rectified stereo pair (once per input, in order): SGBM disparity instead of an estimator")  # fmt: skip
     p.add_argument("--depth-format", default="png16,npy,preview", metavar="LIST",
                    help="comma-separated products among png16, npy, preview (default: all three)")  # fmt: skip
@@ -98,11 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", help="what to make of the scene (wrapped by presets when given)")
     p.add_argument("--preset", metavar="NAME[+NAME]", help="e.g. winter, rain+night; see `depth2img presets`")
     p.add_argument("--negative-prompt", help="what to avoid (added to the presets' negatives)")
-    p.add_argument("--model", metavar="NAME|ID|PATH", help="backbone: sd15-depth (default), sd2-depth, sdxl-depth, "
+    p.add_argument("--model", metavar="NAME|ID|PATH", type=_model,
+                   help="backbone: sd15-depth (default), sd2-depth, sdxl-depth, "
                    "flux-depth, flux-depth-lora, tiny[/entry], a hub id or a folder")  # fmt: skip
-    p.add_argument("--estimator", metavar="NAME|ID|PATH",
+    p.add_argument("--estimator", metavar="NAME|ID|PATH", type=_model,
                    help="depth estimator (default: the backbone's, depth-anything-v2-small; tiny for a tiny backbone)")  # fmt: skip
-    p.add_argument("--depth", action="append", metavar="FILE",
+    p.add_argument("--depth", action="append", metavar="FILE", type=_file,
                    help="your own depth file instead of an estimator (16/8-bit PNG, float TIFF, .npy, .npz holding a "
                         "'depth' array or a single one): once per input, in the order of the inputs as expanded "
                         "(a folder's files sorted by name)")  # fmt: skip
@@ -156,7 +167,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--attention", choices=["sdpa", "xformers"], default="sdpa", help="attention kernels (default sdpa)"
     )
-    p.add_argument("--presets-file", action="append", default=[], metavar="FILE", help="extra presets YAML")
+    p.add_argument(
+        "--presets-file", action="append", default=[], metavar="FILE", type=_file, help="extra presets YAML"
+    )
     p.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bars, no loading lines, no download bars"
     )
@@ -170,8 +183,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (opt-in)")
     p.add_argument("--auth", metavar="USER:PASSWORD", help="require a login")
-    p.add_argument("--model", metavar="NAME|ID|PATH", help="default backbone (default sd15-depth)")
-    p.add_argument("--estimator", metavar="NAME|ID|PATH",
+    p.add_argument(
+        "--model", metavar="NAME|ID|PATH", type=_model, help="default backbone (default sd15-depth)"
+    )
+    p.add_argument("--estimator", metavar="NAME|ID|PATH", type=_model,
                    help="default depth estimator (default: the backbone's, depth-anything-v2-small)")  # fmt: skip
     p.add_argument("--max-upload-mb", type=int, help="largest upload accepted (default 20)")
     p.add_argument(
@@ -184,32 +199,39 @@ def build_parser() -> argparse.ArgumentParser:
                    help="load the model before serving and, with --compile, compile it for any size and number of "
                         "images (three short generations; minutes on a GPU; one image with guidance <= 1 still "
                         "compiles once), so visitors do not wait for the compiler (default: on with --compile)")  # fmt: skip
-    p.add_argument("--presets-file", action="append", default=[], metavar="FILE", help="extra presets YAML")
+    p.add_argument(
+        "--presets-file", action="append", default=[], metavar="FILE", type=_file, help="extra presets YAML"
+    )
     _add_companion_args(p, app="; the page then offers --model alone")
     _add_model_args(p)
 
     p = sub.add_parser("batch", help="run a job file: variations of many sources, labels carried, geometry checked",
                        description="Run JOB.yaml (see configs/jobs/). Several GPUs or machines: "
                        "`accelerate launch --multi_gpu --num_processes N -m depth2img batch JOB.yaml`.")  # fmt: skip
-    p.add_argument("job", metavar="JOB.yaml")
+    p.add_argument("job", metavar="JOB.yaml", type=_file)
     p.add_argument(
         "--resume", action="store_true", help="continue a run: skip the items its manifest lists as done"
     )
     p.add_argument(
         "-q", "--quiet", action="store_true", help="no progress bar, no loading lines, no download bars"
     )
-    p.add_argument("--presets-file", action="append", default=[], metavar="FILE",
+    p.add_argument("--presets-file", action="append", default=[], metavar="FILE", type=_file,
                    help="extra presets YAML, after the job's presets_files")  # fmt: skip
 
     p = sub.add_parser("eval", help="score how well OUTPUT kept the geometry of SOURCE",
                        description="Estimate depth on both images with the same estimator, align in inverse depth "
                        "(least-squares scale and shift) and print AbsRel, delta<1.25 and depth-edge F1.")  # fmt: skip
-    p.add_argument("source", metavar="SOURCE")
-    p.add_argument("output", metavar="OUTPUT")
+    p.add_argument("source", metavar="SOURCE", type=_file)
+    p.add_argument("output", metavar="OUTPUT", type=_file)
     p.add_argument(
-        "--estimator", metavar="NAME|ID|PATH", help="depth estimator (default depth-anything-v2-small)"
+        "--estimator",
+        metavar="NAME|ID|PATH",
+        type=_model,
+        help="depth estimator (default depth-anything-v2-small)",
     )
-    p.add_argument("--source-depth", metavar="FILE", help="the source's depth file instead of estimating it")
+    p.add_argument(
+        "--source-depth", metavar="FILE", type=_file, help="the source's depth file instead of estimating it"
+    )
     p.add_argument(
         "--depth-polarity", choices=["near-bright", "far-bright", "metric"], help="of --source-depth"
     )
@@ -279,7 +301,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p, backbones=False)
 
     p = sub.add_parser("presets", help="list the prompt presets (combine them with +)")
-    p.add_argument("--presets-file", action="append", default=[], metavar="FILE", help="extra presets YAML")
+    p.add_argument(
+        "--presets-file", action="append", default=[], metavar="FILE", type=_file, help="extra presets YAML"
+    )
     return parser
 
 
@@ -299,7 +323,8 @@ def _quiet_libraries(downloads: bool = False) -> None:
 
 def _add_inputs_and_output(p) -> None:
     """The photos a command reads and the folder it writes (``depth``, ``transform``)."""
-    p.add_argument("inputs", nargs="+", metavar="INPUT", help="image files, directories or globs (quote a glob, "
+    p.add_argument("inputs", nargs="+", metavar="INPUT", type=_given("an image file, folder or glob"),
+                   help="image files, directories or globs (quote a glob, "
                    "'photos/**/*.jpg'; a name that starts with '-' as ./-x.png)")  # fmt: skip
     p.add_argument("-o", "--output", required=True, metavar="DIR", type=_folder, help="output directory")
 

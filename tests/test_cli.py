@@ -369,6 +369,49 @@ def test_a_closed_pipe_ends_a_listing_quietly(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize(
+    "argv, said",
+    [
+        (["presets", "--presets-file", ""], "argument --presets-file: a file is needed"),
+        (["batch", " "], "argument JOB.yaml: a file is needed"),
+        (["eval", "", "b.png"], "argument SOURCE: a file is needed"),
+        (["eval", "a.png", "b.png", "--source-depth", ""], "argument --source-depth: a file is needed"),
+        (
+            ["transform", "", "-o", "out", "--prompt", "x"],
+            "argument INPUT: an image file, folder or glob is needed",
+        ),
+        (
+            ["transform", "a.png", "-o", "o", "--prompt", "x", "--model", ""],
+            "argument --model: a name, hub id or",
+        ),
+        (
+            ["transform", "a.png", "-o", "o", "--prompt", "x", "--lora", ""],
+            "argument --lora: a name, hub id or",
+        ),
+        (
+            ["transform", "a.png", "-o", "o", "--prompt", "x", "--depth", ""],
+            "argument --depth: a file is needed",
+        ),
+        (
+            ["depth", "a.png", "-o", "o", "--estimator", ""],
+            "argument --estimator: a name, hub id or folder is",
+        ),
+        (["depth", "a.png", "-o", "o", "--right", ""], "argument --right: a file is needed"),
+        (["app", "--model", ""], "argument --model: a name, hub id or folder is needed"),
+    ],
+)
+def test_an_empty_path_or_model_is_refused_by_name(argv, said, capsys):
+    """'' was read as '.' ("presets file .: cannot be read (Is a directory)", "job file .", "--depth: .: depth files
+    must be one of ...", an INPUT '' as ": directory has no files ...") or as no value (--model '' loaded the
+    default backbone, --lora '' none), before any model loads."""
+    from depth2img.cli import main
+
+    with pytest.raises(SystemExit) as code:
+        main(argv)
+    err = capsys.readouterr().err
+    assert code.value.code == 2 and said in err and "got an empty value" in err, err
+
+
 def test_progress_bars_writing_to_a_log_refresh_every_30_seconds():
     """With stderr in a file, 8 inputs x 60 steps wrote 234 refreshes and 215 cursor movements of the nested bars."""
     import io
