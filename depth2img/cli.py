@@ -400,8 +400,10 @@ def _cmd_presets(args) -> int:
     for group, items in by_group.items():
         print(f"{group}:")
         for p in items:
+            # what else a preset adds: its negative prompt (merged into the run's) and knobs
+            negative = f"  (negative: {p.negative})" if p.negative else ""
             knobs = f"  {p.knobs}" if p.knobs else ""
-            print(f"  {p.name:<14} {p.prompt}{knobs}")
+            print(f"  {p.name:<14} {p.prompt}{negative}{knobs}")
     return 0
 
 

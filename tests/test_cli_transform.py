@@ -334,11 +334,18 @@ def test_long_prompt_warning_on_cli(tmp_path, photos_dir, capsys):
 
 def test_presets_command(tmp_path, capsys):
     f = tmp_path / "p.yaml"
-    f.write_text("presets:\n  sandstorm:\n    group: weather\n    prompt: '{prompt}, sandstorm'\n")
+    f.write_text("presets:\n  sandstorm:\n    group: weather\n    prompt: '{prompt}, sandstorm'\n"
+                 "    negative: blue sky\n    knobs: {steps: 12}\n")  # fmt: skip
     code, out, _ = run(capsys, "presets", "--presets-file", f)
     assert code == 0
     for name in ("winter", "golden-hour", "cyberpunk", "pencil-sketch", "sandstorm", "fog"):
         assert name in out
+    # the negative prompt a preset adds was not shown
+    assert "  sandstorm      {prompt}, sandstorm  (negative: blue sky)  {'steps': 12}\n" in out
+    assert (
+        "  summer         {prompt}, in summer, lush green foliage, bright sun, clear sky  (negative: snow, "
+        in out
+    )
 
 
 def test_transform_with_few_step_lora(tmp_path, photos_dir, capsys):
