@@ -369,7 +369,9 @@ def _cmd_tiny_model(args) -> int:
     except OSError as err:
         raise InputError(f"tiny-model: {args.directory} cannot be written ({err.strerror or err})") from None
     for kind, path in written.items():
-        print(f"{kind}: {path}")
+        # the separate repos that go with it (a backbone's ControlNet, Flux's depth LoRA) went unnamed
+        with_it = [str(c) for c in (tiny.companion_folder(path, w) for w in tiny.COMPANIONS) if c.is_dir()]
+        print(f"{kind}: {path}" + (f" (with {', '.join(with_it)})" if with_it else ""))
     return 0
 
 

@@ -333,6 +333,14 @@ def test_models_and_tiny_model_commands(tmp_path, capsys):
     assert "NON-COMMERCIAL" in hyper  # its own licence, not read by this project
     code, out, _ = run(capsys, "tiny-model", tmp_path)
     assert code == 0 and (tmp_path / "zoedepth" / "model.safetensors").is_file()
+    # every folder written is named (13 folders; the companions went unsaid)
+    named = {
+        Path(p)
+        for line in out.splitlines()
+        for p in line.replace(" (with ", ", ").rstrip(")").split(": ")[1].split(", ")
+    }
+    assert named == set(tmp_path.iterdir()) and len(named) == 13
+    assert f"sd15-depth: {tmp_path / 'sd15-depth'} (with {tmp_path / 'sd15-depth-controlnet'})\n" in out
     (tmp_path / "afile").write_text("x")
     code, _, err = run(capsys, "tiny-model", tmp_path / "afile")
     assert (
