@@ -42,7 +42,7 @@ from .io import (
     stale_temp_files,
     write_depth_products,
 )
-from .knobs import DEFAULT_KNOBS, MAX_SEED, check_batch_size
+from .knobs import DEFAULT_KNOBS, MAX_SEED, check_batch_size, check_distinct_seeds
 from .outputs import (
     MANIFEST,
     BackgroundWriter,
@@ -186,9 +186,7 @@ class Job:
                 check_seed(s)
             except InputError as err:
                 raise InputError(f"job key seeds: {err}") from None
-        repeated = sorted(s for s, n in collections.Counter(self.seed_list()).items() if n > 1)
-        if repeated:
-            raise InputError(f"job key seeds lists {repeated[0]} more than once; each seed makes one image")
+        check_distinct_seeds(self.seed_list(), "job key seeds")
         self._check_retry_seeds()
         unknown = set(self.knobs) - set(KNOB_KEYS)
         if unknown:

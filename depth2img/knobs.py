@@ -172,12 +172,21 @@ def request_seeds(seed, num_images: int, label=str) -> list[int]:
         seeds = [check_seed(s, label) for s in seed]
         if not seeds:
             raise InputError(f"{label('seed')} list is empty")
+        # (seed=[1, 1] made two images of one file name: one overwrote the other, its manifest line kept)
+        check_distinct_seeds(seeds, label("seed"))
         # the list makes one image per seed (2 were made where 3 were asked for)
         if num_images not in (1, len(seeds)):
             raise InputError(f"{label('seed')} is a list of {len(seeds)} seeds and {label('num_images')} {num_images}: "
                              "a seed list makes one image per seed; give one or the other")  # fmt: skip
         return seeds
     return seed_run(seed, num_images, label)
+
+
+def check_distinct_seeds(seeds, what: str) -> None:
+    """One line naming ``what`` if a seed is listed twice: each seed makes one image, named by its seed."""
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise InputError(f"{what} lists {repeated[0]} more than once; each seed makes one image")
 
 
 def check_num_images(n, label=str) -> int:

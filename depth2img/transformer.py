@@ -38,7 +38,6 @@ from .knobs import (
     check_batch_size,
     check_compile,
     check_num_images,
-    check_seed,
     denoising_steps,
     request_seeds,
 )
@@ -117,10 +116,7 @@ class Request:
         """The same request for other seeds (the photo and depth objects are shared, not copied)."""
         if not isinstance(seeds, (list, tuple)):  # with_seeds(5) was a raw TypeError
             raise InputError(f"seeds must be a list of integers, got {type(seeds).__name__} {seeds!r}")
-        seeds = [check_seed(s) for s in seeds]
-        if not seeds:
-            raise InputError("seed list is empty")
-        return replace(self, seeds=seeds)
+        return replace(self, seeds=request_seeds(seeds, 1))
 
 
 class Sized(NamedTuple):

@@ -1011,6 +1011,8 @@ def test_api_errors_name_the_python_argument_and_refuse_bad_types(tmp_path, chel
         (partial(run_transform, [ok], out, knobs={"guidance_scale": float("nan")}), r"^guidance_scale must be in"),
         (partial(run_transform, [ok], out, seed="x"), r"^seed must be an integer"),
         (partial(run_transform, [ok], out, seed=[1, 2], num_images=3), r"^seed is a list of 2 seeds and num_images 3"),
+        # two images of one name: one overwrote the other, both manifest lines kept (a job refused it already)
+        (partial(run_transform, [ok], out, seed=[4, 1, 4]), r"^seed lists 4 more than once; each seed makes one"),
         (partial(run_transform, [ok], out, num_images=0), r"^num_images must be an integer in 1\.\.64, got 0"),
         (partial(run_transform, [ok], out, scheduler="eulr"), r"^scheduler 'eulr' is not one of unipc, "),
         (partial(run_transform, [ok], out, load_options=5), r"^load_options must be a dict"),

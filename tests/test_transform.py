@@ -980,6 +980,8 @@ def test_run_groups_requests_by_what_a_batch_must_share(sd15, photo, depth, monk
     assert [r.metadata[0]["steps"] for r in results] == [2, 3, 2, 2] and results[3].images[0].size == (32, 64)
     with pytest.raises(InputError, match="seed must be"):
         two.with_seeds([-1])
+    with pytest.raises(InputError, match="^seed lists 5 more than once; each seed makes one image$"):
+        two.with_seeds([5, 5])  # (variations' seeds=[1, 1] likewise: two images of one file name)
     with pytest.raises(InputError, match="list of Request objects from prepare\\(\\), got Request"):
         sd15.run(two)
     with pytest.raises(InputError, match="list of Request objects from prepare\\(\\), got Image"):
