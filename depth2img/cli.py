@@ -41,11 +41,12 @@ _model = _given("a name, hub id or folder")
 
 def _add_companion_args(p: argparse.ArgumentParser, app: str = "") -> None:
     """--lora, --lora-scale and --controlnet (transform; ``app``: the app's words for them)."""
-    p.add_argument("--lora", metavar="NAME|ID|PATH", type=_model,
+    # (no _model type: in the app, an empty value turns DEPTH2IMG_LORA/DEPTH2IMG_CONTROLNET off)
+    p.add_argument("--lora", metavar="NAME|ID|PATH",
                    help="few-step LoRA fused into the UNet: lcm-sd15, lcm-sdxl, hyper-sd15-8step (sets its scheduler, "
                    f"steps and guidance as defaults){app}")  # fmt: skip
     p.add_argument("--lora-scale", type=float, default=1.0, help="strength of --lora (default 1.0)")
-    p.add_argument("--controlnet", metavar="ID|PATH", type=_model,
+    p.add_argument("--controlnet", metavar="ID|PATH",
                    help="a depth ControlNet instead of the backbone's own, for SD1.5 and SDXL backbones: a hub id or "
                    "a folder holding a diffusers ControlNetModel (a fine-tune; recorded in the manifest)" + app)  # fmt: skip
 
@@ -183,10 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, help="port (default 7860)")
     p.add_argument("--share", action="store_true", help="also open a public gradio.live link (opt-in)")
     p.add_argument("--auth", metavar="USER:PASSWORD", help="require a login")
-    p.add_argument(
-        "--model", metavar="NAME|ID|PATH", type=_model, help="default backbone (default sd15-depth)"
-    )
-    p.add_argument("--estimator", metavar="NAME|ID|PATH", type=_model,
+    # (no _model type: an empty value sets the default over DEPTH2IMG_MODEL's, as '' turns DEPTH2IMG_LORA's off)
+    p.add_argument("--model", metavar="NAME|ID|PATH", help="default backbone (default sd15-depth)")
+    p.add_argument("--estimator", metavar="NAME|ID|PATH",
                    help="default depth estimator (default: the backbone's, depth-anything-v2-small)")  # fmt: skip
     p.add_argument("--max-upload-mb", type=int, help="largest upload accepted (default 20)")
     p.add_argument(
