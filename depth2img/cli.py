@@ -725,6 +725,20 @@ def _on_sigterm(signum, frame):
     raise _Terminated
 
 
+def _wait_for_the_first(seconds: float = 10) -> None:
+    """In a process other than the first, leaving on an error that the first prints (a bad job file): a launcher
+    (torchrun, accelerate) stops every process once one exits, which cut the first one's line short ("terminated",
+    or a traceback, in 3 runs of 6). Wait for that stop, then leave quietly, or ``seconds``."""
+    import signal
+    import time
+
+    def stopped(signum, frame):
+        raise SystemExit(EXIT_USAGE)
+
+    signal.signal(signal.SIGTERM, stopped)
+    time.sleep(seconds)
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -765,6 +779,8 @@ def main(argv=None) -> int:
     except Depth2ImgError as err:
         if not err.every_process or _rank() == 0:
             _say_above_bar(str(err))
+        elif ours:
+            _wait_for_the_first()
         return EXIT_USAGE
     except _Terminated:
         _say_above_bar("terminated")

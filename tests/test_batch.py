@@ -805,9 +805,22 @@ def test_missing_inputs_are_reported_by_one_process_of_several(dataset, tmp_path
 
 
 def test_an_error_every_process_meets_is_printed_by_the_first_only(dataset, tmp_path, monkeypatch, capsys):
-    """A bad job file, or an output folder holding a run, was printed by each process (8 GPUs: 8 lines)."""
+    """A bad job file, or an output folder holding a run, was printed by each process (8 GPUs: 8 lines). The others
+    wait for the launcher to stop them once the first has left: leaving at once, they made it stop the first
+    mid-line ("terminated", or a traceback, in 3 runs of 6)."""
+    import signal
+    import time
+
     from depth2img import batch
     from depth2img.cli import main
+
+    waits = []
+
+    def sleep(seconds):  # the first process has said it and left: the launcher stops this one
+        waits.append(seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(time, "sleep", sleep)
 
     job = write_job(dataset, output=str(tmp_path / "m"), presets=["fog"], seeds=1, labels={})
     (tmp_path / "m").mkdir()
@@ -819,9 +832,15 @@ def test_an_error_every_process_meets_is_printed_by_the_first_only(dataset, tmp_
             (["batch", str(tmp_path / "gone.yaml")], "gone.yaml"),
             (["batch", str(job)], "already holds a run; pass --resume"),
         ):
-            assert main(argv) == 2  # every process exits 2
+            if shown:
+                assert main(argv) == 2 and waits == []
+            else:
+                with pytest.raises(SystemExit) as stopped:
+                    main(argv)
+                assert stopped.value.code == 2 and waits.pop() == 10  # every process exits 2, quietly
             err = capsys.readouterr().err
             assert (message in err) is shown and (err == "") is not shown, (rank, err)
+            assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     # an error of this process's own: printed whatever its rank
     monkeypatch.setenv("RANK", "1")
     assert main(["transform", str(tmp_path / "gone.png"), "-o", str(tmp_path / "t")]) == 2
