@@ -34,14 +34,15 @@ class DepthMap:
         if not real or np.issubdtype(raw.dtype, np.complexfloating):
             # strings raised numpy's own error; complex values lost their imaginary part
             raise InputError(f"depth values must be real numbers, got dtype {raw.dtype}")
-        self.values = raw.astype(np.float32, copy=False)
+        # its own copy: a caller refilling its buffer for the next frame changed an earlier result's depth
+        self.values = raw.astype(np.float32)
         if self.values.ndim != 2 or min(self.values.shape) < 1:
             raise InputError(f"depth must be a 2-D (H, W) array, got shape {self.values.shape}")
         if not (isinstance(self.kind, str) and self.kind in conditioning.KINDS):
             raise InputError(f"depth kind must be one of {sorted(conditioning.KINDS)}, got {self.kind!r}")
         if self.valid is None:
             self.valid = np.ones(self.values.shape, bool)
-        self.valid = np.asarray(self.valid, bool)
+        self.valid = np.array(self.valid, bool)
         if self.valid.shape != self.values.shape:
             raise InputError(
                 f"depth mask shape {self.valid.shape} differs from depth shape {self.values.shape}"

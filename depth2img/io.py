@@ -584,18 +584,24 @@ def _depth_map(values: np.ndarray, polarity: str, where, *, invalid=None, depth_
             raise InputError(
                 f"{where}: depth scale {depth_scale:g} takes depth values beyond float32's range"
             )
-    flat = _flat(values, valid, kind)
-    # a blank or saturated file: its control image is black, which a user would only see in the outputs
-    if flat:
-        from .errors import Depth2ImgWarning
-
-        notes = [
-            *notes,
-            f"{where}: {flat}, so it carries no structure and the outputs keep none of its geometry",
-        ]
-        warnings.warn(notes[-1], Depth2ImgWarning, stacklevel=3)
     return DepthMap(values.astype(np.float32), kind, valid, source=str(where) if source is None else source,
-                    meta={"polarity": polarity}, notes=list(notes))  # fmt: skip
+                    meta={"polarity": polarity}, notes=_with_flat_note(values, valid, kind, where, notes))  # fmt: skip
+
+
+_FLAT_NOTE = ", so it carries no structure and the outputs keep none of its geometry"
+
+
+def _with_flat_note(values, valid, kind: str, where, notes=()) -> list[str]:
+    """``notes`` and, for a blank or saturated depth (its control image is black, which a user would only see in the
+    outputs), a warning, also given."""
+    flat = _flat(values, valid, kind)
+    if not flat:
+        return list(notes)
+    from .errors import Depth2ImgWarning
+
+    note = f"{where}: {flat}{_FLAT_NOTE}"
+    warnings.warn(note, Depth2ImgWarning, stacklevel=4)
+    return [*notes, note]
 
 
 def _flat(values: np.ndarray, valid: np.ndarray, kind: str) -> str | None:
@@ -622,6 +628,8 @@ def depth_for_image(
 
     An array needs ``polarity``; a file needs it unless it records it. An aspect ratio other than the image's
     is refused (resizing it would bend the geometry); the same aspect at another resolution is resized."""
+    from dataclasses import replace
+
     from .conditioning import usable
     from .depthmap import DepthMap
 
@@ -647,6 +655,14 @@ def depth_for_image(
         # checked as a file's values are (metric: no negative value, 0 = no measurement), and copied: the caller
         # may refill its buffer for the next frame, which changed the earlier result's depth
         depth = _depth_map(_depth_values(values, "depth array"), polarity, "depth array", source="")
+    else:  # a DepthMap (its own arrays, copied when made): checked as an array is, they were not
+        negative = int((depth.values[depth.valid] < 0).sum()) if depth.kind == "metric_depth" else 0
+        if negative:
+            raise InputError(f"depth: metric depth has {negative} negative values")
+        # (once: one made from a flat array or file, or here, holds its note; variations passes its depth on)
+        if not any(n.endswith(_FLAT_NOTE) for n in depth.notes):
+            notes = _with_flat_note(depth.values, depth.valid, depth.kind, "depth", depth.notes)
+            depth = depth if notes == depth.notes else replace(depth, notes=notes)
     w, h = size
     if abs(depth.width / depth.height - w / h) > ASPECT_TOLERANCE * (w / h):
         raise InputError(

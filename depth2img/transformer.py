@@ -425,6 +425,9 @@ class SceneTransformer:
 
         # 2. Depth at the input size, then conditioning at generation size
         depth_map = self.depth_for(image, depth, depth_polarity=depth_polarity)
+        # what its reader warned of (a flat depth, a file's recorded polarity kept), warned already: for the outputs'
+        # "warnings", which had none of it (a dataset could not find its outputs that kept no geometry)
+        notes += [n for n in depth_map.notes if n not in notes]
         if not (isinstance(reuse, (Request, Sized)) and reuse.image is image and reuse.depth is depth_map):
             reuse = self.at_generation_size(image, depth_map)
         gen_image, gen_depth = reuse.gen_image, reuse.gen_depth

@@ -843,6 +843,27 @@ def test_a_depth_without_structure_is_said(tmp_path):
         warnings.simplefilter("error")  # one more value is structure: nothing said
         holes[5, 5] = 2.0
         assert depth_for_image(holes, (8, 8), "metric").notes == []
+    # a DepthMap the caller made is checked as an array is (it was taken silently), and said once: passed on again
+    # (variations hands its depth to each row) it is not said again
+    with pytest.warns(Depth2ImgWarning, match=r"^depth: every depth value is 1, so it carries no structure"):
+        flat = depth_for_image(DepthMap(np.ones((8, 8)), "relative_inverse_depth"), (8, 8))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert depth_for_image(flat, (8, 8)) is flat and len(flat.notes) == 1
+    with pytest.raises(InputError, match=r"^depth: metric depth has 16 negative values$"):
+        depth_for_image(DepthMap(np.arange(-16.0, 48).reshape(8, 8), "metric_depth"), (8, 8))
+    # a negative fill at a pixel marked invalid is no depth value
+    fill = DepthMap(np.arange(64.0).reshape(8, 8) - 1, "metric_depth", np.arange(64).reshape(8, 8) > 0)
+    assert depth_for_image(fill, (8, 8)) is fill
+
+
+def test_a_depthmap_holds_its_own_arrays():
+    """A caller refilling one buffer per frame (DepthMap(buf, ...)) changed the depth of every earlier result: its
+    depth16 and control files were written from the next frame's depth."""
+    buf, mask = np.ones((4, 6), np.float32), np.ones((4, 6), bool)
+    depth = DepthMap(buf, "relative_inverse_depth", mask)
+    buf[:], mask[:] = 7, False
+    assert (depth.values == 1).all() and depth.valid.all()
 
 
 def test_a_bfloat16_tensor_is_taken_as_a_depth_as_float16_is():

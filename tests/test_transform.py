@@ -1854,6 +1854,8 @@ def test_the_api_takes_array_likes_and_numpy_numbers_and_refuses_the_rest_in_one
     buffer (refilled for the next frame, it changed); np.int64(2) images was "not an integer"."""
     from PIL import Image
 
+    from depth2img.errors import Depth2ImgWarning
+
     values = depth.values.copy()
     ref = sd15.transform(photo, "x", depth=values, depth_polarity="metric", steps=2, seed=0)
     assert not np.shares_memory(ref.depth.values, values) and ref.metadata[0]["depth"]["polarity"] == "metric"
@@ -1874,6 +1876,14 @@ def test_the_api_takes_array_likes_and_numpy_numbers_and_refuses_the_rest_in_one
     ]:
         with pytest.raises(InputError, match=message):
             sd15.transform(photo, "x", depth=bad, depth_polarity="metric", steps=2, seed=0)
+    # a depth without structure is said in the outputs' warnings too (only on stderr, none in the manifest)
+    with pytest.warns(
+        Depth2ImgWarning, match="^depth array: every depth value is 1, so it carries no structure"
+    ):
+        flat = sd15.transform(
+            photo, "x", depth=np.ones_like(values), depth_polarity="metric", steps=2, seed=0
+        )
+    assert flat.warnings == flat.metadata[0]["warnings"] and flat.warnings[0].startswith("depth array: every")
     got = sd15.transform(photo, "x", depth=depth, steps=np.int64(2), strength=np.float32(0.5), seed=np.int64(0),
                          num_images=np.int64(2))  # fmt: skip
     assert len(got.images) == 2 and got.metadata[0]["steps"] == 2 and got.seeds == [0, 1]
