@@ -756,11 +756,13 @@ def _check_array_pixels(path: Path, shape: tuple[int, ...] | None, max_pixels: i
 
 
 def _read_numpy(path: Path, max_pixels: int):
+    import tokenize
     import zipfile
 
     _check_file(path)
-    # A damaged .npz fails at opening (not a zip) or only when a member is read (bad deflate data, an object array)
-    unreadable = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error)
+    # A damaged .npz fails at opening (not a zip) or only when a member is read (bad deflate data, an object array);
+    # a header cut short fails in NumPy's tokenizer (an internal error: "TokenError: EOF in multi-line statement")
+    unreadable = (ValueError, OSError, EOFError, zipfile.BadZipFile, zlib.error, tokenize.TokenError)
     try:
         with open(path, "rb") as fh:
             _check_array_pixels(path, _npy_shape(fh), max_pixels)
@@ -935,8 +937,14 @@ def write_depth_npy(depth, path) -> Path:
     values = depth.values.astype(np.float32)
     if depth.kind == "metric_depth":
         values[~usable(depth.values, depth.kind, depth.valid)] = 0
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.save(fh, values)
+    from io import BytesIO
+
+    # encoded first, then written as one write: NumPy writes a file with tofile, whose OSError carries no errno ("6144
+    # requested and 3040 written"), so a full disk went on to every later input instead of stopping the run
+    encoded = BytesIO()
+    np.save(encoded, values)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(encoded.getbuffer())
     return Path(path)
 
 

@@ -341,7 +341,8 @@ def shortened(name: str, limit: int = MAX_STEM_BYTES) -> str:
     """``name`` if it takes at most ``limit`` UTF-8 bytes, else its start and a hash of the whole (two long names
     that share a start stay apart): a 240-byte photo name made output names past 255 ("File name too long" once
     files were written)."""
-    data = name.encode()
+    # (a name not in UTF-8, Latin-1 from an old archive, holds surrogates: its bytes as the disk has them)
+    data = name.encode(errors="surrogateescape")
     if len(data) <= limit:
         return name
     import hashlib

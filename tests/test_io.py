@@ -2,6 +2,7 @@
 
 import errno
 import re
+import signal
 import warnings
 from pathlib import Path
 
@@ -328,6 +329,25 @@ def test_npy_round_trip_raw(tmp_path, rng):
     np.testing.assert_array_equal(back.values, d.values)
 
 
+@pytest.mark.skipif(not hasattr(signal, "SIGXFSZ"), reason="POSIX file size limit")
+def test_an_npy_that_does_not_fit_fails_with_its_errno(tmp_path):
+    """NumPy writes a file with tofile, whose OSError has no errno ("6144 requested and 3040 written"): a full disk
+    was not seen as one (the run went on, failing every later input). The limit stands in for a full disk."""
+    import resource
+
+    depth = DepthMap(np.ones((64, 96)), "metric_depth")
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    handler = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # past the limit: EFBIG, not the signal
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4096, hard))
+    try:
+        with pytest.raises(OSError) as failed:
+            io.write_depth_npy(depth, tmp_path / "d.npy")
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, handler)
+    assert failed.value.errno == errno.EFBIG and list(tmp_path.iterdir()) == []
+
+
 def test_user_depth_formats_and_polarity(tmp_path, monkeypatch):
     far_bright = np.tile(np.arange(32, dtype=np.uint8) * 8, (16, 1))
     Image.fromarray(far_bright).save(tmp_path / "d8.png")
@@ -410,6 +430,8 @@ def test_user_depth_formats_and_polarity(tmp_path, monkeypatch):
             "not a readable NumPy file",
         ),
         ("cut.npz", lambda p: _cut_npz(p), "metric", "not a readable NumPy file"),
+        # a header whose dict is cut open: NumPy's tokenizer raised, an internal error
+        ("open.npy", lambda p: _open_header(p), "metric", r"not a readable NumPy file \(.*EOF in multi-line"),
         (
             "obj.npz",
             lambda p: np.savez(p, depth=np.array([{"a": 1}], dtype=object)),
@@ -430,6 +452,14 @@ def test_bad_depth_files(tmp_path, name, make, polarity, message):
     with pytest.raises(InputError, match=message) as err:
         io.read_depth_file(tmp_path / name, polarity)
     assert "\n" not in str(err.value) and str(tmp_path / name) in str(err.value)
+
+
+def _open_header(path):
+    np.save(path, np.ones((4, 6), np.float32))
+    data = path.read_bytes()
+    length = int.from_bytes(data[8:10], "little")
+    header = data[10 : 10 + length].decode("latin1").replace("(4, 6), }", "(4, 6    ")
+    path.write_bytes(data[:10] + header.encode("latin1") + data[10 + length :])
 
 
 def _cut_npz(path):
