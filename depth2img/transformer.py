@@ -317,7 +317,12 @@ class SceneTransformer:
         if len(ids) <= room:
             return []
         dropped = getattr(self.backend.pipe, name).decode(ids[room:])
-        return [f"{what} is {len(ids)} tokens; the text encoder takes {room}: truncated {dropped!r}"]
+        # its ends: all of a 10,000-character prompt's quoted filled the web page (and each output's metadata)
+        if len(dropped) > 80:
+            dropped = f"{dropped[:40]!r} ... {dropped[-30:]!r} ({len(dropped):,} characters)"
+        else:
+            dropped = repr(dropped)
+        return [f"{what} is {len(ids)} tokens; the text encoder takes {room}: truncated {dropped}"]
 
     def transform(self, image, prompt: str | None = None, *, progress: bool = False, skip_controlnet: bool = True,
                   **kwargs) -> TransformResult:  # fmt: skip

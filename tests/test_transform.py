@@ -1353,6 +1353,11 @@ def test_long_prompt_names_truncated_tokens(sd15, photo, depth):
     ):  # the tiny byte tokenizer decodes with spaces
         r = sd15.transform(photo, long, depth=depth, seed=0, steps=2)
     assert r.warnings and "5 9" in r.metadata[0]["warnings"][0]
+    # a long tail is shown by its ends (10,000 characters of prompt filled the web page)
+    with pytest.warns(UserWarning) as said:
+        sd15.transform(photo, long * 40, depth=depth, seed=0, steps=2)
+    assert re.fullmatch(r"prompt is \d+ tokens; the text encoder takes 75: truncated '[^']{40}' \.\.\. '[^']{30}' "
+                        r"\([\d,]{5,} characters\)", str(said[0].message)), str(said[0].message)  # fmt: skip
 
 
 @pytest.mark.parametrize(
