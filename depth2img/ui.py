@@ -401,11 +401,22 @@ def _show_warnings(results) -> None:
         gr.Warning(_as_uploaded(note))
 
 
+def _public(name: str) -> str:
+    """A model as a public page names it: a folder by its name, not the server's path."""
+    return Path(name).name if isinstance(name, str) and os.path.isdir(name) else name
+
+
 def _name_uploads(result) -> None:
-    """An uploaded depth file is recorded by the visitor's file name, not the server's path."""
+    """An uploaded depth file is recorded by the visitor's file name, and the models served from folders by their
+    names (the metadata panel and the files' metadata showed the server's paths)."""
     for meta in result.metadata:
-        if isinstance(meta.get("depth", {}).get("source"), str):
-            meta["depth"]["source"] = _as_uploaded(meta["depth"]["source"])
+        depth, backbone = meta.get("depth", {}), meta.get("backbone", {})
+        if isinstance(depth.get("source"), str):
+            depth["source"] = _as_uploaded(depth["source"])
+        for part, key in ((depth, "id"), (depth, "source"), (backbone, "name"), (backbone, "id"),
+                          (backbone, "controlnet"), (backbone, "lora"), (backbone, "speed_lora")):  # fmt: skip
+            if key in part:
+                part[key] = _public(part[key])
 
 
 def handle_generate(service, image_path, model, estimator, depth_file, polarity, prompt, presets, negative, steps,
@@ -505,7 +516,7 @@ def _licence_text(name: str) -> str:
     except Depth2ImgError:
         e = None
     if e is None:
-        return f"**{name}**: licence not in the registry; check the model card."
+        return f"**{_public(name)}**: licence not in the registry; check the model card."
     use = "commercial use allowed" if e.commercial else "**non-commercial only**"
     gated = "; gated: accept the licence on huggingface.co first" if e.gated else ""
     return f"**{e.name}** (`{e.id}`): licence `{e.licence}`, {use}{gated}."
@@ -585,18 +596,18 @@ def create_demo(service):
 
     model_choices = _backbone_choices(tiny=service.default_model.startswith("tiny"))
     if service.default_model not in [v for _, v in model_choices]:
-        model_choices.insert(0, (f"{service.default_model} (configured)", service.default_model))
+        model_choices.insert(0, (f"{_public(service.default_model)} (configured)", service.default_model))
     # (a folder by its name: not the server's paths on a public page)
-    served = [f"{what} {Path(name).name if os.path.isdir(name) else name}"
-              for what, name in (("LoRA", service.lora), ("ControlNet", service.controlnet)) if name]  # fmt: skip
+    served = [f"{what} {_public(name)}" for what, name in (("LoRA", service.lora), ("ControlNet", service.controlnet))
+              if name]  # fmt: skip
     if served:  # (made for the configured backbone: the service loads any other with them too)
-        model_choices = [(f"{service.default_model} + {' + '.join(served)}", service.default_model)]
+        model_choices = [(f"{_public(service.default_model)} + {' + '.join(served)}", service.default_model)]
     # (label, name): a non-commercial estimator is marked, as a backbone is
     est_choices = [(f"{n}{'' if e.commercial else ' (non-commercial)'}", n) for n, e in estimators().items()]
     if service.default_estimator.startswith("tiny"):  # offline: the estimators' tiny builds
         est_choices = [(f"tiny/{n}", f"tiny/{n}") for n, e in estimators().items() if e.tiny]
     if service.default_estimator not in [v for _, v in est_choices]:
-        est_choices.insert(0, (service.default_estimator, service.default_estimator))
+        est_choices.insert(0, (_public(service.default_estimator), service.default_estimator))
 
     # Gradio's cache (uploads, and the copies of what handlers return) is emptied of files older than APP_KEEP_S (and
     # capped by size in _workdir)
