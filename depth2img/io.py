@@ -486,9 +486,13 @@ def read_depth_file(
                 values = np.asarray(img)
                 # TIFF SampleFormat: 1 unsigned (the default), 2 signed
                 sample_format = img.tag_v2.get(339, (1,)) if img.format == "TIFF" else (2,)
-                if values.dtype == np.int32 and 2 not in np.atleast_1d(sample_format):
+                signed = 2 in np.atleast_1d(sample_format)
+                if values.dtype == np.int32 and not signed:
                     # Pillow reads an unsigned 32-bit TIFF as signed: 4e9 came back negative, the polarity scrambled
                     values = values.view(np.uint32)
+                elif values.dtype == np.uint8 and signed and img.format == "TIFF":
+                    # and a signed 8-bit one as unsigned: -4..-1 came back as 252..255, the farthest as the nearest
+                    values = values.view(np.int8)
             # turned upright by its EXIF orientation, as a photo is (Pillow's TIFF reader turns a TIFF's itself): a
             # depth PNG stored turned was read as stored, a quarter turn from its photo
             turn = UPRIGHT.get(img.getexif().get(0x0112)) if img.format != "TIFF" else None
@@ -701,15 +705,35 @@ def _opencv_read(path: Path) -> np.ndarray | None:
         cv2.utils.logging.setLogLevel(level)
 
 
+def _tiff_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from a TIFF's first directory, read without its pixels; None where it cannot be read so."""
+    from PIL import TiffImagePlugin
+
+    try:
+        with open(path, "rb") as fh:
+            ifd = TiffImagePlugin.ImageFileDirectory_v2(fh.read(8))
+            fh.seek(ifd.next)
+            ifd.load(fh)
+        return int(ifd[256]), int(ifd[257])
+    except Exception:  # noqa: BLE001  a BigTIFF, a damaged directory: OpenCV says what it makes of it
+        return None
+
+
 def _opencv_tiff(path: Path) -> np.ndarray | None:
     """A TIFF that Pillow cannot open, read by OpenCV (a float64 depth), or None where OpenCV cannot either.
-    The pixel limit is checked once it is read (OpenCV keeps its own limit, 2**30 pixels, while decoding)."""
+    The pixel limit is checked from its header first: a 1.2 MB file of 12000x12000 float64 zeros was decoded (14 s,
+    2.3 GB) before it was refused, OpenCV's own limit being 2**30 pixels; and again once read."""
+
+    def check(w: int, h: int) -> None:
+        if w * h > pixel_limit():
+            raise _over_pixel_limit(path, pixel_limit(), f"{w}x{h} is {w * h:,} pixels")
+
+    if size := _tiff_size(path):
+        check(*size)
     pixels = _opencv_read(path)
     if pixels is None:
         return None
-    if pixels.shape[0] * pixels.shape[1] > pixel_limit():
-        h, w = pixels.shape[:2]
-        raise _over_pixel_limit(path, pixel_limit(), f"{w}x{h} is {w * h:,} pixels")
+    check(pixels.shape[1], pixels.shape[0])
     return _grey(path, pixels[..., 2::-1]) if pixels.ndim == 3 else pixels
 
 
@@ -730,7 +754,12 @@ def _wide_rgb(path: Path, img) -> np.ndarray | None:
         return None
     pixels = _opencv_read(path)
     if pixels is None or pixels.dtype == np.uint8 or pixels.ndim != 3:
-        return None
+        # Pillow's 8 bits would cut it to 256 levels, silently (OpenCV fails on a 16-bit colour TIFF turned by its
+        # EXIF orientation 5-8)
+        raise InputError(
+            f"{path}: a 16-bit colour image that cannot be read at its full precision; give the depth as a "
+            "one-channel 16-bit PNG or TIFF, a float TIFF or a .npy"
+        )
     return pixels[..., 2::-1]  # BGR(A) -> RGB
 
 

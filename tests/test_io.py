@@ -374,7 +374,18 @@ def test_user_depth_formats_and_polarity(tmp_path, monkeypatch):
     tifffile.imwrite(tmp_path / "f64rgb.tif", np.dstack([ramp, ramp, ramp * 2]))
     with pytest.raises(InputError, match="f64rgb.tif: a colour image is not a depth map"):
         io.read_depth_file(tmp_path / "f64rgb.tif", "metric")
-    monkeypatch.setenv("DEPTH2IMG_MAX_PIXELS", "255")  # the pixel limit holds for it too
+    # signed 8-bit, read as unsigned: -4..-1 came back as 252..255, the farthest as the nearest
+    tifffile.imwrite(tmp_path / "i8.tif", np.tile(np.array([-4, -1, 0, 3], np.int8), (8, 2)))
+    assert io.read_depth_file(tmp_path / "i8.tif", "near-bright").values[0, :4].tolist() == [-4, -1, 0, 3]
+    # grey in a 16-bit colour TIFF that OpenCV fails on (turned by EXIF orientation 6): it was read at 8 bits
+    wide = np.repeat(np.tile(np.arange(0, 65535, 2048, dtype=np.uint16), (8, 1))[..., None], 3, 2)
+    tifffile.imwrite(tmp_path / "rgb16.tif", wide, photometric="rgb", extratags=[(274, "H", 1, 6, True)])
+    with pytest.raises(
+        InputError, match="rgb16.tif: a 16-bit colour image that cannot be read at its full precision"
+    ):
+        io.read_depth_file(tmp_path / "rgb16.tif", "near-bright")
+    monkeypatch.setenv("DEPTH2IMG_MAX_PIXELS", "255")  # the pixel limit holds for it too, from its header
+    monkeypatch.setattr(io, "_opencv_read", lambda path: pytest.fail(f"{path} was decoded"))
     with pytest.raises(InputError, match=r"f64.tif: .*16x16 is 256 pixels"):
         io.read_depth_file(tmp_path / "f64.tif", "metric")
     kitti = np.array([[0, 256 * 10], [256 * 5, 256 * 20]], np.uint16)  # KITTI: metres * 256, 0 = no return
