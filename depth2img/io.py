@@ -1005,9 +1005,20 @@ def check_depth_products(stem, formats, out_dir=".") -> tuple[str, ...]:
     None_s3.png; a None folder failed as pathlib's TypeError)."""
     if not isinstance(out_dir, (str, os.PathLike)):
         raise InputError(f"out_dir must be a folder's path (str or os.PathLike), got {out_dir!r}")
-    if not isinstance(stem, str) or not stem or "/" in stem or os.sep in stem:
+    if not isinstance(stem, str) or not stem or "/" in stem or os.sep in stem or stem in (".", ".."):
         raise InputError(f"stem must be a file name without its suffix, got {stem!r}")
+    # what is added to it (a preset's 60, a seed's 19, a temp file's 19 bytes...) must stay within a file name's 255:
+    # a 300-byte stem failed as a raw OSError "File name too long"
+    size = len(stem.encode(errors="surrogateescape"))
+    if size > MAX_GIVEN_STEM_BYTES:
+        raise InputError(
+            f"stem must take at most {MAX_GIVEN_STEM_BYTES} bytes (the file names made from it stay within 255), got "
+            f"{size}: {stem[:40]!r}...; depth2img.outputs.shortened(stem) cuts one to its start and a hash"
+        )
     return check_depth_formats(formats)
+
+
+MAX_GIVEN_STEM_BYTES = 150
 
 
 def check_depth_formats(

@@ -818,11 +818,22 @@ def test_depth_writers_check_their_formats_and_stem_before_writing(tmp_path):
                                    ("npy", "x", "got 'npy'"),
                                    (None, "x", "got None$"), (3, "x", "got 3$"),  # (a TypeError: internal error)
                                    (("npy",), None, "^stem must be a file name without its suffix, got None$"),
-                                   (("npy",), "a/b", "got 'a/b'")]:  # fmt: skip
+                                   (("npy",), "a/b", "got 'a/b'"),
+                                   # hidden files '._depth.npy'; a raw OSError "File name too long"
+                                   (("npy",), ".", "got '.'$"),
+                                   (("npy",), "x" * 151, "^stem must take at most 150 bytes .*got 151")]:  # fmt: skip
         with pytest.raises(InputError, match=message):
             io.write_depth_products(d, tmp_path, stem, formats)
     assert list(tmp_path.iterdir()) == []
     assert [p.name for p in io.write_depth_products(d, tmp_path, "x", ["npy"])] == ["x_depth.npy"]
+    # the longest a stem may be leaves room for all that a transform's outputs add to it
+    from depth2img import outputs
+    from depth2img.transformer import TransformResult
+
+    stem, image = "é" * 75, Image.new("RGB", (12, 8))
+    result = TransformResult([image], d, image, [2**63 - 1], [{"preset": "p" * 60, "seed": 2**63 - 1}])
+    written = outputs.write_transform_result(result, tmp_path / "long", stem)
+    assert written[0]["output"] == f"{stem}_{'p' * 60}_s{2**63 - 1}.png"
 
 
 def test_load_images_max_pixels_is_checked(tmp_path):
