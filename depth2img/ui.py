@@ -14,6 +14,7 @@ import secrets
 import sys
 import tempfile
 import threading
+import traceback
 import weakref
 from pathlib import Path
 
@@ -77,7 +78,8 @@ class StopFlag:
 
 
 def _friendly(fn):
-    """Errors reach the page as one friendly line (gr.Error), never as a stack trace."""
+    """Errors reach the page as one friendly line (gr.Error), never as a stack trace; the server's log gets that line
+    for a visitor's mistake, and the cause's traceback for an internal error."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
@@ -88,11 +90,21 @@ def _friendly(fn):
         except gr.Error:
             raise
         except Depth2ImgError as err:
-            raise gr.Error(_as_uploaded(str(err))) from None
+            raise _visitors_error(_as_uploaded(str(err))) from None
         except Exception as err:  # an unexpected failure still gets one line
-            raise gr.Error(f"internal error: {type(err).__name__}: {err}") from None
+            traceback.print_exc()  # (gradio's own would show only the gr.Error raised here)
+            raise gr.Error(f"internal error: {type(err).__name__}: {err}", print_exception=False) from None
 
     return wrapper
+
+
+def _visitors_error(text: str):
+    """A visitor's mistake as a gr.Error, said in one line in the server's log too: gradio printed a 30-line traceback
+    for each (53 in one session), in which the internal errors went unseen."""
+    import gradio as gr
+
+    sys.stderr.write(f"depth2img app: {text}\n")
+    return gr.Error(text, print_exception=False)
 
 
 def _workdir() -> Path:
@@ -195,7 +207,6 @@ def _readable_upload(image):
     """``image`` (a gr.Image of file paths), naming an unreadable upload in one line as ``load_image`` does, where
     gradio itself opened it first and the page showed a bare "Error". On the instance: a subclass of a gradio
     component makes gradio write a .pyi file beside this module."""
-    import gradio as gr
 
     from .io import load_image
 
@@ -208,11 +219,11 @@ def _readable_upload(image):
             path = getattr(payload, "path", None)
             name = getattr(payload, "orig_name", None) or "the photo"
             if not path:
-                raise gr.Error(f"{name}: not a readable image ({first_line(err)})") from None
+                raise _visitors_error(f"{name}: not a readable image ({first_line(err)})") from None
             try:  # why, in our reader's words; or read (a size over Pillow's guard that DEPTH2IMG_MAX_PIXELS allows)
                 load_image(path)
             except Depth2ImgError as ours:
-                raise gr.Error(_as_uploaded(str(ours))) from None
+                raise _visitors_error(_as_uploaded(str(ours))) from None
             return str(path)
 
     image.preprocess = preprocess

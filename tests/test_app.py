@@ -405,13 +405,28 @@ def test_use_every_slider_sends_a_slider_at_its_default_too(service, photo):
     assert read_png_metadata(gallery[0][0])["guidance_scale"] == 7.5
 
 
-def test_errors_become_one_friendly_line(service, photo):
+def test_errors_become_one_friendly_line(service, photo, capsys):
     import gradio as gr
 
     from depth2img.ui import _friendly
 
-    with pytest.raises(gr.Error, match="give a prompt or a preset"):
+    with pytest.raises(gr.Error, match="give a prompt or a preset") as said:
         _friendly(_generate)(service, photo, prompt="", presets=())
+    # one line in the server's log too, not gradio's 30-line traceback for each visitor's mistake; an internal
+    # error's cause is traced there
+    logged = capsys.readouterr().err.splitlines()  # (after the model's loading lines)
+    assert not said.value.print_exception and logged[-1].startswith(
+        "depth2img app: give a prompt or a preset"
+    )
+    assert "Traceback" not in "".join(logged)
+
+    def broken(*args):
+        raise ZeroDivisionError("boom")
+
+    with pytest.raises(gr.Error, match="internal error: ZeroDivisionError: boom") as said:
+        _friendly(broken)()
+    err = capsys.readouterr().err
+    assert not said.value.print_exception and err.startswith("Traceback") and "in broken" in err
     with pytest.raises(gr.Error, match="upload a photo first"):
         _friendly(handle_depth)(service, None, "tiny", None, "")
     with pytest.raises(gr.Error, match="seeds must be integers"):
