@@ -381,14 +381,20 @@ def _knobs(
     return knobs
 
 
-def _seed(seed) -> int:
+def _seed(seed, what: str = "seed") -> int:
+    """A seed as the page takes it: 0..MAX_SEED, what the Generate tab's field holds exactly (a variation made with a
+    larger one could not be made again there). Checked here, not by the field's bounds, whose gradio messages named
+    no seed ("Value -1 is less than minimum value 0.")."""
     from .errors import InputError
 
     if isinstance(seed, float) and seed.is_integer():
         seed = int(seed)
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InputError(f"seed must be an integer, got {seed!r}")
-    return seed  # its range is checked by SceneTransformer.transform
+        raise InputError(f"{what} must be an integer, got {seed!r}")
+    if not 0 <= seed <= MAX_SEED:
+        raise InputError(f"{what} must be in 0..{MAX_SEED} here (what the Generate tab's seed field holds exactly), "
+                         f"got {seed}")  # fmt: skip
+    return seed
 
 
 def _zip(folder: Path, path: Path) -> str:
@@ -471,11 +477,7 @@ def handle_variations(service, image_path, model, estimator, depth_file, polarit
         raise InputError(f"seeds must be integers separated by commas, got {seeds_text!r}") from None
     if not seeds:
         raise InputError("give at least one seed")
-    # the Generate tab's seed field holds no more: a variation made with a larger seed could not be made again there
-    too_large = [s for s in seeds if s > MAX_SEED]
-    if too_large:
-        raise InputError(f"seeds go up to {MAX_SEED} here (what the Generate tab's seed field holds exactly, to make a "
-                         f"variation again there), got {too_large[0]}")  # fmt: skip
+    seeds = [_seed(s, "seeds") for s in seeds]
     if not presets and not (prompt or "").strip():
         raise InputError("choose at least one preset (or give a prompt)")
     count = len(presets or [None]) * len(seeds)
@@ -679,7 +681,7 @@ def create_demo(service):
                         elem_id="exact",
                     )
                     with gr.Row():
-                        seed = gr.Number(value=0, precision=0, label="Seed", minimum=0, maximum=MAX_SEED)
+                        seed = gr.Number(value=0, precision=0, label="Seed")  # its range: _seed
                         randomize = gr.Button("🎲", size="sm", scale=0)
                     num_images = gr.Slider(1, 8, value=1, step=1, label="Images")
                 with gr.Row():

@@ -348,8 +348,14 @@ def test_variations_handler(service, photo, capsys):
     # one denoising bar per batch (the page shows tqdm bars): rain and fog share a batch of 4 images
     assert capsys.readouterr().err.count("denoise:   0%") == 1
     # a seed past what the Generate tab's field holds made a variation that could not be made again there
-    with pytest.raises(InputError, match=r"^seeds go up to 9007199254740991 here .*, got 9007199254740992$"):
-        handle_variations(service, photo, "tiny", "tiny", None, "", "", ["rain"], f"5, {2**53}", 2, 0.5, 7.5)
+    for given, shown in ((f"5, {2**53}", 2**53), ("-5", -5)):  # (-5 was said to be out of 0..2**63-1)
+        with pytest.raises(
+            InputError, match=rf"^seeds must be in 0\.\.9007199254740991 here .*, got {shown}$"
+        ):
+            handle_variations(service, photo, "tiny", "tiny", None, "", "", ["rain"], given, 2, 0.5, 7.5)
+    # the Generate tab's field: gradio's own bounds said "Value -1 is less than minimum value 0."
+    with pytest.raises(InputError, match=r"^seed must be in 0\.\.9007199254740991 here .*, got -1$"):
+        _generate(service, photo, seed=-1)
 
 
 def test_sliders_left_at_their_defaults_let_the_preset_and_model_choose(service, photo):
