@@ -710,14 +710,18 @@ def create_demo(service):
         # the sample's depth file is paired as the page holds it: gradio serves a copy of the file the sample wrote
         # (its own cache's path), and a pairing by the written path never matched, so the street's depth stayed for
         # the next photo
+        # a depth that is refused (a depth file of another shape, one with no polarity) clears the preview: the last
+        # one stayed, with its 16-bit PNG to download, for a depth Generate would refuse
         sample.click(
             lambda: (*make_sample(), True), None, [image, depth_file, has_photo], api_name="sample"
         ).then(lambda held: held, depth_file, paired_depth, api_name="sample_depth_paired", queue=False).then(
             bound(handle_depth_if_photo), depth_inputs, preview, api_name="depth_on_sample", **device
-        )
+        ).failure(lambda: (None, None), None, preview, api_name="depth_on_sample_refused", queue=False)
         for event, name in ((depth_file.upload, "depth_on_depth_file"), (depth_file.clear, "depth_on_no_depth_file"),
                             (estimator.input, "depth_on_estimator"), (polarity.input, "depth_on_polarity")):  # fmt: skip
-            event(bound(handle_depth_if_photo), depth_inputs, preview, api_name=name, **device)
+            event(bound(handle_depth_if_photo), depth_inputs, preview, api_name=name, **device).failure(
+                lambda: (None, None), None, preview, api_name=f"{name}_refused", queue=False
+            )
         depth_file.upload(
             depth_file_given, [has_photo, depth_file], paired_depth, api_name="depth_file_photo", queue=False
         )

@@ -111,6 +111,11 @@ def test_the_depth_preview_follows_the_sample_the_depth_file_the_estimator_and_t
     for name, event in (("depth_on_depth_file", "upload"), ("depth_on_no_depth_file", "clear"),
                         ("depth_on_estimator", "input"), ("depth_on_polarity", "input"), ("no_photo", "clear")):  # fmt: skip
         assert deps[name]["outputs"] == preview and deps[name]["targets"][0][1] == event, name
+    # a refused depth (a depth file of another shape) clears it: the last depth stayed, with its 16-bit PNG
+    for name in ("depth_on_sample", "depth_on_depth_file", "depth_on_estimator", "depth_on_polarity"):
+        refused = deps[f"{name}_refused"]
+        assert refused["trigger_after"] == deps[name]["id"] and refused["trigger_only_on_failure"], name
+        assert refused["outputs"] == preview and demo.fns[refused["id"]].fn() == (None, None)
     # with no photo yet (an estimator picked first) the preview stays empty, without an error
     assert handle_depth_if_photo(service, None, "tiny", None, "") == (None, None)
     assert all(handle_depth_if_photo(service, photo, "tiny", None, ""))
