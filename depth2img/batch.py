@@ -1124,6 +1124,13 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     # a single-process run (batched kernels round differently by batch).
     size = max(job.depth_batch_size, job.batch_size)
     chunks = [paths[i : i + size] for i in range(0, len(paths), size)]
+    if rank == 0 and world > len(chunks):  # (a GPU idle, unsaid: the job's processes reported 0 done)
+        idle = (
+            f"{world} processes, but the job's {len(paths)} source(s) make {len(chunks)} chunk(s) of up to {size} "
+            f"(batch_size, depth_batch_size): {world - len(chunks)} process(es) have nothing to make; lower "
+            "batch_size and depth_batch_size to spread them"
+        )
+        warnings.warn(idle, Depth2ImgWarning, stacklevel=2)
     my_chunks = chunks[rank::world]
     mine = [p for chunk in my_chunks for p in chunk]
     vars_ = variations(job)

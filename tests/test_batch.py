@@ -798,7 +798,10 @@ def test_missing_inputs_are_reported_by_one_process_of_several(dataset, tmp_path
     assert second.failed == [] and second.done == 0
     assert second.summary().startswith("process 1 of 2: 0 done, 0 failed")
     monkeypatch.setattr(batch, "_distributed", lambda: (0, 2, None, lambda: None))
-    first = run_job(job, resume=True, progress=False)
+    # more processes than chunks: the idle one said (by the first only), not left to a summary of 0 done
+    idle = r"^2 processes, but the job's 1 source\(s\) make 1 chunk\(s\) of up to 8 \(batch_size, depth_batch_size\): 1"
+    with pytest.warns(Depth2ImgWarning, match=idle):
+        first = run_job(job, resume=True, progress=False)
     assert first.done == 1 and len(first.failed) == 1 and "nope.png: no such file" in first.failed[0]
     # the first process, which merged the manifests, gives the job-wide count (each summary is its share)
     assert first.summary().endswith("; the dataset holds 1 image") and "dataset" not in second.summary()
