@@ -5,6 +5,7 @@ Every problem with an input becomes one ``InputError`` line that names the file 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import contextvars
 import errno
@@ -27,7 +28,11 @@ import numpy as np
 from .errors import Depth2ImgError, InputError, first_line
 
 # (AVIF: Pillow 11.2+)
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".jfif", ".webp", ".avif", ".bmp", ".tif", ".tiff", ".gif")
+# photos a folder may hold that are not read (Pillow has no reader for them): said, not skipped silently (an
+# iPhone's .heic photos were left out of a folder's run without a word)
+UNREAD_PHOTO_SUFFIXES = (".heic", ".heif", ".jxl", ".dng", ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raw",
+                         ".exr", ".psd", ".svg")  # fmt: skip
 DEPTH_SUFFIXES = (".png", ".tif", ".tiff", ".npy", ".npz")
 # Decompression-bomb guard: images over this many pixels are refused before they are decoded (DEPTH2IMG_MAX_PIXELS
 # sets another limit; ``pixel_limit``)
@@ -312,6 +317,8 @@ def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES, outputs=(), lea
             )
             if not found:
                 problems.append(f"{item}: directory has no files ending in {', '.join(suffixes)}")
+            if suffixes == IMAGE_SUFFIXES:
+                _say_unread_photos(p, item)
             _say_subfolders(p, item, suffixes, outputs)
             paths.extend(found)
         elif p.exists():
@@ -392,6 +399,21 @@ def _inside(path: str, folder: str) -> bool:
 def _first_process() -> bool:
     """This process says the run's input warnings (once in a run of several processes: accelerate's RANK)."""
     return os.environ.get("RANK", "0") in ("0", "")
+
+
+def _say_unread_photos(folder: Path, item: str) -> None:
+    """A warning naming how many of ``folder``'s files are photos of a kind that is not read."""
+    unread = collections.Counter(
+        q.suffix.lower()
+        for q in folder.iterdir()
+        if q.suffix.lower() in UNREAD_PHOTO_SUFFIXES and q.name[0] != "."
+    )
+    if unread and _first_process():
+        from .errors import Depth2ImgWarning
+
+        kinds = ", ".join(f"{n} {suffix}" for suffix, n in sorted(unread.items()))
+        warnings.warn(f"{item}: {kinds} file(s) skipped, photos of a kind depth2img does not read; convert them to "
+                      "JPEG or PNG", Depth2ImgWarning, stacklevel=4)  # fmt: skip
 
 
 def _say_subfolders(folder: Path, item: str, suffixes, outputs=()) -> None:

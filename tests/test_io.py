@@ -798,6 +798,29 @@ def test_a_folder_skips_hidden_files_as_a_glob_does(tmp_path):
     )
 
 
+def test_a_folders_photos_of_a_kind_not_read_are_said(tmp_path):
+    """An iPhone's .heic photos (or a camera's raw files) in a folder were left out without a word; a .jfif (a JPEG)
+    was too, though it is read when named."""
+    import warnings
+
+    from depth2img.errors import Depth2ImgWarning
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    Image.new("RGB", (16, 16)).save(folder / "a.png")
+    Image.new("RGB", (16, 16)).save(folder / "e.jfif", format="JPEG")
+    for name in ("b.HEIC", "c.heic", "d.dng", "notes.txt", ".x.heic"):
+        (folder / name).write_bytes(b"x")
+    with pytest.warns(
+        Depth2ImgWarning, match=r": 1 \.dng, 2 \.heic file\(s\) skipped, photos of a kind"
+    ) as said:
+        assert io.expand_inputs([str(folder)]) == ([folder / "a.png", folder / "e.jfif"], [])
+    assert len(said) == 1 and io.load_image(folder / "e.jfif").size == (16, 16)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a folder of depth files: nothing said
+        io.expand_inputs([str(folder)], suffixes=io.DEPTH_SUFFIXES)
+
+
 def test_a_path_argument_given_something_else_is_one_line(tmp_path):
     """A PIL image or an array given as a path failed inside pathlib (TypeError: expected str, bytes or os.PathLike)."""
     from depth2img.batch import load_job, run_job
