@@ -607,6 +607,10 @@ def _cmd_eval(args) -> int:
         args.depth_polarity, "--depth-polarity", missing=None if args.source_depth else "--source-depth"
     )
     source, output = load_image(args.source), load_image(args.output)
+    from .metrics import check_frames
+
+    # before any model loads (it came once both depths were estimated, naming neither file)
+    check_frames(source.size, output.size, f"SOURCE {args.source}", f"OUTPUT {args.output}")
     given = (
         depth_for_image(args.source_depth, source.size, args.depth_polarity, "--depth-polarity")
         if args.source_depth

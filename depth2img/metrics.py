@@ -161,6 +161,19 @@ def edge_f1(source: np.ndarray, output: np.ndarray, tolerance: int = EDGE_TOLERA
     return _f1(a, _dilate(a, tolerance), _edges(output), tolerance)
 
 
+def check_frames(source_size, output_size, source: str = "the source", output: str = "the output") -> None:
+    """An output at another size of the source's frame (another tool's generation size) is resized onto the
+    source's pixels; another aspect ratio means another frame, whose pixels do not align with the source's: one
+    line naming ``source`` and ``output``."""
+    (sw, sh), (ow, oh) = source_size, output_size
+    if abs((ow / oh) / (sw / sh) - 1) > MAX_ASPECT_CHANGE:
+        raise InputError(
+            f"geometry check: {output} is {ow}x{oh} and {source} {sw}x{sh}; their aspect ratios differ by "
+            f"more than {MAX_ASPECT_CHANGE:.0%}, so their pixels do not align (crop or resize the output to the "
+            "source's frame)"
+        )
+
+
 def geometry_scores(source: DepthMap | GeometryReference, output: DepthMap) -> dict:
     """Scores of ``output`` (depth re-estimated on a generated image) against ``source`` (a DepthMap, or its
     ``geometry_reference`` when one source is checked against many outputs)."""
@@ -172,15 +185,7 @@ def geometry_scores(source: DepthMap | GeometryReference, output: DepthMap) -> d
     if ref.flat:  # any output "kept" a flat depth (AbsRel 0, delta1 1): no score means anything
         return dict.fromkeys((*METRICS, "scale", "shift"))
     if ref.size != output.size:
-        # an output at another size of the same frame (another tool's generation size) is resized onto the
-        # source's pixels; another aspect ratio means another frame, whose pixels do not align with the source's
-        (sw, sh), (ow, oh) = ref.size, output.size
-        if abs((ow / oh) / (sw / sh) - 1) > MAX_ASPECT_CHANGE:
-            raise InputError(
-                f"geometry check: the output is {ow}x{oh} and the source {sw}x{sh}; their aspect ratios differ by "
-                f"more than {MAX_ASPECT_CHANGE:.0%}, so their pixels do not align (crop or resize the output to the "
-                "source's frame)"
-            )
+        check_frames(ref.size, output.size)
         output = output.resized(*ref.size)
     pred, pred_valid = conditioning.to_inverse(output.values, output.kind, output.valid)
     if output.kind == "relative_depth":

@@ -1758,8 +1758,9 @@ def test_batch_warnings_are_one_line_each_on_the_cli(dataset, tmp_path, capsys):
     assert "Depth2ImgWarning" not in err and "batch.py" not in err
 
 
-def test_eval_command(dataset, capsys):
+def test_eval_command(dataset, capsys, monkeypatch):
     from depth2img.cli import main
+    from depth2img.estimators import DepthEstimator
 
     src = dataset / "frames" / "f0.png"
     assert main(["eval", str(src), str(src), "--estimator", "tiny", "--json"]) == 0
@@ -1772,11 +1773,13 @@ def test_eval_command(dataset, capsys):
     assert main(["eval", str(src), str(dataset / "bigger.png"), "--estimator", "tiny", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["delta1"] > 0.9
     Image.open(src).resize((H, W)).save(dataset / "turned.png")
-    assert main(["eval", str(src), str(dataset / "turned.png"), "--estimator", "tiny"]) == 2
+    with monkeypatch.context() as m:  # refused before the estimator loads, naming the files
+        m.setattr(DepthEstimator, "from_pretrained", lambda *a, **k: pytest.fail("the estimator loaded"))
+        assert main(["eval", str(src), str(dataset / "turned.png"), "--estimator", "tiny"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and (
-        "geometry check: the output is 64x96 and the source 96x64; their aspect ratios differ by more than 3%"
-        in err
+        f"geometry check: OUTPUT {dataset / 'turned.png'} is 64x96 and SOURCE {src} 96x64; their aspect ratios "
+        "differ by more than 3%" in err
     )
     # a source depth that does not say which way it runs: the option to pass is named ("pass a polarity")
     np.save(dataset / "src_depth.npy", np.linspace(1, 2, H * W).reshape(H, W))
