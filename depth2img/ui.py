@@ -203,6 +203,24 @@ def _file_path(f) -> str | None:
     return f if isinstance(f, str) else getattr(f, "name", None) or getattr(f, "path", None)
 
 
+def _named_input(component, name: str):
+    """``component`` (a slider) whose refusals name ``name``: over the HTTP API, strength=5 was told "Value 5 is
+    greater than maximum value 1.0.", and a null an opaque error (gradio's Slider compared None with its minimum, a
+    TypeError); a null now reaches the handler, which names it. On the instance, as ``_readable_upload``."""
+    gradio_preprocess = component.preprocess
+
+    def preprocess(payload):
+        if payload is None:
+            return None
+        try:
+            return gradio_preprocess(payload)
+        except Exception as err:
+            raise _visitors_error(f"{name}: {getattr(err, 'message', None) or first_line(err)}") from None
+
+    component.preprocess = preprocess
+    return component
+
+
 def _readable_upload(image):
     """``image`` (a gr.Image of file paths), naming an unreadable upload in one line as ``load_image`` does, where
     gradio itself opened it first and the page showed a bare "Error". On the instance: a subclass of a gradio
@@ -659,14 +677,21 @@ def create_demo(service):
                 takes_negative, control_knobs = _takes(service.default_model)
                 negative = gr.Textbox(label="Negative prompt", visible=takes_negative)
                 with gr.Accordion("Advanced", open=False):
-                    steps = gr.Slider(1, 100, value=DEFAULT_KNOBS["steps"], step=1, label="Steps")
-                    strength = gr.Slider(0.05, 1.0, value=DEFAULT_KNOBS["strength"], step=0.05,
-                                         label="Strength (1 = from depth alone; SD2: nearly)")  # fmt: skip
-                    guidance = gr.Slider(
-                        0.0, 20.0, value=DEFAULT_KNOBS["guidance_scale"], step=0.5, label="Guidance"
+                    steps = _named_input(
+                        gr.Slider(1, 100, value=DEFAULT_KNOBS["steps"], step=1, label="Steps"), "steps"
+                    )
+                    strength = _named_input(gr.Slider(0.05, 1.0, value=DEFAULT_KNOBS["strength"], step=0.05,
+                                                      label="Strength (1 = from depth alone; SD2: nearly)"),
+                                            "strength")  # fmt: skip
+                    guidance = _named_input(
+                        gr.Slider(
+                            0.0, 20.0, value=DEFAULT_KNOBS["guidance_scale"], step=0.5, label="Guidance"
+                        ),
+                        "guidance",
                     )
                     control_scale, control_start, control_end = (
-                        gr.Slider(0.0, top, value=DEFAULT_KNOBS[k], step=0.05, label=label, visible=k in control_knobs)
+                        _named_input(gr.Slider(0.0, top, value=DEFAULT_KNOBS[k], step=0.05, label=label,
+                                               visible=k in control_knobs), k)
                         for k, top, label in (("control_scale", 2.0, "Control scale"),
                                               ("control_start", 1.0, "Control start"),
                                               ("control_end", 1.0, "Control end"))
@@ -683,7 +708,7 @@ def create_demo(service):
                     with gr.Row():
                         seed = gr.Number(value=0, precision=0, label="Seed")  # its range: _seed
                         randomize = gr.Button("🎲", size="sm", scale=0)
-                    num_images = gr.Slider(1, 8, value=1, step=1, label="Images")
+                    num_images = _named_input(gr.Slider(1, 8, value=1, step=1, label="Images"), "num_images")
                 with gr.Row():
                     generate = gr.Button("Generate", variant="primary", elem_id="generate", scale=3)
                     stop = gr.Button("Stop", variant="stop", elem_id="stop", scale=1)

@@ -482,6 +482,16 @@ def test_http_api_depth_and_transform(server, photo):
     )
     assert Image.open(gallery[0]["image"]).size == (451, 300)
     assert records[0]["seed"] == 11 and "snow" in records[0]["preset"]
+    # a client's null or out-of-range slider is named (an opaque "the upstream Gradio app has raised an exception",
+    # gradio's Slider comparing None with its minimum; "Value 5 is greater than maximum value 1.0.")
+    from gradio_client.exceptions import AppError
+
+    for knob, value, said in (("steps", None, "steps must be a number, got None"),
+                              ("strength", 5, "strength: Value 5 is greater than maximum value 1.0")):  # fmt: skip
+        knobs = {**KNOBS, knob: value}
+        with pytest.raises(AppError, match=re.escape(said)):
+            client.predict(handle_file(photo), "tiny", "tiny", None, "", "a cat", [], "", *knobs.values(), 11, 1,
+                           api_name="/transform")  # fmt: skip
 
 
 def test_the_server_serves_no_file_it_did_not_make(server, tmp_path):
