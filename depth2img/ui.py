@@ -625,20 +625,24 @@ def create_demo(service):
         run.__name__ = fn.__name__
         return run
 
+    # a model served from a folder has the value '' (the service's default) on the page: gradio publishes the values
+    # (the page's config, its API page), and the server's paths were there
+    model_value = "" if os.path.isdir(service.default_model) else service.default_model
+    est_value = "" if os.path.isdir(service.default_estimator) else service.default_estimator
     model_choices = _backbone_choices(tiny=service.default_model.startswith("tiny"))
     if service.default_model not in [v for _, v in model_choices]:
-        model_choices.insert(0, (f"{_public(service.default_model)} (configured)", service.default_model))
+        model_choices.insert(0, (f"{_public(service.default_model)} (configured)", model_value))
     # (a folder by its name: not the server's paths on a public page)
     served = [f"{what} {_public(name)}" for what, name in (("LoRA", service.lora), ("ControlNet", service.controlnet))
               if name]  # fmt: skip
     if served:  # (made for the configured backbone: the service loads any other with them too)
-        model_choices = [(f"{_public(service.default_model)} + {' + '.join(served)}", service.default_model)]
+        model_choices = [(f"{_public(service.default_model)} + {' + '.join(served)}", model_value)]
     # (label, name): a non-commercial estimator is marked, as a backbone is
     est_choices = [(f"{n}{'' if e.commercial else ' (non-commercial)'}", n) for n, e in estimators().items()]
     if service.default_estimator.startswith("tiny"):  # offline: the estimators' tiny builds
         est_choices = [(f"tiny/{n}", f"tiny/{n}") for n, e in estimators().items() if e.tiny]
     if service.default_estimator not in [v for _, v in est_choices]:
-        est_choices.insert(0, (_public(service.default_estimator), service.default_estimator))
+        est_choices.insert(0, (_public(service.default_estimator), est_value))
 
     # Gradio's cache (uploads, and the copies of what handlers return) is emptied of files older than APP_KEEP_S (and
     # capped by size in _workdir)
@@ -654,9 +658,7 @@ def create_demo(service):
                 )
                 sample = gr.Button("Use the driving-scene sample (with exact depth)", size="sm")
                 with gr.Accordion("Depth", open=False):
-                    estimator = gr.Dropdown(
-                        est_choices, value=service.default_estimator, label="Depth estimator"
-                    )
+                    estimator = gr.Dropdown(est_choices, value=est_value, label="Depth estimator")
                     depth_file = gr.File(label="…or your own depth file (16-bit PNG, .npy, .npz, float TIFF)",
                                          file_types=list(DEPTH_SUFFIXES), type="filepath",
                                          elem_id="depth-file")  # fmt: skip
@@ -668,7 +670,7 @@ def create_demo(service):
                 )
                 depth16 = gr.File(label="16-bit depth PNG", interactive=False)
             with gr.Column():
-                model = gr.Dropdown(model_choices, value=service.default_model, label="Backbone")
+                model = gr.Dropdown(model_choices, value=model_value, label="Backbone")
                 licence = gr.Markdown(_licence_text(service.default_model))
                 prompt = gr.Textbox(label="Prompt", placeholder="a city street", elem_id="prompt")
                 preset_box = gr.CheckboxGroup(
@@ -752,9 +754,10 @@ def create_demo(service):
         )
         image.clear(lambda: (None, None), None, preview, api_name="no_photo", queue=False)
         image.clear(lambda: False, None, has_photo, api_name="photo_gone", queue=False)
-        model.change(_licence_text, model, licence, api_name="licence")
-        model.change(backbone_controls, model, [negative, control_scale, control_start, control_end],
-                     api_name="backbone_controls", queue=False)  # fmt: skip
+        model.change(lambda m: _licence_text(m or service.default_model), model, licence, api_name="licence")
+        model.change(lambda m: backbone_controls(m or service.default_model), model,
+                     [negative, control_scale, control_start, control_end], api_name="backbone_controls",
+                     queue=False)  # fmt: skip
         randomize.click(lambda: secrets.randbelow(MAX_SEED), None, seed, api_name="random_seed")
         image.upload(
             lambda *now: (*depth_file_for_new_photo(*now), True),

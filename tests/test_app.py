@@ -248,14 +248,20 @@ def test_app_serves_its_model_with_a_lora_or_controlnet(monkeypatch, capsys, pho
     assert records[0]["backbone"]["speed_lora"] and records[0]["guidance_scale"] == 1.0
     assert records[0]["scheduler"] == "lcm"
     # models served from folders: by their names on the page and in the outputs' metadata (the backbone's label,
-    # its licence line, the metadata panel and every file's metadata showed the server's paths)
+    # its licence line, the metadata panel and every file's metadata showed the server's paths), and by '' (the
+    # service's default) in the values gradio publishes (the page's config, its API page)
     svc = Service(model=str(tiny_dir / "sd15-depth"), estimator=str(tiny_dir / "depth-anything"))
-    assert backbones(svc)[0] == ("sd15-depth (configured)", str(tiny_dir / "sd15-depth"))
-    assert ui._licence_text(svc.default_model).startswith("**sd15-depth**: licence not in the registry")
+    demo = create_demo(svc)
+    assert str(tiny_dir) not in json.dumps(demo.config, default=str) + json.dumps(
+        demo.get_api_info(), default=str
+    )
+    assert backbones(svc)[0] == ("sd15-depth (configured)", "")
+    licence = next(d for d in demo.config["dependencies"] if d["api_name"] == "licence")
+    assert demo.fns[licence["id"]].fn("").startswith("**sd15-depth**: licence not in the registry")
     k = KNOBS
     _, (_, first), archive, records = handle_generate(
-        svc, photo, svc.default_model, svc.default_estimator, None, "", "a cat", [], "", k["steps"], k["strength"],
-        k["guidance"], k["control_scale"], k["control_start"], k["control_end"], k["scheduler"], 3, 1,
+        svc, photo, "", "", None, "", "a cat", [], "", k["steps"], k["strength"], k["guidance"], k["control_scale"],
+        k["control_start"], k["control_end"], k["scheduler"], 3, 1,
     )  # fmt: skip
     assert (records[0]["backbone"]["id"], records[0]["depth"]["id"]) == ("sd15-depth", "depth-anything")
     with zipfile.ZipFile(archive) as z:
