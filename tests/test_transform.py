@@ -1347,14 +1347,26 @@ def test_anything_but_a_pil_image_is_refused_with_one_line(sd15, photo):
 
 
 def test_long_prompt_names_truncated_tokens(sd15, photo, depth):
+    from depth2img.errors import Depth2ImgWarning
+
     long = "a street " + " ".join(f"w{i}" for i in range(60))
-    with pytest.warns(
-        UserWarning, match="prompt is .* tokens; the text encoder takes 75: truncated '.*5 9'"
-    ):  # the tiny byte tokenizer decodes with spaces
+    tokenizer = sd15.backend.checking_tokenizer("tokenizer")
+
+    def tokens(text):
+        return len(tokenizer(text, add_special_tokens=False).input_ids)
+
+    # the words dropped as written, from the first not wholly kept (the tokens' decode, lowercased and spaced out,
+    # had been quoted: "14,876 characters" dropped of a 10,000-character prompt)
+    words = long.split(" ")
+    kept = max(k for k in range(len(words)) if tokens(" ".join(words[:k])) <= 75)
+    dropped = " ".join(words[kept:])
+    said = (f"prompt is {tokens(long)} tokens; the text encoder takes 75: truncated {dropped[:40]!r} ... "
+            f"{dropped[-30:]!r} ({len(dropped)} characters)")  # fmt: skip
+    with pytest.warns(Depth2ImgWarning, match=f"^{re.escape(said)}$"):
         r = sd15.transform(photo, long, depth=depth, seed=0, steps=2)
-    assert r.warnings and "5 9" in r.metadata[0]["warnings"][0]
+    assert r.warnings == r.metadata[0]["warnings"] == [said] and dropped.endswith("w58 w59")
     # a long tail is shown by its ends (10,000 characters of prompt filled the web page)
-    with pytest.warns(UserWarning) as said:
+    with pytest.warns(Depth2ImgWarning) as said:
         sd15.transform(photo, long * 40, depth=depth, seed=0, steps=2)
     assert re.fullmatch(r"prompt is \d+ tokens; the text encoder takes 75: truncated '[^']{40}' \.\.\. '[^']{30}' "
                         r"\([\d,]{5,} characters\)", str(said[0].message)), str(said[0].message)  # fmt: skip
