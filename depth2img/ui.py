@@ -408,7 +408,8 @@ def _seed(seed, what: str = "seed") -> int:
     if isinstance(seed, float) and seed.is_integer():
         seed = int(seed)
     if isinstance(seed, bool) or not isinstance(seed, int):
-        raise InputError(f"{what} must be an integer, got {seed!r}")
+        raise InputError(f"{what} must be a whole number in 0..{MAX_SEED}, got "
+                         f"{'an empty field' if seed is None else repr(seed)}")  # fmt: skip
     if not 0 <= seed <= MAX_SEED:
         raise InputError(f"{what} must be in 0..{MAX_SEED} here (what the Generate tab's seed field holds exactly), "
                          f"got {seed}")  # fmt: skip
@@ -708,7 +709,8 @@ def create_demo(service):
                         elem_id="exact",
                     )
                     with gr.Row():
-                        seed = gr.Number(value=0, precision=0, label="Seed")  # its range: _seed
+                        # (no precision: gradio rounded 2.5 to seed 2, silently; _seed checks it)
+                        seed = gr.Number(value=0, label="Seed")
                         randomize = gr.Button("🎲", size="sm", scale=0)
                     num_images = _named_input(gr.Slider(1, 8, value=1, step=1, label="Images"), "num_images")
                 with gr.Row():

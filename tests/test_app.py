@@ -367,6 +367,12 @@ def test_variations_handler(service, photo, capsys):
     # the Generate tab's field: gradio's own bounds said "Value -1 is less than minimum value 0."
     with pytest.raises(InputError, match=r"^seed must be in 0\.\.9007199254740991 here .*, got -1$"):
         _generate(service, photo, seed=-1)
+    # the field keeps what was typed (it rounded 2.5 to seed 2, silently); an empty one is said so, not as None
+    for typed, said in ((2.5, "2.5"), (None, "an empty field")):
+        with pytest.raises(
+            InputError, match=rf"^seed must be a whole number in 0\.\.9007199254740991, got {said}$"
+        ):
+            _generate(service, photo, seed=typed)
 
 
 def test_sliders_left_at_their_defaults_let_the_preset_and_model_choose(service, photo):
@@ -1041,17 +1047,22 @@ def test_a_depth_files_recorded_polarity_warning_reaches_the_page(service, photo
 
 def test_the_seed_field_takes_every_seed_a_browser_holds_exactly(service):
     """The page's seed stopped at 2**31-1 while the Variations seeds and the Python API take up to 2**63-1; past 2**53 a
-    browser's number changes a typed seed silently, so the field stops there."""
+    browser's number changes a typed seed silently, so the page stops there: _seed refuses more, naming the seed (the
+    field's own bounds gave gradio's "Value -1 is less than minimum value 0.", and its precision 0 rounded 2.5 to 2)."""
     import gradio as gr
 
-    from depth2img.ui import MAX_SEED
+    from depth2img.ui import MAX_SEED, _seed
 
     demo = create_demo(service)
     (seed,) = [b for b in demo.blocks.values() if isinstance(b, gr.Number) and b.label == "Seed"]
-    assert seed.maximum == MAX_SEED == 2**53 - 1 and float(MAX_SEED) == MAX_SEED
-    assert seed.preprocess(float(MAX_SEED)) == MAX_SEED
-    with pytest.raises(gr.Error, match="greater than maximum"):
-        seed.preprocess(2**53)
+    assert seed.maximum is None and seed.precision is None and float(MAX_SEED) == MAX_SEED == 2**53 - 1
+    assert _seed(seed.preprocess(float(MAX_SEED))) == MAX_SEED and _seed(seed.preprocess(7)) == 7
+    with pytest.raises(
+        InputError, match=r"^seed must be in 0\.\.9007199254740991 here .*got 9007199254740992$"
+    ):
+        _seed(seed.preprocess(2**53))
+    with pytest.raises(InputError, match=r"^seed must be a whole number in 0\.\.9007199254740991, got 2\.5$"):
+        _seed(seed.preprocess(2.5))
 
 
 def test_the_negative_prompt_and_control_sliders_show_where_the_backbone_takes_them():
