@@ -583,7 +583,9 @@ def _depth_values(values, where) -> np.ndarray:
     nonfinite = int((~np.isfinite(values)).sum())
     if nonfinite:
         raise InputError(
-            f"{where}: {nonfinite} depth values are NaN or infinite; mark missing pixels as 0 instead"
+            f"{where}: {nonfinite} depth values are NaN or infinite; in metric depth mark missing pixels as 0 (no "
+            "measurement); in the other polarities 0 is a depth (the nearest far-bright one): give a DepthMap with a "
+            "valid mask"
         )
     if np.abs(values).max(initial=0) > np.finfo(np.float32).max:
         raise InputError(f"{where}: depth values reach {np.abs(values).max():.3g}, beyond float32's range")

@@ -411,7 +411,14 @@ def test_user_depth_formats_and_polarity(tmp_path, monkeypatch):
             "metric",
             "1 depth values are NaN or infinite",
         ),
-        ("inf.npy", lambda p: np.save(p, np.array([[1.0, np.inf]])), "near-bright", "NaN or infinite"),
+        # 0 marks a hole in metric depth only: the advice to use it made a far-bright file's holes its nearest pixels
+        (
+            "inf.npy",
+            lambda p: np.save(p, np.array([[1.0, np.inf]])),
+            "near-bright",
+            r"NaN or infinite; in metric depth mark missing pixels as 0 \(no measurement\); in the other polarities 0 "
+            r"is a depth \(the nearest far-bright one\): give a DepthMap with a valid mask$",
+        ),
         ("neg.npy", lambda p: np.save(p, np.array([[1.0, -2.0]])), "metric", "negative"),
         ("cube.npy", lambda p: np.save(p, np.zeros((2, 3, 4))), "metric", "2-D array"),
         (
