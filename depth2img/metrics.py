@@ -54,10 +54,17 @@ class GeometryReference:
     flat_delta1: float = 0.0
 
 
-def geometry_reference(source: DepthMap, tolerance: int = EDGE_TOLERANCE_PX) -> GeometryReference:
-    inverse, valid = conditioning.to_inverse(source.values, source.kind, source.valid)
-    if source.kind == "disparity":  # a point at infinity (0) or a failed match (< 0) has no depth to compare
+def _inverse(depth: DepthMap) -> tuple[np.ndarray, np.ndarray]:
+    """``depth`` as inverse depth, and where it holds one: stereo disparity's point at infinity (0) or failed match
+    (< 0) holds none, in a source and in an output alike."""
+    inverse, valid = conditioning.to_inverse(depth.values, depth.kind, depth.valid)
+    if depth.kind == "disparity":
         valid = valid & (inverse > 0)
+    return inverse, valid
+
+
+def geometry_reference(source: DepthMap, tolerance: int = EDGE_TOLERANCE_PX) -> GeometryReference:
+    inverse, valid = _inverse(source)
     normalized = conditioning.normalize(inverse, valid)
     if source.kind in ("metric_depth", "disparity"):
         # true 1/d, or stereo disparity f * B / d: proportional to it, and the scores ignore a scale (it was read as
@@ -187,7 +194,8 @@ def geometry_scores(source: DepthMap | GeometryReference, output: DepthMap) -> d
     if ref.size != output.size:
         check_frames(ref.size, output.size)
         output = output.resized(*ref.size)
-    pred, pred_valid = conditioning.to_inverse(output.values, output.kind, output.valid)
+    # (an output's disparity holes had been compared: the same holes scored 0/1/1 in the source, 0.27/0.64/0.51 here)
+    pred, pred_valid = _inverse(output)
     if output.kind == "relative_depth":
         pred = _far_bright_inverse(conditioning.normalize(pred, pred_valid))
     # Only the pixels valid in both are compared; an output valid everywhere reuses the reference's selection

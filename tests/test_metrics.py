@@ -221,6 +221,15 @@ def test_a_stereo_disparity_source_scores_as_its_depth(scene_depth):
         got, want = geometry_scores(disparity, output), geometry_scores(scene_depth, output)
         for k in ("absrel", "delta1", "edge_f1"):
             assert got[k] == pytest.approx(want[k], abs=1e-6), k
+    # an output's holes likewise (0: no depth, < 0: no match): source and output swapped score alike (the output's
+    # were compared: 0/1/1 one way, 0.27/0.64/0.51 the other)
+    holed = np.where(np.arange(disparity.width) < 40, -1.0, disparity.values)
+    full = DepthMap(np.where(disparity.values > 0, disparity.values, 1e-3), "disparity")
+    there, back = (
+        geometry_scores(DepthMap(holed, "disparity"), full),
+        geometry_scores(full, DepthMap(holed, "disparity")),
+    )
+    assert there["delta1"] == back["delta1"] == 1 and back["absrel"] == pytest.approx(0, abs=1e-6)
 
 
 def test_output_edges_are_normalised_over_the_pixels_compared(scene_depth):
