@@ -81,6 +81,11 @@ class Geometry:
         t = self.threshold
         if t is not None and (isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t)):
             raise InputError(f"job key geometry.threshold must be a finite number, got {t!r}")
+        # one no output can meet: every item ran all its retries, then was rejected
+        lower = METRICS[self.metric] == "lower"
+        if t is not None and (t < 0 if lower else t > 1):
+            raise InputError(f"job key geometry.threshold {t!r} can never be met: {self.metric} lies in "
+                             f"{'0 and up' if lower else '0..1'}")  # fmt: skip
         if isinstance(self.retries, bool) or not isinstance(self.retries, int) or not 0 <= self.retries <= 20:
             raise InputError(f"job key geometry.retries must be an integer in 0..20, got {self.retries!r}")
 

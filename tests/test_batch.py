@@ -1185,6 +1185,15 @@ def test_output_names_cannot_escape(dataset, tmp_path):
             "inputs: a\noutput: b\nprompt: x\ngeometry: {threshold: .nan}\n",
             "geometry.threshold must be a finite number, got nan",
         ),
+        # out of the metric's range: every item ran all its retries, then was rejected
+        (
+            "inputs: a\noutput: b\nprompt: x\ngeometry: {metric: edge_f1, threshold: 1.01}\n",
+            r"geometry.threshold 1.01 can never be met: edge_f1 lies in 0..1",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\ngeometry: {metric: absrel, threshold: -1}\n",
+            r"geometry.threshold -1 can never be met: absrel lies in 0 and up",
+        ),
         (
             "inputs: a\noutput: b\nprompt: x\nknobs: [steps]\n",
             r"job key knobs must be a mapping .*got \['steps'\]",
