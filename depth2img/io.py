@@ -477,9 +477,9 @@ def read_depth_file(
     suffix = path.suffix.lower()
     if suffix not in DEPTH_SUFFIXES:
         raise InputError(f"{path}: depth files must be one of {', '.join(DEPTH_SUFFIXES)}")
-    recorded = invalid = reflected = None
+    recorded = invalid = reflected = valid = None
     if suffix in (".npy", ".npz"):
-        values, recorded = _read_numpy(path, pixel_limit())
+        values, recorded, valid = _read_numpy(path, pixel_limit())
     else:
         try:
             img = _open(path, pixel_limit())
@@ -519,7 +519,7 @@ def read_depth_file(
             # depth PNG stored turned was read as stored, a quarter turn from its photo
             turn = UPRIGHT.get(img.getexif().get(0x0112)) if img.format != "TIFF" else None
             values = np.ascontiguousarray(turn(values)) if turn else values
-    values = _depth_values(values, path)
+    values, valid = _depth_values(values, path, valid)
     # our PNG of a far-bright depth: that depth again (holes, 0, stay; depths 1..65535 or 0..65535)
     if reflected:
         values = np.where(values == 0, 0, 65536 - values) if invalid == "0" else 65535 - values
@@ -553,7 +553,7 @@ def read_depth_file(
             f"{path}: the file does not say which way its depth runs; pass {polarity_option} "
             f"({' | '.join(POLARITIES)})"
         )
-    return _depth_map(values, polarity, path, invalid=invalid, depth_scale=depth_scale, notes=notes,
+    return _depth_map(values, polarity, path, invalid=invalid, valid=valid, depth_scale=depth_scale, notes=notes,
                       kind="disparity" if disparity else None)  # fmt: skip
 
 
@@ -568,8 +568,9 @@ def check_polarity(polarity, name: str, *, missing: str | None = None) -> None:
         raise InputError(f"{name} {polarity} says how to read {missing}; none was given")
 
 
-def _depth_values(values, where) -> np.ndarray:
-    """A depth's values as a 2-D float64 array (a copy), or one line saying what is wrong with them."""
+def _depth_values(values, where, valid=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """A depth's values as a 2-D float64 array (a copy), and ``valid`` (an .npz's mask of the pixels that hold a
+    depth: theirs must be finite, the others' are set to 0) as a bool array, or one line saying what is wrong."""
     values = np.asarray(values)
     if values.ndim == 3 and values.shape[-1] == 1:
         values = values[..., 0]
@@ -580,32 +581,41 @@ def _depth_values(values, where) -> np.ndarray:
     if not (np.issubdtype(values.dtype, np.number) and not np.issubdtype(values.dtype, np.complexfloating)):
         raise InputError(f"{where}: depth must hold real numbers, got dtype {values.dtype}")
     values = values.astype(np.float64)  # a copy
+    if valid is not None:
+        valid = np.asarray(valid)
+        if valid.shape != values.shape or not (valid.dtype == bool or np.isin(valid, (0, 1)).all()):
+            raise InputError(f"{where}: 'valid' must be a mask of the depth's shape {values.shape} (bool, or 0 and 1), "
+                             f"got {valid.dtype} of shape {valid.shape}")  # fmt: skip
+        valid = valid.astype(bool)
+        values[~valid & ~np.isfinite(values)] = 0  # a hole's NaN: no value
     nonfinite = int((~np.isfinite(values)).sum())
     if nonfinite:
         raise InputError(
             f"{where}: {nonfinite} depth values are NaN or infinite; in metric depth mark missing pixels as 0 (no "
-            "measurement); in the other polarities 0 is a depth (the nearest far-bright one): give a DepthMap with a "
-            "valid mask"
+            "measurement); in the other polarities 0 is a depth (the nearest far-bright one): give an .npz with a "
+            "'valid' mask, or a DepthMap with one"
         )
     if np.abs(values).max(initial=0) > np.finfo(np.float32).max:
         raise InputError(f"{where}: depth values reach {np.abs(values).max():.3g}, beyond float32's range")
-    return values
+    return values, valid
 
 
-def _depth_map(values: np.ndarray, polarity: str, where, *, invalid=None, depth_scale: float = 1.0, notes=(),
-               source: str | None = None, kind: str | None = None):  # fmt: skip
+def _depth_map(values: np.ndarray, polarity: str, where, *, invalid=None, valid=None, depth_scale: float = 1.0,
+               notes=(), source: str | None = None, kind: str | None = None):  # fmt: skip
     """A DepthMap of checked ``values`` (``_depth_values``) that run as ``polarity`` says (``kind``: the DepthMap
     kind where it is another of that polarity's, disparity): metric depth has no negative value and 0 marks no
-    measurement; ``invalid`` (our 16-bit PNG's chunk) the value of a hole."""
+    measurement; ``invalid`` (our 16-bit PNG's chunk) the value of a hole; ``valid`` (an .npz's) the mask of the
+    pixels that hold a depth."""
     from .depthmap import DepthMap
 
     kind = kind or POLARITIES[polarity]
-    valid = np.ones(values.shape, bool)
+    valid = np.ones(values.shape, bool) if valid is None else valid.copy()
     if invalid == "0":  # our 16-bit PNG of a depth with holes: they hold 0, its depth 1..65535
         valid = values != 0
     if kind == "metric_depth":
-        if (values < 0).any():
-            raise InputError(f"{where}: metric depth has {int((values < 0).sum())} negative values")
+        negative = int(((values < 0) & valid).sum())
+        if negative:
+            raise InputError(f"{where}: metric depth has {negative} negative values")
         valid &= values > 0  # 0 = no measurement (KITTI / sensor convention)
         values = values * depth_scale
         if values.max(initial=0) > np.finfo(np.float32).max:
@@ -682,7 +692,7 @@ def depth_for_image(
             raise InputError(f"depth array: cannot be read as numbers ({first_line(err)})") from None
         # checked as a file's values are (metric: no negative value, 0 = no measurement), and copied: the caller
         # may refill its buffer for the next frame, which changed the earlier result's depth
-        depth = _depth_map(_depth_values(values, "depth array"), polarity, "depth array", source="")
+        depth = _depth_map(_depth_values(values, "depth array")[0], polarity, "depth array", source="")
     else:  # a DepthMap (its own arrays, copied when made): checked as an array is, they were not
         negative = int((depth.values[depth.valid] < 0).sum()) if depth.kind == "metric_depth" else 0
         if negative:
@@ -826,20 +836,21 @@ def _read_numpy(path: Path, max_pixels: int):
     except unreadable as err:
         raise InputError(f"{path}: not a readable NumPy file ({_npy_problem(err, path)})") from None
     if isinstance(data, np.ndarray):
-        return data, None
+        return data, None, None
     with data:
-        names = [k for k in data.keys() if k != "kind"]
+        # 'valid': the mask of the pixels that hold a depth (it was ignored, silently: holes read as depths)
+        names = [k for k in data.keys() if k not in ("kind", "valid")]
         key = "depth" if "depth" in names else (names[0] if len(names) == 1 else None)
         if key is None:
             raise InputError(f"{path}: .npz must hold a 'depth' array (or exactly one array), found {names}")
         try:
             # each member's header before its data; np.load names the zip entry "depth.npy" "depth"
-            for name in [key, "kind"] if "kind" in data else [key]:
+            for name in [key, *(k for k in ("kind", "valid") if k in data)]:
                 member = f"{name}.npy" if f"{name}.npy" in data.zip.namelist() else name
                 with data.zip.open(member) as fh:
                     _check_array_pixels(path, _npy_shape(fh), max_pixels)
             recorded = str(data["kind"]) if "kind" in data else None
-            return data[key], recorded
+            return data[key], recorded, data["valid"] if "valid" in data else None
         except InputError:
             raise
         except unreadable as err:

@@ -321,6 +321,32 @@ def test_a_recorded_polarity_beats_a_given_one_with_a_warning(tmp_path, rng):
         assert io.read_depth_file(tmp_path / "d.png", "near-bright").kind == "relative_inverse_depth"
 
 
+def test_an_npz_valid_mask_marks_the_holes(tmp_path):
+    """An .npz's 'valid' array was ignored, silently: a far-bright depth had no way to mark its holes (its 0 is the
+    nearest depth), which then scored as the nearest pixels (AbsRel 0.895 for a perfect output)."""
+    from depth2img import geometry_scores
+
+    y, x = np.mgrid[0:48, 0:64]
+    far_bright = (2 + 18 * x / 63).astype(np.float32)
+    holed, valid = far_bright.copy(), np.ones(far_bright.shape, bool)
+    holed[:8], valid[:8] = np.nan, False
+    np.savez(tmp_path / "d.npz", depth=holed, valid=valid, kind="far-bright")
+    depth = io.read_depth_file(tmp_path / "d.npz")
+    assert (depth.valid == valid).all() and np.isfinite(depth.values).all() and depth.kind == "relative_depth"
+    scores = geometry_scores(depth, DepthMap(far_bright, "relative_depth"))
+    assert scores["absrel"] == pytest.approx(0, abs=1e-6) and scores["delta1"] == 1
+    # a metric depth's negative value at a hole is no depth; a mask of another shape or of other values is refused
+    holed[:8] = -1
+    np.savez(tmp_path / "m.npz", depth=holed, valid=valid.astype(np.uint8), kind="metric")
+    assert (io.read_depth_file(tmp_path / "m.npz").valid == valid).all()
+    for bad in (valid[:, :10], valid * 0.5):
+        np.savez(tmp_path / "b.npz", depth=holed, valid=bad, kind="metric")
+        with pytest.raises(
+            InputError, match=r"b\.npz: 'valid' must be a mask of the depth's shape \(48, 64\)"
+        ):
+            io.read_depth_file(tmp_path / "b.npz")
+
+
 def test_npy_round_trip_raw(tmp_path, rng):
     d = DepthMap(rng.uniform(1, 80, size=(20, 30)), "metric_depth")
     io.write_depth_npy(d, tmp_path / "d.npy")
@@ -417,7 +443,7 @@ def test_user_depth_formats_and_polarity(tmp_path, monkeypatch):
             lambda p: np.save(p, np.array([[1.0, np.inf]])),
             "near-bright",
             r"NaN or infinite; in metric depth mark missing pixels as 0 \(no measurement\); in the other polarities 0 "
-            r"is a depth \(the nearest far-bright one\): give a DepthMap with a valid mask$",
+            r"is a depth \(the nearest far-bright one\): give an \.npz with a 'valid' mask, or a DepthMap with one$",
         ),
         ("neg.npy", lambda p: np.save(p, np.array([[1.0, -2.0]])), "metric", "negative"),
         ("cube.npy", lambda p: np.save(p, np.zeros((2, 3, 4))), "metric", "2-D array"),
