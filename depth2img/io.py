@@ -570,7 +570,8 @@ def check_polarity(polarity, name: str, *, missing: str | None = None) -> None:
 
 def _depth_values(values, where, valid=None) -> tuple[np.ndarray, np.ndarray | None]:
     """A depth's values as a 2-D float64 array (a copy), and ``valid`` (an .npz's mask of the pixels that hold a
-    depth: theirs must be finite, the others' are set to 0) as a bool array, or one line saying what is wrong."""
+    depth: theirs must be finite, a NaN or inf elsewhere is set to 0) as a bool array, or one line saying what is
+    wrong."""
     values = np.asarray(values)
     if values.ndim == 3 and values.shape[-1] == 1:
         values = values[..., 0]
@@ -613,9 +614,7 @@ def _depth_map(values: np.ndarray, polarity: str, where, *, invalid=None, valid=
     if invalid == "0":  # our 16-bit PNG of a depth with holes: they hold 0, its depth 1..65535
         valid = values != 0
     if kind == "metric_depth":
-        negative = int(((values < 0) & valid).sum())
-        if negative:
-            raise InputError(f"{where}: metric depth has {negative} negative values")
+        _check_no_negative(values, valid, where)
         valid &= values > 0  # 0 = no measurement (KITTI / sensor convention)
         values = values * depth_scale
         if values.max(initial=0) > np.finfo(np.float32).max:
@@ -624,6 +623,13 @@ def _depth_map(values: np.ndarray, polarity: str, where, *, invalid=None, valid=
             )
     return DepthMap(values.astype(np.float32), kind, valid, source=str(where) if source is None else source,
                     meta={"polarity": polarity}, notes=_with_flat_note(values, valid, kind, where, notes))  # fmt: skip
+
+
+def _check_no_negative(values: np.ndarray, valid: np.ndarray, where) -> None:
+    """Metric depth holds no negative value where it holds a depth (``valid``)."""
+    negative = int(((values < 0) & valid).sum())
+    if negative:
+        raise InputError(f"{where}: metric depth has {negative} negative values")
 
 
 _FLAT_NOTE = ", so it carries no structure and the outputs keep none of its geometry"
@@ -694,9 +700,8 @@ def depth_for_image(
         # may refill its buffer for the next frame, which changed the earlier result's depth
         depth = _depth_map(_depth_values(values, "depth array")[0], polarity, "depth array", source="")
     else:  # a DepthMap (its own arrays, copied when made): checked as an array is, they were not
-        negative = int((depth.values[depth.valid] < 0).sum()) if depth.kind == "metric_depth" else 0
-        if negative:
-            raise InputError(f"depth: metric depth has {negative} negative values")
+        if depth.kind == "metric_depth":
+            _check_no_negative(depth.values, depth.valid, "depth")
         # (once: one made from a flat array or file, or here, holds its note; variations passes its depth on)
         if not any(n.endswith(_FLAT_NOTE) for n in depth.notes):
             notes = _with_flat_note(depth.values, depth.valid, depth.kind, "depth", depth.notes)
