@@ -149,9 +149,13 @@ def not_cached(ref: ModelRef, patterns, index: str | None = None) -> ModelLoadEr
     if held is not None:
         return ModelLoadError(f"{ref.kind} {ref.label}: its cached download at {held} holds no {index} (a repository of "
                               f"another kind, or an incomplete download); {_how_to_provide(ref, patterns)}")  # fmt: skip
+    # a mistyped folder of one '/' reads as a hub id: say there is no such folder either ('m/sd15-deptth' beside m/)
+    parent = Path(ref.location).parent
+    folder = f" (nor is there a folder {ref.location}: {parent} holds no {Path(ref.location).name})" if (
+        not ref.is_local and parent.is_dir()) else ""  # fmt: skip
     return ModelLoadError(
         f"{ref.kind} {ref.label} is not in the local Hugging Face cache and the hub is offline "
-        f"(local_files_only / HF_HUB_OFFLINE){_other_revisions(ref)}; {_how_to_provide(ref, patterns)}"
+        f"(local_files_only / HF_HUB_OFFLINE){folder}{_other_revisions(ref)}; {_how_to_provide(ref, patterns)}"
     )
 
 

@@ -211,6 +211,15 @@ def _folder_or_hub_id(name: str, what: str, known: str = "") -> ModelRef:
         raise InputError(
             f"{what} {name!r} is not {known}a hub id (owner/name) or an existing local directory"
         )
+    from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+    try:  # 'me/sd15@main' was an internal error (HFValidationError) or the advice to `hf download me/sd15@main`
+        validate_repo_id(name)
+    except HFValidationError:
+        raise InputError(
+            f"{what} {name!r} is not {known}a valid hub id (owner/name, of letters, digits, '-', '_' and '.'; no "
+            "revision in it) or an existing local directory"
+        ) from None
     return ModelRef(name=name, location=name, revision=None, is_local=False)
 
 

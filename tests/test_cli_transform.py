@@ -40,8 +40,13 @@ def test_transform_happy_path(tmp_path, photos_dir, capsys):
 
 @pytest.mark.parametrize(
     ("model", "problem"),
-    [("foo/bar", "model foo/bar is not in the local Hugging Face cache and the hub is offline"),
-     ("folder", "folder is not a diffusers pipeline folder (no model_index.json)")],
+    [("foo/bar", "model foo/bar is not in the local Hugging Face cache and the hub is offline (local_"),
+     ("folder", "folder is not a diffusers pipeline folder (no model_index.json)"),
+     # an ill-formed hub id was an internal error (HFValidationError), or advice to `hf download me/sd15@main`
+     ("me/sd15@main", "model 'me/sd15@main' is not a registry name (sd15-depth, sd2-depth, sdxl-depth, flux-depth"),
+     # a mistyped folder of one '/' reads as a hub id: that no such folder is there either was unsaid
+     ("folder/sd15-deptth", "model folder/sd15-deptth is not in the local Hugging Face cache and the hub is offline "
+      "(local_files_only / HF_HUB_OFFLINE) (nor is there a folder folder/sd15-deptth: folder holds no sd15-deptth)")],
 )  # fmt: skip
 def test_a_backbone_that_cannot_load_is_named_before_the_estimator_loads(tmp_path, photos_dir, capsys, monkeypatch,
                                                                           model, problem):  # fmt: skip
@@ -56,6 +61,19 @@ def test_a_backbone_that_cannot_load_is_named_before_the_estimator_loads(tmp_pat
                        "--prompt", "x", "-q")  # fmt: skip
     assert code == 2 and err.splitlines()[-1].startswith("depth2img: error: " + problem)
     assert loaded == [] and not (tmp_path / "o").exists()
+
+
+def test_an_ill_formed_hub_id_is_refused_as_one():
+    """'owner/name@rev' and a space: HFValidationError (an internal error), or advice to `hf download` the id typed."""
+    from depth2img.errors import InputError
+    from depth2img.registry import resolve_backbone, resolve_companions
+
+    valid = r"a valid hub id \(owner/name, of letters, digits, '-', '_' and '\.'; no revision in it\) or an "
+    for name in ("me/sd15@main", "me/a b"):
+        with pytest.raises(InputError, match=rf"^model '{name}' is not a registry name .*, {valid}"):
+            resolve_backbone(name)
+    with pytest.raises(InputError, match=r"^lora 'me/l@main' is not .*a valid hub id"):
+        resolve_companions("me/l@main", None)
 
 
 def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
