@@ -35,6 +35,7 @@ from .knobs import (
 )
 from .loading import (
     FETCH_ERROR,
+    LOAD_ERRORS,
     LORA_FILES,
     PIPELINE_FILES,
     SINGLE_MODEL_FILES,
@@ -605,14 +606,28 @@ class Backend:
         try:
             # (diffusers logs a component's missing weights before raising it: our one line says it)
             with dropped_log("diffusers", FETCH_ERROR):
-                return library_class("diffusers", class_name).from_pretrained(
+                pipe = library_class("diffusers", class_name).from_pretrained(
                     path, dtype=dtype, use_safetensors=use_safetensors(), local_files_only=True,
                     variant=weights_variant(path), **components,
                 )  # fmt: skip
-        except (OSError, ValueError, TypeError, KeyError, RuntimeError) as err:
+        except LOAD_ERRORS as err:
             raise ModelLoadError(
                 f"model {ref.name!r} at {path} could not be loaded: {cause_line(err)}"
             ) from None
+        # a component whose file holds another's weights: its own stay unloaded ("meta"), which failed only when moved
+        # to the device, as an internal error ("Cannot copy out of meta tensor")
+        for name, part in pipe.components.items():
+            missing = (
+                [n for n, p in part.named_parameters() if p.is_meta]
+                if hasattr(part, "named_parameters")
+                else []
+            )
+            if missing:
+                raise ModelLoadError(
+                    f"model {ref.name!r} at {path}: its {name} file lacks {len(missing)} of its weights ({missing[0]}, "
+                    "...): another component's file, or a damaged one?"
+                )
+        return pipe
 
     def verify(self) -> None:
         """Check what was loaded: a tokenizer loaded offline from a hub id can silently hold 2 tokens."""

@@ -25,6 +25,7 @@ from .io import check_image, to_rgb
 from .knobs import check_batch_size
 from .loading import (
     ESTIMATOR_FILES,
+    LOAD_ERRORS,
     quiet_log,
     require_safetensors,
     resolve_device,
@@ -107,7 +108,7 @@ class DepthEstimator:
             )
         except ModelLoadError:
             raise
-        except (OSError, ValueError, KeyError) as err:
+        except LOAD_ERRORS as err:
             raise ModelLoadError(
                 f"{ref.kind} {ref.name!r} at {path} could not be loaded: {cause_line(err)}"
             ) from None

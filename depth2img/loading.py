@@ -377,6 +377,17 @@ def quiet_log(library: str, *, errors_too: bool = False):
 FETCH_ERROR = "An error occurred while trying to fetch"
 
 
+def _safetensors_error() -> type[Exception]:
+    from safetensors import SafetensorError
+
+    return SafetensorError
+
+
+# what loading a model's files raises for a damaged or foreign folder: one line each (safetensors' own error, for a
+# zero-byte or truncated text encoder or estimator file, which transformers does not wrap, was an internal error)
+LOAD_ERRORS = (OSError, ValueError, TypeError, KeyError, RuntimeError, _safetensors_error())
+
+
 @contextlib.contextmanager
 def dropped_log(library: str, prefix: str):
     """``library``'s log records that start with ``prefix`` dropped for the block, the rest shown as ever (a

@@ -419,6 +419,41 @@ def _cached(
     return snapshot
 
 
+def test_a_component_holding_damaged_or_foreign_weights_is_one_line(tmp_path, tiny_dir):
+    """safetensors' own error for a zero-byte text encoder or estimator file (transformers does not wrap it), and a UNet
+    file holding the VAE's weights (its own left unloaded, "meta", failing when moved to the device), were internal
+    errors."""
+    from depth2img import SceneTransformer
+    from depth2img.errors import ModelLoadError
+    from depth2img.estimators import DepthEstimator
+
+    for part, damage in (
+        ("text_encoder/model.safetensors", b""),
+        ("unet/diffusion_pytorch_model.safetensors", None),
+    ):
+        folder = tmp_path / part.split("/")[0] / "sd15"
+        shutil.copytree(tiny_dir / "sd15-depth", folder)
+        shutil.copytree(tiny_dir / "sd15-depth-controlnet", folder.with_name("sd15-controlnet"))
+        vae = (folder / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+        (folder / part).write_bytes(vae if damage is None else damage)
+        said = (
+            r"its unet file lacks 208 of its weights \(conv_in.weight, ...\): another component's file, or a "
+            r"damaged one\?$"
+            if damage is None
+            else "could not be loaded: Error while deserializing header"
+        )
+        with pytest.raises(ModelLoadError, match=f"^model '{folder}' at {folder}(: | ){said}"):
+            SceneTransformer.from_pretrained(str(folder))
+    estimator = tmp_path / "estimator"
+    shutil.copytree(tiny_dir / "depth-anything", estimator)
+    (estimator / "model.safetensors").write_bytes(b"")
+    loaded = (
+        f"^depth estimator '{estimator}' at {estimator} could not be loaded: Error while deserializing header"
+    )
+    with pytest.raises(ModelLoadError, match=loaded):
+        DepthEstimator.from_pretrained(str(estimator))
+
+
 def test_a_hub_cache_filled_otherwise_than_the_registry_pins_says_what_it_holds(
     tmp_path, tiny_dir, monkeypatch
 ):
