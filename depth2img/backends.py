@@ -751,22 +751,15 @@ class Backend:
         Its scheduler becomes this backend's default (``ref.entry.scheduler``)."""
         check_speed_lora(self.kind, ref)
         scale = check_lora_scale(scale)
-        wanted = _speed_lora_file(ref)
         path = snapshot_dir(ref, local_files_only=local_files_only, allow_patterns=_speed_lora_patterns(ref))
-        weights = [path / wanted] if wanted else sorted(path.glob("*.safetensors"))
-        if wanted and not weights[0].is_file():
-            raise ModelLoadError(f"{ref.kind} {ref.name!r} at {path}: no {wanted}")
-        if len(weights) != 1:
-            raise ModelLoadError(
-                f"{ref.kind} {ref.name!r} at {path}: expected one .safetensors file, found {len(weights)}"
-            )
+        weights = _speed_lora_weights(ref, path)
         from .loading import quiet_log
 
         # diffusers logs a failed load (9 lines: "Loading speed was unsuccessful", a line per mismatch) before
         # raising: the error below says it in one
         try:
             with quiet_log("diffusers", errors_too=True):
-                self.pipe.load_lora_weights(path, weight_name=weights[0].name, adapter_name="speed")
+                self.pipe.load_lora_weights(path, weight_name=weights.name, adapter_name="speed")
             # (a LoRA with no UNet weights, a text encoder's, loaded "fine" and sped nothing up)
             if "speed" not in self.pipe.get_list_adapters().get("unet", []):
                 raise ModelLoadError(
@@ -1359,6 +1352,23 @@ def _companion_ref(ref: ModelRef, path: Path, what: str, kind: str | None = None
     )
 
 
+def _speed_lora_weights(ref: ModelRef, path: Path) -> Path:
+    """The one weights file a few-step LoRA's folder ``path`` holds (its registry entry's, else its only .safetensors),
+    or one line saying what it holds instead."""
+    wanted = _speed_lora_file(ref)
+    weights = [path / wanted] if wanted else sorted(path.glob("*.safetensors"))
+    if wanted and not weights[0].is_file():
+        raise ModelLoadError(f"{ref.kind} {ref.name!r} at {path}: no {wanted}")
+    if len(weights) != 1:
+        pickles = (
+            " (pickled .bin weights are never loaded: loading runs code)" if any(path.glob("*.bin")) else ""
+        )
+        raise ModelLoadError(
+            f"{ref.kind} {ref.name!r} at {path}: expected one .safetensors file, found {len(weights)}{pickles}"
+        )
+    return weights[0]
+
+
 def check_at_hand(ref: ModelRef, *, local_files_only: bool = False, controlnet: ModelRef | None = None,
                   lora: ModelRef | None = None, label=str) -> None:  # fmt: skip
     """What is known of a backbone (and of a ``controlnet`` given apart) before anything loads: a local folder holds
@@ -1372,6 +1382,8 @@ def check_at_hand(ref: ModelRef, *, local_files_only: bool = False, controlnet: 
         check_companions(
             known_traits(ref), ref.name, lora=lora, controlnet=controlnet is not None, label=label
         )
+    if lora is not None and lora.is_local:  # (its weights were found wanting once the backbone had loaded)
+        _speed_lora_weights(lora, Path(lora.location))
     folder = None
     if not ref.name.startswith("tiny"):  # (built on first use)
         folder = _folder_at_hand(ref)

@@ -387,7 +387,13 @@ def test_a_controlnet_or_lora_not_at_hand_is_named_before_the_estimator_loads(tm
 
     monkeypatch.setattr(DepthEstimator, "from_pretrained", no_load)
     unet = tiny_dir / "sd15-depth" / "unet"
+    pickled = tmp_path / "my-lora"
+    pickled.mkdir()
+    (pickled / "pytorch_lora_weights.bin").write_bytes(b"x")
     for given, message in (
+        # a LoRA folder of one's own without its weights: found once the estimator and the backbone had loaded
+        (["--lora", pickled], f"LoRA '{pickled}' at {pickled}: expected one .safetensors file, found 0 (pickled .bin "
+         "weights are never loaded: loading runs code)"),
         (["--controlnet", "someone/depth-controlnet"], "ControlNet someone/depth-controlnet is not in the local "
          "Hugging Face cache and the hub is offline (local_files_only / HF_HUB_OFFLINE); on a connected machine run `hf "
          'download someone/depth-controlnet --include "*.json" --include "*.safetensors" --exclude "*fp16*" '),
