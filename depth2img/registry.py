@@ -206,7 +206,8 @@ def _folder_or_hub_id(name: str, what: str, known: str = "") -> ModelRef:
     (``known``: what else the caller takes, as the error lists it)."""
     path = Path(name).expanduser()
     if path.is_dir():
-        return ModelRef(name=name, location=str(path), revision=None, is_local=True)
+        # absolute: a relative folder ('m/sd15-depth') was recorded as typed, as a hub id would be
+        return ModelRef(name=name, location=os.path.abspath(path), revision=None, is_local=True)
     if path.exists() or name.startswith((".", "/", "~")) or name.count("/") != 1:
         raise InputError(
             f"{what} {name!r} is not {known}a hub id (owner/name) or an existing local directory"

@@ -76,6 +76,23 @@ def test_an_ill_formed_hub_id_is_refused_as_one():
         resolve_companions("me/l@main", None)
 
 
+def test_a_relative_folder_is_recorded_as_the_folder_it_is(
+    tmp_path, photos_dir, capsys, monkeypatch, tiny_dir
+):
+    """'--model m/sd15-depth' given from m's parent was recorded as typed, as a hub id 'm/sd15-depth' would be."""
+    monkeypatch.chdir(tiny_dir.parent)
+    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path / "o", "--prompt", "x",
+                       "--model", f"{tiny_dir.name}/sd15-depth", "--estimator", f"{tiny_dir.name}/depth-anything",
+                       "--steps", 2, "-q")  # fmt: skip
+    meta = json.loads((tmp_path / "o" / "manifest.jsonl").read_text().splitlines()[0])
+    assert code == 0, err
+    assert (meta["backbone"]["id"], meta["backbone"]["controlnet"], meta["depth"]["id"]) == (
+        str(tiny_dir / "sd15-depth"),
+        str(tiny_dir / "sd15-depth-controlnet"),
+        str(tiny_dir / "depth-anything"),
+    )
+
+
 def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
     np.save(tmp_path / "d.npy", np.linspace(1, 50, 300 * 451).reshape(300, 451))
     code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path / "o", "--model", "tiny",
