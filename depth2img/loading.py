@@ -20,6 +20,8 @@ import warnings
 from pathlib import Path
 from urllib.parse import urlparse
 
+from safetensors import SafetensorError
+
 from .errors import Depth2ImgWarning, InputError, ModelLoadError, first_line
 from .registry import ModelRef
 
@@ -377,15 +379,9 @@ def quiet_log(library: str, *, errors_too: bool = False):
 FETCH_ERROR = "An error occurred while trying to fetch"
 
 
-def _safetensors_error() -> type[Exception]:
-    from safetensors import SafetensorError
-
-    return SafetensorError
-
-
 # what loading a model's files raises for a damaged or foreign folder: one line each (safetensors' own error, for a
 # zero-byte or truncated text encoder or estimator file, which transformers does not wrap, was an internal error)
-LOAD_ERRORS = (OSError, ValueError, TypeError, KeyError, RuntimeError, _safetensors_error())
+LOAD_ERRORS = (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError)
 
 
 @contextlib.contextmanager
