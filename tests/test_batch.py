@@ -100,7 +100,7 @@ def test_labels_are_carried_and_stay_pixel_aligned(dataset, tmp_path):
 
 def test_geometry_retries_and_rejections_are_recorded(dataset, tmp_path):
     job = write_job(dataset, output=str(tmp_path / "o"), presets=["fog"], seeds=1, labels={},
-                    geometry={"metric": "delta1", "threshold": 1.01, "retries": 2})  # fmt: skip
+                    geometry={"metric": "absrel", "threshold": 0.0, "retries": 2})  # fmt: skip
     report = run_job(job, progress=False)
     assert report.done == 0 and report.rejected == 3 and report.retried == 6
     lines = read_manifest(tmp_path / "o" / "manifest.jsonl")
@@ -1504,7 +1504,7 @@ def test_resume_continues_an_interrupted_geometry_retry(dataset, tmp_path):
     """An item cut off mid-retry goes on with its next attempt and seed (it started again at attempt 0)."""
     out = tmp_path / "g"
     job = write_job(dataset, output=str(out), inputs="frames/f0.png", presets=["fog"], seeds=1, labels={},
-                    geometry={"metric": "delta1", "threshold": 1.01, "retries": 2})  # fmt: skip
+                    geometry={"metric": "absrel", "threshold": 0.0, "retries": 2})  # fmt: skip
     assert run_job(job, progress=False).rejected == 1
     whole = (out / "manifest.jsonl").read_text()
     (out / "manifest.jsonl").write_text(whole.splitlines(keepends=True)[0])  # killed after attempt 0
@@ -1729,13 +1729,13 @@ def test_a_job_that_accepts_no_image_says_so_and_exits_2(dataset, tmp_path, caps
     from depth2img.cli import main
 
     job = write_job(dataset, name="none.yaml", inputs="frames/f0.png", output=str(tmp_path / "n"), presets=["fog"],
-                    seeds=1, labels={}, geometry={"metric": "delta1", "threshold": 1.01, "retries": 0})  # fmt: skip
+                    seeds=1, labels={}, geometry={"metric": "absrel", "threshold": 0.0, "retries": 0})  # fmt: skip
     assert main(["batch", str(job), "-q"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert "0 done, 0 failed, 0 retried, 1 rejected" in err[-2]
     assert (
         err[-1]
-        == "depth2img: error: no image passed the geometry check (delta1 >= 1.01); rejected items write no image"
+        == "depth2img: error: no image passed the geometry check (absrel <= 0.0); rejected items write no image"
     )
     # a resumed run whose new items are all rejected, over a dataset an earlier run filled, is no failure
     from depth2img import metrics

@@ -72,7 +72,7 @@ def test_a_job_whose_items_are_all_rejected_indexes_no_image(frames, tmp_path, l
 
     out = tmp_path / "o"
     job = write_job(frames, name=f"reject-{layout}.yaml", inputs="frames/f0.png", output=str(out), layout=layout,
-                    geometry={"metric": "delta1", "threshold": 1.01, "retries": 0})  # fmt: skip
+                    geometry={"metric": "absrel", "threshold": 0.0, "retries": 0})  # fmt: skip
     report = run_job(job, progress=False)
     assert report.done == 0 and report.rejected == 1 and report.retried == 0
     lines = read_manifest(out / "manifest.jsonl")
@@ -92,7 +92,7 @@ def test_a_geometry_retry_never_reuses_another_items_seed(frames, tmp_path):
 
     out = tmp_path / "o"
     job = write_job(frames, name="retry-seeds.yaml", inputs="frames/f0.png", output=str(out), seeds=2,
-                    geometry={"metric": "delta1", "threshold": 1.01, "retries": 1})  # fmt: skip
+                    geometry={"metric": "absrel", "threshold": 0.0, "retries": 1})  # fmt: skip
     report = run_job(job, progress=False)
     assert report.rejected == 2 and report.retried == 2
     lines = read_manifest(out / "manifest.jsonl")
