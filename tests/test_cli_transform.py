@@ -41,7 +41,8 @@ def test_transform_happy_path(tmp_path, photos_dir, capsys):
 @pytest.mark.parametrize(
     ("model", "problem"),
     [("foo/bar", "model foo/bar is not in the local Hugging Face cache and the hub is offline (local_"),
-     ("folder", "folder is not a diffusers pipeline folder (no model_index.json)"),
+     # (a folder by its absolute path, as recorded)
+     ("folder", "{tmp_path}/folder is not a diffusers pipeline folder (no model_index.json)"),
      # an ill-formed hub id was an internal error (HFValidationError), or advice to `hf download me/sd15@main`
      ("me/sd15@main", "model 'me/sd15@main' is not a registry name (sd15-depth, sd2-depth, sdxl-depth, flux-depth"),
      # a mistyped folder of one '/' reads as a hub id: that no such folder is there either was unsaid
@@ -59,6 +60,7 @@ def test_a_backbone_that_cannot_load_is_named_before_the_estimator_loads(tmp_pat
     monkeypatch.setattr(estimators.DepthEstimator, "from_pretrained", lambda *a, **k: loaded.append(a))
     code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path / "o", "--model", model,
                        "--prompt", "x", "-q")  # fmt: skip
+    problem = problem.replace("{tmp_path}", str(tmp_path))
     assert code == 2 and err.splitlines()[-1].startswith("depth2img: error: " + problem)
     assert loaded == [] and not (tmp_path / "o").exists()
 
