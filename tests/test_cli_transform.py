@@ -873,7 +873,10 @@ def test_a_local_or_cached_backbones_knobs_are_checked_before_any_model_loads(tm
         "control_scale",
     )
     assert known_traits(resolve_backbone("someone/not-cached")) is None
-    assert known_traits(resolve_backbone("a b/c")) is None  # no valid hub id: huggingface_hub raised
+    from depth2img.errors import InputError
+
+    with pytest.raises(InputError, match="^model 'a b/c' is not a registry name .*, a valid hub id"):
+        resolve_backbone("a b/c")  # no valid hub id: refused where it is named (huggingface_hub raised later)
     assert known_traits(resolve_backbone(str(tmp_path))) is None  # no model_index.json: the loader says why
 
 
