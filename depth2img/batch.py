@@ -1066,7 +1066,17 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         earlier_run = any(root.glob("manifest*.jsonl"))
         recorded = _earlier_record(root / "job.resolved.yaml") if earlier_run else None
         # of each line, what names, skips and retries need (whole records, ~10 KB a line, peaked at 1.5 GB for 60k)
-        fields = ("item", "attempt", "final", "output", "source", "source_in_job", "dtype")
+        fields = (
+            "item",
+            "attempt",
+            "final",
+            "accepted",
+            "geometry",
+            "output",
+            "source",
+            "source_in_job",
+            "dtype",
+        )
         records = [r for m in root.glob("manifest*.jsonl") for r in read_manifest(m, fields=fields)]
         # a source keeps the name an earlier run gave it: a source added since with the same file name (sorted before
         # it) took that name, and with it the earlier images as its own
@@ -1084,8 +1094,10 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         tried: dict[str, int] = {}  # item -> the highest attempt an earlier run recorded
         for r in records:
             tried[r["item"]] = max(tried.get(r["item"], -1), r.get("attempt", 0))
-        # final: marked so, or out of retries (a normal run marks its attempt `retries` final whatever its score)
-        finished = {r["item"] for r in records if r.get("final")}
+        # final: kept, or rejected out of retries (a normal run marks its attempt `retries` final whatever its score:
+        # a job resumed with more retries tries its rejected items again) or for a flat source (no scores, no retry)
+        finished = {r["item"] for r in records if r.get("final") and (
+            r.get("accepted") is not False or (r.get("geometry") or {}).get("absrel") is None)}  # fmt: skip
         finished |= {item for item, attempt in tried.items() if attempt >= job.geometry.retries}
         del records  # not held through the run
         # before its temp files are swept: a refused run leaves the earlier one untouched

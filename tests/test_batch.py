@@ -1519,6 +1519,32 @@ def test_resume_continues_an_interrupted_geometry_retry(dataset, tmp_path):
     assert len(read_manifest(out / "manifest.jsonl")) == 2
 
 
+def test_resume_with_more_retries_tries_rejected_items_again(dataset, tmp_path):
+    """A review of batch runs (2026-11-28): an item rejected after its last retry was final for good, so a job resumed
+    with more retries skipped it; it goes on with its next attempts and seeds, as a run with those retries makes them.
+    A kept item is not made again."""
+    out, whole = tmp_path / "g", tmp_path / "whole"
+    rejecting = {"metric": "absrel", "threshold": 0.0, "retries": 0}
+    job = write_job(dataset, output=str(out), inputs="frames/f0.png", presets=["fog"], seeds=1, labels={},
+                    geometry=rejecting)  # fmt: skip
+    assert run_job(job, progress=False).rejected == 1
+    job.write_text(job.read_text().replace("retries: 0", "retries: 2"))
+    again = run_job(job, resume=True, progress=False)
+    assert again.rejected == 1 and again.retried == 2 and again.skipped == 0
+    lines = read_manifest(out / "manifest.jsonl")
+    assert [(r["attempt"], r["final"], r["accepted"]) for r in lines] == [(0, True, False), (1, False, False),
+                                                                          (2, True, False)]  # fmt: skip
+    at_once = write_job(dataset, output=str(whole), inputs="frames/f0.png", presets=["fog"], seeds=1, labels={},
+                        geometry={**rejecting, "retries": 2})  # fmt: skip
+    run_job(at_once, progress=False)
+    assert [r["seed"] for r in lines] == [r["seed"] for r in read_manifest(whole / "manifest.jsonl")]
+    kept = write_job(dataset, output=str(tmp_path / "k"), inputs="frames/f0.png", presets=["fog"], seeds=1,
+                     labels={}, geometry={"metric": "absrel", "threshold": 100.0, "retries": 0})  # fmt: skip
+    assert run_job(kept, progress=False).done == 1
+    kept.write_text(kept.read_text().replace("retries: 0", "retries: 2"))
+    assert run_job(kept, resume=True, progress=False).skipped == 1
+
+
 def test_a_recursive_glob_never_takes_the_jobs_own_outputs(dataset, tmp_path):
     from depth2img.errors import Depth2ImgWarning
 
