@@ -81,6 +81,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="registry name (default depth-anything-v2-small; see `depth2img models`), tiny, hub id or folder")  # fmt: skip
     p.add_argument("--right", action="append", metavar="RIGHT_IMAGE", type=_file,
                    help="right image of a rectified stereo pair (once per input, in order): SGBM disparity instead of an estimator")  # fmt: skip
+    p.add_argument("--num-disparities", type=int, metavar="N",
+                   help="with --right: disparity search range in px, a multiple of 16 below the width (default: "
+                   "an eighth of the width, rounded up to 16); a warning says when near surfaces lie beyond "
+                   "it")  # fmt: skip
     p.add_argument("--depth-format", default="png16,npy,preview", metavar="LIST",
                    help="comma-separated products among png16, npy, preview (default: all three)")  # fmt: skip
     p.add_argument(
@@ -353,6 +357,7 @@ def _cmd_depth(args) -> int:
 
     report = run_depth(
         args.inputs, args.output, estimator=args.estimator, right=args.right, formats=formats,
+        num_disparities=args.num_disparities,
         batch_size=args.batch_size, device=args.device, dtype=args.dtype,
         local_files_only=args.local_files_only, progress=not args.quiet, on_error=_say_above_bar, label=_flag,
     )  # fmt: skip

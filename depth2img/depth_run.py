@@ -217,6 +217,7 @@ def run_depth(
     *,
     estimator=None,
     right: Sequence[str | os.PathLike] | None = None,
+    num_disparities: int | None = None,
     formats: Sequence[str] = ("png16", "npy", "preview"),
     batch_size: int | None = None,
     device=None,
@@ -229,13 +230,22 @@ def run_depth(
     """Estimate (or match, with ``right``) depth for each input and write the chosen products to ``out_dir``.
 
     ``estimator`` is a ``DepthEstimator`` or anything ``DepthEstimator.from_pretrained`` takes.
-    ``right`` gives one right image per input for rectified stereo pairs (SGBM), instead of an estimator.
+    ``right`` gives one right image per input for rectified stereo pairs (SGBM), instead of an estimator;
+    ``num_disparities``: their disparity search range (``stereo_depth``'s, default an eighth of each pair's width).
     ``label``: how the caller's user spells an argument in messages (the CLI's flags; the Python name by default).
     """
     formats = check_depth_formats(formats, "formats", at_least_one=True)
     if batch_size is not None:
         check_batch_size(batch_size, label("batch_size"))
     check_callback(on_error, "on_error")
+    if num_disparities is not None:
+        from .stereo import check_num_disparities
+
+        if right is None:
+            raise InputError(f"{label('num_disparities')} is the disparity range of stereo pairs: give "
+                             f"{label('right')} too (an estimator was to be used, {num_disparities!r} "
+                             "ignored)")  # fmt: skip
+        check_num_disparities(num_disparities, option=label("num_disparities"))
     if right is not None:  # they were ignored without a word (a missing estimator, no GPU: exit 0)
         unused = [label(k) for k, value in (("estimator", estimator), ("batch_size", batch_size),
                                             ("device", device), ("dtype", dtype)) if value is not None]  # fmt: skip
@@ -286,7 +296,13 @@ def run_depth(
                             # which pair a warning or an error is of (there was no telling, with several)
                             where = str(paths[i])
                             try:
-                                depths[i] = stereo_depth(images[i], right_img, name=f"{where}: stereo")
+                                depths[i] = stereo_depth(
+                                    images[i],
+                                    right_img,
+                                    num_disparities=num_disparities,
+                                    name=f"{where}: stereo",
+                                    option=label("num_disparities"),
+                                )
                             except InputError as err:
                                 # the pair's own checks (sizes, kinds, width) name no file
                                 if str(err).startswith(where):

@@ -13,6 +13,19 @@ SGBM_BLOCK_SIZE = 5  # matching window; 5 scored best among 3/5/7 on skimage's M
 # Under this share of matched pixels the pair is most likely swapped or not rectified (skimage's motorcycle pair:
 # 0.82 matched; swapped: 0.17)
 MIN_MATCHED = 0.3
+# Over this share of the matched pixels within 2 px of the disparity search's end, nearer surfaces lie beyond it and
+# were matched wrongly (skimage's motorcycle pair, disparities up to 60 px: searched to 16, 32 or 48 px, 16-37 % of
+# them there, median errors 0.3-15 px; to 64 or more, under 0.01 %, 0.18 px)
+MAX_AT_SEARCH_END = 0.02
+
+
+def check_num_disparities(value, width: int | None = None, option: str = "num_disparities") -> None:
+    """SGBM's disparity search range: a positive multiple of 16 (below ``width``, where known), an integer (OpenCV
+    refuses a float, "16.0", and a str failed at its % with Python's own TypeError)."""
+    whole = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+    if not whole or value % 16 or value <= 0 or (width is not None and value >= width):
+        below = f" below the width {width}" if width is not None else ""
+        raise InputError(f"{option} must be a positive multiple of 16{below}, got {value!r}")
 
 
 def _fill_holes(disparity: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -39,6 +52,7 @@ def stereo_depth(
     num_disparities: int | None = None,
     block_size: int = SGBM_BLOCK_SIZE,
     name: str = "stereo",
+    option: str = "num_disparities",
 ) -> DepthMap:
     """Disparity in pixels aligned with the left image, dense: each unmatched pixel (an occlusion, the band at the
     left edge the right camera does not see) takes the farther of its nearest matched neighbours on its row.
@@ -47,26 +61,40 @@ def stereo_depth(
     control image all show the same map; ``meta["matched"]`` is the share of pixels SGBM matched, and
     ``sgbm_disparity`` gives the raw disparity and its mask. ``left`` and ``right`` are PIL images (or HxWx3 uint8
     arrays) of the same size, already rectified. ``num_disparities`` defaults to an eighth of the width, rounded up
-    to a multiple of 16. ``name`` begins its error and warning (a command names the pair's left image).
+    to a multiple of 16; where more than ``MAX_AT_SEARCH_END`` of the matched pixels lie at its end, a warning says to
+    raise it. ``name`` begins its error and warning (a command names the pair's left image); ``option``: how the caller
+    spells ``num_disparities`` in them.
     """
     import warnings
 
     disparity, matched, num_disparities = sgbm_disparity(
-        left, right, num_disparities=num_disparities, block_size=block_size
+        left, right, num_disparities=num_disparities, block_size=block_size, option=option
     )
     if not matched.any():  # all fill: a flat map written as depth, valid everywhere
         raise InputError(f"{name}: no pixel matched at a disparity above 0: is the right image the left one again, "
                          "or a surface without texture?")  # fmt: skip
+    # (a swapped pair's few matches lie anywhere, 4 % of them at the search's end: said as swapped)
+    at_end = float((disparity[matched] >= num_disparities - 2).mean())
     if matched.mean() < MIN_MATCHED:
         warnings.warn(f"{name}: only {matched.mean():.0%} of the pixels matched; are left and right swapped, or the "
                       "pair not rectified?", Depth2ImgWarning, stacklevel=2)  # fmt: skip
+    elif at_end > MAX_AT_SEARCH_END:
+        # (a matched pixel's disparity silently ends there: exit 0, a wrong depth)
+        warnings.warn(f"{name}: {at_end:.0%} of the matched pixels lie at the end of the {num_disparities}-px "
+                      f"disparity search: nearer surfaces are beyond it and matched wrongly; raise {option} (a "
+                      "multiple of 16 below the width)", Depth2ImgWarning, stacklevel=2)  # fmt: skip
     return DepthMap(_fill_holes(disparity, matched), "disparity", source="stereo-sgbm",
                     meta={"num_disparities": num_disparities, "block_size": block_size,
                           "matched": float(matched.mean())})  # fmt: skip
 
 
 def sgbm_disparity(
-    left, right, *, num_disparities: int | None = None, block_size: int = SGBM_BLOCK_SIZE
+    left,
+    right,
+    *,
+    num_disparities: int | None = None,
+    block_size: int = SGBM_BLOCK_SIZE,
+    option: str = "num_disparities",
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """OpenCV SGBM's disparity (float32 pixels), the mask of matched pixels, and the disparity range used."""
     import cv2
@@ -103,12 +131,7 @@ def sgbm_disparity(
         if w <= 16:
             raise InputError(f"stereo pair is {w} px wide: too narrow to match (more than 16 px needed)")
         num_disparities = max(16, int(np.ceil(w / 8 / 16)) * 16)
-    # integers only: OpenCV refuses a float ("16.0"), and a str failed at its % with Python's own TypeError
-    whole = isinstance(num_disparities, numbers.Integral) and not isinstance(num_disparities, bool)
-    if not whole or num_disparities % 16 or num_disparities <= 0 or num_disparities >= w:
-        raise InputError(
-            f"num_disparities must be a positive multiple of 16 below the width {w}, got {num_disparities!r}"
-        )
+    check_num_disparities(num_disparities, w, option)
     whole = isinstance(block_size, numbers.Integral) and not isinstance(block_size, bool)
     if not whole or block_size % 2 == 0 or not 1 <= block_size <= 11:
         raise InputError(f"block_size must be an odd integer, 1..11, got {block_size!r}")
