@@ -40,7 +40,9 @@ from .loading import (
     PIPELINE_FILES,
     SINGLE_MODEL_FILES,
     dropped_log,
+    from_pretrained_checked,
     hub_offline,
+    lacks_weights,
     library_class,
     not_cached,
     quiet_log,
@@ -600,10 +602,25 @@ class Backend:
         # (a component passed, a ControlNet or None for SD1.5's safety checker, is not read from the folder)
         require_safetensors(path, ref, [name for name, entry in index.items()
                                         if not name.startswith("_") and entry and name not in components])  # fmt: skip
-        for entry in index.values():  # its transformers components' classes, imported quietly
+        from transformers import PreTrainedModel
+
+        transformers_models = {}
+        for name, entry in index.items():  # its transformers components' classes, imported quietly
             if isinstance(entry, list) and len(entry) == 2 and entry[0] == "transformers" and entry[1]:
-                library_class("transformers", entry[1])
+                model_class = library_class("transformers", entry[1])
+                if (
+                    name not in components
+                    and isinstance(model_class, type)
+                    and issubclass(model_class, PreTrainedModel)
+                ):
+                    transformers_models[name] = model_class
         try:
+            # (loaded here, where what their files lack is known: diffusers' loader fills it at random)
+            for name, model_class in transformers_models.items():
+                components[name] = from_pretrained_checked(
+                    model_class, path / name, f"model {ref.name!r} at {path}: its {name} file", dtype=dtype,
+                    use_safetensors=use_safetensors(), local_files_only=True, variant=weights_variant(path / name),
+                )  # fmt: skip
             # (diffusers logs a component's missing weights before raising it: our one line says it)
             with dropped_log("diffusers", FETCH_ERROR):
                 pipe = library_class("diffusers", class_name).from_pretrained(
@@ -623,10 +640,8 @@ class Backend:
                 else []
             )
             if missing:
-                raise ModelLoadError(
-                    f"model {ref.name!r} at {path}: its {name} file lacks {len(missing)} of its weights ({missing[0]}, "
-                    "...): another component's file, or a damaged one?"
-                )
+                total = len(list(part.parameters()))
+                raise lacks_weights(f"model {ref.name!r} at {path}: its {name} file", missing, total)
         return pipe
 
     def verify(self) -> None:

@@ -26,6 +26,7 @@ from .knobs import check_batch_size
 from .loading import (
     ESTIMATOR_FILES,
     LOAD_ERRORS,
+    from_pretrained_checked,
     quiet_log,
     require_safetensors,
     resolve_device,
@@ -99,8 +100,10 @@ class DepthEstimator:
                 processor = AutoImageProcessor.from_pretrained(
                     path, local_files_only=True, trust_remote_code=False
                 )
-            model = AutoModelForDepthEstimation.from_pretrained(
+            model = from_pretrained_checked(
+                AutoModelForDepthEstimation,
                 path,
+                f"{ref.kind} {ref.name!r} at {path}: its weights file",
                 local_files_only=True,
                 use_safetensors=use_safetensors(),
                 trust_remote_code=False,

@@ -417,3 +417,30 @@ def library_class(library: str, name: str):
     module = importlib.import_module(library)
     with quiet_log("transformers"):
         return getattr(module, name)
+
+
+# the share of a transformers model's weights its file may lack: more is another model's file or a damaged one, whose
+# missing weights transformers fills at random (with a warning the CLI keeps quiet). A real checkpoint can lack a few
+# harmless ones: DPT-hybrid's first fusion layer's unused residual block, ~1 % of it.
+MAX_MISSING_SHARE = 0.05
+
+
+def lacks_weights(what: str, missing, total: int) -> ModelLoadError:
+    """The one-line refusal of a model file (``what``) without the weights ``missing`` of its ``total``."""
+    missing = sorted(missing)
+    return ModelLoadError(
+        f"{what} lacks {len(missing)} of its {total} weights ({missing[0]}, ...): another model's file, or a "
+        "damaged one?"
+    )
+
+
+def from_pretrained_checked(model_class, path: Path, what: str, **kwargs):
+    """``model_class.from_pretrained(path, **kwargs)`` (a transformers model), refused when its file lacks more than
+    ``MAX_MISSING_SHARE`` of its parameters (by size)."""
+    model, info = model_class.from_pretrained(path, output_loading_info=True, **kwargs)
+    missing = set(info["missing_keys"])
+    sizes = dict(model.named_parameters())
+    lacked = sum(sizes[name].numel() for name in missing if name in sizes)
+    if lacked > MAX_MISSING_SHARE * sum(p.numel() for p in sizes.values()):
+        raise lacks_weights(what, missing, len(sizes))
+    return model

@@ -437,7 +437,7 @@ def test_a_component_holding_damaged_or_foreign_weights_is_one_line(tmp_path, ti
         vae = (folder / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
         (folder / part).write_bytes(vae if damage is None else damage)
         said = (
-            r"its unet file lacks 208 of its weights \(conv_in.weight, ...\): another component's file, or a "
+            r"its unet file lacks 208 of its 208 weights \(conv_in.bias, ...\): another model's file, or a "
             r"damaged one\?$"
             if damage is None
             else "could not be loaded: Error while deserializing header"
@@ -452,6 +452,43 @@ def test_a_component_holding_damaged_or_foreign_weights_is_one_line(tmp_path, ti
     )
     with pytest.raises(ModelLoadError, match=loaded):
         DepthEstimator.from_pretrained(str(estimator))
+
+
+def test_a_transformers_model_whose_file_holds_other_weights_is_refused_not_filled_at_random(
+    tmp_path, tiny_dir
+):
+    """A review of loading (2026-11-28): a Depth Anything folder holding DPT's weights, and a text encoder whose file's
+    names were not its own, loaded: transformers filled what the file lacked at random, with a warning the CLI keeps
+    quiet, and every depth or image came from random weights. A file lacking a few weights, as DPT-hybrid's lacks its
+    unused residual block, still loads."""
+    from safetensors.torch import load_file, save_file
+
+    from depth2img import SceneTransformer
+    from depth2img.errors import ModelLoadError
+    from depth2img.estimators import DepthEstimator
+
+    estimator = tmp_path / "estimator"
+    shutil.copytree(tiny_dir / "depth-anything", estimator)
+    shutil.copy(tiny_dir / "dpt" / "model.safetensors", estimator / "model.safetensors")
+    said = (
+        r"its weights file lacks \d+ of its \d+ weights \(backbone\.\S+, ...\): another model's file, or a damaged "
+        r"one\?$"
+    )
+    with pytest.raises(ModelLoadError, match=f"^depth estimator '{estimator}' at {estimator}: {said}"):
+        DepthEstimator.from_pretrained(str(estimator))
+    weights = load_file(tiny_dir / "depth-anything" / "model.safetensors")
+    dropped = min(weights, key=lambda name: weights[name].numel())
+    save_file({k: v for k, v in weights.items() if k != dropped}, estimator / "model.safetensors")
+    DepthEstimator.from_pretrained(str(estimator))
+
+    folder = tmp_path / "sd15"
+    shutil.copytree(tiny_dir / "sd15-depth", folder)
+    shutil.copytree(tiny_dir / "sd15-depth-controlnet", tmp_path / "sd15-controlnet")
+    encoder = folder / "text_encoder" / "model.safetensors"
+    save_file({f"renamed.{k}": v for k, v in load_file(encoder).items()}, encoder)
+    said = r"its text_encoder file lacks (\d+) of its \1 weights \(\S+, ...\): another model's file"
+    with pytest.raises(ModelLoadError, match=f"^model '{folder}' at {folder}: {said}"):
+        SceneTransformer.from_pretrained(str(folder))
 
 
 def test_a_hub_cache_filled_otherwise_than_the_registry_pins_says_what_it_holds(
