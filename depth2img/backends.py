@@ -1182,6 +1182,22 @@ def plan_knobs(traits: BackboneTraits | None, preset_knobs: dict, model_knobs: d
     return knobs
 
 
+def knob_sources(sources, given: dict):
+    """A ``plan_knobs`` blame: its error saying which of ``sources`` ((name, knobs) pairs, a later one's knobs winning
+    over an earlier one's; a name None is not said) gave a knob among the failing ones that ``given`` (the knobs
+    passed, None where not) did not override."""
+
+    def blame(err, keys):
+        names = []
+        for i, (name, knobs) in enumerate(sources):
+            over = {k for _, later in sources[i + 1 :] for k in later}
+            if name and any(k in knobs and k not in over and given.get(k) is None for k in keys):
+                names.append(name)
+        return InputError(f"{err} (with the knobs of {' and '.join(names)})") if names else err
+
+    return blame
+
+
 def _speed_lora_file(ref: ModelRef) -> str | None:
     """The file of a few-step LoRA in a hub repo of several (Hyper-SD): the entry's; None for a folder (a tiny one
     too) or a repo of one, whose one file is taken."""

@@ -442,15 +442,12 @@ def _cmd_transform(args) -> int:
     ref = resolve_backbone(args.model)
     traits = known_traits(ref)  # None where unknown before loading: checked once loaded, for each input
 
-    def joined(err, keys):
-        """``err`` saying which of the preset and LoRA gave knobs among ``keys`` (where no flag overrode them)."""
-        # (a flag wins over the LoRA's knob, which wins over the preset's)
-        own = ((f"--preset {args.preset}", preset_knobs.keys() - lora_knobs.keys()),
-               (f"--lora {args.lora}", lora_knobs.keys()))  # fmt: skip
-        names = [name for name, k in own if any(key in k and key not in given for key in keys)]
-        return InputError(f"{err} (with the knobs of {' and '.join(names)})" if names else str(err))
+    from .backends import check_backbone_knobs, check_memory_options, knob_sources, plan_knobs
 
-    from .backends import check_backbone_knobs, check_memory_options, plan_knobs
+    # (a flag wins over the LoRA's knob, which wins over the preset's)
+    joined = knob_sources(
+        [(f"--preset {args.preset}", preset_knobs), (f"--lora {args.lora}", lora_knobs)], given
+    )
 
     # what each input runs with, as SceneTransformer.prepare plans it (the flags given passed alone: a preset's or
     # LoRA's knobs joined them); a preset's feature cache where the backbone has no UNet is not used

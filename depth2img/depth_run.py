@@ -252,6 +252,12 @@ def run_depth(
         if unused:
             raise InputError(f"{label('right')} matches stereo pairs (OpenCV SGBM, on the CPU): {', '.join(unused)} "
                              f"{'does' if len(unused) == 1 else 'do'} not apply to it")  # fmt: skip
+    elif hasattr(estimator, "processor"):  # (they were ignored: it ran where and as it was loaded)
+        unused = [label(k) for k, value in (("device", device), ("dtype", dtype)) if value is not None]
+        if unused:
+            raise InputError(f"{label('estimator')} is a loaded DepthEstimator: {' and '.join(unused)} "
+                             f"{'does' if len(unused) == 1 else 'do'} not apply to it (give them to its "
+                             "from_pretrained)")  # fmt: skip
     inputs = as_paths(inputs, "inputs", at_least_one=True)
     report = RunReport(on_error=on_error)
     paths = report.collect(inputs, out_dir)

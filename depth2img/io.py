@@ -46,6 +46,8 @@ POLARITIES = {
     "far-bright": "relative_depth",  # larger value = farther, unknown scale
     "metric": "metric_depth",  # metres (times --depth-scale), larger = farther
 }
+# a DepthMap kind names its polarity too (stereo disparity runs near-bright)
+_POLARITY_OF_KIND = {**{kind: name for name, kind in POLARITIES.items()}, "disparity": "near-bright"}
 KIND_TEXT_KEY = "depth2img.kind"  # PNG text chunk our writer puts into 16-bit depth PNGs
 # ... and this one, into those of a depth with holes: the value that marks a pixel with no depth ("0")
 INVALID_TEXT_KEY = "depth2img.invalid"
@@ -255,6 +257,13 @@ def check_image(image, name: str = "image"):
         )
     if problem := size_problem(*image.size):
         raise InputError(f"{name}: {problem}")
+    try:  # an opened file is decoded on first use: a truncated one raised Pillow's own OSError then
+        image.load()
+    except (OSError, ValueError, SyntaxError) as err:
+        raise InputError(f"{name}: the image cannot be decoded ({first_line(err)})") from None
+    # (NaN became black, infinity scaled the rest to black, without a word)
+    if image.mode == "F" and not np.isfinite(np.asarray(image)).all():
+        raise InputError(f"{name}: a float (mode F) image holding NaN or infinite values")
     return image
 
 
@@ -527,10 +536,7 @@ def read_depth_file(
     # stereo disparity (proportional to 1/depth) stays disparity, which the geometry scores take as it is (read as
     # a relative inverse depth, it was squeezed to 1:20 and its 0s, no match, scored as the farthest depth)
     disparity = recorded == "disparity"
-    # a DepthMap kind names its polarity too (stereo disparity runs near-bright)
-    recorded = {**{kind: name for name, kind in POLARITIES.items()}, "disparity": "near-bright"}.get(
-        recorded, recorded
-    )
+    recorded = _POLARITY_OF_KIND.get(recorded, recorded)
     # a typo must not let a given polarity stand in for it
     if recorded is not None and recorded not in POLARITIES:
         from .conditioning import KINDS
@@ -700,6 +706,14 @@ def depth_for_image(
         # may refill its buffer for the next frame, which changed the earlier result's depth
         depth = _depth_map(_depth_values(values, "depth array")[0], polarity, "depth array", source="")
     else:  # a DepthMap (its own arrays, copied when made): checked as an array is, they were not
+        held = _POLARITY_OF_KIND.get(depth.kind)
+        if polarity is not None and polarity != held:  # (ignored without a word)
+            from .errors import Depth2ImgWarning
+
+            note = (f"depth: the DepthMap is {depth.kind} ({held}), which it keeps; the polarity given ({polarity}) "
+                    "is for arrays and files that record none")  # fmt: skip
+            warnings.warn(note, Depth2ImgWarning, stacklevel=2)
+            depth = replace(depth, notes=[*depth.notes, note])
         if depth.kind == "metric_depth":
             _check_no_negative(depth.values, depth.valid, "depth")
         # (once: one made from a flat array or file, or here, holds its note; variations passes its depth on)

@@ -25,6 +25,7 @@ from .io import (
     write_all_or_none,
     write_depth_products,
 )
+from .knobs import check_batch_size
 
 METADATA_KEY = "depth2img"  # PNG text chunk holding the JSON metadata
 MANIFEST = "manifest.jsonl"
@@ -387,6 +388,13 @@ def write_transform_result(
     depth_formats = check_depth_products(stem, depth_formats, out_dir)  # before anything is written
     if not all(hasattr(result, a) for a in ("images", "metadata", "depth", "control_image")):
         raise InputError(f"result must be a TransformResult, got {type(result).__name__}")
+    # (a tuple failed once every file was written, and left them without a manifest line; threads None after the
+    # folder was made)
+    check_batch_size(threads, "threads")
+    if files is not None and not isinstance(files, list):
+        raise InputError(
+            f"files must be a list (it gets the paths written), got {type(files).__name__} {files!r}"
+        )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     jobs = [partial(write_depth_products, result.depth, out_dir, stem, depth_formats),

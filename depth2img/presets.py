@@ -130,6 +130,27 @@ def contradictions(prompt: str, negative: str) -> list[str]:
     return [p for p in dict.fromkeys(_phrases(negative)) if said(p)]
 
 
+def check_presets(presets, name: str = "presets") -> dict[str, Preset]:
+    """``presets`` as ``load_presets`` returns them (a dict of a str to a str was taken, and failed at its first use
+    with an AttributeError)."""
+    if not isinstance(presets, dict) or not all(
+        isinstance(k, str) and isinstance(v, Preset) for k, v in presets.items()
+    ):
+        raise InputError(f"{name} must be a dict of presets (presets.load_presets), got {presets!r}")
+    return presets
+
+
+def check_words(prompt, preset, negative_prompt=None, label=str) -> None:
+    """The words of a transform: strings where given, and a prompt or a preset."""
+    for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt), ("preset", preset)):
+        if text is not None and not isinstance(text, str):
+            raise InputError(f"{label(name)} must be a string, got {type(text).__name__} {text!r}")
+    if (prompt is None or not prompt.strip()) and not preset:
+        raise InputError(
+            f"give a {label('prompt')} or a {label('preset')} (see `depth2img presets`); both are empty"
+        )
+
+
 def resolve(prompt: str | None, preset: str | None, presets: dict[str, Preset] | None = None):
     """(final prompt, preset negative prompt, preset knobs) for the user's words and ``a+b`` presets."""
     presets = load_presets() if presets is None else presets

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import os
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -9,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
+from . import presets as presets_mod
 from .depth_run import RunReport, _stems, as_paths, check_callback, output_dir_for, read_ahead
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError
 from .io import CONTROL_SUFFIX, any_loadable, check_polarity, file_key, load_image
@@ -23,6 +25,38 @@ from .outputs import (
     status_line,
     write_transform_result,
 )
+
+
+def _load_options(model, estimator, load_options: dict | None, label) -> dict:
+    """What ``run_transform`` passes to ``SceneTransformer.from_pretrained`` beside the model and estimator, checked
+    before anything loads, its presets read: a key it does not take failed with Python's TypeError once the estimator
+    had loaded; given with a loaded model, they and the estimator were ignored without a word."""
+    from .transformer import SceneTransformer
+
+    if isinstance(model, SceneTransformer):
+        unused = [
+            label(k) for k, value in (("estimator", estimator), ("load_options", load_options)) if value
+        ]
+        if unused:
+            raise InputError(f"{label('model')} is a loaded SceneTransformer: {' and '.join(unused)} "
+                             f"{'does' if len(unused) == 1 else 'do'} not apply to it (give them to its "
+                             "from_pretrained, or give the model's name)")  # fmt: skip
+        return {}
+    options = dict(load_options or {})
+    parameters = inspect.signature(SceneTransformer.from_pretrained).parameters
+    takes = [k for k in parameters if k not in ("cls", "name")]
+    # (one that takes any keyword, a stand-in's, is not checked)
+    any_key = any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    for key in options:
+        if key == "estimator" or not (any_key or key in takes):
+            known = ", ".join(k for k in takes if k != "estimator")
+            raise InputError(f"load_options: {key!r} is not an argument it takes ({known})"
+                             + (f"; the estimator is {label('estimator')}" if key == "estimator" else ""))  # fmt: skip
+    if options.get("presets") is None:
+        options["presets"] = presets_mod.load_presets(options.pop("preset_files", ()))
+    else:
+        presets_mod.check_presets(options["presets"], "load_options['presets']")
+    return options
 
 
 def run_transform(
@@ -77,6 +111,7 @@ def run_transform(
         raise InputError(
             f"load_options must be a dict of SceneTransformer.from_pretrained arguments, got {load_options!r}"
         )
+    options = _load_options(model, estimator, load_options, label)
     check_callback(on_error, "on_error")
     check_callback(on_warning, "on_warning")
     inputs = as_paths(inputs, "inputs", at_least_one=True)
@@ -91,6 +126,11 @@ def run_transform(
     if depth is not None and len(depth) != len(paths):
         raise InputError(f"{label('depth')}: {len(depth)} depth files for {len(paths)} inputs; give one per input"
                          + report.unpaired())  # fmt: skip
+    # the words, and the presets named, before anything loads (they failed each input, after the models loaded)
+    presets_mod.check_words(prompt, preset, negative_prompt, label)
+    presets_mod.resolve(
+        prompt, preset, model.presets if isinstance(model, SceneTransformer) else options["presets"]
+    )
     if not paths:
         return report
     with output_dir_for(out_dir, inputs) as out_dir:
@@ -104,7 +144,6 @@ def run_transform(
         if isinstance(model, SceneTransformer):
             st = model
         else:
-            options = load_options or {}
             ref = resolve_backbone(model)
             lora, controlnet = resolve_companions(options.get("lora"), options.get("controlnet"))
             check_at_hand(ref, local_files_only=options.get("local_files_only", False), controlnet=controlnet,

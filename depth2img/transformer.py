@@ -240,7 +240,8 @@ class SceneTransformer:
         lora_ref, controlnet_ref = resolve_companions(lora, controlnet)
         check_lora_scale(lora_scale, lora)
         resolve_dtype(dtype, device)  # (a bad one was found once the backbone's files were fetched)
-        if isinstance(estimator, str):  # loaded on first need: a misspelt name failed at the first transform
+        # loaded on first need: a misspelt name, or a folder that is not there, failed at the first transform
+        if isinstance(estimator, (str, os.PathLike)):
             from .registry import resolve_estimator
 
             resolve_estimator(estimator)
@@ -252,8 +253,8 @@ class SceneTransformer:
         # before the backbone loads: a bad file failed after it
         if presets is None:  # (``presets``: read already, by a caller that checked names against them)
             presets = presets_mod.load_presets(preset_files)
-        elif not isinstance(presets, dict):
-            raise InputError(f"presets must be a dict of presets (presets.load_presets), got {presets!r}")
+        else:
+            presets_mod.check_presets(presets)
         # a LoRA or ControlNet that does not fit a backbone of known kind; offline, a repo it needs beside its own
         # missing from the cache: found once the backbone had loaded
         check_at_hand(ref, local_files_only=local_files_only, controlnet=controlnet_ref, lora=lora_ref)
@@ -355,6 +356,7 @@ class SceneTransformer:
         ``feature_cache`` N > 1 reuses the UNet's deep features on all but every N-th step (faster, not the same
         image: a quality trade, see ``depth2img.featurecache``).
         """
+        _check_arguments("transform", kwargs)
         started = time.perf_counter()
         result = self.run(
             [self.prepare(image, prompt, _stacklevel=3, **kwargs)],
@@ -378,11 +380,7 @@ class SceneTransformer:
         once; a background thread can resize ahead)."""
 
         # 1. Check inputs
-        for name, text in (("prompt", prompt), ("negative_prompt", negative_prompt), ("preset", preset)):
-            if text is not None and not isinstance(text, str):
-                raise InputError(f"{name} must be a string, got {type(text).__name__} {text!r}")
-        if (prompt is None or not prompt.strip()) and not preset:
-            raise InputError("give a prompt or a preset (see `depth2img presets`); both are empty")
+        presets_mod.check_words(prompt, preset, negative_prompt)
         # converted as load_image converts a file's (alpha on white, 16-bit grey scaled)
         image = to_rgb(check_image(image))
         final_prompt, preset_negative, preset_knobs = presets_mod.resolve(prompt, preset, self.presets)
@@ -390,10 +388,12 @@ class SceneTransformer:
         given = {"steps": steps, "strength": strength, "guidance_scale": guidance_scale,
                  "control_scale": control_scale, "control_start": control_start, "control_end": control_end,
                  "feature_cache": feature_cache}  # fmt: skip
-        from .backends import check_backbone_knobs, plan_knobs
+        from .backends import check_backbone_knobs, knob_sources, plan_knobs
 
-        # (a preset's knobs this backbone has no use for at their defaults; txt2img, strength 1, leaves every step)
-        knobs = plan_knobs(self.backend.traits, preset_knobs, self.model_knobs, given)
+        # (a preset's knobs this backbone has no use for at their defaults; txt2img, strength 1, leaves every step);
+        # an error from a preset's knob says so (as the CLI's does)
+        blame = knob_sources([(f"preset {preset}", preset_knobs), (None, self.model_knobs)], given)
+        knobs = plan_knobs(self.backend.traits, preset_knobs, self.model_knobs, given, blame=blame)
         # (after the plan's checks of each knob's type and range: feature_cache="3" was compared with 1)
         check_backbone_knobs(self.backend.traits, self.name, given, negative_prompt)
         # a preset's negatives do not apply where the backbone takes none, nor without classifier-free guidance
@@ -665,6 +665,7 @@ class SceneTransformer:
             raise InputError(
                 "variations makes one image per seed of each row: pass seeds=[...], not seed or num_images"
             )
+        _check_arguments("variations", knobs, ("reuse", "preset", "depth", "depth_polarity"))
         image = to_rgb(check_image(image))  # once, so that the rows share its copy at generation size
         depth_map = self.depth_for(image, depth, depth_polarity=depth_polarity)
         seeds = [0] if seeds is None else list(seeds)
@@ -680,6 +681,19 @@ class SceneTransformer:
                     raise result
                 rows[i] = result
         return rows
+
+
+def _check_arguments(method: str, given: dict, not_taken=()) -> None:
+    """The keyword arguments ``method`` passes on to ``prepare``: Python's TypeError for a misspelt one named prepare
+    (``stepz``), not the method called."""
+    import inspect
+
+    takes = [k for k in inspect.signature(SceneTransformer.prepare).parameters
+             if k not in ("self", "image", "prompt", "_stacklevel", *not_taken)]  # fmt: skip
+    unknown = sorted(set(given) - set(takes))
+    if unknown:
+        raise InputError(f"{method}: {unknown[0]!r} is not an argument it takes (with the image and prompt: "
+                         f"{', '.join(takes)})")  # fmt: skip
 
 
 def _to_input_size(pixels: np.ndarray, size: tuple[int, int]):

@@ -1,5 +1,6 @@
 """Hardening: hostile inputs on every entry point, property tests of depth conversions, safe loading, OOM."""
 
+import functools
 import json
 import shutil
 import struct
@@ -1172,3 +1173,114 @@ def test_a_service_checks_its_device_and_dtype_when_made(capsys):
             SceneTransformer.from_pretrained("not/on-the-hub", **kwargs)
     assert main(["app", "--model", "tiny", "--device", "cuda:7"]) == 2
     assert "CUDA is not available here" in capsys.readouterr().err
+
+
+def test_run_transform_refuses_what_it_would_ignore_or_fail_late(tmp_path, chelsea, monkeypatch):
+    """A review of the API (2026-11-28): with a loaded SceneTransformer, ``estimator`` and ``load_options`` were ignored
+    without a word (its own estimator ran, in its dtype); a load option it does not take was Python's TypeError once the
+    estimator had loaded; an unknown preset, or no prompt, failed each input once the models had loaded. Each is one
+    InputError before anything loads or is written."""
+    from depth2img import SceneTransformer
+    from depth2img.errors import InputError
+    from depth2img.transform_run import run_transform
+
+    ok, out = tmp_path / "a.png", tmp_path / "out"
+    chelsea.resize((64, 48)).save(ok)
+    loaded = SceneTransformer.from_pretrained("tiny")
+
+    # (its signature: run_transform checks load_options by it)
+    @functools.wraps(SceneTransformer.from_pretrained)
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(SceneTransformer, "from_pretrained", no_loading)
+    for kwargs, said in (
+        (dict(model=loaded, estimator="tiny"), r"^model is a loaded SceneTransformer: estimator does not apply to it"),
+        (dict(model=loaded, load_options={"dtype": "bfloat16"}, estimator="tiny"),
+         r"^model is a loaded SceneTransformer: estimator and load_options do not apply to it"),
+        (dict(model="tiny", load_options={"bogus": 1}),
+         r"^load_options: 'bogus' is not an argument it takes \(device,"),
+        (dict(model="tiny", load_options={"estimator": "tiny"}), r"^load_options: 'estimator' is not an argument it "
+         r"takes .*; the estimator is estimator$"),
+        (dict(model="tiny", load_options={"presets": {"a": "b"}}), r"^load_options\['presets'\] must be a dict of "
+         r"presets"),
+        (dict(model="tiny", preset="nope"), r"^unknown preset 'nope'; known: "),
+        (dict(model=loaded, preset="nope"), r"^unknown preset 'nope'; known: "),
+        (dict(model="tiny", prompt="  "), r"^give a prompt or a preset \(see `depth2img presets`\); both are empty$"),
+        (dict(model="tiny", prompt=5), r"^prompt must be a string, got int 5$"),
+    ):  # fmt: skip
+        with pytest.raises(InputError, match=said):
+            run_transform([ok], out, **{"prompt": "x", **kwargs}, knobs={"steps": 2}, progress=False)
+    assert not out.exists()
+    # the words and presets of a loaded one pass, and it runs
+    ran = run_transform([ok], out, model=loaded, preset="fog", knobs={"steps": 2}, progress=False)
+    assert len(ran.done) == 1
+
+
+def test_api_arguments_that_were_ignored_or_failed_late_are_one_line(tmp_path, chelsea):
+    """A review of the API (2026-11-28): each of these was ignored, a raw TypeError / AttributeError / OSError, or
+    failed only at the first transform."""
+    import warnings
+    from pathlib import Path
+
+    from PIL import Image
+
+    from depth2img import DepthEstimator, DepthMap, SceneTransformer
+    from depth2img.depth_run import run_depth
+    from depth2img.errors import Depth2ImgWarning, InputError
+    from depth2img.outputs import write_transform_result
+    from depth2img.presets import Preset
+
+    photo = chelsea.resize((64, 48))
+    ok = tmp_path / "a.png"
+    photo.save(ok)
+    # presets of the wrong contents, an estimator folder that is not there: refused by from_pretrained
+    with pytest.raises(
+        InputError, match=r"^presets must be a dict of presets \(presets.load_presets\), got \{'foo'"
+    ):
+        SceneTransformer.from_pretrained("tiny", presets={"foo": "{prompt}, foo"})
+    with pytest.raises(InputError, match=r"^estimator '.*no-such-estimator' is not a registry name"):
+        SceneTransformer.from_pretrained("tiny", estimator=Path(tmp_path / "no-such-estimator"))
+    slow = {"slow": Preset("slow", "{prompt}, slow", knobs={"strength": 0.2})}
+    st = SceneTransformer.from_pretrained("tiny", presets=slow)
+    # a preset's knob that makes the arguments fail is named (the CLI named it; the API did not)
+    with pytest.raises(InputError, match=r"leave 0; raise either \(with the knobs of preset slow\)$"):
+        st.transform(photo, "x", preset="slow", steps=2)
+    with pytest.raises(InputError, match=r"^transform: 'stepz' is not an argument it takes \(with the image and "
+                                         r"prompt: preset, negative_prompt, depth,"):  # fmt: skip
+        st.transform(photo, "x", stepz=2)
+    with pytest.raises(InputError, match=r"^variations: 'stepz' is not an argument it takes"):
+        st.variations(photo, presets=["slow"], stepz=2)
+    # a DepthMap's own kind is kept over a polarity given against it: said, not silent
+    depth = DepthMap(np.linspace(1, 2, 48 * 64).reshape(48, 64), "metric_depth")
+    with pytest.warns(Depth2ImgWarning, match=r"^depth: the DepthMap is metric_depth \(metric\), which it keeps; the "
+                                              r"polarity given \(far-bright\) is for arrays and files"):  # fmt: skip
+        result = st.transform(photo, "x", depth=depth, depth_polarity="far-bright", steps=2, seed=0)
+    assert result.depth.kind == "metric_depth" and any(
+        "the DepthMap is metric_depth" in w for w in result.warnings
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Depth2ImgWarning)
+        st.transform(photo, "x", depth=depth, depth_polarity="metric", steps=2, seed=0)
+    # write_transform_result: a tuple for files (a TypeError once every file was written, no manifest line) and a
+    # thread count that is none, refused before anything is written
+    for kwargs, said in ((dict(files=()), r"^files must be a list \(it gets the paths written\), got tuple \(\)$"),
+                         (dict(threads=None), r"^threads must be an integer >= 1, got None$"),
+                         (dict(threads=0), r"^threads must be an integer >= 1, got 0$")):  # fmt: skip
+        with pytest.raises(InputError, match=said):
+            write_transform_result(result, tmp_path / "w", "a", **kwargs)
+    assert not (tmp_path / "w").exists()
+    # a loaded estimator runs where and as it was loaded: device and dtype beside it were ignored
+    estimator = DepthEstimator.from_pretrained("tiny")
+    with pytest.raises(
+        InputError, match=r"^estimator is a loaded DepthEstimator: device and dtype do not apply"
+    ):
+        run_depth([ok], tmp_path / "d", estimator=estimator, device="cuda", dtype="bfloat16", progress=False)
+    assert not (tmp_path / "d").exists()
+    # a truncated file opened by the caller (Pillow's OSError at first use), a float image holding NaN (black)
+    (tmp_path / "cut.png").write_bytes(ok.read_bytes()[:-200])
+    with pytest.raises(InputError, match=r"^image: the image cannot be decoded \(image file is truncated"):
+        st.transform(Image.open(tmp_path / "cut.png"), "x", steps=2)
+    nan = Image.fromarray(np.full((48, 64), np.nan, np.float32), "F")
+    with pytest.raises(InputError, match=r"^image: a float \(mode F\) image holding NaN or infinite values$"):
+        st.transform(nan, "x", steps=2)

@@ -738,8 +738,8 @@ def test_an_output_with_nan_pixels_is_an_error_not_a_black_image(sd15, photo, de
                            r"float32 do not \(transform --dtype, the API's dtype=\)$"):  # fmt: skip
             sd15.transform(photo, PROMPT, depth=depth, seed=0, steps=2, num_images=2)
     photo.save(tmp_path / "a.png")
-    report = run_transform([tmp_path / "a.png"], tmp_path / "out", prompt=PROMPT, model=sd15, estimator="tiny",
-                           seed=0, num_images=2, knobs={"steps": 2}, progress=False)  # fmt: skip
+    report = run_transform([tmp_path / "a.png"], tmp_path / "out", prompt=PROMPT, model=sd15, seed=0, num_images=2,
+                           knobs={"steps": 2}, progress=False)  # fmt: skip
     assert len(report.failed) == 1 and "NaN or inf pixels in 1 of 2" in report.failed[0]
     assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == []
 
