@@ -591,8 +591,10 @@ class Labels:
         if "coco" in job.labels:
             path = job.path(job.labels["coco"])
             try:
-                # NaN and Infinity are not JSON: Python's reader takes them, and annotations.json would carry them
-                self.coco = json.loads(path.read_text(encoding="utf-8"), parse_constant=_not_json)
+                # NaN and Infinity are not JSON: Python's reader takes them, and annotations.json would carry them;
+                # 1e999 is, but reads as infinity (annotations.json failed to be written once every image was made)
+                self.coco = json.loads(path.read_text(encoding="utf-8"), parse_constant=_not_json,
+                                       parse_float=_finite_float)  # fmt: skip
                 by_id: dict = {}
                 for im in self.coco.get("images", []):
                     parts = _parts(im["file_name"])
@@ -617,9 +619,7 @@ class Labels:
             except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
                 raise InputError(f"labels.coco {path}: cannot be read ({first_line(err)})") from None
             except _NotJSON as err:
-                raise InputError(
-                    f"labels.coco {path}: holds {err}, which JSON does not allow; give numbers"
-                ) from None
+                raise InputError(f"labels.coco {path}: holds {err}; give numbers") from None
             except (AttributeError, KeyError, TypeError, IndexError) as err:
                 raise InputError(
                     f"labels.coco {path}: not COCO (images need an id and a file_name, annotations an "
@@ -757,7 +757,14 @@ class Labels:
         shown = f"{w}x{h}" + (
             f" once its EXIF orientation {orientation} is applied" if orientation != 1 else ""
         )
-        sizes = [(f"mask {m}", (image_header(m) or (None,))[0]) for m in masks]  # masks are copied as stored
+        sizes = []
+        for (
+            m
+        ) in masks:  # masks are copied as stored: an empty or foreign file went into the dataset as a mask
+            mask_header = image_header(m)
+            if mask_header is None:
+                return f"its mask {m} cannot be read as an image"
+            sizes.append((f"mask {m}", mask_header[0]))
         if coco_image is not None:
             cw, ch = coco_image.get("width"), coco_image.get("height")
             sizes.append(
@@ -836,7 +843,14 @@ class _NotJSON(ValueError):
 
 
 def _not_json(constant: str):
-    raise _NotJSON(constant)
+    raise _NotJSON(f"{constant}, which JSON does not allow")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise _NotJSON(f"{text}, a number past the largest a float holds")
+    return number
 
 
 def _shared_tail(a: tuple[str, ...], b: tuple[str, ...]) -> int:

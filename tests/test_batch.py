@@ -2176,7 +2176,8 @@ def _coco_labels(dataset, tmp_path, change):
 
     coco = json.loads((dataset / "coco.json").read_text())
     change(coco)
-    (tmp_path / "coco.json").write_text(json.dumps(coco))  # NaN as Python writes it: not JSON
+    # NaN as Python writes it: not JSON
+    (tmp_path / "coco.json").write_text(json.dumps(coco).replace('"OVERFLOW"', "1e999"))
     return Labels(load_job(write_job(tmp_path, inputs=str(dataset / "frames"), labels={"coco": "coco.json"})))
 
 
@@ -2210,6 +2211,11 @@ def _coco_labels(dataset, tmp_path, change):
             lambda c: c["annotations"][0]["bbox"].__setitem__(0, float("nan")),
             r"holds NaN, which JSON does not allow",
         ),
+        # valid JSON, read as infinity: annotations.json failed (an internal error) once every image was made
+        (
+            lambda c: c["annotations"][0]["bbox"].__setitem__(0, "OVERFLOW"),
+            r"holds 1e999, a number past the largest a float holds; give numbers$",
+        ),
     ],
 )
 def test_coco_labels_that_would_land_on_the_wrong_image_are_refused(dataset, tmp_path, change, message):
@@ -2224,6 +2230,26 @@ def test_coco_sizes_written_as_whole_floats_are_taken(dataset, tmp_path):
         dataset, tmp_path, lambda c: [im.update(width=96.0, height=64.0) for im in c["images"]]
     )
     labels.check(sorted((dataset / "frames").glob("*.png")))
+
+
+def test_a_mask_that_is_no_image_is_refused_not_copied_as_a_label(dataset, tmp_path):
+    """A review of batch labels (2026-11-28): an empty mask file, or one holding text, was copied into the dataset as
+    that image's mask, exit 0 (its size check was skipped where its header could not be read)."""
+    import shutil
+
+    from depth2img.batch import Labels
+
+    masks = tmp_path / "semantic"
+    shutil.copytree(dataset / "semantic", masks)
+    for damage in (b"", b"not a png"):
+        (masks / "f1.png").write_bytes(damage)
+        job = load_job(
+            write_job(tmp_path, inputs=str(dataset / "frames"), labels={"masks": {"semantic": str(masks)}})
+        )
+        with pytest.raises(
+            InputError, match=r"f1.png: its mask .*semantic/f1.png cannot be read as an image"
+        ):
+            Labels(job).check(sorted((dataset / "frames").glob("*.png")))
 
 
 def test_mask_names_that_share_a_folder_are_refused(dataset, tmp_path):
