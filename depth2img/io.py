@@ -78,13 +78,16 @@ def _over_pixel_limit(path: Path, max_pixels: int, size: str = "") -> InputError
 
 
 def _check_file(path: Path) -> None:
-    """One line for a path that is no readable file's: missing, a folder, empty."""
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if not path.is_file():
-        raise InputError(f"{path}: not a file")
-    if path.stat().st_size == 0:
-        raise InputError(f"{path}: empty file (0 bytes)")
+    """One line for a path that is no readable file's: missing, a folder, empty, in a folder that cannot be searched."""
+    try:  # (Python's own PermissionError from exists(), under a folder without search permission)
+        if not path.exists():
+            raise InputError(f"{path}: no such file")
+        if not path.is_file():
+            raise InputError(f"{path}: not a file")
+        if path.stat().st_size == 0:
+            raise InputError(f"{path}: empty file (0 bytes)")
+    except OSError as err:
+        raise InputError(f"{path}: cannot be read ({err.strerror or err})") from None
 
 
 def _allow_pixels(max_pixels: int) -> None:
@@ -317,33 +320,12 @@ def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES, outputs=(), lea
     problems: list[str] = []
     left_out: dict[str, Path] = {}
     for item in items:
-        p = Path(item).expanduser()
-        if p.is_dir():
-            found = sorted(
-                q
-                for q in p.iterdir()
-                if not q.name.startswith(".") and q.is_file() and q.suffix.lower() in suffixes
-            )
-            if not found:
-                problems.append(f"{item}: directory has no files ending in {', '.join(suffixes)}")
-            if suffixes == IMAGE_SUFFIXES:
-                _say_unread_photos(p, item)
-            _say_subfolders(p, item, suffixes, outputs)
-            paths.extend(found)
-        elif p.exists():
-            paths.append(p)
-        elif glob.has_magic(item):
-            found, ours = glob_files(item, outputs if leave_out_outputs else ())
-            left_out.update((file_key(q), q) for q in ours)
-            if not found:
-                problems.append(
-                    f"{item}: pattern matches only files an earlier run wrote in the output folder"
-                    if ours
-                    else f"{item}: pattern matches no file"
-                )
-            paths.extend(found)
-        else:
-            problems.append(f"{item}: no such file or directory")
+        try:
+            _expand_item(item, suffixes, outputs, leave_out_outputs, paths, problems, left_out)
+        except (
+            OSError
+        ) as err:  # a folder that cannot be listed or searched: an internal error stopped every input
+            problems.append(f"{item}: cannot be read ({err.strerror or err})")
     # by the folder reached and the name, not the spelling: a symlink loop under a recursive glob names one file 40
     # times
     unique: dict[str, Path] = {}
@@ -356,6 +338,39 @@ def expand_inputs(items: Iterable[str], suffixes=IMAGE_SUFFIXES, outputs=(), lea
         warnings.warn(f"{len(left_out)} file(s) that an earlier run wrote in {where} left out: a run's outputs are "
                       "not its inputs", Depth2ImgWarning, stacklevel=3)  # fmt: skip
     return list(unique.values()), problems
+
+
+def _expand_item(
+    item, suffixes, outputs, leave_out_outputs, paths: list, problems: list, left_out: dict
+) -> None:
+    """One of ``expand_inputs``' items: its files into ``paths``, what is wrong into ``problems``."""
+    p = Path(item).expanduser()
+    if p.is_dir():
+        found = sorted(
+            q
+            for q in p.iterdir()
+            if not q.name.startswith(".") and q.is_file() and q.suffix.lower() in suffixes
+        )
+        if not found:
+            problems.append(f"{item}: directory has no files ending in {', '.join(suffixes)}")
+        if suffixes == IMAGE_SUFFIXES:
+            _say_unread_photos(p, item)
+        _say_subfolders(p, item, suffixes, outputs)
+        paths.extend(found)
+    elif p.exists():
+        paths.append(p)
+    elif glob.has_magic(item):
+        found, ours = glob_files(item, outputs if leave_out_outputs else ())
+        left_out.update((file_key(q), q) for q in ours)
+        if not found:
+            problems.append(
+                f"{item}: pattern matches only files an earlier run wrote in the output folder"
+                if ours
+                else f"{item}: pattern matches no file"
+            )
+        paths.extend(found)
+    else:
+        problems.append(f"{item}: no such file or directory")
 
 
 def glob_files(item: str, outputs=()) -> tuple[list[Path], list[Path]]:

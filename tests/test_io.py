@@ -1099,3 +1099,40 @@ def test_the_subfolders_left_out_are_named_with_globs_that_read_them(tmp_path):
         Path(p).name for suffix in (".png", ".jpg") for p in glob.glob(pattern + suffix, recursive=True)
     )
     assert found == ["o.png", "top.png", "x.png", "y.jpg"]  # the patterns read the named subfolders' images
+
+
+def test_inputs_in_a_folder_that_cannot_be_searched_or_listed_fail_alone(tmp_path, chelsea, monkeypatch):
+    """A review of file-system errors (2026-11-28): an input under a folder without search permission, or a folder that
+    cannot be listed, stopped the whole run with Python's PermissionError (an internal error, exit 1; the other inputs
+    not made). Each is one line, its own failure. (Simulated: the tests may run as root, whom chmod does not stop.)"""
+    import os
+
+    from depth2img.depth_run import run_depth
+
+    locked, ok = tmp_path / "locked", tmp_path / "ok.png"
+    locked.mkdir()
+    chelsea.resize((64, 48)).save(ok)
+    chelsea.resize((64, 48)).save(locked / "a.png")
+    real_stat, real_listdir = os.stat, os.listdir
+
+    def denied(path):
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
+
+    def stat(path, *args, **kwargs):
+        return denied(path) if str(path).startswith(f"{locked}{os.sep}") else real_stat(path, *args, **kwargs)
+
+    def listdir(path="."):
+        return denied(path) if str(path) == str(locked) else real_listdir(path)
+
+    monkeypatch.setattr(os, "stat", stat)
+    monkeypatch.setattr(os, "listdir", listdir)
+    paths, problems = io.expand_inputs([str(locked / "a.png"), str(locked), str(locked / "*.png"), str(ok)])
+    assert paths == [ok]
+    assert problems == [f"{locked / 'a.png'}: cannot be read (Permission denied)",
+                        f"{locked}: cannot be read (Permission denied)",
+                        f"{locked / '*.png'}: cannot be read (Permission denied)"]  # fmt: skip
+    with pytest.raises(InputError, match=r"^.*locked/a.png: cannot be read \(Permission denied\)$"):
+        io.load_image(locked / "a.png")
+    report = run_depth([locked / "a.png", ok], tmp_path / "out", estimator="tiny", progress=False)
+    assert [p.name for p in report.done] == ["ok.png"]
+    assert report.failed == [f"{locked / 'a.png'}: cannot be read (Permission denied)"]
