@@ -1365,9 +1365,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
             finish(carried.result(), [])
         writer.flush()
     except OSError as err:
-        raise InputError(
-            f"output directory {root}: write failed ({err.strerror or err}); no partial file was left"
-        ) from None
+        raise _write_failed(root, err) from None
     finally:
         loader.shutdown(wait=True, cancel_futures=True)
         depth_worker.shutdown(wait=True, cancel_futures=True)
@@ -1383,13 +1381,23 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     barrier()
     if rank == 0:
         # this run's processes' manifests, or those of an earlier multi-process run that one process resumed
-        _settle_manifests(root, {str(p): i for i, chunk in enumerate(chunks) for p in chunk})
-        report.indexed = build_index(job, root, labels)
+        try:  # (a full disk here, once every image was made, was an internal error)
+            _settle_manifests(root, {str(p): i for i, chunk in enumerate(chunks) for p in chunk})
+            report.indexed = build_index(job, root, labels)
+        except OSError as err:
+            raise _write_failed(root, err) from None
     # no process returns (and exits, maybe non-zero, which makes torchrun stop the others) before rank 0 has
     # merged the manifests and written the index
     barrier()
     report.wall_s = time.perf_counter() - started
     return report
+
+
+def _write_failed(root: Path, err: OSError) -> InputError:
+    """A write into the output folder that failed (full disk, quota, read-only): one line; the writes are atomic."""
+    return InputError(
+        f"output directory {root}: write failed ({err.strerror or err}); no partial file was left"
+    )
 
 
 class _Item(NamedTuple):

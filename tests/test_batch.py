@@ -1004,6 +1004,37 @@ def test_disk_full_stops_with_a_clear_message_and_no_partial_file(dataset, tmp_p
     assert not list((tmp_path / "d" / "images").iterdir())  # and no image: the first write failed
 
 
+def test_disk_full_at_the_index_is_one_line_too(dataset, tmp_path, monkeypatch):
+    """A review of file-system errors (2026-11-28): a disk full when annotations.json was written, once every image
+    was made, was an internal error (exit 1); it is the run's one line, and a resume writes the index."""
+    import errno
+
+    from depth2img import batch
+
+    real = batch.atomic_path
+    calls = []
+
+    def full(path, *args, **kwargs):
+        if path.name == "annotations.json" and not calls:
+            calls.append(path)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "atomic_path", full)
+    job = write_job(
+        dataset, output=str(tmp_path / "d"), inputs="frames/f0.png", presets=["fog"], seeds=1, labels={}
+    )
+    with pytest.raises(
+        InputError, match=r"^output directory .*d: write failed \(No space left on device\); no "
+    ):
+        run_job(job, progress=False)
+    assert calls and not (tmp_path / "d" / "annotations.json").exists()
+    assert run_job(job, resume=True, progress=False).skipped == 1
+    assert json.loads((tmp_path / "d" / "annotations.json").read_text())["images"][0]["file_name"].endswith(
+        ".png"
+    )
+
+
 def test_output_names_cannot_escape(dataset, tmp_path):
     from depth2img.batch import _inside
 
