@@ -130,6 +130,9 @@ def contradictions(prompt: str, negative: str) -> list[str]:
     return [p for p in dict.fromkeys(_phrases(negative)) if said(p)]
 
 
+SUBJECT = "the scene"  # what a template that names a subject gets where the user gives no words
+
+
 def check_presets(presets, name: str = "presets") -> dict[str, Preset]:
     """``presets`` as ``load_presets`` returns them (a dict of a str to a str was taken, and failed at its first use
     with an AttributeError)."""
@@ -157,6 +160,15 @@ def resolve(prompt: str | None, preset: str | None, presets: dict[str, Preset] |
     text = (prompt or "").strip()
     negative, knobs = "", {}
     names = [n.strip() for n in preset.split("+")] if preset else []
+    if "" in names:  # ("unknown preset ''", naming neither the value given nor what was wrong with it)
+        raise InputError(
+            f"preset {preset!r} has an empty name between or beside its '+'; join names as winter+night"
+        )
+    # a template whose words lead into the user's ("a watercolor painting of {prompt}") with none given: of the scene
+    # (the prompt was "a watercolor painting of, soft washes", or "... of in winter, ..." after winter)
+    if not text and any(presets[n].prompt.partition("{prompt}")[0].split(",")[-1].strip()
+                        for n in names if n in presets):  # fmt: skip
+        text = SUBJECT
     for name in names:
         if name not in presets:
             raise InputError(

@@ -2008,3 +2008,21 @@ def test_a_set_stop_event_ends_a_generation_at_its_step_and_a_grid_at_once(sd15,
     with pytest.raises(InputError, match="stop_when_set takes a threading.Event, got bool"):
         with stop_when_set(True):
             pass
+
+
+def test_a_style_preset_without_a_prompt_names_the_scene_and_empty_preset_names_are_said():
+    """A review of presets (2026-11-28): a style preset alone (the CLI takes --preset without --prompt) left its
+    template's lead-in dangling ("a watercolor painting of, soft washes"; after winter: "... of in winter"), and
+    'winter++night' was "unknown preset ''"."""
+    from depth2img.errors import InputError
+    from depth2img.presets import resolve
+
+    assert resolve(None, "watercolor")[0] == "a watercolor painting of the scene, soft washes, paper texture"
+    assert resolve("  ", "winter+watercolor")[0].startswith("a watercolor painting of the scene, in winter, ")
+    assert resolve(None, "winter")[0].startswith("in winter, ")  # no lead-in: no subject added
+    assert resolve("a street", "watercolor")[0].startswith("a watercolor painting of a street, ")
+    for given in ("winter++night", "+winter", "winter+", "winter+ +night"):
+        with pytest.raises(
+            InputError, match=rf"^preset '{re.escape(given)}' has an empty name between or beside"
+        ):
+            resolve("x", given)
