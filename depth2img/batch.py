@@ -943,6 +943,31 @@ def _nothing(_):
     pass
 
 
+def _source_file(path: Path) -> dict:
+    """What a manifest line records of its source's file, for a resume to tell a photo replaced under its name."""
+    import hashlib
+
+    st, digest = os.stat(path), hashlib.sha256()
+    with open(path, "rb") as fh:  # (hashlib.file_digest: Python 3.11 on)
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": digest.hexdigest()}
+
+
+def _same_file(path: Path, recorded: dict) -> bool:
+    """Whether ``path`` holds the file ``recorded`` (``_source_file``): its size and time alike, else its contents (a
+    project copied without its files' times)."""
+    try:
+        st = os.stat(path)
+        if st.st_size != recorded.get("size"):
+            return False
+        return st.st_mtime_ns == recorded.get("mtime_ns") or _source_file(path)["sha256"] == recorded.get(
+            "sha256"
+        )
+    except OSError:  # unreadable now: its own failure, when it is read
+        return True
+
+
 def _item_key(source_stem: str, variation: str, seed: int) -> str:
     return f"{source_stem}/{variation}/s{seed}"
 
@@ -1089,6 +1114,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
             "output",
             "source",
             "source_in_job",
+            "source_file",
             "dtype",
         )
         records = [r for m in root.glob("manifest*.jsonl") for r in read_manifest(m, fields=fields)]
@@ -1102,6 +1128,9 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         )
         # an image removed since is made again, at its attempt (the same seed)
         records = [r for r in records if not _lost(root, r)]
+        # each source name's file as its kept images were made from it (the newest line's)
+        made_from = {r["item"].split("/")[0]: r["source_file"] for r in records
+                     if r.get("output") and isinstance(r.get("source_file"), dict)}  # fmt: skip
         # the dtype the images kept were made in: a job that names none takes the device's default (float32 on a
         # CPU, float16 on a GPU), which job.resolved.yaml records as null
         earlier_dtypes = {r["dtype"] for r in records if r.get("final") and isinstance(r.get("dtype"), str)}
@@ -1148,6 +1177,17 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     # a removed one's file name would take its images as its own)
     kept = {p: stem for p in paths if (stem := names.of(p, job.base_dir)) is not None}
     stems = dict(zip(paths, _stems(paths, kept, reserved=names.all)))
+    # a photo replaced under its name kept its earlier images, given its new labels (a mask or boxes of another photo)
+    changed = [p for p in paths if stems[p] in made_from and not _same_file(p, made_from[stems[p]])]
+    if changed:
+        shown = ", ".join(str(p) for p in changed[:3]) + (
+            f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+        )
+        raise InputError(
+            f"--resume (resume=True): {len(changed)} source(s) changed since their images were made ({shown}): "
+            f"the images in {root} and the source's labels would not match; remove those images (they are made "
+            "again) or restore the photos"
+        )
     in_job = {p: _in_job(p, job.base_dir) for p in paths}  # recorded in each line, for a later resume's names
     # Sources are read, estimated (in batches of depth_batch_size) and denoised by chunk: at least batch_size of
     # them, so that a job of one variation x one seed still fills its denoising batches. Shard by chunk, not by
@@ -1225,14 +1265,18 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     # sources a flat output would pass a gate on AbsRel or delta1 for (a narrow depth range): said once, at the end
     gated_on_depth = job.geometry.threshold is not None and job.geometry.metric in ("absrel", "delta1")
     narrow: list[Path] = []
+    source_files: dict[Path, dict] = {}  # what each line records of its source's file (the loader thread's)
 
     def load_chunk(chunk):
         images, errors = {}, []
         for p in chunk:
             try:
                 images[p] = load_image(p)
+                source_files[p] = _source_file(p)
             except Depth2ImgError as err:
                 errors.append((p, str(err)))
+            except OSError as err:  # (read a moment ago)
+                errors.append((p, f"{p}: cannot be read ({err.strerror or err})"))
         return images, errors
 
     def estimate_chunk(loading):
@@ -1274,7 +1318,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
             last = ok or attempt >= job.geometry.retries or scores["absrel"] is None
             out_stem = f"{stem}__{var.name}__s{s}"
             record = {**meta, "item": _item_key(stem, var.name, s), "source": str(p), "source_in_job": in_job[p], "variation": var.name,
-                      "item_seed": s, "attempt": attempt, "geometry": scores, "accepted": ok, "final": last,
+                      "item_seed": s, "source_file": source_files[p], "attempt": attempt, "geometry": scores,
+                      "accepted": ok, "final": last,
                       "output": f"{LAYOUTS[job.layout]}/{out_stem}.png" if ok else None,
                       "size": list(img.size)}  # fmt: skip
             if ok:

@@ -955,13 +955,17 @@ def test_a_sources_manifest_lines_follow_its_depth_files(dataset, tmp_path, monk
 
 def test_a_replaced_sources_depth_files_are_its_new_photos(tmp_path):
     """A source replaced, a seed added, resumed: its new image was the new photo's, its depth files stayed the
-    earlier photo's (written only where missing), at the earlier size."""
+    earlier photo's (written only where missing), at the earlier size. (A resume now refuses a source replaced beside
+    its kept images; with them removed, all of its images and its depth files are the new photo's.)"""
     (tmp_path / "src").mkdir()
     render_driving_scene(W, H, seed=0).image.save(tmp_path / "src" / "a.png")
     common = dict(inputs="src/a.png", output="d", presets=["fog"], labels={}, layout="files")
     assert run_job(write_job(tmp_path, seeds=1, **common), progress=False).done == 1
     render_driving_scene(2 * W, H, seed=5).image.save(tmp_path / "src" / "a.png")
-    assert run_job(write_job(tmp_path, seeds=2, **common), resume=True, progress=False).done == 1
+    with pytest.raises(InputError, match=r"1 source\(s\) changed since their images were made"):
+        run_job(write_job(tmp_path, seeds=2, **common), resume=True, progress=False)
+    (tmp_path / "d" / "images" / "a__fog__s0.png").unlink()
+    assert run_job(write_job(tmp_path, seeds=2, **common), resume=True, progress=False).done == 2
     depth = tmp_path / "d" / "depth"
     assert np.load(depth / "a_depth.npy").shape == (H, 2 * W)
     assert Image.open(depth / "a_depth16.png").size == (2 * W, H)
@@ -1574,6 +1578,37 @@ def test_resume_with_more_retries_tries_rejected_items_again(dataset, tmp_path):
     assert run_job(kept, progress=False).done == 1
     kept.write_text(kept.read_text().replace("retries: 0", "retries: 2"))
     assert run_job(kept, resume=True, progress=False).skipped == 1
+
+
+def test_resume_refuses_a_source_replaced_under_its_name(dataset, tmp_path):
+    """A review of batch runs (2026-11-28): a photo replaced under its name kept the images made from the earlier one
+    on --resume, and they were given the new photo's labels (a mirrored mask beside an unmirrored image), without a
+    word. Each line records its source's file; a resume refuses a source whose kept images came from another file,
+    and makes them again once they are removed. A copy of the same file (another time) is the same source."""
+    import os
+    import shutil
+
+    from PIL import ImageOps
+
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    for k in range(2):
+        shutil.copy(dataset / "frames" / f"f{k}.png", frames)
+    job = write_job(tmp_path, output="o", inputs="frames", presets=["fog"], seeds=1, labels={})
+    assert len(run_job(job, progress=False).failed) == 0
+    recorded = read_manifest(tmp_path / "o" / "manifest.jsonl")[0]["source_file"]
+    assert set(recorded) == {"size", "mtime_ns", "sha256"} and len(recorded["sha256"]) == 64
+    # the same bytes at another time (a project copied without its files' times): not changed
+    os.utime(frames / "f0.png", ns=(1, 1))
+    assert run_job(job, resume=True, progress=False).skipped == 2
+    ImageOps.mirror(Image.open(frames / "f0.png")).save(frames / "f0.png")
+    with pytest.raises(InputError, match=r"^--resume \(resume=True\): 1 source\(s\) changed since their images were "
+                                         r"made \(.*f0.png\): the images in .*o and the source's labels would not "
+                                         r"match; remove those images"):  # fmt: skip
+        run_job(job, resume=True, progress=False)
+    (tmp_path / "o" / "images" / "f0__fog__s0.png").unlink()
+    again = run_job(job, resume=True, progress=False)
+    assert again.done == 1 and again.skipped == 1
 
 
 def test_a_recursive_glob_never_takes_the_jobs_own_outputs(dataset, tmp_path):
