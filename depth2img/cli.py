@@ -371,6 +371,9 @@ def _cmd_tiny_model(args) -> int:
     _quiet_libraries()
     try:
         written = tiny.write_all(args.directory)
+    except InputError as err:
+        # (a folder named like a model, a user's files in it, was removed)
+        raise InputError(f"tiny-model: {err}; remove it or choose another DIR") from None
     except OSError as err:
         raise InputError(f"tiny-model: {args.directory} cannot be written ({err.strerror or err})") from None
     for kind, path in written.items():

@@ -11,12 +11,12 @@ import json
 import tempfile
 from pathlib import Path
 
-from .errors import ModelLoadError, first_line
+from .errors import InputError, ModelLoadError, first_line
 
 SEED = 0
 # What a tiny model holds changes with this code (build 2: ControlNets whose output convolutions are no longer
 # zero; 3: Flux transformers embed the guidance). Every folder carries the build it was written by; a folder of
-# another build, or none, is rebuilt on use.
+# another build is rebuilt on use. One without it is not a tiny model (it was removed, a user's files with it).
 BUILD = 3
 STAMP = ".depth2img-tiny.json"
 
@@ -344,23 +344,46 @@ WRITERS = {name: write_estimator for name in ESTIMATOR_BUILDERS} | {
     "sd15-depth": write_sd15, "sd2-depth": write_sd2_depth, "sdxl-depth": write_sdxl, "flux-depth": write_flux,
     "flux-depth-lora": write_flux_lora, "lcm-sd15": write_speed_lora, "lcm-sdxl": write_speed_lora,
 }  # fmt: skip
+# The companions each kind's writer puts beside its folder (write_sd15, write_sdxl, write_flux_lora)
+KIND_COMPANIONS = {"sd15-depth": ("controlnet",), "sdxl-depth": ("controlnet",), "flux-depth-lora": ("lora",)}
+
+
+def folders(kind: str, folder: str | Path) -> list[Path]:
+    """The folders ``write(kind, folder)`` fills: ``folder``, then its kind's companions."""
+    return [Path(folder), *(companion_folder(folder, c) for c in KIND_COMPANIONS.get(kind, ()))]
+
+
+def in_the_way(kind: str, folder: str | Path) -> str | None:
+    """Why ``write(kind, folder)`` would have to remove something it did not write, or None. Only a folder holding
+    the stamp (an older build's, or a companion beside a stamped folder) is replaced (a folder of the same name,
+    a user's own files in it, was removed unasked)."""
+    base = Path(folder)
+    for path in folders(kind, folder):
+        if path.is_dir() and not (path / STAMP).is_file() and not (base / STAMP).is_file():
+            return f"{path} exists and is not a tiny model depth2img wrote (no {STAMP})"
+    return None
 
 
 def write(kind: str, folder: str | Path) -> Path:
-    """Write one tiny model (a registry entry's ``tiny`` folder name) into ``folder``, atomically."""
+    """Write one tiny model (a registry entry's ``tiny`` folder name) into ``folder``, atomically. Raises InputError
+    (nothing written) where a folder depth2img did not write is in the way (see ``in_the_way``)."""
     import shutil
 
     folder = Path(folder)
+    reason = in_the_way(kind, folder)
+    if reason:
+        raise InputError(reason)
     tmp = folder.with_name(f".{folder.name}.partial")
     for old in (tmp, *(companion_folder(tmp, c) for c in COMPANIONS)):
         shutil.rmtree(old, ignore_errors=True)
     WRITERS[kind](kind, tmp)
-    (tmp / STAMP).write_text(json.dumps({"build": BUILD, "kind": kind}))
-    moves = [(companion_folder(tmp, c), companion_folder(folder, c)) for c in COMPANIONS] + [(tmp, folder)]
-    for new, final in moves:
-        if new.exists():
-            shutil.rmtree(final, ignore_errors=True)
-            new.rename(final)
+    stamp = {"build": BUILD, "kind": kind}
+    for new in folders(kind, tmp):
+        (new / STAMP).write_text(json.dumps(stamp))
+    for new, final in zip(folders(kind, tmp), folders(kind, folder)):
+        if final.exists():
+            shutil.rmtree(final)
+        new.rename(final)
     return folder
 
 
@@ -386,6 +409,10 @@ def ensure(kind: str, folder: str | Path) -> Path:
         with FileLock(folder.with_name(f".{folder.name}.lock")):
             if not is_current(folder, kind):
                 write(kind, folder)
+    except InputError as err:
+        raise ModelLoadError(
+            f"tiny model {kind!r}: {err}; remove it or set DEPTH2IMG_TINY_DIR to another folder"
+        ) from None
     except OSError as err:
         raise ModelLoadError(
             f"tiny model {kind!r} cannot be written to {folder} ({first_line(err)}); "
@@ -395,5 +422,11 @@ def ensure(kind: str, folder: str | Path) -> Path:
 
 
 def write_all(root: str | Path, kinds=None) -> dict[str, Path]:
-    """Write every tiny model under ``root`` (one folder each, hub layout); returns {folder name: path}."""
-    return {kind: write(kind, Path(root) / kind) for kind in kinds or WRITERS}
+    """Write every tiny model under ``root`` (one folder each, hub layout); returns {folder name: path}. Every
+    folder is checked before any is written."""
+    kinds = list(kinds or WRITERS)
+    for kind in kinds:
+        reason = in_the_way(kind, Path(root) / kind)
+        if reason:
+            raise InputError(reason)
+    return {kind: write(kind, Path(root) / kind) for kind in kinds}

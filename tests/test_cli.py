@@ -396,6 +396,39 @@ def test_models_and_tiny_model_commands(tmp_path, capsys):
     )
 
 
+def test_tiny_model_keeps_a_folder_it_did_not_write(tmp_path, capsys):
+    """A review of tiny-model (2026-11-28): `depth2img tiny-model DIR` removed any folder in DIR named like a model
+    (sd15-depth, sdxl-depth-controlnet, ...), a user's files with it, and exited 0. Such a folder is refused now,
+    before anything is written; a folder depth2img wrote (its stamp) is still replaced, and so is the ControlNet
+    beside it, which older builds wrote with no stamp of its own."""
+    import json
+
+    from depth2img import tiny
+
+    for name in ("sd15-depth", "sdxl-depth-controlnet"):
+        root = tmp_path / name
+        (root / name).mkdir(parents=True)
+        (root / name / "precious.txt").write_text("precious")
+        code, out, err = run(capsys, "tiny-model", root)
+        assert code == 2 and out == ""
+        assert err == (
+            f"depth2img: error: tiny-model: {root / name} exists and is not a tiny model depth2img wrote "
+            "(no .depth2img-tiny.json); remove it or choose another DIR\n"
+        )
+        assert [p.name for p in root.iterdir()] == [name]
+        assert (root / name / "precious.txt").read_text() == "precious"
+    old = tmp_path / "old"
+    tiny.write_all(old, ["sd15-depth"])
+    (old / "sd15-depth" / tiny.STAMP).write_text(json.dumps({"build": tiny.BUILD - 1, "kind": "sd15-depth"}))
+    (old / "sd15-depth-controlnet" / tiny.STAMP).unlink()
+    for folder in ("sd15-depth", "sd15-depth-controlnet"):
+        (old / folder / "left-over").write_text("")
+    tiny.write_all(old, ["sd15-depth"])
+    assert tiny.is_current(old / "sd15-depth", "sd15-depth")
+    assert sorted(p.name for p in old.iterdir()) == ["sd15-depth", "sd15-depth-controlnet"]
+    assert not any((folder / "left-over").exists() for folder in old.iterdir())
+
+
 def test_console_script_exit_status(tmp_path):
     res = subprocess.run([sys.executable, "-m", "depth2img", "depth", str(tmp_path / "none.png"), "-o", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)  # fmt: skip

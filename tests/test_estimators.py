@@ -207,14 +207,28 @@ def test_a_tiny_model_an_older_build_wrote_is_rebuilt(tmp_path, monkeypatch):
     (folder / "left-over").write_text("")
     DepthEstimator.from_pretrained("tiny/dpt-hybrid")  # this build's folder: loaded as it is
     assert (folder / "left-over").exists()
-    for stale in ({"build": tiny.BUILD - 1, "kind": "dpt"}, None):  # an older build's stamp, or none at all
-        (folder / "left-over").write_text("")
-        if stale is None:
-            (folder / tiny.STAMP).unlink()
-        else:
-            (folder / tiny.STAMP).write_text(json.dumps(stale))
+    (folder / "left-over").write_text("")
+    (folder / tiny.STAMP).write_text(json.dumps({"build": tiny.BUILD - 1, "kind": "dpt"}))  # an older build's
+    DepthEstimator.from_pretrained("tiny/dpt-hybrid")
+    assert not (folder / "left-over").exists() and tiny.is_current(folder, "dpt")
+
+
+def test_a_folder_without_the_tiny_stamp_is_not_removed_to_write_a_tiny_model(tmp_path, monkeypatch):
+    """A review of tiny-model (2026-11-28): a folder in $DEPTH2IMG_TINY_DIR named like a tiny model but without its
+    stamp (not written by depth2img) was removed, its files with it, and a tiny model written in its place."""
+    from depth2img import tiny
+    from depth2img.errors import ModelLoadError
+
+    monkeypatch.setenv("DEPTH2IMG_TINY_DIR", str(tmp_path))
+    (tmp_path / "dpt").mkdir()
+    (tmp_path / "dpt" / "precious.txt").write_text("precious")
+    with pytest.raises(ModelLoadError) as err:
         DepthEstimator.from_pretrained("tiny/dpt-hybrid")
-        assert not (folder / "left-over").exists() and tiny.is_current(folder, "dpt")
+    assert str(err.value) == (
+        f"tiny model 'dpt': {tmp_path / 'dpt'} exists and is not a tiny model depth2img wrote (no {tiny.STAMP}); "
+        "remove it or set DEPTH2IMG_TINY_DIR to another folder"
+    )
+    assert [p.name for p in (tmp_path / "dpt").iterdir()] == ["precious.txt"]
 
 
 def test_processes_that_start_together_write_a_tiny_model_once(tmp_path, monkeypatch):
@@ -242,6 +256,8 @@ def test_processes_that_start_together_write_a_tiny_model_once(tmp_path, monkeyp
 
 
 def test_a_current_tiny_model_is_loaded_from_a_folder_that_cannot_be_written(tmp_path, monkeypatch):
+    import json
+
     import filelock
 
     from depth2img import tiny
@@ -254,7 +270,7 @@ def test_a_current_tiny_model_is_loaded_from_a_folder_that_cannot_be_written(tmp
     DepthEstimator.from_pretrained("tiny/dpt-hybrid")
     monkeypatch.setattr(filelock, "FileLock", unwritable)
     DepthEstimator.from_pretrained("tiny/dpt-hybrid")  # current: no lock taken, nothing written
-    (tmp_path / "dpt" / tiny.STAMP).unlink()
+    (tmp_path / "dpt" / tiny.STAMP).write_text(json.dumps({"build": tiny.BUILD - 1, "kind": "dpt"}))
     with pytest.raises(ModelLoadError, match=r"^tiny model 'dpt' cannot be written to .*dpt \(.*Permission denied.*"
                                              r"set DEPTH2IMG_TINY_DIR to a folder you can write$"):  # fmt: skip
         DepthEstimator.from_pretrained("tiny/dpt-hybrid")
