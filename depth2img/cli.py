@@ -372,7 +372,7 @@ def _cmd_tiny_model(args) -> int:
     try:
         written = tiny.write_all(args.directory)
     except InputError as err:
-        # (a folder named like a model, a user's files in it, was removed)
+        # (a folder named like a model, a user's files in it, was removed; a file named so failed half-way through)
         raise InputError(f"tiny-model: {err}; remove it or choose another DIR") from None
     except OSError as err:
         raise InputError(f"tiny-model: {args.directory} cannot be written ({err.strerror or err})") from None

@@ -359,6 +359,10 @@ def in_the_way(kind: str, folder: str | Path) -> str | None:
     a user's own files in it, was removed unasked)."""
     base = Path(folder)
     for path in folders(kind, folder):
+        if path.is_symlink():
+            return f"{path} is a link, not a folder depth2img wrote"
+        if path.exists() and not path.is_dir():
+            return f"{path} exists and is not a folder"
         if path.is_dir() and not (path / STAMP).is_file() and not (base / STAMP).is_file():
             return f"{path} exists and is not a tiny model depth2img wrote (no {STAMP})"
     return None
@@ -366,7 +370,7 @@ def in_the_way(kind: str, folder: str | Path) -> str | None:
 
 def write(kind: str, folder: str | Path) -> Path:
     """Write one tiny model (a registry entry's ``tiny`` folder name) into ``folder``, atomically. Raises InputError
-    (nothing written) where a folder depth2img did not write is in the way (see ``in_the_way``)."""
+    (nothing written) where a file or a folder depth2img did not write is in the way (see ``in_the_way``)."""
     import shutil
 
     folder = Path(folder)
@@ -374,16 +378,22 @@ def write(kind: str, folder: str | Path) -> Path:
     if reason:
         raise InputError(reason)
     tmp = folder.with_name(f".{folder.name}.partial")
-    for old in (tmp, *(companion_folder(tmp, c) for c in COMPANIONS)):
-        shutil.rmtree(old, ignore_errors=True)
-    WRITERS[kind](kind, tmp)
-    stamp = {"build": BUILD, "kind": kind}
-    for new in folders(kind, tmp):
-        (new / STAMP).write_text(json.dumps(stamp))
-    for new, final in zip(folders(kind, tmp), folders(kind, folder)):
-        if final.exists():
-            shutil.rmtree(final)
-        new.rename(final)
+    partial = [tmp, *(companion_folder(tmp, c) for c in COMPANIONS)]
+    try:
+        for old in partial:
+            shutil.rmtree(old, ignore_errors=True)
+        WRITERS[kind](kind, tmp)
+        stamp = {"build": BUILD, "kind": kind}
+        for new in folders(kind, tmp):
+            (new / STAMP).write_text(json.dumps(stamp))
+        for new, final in zip(folders(kind, tmp), folders(kind, folder)):
+            if final.exists():
+                shutil.rmtree(final)
+            new.rename(final)
+    finally:
+        # (a failed write left a whole model in .KIND.partial)
+        for old in partial:
+            shutil.rmtree(old, ignore_errors=True)
     return folder
 
 
@@ -423,7 +433,7 @@ def ensure(kind: str, folder: str | Path) -> Path:
 
 def write_all(root: str | Path, kinds=None) -> dict[str, Path]:
     """Write every tiny model under ``root`` (one folder each, hub layout); returns {folder name: path}. Every
-    folder is checked before any is written."""
+    folder is checked before any is written (a file in the way failed after other models were written)."""
     kinds = list(kinds or WRITERS)
     for kind in kinds:
         reason = in_the_way(kind, Path(root) / kind)

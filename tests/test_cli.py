@@ -429,6 +429,31 @@ def test_tiny_model_keeps_a_folder_it_did_not_write(tmp_path, capsys):
     assert not any((folder / "left-over").exists() for folder in old.iterdir())
 
 
+def test_tiny_model_names_the_file_in_the_way_and_leaves_no_partial_model(tmp_path, capsys, monkeypatch):
+    """A review of tiny-model (2026-11-28): a file DIR/dpt made `tiny-model DIR` fail with "DIR cannot be written (Not
+    a directory)", DIR being a folder, after depth-anything was written, and left a whole model in DIR/.dpt.partial.
+    The file is named now, before anything is written; a write that fails removes its partial folders."""
+    from depth2img import tiny
+
+    (tmp_path / "dpt").write_text("")
+    code, out, err = run(capsys, "tiny-model", tmp_path)
+    assert code == 2 and out == ""
+    assert err == (
+        f"depth2img: error: tiny-model: {tmp_path / 'dpt'} exists and is not a folder; "
+        "remove it or choose another DIR\n"
+    )
+    assert [p.name for p in tmp_path.iterdir()] == ["dpt"]
+
+    def full_disk(kind, folder):  # the base and its ControlNet written, then the disk is full
+        tiny.write_sd15(kind, folder)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setitem(tiny.WRITERS, "sd15-depth", full_disk)
+    with pytest.raises(OSError, match="No space left"):
+        tiny.write("sd15-depth", tmp_path / "sd15-depth")
+    assert [p.name for p in tmp_path.iterdir()] == ["dpt"]
+
+
 def test_console_script_exit_status(tmp_path):
     res = subprocess.run([sys.executable, "-m", "depth2img", "depth", str(tmp_path / "none.png"), "-o", str(tmp_path)],
                          capture_output=True, text=True, timeout=120)  # fmt: skip
