@@ -377,8 +377,9 @@ def _cmd_tiny_model(args) -> int:
     except OSError as err:
         raise InputError(f"tiny-model: {args.directory} cannot be written ({err.strerror or err})") from None
     for kind, path in written.items():
-        # the separate repos that go with it (a backbone's ControlNet, Flux's depth LoRA) went unnamed
-        with_it = [str(c) for c in (tiny.companion_folder(path, w) for w in tiny.COMPANIONS) if c.is_dir()]
+        # the separate repos that go with it (a backbone's ControlNet, Flux's depth LoRA) went unnamed; then a folder
+        # named like one was named too (flux-depth "with flux-depth-lora", another backbone)
+        with_it = [str(c) for c in tiny.folders(kind, path)[1:]]
         print(f"{kind}: {path}" + (f" (with {', '.join(with_it)})" if with_it else ""))
     return 0
 

@@ -387,6 +387,8 @@ def test_models_and_tiny_model_commands(tmp_path, capsys):
     }
     assert named == set(tmp_path.iterdir()) and len(named) == 13
     assert f"sd15-depth: {tmp_path / 'sd15-depth'} (with {tmp_path / 'sd15-depth-controlnet'})\n" in out
+    # (flux-depth was said to come with flux-depth-lora, another backbone that happens to be named like its LoRA)
+    assert f"flux-depth: {tmp_path / 'flux-depth'}\n" in out
     (tmp_path / "afile").write_text("x")
     code, _, err = run(capsys, "tiny-model", tmp_path / "afile")
     assert (
