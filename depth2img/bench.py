@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .knobs import MAX_IMAGES
 from .registry import configs_dir
 
 
@@ -80,6 +81,10 @@ def count_parameters(model) -> int:
 
 # Seeds that diffusers-b1 (one image per call) runs in a batch run: its time per image is what counts
 B1_IMAGES = 4
+# --batch: the most images a call of the library's takes (transform's num_images, knobs.MAX_IMAGES); 4 times the
+# dataset mode measured (batch 16 at 512 px: 11.1 GiB at its peak on an H100, plain diffusers in fp16), and SDXL at
+# 1024 px needs several times SD1.5's memory an image. A typo (100000) ran until killed
+MAX_BATCH = MAX_IMAGES
 
 BACKBONES = {  # bench name -> (registry tiny entry, diffusers pipeline, depth2img backend, full-size configs)
     "sd15": ("tiny/sd15-depth", "StableDiffusionControlNetPipeline", "SD15Backend",
@@ -409,7 +414,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
     from .depth_run import output_dir
     from .depthmap import DepthMap
     from .errors import InputError, first_line
-    from .knobs import check_compile
+    from .knobs import MAX_STEPS, check_compile
     from .loading import resolve_device, resolve_dtype
     from .registry import ModelRef
     from .transformer import SceneTransformer
@@ -418,6 +423,10 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         raise InputError(f"backbone must be one of {', '.join(BACKBONES)}, got {backbone!r}")
     if repeats < 1:
         raise InputError(f"repeats must be >= 1, got {repeats!r}")
+    # (steps 1001 failed in depth2img's first row, after the models were built and plain diffusers' warm-up)
+    for key, value, most in (("steps", steps, MAX_STEPS), ("batch", batch, MAX_BATCH)):
+        if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+            raise InputError(f"{key} must be an integer in 1..{most}, got {value!r}")
     if peak_tflops is not None and not (math.isfinite(peak_tflops) and peak_tflops > 0):
         raise InputError(f"--peak-tflops must be a finite number > 0, got {peak_tflops!r}")
     modes = compile_mode.split(",") if compile_mode is not None else []  # '' is refused (it ran uncompiled)
@@ -782,9 +791,12 @@ def run_depth_bench(*, preset: str = "full", images: int = 16, repeats: int = 3,
     from transformers import pipeline
 
     from .depth_run import output_dir
+    from .errors import InputError
     from .estimators import DepthEstimator
     from .loading import resolve_device, resolve_dtype
 
+    if isinstance(images, bool) or not isinstance(images, int) or not 1 <= images <= MAX_BATCH:
+        raise InputError(f"images must be an integer in 1..{MAX_BATCH}, got {images!r}")
     out_dir = output_dir(out_dir, ())  # before the run, not after it
     device = resolve_device(device)
     plain_dtype, fast_dtype, _ = _dtypes(device, dtype)

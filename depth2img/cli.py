@@ -670,12 +670,17 @@ BENCH_MAX_SIZE = 4096
 
 
 def _cmd_bench(args) -> int:
+    from .bench import MAX_BATCH
     from .errors import InputError
-    from .knobs import DEFAULT_KNOBS, check_knobs
+    from .knobs import DEFAULT_KNOBS, MAX_STEPS, check_knobs
 
-    for flag, value in (("--steps", args.steps), ("--batch", args.batch), ("--repeats", args.repeats)):
-        if value < 1:
-            raise InputError(f"{flag} must be >= 1, got {value}")
+    # before any model is built or folder made (--steps 1001 failed only after plain diffusers' warm-up, minutes of
+    # GPU time at full size, and left an empty folder; --batch 100000 ran until killed)
+    for flag, value, most in (("--steps", args.steps, MAX_STEPS), ("--batch", args.batch, MAX_BATCH)):
+        if not 1 <= value <= most:
+            raise InputError(f"{flag} must be an integer in 1..{most}, got {value}")
+    if args.repeats < 1:
+        raise InputError(f"--repeats must be >= 1, got {args.repeats}")
     if args.size is not None and not (16 <= args.size <= BENCH_MAX_SIZE and args.size % 16 == 0):
         raise InputError(f"--size must be a multiple of 16 in 16..{BENCH_MAX_SIZE}, got {args.size}")
     if args.depth:  # the depth bench takes none of the diffusion bench's settings: one given was ignored

@@ -700,8 +700,9 @@ def test_bench_argument_errors(capsys):
             "--depth benchmarks the depth estimators: --inductor is for the diffusion bench",
         ),
         # each argument by name (one message named all four), and a side built only to run out of memory
-        (["--batch", "0"], "--batch must be >= 1, got 0"),
-        (["--steps", "0"], "--steps must be >= 1, got 0"),
+        (["--batch", "0"], "--batch must be an integer in 1..64, got 0"),
+        (["--steps", "0"], "--steps must be an integer in 1..1000, got 0"),
+        (["--repeats", "0"], "--repeats must be >= 1, got 0"),
         (["--size", "1000000"], "--size must be a multiple of 16 in 16..4096, got 1000000"),
         # the diffusion bench's settings were ignored by the depth bench, a bad --compile mode included
         (
@@ -729,6 +730,39 @@ def test_bench_argument_errors(capsys):
         assert main(["bench", "--preset", "tiny", "--device", "cpu", *argv]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1, err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--steps", "1001"], "--steps must be an integer in 1..1000, got 1001"),
+    (["--steps", "100000"], "--steps must be an integer in 1..1000, got 100000"),
+    (["--batch", "100000"], "--batch must be an integer in 1..64, got 100000"),
+    (["--depth", "--batch", "65"], "--batch must be an integer in 1..64, got 65"),
+])  # fmt: skip
+def test_bench_refuses_too_many_steps_or_images_before_building_or_making_a_folder(tmp_path, monkeypatch, capsys,
+                                                                                  argv, message):  # fmt: skip
+    """A review of bench (2026-11-28): --steps 1001 was refused (not naming the flag) only after the models were
+    built and plain diffusers' warm-up had run, leaving an empty output folder; --batch 100000 ran until killed."""
+    from depth2img import bench
+    from depth2img.cli import main
+
+    def built(*args, **kwargs):
+        raise AssertionError("a model was built")
+
+    monkeypatch.setattr(bench, "_components", built)
+    monkeypatch.setattr(bench, "_estimator", built)
+    out = tmp_path / "out"
+    assert main(["bench", "--preset", "tiny", "--device", "cpu", "-o", str(out), *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1, err
+    assert not out.exists()
+    # the API alike, by its arguments' names
+    with pytest.raises(InputError, match=r"^steps must be an integer in 1..1000, got 1001$"):
+        run_bench(preset="tiny", steps=1001, out_dir=out)
+    with pytest.raises(InputError, match=r"^batch must be an integer in 1..64, got 100000$"):
+        run_bench(preset="tiny", batch=100000, out_dir=out)
+    with pytest.raises(InputError, match=r"^images must be an integer in 1..64, got 65$"):
+        bench.run_depth_bench(preset="tiny", images=65, out_dir=out)
+    assert not out.exists()
 
 
 def _run_gpu_script(tmp_path, *parts, kill_at=None, **env):
