@@ -657,7 +657,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
         """The result after ``done`` repeats."""
         baseline = "diffusers-b1" if "diffusers-b1" in variants else "diffusers"
         base = statistics.median(times[baseline]) / images.get(baseline, batch)  # seconds per image
-        rows = {}
+        rows, exceeded = {}, set()  # exceeded: the dtypes whose peak a row's FLOP/s went past
         for name in variants:
             n = images.get(name, batch)  # images per timed call
             sec = statistics.median(times[name]) / n  # per image
@@ -667,10 +667,17 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             same_dtype_diff = _max_diff(outputs[name], reference[dtypes[name]][:n])
             # None: a quality trade, not meant to stay within; or no tolerance to judge by
             within = None if "+cache" in name or tolerance is None else same_dtype_diff <= tolerance
+            share = (flops_per_call / batch / sec / flop_peaks[dtypes[name]]
+                     if name.startswith("diffusers") or same_work else None)  # fmt: skip
+            # a row past its dtype's peak: the peak is none, and the share no figure (a CPU's float16 matmul, about
+            # 100x slower than its float32, measured a 'peak' a float16 row ran at 183.8 % of)
+            above_peak = share is not None and share > 1
+            if above_peak:
+                exceeded.add(str(dtypes[name]).replace("torch.", ""))
             rows[name] = {
                 "ms_per_image": 1000 * sec, "images_per_hour": 3600 / sec, "it_per_s": steps * calls / (sec * n),
                 "loop_it_per_s": statistics.median(loop[name]) if loop[name] else None,
-                "share_of_peak": flops_per_call / batch / sec / flop_peaks[dtypes[name]] if name.startswith("diffusers") or same_work else None,
+                "share_of_peak": None if above_peak else share, "above_peak": above_peak,
                 "peak_memory_gib": peaks[name] / 2**30 if name in peaks else None,
                 "speedup": base / sec,
                 "max_abs_diff_vs_diffusers": _max_diff(outputs[name], outputs["diffusers"][:n]),
@@ -702,7 +709,8 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             "bf16_tolerance": tolerance,
             "bf16_tolerance_between": [str(dt).replace("torch.", "") for dt in tolerance_dtypes], "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
             "peak_tflops_by_dtype": {str(dt).replace("torch.", ""): p / 1e12 for dt, p in flop_peaks.items()},
-            "peak_source": "given" if peak_tflops else "measured matmul", **api, "compiled_only": compiled_only,
+            "peak_source": "given" if peak_tflops else "measured matmul", "peak_below_achieved": sorted(exceeded),
+            **api, "compiled_only": compiled_only,
             **({"device_busy_share": busy, "host_waits": waits, "profile_errors": profile_errors} if profile else {}),
             "vae_decode_ms": 1000 * decode_s, "vae_decode_share": decode_s / statistics.median(times[best]),
             "versions": _versions(), "cudnn": torch.backends.cudnn.version(), "results": rows,
@@ -898,12 +906,24 @@ def _other_peaks(result: dict) -> str:
     )
 
 
+def _peak_note(result: dict) -> str:
+    """Where a row ran faster than its dtype's peak: that peak is not one, and those rows' shares are n/a."""
+    exceeded = result.get("peak_below_achieved")  # (none in tables made before 2026-11-28)
+    if not exceeded:
+        return ""
+    which = (
+        "the given peak" if result["peak_source"] == "given" else f"the measured {', '.join(exceeded)} peak"
+    )
+    return f"; {which} is below what the run achieved: not a peak (those rows' share n/a)"
+
+
 def markdown(result: dict) -> str:
     name = {"sd15": "SD1.5", "sdxl": "SDXL"}[result.get("backbone", "sd15")]
     head = (f"{name} + ControlNet depth, {result['preset']} architecture, {result['size']}x{result['size']}, "
             f"{result['steps']} steps{_scheduler_text(result)}, CFG, batch {result['batch']}, on **{result['device']}** ({_host(result)}{result['date']}); "
             f"median of {result['repeats']} interleaved runs{_cut(result)}. {result['flops_per_call_tflop']:.3f} TFLOP per call; "
-            f"peak {result['peak_tflops']:.3g} TFLOP/s ({result['peak_source']}){_other_peaks(result)}. Fast path: "
+            f"peak {result['peak_tflops']:.3g} TFLOP/s ({result['peak_source']}){_other_peaks(result)}"
+            f"{_peak_note(result)}. Fast path: "
             f"{result['fast_dtype']}, {', '.join(result['fast_path']) or 'none'}. Speed-up per image against "
             f"`{result.get('speedup_baseline', 'diffusers')}`"
             + (f" (one image per call, on the first {result['b1_images']} seeds)." if result.get("b1_images") else ".")
@@ -912,6 +932,7 @@ def markdown(result: dict) -> str:
              "|---|---|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for variant, r in result["results"].items():
         share = f"{r['share_of_peak']:.1%}" if r["share_of_peak"] is not None else "n/a"
+        share += " (above the peak)" if r.get("above_peak") else ""
         mem = f"{r['peak_memory_gib']:.2f}" if r["peak_memory_gib"] is not None else "n/a (CPU)"
         lines.append(f"| {variant} | {r['ms_per_image']:.1f} | {r['images_per_hour']:.0f} | {r['it_per_s']:.2f} | "
                      f"{_given(r.get('loop_it_per_s'), '.2f')} | {share} | "
