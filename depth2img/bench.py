@@ -710,7 +710,7 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             "bf16_tolerance_between": [str(dt).replace("torch.", "") for dt in tolerance_dtypes], "flops_per_call_tflop": flops_per_call / 1e12, "peak_tflops": peak / 1e12,
             "peak_tflops_by_dtype": {str(dt).replace("torch.", ""): p / 1e12 for dt, p in flop_peaks.items()},
             "peak_source": "given" if peak_tflops else "measured matmul", "peak_below_achieved": sorted(exceeded),
-            **api, "compiled_only": compiled_only,
+            **api, "compiled_only": compiled_only, "diffusers_unipc": diffusers_unipc,
             **({"device_busy_share": busy, "host_waits": waits, "profile_errors": profile_errors} if profile else {}),
             "vae_decode_ms": 1000 * decode_s, "vae_decode_share": decode_s / statistics.median(times[best]),
             "versions": _versions(), "cudnn": torch.backends.cudnn.version(), "results": rows,
@@ -1070,6 +1070,11 @@ def _write(result: dict, out_dir: Path) -> None:
     extra += f"-{result['attention']}" if result.get("attention", "sdpa") != "sdpa" else ""
     extra += "-cudnn-benchmark" if result.get("cudnn_benchmark") else ""
     extra += "-compiled-only" if result.get("compiled_only") else ""
+    # a given peak changes the shares; --diffusers-unipc adds a row, --profile the GPU's busy share and waits (a run
+    # with one replaced the files of the same run without it; tables made before these were recorded have none)
+    extra += f"-peak{result['peak_tflops']:.6g}" if result.get("peak_source") == "given" else ""
+    extra += "-diffusers-unipc" if result.get("diffusers_unipc") else ""
+    extra += "-profile" if "device_busy_share" in result else ""
     # (the device tool returns no file whose name has a '+': dpm++ is dpmpp)
     extra += (
         "-" + result["scheduler"].replace("+", "p") if result.get("scheduler", "unipc") != "unipc" else ""

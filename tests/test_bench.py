@@ -633,6 +633,31 @@ def test_a_share_above_the_peak_is_na_and_says_the_peak_is_none(tmp_path, monkey
     assert "the given peak is below what the run achieved" in markdown({**result, "peak_source": "given"})
 
 
+def test_runs_that_differ_in_peak_diffusers_unipc_or_profile_write_files_of_their_own(tmp_path):
+    """A review of bench (2026-11-28): runs that differed in --peak-tflops, --diffusers-unipc or --profile wrote
+    the same files, the second replacing the first. The committed tables' names are still what their runs give."""
+    from depth2img.bench import _write
+
+    committed = [p for p in sorted((Path(__file__).parents[1] / "benchmarks").glob("s*-controlnet-*.json"))
+                 if "default_dtype" in json.loads(p.read_text())]  # fmt: skip
+    assert committed
+    for path in committed:
+        result = json.loads(path.read_text())
+        _write(result, tmp_path)
+        assert Path(result["written"][0]).name == path.name
+    result = json.loads(committed[0].read_text())
+    stem = committed[0].name.removesuffix("-nvidia-h100-80gb-hbm3.json")
+    names = {}
+    for key, changed in [("peak", {"peak_source": "given", "peak_tflops": 989.0}),
+                         ("unipc", {"diffusers_unipc": True}), ("profile", {"device_busy_share": {}})]:  # fmt: skip
+        run = {**result, **changed}
+        _write(run, tmp_path)
+        names[key] = Path(run["written"][0]).name
+    assert names == {"peak": f"{stem}-peak989-nvidia-h100-80gb-hbm3.json",
+                     "unipc": f"{stem}-diffusers-unipc-nvidia-h100-80gb-hbm3.json",
+                     "profile": f"{stem}-profile-nvidia-h100-80gb-hbm3.json"}  # fmt: skip
+
+
 def test_a_fast_path_that_gives_nan_stops_the_bench_in_one_line_with_no_table(tmp_path, monkeypatch, capsys):
     """A NaN output must not reach the table as a max abs diff of "nan": depth2img refuses it at the warm-up."""
     import torch
