@@ -100,8 +100,9 @@ declare -A STEP=(
   # Since 2026-11-28 the compiled row runs depth2img's UniPC (scalars on the CPU, no host wait after a call's first
   # step; plain diffusers keeps its own); --diffusers-unipc times the same compiled pipeline again with diffusers'
   # UniPC (no compile of its own: about 5 calls, 16 s): the two rows' ms/image and --profile's host waits measure
-  # that change in one run (the loop's it/s cannot: it synchronises every step). Also since then depth2img's rows cast
-  # and round the decoded images on the GPU (the host only copies them; no twin row measures that alone)
+  # that change in one run (the loop's it/s too: it is taken in the timed calls, no longer in one synchronised at
+  # each step). Also since then depth2img's rows cast and round the decoded images on the GPU (the host only copies
+  # them; no twin row measures that alone)
   [dataset-base]="--batch 16 --compile reduce-overhead --repeats 2 --compiled-only --profile --diffusers-unipc"
   # Every row with DPM-Solver++ (2M), diffusers' own, in place of UniPC. diffusers' UniPC waits for the GPU seven
   # times a step (six CPU sigmas copied to it one by one; a 2x2 solve's error check) and runs about 150 small ops

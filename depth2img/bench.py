@@ -3,7 +3,8 @@
 Full-size architectures are built from ``configs/bench/*.json`` with random weights (timing does not depend
 on weight values); ``--preset tiny`` uses the tiny test models so CI can smoke-test the command on CPU.
 Reported per variant: ms per image, images per hour, it/s (denoising steps per second of the whole call: text
-encoding and VAE decode included; and of the denoising loop alone, from an untimed call), share of peak FLOP/s (FLOPs counted with torch.utils.flop_counter), peak memory,
+encoding and VAE decode included; and of the denoising loop alone, from the same calls), share of peak FLOP/s
+(FLOPs counted with torch.utils.flop_counter), peak memory,
 and the max abs difference of its output from plain diffusers, judged against the bf16 tolerance: what rounding
 the plain pipeline to bf16 alone changes, measured in the same run.
 """
@@ -269,34 +270,64 @@ def _sync(device):
         torch.mps.synchronize()
 
 
-def loop_rates(fn, device, scheduler_class) -> list[float]:
-    """Denoising steps per second inside each pipeline call ``fn`` makes: the loop's own rate, as diffusers' progress
-    bar shows it, without text encoding, set-up and VAE decode. Every step of ``scheduler_class`` (which every row
-    runs, or a subclass that inherits its step: depth2img's UniPC) is timed at its end (the device synchronised, so
-    this call is not one of the timed ones); a call's steps are those after its ``set_timesteps`` (PNDM takes one
-    more than asked: counting the steps asked cut its calls across each other), its rate their intervals, first
-    step end to last. Empty where a call takes fewer than 2 steps."""
-    calls, step, schedule = [], scheduler_class.step, scheduler_class.set_timesteps
+def _marker(device):
+    """(mark, seconds): ``mark()`` marks now on the device's own timeline without waiting for it (a CUDA or MPS
+    event; a CPU's work is done when its call returns, so its clock), ``seconds(a, b)`` reads two marks' interval
+    once the device is synchronised."""
+    import torch
 
-    def timed(*args, **kwargs):
+    events = {"cuda": getattr(torch, "cuda", None), "mps": getattr(torch.mps, "event", None)}.get(device.type)
+    if events is None:
+        return time.perf_counter, lambda a, b: b - a
+
+    def mark():
+        event = events.Event(enable_timing=True)
+        event.record()
+        return event
+
+    return mark, lambda a, b: a.elapsed_time(b) / 1000  # (milliseconds)
+
+
+@contextlib.contextmanager
+def step_marks(device, scheduler_class):
+    """In the block, the denoising loop's own rate in each pipeline call, as diffusers' progress bar shows it,
+    without text encoding, set-up and VAE decode: the list yielded holds, after the block, each call's steps per
+    second. Every step of ``scheduler_class`` (which every row runs, or a subclass that inherits its step:
+    depth2img's UniPC) is marked at its end without waiting for the device (``_marker``), so the block's calls are
+    the timed ones; a call's steps are those after its ``set_timesteps`` (PNDM takes one more than asked: counting
+    the steps asked cut its calls across each other), its rate their intervals, first step end to last. Empty where
+    a call takes fewer than 2 steps. (Until 2026-11-28 the rate came from one more, untimed call, the device
+    synchronised at each step's end: the host then could not queue a step ahead, and that call's noise was its
+    own; the H100's diffusers-b1 row read 12.90 it/s in its loop, 18.67 in its whole call.)"""
+    calls, step, schedule = [], scheduler_class.step, scheduler_class.set_timesteps
+    mark, seconds = _marker(device)
+
+    def marked(*args, **kwargs):
         out = step(*args, **kwargs)
-        _sync(device)
         if calls:
-            calls[-1].append(time.perf_counter())
+            calls[-1].append(mark())
         return out
 
     def scheduled(*args, **kwargs):  # a pipeline call sets its schedule once
         calls.append([])
         return schedule(*args, **kwargs)
 
-    scheduler_class.step, scheduler_class.set_timesteps = timed, scheduled
+    rates = []
+    scheduler_class.step, scheduler_class.set_timesteps = marked, scheduled
     try:
-        fn()
+        yield rates
     finally:
         scheduler_class.step, scheduler_class.set_timesteps = step, schedule
-    if not calls or any(len(call) < 2 for call in calls):
-        return []
-    return [(len(call) - 1) / (call[-1] - call[0]) for call in calls]
+    _sync(device)
+    if calls and all(len(call) >= 2 for call in calls):
+        rates.extend((len(call) - 1) / seconds(call[0], call[-1]) for call in calls)
+
+
+def loop_rates(fn, device, scheduler_class) -> list[float]:
+    """The denoising loop's rate in each pipeline call ``fn`` makes (``step_marks``)."""
+    with step_marks(device, scheduler_class) as rates:
+        fn()
+    return rates
 
 
 def busy_share(intervals, wall_s: float) -> float:
@@ -618,8 +649,8 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             vae.decode(latents, return_dict=False)
 
     run_decode()
-    # the denoising loop's own it/s: one more untimed call per row, each step timed (synchronised) at its end
-    loop = {name: loop_rates(fn, device, type(comps["scheduler"])) for name, fn in variants.items()}
+    # the denoising loop's own it/s, from the timed calls (step_marks)
+    loop = {name: [] for name in variants}
     # --profile's figures, taken after the timed calls: row -> the GPU's busy share of one call, the host's waits for
     # it in that call, why a row's figures are missing
     busy, waits, profile_errors = {}, {}, {}
@@ -674,9 +705,13 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             above_peak = share is not None and share > 1
             if above_peak:
                 exceeded.add(str(dtypes[name]).replace("torch.", ""))
+            whole = steps * calls / (sec * n)
+            # the loop is part of the call: a loop slower than its call is a figure gone wrong, not reported
+            loop_rate = statistics.median(loop[name]) if loop[name] else None
+            loop_below = loop_rate is not None and loop_rate < whole
             rows[name] = {
-                "ms_per_image": 1000 * sec, "images_per_hour": 3600 / sec, "it_per_s": steps * calls / (sec * n),
-                "loop_it_per_s": statistics.median(loop[name]) if loop[name] else None,
+                "ms_per_image": 1000 * sec, "images_per_hour": 3600 / sec, "it_per_s": whole,
+                "loop_it_per_s": None if loop_below else loop_rate, "loop_below_call": loop_below,
                 "share_of_peak": None if above_peak else share, "above_peak": above_peak,
                 "peak_memory_gib": peaks[name] / 2**30 if name in peaks else None,
                 "speedup": base / sec,
@@ -722,10 +757,12 @@ def run_bench(*, backbone: str = "sd15", preset: str = "full", size: int | None 
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats()
                 before = torch.cuda.memory_allocated()
-            t = time.perf_counter()
-            fn()
-            _sync(device)
-            times[name].append(time.perf_counter() - t)
+            with step_marks(device, type(comps["scheduler"])) as rates:
+                t = time.perf_counter()
+                fn()
+                _sync(device)
+                times[name].append(time.perf_counter() - t)
+            loop[name] += rates
             if name == "depth2img":  # time outside diffusers' pipeline call: the API's own, free of its noise
                 outside.append(times[name][-1] - same.backend.last_pipeline_s)
             if device.type == "cuda":
@@ -933,9 +970,10 @@ def markdown(result: dict) -> str:
     for variant, r in result["results"].items():
         share = f"{r['share_of_peak']:.1%}" if r["share_of_peak"] is not None else "n/a"
         share += " (above the peak)" if r.get("above_peak") else ""
+        loop_note = " (below the whole call)" if r.get("loop_below_call") else ""
         mem = f"{r['peak_memory_gib']:.2f}" if r["peak_memory_gib"] is not None else "n/a (CPU)"
         lines.append(f"| {variant} | {r['ms_per_image']:.1f} | {r['images_per_hour']:.0f} | {r['it_per_s']:.2f} | "
-                     f"{_given(r.get('loop_it_per_s'), '.2f')} | {share} | "
+                     f"{_given(r.get('loop_it_per_s'), '.2f')}{loop_note} | {share} | "
                      f"{mem} | {_given(r.get('speedup'), '.2f', 'x')} | {r['max_abs_diff_vs_diffusers']:.2e} | "
                      f"{_given(r.get('max_abs_diff_vs_diffusers_same_dtype'), '.2e')} | {_verdict(r)} |")  # fmt: skip
     if "api_overhead" in result:  # (a --compiled-only run has no depth2img row)
