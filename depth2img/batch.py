@@ -1121,11 +1121,10 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         # a source keeps the name an earlier run gave it: a source added since with the same file name (sorted before
         # it) took that name, and with it the earlier images as its own
         base = (recorded or {}).get("base_dir")
-        names = _EarlierNames(
-            records,
-            base if isinstance(base, str) else job.base_dir,
-            _copied_with_its_job(recorded, root, job),
-        )
+        # a project copied whole: kept in the record, whose base_dir a resume of the copy makes the copy's (a second
+        # resume then named the sources anew, beside the images the first had kept: every image made twice)
+        copied = _copied_with_its_job(recorded, root, job) or (recorded or {}).get("copied") is True
+        names = _EarlierNames(records, base if isinstance(base, str) else job.base_dir, copied)
         # an image removed since is made again, at its attempt (the same seed)
         records = [r for r in records if not _lost(root, r)]
         # each source name's file as its kept images were made from it (the newest line's)
@@ -1167,7 +1166,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
             root.mkdir(parents=True, exist_ok=True)
             if rank == 0:
                 with atomic_path(root / "job.resolved.yaml") as tmp:
-                    tmp.write_text(yaml.safe_dump(_resolved(job), sort_keys=False))
+                    resolved = {**_resolved(job), **({"copied": True} if copied else {})}
+                    tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
         except OSError as err:
             raise InputError(f"output directory {root}: cannot be written ({err.strerror or err})") from None
 

@@ -2124,6 +2124,10 @@ def test_a_new_source_never_takes_an_earlier_sources_name_and_a_moved_project_ke
     shutil.copytree(project, tmp_path / "copy")
     copied = run_job(tmp_path / "copy" / "job.yaml", resume=True, progress=False)
     assert copied.done == 0 and copied.skipped == 1
+    # and again (a review of batch runs, 2026-11-28: the first resume's record named the copy's folder, and the
+    # second took every source as new, each image made twice)
+    twice = run_job(tmp_path / "copy" / "job.yaml", resume=True, progress=False)
+    assert twice.done == 0 and twice.skipped == 1
     assert sorted(p.name for p in (tmp_path / "copy" / "out").rglob("*.png")) == sorted(
         p.name for p in (project / "out").rglob("*.png")
     )
