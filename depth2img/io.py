@@ -946,6 +946,8 @@ def atomic_path(path: str | os.PathLike):
             break
         except FileExistsError:
             continue
+        except OSError as err:  # (a read-only folder's error named the hidden temporary file)
+            raise _as_asked(err, tmp, path) from None
     pending = _PENDING.get()
     try:
         yield Path(tmp)

@@ -909,6 +909,24 @@ def test_a_failed_atomic_write_names_the_file_asked_for_not_its_temporary(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # the temporary is gone
 
 
+def test_a_temporary_that_cannot_be_made_names_the_file_asked_for(tmp_path, monkeypatch):
+    """A review of file-system errors (2026-11-28): in a read-only folder write_depth_products' PermissionError named
+    the hidden temporary ('.x_depth16.png.5edd1bcd.part.png'). (Simulated: the tests may run as root.)"""
+    import os
+
+    real = os.open
+
+    def read_only(path, flags, *args):
+        if flags & os.O_CREAT:
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", read_only)
+    with pytest.raises(PermissionError) as raised:
+        io.write_depth_products(DepthMap(np.ones((8, 8)), "relative_inverse_depth"), tmp_path, "x", ["png16"])
+    assert raised.value.filename == str(tmp_path / "x_depth16.png") and raised.value.errno == errno.EACCES
+
+
 def test_a_failed_write_inside_an_atomic_path_names_the_file_whatever_its_error_class(tmp_path):
     """A full disk raises with no file name; a library's own OSError subclass may take other arguments than
     OSError's (re-raising its class with OSError's arguments was a TypeError, an 'internal error')."""
