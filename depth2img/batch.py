@@ -585,6 +585,18 @@ class Labels:
         for key, path, _, _ in self.folders:
             if not path.is_dir():
                 raise InputError(f"{key} {path}: {'not a folder' if path.exists() else 'no such folder'}")
+        # two kinds of mask from one folder: a typo (said as a mask file shared by two sources, one named twice)
+        mask_folders: dict[str, str] = {}
+        for key, path, _, _ in self.folders:
+            first = (
+                mask_folders.setdefault(os.path.realpath(path), key)
+                if key.startswith("labels.masks.")
+                else key
+            )
+            if first != key:
+                raise InputError(
+                    f"job key {first} and {key} name one folder, {path}; give each kind of mask its own"
+                )
         self._coco_by_name: dict[str, list[tuple[tuple[str, ...], dict]]] = {}
         # (label folder, a source's folder) -> _mirror's answer
         self._mirrors: dict[tuple[Path, str], Path] = {}

@@ -2322,6 +2322,22 @@ def test_a_mask_that_is_no_image_is_refused_not_copied_as_a_label(dataset, tmp_p
             Labels(job).check(sorted((dataset / "frames").glob("*.png")))
 
 
+def test_two_kinds_of_mask_from_one_folder_are_refused_naming_them(dataset, tmp_path):
+    """A review of batch labels (2026-11-28): labels.masks semantic and class both naming one folder was refused as a
+    mask file 'would be the labels of 2 sources', naming one source twice, with advice to rename the sources."""
+    from depth2img.batch import Labels
+
+    masks = {"semantic": str(dataset / "semantic"), "class": str(dataset / "semantic") + "/"}
+    job = load_job(write_job(tmp_path, inputs=str(dataset / "frames"), labels={"masks": masks}))
+    with pytest.raises(
+        InputError, match=r"^job key labels.masks.class and labels.masks.semantic name one folder, "
+    ):
+        Labels(job)
+    # a YOLO folder may hold the masks too (its .txt, their .png)
+    both = {"yolo": str(dataset / "semantic"), "masks": {"semantic": str(dataset / "semantic")}}
+    Labels(load_job(write_job(tmp_path, inputs=str(dataset / "frames"), labels=both)))
+
+
 def test_mask_names_that_share_a_folder_are_refused(dataset, tmp_path):
     """'sem seg' and 'sem-seg' both went to masks/sem-seg: one set of masks silently over the other."""
     from depth2img.batch import Labels
