@@ -144,6 +144,14 @@ def check_callback(fn, name: str) -> None:
         raise InputError(f"{name} must be a function taking one line of text, or None, got {fn!r}")
 
 
+def _quietly(check) -> bool:
+    """A path check (``Path.is_dir``, ``exists``) that is False where the path cannot be looked at."""
+    try:
+        return check()
+    except OSError:
+        return False
+
+
 def output_dir(out_dir, inputs: Sequence) -> Path:
     """``out_dir`` created for a run's outputs, checked before any model loads: one line if it is a file, cannot be
     created, or is one of the input folders (whose next run would read these outputs as inputs)."""
@@ -156,8 +164,9 @@ def output_dir(out_dir, inputs: Sequence) -> Path:
     if out_dir.is_dir():
         # an input folder, or the folder of a pattern's matches ("out/*.png", "out/**/*.png"; "**/*.png" leaves out
         # the matches in out_dir)
-        folders = {Path(i) for i in inputs if Path(i).is_dir()}
-        folders |= {q.parent for i in inputs if not Path(i).exists() and glob.has_magic(str(i))
+        # (an input under a folder that cannot be searched raised PermissionError here: it fails as an input)
+        folders = {Path(i) for i in inputs if _quietly(Path(i).is_dir)}
+        folders |= {q.parent for i in inputs if not _quietly(Path(i).exists) and glob.has_magic(str(i))
                     for q in glob_files(str(i), [out_dir])[0]}  # fmt: skip
         if any(f.resolve() == out_dir.resolve() for f in folders):
             raise InputError(
@@ -167,6 +176,10 @@ def output_dir(out_dir, inputs: Sequence) -> Path:
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
+        if out_dir.is_symlink():  # (said to be a file)
+            raise InputError(
+                f"output folder {out_dir} is a link to {os.readlink(out_dir)}, which is not there"
+            ) from None
         raise InputError(f"output folder {out_dir} is a file") from None
     except OSError as err:
         raise InputError(f"output folder {out_dir} cannot be created ({err.strerror or err})") from None

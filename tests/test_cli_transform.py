@@ -670,8 +670,12 @@ def test_an_unusable_output_folder_is_one_line_before_any_model_loads(tmp_path, 
     monkeypatch.setattr(DepthEstimator, "from_pretrained", no_loading)
     argv = ["--model", "tiny", "--prompt", "x"] if command == "transform" else ["--estimator", "tiny"]
     (tmp_path / "a-file").write_text("x")
+    (tmp_path / "dangling").symlink_to(tmp_path / "gone")
     before = sorted(p.name for p in photos_dir.iterdir())
     for out, message in [
+        # (a review of file-system errors, 2026-11-28: a link to a folder not there was "is a file")
+        (tmp_path / "dangling", f"output folder {tmp_path / 'dangling'} is a link to {tmp_path / 'gone'}, which is "
+                                "not there"),
         (photos_dir, f"output folder {photos_dir} is also an input folder: a later run would read its outputs as "
                      "inputs; choose another output folder"),
         (tmp_path / "a-file", f"output folder {tmp_path / 'a-file'} is a file"),
