@@ -1174,6 +1174,15 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                 f"output directory {root} already holds a run; pass --resume (resume=True) to continue it, or choose "
                 "another"
             )
+        # a file where the job's folders go, or one of them read-only: found when the first image was written, after
+        # the models loaded ("write failed (File exists)", naming neither)
+        for folder in job_folders(job):
+            if folder.exists() and not folder.is_dir():
+                raise InputError(
+                    f"output directory {root}: {folder} is a file, where the job writes a folder"
+                )
+            if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+                raise InputError(f"output directory {root}: {folder} cannot be written (Permission denied)")
         try:
             root.mkdir(parents=True, exist_ok=True)
             if rank == 0:

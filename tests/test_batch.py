@@ -1039,6 +1039,29 @@ def test_disk_full_at_the_index_is_one_line_too(dataset, tmp_path, monkeypatch):
     )
 
 
+def test_a_file_where_the_jobs_folders_go_is_refused_before_any_model_loads(dataset, tmp_path, monkeypatch):
+    """A review of file-system errors (2026-11-28): a file at out/images failed as 'write failed (File exists)', naming
+    neither, once both models had loaded, leaving job.resolved.yaml and depth/ behind; a file as the output folder
+    was 'cannot be written (File exists)'."""
+    from depth2img import service
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(service.Service, "transformer", no_loading)
+    monkeypatch.setattr(service.Service, "estimator", no_loading)
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "images").write_text("x")
+    (tmp_path / "afile").write_text("x")
+    for out, said in (("o", r"o: .*o/images is a file, where the job writes a folder$"),
+                      ("afile", r"afile: .*afile is a file, where the job writes a folder$")):  # fmt: skip
+        job = write_job(dataset, output=str(tmp_path / out), inputs="frames/f0.png", presets=["fog"], seeds=1,
+                        labels={})  # fmt: skip
+        with pytest.raises(InputError, match=rf"^output directory .*{said}"):
+            run_job(job, progress=False)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["images"]
+
+
 def test_output_names_cannot_escape(dataset, tmp_path):
     from depth2img.batch import _inside
 
