@@ -1113,7 +1113,9 @@ def _check_controlnet_fits(cn: dict, unet: dict, name: str, model: str) -> None:
     misfit loaded, and failed at the first image with a tensor-size error."""
     if not unet:
         return
-    if cn.get("cross_attention_dim") != unet.get("cross_attention_dim"):
+    # a key the UNet's config lacks (misspelt) is not known here: its own loader says what is wrong (it was blamed on
+    # the ControlNet, "wrong backbone family")
+    if "cross_attention_dim" in unet and cn.get("cross_attention_dim") != unet["cross_attention_dim"]:
         raise ModelLoadError(
             f"ControlNet {name!r} (cross-attention {cn.get('cross_attention_dim')}) does not fit {model!r} "
             f"(UNet cross-attention {unet.get('cross_attention_dim')}): wrong backbone family"
@@ -1126,7 +1128,7 @@ def _check_controlnet_fits(cn: dict, unet: dict, name: str, model: str) -> None:
 
     ours, theirs = layout(cn), layout(unet)
     for key in ours:
-        if ours[key] != theirs[key]:
+        if theirs[key] and ours[key] != theirs[key]:
             raise ModelLoadError(
                 f"ControlNet {name!r} does not fit {model!r}: its {key} {ours[key]} against the UNet's "
                 f"{theirs[key]} (its residuals would not add to the UNet's features)"

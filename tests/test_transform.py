@@ -1,5 +1,6 @@
 """The generation core on tiny models: equal to raw diffusers, exact sizes, seeds, metadata, ControlNet window."""
 
+import json
 import re
 
 import numpy as np
@@ -1471,6 +1472,18 @@ def test_model_kind_mismatch_and_missing_weights(tmp_path, tiny_dir, monkeypatch
     shutil.copytree(tiny_dir / "sdxl-depth-controlnet", mixed / "controlnet")
     with pytest.raises(ModelLoadError, match="does not fit .*wrong backbone family"):
         SceneTransformer.from_pretrained(str(mixed))
+    # a UNet config whose cross_attention_dim is misspelt: its own loader's error, not the ControlNet blamed (a review,
+    # 2026-11-28: "ControlNet ... does not fit ... (UNet cross-attention None): wrong backbone family")
+    typo = tmp_path / "typo"
+    shutil.copytree(tiny_dir / "sd15-depth", typo)
+    shutil.copytree(tiny_dir / "sd15-depth-controlnet", tmp_path / "typo-controlnet")
+    config = json.loads((typo / "unet" / "config.json").read_text())
+    config["cross_atention_dim"] = config.pop("cross_attention_dim")
+    (typo / "unet" / "config.json").write_text(json.dumps(config))
+    with pytest.raises(
+        ModelLoadError, match=rf"^model '{typo}' at {typo} could not be loaded: .*attn2.to_k.weight"
+    ):
+        SceneTransformer.from_pretrained(str(typo))
     from depth2img import registry
 
     monkeypatch.setattr(registry, "tiny_root", lambda: tiny_dir.parent / "elsewhere")
