@@ -1779,6 +1779,15 @@ def build_index(job: Job, root: Path, labels: Labels | None = None) -> int:
                             fields=("item", "output", "source", "variation", "prompt", "preset", "seed", "item_seed",
                                     "attempt", "geometry", "size"))  # fmt: skip
     records.sort(key=lambda r: r["item"])
+    # the dataset keeps what its runs made: the images of a variation the job has dropped since stay, said (a resume
+    # without a preset indexed its images, and its summary counted none of them, without a word)
+    names = {v.name for v in variations(job)}
+    dropped = sorted({r.get("variation") for r in records} - names, key=str)
+    if dropped:
+        count = sum(r.get("variation") in dropped for r in records)
+        warnings.warn(f"the dataset in {root} keeps {count} image(s) of variation(s) this job no longer has "
+                      f"({', '.join(map(str, dropped[:3]))}{' ...' if len(dropped) > 3 else ''}); remove their images "
+                      "to drop them from it", Depth2ImgWarning, stacklevel=2)  # fmt: skip
     labels.sync(records, root)
     if job.layout == "imagefolder":
         lines = []

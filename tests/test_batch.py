@@ -1634,6 +1634,19 @@ def test_resume_refuses_a_source_replaced_under_its_name(dataset, tmp_path):
     assert again.done == 1 and again.skipped == 1
 
 
+def test_a_resume_that_drops_a_variation_says_the_dataset_keeps_its_images(dataset, tmp_path):
+    """A review of batch runs (2026-11-28): a job resumed without one of its presets kept that preset's images in the
+    index (the manifest is the record of truth) while its summary counted none of them, without a word."""
+    from depth2img.errors import Depth2ImgWarning
+
+    common = dict(output=str(tmp_path / "o"), inputs="frames/f0.png", seeds=1, labels={})
+    assert run_job(write_job(dataset, presets=["fog", "rain"], **common), progress=False).done == 2
+    with pytest.warns(Depth2ImgWarning, match=r"keeps 1 image\(s\) of variation\(s\) this job no longer has \(rain\); "
+                                              r"remove their images to drop them from it"):  # fmt: skip
+        again = run_job(write_job(dataset, presets=["fog"], **common), resume=True, progress=False)
+    assert again.skipped == 1 and again.indexed == 2
+
+
 def test_a_recursive_glob_never_takes_the_jobs_own_outputs(dataset, tmp_path):
     from depth2img.errors import Depth2ImgWarning
 
