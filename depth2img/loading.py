@@ -436,8 +436,17 @@ def lacks_weights(what: str, missing, total: int) -> ModelLoadError:
 
 def from_pretrained_checked(model_class, path: Path, what: str, **kwargs):
     """``model_class.from_pretrained(path, **kwargs)`` (a transformers model), refused when its file lacks more than
-    ``MAX_MISSING_SHARE`` of its parameters (by size)."""
-    model, info = model_class.from_pretrained(path, output_loading_info=True, **kwargs)
+    ``MAX_MISSING_SHARE`` of its parameters (by size), or holding one of another shape."""
+    # (a weight of another shape raised "... For details look at the above report!", a report the CLI keeps quiet)
+    model, info = model_class.from_pretrained(
+        path, output_loading_info=True, ignore_mismatched_sizes=True, **kwargs
+    )
+    if info["mismatched_keys"]:
+        name, held, wanted = sorted(info["mismatched_keys"], key=lambda m: m[0])[0]
+        raise ModelLoadError(
+            f"{what} holds {len(info['mismatched_keys'])} weights of other shapes than the model's ({name}: "
+            f"{tuple(held)} for {tuple(wanted)}, ...): another model's file, or a damaged one?"
+        )
     missing = set(info["missing_keys"])
     sizes = dict(model.named_parameters())
     lacked = sum(sizes[name].numel() for name in missing if name in sizes)

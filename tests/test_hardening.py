@@ -478,6 +478,14 @@ def test_a_transformers_model_whose_file_holds_other_weights_is_refused_not_fill
     with pytest.raises(ModelLoadError, match=f"^depth estimator '{estimator}' at {estimator}: {said}"):
         DepthEstimator.from_pretrained(str(estimator))
     weights = load_file(tiny_dir / "depth-anything" / "model.safetensors")
+    # a file of another architecture's shapes: transformers raised, pointing at a report the CLI keeps quiet
+    zoe = tmp_path / "zoe"
+    shutil.copytree(tiny_dir / "zoedepth", zoe)
+    shutil.copy(tiny_dir / "depth-anything" / "model.safetensors", zoe / "model.safetensors")
+    with pytest.raises(ModelLoadError, match=rf"^depth estimator '{zoe}' at {zoe}: its weights file holds \d+ weights "
+                                             r"of other shapes than the model's \(backbone\.\S+: \(.*\) for \(.*\), "
+                                             r"...\): another model's file"):  # fmt: skip
+        DepthEstimator.from_pretrained(str(zoe))
     dropped = min(weights, key=lambda name: weights[name].numel())
     save_file({k: v for k, v in weights.items() if k != dropped}, estimator / "model.safetensors")
     DepthEstimator.from_pretrained(str(estimator))
