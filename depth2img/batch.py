@@ -585,6 +585,12 @@ class Labels:
         for key, path, _, _ in self.folders:
             if not path.is_dir():
                 raise InputError(f"{key} {path}: {'not a folder' if path.exists() else 'no such folder'}")
+            try:  # listed and searched (one that cannot be was an internal error, naming a path of its lookup)
+                with os.scandir(path) as entries:
+                    next(entries, None)
+                (path / ".depth2img-probe").exists()
+            except OSError as err:
+                raise InputError(f"{key} {path}: cannot be read ({err.strerror or err})") from None
         # two kinds of mask from one folder: a typo (said as a mask file shared by two sources, one named twice)
         mask_folders: dict[str, str] = {}
         for key, path, _, _ in self.folders:
@@ -606,7 +612,7 @@ class Labels:
                 # NaN and Infinity are not JSON: Python's reader takes them, and annotations.json would carry them;
                 # 1e999 is, but reads as infinity (annotations.json failed to be written once every image was made)
                 self.coco = json.loads(path.read_text(encoding="utf-8"), parse_constant=_not_json,
-                                       parse_float=_finite_float)  # fmt: skip
+                                       parse_float=_finite_float, parse_int=_json_int)  # fmt: skip
                 by_id: dict = {}
                 for im in self.coco.get("images", []):
                     parts = _parts(im["file_name"])
@@ -774,8 +780,8 @@ class Labels:
             m
         ) in masks:  # masks are copied as stored: an empty or foreign file went into the dataset as a mask
             mask_header = image_header(m)
-            if mask_header is None:
-                return f"its mask {m} cannot be read as an image"
+            if mask_header is None or not _intact(m):
+                return f"its mask {m} cannot be read as an image (empty, cut short or not an image)"
             sizes.append((f"mask {m}", mask_header[0]))
         if coco_image is not None:
             cw, ch = coco_image.get("width"), coco_image.get("height")
@@ -852,6 +858,26 @@ class Labels:
 
 class _NotJSON(ValueError):
     pass
+
+
+def _intact(path: Path) -> bool:
+    """Whether an image file reads to its end (Pillow's verify: a PNG's chunks and their checksums, nothing decoded;
+    a mask cut short had a header that read, and was copied into the dataset)."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except Exception:  # noqa: BLE001  (Pillow raises OSError, SyntaxError, struct.error... for a damaged file)
+        return False
+    return True
+
+
+def _json_int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:  # (Python reads at most 4300 digits: an internal error)
+        raise _NotJSON(f"a number of {len(text)} digits, more than Python reads") from None
 
 
 def _not_json(constant: str):

@@ -2283,7 +2283,9 @@ def _coco_labels(dataset, tmp_path, change):
     coco = json.loads((dataset / "coco.json").read_text())
     change(coco)
     # NaN as Python writes it: not JSON
-    (tmp_path / "coco.json").write_text(json.dumps(coco).replace('"OVERFLOW"', "1e999"))
+    (tmp_path / "coco.json").write_text(
+        json.dumps(coco).replace('"OVERFLOW"', "1e999").replace('"DIGITS"', "1" + "0" * 5000)
+    )
     return Labels(load_job(write_job(tmp_path, inputs=str(dataset / "frames"), labels={"coco": "coco.json"})))
 
 
@@ -2322,6 +2324,11 @@ def _coco_labels(dataset, tmp_path, change):
             lambda c: c["annotations"][0]["bbox"].__setitem__(0, "OVERFLOW"),
             r"holds 1e999, a number past the largest a float holds; give numbers$",
         ),
+        # an id of 5001 digits: Python's ValueError, an internal error (found by re-verifying the fix above)
+        (
+            lambda c: c["annotations"][0].update(id="DIGITS"),
+            r"holds a number of 5001 digits, more than Python reads; give numbers$",
+        ),
     ],
 )
 def test_coco_labels_that_would_land_on_the_wrong_image_are_refused(dataset, tmp_path, change, message):
@@ -2338,16 +2345,20 @@ def test_coco_sizes_written_as_whole_floats_are_taken(dataset, tmp_path):
     labels.check(sorted((dataset / "frames").glob("*.png")))
 
 
-def test_a_mask_that_is_no_image_is_refused_not_copied_as_a_label(dataset, tmp_path):
+def test_a_mask_that_is_no_image_is_refused_not_copied_as_a_label(dataset, tmp_path, monkeypatch):
     """A review of batch labels (2026-11-28): an empty mask file, or one holding text, was copied into the dataset as
-    that image's mask, exit 0 (its size check was skipped where its header could not be read)."""
+    that image's mask, exit 0 (its size check was skipped where its header could not be read); so was one cut short
+    after its header (found by re-verifying the fix); a mask folder that cannot be listed was an internal error."""
+    import errno
+    import os
     import shutil
 
     from depth2img.batch import Labels
 
     masks = tmp_path / "semantic"
     shutil.copytree(dataset / "semantic", masks)
-    for damage in (b"", b"not a png"):
+    whole = (masks / "f1.png").read_bytes()
+    for damage in (b"", b"not a png", whole[:60], whole[:-20]):
         (masks / "f1.png").write_bytes(damage)
         job = load_job(
             write_job(tmp_path, inputs=str(dataset / "frames"), labels={"masks": {"semantic": str(masks)}})
@@ -2356,6 +2367,20 @@ def test_a_mask_that_is_no_image_is_refused_not_copied_as_a_label(dataset, tmp_p
             InputError, match=r"f1.png: its mask .*semantic/f1.png cannot be read as an image"
         ):
             Labels(job).check(sorted((dataset / "frames").glob("*.png")))
+    (masks / "f1.png").write_bytes(whole)
+    Labels(job).check(sorted((dataset / "frames").glob("*.png")))
+    real = os.scandir
+
+    def denied(path="."):  # (simulated: the tests may run as root, whom chmod does not stop)
+        if str(path) == str(masks):
+            raise PermissionError(errno.EACCES, "Permission denied", str(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", denied)
+    with pytest.raises(
+        InputError, match=rf"^labels.masks.semantic {masks}: cannot be read \(Permission denied\)$"
+    ):
+        Labels(job)
 
 
 def test_two_kinds_of_mask_from_one_folder_are_refused_naming_them(dataset, tmp_path):
