@@ -776,9 +776,8 @@ class Labels:
             f" once its EXIF orientation {orientation} is applied" if orientation != 1 else ""
         )
         sizes = []
-        for (
-            m
-        ) in masks:  # masks are copied as stored: an empty or foreign file went into the dataset as a mask
+        # masks are copied as stored: an empty, cut or foreign file went into the dataset as a mask
+        for m in masks:
             mask_header = image_header(m)
             if mask_header is None or not _intact(m):
                 return f"its mask {m} cannot be read as an image (empty, cut short or not an image)"
@@ -1200,6 +1199,22 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                 f"output directory {root} already holds a run; pass --resume (resume=True) to continue it, or choose "
                 "another"
             )
+        # a source in its earlier place keeps its name; every earlier name is kept from new sources (a photo added
+        # with a removed one's file name would take its images as its own)
+        kept = {p: stem for p in paths if (stem := names.of(p, job.base_dir)) is not None}
+        stems = dict(zip(paths, _stems(paths, kept, reserved=names.all)))
+        # a photo replaced under its name kept its earlier images, given its new labels (a mask or boxes of another
+        # photo); refused here, by every process alike, before job.resolved.yaml is written
+        changed = [p for p in paths if stems[p] in made_from and not _same_file(p, made_from[stems[p]])]
+        if changed:
+            shown = ", ".join(str(p) for p in changed[:3]) + (
+                f" and {len(changed) - 3} more" if len(changed) > 3 else ""
+            )
+            raise InputError(
+                f"--resume (resume=True): {len(changed)} source(s) changed since their images were made ({shown}): "
+                f"the images in {root} and the source's labels would not match; remove those images (they are made "
+                "again) or restore the photos"
+            )
         # a file where the job's folders go, or one of them read-only: found when the first image was written, after
         # the models loaded ("write failed (File exists)", naming neither)
         for folder in job_folders(job):
@@ -1220,21 +1235,6 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
 
     for p in problems if rank == 0 else ():  # every process found them: one reports them
         fail(p)
-    # a source in its earlier place keeps its name; every earlier name is kept from new sources (a photo added with
-    # a removed one's file name would take its images as its own)
-    kept = {p: stem for p in paths if (stem := names.of(p, job.base_dir)) is not None}
-    stems = dict(zip(paths, _stems(paths, kept, reserved=names.all)))
-    # a photo replaced under its name kept its earlier images, given its new labels (a mask or boxes of another photo)
-    changed = [p for p in paths if stems[p] in made_from and not _same_file(p, made_from[stems[p]])]
-    if changed:
-        shown = ", ".join(str(p) for p in changed[:3]) + (
-            f" and {len(changed) - 3} more" if len(changed) > 3 else ""
-        )
-        raise InputError(
-            f"--resume (resume=True): {len(changed)} source(s) changed since their images were made ({shown}): "
-            f"the images in {root} and the source's labels would not match; remove those images (they are made "
-            "again) or restore the photos"
-        )
     in_job = {p: _in_job(p, job.base_dir) for p in paths}  # recorded in each line, for a later resume's names
     # Sources are read, estimated (in batches of depth_batch_size) and denoised by chunk: at least batch_size of
     # them, so that a job of one variation x one seed still fills its denoising batches. Shard by chunk, not by

@@ -964,6 +964,8 @@ def test_a_replaced_sources_depth_files_are_its_new_photos(tmp_path):
     render_driving_scene(2 * W, H, seed=5).image.save(tmp_path / "src" / "a.png")
     with pytest.raises(InputError, match=r"1 source\(s\) changed since their images were made"):
         run_job(write_job(tmp_path, seeds=2, **common), resume=True, progress=False)
+    # refused before the record is written: it still names the images made
+    assert yaml.safe_load((tmp_path / "d" / "job.resolved.yaml").read_text())["seed_list"] == [0]
     (tmp_path / "d" / "images" / "a__fog__s0.png").unlink()
     assert run_job(write_job(tmp_path, seeds=2, **common), resume=True, progress=False).done == 2
     depth = tmp_path / "d" / "depth"
