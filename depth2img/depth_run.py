@@ -224,6 +224,14 @@ def read_ahead(submit: Callable, items: Sequence) -> Iterator:
         yield result
 
 
+def refuse_unused(what: str, label, joint: str, advice: str = "", **given) -> None:
+    """One line where any of ``given`` is set beside ``what``, which makes them not apply (they were ignored)."""
+    unused = [label(k) for k, value in given.items() if value is not None]
+    if unused:
+        verb = "does" if len(unused) == 1 else "do"
+        raise InputError(f"{what}: {joint.join(unused)} {verb} not apply to it{advice}")
+
+
 def run_depth(
     inputs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -260,17 +268,11 @@ def run_depth(
                              "ignored)")  # fmt: skip
         check_num_disparities(num_disparities, option=label("num_disparities"))
     if right is not None:  # they were ignored without a word (a missing estimator, no GPU: exit 0)
-        unused = [label(k) for k, value in (("estimator", estimator), ("batch_size", batch_size),
-                                            ("device", device), ("dtype", dtype)) if value is not None]  # fmt: skip
-        if unused:
-            raise InputError(f"{label('right')} matches stereo pairs (OpenCV SGBM, on the CPU): {', '.join(unused)} "
-                             f"{'does' if len(unused) == 1 else 'do'} not apply to it")  # fmt: skip
+        refuse_unused(f"{label('right')} matches stereo pairs (OpenCV SGBM, on the CPU)", label, ", ",
+                      estimator=estimator, batch_size=batch_size, device=device, dtype=dtype)  # fmt: skip
     elif hasattr(estimator, "processor"):  # (they were ignored: it ran where and as it was loaded)
-        unused = [label(k) for k, value in (("device", device), ("dtype", dtype)) if value is not None]
-        if unused:
-            raise InputError(f"{label('estimator')} is a loaded DepthEstimator: {' and '.join(unused)} "
-                             f"{'does' if len(unused) == 1 else 'do'} not apply to it (give them to its "
-                             "from_pretrained)")  # fmt: skip
+        refuse_unused(f"{label('estimator')} is a loaded DepthEstimator", label, " and ", " (give them to its "
+                      "from_pretrained)", device=device, dtype=dtype)  # fmt: skip
     inputs = as_paths(inputs, "inputs", at_least_one=True)
     report = RunReport(on_error=on_error)
     paths = report.collect(inputs, out_dir)

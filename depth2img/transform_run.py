@@ -11,7 +11,7 @@ from functools import partial
 from pathlib import Path
 
 from . import presets as presets_mod
-from .depth_run import RunReport, _stems, as_paths, check_callback, output_dir_for, read_ahead
+from .depth_run import RunReport, _stems, as_paths, check_callback, output_dir_for, read_ahead, refuse_unused
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError
 from .io import CONTROL_SUFFIX, any_loadable, check_polarity, file_key, load_image
 from .knobs import DEFAULT_KNOBS, check_batch_size, check_knobs, check_num_images, plain_number, request_seeds
@@ -34,13 +34,9 @@ def _load_options(model, estimator, load_options: dict | None, label) -> dict:
     from .transformer import SceneTransformer
 
     if isinstance(model, SceneTransformer):
-        unused = [
-            label(k) for k, value in (("estimator", estimator), ("load_options", load_options)) if value
-        ]
-        if unused:
-            raise InputError(f"{label('model')} is a loaded SceneTransformer: {' and '.join(unused)} "
-                             f"{'does' if len(unused) == 1 else 'do'} not apply to it (give them to its "
-                             "from_pretrained, or give the model's name)")  # fmt: skip
+        refuse_unused(f"{label('model')} is a loaded SceneTransformer", label, " and ", " (give them to its "
+                      "from_pretrained, or give the model's name)", estimator=estimator,
+                      load_options=load_options or None)  # fmt: skip
         return {}
     options = dict(load_options or {})
     parameters = inspect.signature(SceneTransformer.from_pretrained).parameters
