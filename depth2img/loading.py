@@ -452,4 +452,11 @@ def from_pretrained_checked(model_class, path: Path, what: str, **kwargs):
     lacked = sum(sizes[name].numel() for name in missing if name in sizes)
     if lacked > MAX_MISSING_SHARE * sum(p.numel() for p in sizes.values()):
         raise lacks_weights(what, missing, len(sizes))
+    # weights the model has no place for: a config of fewer layers than its file's ran a cut-down model, without a
+    # word (said, not refused: a real file may hold a few that are not used)
+    unexpected = sorted(info["unexpected_keys"])
+    if len(unexpected) > MAX_MISSING_SHARE * len(sizes):
+        warnings.warn(f"{what} holds {len(unexpected)} weights its model has no place for ({unexpected[0]}, ...): "
+                      "is its config the file's (fewer layers)? They are not used", Depth2ImgWarning,
+                      stacklevel=2)  # fmt: skip
     return model

@@ -465,7 +465,7 @@ def test_a_transformers_model_whose_file_holds_other_weights_is_refused_not_fill
     from safetensors.torch import load_file, save_file
 
     from depth2img import SceneTransformer
-    from depth2img.errors import ModelLoadError
+    from depth2img.errors import Depth2ImgWarning, ModelLoadError
     from depth2img.estimators import DepthEstimator
 
     estimator = tmp_path / "estimator"
@@ -497,6 +497,15 @@ def test_a_transformers_model_whose_file_holds_other_weights_is_refused_not_fill
     save_file({f"renamed.{k}": v for k, v in load_file(encoder).items()}, encoder)
     said = r"its text_encoder file lacks (\d+) of its \1 weights \(\S+, ...\): another model's file"
     with pytest.raises(ModelLoadError, match=f"^model '{folder}' at {folder}: {said}"):
+        SceneTransformer.from_pretrained(str(folder))
+    # a config of fewer layers than its file's: a cut-down model ran, without a word; now said
+    shutil.copy(tiny_dir / "sd15-depth" / "text_encoder" / "model.safetensors", encoder)
+    config = json.loads((folder / "text_encoder" / "config.json").read_text())
+    config["num_hidden_layers"] -= 1
+    (folder / "text_encoder" / "config.json").write_text(json.dumps(config))
+    unused = r"its text_encoder file holds \d+ weights its model has no place for \(\S+, ...\): is its config"
+
+    with pytest.warns(Depth2ImgWarning, match=unused):
         SceneTransformer.from_pretrained(str(folder))
 
 
