@@ -1475,7 +1475,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         # this run's processes' manifests, or those of an earlier multi-process run that one process resumed
         try:  # (a full disk here, once every image was made, was an internal error)
             _settle_manifests(root, {str(p): i for i, chunk in enumerate(chunks) for p in chunk})
-            report.indexed = build_index(job, root, labels)
+            report.indexed = build_index(job, root, labels, sources=set(stems.values()))
         except OSError as err:
             raise _write_failed(root, err) from None
     # no process returns (and exits, maybe non-zero, which makes torchrun stop the others) before rank 0 has
@@ -1796,24 +1796,30 @@ def _settle_open(
     return True
 
 
-def build_index(job: Job, root: Path, labels: Labels | None = None) -> int:
+def build_index(job: Job, root: Path, labels: Labels | None = None, sources: set[str] | None = None) -> int:
     """Rebuild the layout's index files from the manifest: COCO JSON and/or imagefolder metadata.jsonl, and bring the
-    YOLO and mask copies in line with it (``Labels.sync``). Returns the number of images the dataset holds."""
+    YOLO and mask copies in line with it (``Labels.sync``). Returns the number of images the dataset holds.
+    ``sources``: the names of the run's sources, whose dropped ones' images a warning counts."""
     labels = labels or Labels(job)
     # each kept image's fields the indexes and label copies use, not its whole record (~10 KB a line)
     records = read_manifest(root / MANIFEST, keep=lambda r: r.get("final") and r.get("output"),
                             fields=("item", "output", "source", "variation", "prompt", "preset", "seed", "item_seed",
                                     "attempt", "geometry", "size"))  # fmt: skip
     records.sort(key=lambda r: r["item"])
+
     # the dataset keeps what its runs made: the images of a variation the job has dropped since stay, said (a resume
     # without a preset indexed its images, and its summary counted none of them, without a word)
-    names = {v.name for v in variations(job)}
-    dropped = sorted({r.get("variation") for r in records} - names, key=str)
-    if dropped:
-        count = sum(r.get("variation") in dropped for r in records)
-        warnings.warn(f"the dataset in {root} keeps {count} image(s) of variation(s) this job no longer has "
-                      f"({', '.join(map(str, dropped[:3]))}{' ...' if len(dropped) > 3 else ''}); remove their images "
-                      "to drop them from it", Depth2ImgWarning, stacklevel=2)  # fmt: skip
+    def of(r):  # (a record's variation, and its source's name)
+        return r.get("variation"), r["item"].split("/")[0]
+
+    now = ({v.name for v in variations(job)}, sources)
+    for i, what in enumerate(("variation", "source")):
+        dropped = sorted({of(r)[i] for r in records} - now[i], key=str) if now[i] is not None else []
+        if dropped:
+            count = sum(of(r)[i] in dropped for r in records)
+            warnings.warn(f"the dataset in {root} keeps {count} image(s) of {what}(s) this job no longer has "
+                          f"({', '.join(map(str, dropped[:3]))}{' ...' if len(dropped) > 3 else ''}); remove their "
+                          "images to drop them from it", Depth2ImgWarning, stacklevel=2)  # fmt: skip
     labels.sync(records, root)
     if job.layout == "imagefolder":
         lines = []

@@ -1637,16 +1637,28 @@ def test_resume_refuses_a_source_replaced_under_its_name(dataset, tmp_path):
 
 
 def test_a_resume_that_drops_a_variation_says_the_dataset_keeps_its_images(dataset, tmp_path):
-    """A review of batch runs (2026-11-28): a job resumed without one of its presets kept that preset's images in the
-    index (the manifest is the record of truth) while its summary counted none of them, without a word."""
+    """A review of batch runs (2026-11-28): a job resumed without one of its presets, or one of its sources, kept their
+    images in the index (the manifest is the record of truth) while its summary counted none of them, without a
+    word."""
     from depth2img.errors import Depth2ImgWarning
 
-    common = dict(output=str(tmp_path / "o"), inputs="frames/f0.png", seeds=1, labels={})
-    assert run_job(write_job(dataset, presets=["fog", "rain"], **common), progress=False).done == 2
-    with pytest.warns(Depth2ImgWarning, match=r"keeps 1 image\(s\) of variation\(s\) this job no longer has \(rain\); "
-                                              r"remove their images to drop them from it"):  # fmt: skip
-        again = run_job(write_job(dataset, presets=["fog"], **common), resume=True, progress=False)
-    assert again.skipped == 1 and again.indexed == 2
+    common = dict(output=str(tmp_path / "o"), seeds=1, labels={})
+    both = ["frames/f0.png", "frames/f1.png"]
+    assert (
+        run_job(write_job(dataset, presets=["fog", "rain"], inputs=both, **common), progress=False).done == 4
+    )
+    with pytest.warns(Depth2ImgWarning) as said:
+        again = run_job(
+            write_job(dataset, presets=["fog"], inputs=both[:1], **common), resume=True, progress=False
+        )
+    assert again.skipped == 1 and again.indexed == 4
+    lines = [str(w.message) for w in said if "this job no longer has" in str(w.message)]
+    assert [re.sub(r"in \S+ keeps", "in O keeps", line) for line in lines] == [
+        "the dataset in O keeps 2 image(s) of variation(s) this job no longer has (rain); remove their images to drop "
+        "them from it",
+        "the dataset in O keeps 2 image(s) of source(s) this job no longer has (f1); remove their images to drop them "
+        "from it",
+    ]
 
 
 def test_a_recursive_glob_never_takes_the_jobs_own_outputs(dataset, tmp_path):
