@@ -360,6 +360,7 @@ def _expand_item(
     elif p.exists():
         paths.append(p)
     elif glob.has_magic(item):
+        _say_unread_folders(item)
         found, ours = glob_files(item, outputs if leave_out_outputs else ())
         left_out.update((file_key(q), q) for q in ours)
         if not found:
@@ -371,6 +372,25 @@ def _expand_item(
         paths.extend(found)
     else:
         problems.append(f"{item}: no such file or directory")
+
+
+def _say_unread_folders(item: str) -> None:
+    """Warn of the folders under a recursive pattern ('photos/**/*.png') that cannot be listed: glob skips them
+    without a word (their photos were left out, exit 0)."""
+    if "**" not in item:
+        return
+    pattern = os.path.expanduser(item)
+    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), Path(pattern).parts))
+    start = Path(*fixed) if fixed else Path(".")
+    errors: list[OSError] = []
+    for _, subfolders, _ in os.walk(start, onerror=errors.append):
+        subfolders[:] = [d for d in subfolders if not d.startswith(".")]  # (glob skips hidden ones)
+    unread = [str(e.filename) for e in errors if e.filename is not None and str(e.filename) != str(start)]
+    if unread and _first_process():
+        from .errors import Depth2ImgWarning
+
+        warnings.warn(f"{item}: {len(unread)} folder(s) under it cannot be read, their photos left out ({unread[0]}"
+                      f"{', ...' if len(unread) > 1 else ''})", Depth2ImgWarning, stacklevel=4)  # fmt: skip
 
 
 def glob_files(item: str, outputs=()) -> tuple[list[Path], list[Path]]:

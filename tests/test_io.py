@@ -1126,6 +1126,7 @@ def test_inputs_in_a_folder_that_cannot_be_searched_or_listed_fail_alone(tmp_pat
     import os
 
     from depth2img.depth_run import run_depth
+    from depth2img.errors import Depth2ImgWarning
 
     locked, ok = tmp_path / "locked", tmp_path / "ok.png"
     locked.mkdir()
@@ -1151,6 +1152,18 @@ def test_inputs_in_a_folder_that_cannot_be_searched_or_listed_fail_alone(tmp_pat
                         f"{locked / '*.png'}: cannot be read (Permission denied)"]  # fmt: skip
     with pytest.raises(InputError, match=r"^.*locked/a.png: cannot be read \(Permission denied\)$"):
         io.load_image(locked / "a.png")
+    # a recursive pattern over them: glob skipped the folder that cannot be listed without a word
+    real_scandir = os.scandir
+
+    def scandir(path="."):
+        return denied(path) if str(path) == str(locked) else real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    with pytest.warns(Depth2ImgWarning, match=rf"^{tmp_path}/\*\*/\*.png: 1 folder\(s\) under it cannot be read, their "
+                                              rf"photos left out \({locked}\)$"):  # fmt: skip
+        paths, problems = io.expand_inputs([f"{tmp_path}/**/*.png"])
+    assert paths == [ok] and problems == []
+    monkeypatch.setattr(os, "scandir", real_scandir)
     for _ in range(2):  # the second into an output folder that is there (its check of the inputs raised)
         report = run_depth([locked / "a.png", ok], tmp_path / "out", estimator="tiny", progress=False)
         assert [p.name for p in report.done] == ["ok.png"]
