@@ -374,14 +374,18 @@ def _expand_item(
         problems.append(f"{item}: no such file or directory")
 
 
+def _pattern_start(pattern: str) -> Path:
+    """The folder a glob pattern starts from: its leading parts without wildcards ('.' where it has none)."""
+    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), Path(pattern).parts))
+    return Path(*fixed) if fixed else Path(".")
+
+
 def _say_unread_folders(item: str) -> None:
     """Warn of the folders under a recursive pattern ('photos/**/*.png') that cannot be listed: glob skips them
     without a word (their photos were left out, exit 0)."""
     if "**" not in item:
         return
-    pattern = os.path.expanduser(item)
-    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), Path(pattern).parts))
-    start = Path(*fixed) if fixed else Path(".")
+    start = _pattern_start(os.path.expanduser(item))
     errors: list[OSError] = []
     for _, subfolders, _ in os.walk(start, onerror=errors.append):
         subfolders[:] = [d for d in subfolders if not d.startswith(".")]  # (glob skips hidden ones)
@@ -401,8 +405,7 @@ def glob_files(item: str, outputs=()) -> tuple[list[Path], list[Path]]:
     ``depth_run.output_dir``), as are all those of a pattern that starts inside the folder ('out/*.png')."""
     pattern = os.path.expanduser(item)
     found = sorted(Path(q) for q in glob.glob(pattern, recursive=True) if Path(q).is_file())
-    fixed = list(itertools.takewhile(lambda part: not glob.has_magic(part), Path(pattern).parts))
-    start = os.path.realpath(Path(*fixed) if fixed else ".")
+    start = os.path.realpath(_pattern_start(pattern))
     # output folder -> the names of the files runs wrote there (read when a match lies there)
     reached: dict[str, set | None] = {real: None for real in map(os.path.realpath, outputs)
                                       if real != start and _inside(real, start)}  # fmt: skip
