@@ -1475,7 +1475,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         # this run's processes' manifests, or those of an earlier multi-process run that one process resumed
         try:  # (a full disk here, once every image was made, was an internal error)
             _settle_manifests(root, {str(p): i for i, chunk in enumerate(chunks) for p in chunk})
-            report.indexed = build_index(job, root, labels, sources=set(stems.values()))
+            report.indexed = build_index(job, root, labels, set(stems.values()))
         except OSError as err:
             raise _write_failed(root, err) from None
     # no process returns (and exits, maybe non-zero, which makes torchrun stop the others) before rank 0 has
