@@ -407,14 +407,12 @@ class Job:
         """The knobs the backbone or the LoRA sets over a preset's, as ``SceneTransformer`` does: Flux's guidance
         (where the backbone's kind is known before loading), then a few-step LoRA's (steps, guidance)."""
         from .registry import resolve_lora
-        from .transformer import FLUX_GUIDANCE
+        from .transformer import backbone_knobs
 
         traits = self._backbone[1]
-        knobs = (
-            {"guidance_scale": FLUX_GUIDANCE} if traits is not None and traits.kind == "flux-control" else {}
+        return backbone_knobs(
+            traits and traits.kind, resolve_lora(self.lora) if self.lora is not None else None
         )
-        lora = resolve_lora(self.lora) if self.lora is not None else None
-        return {**knobs, **(lora.entry.knobs if lora is not None and lora.entry else {})}
 
     def _check_denoising_steps(self) -> None:
         """Each variation's knobs must hold together and its steps x strength leave a denoising step. Resolved as

@@ -424,58 +424,17 @@ def _flag(key: str) -> str:
 
 
 def _cmd_transform(args) -> int:
-    from .errors import InputError
-    from .knobs import DEFAULT_KNOBS, check_compile, check_knobs
-    from .presets import load_presets, resolve
-
-    # Everything that can be checked without a model is checked first: bad arguments cost no load.
-    if not (args.prompt or "").strip() and not args.preset:
-        raise InputError("give --prompt or --preset (see `depth2img presets`)")
-    presets = load_presets(args.presets_file)  # read once: what the run uses is what was checked
-    preset_knobs = resolve(args.prompt, args.preset, presets)[2]
+    # run_transform checks every argument (label=_flag) before a model loads
     knobs = {"steps": args.steps, "strength": args.strength, "guidance_scale": args.guidance,
              "control_scale": args.control_scale, "control_start": args.control_start,
              "control_end": args.control_end, "feature_cache": args.feature_cache}  # fmt: skip
     given = {k: v for k, v in knobs.items() if v is not None}
-    check_knobs({**DEFAULT_KNOBS, **given}, label=_flag)
-    lora, _ = _companion_refs(args.lora, args.lora_scale, args.controlnet)
-    lora_knobs = dict(lora.entry.knobs) if lora is not None and lora.entry is not None else {}
-    from .backends import known_traits
-    from .registry import resolve_backbone
-
-    ref = resolve_backbone(args.model)
-    traits = known_traits(ref)  # None where unknown before loading: checked once loaded, for each input
-
-    from .backends import check_backbone_knobs, check_memory_options, knob_sources, plan_knobs
-
-    # (a flag wins over the LoRA's knob, which wins over the preset's)
-    joined = knob_sources(
-        [(f"--preset {args.preset}", preset_knobs), (f"--lora {args.lora}", lora_knobs)], given
-    )
-
-    # what each input runs with, as SceneTransformer.prepare plans it (the flags given passed alone: a preset's or
-    # LoRA's knobs joined them); a preset's feature cache where the backbone has no UNet is not used
-    planned = plan_knobs(traits, preset_knobs, lora_knobs, given, label=_flag, blame=joined)
-    # num_images, seed, batch size and scheduler name: run_transform checks them (label=_flag) before any load
-    try:  # the feature cache a preset sets too (it failed per input, after compiling)
-        check_compile(args.compile, "--compile", args.offload, planned["feature_cache"], offload_name="--offload",
-                      cache_name="--feature-cache")  # fmt: skip
-    except InputError as err:
-        raise joined(err, ("feature_cache",)) from None
-    from .loading import resolve_device
-
-    check_memory_options(device=resolve_device(args.device), offload=args.offload, attention=args.attention)
-    if traits is not None:
-        check_backbone_knobs(traits, ref.name, given, args.negative_prompt, args.scheduler,
-                             label=_flag)  # fmt: skip
-        from .backends import check_companions
-
-        check_companions(traits, ref.name, lora=lora, controlnet=args.controlnet is not None, label=_flag)
     if args.depth:
         # read once here too: a missing file, its polarity or (from the input's header) its aspect ratio was found
-        # only after the models had loaded
+        # only after the models had loaded (the API goes on past such an input, as past any input that fails)
         import warnings
 
+        from .errors import InputError
         from .io import depth_for_image, expand_inputs, header_size, read_depth_file
 
         with warnings.catch_warnings():  # (said by the run)
@@ -502,8 +461,8 @@ def _cmd_transform(args) -> int:
         scheduler=args.scheduler, knobs=given,
         load_options=dict(device=args.device, dtype=args.dtype, local_files_only=args.local_files_only,
                           offload=args.offload, compile=args.compile, vae_tiling=args.vae_tiling,
-                          vae_slicing=args.vae_slicing,
-                          attention=args.attention, presets=presets, lora=args.lora, lora_scale=args.lora_scale,
+                          vae_slicing=args.vae_slicing, attention=args.attention, preset_files=args.presets_file,
+                          lora=args.lora, lora_scale=args.lora_scale,
                           controlnet=args.controlnet),
         progress=not args.quiet, on_error=_say_above_bar, on_warning=_warn_above_bar, batch_size=args.batch_size,
         label=_flag,
@@ -520,7 +479,7 @@ def _summed_up(command: str, report, output) -> int:
 
 
 def _companion_refs(lora, lora_scale, controlnet):
-    """--lora, --lora-scale and --controlnet (transform, app) checked and resolved: the refs, None where not given."""
+    """The app's --lora, --lora-scale and --controlnet checked and resolved: the refs, None where not given."""
     from .knobs import check_lora_scale
     from .registry import resolve_companions
 

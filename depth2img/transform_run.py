@@ -55,6 +55,54 @@ def _load_options(model, estimator, load_options: dict | None, label) -> dict:
     return options
 
 
+def _plan(model, ref, lora, controlnet, options: dict, prompt, preset, negative_prompt, given: dict, scheduler,
+          label) -> None:  # fmt: skip
+    """Each input's knobs planned as ``prepare`` plans them, and what the backbone can take checked, before any model
+    loads where its kind is known (a registry entry, a folder at hand, a loaded ``model``): a preset's or LoRA's knob
+    that fails with the ones given, a preset's feature cache under ``compile``, a negative prompt, control knob,
+    scheduler, LoRA or ControlNet the backbone cannot take. Through the API they failed each input once the models
+    had loaded (the CLI checked them itself). ``ref``, ``lora``, ``controlnet``: the resolved names (None with a
+    loaded model)."""
+    from .backends import (
+        check_backbone_knobs,
+        check_companions,
+        check_memory_options,
+        knob_sources,
+        known_traits,
+        plan_knobs,
+    )
+    from .knobs import check_compile, check_lora_scale
+    from .loading import resolve_device
+    from .transformer import SceneTransformer, backbone_knobs
+
+    if isinstance(model, SceneTransformer):
+        traits, name, presets = model.backend.traits, model.name, model.presets
+        model_knobs = model.model_knobs
+    else:
+        check_lora_scale(options.get("lora_scale", 1.0), lora, label("lora_scale"))
+        traits, name, presets = known_traits(ref), ref.name, options["presets"]
+        model_knobs = backbone_knobs(traits and traits.kind, lora)
+    preset_knobs = presets_mod.resolve(prompt, preset, presets)[2]
+    # (a knob given wins over the backbone's or LoRA's, which wins over the preset's)
+    sources = [(f"{label('preset')} {preset}", preset_knobs),
+               (f"{label('lora')} {options['lora']}" if lora is not None else None, model_knobs)]  # fmt: skip
+    blame = knob_sources(sources, given)
+    # a preset's feature cache where the backbone has no UNet is not used
+    planned = plan_knobs(traits, preset_knobs, model_knobs, given, label=label, blame=blame)
+    if ref is not None:  # (a loaded model's were checked as it loaded)
+        try:  # the feature cache a preset sets too (it failed each input, after compiling)
+            check_compile(options.get("compile"), label("compile"), options.get("offload"), planned["feature_cache"],
+                          offload_name=label("offload"), cache_name=label("feature_cache"))  # fmt: skip
+        except InputError as err:
+            raise blame(err, ("feature_cache",)) from None
+        # (they failed after the estimator had loaded)
+        check_memory_options(device=resolve_device(options.get("device")), offload=options.get("offload"),
+                             attention=options.get("attention", "sdpa"))  # fmt: skip
+    if traits is not None:
+        check_backbone_knobs(traits, name, given, negative_prompt, scheduler, label=label)
+        check_companions(traits, name, lora=lora, controlnet=controlnet is not None, label=label)
+
+
 def run_transform(
     inputs: Sequence[str | os.PathLike],
     out_dir: str | os.PathLike,
@@ -124,9 +172,12 @@ def run_transform(
                          + report.unpaired())  # fmt: skip
     # the words, and the presets named, before anything loads (they failed each input, after the models loaded)
     presets_mod.check_words(prompt, preset, negative_prompt, label)
-    presets_mod.resolve(
-        prompt, preset, model.presets if isinstance(model, SceneTransformer) else options["presets"]
-    )
+    if isinstance(model, SceneTransformer):
+        ref = lora = controlnet = None
+    else:
+        ref = resolve_backbone(model)
+        lora, controlnet = resolve_companions(options.get("lora"), options.get("controlnet"))
+    _plan(model, ref, lora, controlnet, options, prompt, preset, negative_prompt, given, scheduler, label)
     if not paths:
         return report
     with output_dir_for(out_dir, inputs) as out_dir:
@@ -140,8 +191,6 @@ def run_transform(
         if isinstance(model, SceneTransformer):
             st = model
         else:
-            ref = resolve_backbone(model)
-            lora, controlnet = resolve_companions(options.get("lora"), options.get("controlnet"))
             check_at_hand(ref, local_files_only=options.get("local_files_only", False), controlnet=controlnet,
                           lora=lora)  # fmt: skip
             say = status_line(progress)

@@ -71,6 +71,15 @@ FLUX_GUIDANCE = 10.0  # FLUX.1-Depth-dev's model card uses guidance_scale 10
 VARIATIONS_BATCH = 4
 
 
+def backbone_knobs(kind: str | None, lora=None) -> dict:
+    """The knobs a backbone of pipeline ``kind`` (None: not known before loading) or its few-step ``lora`` (a
+    ModelRef) sets over a preset's: Flux's guidance, then the LoRA's registry entry's (steps, guidance). Serves
+    ``SceneTransformer``, ``run_transform`` and job files before loading (each had its copy; the CLI's left Flux's
+    guidance out)."""
+    knobs = {"guidance_scale": FLUX_GUIDANCE} if kind == "flux-control" else {}
+    return {**knobs, **(lora.entry.knobs if lora is not None and lora.entry is not None else {})}
+
+
 @functools.lru_cache(maxsize=64)
 def _dropped_words(tokenizer, prompt: str, room: int) -> str:
     """The end of ``prompt`` that a text encoder taking ``room`` tokens does not see, as written: from the first word
@@ -200,7 +209,7 @@ class SceneTransformer:
         self.presets = presets_mod.load_presets(preset_files) if presets is None else presets
         # The knobs this backbone or its few-step LoRA needs (Flux's guidance, LCM's steps and guidance): a preset's
         # knobs, tuned for SD's defaults, do not override them; only explicit arguments do.
-        self.model_knobs = {"guidance_scale": FLUX_GUIDANCE} if backend.kind == "flux-control" else {}
+        self.model_knobs = backbone_knobs(backend.kind)
         self.default_knobs = {**DEFAULT_KNOBS, **self.model_knobs}
 
     @classmethod

@@ -847,7 +847,7 @@ def test_an_error_every_process_meets_is_printed_by_the_first_only(dataset, tmp_
     # an error of this process's own: printed whatever its rank
     monkeypatch.setenv("RANK", "1")
     assert main(["transform", str(tmp_path / "gone.png"), "-o", str(tmp_path / "t")]) == 2
-    assert "give --prompt or --preset" in capsys.readouterr().err
+    assert "give a --prompt or a --preset" in capsys.readouterr().err
 
 
 def test_a_chunks_last_geometry_check_runs_while_the_next_chunk_is_denoised(dataset, tmp_path, monkeypatch):

@@ -115,7 +115,7 @@ def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
 @pytest.mark.parametrize(
     "extra, message",
     [
-        ([], "give --prompt or --preset"),
+        ([], "give a --prompt or a --preset"),
         (["--preset", "summer+snwo"], "unknown preset 'snwo'"),
         (["--prompt", "x", "--scheduler", "fast"], "scheduler 'fast' is not one of"),
         # the errors name the flags (they named the API's arguments: guidance_scale for --guidance)

@@ -210,8 +210,8 @@ def test_hostile_depth_files_on_transform_cli(tmp_path, photos_dir, capsys, make
 @pytest.mark.parametrize(
     "args, problem",
     [
-        (["--prompt", ""], "give --prompt or --preset"),
-        (["--prompt", "   \t "], "give --prompt or --preset"),
+        (["--prompt", ""], "give a --prompt or a --preset"),
+        (["--prompt", "   \t "], "give a --prompt or a --preset"),
         (["--preset", "nope"], "unknown preset 'nope'"),
         (["--prompt", "x", "--steps", "0"], "--steps must be an integer in 1..1000, got 0"),
         (["--prompt", "x", "--steps", "1000000"], "got 1000000"),

@@ -771,6 +771,57 @@ def test_run_transform_refuses_an_unknown_knob_before_loading(tmp_path, photo, m
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    "preset_knobs, kwargs, message",
+    [
+        (
+            "{control_end: 0.5}",
+            dict(knobs={"control_start": 0.6}),
+            r"control_start and control_end must satisfy 0 <= start < end <= 1, got 0.6 and 0.5 \(with the knobs of "
+            r"preset late\)",
+        ),
+        (
+            "{feature_cache: 3}",
+            dict(load_options={"compile": "default"}),
+            r"compile default does not combine with feature_cache 3; use one or the other \(with the knobs of "
+            r"preset late\)",
+        ),
+        (
+            "{}",
+            dict(model="tiny/flux-depth", negative_prompt="blur"),
+            r"negative_prompt: backbone .* takes no",
+        ),
+        (
+            "{}",
+            dict(model="tiny/flux-depth", load_options={"lora": "tiny/lcm-sd15"}),
+            r"lora: few-step LoRAs are",
+        ),
+    ],
+)
+def test_run_transform_plans_each_inputs_knobs_before_loading(tmp_path, photo, monkeypatch, preset_knobs, kwargs,
+                                                             message):  # fmt: skip
+    """A review (2026-11-28): a preset's knob that fails with the ones given, a negative prompt or LoRA the backbone
+    cannot take: the CLI refused them up front, run_transform failed each input once both
+    models had loaded (the checks were the CLI's own; now run_transform's, which the CLI calls)."""
+    from depth2img import run_transform
+    from depth2img.estimators import DepthEstimator
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(SceneTransformer, "from_pretrained", no_loading)
+    monkeypatch.setattr(DepthEstimator, "from_pretrained", no_loading)
+    photo.save(tmp_path / "a.png")
+    (tmp_path / "p.yaml").write_text(
+        f"presets:\n  late:\n    prompt: '{{prompt}}, late'\n    knobs: {preset_knobs}\n"
+    )
+    kwargs = {"model": "tiny", **kwargs}
+    kwargs["load_options"] = {"preset_files": [tmp_path / "p.yaml"], **kwargs.get("load_options", {})}
+    with pytest.raises(InputError, match=f"^{message}"):
+        run_transform([tmp_path / "a.png"], tmp_path / "out", prompt=PROMPT, preset="late", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
 def test_flux_counts_its_img2img_steps_as_its_pipeline_does(photo, depth, tmp_path, capsys):
     """Flux's img2img runs steps - int(steps - steps x strength) steps, one more than SD's int(steps x strength)
     where that is not whole: steps 3 at strength 0.3 runs 1 step there, and was refused as leaving none."""
