@@ -127,6 +127,18 @@ def check_denoising_steps(steps: int, strength: float, flow_matching: bool = Fal
             f"{label('steps')} x {label('strength')} must leave at least one denoising step: "
             f"{label('steps')}={steps} and {label('strength')}={strength} leave {left}; raise either"
         )
+    if flow_matching and strength < 1 and left == steps:
+        # Flux's img2img skips int(steps - steps x strength) steps: none, and it started from pure noise, the photo
+        # unused, yet recorded as img2img (4 steps at 0.8)
+        fewest = max(steps + 1, math.floor(1 / (1 - strength)))
+        while denoising_steps(fewest, strength, flow_matching) == fewest:
+            fewest += 1
+        raise InputError(
+            f"{label('steps')}={steps} and {label('strength')}={strength} keep nothing of the photo: a flow-matching "
+            f"backbone (Flux) skips int({label('steps')} x (1 - {label('strength')})) steps, none here, and starts "
+            f"from pure noise; give {label('steps')} {fewest} or more, a lower {label('strength')}, or "
+            f"{label('strength')} 1 (from the depth alone)"
+        )
 
 
 def check_seed(seed, label=str) -> int:

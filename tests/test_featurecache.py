@@ -96,7 +96,7 @@ def test_bad_interval_is_refused(sd15, photo, depth, value):
 def test_refused_for_flux_and_with_compile(photo, depth, sd15):
     flux = SceneTransformer.from_pretrained("tiny/flux-depth")
     with pytest.raises(InputError, match="feature_cache: backbone 'tiny/flux-depth' .* has no UNet to cache"):
-        flux.transform(photo, "a street", depth=depth, steps=2, feature_cache=2)
+        flux.transform(photo, "a street", depth=depth, steps=2, strength=1.0, feature_cache=2)
     unet = sd15.backend.pipe.unet
     unet.compile()  # lazy: nothing is compiled until a call
     try:
