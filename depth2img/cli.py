@@ -439,8 +439,10 @@ def _cmd_transform(args) -> int:
 
         with warnings.catch_warnings():  # (said by the run)
             warnings.simplefilter("ignore")
-            paths = expand_inputs([str(i) for i in args.inputs])[0]
-        sizes = [header_size(p) for p in paths] if len(paths) == len(args.depth) else [None] * len(args.depth)
+            paths, problems = expand_inputs([str(i) for i in args.inputs])
+        # (inputs missing, or of another count: the run refuses the pairs)
+        paired = len(paths) == len(args.depth) and not problems
+        sizes = [header_size(p) for p in paths] if paired else [None] * len(args.depth)
         for path, size in zip(args.depth, sizes):
             try:
                 with warnings.catch_warnings():  # a recorded polarity's warning comes with the run's own read

@@ -79,10 +79,16 @@ class RunReport:
     def summary(self) -> str:
         return f"{len(self.done)} done, {len(self.failed)} failed"
 
-    def unpaired(self) -> str:
-        """The end of a 'one per input' message when inputs went missing: which files pair with which is unknown."""
-        n = len(self.failed)
-        return f" ({n} input{'s' if n > 1 else ''} not found, above: the pairs are unknown)" if n else ""
+    def check_paired(self, given: int, found: int, name: str, what: str, inputs: str = "inputs") -> None:
+        """``given`` files, one per input (right images, depth files), against the ``found`` inputs: refused where
+        the counts differ, or where an input was not found (the files then pair with other inputs than meant: with
+        the counts equal, a right image was matched with the next left input, exit 0)."""
+        if given != found or self.failed:
+            n = len(self.failed)
+            unknown = (
+                f" ({n} input{'s' if n > 1 else ''} not found, above: the pairs are unknown)" if n else ""
+            )
+            raise InputError(f"{name}: {given} {what} for {found} {inputs}; give one per input{unknown}")
 
 
 def _stems(paths: Sequence[Path], kept: dict | None = None, reserved=()) -> list[str]:
@@ -279,11 +285,7 @@ def run_depth(
     right_paths: list[Path] | None = None
     if right is not None:
         right_paths = [Path(r) for r in as_paths(right, label("right"))]
-        if len(right_paths) != len(paths):
-            raise InputError(
-                f"{label('right')}: {len(right_paths)} right images for {len(paths)} left inputs; give one per input"
-                + report.unpaired()
-            )
+        report.check_paired(len(right_paths), len(paths), label("right"), "right images", "left inputs")
     if not paths:
         return report
     with output_dir_for(out_dir, inputs) as out_dir:

@@ -167,9 +167,8 @@ def run_transform(
         label("depth_polarity"),
         missing=None if depth is not None else f"{label('depth')} files",
     )
-    if depth is not None and len(depth) != len(paths):
-        raise InputError(f"{label('depth')}: {len(depth)} depth files for {len(paths)} inputs; give one per input"
-                         + report.unpaired())  # fmt: skip
+    if depth is not None:
+        report.check_paired(len(depth), len(paths), label("depth"), "depth files")
     # the words, and the presets named, before anything loads (they failed each input, after the models loaded)
     presets_mod.check_words(prompt, preset, negative_prompt, label)
     if isinstance(model, SceneTransformer):

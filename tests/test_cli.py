@@ -166,6 +166,14 @@ def test_stereo_pair(tmp_path, capsys):
     assert code == 2 and err.splitlines()[-1].endswith(
         "2 right images for 1 left inputs; give one per input (1 input not found, above: the pairs are unknown)"
     )
+    # as many right images as the left inputs found (a review of 2026-11-28): the right image of the missing one was
+    # matched with the next left input, exit 0
+    code, _, err = run(capsys, "depth", tmp_path / "gone.png", tmp_path / "left.png", "--right", tmp_path / "right.png",
+                       "-o", tmp_path / "q", "-q")  # fmt: skip
+    assert code == 2 and err.splitlines()[-1].endswith(
+        "1 right images for 1 left inputs; give one per input (1 input not found, above: the pairs are unknown)"
+    )
+    assert not (tmp_path / "q").exists()
 
 
 def test_stereo_disparity_range_is_an_option_and_a_range_too_small_is_said(tmp_path, capsys):

@@ -110,6 +110,24 @@ def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
     assert code == 2 and err.splitlines()[-1].endswith(
         "--depth: 2 depth files for 1 inputs; give one per input (1 input not found, above: the pairs are unknown)"
     )
+    # one depth file for the input found, the other missing: it was taken as the found input's (a review of stereo
+    # pairs, 2026-11-28, whose right images paired so)
+    inputs, out = [tmp_path / "gone.png", photos_dir / "chelsea.png"], tmp_path / "q"
+    code, _, err = run(capsys, "transform", *inputs, "-o", out, "--model", "tiny", "--prompt", "x", "--depth",
+                       tmp_path / "d.npy", "--depth-polarity", "metric", "-q")  # fmt: skip
+    assert code == 2 and err.splitlines()[-1].endswith(
+        "--depth: 1 depth files for 1 inputs; give one per input (1 input not found, above: the pairs are unknown)"
+    )
+    from depth2img.errors import InputError
+    from depth2img.transform_run import run_transform
+
+    # (the API, which the CLI's own early read of the --depth files does not cover)
+    with pytest.raises(
+        InputError, match=r"^depth: 1 depth files for 1 inputs; give one per input \(1 input not"
+    ):
+        run_transform(inputs, out, model="tiny", prompt="x", depth=[tmp_path / "d.npy"], depth_polarity="metric",
+                      progress=False)  # fmt: skip
+    assert not out.exists()
 
 
 @pytest.mark.parametrize(
