@@ -291,8 +291,11 @@ def run_transform(
                         if isinstance(result, Depth2ImgError):
                             _fail(report, path, result)
                             continue
-                        for note in result.warnings if on_warning else ():
-                            on_warning(f"{path}: {note}")
+                        # the depth's notes were warned as it was read (they came twice); the prompt's travel in
+                        # the result alone (without on_warning they went unsaid)
+                        for note in result.warnings:
+                            if note not in result.depth.notes:
+                                _warn(f"{path}: {note}", on_warning)
                         writer.submit(
                             partial(write, result, stems[i], os.path.abspath(path)),
                             in_order=add_lines,

@@ -130,6 +130,21 @@ def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
     assert not out.exists()
 
 
+def test_a_depth_files_warning_is_said_once_and_a_prompts_without_on_warning(tmp_path, photos_dir, capsys):
+    """A review of depth/eval (2026-11-28): a depth file's warning (its recorded polarity kept, a flat depth) came
+    twice, as read and again from the result; a prompt's (truncated) came through the API only to an on_warning."""
+    from depth2img.transform_run import run_transform
+
+    np.save(tmp_path / "flat.npy", np.full((300, 451), 5.0))
+    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path / "o", "--model", "tiny",
+                       "--prompt", "x", "--depth", tmp_path / "flat.npy", "--depth-polarity", "metric", "--steps", 2,
+                       "-q")  # fmt: skip
+    assert code == 0 and err.count("every depth value is 5") == 1, err
+    with pytest.warns(Warning, match=r"chelsea.png: prompt is \d+ tokens; the text encoder takes"):
+        run_transform([photos_dir / "chelsea.png"], tmp_path / "p", model="tiny", prompt="a red car " * 40,
+                      knobs={"steps": 2}, progress=False)  # fmt: skip
+
+
 @pytest.mark.parametrize(
     "extra, message",
     [
