@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import os
 import sys
+from functools import partial
 
 from .knobs import COMPILE_MODES, DTYPES, MAX_IMAGES, OFFLOAD_MODES
 
@@ -701,6 +702,24 @@ def _on_sigterm(signum, frame):
     raise _Terminated
 
 
+def _send_again(unraisable, then) -> None:
+    """A ``sys.unraisablehook``: a SIGTERM or Ctrl-C whose exception was raised inside a finalizer (a ``__del__``, a
+    garbage-collection callback), which Python ignores (a traceback printed, the run went on and exited 0), is sent
+    again, to land in the run's own code; any other goes to ``then``, the hook before."""
+    import _thread
+    import signal
+    import threading
+
+    if isinstance(unraisable.exc_value, KeyboardInterrupt):
+        # a moment later, from another thread: sent at once its handler ran inside this hook, ignored there too
+        again = signal.SIGTERM if isinstance(unraisable.exc_value, _Terminated) else signal.SIGINT
+        timer = threading.Timer(0.01, _thread.interrupt_main, args=(again,))
+        timer.daemon = True
+        timer.start()
+    else:
+        then(unraisable)
+
+
 def _wait_for_the_first(seconds: float = 10) -> None:
     """In a process other than the first, leaving on an error that the first prints (a bad job file): a launcher
     (torchrun, accelerate) stops every process once one exits, which cut the first one's line short ("terminated",
@@ -744,6 +763,9 @@ def main(argv=None) -> int:
         and signal.getsignal(signal.SIGTERM) not in (signal.SIG_IGN, None)
     )
     before = signal.signal(signal.SIGTERM, _on_sigterm) if ours else None
+    unraisable = sys.unraisablehook
+    if ours:
+        sys.unraisablehook = partial(_send_again, then=unraisable)
     try:
         from .io import pixel_limit
 
@@ -780,6 +802,7 @@ def main(argv=None) -> int:
     finally:
         if ours:
             signal.signal(signal.SIGTERM, before)
+            sys.unraisablehook = unraisable
 
 
 if __name__ == "__main__":

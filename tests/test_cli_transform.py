@@ -1263,6 +1263,33 @@ def test_the_app_keeps_sigterms_default_and_presets_need_no_pixel_limit(monkeypa
     assert cli.main(["presets"]) == 0
 
 
+def test_a_sigterm_that_lands_in_a_finalizer_still_stops_the_run(monkeypatch, capsys):
+    """A review of depth/eval (2026-11-28): SIGTERM raised its exception in whatever Python code ran; in a finalizer
+    (a ``__del__``, as regex's) Python ignores it: a traceback was printed, the run went on and exited 0. It is sent
+    again and stops the run, one line."""
+    import signal
+    import sys
+    import time
+
+    from depth2img import cli
+
+    class Dropped:
+        def __del__(self):
+            signal.raise_signal(signal.SIGTERM)  # (its handler runs here, inside the finalizer)
+
+    def command(args):
+        Dropped()
+        for _ in range(500):  # the run's own code, where the signal sent again lands
+            time.sleep(0.001)
+        return 0
+
+    hook = sys.unraisablehook
+    monkeypatch.setitem(cli.COMMANDS, "depth", command)
+    assert cli.main(["depth", "x.png", "-o", "o"]) == 128 + signal.SIGTERM
+    assert capsys.readouterr().err == "depth2img: error: terminated\n"
+    assert sys.unraisablehook is hook and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored
+
+
 def test_a_compaction_that_fails_is_a_warning_not_in_place_of_the_runs_outcome(tmp_path, photos_dir, capsys,
                                                                               monkeypatch):  # fmt: skip
     """The compaction runs in finally: a full disk there replaced the run's own end (or Ctrl-C) with an internal error."""
