@@ -99,6 +99,22 @@ def make_scheduler(name: str, config, stock: bool = False):
     return cls.from_config(config, **SCHEDULER_OPTIONS.get(name, {}))
 
 
+def check_scheduler_steps(name: str, steps: int, most: int | None = None, label=str) -> None:
+    """LCM and TCD pick their steps from a schedule of ``original_inference_steps`` (``most``, None: the scheduler
+    class's default, 50): diffusers raises past it. Serves ``prepare`` (its scheduler made) and ``run_transform``'s
+    check before loading (the limit was found once the models had loaded, for each input)."""
+    if most is None:
+        import inspect
+
+        import diffusers
+
+        cls = getattr(diffusers, SCHEDULERS[name])
+        parameter = inspect.signature(cls.__init__).parameters.get("original_inference_steps")
+        most = parameter.default if parameter is not None else None
+    if most and steps > most:
+        raise InputError(f"{label('steps')}: scheduler {name!r} takes at most {most} steps, got {steps}")
+
+
 # model_index.json's _class_name -> pipeline kind, for folders and hub ids outside the registry
 CLASS_TO_KIND = {
     "StableDiffusionPipeline": "sd15-controlnet", "StableDiffusionControlNetPipeline": "sd15-controlnet",

@@ -67,6 +67,7 @@ def _plan(model, ref, lora, controlnet, options: dict, prompt, preset, negative_
         check_backbone_knobs,
         check_companions,
         check_memory_options,
+        check_scheduler_steps,
         knob_sources,
         known_traits,
         plan_knobs,
@@ -81,6 +82,8 @@ def _plan(model, ref, lora, controlnet, options: dict, prompt, preset, negative_
     else:
         check_lora_scale(options.get("lora_scale", 1.0), lora, label("lora_scale"))
         traits, name, presets = known_traits(ref), ref.name, options["presets"]
+        # (before the knobs: a LoRA of another family was blamed for the steps it sets)
+        check_companions(traits, name, lora=lora, controlnet=controlnet is not None, label=label)
         model_knobs = backbone_knobs(traits and traits.kind, lora)
     preset_knobs = presets_mod.resolve(prompt, preset, presets)[2]
     # (a knob given wins over the backbone's or LoRA's, which wins over the preset's)
@@ -100,7 +103,15 @@ def _plan(model, ref, lora, controlnet, options: dict, prompt, preset, negative_
                              attention=options.get("attention", "sdpa"))  # fmt: skip
     if traits is not None:
         check_backbone_knobs(traits, name, given, negative_prompt, scheduler, label=label)
-        check_companions(traits, name, lora=lora, controlnet=controlnet is not None, label=label)
+    # the scheduler given, else a loaded model's or a few-step LoRA's (a backbone's own takes any count)
+    if isinstance(model, SceneTransformer):
+        runs_with = scheduler or model.backend.default_scheduler
+    else:
+        runs_with = scheduler or (
+            lora.entry.scheduler if lora is not None and lora.entry is not None else None
+        )
+    if runs_with:
+        check_scheduler_steps(runs_with, planned["steps"], label=label)
 
 
 def run_transform(

@@ -397,7 +397,7 @@ class SceneTransformer:
         given = {"steps": steps, "strength": strength, "guidance_scale": guidance_scale,
                  "control_scale": control_scale, "control_start": control_start, "control_end": control_end,
                  "feature_cache": feature_cache}  # fmt: skip
-        from .backends import check_backbone_knobs, knob_sources, plan_knobs
+        from .backends import check_backbone_knobs, check_scheduler_steps, knob_sources, plan_knobs
 
         # (a preset's knobs this backbone has no use for at their defaults; txt2img, strength 1, leaves every step);
         # an error from a preset's knob says so (as the CLI's does)
@@ -413,12 +413,7 @@ class SceneTransformer:
         seeds = request_seeds(seed, check_num_images(num_images))
         num_images = len(seeds)
         scheduler_name, chosen = self.backend.scheduler(scheduler)
-        # LCM and TCD pick their steps from a schedule of original_inference_steps (50): diffusers raises past it
-        most = chosen.config.get("original_inference_steps")
-        if most and knobs["steps"] > most:
-            raise InputError(
-                f"steps: scheduler {scheduler_name!r} takes at most {most} steps, got {knobs['steps']}"
-            )
+        check_scheduler_steps(scheduler_name, knobs["steps"], chosen.config.get("original_inference_steps"))
         notes = self._prompt_warnings(final_prompt, "prompt")
         if negative:
             notes += self._prompt_warnings(negative, "negative prompt")

@@ -796,6 +796,17 @@ def test_run_transform_refuses_an_unknown_knob_before_loading(tmp_path, photo, m
             dict(model="tiny/flux-depth", load_options={"lora": "tiny/lcm-sd15"}),
             r"lora: few-step LoRAs are",
         ),
+        # a few-step scheduler's limit, given or a LoRA's (a review of the backbones, 2026-11-28)
+        (
+            "{}",
+            dict(scheduler="tcd", knobs={"steps": 60}),
+            r"steps: scheduler 'tcd' takes at most 50 steps, got 60$",
+        ),
+        (
+            "{}",
+            dict(load_options={"lora": "tiny/lcm-sd15"}, knobs={"steps": 51}),
+            r"steps: scheduler 'lcm' takes at most 50 steps, got 51$",
+        ),
     ],
 )
 def test_run_transform_plans_each_inputs_knobs_before_loading(tmp_path, photo, monkeypatch, preset_knobs, kwargs,
