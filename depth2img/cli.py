@@ -157,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--scheduler",
         help="unipc, ddim, pndm, euler, euler-a, dpm++, dpm++-karras, lms, lcm, tcd, ddim-trailing "
-        "(Flux: flow-euler)",
+        "(Flux: flow-euler); default the backbone's: unipc (sd15-depth), euler (sdxl-depth), pndm (sd2-depth), "
+        "flow-euler (Flux), a few-step LoRA's own",
     )
     _add_companion_args(p)
     p.add_argument("--offload", choices=list(OFFLOAD_MODES), default="none",

@@ -55,6 +55,12 @@ def test_transform_help_names_every_backbone_and_scheduler(capsys):
 
     assert set(load_registry()["backbones"]) <= words(helps["--model"])
     assert set(SCHEDULERS) <= words(helps["--scheduler"])
+    # each backbone's default, said (README said unipc for all: a review of the backbones, 2026-11-28)
+    from depth2img.backends import BACKENDS
+
+    for name, entry in load_registry()["backbones"].items():
+        said = f"{BACKENDS[entry.pipeline].default_scheduler} ({'Flux' if 'flux' in name else name})"
+        assert said in helps["--scheduler"], said
     # the bench's list too (its SD backbones take every scheduler but Flux's), written out for the same reason:
     # the command line imports no model code at start-up
     bench = next(a for a in parser._subparsers._group_actions[0].choices.values() if a.prog.endswith("bench"))
