@@ -1431,7 +1431,9 @@ def check_at_hand(ref: ModelRef, *, local_files_only: bool = False, controlnet: 
         check_companions(
             known_traits(ref), ref.name, lora=lora, controlnet=controlnet is not None, label=label
         )
-    if lora is not None and lora.is_local:  # (its weights were found wanting once the backbone had loaded)
+    # (its weights were found wanting once the backbone had loaded); a tiny one is built on first use, as a tiny
+    # backbone is (it was refused as holding no file)
+    if lora is not None and lora.is_local and not lora.name.startswith("tiny"):
         _speed_lora_weights(lora, Path(lora.location))
     folder = None
     if not ref.name.startswith("tiny"):  # (built on first use)

@@ -1699,6 +1699,17 @@ def test_load_arguments_are_checked_before_the_backbone_loads(monkeypatch, kwarg
         SceneTransformer.from_pretrained("tiny", device="cpu", **kwargs)
 
 
+def test_a_tiny_few_step_lora_is_built_on_first_use_as_a_tiny_backbone_is(monkeypatch, tmp_path):
+    """A review of the backbones (2026-11-28): ``--lora tiny/lcm-sdxl`` where its tiny folder was not built yet was
+    refused up front ("expected one .safetensors file, found 0"); the loader builds it, as it builds a backbone."""
+    from depth2img.backends import check_at_hand
+    from depth2img.registry import resolve_backbone, resolve_lora
+
+    monkeypatch.setenv("DEPTH2IMG_TINY_DIR", str(tmp_path / "fresh"))
+    check_at_hand(resolve_backbone("tiny/sdxl-depth"), lora=resolve_lora("tiny/lcm-sdxl"))
+    assert not (tmp_path / "fresh").exists()  # (nothing built by the check itself)
+
+
 def test_few_step_lora_mismatches_are_refused(monkeypatch, tiny_dir):
     from depth2img import backends, tiny
 
