@@ -243,6 +243,23 @@ def test_output_edges_are_normalised_over_the_pixels_compared(scene_depth):
     assert geometry_scores(holed, DepthMap(1 / filled, "relative_inverse_depth"))["edge_f1"] == 1.0
 
 
+@pytest.mark.parametrize("kind", ["metric_depth", "disparity", "relative_inverse_depth", "relative_depth"])
+def test_source_edges_are_normalised_over_the_pixels_compared(kind):
+    """A review of the geometry check (2026-11-28): the source's edges were found on its map stretched over its own
+    valid pixels, the output's over only the pixels both share; an output missing the nearest 10 columns (a
+    narrower range: gradients ~3x) found edges on smooth slopes, and a perfect output scored edge F1 0.625 (0.5 as
+    relative depth), 1.0 with the holes in the source instead."""
+    x = np.mgrid[0:64, 0:96][1]
+    d = 1 + 19 * x / 95
+    d[20:40, 30:50] = 3.0  # a box: the one true depth edge
+    values = d if kind in ("metric_depth", "relative_depth") else 1 / d
+    hole = x < 10
+    full = DepthMap(values, kind)
+    holed = DepthMap(np.where(hole, 0, values), kind, ~hole)
+    for source, output in ((full, holed), (holed, full), (holed, holed)):
+        assert geometry_scores(source, output)["edge_f1"] == 1.0
+
+
 def test_edge_f1_refuses_maps_of_two_shapes():
     from depth2img.errors import InputError
 
