@@ -184,8 +184,10 @@ def test_stereo_pair(tmp_path, capsys):
 
 def test_stereo_disparity_range_is_an_option_and_a_range_too_small_is_said(tmp_path, capsys):
     """A review of stereo (2026-11-28): the search range was an eighth of the width, with no flag; a pair whose near
-    surfaces lay beyond it was matched wrongly at its end (skimage's motorcycle pair, disparities up to 60 px,
-    searched to 32: a median error of 0.5 px, to 16: 15 px) and written without a word, exit 0."""
+    surfaces lay beyond it was matched wrongly at its end (skimage's motorcycle pair, true disparities up to 60 px,
+    searched to 32: a median error of 12.7 px over all pixels of known disparity, 55 % of them beyond 32 px, and
+    0.23 px over those under 32 px; searched to 16: 28.5 px) and written without a word, exit 0. Searched to 64, the
+    median error over all pixels of known disparity is 0.20 px."""
     from skimage import data
 
     from depth2img.stereo import stereo_depth
