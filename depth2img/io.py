@@ -52,8 +52,13 @@ KIND_TEXT_KEY = "depth2img.kind"  # PNG text chunk our writer puts into 16-bit d
 # ... and this one, into those of a depth with holes: the value that marks a pixel with no depth ("0")
 INVALID_TEXT_KEY = "depth2img.invalid"
 # ... and this one, into those of a far-bright depth: its pixels are near-bright (its reflection, what conditions the
-# model), read back as the far-bright depth they came from ("far-bright"), which the geometry scores read otherwise
+# model), read back as the far-bright depth they came from ("far-bright"), which the geometry scores read otherwise;
+# or of stereo disparity ("disparity"), read back as that disparity in pixels
 FROM_TEXT_KEY = "depth2img.from"
+# ... and this one, beside "disparity": the lowest and highest disparity (px), which its lowest and highest pixel
+# value stand for (normalised, its pixels had lost them: read back as disparity, the nearest 0 px was a point at
+# infinity)
+RANGE_TEXT_KEY = "depth2img.range"
 # catch_warnings swaps the process's one filter list: two threads inside it at once (read-ahead loaders, the
 # app's workers) could restore each other's filters and leave the bomb-warning-as-error filter on for good
 _OPEN_LOCK = threading.Lock()
@@ -524,7 +529,7 @@ def read_depth_file(
     suffix = path.suffix.lower()
     if suffix not in DEPTH_SUFFIXES:
         raise InputError(f"{path}: depth files must be one of {', '.join(DEPTH_SUFFIXES)}")
-    recorded = invalid = reflected = valid = None
+    recorded = invalid = reflected = valid = span = None
     if suffix in (".npy", ".npz"):
         values, recorded, valid = _read_numpy(path, pixel_limit())
     else:
@@ -540,6 +545,8 @@ def read_depth_file(
         if img is not None:
             recorded, invalid = img.info.get(KIND_TEXT_KEY), img.info.get(INVALID_TEXT_KEY)
             reflected = recorded == "near-bright" and img.info.get(FROM_TEXT_KEY) == "far-bright"
+            if recorded == "near-bright" and img.info.get(FROM_TEXT_KEY) == "disparity":
+                span = _disparity_range(img.info.get(RANGE_TEXT_KEY), path)
             if img.mode == "1" or len(img.getbands()) > 1 and img.mode not in ("RGB", "RGBA", "P", "LA"):
                 # read as bools ("dtype bool"), or a CMYK TIFF as 4 planes ("shape (H, W, 4)")
                 what = (
@@ -571,6 +578,16 @@ def read_depth_file(
     if reflected:
         values = np.where(values == 0, 0, 65536 - values) if invalid == "0" else 65535 - values
         recorded = "far-bright"
+    # our PNG of stereo disparity: that disparity again, in pixels (it was read back as a relative inverse depth,
+    # which the geometry scores read otherwise: AbsRel 0.0869 where the disparity scored 0.0993)
+    if span is not None:
+        lo, hi = span
+        if invalid == "0":  # holes hold 0, the disparity 1..65535
+            valid, invalid = values != 0, None
+            values = lo + (values - 1) / 65534 * (hi - lo)
+        else:
+            values = lo + values / 65535 * (hi - lo)
+        recorded = "disparity"
     # stereo disparity (proportional to 1/depth) stays disparity, which the geometry scores take as it is (read as
     # a relative inverse depth, it was squeezed to 1:20 and its 0s, no match, scored as the farthest depth)
     disparity = recorded == "disparity"
@@ -599,6 +616,18 @@ def read_depth_file(
         )
     return _depth_map(values, polarity, path, invalid=invalid, valid=valid, depth_scale=depth_scale, notes=notes,
                       kind="disparity" if disparity else None)  # fmt: skip
+
+
+def _disparity_range(text, path) -> tuple[float, float]:
+    """The lowest and highest disparity our 16-bit PNG of a disparity records (``RANGE_TEXT_KEY``), or one line."""
+    try:
+        lo, hi = (float(v) for v in text.split())
+    except (AttributeError, ValueError):
+        lo = hi = math.nan
+    if not (math.isfinite(lo) and math.isfinite(hi) and lo <= hi):
+        raise InputError(f"{path}: the file records disparity, and its {RANGE_TEXT_KEY} text chunk must hold its "
+                         f"lowest and highest disparity (two numbers), got {text!r}")  # fmt: skip
+    return lo, hi
 
 
 def check_polarity(polarity, name: str, *, missing: str | None = None) -> None:
@@ -1028,7 +1057,8 @@ def _as_asked(err: BaseException, tmp, path: Path) -> BaseException:
 def write_depth_png16(depth, path) -> Path:
     """16-bit PNG, near = bright, full 0..65535 range; the polarity is recorded in a text chunk. A depth with holes
     (invalid pixels, metric zeros) keeps them: they hold 0 and its depth 1..65535, as a second text chunk says (they
-    were 0 like the farthest depth, read back as valid, and a geometry check of the file scored them)."""
+    were 0 like the farthest depth, read back as valid, and a geometry check of the file scored them). Stereo
+    disparity records that it is, and its range in pixels, so it reads back as that disparity."""
     from PIL import Image, PngImagePlugin
 
     from .conditioning import usable
@@ -1038,6 +1068,12 @@ def write_depth_png16(depth, path) -> Path:
     if depth.kind == "relative_depth":
         info.add_text(FROM_TEXT_KEY, "far-bright")
     valid = usable(depth.values, depth.kind, depth.valid)
+    if depth.kind == "disparity":
+        # the disparities that the pixels' 0..1 stand for (normalise's min and max)
+        known = depth.values[valid] if valid.any() else np.zeros(1)
+        lo, hi = float(known.min()), float(known.max())
+        info.add_text(FROM_TEXT_KEY, "disparity")
+        info.add_text(RANGE_TEXT_KEY, f"{lo!r} {hi!r}")
     if valid.all():
         pixels = depth.to_uint16()
     else:

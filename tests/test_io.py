@@ -291,6 +291,45 @@ def test_png16_of_a_far_bright_depth_reads_back_as_that_depth(tmp_path, holes):
     assert holes or (s["absrel"] < 1e-3 and s["delta1"] == 1.0 and s["edge_f1"] == 1.0)
 
 
+@pytest.mark.parametrize("holes", [False, True])
+def test_png16_of_stereo_disparity_reads_back_as_that_disparity(tmp_path, holes):
+    """A review of the geometry check (2026-11-28): `depth --right` wrote its 16-bit PNG recording only near-bright,
+    and it read back as a relative inverse depth, which the scores read otherwise (skimage's motorcycle pair: AbsRel
+    0.0869 / delta1 0.9348 against the PNG, 0.0993 / 0.9169 against the disparity it came from)."""
+    from PIL import PngImagePlugin
+
+    from depth2img.metrics import geometry_scores
+
+    yy, xx = np.mgrid[0:64, 0:96]
+    # 0.5..60 px, a range of 1:120 (not the 1:20 a relative map is read as)
+    disparity = 0.5 + 59.5 * yy / 63.0 + 0 * xx
+    disparity[20:40, 30:60] = 45.0  # a near box
+    valid = np.ones(disparity.shape, bool)
+    if holes:
+        valid[:, :4] = False  # unmatched
+    d = DepthMap(disparity, "disparity", valid)
+    io.write_depth_png16(d, tmp_path / "d.png")
+    back = io.read_depth_file(tmp_path / "d.png")
+    assert back.kind == "disparity" and back.meta["polarity"] == "near-bright"
+    np.testing.assert_array_equal(back.valid, valid)
+    step = 59.5 / (65534 if holes else 65535)
+    np.testing.assert_allclose(back.values[valid], disparity[valid], atol=0.5 * step + 1e-5)
+    # scored as the disparity itself is
+    output = DepthMap(1.0 / (disparity + 3.0 * (xx > 50)), "relative_inverse_depth")
+    s, own = geometry_scores(back, output), geometry_scores(d, output)
+    for k in ("absrel", "delta1", "edge_f1"):
+        assert s[k] == pytest.approx(own[k], abs=1e-4), k
+    # a range chunk that is not two numbers (lowest <= highest) is one line naming the file
+    png = Image.open(tmp_path / "d.png")
+    info = PngImagePlugin.PngInfo()
+    for key in (io.KIND_TEXT_KEY, io.FROM_TEXT_KEY):
+        info.add_text(key, png.info[key])
+    info.add_text(io.RANGE_TEXT_KEY, "60 0.5")
+    png.save(tmp_path / "bad.png", pnginfo=info)
+    with pytest.raises(InputError, match=r"bad\.png: the file records disparity, .* got '60 0\.5'$"):
+        io.read_depth_file(tmp_path / "bad.png")
+
+
 def test_a_recorded_polarity_beats_a_given_one_with_a_warning(tmp_path, rng):
     """One --depth-polarity serves every --depth file of a run: it silently inverted depth2img's own PNGs, which
     record theirs, when given for the run's other files."""
