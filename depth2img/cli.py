@@ -611,7 +611,15 @@ def _cmd_eval(args) -> int:
         )
     est = DepthEstimator.from_pretrained(args.estimator, device=args.device, dtype=args.dtype,
                                          local_files_only=args.local_files_only)  # fmt: skip
-    ref = ref or reference(est(source))
+
+    def estimate(image, name):
+        # an image the estimator cannot take was called "image", neither SOURCE nor OUTPUT nor its path
+        try:
+            return est(image)
+        except InputError as err:
+            raise InputError(f"{name}: {err}") from None
+
+    ref = ref or reference(estimate(source, f"SOURCE {args.source}"))
     if ref.flat_delta1 >= NARROW_FLAT_DELTA1:
         warnings.warn(
             f"{named} spans a narrow range, so a flat OUTPUT would score delta1 "
@@ -619,7 +627,7 @@ def _cmd_eval(args) -> int:
             Depth2ImgWarning,
             stacklevel=1,
         )
-    scores = geometry_scores(ref, est(output))
+    scores = geometry_scores(ref, estimate(output, f"OUTPUT {args.output}"))
     if args.json:
         print(json.dumps(scores))
     else:

@@ -79,6 +79,30 @@ def test_depth_happy_path(tmp_path, photos_dir, capsys):
         assert Image.open(tmp_path / "out" / f"{stem}_depth_preview.png").mode == "RGB"
 
 
+def test_eval_names_the_image_the_estimator_cannot_take(tmp_path, capsys):
+    """A review of eval (2026-11-28): an image the estimator cannot resize (a 256x16 strip) was refused as
+    "image: 256x16 cannot be resized ...", naming neither SOURCE nor OUTPUT nor its path."""
+    source, output = tmp_path / "source.png", tmp_path / "output.png"
+    for path, seed in ((source, 0), (output, 1)):
+        Image.fromarray(np.random.default_rng(seed).integers(0, 256, (16, 256, 3), np.uint8)).save(path)
+    code, _, err = run(capsys, "eval", source, output, "--estimator", "tiny")
+    said = "256x16 cannot be resized for estimator 'tiny'"
+    assert (
+        code == 2
+        and err.count("\n") == 1
+        and err.startswith(f"depth2img: error: SOURCE {source}: image: {said}")
+    )
+    # a source depth given, the source is not estimated: the output is the one named
+    np.save(tmp_path / "d.npy", np.linspace(1, 50, 16 * 256).reshape(16, 256))
+    code, _, err = run(capsys, "eval", source, output, "--estimator", "tiny", "--source-depth", tmp_path / "d.npy",
+                       "--depth-polarity", "metric")  # fmt: skip
+    assert (
+        code == 2
+        and err.count("\n") == 1
+        and err.startswith(f"depth2img: error: OUTPUT {output}: image: {said}")
+    )
+
+
 def test_depth_writes_on_its_own_thread_count(tmp_path, photos_dir, capsys, monkeypatch):
     """Depth runs are write-bound (three products per input against a fast estimate): they write on
     CPU_THREADS threads (all cores up to 8), not the generation runs' WRITER_THREADS, unless DEPTH2IMG_WRITER_THREADS says."""
