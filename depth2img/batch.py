@@ -40,6 +40,7 @@ from .io import (
     image_header,
     load_image,
     stale_temp_files,
+    write_all_or_none,
     write_depth_products,
 )
 from .knobs import DEFAULT_KNOBS, MAX_SEED, check_batch_size, check_distinct_seeds
@@ -1300,12 +1301,22 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     writer = BackgroundWriter(burst=job.batch_size, stop_on_error=True)
     submit = writer.submit
     add_lines = partial(append_manifest, manifest)
+    # the files each output has written that its manifest line does not list yet: removed if the run stops before
+    # (an image whose label copy failed was left, and so was a later item's image written meanwhile, with no line)
+    unlisted: dict[str, list[Path]] = {}
 
     def write_output(image, out_stem, record, source):
         path = _inside(root, image_dir / f"{out_stem}.png")
-        save_png(image, path, record)
-        labels.copy_for(source, out_stem, root)
-        return [record]  # its manifest line, appended in order after the files
+        fresh = unlisted[out_stem] = []
+        # the image and its label copies take their names together, or none does
+        jobs = [partial(save_png, image, path, record), partial(labels.copy_for, source, out_stem, root)]
+        _naming(source, write_all_or_none, jobs, fresh=fresh)
+        return out_stem, [record]
+
+    def list_output(written):  # in order, after its files: its line (which removes them should it fail)
+        out_stem, records = written
+        add_lines(records, unlisted[out_stem])
+        del unlisted[out_stem]
 
     # sources a flat output would pass a gate on AbsRel or delta1 for (a narrow depth range): said once, at the end
     gated_on_depth = job.geometry.threshold is not None and job.geometry.metric in ("absrel", "delta1")
@@ -1368,7 +1379,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                       "output": f"{LAYOUTS[job.layout]}/{out_stem}.png" if ok else None,
                       "size": list(img.size)}  # fmt: skip
             if ok:
-                submit(write_output, img, out_stem, record, p, in_order=add_lines)
+                submit(write_output, img, out_stem, record, p, in_order=list_output)
                 report.done += 1
             else:
                 writer.after(partial(add_lines, [record]))
@@ -1413,7 +1424,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                 # every file, each run a source has items made in (a kill between the two writes left one; a source
                 # replaced since kept the earlier photo's depth beside its new images); in order: no manifest line
                 # after it is appended before it is written (a killed run's finished items had no depth, for good)
-                submit(write_depth_products, req.depth, depth_dir, stem, JOB_DEPTH_FORMATS, in_order=_nothing)
+                submit(_naming, p, write_depth_products, req.depth, depth_dir, stem, JOB_DEPTH_FORMATS,
+                       in_order=_nothing)  # fmt: skip
                 for var in vars_:
                     want = [s for s in seeds if (p, var.name, s) in todo]
                     if want:
@@ -1455,6 +1467,11 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
             finish(carried.result(), [])
         writer.flush()
     except OSError as err:
+        writer.close()  # the writes in flight end; what they wrote without its line goes
+        for files in list(unlisted.values()):
+            for f in files:
+                with contextlib.suppress(OSError):
+                    f.unlink(missing_ok=True)
         raise _write_failed(root, err) from None
     finally:
         loader.shutdown(wait=True, cancel_futures=True)
@@ -1483,11 +1500,22 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     return report
 
 
+def _naming(source: Path, write, *args, **kwargs):
+    """``write(*args, **kwargs)``, whose OSError is marked with the source it wrote for (``_write_failed`` names it)."""
+    try:
+        return write(*args, **kwargs)
+    except OSError as err:
+        err.depth2img_source = source
+        raise
+
+
 def _write_failed(root: Path, err: OSError) -> InputError:
-    """A write into the output folder that failed (full disk, quota, read-only): one line; the writes are atomic."""
-    return InputError(
-        f"output directory {root}: write failed ({err.strerror or err}); no partial file was left"
-    )
+    """A write into the output folder that failed (full disk, quota, read-only): one line naming the input and the
+    file where known (it named neither); the writes are atomic, and an input's output takes its files all or none."""
+    source = getattr(err, "depth2img_source", None)
+    why = f"{err.strerror or err}: {err.filename}" if err.filename else f"{err.strerror or err}"
+    of = f" for {source}" if source is not None else ""
+    return InputError(f"output directory {root}: write failed{of} ({why}); no partial file was left")
 
 
 class _Item(NamedTuple):

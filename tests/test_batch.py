@@ -931,12 +931,12 @@ def test_a_sources_manifest_lines_follow_its_depth_files(dataset, tmp_path, monk
         time.sleep(0.5)  # a slow disk, a large .npy
         return real_write(*args)
 
-    def append(path, records):
+    def append(path, records, files=()):
         for r in records:
             stem = r["item"].split("/")[0]
             missing.extend(f for f in (f"{stem}_depth16.png", f"{stem}_depth.npy")
                            if not (tmp_path / "d" / "depth" / f).exists())  # fmt: skip
-        return real_append(path, records)
+        return real_append(path, records, files)
 
     monkeypatch.setattr(batch, "write_depth_products", slow_write)
     monkeypatch.setattr(batch, "append_manifest", append)
@@ -989,9 +989,28 @@ def test_a_failed_depth_write_lets_no_later_manifest_line_through(dataset, tmp_p
     monkeypatch.setattr(batch, "write_depth_products", full)
     job = write_job(dataset, output=str(tmp_path / "d"), inputs="frames/f0.png", presets=["fog", "rain"], seeds=2,
                     labels={})  # fmt: skip
-    with pytest.raises(InputError, match="write failed \\(No space left on device\\)"):
+    with pytest.raises(InputError, match=r"write failed for .*f0\.png \(No space left on device\)"):
         run_job(job, progress=False)
     assert read_manifest(tmp_path / "d" / "manifest.jsonl") == []
+
+
+def test_an_outputs_image_and_label_copies_are_written_all_or_none(dataset, tmp_path, monkeypatch):
+    """A review of batch writes (2026-11-28): an item whose label copy failed (a folder where labels/X.txt goes) left
+    its image, and a later item's image written meanwhile, with no manifest line, and the message named neither the
+    input nor the file ("write failed (Is a directory)")."""
+    monkeypatch.setenv("DEPTH2IMG_WRITER_THREADS", "3")
+    out = tmp_path / "d"
+    (out / "labels" / "f1__fog__s0.txt").mkdir(parents=True)
+    job = write_job(dataset, output=str(out), presets=["fog", "rain"], seeds=1, labels={"yolo": "yolo"},
+                    layout="files")  # fmt: skip
+    with pytest.raises(
+        InputError, match=r"write failed for .*f1\.png \(Is a directory: .*f1__fog__s0\.txt\); no "
+    ):
+        run_job(job, progress=False)
+    listed = {Path(r["output"]).stem for r in read_manifest(out / "manifest.jsonl")}
+    assert "f0__fog__s0" in listed and "f1__fog__s0" not in listed
+    assert {p.stem for p in (out / "images").iterdir()} == listed  # no image without its line
+    assert {p.stem for p in (out / "labels").glob("*.txt") if p.is_file()} == listed
 
 
 def test_disk_full_stops_with_a_clear_message_and_no_partial_file(dataset, tmp_path, monkeypatch):
@@ -1004,7 +1023,9 @@ def test_disk_full_stops_with_a_clear_message_and_no_partial_file(dataset, tmp_p
 
     monkeypatch.setattr("depth2img.batch.save_png", full)
     job = write_job(dataset, output=str(tmp_path / "d"), presets=["fog"], seeds=1, labels={})
-    with pytest.raises(InputError, match="write failed \\(No space left on device\\); no partial file"):
+    with pytest.raises(
+        InputError, match=r"write failed for .*f0\.png \(No space left on device: .*f0__fog__s0\.png\); no "
+    ):
         run_job(job, progress=False)
     assert not [p for p in (tmp_path / "d").rglob("*") if ".part" in p.name]  # no partial file
     assert not list((tmp_path / "d" / "images").iterdir())  # and no image: the first write failed
