@@ -1053,7 +1053,23 @@ def _distributed():
     # (an SDXL chunk with retries can take an hour), so torch's default timeout (10 or 30 minutes) would end good
     # runs (seen with the timeout cut to 4 s)
     state = PartialState(cpu=not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
-    return state.process_index, state.num_processes, state.device, state.wait_for_everyone
+    rank, world = state.process_index, state.num_processes
+
+    def barrier():
+        try:
+            state.wait_for_everyone()
+        except RuntimeError:
+            # a process that stopped (its own error, a kill) closes its connections, and the others' barrier raised
+            # gloo's "Connection closed by peer", printed as an internal error, exit 1
+            raise PeerStopped(
+                f"process {rank} of {world}: another process of the job stopped; see its error"
+            ) from None
+
+    return rank, world, state.device, barrier
+
+
+class PeerStopped(Depth2ImgError):
+    """Another process of a multi-process run stopped while this one waited for it at a barrier."""
 
 
 @contextlib.contextmanager
@@ -1063,7 +1079,8 @@ def alike():
     try:
         yield
     except Depth2ImgError as err:
-        err.every_process = True
+        # (another process stopped: met by this one alone, which says so whatever its rank)
+        err.every_process = not isinstance(err, PeerStopped)
         raise
 
 

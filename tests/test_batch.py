@@ -917,6 +917,37 @@ def test_processes_wait_a_day_for_each_other_at_a_barrier(monkeypatch):
     assert made["timeout"] == datetime.timedelta(hours=24)
 
 
+def test_a_process_whose_barrier_fails_as_another_stopped_says_so_in_one_line(
+    dataset, tmp_path, monkeypatch, capsys
+):
+    """A review of multi-process failures (2026-11-28): when one process stopped (its own error, a kill), another
+    waiting at a barrier got gloo's RuntimeError ("Connection closed by peer"), printed as an internal error, exit 1;
+    a process's own status is 2. Rank 1 says it too: it is no error the first process prints for all."""
+    import accelerate
+
+    from depth2img.cli import main
+
+    class State:
+        def __init__(self, **kwargs):
+            self.process_index, self.num_processes, self.device = 1, 2, "cpu"
+
+        def wait_for_everyone(self):
+            raise RuntimeError(
+                "[../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:29650"
+            )
+
+    monkeypatch.setattr(accelerate, "PartialState", State)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    job = write_job(dataset, output=str(tmp_path / "m"), presets=["fog"], seeds=1, labels={})
+    assert main(["batch", str(job), "-q"]) == 2
+    err = capsys.readouterr().err
+    assert (
+        err.endswith("process 1 of 2: another process of the job stopped; see its error\n")
+        and err.count("\n") == 1
+    )
+
+
 def test_a_sources_manifest_lines_follow_its_depth_files(dataset, tmp_path, monkeypatch):
     """The depth write was not ordered with the image writes: with several writer threads a source's manifest lines
     were appended before its depth files existed, and a run killed then, resumed, never wrote them (its items were
