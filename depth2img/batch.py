@@ -1043,9 +1043,22 @@ BARRIER_TIMEOUT = timedelta(hours=24)
 
 def _distributed():
     """(rank, world size, device, barrier) from accelerate's PartialState when launched with several processes."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    text = os.environ.get("WORLD_SIZE", "1").strip()
+    if not text.isdigit():  # (an internal error: "invalid literal for int()")
+        raise InputError(
+            f"WORLD_SIZE must be a number of processes, got {text!r}; it is set by the launcher (torchrun "
+            "--nproc_per_node N, accelerate launch): unset WORLD_SIZE to run one process"
+        )
+    world = int(text)
     if world <= 1:
         return 0, 1, None, lambda: None
+    # a stray WORLD_SIZE (left exported from a launcher's shell): accelerate's ValueError on the missing MASTER_ADDR
+    # was printed as an internal error, exit 1
+    if not os.environ.get("MASTER_ADDR"):
+        raise InputError(
+            f"WORLD_SIZE is {world} but MASTER_ADDR is not set: a run of several processes is started by a launcher "
+            "(torchrun --nproc_per_node N, accelerate launch), which sets both; unset WORLD_SIZE to run one process"
+        )
     import torch
     from accelerate import PartialState
 

@@ -913,6 +913,7 @@ def test_processes_wait_a_day_for_each_other_at_a_barrier(monkeypatch):
 
     monkeypatch.setattr(accelerate, "PartialState", State)
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # (as the launcher sets it)
     assert batch._distributed()[:3] == (1, 2, "cpu")
     assert made["timeout"] == datetime.timedelta(hours=24)
 
@@ -938,6 +939,7 @@ def test_a_process_whose_barrier_fails_as_another_stopped_says_so_in_one_line(
 
     monkeypatch.setattr(accelerate, "PartialState", State)
     monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # (as the launcher sets it)
     monkeypatch.setenv("RANK", "1")
     job = write_job(dataset, output=str(tmp_path / "m"), presets=["fog"], seeds=1, labels={})
     assert main(["batch", str(job), "-q"]) == 2
@@ -946,6 +948,25 @@ def test_a_process_whose_barrier_fails_as_another_stopped_says_so_in_one_line(
         err.endswith("process 1 of 2: another process of the job stopped; see its error\n")
         and err.count("\n") == 1
     )
+
+
+def test_a_stray_world_size_is_one_line_naming_it(dataset, tmp_path, monkeypatch, capsys):
+    """A review of multi-process failures (2026-11-28): WORLD_SIZE=2 without MASTER_ADDR (a variable left from a
+    launcher's shell) was accelerate's ValueError, printed as an internal error, exit 1; a WORLD_SIZE that is no
+    number was int()'s."""
+    from depth2img.cli import main
+
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    job = write_job(dataset, output=str(tmp_path / "m"), presets=["fog"], seeds=1, labels={})
+    for value, said in (
+        ("2", "WORLD_SIZE is 2 but MASTER_ADDR is not set"),
+        ("two", "WORLD_SIZE must be a number"),
+    ):
+        monkeypatch.setenv("WORLD_SIZE", value)
+        assert main(["batch", str(job), "-q"]) == 2
+        err = capsys.readouterr().err
+        assert said in err and "unset WORLD_SIZE to run one process" in err and err.count("\n") == 1
+    assert not (tmp_path / "m").exists()
 
 
 def test_a_sources_manifest_lines_follow_its_depth_files(dataset, tmp_path, monkeypatch):
