@@ -1074,15 +1074,32 @@ def _distributed():
         except RuntimeError:
             # a process that stopped (its own error, a kill) closes its connections, and the others' barrier raised
             # gloo's "Connection closed by peer", printed as an internal error, exit 1
-            raise PeerStopped(
-                f"process {rank} of {world}: another process of the job stopped; see its error"
-            ) from None
+            raise PeerStopped.of(rank, world) from None
 
     return rank, world, state.device, barrier
 
 
+def _gathered(items: list) -> list:
+    """Every process's ``items`` (picklable), in one list, where a process group is up (else ``items``): it waits
+    for every process, as a barrier does."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return items
+    shares = [None] * dist.get_world_size()
+    try:
+        dist.all_gather_object(shares, items)
+    except RuntimeError:  # (as at a barrier)
+        raise PeerStopped.of(dist.get_rank(), dist.get_world_size()) from None
+    return [item for share in shares for item in share]
+
+
 class PeerStopped(Depth2ImgError):
     """Another process of a multi-process run stopped while this one waited for it at a barrier."""
+
+    @classmethod
+    def of(cls, rank: int, world: int) -> PeerStopped:
+        return cls(f"process {rank} of {world}: another process of the job stopped; see its error")
 
 
 @contextlib.contextmanager
@@ -1508,7 +1525,12 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
         depth_worker.shutdown(wait=True, cancel_futures=True)
         writer.close()
         bar.close()
-    if narrow:
+    if world > 1:
+        # said once for the job, by the first process, in a single run's words: each process had said its own share
+        # ("2 source(s) ..." and "4 source(s) ..." for a job of 6)
+        order = {str(p): i for i, p in enumerate(paths)}
+        narrow = [Path(p) for p in sorted(_gathered([str(p) for p in narrow]), key=order.__getitem__)]
+    if narrow and rank == 0:
         shown = ", ".join(p.name for p in narrow[:3]) + (
             f" and {len(narrow) - 3} more" if len(narrow) > 3 else ""
         )

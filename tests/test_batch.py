@@ -167,6 +167,42 @@ def test_a_gate_on_delta1_over_narrow_range_sources_is_said_once(dataset, tmp_pa
         assert narrow == []
 
 
+def test_the_narrow_depth_warning_is_said_once_for_a_job_of_several_processes(dataset, tmp_path, monkeypatch):
+    """A review of multi-process runs (2026-11-28): each process warned of the narrow-range sources of its own share
+    ("2 source(s) ..." and "4 source(s) ..." for a job of 6); the first says it once, for all, as one process does."""
+    import dataclasses
+    import warnings
+
+    from depth2img import batch, metrics
+    from depth2img.errors import Depth2ImgWarning
+
+    reference = metrics.geometry_reference
+    monkeypatch.setattr(
+        metrics, "geometry_reference", lambda d: dataclasses.replace(reference(d), flat_delta1=0.9)
+    )
+    shares = []
+
+    def gathered(items):  # every process's share, the other's as the first run gave it
+        shares.append(items)
+        return items + shares[0] if len(shares) > 1 else items
+
+    monkeypatch.setattr(batch, "_gathered", gathered, raising=False)
+    said = []
+    # one source a chunk: process 0 makes f0 and f2, process 1 makes f1
+    for rank, out in ((1, "p1"), (0, "p0")):
+        monkeypatch.setattr(batch, "_distributed", lambda rank=rank: (rank, 2, None, lambda: None))
+        job = write_job(dataset, output=str(tmp_path / out), presets=["fog"], seeds=1, labels={}, batch_size=1,
+                        depth_batch_size=1, geometry={"metric": "delta1", "threshold": 0.0})  # fmt: skip
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            run_job(job, progress=False)
+        said.append([str(w.message) for w in caught
+                     if issubclass(w.category, Depth2ImgWarning) and "narrow" in str(w.message)])  # fmt: skip
+    assert said[0] == [] and len(said[1]) == 1
+    assert said[1][0].startswith("3 source(s) span a narrow depth range (f0.png, f1.png, f2.png): ")
+    assert [[Path(p).name for p in share] for share in shares] == [["f1.png"], ["f0.png", "f2.png"]]
+
+
 def test_imagefolder_layout_and_matrix(dataset, tmp_path):
     job = write_job(dataset, output=str(tmp_path / "hf"), presets=[], seeds=[7], layout="imagefolder", labels={},
                     matrix={"template": "a street, {time}, {weather}", "axes": {"time": ["at night"], "weather": ["rain", "fog"]}})  # fmt: skip
