@@ -1270,6 +1270,14 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                 )
             if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
                 raise InputError(f"output directory {root}: {folder} cannot be written (Permission denied)")
+        # a folder where the job writes a file: job.resolved.yaml's was "cannot be written (Is a directory)", naming
+        # no file, and an index's was found once every image was made
+        files = [root / "job.resolved.yaml", root / MANIFEST, manifest]
+        files += [root / "annotations.json"] if job.layout == "coco" or labels.coco is not None else []
+        files += [image_dir / "metadata.jsonl"] if job.layout == "imagefolder" else []
+        for file in files:
+            if file.is_dir():
+                raise InputError(f"output directory {root}: {file} is a folder, where the job writes a file")
         try:
             root.mkdir(parents=True, exist_ok=True)
             if rank == 0:
@@ -1277,7 +1285,8 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                     resolved = {**_resolved(job), **({"copied": True} if copied else {})}
                     tmp.write_text(yaml.safe_dump(resolved, sort_keys=False))
         except OSError as err:
-            raise InputError(f"output directory {root}: cannot be written ({err.strerror or err})") from None
+            where = f"{err.filename} cannot be written" if err.filename else "cannot be written"
+            raise InputError(f"output directory {root}: {where} ({err.strerror or err})") from None
 
     for p in problems if rank == 0 else ():  # every process found them: one reports them
         fail(p)

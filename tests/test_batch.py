@@ -1173,6 +1173,26 @@ def test_a_file_where_the_jobs_folders_go_is_refused_before_any_model_loads(data
     assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["images"]
 
 
+@pytest.mark.parametrize("name", ["job.resolved.yaml", "annotations.json"])
+def test_a_folder_where_the_job_writes_a_file_is_refused_naming_it(dataset, tmp_path, monkeypatch, name):
+    """A review of batch writes (2026-11-28): job.resolved.yaml as a folder failed as "output directory O: cannot be
+    written (Is a directory)", naming no file; annotations.json as one failed once every image was made."""
+    from depth2img import service
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model was loaded")
+
+    monkeypatch.setattr(service.Service, "transformer", no_loading)
+    monkeypatch.setattr(service.Service, "estimator", no_loading)
+    (tmp_path / "o" / name).mkdir(parents=True)
+    job = write_job(dataset, output=str(tmp_path / "o"), inputs="frames/f0.png", presets=["fog"], seeds=1,
+                    labels={})  # fmt: skip
+    with pytest.raises(
+        InputError, match=rf"^output directory .*o: .*o/{name} is a folder, where the job writes a file$"
+    ):
+        run_job(job, progress=False)
+
+
 def test_output_names_cannot_escape(dataset, tmp_path):
     from depth2img.batch import _inside
 
