@@ -118,8 +118,9 @@ def denoising_steps(steps: int, strength: float, flow_matching: bool = False) ->
 
 
 def check_denoising_steps(steps: int, strength: float, flow_matching: bool = False, label=str) -> None:
-    """At least one denoising step must be left (``denoising_steps``). Checked per request, and up front where
-    both are given (no preset or model default can change them). ``label`` names a knob as the caller's user wrote
+    """At least one denoising step must be left (``denoising_steps``), and on a flow-matching backbone (Flux) one
+    step skipped, which keeps the photo in img2img. Checked per request, and up front where both are given (no
+    preset or model default can change them). ``label`` names a knob as the caller's user wrote
     it (a flag, a job key)."""
     left = denoising_steps(steps, strength, flow_matching)
     if left < 1:

@@ -76,15 +76,19 @@ def _plan(model, ref, lora, controlnet, options: dict, prompt, preset, negative_
     from .loading import resolve_device
     from .transformer import SceneTransformer, backbone_knobs
 
+    # the scheduler run where none is given: a loaded model's, or a few-step LoRA's (a backbone's own takes any count)
     if isinstance(model, SceneTransformer):
         traits, name, presets = model.backend.traits, model.name, model.presets
-        model_knobs = model.model_knobs
+        model_knobs, runs_with = model.model_knobs, scheduler or model.backend.default_scheduler
     else:
         check_lora_scale(options.get("lora_scale", 1.0), lora, label("lora_scale"))
         traits, name, presets = known_traits(ref), ref.name, options["presets"]
         # (before the knobs: a LoRA of another family was blamed for the steps it sets)
         check_companions(traits, name, lora=lora, controlnet=controlnet is not None, label=label)
         model_knobs = backbone_knobs(traits and traits.kind, lora)
+        runs_with = scheduler or (
+            lora.entry.scheduler if lora is not None and lora.entry is not None else None
+        )
     preset_knobs = presets_mod.resolve(prompt, preset, presets)[2]
     # (a knob given wins over the backbone's or LoRA's, which wins over the preset's)
     sources = [(f"{label('preset')} {preset}", preset_knobs),
@@ -103,13 +107,6 @@ def _plan(model, ref, lora, controlnet, options: dict, prompt, preset, negative_
                              attention=options.get("attention", "sdpa"))  # fmt: skip
     if traits is not None:
         check_backbone_knobs(traits, name, given, negative_prompt, scheduler, label=label)
-    # the scheduler given, else a loaded model's or a few-step LoRA's (a backbone's own takes any count)
-    if isinstance(model, SceneTransformer):
-        runs_with = scheduler or model.backend.default_scheduler
-    else:
-        runs_with = scheduler or (
-            lora.entry.scheduler if lora is not None and lora.entry is not None else None
-        )
     if runs_with:
         check_scheduler_steps(runs_with, planned["steps"], label=label)
 
