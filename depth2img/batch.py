@@ -421,10 +421,14 @@ class Job:
         that would fail every item fails here, before anything is written: a preset's control_start past the job's
         control_end, or its feature_cache under the job's compile, failed once files were written."""
         from . import presets as presets_mod
-        from .backends import plan_knobs
+        from .backends import check_scheduler_steps, plan_knobs
         from .knobs import check_compile
+        from .registry import resolve_lora
 
         traits = self._backbone[1]
+        # the scheduler run: the job's, else a few-step LoRA's (whose 50-step limit was found once models had loaded)
+        lora = resolve_lora(self.lora) if self.lora is not None else None
+        scheduler = self.knobs.get("scheduler") or (lora.entry.scheduler if lora and lora.entry else None)
         for var in variations(self):
             preset_knobs = presets_mod.resolve(None, var.preset, self._presets)[2] if var.preset else {}
             try:
@@ -433,6 +437,8 @@ class Job:
                 )
                 # (a preset's feature cache where the backbone has no UNet is not used: plan_knobs)
                 check_compile(self.compile, "compile", feature_cache=knobs["feature_cache"])
+                if scheduler:
+                    check_scheduler_steps(scheduler, knobs["steps"])
             except InputError as err:
                 where = (
                     f" (with the knobs of preset {var.preset}, variation {var.name})" if var.preset else ""

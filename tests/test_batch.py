@@ -2762,6 +2762,18 @@ def test_names_in_other_scripts_stay_apart():
             {"compile": "default"},
             r"job key knobs: compile default does not combine with feature_cache 3; use one or the other \(with the kn",
         ),
+        # a few-step scheduler's limit, the job's or a LoRA's (found once both models had loaded: a review of
+        # 2026-11-28)
+        (
+            "{steps: 60}",
+            {"knobs": {"scheduler": "lcm"}},
+            r"job key knobs: steps: scheduler 'lcm' takes at most 50 steps, got 60 \(with the knobs of preset late",
+        ),
+        (
+            "{}",
+            {"lora": "tiny/lcm-sd15", "knobs": {"steps": 51}},
+            r"job key knobs: steps: scheduler 'lcm' takes at most 50 steps, got 51 ",
+        ),
     ],
 )
 def test_a_presets_knobs_are_checked_with_the_jobs_before_anything_is_written(tmp_path, preset_knobs, job_extra,
