@@ -603,11 +603,9 @@ def read_depth_file(
     notes = []
     if recorded in POLARITIES:
         if polarity is not None and polarity != recorded:
-            from .errors import Depth2ImgWarning
-
             notes.append(f"{path}: the file records its depth as {recorded}, which it keeps; the polarity given "
                          f"({polarity}) is for files that record none")  # fmt: skip
-            warnings.warn(notes[0], Depth2ImgWarning, stacklevel=2)
+            _say_note(notes[0], stacklevel=3)
         polarity = recorded
     elif polarity is None:
         raise InputError(
@@ -714,11 +712,33 @@ def _with_flat_note(values, valid, kind: str, where, notes=()) -> list[str]:
     flat = _flat(values, valid, kind)
     if not flat:
         return list(notes)
-    from .errors import Depth2ImgWarning
-
     note = f"{where}: {flat}{_FLAT_NOTE}"
-    warnings.warn(note, Depth2ImgWarning, stacklevel=4)
+    _say_note(note, stacklevel=5)
     return [*notes, note]
+
+
+# a caller that says a depth's notes itself (run_transform, with the input they are of) sets it: they were said twice
+_NOTES_UNSAID: contextvars.ContextVar[bool] = contextvars.ContextVar("depth2img_notes_unsaid", default=False)
+
+
+@contextlib.contextmanager
+def notes_unsaid():
+    """Within it (this thread), the notes a DepthMap is made with (a flat depth, a recorded polarity kept) are only
+    recorded, for the caller to say: not warned (a thread-safe stand-in for catch_warnings, whose filters are the
+    process's)."""
+    token = _NOTES_UNSAID.set(True)
+    try:
+        yield
+    finally:
+        _NOTES_UNSAID.reset(token)
+
+
+def _say_note(note: str, stacklevel: int) -> None:
+    """Warn of a DepthMap's note, unless within ``notes_unsaid``."""
+    if not _NOTES_UNSAID.get():
+        from .errors import Depth2ImgWarning
+
+        warnings.warn(note, Depth2ImgWarning, stacklevel=stacklevel)
 
 
 def _flat(values: np.ndarray, valid: np.ndarray, kind: str) -> str | None:
@@ -775,11 +795,9 @@ def depth_for_image(
     else:  # a DepthMap (its own arrays, copied when made): checked as an array is, they were not
         held = _POLARITY_OF_KIND.get(depth.kind)
         if polarity is not None and polarity != held:  # (ignored without a word)
-            from .errors import Depth2ImgWarning
-
             note = (f"depth: the DepthMap is {depth.kind} ({held}), which it keeps; the polarity given ({polarity}) "
                     "is for arrays and files that record none")  # fmt: skip
-            warnings.warn(note, Depth2ImgWarning, stacklevel=2)
+            _say_note(note, stacklevel=3)
             depth = replace(depth, notes=[*depth.notes, note])
         if depth.kind == "metric_depth":
             _check_no_negative(depth.values, depth.valid, "depth")

@@ -13,7 +13,7 @@ from pathlib import Path
 from . import presets as presets_mod
 from .depth_run import RunReport, _stems, as_paths, check_callback, output_dir_for, read_ahead, refuse_unused
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError
-from .io import CONTROL_SUFFIX, any_loadable, check_polarity, file_key, load_image
+from .io import CONTROL_SUFFIX, any_loadable, check_polarity, file_key, load_image, notes_unsaid
 from .knobs import DEFAULT_KNOBS, check_batch_size, check_knobs, check_num_images, plain_number, request_seeds
 from .outputs import (
     MANIFEST,
@@ -251,26 +251,27 @@ def run_transform(
             """A batch's photos, read and decoded, with their depths (estimated in one estimator call, batched on a
             GPU, or the given files read) and both at generation size, in the depth thread while the previous batch is
             denoised: a Sized or the error, per photo."""
-            got: dict[int, object] = {}  # index -> PIL image, then DepthMap, then Sized; or the error
-            for i in batch:
-                try:
-                    got[i] = load_image(paths[i])
-                except Depth2ImgError as err:
-                    got[i] = err
-            images = {i: im for i, im in got.items() if not isinstance(im, Depth2ImgError)}
-            estimated = depth is None and images
-            depths = dict(zip(images, st.estimator.isolated(list(images.values())))) if estimated else {}
-            for i, image in images.items():
-                try:
-                    d = (
-                        depths[i]
-                        if depth is None
-                        else st.depth_for(image, depth[i], depth_polarity=depth_polarity)
-                    )
-                    got[i] = d if isinstance(d, Depth2ImgError) else st.at_generation_size(image, d)
-                except Depth2ImgError as err:
-                    got[i] = err
-            return [got[i] for i in batch]
+            with notes_unsaid():  # (the run says them, naming the input: they came twice)
+                got: dict[int, object] = {}  # index -> PIL image, then DepthMap, then Sized; or the error
+                for i in batch:
+                    try:
+                        got[i] = load_image(paths[i])
+                    except Depth2ImgError as err:
+                        got[i] = err
+                images = {i: im for i, im in got.items() if not isinstance(im, Depth2ImgError)}
+                estimated = depth is None and images
+                depths = dict(zip(images, st.estimator.isolated(list(images.values())))) if estimated else {}
+                for i, image in images.items():
+                    try:
+                        d = (
+                            depths[i]
+                            if depth is None
+                            else st.depth_for(image, depth[i], depth_polarity=depth_polarity)
+                        )
+                        got[i] = d if isinstance(d, Depth2ImgError) else st.at_generation_size(image, d)
+                    except Depth2ImgError as err:
+                        got[i] = err
+                return [got[i] for i in batch]
 
         batches = [range(s, min(s + batch_size, len(paths))) for s in range(0, len(paths), batch_size)]
         depth_worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="depth2img-depth")
@@ -285,11 +286,12 @@ def run_transform(
                                 raise got
                             # its prompt notes are forwarded below from result.warnings (catch_warnings here would
                             # race the loader threads' own, which share the process's filter list)
-                            prepared.append((i, path, st.prepare(
-                                got.image, prompt, preset=preset, negative_prompt=negative_prompt, depth=got.depth,
-                                seed=seed, num_images=num_images, scheduler=scheduler, reuse=got, _stacklevel=None,
-                                **(knobs or {}),
-                            )))  # fmt: skip
+                            with notes_unsaid():
+                                prepared.append((i, path, st.prepare(
+                                    got.image, prompt, preset=preset, negative_prompt=negative_prompt, depth=got.depth,
+                                    seed=seed, num_images=num_images, scheduler=scheduler, reuse=got,
+                                    _stacklevel=None, **(knobs or {}),
+                                )))  # fmt: skip
                         except Depth2ImgError as err:
                             _fail(report, path, err)
                     for (i, path, _), result in zip(
@@ -299,11 +301,10 @@ def run_transform(
                         if isinstance(result, Depth2ImgError):
                             _fail(report, path, result)
                             continue
-                        # the depth's notes were warned as it was read (they came twice); the prompt's travel in
-                        # the result alone (without on_warning they went unsaid)
+                        # the depth's (read within notes_unsaid: they came twice) and the prompt's (without an
+                        # on_warning they went unsaid), with the input they are of
                         for note in result.warnings:
-                            if note not in result.depth.notes:
-                                _warn(f"{path}: {note}", on_warning)
+                            _warn(f"{path}: {note}", on_warning)
                         writer.submit(
                             partial(write, result, stems[i], os.path.abspath(path)),
                             in_order=add_lines,

@@ -140,6 +140,12 @@ def test_a_depth_files_warning_is_said_once_and_a_prompts_without_on_warning(tmp
                        "--prompt", "x", "--depth", tmp_path / "flat.npy", "--depth-polarity", "metric", "--steps", 2,
                        "-q")  # fmt: skip
     assert code == 0 and err.count("every depth value is 5") == 1, err
+    said = []  # an on_warning gets it too (the first mend of this left it out)
+    run_transform([photos_dir / "chelsea.png"], tmp_path / "q", model="tiny", prompt="x", knobs={"steps": 2},
+                  depth=[tmp_path / "flat.npy"], depth_polarity="metric", progress=False,
+                  on_warning=said.append)  # fmt: skip
+    assert [s.split(": ", 1)[1] for s in said] == [f"{tmp_path / 'flat.npy'}: every depth value is 5, so it carries no "
+                                                   "structure and the outputs keep none of its geometry"]  # fmt: skip
     with pytest.warns(Warning, match=r"chelsea.png: prompt is \d+ tokens; the text encoder takes"):
         run_transform([photos_dir / "chelsea.png"], tmp_path / "p", model="tiny", prompt="a red car " * 40,
                       knobs={"steps": 2}, progress=False)  # fmt: skip
