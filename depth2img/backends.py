@@ -53,7 +53,7 @@ from .loading import (
     use_safetensors,
     weights_variant,
 )
-from .registry import ModelRef
+from .registry import ModelRef, is_tiny
 
 SCHEDULERS = {
     "unipc": "UniPCMultistepScheduler",
@@ -1433,10 +1433,10 @@ def check_at_hand(ref: ModelRef, *, local_files_only: bool = False, controlnet: 
         )
     # (its weights were found wanting once the backbone had loaded); a tiny one is built on first use, as a tiny
     # backbone is (it was refused as holding no file)
-    if lora is not None and lora.is_local and not lora.name.startswith("tiny"):
+    if lora is not None and lora.is_local and not is_tiny(lora.name):
         _speed_lora_weights(lora, Path(lora.location))
     folder = None
-    if not ref.name.startswith("tiny"):  # (built on first use)
+    if not is_tiny(ref.name):  # (built on first use)
         folder = _folder_at_hand(ref)
         if folder is not None and folder.is_dir():  # (a local path that is not there: the loader says so)
             pipeline_kind(folder)

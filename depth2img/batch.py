@@ -308,7 +308,7 @@ class Job:
             raise InputError(f"job key {key} must be {takes}, got {value!r}")
         section = {"model": "backbones", "estimator": "estimators", "lora": "loras", "controlnet": None}[key]
         named = section is not None and (
-            value == "tiny" or value.startswith("tiny/") or value in registry.load_registry()[section]
+            registry.is_tiny(value) or value in registry.load_registry()[section]
         )
         if not named and not Path(value).is_absolute():
             if value.startswith(("./", "../", "~")) or value in (".", "..") or self.path(value).exists():

@@ -23,7 +23,7 @@ from urllib.parse import urlparse
 from safetensors import SafetensorError
 
 from .errors import Depth2ImgWarning, InputError, ModelLoadError, first_line
-from .registry import ModelRef
+from .registry import ModelRef, is_tiny
 
 HUB_PROBE_TIMEOUT_S = 3.0
 # What a model snapshot needs: configs, tokenizer files and safetensors weights; never pickles.
@@ -215,16 +215,12 @@ def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_pattern
     """A local directory holding ``ref``'s files, fetching them from the hub only when allowed and reachable."""
     if ref.is_local:
         path = Path(ref.location)
-        if ref.name.startswith("tiny") and ref.entry is not None:
+        if is_tiny(ref.name) and ref.entry is not None:
             from . import tiny  # tiny models are deterministic: built on first use, rebuilt when stale
 
             tiny.ensure(ref.entry.tiny, path)
         if not path.is_dir():
-            hint = (
-                " (write the tiny models with `depth2img tiny-model DIR`)"
-                if ref.name.startswith("tiny")
-                else ""
-            )
+            hint = " (write the tiny models with `depth2img tiny-model DIR`)" if is_tiny(ref.name) else ""
             raise ModelLoadError(f"{ref.kind} {ref.name!r}: directory {path} does not exist{hint}")
         return path
     say_licence(ref)

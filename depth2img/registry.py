@@ -173,7 +173,7 @@ def _resolve(name: str | os.PathLike, section: str) -> ModelRef:
     if name is None or (isinstance(name, str) and not name.strip()):
         name = load_registry()["default_" + section[:-1]]  # loras have no default: resolve_lora refuses empty
     name = _text(name, what, f"a registry name ({', '.join(entries)}), a hub id (owner/name) or a folder")
-    if name == "tiny" or name.startswith("tiny/"):
+    if is_tiny(name):
         entry_name = load_registry().get("default_" + section[:-1]) if name == "tiny" else name[5:]
         if entry_name not in entries or entries[entry_name].tiny is None:
             known = ", ".join("tiny/" + n for n in entries if entries[n].tiny is not None)
@@ -224,9 +224,15 @@ def _folder_or_hub_id(name: str, what: str, known: str = "") -> ModelRef:
     return ModelRef(name=name, location=name, revision=None, is_local=False)
 
 
+def is_tiny(name) -> bool:
+    """Whether ``name`` is a tiny random-weight model (``tiny`` or ``tiny/<entry>``): a folder whose name starts with
+    "tiny" (tiny-sd, tinyfoo) is none (it got the tiny estimator, its LoRA checks skipped)."""
+    return isinstance(name, str) and (name == "tiny" or name.startswith("tiny/"))
+
+
 def default_estimator_for(model: str | os.PathLike | None) -> str:
     """The estimator a backbone uses unless told otherwise: tiny backbones get the tiny estimator."""
-    return "tiny" if str(model or "").startswith("tiny") else load_registry()["default_estimator"]
+    return "tiny" if is_tiny(model) else load_registry()["default_estimator"]
 
 
 def resolve_estimator(name: str | os.PathLike | None) -> ModelRef:

@@ -45,7 +45,7 @@ from .knobs import (
 )
 from .loading import resolve_device, resolve_dtype
 from .outputs import CPU_THREADS, progress_bar
-from .registry import default_estimator_for, resolve_backbone
+from .registry import default_estimator_for, is_tiny, resolve_backbone
 
 # the event that stops this thread's generations (stop_when_set)
 _STOP: contextvars.ContextVar = contextvars.ContextVar("depth2img_stop", default=None)
@@ -297,7 +297,7 @@ class SceneTransformer:
             # fusing QKV sets diffusers' fused SDPA processors everywhere: it would undo xformers attention
             backend.optimize(compile_mode=compile, fuse_qkv=attention != "xformers")
         if native_size is None:
-            tiny = ref.name.startswith("tiny")
+            tiny = is_tiny(ref.name)
             # a registry entry's; else the pipeline's own (a local SDXL folder generated at 512 a side)
             native_size = (
                 TINY_NATIVE_SIZE if tiny else (ref.entry and ref.entry.native_size) or backend.native_size

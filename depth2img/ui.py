@@ -591,7 +591,7 @@ def create_demo(service):
     from .backends import SCHEDULERS
     from .knobs import DEFAULT_KNOBS
     from .presets import load_presets
-    from .registry import estimators
+    from .registry import estimators, is_tiny
 
     presets = load_presets(service.preset_files)
     if service.presets is None:  # the page's list is what runs (and the order ticked presets combine in)
@@ -630,7 +630,7 @@ def create_demo(service):
     # (the page's config, its API page), and the server's paths were there
     model_value = "" if os.path.isdir(service.default_model) else service.default_model
     est_value = "" if os.path.isdir(service.default_estimator) else service.default_estimator
-    model_choices = _backbone_choices(tiny=service.default_model.startswith("tiny"))
+    model_choices = _backbone_choices(tiny=is_tiny(service.default_model))
     if service.default_model not in [v for _, v in model_choices]:
         model_choices.insert(0, (f"{_public(service.default_model)} (configured)", model_value))
     # (a folder by its name: not the server's paths on a public page)
@@ -640,7 +640,7 @@ def create_demo(service):
         model_choices = [(f"{_public(service.default_model)} + {' + '.join(served)}", model_value)]
     # (label, name): a non-commercial estimator is marked, as a backbone is
     est_choices = [(f"{n}{'' if e.commercial else ' (non-commercial)'}", n) for n, e in estimators().items()]
-    if service.default_estimator.startswith("tiny"):  # offline: the estimators' tiny builds
+    if is_tiny(service.default_estimator):  # offline: the estimators' tiny builds
         est_choices = [(f"tiny/{n}", f"tiny/{n}") for n, e in estimators().items() if e.tiny]
     if service.default_estimator not in [v for _, v in est_choices]:
         est_choices.insert(0, (_public(service.default_estimator), est_value))

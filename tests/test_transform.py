@@ -1708,6 +1708,18 @@ def test_a_tiny_few_step_lora_is_built_on_first_use_as_a_tiny_backbone_is(monkey
     monkeypatch.setenv("DEPTH2IMG_TINY_DIR", str(tmp_path / "fresh"))
     check_at_hand(resolve_backbone("tiny/sdxl-depth"), lora=resolve_lora("tiny/lcm-sdxl"))
     assert not (tmp_path / "fresh").exists()  # (nothing built by the check itself)
+    # a folder whose name starts with "tiny" is no tiny model (its re-verification: an empty LoRA folder tinyfoo
+    # passed the check, and a backbone folder tiny-sd was given the tiny random-weight estimator)
+    from depth2img.registry import default_estimator_for, is_tiny, load_registry
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "tinyfoo").mkdir()
+    with pytest.raises(
+        ModelLoadError, match=r"LoRA 'tinyfoo' at .*tinyfoo: expected one .safetensors file, found 0"
+    ):
+        check_at_hand(resolve_backbone("tiny"), lora=resolve_lora("tinyfoo"))
+    assert default_estimator_for("tiny-sd") == load_registry()["default_estimator"] != "tiny"
+    assert [is_tiny(n) for n in ("tiny", "tiny/sd2-depth", "tiny-sd", "tinyfoo", None)] == [1, 1, 0, 0, 0]
 
 
 def test_few_step_lora_mismatches_are_refused(monkeypatch, tiny_dir):
