@@ -134,11 +134,13 @@ def check_denoising_steps(steps: int, strength: float, flow_matching: bool = Fal
         fewest = max(steps + 1, math.floor(1 / (1 - strength)))
         while denoising_steps(fewest, strength, flow_matching) == fewest:
             fewest += 1
+        # (past the most steps taken, the advice was refused in turn: 10000 at 0.9999)
+        more = f"{label('steps')} {fewest} or more, " if fewest <= MAX_STEPS else ""
         raise InputError(
             f"{label('steps')}={steps} and {label('strength')}={strength} keep nothing of the photo: a flow-matching "
             f"backbone (Flux) skips int({label('steps')} x (1 - {label('strength')})) steps, none here, and starts "
-            f"from pure noise; give {label('steps')} {fewest} or more, a lower {label('strength')}, or "
-            f"{label('strength')} 1 (from the depth alone)"
+            f"from pure noise; give {more}a lower {label('strength')}, or {label('strength')} 1 (from the depth "
+            "alone)"
         )
 
 

@@ -108,7 +108,10 @@ def _plan(model, ref, lora, controlnet, options: dict, prompt, preset, negative_
     if traits is not None:
         check_backbone_knobs(traits, name, given, negative_prompt, scheduler, label=label)
     if runs_with:
-        check_scheduler_steps(runs_with, planned["steps"], label=label)
+        try:  # (a preset's steps were blamed on --steps, never given)
+            check_scheduler_steps(runs_with, planned["steps"], label=label)
+        except InputError as err:
+            raise blame(err, ("steps",)) from None
 
 
 def run_transform(

@@ -807,6 +807,8 @@ def test_run_transform_refuses_an_unknown_knob_before_loading(tmp_path, photo, m
             dict(load_options={"lora": "tiny/lcm-sd15"}, knobs={"steps": 51}),
             r"steps: scheduler 'lcm' takes at most 50 steps, got 51$",
         ),
+        # a preset's steps: said so (they were blamed on the steps given, none)
+        ("{steps: 60}", dict(scheduler="lcm"), r"steps: .* got 60 \(with the knobs of preset late\)$"),
     ],
 )
 def test_run_transform_plans_each_inputs_knobs_before_loading(tmp_path, photo, monkeypatch, preset_knobs, kwargs,
@@ -868,6 +870,11 @@ def test_flux_img2img_that_would_start_from_pure_noise_is_refused(photo, depth, 
         with pytest.raises(InputError, match=f"give steps {fewest} or more"):
             check_denoising_steps(steps, strength, flow_matching=True)
         check_denoising_steps(fewest, strength, flow_matching=True)
+    # past the most steps taken (1000) the advice is the strength alone (its re-verification: "give steps 10000")
+    with pytest.raises(
+        InputError, match=r"starts from pure noise; give a lower strength, or strength 1 \(from"
+    ):
+        check_denoising_steps(30, 0.9999, flow_matching=True)
     check_denoising_steps(4, 0.8)  # (SD's img2img noises the photo at its first step run)
     inverse = Image.fromarray(255 - np.asarray(photo))
     kept = [st.transform(p, PROMPT, depth=depth, seed=0, steps=5, strength=0.8).raw for p in (photo, inverse)]
