@@ -91,6 +91,17 @@ class DepthEstimator:
         try:
             config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
             kind = ref.entry.output if ref.entry else output_kind(config)
+            # the entry's output kind holds only for the model it names (a ZoeDepth cached in Depth Anything's place
+            # was read as inverse depth, near and far swapped, and a DPT ran silently)
+            found = config.model_type
+            if ref.entry and (found != ref.entry.model_type or output_kind(config) != kind):
+                what = f"{found!r} model" + (
+                    "" if found != ref.entry.model_type else f" giving {output_kind(config)}"
+                )
+                raise ModelLoadError(
+                    f"{ref.kind} {ref.label} at {path} holds a {what}, not the {ref.entry.model_type!r} model "
+                    f"giving {kind} that {ref.entry.name!r} names"
+                )
             if kind is None:
                 raise ModelLoadError(
                     f"{ref.kind} {ref.name!r} is a {config.model_type!r} model, not a known depth estimator "

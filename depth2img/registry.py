@@ -97,6 +97,7 @@ class RegistryEntry:
     commercial: bool = False
     tiny: str | None = None
     output: str | None = None  # estimators
+    model_type: str | None = None  # estimators: the transformers config's model_type its files hold
     pipeline: str | None = None  # backbones
     controlnet: str | None = None
     lora: str | None = None  # a LoRA repo loaded on top of `id` (Flux depth Control LoRA)
@@ -142,6 +143,8 @@ def load_registry() -> dict[str, Any]:
             entry = RegistryEntry(name=name, section=section, **values)
             if section == "estimators" and entry.output not in ESTIMATOR_OUTPUTS:
                 raise ValueError(f"{path}: estimator {name!r} output must be one of {ESTIMATOR_OUTPUTS}")
+            if section == "estimators" and not entry.model_type:
+                raise ValueError(f"{path}: estimator {name!r} has no model_type")
             if section == "loras" and entry.for_pipeline not in PIPELINE_KINDS:
                 raise ValueError(f"{path}: lora {name!r} for_pipeline must be one of {PIPELINE_KINDS}")
             if section == "backbones" and entry.pipeline not in PIPELINE_KINDS:

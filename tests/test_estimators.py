@@ -1,5 +1,6 @@
 """Estimators through the project's own loader, against transformers' own depth pipeline."""
 
+import json
 import re
 import shutil
 import time
@@ -394,3 +395,30 @@ def test_a_non_commercial_model_is_said_once_before_it_is_fetched(monkeypatch):
         monkeypatch.setenv("RANK", "3")
         with pytest.raises(ModelLoadError):
             loading.snapshot_dir(ref, local_files_only=True)
+
+
+@pytest.mark.parametrize("model", ["zoedepth", "dpt", "metric depth-anything"])
+def test_a_registry_estimator_whose_cache_holds_another_model_is_refused(
+    tmp_path, tiny_dir, monkeypatch, model
+):
+    """A review of hub caches (2026-11-28): the registry's output kind was taken for whatever its cache held: a
+    ZoeDepth (metres) in Depth Anything V2's place was read as inverse depth, near and far swapped, exit 0, and a DPT
+    ran silently. Folders were checked against their model type; registry entries were not."""
+    from huggingface_hub import constants
+
+    from depth2img import registry
+
+    sha = registry.estimators()["depth-anything-v2-small"].revision
+    snapshot = tmp_path / "hub" / "models--depth-anything--Depth-Anything-V2-Small-hf" / "snapshots" / sha
+    shutil.copytree(tiny_dir / model.split()[-1], snapshot)
+    found = f"'{model.split()[-1].replace('-', '_')}' model"
+    if model.startswith("metric"):
+        config = json.loads((snapshot / "config.json").read_text())
+        (snapshot / "config.json").write_text(json.dumps({**config, "depth_estimation_type": "metric"}))
+        found += " giving metric_depth"
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for name in ("depth-anything-v2-small", "depth-anything/Depth-Anything-V2-Small-hf"):
+        with pytest.raises(ModelLoadError, match=rf"^depth estimator .* at {snapshot} holds a {found}, not the "
+                           r"'depth_anything' model giving relative_inverse_depth that 'depth-anything-v2-small' "
+                           "names$"):  # fmt: skip
+            DepthEstimator.from_pretrained(name)
