@@ -668,10 +668,12 @@ class Backend:
                 continue
             encoder = getattr(self.pipe, name.replace("tokenizer", "text_encoder"), None)
             vocab = getattr(getattr(encoder, "config", None), "vocab_size", None)
-            if len(tok) < 64 or (vocab is not None and len(tok) > vocab):
+            # under half its text encoder's vocabulary is not its tokenizer: with tokenizer_2/ missing, Flux loaded an
+            # empty T5 tokenizer (104 tokens, its 100 extra ids and specials, for a vocabulary of 32128) silently
+            if len(tok) < 64 or (vocab is not None and not vocab / 2 <= len(tok) <= vocab):
                 raise ModelLoadError(
                     f"model {self.ref.name!r}: {name} has {len(tok)} tokens (text encoder vocabulary {vocab}); "
-                    "the tokenizer files are missing or were not loaded; re-download the model"
+                    f"the tokenizer files ({name}/) are missing or were not loaded; re-download the model"
                 )
 
     # --------------------------------------------------------------------------------------- knobs

@@ -1612,6 +1612,25 @@ def test_broken_tokenizer_is_caught(tmp_path, tiny_dir):
         SceneTransformer.from_pretrained(str(broken))
 
 
+def test_a_flux_without_its_t5_tokenizer_is_refused(tmp_path, tiny_dir):
+    """A review of hub caches (2026-11-28): FLUX with tokenizer_2/ missing loaded an empty T5 tokenizer (104 tokens:
+    its 100 extra ids and specials) silently; only one under 64 tokens or over its text encoder's vocabulary (32128
+    for FLUX's T5) was refused. Here the tiny T5 encoder's vocabulary is made 1000, so 104 is not over it."""
+    import shutil
+
+    from transformers import T5EncoderModel
+
+    model = tmp_path / "flux"
+    shutil.copytree(tiny_dir / "flux-depth", model)
+    encoder = T5EncoderModel.from_pretrained(model / "text_encoder_2")
+    encoder.resize_token_embeddings(1000)
+    encoder.save_pretrained(model / "text_encoder_2")
+    shutil.rmtree(model / "tokenizer_2")
+    with pytest.raises(ModelLoadError, match=r"tokenizer_2 has 104 tokens \(text encoder vocabulary 1000\); the "
+                       r"tokenizer files \(tokenizer_2/\) are missing"):  # fmt: skip
+        SceneTransformer.from_pretrained(str(model))
+
+
 def test_flux_lora_equals_diffusers_and_scale_is_the_control_knob(photo, depth, tiny_dir):
     from diffusers import FluxControlPipeline
 
