@@ -615,6 +615,7 @@ class Backend:
     @staticmethod
     def _from_pretrained(class_name: str, path: Path, ref: ModelRef, dtype, **components):
         index = _model_index(path)
+        given = {name for name, part in components.items() if part is not None}
         # (a component passed, a ControlNet or None for SD1.5's safety checker, is not read from the folder)
         require_safetensors(path, ref, [name for name, entry in index.items()
                                         if not name.startswith("_") and entry and name not in components])  # fmt: skip
@@ -648,16 +649,11 @@ class Backend:
                 f"model {ref.name!r} at {path} could not be loaded: {cause_line(err)}"
             ) from None
         # a component whose file holds another's weights: its own stay unloaded ("meta"), which failed only when moved
-        # to the device, as an internal error ("Cannot copy out of meta tensor")
+        # to the device, as an internal error ("Cannot copy out of meta tensor"); those passed in were loaded, and
+        # checked, from their own folders (a ControlNet's was blamed on the base's snapshot)
         for name, part in pipe.components.items():
-            missing = (
-                [n for n, p in part.named_parameters() if p.is_meta]
-                if hasattr(part, "named_parameters")
-                else []
-            )
-            if missing:
-                total = len(list(part.parameters()))
-                raise lacks_weights(f"model {ref.name!r} at {path}: its {name} file", missing, total)
+            if name not in given:
+                _refuse_meta_weights(part, f"model {ref.name!r} at {path}: its {name} file")
         return pipe
 
     def verify(self) -> None:
@@ -958,6 +954,16 @@ def _padded(items: list, pad: int) -> list:
     return list(items) + [items[-1]] * pad
 
 
+def _refuse_meta_weights(part, what: str) -> None:
+    """Refuse a loaded component (``what``: its file, as the error names it) whose weights its file lacked, left on
+    the "meta" device by diffusers' loader."""
+    missing = (
+        [n for n, p in part.named_parameters() if p.is_meta] if hasattr(part, "named_parameters") else []
+    )
+    if missing:
+        raise lacks_weights(what, missing, len(list(part.parameters())))
+
+
 def _image_arg(images):
     return images[0] if len(images) == 1 else images
 
@@ -991,6 +997,7 @@ class ControlNetBackend(Backend):
             raise ModelLoadError(
                 f"ControlNet {cn_ref.name!r} at {cn_path} could not be loaded: {cause_line(err)}"
             ) from None
+        _refuse_meta_weights(cn, f"ControlNet {cn_ref.name!r} at {cn_path}: its weights file")
         extra = (
             {"safety_checker": None, "requires_safety_checker": False}
             if cls.kind == "sd15-controlnet"

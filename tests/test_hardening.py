@@ -2,6 +2,7 @@
 
 import functools
 import json
+import re
 import shutil
 import struct
 import zlib
@@ -418,6 +419,28 @@ def _cached(
         files = {name: {"size": 1, "blob_id": "x"} for name in tree}
         (repo / "trees" / f"{revision}.json").write_text(json.dumps({"format_version": 1, "files": files}))
     return snapshot
+
+
+def test_a_damaged_controlnet_is_blamed_on_its_own_folder(tmp_path, tiny_dir):
+    """A review of hub caches (2026-11-28): a ControlNet file lacking weights was said to be the base's ("model
+    'sd15-depth' at .../snapshots/451f...: its controlnet file lacks 2 of its 120 weights"), though it lay in the
+    ControlNet's own folder."""
+    from safetensors.torch import load_file, save_file
+
+    from depth2img import SceneTransformer
+    from depth2img.errors import ModelLoadError
+
+    base = tmp_path / "sd15"
+    shutil.copytree(tiny_dir / "sd15-depth", base)
+    controlnet = tmp_path / "sd15-controlnet"
+    shutil.copytree(tiny_dir / "sd15-depth-controlnet", controlnet)
+    weights = controlnet / "diffusion_pytorch_model.safetensors"
+    state = load_file(weights)
+    dropped = sorted(state)[:2]
+    save_file({k: v for k, v in state.items() if k not in dropped}, weights, metadata={"format": "pt"})
+    with pytest.raises(ModelLoadError, match=rf"^ControlNet '.*' at {controlnet}: its weights file lacks 2 of its "
+                       rf"{len(state)} weights \({re.escape(dropped[0])}, ...\)"):  # fmt: skip
+        SceneTransformer.from_pretrained(str(base))
 
 
 def test_a_component_holding_damaged_or_foreign_weights_is_one_line(tmp_path, tiny_dir):
