@@ -39,6 +39,7 @@ from .loading import (
     LORA_FILES,
     PIPELINE_FILES,
     SINGLE_MODEL_FILES,
+    depth_estimator_note,
     dropped_log,
     from_pretrained_checked,
     hub_offline,
@@ -477,7 +478,9 @@ def _pipe_sharing_weights(pipeline_class, pipe):
 def _model_index(path: Path) -> dict:
     index = path / "model_index.json"
     if not index.is_file():
-        raise ModelLoadError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+        raise ModelLoadError(
+            f"{path} is not a diffusers pipeline folder (no model_index.json){depth_estimator_note(path)}"
+        )
     try:
         found = json.loads(index.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:  # unreadable, not UTF-8, not JSON

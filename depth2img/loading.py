@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import fnmatch
+import json
 import os
 import re
 import shlex
@@ -147,10 +148,27 @@ def not_cached(ref: ModelRef, patterns, index: str | None = None) -> ModelLoadEr
     """``ref`` (whose loader fetches ``patterns``) is not in the cache, offline; ``index``: the file whose absence
     was found (a backbone's model_index.json), where the repository's snapshot may be there without it."""
     held = _cached_snapshot(ref) if index else None
-    # (a repository of another kind: an estimator's given as a backbone, or a partial download)
+    # a depth estimator's repository given as a backbone: `hf download`, which the advice below runs, cannot mend that
+    estimator = depth_estimator_note(held) if held is not None and ref.kind == "model" else ""
+    if estimator:
+        return ModelLoadError(
+            f"{ref.kind} {ref.label}: its cached download at {held} holds no {index}{estimator}"
+        )
+    # (a repository of another kind, or a partial download)
     if held is not None:
         return ModelLoadError(f"{ref.kind} {ref.label}: its cached download at {held} holds no {index} (a repository of "
                               f"another kind, or an incomplete download); {_how_to_provide(ref, patterns)}")  # fmt: skip
+    # a branch's ref file written by hand with a newline ('echo SHA > refs/main'): huggingface_hub reads it whole, so
+    # its snapshot was not found, and was said to hold no model_index.json, read by a lookup that stripped it
+    ref_file = _cache_repo(ref) / "refs" / (ref.revision or "main")
+    with contextlib.suppress(OSError, ValueError):
+        commit = ref_file.read_text(encoding="utf-8")
+        if commit != commit.strip() and (_cache_repo(ref) / "snapshots" / commit.strip()).is_dir():
+            return ModelLoadError(
+                f"{ref.kind} {ref.label}: the cache's {ref_file} holds commit {commit.strip()} with whitespace (a "
+                "newline) around it, which huggingface_hub reads as part of the name, so it finds no download of it; "
+                f"write the commit alone (`printf %s {commit.strip()} > {ref_file}`)"
+            )
     # a mistyped folder of one '/' reads as a hub id: say there is no such folder either ('m/sd15-deptth' beside m/)
     parent = Path(ref.location).parent
     folder = f" (nor is there a folder {ref.location}: {parent} holds no {Path(ref.location).name})" if (
@@ -159,6 +177,21 @@ def not_cached(ref: ModelRef, patterns, index: str | None = None) -> ModelLoadEr
         f"{ref.kind} {ref.label} is not in the local Hugging Face cache and the hub is offline "
         f"(local_files_only / HF_HUB_OFFLINE){folder}{_other_revisions(ref)}; {_how_to_provide(ref, patterns)}"
     )
+
+
+def depth_estimator_note(folder: Path) -> str:
+    """Where ``folder`` holds a depth estimator (its config.json names a known depth model type): a note that it is
+    one, to be given as the estimator; else ""."""
+    from .estimators import OUTPUT_BY_MODEL_TYPE  # (here: estimators imports this module)
+
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
+        if model_type in OUTPUT_BY_MODEL_TYPE:
+            return (
+                f": it is a depth estimator (a {model_type!r} model), not a diffusion backbone; give it as the "
+                "estimator (--estimator)"
+            )
+    return ""
 
 
 def _cache_repo(ref: ModelRef) -> Path:
@@ -171,8 +204,9 @@ def _cache_repo(ref: ModelRef) -> Path:
 def _cached_snapshot(ref: ModelRef) -> Path | None:
     """The hub cache's snapshot folder of ``ref`` at its revision (a branch's through the cache's refs), if any."""
     repo, revision = _cache_repo(ref), ref.revision or "main"
-    with contextlib.suppress(OSError):
-        revision = (repo / "refs" / revision).read_text(encoding="utf-8").strip()
+    # read whole, as huggingface_hub reads it (stripped, a commit it cannot find was said to be here)
+    with contextlib.suppress(OSError, ValueError):
+        revision = (repo / "refs" / revision).read_text(encoding="utf-8")
     snapshot = repo / "snapshots" / revision
     return snapshot if snapshot.is_dir() else None
 

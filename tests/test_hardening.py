@@ -663,8 +663,18 @@ def test_a_cached_repository_of_another_kind_is_not_called_missing(tmp_path, tin
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     estimator = _cached(cache, "someone/depth", tiny_dir / "depth-anything", "a" * 40)
     pipeline = _cached(cache, "someone/sd15", tiny_dir / "sd15-depth", "b" * 40)
+    # (a review of hub caches, 2026-11-28: an estimator's repository was "of another kind, or an incomplete download",
+    # with `hf download` as the fix, which cannot fix it)
     with pytest.raises(ModelLoadError, match=f"^model someone/depth: its cached download at {estimator} holds no "
-                       r"model_index.json \(a repository of another kind, or an incomplete download\); on a connected "
+                       r"model_index.json: it is a depth estimator \(a 'depth_anything' model\), not a diffusion "
+                       r"backbone; give it as the estimator \(--estimator\)$"):  # fmt: skip
+        SceneTransformer.from_pretrained("someone/depth")
+    with pytest.raises(ModelLoadError, match=f"^{estimator} is not a diffusers pipeline folder .*: it is a depth "
+                       "estimator"):  # fmt: skip
+        SceneTransformer.from_pretrained(str(estimator))
+    # the same of a repository of another kind
+    (estimator / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ModelLoadError, match=r"holds no model_index.json \(a repository of another kind, or an "
                        '.*`hf download someone/depth --include "\\*.json"'):  # fmt: skip
         SceneTransformer.from_pretrained("someone/depth")
     with pytest.raises(ModelLoadError, match=f"^ControlNet someone/sd15: its cached download at {pipeline} holds no "
@@ -672,6 +682,26 @@ def test_a_cached_repository_of_another_kind_is_not_called_missing(tmp_path, tin
         SceneTransformer.from_pretrained("tiny", controlnet="someone/sd15")
     with pytest.raises(ModelLoadError, match="^model someone/other is not in the local Hugging Face cache"):
         SceneTransformer.from_pretrained("someone/other")
+
+
+def test_a_ref_file_written_with_a_newline_is_named(tmp_path, tiny_dir, monkeypatch):
+    """A review of hub caches (2026-11-28): refs/main written with a newline ('echo SHA > refs/main') for a hub id
+    outside the registry: "its cached download at .../snapshots/SHA holds no model_index.json", though it held one
+    (huggingface_hub reads the file whole and found no such commit; ours stripped it)."""
+    from depth2img import SceneTransformer
+    from depth2img.errors import ModelLoadError
+
+    cache = tmp_path / "hub"
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sha = "b" * 40
+    snapshot = _cached(cache, "someone/sd15", tiny_dir / "sd15-depth", sha)
+    ref_file = snapshot.parent.parent / "refs" / "main"
+    ref_file.write_text(sha + "\n")
+    with pytest.raises(ModelLoadError, match=f"^model someone/sd15: the cache's {ref_file} holds commit {sha} with "
+                       r"whitespace \(a newline\) around it, .*; write the commit alone \(`printf %s "
+                       f"{sha} > {ref_file}`"):  # fmt: skip
+        SceneTransformer.from_pretrained("someone/sd15")
 
 
 def test_a_folder_with_one_component_in_the_fp16_variant_alone_loads(tmp_path, tiny_dir):
