@@ -319,3 +319,21 @@ def test_to_inverse_never_writes_into_its_input(tmp_path):
             inverse, valid = conditioning.to_inverse(view, "relative_inverse_depth")
             assert inverse[0, 1] == 1.0 and not valid[0, 1]  # the hole takes the farthest valid value
             np.testing.assert_array_equal(view, before)  # NaN where it was: the caller's array is untouched
+
+
+def test_edges_are_found_on_large_maps_as_on_small_ones():
+    """A review of large photos (2026-11-28): depth estimated at ~518 px and resized to 4000x3000 or 6000x4000 spread
+    a step over ~10 px, under the per-pixel edge threshold: neither map had an edge, and an output whose box had moved
+    scored edge F1 1.0, passing a gate on it. The threshold and tolerance now follow the map's side."""
+    from depth2img.metrics import geometry_reference
+
+    def low(x0):  # estimator-sized inverse depth: a ramp, and a box nearer than its surroundings
+        a = np.tile(np.linspace(0, 1, 389, dtype=np.float32)[:, None], (1, 518))
+        a[150:300, x0 : x0 + 100] += 0.3
+        return DepthMap(a, "relative_inverse_depth")
+
+    for size in [(518, 389), (2000, 1502), (6000, 4000)]:
+        source = low(60).resized(*size)
+        assert geometry_reference(source).edges.any(), size
+        assert geometry_scores(source, low(350).resized(*size))["edge_f1"] == 0.0, size
+        assert geometry_scores(source, low(62).resized(*size))["edge_f1"] > 0.95, size  # 2 px at 518: kept
