@@ -178,14 +178,24 @@ def _device_label(device) -> str:
 
 
 def _versions() -> dict:
+    """What made an output's pixels: Pillow's resizes and decoding and numpy too (a review of reproducibility,
+    2026-11-28, found them missing)."""
     import diffusers
+    import numpy
+    import PIL
     import torch
     import transformers
 
     from . import __version__
 
     return {"depth2img": __version__, "torch": torch.__version__, "diffusers": diffusers.__version__,
-            "transformers": transformers.__version__}  # fmt: skip
+            "transformers": transformers.__version__, "pillow": PIL.__version__,
+            "numpy": numpy.__version__}  # fmt: skip
+
+
+def _absolute(source: str) -> str:
+    """A depth's source as recorded: a file's absolute path; anything else (an array's "", a scene's name) as it is."""
+    return os.path.abspath(source) if source and os.path.isfile(source) else source
 
 
 class SceneTransformer:
@@ -620,8 +630,11 @@ class SceneTransformer:
                          "speed_lora": b.speed_lora, "fast_path": b.fast_path, "memory": b.memory_options,
                          "licence": b.ref.entry.licence if b.ref.entry else None},
             # with what made it: an estimator's id, revision and dtype; a file's polarity; a scene's seed...
-            "depth": {**req.depth.meta, "source": req.depth.source, "kind": req.depth.kind},
+            # a depth file by its absolute path (as typed, it was found only from the folder the run was started in)
+            "depth": {**req.depth.meta, "source": _absolute(req.depth.source), "kind": req.depth.kind},
             "input_size": [width, height], "generation_size": [req.gen_depth.width, req.gen_depth.height],
+            # (it sets the generation size: an output made at another could not be made again from its record)
+            "native_size": self.native_size,
             "dtype": str(self.dtype).replace("torch.", ""), "device": self.device_label, "versions": _versions(),
             "warnings": req.notes,
         }  # fmt: skip

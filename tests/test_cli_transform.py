@@ -130,6 +130,18 @@ def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
     assert not out.exists()
 
 
+def test_a_depth_file_given_by_a_relative_path_is_recorded_by_its_absolute_one(tmp_path, photos_dir, capsys,
+                                                                               monkeypatch):  # fmt: skip
+    """A review of reproducibility (2026-11-28): the depth file was recorded as typed, so a record could be followed
+    only from the folder the run had started in."""
+    np.save(tmp_path / "d.npy", np.linspace(1, 50, 300 * 451).reshape(300, 451))
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", "o", "--model", "tiny", "--prompt", "x",
+                       "--depth", "d.npy", "--depth-polarity", "metric", "--steps", 2, "--seed", 0, "-q")  # fmt: skip
+    assert code == 0, err
+    assert read_png_metadata(tmp_path / "o" / "chelsea_s0.png")["depth"]["source"] == str(tmp_path / "d.npy")
+
+
 def test_a_depth_files_warning_is_said_once_and_a_prompts_without_on_warning(tmp_path, photos_dir, capsys):
     """A review of depth/eval (2026-11-28): a depth file's warning (its recorded polarity kept, a flat depth) came
     twice, as read and again from the result; a prompt's (truncated) came through the API only to an on_warning."""

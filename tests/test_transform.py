@@ -1378,7 +1378,8 @@ def test_metadata_round_trip(sd15, photo, depth, tmp_path):
             "-controlnet"
         )
         assert back["backbone"]["controlnet_revision"] is None  # a tiny folder has none; a pinned one below
-        assert set(back["versions"]) == {"depth2img", "torch", "diffusers", "transformers"}
+        assert set(back["versions"]) == {"depth2img", "torch", "diffusers", "transformers", "pillow", "numpy"}
+        assert back["native_size"] == 64  # (the tiny models'; it sets the generation size)
         assert back["device"] == "cpu" and back["dtype"] == "float32"  # what a same-image rerun needs too
     lines = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
     assert lines == [read_png_metadata(tmp_path / rec["output"]) for rec in records]
