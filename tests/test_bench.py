@@ -39,8 +39,9 @@ def test_bench_runs_and_writes_json_and_markdown(tmp_path):
     assert "| depth2img-fast |" in markdown(result) and "| within bf16 tolerance |" in markdown(result)
     assert f"bf16 tolerance (plain diffusers in bfloat16 against float32, max abs diff of pixel values in [0, 1]): " \
            f"{result['bf16_tolerance']:.2e}" in markdown(result)  # fmt: skip
-    # the denoising loop's own rate, from the timed calls: first step end to last
-    assert all(r["loop_it_per_s"] > 0 for r in result["results"].values())
+    # the denoising loop's own rate, from the timed calls: first step end to last (measured in every row; one below
+    # its whole call, a busy machine's noise, is held back)
+    assert all((r["loop_it_per_s"] or 0) > 0 or r["loop_below_call"] for r in result["results"].values())
     assert "| it/s (whole call) | it/s (denoising loop) |" in markdown(
         result
     ) and f"peak {result['peak_tflops']:.3g} TFLOP/s" in markdown(result)  # a CPU's 0.04 read "0.0"
@@ -180,7 +181,10 @@ def test_another_scheduler_runs_in_every_row(tmp_path, monkeypatch, scheduler, c
     result = run_bench(preset="tiny", size=64, steps=4, batch=4, repeats=1, scheduler=scheduler, out_dir=tmp_path,
                        progress=lambda m: None)  # fmt: skip
     assert set(steps) == {cls}
-    assert all(row["loop_it_per_s"] for row in result["results"].values()), result["results"]
+    # every row measured its loop (one below its whole call, on a busy machine, is measured and not reported: the
+    # assertion that every row reported one failed a fresh-clone CI run beside other work)
+    rows = result["results"]
+    assert all(row["loop_it_per_s"] or row["loop_below_call"] for row in rows.values()), rows
     assert result["results"]["depth2img"]["max_abs_diff_vs_diffusers"] == 0.0
     assert result["scheduler"] == scheduler and f"4 steps ({scheduler}), CFG" in markdown(result)
     assert f"-s4-{named}-" in result["written"][0]
