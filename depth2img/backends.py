@@ -342,26 +342,24 @@ def scale_outside_graph(controlnet) -> None:
     controlnet.forward = forward
 
 
-def check_memory_options(*, device=None, offload: str | None = None, attention: str = "sdpa"):
+def check_memory_options(*, device=None, offload: str | None = None, attention: str = "sdpa", label=str):
     """(offload mode, device) once ``offload`` and ``attention`` are known to work here; cheap, so callers check
-    them before any model loads. Offloading needs a CUDA device (``device`` None: the one ``resolve_device`` picks)."""
+    them before any model loads. Offloading needs a CUDA device (``device`` None: the one ``resolve_device`` picks).
+    ``label``: how the caller's user spells an argument (the CLI's said 'offload', not '--offload')."""
     import torch
 
     offload = offload or "none"
     if offload not in OFFLOAD_MODES:
-        raise InputError(f"offload must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
-    check_attention(attention)
+        raise InputError(f"{label('offload')} must be one of {', '.join(OFFLOAD_MODES)}, got {offload!r}")
+    check_attention(attention, label("attention"))
     if offload != "none":
         # none given: the one resolve_device picks (it assumed cuda: one place chooses)
         device = resolve_device() if device is None else torch.device(device)
+        moves = f"{label('offload')} {offload!r} moves weights between CPU and GPU"
         if not torch.cuda.is_available():
-            raise InputError(
-                f"offload {offload!r} moves weights between CPU and GPU; no GPU is available here"
-            )
+            raise InputError(f"{moves}; no GPU is available here")
         if device.type != "cuda":
-            raise InputError(
-                f"offload {offload!r} moves weights between CPU and GPU; device {str(device)!r} is not a GPU"
-            )
+            raise InputError(f"{moves}; {label('device')} {str(device)!r} is not a GPU")
     return offload, device
 
 

@@ -203,8 +203,9 @@ def test_a_depth_files_warning_is_said_once_and_a_prompts_without_on_warning(tmp
         ),
         (["--prompt", "x", "--lora-scale", "0.5"], "--lora-scale 0.5 is given without a LoRA to scale"),
         (
+            # the flag named (a re-verification of 2026-11-28: it said 'offload')
             ["--prompt", "x", "--device", "cpu", "--offload", "model"],
-            "offload 'model' moves weights between CPU and GPU; no GPU",
+            ": --offload 'model' moves weights between CPU and GPU; no GPU",
         ),
         (["--prompt", "x", "--estimator", "not a model"], "estimator 'not a model' is not a registry name"),
         (
