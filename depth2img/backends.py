@@ -53,6 +53,7 @@ from .loading import (
     snapshot_dir,
     use_safetensors,
     weights_variant,
+    with_commit,
 )
 from .registry import ModelRef, is_tiny
 
@@ -782,6 +783,7 @@ class Backend:
         check_speed_lora(self.kind, ref)
         scale = check_lora_scale(scale)
         path = snapshot_dir(ref, local_files_only=local_files_only, allow_patterns=_speed_lora_patterns(ref))
+        ref = with_commit(ref, path)
         weights = _speed_lora_weights(ref, path)
         from .loading import quiet_log
 
@@ -986,6 +988,7 @@ class ControlNetBackend(Backend):
             raise ModelLoadError(f"{err} (the depth ControlNet for a local {cls.kind} folder that holds none; "
                                  f"{_COMPANION_PLACES.format(what='controlnet', folder=path)})") from None  # fmt: skip
         require_safetensors(cn_path, cn_ref)
+        cn_ref = with_commit(cn_ref, cn_path)
         # from the two configs, before gigabytes load (a misfit loaded, and failed at the first image)
         unet_config = _read_json(path / "unet" / "config.json")  # (none: the pipeline's loader says why)
         _check_controlnet_fits(_controlnet_config(cn_path, cn_ref), unet_config or {}, cn_ref.name, ref.name)
@@ -1334,6 +1337,7 @@ class FluxBackend(Backend):
         lora_path = snapshot_dir(
             lora_ref, local_files_only=local_files_only, allow_patterns=COMPANION_FILES["lora"]
         )
+        lora_ref = with_commit(lora_ref, lora_path)
         weights = sorted(lora_path.glob("*.safetensors"))
         if len(weights) != 1:
             raise ModelLoadError(
@@ -1478,6 +1482,7 @@ def load_backend(ref: ModelRef, *, dtype, device=None, local_files_only: bool = 
     on ``device`` (``Backend.accelerator_dtype``; float32 on CPU). ``controlnet``: a depth ControlNet instead of
     the backbone's own (SD1.5 and SDXL)."""
     path = snapshot_dir(ref, local_files_only=local_files_only, allow_patterns=PIPELINE_FILES)
+    ref = with_commit(ref, path)
     kind = pipeline_kind(path)
     if ref.entry is not None and ref.entry.pipeline != kind:
         raise ModelLoadError(

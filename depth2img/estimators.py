@@ -33,6 +33,7 @@ from .loading import (
     resolve_dtype,
     snapshot_dir,
     use_safetensors,
+    with_commit,
 )
 from .registry import ModelRef, resolve_estimator
 
@@ -87,6 +88,7 @@ class DepthEstimator:
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
         path = snapshot_dir(ref, local_files_only=local_files_only, allow_patterns=ESTIMATOR_FILES)
+        ref = with_commit(ref, path)
         require_safetensors(path, ref)
         try:
             config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)

@@ -245,6 +245,18 @@ def say_licence(ref: ModelRef) -> None:
                   "lists each model's licence)", Depth2ImgWarning, stacklevel=3)  # fmt: skip
 
 
+def with_commit(ref: ModelRef, path: Path) -> ModelRef:
+    """``ref`` with the commit of the hub snapshot ``path`` (``snapshot_dir``'s) where it named none (a hub id outside
+    the registry: its branch's): outputs recorded revision null, and once the branch moved nobody could tell which
+    weights had made them. A registry entry's pinned revision, or a local folder, is kept as it is."""
+    if ref.revision is None and not ref.is_local and path.parent.name == "snapshots":
+        if re.fullmatch(r"[0-9a-f]{40}", path.name):
+            from dataclasses import replace
+
+            return replace(ref, revision=path.name)
+    return ref
+
+
 def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_patterns=None) -> Path:
     """A local directory holding ``ref``'s files, fetching them from the hub only when allowed and reachable."""
     if ref.is_local:

@@ -317,6 +317,24 @@ def test_pinned_revision_loads_from_the_hub_cache_offline(tmp_path, tiny_dir, mo
         DepthEstimator.from_pretrained("depth-anything-v2-small")
 
 
+def test_a_hub_id_outside_the_registry_records_the_commit_it_was_loaded_from(tmp_path, tiny_dir, monkeypatch):
+    """A review of hub loading (2026-11-28): a hub id outside the registry (its branch's files) recorded revision
+    null, though the cache's snapshot names the commit: once the branch moved, nobody could tell which weights had
+    made a dataset's depths."""
+    from huggingface_hub import constants
+
+    commit = "e" * 40
+    repo = tmp_path / "hub" / "models--me--depth"
+    shutil.copytree(tiny_dir / "depth-anything", repo / "snapshots" / commit)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    est = DepthEstimator.from_pretrained("me/depth", local_files_only=True)
+    assert est.provenance["id"] == "me/depth" and est.provenance["revision"] == commit
+    # a folder records none (it names no commit)
+    assert DepthEstimator.from_pretrained(str(tiny_dir / "depth-anything")).provenance["revision"] is None
+
+
 def test_registry_entries_are_complete_and_revisions_travel(tmp_path, monkeypatch):
     from depth2img import loading, registry
     from depth2img.backends import _companion_ref
