@@ -33,6 +33,7 @@ import yaml
 
 from .errors import Depth2ImgError, Depth2ImgWarning, InputError, OutOfMemory, first_line
 from .io import (
+    DEPTH_WRITERS,
     any_loadable,
     atomic_path,
     expand_inputs,
@@ -1439,7 +1440,9 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
                       "item_seed": s, "source_file": source_files[p], "attempt": attempt, "geometry": scores,
                       "accepted": ok, "final": last,
                       "output": f"{LAYOUTS[job.layout]}/{out_stem}.png" if ok else None,
-                      "size": list(img.size)}  # fmt: skip
+                      "size": list(img.size),
+                      # the depth it was made from, which makes it again exactly (README: Making an output again)
+                      "depth_files": [f"depth/{stem}{DEPTH_WRITERS[f][0]}" for f in JOB_DEPTH_FORMATS]}  # fmt: skip
             if ok:
                 submit(write_output, img, out_stem, record, p, in_order=list_output)
                 report.done += 1

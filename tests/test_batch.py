@@ -1033,6 +1033,9 @@ def test_a_sources_manifest_lines_follow_its_depth_files(dataset, tmp_path, monk
     )
     assert run_job(job, progress=False).done == 1
     assert missing == []
+    # each line names them: the depth its image is made again from (a review of reproducibility, 2026-11-28)
+    (line,) = [json.loads(t) for t in (tmp_path / "d" / "manifest.jsonl").read_text().splitlines()]
+    assert line["depth_files"] == ["depth/f0_depth16.png", "depth/f0_depth.npy"]
     depth = tmp_path / "d" / "depth"
     npy = (depth / "f0_depth.npy").read_bytes()
     (depth / "f0_depth.npy").unlink()  # killed between the depth files, before the image's line
