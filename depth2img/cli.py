@@ -171,6 +171,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "again). Outputs differ from eager within bf16/fp16 tolerance (default: off)")  # fmt: skip
     p.add_argument("--vae-tiling", action="store_true", help="decode in tiles (large images, less memory)")
     p.add_argument("--vae-slicing", action="store_true", help="decode one image at a time")
+    p.add_argument("--native-size", type=int, metavar="N",
+                   help="generate at the pixel count of N x N (each photo's aspect kept, outputs at its size); "
+                        "default the backbone's: 512 (sd15-depth, sd2-depth), 1024 (sdxl-depth, Flux)")  # fmt: skip
     p.add_argument(
         "--attention", choices=["sdpa", "xformers"], default="sdpa", help="attention kernels (default sdpa)"
     )
@@ -466,7 +469,7 @@ def _cmd_transform(args) -> int:
         load_options=dict(device=args.device, dtype=args.dtype, local_files_only=args.local_files_only,
                           offload=args.offload, compile=args.compile, vae_tiling=args.vae_tiling,
                           vae_slicing=args.vae_slicing, attention=args.attention, preset_files=args.presets_file,
-                          lora=args.lora, lora_scale=args.lora_scale,
+                          lora=args.lora, lora_scale=args.lora_scale, native_size=args.native_size,
                           controlnet=args.controlnet),
         progress=not args.quiet, on_error=_say_above_bar, on_warning=_warn_above_bar, batch_size=args.batch_size,
         label=_flag,

@@ -168,10 +168,10 @@ def check_batch_size(n, name: str = "batch_size") -> int:
     return n
 
 
-def check_native_size(n) -> int:
+def check_native_size(n, label: str = "native_size") -> int:
     """A backbone's generation pixel budget (n x n); outputs go back to each input's size."""
     if isinstance(n, bool) or not isinstance(n, numbers.Integral) or not 16 <= int(n) <= 4096:
-        raise InputError(f"native_size must be an integer in 16..4096 (pixels a side), got {n!r}")
+        raise InputError(f"{label} must be an integer in 16..4096 (pixels a side), got {n!r}")
     return int(n)
 
 

@@ -72,7 +72,7 @@ def _plan(model, ref, lora, controlnet, options: dict, prompt, preset, negative_
         known_traits,
         plan_knobs,
     )
-    from .knobs import check_compile, check_lora_scale
+    from .knobs import check_compile, check_lora_scale, check_native_size
     from .loading import resolve_device
     from .transformer import SceneTransformer, backbone_knobs
 
@@ -82,6 +82,8 @@ def _plan(model, ref, lora, controlnet, options: dict, prompt, preset, negative_
         model_knobs, runs_with = model.model_knobs, scheduler or model.backend.default_scheduler
     else:
         check_lora_scale(options.get("lora_scale", 1.0), lora, label("lora_scale"))
+        if options.get("native_size") is not None:
+            check_native_size(options["native_size"], label("native_size"))
         traits, name, presets = known_traits(ref), ref.name, options["presets"]
         # (before the knobs: a LoRA of another family was blamed for the steps it sets)
         check_companions(traits, name, lora=lora, controlnet=controlnet is not None, label=label)

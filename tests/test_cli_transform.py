@@ -130,6 +130,20 @@ def test_transform_with_own_depth_file(tmp_path, photos_dir, capsys):
     assert not out.exists()
 
 
+def test_native_size_is_a_flag_and_recorded(tmp_path, photos_dir, capsys):
+    """A review of reproducibility (2026-11-28): native_size (the API's) sets the generation size but had no flag,
+    so an output made at another could not be made again from the command line."""
+    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path / "o", "--model", "tiny",
+                       "--prompt", "x", "--steps", 2, "--seed", 0, "--native-size", 128, "-q")  # fmt: skip
+    assert code == 0, err
+    meta = read_png_metadata(tmp_path / "o" / "chelsea_s0.png")
+    assert meta["native_size"] == 128 and meta["generation_size"] == [156, 104]  # 451x300 at ~128x128 pixels
+    code, _, err = run(capsys, "transform", photos_dir / "chelsea.png", "-o", tmp_path / "p", "--model", "tiny",
+                       "--prompt", "x", "--native-size", 8, "-q")  # fmt: skip
+    assert code == 2 and err.endswith("--native-size must be an integer in 16..4096 (pixels a side), got 8\n")
+    assert not (tmp_path / "p").exists()
+
+
 def test_a_depth_file_given_by_a_relative_path_is_recorded_by_its_absolute_one(tmp_path, photos_dir, capsys,
                                                                                monkeypatch):  # fmt: skip
     """A review of reproducibility (2026-11-28): the depth file was recorded as typed, so a record could be followed
