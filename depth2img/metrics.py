@@ -23,9 +23,10 @@ from .errors import InputError
 RELATIVE_DEPTH_RANGE = 20.0
 EDGE_THRESHOLD = 0.05  # a depth edge: Sobel magnitude of normalised inverse depth above this (per pixel)
 EDGE_TOLERANCE_PX = 2  # an edge counts as matched within this distance
-# ... both at EDGE_SIDE px a side: on a larger map the threshold falls and the tolerance grows with its side (depth
-# estimated at ~518 px and resized to a 6000x4000 photo spreads a step over ~10 px, under the per-pixel threshold:
-# no edge in either map, and an output whose box had moved scored edge F1 1.0, passing a gate on it)
+# ... both on maps of at most EDGE_SIDE px a side (a larger one is averaged down to it): depth estimated at ~518 px
+# and resized to a 6000x4000 photo spreads a step over ~10 px, under the per-pixel threshold: no edge in either map,
+# and an output whose box had moved scored edge F1 1.0, passing a gate on it; lowering the threshold with the side
+# instead counted a full-size source's 0.5 % noise as edges (a perfect output scored 0.05)
 EDGE_SIDE = 512
 # An output whose aspect ratio is within this of the source's is the same frame at another size (a generation size
 # rounded to multiples of 8 or 64 moves it by ~1-2 %) and is resized onto the source's pixels
@@ -56,7 +57,8 @@ class GeometryReference:
     # delta1 of a flat output (no structure at all) against this source: near 1 where the scene spans a narrow
     # range of depths (10-13 m), where AbsRel and delta1 then say little and edge_f1 is the score to trust
     flat_delta1: float = 0.0
-    edge_scale: float = 1.0  # _edge_scale of its size
+    # _edge_scale of its size: edges, near_edges and interior are at its size / edge_scale
+    edge_scale: float = 1.0
 
 
 def _inverse(depth: DepthMap) -> tuple[np.ndarray, np.ndarray]:
@@ -73,9 +75,22 @@ def _edge_scale(size) -> float:
     return max(1.0, max(size) / EDGE_SIDE)
 
 
+def _edge_view(normalized: np.ndarray, valid: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """A normalised map and its valid pixels as edges are looked for in them: averaged down ``scale`` times (a pixel
+    valid where all it covers are)."""
+    if scale == 1.0:
+        return normalized, valid
+    import cv2
+
+    h, w = normalized.shape
+    size = (max(1, round(w / scale)), max(1, round(h / scale)))
+    small = cv2.resize(normalized.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    covered = cv2.resize(valid.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 1.0 - 1e-6
+    return small, covered
+
+
 def geometry_reference(source: DepthMap, tolerance: int = EDGE_TOLERANCE_PX) -> GeometryReference:
     scale = _edge_scale(source.size)
-    tolerance = round(tolerance * scale)
     inverse, valid = _inverse(source)
     normalized = conditioning.normalize(inverse, valid)
     if source.kind in ("metric_depth", "disparity"):
@@ -88,8 +103,9 @@ def geometry_reference(source: DepthMap, tolerance: int = EDGE_TOLERANCE_PX) -> 
     else:
         n = normalized.astype(np.float64)
         target = n * (1.0 - 1.0 / RELATIVE_DEPTH_RANGE) + 1.0 / RELATIVE_DEPTH_RANGE
-    interior = _interior(valid)
-    edges = _edges(normalized, scale) & interior  # a hole's border is no depth edge (holes normalise to 0)
+    small, small_valid = _edge_view(normalized, valid, scale)
+    interior = _interior(small_valid)
+    edges = _edges(small) & interior  # a hole's border is no depth edge (holes normalise to 0)
     g = target[valid]
     flat = g.size < 2 or g.min() == g.max()
     # a flat output's best fit is the mean disparity (what a reversed output is scored as, too)
@@ -131,14 +147,13 @@ def _fit(p: np.ndarray, g: np.ndarray) -> tuple[float, float]:
     return float(s), float(t)
 
 
-def _edges(normalized: np.ndarray, scale: float = 1.0) -> np.ndarray:
-    """Where the Sobel magnitude of a normalised map passes the threshold, on a map ``scale`` times ``EDGE_SIDE``."""
+def _edges(normalized: np.ndarray) -> np.ndarray:
     import cv2
 
     n = normalized.astype(np.float32, copy=False)
     gx = cv2.Sobel(n, cv2.CV_32F, 1, 0, ksize=3) / 8.0  # /8: Sobel's kernel weights sum to 8 per side
     gy = cv2.Sobel(n, cv2.CV_32F, 0, 1, ksize=3) / 8.0
-    return np.hypot(gx, gy) > EDGE_THRESHOLD / scale
+    return np.hypot(gx, gy) > EDGE_THRESHOLD
 
 
 def _interior(valid: np.ndarray) -> np.ndarray:
@@ -178,9 +193,11 @@ def edge_f1(source: np.ndarray, output: np.ndarray, tolerance: int = EDGE_TOLERA
             f"edge_f1: source and output must be maps of one shape, got {np.shape(source)} and {np.shape(output)}"
         )
     scale = _edge_scale(np.shape(source)[::-1])
-    tolerance = round(tolerance * scale)
-    a = _edges(source, scale)
-    return _f1(a, _dilate(a, tolerance), _edges(output, scale), tolerance)
+    everywhere = np.ones(np.shape(source), bool)
+    a = _edges(_edge_view(np.asarray(source), everywhere, scale)[0])
+    return _f1(
+        a, _dilate(a, tolerance), _edges(_edge_view(np.asarray(output), everywhere, scale)[0]), tolerance
+    )
 
 
 def check_frames(source_size, output_size, source: str = "the source", output: str = "the output") -> None:
@@ -234,18 +251,19 @@ def geometry_scores(source: DepthMap | GeometryReference, output: DepthMap) -> d
     # edges are compared where both maps are valid around the pixel
     edges, near_edges, interior = ref.edges, ref.near_edges, ref.interior
     if valid is not ref.valid:
-        interior = interior & _interior(pred_valid)
         # the source's edges found again on its map stretched over the same pixels as the output's (stretched over
         # its own, a hole of the output's over the near end narrowed the output's range only, its gradients grew
         # ~3x and smooth slopes counted as edges: a perfect output scored edge F1 0.625)
-        edges = _edges(conditioning.normalize(ref.target, valid), ref.edge_scale) & interior
+        small, small_valid = _edge_view(conditioning.normalize(ref.target, valid), valid, ref.edge_scale)
+        interior = _interior(small_valid)
+        edges = _edges(small) & interior
         near_edges = _dilate(edges, ref.tolerance)
     # normalised over the pixels compared (over the output's own valid ones, a near hole of the source's set the
     # output's scale: a perfect output's edge F1 was 0.994)
     out_edges = (
         np.zeros_like(interior)
         if flat
-        else _edges(conditioning.normalize(pred, valid), ref.edge_scale) & interior
+        else _edges(_edge_view(conditioning.normalize(pred, valid), valid, ref.edge_scale)[0]) & interior
     )
     return {
         "absrel": float(np.mean(np.abs(r - 1.0))),
