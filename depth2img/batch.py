@@ -422,7 +422,7 @@ class Job:
         that would fail every item fails here, before anything is written: a preset's control_start past the job's
         control_end, or its feature_cache under the job's compile, failed once files were written."""
         from . import presets as presets_mod
-        from .backends import check_scheduler_steps, plan_knobs
+        from .backends import check_scheduler_steps, knob_sources, plan_knobs
         from .knobs import check_compile
         from .registry import resolve_lora
 
@@ -430,21 +430,26 @@ class Job:
         # the scheduler run: the job's, else a few-step LoRA's (whose 50-step limit was found once models had loaded)
         lora = resolve_lora(self.lora) if self.lora is not None else None
         scheduler = self.knobs.get("scheduler") or (lora.entry.scheduler if lora and lora.entry else None)
+        given = {k: self.knobs.get(k) for k in DEFAULT_KNOBS}
         for var in variations(self):
             preset_knobs = presets_mod.resolve(None, var.preset, self._presets)[2] if var.preset else {}
+            # the preset named only where its knobs gave the failing one (it was named whenever there was one: a
+            # preset of no knobs blamed for the job's own steps)
+            named = f"preset {var.preset}, variation {var.name}" if var.preset else None
+            blame = knob_sources([(named, preset_knobs), (None, self._model_knobs)], given)
             try:
-                knobs = plan_knobs(
-                    traits, preset_knobs, self._model_knobs, {k: self.knobs.get(k) for k in DEFAULT_KNOBS}
-                )
-                # (a preset's feature cache where the backbone has no UNet is not used: plan_knobs)
-                check_compile(self.compile, "compile", feature_cache=knobs["feature_cache"])
+                knobs = plan_knobs(traits, preset_knobs, self._model_knobs, given, blame=blame)
+                try:  # (a preset's feature cache where the backbone has no UNet is not used: plan_knobs)
+                    check_compile(self.compile, "compile", feature_cache=knobs["feature_cache"])
+                except InputError as err:
+                    raise blame(err, ("feature_cache",)) from None
                 if scheduler:
-                    check_scheduler_steps(scheduler, knobs["steps"])
+                    try:
+                        check_scheduler_steps(scheduler, knobs["steps"])
+                    except InputError as err:
+                        raise blame(err, ("steps",)) from None
             except InputError as err:
-                where = (
-                    f" (with the knobs of preset {var.preset}, variation {var.name})" if var.preset else ""
-                )
-                raise InputError(f"job key knobs: {err}{where}") from None
+                raise InputError(f"job key knobs: {err}") from None
 
     def seed_list(self) -> list[int]:
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
