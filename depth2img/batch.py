@@ -1056,7 +1056,8 @@ BARRIER_TIMEOUT = timedelta(hours=24)
 def _distributed():
     """(rank, world size, device, barrier) from accelerate's PartialState when launched with several processes."""
     text = os.environ.get("WORLD_SIZE", "1").strip()
-    if not text.isdigit():  # (an internal error: "invalid literal for int()")
+    # (an internal error: "invalid literal for int()"; 0 ran one process without a word)
+    if not text.isdigit() or int(text) == 0:
         raise InputError(
             f"WORLD_SIZE must be a number of processes, got {text!r}; it is set by the launcher (torchrun "
             "--nproc_per_node N, accelerate launch): unset WORLD_SIZE to run one process"
@@ -1071,13 +1072,25 @@ def _distributed():
             f"WORLD_SIZE is {world} but MASTER_ADDR is not set: a run of several processes is started by a launcher "
             "(torchrun --nproc_per_node N, accelerate launch), which sets both; unset WORLD_SIZE to run one process"
         )
+    import signal
+    import threading
+
     import torch
     from accelerate import PartialState
 
-    # A process that finishes its chunks waits at the last barrier for the others; chunks are whole units of work
-    # (an SDXL chunk with retries can take an hour), so torch's default timeout (10 or 30 minutes) would end good
-    # runs (seen with the timeout cut to 4 s)
-    state = PartialState(cpu=not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
+    # The rendezvous blocks in C until every process has joined, where a Python signal handler never runs: a process
+    # whose peers never came ignored SIGTERM and Ctrl-C (timeout could not stop it). Nothing is written yet, so
+    # the default handlers end it meanwhile
+    main = threading.current_thread() is threading.main_thread()
+    before = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGINT)} if main else {}
+    try:
+        # A process that finishes its chunks waits at the last barrier for the others; chunks are whole units of
+        # work (an SDXL chunk with retries can take an hour), so torch's default timeout (10 or 30 minutes) would
+        # end good runs (seen with the timeout cut to 4 s)
+        state = PartialState(cpu=not torch.cuda.is_available(), timeout=BARRIER_TIMEOUT)
+    finally:
+        for s, handler in before.items():
+            signal.signal(s, handler)
     rank, world = state.process_index, state.num_processes
 
     def barrier():

@@ -939,9 +939,11 @@ def test_processes_wait_a_day_for_each_other_at_a_barrier(monkeypatch):
 
     made = {}
 
+    import signal
+
     class State:
         def __init__(self, **kwargs):
-            made.update(kwargs)
+            made.update(kwargs, handlers=(signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)))
             self.process_index, self.num_processes, self.device = 1, 2, "cpu"
 
         def wait_for_everyone(self):
@@ -950,8 +952,20 @@ def test_processes_wait_a_day_for_each_other_at_a_barrier(monkeypatch):
     monkeypatch.setattr(accelerate, "PartialState", State)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # (as the launcher sets it)
-    assert batch._distributed()[:3] == (1, 2, "cpu")
+    own = signal.signal(signal.SIGTERM, lambda *a: None)
+    try:
+        assert batch._distributed()[:3] == (1, 2, "cpu")
+        # the rendezvous, blocked in C until the peers come, ends on SIGTERM or Ctrl-C (a Python handler never
+        # ran there: a process whose peers never came could not be stopped but by SIGKILL; a re-verification of
+        # 2026-11-28); the handlers are back after it
+        assert made["handlers"] == (signal.SIG_DFL, signal.SIG_DFL)
+        assert signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGTERM, own)
     assert made["timeout"] == datetime.timedelta(hours=24)
+    monkeypatch.setenv("WORLD_SIZE", "0")  # (it ran one process without a word)
+    with pytest.raises(InputError, match="^WORLD_SIZE must be a number of processes, got '0'"):
+        batch._distributed()
 
 
 def test_a_process_whose_barrier_fails_as_another_stopped_says_so_in_one_line(
