@@ -279,6 +279,10 @@ def run_depth(
     elif hasattr(estimator, "processor"):  # (they were ignored: it ran where and as it was loaded)
         refuse_unused(f"{label('estimator')} is a loaded DepthEstimator", label, " and ", " (give them to its "
                       "from_pretrained)", device=device, dtype=dtype)  # fmt: skip
+    elif device is not None:  # (said as 'device', not the flag, once the estimator's loader read it)
+        from .loading import resolve_device
+
+        resolve_device(device, label("device"))
     inputs = as_paths(inputs, "inputs", at_least_one=True)
     report = RunReport(on_error=on_error)
     paths = report.collect(inputs, out_dir)

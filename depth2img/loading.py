@@ -54,8 +54,9 @@ def _available(device_type: str) -> bool:
     return getattr(torch, device_type).is_available()
 
 
-def resolve_device(device=None):
-    """Pick the device once: the user's choice (checked against what is here), else CUDA, else MPS, else CPU."""
+def resolve_device(device=None, label: str = "device"):
+    """Pick the device once: the user's choice (checked against what is here), else CUDA, else MPS, else CPU.
+    ``label``: how the caller's user spells the argument (``--device``)."""
     import torch
 
     if device is not None:
@@ -64,13 +65,13 @@ def resolve_device(device=None):
         except (RuntimeError, TypeError):
             dev = None
         if dev is None or dev.type not in DEVICE_TYPES:
-            raise InputError(f"device {device!r} is not one of {', '.join(DEVICE_TYPES)} (cuda and xpu take an "
+            raise InputError(f"{label} {device!r} is not one of {', '.join(DEVICE_TYPES)} (cuda and xpu take an "
                              "index, e.g. cuda:1)")  # fmt: skip
         if not _available(dev.type):
-            raise InputError(f"device {device!r} was asked for but {dev.type.upper()} is not available here")
+            raise InputError(f"{label} {device!r} was asked for but {dev.type.upper()} is not available here")
         count = getattr(torch, dev.type).device_count() if dev.type in ("cuda", "xpu") else 1
         if dev.index is not None and dev.index >= count:
-            raise InputError(f"device {device!r} was asked for but {dev.type.upper()} devices here are numbered "
+            raise InputError(f"{label} {device!r} was asked for but {dev.type.upper()} devices here are numbered "
                              f"0..{count - 1}")  # fmt: skip
         return dev
     if torch.cuda.is_available():

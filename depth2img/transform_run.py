@@ -105,8 +105,9 @@ def _plan(model, ref, lora, controlnet, options: dict, prompt, preset, negative_
         except InputError as err:
             raise blame(err, ("feature_cache",)) from None
         # (they failed after the estimator had loaded)
-        check_memory_options(device=resolve_device(options.get("device")), offload=options.get("offload"),
-                             attention=options.get("attention", "sdpa"), label=label)  # fmt: skip
+        device = resolve_device(options.get("device"), label("device"))
+        check_memory_options(device=device, offload=options.get("offload"), attention=options.get("attention", "sdpa"),
+                             label=label)  # fmt: skip
     if traits is not None:
         check_backbone_knobs(traits, name, given, negative_prompt, scheduler, label=label)
     if runs_with:

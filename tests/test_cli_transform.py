@@ -221,6 +221,7 @@ def test_a_depth_files_warning_is_said_once_and_a_prompts_without_on_warning(tmp
             ["--prompt", "x", "--device", "cpu", "--offload", "model"],
             ": --offload 'model' moves weights between CPU and GPU; no GPU",
         ),
+        (["--prompt", "x", "--device", "nope"], ": --device 'nope' is not one of cpu, cuda"),
         (["--prompt", "x", "--estimator", "not a model"], "estimator 'not a model' is not a registry name"),
         (
             ["--prompt", "x", "--steps", "1", "--strength", "0.8"],

@@ -949,7 +949,8 @@ def test_a_device_this_machine_lacks_is_one_line_before_any_model_loads(
         main(["depth", str(tmp_path / "a.png"), "-o", str(out), "--estimator", "tiny", "--device", device])
         == 2
     )
-    assert capsys.readouterr().err.strip().splitlines()[-1] == "depth2img: error: " + problem
+    # the flag named (it said 'device': a re-verification of 2026-11-28)
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "depth2img: error: --" + problem
     assert not out.exists()
 
 
