@@ -1191,12 +1191,14 @@ def _controlnet_config(path: Path, ref: ModelRef) -> dict:
 
 
 def plan_knobs(traits: BackboneTraits | None, preset_knobs: dict, model_knobs: dict, given: dict, *, label=str,
-               blame=lambda err, keys: err) -> dict:  # fmt: skip
+               blame=lambda err, keys: err, scheduler: str | None = None) -> dict:  # fmt: skip
     """The knobs a generation runs with, checked as a whole: resolved (``resolved_knobs``: given over the backbone's
     or LoRA's over a preset's over the defaults), each in range, those the backbone has no use for back at their
     defaults (``fit_knobs``; ``traits`` None: not known before loading), and a denoising step left. ``blame(err,
     keys)``: the error raised for ``err``, from the knobs ``keys`` (the CLI and a job file say which preset or LoRA
-    gave them). Serves ``prepare`` and the CLI's and job files' checks before any model loads (each had its copy)."""
+    gave them). ``scheduler``: the one a run takes, where known before loading, whose step limit the steps keep
+    (``check_scheduler_steps``). Serves ``prepare`` and run_transform's and job files' checks before any model loads
+    (each had its copy)."""
     knobs = resolved_knobs(preset_knobs, model_knobs, given)
     try:
         check_knobs(knobs, label)
@@ -1210,6 +1212,11 @@ def plan_knobs(traits: BackboneTraits | None, preset_knobs: dict, model_knobs: d
         )
     except InputError as err:
         raise blame(err, ("steps", "strength")) from None
+    if scheduler:
+        try:  # (a preset's steps were blamed on --steps, never given)
+            check_scheduler_steps(scheduler, knobs["steps"], label=label)
+        except InputError as err:
+            raise blame(err, ("steps",)) from None
     return knobs
 
 

@@ -422,7 +422,7 @@ class Job:
         that would fail every item fails here, before anything is written: a preset's control_start past the job's
         control_end, or its feature_cache under the job's compile, failed once files were written."""
         from . import presets as presets_mod
-        from .backends import check_scheduler_steps, knob_sources, plan_knobs
+        from .backends import knob_sources, plan_knobs
         from .knobs import check_compile
         from .registry import resolve_lora
 
@@ -438,16 +438,13 @@ class Job:
             named = f"preset {var.preset}, variation {var.name}" if var.preset else None
             blame = knob_sources([(named, preset_knobs), (None, self._model_knobs)], given)
             try:
-                knobs = plan_knobs(traits, preset_knobs, self._model_knobs, given, blame=blame)
+                knobs = plan_knobs(
+                    traits, preset_knobs, self._model_knobs, given, blame=blame, scheduler=scheduler
+                )
                 try:  # (a preset's feature cache where the backbone has no UNet is not used: plan_knobs)
                     check_compile(self.compile, "compile", feature_cache=knobs["feature_cache"])
                 except InputError as err:
                     raise blame(err, ("feature_cache",)) from None
-                if scheduler:
-                    try:
-                        check_scheduler_steps(scheduler, knobs["steps"])
-                    except InputError as err:
-                        raise blame(err, ("steps",)) from None
             except InputError as err:
                 raise InputError(f"job key knobs: {err}") from None
 

@@ -67,7 +67,6 @@ def _plan(model, ref, lora, controlnet, options: dict, prompt, preset, negative_
         check_backbone_knobs,
         check_companions,
         check_memory_options,
-        check_scheduler_steps,
         knob_sources,
         known_traits,
         plan_knobs,
@@ -97,7 +96,9 @@ def _plan(model, ref, lora, controlnet, options: dict, prompt, preset, negative_
                (f"{label('lora')} {options['lora']}" if lora is not None else None, model_knobs)]  # fmt: skip
     blame = knob_sources(sources, given)
     # a preset's feature cache where the backbone has no UNet is not used
-    planned = plan_knobs(traits, preset_knobs, model_knobs, given, label=label, blame=blame)
+    planned = plan_knobs(
+        traits, preset_knobs, model_knobs, given, label=label, blame=blame, scheduler=runs_with
+    )
     if ref is not None:  # (a loaded model's were checked as it loaded)
         try:  # the feature cache a preset sets too (it failed each input, after compiling)
             check_compile(options.get("compile"), label("compile"), options.get("offload"), planned["feature_cache"],
@@ -110,11 +111,6 @@ def _plan(model, ref, lora, controlnet, options: dict, prompt, preset, negative_
                              label=label)  # fmt: skip
     if traits is not None:
         check_backbone_knobs(traits, name, given, negative_prompt, scheduler, label=label)
-    if runs_with:
-        try:  # (a preset's steps were blamed on --steps, never given)
-            check_scheduler_steps(runs_with, planned["steps"], label=label)
-        except InputError as err:
-            raise blame(err, ("steps",)) from None
 
 
 def run_transform(
