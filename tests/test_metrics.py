@@ -260,6 +260,23 @@ def test_source_edges_are_normalised_over_the_pixels_compared(kind):
         assert geometry_scores(source, output)["edge_f1"] == 1.0
 
 
+@pytest.mark.parametrize("kind", ["metric_depth", "disparity", "relative_inverse_depth", "relative_depth"])
+def test_a_perfect_output_scores_perfect_whichever_map_has_holes(kind):
+    """A review of the geometry check (2026-11-28): a far-bright (relative_depth) map was read as depths 1..20 over
+    its own valid pixels, the source's over all of its own: with the nearest 10 columns holes in the output only,
+    a perfect output scored AbsRel 0.18, delta1 0.59 (0.21 / 0.53 with the holes in the source only)."""
+    x = np.mgrid[0:64, 0:96][1]
+    d = 1 + 19 * x / 95
+    d[20:40, 30:50] = 3.0
+    values = d if kind in ("metric_depth", "relative_depth") else 1 / d
+    hole = x < 10
+    full = DepthMap(values, kind)
+    holed = DepthMap(np.where(hole, 0, values), kind, ~hole)
+    for source, output in ((full, holed), (holed, full), (holed, holed)):
+        scores = geometry_scores(source, output)
+        assert scores["absrel"] == pytest.approx(0, abs=1e-6) and scores["delta1"] == 1.0, scores
+
+
 def test_edge_f1_refuses_maps_of_two_shapes():
     from depth2img.errors import InputError
 
