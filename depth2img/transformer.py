@@ -36,6 +36,7 @@ from .errors import (
 )
 from .io import check_image, to_rgb
 from .knobs import (
+    CONTROL_KNOBS,
     DEFAULT_KNOBS,
     check_batch_size,
     check_compile,
@@ -615,7 +616,9 @@ class SceneTransformer:
         return results
 
     def _common_metadata(self, req: Request, b) -> dict:
-        knobs = req.knobs
+        # the knobs the backbone has (SD2's and Flux's records had listed the ControlNet's at their defaults, which
+        # steered nothing there)
+        knobs = {k: v for k, v in req.knobs.items() if k not in CONTROL_KNOBS or k in b.control_knobs}
         width, height = req.image.size
         companion = b.companion_ref
         controlnet = companion if companion and b.has_controlnet else None

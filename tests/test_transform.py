@@ -11,6 +11,7 @@ from PIL import Image
 from depth2img import conditioning, io, registry, tiny
 from depth2img.depthmap import DepthMap
 from depth2img.errors import GenerationError, InputError, ModelLoadError
+from depth2img.knobs import CONTROL_KNOBS
 from depth2img.transformer import SceneTransformer, generation_size
 
 PROMPT = "a street"
@@ -419,6 +420,17 @@ def test_the_depth_reaches_the_image(name, photo, depth):
     )
     # 0 with zeroed convolutions; 2e-4 with the embedding's last one initialised as usual
     assert np.abs(a - b).max() > 1e-3
+
+
+@pytest.mark.parametrize("name", ["tiny", "tiny/sd2-depth", "tiny/flux-depth", "tiny/flux-depth-lora"])
+def test_records_list_the_control_knobs_the_backbone_has(name, photo, depth):
+    """A review of the records (2026-11-28): SD2's and Flux's outputs recorded control_scale, control_start and
+    control_end at their defaults, knobs those backbones do not have (a rerun giving them is refused)."""
+    st_ = SceneTransformer.from_pretrained(name)
+    meta = st_.transform(photo, PROMPT, depth=depth, seed=0, steps=2, strength=1.0).metadata[0]
+    has = {"tiny": CONTROL_KNOBS, "tiny/flux-depth-lora": ("control_scale",)}.get(name, ())
+    assert [k for k in CONTROL_KNOBS if k in meta] == list(has)
+    assert {"steps", "strength", "guidance_scale", "feature_cache", "seed"} <= set(meta)
 
 
 @pytest.mark.parametrize("channels_last", [False, True])
