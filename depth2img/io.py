@@ -612,8 +612,9 @@ def read_depth_file(
             f"{path}: the file does not say which way its depth runs; pass {polarity_option} "
             f"({' | '.join(POLARITIES)})"
         )
-    return _depth_map(values, polarity, path, invalid=invalid, valid=valid, depth_scale=depth_scale, notes=notes,
-                      kind="disparity" if disparity else None)  # fmt: skip
+    # by its absolute path (as typed, it was found only from the folder the run was started in)
+    return _depth_map(values, polarity, path, source=os.path.abspath(path), invalid=invalid, valid=valid,
+                      depth_scale=depth_scale, notes=notes, kind="disparity" if disparity else None)  # fmt: skip
 
 
 def _disparity_range(text, path) -> tuple[float, float]:
@@ -672,12 +673,12 @@ def _depth_values(values, where, valid=None) -> tuple[np.ndarray, np.ndarray | N
     return values, valid
 
 
-def _depth_map(values: np.ndarray, polarity: str, where, *, invalid=None, valid=None, depth_scale: float = 1.0,
-               notes=(), source: str | None = None, kind: str | None = None):  # fmt: skip
+def _depth_map(values: np.ndarray, polarity: str, where, *, source: str, invalid=None, valid=None,
+               depth_scale: float = 1.0, notes=(), kind: str | None = None):  # fmt: skip
     """A DepthMap of checked ``values`` (``_depth_values``) that run as ``polarity`` says (``kind``: the DepthMap
     kind where it is another of that polarity's, disparity): metric depth has no negative value and 0 marks no
     measurement; ``invalid`` (our 16-bit PNG's chunk) the value of a hole; ``valid`` (an .npz's) the mask of the
-    pixels that hold a depth."""
+    pixels that hold a depth. ``source``: what outputs record it came from."""
     from .depthmap import DepthMap
 
     kind = kind or POLARITIES[polarity]
@@ -692,7 +693,7 @@ def _depth_map(values: np.ndarray, polarity: str, where, *, invalid=None, valid=
             raise InputError(
                 f"{where}: depth scale {depth_scale:g} takes depth values beyond float32's range"
             )
-    return DepthMap(values.astype(np.float32), kind, valid, source=str(where) if source is None else source,
+    return DepthMap(values.astype(np.float32), kind, valid, source=source,
                     meta={"polarity": polarity}, notes=_with_flat_note(values, valid, kind, where, notes))  # fmt: skip
 
 
@@ -791,7 +792,8 @@ def depth_for_image(
             raise InputError(f"depth array: cannot be read as numbers ({first_line(err)})") from None
         # checked as a file's values are (metric: no negative value, 0 = no measurement), and copied: the caller
         # may refill its buffer for the next frame, which changed the earlier result's depth
-        depth = _depth_map(_depth_values(values, "depth array")[0], polarity, "depth array", source="")
+        # (recorded as "", it said nothing of where the depth came from)
+        depth = _depth_map(_depth_values(values, "depth array")[0], polarity, "depth array", source="array")
     else:  # a DepthMap (its own arrays, copied when made): checked as an array is, they were not
         held = _POLARITY_OF_KIND.get(depth.kind)
         if polarity is not None and polarity != held:  # (ignored without a word)

@@ -194,11 +194,6 @@ def _versions() -> dict:
             "numpy": numpy.__version__}  # fmt: skip
 
 
-def _absolute(source: str) -> str:
-    """A depth's source as recorded: a file's absolute path; anything else (an array's "", a scene's name) as it is."""
-    return os.path.abspath(source) if source and os.path.isfile(source) else source
-
-
 class SceneTransformer:
     """Change a photo's style, lighting, season or weather by prompt while its depth keeps the geometry."""
 
@@ -633,8 +628,8 @@ class SceneTransformer:
                          "speed_lora": b.speed_lora, "fast_path": b.fast_path, "memory": b.memory_options,
                          "licence": b.ref.entry.licence if b.ref.entry else None},
             # with what made it: an estimator's id, revision and dtype; a file's polarity; a scene's seed...
-            # a depth file by its absolute path (as typed, it was found only from the folder the run was started in)
-            "depth": {**req.depth.meta, "source": _absolute(req.depth.source), "kind": req.depth.kind},
+            # a depth file by its absolute path, an array as "array"
+            "depth": {**req.depth.meta, "source": req.depth.source, "kind": req.depth.kind},
             "input_size": [width, height], "generation_size": [req.gen_depth.width, req.gen_depth.height],
             # (it sets the generation size: an output made at another could not be made again from its record)
             "native_size": self.native_size,

@@ -1549,6 +1549,17 @@ def test_depth_file_of_other_size_same_aspect_is_resized(sd15, photo, tmp_path):
     assert r.depth.size == (SIZE, SIZE) and r.metadata[0]["depth"]["source"].endswith("d.png")
 
 
+def test_records_say_where_the_depth_came_from(sd15, photo, depth, tmp_path, monkeypatch):
+    """A review of the records (2026-11-28): a depth array recorded its source as "", and a depth made elsewhere was
+    recorded as the absolute path of any file of its name in the working folder (an estimator's or scene's)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "procedural-scene").write_text("a file that happens to share the scene's name")
+    scene = DepthMap(depth.values, "metric_depth", source="procedural-scene")
+    sources = [sd15.transform(photo, PROMPT, depth=d, depth_polarity="metric", seed=0, steps=2).metadata[0]["depth"]
+               ["source"] for d in (depth.values, scene)]  # fmt: skip
+    assert sources == ["array", "procedural-scene"]
+
+
 @pytest.mark.parametrize(
     ("text", "problem"),
     [("{not json", r"cannot be read as JSON \(Expecting property name"),
