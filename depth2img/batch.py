@@ -40,6 +40,7 @@ from .io import (
     file_key,
     image_header,
     load_image,
+    open_image,
     stale_temp_files,
     write_all_or_none,
     write_depth_products,
@@ -870,10 +871,8 @@ class _NotJSON(ValueError):
 def _intact(path: Path) -> bool:
     """Whether an image file reads to its end (Pillow's verify: a PNG's chunks and their checksums, nothing decoded;
     a mask cut short had a header that read, and was copied into the dataset)."""
-    from PIL import Image
-
     try:
-        with Image.open(path) as img:
+        with open_image(path) as img:
             img.verify()
     except Exception:  # noqa: BLE001  (Pillow raises OSError, SyntaxError, struct.error... for a damaged file)
         return False

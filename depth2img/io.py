@@ -95,13 +95,20 @@ def _check_file(path: Path) -> None:
         raise InputError(f"{path}: cannot be read ({err.strerror or err})") from None
 
 
-def _allow_pixels(max_pixels: int) -> None:
-    """Raise Pillow's own guard (89.5 MP; an error at twice that) to ``max_pixels``: it would stop a limit raised
-    past it. Called under ``_OPEN_LOCK``."""
+@contextlib.contextmanager
+def _allow_pixels(max_pixels: int):
+    """Pillow's own guard (89.5 MP; an error at twice that) raised to ``max_pixels`` inside (it would stop a limit
+    raised past it), and put back after: it is the process's, whose other code had found it raised for good. Used
+    under ``_OPEN_LOCK``, around ``Image.open`` (where Pillow checks it)."""
     from PIL import Image
 
-    if Image.MAX_IMAGE_PIXELS is not None and max_pixels > Image.MAX_IMAGE_PIXELS:
+    before = Image.MAX_IMAGE_PIXELS
+    if before is not None and max_pixels > before:
         Image.MAX_IMAGE_PIXELS = max_pixels
+    try:
+        yield
+    finally:
+        Image.MAX_IMAGE_PIXELS = before
 
 
 # EXIF orientation -> the turn that shows stored pixels upright, as Pillow's ImageOps.exif_transpose makes it (tested
@@ -126,8 +133,7 @@ def _open(path: Path, max_pixels: int):
 
     _check_file(path)
     try:
-        with _OPEN_LOCK, warnings.catch_warnings():
-            _allow_pixels(max_pixels)
+        with _OPEN_LOCK, warnings.catch_warnings(), _allow_pixels(max_pixels):
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(path)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
@@ -176,6 +182,17 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = None):
 EXIF_ORIENTATION = 0x0112  # the EXIF tag load_image applies (ImageOps.exif_transpose)
 
 
+def open_image(path):
+    """``Image.open(path)`` under the pixel limit load_image reads with (Pillow's own guard, lower, raised to it for
+    the call; its warning silenced): for a file load_image has read or will read, which Pillow alone refused over
+    179 MP where DEPTH2IMG_MAX_PIXELS allowed it."""
+    from PIL import Image
+
+    with _OPEN_LOCK, warnings.catch_warnings(), _allow_pixels(pixel_limit()):
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(path)
+
+
 def image_header(path) -> tuple[tuple[int, int], tuple[int, int], int] | None:
     """(size as Pillow opens the file, size as load_image gives it, EXIF orientation 1..8) from its header alone;
     None where the header cannot be read (load_image then says why). Pillow's TIFF reader gives the turned size
@@ -183,18 +200,16 @@ def image_header(path) -> tuple[tuple[int, int], tuple[int, int], int] | None:
     from PIL import Image
 
     try:
-        with _OPEN_LOCK, warnings.catch_warnings():
-            _allow_pixels(pixel_limit())  # as load_image would read it
-            # (Pillow's DecompressionBombWarning: load_image has its own limit)
-            warnings.simplefilter("ignore")
-            with Image.open(path) as img:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # (a corrupt EXIF block's: load_image says what matters)
+            with open_image(path) as img:
                 # the base getexif reads what the header holds: a PNG's own decodes the whole image to look for
                 # EXIF after the pixels, which is rare and found by its chunk headers
                 orientation = Image.Image.getexif(img).get(EXIF_ORIENTATION, 1)
                 size, kind = img.size, img.format
                 late = kind == "PNG" and _png_exif_after_pixels(path)
             if late:  # then the whole image is read, as load_image's exif_transpose reads it
-                with Image.open(path) as img:
+                with open_image(path) as img:
                     orientation = img.getexif().get(EXIF_ORIENTATION, 1)
     except Exception:  # noqa: BLE001  unreadable, not an image, over the limit: load_image reports it with the rest
         return None

@@ -19,7 +19,7 @@ import weakref
 from pathlib import Path
 
 from .errors import Depth2ImgError, first_line
-from .io import DEPTH_SUFFIXES
+from .io import DEPTH_SUFFIXES, open_image
 from .scene import SCENE_SIZE
 
 # the page's seed field: the largest whole number a browser's number holds exactly (past it a typed seed would change
@@ -271,9 +271,7 @@ def _combined(service, ticked) -> str | None:
 def _viewable(image_path, image, out: Path) -> str:
     """The photo for the before/after slider: the upload where a browser shows it as the model saw it, else a PNG of
     what was loaded (a TIFF showed as a broken image; an RGBA one as transparent where the model saw white)."""
-    from PIL import Image
-
-    with Image.open(image_path) as raw:
+    with open_image(image_path) as raw:
         shown = raw.format in ("PNG", "JPEG", "WEBP") and raw.mode == "RGB" and raw.size == image.size
         shown = shown and raw.getexif().get(0x0112, 1) == 1  # no EXIF turn
     if shown:

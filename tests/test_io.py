@@ -588,12 +588,33 @@ def test_outputs_get_the_umask_mode_not_mkstemps_private_one(tmp_path):
 
 def test_a_pixel_limit_raised_past_pillows_own_is_honoured(tmp_path, monkeypatch):
     """Pillow refuses images over its MAX_IMAGE_PIXELS (89.5 MP) itself; a DEPTH2IMG_MAX_PIXELS above it was
-    refused with a message naming the higher limit."""
+    refused with a message naming the higher limit. Pillow's is the process's: it is put back after (it had
+    stayed raised for the caller's own code)."""
     Image.new("L", (300, 200)).save(tmp_path / "big.png")
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 30_000)  # stands for Pillow's 89.5 MP
     assert io.load_image(tmp_path / "big.png", max_pixels=100_000).size == (300, 200)
+    monkeypatch.setenv("DEPTH2IMG_MAX_PIXELS", "100000")
+    assert io.header_size(tmp_path / "big.png") == (300, 200)
+    assert Image.MAX_IMAGE_PIXELS == 30_000
     with pytest.raises(InputError, match="over the 50,000-pixel limit"):
         io.load_image(tmp_path / "big.png", max_pixels=50_000)
+
+
+def test_label_masks_and_the_apps_photo_open_under_the_pixel_limit(tmp_path, monkeypatch):
+    """Pillow's guard is put back after each read (above): the other readers of a photo-sized file (a job's mask
+    check, the app's before/after photo) open it under DEPTH2IMG_MAX_PIXELS too; with Pillow's guard alone, a mask
+    over twice it was taken as damaged."""
+    from depth2img.batch import _intact
+    from depth2img.ui import _viewable
+
+    Image.new("L", (300, 200)).save(tmp_path / "mask.png")
+    Image.new("RGB", (300, 200)).save(tmp_path / "photo.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # stands for Pillow's 89.5 MP
+    monkeypatch.setenv("DEPTH2IMG_MAX_PIXELS", "100000")
+    assert _intact(tmp_path / "mask.png")
+    photo = io.load_image(tmp_path / "photo.png")
+    assert _viewable(tmp_path / "photo.png", photo, tmp_path) == str(tmp_path / "photo.png")
+    assert Image.MAX_IMAGE_PIXELS == 10_000
 
 
 def test_bad_polarity_named():
