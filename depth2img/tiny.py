@@ -386,6 +386,7 @@ def write(kind: str, folder: str | Path) -> Path:
         stamp = {"build": BUILD, "kind": kind}
         for new in folders(kind, tmp):
             (new / STAMP).write_text(json.dumps(stamp))
+            _as_open_makes_them(new)
         for new, final in zip(folders(kind, tmp), folders(kind, folder)):
             if final.exists():
                 shutil.rmtree(final)
@@ -395,6 +396,16 @@ def write(kind: str, folder: str | Path) -> Path:
         for old in partial:
             shutil.rmtree(old, ignore_errors=True)
     return folder
+
+
+def _as_open_makes_them(folder: Path) -> None:
+    """Every file under ``folder`` given the mode open() gives a new file (0666 less the umask), as its stamp has:
+    safetensors writes its weights private (0600), and a tiny-model folder shared by a team or a CI cache could be
+    read by its writer alone."""
+    mode = (folder / STAMP).stat().st_mode & 0o777
+    for path in folder.rglob("*"):
+        if path.is_file() and path.stat().st_mode & 0o777 != mode:
+            path.chmod(mode)
 
 
 def is_current(folder: str | Path, kind: str) -> bool:

@@ -419,6 +419,9 @@ def test_models_and_tiny_model_commands(tmp_path, capsys):
     assert "NON-COMMERCIAL" in hyper  # its own licence, not read by this project
     code, out, _ = run(capsys, "tiny-model", tmp_path)
     assert code == 0 and (tmp_path / "zoedepth" / "model.safetensors").is_file()
+    # as open() makes a file, config.json's mode (safetensors wrote the weights 0600: its writer's alone)
+    modes = {p.stat().st_mode & 0o777 for p in tmp_path.rglob("*") if p.is_file()}
+    assert modes == {(tmp_path / "zoedepth" / "config.json").stat().st_mode & 0o777}
     # every folder written is named (13 folders; the companions went unsaid)
     named = {
         Path(p)
