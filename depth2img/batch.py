@@ -109,6 +109,7 @@ class Job:
     controlnet: str | None = None  # a depth ControlNet instead of the model's own (`transform --controlnet`)
     compile: str | None = None  # a torch.compile mode: the fast path (see `transform --compile`)
     dtype: str | None = None  # the weights' dtype (see `transform --dtype`); None: the device's default
+    native_size: int | None = None  # the pixel count n x n to generate at (`transform --native-size`)
     knobs: dict = field(default_factory=dict)
     labels: dict = field(default_factory=dict)  # {"coco": FILE, "yolo": DIR, "masks": {name: DIR}}
     layout: str = "files"
@@ -221,6 +222,10 @@ class Job:
 
         if self.dtype not in (None, *DTYPES):
             raise InputError(f"job key dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        if self.native_size is not None:  # (a job had no such key: transform --native-size had no batch twin)
+            from .knobs import check_native_size
+
+            self.native_size = check_native_size(self.native_size, "job key native_size")
         self._check_labels()
         if self.matrix is not None:
             if not isinstance(self.matrix, dict) or set(self.matrix) != {"template", "axes"}:
@@ -1155,7 +1160,7 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
     # what the job's images are made with besides its model and estimator (job.resolved.yaml records them): a Service
     # given holds its own, which must be the same
     settings = dict(lora=job.lora, lora_scale=job.lora_scale, controlnet=job.controlnet, compile=job.compile,
-                    dtype=job.dtype, presets=job._presets)  # fmt: skip
+                    dtype=job.dtype, native_size=job.native_size, presets=job._presets)  # fmt: skip
     # the model that makes the job's images: the job's, else a Service given's own (else the registry default)
     model = job.model or (service.default_model if service is not None else None)
     if service is not None:
@@ -1648,8 +1653,8 @@ def _generate(st, units: list[_Item], report: JobReport) -> list:
 # What makes an item's image, or judges it: a resumed run that changed one would mix images made two ways in one
 # dataset. (Seeds, inputs and variations may be added, and geometry retries changed; compile and batch sizes change
 # images only within rounding; a dtype's rounding grows over the steps.)
-SAME_RUN_KEYS = ("model", "estimator", "lora", "lora_scale", "controlnet", "dtype", "knobs", "geometry", "layout",
-                 "labels")  # fmt: skip
+SAME_RUN_KEYS = ("model", "estimator", "lora", "lora_scale", "controlnet", "dtype", "native_size", "knobs", "geometry",
+                 "layout", "labels")  # fmt: skip
 
 
 def _earlier_record(recorded: Path) -> dict | None:

@@ -56,23 +56,26 @@ def controlnet_source(controlnet, model=None):
 
 
 def image_settings(*, model=None, lora=None, lora_scale=1.0, controlnet=None, compile=None, dtype=None,
-                   presets=None, preset_files=()) -> dict:  # fmt: skip
+                   native_size=None, presets=None, preset_files=()) -> dict:  # fmt: skip
     """What a Service's images depend on besides the model, the estimator and each request's arguments, spelt one
     way: a LoRA or ControlNet by where it loads from (``_where``; the ``model``'s own ControlNet as none), the scale
-    as a float, the dtype by its name, the presets as read. ``run_job`` compares a Service given with its job's."""
+    as a float, the dtype by its name, ``native_size`` as given (None: the model's own), the presets as read.
+    ``run_job`` compares a Service given with its job's."""
     from .loading import dtype_name
     from .presets import load_presets
     from .registry import resolve_lora
 
     return {"lora": lora and _where(resolve_lora(lora)), "lora_scale": float(lora_scale),
             "controlnet": controlnet_source(controlnet, model), "compile": compile,
-            "dtype": dtype_name(dtype), "presets": presets if presets is not None else load_presets(preset_files)}  # fmt: skip
+            "dtype": dtype_name(dtype), "native_size": native_size,
+            "presets": presets if presets is not None else load_presets(preset_files)}  # fmt: skip
 
 
 class Service:
     def __init__(self, *, model=None, estimator=None, device=None, dtype=None, local_files_only: bool = False,
                  preset_files=(), lora: str | None = None, lora_scale: float = 1.0, compile: str | None = None,
-                 presets: dict | None = None, controlnet: str | None = None):  # fmt: skip
+                 presets: dict | None = None, controlnet: str | None = None,
+                 native_size: int | None = None):  # fmt: skip
         from .loading import resolve_device, resolve_dtype
         from .registry import default_estimator_for, load_registry
 
@@ -85,6 +88,7 @@ class Service:
         # read already (a batch job's, checked against its variations); None: from the files
         self.presets = presets
         self.lora, self.lora_scale, self.compile, self.controlnet = lora, lora_scale, compile, controlnet
+        self.native_size = native_size  # None: the model's own
         self._estimators: dict = {}
         self._depths: dict = {}  # (estimator, size, image hash) -> DepthMap, least recently used first
         self._transformer = None
@@ -94,7 +98,8 @@ class Service:
         """``image_settings`` of the images this Service makes with ``model`` (default: its own)."""
         return image_settings(model=model or self.default_model, lora=self.lora, lora_scale=self.lora_scale,
                               controlnet=self.controlnet, compile=self.compile, dtype=self.dtype,
-                              presets=self.presets, preset_files=self.preset_files)  # fmt: skip
+                              native_size=self.native_size, presets=self.presets,
+                              preset_files=self.preset_files)  # fmt: skip
 
     # ----------------------------------------------------------------------------------------- models
 
@@ -137,6 +142,7 @@ class Service:
                     model, device=self.device, dtype=self.dtype, estimator=self.default_estimator,
                     local_files_only=self.local_files_only, preset_files=self.preset_files, lora=self.lora,
                     lora_scale=self.lora_scale, compile=self.compile, presets=self.presets, controlnet=self.controlnet,
+                    native_size=self.native_size,
                 )  # fmt: skip
             return self._transformer
 

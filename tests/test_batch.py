@@ -1369,6 +1369,19 @@ def test_output_names_cannot_escape(dataset, tmp_path):
             "inputs: a\noutput: b\nprompt: x\ndtype: fp8\n",
             "job key dtype must be one of float32, float16, bfloat16, got 'fp8'",
         ),
+        # (a job had no native_size key: `transform --native-size` had no batch twin)
+        (
+            "inputs: a\noutput: b\nprompt: x\nnative_size: 8\n",
+            r"job key native_size must be an integer in 16\.\.4096 \(pixels a side\), got 8$",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\nnative_size: big\n",
+            r"job key native_size must be an integer in 16\.\.4096 \(pixels a side\), got 'big'$",
+        ),
+        (
+            "inputs: a\noutput: b\nprompt: x\nnative_size: 512.5\n",
+            r"job key native_size must be an integer in 16\.\.4096 \(pixels a side\), got 512.5$",
+        ),
         (
             "inputs: a\noutput: b\nprompt: x\nknobs: {steps: 2, strength: 0.4}\n",
             "job key knobs: steps x strength must leave at least one denoising step: steps=2 and strength=0.4",
@@ -2138,6 +2151,33 @@ def test_a_jobs_dtype_loads_the_model_in_it(dataset, tmp_path):
     records = read_manifest(tmp_path / "d" / "manifest.jsonl")
     assert {r["dtype"] for r in records} == {"bfloat16"}
     assert "dtype: bfloat16" in (tmp_path / "d" / "job.resolved.yaml").read_text()
+
+
+def test_a_jobs_native_size_generates_as_transform_native_size_does(dataset, tmp_path):
+    """A review of the batch keys (2026-11-28): a job had no native_size key ('unknown key'), though `transform
+    --native-size N` sets the generation size and a batch run takes the same knobs. A job's native_size now makes the
+    images transform makes with it, records it, and a resumed run that changes it is refused."""
+    from depth2img.transform_run import run_transform
+
+    job = write_job(dataset, output=str(tmp_path / "b"), presets=["rain"], seeds=1, labels={}, layout="files",
+                    native_size=128)  # fmt: skip
+    assert run_job(job, progress=False).done == 3
+    records = read_manifest(tmp_path / "b" / "manifest.jsonl")
+    # 96x64 at the pixel count of 128x128 (the tiny models' own is 64: 80x48)
+    assert {(r["native_size"], tuple(r["generation_size"])) for r in records} == {(128, (156, 104))}
+    assert "native_size: 128" in (tmp_path / "b" / "job.resolved.yaml").read_text()
+    report = run_transform([dataset / "frames"], tmp_path / "t", preset="rain", model="tiny", seed=0, progress=False,
+                           knobs={"steps": 2, "strength": 0.5}, load_options={"native_size": 128})  # fmt: skip
+    assert len(report.done) == 3
+    for r in records:
+        ours = np.asarray(Image.open(tmp_path / "b" / r["output"]), dtype=int)
+        theirs = np.asarray(Image.open(tmp_path / "t" / f"{Path(r['source']).stem}_rain_s0.png"), dtype=int)
+        assert ours.shape == theirs.shape and np.abs(ours - theirs).max() <= 1  # (batched-kernel rounding)
+    job.write_text(job.read_text().replace("native_size: 128", "native_size: 96"))
+    with pytest.raises(
+        InputError, match="^--resume \\(resume=True\\): this job's native_size differs from the run"
+    ):
+        run_job(job, resume=True, progress=False)
 
 
 def test_exif_after_a_pngs_pixels_counts_for_the_label_check(tmp_path):
