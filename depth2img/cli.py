@@ -510,6 +510,10 @@ def _cmd_app(args) -> int:
         if pick[key] < 1:
             raise InputError(f"{given_as(key)} must be >= 1, got {pick[key]}")
     check_compile(pick["compile"], "--compile (or DEPTH2IMG_COMPILE)")
+    if args.device is not None:  # (the Service said 'device', its argument's name, not the flag)
+        from .loading import resolve_device
+
+        resolve_device(args.device, "--device")
     try:
         import gradio  # noqa: F401
     except ImportError:
@@ -578,6 +582,10 @@ def _cmd_eval(args) -> int:
     check_polarity(
         args.depth_polarity, "--depth-polarity", missing=None if args.source_depth else "--source-depth"
     )
+    if args.device is not None:  # (said as 'device', not the flag, once the estimator's loader read it)
+        from .loading import resolve_device
+
+        resolve_device(args.device, "--device")
     source, output = load_image(args.source), load_image(args.output)
     from .metrics import check_frames
 

@@ -103,6 +103,36 @@ def test_eval_names_the_image_the_estimator_cannot_take(tmp_path, capsys):
     )
 
 
+@pytest.mark.parametrize("command", ["eval", "app"])
+@pytest.mark.parametrize(
+    ("device", "problem"),
+    [("nope", "'nope' is not one of cpu, cuda, mps, xpu (cuda and xpu take an index, e.g. cuda:1)"),
+     ("cuda:1", "'cuda:1' was asked for but CUDA is not available here")],
+)  # fmt: skip
+def test_eval_and_the_app_name_the_device_flag(tmp_path, capsys, monkeypatch, command, device, problem):
+    """A review of the --device messages (2026-11-28): transform and depth named the flag, eval and the app
+    (`depth2img app`, app.py) said "device 'nope' ...", the estimator's or Service's argument. Both now say
+    --device, before a model is set up."""
+    import torch
+
+    from depth2img import estimators, service
+
+    monkeypatch.setattr(
+        torch.cuda, "is_available", lambda: False
+    )  # (a GPU machine has cuda:1 or says it has not)
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was set up before --device was checked")
+
+    monkeypatch.setattr(service.Service, "__init__", no_model)
+    monkeypatch.setattr(estimators.DepthEstimator, "from_pretrained", no_model)
+    image = tmp_path / "a.png"
+    Image.new("RGB", (64, 48), (90, 120, 150)).save(image)
+    argv = ["eval", image, image, "--estimator", "tiny"] if command == "eval" else ["app", "--model", "tiny"]
+    code, out, err = run(capsys, *argv, "--device", device)
+    assert (code, out, err) == (2, "", f"depth2img: error: --device {problem}\n")
+
+
 def test_depth_writes_on_its_own_thread_count(tmp_path, photos_dir, capsys, monkeypatch):
     """Depth runs are write-bound (three products per input against a fast estimate): they write on
     CPU_THREADS threads (all cores up to 8), not the generation runs' WRITER_THREADS, unless DEPTH2IMG_WRITER_THREADS says."""
