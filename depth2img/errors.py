@@ -39,7 +39,8 @@ def cause_line(err: BaseException) -> str:
 class Depth2ImgError(Exception):
     """Base class. ``str(err)`` is a complete, single-line message for the user."""
 
-    # met alike by every process of a multi-process run (a bad job file): the first process reports it
+    # met alike by every process of a multi-process run (a bad job file, another process stopped): the first
+    # process reports it
     every_process = False
 
 

@@ -968,36 +968,53 @@ def test_processes_wait_a_day_for_each_other_at_a_barrier(monkeypatch):
         batch._distributed()
 
 
-def test_a_process_whose_barrier_fails_as_another_stopped_says_so_in_one_line(
-    dataset, tmp_path, monkeypatch, capsys
+@pytest.mark.parametrize("rank", [0, 1])
+def test_the_processes_whose_barrier_fails_as_another_stopped_say_so_in_one_line(
+    dataset, tmp_path, monkeypatch, capsys, rank
 ):
     """A review of multi-process failures (2026-11-28): when one process stopped (its own error, a kill), another
     waiting at a barrier got gloo's RuntimeError ("Connection closed by peer"), printed as an internal error, exit 1;
-    a process's own status is 2. Rank 1 says it too: it is no error the first process prints for all."""
+    a process's own status is 2. Then every waiting process said "another process of the job stopped" (8 GPUs:
+    7 lines); now the first says it, the others leave quietly, and every one exits 2."""
+    import signal
+    import time
+
     import accelerate
 
     from depth2img.cli import main
 
     class State:
         def __init__(self, **kwargs):
-            self.process_index, self.num_processes, self.device = 1, 2, "cpu"
+            self.process_index, self.num_processes, self.device = rank, 2, "cpu"
 
         def wait_for_everyone(self):
             raise RuntimeError(
                 "[../gloo/transport/tcp/pair.cc:553] Connection closed by peer [127.0.0.1]:29650"
             )
 
+    waits = []
+
+    def sleep(
+        seconds,
+    ):  # (as the other processes' wait for the launcher to stop them, with the first's line said)
+        waits.append(seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(time, "sleep", sleep)
     monkeypatch.setattr(accelerate, "PartialState", State)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")  # (as the launcher sets it)
-    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("RANK", str(rank))
     job = write_job(dataset, output=str(tmp_path / "m"), presets=["fog"], seeds=1, labels={})
-    assert main(["batch", str(job), "-q"]) == 2
-    err = capsys.readouterr().err
-    assert (
-        err.endswith("process 1 of 2: another process of the job stopped; see its error\n")
-        and err.count("\n") == 1
-    )
+    if rank == 0:
+        assert main(["batch", str(job), "-q"]) == 2 and waits == []
+        err = capsys.readouterr().err
+        assert err == "depth2img: error: process 0 of 2: another process of the job stopped; see its error\n"
+    else:
+        with pytest.raises(SystemExit) as stopped:
+            main(["batch", str(job), "-q"])
+        assert stopped.value.code == 2 and waits == [10]
+        assert capsys.readouterr().err == ""
 
 
 def test_a_stray_world_size_is_one_line_naming_it(dataset, tmp_path, monkeypatch, capsys):
