@@ -633,6 +633,12 @@ class Backend:
                     and issubclass(model_class, PreTrainedModel)
                 ):
                     transformers_models[name] = model_class
+        # transformers built a model of its default config for a folder without its config.json, and blamed its file
+        # ("holds 36 weights of other shapes than the model's"); with no folder it looked for weights in the pipeline's
+        for name in transformers_models:
+            if not (path / name / "config.json").is_file():
+                raise ModelLoadError(f"model {ref.name!r} at {path}: {name}/config.json is missing (an incomplete "
+                                     "download or copy? fetch or copy it again)")  # fmt: skip
         try:
             # (loaded here, where what their files lack is known: diffusers' loader fills it at random)
             for name, model_class in transformers_models.items():

@@ -478,6 +478,27 @@ def test_a_component_holding_damaged_or_foreign_weights_is_one_line(tmp_path, ti
         DepthEstimator.from_pretrained(str(estimator))
 
 
+def test_a_text_encoder_without_its_config_is_named_missing(tmp_path, tiny_dir, photos_dir, capsys):
+    """A review of loading (2026-11-28): an SD1.5 folder whose text_encoder/config.json was missing was refused as a
+    file of other weights ("its text_encoder file holds 36 weights of other shapes than the model's"): transformers
+    built its default text encoder; with text_encoder/ gone, it said the pipeline folder held no model.safetensors."""
+    from depth2img import SceneTransformer
+    from depth2img.errors import ModelLoadError
+
+    for gone in ("text_encoder/config.json", "text_encoder"):
+        folder = tmp_path / gone.replace("/", "-") / "sd15"
+        shutil.copytree(tiny_dir / "sd15-depth", folder)
+        shutil.copytree(tiny_dir / "sd15-depth-controlnet", folder.with_name("sd15-controlnet"))
+        (shutil.rmtree if gone == "text_encoder" else Path.unlink)(folder / gone)
+        said = f"^model '{folder}' at {folder}: text_encoder/config.json is missing \\(an incomplete download"
+        with pytest.raises(ModelLoadError, match=said):
+            SceneTransformer.from_pretrained(str(folder))
+    code = main(["transform", str(photos_dir / "chelsea.png"), "-o", str(tmp_path / "o"), "--model", str(folder),
+                 "--estimator", "tiny", "--prompt", "x", "-q"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "text_encoder/config.json is missing" in err, err
+
+
 def test_a_transformers_model_whose_file_holds_other_weights_is_refused_not_filled_at_random(
     tmp_path, tiny_dir
 ):
