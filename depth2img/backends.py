@@ -51,6 +51,7 @@ from .loading import (
     resolve_device,
     resolve_dtype,
     snapshot_dir,
+    unreadable_weights,
     use_safetensors,
     weights_variant,
     with_commit,
@@ -653,8 +654,11 @@ class Backend:
                     variant=weights_variant(path), **components,
                 )  # fmt: skip
         except LOAD_ERRORS as err:
+            damaged = unreadable_weights(path, err)
             raise ModelLoadError(
-                f"model {ref.name!r} at {path} could not be loaded: {cause_line(err)}"
+                f"model {ref.name!r} at {path}: {damaged}"
+                if damaged
+                else f"model {ref.name!r} at {path} could not be loaded: {cause_line(err)}"
             ) from None
         # a component whose file holds another's weights: its own stay unloaded ("meta"), which failed only when moved
         # to the device, as an internal error ("Cannot copy out of meta tensor"); those passed in were loaded, and
@@ -1004,8 +1008,11 @@ class ControlNetBackend(Backend):
                 variant=weights_variant(cn_path),
             )  # fmt: skip
         except (OSError, ValueError) as err:
+            damaged = unreadable_weights(cn_path, err)
             raise ModelLoadError(
-                f"ControlNet {cn_ref.name!r} at {cn_path} could not be loaded: {cause_line(err)}"
+                f"ControlNet {cn_ref.name!r} at {cn_path}: {damaged}"
+                if damaged
+                else f"ControlNet {cn_ref.name!r} at {cn_path} could not be loaded: {cause_line(err)}"
             ) from None
         _refuse_meta_weights(cn, f"ControlNet {cn_ref.name!r} at {cn_path}: its weights file")
         extra = (

@@ -32,6 +32,7 @@ from .loading import (
     resolve_device,
     resolve_dtype,
     snapshot_dir,
+    unreadable_weights,
     use_safetensors,
     with_commit,
 )
@@ -125,8 +126,11 @@ class DepthEstimator:
         except ModelLoadError:
             raise
         except LOAD_ERRORS as err:
+            damaged = unreadable_weights(path, err)
             raise ModelLoadError(
-                f"{ref.kind} {ref.name!r} at {path} could not be loaded: {cause_line(err)}"
+                f"{ref.kind} {ref.name!r} at {path}: {damaged}"
+                if damaged
+                else f"{ref.kind} {ref.name!r} at {path} could not be loaded: {cause_line(err)}"
             ) from None
         if not hasattr(processor, "post_process_depth_estimation"):
             raise ModelLoadError(

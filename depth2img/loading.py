@@ -427,6 +427,37 @@ FETCH_ERROR = "An error occurred while trying to fetch"
 LOAD_ERRORS = (OSError, ValueError, TypeError, KeyError, RuntimeError, SafetensorError)
 
 
+def unreadable_weights(path: Path, err: BaseException) -> str | None:
+    """Where loading the model at ``path`` failed on a safetensors file's header (``err`` or its cause is safetensors'
+    own error): which of its files (relative to ``path``) cannot be read, and why, for the message's end; else None.
+    A zero-byte or truncated file was named by diffusers twice in full, and by transformers (a text encoder, an
+    estimator) not at all: "could not be loaded: Error while deserializing header: header too small"."""
+    chain, seen = err, set()
+    while chain is not None and not isinstance(chain, SafetensorError) and id(chain) not in seen:
+        seen.add(id(chain))
+        chain = chain.__cause__ or chain.__context__
+    if not isinstance(chain, SafetensorError):
+        return None
+    from safetensors import safe_open
+
+    for file in sorted(p for p in path.rglob("*.safetensors") if p.is_file()):
+        name = file.relative_to(path).as_posix()
+        # (in a hub cache the snapshot's file is a link to a blob, both of which a new download takes as fetched)
+        advice = (
+            f"an incomplete download? delete it and the blob it links to ({file.resolve()}), then fetch it again"
+            if file.is_symlink()
+            else "an incomplete download or copy? fetch or copy it again"
+        )
+        if file.stat().st_size == 0:
+            return f"{name} is empty (0 bytes): {advice}"
+        try:
+            with safe_open(file, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as bad:
+            return f"{name} cannot be read ({first_line(bad)}): {advice}"
+    return None
+
+
 @contextlib.contextmanager
 def dropped_log(library: str, prefix: str):
     """``library``'s log records that start with ``prefix`` dropped for the block, the rest shown as ever (a
