@@ -50,11 +50,11 @@ from .loading import (
     require_safetensors,
     resolve_device,
     resolve_dtype,
+    snapshot,
     snapshot_dir,
     unreadable_weights,
     use_safetensors,
     weights_variant,
-    with_commit,
 )
 from .registry import ModelRef, is_tiny
 
@@ -792,8 +792,7 @@ class Backend:
         Its scheduler becomes this backend's default (``ref.entry.scheduler``)."""
         check_speed_lora(self.kind, ref)
         scale = check_lora_scale(scale)
-        path = snapshot_dir(ref, local_files_only=local_files_only, allow_patterns=_speed_lora_patterns(ref))
-        ref = with_commit(ref, path)
+        path, ref = snapshot(ref, local_files_only=local_files_only, allow_patterns=_speed_lora_patterns(ref))
         weights = _speed_lora_weights(ref, path)
         from .loading import quiet_log
 
@@ -989,7 +988,7 @@ class ControlNetBackend(Backend):
 
         cn_ref = controlnet or _companion_ref(ref, path, "controlnet", kind=cls.kind)
         try:
-            cn_path = snapshot_dir(
+            cn_path, cn_ref = snapshot(
                 cn_ref, local_files_only=local_files_only, allow_patterns=COMPANION_FILES["controlnet"]
             )
         except ModelLoadError as err:
@@ -998,7 +997,6 @@ class ControlNetBackend(Backend):
             raise ModelLoadError(f"{err} (the depth ControlNet for a local {cls.kind} folder that holds none; "
                                  f"{_COMPANION_PLACES.format(what='controlnet', folder=path)})") from None  # fmt: skip
         require_safetensors(cn_path, cn_ref)
-        cn_ref = with_commit(cn_ref, cn_path)
         # from the two configs, before gigabytes load (a misfit loaded, and failed at the first image)
         unet_config = _read_json(path / "unet" / "config.json")  # (none: the pipeline's loader says why)
         _check_controlnet_fits(_controlnet_config(cn_path, cn_ref), unet_config or {}, cn_ref.name, ref.name)
@@ -1354,10 +1352,9 @@ class FluxBackend(Backend):
             return cls(cls._from_pretrained(cls.txt2img_class, path, ref, dtype), ref)
         # the depth Control LoRA is found before the base (tens of GB) loads
         lora_ref = _companion_ref(ref, path, "lora")
-        lora_path = snapshot_dir(
+        lora_path, lora_ref = snapshot(
             lora_ref, local_files_only=local_files_only, allow_patterns=COMPANION_FILES["lora"]
         )
-        lora_ref = with_commit(lora_ref, lora_path)
         weights = sorted(lora_path.glob("*.safetensors"))
         if len(weights) != 1:
             raise ModelLoadError(
@@ -1501,8 +1498,7 @@ def load_backend(ref: ModelRef, *, dtype, device=None, local_files_only: bool = 
     """Load a backbone's weights (on the CPU; the caller moves them). ``dtype`` None: the backbone family's own
     on ``device`` (``Backend.accelerator_dtype``; float32 on CPU). ``controlnet``: a depth ControlNet instead of
     the backbone's own (SD1.5 and SDXL)."""
-    path = snapshot_dir(ref, local_files_only=local_files_only, allow_patterns=PIPELINE_FILES)
-    ref = with_commit(ref, path)
+    path, ref = snapshot(ref, local_files_only=local_files_only, allow_patterns=PIPELINE_FILES)
     kind = pipeline_kind(path)
     if ref.entry is not None and ref.entry.pipeline != kind:
         raise ModelLoadError(

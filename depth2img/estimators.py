@@ -31,10 +31,9 @@ from .loading import (
     require_safetensors,
     resolve_device,
     resolve_dtype,
-    snapshot_dir,
+    snapshot,
     unreadable_weights,
     use_safetensors,
-    with_commit,
 )
 from .registry import ModelRef, resolve_estimator
 
@@ -88,8 +87,7 @@ class DepthEstimator:
         ref = resolve_estimator(name)
         device = resolve_device(device)
         dtype = resolve_dtype(dtype, device)
-        path = snapshot_dir(ref, local_files_only=local_files_only, allow_patterns=ESTIMATOR_FILES)
-        ref = with_commit(ref, path)
+        path, ref = snapshot(ref, local_files_only=local_files_only, allow_patterns=ESTIMATOR_FILES)
         require_safetensors(path, ref)
         try:
             config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)

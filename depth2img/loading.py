@@ -324,6 +324,13 @@ def snapshot_dir(ref: ModelRef, *, local_files_only: bool = False, allow_pattern
         ) from None
 
 
+def snapshot(ref: ModelRef, *, local_files_only: bool = False, allow_patterns=None) -> tuple[Path, ModelRef]:
+    """``snapshot_dir``'s folder of ``ref``, and ``ref`` with the commit it holds (``with_commit``): every loader
+    wants both, the files to load and what its outputs record of them."""
+    path = snapshot_dir(ref, local_files_only=local_files_only, allow_patterns=allow_patterns)
+    return path, with_commit(ref, path)
+
+
 def _fp16_download(ref: ModelRef, patterns) -> tuple[Path | None, Exception | None]:
     """The cached snapshot of ``ref`` where it holds the fp16 variant of every weights file (``hf download
     --include "*fp16*"``; the variant is otherwise ignored): the hub's own cached file list then calls it complete

@@ -115,6 +115,7 @@ def test_a_controlnet_that_cannot_serve_is_one_line(tiny_dir, tmp_path, monkeypa
     # refused before the backbone's files are fetched, where its kind is known then
     with monkeypatch.context() as m:
         m.setattr(backends, "snapshot_dir", no_loading)
+        m.setattr(backends, "snapshot", no_loading)
         for model in ("tiny/sd2-depth", "tiny/flux-depth"):
             kind = "sd2-depth" if model == "tiny/sd2-depth" else "flux-control"
             with pytest.raises(
