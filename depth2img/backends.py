@@ -1483,14 +1483,25 @@ def check_at_hand(ref: ModelRef, *, local_files_only: bool = False, controlnet: 
         return
     companions = []
     if lora is not None:
-        companions.append((lora, _speed_lora_patterns(lora)))
+        companions.append((lora, _speed_lora_patterns(lora), "lora"))
+    if controlnet is not None:
+        companions.append((controlnet, COMPANION_FILES["controlnet"], "controlnet"))
     entry = ref.entry
     if controlnet is None and entry is not None and folder is not None and (entry.controlnet or entry.lora):
         what = "controlnet" if entry.controlnet else "lora"
-        companions.append((_companion_ref(ref, folder, what), COMPANION_FILES[what]))
-    for companion, patterns in companions:
-        if not companion.is_local:  # (a folder: its loader says what is wrong)
-            snapshot_dir(companion, local_files_only=True, allow_patterns=patterns)
+        companions.append((_companion_ref(ref, folder, what), COMPANION_FILES[what], what))
+    for companion, patterns, what in companions:
+        if companion.is_local:  # (a folder: its loader says what is wrong)
+            continue
+        path = snapshot_dir(companion, local_files_only=True, allow_patterns=patterns)
+        # the files its loader takes, as it looks for them: without the repository's file list (trees/), which a
+        # download writes, huggingface_hub takes any snapshot folder as complete, and a LoRA's weights or a
+        # ControlNet's missing from it were found once the estimator and the backbone had loaded
+        if what == "lora":
+            _speed_lora_weights(companion, path)
+        else:
+            require_safetensors(path, companion)
+            _controlnet_config(path, companion)
 
 
 def load_backend(ref: ModelRef, *, dtype, device=None, local_files_only: bool = False,

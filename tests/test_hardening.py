@@ -642,6 +642,57 @@ SD15_REPO_FILES = [".gitattributes", "README.md", "model_index.json", "v1-infere
                    "vae/diffusion_pytorch_model.fp16.safetensors", "vae/diffusion_pytorch_model.fp16.bin"]  # fmt: skip
 
 
+@pytest.mark.filterwarnings("ignore:.*not marked for commercial use")  # (Hyper-SD's licence)
+def test_a_companions_files_missing_from_a_cache_without_its_file_list_are_found_before_any_model_loads(
+    tmp_path, tiny_dir, monkeypatch
+):
+    """A review of loading (2026-11-28): in a hub cache without the repository's file list (trees/, which a download
+    writes), any snapshot folder passed as complete, so a few-step LoRA's weights file, or a ControlNet's weights,
+    missing from it were found once the estimator and the backbone had loaded."""
+    from depth2img import SceneTransformer, backends
+    from depth2img.errors import ModelLoadError
+    from depth2img.estimators import DepthEstimator
+    from depth2img.registry import backbones, loras
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model started loading")
+
+    monkeypatch.setattr(DepthEstimator, "from_pretrained", no_loading)
+    monkeypatch.setattr(backends, "load_backend", no_loading)
+    # a repository of several LoRAs holding another one's file
+    hyper = loras()["hyper-sd15-8step"]
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(
+        tiny_dir / "lcm-sd15" / "pytorch_lora_weights.safetensors", other / "Hyper-SD15-12steps.safetensors"
+    )
+    snapshot = _cached(cache, hyper.id, other, hyper.revision)
+    with pytest.raises(
+        ModelLoadError, match=f"^LoRA 'hyper-sd15-8step' at {snapshot}: no {hyper.weight_name}$"
+    ):
+        SceneTransformer.from_pretrained(
+            "tiny", estimator="tiny", lora="hyper-sd15-8step", local_files_only=True
+        )
+    # a ControlNet given apart, and a registry backbone's own, of a config alone
+    config = tmp_path / "config-only"
+    config.mkdir()
+    shutil.copy(tiny_dir / "sd15-depth-controlnet" / "config.json", config)
+    snapshot = _cached(cache, "someone/depth-controlnet", config, "b" * 40)
+    said = "has no weights \\(no .safetensors file\\): an incomplete download or copy\\?"
+    with pytest.raises(ModelLoadError, match=f"^ControlNet 'someone/depth-controlnet' at {snapshot} {said}"):
+        SceneTransformer.from_pretrained("tiny", estimator="tiny", controlnet="someone/depth-controlnet")
+    entry = backbones()["sd15-depth"]
+    _cached(cache, entry.id, tiny_dir / "sd15-depth", entry.revision)
+    snapshot = _cached(cache, entry.controlnet, config, entry.companion_revision)
+    with pytest.raises(ModelLoadError, match=f"^ControlNet '{entry.controlnet}' at {snapshot} {said}"):
+        SceneTransformer.from_pretrained("sd15-depth", estimator="tiny")
+
+
 def test_the_download_advised_offline_fetches_what_the_loader_loads():
     """It advised `hf download ID`, which for SD1.5 fetches its pickles and whole checkpoints too (tens of GB);
     the command now passes the loader's patterns (of the fp16 variant, where that download was incomplete)."""
