@@ -813,8 +813,12 @@ class Backend:
             lines = [line.strip() for line in str(err).splitlines() if line.strip()]
             mismatch = next((line for line in lines if line.startswith("size mismatch")), None)
             reason = f"a LoRA for another backbone? {mismatch}" if mismatch else first_line(err)
+            # (a zero-byte or truncated file was said not to fit the backbone)
+            damaged = unreadable_weights(path, err)
             raise ModelLoadError(
-                f"{ref.kind} {ref.name!r} does not fit {self.ref.name!r}: {reason}"
+                f"{ref.kind} {ref.name!r} at {path}: {damaged}"
+                if damaged
+                else f"{ref.kind} {ref.name!r} does not fit {self.ref.name!r}: {reason}"
             ) from None
         if ref.entry is not None and ref.entry.scheduler:
             self.default_scheduler = ref.entry.scheduler
@@ -1364,8 +1368,11 @@ class FluxBackend(Backend):
         try:
             pipe.load_lora_weights(lora_path, weight_name=weights[0].name, adapter_name="depth")
         except (OSError, ValueError, KeyError, RuntimeError) as err:
+            damaged = unreadable_weights(lora_path, err)
             raise ModelLoadError(
-                f"LoRA {lora_ref.name!r} could not be loaded into {ref.name!r}: {first_line(err)}"
+                f"LoRA {lora_ref.name!r} at {lora_path}: {damaged}"
+                if damaged
+                else f"LoRA {lora_ref.name!r} could not be loaded into {ref.name!r}: {first_line(err)}"
             ) from None
         if pipe.transformer.config.in_channels != 2 * pipe.vae.config.latent_channels * 4:
             raise ModelLoadError(

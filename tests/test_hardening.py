@@ -488,6 +488,28 @@ def test_a_component_holding_damaged_or_foreign_weights_is_one_line(tmp_path, ti
         DepthEstimator.from_pretrained(str(estimator))
 
 
+def test_a_zero_byte_lora_is_named_not_said_not_to_fit(tmp_path, tiny_dir):
+    """A review of loading (2026-11-28): a few-step LoRA's zero-byte file was said not to fit the backbone ("LoRA
+    '...' does not fit 'tiny': Unable to load weights from checkpoint file for ..."), and the Flux depth LoRA's
+    "could not be loaded into" it."""
+    from depth2img import SceneTransformer, tiny
+    from depth2img.errors import ModelLoadError
+
+    said = "pytorch_lora_weights.safetensors is empty \\(0 bytes\\): an incomplete download or copy\\?"
+    lora = tmp_path / "lcm"
+    shutil.copytree(tiny_dir / "lcm-sd15", lora)
+    (lora / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match=f"^LoRA '{lora}' at {lora}: {said}"):
+        SceneTransformer.from_pretrained("tiny", estimator="tiny", lora=str(lora))
+    tiny.ensure("flux-depth-lora", tiny_dir / "flux-depth-lora")
+    flux = tmp_path / "flux-dev"
+    shutil.copytree(tiny_dir / "flux-depth-lora", flux)
+    shutil.copytree(tiny_dir / "flux-depth-lora-lora", tmp_path / "flux-dev-lora")
+    (tmp_path / "flux-dev-lora" / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    with pytest.raises(ModelLoadError, match=f"^LoRA '{flux}-lora' at {flux}-lora: {said}"):
+        SceneTransformer.from_pretrained(str(flux), estimator="tiny")
+
+
 def test_a_text_encoder_without_its_config_is_named_missing(tmp_path, tiny_dir, photos_dir, capsys):
     """A review of loading (2026-11-28): an SD1.5 folder whose text_encoder/config.json was missing was refused as a
     file of other weights ("its text_encoder file holds 36 weights of other shapes than the model's"): transformers
