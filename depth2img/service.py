@@ -124,7 +124,10 @@ class Service:
             self._estimators[name] = self._estimators.pop(name)  # most recently used last
             return self._estimators[name]
 
-    def transformer(self, model: str | None = None, progress=None):
+    def transformer(self, model: str | None = None, progress=None, asked: dict | None = None):
+        """The SceneTransformer of ``model`` (default: the Service's), loaded in place of the one held. ``asked``: a
+        request's arguments (``presets``: a variations grid's), planned for ``model`` before it replaces the one held
+        (``plan_request``: a negative prompt, control knob or scheduler it cannot take, a preset's knob that fails)."""
         from .transformer import SceneTransformer
 
         model = model or self.default_model
@@ -132,7 +135,11 @@ class Service:
             if self._transformer is None or self._transformer.name != model:
                 from .registry import resolve_backbone
 
-                resolve_backbone(model)  # an unknown name is refused while the loaded backbone is still kept
+                # an unknown name is refused while the loaded backbone is still kept
+                ref = resolve_backbone(model)
+                if asked is not None:
+                    # (they were refused once it had loaded: the backbone held gone, loaded again by the next request)
+                    self._plan(ref, asked)
                 if progress:  # (it said "first use" when another request's backbone had replaced it)
                     progress(f"loading model {model}")
                 self._transformer = None  # free the old backbone before loading the next
@@ -145,6 +152,20 @@ class Service:
                     native_size=self.native_size,
                 )  # fmt: skip
             return self._transformer
+
+    def _plan(self, ref, asked: dict) -> None:
+        from .knobs import DEFAULT_KNOBS
+        from .presets import load_presets
+        from .registry import resolve_companions
+        from .transform_run import plan_request
+
+        lora, controlnet = resolve_companions(self.lora, self.controlnet)
+        presets = self.presets if self.presets is not None else load_presets(self.preset_files)
+        options = dict(presets=presets, lora=self.lora, lora_scale=self.lora_scale, compile=self.compile)
+        given = {k: asked[k] for k in DEFAULT_KNOBS if asked.get(k) is not None}
+        for preset in asked.get("presets") or [asked.get("preset")]:
+            plan_request(None, ref, lora, controlnet, options, asked.get("prompt"), preset,
+                         asked.get("negative_prompt"), given, asked.get("scheduler"))  # fmt: skip
 
     def warm_up(self, progress=None) -> float:
         """Before the first visitor: load the default model and, when it is compiled, generate the ``WARM_UP``
@@ -199,7 +220,7 @@ class Service:
             image, estimator=estimator, depth_file=depth_file, polarity=polarity, progress=progress
         )
         with self._lock:  # held from choosing the backbone to its run: no other thread's switch in between
-            st = self.transformer(model, progress)
+            st = self.transformer(model, progress, asked=kwargs)
             return st.transform(image, depth=depth, progress=True, **kwargs)
 
     def variations(self, image, *, presets, seeds, model=None, estimator=None, depth_file=None, polarity=None,
@@ -208,5 +229,5 @@ class Service:
             image, estimator=estimator, depth_file=depth_file, polarity=polarity, progress=progress
         )
         with self._lock:
-            st = self.transformer(model, progress)
+            st = self.transformer(model, progress, asked={**kwargs, "presets": presets})
             return st.variations(image, presets=presets, seeds=seeds, depth=depth, progress=True, **kwargs)

@@ -55,14 +55,14 @@ def _load_options(model, estimator, load_options: dict | None, label) -> dict:
     return options
 
 
-def _plan(model, ref, lora, controlnet, options: dict, prompt, preset, negative_prompt, given: dict, scheduler,
-          label) -> None:  # fmt: skip
+def plan_request(model, ref, lora, controlnet, options: dict, prompt, preset, negative_prompt, given: dict, scheduler,
+                 label=str) -> None:  # fmt: skip
     """Each input's knobs planned as ``prepare`` plans them, and what the backbone can take checked, before any model
     loads where its kind is known (a registry entry, a folder at hand, a loaded ``model``): a preset's or LoRA's knob
     that fails with the ones given, a preset's feature cache under ``compile``, a negative prompt, control knob,
     scheduler, LoRA or ControlNet the backbone cannot take. Through the API they failed each input once the models
     had loaded (the CLI checked them itself). ``ref``, ``lora``, ``controlnet``: the resolved names (None with a
-    loaded model)."""
+    loaded model). Serves ``run_transform`` and ``Service`` before it replaces the backbone it holds."""
     from .backends import (
         check_backbone_knobs,
         check_companions,
@@ -186,7 +186,9 @@ def run_transform(
     else:
         ref = resolve_backbone(model)
         lora, controlnet = resolve_companions(options.get("lora"), options.get("controlnet"))
-    _plan(model, ref, lora, controlnet, options, prompt, preset, negative_prompt, given, scheduler, label)
+    plan_request(
+        model, ref, lora, controlnet, options, prompt, preset, negative_prompt, given, scheduler, label
+    )
     if not paths:
         return report
     with output_dir_for(out_dir, inputs) as out_dir:

@@ -726,6 +726,34 @@ def test_a_model_name_that_does_not_resolve_keeps_the_loaded_one(service):
     assert service._transformer is loaded and service.transformer() is loaded
 
 
+def test_what_another_backbone_cannot_take_is_refused_before_it_replaces_the_loaded_one(service, photo):
+    """A black-box review of the app (2026-11-28): a request naming Flux with a negative prompt (or SD2 with a control
+    knob) loaded it in place of the backbone held, and was refused only then; the next request loaded that again
+    (two full model loads, minutes with real weights, for one visitor's mistake)."""
+    from depth2img.errors import InputError
+    from depth2img.io import load_image
+
+    loaded = service.transformer()
+    image = load_image(photo)
+    with pytest.raises(
+        InputError, match=r"^negative_prompt: backbone 'tiny/flux-depth' \(flux-control\) takes no"
+    ):
+        service.transform(image, model="tiny/flux-depth", prompt="a cat", negative_prompt="blurry", steps=8)
+    with pytest.raises(
+        InputError, match=r"^control_scale: backbone 'tiny/sd2-depth' \(sd2-depth\) has no such knob"
+    ):
+        service.variations(
+            image, model="tiny/sd2-depth", presets=["rain"], seeds=[0], control_scale=0.3, steps=2
+        )
+    with pytest.raises(InputError, match=r"^scheduler 'euler-a' is not one of .* for flux-control$"):
+        service.transform(image, model="tiny/flux-depth", prompt="a cat", scheduler="euler-a", steps=8)
+    with pytest.raises(
+        InputError, match=r"^steps=2 and strength=0.8 keep nothing of the photo: a flow-matching"
+    ):
+        service.transform(image, model="tiny/flux-depth", prompt="a cat", steps=2)
+    assert service._transformer is loaded
+
+
 def test_service_estimates_a_photos_depth_once(chelsea):
     svc = Service(model="tiny")
     est = svc.estimator("tiny")
@@ -845,8 +873,8 @@ def test_a_backbone_switch_waits_for_the_run_on_the_loaded_one(monkeypatch):
 
     choose = Service.transformer
 
-    def slow_choice(self, model=None, progress=None):
-        st = choose(self, model, progress)
+    def slow_choice(self, model=None, progress=None, asked=None):
+        st = choose(self, model, progress, asked)
         if model == "tiny":  # the first request: the second one asks for its backbone right after this choice
             chosen.set()
             time.sleep(0.3)
