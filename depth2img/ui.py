@@ -403,6 +403,7 @@ def _seed(seed, what: str = "seed") -> int:
     no seed ("Value -1 is less than minimum value 0.")."""
     from .errors import InputError
 
+    given = seed  # as the field sent it (1e30 was shown as 1000000000000000019884624838656)
     if isinstance(seed, float) and seed.is_integer():
         seed = int(seed)
     if isinstance(seed, bool) or not isinstance(seed, int):
@@ -410,7 +411,7 @@ def _seed(seed, what: str = "seed") -> int:
                          f"{'an empty field' if seed is None else repr(seed)}")  # fmt: skip
     if not 0 <= seed <= MAX_SEED:
         raise InputError(f"{what} must be in 0..{MAX_SEED} here (what the Generate tab's seed field holds exactly), "
-                         f"got {seed}")  # fmt: skip
+                         f"got {given!r}")  # fmt: skip
     return seed
 
 

@@ -1089,6 +1089,9 @@ def test_the_seed_field_takes_every_seed_a_browser_holds_exactly(service):
         InputError, match=r"^seed must be in 0\.\.9007199254740991 here .*got 9007199254740992$"
     ):
         _seed(seed.preprocess(2**53))
+    # as sent (it was shown as 1000000000000000019884624838656)
+    with pytest.raises(InputError, match=r"^seed must be in 0\.\.9007199254740991 here .*got 1e\+30$"):
+        _seed(seed.preprocess(1e30))
     with pytest.raises(InputError, match=r"^seed must be a whole number in 0\.\.9007199254740991, got 2\.5$"):
         _seed(seed.preprocess(2.5))
 
