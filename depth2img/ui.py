@@ -204,9 +204,12 @@ def _file_path(f) -> str | None:
 
 
 def _named_input(component, name: str):
-    """``component`` (a slider) whose refusals name ``name``: over the HTTP API, strength=5 was told "Value 5 is
-    greater than maximum value 1.0.", and a null an opaque error (gradio's Slider compared None with its minimum, a
-    TypeError); a null now reaches the handler, which names it. On the instance, as ``_readable_upload``."""
+    """``component`` (a slider, a choice or the depth file) whose refusals name ``name``, in one line in the server's
+    log too: over the HTTP API, strength=5 was told "Value 5 is greater than maximum value 1.0.", estimator="nope"
+    "Value: nope is not in the list of choices: [...]" and a depth file notes.txt "Invalid file type. ...", each
+    naming no input, with gradio's 28-line traceback in the log; and a null an opaque error (gradio's Slider compared
+    None with its minimum, a TypeError). A null now reaches the handler, which names it or takes the default. On the
+    instance, as ``_readable_upload``."""
     gradio_preprocess = component.preprocess
 
     def preprocess(payload):
@@ -215,7 +218,11 @@ def _named_input(component, name: str):
         try:
             return gradio_preprocess(payload)
         except Exception as err:
-            raise _visitors_error(f"{name}: {getattr(err, 'message', None) or first_line(err)}") from None
+            said = getattr(err, "message", None) or first_line(err)
+            upload = getattr(payload, "orig_name", None) or Path(getattr(payload, "path", None) or "").name
+            if upload:  # (gradio's refusal of a file type names no file)
+                said = f"{upload}: {said}"
+            raise _visitors_error(f"{name}: {said}") from None
 
     component.preprocess = preprocess
     return component
@@ -658,23 +665,31 @@ def create_demo(service):
                 )
                 sample = gr.Button("Use the driving-scene sample (with exact depth)", size="sm")
                 with gr.Accordion("Depth", open=False):
-                    estimator = gr.Dropdown(est_choices, value=est_value, label="Depth estimator")
-                    depth_file = gr.File(label="…or your own depth file (16-bit PNG, .npy, .npz, float TIFF)",
-                                         file_types=list(DEPTH_SUFFIXES), type="filepath",
-                                         elem_id="depth-file")  # fmt: skip
-                    polarity = gr.Radio(["", "near-bright", "far-bright", "metric"], value="",
-                                        label="Depth file polarity (leave empty if the file records it)")  # fmt: skip
+                    estimator = _named_input(
+                        gr.Dropdown(est_choices, value=est_value, label="Depth estimator"), "estimator"
+                    )
+                    depth_file = _named_input(
+                        gr.File(label="…or your own depth file (16-bit PNG, .npy, .npz, float TIFF)",
+                                file_types=list(DEPTH_SUFFIXES), type="filepath", elem_id="depth-file"),
+                        "depth_file",
+                    )  # fmt: skip
+                    polarity = _named_input(
+                        gr.Radio(["", "near-bright", "far-bright", "metric"], value="",
+                                 label="Depth file polarity (leave empty if the file records it)"),
+                        "polarity",
+                    )  # fmt: skip
                     depth_btn = gr.Button("Preview depth", size="sm")
                 depth_preview = gr.Image(
                     label="Depth (near = bright)", interactive=False, elem_id="depth-preview"
                 )
                 depth16 = gr.File(label="16-bit depth PNG", interactive=False)
             with gr.Column():
-                model = gr.Dropdown(model_choices, value=model_value, label="Backbone")
+                model = _named_input(gr.Dropdown(model_choices, value=model_value, label="Backbone"), "model")
                 licence = gr.Markdown(_licence_text(service.default_model))
                 prompt = gr.Textbox(label="Prompt", placeholder="a city street", elem_id="prompt")
-                preset_box = gr.CheckboxGroup(
-                    list(presets), label="Presets (combine several)", elem_id="presets"
+                preset_box = _named_input(
+                    gr.CheckboxGroup(list(presets), label="Presets (combine several)", elem_id="presets"),
+                    "presets",
                 )
                 takes_negative, control_knobs = _takes(service.default_model)
                 negative = gr.Textbox(label="Negative prompt", visible=takes_negative)
@@ -698,8 +713,11 @@ def create_demo(service):
                                               ("control_start", 1.0, "Control start"),
                                               ("control_end", 1.0, "Control end"))
                     )  # fmt: skip
-                    scheduler = gr.Dropdown(
-                        [""] + list(SCHEDULERS), value="", label="Scheduler (empty = model default)"
+                    scheduler = _named_input(
+                        gr.Dropdown(
+                            [""] + list(SCHEDULERS), value="", label="Scheduler (empty = model default)"
+                        ),
+                        "scheduler",
                     )
                     exact = gr.Checkbox(
                         False,

@@ -1205,3 +1205,38 @@ def test_the_page_shows_the_denoising_steps_as_they_run(server, photo, monkeypat
     seen.set()
     assert shown == [("denoise", 3, 8)]
     assert job.result(timeout=60)[3][0]["seed"] == 7
+
+
+def test_a_refused_choice_or_depth_file_type_is_one_line_naming_the_input(server, photo, tmp_path, capsys):
+    """A review of the app (2026-11-28): over the HTTP API a bad estimator, scheduler, backbone, polarity or preset
+    was told "Value: nope is not in the list of choices: [...]" and a depth file notes.txt "Invalid file type. Please
+    upload a file that is one of these formats: [...]", naming no input (only the sliders were named), and each
+    printed gradio's 28-line traceback in the server's log, not the one line ``depth2img app: ...``."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("0 1\n2 3\n")
+    client = Client(server, verbose=False)
+    capsys.readouterr()
+    for name, value, said in (
+        ("estimator", "nope-est", "estimator: Value: nope-est is not in the list of choices"),
+        ("scheduler", "foo", "scheduler: Value: foo is not in the list of choices"),
+        ("model", "nope-model", "model: Value: nope-model is not in the list of choices"),
+        ("polarity", "sideways", "polarity: Value: 'sideways' (type: <class 'str'>) is not in the list of choices"),
+        ("presets", ["nope-preset"], "presets: Value: 'nope-preset' (type: <class 'str'>) is not in the list of"),
+        ("depth_file", handle_file(str(notes)), "depth_file: notes.txt: Invalid file type. Please upload a file"),
+    ):  # fmt: skip
+        given = dict(model="tiny", estimator="tiny", depth_file=None, polarity="", presets=[], **KNOBS)
+        given[name] = value
+        with pytest.raises(AppError, match=re.escape(said)):
+            client.predict(handle_file(photo), given["model"], given["estimator"], given["depth_file"],
+                           given["polarity"], "a cat", given["presets"], "", *[given[k] for k in KNOBS], 11, 1,
+                           api_name="/transform")  # fmt: skip
+        logged = capsys.readouterr().err
+        assert f"depth2img app: {said}" in logged and "Traceback" not in logged, name
+    # the Variations tab's presets too
+    with pytest.raises(AppError, match=re.escape("presets: Value: 'nope-preset'")):
+        client.predict(handle_file(photo), "tiny", "tiny", None, "", "", ["nope-preset"], "1", 2, 0.5, 7.5, False,
+                       "", 1.0, 0.0, 1.0, "", api_name="/variations")  # fmt: skip
+    assert "Traceback" not in capsys.readouterr().err
