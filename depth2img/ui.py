@@ -65,16 +65,56 @@ class StopFlag:
     def __deepcopy__(self, memo):
         return self
 
-    def start(self) -> threading.Event:
-        """A new run's event (a Stop pressed before it, while nothing ran, stops nothing)."""
+    def start(self, undelivered=None) -> threading.Event:
+        """A new run's event (a Stop pressed before it, while nothing ran, stops nothing); ``undelivered()`` (if
+        given) true reads as set too."""
         with self._lock:
-            self._latest = threading.Event()
+            self._latest = _RunStop(undelivered or (lambda: False))
             return self._latest
 
     def stop(self) -> None:
         with self._lock:
             if self._latest is not None:
                 self._latest.set()
+
+
+class _RunStop(threading.Event):
+    """One run's stop: set by the Stop button, or read as set once ``undelivered()`` is true."""
+
+    def __init__(self, undelivered):
+        super().__init__()
+        self._undelivered = undelivered
+
+    def is_set(self) -> bool:
+        return super().is_set() or self._undelivered()
+
+
+def _undelivered():
+    """For the gradio event this thread runs: a callable, true once gradio will hand its result to no one, so that it
+    stops at its next denoising step as Stop does. A client's cancel alone (gradio_client's ``Job.cancel()``) or a
+    closed tab let the run go on to its last step, holding the device, and write a request folder nobody received;
+    only Stop and then cancel stopped it. Read from gradio's queue: a cancelled run's event is dropped from
+    ``event_ids_to_events`` (its task ended; it stays there while a run goes on), and the events of a client whose
+    result stream closed are marked not ``alive`` (gradio sends them nothing more). Never true where gradio's
+    internals are not found as read here (another gradio, no queue): Stop alone stops then, as before."""
+    try:
+        from gradio.context import LocalContext
+
+        event_id = LocalContext.event_id.get()
+        held = LocalContext.blocks.get()._queue.event_ids_to_events
+        event = held[event_id]
+        if not isinstance(event.alive, bool):
+            return lambda: False
+    except Exception:
+        return lambda: False
+
+    def undelivered() -> bool:
+        try:
+            return held.get(event_id) is not event or not event.alive
+        except Exception:  # (a gradio changed under a running server: as before)
+            return False
+
+    return undelivered
 
 
 def _friendly(fn):
@@ -615,7 +655,7 @@ def create_demo(service):
             guard = contextlib.nullcontext()
             if stoppable:
                 *args, flag = args
-                guard = stop_when_set(flag.start())
+                guard = stop_when_set(flag.start(_undelivered()))
             with guard:
                 return fn(service, *args, progress=lambda msg: progress(0, desc=msg))
 

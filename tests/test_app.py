@@ -1240,3 +1240,55 @@ def test_a_refused_choice_or_depth_file_type_is_one_line_naming_the_input(server
         client.predict(handle_file(photo), "tiny", "tiny", None, "", "", ["nope-preset"], "1", 2, 0.5, 7.5, False,
                        "", 1.0, 0.0, 1.0, "", api_name="/variations")  # fmt: skip
     assert "Traceback" not in capsys.readouterr().err
+
+
+def test_a_cancelled_api_job_ends_at_its_step_and_writes_nothing(server, photo, monkeypatch):
+    """A review of the app (2026-11-28): gradio_client's ``Job.cancel()`` alone (as a client that goes away) let the
+    running transform go on to its last step, holding the device while the next request waited, and write a request
+    folder that nobody received; only /stop and then cancel stopped it. Now it ends at the end of its step, as
+    Stop's does, and the next request runs."""
+    import threading
+
+    from gradio_client import Client, handle_file
+
+    from depth2img import transformer, ui
+    from depth2img.backends import Backend
+    from depth2img.errors import Stopped
+
+    said, running, second = [], threading.Event(), threading.Event()
+
+    class Heard(Stopped):
+        def __init__(self, message):
+            said.append(message)
+            super().__init__(message)
+
+    run, transform = Backend.__call__, Service.transform
+
+    def first_step_waits_for_the_next_request(self, callback, **kwargs):
+        def step(pipe, i, t, kw):
+            if i == 0 and not running.is_set():  # (the first run only)
+                running.set()
+                second.wait(60)
+            return callback(pipe, i, t, kw)
+
+        return run(self, callback=step, **kwargs)
+
+    def counted(self, *args, **kwargs):
+        if running.is_set():
+            second.set()  # (the next request has started)
+        return transform(self, *args, **kwargs)
+
+    monkeypatch.setattr(transformer, "Stopped", Heard)
+    monkeypatch.setattr(Backend, "__call__", first_step_waits_for_the_next_request)
+    monkeypatch.setattr(Service, "transform", counted)
+    folders = set(ui.APP_DIR.iterdir())
+    client = Client(server, verbose=False)
+    args = [handle_file(photo), "tiny", "tiny", None, "", "a cat", [], ""]
+    job = client.submit(*args, *dict(KNOBS, steps=20, strength=1.0).values(), 5, 1, api_name="/transform")
+    assert running.wait(120)
+    job.cancel()
+    # (the service's lock holds this one until the cancelled run has ended)
+    _, _, _, records = client.predict(*args, *KNOBS.values(), 6, 1, api_name="/transform")
+    assert records[0]["seed"] == 6
+    assert said == ["stopped after step 1 of 20; no image was made"]
+    assert len(set(ui.APP_DIR.iterdir()) - folders) == 1  # the second request's alone
