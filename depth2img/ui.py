@@ -273,13 +273,22 @@ def _readable_upload(image):
     gradio itself opened it first and the page showed a bare "Error". On the instance: a subclass of a gradio
     component makes gradio write a .pyi file beside this module."""
 
-    from .io import load_image
+    import warnings
+
+    from PIL import Image
+
+    from .io import _OPEN_LOCK, load_image
 
     gradio_preprocess = image.preprocess
 
     def preprocess(payload):
         try:
-            return gradio_preprocess(payload)
+            # gradio opens the upload (its header: type="filepath", image_mode=None); Pillow's two-line warning over
+            # 89.5 MP came in the server's log before the refusal's own line (load_image's limit). Under io's lock:
+            # catch_warnings swaps the process's filters
+            with _OPEN_LOCK, warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+                return gradio_preprocess(payload)
         except Exception as err:
             path = getattr(payload, "path", None)
             name = getattr(payload, "orig_name", None) or "the photo"

@@ -1292,3 +1292,24 @@ def test_a_cancelled_api_job_ends_at_its_step_and_writes_nothing(server, photo, 
     assert records[0]["seed"] == 6
     assert said == ["stopped after step 1 of 20; no image was made"]
     assert len(set(ui.APP_DIR.iterdir()) - folders) == 1  # the second request's alone
+
+
+def test_a_photo_over_pillows_guard_is_refused_in_one_line_without_pillows_warning(server, tmp_path, recwarn):
+    """A review of the app (2026-11-28): a 12000x12000 upload printed Pillow's two-line DecompressionBombWarning in
+    the server's log (gradio opens the upload first) before the app's own one-line refusal."""
+    import struct
+    import zlib
+
+    from gradio_client import Client, handle_file
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    # a grey PNG's header saying 12000x12000 (144 MP: over Pillow's 89.5 MP warning, under its 179 MP error)
+    big = tmp_path / "big12k.png"
+    big.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 12000, 12000, 8, 0, 0, 0, 0))
+                    + chunk(b"IDAT", zlib.compress(b"\0" * 100)) + chunk(b"IEND", b""))  # fmt: skip
+    client = Client(server, verbose=False)
+    with pytest.raises(Exception, match=r"big12k\.png: 144,000,000 pixels, over the [0-9,]+-pixel limit"):
+        client.predict(handle_file(str(big)), "tiny", None, "", api_name="/depth")
+    assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
