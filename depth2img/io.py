@@ -182,14 +182,24 @@ def load_image(path: str | os.PathLike, *, max_pixels: int | None = None):
 EXIF_ORIENTATION = 0x0112  # the EXIF tag load_image applies (ImageOps.exif_transpose)
 
 
-def open_image(path):
-    """``Image.open(path)`` under the pixel limit load_image reads with (Pillow's own guard, lower, raised to it for
-    the call; its warning silenced): for a file load_image has read or will read, which Pillow alone refused over
-    179 MP where DEPTH2IMG_MAX_PIXELS allowed it."""
+@contextlib.contextmanager
+def pixel_guard():
+    """Pillow opens files inside under the pixel limit load_image reads with (its own guard, lower, raised to it
+    meanwhile; its warning silenced, which printed two lines before the refusal's own): for files load_image has read
+    or will read, which Pillow alone refused over 179 MP where DEPTH2IMG_MAX_PIXELS allowed them, and gradio's own
+    open of an upload. Under ``_OPEN_LOCK``: the guard and the warning filters are the process's."""
     from PIL import Image
 
     with _OPEN_LOCK, warnings.catch_warnings(), _allow_pixels(pixel_limit()):
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        yield
+
+
+def open_image(path):
+    """``Image.open(path)`` under ``pixel_guard``."""
+    from PIL import Image
+
+    with pixel_guard():
         return Image.open(path)
 
 

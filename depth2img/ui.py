@@ -273,21 +273,15 @@ def _readable_upload(image):
     gradio itself opened it first and the page showed a bare "Error". On the instance: a subclass of a gradio
     component makes gradio write a .pyi file beside this module."""
 
-    import warnings
-
-    from PIL import Image
-
-    from .io import _OPEN_LOCK, load_image
+    from .io import load_image, pixel_guard
 
     gradio_preprocess = image.preprocess
 
     def preprocess(payload):
         try:
             # gradio opens the upload (its header: type="filepath", image_mode=None); Pillow's two-line warning over
-            # 89.5 MP came in the server's log before the refusal's own line (load_image's limit). Under io's lock:
-            # catch_warnings swaps the process's filters
-            with _OPEN_LOCK, warnings.catch_warnings():
-                warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            # 89.5 MP came in the server's log before the refusal's own line (load_image's limit)
+            with pixel_guard():
                 return gradio_preprocess(payload)
         except Exception as err:
             path = getattr(payload, "path", None)
