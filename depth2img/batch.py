@@ -1455,8 +1455,9 @@ def run_job(job: Job | str | os.PathLike, *, resume: bool = False, progress: boo
             p, var, s, attempt = it.source, it.var, it.seed, it.attempt
             stem = stems[p]
             ok = job.geometry.threshold is None or passes(scores, job.geometry.metric, job.geometry.threshold)
-            # a flat source (scores None) fails every gate, whatever a retry makes
-            last = ok or attempt >= job.geometry.retries or scores["absrel"] is None
+            # a flat source (scores None) fails every gate, whatever a retry makes, as does one whose edges cannot be
+            # looked for (edge_f1 None)
+            last = ok or attempt >= job.geometry.retries or scores[job.geometry.metric] is None
             out_stem = f"{stem}__{var.name}__s{s}"
             record = {**meta, "item": _item_key(stem, var.name, s), "source": str(p), "source_in_job": in_job[p], "variation": var.name,
                       "item_seed": s, "source_file": source_files[p], "attempt": attempt, "geometry": scores,

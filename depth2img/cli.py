@@ -642,8 +642,10 @@ def _cmd_eval(args) -> int:
     if args.json:
         print(json.dumps(scores))
     else:
+        # (None: too few of the source's pixels are valid around them to look for edges; it failed as an internal error)
+        edge = "n/a (too few valid pixels)" if scores["edge_f1"] is None else f"{scores['edge_f1']:.4f}"
         print(f"AbsRel {scores['absrel']:.4f} (lower is better)  delta<1.25 {scores['delta1']:.4f}  "
-              f"edge F1 {scores['edge_f1']:.4f} (higher is better)")  # fmt: skip
+              f"edge F1 {edge} (higher is better)")  # fmt: skip
     return 0
 
 

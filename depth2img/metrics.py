@@ -28,6 +28,8 @@ EDGE_TOLERANCE_PX = 2  # an edge counts as matched within this distance
 # and an output whose box had moved scored edge F1 1.0, passing a gate on it; lowering the threshold with the side
 # instead counted a full-size source's 0.5 % noise as edges (a perfect output scored 0.05)
 EDGE_SIDE = 512
+# ... where at least this share of the compared pixels have an all-valid Sobel window around them (else edge F1 is None)
+MIN_EDGE_SHARE = 0.1
 # An output whose aspect ratio is within this of the source's is the same frame at another size (a generation size
 # rounded to multiples of 8 or 64 moves it by ~1-2 %) and is resized onto the source's pixels
 MAX_ASPECT_CHANGE = 0.03
@@ -79,17 +81,19 @@ def _edge_scale(size) -> float:
 
 
 def _edge_view(normalized: np.ndarray, valid: np.ndarray, scale: float) -> tuple[np.ndarray, np.ndarray]:
-    """A normalised map and its valid pixels as edges are looked for in them: averaged down ``scale`` times (a pixel
-    valid where all it covers are)."""
+    """A normalised map and its valid pixels as edges are looked for in them: averaged down ``scale`` times over the
+    valid pixels each covers, valid where at least half of them are (valid where all were, a source with 20 %
+    scattered holes, a sparse LiDAR's, kept no pixel: no edge anywhere, and any output scored edge F1 1.0)."""
     if scale == 1.0:
         return normalized, valid
     import cv2
 
     h, w = normalized.shape
     size = (max(1, round(w / scale)), max(1, round(h / scale)))
-    small = cv2.resize(normalized.astype(np.float32), size, interpolation=cv2.INTER_AREA)
-    covered = cv2.resize(valid.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 1.0 - 1e-6
-    return small, covered
+    share = cv2.resize(valid.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    held = cv2.resize(np.where(valid, normalized, 0).astype(np.float32), size, interpolation=cv2.INTER_AREA)
+    covered = share >= 0.5
+    return np.where(covered, held / np.maximum(share, 1e-6), 0).astype(np.float32), covered
 
 
 def geometry_reference(source: DepthMap, tolerance: int = EDGE_TOLERANCE_PX) -> GeometryReference:
@@ -276,10 +280,13 @@ def geometry_scores(source: DepthMap | GeometryReference, output: DepthMap) -> d
         if flat
         else _edges(_edge_view(conditioning.normalize(pred, valid), valid, ref.edge_scale)[0]) & interior
     )
+    # edges are looked for where a Sobel window is all valid: where those pixels are too few (sparse measurements,
+    # a LiDAR's rows), none found is no agreement, and edge F1 is None (it scored 1.0, whatever the output)
+    measurable = interior.sum() * ref.edge_scale**2 >= MIN_EDGE_SHARE * np.count_nonzero(valid)
     return {
         "absrel": float(np.mean(np.abs(r - 1.0))),
         "delta1": _delta1(r),
-        "edge_f1": _f1(edges, near_edges, out_edges, ref.tolerance),
+        "edge_f1": _f1(edges, near_edges, out_edges, ref.tolerance) if measurable else None,
         "scale": scale,
         "shift": shift,
     }

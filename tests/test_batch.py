@@ -132,6 +132,19 @@ def test_a_flat_source_is_rejected_at_once(dataset, tmp_path, monkeypatch):
     )
 
 
+def test_an_edge_gate_where_no_edge_can_be_looked_for_is_not_retried(dataset, tmp_path, monkeypatch):
+    """Edge F1 is None where too few of a source's pixels are valid around them (a LiDAR's rows): a gate on it fails
+    whatever a retry makes, and a job retried each item (only a flat source's were rejected at once)."""
+    from depth2img import metrics
+
+    scores = metrics.geometry_scores
+    monkeypatch.setattr(metrics, "geometry_scores", lambda ref, out: {**scores(ref, out), "edge_f1": None})
+    job = write_job(dataset, output=str(tmp_path / "o"), presets=["fog"], seeds=1, labels={},
+                    geometry={"metric": "edge_f1", "threshold": 0.0, "retries": 2})  # fmt: skip
+    report = run_job(job, progress=False)
+    assert report.done == 0 and report.rejected == 3 and report.retried == 0
+
+
 @pytest.mark.parametrize(
     "geometry", [{"metric": "delta1", "threshold": 0.0}, {"metric": "edge_f1", "threshold": 0.0}, {}]
 )

@@ -103,6 +103,19 @@ def test_eval_names_the_image_the_estimator_cannot_take(tmp_path, capsys):
     )
 
 
+def test_eval_says_when_edges_could_not_be_looked_for(tmp_path, capsys):
+    """A source depth measured on every other row (a LiDAR's) has no all-valid window to look for edges in: edge F1
+    is None, which eval printed as an internal error (TypeError from its format)."""
+    y, x = np.mgrid[0:64, 0:96]
+    rows = y % 2 == 0
+    depth = np.where((abs(x - 48) < 20) & (abs(y - 32) < 12), 3.0, 20.0)
+    np.savez(tmp_path / "rows.npz", depth=np.where(rows, depth, 0), valid=rows, kind="metric")
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (64, 96, 3), np.uint8)).save(tmp_path / "p.png")
+    code, out, _ = run(capsys, "eval", tmp_path / "p.png", tmp_path / "p.png", "--estimator", "tiny",
+                       "--source-depth", tmp_path / "rows.npz")  # fmt: skip
+    assert code == 0 and out.endswith("edge F1 n/a (too few valid pixels) (higher is better)\n")
+
+
 @pytest.mark.parametrize("command", ["eval", "app"])
 @pytest.mark.parametrize(
     ("device", "problem"),

@@ -277,6 +277,28 @@ def test_a_perfect_output_scores_perfect_whichever_map_has_holes(kind):
         assert scores["absrel"] == pytest.approx(0, abs=1e-6) and scores["delta1"] == 1.0, scores
 
 
+def test_scattered_holes_keep_edges_found_or_say_none_could_be():
+    """A review of the geometry check (2026-11-28): a map averaged down (over 512 px) kept a pixel only where all it
+    covered was valid; with 20 % scattered holes (a sparse LiDAR's) none was, no edge was found in either map, and an
+    unrelated output scored edge F1 1.0. Where too few pixels have an all-valid window (a LiDAR's rows at full size),
+    edge F1 is None."""
+    h, w = 800, 1200
+    y, x = np.mgrid[0:h, 0:w]
+    box = np.where((abs(x - 600) < 200) & (abs(y - 500) < 150), 3.0, 20.0)
+    moved = np.where((abs(x - 240) < 120) & (abs(y - 260) < 100), 3.0, 20.0)
+    valid = np.random.default_rng(0).random((h, w)) >= 0.2
+    source = DepthMap(np.where(valid, box, 0), "metric_depth", valid)
+    assert geometry_scores(source, DepthMap(box, "metric_depth"))["edge_f1"] == 1.0
+    assert geometry_scores(source, DepthMap(moved, "metric_depth"))["edge_f1"] == 0.0
+    rows = np.zeros((200, 300), bool)
+    rows[::2] = True
+    small = box[350:550, 450:750]  # the box's corner
+    scores = geometry_scores(
+        DepthMap(np.where(rows, small, 0), "metric_depth", rows), DepthMap(small, "metric_depth")
+    )
+    assert scores["edge_f1"] is None and scores["delta1"] == 1.0
+
+
 def test_edge_f1_refuses_maps_of_two_shapes():
     from depth2img.errors import InputError
 
