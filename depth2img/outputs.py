@@ -22,6 +22,7 @@ from .io import (
     PNG_COMPRESS_LEVEL,
     atomic_path,
     check_depth_products,
+    open_image,
     write_all_or_none,
     write_depth_products,
 )
@@ -175,9 +176,8 @@ def save_png(image, path, metadata: dict | None = None) -> Path:
 
 
 def read_png_metadata(path) -> dict:
-    from PIL import Image
-
-    with Image.open(path) as img:
+    # (under the pixel limit its image was made with: Pillow's own guard refused an output over 179 MP)
+    with open_image(path) as img:
         return json.loads(img.info[METADATA_KEY])
 
 

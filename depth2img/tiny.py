@@ -15,9 +15,10 @@ from .errors import InputError, ModelLoadError, first_line
 
 SEED = 0
 # What a tiny model holds changes with this code (build 2: ControlNets whose output convolutions are no longer
-# zero; 3: Flux transformers embed the guidance). Every folder carries the build it was written by; a folder of
-# another build is rebuilt on use. One without it is not a tiny model (it was removed, a user's files with it).
-BUILD = 3
+# zero; 3: Flux transformers embed the guidance; 4: files of the mode open() gives, safetensors' weights were 0600).
+# Every folder carries the build it was written by; a folder of another build is rebuilt on use. One without it is
+# not a tiny model (it was removed, a user's files with it).
+BUILD = 4
 STAMP = ".depth2img-tiny.json"
 
 

@@ -602,9 +602,10 @@ def test_a_pixel_limit_raised_past_pillows_own_is_honoured(tmp_path, monkeypatch
 
 def test_label_masks_and_the_apps_photo_open_under_the_pixel_limit(tmp_path, monkeypatch):
     """Pillow's guard is put back after each read (above): the other readers of a photo-sized file (a job's mask
-    check, the app's before/after photo) open it under DEPTH2IMG_MAX_PIXELS too; with Pillow's guard alone, a mask
-    over twice it was taken as damaged."""
+    check, the app's before/after photo, an output's metadata) open it under DEPTH2IMG_MAX_PIXELS too; with Pillow's
+    guard alone, a mask over twice it was taken as damaged, and an output's record could not be read."""
     from depth2img.batch import _intact
+    from depth2img.outputs import read_png_metadata, save_png
     from depth2img.ui import _viewable
 
     Image.new("L", (300, 200)).save(tmp_path / "mask.png")
@@ -614,6 +615,8 @@ def test_label_masks_and_the_apps_photo_open_under_the_pixel_limit(tmp_path, mon
     assert _intact(tmp_path / "mask.png")
     photo = io.load_image(tmp_path / "photo.png")
     assert _viewable(tmp_path / "photo.png", photo, tmp_path) == str(tmp_path / "photo.png")
+    save_png(photo, tmp_path / "out.png", {"seed": 3})
+    assert read_png_metadata(tmp_path / "out.png") == {"seed": 3}
     assert Image.MAX_IMAGE_PIXELS == 10_000
 
 
