@@ -1551,14 +1551,15 @@ def test_depth_file_of_other_size_same_aspect_is_resized(sd15, photo, tmp_path):
 
 
 def test_records_say_where_the_depth_came_from(sd15, photo, depth, tmp_path, monkeypatch):
-    """A review of the records (2026-11-28): a depth array recorded its source as "", and a depth made elsewhere was
-    recorded as the absolute path of any file of its name in the working folder (an estimator's or scene's)."""
+    """A review of the records (2026-11-28): a depth array or the caller's own DepthMap recorded its source as "",
+    and a depth made elsewhere was recorded as the absolute path of any file of its name in the working folder (an
+    estimator's or scene's)."""
     monkeypatch.chdir(tmp_path)
     (tmp_path / "procedural-scene").write_text("a file that happens to share the scene's name")
     scene = DepthMap(depth.values, "metric_depth", source="procedural-scene")
-    sources = [sd15.transform(photo, PROMPT, depth=d, depth_polarity="metric", seed=0, steps=2).metadata[0]["depth"]
-               ["source"] for d in (depth.values, scene)]  # fmt: skip
-    assert sources == ["array", "procedural-scene"]
+    sources = [sd15.transform(photo, PROMPT, depth=d, depth_polarity=polarity, seed=0, steps=2).metadata[0]["depth"]
+               ["source"] for d, polarity in ((depth.values, "metric"), (scene, None), (depth, None))]  # fmt: skip
+    assert sources == ["array", "procedural-scene", "DepthMap"]
 
 
 @pytest.mark.parametrize(
