@@ -249,12 +249,19 @@ def _named_input(component, name: str):
     "Value: nope is not in the list of choices: [...]" and a depth file notes.txt "Invalid file type. ...", each
     naming no input, with gradio's 28-line traceback in the log; and a null an opaque error (gradio's Slider compared
     None with its minimum, a TypeError). A null now reaches the handler, which names it or takes the default. On the
-    instance, as ``_readable_upload``."""
+    instance, as ``_readable_upload``. A slider's value that is no number (steps="abc") reaches the handler too, which
+    names it as it names a null ("steps must be a number, got 'abc'"): gradio's Slider compared it with its minimum,
+    "steps: '<' not supported between instances of 'str' and 'int'"."""
+    import gradio as gr
+
     gradio_preprocess = component.preprocess
+    numeric = isinstance(component, (gr.Slider, gr.Number))
 
     def preprocess(payload):
         if payload is None:
             return None
+        if numeric and (isinstance(payload, bool) or not isinstance(payload, (int, float))):
+            return payload
         try:
             return gradio_preprocess(payload)
         except Exception as err:

@@ -1313,3 +1313,20 @@ def test_a_photo_over_pillows_guard_is_refused_in_one_line_without_pillows_warni
     with pytest.raises(Exception, match=r"big12k\.png: 144,000,000 pixels, over the [0-9,]+-pixel limit"):
         client.predict(handle_file(str(big)), "tiny", None, "", api_name="/depth")
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
+
+
+def test_a_slider_sent_as_text_is_named_as_a_null_is(server, photo):
+    """A review of the app (2026-11-28): steps="abc" over the HTTP API was told "steps: '<' not supported between
+    instances of 'str' and 'int'" (gradio's Slider compared it with its minimum), where steps=None was told "steps
+    must be a number, got None"."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(server, verbose=False)
+    for knob, value, said in (("steps", "abc", "steps must be a number, got 'abc'"),
+                              ("control_scale", "x", "control_scale must be a number, got 'x'"),
+                              ("guidance", [1], "guidance_scale must be a number, got [1]")):  # fmt: skip
+        knobs = {**KNOBS, knob: value}
+        with pytest.raises(AppError, match=re.escape(said)):
+            client.predict(handle_file(photo), "tiny", "tiny", None, "", "a cat", [], "", *knobs.values(), 11, 1,
+                           api_name="/transform")  # fmt: skip
