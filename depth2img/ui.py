@@ -275,6 +275,48 @@ def _named_input(component, name: str):
     return component
 
 
+def _named_file_inputs(demo, names: dict) -> None:
+    """``demo``'s file inputs (``names``: component -> the name the HTTP API gives it) refused in one line naming the
+    input when a client sends no file: a path as a plain string (gradio_client without ``handle_file``), a number, or
+    a file's record with no path got "The upstream Gradio app has raised an exception" and, in the server's log, a
+    19-line traceback ending in pydantic's "1 validation error for FileData". Gradio checks the payload (its
+    data_model) in ``Blocks.preprocess_data``, before the component's preprocess (``_named_input``); that step is
+    wrapped here, on this page alone. A gradio without it (another version) keeps its own error."""
+    import reprlib
+
+    import pydantic
+
+    given = getattr(demo, "preprocess_data", None)
+    if not inspect.iscoroutinefunction(given):
+        return
+    by_id = {component._id: name for component, name in names.items()}
+    short = reprlib.Repr()
+    short.maxstring = short.maxother = 80
+
+    def no_file(block, value) -> bool:
+        model = getattr(block, "data_model", None)
+        if value is None or model is None:
+            return False
+        try:
+            model.model_validate(value, context={"validate_meta": True})
+        except pydantic.ValidationError:
+            return True
+        return False
+
+    @functools.wraps(given)
+    async def preprocess_data(block_fn, inputs, *args, **kwargs):
+        try:
+            return await given(block_fn, inputs, *args, **kwargs)
+        except pydantic.ValidationError:
+            for block, value in zip(block_fn.inputs, inputs):
+                if block._id in by_id and no_file(block, value):
+                    raise _visitors_error(f"{by_id[block._id]}: give a file (gradio_client.handle_file(path)), "
+                                          f"got {short.repr(value)}") from None  # fmt: skip
+            raise
+
+    demo.preprocess_data = preprocess_data
+
+
 def _readable_upload(image):
     """``image`` (a gr.Image of file paths), naming an unreadable upload in one line as ``load_image`` does, where
     gradio itself opened it first and the page showed a bare "Error". On the instance: a subclass of a gradio
@@ -854,6 +896,7 @@ def create_demo(service):
         stop.click(
             StopFlag.stop, stop_flag, None, api_name="stop", queue=False, cancels=[generating, varying]
         )
+    _named_file_inputs(demo, {image: "image_path", depth_file: "depth_file"})
     _PAGES.add(demo)
     return demo
 

@@ -1315,6 +1315,39 @@ def test_a_photo_over_pillows_guard_is_refused_in_one_line_without_pillows_warni
     assert not [w for w in recwarn if issubclass(w.category, Image.DecompressionBombWarning)]
 
 
+def test_a_file_input_sent_as_no_file_is_one_line_naming_the_input(server, photo, capsys):
+    """A review of the app (2026-11-28): a photo or depth file sent over the HTTP API as a plain path (gradio_client
+    without ``handle_file``), a number, or a file's record with no path got "The upstream Gradio app has raised an
+    exception but has not enabled verbose error reporting" and, in the server's log, a 19-line traceback ending in
+    pydantic's "1 validation error for FileData": gradio checks the payload before the component's preprocess, which
+    names the input."""
+    from gradio_client import Client, handle_file
+    from gradio_client.exceptions import AppError
+
+    client = Client(server, verbose=False)
+    capsys.readouterr()
+    hint = "give a file (gradio_client.handle_file(path)), got"
+    no_path = {"meta": {"_type": "gradio.FileData"}}
+    for api_name, args, said in (
+        ("/depth", [photo, "tiny", None, ""], f"image_path: {hint} {photo!r}"),
+        ("/depth", [handle_file(photo), "tiny", "/tmp/x.npy", ""], f"depth_file: {hint} '/tmp/x.npy'"),
+        ("/depth", [handle_file(photo), "tiny", 5, ""], f"depth_file: {hint} 5"),
+        ("/depth", [handle_file(photo), "tiny", no_path, ""], f"depth_file: {hint} {no_path!r}"),
+        ("/depth_on_estimator", [photo, "tiny", None, ""], f"image_path: {hint} {photo!r}"),
+        ("/transform", [photo, "tiny", "tiny", None, "", "a cat", [], "", *KNOBS.values(), 11, 1],
+         f"image_path: {hint} {photo!r}"),
+        ("/variations", [handle_file(photo), "tiny", "tiny", "/tmp/x.npy", "", "", ["fog"], "1", 2, 0.5, 7.5, False,
+                         "", 1.0, 0.0, 1.0, ""], f"depth_file: {hint} '/tmp/x.npy'"),
+    ):  # fmt: skip
+        with pytest.raises(AppError, match=re.escape(said)):
+            client.predict(*args, api_name=api_name)
+        logged = capsys.readouterr().err
+        assert f"depth2img app: {said}" in logged and "Traceback" not in logged, (api_name, said)
+    # a file sent as one still works
+    preview, _ = client.predict(handle_file(photo), "tiny", None, "", api_name="/depth")
+    assert Image.open(preview).size == (451, 300)
+
+
 def test_a_slider_sent_as_text_is_named_as_a_null_is(server, photo):
     """A review of the app (2026-11-28): steps="abc" over the HTTP API was told "steps: '<' not supported between
     instances of 'str' and 'int'" (gradio's Slider compared it with its minimum), where steps=None was told "steps
