@@ -154,18 +154,35 @@ class Service:
             return self._transformer
 
     def _plan(self, ref, asked: dict) -> None:
-        from .knobs import DEFAULT_KNOBS
-        from .presets import load_presets
+        """What ``transform`` or ``variations`` (``asked``: its arguments, a grid's with its ``presets`` and
+        ``seeds``) would refuse of backbone ``ref`` before its run, checked before it loads: the arguments' names,
+        the words, seeds and number of images (once it had loaded, a request with no prompt or a seed of -1 was
+        refused too), and ``plan_request``'s knobs."""
+        from . import presets as presets_mod
+        from .io import check_polarity
+        from .knobs import DEFAULT_KNOBS, check_num_images, request_seeds
         from .registry import resolve_companions
         from .transform_run import plan_request
+        from .transformer import _check_arguments, check_grid
 
+        asked = dict(asked)
+        prompt, negative = asked.pop("prompt", None), asked.get("negative_prompt")
+        check_polarity(asked.pop("depth_polarity", None), "depth_polarity")
+        if "seeds" in asked:  # a grid
+            rows, seeds = check_grid(asked.pop("presets"), asked.pop("seeds"), asked)
+            request_seeds(seeds, 1)
+        else:
+            _check_arguments("transform", asked)
+            rows = [asked.get("preset")]
+            request_seeds(asked.get("seed"), check_num_images(asked.get("num_images", 1)))
         lora, controlnet = resolve_companions(self.lora, self.controlnet)
-        presets = self.presets if self.presets is not None else load_presets(self.preset_files)
+        presets = self.presets if self.presets is not None else presets_mod.load_presets(self.preset_files)
         options = dict(presets=presets, lora=self.lora, lora_scale=self.lora_scale, compile=self.compile)
         given = {k: asked[k] for k in DEFAULT_KNOBS if asked.get(k) is not None}
-        for preset in asked.get("presets") or [asked.get("preset")]:
-            plan_request(None, ref, lora, controlnet, options, asked.get("prompt"), preset,
-                         asked.get("negative_prompt"), given, asked.get("scheduler"))  # fmt: skip
+        for preset in rows or [None]:
+            presets_mod.check_words(prompt, preset, negative)
+            plan_request(None, ref, lora, controlnet, options, prompt, preset, negative, given,
+                         asked.get("scheduler"))  # fmt: skip
 
     def warm_up(self, progress=None) -> float:
         """Before the first visitor: load the default model and, when it is compiled, generate the ``WARM_UP``
@@ -229,5 +246,5 @@ class Service:
             image, estimator=estimator, depth_file=depth_file, polarity=polarity, progress=progress
         )
         with self._lock:
-            st = self.transformer(model, progress, asked={**kwargs, "presets": presets})
+            st = self.transformer(model, progress, asked={**kwargs, "presets": presets, "seeds": seeds})
             return st.variations(image, presets=presets, seeds=seeds, depth=depth, progress=True, **kwargs)

@@ -666,24 +666,9 @@ class SceneTransformer:
         [0]: a grid is for comparing presets, so each row shares the seed).
         Returns a list of rows, one per preset, each a TransformResult holding one image per seed."""
         check_batch_size(batch_size)
-        if isinstance(presets, str):
-            presets = [presets]
-        if presets is not None and not isinstance(presets, (list, tuple)):
-            raise InputError(
-                f"presets must be a list of preset names, got {type(presets).__name__} {presets!r}"
-            )
-        if seeds is not None and not isinstance(seeds, (list, tuple)):
-            raise InputError(f"seeds must be a list of integers, got {type(seeds).__name__} {seeds!r}")
-        if seeds is not None and not seeds:  # it ran seed 0, where transform refuses an empty list
-            raise InputError("seeds is empty; give at least one seed (or leave it out: [0])")
-        if "num_images" in knobs or "seed" in knobs:
-            raise InputError(
-                "variations makes one image per seed of each row: pass seeds=[...], not seed or num_images"
-            )
-        _check_arguments("variations", knobs, ("reuse", "preset", "depth", "depth_polarity"))
+        presets, seeds = check_grid(presets, seeds, knobs)
         image = to_rgb(check_image(image))  # once, so that the rows share its copy at generation size
         depth_map = self.depth_for(image, depth, depth_polarity=depth_polarity)
-        seeds = [0] if seeds is None else list(seeds)
         requests, req = [], None
         for preset in presets or [None]:
             req = self.prepare(image, prompt, preset=preset, depth=depth_map, seed=seeds, reuse=req,
@@ -696,6 +681,26 @@ class SceneTransformer:
                     raise result
                 rows[i] = result
         return rows
+
+
+def check_grid(presets, seeds, knobs: dict) -> tuple[list | None, list[int]]:
+    """``variations``' rows and seeds checked, as lists (a string is one preset; no seeds is [0]), and its other
+    arguments' names (``knobs``; those of ``prepare``); each seed is checked as ``prepare`` checks it. Serves
+    ``variations`` and ``Service`` before it loads another backbone."""
+    if isinstance(presets, str):
+        presets = [presets]
+    if presets is not None and not isinstance(presets, (list, tuple)):
+        raise InputError(f"presets must be a list of preset names, got {type(presets).__name__} {presets!r}")
+    if seeds is not None and not isinstance(seeds, (list, tuple)):
+        raise InputError(f"seeds must be a list of integers, got {type(seeds).__name__} {seeds!r}")
+    if seeds is not None and not seeds:  # it ran seed 0, where transform refuses an empty list
+        raise InputError("seeds is empty; give at least one seed (or leave it out: [0])")
+    if "num_images" in knobs or "seed" in knobs:
+        raise InputError(
+            "variations makes one image per seed of each row: pass seeds=[...], not seed or num_images"
+        )
+    _check_arguments("variations", knobs, ("reuse", "preset", "depth", "depth_polarity"))
+    return presets, [0] if seeds is None else list(seeds)
 
 
 def _check_arguments(method: str, given: dict, not_taken=()) -> None:

@@ -751,6 +751,29 @@ def test_what_another_backbone_cannot_take_is_refused_before_it_replaces_the_loa
         InputError, match=r"^steps=2 and strength=0.8 keep nothing of the photo: a flow-matching"
     ):
         service.transform(image, model="tiny/flux-depth", prompt="a cat", steps=2)
+    # nor what any backbone refuses (a re-verification of the above: each of these loaded SD2 first)
+    sd2 = dict(model="tiny/sd2-depth", steps=2)
+    for call, asked, problem in [
+        (service.transform, dict(prompt=""), r"^give a prompt or a preset"),
+        (
+            service.transform,
+            dict(prompt="a", num_images=0),
+            r"^num_images must be an integer in 1\.\.64, got 0$",
+        ),
+        (
+            service.transform,
+            dict(prompt="a", seed=-1),
+            r"^seed must be an integer in 0\.\.2\*\*63-1, got -1$",
+        ),
+        (service.transform, dict(prompt="a", bogus=1), r"^transform: 'bogus' is not an argument it takes"),
+        (service.transform, dict(prompt="a", depth_polarity="up"), r"^depth_polarity must be one of"),
+        (service.transform, dict(prompt=5), r"^prompt must be a string, got int 5$"),
+        (service.variations, dict(prompt="a", presets=["fog"], seeds=[-1]), r"^seed must be an integer"),
+        (service.variations, dict(prompt="a", presets=["fog"], seeds=[]), r"^seeds is empty"),
+        (service.variations, dict(presets=None, seeds=[1]), r"^give a prompt or a preset"),
+    ]:
+        with pytest.raises(InputError, match=problem):
+            call(image, **sd2, **asked)
     assert service._transformer is loaded
 
 
