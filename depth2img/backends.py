@@ -47,6 +47,7 @@ from .loading import (
     library_class,
     not_cached,
     quiet_log,
+    require_files,
     require_safetensors,
     resolve_device,
     resolve_dtype,
@@ -636,10 +637,8 @@ class Backend:
                     transformers_models[name] = model_class
         # transformers built a model of its default config for a folder without its config.json, and blamed its file
         # ("holds 36 weights of other shapes than the model's"); with no folder it looked for weights in the pipeline's
-        for name in transformers_models:
-            if not (path / name / "config.json").is_file():
-                raise ModelLoadError(f"model {ref.name!r} at {path}: {name}/config.json is missing (an incomplete "
-                                     "download or copy? fetch or copy it again)")  # fmt: skip
+        configs = [f"{name}/config.json" for name in transformers_models]
+        require_files(path, f"model {ref.name!r} at {path}", ref, configs, PIPELINE_FILES)
         try:
             # (loaded here, where what their files lack is known: diffusers' loader fills it at random)
             for name, model_class in transformers_models.items():

@@ -28,6 +28,7 @@ from .loading import (
     LOAD_ERRORS,
     from_pretrained_checked,
     quiet_log,
+    require_files,
     require_safetensors,
     resolve_device,
     resolve_dtype,
@@ -89,6 +90,13 @@ class DepthEstimator:
         dtype = resolve_dtype(dtype, device)
         path, ref = snapshot(ref, local_files_only=local_files_only, allow_patterns=ESTIMATOR_FILES)
         require_safetensors(path, ref)
+        # (a backbone's folder, as an incomplete estimator's, was "Unrecognized model ... Should have a model_type key")
+        if (path / "model_index.json").is_file():
+            raise ModelLoadError(f"{ref.kind} {ref.name!r} at {path} holds a diffusers pipeline (model_index.json), "
+                                 "not a depth estimator; give it as the backbone (--model)")  # fmt: skip
+        at = f"{ref.kind} {ref.name!r} at {path}"
+        # (transformers said "Unrecognized model in ... Should have a `model_type` key in its config.json")
+        require_files(path, at, ref, ["config.json"], ESTIMATOR_FILES)
         try:
             config = AutoConfig.from_pretrained(path, local_files_only=True, trust_remote_code=False)
             kind = ref.entry.output if ref.entry else output_kind(config)
@@ -108,6 +116,9 @@ class DepthEstimator:
                     f"{ref.kind} {ref.name!r} is a {config.model_type!r} model, not a known depth estimator "
                     f"({', '.join(OUTPUT_BY_MODEL_TYPE)})"
                 )
+            # (once the model is known a depth model: transformers said "Can't load image processor ... make sure you
+            # don't have a local directory with the same name")
+            require_files(path, at, ref, ["preprocessor_config.json"], ESTIMATOR_FILES)
             with quiet_log("transformers"):  # its PIL fallback's warning: see loading.library_class
                 processor = AutoImageProcessor.from_pretrained(
                     path, local_files_only=True, trust_remote_code=False

@@ -145,6 +145,21 @@ def _how_to_provide(ref: ModelRef, patterns, ignored=IGNORED_FILES) -> str:
     )
 
 
+def require_files(path: Path, what: str, ref: ModelRef, files, patterns) -> None:
+    """Refuse the model ``what`` (``ref``'s, at ``path``) where one of ``files`` (relative to ``path``) is missing, in
+    one line naming it, with how to fetch it again (a hub cache's `hf download` of ``patterns``, which fetches what
+    its snapshot lacks): transformers built a text encoder of its default config and blamed its file, or said an
+    estimator's folder was "Unrecognized model ... Should have a model_type key" or "Can't load image processor"."""
+    for name in files:
+        if not (path / name).is_file():
+            advice = (
+                "(an incomplete download or copy? fetch or copy it again)"
+                if ref.is_local
+                else f"(an incomplete download?); {_how_to_provide(ref, patterns)}"
+            )
+            raise ModelLoadError(f"{what}: {name} is missing {advice}")
+
+
 def not_cached(ref: ModelRef, patterns, index: str | None = None) -> ModelLoadError:
     """``ref`` (whose loader fetches ``patterns``) is not in the cache, offline; ``index``: the file whose absence
     was found (a backbone's model_index.json), where the repository's snapshot may be there without it."""

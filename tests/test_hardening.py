@@ -531,6 +531,55 @@ def test_a_text_encoder_without_its_config_is_named_missing(tmp_path, tiny_dir, 
     assert code == 2 and err.count("\n") == 1 and "text_encoder/config.json is missing" in err, err
 
 
+def test_an_estimator_without_its_config_is_named_missing_as_a_pipelines_component_is(
+    tmp_path, tiny_dir, photos_dir, monkeypatch, capsys
+):
+    """A review of loading (2026-11-28): an estimator folder without config.json was refused in transformers' words
+    ("Unrecognized model in ... Should have a `model_type` key in its config.json"), as was a backbone's folder given
+    as the estimator; one without preprocessor_config.json as "Can't load image processor ... make sure you don't
+    have a local directory with the same name". A cached snapshot's said the same; a pipeline's text_encoder/ in a
+    hub cache was advised to be fetched or copied again, not the `hf download` that fetches it."""
+    from depth2img import backends
+    from depth2img.errors import ModelLoadError
+    from depth2img.estimators import DepthEstimator
+    from depth2img.registry import backbones, estimators, resolve_backbone
+
+    advice = " is missing \\(an incomplete download or copy\\? fetch or copy it again\\)$"
+    for gone in ("config.json", "preprocessor_config.json"):
+        folder = tmp_path / gone / "estimator"
+        shutil.copytree(tiny_dir / "depth-anything", folder)
+        (folder / gone).unlink()
+        with pytest.raises(ModelLoadError, match=f"^depth estimator '{folder}' at {folder}: {gone}{advice}"):
+            DepthEstimator.from_pretrained(str(folder))
+    code = main(["depth", str(photos_dir / "chelsea.png"), "-o", str(tmp_path / "d.png"), "--estimator", str(folder),
+                 "-q"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "preprocessor_config.json is missing" in err, err
+    backbone = tiny_dir / "sd15-depth"
+    with pytest.raises(ModelLoadError, match=f"^depth estimator '{backbone}' at {backbone} holds a diffusers "
+                       "pipeline \\(model_index.json\\), not a depth estimator; give it as the backbone"):  # fmt: skip
+        DepthEstimator.from_pretrained(str(backbone))
+    # in a hub cache: the download that fetches it
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    entry = estimators()["depth-anything-v2-small"]
+    snapshot = _cached(cache, entry.id, tiny_dir / "depth-anything", entry.revision)
+    (snapshot / "config.json").unlink()
+    hub_advice = "is missing \\(an incomplete download\\?\\); on a connected machine run `hf download"
+    with pytest.raises(ModelLoadError, match=f"^depth estimator 'depth-anything-v2-small' at {snapshot}: config.json "
+                       f"{hub_advice} {entry.id} --revision {entry.revision} --include"):  # fmt: skip
+        DepthEstimator.from_pretrained("depth-anything-v2-small")
+    entry = backbones()["sd15-depth"]
+    snapshot = _cached(cache, entry.id, tiny_dir / "sd15-depth", entry.revision)
+    _cached(cache, entry.controlnet, tiny_dir / "sd15-depth-controlnet", entry.companion_revision)
+    (snapshot / "text_encoder" / "config.json").unlink()
+    with pytest.raises(ModelLoadError, match=f"^model 'sd15-depth' at {snapshot}: text_encoder/config.json "
+                       f"{hub_advice} {entry.id}"):  # fmt: skip
+        backends.load_backend(resolve_backbone("sd15-depth"), dtype=None, local_files_only=True)
+
+
 def test_a_transformers_model_whose_file_holds_other_weights_is_refused_not_filled_at_random(
     tmp_path, tiny_dir
 ):
