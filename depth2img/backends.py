@@ -1196,6 +1196,10 @@ def _read_json(file: Path) -> dict | None:
 def _controlnet_config(path: Path, ref: ModelRef) -> dict:
     """The config of the diffusers ControlNetModel in ``path`` (a UNet's loaded as one with a warning, or failed
     deep inside)."""
+    # a hub snapshot without it is an incomplete download, said as for a ControlNet given apart whose snapshot lacks
+    # it (a registry one's was said to hold "no config.json naming a model class, not a diffusers ControlNetModel")
+    if not ref.is_local and not (path / "config.json").is_file():
+        raise not_cached(ref, COMPANION_FILES["controlnet"], "config.json")
     config = _read_json(path / "config.json") or {}
     held = config.get("_class_name")
     if held != "ControlNetModel":

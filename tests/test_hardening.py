@@ -764,6 +764,48 @@ def test_a_companions_files_missing_from_a_cache_without_its_file_list_are_found
         SceneTransformer.from_pretrained("sd15-depth", estimator="tiny")
 
 
+def test_a_registry_controlnet_without_its_config_in_a_cache_is_an_incomplete_download(
+    tmp_path, tiny_dir, monkeypatch
+):
+    """A review of loading (2026-11-28): the registry's ControlNet (lllyasviel/control_v11f1p_sd15_depth) whose cached
+    snapshot lacked config.json was said to hold "no config.json naming a model class, not a diffusers
+    ControlNetModel", with no advice, where one given apart (--controlnet someone/cn) was an incomplete download to
+    fetch with `hf download`. A config.json naming another class is still said to be no ControlNetModel."""
+    from depth2img import SceneTransformer, backends
+    from depth2img.errors import ModelLoadError
+    from depth2img.estimators import DepthEstimator
+    from depth2img.registry import backbones
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model started loading")
+
+    monkeypatch.setattr(DepthEstimator, "from_pretrained", no_loading)
+    monkeypatch.setattr(backends, "load_backend", no_loading)
+    entry = backbones()["sd15-depth"]
+    _cached(cache, entry.id, tiny_dir / "sd15-depth", entry.revision)
+    snapshot = _cached(cache, entry.controlnet, tiny_dir / "sd15-depth-controlnet", entry.companion_revision)
+    (snapshot / "config.json").unlink()
+    apart = _cached(cache, "someone/cn", snapshot, "c" * 40)
+    for name, held, pin in ((entry.controlnet, snapshot, f" --revision {entry.companion_revision}"),
+                            ("someone/cn", apart, "")):  # fmt: skip
+        said = (f"^ControlNet {name}: its cached download at {held} holds no config.json \\(a repository of "
+                f"another kind, or an incomplete download\\); on a connected machine run `hf download {name}{pin} "
+                "--include")  # fmt: skip
+        with pytest.raises(ModelLoadError, match=said):
+            SceneTransformer.from_pretrained(
+                "sd15-depth", estimator="tiny", controlnet=None if held == snapshot else name
+            )
+    shutil.copy(tiny_dir / "sd15-depth" / "unet" / "config.json", snapshot)
+    with pytest.raises(ModelLoadError, match=f"^ControlNet '{entry.controlnet}' at {snapshot} holds "
+                       "UNet2DConditionModel, not a diffusers ControlNetModel$"):  # fmt: skip
+        SceneTransformer.from_pretrained("sd15-depth", estimator="tiny")
+
+
 def test_the_download_advised_offline_fetches_what_the_loader_loads():
     """It advised `hf download ID`, which for SD1.5 fetches its pickles and whole checkpoints too (tens of GB);
     the command now passes the loader's patterns (of the fp16 variant, where that download was incomplete)."""
