@@ -1362,14 +1362,10 @@ class FluxBackend(Backend):
         lora_path, lora_ref = snapshot(
             lora_ref, local_files_only=local_files_only, allow_patterns=COMPANION_FILES["lora"]
         )
-        weights = sorted(lora_path.glob("*.safetensors"))
-        if len(weights) != 1:
-            raise ModelLoadError(
-                f"LoRA {lora_ref.name!r} at {lora_path}: expected one .safetensors file, found {len(weights)}"
-            )
+        weights = _speed_lora_weights(lora_ref, lora_path)  # (its one file, as a few-step LoRA's)
         pipe = cls._from_pretrained(cls.txt2img_class, path, ref, dtype)
         try:
-            pipe.load_lora_weights(lora_path, weight_name=weights[0].name, adapter_name="depth")
+            pipe.load_lora_weights(lora_path, weight_name=weights.name, adapter_name="depth")
         except (OSError, ValueError, KeyError, RuntimeError) as err:
             damaged = unreadable_weights(lora_path, err)
             raise ModelLoadError(
@@ -1447,15 +1443,16 @@ def _speed_lora_weights(ref: ModelRef, path: Path) -> Path:
     or one line saying what it holds instead."""
     wanted = _speed_lora_file(ref)
     weights = [path / wanted] if wanted else sorted(path.glob("*.safetensors"))
+    # (none there was said without advice, where a ControlNet's was an incomplete download or copy)
+    advice = ": an incomplete download or copy? fetch or copy it again"
     if wanted and not weights[0].is_file():
-        raise ModelLoadError(f"{ref.kind} {ref.name!r} at {path}: no {wanted}")
+        raise ModelLoadError(f"{ref.kind} {ref.name!r} at {path}: no {wanted}{advice}")
     if len(weights) != 1:
         pickles = (
             " (pickled .bin weights are never loaded: loading runs code)" if any(path.glob("*.bin")) else ""
         )
-        raise ModelLoadError(
-            f"{ref.kind} {ref.name!r} at {path}: expected one .safetensors file, found {len(weights)}{pickles}"
-        )
+        raise ModelLoadError(f"{ref.kind} {ref.name!r} at {path}: expected one .safetensors file, found "
+                             f"{len(weights)}{pickles or (advice if not weights else '')}")  # fmt: skip
     return weights[0]
 
 

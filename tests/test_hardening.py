@@ -744,7 +744,8 @@ def test_a_companions_files_missing_from_a_cache_without_its_file_list_are_found
     )
     snapshot = _cached(cache, hyper.id, other, hyper.revision)
     with pytest.raises(
-        ModelLoadError, match=f"^LoRA 'hyper-sd15-8step' at {snapshot}: no {hyper.weight_name}$"
+        ModelLoadError,
+        match=f"^LoRA 'hyper-sd15-8step' at {snapshot}: no {hyper.weight_name}: an incomplete download",
     ):
         SceneTransformer.from_pretrained(
             "tiny", estimator="tiny", lora="hyper-sd15-8step", local_files_only=True
@@ -804,6 +805,43 @@ def test_a_registry_controlnet_without_its_config_in_a_cache_is_an_incomplete_do
     with pytest.raises(ModelLoadError, match=f"^ControlNet '{entry.controlnet}' at {snapshot} holds "
                        "UNet2DConditionModel, not a diffusers ControlNetModel$"):  # fmt: skip
         SceneTransformer.from_pretrained("sd15-depth", estimator="tiny")
+
+
+@pytest.mark.filterwarnings("ignore:.*not marked for commercial use")  # (FLUX.1 [dev]'s licence)
+def test_a_loras_weights_missing_from_a_cache_are_an_incomplete_download(tmp_path, tiny_dir, monkeypatch):
+    """A review of loading (2026-11-28): a few-step LoRA's (lcm-sd15) or the Flux depth LoRA's weights missing from
+    a cached snapshot was said as "expected one .safetensors file, found 0", with no advice, where a ControlNet's were
+    an incomplete download or copy to fetch again; the Flux loader had its own copy of the check."""
+    from depth2img import SceneTransformer, backends
+    from depth2img.errors import ModelLoadError
+    from depth2img.estimators import DepthEstimator
+    from depth2img.registry import backbones, loras, resolve_backbone
+
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(
+        DepthEstimator, "from_pretrained", lambda *a, **k: pytest.fail("the estimator loaded")
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "README.md").write_text("a LoRA")
+    said = (
+        "expected one .safetensors file, found 0: an incomplete download or copy\\? fetch or copy it again$"
+    )
+    lcm = loras()["lcm-sd15"]
+    snapshot = _cached(cache, lcm.id, empty, lcm.revision)
+    with pytest.raises(ModelLoadError, match=f"^LoRA 'lcm-sd15' at {snapshot}: {said}"):
+        SceneTransformer.from_pretrained("tiny", estimator="tiny", lora="lcm-sd15")
+    flux = backbones()["flux-depth-lora"]
+    _cached(cache, flux.id, tiny_dir / "flux-depth-lora", flux.revision)
+    snapshot = _cached(cache, flux.lora, empty, flux.companion_revision)
+    with pytest.raises(ModelLoadError, match=f"^LoRA '{flux.lora}' at {snapshot}: {said}"):
+        SceneTransformer.from_pretrained("flux-depth-lora", estimator="tiny")
+    # the loader's own check, found before the base loads
+    with pytest.raises(ModelLoadError, match=f"^LoRA '{flux.lora}' at {snapshot}: {said}"):
+        backends.load_backend(resolve_backbone("flux-depth-lora"), dtype=None, local_files_only=True)
 
 
 def test_the_download_advised_offline_fetches_what_the_loader_loads():
