@@ -1144,19 +1144,22 @@ def test_the_negative_prompt_and_control_sliders_show_where_the_backbone_takes_t
     assert deps["backbone_controls"]["targets"][0][1] == "change"
 
 
-def test_stop_ends_the_sessions_running_generation_at_its_step(server, photo, monkeypatch):
+@pytest.mark.parametrize("stop", [True, False], ids=["stop", "cancel alone"])
+def test_a_stopped_or_cancelled_generation_ends_at_its_step(server, photo, monkeypatch, stop):
     """The Stop button (as a browser sends it: the flag, then gradio's cancel): this page session's running transform
     ends at the end of its denoising step, nothing made, though a Generate pressed right after it (gradio frees the
     queue's slot at once) starts before the stopped run reaches the end of its step: with one event per session,
-    cleared as a run started, the stopped run went on to its end. The new run is not stopped."""
+    cleared as a run started, the stopped run went on to its end. The new run is not stopped. A review of the app
+    (2026-11-28): gradio_client's ``Job.cancel()`` alone (as a client that goes away) let the running transform go
+    on to its last step, holding the device while the next request waited, and write a request folder that nobody
+    received; now it ends as Stop's does."""
     import threading
 
     from gradio_client import Client, handle_file
 
-    from depth2img import transformer
+    from depth2img import transformer, ui
     from depth2img.backends import Backend
     from depth2img.errors import Stopped
-    from depth2img.service import Service
 
     said, running, second = [], threading.Event(), threading.Event()
 
@@ -1178,21 +1181,25 @@ def test_stop_ends_the_sessions_running_generation_at_its_step(server, photo, mo
 
     def counted(self, *args, **kwargs):
         if running.is_set():
-            second.set()  # (this run started: its flag is in place)
+            second.set()  # (the next request has started)
         return transform(self, *args, **kwargs)
 
     monkeypatch.setattr(transformer, "Stopped", Heard)
     monkeypatch.setattr(Backend, "__call__", first_step_waits_for_the_next_request)
     monkeypatch.setattr(Service, "transform", counted)
+    folders = set(ui.APP_DIR.iterdir())
     client = Client(server, verbose=False)
     args = [handle_file(photo), "tiny", "tiny", None, "", "a cat", [], ""]
     job = client.submit(*args, *dict(KNOBS, steps=20, strength=1.0).values(), 5, 1, api_name="/transform")
     assert running.wait(120)
-    client.predict(api_name="/stop")
+    if stop:
+        client.predict(api_name="/stop")
     job.cancel()
+    # (the service's lock holds this one until the stopped run has ended)
     _, _, _, records = client.predict(*args, *KNOBS.values(), 6, 1, api_name="/transform")
     assert records[0]["seed"] == 6
     assert said == ["stopped after step 1 of 20; no image was made"]
+    assert len(set(ui.APP_DIR.iterdir()) - folders) == 1  # the second request's alone
 
 
 def test_the_page_shows_the_denoising_steps_as_they_run(server, photo, monkeypatch):
@@ -1263,58 +1270,6 @@ def test_a_refused_choice_or_depth_file_type_is_one_line_naming_the_input(server
         client.predict(handle_file(photo), "tiny", "tiny", None, "", "", ["nope-preset"], "1", 2, 0.5, 7.5, False,
                        "", 1.0, 0.0, 1.0, "", api_name="/variations")  # fmt: skip
     assert "Traceback" not in capsys.readouterr().err
-
-
-def test_a_cancelled_api_job_ends_at_its_step_and_writes_nothing(server, photo, monkeypatch):
-    """A review of the app (2026-11-28): gradio_client's ``Job.cancel()`` alone (as a client that goes away) let the
-    running transform go on to its last step, holding the device while the next request waited, and write a request
-    folder that nobody received; only /stop and then cancel stopped it. Now it ends at the end of its step, as
-    Stop's does, and the next request runs."""
-    import threading
-
-    from gradio_client import Client, handle_file
-
-    from depth2img import transformer, ui
-    from depth2img.backends import Backend
-    from depth2img.errors import Stopped
-
-    said, running, second = [], threading.Event(), threading.Event()
-
-    class Heard(Stopped):
-        def __init__(self, message):
-            said.append(message)
-            super().__init__(message)
-
-    run, transform = Backend.__call__, Service.transform
-
-    def first_step_waits_for_the_next_request(self, callback, **kwargs):
-        def step(pipe, i, t, kw):
-            if i == 0 and not running.is_set():  # (the first run only)
-                running.set()
-                second.wait(60)
-            return callback(pipe, i, t, kw)
-
-        return run(self, callback=step, **kwargs)
-
-    def counted(self, *args, **kwargs):
-        if running.is_set():
-            second.set()  # (the next request has started)
-        return transform(self, *args, **kwargs)
-
-    monkeypatch.setattr(transformer, "Stopped", Heard)
-    monkeypatch.setattr(Backend, "__call__", first_step_waits_for_the_next_request)
-    monkeypatch.setattr(Service, "transform", counted)
-    folders = set(ui.APP_DIR.iterdir())
-    client = Client(server, verbose=False)
-    args = [handle_file(photo), "tiny", "tiny", None, "", "a cat", [], ""]
-    job = client.submit(*args, *dict(KNOBS, steps=20, strength=1.0).values(), 5, 1, api_name="/transform")
-    assert running.wait(120)
-    job.cancel()
-    # (the service's lock holds this one until the cancelled run has ended)
-    _, _, _, records = client.predict(*args, *KNOBS.values(), 6, 1, api_name="/transform")
-    assert records[0]["seed"] == 6
-    assert said == ["stopped after step 1 of 20; no image was made"]
-    assert len(set(ui.APP_DIR.iterdir()) - folders) == 1  # the second request's alone
 
 
 def test_a_photo_over_pillows_guard_is_refused_in_one_line_without_pillows_warning(server, tmp_path, recwarn):
