@@ -401,6 +401,29 @@ def test_full_size_download_layouts_load_as_the_hub_gives_them(tmp_path, tiny_di
     assert st.backend.companion_ref.name == entry.controlnet
 
 
+@pytest.fixture
+def hub_cache(tmp_path, monkeypatch):
+    """An empty Hugging Face cache at tmp_path / "hub", offline (filled with ``_cached``)."""
+    cache = tmp_path / "hub"
+    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return cache
+
+
+@pytest.fixture
+def no_model_loads(monkeypatch):
+    """Any depth estimator or backbone that starts to load fails the test (what must be found before loading)."""
+    from depth2img import backends
+    from depth2img.estimators import DepthEstimator
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("a model started loading")
+
+    monkeypatch.setattr(DepthEstimator, "from_pretrained", no_loading)
+    monkeypatch.setattr(backends, "load_backend", no_loading)
+
+
 def _cached(
     cache: Path, repo_id: str, src: Path, revision: str, *, ref: str | None = "main", tree=()
 ) -> Path:
@@ -532,7 +555,7 @@ def test_a_text_encoder_without_its_config_is_named_missing(tmp_path, tiny_dir, 
 
 
 def test_an_estimator_without_its_config_is_named_missing_as_a_pipelines_component_is(
-    tmp_path, tiny_dir, photos_dir, monkeypatch, capsys
+    tmp_path, tiny_dir, photos_dir, monkeypatch, capsys, hub_cache
 ):
     """A review of loading (2026-11-28): an estimator folder without config.json was refused in transformers' words
     ("Unrecognized model in ... Should have a `model_type` key in its config.json"), as was a backbone's folder given
@@ -560,10 +583,7 @@ def test_an_estimator_without_its_config_is_named_missing_as_a_pipelines_compone
                        "pipeline \\(model_index.json\\), not a depth estimator; give it as the backbone"):  # fmt: skip
         DepthEstimator.from_pretrained(str(backbone))
     # in a hub cache: the download that fetches it
-    cache = tmp_path / "hub"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = hub_cache
     entry = estimators()["depth-anything-v2-small"]
     snapshot = _cached(cache, entry.id, tiny_dir / "depth-anything", entry.revision)
     (snapshot / "config.json").unlink()
@@ -715,26 +735,16 @@ SD15_REPO_FILES = [".gitattributes", "README.md", "model_index.json", "v1-infere
 
 @pytest.mark.filterwarnings("ignore:.*not marked for commercial use")  # (Hyper-SD's licence)
 def test_a_companions_files_missing_from_a_cache_without_its_file_list_are_found_before_any_model_loads(
-    tmp_path, tiny_dir, monkeypatch
+    tmp_path, tiny_dir, hub_cache, no_model_loads
 ):
     """A review of loading (2026-11-28): in a hub cache without the repository's file list (trees/, which a download
     writes), any snapshot folder passed as complete, so a few-step LoRA's weights file, or a ControlNet's weights,
     missing from it were found once the estimator and the backbone had loaded."""
-    from depth2img import SceneTransformer, backends
+    from depth2img import SceneTransformer
     from depth2img.errors import ModelLoadError
-    from depth2img.estimators import DepthEstimator
     from depth2img.registry import backbones, loras
 
-    cache = tmp_path / "hub"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    def no_loading(*args, **kwargs):
-        raise AssertionError("a model started loading")
-
-    monkeypatch.setattr(DepthEstimator, "from_pretrained", no_loading)
-    monkeypatch.setattr(backends, "load_backend", no_loading)
+    cache = hub_cache
     # a repository of several LoRAs holding another one's file
     hyper = loras()["hyper-sd15-8step"]
     other = tmp_path / "other"
@@ -766,27 +776,17 @@ def test_a_companions_files_missing_from_a_cache_without_its_file_list_are_found
 
 
 def test_a_registry_controlnet_without_its_config_in_a_cache_is_an_incomplete_download(
-    tmp_path, tiny_dir, monkeypatch
+    tmp_path, tiny_dir, hub_cache, no_model_loads
 ):
     """A review of loading (2026-11-28): the registry's ControlNet (lllyasviel/control_v11f1p_sd15_depth) whose cached
     snapshot lacked config.json was said to hold "no config.json naming a model class, not a diffusers
     ControlNetModel", with no advice, where one given apart (--controlnet someone/cn) was an incomplete download to
     fetch with `hf download`. A config.json naming another class is still said to be no ControlNetModel."""
-    from depth2img import SceneTransformer, backends
+    from depth2img import SceneTransformer
     from depth2img.errors import ModelLoadError
-    from depth2img.estimators import DepthEstimator
     from depth2img.registry import backbones
 
-    cache = tmp_path / "hub"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-
-    def no_loading(*args, **kwargs):
-        raise AssertionError("a model started loading")
-
-    monkeypatch.setattr(DepthEstimator, "from_pretrained", no_loading)
-    monkeypatch.setattr(backends, "load_backend", no_loading)
+    cache = hub_cache
     entry = backbones()["sd15-depth"]
     _cached(cache, entry.id, tiny_dir / "sd15-depth", entry.revision)
     snapshot = _cached(cache, entry.controlnet, tiny_dir / "sd15-depth-controlnet", entry.companion_revision)
@@ -808,7 +808,9 @@ def test_a_registry_controlnet_without_its_config_in_a_cache_is_an_incomplete_do
 
 
 @pytest.mark.filterwarnings("ignore:.*not marked for commercial use")  # (FLUX.1 [dev]'s licence)
-def test_a_loras_weights_missing_from_a_cache_are_an_incomplete_download(tmp_path, tiny_dir, monkeypatch):
+def test_a_loras_weights_missing_from_a_cache_are_an_incomplete_download(
+    tmp_path, tiny_dir, monkeypatch, hub_cache
+):
     """A review of loading (2026-11-28): a few-step LoRA's (lcm-sd15) or the Flux depth LoRA's weights missing from
     a cached snapshot was said as "expected one .safetensors file, found 0", with no advice, where a ControlNet's were
     an incomplete download or copy to fetch again; the Flux loader had its own copy of the check."""
@@ -817,10 +819,7 @@ def test_a_loras_weights_missing_from_a_cache_are_an_incomplete_download(tmp_pat
     from depth2img.estimators import DepthEstimator
     from depth2img.registry import backbones, loras, resolve_backbone
 
-    cache = tmp_path / "hub"
-    monkeypatch.setenv("HF_HUB_CACHE", str(cache))
-    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(cache))
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cache = hub_cache
     monkeypatch.setattr(
         DepthEstimator, "from_pretrained", lambda *a, **k: pytest.fail("the estimator loaded")
     )
