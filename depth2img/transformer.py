@@ -685,8 +685,8 @@ class SceneTransformer:
 
 def check_grid(presets, seeds, knobs: dict) -> tuple[list | None, list[int]]:
     """``variations``' rows and seeds checked, as lists (a string is one preset; no seeds is [0]), and its other
-    arguments' names (``knobs``; those of ``prepare``); each seed is checked as ``prepare`` checks it. Serves
-    ``variations`` and ``Service`` before it loads another backbone."""
+    arguments' names (``knobs``; those of ``prepare``); each seed's value is checked by ``prepare``
+    (``request_seeds``). Serves ``variations`` and ``Service`` before it loads another backbone."""
     if isinstance(presets, str):
         presets = [presets]
     if presets is not None and not isinstance(presets, (list, tuple)):
