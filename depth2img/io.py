@@ -832,9 +832,6 @@ def depth_for_image(
         if not any(n.endswith(_FLAT_NOTE) for n in depth.notes):
             notes = _with_flat_note(depth.values, depth.valid, depth.kind, "depth", depth.notes)
             depth = depth if notes == depth.notes else replace(depth, notes=notes)
-        # the caller's own (recorded as "", it said nothing of where the depth came from)
-        if not depth.source:
-            depth = replace(depth, source="DepthMap")
     w, h = size
     if abs(depth.width / depth.height - w / h) > ASPECT_TOLERANCE * (w / h):
         raise InputError(

@@ -628,8 +628,9 @@ class SceneTransformer:
                          "speed_lora": b.speed_lora, "fast_path": b.fast_path, "memory": b.memory_options,
                          "licence": b.ref.entry.licence if b.ref.entry else None},
             # with what made it: an estimator's id, revision and dtype; a file's polarity; a scene's seed...
-            # a depth file by its absolute path, an array as "array"
-            "depth": {**req.depth.meta, "source": req.depth.source, "kind": req.depth.kind},
+            # a depth file by its absolute path, an array as "array", the caller's own DepthMap of no source as
+            # "DepthMap" (it was "", which said nothing; named here: the DepthMap itself is passed on as it is)
+            "depth": {**req.depth.meta, "source": req.depth.source or "DepthMap", "kind": req.depth.kind},
             "input_size": [width, height], "generation_size": [req.gen_depth.width, req.gen_depth.height],
             # (it sets the generation size: an output made at another could not be made again from its record)
             "native_size": self.native_size,

@@ -909,10 +909,12 @@ def test_a_backbone_switch_waits_for_the_run_on_the_loaded_one(monkeypatch):
     monkeypatch.setattr(Service, "transformer", slow_choice)
     monkeypatch.setattr(Service, "depth", lambda self, image, **k: None)
     svc = Service(model="tiny")
-    first = threading.Thread(target=svc.transform, args=(object(),), kwargs={"model": "tiny"})
+    first = threading.Thread(
+        target=svc.transform, args=(object(),), kwargs={"model": "tiny", "prompt": "a cat"}
+    )
     first.start()
     assert chosen.wait(10)
-    svc.transform(object(), model="tiny/sd2-depth")
+    svc.transform(object(), model="tiny/sd2-depth", prompt="a cat")
     first.join()
     assert events == [("tiny", 1), ("tiny/sd2-depth", 1)]
 
