@@ -39,6 +39,7 @@ from .loading import (
     LORA_FILES,
     PIPELINE_FILES,
     SINGLE_MODEL_FILES,
+    damaged_weights,
     depth_estimator_note,
     dropped_log,
     from_pretrained_checked,
@@ -1505,10 +1506,15 @@ def check_at_hand(ref: ModelRef, *, local_files_only: bool = False, controlnet: 
         # download writes, huggingface_hub takes any snapshot folder as complete, and a LoRA's weights or a
         # ControlNet's missing from it were found once the estimator and the backbone had loaded
         if what == "lora":
-            _speed_lora_weights(companion, path)
+            weights = [_speed_lora_weights(companion, path)]
         else:
             require_safetensors(path, companion)
             _controlnet_config(path, companion)
+            weights = None
+        # (a zero-byte blob, an interrupted download's, was named once the backbone had loaded)
+        damaged = damaged_weights(path, weights)
+        if damaged:
+            raise ModelLoadError(f"{companion.kind} {companion.name!r} at {path}: {damaged}")
 
 
 def load_backend(ref: ModelRef, *, dtype, device=None, local_files_only: bool = False,

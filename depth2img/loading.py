@@ -460,9 +460,16 @@ def unreadable_weights(path: Path, err: BaseException) -> str | None:
         chain = chain.__cause__ or chain.__context__
     if not isinstance(chain, SafetensorError):
         return None
+    return damaged_weights(path)
+
+
+def damaged_weights(path: Path, files=None) -> str | None:
+    """Which of ``files`` (default: every ``.safetensors`` file under ``path``) is empty or cannot be read (its header),
+    relative to ``path`` and with how to fetch it again; None where all read."""
     from safetensors import safe_open
 
-    for file in sorted(p for p in path.rglob("*.safetensors") if p.is_file()):
+    files = sorted(p for p in path.rglob("*.safetensors") if p.is_file()) if files is None else files
+    for file in files:
         name = file.relative_to(path).as_posix()
         # (in a hub cache the snapshot's file is a link to a blob, both of which a new download takes as fetched)
         advice = (

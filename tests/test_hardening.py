@@ -808,6 +808,32 @@ def test_a_registry_controlnet_without_its_config_in_a_cache_is_an_incomplete_do
 
 
 @pytest.mark.filterwarnings("ignore:.*not marked for commercial use")  # (FLUX.1 [dev]'s licence)
+def test_a_companions_empty_weights_in_a_cache_are_found_before_any_model_loads(
+    tmp_path, tiny_dir, hub_cache, no_model_loads
+):
+    """A zero-byte weights file (an interrupted download's) of a few-step LoRA or a ControlNet given apart, in a hub
+    cache, was named once the estimator and the backbone had loaded (session 31's re-verification)."""
+    from depth2img import SceneTransformer
+    from depth2img.errors import ModelLoadError
+    from depth2img.registry import loras
+
+    lora = tmp_path / "lora"
+    shutil.copytree(tiny_dir / "lcm-sd15", lora)
+    (lora / "pytorch_lora_weights.safetensors").write_bytes(b"")
+    lcm = loras()["lcm-sd15"]
+    snapshot = _cached(hub_cache, lcm.id, lora, lcm.revision)
+    with pytest.raises(ModelLoadError, match=f"^LoRA 'lcm-sd15' at {snapshot}: pytorch_lora_weights.safetensors is "
+                       "empty \\(0 bytes\\)"):  # fmt: skip
+        SceneTransformer.from_pretrained("tiny", estimator="tiny", lora="lcm-sd15")
+    controlnet = tmp_path / "controlnet"
+    shutil.copytree(tiny_dir / "sd15-depth-controlnet", controlnet)
+    (controlnet / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    snapshot = _cached(hub_cache, "someone/cn", controlnet, "c" * 40)
+    with pytest.raises(ModelLoadError, match=f"^ControlNet 'someone/cn' at {snapshot}: diffusion_pytorch_model"
+                       ".safetensors is empty \\(0 bytes\\)"):  # fmt: skip
+        SceneTransformer.from_pretrained("tiny", estimator="tiny", controlnet="someone/cn")
+
+
 def test_a_loras_weights_missing_from_a_cache_are_an_incomplete_download(
     tmp_path, tiny_dir, monkeypatch, hub_cache
 ):
